@@ -1,0 +1,112 @@
+//! `edge-agent plan`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::CliError;
+use crate::config::{duration, DeviceDriver, TagMap};
+use crate::drivers::modbus::config::Link;
+use crate::drivers::modbus::plan;
+
+fn requests(map: &TagMap, di: usize) -> (Vec<plan::ReadRequest>, plan::CycleEstimate) {
+    let d = &map.devices[di];
+    let DeviceDriver::Modbus(m) = &d.driver;
+    let reqs = plan::plan(
+        &crate::drivers::modbus::items(d, &map.tags),
+        &plan::Limits::from(m),
+    );
+    let est = plan::estimate(m, &reqs);
+    (reqs, est)
+}
+
+fn fc_name(k: crate::drivers::modbus::config::RegisterKind) -> String {
+    format!("FC{} read {}", k.function_code(), k.as_str())
+}
+
+pub fn run(path: &Path, format: &str) -> Result<ExitCode, CliError> {
+    let map = super::load_map(path)?;
+    if format == "json" {
+        let devices: Vec<serde_json::Value> = (0..map.devices.len())
+            .map(|di| {
+                let d = &map.devices[di];
+                let (reqs, est) = requests(&map, di);
+                serde_json::json!({
+                    "device": d.name,
+                    "poll_interval_ms": d.poll_interval.as_millis() as u64,
+                    "estimated_cycle_ms": est.expected.as_secs_f64() * 1000.0,
+                    "all_timeouts_cycle_ms": est.all_timeouts.as_secs_f64() * 1000.0,
+                    "requests": reqs.iter().map(|r| serde_json::json!({
+                        "function": r.kind.function_code(),
+                        "table": r.kind.as_str(),
+                        "start": r.start,
+                        "count": r.count,
+                        "tags": r.tags.iter().map(|t| map.tags[*t as usize].name.clone()).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let total: usize = devices
+            .iter()
+            .map(|d| d["requests"].as_array().map_or(0, Vec::len))
+            .sum();
+        println!(
+            "{}",
+            serde_json::json!({ "devices": devices, "total_requests": total })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut total = 0;
+    for (di, d) in map.devices.iter().enumerate() {
+        let DeviceDriver::Modbus(m) = &d.driver;
+        let link = match &m.link {
+            Link::Tcp { host, port } => format!("modbus-tcp {host}:{port}"),
+            Link::Rtu(s) => format!("modbus-rtu {} {} baud", s.path, s.baud),
+        };
+        println!(
+            "device {} ({link} unit {}), poll every {}",
+            d.name,
+            m.unit,
+            duration::format(d.poll_interval)
+        );
+        let (reqs, est) = requests(&map, di);
+        println!(
+            "  {:>3}  {:<20} {:>6} {:>6}  tags",
+            "#", "function", "start", "count"
+        );
+        for (i, r) in reqs.iter().enumerate() {
+            let names: Vec<&str> = r
+                .tags
+                .iter()
+                .map(|t| map.tags[*t as usize].name.as_str())
+                .collect();
+            let start = if m.address_base == 1 {
+                format!("{} ({})", r.start, u32::from(r.start) + 1)
+            } else {
+                r.start.to_string()
+            };
+            println!(
+                "  {:>3}  {:<20} {:>6} {:>6}  {}",
+                i + 1,
+                fc_name(r.kind),
+                start,
+                r.count,
+                names.join(", ")
+            );
+        }
+        total += reqs.len();
+        let pct = est.expected.as_secs_f64() / d.poll_interval.as_secs_f64() * 100.0;
+        println!(
+            "  {} request(s) for {} tag(s); estimated cycle {} ({pct:.1}% of the interval); if every request timed out: {}",
+            reqs.len(),
+            d.tags.len(),
+            duration::format(est.expected),
+            duration::format(est.all_timeouts)
+        );
+    }
+    println!(
+        "total: {total} request(s) per cycle for {} tag(s) on {} device(s)",
+        map.tags.len(),
+        map.devices.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

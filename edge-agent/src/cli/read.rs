@@ -1,0 +1,76 @@
+//! `edge-agent read`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use tokio::sync::mpsc;
+
+use super::CliError;
+use crate::config::TagMap;
+use crate::drivers::{self, Acquisition};
+use crate::model::{Reading, TagId};
+use crate::sink;
+
+fn print(map: &TagMap, readings: &[Reading], format: &str) {
+    if format == "jsonl" {
+        let mut s = String::new();
+        for r in readings {
+            s.push_str(&sink::json_line(map, r));
+            s.push('\n');
+        }
+        print!("{s}");
+    } else {
+        print!("{}", sink::table(map, readings));
+    }
+}
+
+pub async fn run(
+    path: &Path,
+    names: &[String],
+    once: bool,
+    format: &str,
+) -> Result<ExitCode, CliError> {
+    let map = super::load_map(path)?;
+    let only: Option<Vec<TagId>> = if names.is_empty() {
+        None
+    } else {
+        let mut ids = Vec::new();
+        for n in names {
+            match map.tag_by_name(n) {
+                Some(t) => ids.push(t.id),
+                None => {
+                    return Err(CliError::Usage(format!(
+                        "no tag named {n:?} in {}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        Some(ids)
+    };
+    if once {
+        let readings = drivers::read_once(&map, only.as_deref()).await;
+        print(&map, &readings, format);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (tx, mut rx) = mpsc::channel::<Vec<Reading>>(64);
+    let acq = Acquisition::start(&map, tx);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(mut b) => {
+                    if let Some(o) = &only {
+                        b.retain(|r| o.contains(&r.tag));
+                    }
+                    print(&map, &b, format);
+                }
+                None => break,
+            },
+            _ = &mut ctrl_c => break,
+        }
+    }
+    acq.stop().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,492 @@
+//! Tag maps: loading, validation and the resolved model the drivers run from.
+//!
+//! A tag map is one TOML file: `[agent]`, then `[[device]]` tables each with `[[device.tag]]`
+//! tables. `config/agent.example.toml` documents every key by example. Loading reports every
+//! problem at once, each at file:line:column with the device or tag it concerns, and never panics.
+//!
+//! - `diag.rs`: diagnostics and their locations;
+//! - `parse.rs`: deserializing parts of spanned tables one struct at a time;
+//! - `schema.rs`: the protocol-independent keys (agent, device and tag common keys);
+//! - `validate.rs`: checks across devices and tags (duplicates, overlaps, buses, cycle time);
+//! - `duration.rs`: `"500ms"`-style durations.
+
+pub mod diag;
+pub mod duration;
+pub mod parse;
+pub mod schema;
+mod validate;
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use diag::{Diagnostic, Diagnostics, Severity};
+pub use schema::{AgentConfig, Deadband, TagKind};
+
+use crate::drivers::modbus::config as mb;
+use crate::model::TagId;
+use parse::{as_table, as_table_array, part, report_unknown_keys, str_key, STable};
+use schema::{DeviceCommon, TagCommon};
+
+/// Errors of the config stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read tag map {path}: {source}")]
+    Io {
+        /// Path given.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The tag map has errors (all of them, with warnings, in file order).
+    #[error("tag map has {} error(s)", .0.iter().filter(|d| d.severity == Severity::Error).count())]
+    Invalid(Vec<Diagnostic>),
+}
+
+/// Protocol-specific part of a device.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceDriver {
+    /// Modbus TCP or RTU.
+    Modbus(mb::ModbusDevice),
+}
+
+/// A device of the loaded tag map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Poll interval.
+    pub poll_interval: Duration,
+    /// Protocol settings.
+    pub driver: DeviceDriver,
+    /// Its tags, in file order.
+    pub tags: Vec<TagId>,
+}
+
+/// Protocol-specific part of a tag.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TagSource {
+    /// A Modbus register/bit.
+    Modbus(mb::ModbusTag),
+}
+
+/// A tag of the loaded tag map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tag {
+    /// Index in `TagMap::tags`.
+    pub id: TagId,
+    /// Index of its device in `TagMap::devices`.
+    pub device: usize,
+    /// Hierarchical name.
+    pub name: String,
+    /// Engineering unit.
+    pub unit: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Gauge, totalizer or state.
+    pub kind: TagKind,
+    /// Report-by-exception threshold.
+    pub deadband: Option<Deadband>,
+    /// Heartbeat: longest silence inside the deadband.
+    pub max_silence: Duration,
+    /// Totalizer wrap value (engineering units), if known.
+    pub rollover: Option<f64>,
+    /// Where the value comes from.
+    pub source: TagSource,
+}
+
+/// A loaded, valid tag map.
+#[derive(Debug, Clone)]
+pub struct TagMap {
+    /// File it was loaded from.
+    pub file: String,
+    /// Hash of the file contents (announced in the birth message).
+    pub hash: String,
+    /// Agent identity.
+    pub agent: AgentConfig,
+    /// Devices in file order.
+    pub devices: Vec<Device>,
+    /// All tags; `TagId` indexes this.
+    pub tags: Vec<Tag>,
+}
+
+impl TagMap {
+    /// The tag called `name`.
+    pub fn tag_by_name(&self, name: &str) -> Option<&Tag> {
+        self.tags.iter().find(|t| t.name == name)
+    }
+}
+
+/// Load and validate the tag map at `path`; warnings come back with the map.
+pub fn load(path: &Path) -> Result<(TagMap, Vec<Diagnostic>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_str(&path.display().to_string(), &text)
+}
+
+/// 64-bit FNV-1a of the text, hex: a stable config hash without a crypto dependency.
+pub fn config_hash(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Parse and validate tag-map text; `file` names it in diagnostics.
+pub fn parse_str(file: &str, text: &str) -> Result<(TagMap, Vec<Diagnostic>), ConfigError> {
+    let mut diags = Diagnostics::new(file, text);
+    let (doc, syntax) = toml::de::DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        for e in &syntax {
+            diags.toml_error(e, 0..0, "");
+        }
+        return Err(ConfigError::Invalid(diags.into_sorted()));
+    }
+    let root: &toml::de::DeTable = doc.get_ref();
+    report_unknown_keys(&doc, &[&["agent", "device"]], &[], "", &mut diags);
+
+    let agent = match root.get("agent") {
+        Some(v) => {
+            as_table(v, "agent", "agent", &mut diags).and_then(|t| load_agent(&t, &mut diags))
+        }
+        None => {
+            diags.error(
+                0..0,
+                "",
+                "missing [agent] table (site and id of this gateway)",
+            );
+            None
+        }
+    };
+
+    let mut devices = Vec::new();
+    let mut tags = Vec::new();
+    let mut tag_spans = Vec::new();
+    let mut device_spans = Vec::new();
+    if let Some(v) = root.get("device") {
+        for (i, dt) in as_table_array(v, "device", "", &mut diags)
+            .into_iter()
+            .enumerate()
+        {
+            load_device(
+                i,
+                &dt,
+                &mut devices,
+                &mut tags,
+                &mut device_spans,
+                &mut tag_spans,
+                &mut diags,
+            );
+        }
+    } else {
+        diags.warning(
+            0..0,
+            "",
+            "no [[device]] tables: the agent will poll nothing",
+        );
+    }
+
+    validate::check(&devices, &tags, &device_spans, &tag_spans, &mut diags);
+
+    match agent {
+        Some(agent) if !diags.has_errors() => Ok((
+            TagMap {
+                file: file.to_owned(),
+                hash: config_hash(text),
+                agent,
+                devices,
+                tags,
+            },
+            diags.into_sorted(),
+        )),
+        _ => Err(ConfigError::Invalid(diags.into_sorted())),
+    }
+}
+
+fn load_agent(t: &STable<'_>, diags: &mut Diagnostics) -> Option<AgentConfig> {
+    report_unknown_keys(t, &[parse::fields_of::<AgentConfig>()], &[], "agent", diags);
+    let agent: AgentConfig = part(t, "agent", diags)?;
+    for (key, v) in [("site", &agent.site), ("id", &agent.id)] {
+        if !schema::valid_ident(v) {
+            let span = parse::value_span(t.get_ref(), key).unwrap_or(t.span());
+            diags.error(
+                span,
+                "agent",
+                format!("{key} {v:?} must be 1–64 characters of letters, digits, '-', '_' or '.' (it is part of MQTT topics)"),
+            );
+        }
+    }
+    Some(agent)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn load_device(
+    index: usize,
+    dt: &STable<'_>,
+    devices: &mut Vec<Device>,
+    tags: &mut Vec<Tag>,
+    device_spans: &mut Vec<mb::Spans>,
+    tag_spans: &mut Vec<mb::Spans>,
+    diags: &mut Diagnostics,
+) {
+    let t = dt.get_ref();
+    let name = str_key(t, "name")
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("#{}", index + 1));
+    let subject = format!("device '{name}'");
+    let common_fields = parse::fields_of::<DeviceCommon>();
+    let shaping_fields = parse::fields_of::<mb::RawShaping>();
+    let protocol = str_key(t, "protocol").map(str::to_owned);
+    let spans = parse::key_spans(dt);
+    let link_fields = match protocol.as_deref() {
+        Some("modbus-tcp") => parse::fields_of::<mb::RawTcpDevice>(),
+        Some("modbus-rtu") => parse::fields_of::<mb::RawRtuDevice>(),
+        Some(other) => {
+            diags.error(
+                spans.of("protocol"),
+                &subject,
+                format!("unknown protocol {other:?}; supported: \"modbus-tcp\", \"modbus-rtu\""),
+            );
+            return;
+        }
+        None => {
+            let span = if t.contains_key("protocol") {
+                spans.of("protocol")
+            } else {
+                dt.span()
+            };
+            diags.error(
+                span,
+                &subject,
+                "missing `protocol` (\"modbus-tcp\" or \"modbus-rtu\")",
+            );
+            return;
+        }
+    };
+    report_unknown_keys(
+        dt,
+        &[common_fields, link_fields, shaping_fields],
+        &["tag"],
+        &subject,
+        diags,
+    );
+    let common: Option<DeviceCommon> = part(dt, &subject, diags);
+    let shaping: Option<mb::RawShaping> = part(dt, &subject, diags);
+    let mut problems = Vec::new();
+    let link_unit = if protocol.as_deref() == Some("modbus-tcp") {
+        part::<mb::RawTcpDevice>(dt, &subject, diags).map(|r| {
+            (
+                mb::Link::Tcp {
+                    host: r.host,
+                    port: r.port,
+                },
+                r.unit,
+            )
+        })
+    } else {
+        part::<mb::RawRtuDevice>(dt, &subject, diags).map(|r| {
+            (
+                mb::Link::Rtu(mb::SerialSettings {
+                    path: r.serial,
+                    baud: r.baud,
+                    parity: r.parity,
+                    data_bits: r.data_bits,
+                    stop_bits: r.stop_bits,
+                }),
+                r.unit,
+            )
+        })
+    };
+    // When a part failed (already reported), go on with defaults so that the tags' own problems
+    // are reported too; the map is rejected anyway.
+    let common = common.unwrap_or_else(|| DeviceCommon {
+        name: name.clone(),
+        protocol: protocol.clone().unwrap_or_default(),
+        poll_interval: schema::DEFAULT_POLL_INTERVAL,
+        description: None,
+    });
+    let shaping = shaping.unwrap_or_default();
+    let (link, unit) = link_unit.unwrap_or((
+        mb::Link::Tcp {
+            host: String::new(),
+            port: 502,
+        },
+        1,
+    ));
+    let dev = mb::resolve_device(link, unit, &shaping, &mut problems);
+    for (key, msg) in problems {
+        diags.error(spans.of(key), &subject, msg);
+    }
+    if !schema::valid_ident(&common.name) {
+        diags.error(
+            spans.of("name"),
+            &subject,
+            "device name must be 1–64 characters of letters, digits, '-', '_' or '.'",
+        );
+    }
+    if common.poll_interval < Duration::from_millis(10) {
+        diags.error(
+            spans.of("poll_interval"),
+            &subject,
+            "poll_interval must be at least 10ms",
+        );
+    }
+    let device_index = devices.len();
+    let mut device = Device {
+        name: common.name.clone(),
+        description: common.description,
+        poll_interval: common.poll_interval,
+        driver: DeviceDriver::Modbus(dev.clone()),
+        tags: Vec::new(),
+    };
+    if let Some(v) = t.get("tag") {
+        for (ti, tt) in as_table_array(v, "device.tag", &subject, diags)
+            .into_iter()
+            .enumerate()
+        {
+            let ts = tag_subject(&subject, &tt, ti);
+            let tspans = parse::key_spans(&tt);
+            report_unknown_keys(
+                &tt,
+                &[
+                    parse::fields_of::<TagCommon>(),
+                    parse::fields_of::<mb::RawModbusTag>(),
+                ],
+                &[],
+                &ts,
+                diags,
+            );
+            let tc: Option<TagCommon> = part(&tt, &ts, diags);
+            let raw: Option<mb::RawModbusTag> = part(&tt, &ts, diags);
+            let (Some(tc), Some(raw)) = (tc, raw) else {
+                continue;
+            };
+            let mut problems = Vec::new();
+            let mt = mb::resolve_tag(&raw, &dev, &mut problems);
+            for (key, msg) in problems {
+                diags.error(tspans.of(key), &ts, msg);
+            }
+            let rollover = check_tag_semantics(&tc, &mt, &tspans, &ts, diags);
+            let id = tags.len() as TagId;
+            device.tags.push(id);
+            tags.push(Tag {
+                id,
+                device: device_index,
+                name: tc.name,
+                unit: tc.unit,
+                description: tc.description,
+                kind: tc.kind,
+                deadband: tc.deadband,
+                max_silence: tc.max_silence,
+                rollover,
+                source: TagSource::Modbus(mt),
+            });
+            tag_spans.push(tspans);
+        }
+    }
+    if device.tags.is_empty() {
+        diags.warning(dt.span(), &subject, "device has no [[device.tag]] tables");
+    }
+    devices.push(device);
+    device_spans.push(spans);
+}
+
+fn tag_subject(device_subject: &str, tt: &STable<'_>, index: usize) -> String {
+    match str_key(tt.get_ref(), "name") {
+        Some(n) => format!("{device_subject} tag '{n}'"),
+        None => format!("{device_subject} tag #{}", index + 1),
+    }
+}
+
+/// Checks on the protocol-independent keys of one tag; returns the effective rollover.
+fn check_tag_semantics(
+    tc: &TagCommon,
+    mt: &mb::ModbusTag,
+    spans: &mb::Spans,
+    subject: &str,
+    diags: &mut Diagnostics,
+) -> Option<f64> {
+    if !schema::valid_tag_name(&tc.name) {
+        diags.error(
+            spans.of("name"),
+            subject,
+            "tag name must be '/'-separated segments of letters, digits, '-', '_' or '.', e.g. \"tank-farm/tk-101/level\"",
+        );
+    }
+    let numeric = mt.data_type.is_numeric();
+    if tc.kind == TagKind::Totalizer && !numeric {
+        diags.error(
+            spans.of("kind"),
+            subject,
+            format!("a totalizer must be numeric, not {}", mt.data_type.as_str()),
+        );
+    }
+    if tc.deadband.is_some() && !numeric {
+        diags.error(
+            spans.of("deadband"),
+            subject,
+            format!(
+                "deadband applies to numeric tags, not {}",
+                mt.data_type.as_str()
+            ),
+        );
+    }
+    if tc.max_silence.is_zero() {
+        diags.error(
+            spans.of("max_silence"),
+            subject,
+            "max_silence must be greater than zero",
+        );
+    }
+    match (tc.kind, tc.rollover) {
+        (TagKind::Totalizer, Some(r)) if r > 0.0 && r.is_finite() => Some(r),
+        (TagKind::Totalizer, Some(r)) => {
+            diags.error(
+                spans.of("rollover"),
+                subject,
+                format!("rollover {r} must be a positive number"),
+            );
+            None
+        }
+        (TagKind::Totalizer, None) => mt.data_type.unsigned_range().map(|r| r * mt.scale.abs()),
+        (_, Some(_)) => {
+            diags.error(
+                spans.of("rollover"),
+                subject,
+                "rollover applies only to kind = \"totalizer\"",
+            );
+            None
+        }
+        (_, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example is the documentation: it must load without errors.
+    #[test]
+    fn example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.example.toml");
+        match load(Path::new(path)) {
+            Ok((map, warnings)) => {
+                assert!(!map.tags.is_empty());
+                assert!(warnings.iter().all(|w| w.severity == Severity::Warning));
+            }
+            Err(e) => panic!(
+                "example config: {:#?}",
+                match &e {
+                    ConfigError::Invalid(d) => d.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                    ConfigError::Io { .. } => vec![],
+                }
+            ),
+        }
+    }
+}

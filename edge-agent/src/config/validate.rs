@@ -1,0 +1,203 @@
+//! Checks across devices and tags: duplicate names, overlapping tags, shared RTU buses and
+//! whether each device (and bus) can meet its poll interval.
+
+use std::collections::HashMap;
+
+use super::{Device, DeviceDriver, Diagnostics, Tag, TagSource};
+use crate::config::duration;
+use crate::drivers::modbus::config::{Link, Spans};
+use crate::drivers::modbus::plan;
+
+pub(super) fn check(
+    devices: &[Device],
+    tags: &[Tag],
+    device_spans: &[Spans],
+    tag_spans: &[Spans],
+    diags: &mut Diagnostics,
+) {
+    duplicates(
+        devices.iter().map(|d| d.name.as_str()),
+        device_spans,
+        "device",
+        diags,
+    );
+    duplicates(
+        tags.iter().map(|t| t.name.as_str()),
+        tag_spans,
+        "tag",
+        diags,
+    );
+    for (di, d) in devices.iter().enumerate() {
+        overlaps(d, tags, tag_spans, diags);
+        cycle_time(di, d, tags, device_spans, diags);
+    }
+    rtu_buses(devices, tags, device_spans, diags);
+}
+
+fn duplicates<'a>(
+    names: impl Iterator<Item = &'a str>,
+    spans: &[Spans],
+    what: &str,
+    diags: &mut Diagnostics,
+) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in names.enumerate() {
+        if let Some(&f) = first.get(n) {
+            let line = diags.line_of(spans[f].of("name").start);
+            diags.error(
+                spans[i].of("name"),
+                format!("{what} '{n}'"),
+                format!("duplicate {what} name; first defined at line {line}"),
+            );
+        } else {
+            first.insert(n, i);
+        }
+    }
+}
+
+fn overlaps(d: &Device, tags: &[Tag], tag_spans: &[Spans], diags: &mut Diagnostics) {
+    let mut spans: Vec<(
+        crate::drivers::modbus::config::RegisterKind,
+        u32,
+        u32,
+        Option<u8>,
+        usize,
+    )> = d
+        .tags
+        .iter()
+        .map(|&id| {
+            let t = &tags[id as usize];
+            let TagSource::Modbus(m) = &t.source;
+            let bit =
+                (m.data_type == crate::drivers::modbus::config::DataType::Bit).then_some(m.bit);
+            (
+                m.register,
+                u32::from(m.address),
+                u32::from(m.address) + u32::from(m.span()),
+                bit,
+                id as usize,
+            )
+        })
+        .collect();
+    spans.sort_by_key(|s| (s.0, s.1, s.2));
+    for (i, a) in spans.iter().enumerate() {
+        for b in spans.iter().skip(i + 1) {
+            // Sorted by table then start: nothing later overlaps `a`.
+            if b.0 != a.0 || b.1 >= a.2 {
+                break;
+            }
+            // Two bits of the same register are not an overlap.
+            if let (Some(x), Some(y)) = (a.3, b.3) {
+                if x != y {
+                    continue;
+                }
+            }
+            let ta = &tags[a.4];
+            let tb = &tags[b.4];
+            diags.warning(
+                tag_spans[b.4].of("address"),
+                format!("device '{}' tag '{}'", d.name, tb.name),
+                format!(
+                    "overlaps tag '{}' (line {}) in the {} table",
+                    ta.name,
+                    diags.line_of(tag_spans[a.4].table.start),
+                    a.0.as_str()
+                ),
+            );
+        }
+    }
+}
+
+/// Requests and cycle estimate of a Modbus device.
+pub(crate) fn device_plan(
+    d: &Device,
+    tags: &[Tag],
+) -> (Vec<plan::ReadRequest>, plan::CycleEstimate) {
+    let DeviceDriver::Modbus(m) = &d.driver;
+    let items = crate::drivers::modbus::items(d, tags);
+    let reqs = plan::plan(&items, &plan::Limits::from(m));
+    let est = plan::estimate(m, &reqs);
+    (reqs, est)
+}
+
+fn cycle_time(di: usize, d: &Device, tags: &[Tag], spans: &[Spans], diags: &mut Diagnostics) {
+    let DeviceDriver::Modbus(m) = &d.driver;
+    if matches!(m.link, Link::Rtu(_)) {
+        return; // checked per bus
+    }
+    let (_, est) = device_plan(d, tags);
+    if est.expected > d.poll_interval {
+        diags.error(
+            spans[di].of("poll_interval"),
+            format!("device '{}'", d.name),
+            format!(
+                "poll_interval {} cannot be met: one cycle of {} requests takes about {} (response_time {} each, pause {}); raise poll_interval, max_registers or max_gap",
+                duration::format(d.poll_interval),
+                est.requests,
+                duration::format(est.expected),
+                duration::format(m.response_time),
+                duration::format(m.pause)
+            ),
+        );
+    }
+}
+
+fn rtu_buses(devices: &[Device], tags: &[Tag], spans: &[Spans], diags: &mut Diagnostics) {
+    let mut buses: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut order = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        let DeviceDriver::Modbus(m) = &d.driver;
+        if let Link::Rtu(s) = &m.link {
+            if !buses.contains_key(s.path.as_str()) {
+                order.push(s.path.as_str());
+            }
+            buses.entry(s.path.as_str()).or_default().push(i);
+        }
+    }
+    for path in order {
+        let members = &buses[path];
+        let first = members[0];
+        let DeviceDriver::Modbus(m0) = &devices[first].driver;
+        let mut units: HashMap<u8, usize> = HashMap::new();
+        let mut load = 0.0;
+        for &i in members {
+            let d = &devices[i];
+            let DeviceDriver::Modbus(m) = &d.driver;
+            let subject = format!("device '{}'", d.name);
+            if m.link != m0.link {
+                diags.error(
+                    spans[i].of("baud"),
+                    &subject,
+                    format!(
+                        "serial settings differ from device '{}' on the same bus {path}: baud, parity, data_bits and stop_bits must match",
+                        devices[first].name
+                    ),
+                );
+            }
+            if let Some(&other) = units.get(&m.unit) {
+                diags.error(
+                    spans[i].of("unit"),
+                    &subject,
+                    format!(
+                        "unit {} is already used by device '{}' on bus {path}",
+                        m.unit, devices[other].name
+                    ),
+                );
+            } else {
+                units.insert(m.unit, i);
+            }
+            let (_, est) = device_plan(d, tags);
+            load += est.expected.as_secs_f64() / d.poll_interval.as_secs_f64().max(1e-3);
+        }
+        if load > 1.0 {
+            diags.error(
+                spans[first].of("serial"),
+                format!("bus {path}"),
+                format!(
+                    "the bus cannot meet its poll intervals: its units need {:.0}% of the bus time (wire time at the configured baud, response_time and pauses); lower the number of requests or raise poll_interval",
+                    load * 100.0
+                ),
+            );
+        }
+    }
+}

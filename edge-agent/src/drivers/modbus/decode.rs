@@ -1,0 +1,320 @@
+//! Decoding register words into values: every data type in every word/byte order, scale and
+//! offset, strings and bits. Pure functions, table-tested.
+
+use super::config::{DataType, ModbusTag, Order};
+use crate::model::Value;
+
+/// Why a register block could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Fewer words than the type needs (short answer).
+    #[error("short answer: {needed} registers needed, {got} received")]
+    Short {
+        /// Words the type needs.
+        needed: usize,
+        /// Words available.
+        got: usize,
+    },
+    /// A float register pair holds NaN or infinity.
+    #[error("not a finite number ({0})")]
+    NotFinite(String),
+    /// String bytes are not ASCII/UTF-8.
+    #[error("string is not valid text")]
+    BadText,
+}
+
+/// The big-endian bytes (A B C D …) of `words` stored in `order`.
+pub fn canonical_bytes(words: &[u16], order: Order) -> Vec<u8> {
+    let mut out = Vec::with_capacity(words.len() * 2);
+    let mut push = |w: u16| {
+        let [hi, lo] = w.to_be_bytes();
+        if order.byte_swap() {
+            out.extend_from_slice(&[lo, hi]);
+        } else {
+            out.extend_from_slice(&[hi, lo]);
+        }
+    };
+    if order.word_swap() {
+        words.iter().rev().copied().for_each(&mut push);
+    } else {
+        words.iter().copied().for_each(&mut push);
+    }
+    out
+}
+
+fn take<const N: usize>(words: &[u16], order: Order) -> Result<[u8; N], DecodeError> {
+    let needed = N / 2;
+    if words.len() < needed {
+        return Err(DecodeError::Short {
+            needed,
+            got: words.len(),
+        });
+    }
+    let bytes = canonical_bytes(&words[..needed], order);
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes);
+    Ok(out)
+}
+
+/// Raw (unscaled) value of a register-table tag from its words.
+pub fn decode_raw(
+    words: &[u16],
+    dt: DataType,
+    order: Order,
+    bit: u8,
+    length: u16,
+) -> Result<Value, DecodeError> {
+    let first = || {
+        words
+            .first()
+            .copied()
+            .ok_or(DecodeError::Short { needed: 1, got: 0 })
+    };
+    Ok(match dt {
+        DataType::Bool => Value::Bool(first()? != 0),
+        DataType::Bit => Value::Bool(first()? >> bit & 1 == 1),
+        DataType::U16 => Value::Int(i64::from(u16::from_be_bytes(take::<2>(words, order)?))),
+        DataType::I16 => Value::Int(i64::from(i16::from_be_bytes(take::<2>(words, order)?))),
+        DataType::U32 => Value::Int(i64::from(u32::from_be_bytes(take::<4>(words, order)?))),
+        DataType::I32 => Value::Int(i64::from(i32::from_be_bytes(take::<4>(words, order)?))),
+        DataType::U64 => {
+            let v = u64::from_be_bytes(take::<8>(words, order)?);
+            i64::try_from(v).map(Value::Int).unwrap_or(Value::UInt(v))
+        }
+        DataType::I64 => Value::Int(i64::from_be_bytes(take::<8>(words, order)?)),
+        DataType::F32 => {
+            let v = f32::from_be_bytes(take::<4>(words, order)?);
+            if !v.is_finite() {
+                return Err(DecodeError::NotFinite(v.to_string()));
+            }
+            Value::Float(f64::from(v))
+        }
+        DataType::F64 => {
+            let v = f64::from_be_bytes(take::<8>(words, order)?);
+            if !v.is_finite() {
+                return Err(DecodeError::NotFinite(v.to_string()));
+            }
+            Value::Float(v)
+        }
+        DataType::String => {
+            let needed = usize::from(length.div_ceil(2));
+            if words.len() < needed {
+                return Err(DecodeError::Short {
+                    needed,
+                    got: words.len(),
+                });
+            }
+            // Strings are never word-reversed; only the byte order within a word applies.
+            let byte_order = if order.byte_swap() {
+                Order::BADC
+            } else {
+                Order::ABCD
+            };
+            let mut bytes = canonical_bytes(&words[..needed], byte_order);
+            bytes.truncate(usize::from(length));
+            let s = std::str::from_utf8(&bytes).map_err(|_| DecodeError::BadText)?;
+            Value::Text(s.trim_end_matches(['\0', ' ']).to_owned())
+        }
+    })
+}
+
+/// Apply scale and offset: integers stay integers when scale = 1 and offset = 0.
+pub fn scale(v: Value, scale: f64, offset: f64) -> Value {
+    if scale == 1.0 && offset == 0.0 {
+        return v;
+    }
+    match v.as_f64() {
+        Some(x) if !matches!(v, Value::Bool(_)) => Value::Float(x * scale + offset),
+        _ => v,
+    }
+}
+
+/// Decode a register-table tag completely (raw, then scaled).
+pub fn decode_tag(words: &[u16], tag: &ModbusTag) -> Result<Value, DecodeError> {
+    let raw = decode_raw(words, tag.data_type, tag.order, tag.bit, tag.length)?;
+    Ok(scale(raw, tag.scale, tag.offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DataType::*;
+
+    /// Registers holding big-endian bytes `be` in `order` (the inverse of `canonical_bytes`).
+    fn encode(be: &[u8], order: Order) -> Vec<u16> {
+        let mut words: Vec<u16> = be
+            .chunks(2)
+            .map(|c| {
+                if order.byte_swap() {
+                    u16::from_be_bytes([c[1], c[0]])
+                } else {
+                    u16::from_be_bytes([c[0], c[1]])
+                }
+            })
+            .collect();
+        if order.word_swap() {
+            words.reverse();
+        }
+        words
+    }
+
+    #[test]
+    fn f32_12_5_in_every_order() {
+        // 12.5f32 = 0x41480000: A=41 B=48 C=00 D=00
+        let cases = [
+            (Order::ABCD, [0x4148, 0x0000]),
+            (Order::CDAB, [0x0000, 0x4148]),
+            (Order::BADC, [0x4841, 0x0000]),
+            (Order::DCBA, [0x0000, 0x4841]),
+        ];
+        for (order, words) in cases {
+            assert_eq!(
+                decode_raw(&words, F32, order, 0, 0),
+                Ok(Value::Float(12.5)),
+                "{order:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_type_in_every_order_round_trips() {
+        for order in Order::ALL {
+            let check = |dt: DataType, be: Vec<u8>, want: Value| {
+                let words = encode(&be, order);
+                assert_eq!(
+                    decode_raw(&words, dt, order, 0, 0),
+                    Ok(want.clone()),
+                    "{dt:?} {order:?}"
+                );
+            };
+            check(U16, 0xBEEFu16.to_be_bytes().to_vec(), Value::Int(0xBEEF));
+            check(I16, (-1234i16).to_be_bytes().to_vec(), Value::Int(-1234));
+            check(
+                U32,
+                0xDEAD_BEEFu32.to_be_bytes().to_vec(),
+                Value::Int(0xDEAD_BEEF),
+            );
+            check(
+                I32,
+                (-123_456_789i32).to_be_bytes().to_vec(),
+                Value::Int(-123_456_789),
+            );
+            check(
+                U64,
+                0x0123_4567_89AB_CDEFu64.to_be_bytes().to_vec(),
+                Value::Int(0x0123_4567_89AB_CDEF),
+            );
+            check(U64, u64::MAX.to_be_bytes().to_vec(), Value::UInt(u64::MAX));
+            check(
+                I64,
+                (-9_876_543_210i64).to_be_bytes().to_vec(),
+                Value::Int(-9_876_543_210),
+            );
+            check(
+                F32,
+                (-273.15f32).to_be_bytes().to_vec(),
+                Value::Float(f64::from(-273.15f32)),
+            );
+            check(
+                F64,
+                845.123_456_789f64.to_be_bytes().to_vec(),
+                Value::Float(845.123_456_789),
+            );
+        }
+    }
+
+    #[test]
+    fn u16_byte_swap_applies_but_word_swap_does_not() {
+        assert_eq!(
+            decode_raw(&[0x1234], U16, Order::CDAB, 0, 0),
+            Ok(Value::Int(0x1234))
+        );
+        assert_eq!(
+            decode_raw(&[0x1234], U16, Order::BADC, 0, 0),
+            Ok(Value::Int(0x3412))
+        );
+        assert_eq!(
+            decode_raw(&[0x1234], U16, Order::DCBA, 0, 0),
+            Ok(Value::Int(0x3412))
+        );
+    }
+
+    #[test]
+    fn bits_and_bools() {
+        assert_eq!(
+            decode_raw(&[0b1000_0000_0000_0100], Bit, Order::ABCD, 2, 0),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(
+            decode_raw(&[0b1000_0000_0000_0100], Bit, Order::ABCD, 3, 0),
+            Ok(Value::Bool(false))
+        );
+        assert_eq!(
+            decode_raw(&[0b1000_0000_0000_0100], Bit, Order::ABCD, 15, 0),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(
+            decode_raw(&[0], Bool, Order::ABCD, 0, 0),
+            Ok(Value::Bool(false))
+        );
+        assert_eq!(
+            decode_raw(&[7], Bool, Order::ABCD, 0, 0),
+            Ok(Value::Bool(true))
+        );
+    }
+
+    #[test]
+    fn strings_trim_padding_and_honour_byte_swap() {
+        let w = [
+            u16::from_be_bytes(*b"TK"),
+            u16::from_be_bytes(*b"-1"),
+            u16::from_be_bytes(*b"01"),
+            0,
+        ];
+        assert_eq!(
+            decode_raw(&w, String, Order::ABCD, 0, 8),
+            Ok(Value::Text("TK-101".into()))
+        );
+        let sw: Vec<u16> = w.iter().map(|x| x.swap_bytes()).collect();
+        assert_eq!(
+            decode_raw(&sw, String, Order::BADC, 0, 8),
+            Ok(Value::Text("TK-101".into()))
+        );
+        // Odd length: the last register's low byte is not part of the string.
+        assert_eq!(
+            decode_raw(&w, String, Order::ABCD, 0, 5),
+            Ok(Value::Text("TK-10".into()))
+        );
+        assert_eq!(
+            decode_raw(&[0xFFFF], String, Order::ABCD, 0, 2),
+            Err(DecodeError::BadText)
+        );
+    }
+
+    #[test]
+    fn scale_and_offset() {
+        assert_eq!(
+            scale(Value::Int(1234), 0.1, 0.0),
+            Value::Float(1234.0 * 0.1)
+        );
+        assert_eq!(scale(Value::Int(100), 1.0, -40.0), Value::Float(60.0));
+        assert_eq!(scale(Value::Int(5), 1.0, 0.0), Value::Int(5));
+        assert_eq!(scale(Value::Bool(true), 2.0, 0.0), Value::Bool(true));
+    }
+
+    #[test]
+    fn short_answers_and_nan_are_decode_errors() {
+        assert_eq!(
+            decode_raw(&[1], U32, Order::ABCD, 0, 0),
+            Err(DecodeError::Short { needed: 2, got: 1 })
+        );
+        assert!(matches!(
+            decode_raw(&[0x7FC0, 0], F32, Order::ABCD, 0, 0),
+            Err(DecodeError::NotFinite(_))
+        ));
+        assert_eq!(
+            decode_raw(&[], U16, Order::ABCD, 0, 0),
+            Err(DecodeError::Short { needed: 1, got: 0 })
+        );
+    }
+}

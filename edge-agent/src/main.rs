@@ -1,0 +1,37 @@
+//! `edge-agent` binary: parse the command line, set up logging, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use edge_agent::cli::{self, Cli};
+
+fn init_logging(level: &str, format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Under systemd (JOURNAL_STREAM set) journald adds its own timestamps.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (format, journald) {
+        ("json", _) => builder.json().init(),
+        (_, true) => builder.without_time().with_ansi(false).init(),
+        _ => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let args = Cli::parse();
+    init_logging(&args.log_level, &args.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match rt.block_on(cli::run(args)) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
