@@ -1,7 +1,7 @@
 //! The `edge-agent` command line: `check`, `plan`, `read`, `probe`, `run`.
 
 mod check;
-mod plan;
+pub mod plan;
 mod probe;
 mod read;
 mod run;

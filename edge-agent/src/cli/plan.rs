@@ -55,6 +55,14 @@ pub fn run(path: &Path, format: &str) -> Result<ExitCode, CliError> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    print!("{}", render_text(&map));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text plan of every device (what `edge-agent plan` prints).
+pub fn render_text(map: &TagMap) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let mut total = 0;
     for (di, d) in map.devices.iter().enumerate() {
         let DeviceDriver::Modbus(m) = &d.driver;
@@ -62,14 +70,16 @@ pub fn run(path: &Path, format: &str) -> Result<ExitCode, CliError> {
             Link::Tcp { host, port } => format!("modbus-tcp {host}:{port}"),
             Link::Rtu(s) => format!("modbus-rtu {} {} baud", s.path, s.baud),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "device {} ({link} unit {}), poll every {}",
             d.name,
             m.unit,
             duration::format(d.poll_interval)
         );
-        let (reqs, est) = requests(&map, di);
-        println!(
+        let (reqs, est) = requests(map, di);
+        let _ = writeln!(
+            out,
             "  {:>3}  {:<20} {:>6} {:>6}  tags",
             "#", "function", "start", "count"
         );
@@ -84,7 +94,8 @@ pub fn run(path: &Path, format: &str) -> Result<ExitCode, CliError> {
             } else {
                 r.start.to_string()
             };
-            println!(
+            let _ = writeln!(
+                out,
                 "  {:>3}  {:<20} {:>6} {:>6}  {}",
                 i + 1,
                 fc_name(r.kind),
@@ -95,7 +106,8 @@ pub fn run(path: &Path, format: &str) -> Result<ExitCode, CliError> {
         }
         total += reqs.len();
         let pct = est.expected.as_secs_f64() / d.poll_interval.as_secs_f64() * 100.0;
-        println!(
+        let _ = writeln!(
+            out,
             "  {} request(s) for {} tag(s); estimated cycle {} ({pct:.1}% of the interval); if every request timed out: {}",
             reqs.len(),
             d.tags.len(),
@@ -103,10 +115,11 @@ pub fn run(path: &Path, format: &str) -> Result<ExitCode, CliError> {
             duration::format(est.all_timeouts)
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "total: {total} request(s) per cycle for {} tag(s) on {} device(s)",
         map.tags.len(),
         map.devices.len()
     );
-    Ok(ExitCode::SUCCESS)
+    out
 }

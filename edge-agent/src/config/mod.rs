@@ -390,7 +390,7 @@ fn load_device(
             tag_spans.push(tspans);
         }
     }
-    if device.tags.is_empty() {
+    if !t.contains_key("tag") {
         diags.warning(dt.span(), &subject, "device has no [[device.tag]] tables");
     }
     devices.push(device);

@@ -126,6 +126,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// Deserialize the keys of `table` that are fields of `T` (others are ignored here; they are
 /// reported by `report_unknown_keys` or belong to another part). Errors go to `diags`.
+///
+/// serde stops at the first bad value; to report every bad value of the table at once, the key an
+/// error points into is reported, taken out, and deserialization retried, until it succeeds or
+/// fails for a reason that is not one key's value (a missing key, reported only if no value was
+/// bad, since taking a bad key out makes it "missing").
 pub fn part<T: DeserializeOwned>(
     table: &STable<'_>,
     subject: &str,
@@ -138,27 +143,36 @@ pub fn part<T: DeserializeOwned>(
             sub.insert(k.clone(), v.clone());
         }
     }
-    let value = Spanned::new(table.span(), DeValue::Table(sub));
-    match T::deserialize(ValueDeserializer::from(value)) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            // Name the key whose value the error points into, when it points into one.
-            let key = e.span().and_then(|sp| {
-                table
-                    .get_ref()
-                    .iter()
-                    .find(|(_, v)| v.span().contains(&sp.start))
-                    .map(|(k, _)| k.get_ref().to_string())
-            });
-            match key {
-                Some(k) => diags.error(
+    let mut bad_keys = 0;
+    loop {
+        let value = Spanned::new(table.span(), DeValue::Table(sub.clone()));
+        let e = match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(v) if bad_keys == 0 => return Some(v),
+            Ok(_) => return None,
+            Err(e) => e,
+        };
+        // The key whose value the error points into, if it points into one.
+        let key = e.span().and_then(|sp| {
+            sub.iter()
+                .find(|(_, v)| v.span().contains(&sp.start))
+                .map(|(k, _)| k.get_ref().to_string())
+        });
+        match key {
+            Some(k) => {
+                diags.error(
                     e.span().unwrap_or(table.span()),
                     subject,
                     format!("`{k}`: {}", e.message().trim_end()),
-                ),
-                None => diags.toml_error(&e, table.span(), subject),
+                );
+                sub.remove(k.as_str());
+                bad_keys += 1;
             }
-            None
+            None => {
+                if bad_keys == 0 {
+                    diags.toml_error(&e, table.span(), subject);
+                }
+                return None;
+            }
         }
     }
 }
