@@ -16,8 +16,12 @@ fn num(v: Result<Value, super::decode::DecodeError>) -> String {
         Ok(Value::Int(i)) => i.to_string(),
         Ok(Value::UInt(u)) => u.to_string(),
         Ok(Value::Float(f)) => {
-            let s = format!("{f:.6}");
-            let s = s.trim_end_matches('0').trim_end_matches('.').to_string();
+            let s = if f != 0.0 && (f.abs() < 1e-4 || f.abs() >= 1e12) {
+                format!("{f:.4e}")
+            } else {
+                let s = format!("{f:.6}");
+                s.trim_end_matches('0').trim_end_matches('.').to_string()
+            };
             if plausible(f) {
                 format!("{s} *")
             } else {
@@ -55,10 +59,10 @@ pub fn render_registers(start: u16, words: &[u16]) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "  {a:>6}  {w:#06x}  {:>6}  {:>6}  {:>#8x}  {:>6}  {:>6}  {ascii}",
+            "  {a:>6}  {w:#06x}  {:>6}  {:>6}  {:>8}  {:>6}  {:>6}  {ascii}",
             w,
             *w as i16,
-            w.swap_bytes(),
+            format!("{:#06x}", w.swap_bytes()),
             w.swap_bytes(),
             w.swap_bytes() as i16
         );
