@@ -112,7 +112,6 @@ impl PtyPair {
         let a = dir.path().join("a");
         let b = dir.path().join("b");
         let proc = Command::new("socat")
-            .arg("-d0")
             .arg(format!("pty,raw,echo=0,link={}", a.display()))
             .arg(format!("pty,raw,echo=0,link={}", b.display()))
             .stdin(Stdio::null())
