@@ -1,0 +1,27 @@
+//! FlowSquare site simulator: simulated field devices for integration tests (in-process, through
+//! this library) and for benchmarks and demos (as the `flowsquare-sim` binary).
+//!
+//! # Layout
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`clock`] | simulation time ([`clock::Clock`]: real, or manual for deterministic tests) |
+//! | [`duration`] | `"500ms"` / `"2s"` / `"1m"` durations in config files |
+//! | [`modbus`] | simulated Modbus devices |
+//! | [`modbus::config`] | the register map file (TOML): units, registers, generators, faults |
+//! | [`modbus::values`] | register kinds, data types, word orders; value ↔ register encoding |
+//! | [`modbus::generator`] | time-dependent values: ramp, sine, counter, random walk |
+//! | `modbus::registers` | one unit's register image: mapped points plus client writes |
+//! | `modbus::simulator` | [`modbus::Simulator`] (the units of a device) and [`modbus::Unit`] |
+//! | [`modbus::faults`] | fault injection and the runtime [`modbus::FaultHandle`] |
+//! | [`modbus::service`] | request routing and execution; the tokio-modbus `Service` impl |
+//! | `modbus::frame` | byte-level Modbus: PDU codec, RTU CRC and framing, MBAP |
+//! | [`modbus::server`] | TCP and RTU serve loops, serial port opening |
+//! | [`modbus::gen_map`] | generated benchmark maps (and the matching agent tag list) |
+//! | [`modbus::error`] | [`modbus::SimError`] |
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library.
+
+pub mod clock;
+pub mod duration;
+pub mod modbus;

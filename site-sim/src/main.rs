@@ -1,0 +1,292 @@
+//! `flowsquare-sim`: the site simulator as a process (benchmarks, demos). A thin CLI over the
+//! `site_sim` library.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use site_sim::modbus::{self, gen_map, MapConfig, SerialConfig, Simulator};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// FlowSquare site simulator: simulated field devices for tests, benchmarks and demos.
+#[derive(Debug, Parser)]
+#[command(name = "flowsquare-sim", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a register map as simulated Modbus TCP devices and/or a Modbus RTU bus.
+    ///
+    /// After binding, prints one line per endpoint to stdout: `listening tcp ADDR:PORT` or
+    /// `listening rtu PATH`. Runs until SIGINT or SIGTERM, then exits 0. Logs go to stderr
+    /// (level from RUST_LOG, default info).
+    ///
+    /// Example: flowsquare-sim modbus --map config/sim/modbus-demo.toml --tcp 127.0.0.1:0
+    /// --listeners 4 --ports-file /tmp/ports
+    Modbus(ModbusArgs),
+    /// Print a generated benchmark register map (or, with --agent-tags, the matching edge-agent
+    /// devices and tags) to stdout.
+    ///
+    /// Example: flowsquare-sim gen-map --units 1 --tags 100 > map.toml
+    GenMap(GenMapArgs),
+}
+
+#[derive(Debug, Args)]
+struct ModbusArgs {
+    /// Register map (TOML); see config/sim/modbus-demo.toml for every key.
+    #[arg(long, value_name = "FILE")]
+    map: PathBuf,
+    /// Serve Modbus TCP on this address (repeatable; each address is a separate device with
+    /// its own copy of the map). Port 0 picks a free port.
+    #[arg(long = "tcp", value_name = "ADDR")]
+    tcp: Vec<String>,
+    /// Bind N listeners (N separate devices, same map) on each --tcp address; needs port 0.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    listeners: u16,
+    /// Serve Modbus RTU on this serial device or pseudo-terminal (all units share the bus).
+    #[arg(long, value_name = "PATH")]
+    rtu: Option<String>,
+    /// RTU baud rate.
+    #[arg(long, default_value_t = 9600, value_name = "BAUD")]
+    baud: u32,
+    /// RTU parity.
+    #[arg(long, value_enum, default_value_t = ParityArg::None)]
+    parity: ParityArg,
+    /// RTU data bits (5–8).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(5..=8))]
+    data_bits: u8,
+    /// RTU stop bits (1 or 2).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    stop_bits: u8,
+    /// Also write the bound TCP ports, one per line, to this file (written atomically, after
+    /// every listener is bound).
+    #[arg(long, value_name = "FILE")]
+    ports_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ParityArg {
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Args)]
+struct GenMapArgs {
+    /// Number of units (ids 1, 2, …).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=247))]
+    units: u8,
+    /// Tags per unit.
+    #[arg(long, default_value_t = 100)]
+    tags: u16,
+    /// Print the edge-agent [[device]] / [[device.tag]] list instead of the register map.
+    #[arg(long)]
+    agent_tags: bool,
+    /// Simulator host written into the agent devices (with --agent-tags).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Simulator port written into the agent devices (with --agent-tags).
+    #[arg(long, default_value_t = 502)]
+    port: u16,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, skipping causes whose text an outer message already includes
+/// (the library's errors spell out their source).
+fn describe(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::GenMap(a) => {
+            let text = if a.agent_tags {
+                gen_map::bench_agent_tags(a.units, a.tags, &a.host, a.port)
+            } else {
+                gen_map::bench_map(a.units, a.tags)
+            };
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("writing to stdout")?;
+            Ok(())
+        }
+        Command::Modbus(a) => {
+            init_logging();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(run_modbus(a))
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("--tcp {addr}: expected HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--tcp {addr}: resolves to no address"))
+}
+
+async fn run_modbus(a: ModbusArgs) -> Result<()> {
+    if a.tcp.is_empty() && a.rtu.is_none() {
+        bail!("nothing to serve: give --tcp ADDR and/or --rtu PATH");
+    }
+    let map = MapConfig::load(&a.map)?;
+    // Validate once up front so that a bad map fails before anything is bound.
+    Simulator::new(&map)?;
+
+    let mut listeners = Vec::new();
+    for addr in &a.tcp {
+        let sa = resolve(addr).await?;
+        if a.listeners > 1 && sa.port() != 0 {
+            bail!(
+                "--listeners {} needs port 0 in --tcp {addr} (each listener gets its own port)",
+                a.listeners
+            );
+        }
+        for _ in 0..a.listeners {
+            let l = TcpListener::bind(sa)
+                .await
+                .with_context(|| format!("binding {sa}"))?;
+            listeners.push(l);
+        }
+    }
+    let serial = match &a.rtu {
+        Some(path) => {
+            let cfg = SerialConfig {
+                path: path.clone(),
+                baud: a.baud,
+                parity: match a.parity {
+                    ParityArg::None => modbus::Parity::None,
+                    ParityArg::Even => modbus::Parity::Even,
+                    ParityArg::Odd => modbus::Parity::Odd,
+                },
+                data_bits: a.data_bits,
+                stop_bits: a.stop_bits,
+            };
+            Some((modbus::open_serial(&cfg)?, path.clone()))
+        }
+        None => None,
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shutdown = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            // An error means the sender is gone: stop as well.
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut tasks = JoinSet::new();
+    let mut lines = String::new();
+    let mut ports = String::new();
+    for l in listeners {
+        let local = l.local_addr().context("reading the bound address")?;
+        lines.push_str(&format!("listening tcp {local}\n"));
+        ports.push_str(&format!("{}\n", local.port()));
+        let sim = Arc::new(Simulator::new(&map)?);
+        tracing::info!(addr = %local, units = sim.units().count(), "serving modbus tcp");
+        tasks.spawn(modbus::serve_tcp(l, sim, shutdown()));
+    }
+    if let Some((port, path)) = serial {
+        lines.push_str(&format!("listening rtu {path}\n"));
+        let sim = Arc::new(Simulator::new(&map)?);
+        tracing::info!(%path, baud = a.baud, units = sim.units().count(), "serving modbus rtu");
+        tasks.spawn(modbus::serve_rtu(port, sim, shutdown()));
+    }
+    if let Some(file) = &a.ports_file {
+        write_atomically(file, &ports)?;
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        out.write_all(lines.as_bytes())
+            .context("writing to stdout")?;
+        out.flush().context("flushing stdout")?;
+    }
+
+    tokio::select! {
+        r = wait_for_signal() => r?,
+        Some(done) = tasks.join_next() => {
+            // A server ended on its own: only an error or a closed serial port does that.
+            match done {
+                Ok(Ok(())) => tracing::warn!("a server stopped (serial port closed?)"),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => bail!("a server task failed: {e}"),
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    // Receivers may all be gone already; that is fine.
+    let _ = stop_tx.send(true);
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "server error during shutdown");
+        }
+    }
+    Ok(())
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> Result<()> {
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+}
