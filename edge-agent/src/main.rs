@@ -8,9 +8,12 @@ use edge_agent::cli::{self, Cli};
 fn init_logging(level: &str, format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: logs redirected to files or journald stay plain text.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(tty);
     // Under systemd (JOURNAL_STREAM set) journald adds its own timestamps.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     match (format, journald) {

@@ -16,6 +16,7 @@ use crate::sink;
 
 pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<ExitCode, CliError> {
     let map = super::load_map(path)?;
+    super::release_startup_memory();
     tracing::info!(
         site = %map.agent.site, agent = %map.agent.id, devices = map.devices.len(), tags = map.tags.len(),
         config_hash = %map.hash, "edge-agent starting"

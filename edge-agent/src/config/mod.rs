@@ -149,7 +149,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<(TagMap, Vec<Diagnostic>), Co
         return Err(ConfigError::Invalid(diags.into_sorted()));
     }
     let root: &toml::de::DeTable = doc.get_ref();
-    report_unknown_keys(&doc, &[&["agent", "device"]], &[], "", &mut diags);
+    report_unknown_keys(&STable::new(doc.span(), root), &[&["agent", "device"]], &[], "", &mut diags);
 
     let agent = match root.get("agent") {
         Some(v) => {
@@ -209,7 +209,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<(TagMap, Vec<Diagnostic>), Co
     }
 }
 
-fn load_agent(t: &STable<'_>, diags: &mut Diagnostics) -> Option<AgentConfig> {
+fn load_agent(t: &STable<'_, '_>, diags: &mut Diagnostics) -> Option<AgentConfig> {
     report_unknown_keys(t, &[parse::fields_of::<AgentConfig>()], &[], "agent", diags);
     let agent: AgentConfig = part(t, "agent", diags)?;
     for (key, v) in [("site", &agent.site), ("id", &agent.id)] {
@@ -228,7 +228,7 @@ fn load_agent(t: &STable<'_>, diags: &mut Diagnostics) -> Option<AgentConfig> {
 #[allow(clippy::too_many_arguments)]
 fn load_device(
     index: usize,
-    dt: &STable<'_>,
+    dt: &STable<'_, '_>,
     devices: &mut Vec<Device>,
     tags: &mut Vec<Tag>,
     device_spans: &mut Vec<mb::Spans>,
@@ -397,7 +397,7 @@ fn load_device(
     device_spans.push(spans);
 }
 
-fn tag_subject(device_subject: &str, tt: &STable<'_>, index: usize) -> String {
+fn tag_subject(device_subject: &str, tt: &STable<'_, '_>, index: usize) -> String {
     match str_key(tt.get_ref(), "name") {
         Some(n) => format!("{device_subject} tag '{n}'"),
         None => format!("{device_subject} tag #{}", index + 1),

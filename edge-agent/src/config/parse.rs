@@ -8,8 +8,27 @@ use toml::Spanned;
 
 use super::diag::Diagnostics;
 
-/// A table from the parsed document, with its span.
-pub type STable<'i> = Spanned<DeTable<'i>>;
+/// A table of the parsed document (borrowed, never copied), with its span.
+#[derive(Debug, Clone, Copy)]
+pub struct STable<'a, 'i> {
+    span: (usize, usize),
+    table: &'a DeTable<'i>,
+}
+
+impl<'a, 'i> STable<'a, 'i> {
+    /// View `table` at `span`.
+    pub fn new(span: Range<usize>, table: &'a DeTable<'i>) -> Self {
+        STable { span: (span.start, span.end), table }
+    }
+    /// Its span in the source.
+    pub fn span(&self) -> Range<usize> {
+        self.span.0..self.span.1
+    }
+    /// The table.
+    pub fn get_ref(&self) -> &'a DeTable<'i> {
+        self.table
+    }
+}
 
 /// The field names a derived `Deserialize` struct accepts (serde passes them to
 /// `deserialize_struct`; this deserializer captures them and stops).
@@ -59,7 +78,7 @@ pub fn value_span(table: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
 }
 
 /// Value spans of every key, for diagnostics after deserialization.
-pub fn key_spans(table: &STable<'_>) -> crate::drivers::modbus::config::Spans {
+pub fn key_spans(table: &STable<'_, '_>) -> crate::drivers::modbus::config::Spans {
     crate::drivers::modbus::config::Spans {
         table: table.span(),
         keys: table
@@ -73,7 +92,7 @@ pub fn key_spans(table: &STable<'_>) -> crate::drivers::modbus::config::Spans {
 /// Report every key of `table` that is in none of `allowed` (each a struct's fields), as
 /// `unknown key` errors listing the valid keys. `skip` names keys handled elsewhere (sub-tables).
 pub fn report_unknown_keys(
-    table: &STable<'_>,
+    table: &STable<'_, '_>,
     allowed: &[&[&str]],
     skip: &[&str],
     subject: &str,
@@ -132,7 +151,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// fails for a reason that is not one key's value (a missing key, reported only if no value was
 /// bad, since taking a bad key out makes it "missing").
 pub fn part<T: DeserializeOwned>(
-    table: &STable<'_>,
+    table: &STable<'_, '_>,
     subject: &str,
     diags: &mut Diagnostics,
 ) -> Option<T> {
@@ -178,14 +197,14 @@ pub fn part<T: DeserializeOwned>(
 }
 
 /// Interpret `value` as a table, or report that `what` must be one.
-pub fn as_table<'i>(
-    value: &Spanned<DeValue<'i>>,
+pub fn as_table<'a, 'i>(
+    value: &'a Spanned<DeValue<'i>>,
     what: &str,
     subject: &str,
     diags: &mut Diagnostics,
-) -> Option<STable<'i>> {
+) -> Option<STable<'a, 'i>> {
     match value.get_ref() {
-        DeValue::Table(t) => Some(Spanned::new(value.span(), t.clone())),
+        DeValue::Table(t) => Some(STable::new(value.span(), t)),
         _ => {
             diags.error(value.span(), subject, format!("`{what}` must be a table"));
             None
@@ -194,12 +213,12 @@ pub fn as_table<'i>(
 }
 
 /// Interpret `value` as an array of tables (`[[what]]`), or report it.
-pub fn as_table_array<'i>(
-    value: &Spanned<DeValue<'i>>,
+pub fn as_table_array<'a, 'i>(
+    value: &'a Spanned<DeValue<'i>>,
     what: &str,
     subject: &str,
     diags: &mut Diagnostics,
-) -> Vec<STable<'i>> {
+) -> Vec<STable<'a, 'i>> {
     match value.get_ref() {
         DeValue::Array(items) => items
             .iter()
