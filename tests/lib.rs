@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 /// Workspace root (the directory holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Poll `cond` every few milliseconds until it holds or `timeout` passes; returns whether it held.
@@ -44,7 +47,9 @@ pub struct Proc {
 impl Proc {
     /// Spawn `cmd` and wait (up to `timeout`) for `expect` `listening` lines.
     pub fn spawn(mut cmd: Command, expect: usize, timeout: Duration) -> Result<Proc, String> {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let (tx, rx) = mpsc::channel();
@@ -55,7 +60,12 @@ impl Proc {
                 }
             }
         });
-        let mut p = Proc { stdin: child.stdin.take(), child, listening: Vec::new(), lines: rx };
+        let mut p = Proc {
+            stdin: child.stdin.take(),
+            child,
+            listening: Vec::new(),
+            lines: rx,
+        };
         let deadline = Instant::now() + timeout;
         while p.listening.len() < expect {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -66,7 +76,11 @@ impl Proc {
                         p.listening.push(addr);
                     }
                 }
-                Err(_) => return Err(format!("{cmd:?} did not announce {expect} listener(s) within {timeout:?}")),
+                Err(_) => {
+                    return Err(format!(
+                        "{cmd:?} did not announce {expect} listener(s) within {timeout:?}"
+                    ))
+                }
             }
         }
         Ok(p)
@@ -119,7 +133,12 @@ impl PtyPair {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("socat (apt-get install socat): {e}"))?;
-        let mut p = PtyPair { _dir: dir, proc, a, b };
+        let mut p = PtyPair {
+            _dir: dir,
+            proc,
+            a,
+            b,
+        };
         if !wait_until(Duration::from_secs(10), || p.a.exists() && p.b.exists()) {
             let _ = p.proc.kill();
             return Err("socat did not create the pty pair".into());

@@ -78,19 +78,35 @@ timeout = "2s"
     let readings = read_once(&map, None).await;
     let by_name = |n: &str| {
         let id = map.tag_by_name(n).expect("tag").id;
-        readings.iter().find(|r| r.tag == id).expect("reading").clone()
+        readings
+            .iter()
+            .find(|r| r.tag == id)
+            .expect("reading")
+            .clone()
     };
     assert_eq!(by_name("p/f32").value, Some(Value::Float(12.5)));
     assert_eq!(by_name("p/u16").value, Some(Value::Int(4242)));
     assert_eq!(by_name("p/i16").value, Some(Value::Int(-5)));
     assert_eq!(by_name("p/u32-cdab").value, Some(Value::Int(123_456_789)));
-    assert_eq!(by_name("p/string").value, Some(Value::Text("TK-101".into())));
-    let t = by_name("p/temperature").value.and_then(|v| v.as_f64()).expect("temperature");
+    assert_eq!(
+        by_name("p/string").value,
+        Some(Value::Text("TK-101".into()))
+    );
+    let t = by_name("p/temperature")
+        .value
+        .and_then(|v| v.as_f64())
+        .expect("temperature");
     assert!((t - 21.5).abs() < 1e-9);
     assert_eq!(by_name("p/coil-2").value, Some(Value::Bool(true)));
     // The read past the server's map gets exception 2; only its own tag is bad.
     let beyond = by_name("p/beyond-the-map");
     assert_eq!(beyond.quality, Quality::BadDevice);
     assert_eq!(beyond.status, Some(2));
-    assert_eq!(readings.iter().filter(|r| r.quality == Quality::Good).count(), 7);
+    assert_eq!(
+        readings
+            .iter()
+            .filter(|r| r.quality == Quality::Good)
+            .count(),
+        7
+    );
 }

@@ -58,7 +58,11 @@ async fn bus() -> Bus {
             eprintln!("rtu sim: {e}");
         }
     });
-    Bus { pty, sim, _stop: stop }
+    Bus {
+        pty,
+        sim,
+        _stop: stop,
+    }
 }
 
 fn agent_map(path: &str, interval: &str, timeout: &str) -> String {
@@ -86,7 +90,10 @@ timeout = "{timeout}"
 }
 
 fn good_times(rs: &[Reading], tag: u32) -> Vec<i64> {
-    rs.iter().filter(|r| r.tag == tag && r.quality == Quality::Good).map(|r| r.ts_ms).collect()
+    rs.iter()
+        .filter(|r| r.tag == tag && r.quality == Quality::Good)
+        .map(|r| r.ts_ms)
+        .collect()
 }
 
 #[tokio::test]
@@ -95,7 +102,15 @@ async fn units_sharing_a_bus_are_read_over_a_pty() {
     let m = map(&agent_map(&b.pty.b.display().to_string(), "200ms", "300ms"));
     let rs = edge_agent::drivers::read_once(&m, None).await;
     let vals: Vec<Option<Value>> = rs.iter().map(|r| r.value.clone()).collect();
-    assert_eq!(vals, vec![Some(Value::Float(11.5)), Some(Value::Float(22.5)), Some(Value::Float(33.5))], "{rs:?}");
+    assert_eq!(
+        vals,
+        vec![
+            Some(Value::Float(11.5)),
+            Some(Value::Float(22.5)),
+            Some(Value::Float(33.5))
+        ],
+        "{rs:?}"
+    );
 }
 
 #[tokio::test]
@@ -103,19 +118,33 @@ async fn one_dead_unit_does_not_delay_the_others_beyond_its_timeout() {
     let b = bus().await;
     let interval = 200;
     let timeout = 150;
-    let m = map(&agent_map(&b.pty.b.display().to_string(), &format!("{interval}ms"), &format!("{timeout}ms")));
+    let m = map(&agent_map(
+        &b.pty.b.display().to_string(),
+        &format!("{interval}ms"),
+        &format!("{timeout}ms"),
+    ));
     b.sim.faults(2).expect("unit 2").set_silent(true);
     let mut run = Running::start(&m);
     // Long enough for unit 2 to time out three times and be skipped.
     let ok = run
         .until(Duration::from_secs(30), |rs| {
-            good_times(rs, 0).len() >= 15 && rs.iter().any(|r| r.tag == 1 && r.quality == Quality::Stale)
+            good_times(rs, 0).len() >= 15
+                && rs.iter().any(|r| r.tag == 1 && r.quality == Quality::Stale)
         })
         .await;
     run.stop().await;
     assert!(ok, "unit 1 keeps being read and unit 2 is skipped");
-    let unit2: Vec<Quality> = run.seen.iter().filter(|r| r.tag == 1).map(|r| r.quality).collect();
-    assert_eq!(&unit2[..3], &[Quality::BadCommunication; 3], "three timeouts, then skipped: {unit2:?}");
+    let unit2: Vec<Quality> = run
+        .seen
+        .iter()
+        .filter(|r| r.tag == 1)
+        .map(|r| r.quality)
+        .collect();
+    assert_eq!(
+        &unit2[..3],
+        &[Quality::BadCommunication; 3],
+        "three timeouts, then skipped: {unit2:?}"
+    );
     for tag in [0, 2] {
         let t = good_times(&run.seen, tag);
         let worst = t.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
@@ -126,7 +155,14 @@ async fn one_dead_unit_does_not_delay_the_others_beyond_its_timeout() {
             "unit {} worst gap {worst} ms (interval {interval}, timeout {timeout}): {t:?}",
             tag + 1
         );
-        assert!(run.seen.iter().filter(|r| r.tag == tag).all(|r| r.quality == Quality::Good), "unit {} all good", tag + 1);
+        assert!(
+            run.seen
+                .iter()
+                .filter(|r| r.tag == tag)
+                .all(|r| r.quality == Quality::Good),
+            "unit {} all good",
+            tag + 1
+        );
     }
 }
 
@@ -138,11 +174,25 @@ async fn a_wrong_unit_id_in_the_answer_is_bad_decode_and_the_bus_recovers() {
     let mut run = Running::start(&m);
     let ok = run
         .until(Duration::from_secs(20), |rs| {
-            rs.iter().filter(|r| r.tag == 0 && r.quality == Quality::BadDecode).count() >= 2
-                && rs.iter().filter(|r| r.tag == 2 && r.quality == Quality::Good).count() >= 10
+            rs.iter()
+                .filter(|r| r.tag == 0 && r.quality == Quality::BadDecode)
+                .count()
+                >= 2
+                && rs
+                    .iter()
+                    .filter(|r| r.tag == 2 && r.quality == Quality::Good)
+                    .count()
+                    >= 10
         })
         .await;
     run.stop().await;
-    assert!(ok, "wrong-unit answers are bad-decode, the other units stay good");
-    assert!(run.seen.iter().filter(|r| r.tag == 0).any(|r| r.quality == Quality::Good));
+    assert!(
+        ok,
+        "wrong-unit answers are bad-decode, the other units stay good"
+    );
+    assert!(run
+        .seen
+        .iter()
+        .filter(|r| r.tag == 0)
+        .any(|r| r.quality == Quality::Good));
 }

@@ -106,9 +106,16 @@ timeout = "300ms"
     )
 }
 
-fn value_of(m: &edge_agent::config::TagMap, rs: &[edge_agent::model::Reading], name: &str) -> Option<Value> {
+fn value_of(
+    m: &edge_agent::config::TagMap,
+    rs: &[edge_agent::model::Reading],
+    name: &str,
+) -> Option<Value> {
     let id = m.tag_by_name(name).expect("tag").id;
-    rs.iter().rev().find(|r| r.tag == id).and_then(|r| r.value.clone())
+    rs.iter()
+        .rev()
+        .find(|r| r.tag == id)
+        .and_then(|r| r.value.clone())
 }
 
 #[tokio::test]
@@ -120,15 +127,28 @@ async fn one_cycle_decodes_every_type_and_an_exception_leaves_the_other_tags_goo
     assert_eq!(value_of(&m, &rs, "t/f32"), Some(Value::Float(845.5)));
     assert_eq!(value_of(&m, &rs, "t/u32-cdab"), Some(Value::Int(123_456)));
     assert_eq!(value_of(&m, &rs, "t/i16-scaled"), Some(Value::Float(80.0)));
-    assert_eq!(value_of(&m, &rs, "t/string"), Some(Value::Text("TK-101".into())));
-    assert_eq!(value_of(&m, &rs, "t/f64-dcba"), Some(Value::Float(1_234_567.25)));
+    assert_eq!(
+        value_of(&m, &rs, "t/string"),
+        Some(Value::Text("TK-101".into()))
+    );
+    assert_eq!(
+        value_of(&m, &rs, "t/f64-dcba"),
+        Some(Value::Float(1_234_567.25))
+    );
     assert_eq!(value_of(&m, &rs, "t/coil"), Some(Value::Bool(true)));
     let exc_id = m.tag_by_name("t/in-exception-range").expect("tag").id;
     let exc = rs.iter().find(|r| r.tag == exc_id).expect("reading");
     assert_eq!(exc.quality, Quality::BadDevice);
     assert_eq!(exc.status, Some(2));
-    assert!(exc.error.as_deref().unwrap_or("").contains("illegal data address"));
-    assert_eq!(rs.iter().filter(|r| r.quality == Quality::Good).count(), m.tags.len() - 1);
+    assert!(exc
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("illegal data address"));
+    assert_eq!(
+        rs.iter().filter(|r| r.quality == Quality::Good).count(),
+        m.tags.len() - 1
+    );
     // Timestamps are wall-clock UTC milliseconds taken at send time.
     let now = edge_agent::model::now_ms();
     assert!(rs.iter().all(|r| (now - r.ts_ms).abs() < 10_000));
@@ -141,17 +161,24 @@ async fn a_disconnect_marks_tags_bad_and_polling_resumes_after_reconnect() {
     let m = map(&agent_map(addr, ""));
     let f32_id = m.tag_by_name("t/f32").expect("tag").id;
     let mut run = Running::start(&m);
-    let good = |rs: &[edge_agent::model::Reading]| rs.iter().any(|r| r.tag == f32_id && r.quality == Quality::Good);
-    assert!(run.until(Duration::from_secs(10), good).await, "first good reading");
+    let good = |rs: &[edge_agent::model::Reading]| {
+        rs.iter()
+            .any(|r| r.tag == f32_id && r.quality == Quality::Good)
+    };
+    assert!(
+        run.until(Duration::from_secs(10), good).await,
+        "first good reading"
+    );
 
     // The device goes away: readings turn bad-communication (never silently missing).
     sim.stop().await;
     run.seen.clear();
     assert!(
-        run.until(Duration::from_secs(10), |rs| rs
-            .iter()
-            .any(|r| r.tag == f32_id && r.quality == Quality::BadCommunication))
-            .await,
+        run.until(Duration::from_secs(10), |rs| {
+            rs.iter()
+                .any(|r| r.tag == f32_id && r.quality == Quality::BadCommunication)
+        })
+        .await,
         "bad-communication while the device is down"
     );
 
@@ -159,7 +186,10 @@ async fn a_disconnect_marks_tags_bad_and_polling_resumes_after_reconnect() {
     // the first retries are within seconds).
     let _back = SimTcp::serve(sim.sim.clone(), &addr.to_string()).await;
     run.seen.clear();
-    assert!(run.until(Duration::from_secs(30), good).await, "good again after reconnect");
+    assert!(
+        run.until(Duration::from_secs(30), good).await,
+        "good again after reconnect"
+    );
     run.stop().await;
 }
 
@@ -172,14 +202,21 @@ async fn garbage_and_wrong_unit_answers_are_bad_decode_counted_and_polling_goes_
     let mut run = Running::start(&m);
     let ok = run
         .until(Duration::from_secs(20), |rs| {
-            let decode = rs.iter().filter(|r| r.quality == Quality::BadDecode).count();
+            let decode = rs
+                .iter()
+                .filter(|r| r.quality == Quality::BadDecode)
+                .count();
             let good = rs.iter().filter(|r| r.quality == Quality::Good).count();
             decode >= 2 && good >= 2 * m.tags.len()
         })
         .await;
     let stats = run.acq.as_ref().expect("running").stats[0].snapshot();
     run.stop().await;
-    assert!(ok, "bad-decode readings and good ones keep coming: {:?}", stats);
+    assert!(
+        ok,
+        "bad-decode readings and good ones keep coming: {:?}",
+        stats
+    );
     assert!(stats.decode_errors > 0, "decode errors counted: {stats:?}");
 }
 
@@ -191,7 +228,8 @@ async fn a_silent_device_times_out_then_is_skipped_with_stale_tags() {
     let mut run = Running::start(&m);
     let ok = run
         .until(Duration::from_secs(20), |rs| {
-            rs.iter().any(|r| r.quality == Quality::BadCommunication) && rs.iter().any(|r| r.quality == Quality::Stale)
+            rs.iter().any(|r| r.quality == Quality::BadCommunication)
+                && rs.iter().any(|r| r.quality == Quality::Stale)
         })
         .await;
     let stats = run.acq.as_ref().expect("running").stats[0].snapshot();
@@ -207,7 +245,10 @@ async fn every_cycle_yields_one_reading_per_tag() {
     let sim = SimTcp::start(SIM).await;
     let m = map(&agent_map(sim.addr, ""));
     let mut run = Running::start(&m);
-    assert!(run.until(Duration::from_secs(10), |rs| rs.len() >= 5 * m.tags.len()).await);
+    assert!(
+        run.until(Duration::from_secs(10), |rs| rs.len() >= 5 * m.tags.len())
+            .await
+    );
     run.stop().await;
     // Drain what was produced before the stop, then count per tag: all equal.
     while let Ok(b) = run.rx.try_recv() {

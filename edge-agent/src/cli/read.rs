@@ -11,7 +11,8 @@ use crate::drivers::{self, Acquisition};
 use crate::model::{Reading, TagId};
 use crate::sink;
 
-fn print(map: &TagMap, readings: &[Reading], format: &str) {
+fn print(map: &TagMap, readings: &mut [Reading], format: &str) {
+    readings.sort_by_key(|r| r.tag);
     if format == "jsonl" {
         let mut s = String::new();
         for r in readings {
@@ -49,8 +50,8 @@ pub async fn run(
         Some(ids)
     };
     if once {
-        let readings = drivers::read_once(&map, only.as_deref()).await;
-        print(&map, &readings, format);
+        let mut readings = drivers::read_once(&map, only.as_deref()).await;
+        print(&map, &mut readings, format);
         return Ok(ExitCode::SUCCESS);
     }
     let (tx, mut rx) = mpsc::channel::<Vec<Reading>>(64);
@@ -64,7 +65,7 @@ pub async fn run(
                     if let Some(o) = &only {
                         b.retain(|r| o.contains(&r.tag));
                     }
-                    print(&map, &b, format);
+                    print(&map, &mut b, format);
                 }
                 None => break,
             },

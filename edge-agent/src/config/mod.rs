@@ -149,7 +149,13 @@ pub fn parse_str(file: &str, text: &str) -> Result<(TagMap, Vec<Diagnostic>), Co
         return Err(ConfigError::Invalid(diags.into_sorted()));
     }
     let root: &toml::de::DeTable = doc.get_ref();
-    report_unknown_keys(&STable::new(doc.span(), root), &[&["agent", "device"]], &[], "", &mut diags);
+    report_unknown_keys(
+        &STable::new(doc.span(), root),
+        &[&["agent", "device"]],
+        &[],
+        "",
+        &mut diags,
+    );
 
     let agent = match root.get("agent") {
         Some(v) => {

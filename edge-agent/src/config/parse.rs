@@ -18,7 +18,10 @@ pub struct STable<'a, 'i> {
 impl<'a, 'i> STable<'a, 'i> {
     /// View `table` at `span`.
     pub fn new(span: Range<usize>, table: &'a DeTable<'i>) -> Self {
-        STable { span: (span.start, span.end), table }
+        STable {
+            span: (span.start, span.end),
+            table,
+        }
     }
     /// Its span in the source.
     pub fn span(&self) -> Range<usize> {

@@ -25,7 +25,9 @@ pub struct SimTcp {
 impl SimTcp {
     /// Serve `map` on 127.0.0.1:0.
     pub async fn start(map: &str) -> SimTcp {
-        let sim = Arc::new(Simulator::new(&MapConfig::from_toml_str(map).expect("sim map")).expect("simulator"));
+        let sim = Arc::new(
+            Simulator::new(&MapConfig::from_toml_str(map).expect("sim map")).expect("simulator"),
+        );
         Self::serve(sim, "127.0.0.1:0").await
     }
 
@@ -41,7 +43,12 @@ impl SimTcp {
             })
             .await;
         });
-        SimTcp { addr, sim, stop: Some(stop), task: Some(task) }
+        SimTcp {
+            addr,
+            sim,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Stop serving (closes the listener and every connection).
@@ -73,11 +80,19 @@ pub struct Running {
 impl Running {
     pub fn start(map: &TagMap) -> Running {
         let (tx, rx) = mpsc::channel(1024);
-        Running { acq: Some(Acquisition::start(map, tx)), rx, seen: Vec::new() }
+        Running {
+            acq: Some(Acquisition::start(map, tx)),
+            rx,
+            seen: Vec::new(),
+        }
     }
 
     /// Receive readings until `pred` holds over everything seen so far, or `timeout` passes.
-    pub async fn until(&mut self, timeout: Duration, mut pred: impl FnMut(&[Reading]) -> bool) -> bool {
+    pub async fn until(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&[Reading]) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if pred(&self.seen) {

@@ -87,7 +87,9 @@ pub fn decode_raw(
             if !v.is_finite() {
                 return Err(DecodeError::NotFinite(v.to_string()));
             }
-            Value::Float(f64::from(v))
+            // Widen through the shortest decimal that round-trips the f32, so 7.2f32 reads 7.2,
+            // not 7.199999809265137 (the same f32 either way; no precision is invented).
+            Value::Float(v.to_string().parse::<f64>().unwrap_or(f64::from(v)))
         }
         DataType::F64 => {
             let v = f64::from_be_bytes(take::<8>(words, order)?);
@@ -124,7 +126,17 @@ pub fn scale(v: Value, scale: f64, offset: f64) -> Value {
         return v;
     }
     match v.as_f64() {
-        Some(x) if !matches!(v, Value::Bool(_)) => Value::Float(x * scale + offset),
+        Some(x) if !matches!(v, Value::Bool(_)) => {
+            // Decimal scales (0.1, 0.01, 0.001) divide by the integer inverse: 202 x 0.1 gives
+            // 20.200000000000003, 202 / 10 gives 20.2.
+            let inv = 1.0 / scale;
+            let scaled = if scale.abs() < 1.0 && (inv - inv.round()).abs() < 1e-9 * inv.abs() {
+                x / inv.round()
+            } else {
+                x * scale
+            };
+            Value::Float(scaled + offset)
+        }
         _ => v,
     }
 }
@@ -213,7 +225,7 @@ mod tests {
             check(
                 F32,
                 (-273.15f32).to_be_bytes().to_vec(),
-                Value::Float(f64::from(-273.15f32)),
+                Value::Float(-273.15),
             );
             check(
                 F64,
