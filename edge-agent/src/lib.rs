@@ -12,8 +12,10 @@
 //! - `model.rs`: `Reading`, `Value`, `Quality`, shared by every stage;
 //! - `cli/`: the `edge-agent` subcommands; `main.rs` only parses and dispatches.
 
+pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod drivers;
 pub mod model;
 pub mod sink;
+pub mod uplink;

@@ -18,14 +18,15 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86_400.0,
         "" => {
             return Err(format!(
-                "invalid duration {s:?}: a unit is required (ms, s, m, h), like \"{s}s\""
+                "invalid duration {s:?}: a unit is required (ms, s, m, h, d), like \"{s}s\""
             ))
         }
         other => {
             return Err(format!(
-                "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"
+                "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
             ))
         }
     };

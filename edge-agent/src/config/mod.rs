@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
-pub use schema::{AgentConfig, Deadband, TagKind};
+pub use schema::{AgentConfig, Deadband, Priority, TagKind};
 
 use crate::drivers::modbus::config as mb;
 use crate::model::TagId;
@@ -93,6 +93,8 @@ pub struct Tag {
     pub max_silence: Duration,
     /// Totalizer wrap value (engineering units), if known.
     pub rollover: Option<f64>,
+    /// Buffer priority.
+    pub priority: Priority,
     /// Where the value comes from.
     pub source: TagSource,
 }
@@ -110,6 +112,10 @@ pub struct TagMap {
     pub devices: Vec<Device>,
     /// All tags; `TagId` indexes this.
     pub tags: Vec<Tag>,
+    /// `[buffer]` (defaults when absent).
+    pub buffer: crate::buffer::BufferConfig,
+    /// `[uplink]`, if the agent forwards to the cloud.
+    pub uplink: Option<crate::uplink::UplinkConfig>,
 }
 
 impl TagMap {
@@ -151,11 +157,16 @@ pub fn parse_str(file: &str, text: &str) -> Result<(TagMap, Vec<Diagnostic>), Co
     let root: &toml::de::DeTable = doc.get_ref();
     report_unknown_keys(
         &STable::new(doc.span(), root),
-        &[&["agent", "device"]],
+        &[&["agent", "device", "buffer", "uplink"]],
         &[],
         "",
         &mut diags,
     );
+    let buffer =
+        section::<crate::buffer::BufferConfig>(root, "buffer", &mut diags, |b| b.validate())
+            .unwrap_or_default();
+    let uplink =
+        section::<crate::uplink::UplinkConfig>(root, "uplink", &mut diags, |u| u.validate());
 
     let agent = match root.get("agent") {
         Some(v) => {
@@ -208,11 +219,31 @@ pub fn parse_str(file: &str, text: &str) -> Result<(TagMap, Vec<Diagnostic>), Co
                 agent,
                 devices,
                 tags,
+                buffer,
+                uplink,
             },
             diags.into_sorted(),
         )),
         _ => Err(ConfigError::Invalid(diags.into_sorted())),
     }
+}
+
+/// An optional single-table section (`[buffer]`, `[uplink]`), deserialized and validated.
+fn section<T: serde::de::DeserializeOwned>(
+    root: &toml::de::DeTable<'_>,
+    key: &str,
+    diags: &mut Diagnostics,
+    validate: impl Fn(&T) -> Vec<(&'static str, String)>,
+) -> Option<T> {
+    let v = root.get(key)?;
+    let t = as_table(v, key, key, diags)?;
+    report_unknown_keys(&t, &[parse::fields_of::<T>()], &[], key, diags);
+    let parsed: T = part(&t, key, diags)?;
+    let spans = parse::key_spans(&t);
+    for (k, msg) in validate(&parsed) {
+        diags.error(spans.of(k), key, msg);
+    }
+    Some(parsed)
 }
 
 fn load_agent(t: &STable<'_, '_>, diags: &mut Diagnostics) -> Option<AgentConfig> {
@@ -391,6 +422,11 @@ fn load_device(
                 deadband: tc.deadband,
                 max_silence: tc.max_silence,
                 rollover,
+                priority: tc.priority.unwrap_or(if tc.kind == TagKind::Totalizer {
+                    Priority::High
+                } else {
+                    Priority::Normal
+                }),
                 source: TagSource::Modbus(mt),
             });
             tag_spans.push(tspans);

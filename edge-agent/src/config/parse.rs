@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn captures_struct_fields() {
         let f = fields_of::<crate::config::schema::AgentConfig>();
-        assert_eq!(f, &["site", "id", "description"]);
+        assert_eq!(f, &["site", "id", "description", "metrics"]);
     }
 
     #[test]

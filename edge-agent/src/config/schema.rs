@@ -23,6 +23,14 @@ pub struct AgentConfig {
     /// Free text shown in the cloud console.
     #[serde(default)]
     pub description: Option<String>,
+    /// Address of the Prometheus `/metrics` endpoint, or `"off"`. Localhost by default: expose it
+    /// wider only behind a firewall.
+    #[serde(default = "default_metrics")]
+    pub metrics: String,
+}
+
+fn default_metrics() -> String {
+    "127.0.0.1:9898".into()
 }
 
 /// Keys every `[[device]]` has, whatever its protocol.
@@ -70,6 +78,18 @@ impl TagKind {
             TagKind::State => "state",
         }
     }
+}
+
+/// Buffer priority of a tag's readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Dropped last (custody totalizers).
+    High,
+    /// The default.
+    Normal,
+    /// Dropped first (diagnostics).
+    Low,
 }
 
 /// Report-by-exception threshold.
@@ -140,6 +160,11 @@ pub struct TagCommon {
     /// Longest time a tag inside its deadband goes unreported (heartbeat).
     #[serde(default = "default_max_silence", deserialize_with = "duration::de")]
     pub max_silence: Duration,
+    /// Buffer priority when the gateway runs out of buffer space: `low` readings are dropped
+    /// first, then `normal`, then `high` (events are never dropped). Default: `high` for
+    /// totalizers (custody quantities), `normal` otherwise.
+    #[serde(default)]
+    pub priority: Option<Priority>,
     /// Totalizer only: the value at which the counter wraps to zero (engineering units).
     /// Default for unsigned integer types: the type's range times the scale.
     #[serde(default)]
@@ -154,6 +179,7 @@ pub const TAG_COMMON_KEYS: &[&str] = &[
     "kind",
     "deadband",
     "max_silence",
+    "priority",
     "rollover",
 ];
 

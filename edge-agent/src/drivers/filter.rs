@@ -90,6 +90,7 @@ mod tests {
             deadband,
             max_silence: Duration::from_secs(10),
             rollover,
+            priority: crate::config::Priority::Normal,
             source: TagSource::Modbus(ModbusTag {
                 register: RegisterKind::Holding,
                 address: 0,

@@ -1,0 +1,978 @@
+//! # The SQLite segment store: design note
+//!
+//! ## On-disk format
+//! One SQLite database (`buffer.db` in the agent's state directory) in WAL mode. Readings are
+//! not stored as rows: the writer group-commits them as **segments**, each a compressed blob of
+//! one priority class (≈ 8 bytes per reading instead of ≈ 30 as rows).
+//!
+//! ```sql
+//! segment(id INTEGER PRIMARY KEY,   -- append order, never reused (AUTOINCREMENT)
+//!         class INTEGER,             -- 0 event (never dropped), 1 high, 2 normal, 3 low
+//!         first_ts, last_ts,         -- time range of the readings inside (UTC ms)
+//!         count INTEGER,             -- readings (or events) inside
+//!         bytes INTEGER,             -- blob size
+//!         created_ms INTEGER,        -- when committed (age bound)
+//!         tags BLOB,                 -- tag ids inside, u32 LE (for gap records on eviction)
+//!         config TEXT,               -- hash of the tag map the tag ids refer to
+//!         batch_id INTEGER NULL,     -- NULL = unleased; set once at lease, never changed
+//!         blob BLOB)
+//! gap(id, tags BLOB, from_ms, to_ms, count, reason TEXT, batch_id NULL)  -- known losses to report
+//! meta(key TEXT PRIMARY KEY, value INTEGER)  -- next_batch_id, drop counters, quarantines
+//! ```
+//!
+//! ## Invariants
+//! 1. A reading the writer reported as committed is in exactly one segment until the cloud
+//!    acknowledges the batch holding it, or it is evicted for space/age and counted in a gap row
+//!    (reported to the cloud like data). Nothing else deletes segments.
+//! 2. A batch id is assigned to a segment in the same transaction that advances `next_batch_id`,
+//!    and is never changed afterwards: a re-send (after a timeout, reconnect or restart) carries
+//!    the same id, so the cloud de-duplicates it. Batch ids are never reused.
+//! 3. Events (class 0) are never evicted for space or age.
+//! 4. Only unleased segments are evicted: a leased batch may already be committed in the cloud,
+//!    and evicting it would count its readings twice (stored and lost). The buffer can therefore
+//!    exceed its byte bound by at most the in-flight window.
+//!
+//! ## Ack and delete rules
+//! `ack(batch_id)` deletes the segments and gap rows leased under that id, in one transaction.
+//! `nack` is not a store operation: the batch keeps its id and stays leased; the uplink re-sends
+//! it. On start, `leased()` lists batches leased before a crash so they are re-sent first.
+//!
+//! ## Crash behaviour
+//! Every operation is one SQLite transaction. `synchronous=NORMAL` (default) survives a process
+//! crash (SIGKILL) with every committed transaction intact; `synchronous=FULL` also survives
+//! power loss. A crash between lease and ack leaves the segments leased under their id (re-sent
+//! on restart); a crash after ack leaves nothing to re-send. A database that cannot be opened or
+//! fails `quick_check` is moved aside (`buffer.db.corrupt-<ms>`), reported and counted, and a
+//! fresh one is started: the agent never refuses to start because of its buffer.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::error::BufferError;
+
+/// Priority class of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// Business events (gantry batch records, deliveries): never dropped.
+    Event = 0,
+    /// High priority readings (custody totalizers).
+    High = 1,
+    /// Normal readings.
+    Normal = 2,
+    /// Low priority readings (diagnostics): dropped first.
+    Low = 3,
+}
+
+impl Class {
+    fn from_i64(v: i64) -> Class {
+        match v {
+            0 => Class::Event,
+            1 => Class::High,
+            3 => Class::Low,
+            _ => Class::Normal,
+        }
+    }
+}
+
+/// How hard commits are pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// WAL + synchronous=NORMAL: committed data survives a process crash.
+    #[default]
+    CrashSafe,
+    /// WAL + synchronous=FULL: committed data also survives power loss.
+    PowerLossSafe,
+}
+
+/// Size and age bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Most blob bytes kept (unleased segments beyond are evicted, lowest class and oldest first).
+    pub max_bytes: u64,
+    /// Oldest reading kept, ms (0 = no age bound).
+    pub max_age_ms: i64,
+}
+
+/// A segment to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSegment {
+    /// Priority class.
+    pub class: Class,
+    /// Time range of its readings.
+    pub first_ts: i64,
+    /// See `first_ts`.
+    pub last_ts: i64,
+    /// Readings (events) inside.
+    pub count: u32,
+    /// Tag ids inside.
+    pub tags: Vec<u32>,
+    /// Hash of the tag map the tag ids refer to (a batch never mixes two).
+    pub config: String,
+    /// Encoded content.
+    pub blob: Vec<u8>,
+}
+
+/// A stored segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    /// Row id.
+    pub id: i64,
+    /// Priority class.
+    pub class: Class,
+    /// Readings (events) inside.
+    pub count: u32,
+    /// Encoded content.
+    pub blob: Vec<u8>,
+}
+
+/// Why readings were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The byte bound was reached.
+    BufferFull,
+    /// Older than the age bound.
+    BufferAge,
+}
+
+impl DropReason {
+    /// Spelling in gap rows, metrics and the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::BufferFull => "buffer-full",
+            DropReason::BufferAge => "buffer-age",
+        }
+    }
+}
+
+/// A known loss, to be reported to the cloud.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GapRow {
+    /// Tag ids concerned.
+    pub tags: Vec<u32>,
+    /// Time range of the lost readings.
+    pub range: Range<i64>,
+    /// Readings lost.
+    pub count: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// A leased batch: segments and gap rows under one batch id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leased {
+    /// The batch id (persisted).
+    pub batch_id: u64,
+    /// Its segments, in append order.
+    pub segments: Vec<Segment>,
+    /// Its gap rows.
+    pub gaps: Vec<GapRow>,
+}
+
+impl Leased {
+    /// Readings and events in the batch.
+    pub fn count(&self) -> u64 {
+        self.segments.iter().map(|s| u64::from(s.count)).sum()
+    }
+}
+
+/// What to lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// Most readings in the batch (a single larger segment is still leased whole).
+    pub max_readings: u64,
+    /// Newest or oldest first.
+    pub order: LeaseOrder,
+    /// Only segments whose readings reach into this time range (UTC ms).
+    pub range: Range<i64>,
+    /// Also take the pending gap rows.
+    pub with_gaps: bool,
+}
+
+/// Which unleased segments a lease takes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOrder {
+    /// Newest first (live data ahead of backlog).
+    NewestFirst,
+    /// Oldest first (backlog drain).
+    OldestFirst,
+}
+
+/// Figures for `buffer status`, metrics and the heartbeat.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreFigures {
+    /// Segments stored.
+    pub segments: u64,
+    /// Readings and events stored.
+    pub readings: u64,
+    /// Blob bytes stored.
+    pub bytes: u64,
+    /// Readings in leased, unacknowledged batches.
+    pub leased_readings: u64,
+    /// Oldest reading not yet acknowledged (UTC ms).
+    pub oldest_ts: Option<i64>,
+    /// Gap rows waiting to be reported.
+    pub pending_gaps: u64,
+    /// Readings dropped for space since the database was created.
+    pub dropped_full: u64,
+    /// Readings dropped for age.
+    pub dropped_age: u64,
+    /// Corrupt databases quarantined on this gateway.
+    pub quarantined: u64,
+    /// Next batch id.
+    pub next_batch_id: u64,
+}
+
+/// What eviction removed (for counters and logs).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Evicted {
+    /// Readings evicted for space.
+    pub full: u64,
+    /// Readings evicted for age.
+    pub age: u64,
+}
+
+/// The segment store. Not `Sync`: one thread owns it (the buffer actor).
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    bounds: Bounds,
+    bytes: u64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS segment(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    class INTEGER NOT NULL,
+    first_ts INTEGER NOT NULL,
+    last_ts INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    tags BLOB NOT NULL,
+    config TEXT NOT NULL,
+    batch_id INTEGER,
+    blob BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS segment_batch ON segment(batch_id);
+CREATE INDEX IF NOT EXISTS segment_evict ON segment(class, id) WHERE batch_id IS NULL;
+CREATE TABLE IF NOT EXISTS gap(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tags BLOB NOT NULL,
+    from_ms INTEGER NOT NULL,
+    to_ms INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    batch_id INTEGER);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('next_batch_id', 1), ('dropped_full', 0), ('dropped_age', 0), ('quarantined', 0);
+";
+
+fn tags_blob(tags: &[u32]) -> Vec<u8> {
+    tags.iter().flat_map(|t| t.to_le_bytes()).collect()
+}
+
+fn tags_from_blob(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    crate::model::now_ms()
+}
+
+impl Store {
+    /// Open (or create) the store at `path`. A corrupt database is moved aside and a fresh one
+    /// created; the returned path says where the corrupt one went.
+    pub fn open(
+        path: &Path,
+        durability: Durability,
+        bounds: Bounds,
+    ) -> Result<(Store, Option<PathBuf>), BufferError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| BufferError::Io {
+                    path: dir.to_path_buf(),
+                    source: e,
+                })?;
+            }
+        }
+        match Self::try_open(path, durability, bounds) {
+            Ok(s) => Ok((s, None)),
+            Err(e) if e.is_corruption() => {
+                let moved = quarantine(path)?;
+                tracing::error!(path = %path.display(), moved_to = %moved.display(), error = %e,
+                    "buffer database is corrupt: moved aside, starting a fresh one");
+                let mut s = Self::try_open(path, durability, bounds)?;
+                s.bump("quarantined", 1)?;
+                Ok((s, Some(moved)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn try_open(path: &Path, durability: Durability, bounds: Bounds) -> Result<Store, BufferError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match durability {
+                Durability::CrashSafe => "NORMAL",
+                Durability::PowerLossSafe => "FULL",
+            },
+        )?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(BufferError::Corrupt(check));
+        }
+        conn.execute_batch(SCHEMA)?;
+        let bytes: i64 =
+            conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM segment", [], |r| {
+                r.get(0)
+            })?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            bounds,
+            bytes: bytes as u64,
+        })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn meta(&self, key: &str) -> Result<i64, BufferError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    fn bump(&mut self, key: &str, by: i64) -> Result<(), BufferError> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = value + ?2",
+            params![key, by],
+        )?;
+        Ok(())
+    }
+
+    /// Append segments in one transaction, then enforce the bounds.
+    pub fn append(&mut self, segs: &[NewSegment]) -> Result<Evicted, BufferError> {
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut added = 0u64;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO segment(class, first_ts, last_ts, count, bytes, created_ms, tags, config, blob)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for s in segs {
+                st.execute(params![
+                    s.class as i64,
+                    s.first_ts,
+                    s.last_ts,
+                    s.count,
+                    s.blob.len() as i64,
+                    now,
+                    tags_blob(&s.tags),
+                    s.config,
+                    s.blob
+                ])?;
+                added += s.blob.len() as u64;
+            }
+        }
+        tx.commit()?;
+        self.bytes += added;
+        self.enforce_bounds(now)
+    }
+
+    /// Evict for age and space (unleased, non-event segments only), recording gap rows.
+    pub fn enforce_bounds(&mut self, now: i64) -> Result<Evicted, BufferError> {
+        let mut ev = Evicted::default();
+        if self.bounds.max_age_ms > 0 {
+            let cutoff = now - self.bounds.max_age_ms;
+            ev.age = self.evict_where("last_ts < ?1", cutoff, DropReason::BufferAge, u64::MAX)?;
+        }
+        while self.bytes > self.bounds.max_bytes {
+            let n = self.evict_where(
+                "1 = ?1",
+                1,
+                DropReason::BufferFull,
+                self.bytes - self.bounds.max_bytes,
+            )?;
+            if n == 0 {
+                break; // only leased or event segments left
+            }
+            ev.full += n;
+        }
+        Ok(ev)
+    }
+
+    /// Evict unleased, non-event segments matching `cond` (lowest class first, then oldest) until
+    /// `want_bytes` are freed; returns readings evicted.
+    fn evict_where(
+        &mut self,
+        cond: &str,
+        arg: i64,
+        reason: DropReason,
+        want_bytes: u64,
+    ) -> Result<u64, BufferError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut freed = 0u64;
+        let mut readings = 0u64;
+        let victims: Vec<(i64, i64, i64, i64, i64, Vec<u8>)> = {
+            let sql = format!(
+                "SELECT id, first_ts, last_ts, count, bytes, tags FROM segment
+                 WHERE batch_id IS NULL AND class > 0 AND {cond} ORDER BY class DESC, id ASC LIMIT 64"
+            );
+            let mut st = tx.prepare(&sql)?;
+            let rows = st.query_map([arg], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (id, first, last, count, bytes, tags) in victims {
+            if freed >= want_bytes {
+                break;
+            }
+            tx.execute("DELETE FROM segment WHERE id = ?1", [id])?;
+            tx.execute(
+                "INSERT INTO gap(tags, from_ms, to_ms, count, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![tags, first, last, count, reason.as_str()],
+            )?;
+            freed += bytes as u64;
+            readings += count as u64;
+        }
+        let key = match reason {
+            DropReason::BufferFull => "dropped_full",
+            DropReason::BufferAge => "dropped_age",
+        };
+        tx.execute(
+            "UPDATE meta SET value = value + ?1 WHERE key = ?2",
+            params![readings as i64, key],
+        )?;
+        tx.commit()?;
+        self.bytes = self.bytes.saturating_sub(freed);
+        if readings > 0 {
+            tracing::warn!(
+                readings,
+                reason = reason.as_str(),
+                "buffer bound reached: oldest low-priority readings dropped, gap recorded"
+            );
+        }
+        Ok(readings)
+    }
+
+    /// Record a known loss (e.g. a skipped event sequence number) to report to the cloud.
+    pub fn add_gap(&mut self, gap: &GapRow) -> Result<(), BufferError> {
+        self.conn.execute(
+            "INSERT INTO gap(tags, from_ms, to_ms, count, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                tags_blob(&gap.tags),
+                gap.range.start,
+                gap.range.end,
+                gap.count as i64,
+                gap.reason
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Lease up to `req.max_readings` (at least one segment) of unleased segments whose readings
+    /// reach into `req.range`, plus pending gap rows when `req.with_gaps`, under a new persisted
+    /// batch id. `None` when nothing matches.
+    pub fn lease(&mut self, req: &LeaseRequest) -> Result<Option<Leased>, BufferError> {
+        self.lease_where(
+            req.max_readings,
+            req.order,
+            Some(req.range.clone()),
+            req.with_gaps,
+        )
+    }
+
+    fn lease_where(
+        &mut self,
+        max_readings: u64,
+        order: LeaseOrder,
+        range: Option<Range<i64>>,
+        with_gaps: bool,
+    ) -> Result<Option<Leased>, BufferError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let dir = match order {
+            LeaseOrder::NewestFirst => "DESC",
+            LeaseOrder::OldestFirst => "ASC",
+        };
+        let (lo, hi) = range
+            .map(|r| (r.start, r.end))
+            .unwrap_or((i64::MIN, i64::MAX));
+        let mut segments = Vec::new();
+        {
+            let sql = format!(
+                "SELECT id, class, count, blob, config FROM segment WHERE batch_id IS NULL AND last_ts >= ?1 AND first_ts <= ?2
+                 ORDER BY id {dir}"
+            );
+            let mut st = tx.prepare_cached(&sql)?;
+            let mut rows = st.query(params![lo, hi])?;
+            let mut total = 0u64;
+            let mut config: Option<String> = None;
+            while let Some(r) = rows.next()? {
+                let count: u32 = r.get(2)?;
+                let seg_config: String = r.get(4)?;
+                if !segments.is_empty() && total + u64::from(count) > max_readings {
+                    break;
+                }
+                // A batch refers to one tag map: stop at a segment written under another one.
+                if config.as_ref().is_some_and(|c| *c != seg_config) {
+                    break;
+                }
+                config = Some(seg_config);
+                total += u64::from(count);
+                segments.push(Segment {
+                    id: r.get(0)?,
+                    class: Class::from_i64(r.get(1)?),
+                    count,
+                    blob: r.get(3)?,
+                });
+            }
+        }
+        let pending_gaps: i64 = if with_gaps {
+            tx.query_row("SELECT COUNT(*) FROM gap WHERE batch_id IS NULL", [], |r| {
+                r.get(0)
+            })?
+        } else {
+            0
+        };
+        if segments.is_empty() && pending_gaps == 0 {
+            return Ok(None);
+        }
+        let batch_id: i64 = tx.query_row(
+            "SELECT value FROM meta WHERE key = 'next_batch_id'",
+            [],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'next_batch_id'",
+            [],
+        )?;
+        {
+            let mut st = tx.prepare_cached("UPDATE segment SET batch_id = ?1 WHERE id = ?2")?;
+            for s in &segments {
+                st.execute(params![batch_id, s.id])?;
+            }
+        }
+        let gaps = if pending_gaps > 0 {
+            tx.execute(
+                "UPDATE gap SET batch_id = ?1 WHERE batch_id IS NULL",
+                [batch_id],
+            )?;
+            Self::gaps_of(&tx, batch_id)?
+        } else {
+            Vec::new()
+        };
+        tx.commit()?;
+        segments.sort_by_key(|s| s.id);
+        Ok(Some(Leased {
+            batch_id: batch_id as u64,
+            segments,
+            gaps,
+        }))
+    }
+
+    fn gaps_of(conn: &Connection, batch_id: i64) -> Result<Vec<GapRow>, BufferError> {
+        let mut st = conn.prepare_cached(
+            "SELECT tags, from_ms, to_ms, count, reason FROM gap WHERE batch_id = ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map([batch_id], |r| {
+            let tags: Vec<u8> = r.get(0)?;
+            Ok(GapRow {
+                tags: tags_from_blob(&tags),
+                range: r.get(1)?..r.get(2)?,
+                count: r.get::<_, i64>(3)? as u64,
+                reason: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Batches leased but not acknowledged (after a restart: re-send these first, same ids).
+    pub fn leased(&self) -> Result<Vec<Leased>, BufferError> {
+        let mut ids: Vec<i64> = {
+            let mut st = self.conn.prepare(
+                "SELECT DISTINCT batch_id FROM segment WHERE batch_id IS NOT NULL
+                 UNION SELECT DISTINCT batch_id FROM gap WHERE batch_id IS NOT NULL",
+            )?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        ids.sort_unstable();
+        let mut out = Vec::new();
+        for id in ids {
+            let mut st = self.conn.prepare_cached(
+                "SELECT id, class, count, blob FROM segment WHERE batch_id = ?1 ORDER BY id",
+            )?;
+            let segments = st
+                .query_map([id], |r| {
+                    Ok(Segment {
+                        id: r.get(0)?,
+                        class: Class::from_i64(r.get(1)?),
+                        count: r.get(2)?,
+                        blob: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            out.push(Leased {
+                batch_id: id as u64,
+                segments,
+                gaps: Self::gaps_of(&self.conn, id)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The cloud committed `batch_id`: delete what was leased under it. Returns the readings
+    /// deleted (0 for an unknown or already acknowledged id: acks are idempotent).
+    pub fn ack(&mut self, batch_id: u64) -> Result<u64, BufferError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (count, bytes): (i64, i64) = tx.query_row(
+            "SELECT COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM segment WHERE batch_id = ?1",
+            [batch_id as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        tx.execute("DELETE FROM segment WHERE batch_id = ?1", [batch_id as i64])?;
+        tx.execute("DELETE FROM gap WHERE batch_id = ?1", [batch_id as i64])?;
+        tx.commit()?;
+        self.bytes = self.bytes.saturating_sub(bytes as u64);
+        Ok(count as u64)
+    }
+
+    /// Current figures.
+    pub fn figures(&self) -> Result<StoreFigures, BufferError> {
+        let (segments, readings, bytes, oldest): (i64, i64, i64, Option<i64>) = self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0), MIN(first_ts) FROM segment",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        let leased: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(count), 0) FROM segment WHERE batch_id IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        let gaps: i64 =
+            self.conn
+                .query_row("SELECT COUNT(*) FROM gap WHERE batch_id IS NULL", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(StoreFigures {
+            segments: segments as u64,
+            readings: readings as u64,
+            bytes: bytes as u64,
+            leased_readings: leased as u64,
+            oldest_ts: oldest,
+            pending_gaps: gaps as u64,
+            dropped_full: self.meta("dropped_full")? as u64,
+            dropped_age: self.meta("dropped_age")? as u64,
+            quarantined: self.meta("quarantined")? as u64,
+            next_batch_id: self.meta("next_batch_id")? as u64,
+        })
+    }
+}
+
+/// Move a corrupt database (and its WAL/SHM files) aside; returns the new path.
+fn quarantine(path: &Path) -> Result<PathBuf, BufferError> {
+    let stamp = now_ms();
+    let moved = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+    std::fs::rename(path, &moved).map_err(|e| BufferError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    for ext in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{ext}", path.display()));
+        if side.exists() {
+            let _ = std::fs::rename(&side, format!("{}{ext}", moved.display()));
+        }
+    }
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(class: Class, ts: i64, count: u32, bytes: usize) -> NewSegment {
+        NewSegment {
+            class,
+            first_ts: ts,
+            last_ts: ts + 999,
+            count,
+            tags: vec![1, 2],
+            config: "c1".into(),
+            blob: vec![7u8; bytes],
+        }
+    }
+
+    fn open(dir: &Path, max_bytes: u64) -> Store {
+        Store::open(
+            &dir.join("buffer.db"),
+            Durability::CrashSafe,
+            Bounds {
+                max_bytes,
+                max_age_ms: 0,
+            },
+        )
+        .expect("open")
+        .0
+    }
+
+    fn all(max: u64) -> LeaseRequest {
+        LeaseRequest {
+            max_readings: max,
+            order: LeaseOrder::OldestFirst,
+            range: i64::MIN..i64::MAX,
+            with_gaps: true,
+        }
+    }
+
+    #[test]
+    fn append_lease_ack_removes_exactly_the_batch() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = open(d.path(), u64::MAX);
+        s.append(&[
+            seg(Class::Normal, 0, 10, 50),
+            seg(Class::Normal, 1000, 10, 50),
+            seg(Class::Normal, 2000, 10, 50),
+        ])
+        .expect("append");
+        let l = s.lease(&all(20)).expect("lease").expect("some");
+        assert_eq!(l.count(), 20);
+        assert_eq!(l.batch_id, 1);
+        let l2 = s.lease(&all(20)).expect("lease").expect("some");
+        assert_eq!((l2.batch_id, l2.count()), (2, 10));
+        assert!(
+            s.lease(&all(20)).expect("lease").is_none(),
+            "everything leased"
+        );
+        assert_eq!(s.ack(1).expect("ack"), 20);
+        assert_eq!(s.ack(1).expect("ack again"), 0, "acks are idempotent");
+        let f = s.figures().expect("figures");
+        assert_eq!((f.readings, f.leased_readings, f.bytes), (10, 10, 50));
+    }
+
+    #[test]
+    fn live_leases_take_the_newest_and_backlog_the_oldest() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = open(d.path(), u64::MAX);
+        for i in 0..5 {
+            s.append(&[seg(Class::Normal, i * 1000, 1, 10)])
+                .expect("append");
+        }
+        let live = LeaseRequest {
+            max_readings: 1,
+            order: LeaseOrder::NewestFirst,
+            range: 3000..i64::MAX,
+            with_gaps: false,
+        };
+        let l = s.lease(&live).expect("lease").expect("some");
+        assert_eq!(l.segments[0].id, 5);
+        let backlog = LeaseRequest {
+            max_readings: 1,
+            order: LeaseOrder::OldestFirst,
+            range: i64::MIN..2000,
+            with_gaps: false,
+        };
+        let l = s.lease(&backlog).expect("lease").expect("some");
+        assert_eq!(l.segments[0].id, 1);
+    }
+
+    #[test]
+    fn a_batch_never_mixes_two_tag_maps() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = open(d.path(), u64::MAX);
+        let mut other = seg(Class::Normal, 1000, 5, 10);
+        other.config = "c2".into();
+        s.append(&[seg(Class::Normal, 0, 5, 10), other])
+            .expect("append");
+        assert_eq!(s.lease(&all(100)).expect("lease").expect("some").count(), 5);
+        assert_eq!(s.lease(&all(100)).expect("lease").expect("some").count(), 5);
+    }
+
+    #[test]
+    fn when_full_the_oldest_lowest_class_goes_first_with_a_gap_and_events_stay() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = open(d.path(), 400);
+        s.append(&[
+            seg(Class::Event, 0, 1, 100),
+            seg(Class::High, 0, 10, 100),
+            seg(Class::Normal, 0, 10, 100),
+            seg(Class::Low, 0, 10, 100),
+        ])
+        .expect("append");
+        assert_eq!(
+            s.figures().expect("figures").dropped_full,
+            0,
+            "exactly at the bound"
+        );
+        // One more segment: the low one goes first…
+        assert_eq!(
+            s.append(&[seg(Class::Normal, 5000, 10, 100)])
+                .expect("append")
+                .full,
+            10
+        );
+        // …then the oldest normal one, then high ones; never the event.
+        assert_eq!(
+            s.append(&[seg(Class::Normal, 6000, 7, 100)])
+                .expect("append")
+                .full,
+            10
+        );
+        s.append(&[seg(Class::Event, 9000, 1, 300)])
+            .expect("append");
+        let f = s.figures().expect("figures");
+        assert_eq!(f.dropped_full, 10 + 10 + 10 + 10 + 7, "{f:?}");
+        let l = s.lease(&all(1000)).expect("lease").expect("some");
+        assert_eq!(
+            l.segments
+                .iter()
+                .filter(|x| x.class == Class::Event)
+                .count(),
+            2,
+            "events kept over the bound"
+        );
+        assert_eq!(l.gaps.len(), 5);
+        assert!(l
+            .gaps
+            .iter()
+            .all(|g| g.reason == "buffer-full" && g.tags == vec![1, 2]));
+        assert_eq!(l.gaps.iter().map(|g| g.count).sum::<u64>(), f.dropped_full);
+    }
+
+    #[test]
+    fn leased_batches_are_not_evicted() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = open(d.path(), 100);
+        s.append(&[seg(Class::Low, 0, 10, 100)]).expect("append");
+        let l = s.lease(&all(100)).expect("lease").expect("some");
+        s.append(&[seg(Class::Normal, 1000, 10, 100)])
+            .expect("append");
+        let f = s.figures().expect("figures");
+        assert_eq!(
+            f.leased_readings, 10,
+            "the leased low segment is still there"
+        );
+        assert_eq!(s.ack(l.batch_id).expect("ack"), 10);
+    }
+
+    #[test]
+    fn age_bound_drops_old_unleased_readings_with_a_gap() {
+        let d = tempfile::tempdir().expect("tmp");
+        let (mut s, _) = Store::open(
+            &d.path().join("b.db"),
+            Durability::CrashSafe,
+            Bounds {
+                max_bytes: u64::MAX,
+                max_age_ms: 60_000,
+            },
+        )
+        .expect("open");
+        let now = now_ms();
+        s.append(&[
+            seg(Class::Normal, now - 120_000, 3, 10),
+            seg(Class::Normal, now, 4, 10),
+        ])
+        .expect("append");
+        let f = s.figures().expect("figures");
+        assert_eq!((f.readings, f.dropped_age, f.pending_gaps), (4, 3, 1));
+    }
+
+    #[test]
+    fn crash_after_append_commit_keeps_every_committed_segment() {
+        let d = tempfile::tempdir().expect("tmp");
+        {
+            let mut s = open(d.path(), u64::MAX);
+            s.append(&[seg(Class::Normal, 0, 10, 10)]).expect("append");
+            // Dropped without any orderly close, like a killed process.
+            std::mem::forget(s);
+        }
+        let s = open(d.path(), u64::MAX);
+        assert_eq!(s.figures().expect("figures").readings, 10);
+    }
+
+    #[test]
+    fn crash_between_lease_and_ack_resends_the_same_batch_id() {
+        let d = tempfile::tempdir().expect("tmp");
+        let id = {
+            let mut s = open(d.path(), u64::MAX);
+            s.append(&[seg(Class::Normal, 0, 10, 10), seg(Class::Normal, 10, 5, 10)])
+                .expect("append");
+            let id = s.lease(&all(10)).expect("lease").expect("some").batch_id;
+            std::mem::forget(s);
+            id
+        };
+        let mut s = open(d.path(), u64::MAX);
+        let leased = s.leased().expect("leased");
+        assert_eq!(leased.len(), 1);
+        assert_eq!((leased[0].batch_id, leased[0].count()), (id, 10));
+        // New leases never reuse the id.
+        assert_eq!(
+            s.lease(&all(10)).expect("lease").expect("some").batch_id,
+            id + 1
+        );
+    }
+
+    #[test]
+    fn crash_after_ack_does_not_resend() {
+        let d = tempfile::tempdir().expect("tmp");
+        {
+            let mut s = open(d.path(), u64::MAX);
+            s.append(&[seg(Class::Normal, 0, 10, 10)]).expect("append");
+            let id = s.lease(&all(10)).expect("lease").expect("some").batch_id;
+            s.ack(id).expect("ack");
+            std::mem::forget(s);
+        }
+        let s = open(d.path(), u64::MAX);
+        assert!(s.leased().expect("leased").is_empty());
+        assert_eq!(s.figures().expect("figures").readings, 0);
+    }
+
+    #[test]
+    fn a_corrupt_database_is_quarantined_and_a_fresh_one_started() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("buffer.db");
+        std::fs::write(&path, b"this is not a sqlite database, it is garbage....................................................................").expect("write");
+        let (s, moved) = Store::open(
+            &path,
+            Durability::CrashSafe,
+            Bounds {
+                max_bytes: u64::MAX,
+                max_age_ms: 0,
+            },
+        )
+        .expect("open");
+        let moved = moved.expect("quarantined");
+        assert!(moved.exists());
+        assert!(moved.display().to_string().contains("buffer.db.corrupt-"));
+        let f = s.figures().expect("figures");
+        assert_eq!((f.readings, f.quarantined), (0, 1));
+    }
+}

@@ -1,0 +1,192 @@
+//! `[uplink]`: the MQTT connection to the cloud. Without an `[uplink]` table the agent buffers
+//! readings locally only (bounded by `[buffer]`).
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::duration;
+
+/// `[uplink]` keys.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Broker URL: `mqtt://host:port` or `mqtts://host:port` (TLS). Default port 1883 / 8883.
+    pub broker: String,
+    /// Topic root; topics are `{topic_root}/v1/{site}/{agent}/{data|ack|birth|status|heartbeat}`.
+    #[serde(default = "default_root")]
+    pub topic_root: String,
+    /// MQTT client id. Default `fs-{site}-{agent}`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Where the username and password come from — never inline: `file:/path` (first line
+    /// username, second line password; keep it mode 0600) or `systemd:NAME` (the credential NAME
+    /// passed with `LoadCredential=`, same two lines). Default: anonymous.
+    #[serde(default)]
+    pub credentials: Option<String>,
+    /// TLS: CA certificate(s) to trust, PEM. Default with `mqtts://`: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// TLS client certificate (PEM), for brokers that authenticate gateways by certificate.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// TLS client key (PEM, PKCS#8 or RSA).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// MQTT keep-alive.
+    #[serde(default = "default_keep_alive", deserialize_with = "duration::de")]
+    pub keep_alive: Duration,
+    /// Batches sent and not yet acknowledged by the cloud, at most.
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    /// Most readings per batch.
+    #[serde(default = "default_batch_readings")]
+    pub batch_readings: u32,
+    /// A batch the cloud has not acknowledged after this long is sent again (same batch id).
+    #[serde(default = "default_ack_timeout", deserialize_with = "duration::de")]
+    pub ack_timeout: Duration,
+    /// Readings younger than this are "live" and go out first, newest first.
+    #[serde(default = "default_live_window", deserialize_with = "duration::de")]
+    pub live_window: Duration,
+    /// Older readings (backlog after an outage) drain oldest first at most this many readings
+    /// per second, so a long outage never starves live values. 0 = no limit.
+    #[serde(default = "default_backlog_rate")]
+    pub backlog_rate: u32,
+    /// How often a heartbeat (buffer and device figures) is published.
+    #[serde(default = "default_heartbeat", deserialize_with = "duration::de")]
+    pub heartbeat: Duration,
+    /// On shutdown, how long to wait for acknowledgements of batches already sent.
+    #[serde(default = "default_drain_timeout", deserialize_with = "duration::de")]
+    pub drain_timeout: Duration,
+}
+
+fn default_root() -> String {
+    "fs".into()
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_inflight() -> u16 {
+    8
+}
+fn default_batch_readings() -> u32 {
+    5000
+}
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_live_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_backlog_rate() -> u32 {
+    20_000
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// A parsed broker address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS?
+    pub tls: bool,
+}
+
+impl UplinkConfig {
+    /// Parse `broker`.
+    pub fn broker_addr(&self) -> Result<BrokerAddr, String> {
+        let (tls, rest) = if let Some(r) = self.broker.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = self.broker.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(format!(
+                "broker {:?} must start with mqtt:// or mqtts://",
+                self.broker
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("broker port {p:?} is not a number"))?,
+            ),
+            None => (rest, if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() {
+            return Err(format!("broker {:?} has no host", self.broker));
+        }
+        Ok(BrokerAddr {
+            host: host.trim_matches(['[', ']']).to_owned(),
+            port,
+            tls,
+        })
+    }
+
+    /// Problems as `(key, message)`.
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if let Err(e) = self.broker_addr() {
+            p.push(("broker", e));
+        }
+        if let Some(c) = &self.credentials {
+            if !(c.starts_with("file:") || c.starts_with("systemd:")) {
+                p.push(("credentials", "credentials must be \"file:/path\" or \"systemd:NAME\" (never the password itself)".into()));
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            p.push(("cert_file", "cert_file and key_file go together".into()));
+        }
+        if self.inflight == 0 || self.inflight > 100 {
+            p.push(("inflight", "inflight must be between 1 and 100".into()));
+        }
+        if self.batch_readings == 0 {
+            p.push(("batch_readings", "batch_readings must be at least 1".into()));
+        }
+        if self.topic_root.is_empty() || self.topic_root.contains(['+', '#']) {
+            p.push((
+                "topic_root",
+                "topic_root must be non-empty and contain no MQTT wildcards".into(),
+            ));
+        }
+        p
+    }
+
+    /// Read the username and password from where `credentials` points.
+    pub fn read_credentials(&self) -> Result<Option<(String, String)>, String> {
+        let Some(spec) = &self.credentials else {
+            return Ok(None);
+        };
+        let path = if let Some(p) = spec.strip_prefix("file:") {
+            PathBuf::from(p)
+        } else if let Some(name) = spec.strip_prefix("systemd:") {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+                .ok_or_else(|| format!("credentials {spec:?}: CREDENTIALS_DIRECTORY is not set (use LoadCredential={name}:… in the unit)"))?;
+            PathBuf::from(dir).join(name)
+        } else {
+            return Err(format!(
+                "credentials {spec:?}: expected file:/path or systemd:NAME"
+            ));
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("credentials file {}: {e}", path.display()))?;
+        let mut lines = text.lines();
+        let user = lines.next().unwrap_or("").trim().to_owned();
+        let pass = lines.next().unwrap_or("").trim_end_matches('\r').to_owned();
+        if user.is_empty() {
+            return Err(format!(
+                "credentials file {}: first line (username) is empty",
+                path.display()
+            ));
+        }
+        Ok(Some((user, pass)))
+    }
+}

@@ -1,0 +1,6 @@
+//! The MQTT uplink: forwards leased buffer batches to the cloud and deletes them from the buffer
+//! only when the cloud's end-to-end acknowledgement arrives.
+
+pub mod config;
+
+pub use config::UplinkConfig;
