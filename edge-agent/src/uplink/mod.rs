@@ -2,5 +2,6 @@
 //! only when the cloud's end-to-end acknowledgement arrives.
 
 pub mod config;
+pub mod state;
 
 pub use config::UplinkConfig;
