@@ -4,7 +4,10 @@
 //! - `Proc`: a child process whose stdout announces `listening ...`; killed on drop;
 //! - `PtyPair`: two linked pseudo-terminals (socat), for serial protocols;
 //! - `wait_until`: wait on a condition with a deadline (no fixed sleeps in tests);
-//! - `external`: find third-party servers (the pymodbus virtualenv) or decide to skip.
+//! - `external`: find third-party servers (the pymodbus virtualenv) or decide to skip;
+//! - `mqtt`: a private Mosquitto per test and a consumer that acknowledges like cloud-ingest.
+
+pub mod mqtt;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

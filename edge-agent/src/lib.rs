@@ -16,6 +16,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod drivers;
+pub mod metrics;
 pub mod model;
 pub mod sink;
 pub mod uplink;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::store::{Bounds, Durability};
 use crate::config::duration;
 
-/// Default size bound.
-pub const DEFAULT_MAX_SIZE_MB: u64 = 1024;
+/// Default size bound: 1 GiB.
+pub const DEFAULT_MAX_SIZE: u64 = 1 << 30;
 /// Default age bound: 30 days.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
 /// Default group-commit interval.
@@ -24,10 +24,11 @@ pub struct BufferConfig {
     /// else `/var/lib/flowsquare/buffer.db`.
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// Most disk space for buffered readings, MiB. When reached, the oldest readings of the lowest
-    /// priority go first and a gap record tells the cloud what was lost. Events are never dropped.
-    #[serde(default = "default_max_size_mb")]
-    pub max_size_mb: u64,
+    /// Most disk space for buffered readings: `"1GiB"`, `"512MiB"`, `"64KiB"` (also KB/MB/GB,
+    /// powers of 1000). When reached, the oldest readings of the lowest priority go first and a
+    /// gap record tells the cloud what was lost. Events are never dropped.
+    #[serde(default = "default_max_size", deserialize_with = "de_size")]
+    pub max_size: u64,
     /// Oldest reading kept (older unsent readings are dropped with a gap record).
     #[serde(default = "default_max_age", deserialize_with = "duration::de")]
     pub max_age: Duration,
@@ -54,8 +55,40 @@ pub enum DurabilityConfig {
     PowerLossSafe,
 }
 
-fn default_max_size_mb() -> u64 {
-    DEFAULT_MAX_SIZE_MB
+fn default_max_size() -> u64 {
+    DEFAULT_MAX_SIZE
+}
+
+/// Parse `"1GiB"`, `"512MiB"`, `"64KiB"`, `"10MB"`, `"4096B"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected a number with a unit, like \"512MiB\"")
+    })?;
+    let mult: f64 = match unit.trim() {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        other => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ))
+        }
+    };
+    Ok((n * mult) as u64)
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_size(&s).map_err(serde::de::Error::custom)
 }
 fn default_max_age() -> Duration {
     DEFAULT_MAX_AGE
@@ -71,7 +104,7 @@ impl Default for BufferConfig {
     fn default() -> Self {
         BufferConfig {
             path: None,
-            max_size_mb: DEFAULT_MAX_SIZE_MB,
+            max_size: DEFAULT_MAX_SIZE,
             max_age: DEFAULT_MAX_AGE,
             durability: DurabilityConfig::CrashSafe,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
@@ -104,7 +137,7 @@ impl BufferConfig {
     /// Bounds for the store.
     pub fn bounds(&self) -> Bounds {
         Bounds {
-            max_bytes: self.max_size_mb.saturating_mul(1024 * 1024),
+            max_bytes: self.max_size,
             max_age_ms: i64::try_from(self.max_age.as_millis()).unwrap_or(i64::MAX),
         }
     }
@@ -120,8 +153,8 @@ impl BufferConfig {
     /// Problems as `(key, message)`.
     pub fn validate(&self) -> Vec<(&'static str, String)> {
         let mut p = Vec::new();
-        if self.max_size_mb == 0 {
-            p.push(("max_size_mb", "max_size_mb must be at least 1".into()));
+        if self.max_size < 4096 {
+            p.push(("max_size", "max_size must be at least 4KiB".into()));
         }
         if self.commit_interval.is_zero() || self.commit_interval > Duration::from_secs(10) {
             p.push((

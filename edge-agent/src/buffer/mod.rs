@@ -3,13 +3,18 @@
 //!
 //! - `store.rs`: the SQLite segment store and its design note (format, invariants, crash
 //!   behaviour);
+//! - `codec.rs`: readings ↔ segments ↔ wire batches;
+//! - `writer.rs`: the buffer thread (group commit, lease, ack) and its async handle;
 //! - `config.rs`: `[buffer]`;
 //! - `error.rs`: `BufferError`.
 
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod store;
+pub mod writer;
 
 pub use config::BufferConfig;
 pub use error::BufferError;
 pub use store::{Class, LeaseOrder, LeaseRequest, Leased, Store, StoreFigures};
+pub use writer::{Buffer, BufferStats, BufferThread, OutBatch};

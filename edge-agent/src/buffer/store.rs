@@ -41,7 +41,11 @@
 //! Every operation is one SQLite transaction. `synchronous=NORMAL` (default) survives a process
 //! crash (SIGKILL) with every committed transaction intact; `synchronous=FULL` also survives
 //! power loss. A crash between lease and ack leaves the segments leased under their id (re-sent
-//! on restart); a crash after ack leaves nothing to re-send. A database that cannot be opened or
+//! on restart); a crash after ack leaves nothing to re-send. Readings handed to the writer but
+//! not yet committed (at most one group-commit interval) die with the process: `meta.clean` is 0
+//! while the agent runs and 1 after an orderly close, so on the next start after a crash a gap
+//! row (`reason = "unclean-shutdown"`, all tags, from the last commit to the restart, count 0 =
+//! unknown) tells the cloud exactly which window may be missing. A database that cannot be opened or
 //! fails `quick_check` is moved aside (`buffer.db.corrupt-<ms>`), reported and counted, and a
 //! fresh one is started: the agent never refuses to start because of its buffer.
 
@@ -265,7 +269,8 @@ CREATE TABLE IF NOT EXISTS gap(
     reason TEXT NOT NULL,
     batch_id INTEGER);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('next_batch_id', 1), ('dropped_full', 0), ('dropped_age', 0), ('quarantined', 0);
+INSERT OR IGNORE INTO meta VALUES ('next_batch_id', 1), ('dropped_full', 0), ('dropped_age', 0), ('quarantined', 0),
+    ('last_commit_ms', 0), ('clean', 1);
 ";
 
 fn tags_blob(tags: &[u32]) -> Vec<u8> {
@@ -333,12 +338,36 @@ impl Store {
             conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM segment", [], |r| {
                 r.get(0)
             })?;
-        Ok(Store {
+        let mut s = Store {
             conn,
             path: path.to_path_buf(),
             bounds,
             bytes: bytes as u64,
-        })
+        };
+        let (clean, last) = (s.meta("clean")?, s.meta("last_commit_ms")?);
+        if clean == 0 && last > 0 {
+            let now = now_ms();
+            tracing::warn!(
+                since_ms = last,
+                "the agent did not stop cleanly: readings after the last commit may be missing; reporting the window as a gap"
+            );
+            s.add_gap(&GapRow {
+                tags: Vec::new(),
+                range: last..now,
+                count: 0,
+                reason: "unclean-shutdown".into(),
+            })?;
+        }
+        s.conn
+            .execute("UPDATE meta SET value = 0 WHERE key = 'clean'", [])?;
+        Ok(s)
+    }
+
+    /// Orderly close: everything handed over is committed; the next start is not a crash.
+    pub fn close(self) -> Result<(), BufferError> {
+        self.conn
+            .execute("UPDATE meta SET value = 1 WHERE key = 'clean'", [])?;
+        self.conn.close().map_err(|(_, e)| BufferError::Sqlite(e))
     }
 
     /// Where the database lives.
@@ -389,6 +418,10 @@ impl Store {
                 added += s.blob.len() as u64;
             }
         }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'last_commit_ms'",
+            [now],
+        )?;
         tx.commit()?;
         self.bytes += added;
         self.enforce_bounds(now)
@@ -931,6 +964,11 @@ mod tests {
         };
         let mut s = open(d.path(), u64::MAX);
         let leased = s.leased().expect("leased");
+        assert_eq!(
+            s.figures().expect("figures").pending_gaps,
+            1,
+            "the crash window is reported"
+        );
         assert_eq!(leased.len(), 1);
         assert_eq!((leased[0].batch_id, leased[0].count()), (id, 10));
         // New leases never reuse the id.
@@ -938,6 +976,23 @@ mod tests {
             s.lease(&all(10)).expect("lease").expect("some").batch_id,
             id + 1
         );
+    }
+
+    #[test]
+    fn an_orderly_close_reports_no_gap_and_a_crash_reports_its_window() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = open(d.path(), u64::MAX);
+        s.append(&[seg(Class::Normal, 0, 10, 10)]).expect("append");
+        s.close().expect("close");
+        let mut s = open(d.path(), u64::MAX);
+        assert_eq!(s.figures().expect("figures").pending_gaps, 0);
+        s.append(&[seg(Class::Normal, 0, 10, 10)]).expect("append");
+        std::mem::forget(s);
+        let mut s = open(d.path(), u64::MAX);
+        let l = s.lease(&all(100)).expect("lease").expect("some");
+        assert_eq!(l.gaps.len(), 1);
+        assert_eq!(l.gaps[0].reason, "unclean-shutdown");
+        assert!(l.gaps[0].tags.is_empty(), "all tags");
     }
 
     #[test]

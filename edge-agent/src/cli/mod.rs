@@ -98,8 +98,9 @@ pub enum Command {
         /// Tag map (TOML).
         #[arg(long, short)]
         config: PathBuf,
-        /// jsonl: print reported readings (after deadband/heartbeat) to stdout; none: count only.
-        #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "none"])]
+        /// jsonl: also print reported readings (after deadband/heartbeat) to stdout; none: only
+        /// buffer and forward them.
+        #[arg(long, default_value = "none", value_parser = ["jsonl", "none"])]
         output: String,
         /// Log a per-device summary this often.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]

@@ -56,12 +56,19 @@ impl TokenBucket {
     /// `rate` tokens per second (0 = unlimited), holding at most `capacity`.
     pub fn new(rate: u32, capacity: u64) -> Self {
         let capacity = capacity.max(1) as f64;
-        TokenBucket { rate: f64::from(rate), capacity, tokens: capacity, at: None }
+        TokenBucket {
+            rate: f64::from(rate),
+            capacity,
+            tokens: capacity,
+            at: None,
+        }
     }
 
     fn refill(&mut self, now: Instant) {
         if let Some(at) = self.at {
-            self.tokens = (self.tokens + now.saturating_duration_since(at).as_secs_f64() * self.rate).min(self.capacity);
+            self.tokens = (self.tokens
+                + now.saturating_duration_since(at).as_secs_f64() * self.rate)
+                .min(self.capacity);
         }
         self.at = Some(now);
     }
@@ -173,7 +180,10 @@ impl UplinkState {
         let due = self
             .inflight
             .iter()
-            .find(|(_, f)| f.sent_at.is_none_or(|t| now.saturating_duration_since(t) >= self.ack_timeout))
+            .find(|(_, f)| {
+                f.sent_at
+                    .is_none_or(|t| now.saturating_duration_since(t) >= self.ack_timeout)
+            })
             .map(|(id, _)| *id);
         if let Some(id) = due {
             if let Some(f) = self.inflight.get_mut(&id) {
@@ -189,7 +199,14 @@ impl UplinkState {
             return Next::Wait;
         }
         if let Some((id, readings)) = self.restored.pop_front() {
-            self.inflight.insert(id, InFlight { readings, sent_at: Some(now), attempts: 1 });
+            self.inflight.insert(
+                id,
+                InFlight {
+                    readings,
+                    sent_at: Some(now),
+                    attempts: 1,
+                },
+            );
             self.counters.resent_batches += 1;
             return Next::Resend(id);
         }
@@ -199,7 +216,9 @@ impl UplinkState {
         if !self.backlog_exhausted {
             let tokens = self.bucket.available(now);
             if tokens > 0 {
-                return Next::LeaseBacklog { max: self.batch.min(tokens) };
+                return Next::LeaseBacklog {
+                    max: self.batch.min(tokens),
+                };
             }
         }
         Next::Wait
@@ -217,7 +236,14 @@ impl UplinkState {
                 }
                 self.counters.sent_batches += 1;
                 self.counters.sent_readings += readings;
-                self.inflight.insert(id, InFlight { readings, sent_at: Some(now), attempts: 1 });
+                self.inflight.insert(
+                    id,
+                    InFlight {
+                        readings,
+                        sent_at: Some(now),
+                        attempts: 1,
+                    },
+                );
             }
         }
     }
@@ -245,6 +271,11 @@ impl UplinkState {
         }
     }
 
+    /// Did the last leases of both kinds find nothing waiting?
+    pub fn exhausted(&self) -> bool {
+        self.live_exhausted && self.backlog_exhausted
+    }
+
     /// Batches in flight (incl. restored ones not yet re-sent).
     pub fn in_flight(&self) -> usize {
         self.inflight.len() + self.restored.len()
@@ -252,7 +283,8 @@ impl UplinkState {
 
     /// Readings in flight.
     pub fn in_flight_readings(&self) -> u64 {
-        self.inflight.values().map(|f| f.readings).sum::<u64>() + self.restored.iter().map(|(_, r)| r).sum::<u64>()
+        self.inflight.values().map(|f| f.readings).sum::<u64>()
+            + self.restored.iter().map(|(_, r)| r).sum::<u64>()
     }
 }
 
@@ -297,7 +329,11 @@ mod tests {
         assert_eq!(s.next(t + Duration::from_secs(29)), Next::Wait);
         assert_eq!(s.next(t + Duration::from_secs(30)), Next::Resend(7));
         assert_eq!(s.counters.resent_batches, 1);
-        assert_eq!(s.next(t + Duration::from_secs(31)), Next::Wait, "re-sent just now");
+        assert_eq!(
+            s.next(t + Duration::from_secs(31)),
+            Next::Wait,
+            "re-sent just now"
+        );
     }
 
     #[test]
@@ -344,11 +380,18 @@ mod tests {
         s.on_connected();
         let t = Instant::now();
         s.leased(false, None, t);
-        assert_eq!(s.next(t), Next::LeaseBacklog { max: 1000 }, "bucket starts full");
+        assert_eq!(
+            s.next(t),
+            Next::LeaseBacklog { max: 1000 },
+            "bucket starts full"
+        );
         s.leased(true, Some((1, 1000)), t);
         assert_eq!(s.next(t), Next::Wait, "bucket empty");
         s.tick();
         s.leased(false, None, t);
-        assert_eq!(s.next(t + Duration::from_secs(1)), Next::LeaseBacklog { max: 500 });
+        assert_eq!(
+            s.next(t + Duration::from_secs(1)),
+            Next::LeaseBacklog { max: 500 }
+        );
     }
 }

@@ -1,0 +1,135 @@
+//! Segment and batch encoding: readings are stored as wire-format batch bodies (columnar,
+//! zstd-compressed), so a lease only merges segments and adds the batch identity.
+
+use flowsquare_wire as wire;
+
+use super::error::BufferError;
+use super::store::{Class, GapRow, Leased, NewSegment};
+use crate::model::{CounterEvent, Quality, Reading, Value};
+
+/// Who the batches are from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Site id.
+    pub site: String,
+    /// Agent id.
+    pub agent: String,
+    /// Hash of the tag map the tag ids refer to.
+    pub config_hash: String,
+}
+
+/// A reading in wire form.
+pub fn to_wire(r: &Reading) -> wire::WireReading {
+    wire::WireReading {
+        tag: r.tag,
+        ts_ms: r.ts_ms,
+        value: r.value.as_ref().map(|v| match v {
+            Value::Bool(b) => wire::WireValue::Bool(*b),
+            Value::Int(i) => wire::WireValue::Int(*i),
+            Value::UInt(u) => wire::WireValue::UInt(*u),
+            Value::Float(f) => wire::WireValue::Float(*f),
+            Value::Text(t) => wire::WireValue::Text(t.clone()),
+        }),
+        quality: match r.quality {
+            Quality::Good => wire::Quality::Good,
+            Quality::BadCommunication => wire::Quality::BadCommunication,
+            Quality::BadDevice => wire::Quality::BadDevice,
+            Quality::BadDecode => wire::Quality::BadDecode,
+            Quality::Stale => wire::Quality::Stale,
+        },
+        status: r.status,
+        error: r.error.clone(),
+        counter: r.counter.map(|c| match c {
+            CounterEvent::Rollover { delta } => wire::Counter::Rollover { delta },
+            CounterEvent::Reset { previous } => wire::Counter::Reset { previous },
+        }),
+    }
+}
+
+fn wire_err(e: wire::WireError) -> BufferError {
+    BufferError::Segment {
+        id: 0,
+        reason: e.to_string(),
+    }
+}
+
+/// Encode readings of one class into a segment.
+pub fn encode_segment(
+    class: Class,
+    config_hash: &str,
+    readings: &[Reading],
+) -> Result<NewSegment, BufferError> {
+    let mut b = wire::Batch::new("", "", 0, config_hash, crate::model::now_ms());
+    b.readings = readings.iter().map(to_wire).collect();
+    let mut tags: Vec<u32> = readings.iter().map(|r| r.tag).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    Ok(NewSegment {
+        class,
+        first_ts: readings.iter().map(|r| r.ts_ms).min().unwrap_or(0),
+        last_ts: readings.iter().map(|r| r.ts_ms).max().unwrap_or(0),
+        count: readings.len() as u32,
+        tags,
+        config: config_hash.to_owned(),
+        blob: wire::encode(&b).map_err(wire_err)?,
+    })
+}
+
+/// Encode business events into a segment (class `Event`: never dropped).
+pub fn encode_events(
+    config_hash: &str,
+    events: Vec<wire::Event>,
+) -> Result<NewSegment, BufferError> {
+    let first = events.iter().map(|e| e.ts_ms).min().unwrap_or(0);
+    let last = events.iter().map(|e| e.ts_ms).max().unwrap_or(0);
+    let count = events.len() as u32;
+    let mut b = wire::Batch::new("", "", 0, config_hash, crate::model::now_ms());
+    b.events = events;
+    Ok(NewSegment {
+        class: Class::Event,
+        first_ts: first,
+        last_ts: last,
+        count,
+        tags: Vec::new(),
+        config: config_hash.to_owned(),
+        blob: wire::encode(&b).map_err(wire_err)?,
+    })
+}
+
+fn gap_to_wire(g: &GapRow) -> wire::Gap {
+    wire::Gap {
+        tags: g.tags.clone(),
+        from_ms: g.range.start,
+        to_ms: g.range.end,
+        count: g.count,
+        reason: match g.reason.as_str() {
+            "buffer-full" => wire::GapReason::BufferFull,
+            "buffer-age" => wire::GapReason::BufferAge,
+            "missed-event" => wire::GapReason::MissedEvent,
+            other => wire::GapReason::Other(other.to_owned()),
+        },
+    }
+}
+
+/// Build the wire batch of a lease: its segments merged, its gap rows, the batch identity.
+pub fn build_batch(id: &Identity, leased: &Leased) -> Result<Vec<u8>, BufferError> {
+    let mut out = wire::Batch::new(
+        &id.site,
+        &id.agent,
+        leased.batch_id,
+        &id.config_hash,
+        crate::model::now_ms(),
+    );
+    for s in &leased.segments {
+        let b = wire::decode(&s.blob).map_err(|e| BufferError::Segment {
+            id: s.id,
+            reason: e.to_string(),
+        })?;
+        // Segments carry the hash of the tag map they were written under (one per batch).
+        out.config_hash = b.config_hash;
+        out.readings.extend(b.readings);
+        out.events.extend(b.events);
+    }
+    out.gaps = leased.gaps.iter().map(gap_to_wire).collect();
+    wire::encode(&out).map_err(wire_err)
+}

@@ -1,0 +1,349 @@
+//! The buffer task: one thread owns the SQLite store. Drivers hand it readings; it group-commits
+//! them (every `commit_interval` or `commit_readings`, whichever comes first) as segments per
+//! priority class. The uplink leases and acknowledges batches through the same handle.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{self, Identity};
+use super::config::BufferConfig;
+use super::error::BufferError;
+use super::store::{Class, GapRow, LeaseRequest, Store, StoreFigures};
+use crate::config::{Priority, TagMap};
+use crate::model::Reading;
+
+/// Most readings in one segment.
+const SEGMENT_READINGS: usize = 10_000;
+
+/// A leased batch ready to publish.
+#[derive(Debug, Clone)]
+pub struct OutBatch {
+    /// Persisted batch id.
+    pub batch_id: u64,
+    /// Encoded wire batch.
+    pub payload: Vec<u8>,
+    /// Readings and events inside.
+    pub readings: u64,
+}
+
+/// Counters of the buffer stage.
+#[derive(Debug, Default)]
+pub struct BufferStats {
+    /// Readings handed to the buffer.
+    pub received: AtomicU64,
+    /// Readings committed to disk.
+    pub committed: AtomicU64,
+    /// Group commits.
+    pub commits: AtomicU64,
+    /// Readings dropped for space.
+    pub dropped_full: AtomicU64,
+    /// Readings dropped for age.
+    pub dropped_age: AtomicU64,
+    /// Readings deleted after the cloud's acknowledgement.
+    pub acked: AtomicU64,
+    /// Errors writing the database (each one is logged).
+    pub write_errors: AtomicU64,
+    /// Corrupt databases quarantined at start.
+    pub quarantined: AtomicU64,
+}
+
+enum Cmd {
+    Append(Vec<Reading>),
+    Events(Vec<flowsquare_wire::Event>),
+    Gap(GapRow),
+    Flush(oneshot::Sender<Result<(), BufferError>>),
+    Lease(
+        LeaseRequest,
+        oneshot::Sender<Result<Option<OutBatch>, BufferError>>,
+    ),
+    Leased(oneshot::Sender<Result<Vec<OutBatch>, BufferError>>),
+    Ack(u64, oneshot::Sender<Result<u64, BufferError>>),
+    Figures(oneshot::Sender<Result<StoreFigures, BufferError>>),
+}
+
+/// Handle to the buffer task (cheap to clone).
+#[derive(Clone)]
+pub struct Buffer {
+    tx: mpsc::Sender<Cmd>,
+    /// Counters.
+    pub stats: Arc<BufferStats>,
+}
+
+/// The running buffer thread; `join` after every handle is dropped (or after `Buffer::close`).
+pub struct BufferThread(std::thread::JoinHandle<()>);
+
+impl BufferThread {
+    /// Wait for the thread to commit what it holds and close the database.
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("buffer thread panicked");
+        }
+    }
+}
+
+impl Buffer {
+    /// Open the store and start the buffer thread.
+    pub fn start(map: &TagMap, cfg: &BufferConfig) -> Result<(Buffer, BufferThread), BufferError> {
+        let path = cfg.effective_path();
+        let (store, quarantined) = Store::open(&path, cfg.durability(), cfg.bounds())?;
+        let stats = Arc::new(BufferStats::default());
+        if quarantined.is_some() {
+            stats.quarantined.fetch_add(1, Relaxed);
+        }
+        let classes: Vec<Class> = map
+            .tags
+            .iter()
+            .map(|t| match t.priority {
+                Priority::High => Class::High,
+                Priority::Normal => Class::Normal,
+                Priority::Low => Class::Low,
+            })
+            .collect();
+        let id = Identity {
+            site: map.agent.site.clone(),
+            agent: map.agent.id.clone(),
+            config_hash: map.hash.clone(),
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        let rt = tokio::runtime::Handle::current();
+        let st = stats.clone();
+        let (interval, max_pending) = (cfg.commit_interval, cfg.commit_readings as usize);
+        let th = std::thread::Builder::new()
+            .name("buffer".into())
+            .spawn(move || {
+                Worker {
+                    store,
+                    id,
+                    classes,
+                    stats: st,
+                    pending: BTreeMap::new(),
+                    pending_n: 0,
+                }
+                .run(rt, rx, interval, max_pending)
+            })
+            .map_err(|e| BufferError::Io { path, source: e })?;
+        Ok((Buffer { tx, stats }, BufferThread(th)))
+    }
+
+    /// Hand readings over; they are committed within the group-commit interval.
+    pub async fn append(&self, readings: Vec<Reading>) -> Result<(), BufferError> {
+        self.stats
+            .received
+            .fetch_add(readings.len() as u64, Relaxed);
+        self.tx
+            .send(Cmd::Append(readings))
+            .await
+            .map_err(|_| BufferError::Stopped)
+    }
+
+    /// Hand business events over (never dropped for space).
+    pub async fn append_events(
+        &self,
+        events: Vec<flowsquare_wire::Event>,
+    ) -> Result<(), BufferError> {
+        self.tx
+            .send(Cmd::Events(events))
+            .await
+            .map_err(|_| BufferError::Stopped)
+    }
+
+    /// Record a known loss to report.
+    pub async fn add_gap(&self, gap: GapRow) -> Result<(), BufferError> {
+        self.tx
+            .send(Cmd::Gap(gap))
+            .await
+            .map_err(|_| BufferError::Stopped)
+    }
+
+    async fn call<T>(
+        &self,
+        f: impl FnOnce(oneshot::Sender<Result<T, BufferError>>) -> Cmd,
+    ) -> Result<T, BufferError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(f(tx))
+            .await
+            .map_err(|_| BufferError::Stopped)?;
+        rx.await.map_err(|_| BufferError::Stopped)?
+    }
+
+    /// Commit everything handed over so far, now.
+    pub async fn flush(&self) -> Result<(), BufferError> {
+        self.call(Cmd::Flush).await
+    }
+
+    /// Lease a batch (encoded, with a persisted id).
+    pub async fn lease(&self, req: LeaseRequest) -> Result<Option<OutBatch>, BufferError> {
+        self.call(|tx| Cmd::Lease(req, tx)).await
+    }
+
+    /// Batches leased and not acknowledged (to re-send after a restart).
+    pub async fn leased(&self) -> Result<Vec<OutBatch>, BufferError> {
+        self.call(Cmd::Leased).await
+    }
+
+    /// The cloud committed `batch_id`: delete it. Returns readings deleted.
+    pub async fn ack(&self, batch_id: u64) -> Result<u64, BufferError> {
+        self.call(|tx| Cmd::Ack(batch_id, tx)).await
+    }
+
+    /// Store figures.
+    pub async fn figures(&self) -> Result<StoreFigures, BufferError> {
+        self.call(Cmd::Figures).await
+    }
+}
+
+struct Worker {
+    store: Store,
+    id: Identity,
+    classes: Vec<Class>,
+    stats: Arc<BufferStats>,
+    pending: BTreeMap<Class, Vec<Reading>>,
+    pending_n: usize,
+}
+
+impl Worker {
+    fn run(
+        mut self,
+        rt: tokio::runtime::Handle,
+        mut rx: mpsc::Receiver<Cmd>,
+        interval: Duration,
+        max_pending: usize,
+    ) {
+        let mut first_pending: Option<Instant> = None;
+        loop {
+            let wait = first_pending
+                .map(|t| interval.saturating_sub(t.elapsed()))
+                .unwrap_or(Duration::from_secs(3600));
+            let cmd = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
+            match cmd {
+                Ok(Some(Cmd::Append(rs))) => {
+                    for r in rs {
+                        let class = self
+                            .classes
+                            .get(r.tag as usize)
+                            .copied()
+                            .unwrap_or(Class::Normal);
+                        self.pending.entry(class).or_default().push(r);
+                        self.pending_n += 1;
+                    }
+                    first_pending.get_or_insert_with(Instant::now);
+                    if self.pending_n >= max_pending && self.commit().is_ok() {
+                        first_pending = None;
+                    }
+                }
+                Ok(Some(Cmd::Events(evs))) => {
+                    // Events are committed at once: they are rare and must never wait.
+                    let res = codec::encode_events(&self.id.config_hash, evs)
+                        .and_then(|s| self.store.append(&[s]));
+                    self.note(res.map(|_| ()));
+                }
+                Ok(Some(Cmd::Gap(g))) => {
+                    let res = self.store.add_gap(&g);
+                    self.note(res);
+                }
+                Ok(Some(Cmd::Flush(reply))) => {
+                    let res = self.commit();
+                    first_pending = None;
+                    let _ = reply.send(res);
+                }
+                Ok(Some(Cmd::Lease(req, reply))) => {
+                    let res = self.store.lease(&req).and_then(|l| match l {
+                        Some(l) => Ok(Some(OutBatch {
+                            batch_id: l.batch_id,
+                            readings: l.count(),
+                            payload: codec::build_batch(&self.id, &l)?,
+                        })),
+                        None => Ok(None),
+                    });
+                    let _ = reply.send(res);
+                }
+                Ok(Some(Cmd::Leased(reply))) => {
+                    let res = self.store.leased().and_then(|ls| {
+                        ls.iter()
+                            .map(|l| {
+                                Ok(OutBatch {
+                                    batch_id: l.batch_id,
+                                    readings: l.count(),
+                                    payload: codec::build_batch(&self.id, l)?,
+                                })
+                            })
+                            .collect()
+                    });
+                    let _ = reply.send(res);
+                }
+                Ok(Some(Cmd::Ack(id, reply))) => {
+                    let res = self.store.ack(id);
+                    if let Ok(n) = &res {
+                        self.stats.acked.fetch_add(*n, Relaxed);
+                    }
+                    let _ = reply.send(res);
+                }
+                Ok(Some(Cmd::Figures(reply))) => {
+                    let _ = reply.send(self.store.figures());
+                }
+                Ok(None) => {
+                    // Every handle dropped: commit what is pending, close cleanly, stop.
+                    if self.commit().is_ok() {
+                        if let Err(e) = self.store.close() {
+                            tracing::error!(error = %e, "closing the buffer failed");
+                        }
+                    }
+                    return;
+                }
+                Err(_) => {
+                    // Group-commit interval elapsed. On failure the readings stay pending and
+                    // the next interval retries.
+                    if self.commit().is_ok() {
+                        first_pending = None;
+                    } else {
+                        first_pending = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    fn note(&self, res: Result<(), BufferError>) {
+        if let Err(e) = res {
+            self.stats.write_errors.fetch_add(1, Relaxed);
+            tracing::error!(error = %e, "buffer write failed");
+        }
+    }
+
+    /// Commit pending readings: one segment per class (split at SEGMENT_READINGS), one
+    /// transaction. On failure the readings stay pending and are retried at the next commit.
+    fn commit(&mut self) -> Result<(), BufferError> {
+        if self.pending_n == 0 {
+            return Ok(());
+        }
+        let mut segs = Vec::new();
+        for (class, rs) in &self.pending {
+            for chunk in rs.chunks(SEGMENT_READINGS) {
+                segs.push(codec::encode_segment(*class, &self.id.config_hash, chunk)?);
+            }
+        }
+        match self.store.append(&segs) {
+            Ok(ev) => {
+                self.stats
+                    .committed
+                    .fetch_add(self.pending_n as u64, Relaxed);
+                self.stats.commits.fetch_add(1, Relaxed);
+                self.stats.dropped_full.fetch_add(ev.full, Relaxed);
+                self.stats.dropped_age.fetch_add(ev.age, Relaxed);
+                self.pending.clear();
+                self.pending_n = 0;
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.write_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, pending = self.pending_n, "buffer commit failed; readings kept in memory and retried");
+                Err(e)
+            }
+        }
+    }
+}

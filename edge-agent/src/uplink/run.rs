@@ -1,0 +1,383 @@
+//! The uplink event loop: rumqttc I/O around the pure `UplinkState`.
+//!
+//! On every connection: retained birth (tag catalog, config hash), retained status online (the
+//! Last Will says offline), subscribe to our ack topic, re-send everything in flight. Then, every
+//! tick: publish what the state machine asks for (re-sends, live batches, rate-limited backlog);
+//! on each acknowledgement from the cloud, delete the batch from the buffer. Malformed messages on
+//! our topics are logged and counted, never acted on. Connection errors are logged once per
+//! distinct cause and retried with capped exponential backoff (no log flood).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS, Transport};
+use tokio::sync::watch;
+
+use flowsquare_wire as wire;
+
+use super::config::UplinkConfig;
+use super::error::UplinkError;
+use super::state::{Next, UplinkState};
+use crate::buffer::{Buffer, LeaseOrder, LeaseRequest};
+use crate::config::TagMap;
+use crate::metrics::Telemetry;
+use crate::model::now_ms;
+
+/// Tick of the send loop.
+const TICK: Duration = Duration::from_millis(50);
+
+/// The birth message of a tag map.
+pub fn birth(map: &TagMap) -> wire::Birth {
+    wire::Birth {
+        v: 1,
+        site: map.agent.site.clone(),
+        agent: map.agent.id.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        config_hash: map.hash.clone(),
+        started_ms: now_ms(),
+        devices: map
+            .devices
+            .iter()
+            .map(|d| wire::DeviceInfo {
+                name: d.name.clone(),
+                protocol: match &d.driver {
+                    crate::config::DeviceDriver::Modbus(m) => match m.link {
+                        crate::drivers::modbus::config::Link::Tcp { .. } => "modbus-tcp".into(),
+                        crate::drivers::modbus::config::Link::Rtu(_) => "modbus-rtu".into(),
+                    },
+                },
+                description: d.description.clone(),
+            })
+            .collect(),
+        tags: map
+            .tags
+            .iter()
+            .map(|t| wire::TagInfo {
+                id: t.id,
+                name: t.name.clone(),
+                unit: t.unit.clone(),
+                kind: t.kind.as_str().into(),
+                device: map.devices[t.device].name.clone(),
+                description: t.description.clone(),
+                data_type: match &t.source {
+                    crate::config::TagSource::Modbus(m) => m.data_type.as_str().into(),
+                },
+                poll_interval_ms: map.devices[t.device].poll_interval.as_millis() as u64,
+            })
+            .collect(),
+    }
+}
+
+fn tls_config(cfg: &UplinkConfig) -> Result<rustls::ClientConfig, UplinkError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| UplinkError::Tls(format!("{}: {e}", p.display())))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(p) => {
+            for c in rustls_pemfile::certs(&mut read(p)?.as_slice()) {
+                let c = c.map_err(|e| UplinkError::Tls(format!("{}: {e}", p.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| UplinkError::Tls(format!("{}: {e}", p.display())))?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UplinkError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    match (&cfg.cert_file, &cfg.key_file) {
+        (Some(c), Some(k)) => {
+            let certs: Vec<CertificateDer<'static>> =
+                rustls_pemfile::certs(&mut read(c)?.as_slice())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| UplinkError::Tls(format!("{}: {e}", c.display())))?;
+            let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut read(k)?.as_slice())
+                .map_err(|e| UplinkError::Tls(format!("{}: {e}", k.display())))?
+                .ok_or_else(|| {
+                    UplinkError::Tls(format!("{}: no private key found", k.display()))
+                })?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| UplinkError::Tls(e.to_string()))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Build the MQTT options (credentials, TLS, Last Will) for `cfg`.
+pub fn mqtt_options(
+    cfg: &UplinkConfig,
+    map: &TagMap,
+    topics: &wire::Topics,
+) -> Result<MqttOptions, UplinkError> {
+    let addr = cfg.broker_addr().map_err(UplinkError::Config)?;
+    let client_id = cfg
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("fs-{}-{}", map.agent.site, map.agent.id));
+    let mut o = MqttOptions::new(client_id, addr.host, addr.port);
+    o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
+    o.set_clean_session(true);
+    o.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+    o.set_inflight(u16::max(cfg.inflight, 10) + 10);
+    o.set_last_will(LastWill::new(
+        topics.status(),
+        wire::Status::last_will(now_ms()).encode(),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some((user, pass)) = cfg.read_credentials().map_err(UplinkError::Config)? {
+        o.set_credentials(user, pass);
+    }
+    if addr.tls {
+        o.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(cfg)?)),
+        ));
+    }
+    Ok(o)
+}
+
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(code) => format!(
+            "broker refused the connection: {code:?}{}",
+            match code {
+                rumqttc::ConnectReturnCode::BadUserNamePassword
+                | rumqttc::ConnectReturnCode::NotAuthorized =>
+                    " (check [uplink] credentials and the broker's password file/ACL)",
+                _ => "",
+            }
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Run the uplink until `shutdown`; then drain (send what the buffer still holds and wait for
+/// the acknowledgements, up to `drain_timeout`) and disconnect with a retained offline status.
+pub async fn run(
+    cfg: UplinkConfig,
+    map: Arc<TagMap>,
+    buffer: Buffer,
+    telemetry: Arc<Telemetry>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), UplinkError> {
+    let topics = wire::Topics::new(
+        cfg.topic_root.clone(),
+        map.agent.site.clone(),
+        map.agent.id.clone(),
+    )?;
+    let opts = mqtt_options(&cfg, &map, &topics)?;
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let mut state = UplinkState::new(
+        usize::from(cfg.inflight),
+        u64::from(cfg.batch_readings),
+        cfg.ack_timeout,
+        cfg.backlog_rate,
+    );
+    let mut payloads: std::collections::HashMap<u64, Vec<u8>> = std::collections::HashMap::new();
+    for b in buffer.leased().await? {
+        state.restore(b.batch_id, b.readings);
+        payloads.insert(b.batch_id, b.payload);
+    }
+    if !payloads.is_empty() {
+        tracing::info!(
+            batches = payloads.len(),
+            "re-sending batches leased before the restart (same batch ids)"
+        );
+    }
+    let birth = birth(&map).encode();
+    let data_topic = topics.data();
+    let ack_topic = topics.ack();
+    let live_window = i64::try_from(cfg.live_window.as_millis()).unwrap_or(10_000);
+    let up = &telemetry.uplink;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat.max(Duration::from_secs(1)));
+    let mut last_error: Option<String> = None;
+    let mut backoff =
+        crate::drivers::health::Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    let mut draining: Option<Instant> = None;
+
+    loop {
+        let deadline_passed = draining.is_some_and(|t| t.elapsed() >= cfg.drain_timeout);
+        if draining.is_some()
+            && ((state.in_flight() == 0 && state.exhausted())
+                || deadline_passed
+                || !state.connected())
+        {
+            break;
+        }
+        tokio::select! {
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if last_error.take().is_some() {
+                        tracing::info!(broker = %cfg.broker, "connected to the broker again");
+                    } else {
+                        tracing::info!(broker = %cfg.broker, "connected to the broker");
+                    }
+                    backoff.reset();
+                    state.on_connected();
+                    up.connected.store(true, Relaxed);
+                    let _ = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce);
+                    let _ = client.try_publish(topics.birth(), QoS::AtLeastOnce, true, birth.clone());
+                    let _ = client.try_publish(topics.status(), QoS::AtLeastOnce, true,
+                        wire::Status::online(now_ms(), env!("CARGO_PKG_VERSION")).encode());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if p.topic != ack_topic {
+                        up.malformed_messages.fetch_add(1, Relaxed);
+                        tracing::warn!(topic = %p.topic, "message on an unexpected topic ignored");
+                        continue;
+                    }
+                    match wire::Ack::decode(&p.payload) {
+                        Ok(ack) => {
+                            for id in ack.batch_ids {
+                                if ack.status == wire::AckStatus::Rejected {
+                                    up.rejected_batches.fetch_add(1, Relaxed);
+                                    tracing::error!(batch_id = id, reason = ack.reason.as_deref().unwrap_or(""),
+                                        "the cloud rejected a batch (kept in its dead-letter table)");
+                                }
+                                if state.on_ack(id).is_none() {
+                                    up.unknown_acks.fetch_add(1, Relaxed);
+                                }
+                                payloads.remove(&id);
+                                match buffer.ack(id).await {
+                                    Ok(n) => { up.acked_readings.fetch_add(n, Relaxed); }
+                                    Err(e) => tracing::error!(error = %e, batch_id = id, "cannot delete an acknowledged batch"),
+                                }
+                                up.acked_batches.fetch_add(1, Relaxed);
+                            }
+                        }
+                        Err(e) => {
+                            up.malformed_messages.fetch_add(1, Relaxed);
+                            tracing::warn!(topic = %p.topic, error = %e, "malformed acknowledgement ignored");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    state.on_disconnected();
+                    up.connected.store(false, Relaxed);
+                    up.connect_errors.fetch_add(1, Relaxed);
+                    let msg = describe(&e);
+                    let delay = backoff.next_delay(rand::random::<f64>());
+                    if last_error.as_deref() != Some(msg.as_str()) {
+                        tracing::error!(broker = %cfg.broker, error = %msg, retry_in_ms = delay.as_millis() as u64, "broker connection failed; retrying with backoff");
+                        last_error = Some(msg);
+                    }
+                    if draining.is_some() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => { draining.get_or_insert_with(Instant::now); }
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                if draining.is_none() || !state.exhausted() || state.in_flight() > 0 {
+                    state.tick();
+                }
+                let now = Instant::now();
+                for _ in 0..64 {
+                    match state.next(now) {
+                        Next::Wait => break,
+                        Next::Resend(id) => {
+                            let payload = match payloads.get(&id) {
+                                Some(p) => p.clone(),
+                                None => continue,
+                            };
+                            if client.try_publish(data_topic.clone(), QoS::AtLeastOnce, false, payload).is_err() {
+                                state.publish_failed(id);
+                                break;
+                            }
+                        }
+                        Next::LeaseLive { max } => {
+                            let cutoff = now_ms() - live_window;
+                            let req = LeaseRequest { max_readings: max, order: LeaseOrder::NewestFirst, range: cutoff..i64::MAX, with_gaps: true };
+                            let got = buffer.lease(req).await?;
+                            publish_new(&client, &data_topic, &mut state, &mut payloads, got, false, now);
+                        }
+                        Next::LeaseBacklog { max } => {
+                            let cutoff = now_ms() - live_window;
+                            let req = LeaseRequest { max_readings: max, order: LeaseOrder::OldestFirst, range: i64::MIN..cutoff, with_gaps: true };
+                            let got = buffer.lease(req).await?;
+                            publish_new(&client, &data_topic, &mut state, &mut payloads, got, true, now);
+                        }
+                    }
+                }
+                let c = &state.counters;
+                up.sent_batches.store(c.sent_batches, Relaxed);
+                up.sent_readings.store(c.sent_readings, Relaxed);
+                up.resent_batches.store(c.resent_batches, Relaxed);
+                up.in_flight_batches.store(state.in_flight() as u64, Relaxed);
+                up.in_flight_readings.store(state.in_flight_readings(), Relaxed);
+            }
+            _ = heartbeat.tick(), if state.connected() => {
+                let hb = telemetry.heartbeat(&buffer).await;
+                let _ = client.try_publish(topics.heartbeat(), QoS::AtMostOnce, false, hb.encode());
+            }
+            _ = shutdown.changed(), if draining.is_none() => {
+                tracing::info!(in_flight = state.in_flight(), "uplink draining before shutdown");
+                draining = Some(Instant::now());
+            }
+        }
+    }
+    if state.in_flight() > 0 {
+        tracing::warn!(in_flight = state.in_flight(), "stopping with batches not yet acknowledged: they stay in the buffer and are re-sent on the next start");
+    }
+    if state.connected() {
+        let _ = client.try_publish(
+            topics.status(),
+            QoS::AtLeastOnce,
+            true,
+            wire::Status::offline(now_ms(), "agent stopped").encode(),
+        );
+        let _ = client.try_disconnect();
+        // Let the event loop flush the offline status and the disconnect.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(ev) = eventloop.poll().await {
+                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    up.connected.store(false, Relaxed);
+    Ok(())
+}
+
+fn publish_new(
+    client: &AsyncClient,
+    topic: &str,
+    state: &mut UplinkState,
+    payloads: &mut std::collections::HashMap<u64, Vec<u8>>,
+    got: Option<crate::buffer::OutBatch>,
+    backlog: bool,
+    now: Instant,
+) {
+    match got {
+        None => state.leased(backlog, None, now),
+        Some(b) => {
+            state.leased(backlog, Some((b.batch_id, b.readings)), now);
+            if client
+                .try_publish(topic.to_owned(), QoS::AtLeastOnce, false, b.payload.clone())
+                .is_err()
+            {
+                state.publish_failed(b.batch_id);
+            }
+            payloads.insert(b.batch_id, b.payload);
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! The JSON control messages: [`Ack`], [`Birth`], [`Status`], [`Heartbeat`].
+//!
+//! Each carries `v`, its schema version. Decoding is tolerant so that either side can be
+//! upgraded first: unknown fields are ignored and optional fields may be missing. A new
+//! optional field does not bump `v`; `v` is bumped only for a change an older reader would
+//! misread, and a reader rejects a `v` newer than it knows
+//! ([`WireError::UnsupportedMessageVersion`]), e.g. an agent never deletes data on an ack it
+//! cannot fully understand. Required fields and the rules of each message are checked on
+//! decode (`validate`).
+//!
+//! JSON numbers: ids and counters are `u64`; consumers in languages with 53-bit numbers must
+//! parse them as big integers.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::WireError;
+use crate::topics::validate_id;
+
+/// The schema version of every control message this build writes (and the newest it reads).
+pub const MESSAGE_VERSION: u32 = 1;
+
+/// Largest JSON control message accepted (a birth with thousands of tags fits easily).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// What all control messages share.
+trait Message: Serialize + DeserializeOwned {
+    const NAME: &'static str;
+    fn validate(&self) -> Result<(), WireError>;
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: u32,
+}
+
+fn decode_message<M: Message>(bytes: &[u8]) -> Result<M, WireError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(WireError::TooLarge {
+            what: M::NAME,
+            len: bytes.len() as u64,
+            max: MAX_MESSAGE_BYTES as u64,
+        });
+    }
+    // The version first, so that a newer message is reported as such rather than as whatever
+    // field it changed.
+    let probe: VersionProbe = serde_json::from_slice(bytes)?;
+    if probe.v == 0 {
+        return Err(WireError::Invalid(format!("{}: v must be ≥ 1", M::NAME)));
+    }
+    if probe.v > MESSAGE_VERSION {
+        return Err(WireError::UnsupportedMessageVersion {
+            message: M::NAME,
+            v: probe.v,
+        });
+    }
+    let m: M = serde_json::from_slice(bytes)?;
+    m.validate()?;
+    Ok(m)
+}
+
+fn encode_message<M: Message>(m: &M) -> Vec<u8> {
+    // Cannot fail: every message is plain structs, strings, numbers, vectors and string-keyed
+    // maps, whose derived `Serialize` never errors and which serde_json always accepts
+    // (non-finite floats are written as `null`).
+    serde_json::to_vec(m).expect("control messages always serialize")
+}
+
+fn invalid(message: &str, why: impl std::fmt::Display) -> WireError {
+    WireError::Invalid(format!("{message}: {why}"))
+}
+
+/// A float that was written as `null` (serde_json's rendering of NaN and infinities) reads
+/// back as NaN.
+fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Option::<f64>::deserialize(d).map(|o| o.unwrap_or(f64::NAN))
+}
+
+/// The outcome an [`Ack`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckStatus {
+    /// Committed to the database.
+    Committed,
+    /// Could not be stored as data and went to the dead-letter table. The agent deletes it all
+    /// the same (re-sending would not help) but counts it.
+    Rejected,
+}
+
+/// Cloud → agent, on `…/ack`, sent only after the database commit of the batches it names.
+/// The agent deletes a buffered batch only when an ack names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Schema version.
+    pub v: u32,
+    /// The batches concerned (at least one).
+    pub batch_ids: Vec<u64>,
+    /// What happened to them.
+    pub status: AckStatus,
+    /// Why, for `rejected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Message for Ack {
+    const NAME: &'static str = "ack";
+    fn validate(&self) -> Result<(), WireError> {
+        if self.batch_ids.is_empty() {
+            return Err(invalid(Self::NAME, "no batch ids"));
+        }
+        Ok(())
+    }
+}
+
+impl Ack {
+    /// Batches committed.
+    pub fn committed(batch_ids: Vec<u64>) -> Ack {
+        Ack {
+            v: MESSAGE_VERSION,
+            batch_ids,
+            status: AckStatus::Committed,
+            reason: None,
+        }
+    }
+
+    /// Batches dead-lettered, and why.
+    pub fn rejected(batch_ids: Vec<u64>, reason: impl Into<String>) -> Ack {
+        Ack {
+            v: MESSAGE_VERSION,
+            batch_ids,
+            status: AckStatus::Rejected,
+            reason: Some(reason.into()),
+        }
+    }
+
+    /// Check the rules [`Ack::decode`] enforces (at least one batch id).
+    pub fn validate(&self) -> Result<(), WireError> {
+        Message::validate(self)
+    }
+
+    /// JSON bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_message(self)
+    }
+
+    /// Parse and validate (tolerant of unknown fields; rejects a newer `v`).
+    pub fn decode(bytes: &[u8]) -> Result<Ack, WireError> {
+        decode_message(bytes)
+    }
+}
+
+/// A device in the birth catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Device name (unique in the config).
+    pub name: String,
+    /// Protocol, e.g. `modbus-tcp`, `modbus-rtu`.
+    pub protocol: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A tag in the birth catalog; its `id` is the `tag` of the readings of batches with the same
+/// config hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagInfo {
+    /// Tag id: equal to the tag's index in [`Birth::tags`].
+    pub id: u32,
+    /// Tag name.
+    pub name: String,
+    /// Engineering unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// `gauge`, `totalizer` or `state` (others may be added; readers keep them as text).
+    pub kind: String,
+    /// Name of its device (one of [`Birth::devices`]).
+    pub device: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The configured data type, e.g. `f32`, `u32`, `bool`, `string`.
+    pub data_type: String,
+    /// Poll interval, ms.
+    pub poll_interval_ms: u64,
+}
+
+/// Agent → cloud, retained on `…/birth`, published on every connect: who the agent is and the
+/// tag catalog of its current config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Birth {
+    /// Schema version.
+    pub v: u32,
+    /// Site id.
+    pub site: String,
+    /// Agent id.
+    pub agent: String,
+    /// The agent's software version.
+    pub agent_version: String,
+    /// Hash of the loaded config; batches name it.
+    pub config_hash: String,
+    /// When the agent process started, UTC ms.
+    pub started_ms: i64,
+    /// Devices.
+    #[serde(default)]
+    pub devices: Vec<DeviceInfo>,
+    /// Tags, `tags[i].id == i`.
+    #[serde(default)]
+    pub tags: Vec<TagInfo>,
+}
+
+impl Message for Birth {
+    const NAME: &'static str = "birth";
+    fn validate(&self) -> Result<(), WireError> {
+        validate_id(&self.site)?;
+        validate_id(&self.agent)?;
+        if self.config_hash.is_empty() {
+            return Err(invalid(Self::NAME, "empty config hash"));
+        }
+        for (i, t) in self.tags.iter().enumerate() {
+            if u64::from(t.id) != i as u64 {
+                return Err(invalid(
+                    Self::NAME,
+                    format!("tag {:?} has id {} at index {i}", t.name, t.id),
+                ));
+            }
+            if !self.devices.iter().any(|d| d.name == t.device) {
+                return Err(invalid(
+                    Self::NAME,
+                    format!("tag {:?} names unknown device {:?}", t.name, t.device),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Birth {
+    /// Check the rules [`Birth::decode`] enforces: valid ids, non-empty config hash, tag ids
+    /// equal to their index, every tag's device listed.
+    pub fn validate(&self) -> Result<(), WireError> {
+        Message::validate(self)
+    }
+
+    /// JSON bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_message(self)
+    }
+
+    /// Parse and validate (tolerant of unknown fields; rejects a newer `v`).
+    pub fn decode(bytes: &[u8]) -> Result<Birth, WireError> {
+        decode_message(bytes)
+    }
+}
+
+/// Agent → cloud, retained on `…/status`. Online on connect; offline on a clean shutdown, or
+/// published by the broker as the Last Will ([`Status::last_will`]) when the connection is lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Schema version.
+    pub v: u32,
+    /// Whether the agent is connected.
+    pub online: bool,
+    /// When it was said, UTC ms (for the Last Will: when the lost connection was made, since
+    /// the broker cannot stamp it; use the receive time as the time it went offline).
+    pub ts_ms: i64,
+    /// The agent's software version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// Why offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Message for Status {
+    const NAME: &'static str = "status";
+    fn validate(&self) -> Result<(), WireError> {
+        Ok(())
+    }
+}
+
+impl Status {
+    /// The reason the Last Will gives.
+    pub const CONNECTION_LOST: &'static str = "connection lost";
+
+    /// Online, published (retained) right after connecting.
+    pub fn online(ts_ms: i64, agent_version: impl Into<String>) -> Status {
+        Status {
+            v: MESSAGE_VERSION,
+            online: true,
+            ts_ms,
+            agent_version: Some(agent_version.into()),
+            reason: None,
+        }
+    }
+
+    /// Offline, published (retained) before a clean disconnect.
+    pub fn offline(ts_ms: i64, reason: impl Into<String>) -> Status {
+        Status {
+            v: MESSAGE_VERSION,
+            online: false,
+            ts_ms,
+            agent_version: None,
+            reason: Some(reason.into()),
+        }
+    }
+
+    /// The Last Will registered with the connection made at `connected_ms`:
+    /// `{online: false, reason: "connection lost"}`, retained, on the status topic.
+    pub fn last_will(connected_ms: i64) -> Status {
+        Status::offline(connected_ms, Status::CONNECTION_LOST)
+    }
+
+    /// JSON bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_message(self)
+    }
+
+    /// Parse (tolerant of unknown fields; rejects a newer `v`).
+    pub fn decode(bytes: &[u8]) -> Result<Status, WireError> {
+        decode_message(bytes)
+    }
+}
+
+/// The agent's store-and-forward buffer, as reported in a [`Heartbeat`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BufferFigures {
+    /// Rows (batches or records) buffered.
+    pub rows: u64,
+    /// Bytes buffered.
+    pub bytes: u64,
+    /// Readings buffered.
+    pub readings: u64,
+    /// Time of the oldest reading not yet acknowledged, UTC ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_unsent_ms: Option<i64>,
+    /// Readings acknowledged per second recently (NaN when unknown; sent as `null`).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub drain_rate_per_s: f64,
+    /// Estimated seconds to drain the backlog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<f64>,
+}
+
+/// One device's health, in a [`Heartbeat`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceHealth {
+    /// Device name.
+    pub name: String,
+    /// Share of successful requests, 0-1 (NaN when there were none; sent as `null`).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub success_rate: f64,
+    /// Mean round-trip time, ms (NaN when unknown; sent as `null`).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub rtt_ms: f64,
+    /// Failed requests since start.
+    pub errors: u64,
+}
+
+/// Agent → cloud on `…/heartbeat` (QoS 0): periodic health figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Schema version.
+    pub v: u32,
+    /// When, UTC ms.
+    pub ts_ms: i64,
+    /// Seconds since the agent started.
+    pub uptime_s: u64,
+    /// Buffer figures.
+    pub buffer: BufferFigures,
+    /// Counters since start by name: `polled`, `buffered`, `sent`, `acked`, `rejected`,
+    /// `dropped_buffer_full`, … (names may be added freely).
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
+    /// Per-device health.
+    #[serde(default)]
+    pub devices: Vec<DeviceHealth>,
+}
+
+impl Message for Heartbeat {
+    const NAME: &'static str = "heartbeat";
+    fn validate(&self) -> Result<(), WireError> {
+        Ok(())
+    }
+}
+
+impl Heartbeat {
+    /// JSON bytes. Non-finite floats are written as `null`, which decode reads back as NaN
+    /// (as `None` for `eta_s`).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_message(self)
+    }
+
+    /// Parse (tolerant of unknown fields; rejects a newer `v`).
+    pub fn decode(bytes: &[u8]) -> Result<Heartbeat, WireError> {
+        decode_message(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_golden_json() {
+        let a = Ack::committed(vec![41, 42]);
+        assert_eq!(
+            String::from_utf8(a.encode()).unwrap(),
+            r#"{"v":1,"batch_ids":[41,42],"status":"committed"}"#
+        );
+        let r = Ack::rejected(vec![7], "unknown config hash");
+        assert_eq!(
+            String::from_utf8(r.encode()).unwrap(),
+            r#"{"v":1,"batch_ids":[7],"status":"rejected","reason":"unknown config hash"}"#
+        );
+        assert_eq!(Ack::decode(&a.encode()).unwrap(), a);
+        assert_eq!(Ack::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn status_golden_json() {
+        let w = Status::last_will(1_700_000_000_000);
+        assert_eq!(
+            String::from_utf8(w.encode()).unwrap(),
+            r#"{"v":1,"online":false,"ts_ms":1700000000000,"reason":"connection lost"}"#
+        );
+        let on = Status::online(1_700_000_000_123, "0.1.0");
+        assert_eq!(
+            String::from_utf8(on.encode()).unwrap(),
+            r#"{"v":1,"online":true,"ts_ms":1700000000123,"agent_version":"0.1.0"}"#
+        );
+        assert_eq!(Status::decode(&w.encode()).unwrap(), w);
+        assert_eq!(Status::decode(&on.encode()).unwrap(), on);
+    }
+
+    #[test]
+    fn decoding_is_tolerant_but_checks_required_fields() {
+        // Unknown fields and a future optional field are ignored.
+        let a = Ack::decode(br#"{"v":1,"batch_ids":[1],"status":"committed","db_ms":12,"x":{}}"#)
+            .unwrap();
+        assert_eq!(a, Ack::committed(vec![1]));
+        // Missing required field, wrong type, unknown status, empty ids, bad JSON.
+        for bad in [
+            &br#"{"v":1,"status":"committed"}"#[..],
+            br#"{"v":1,"batch_ids":["1"],"status":"committed"}"#,
+            br#"{"v":1,"batch_ids":[1],"status":"maybe"}"#,
+            br#"{"batch_ids":[1],"status":"committed"}"#,
+            br#"{"v":1,"batch_ids":[-1],"status":"committed"}"#,
+            b"not json",
+            b"",
+        ] {
+            assert!(
+                matches!(Ack::decode(bad), Err(WireError::Json(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            Ack::decode(br#"{"v":1,"batch_ids":[],"status":"committed"}"#),
+            Err(WireError::Invalid(_))
+        ));
+        assert!(matches!(
+            Ack::decode(br#"{"v":0,"batch_ids":[1],"status":"committed"}"#),
+            Err(WireError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn newer_versions_are_refused() {
+        // Even when the rest of the message has changed shape.
+        assert_eq!(
+            Ack::decode(br#"{"v":2,"acks":[{"id":1}]}"#),
+            Err(WireError::UnsupportedMessageVersion {
+                message: "ack",
+                v: 2
+            })
+        );
+        assert_eq!(
+            Status::decode(br#"{"v":3,"online":true,"ts_ms":1}"#),
+            Err(WireError::UnsupportedMessageVersion {
+                message: "status",
+                v: 3
+            })
+        );
+    }
+
+    fn birth() -> Birth {
+        Birth {
+            v: MESSAGE_VERSION,
+            site: "terminal-01".into(),
+            agent: "gw-1".into(),
+            agent_version: "0.1.0".into(),
+            config_hash: "sha256:abcd".into(),
+            started_ms: 1_700_000_000_000,
+            devices: vec![DeviceInfo {
+                name: "tankgauge".into(),
+                protocol: "modbus-tcp".into(),
+                description: None,
+            }],
+            tags: vec![
+                TagInfo {
+                    id: 0,
+                    name: "T101.level".into(),
+                    unit: Some("m".into()),
+                    kind: "gauge".into(),
+                    device: "tankgauge".into(),
+                    description: Some("Tank 101 product level".into()),
+                    data_type: "u32".into(),
+                    poll_interval_ms: 1000,
+                },
+                TagInfo {
+                    id: 1,
+                    name: "T101.alarm".into(),
+                    unit: None,
+                    kind: "state".into(),
+                    device: "tankgauge".into(),
+                    description: None,
+                    data_type: "bool".into(),
+                    poll_interval_ms: 1000,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn birth_round_trips_and_is_validated() {
+        let b = birth();
+        assert_eq!(Birth::decode(&b.encode()).unwrap(), b);
+
+        let mut wrong_id = birth();
+        wrong_id.tags[1].id = 5;
+        assert!(matches!(
+            Birth::decode(&wrong_id.encode()),
+            Err(WireError::Invalid(_))
+        ));
+        let mut unknown_device = birth();
+        unknown_device.tags[0].device = "flowcomp".into();
+        assert!(unknown_device.validate().is_err());
+        let mut bad_site = birth();
+        bad_site.site = "a/b".into();
+        assert!(matches!(
+            Birth::decode(&bad_site.encode()),
+            Err(WireError::BadId(_))
+        ));
+    }
+
+    #[test]
+    fn heartbeat_round_trips_including_non_finite() {
+        let mut hb = Heartbeat {
+            v: MESSAGE_VERSION,
+            ts_ms: 1_700_000_000_000,
+            uptime_s: 3600,
+            buffer: BufferFigures {
+                rows: 12,
+                bytes: 34_567,
+                readings: 120_000,
+                oldest_unsent_ms: Some(1_699_999_000_000),
+                drain_rate_per_s: 2500.5,
+                eta_s: Some(48.0),
+            },
+            counters: [
+                ("polled", 1_000_000u64),
+                ("acked", 990_000),
+                ("dropped_buffer_full", 0),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            devices: vec![DeviceHealth {
+                name: "tankgauge".into(),
+                success_rate: 0.998,
+                rtt_ms: 12.5,
+                errors: 3,
+            }],
+        };
+        assert_eq!(Heartbeat::decode(&hb.encode()).unwrap(), hb);
+
+        hb.buffer.drain_rate_per_s = f64::NAN;
+        hb.buffer.eta_s = Some(f64::INFINITY);
+        hb.devices[0].success_rate = f64::NAN;
+        let back = Heartbeat::decode(&hb.encode()).unwrap();
+        assert!(back.buffer.drain_rate_per_s.is_nan());
+        assert_eq!(back.buffer.eta_s, None);
+        assert!(back.devices[0].success_rate.is_nan());
+        assert_eq!(back.devices[0].rtt_ms, 12.5);
+    }
+
+    #[test]
+    fn oversized_messages_are_refused() {
+        let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(
+            Status::decode(&big),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+}
