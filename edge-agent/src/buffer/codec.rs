@@ -56,10 +56,11 @@ fn wire_err(e: wire::WireError) -> BufferError {
 /// Encode readings of one class into a segment.
 pub fn encode_segment(
     class: Class,
-    config_hash: &str,
+    id: &Identity,
     readings: &[Reading],
 ) -> Result<NewSegment, BufferError> {
-    let mut b = wire::Batch::new("", "", 0, config_hash, crate::model::now_ms());
+    let config_hash = id.config_hash.as_str();
+    let mut b = wire::Batch::new(&id.site, &id.agent, 0, config_hash, crate::model::now_ms());
     b.readings = readings.iter().map(to_wire).collect();
     let mut tags: Vec<u32> = readings.iter().map(|r| r.tag).collect();
     tags.sort_unstable();
@@ -76,14 +77,12 @@ pub fn encode_segment(
 }
 
 /// Encode business events into a segment (class `Event`: never dropped).
-pub fn encode_events(
-    config_hash: &str,
-    events: Vec<wire::Event>,
-) -> Result<NewSegment, BufferError> {
+pub fn encode_events(id: &Identity, events: Vec<wire::Event>) -> Result<NewSegment, BufferError> {
     let first = events.iter().map(|e| e.ts_ms).min().unwrap_or(0);
     let last = events.iter().map(|e| e.ts_ms).max().unwrap_or(0);
     let count = events.len() as u32;
-    let mut b = wire::Batch::new("", "", 0, config_hash, crate::model::now_ms());
+    let config_hash = id.config_hash.as_str();
+    let mut b = wire::Batch::new(&id.site, &id.agent, 0, config_hash, crate::model::now_ms());
     b.events = events;
     Ok(NewSegment {
         class: Class::Event,

@@ -363,6 +363,23 @@ impl Store {
         Ok(s)
     }
 
+    /// Figures of the database at `path`, opened read-only (safe while the agent runs; changes
+    /// nothing, so no crash bookkeeping happens).
+    pub fn inspect(path: &Path) -> Result<StoreFigures, BufferError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let s = Store {
+            conn,
+            path: path.to_path_buf(),
+            bounds: Bounds {
+                max_bytes: u64::MAX,
+                max_age_ms: 0,
+            },
+            bytes: 0,
+        };
+        s.figures()
+    }
+
     /// Orderly close: everything handed over is committed; the next start is not a crash.
     pub fn close(self) -> Result<(), BufferError> {
         self.conn

@@ -238,8 +238,8 @@ impl Worker {
                 }
                 Ok(Some(Cmd::Events(evs))) => {
                     // Events are committed at once: they are rare and must never wait.
-                    let res = codec::encode_events(&self.id.config_hash, evs)
-                        .and_then(|s| self.store.append(&[s]));
+                    let res =
+                        codec::encode_events(&self.id, evs).and_then(|s| self.store.append(&[s]));
                     self.note(res.map(|_| ()));
                 }
                 Ok(Some(Cmd::Gap(g))) => {
@@ -324,7 +324,7 @@ impl Worker {
         let mut segs = Vec::new();
         for (class, rs) in &self.pending {
             for chunk in rs.chunks(SEGMENT_READINGS) {
-                segs.push(codec::encode_segment(*class, &self.id.config_hash, chunk)?);
+                segs.push(codec::encode_segment(*class, &self.id, chunk)?);
             }
         }
         match self.store.append(&segs) {

@@ -1,5 +1,6 @@
 //! The `edge-agent` command line: `check`, `plan`, `read`, `probe`, `run`.
 
+mod buffer;
 mod check;
 pub mod plan;
 mod probe;
@@ -93,7 +94,14 @@ pub enum Command {
         /// Protocol.
         protocol: probe::ProbeProtocol,
     },
-    /// Poll continuously and hand readings to the next stage (until the buffer exists: stdout).
+    /// Inspect or export the store-and-forward buffer.
+    Buffer {
+        #[command(subcommand)]
+        /// What to do.
+        command: buffer::BufferCommand,
+    },
+    /// Poll continuously: readings go through the deadband filter into the SQLite buffer and,
+    /// with an [uplink], to the cloud over MQTT. Stops cleanly on SIGINT/SIGTERM.
     Run {
         /// Tag map (TOML).
         #[arg(long, short)]
@@ -167,6 +175,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             format,
         } => read::run(&config, &tags, once, &format).await,
         Command::Probe { protocol } => probe::run(protocol).await,
+        Command::Buffer { command } => buffer::run(command),
         Command::Run {
             config,
             output,

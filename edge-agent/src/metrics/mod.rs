@@ -264,7 +264,7 @@ impl Telemetry {
             "flowsquare_buffer_quarantined_total",
             "counter",
             "Corrupt buffer databases moved aside.",
-            one(f.quarantined + self.buffer.quarantined.load(Relaxed)),
+            one(f.quarantined),
         );
         metric(
             "flowsquare_buffer_write_errors_total",

@@ -280,7 +280,10 @@ pub async fn run(
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => { draining.get_or_insert_with(Instant::now); }
+                        _ = shutdown.changed() => {
+                            draining.get_or_insert_with(Instant::now);
+                            state.tick();
+                        }
                     }
                 }
             },
@@ -330,6 +333,8 @@ pub async fn run(
             _ = shutdown.changed(), if draining.is_none() => {
                 tracing::info!(in_flight = state.in_flight(), "uplink draining before shutdown");
                 draining = Some(Instant::now());
+                // One more round of leases: the last readings were committed just before.
+                state.tick();
             }
         }
     }

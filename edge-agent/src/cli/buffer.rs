@@ -1,0 +1,220 @@
+//! `edge-agent buffer status` and `edge-agent buffer export`.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use super::CliError;
+use crate::buffer::codec::{build_batch, Identity};
+use crate::buffer::{LeaseOrder, LeaseRequest, Store};
+use crate::model::{now_ms, rfc3339_ms};
+
+/// Magic line at the start of an export file.
+pub const EXPORT_MAGIC: &[u8] = b"FLOWSQUARE-EXPORT 1\n";
+
+/// `buffer` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BufferCommand {
+    /// Rows, bytes, oldest unsent age, drops by reason; drain rate and ETA from the running agent.
+    Status {
+        /// Tag map (TOML) of the agent (for the buffer path and metrics address).
+        #[arg(long, short)]
+        config: std::path::PathBuf,
+        /// Output format.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+    },
+    /// Write unsent data to a portable file for sneakernet recovery (`cloud-ingest import FILE`).
+    /// The data are leased under persisted batch ids: if the site comes back online later, the
+    /// same ids are sent and the cloud stores them once.
+    Export {
+        /// Tag map (TOML) of the agent.
+        #[arg(long, short)]
+        config: std::path::PathBuf,
+        /// From (RFC 3339, e.g. 2026-11-20T00:00:00Z, or a duration ago, e.g. 2d). Default: all.
+        #[arg(long)]
+        since: Option<String>,
+        /// Until (same forms). Default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Output file.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+/// Parse an RFC 3339 time or a duration ago (`"2d"`, `"36h"`) into UTC ms.
+pub fn parse_time(s: &str) -> Result<i64, CliError> {
+    if let Ok(d) = crate::config::duration::parse(s) {
+        return Ok(now_ms() - d.as_millis() as i64);
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| CliError::Usage(format!("{s:?}: expected an RFC 3339 time (2026-11-20T00:00:00Z) or a duration ago (2d, 36h)")))
+}
+
+/// Ask the running agent's metrics endpoint for a gauge.
+fn scrape(addr: &str, metric: &str) -> Option<f64> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(metric).and_then(|v| v.trim().parse().ok()))
+}
+
+pub fn run(cmd: BufferCommand) -> Result<ExitCode, CliError> {
+    match cmd {
+        BufferCommand::Status { config, format } => status(&config, &format),
+        BufferCommand::Export {
+            config,
+            since,
+            until,
+            out,
+        } => export(&config, since.as_deref(), until.as_deref(), &out),
+    }
+}
+
+fn status(config: &Path, format: &str) -> Result<ExitCode, CliError> {
+    let map = super::load_map(config)?;
+    let path = map.buffer.effective_path();
+    if !path.exists() {
+        return Err(CliError::Usage(format!(
+            "no buffer at {} (has the agent run yet?)",
+            path.display()
+        )));
+    }
+    let f = Store::inspect(&path).map_err(|e| CliError::Usage(e.to_string()))?;
+    let rate = (map.agent.metrics != "off")
+        .then(|| scrape(&map.agent.metrics, "flowsquare_buffer_drain_rate "))
+        .flatten();
+    let unsent = f.readings;
+    let eta = rate.filter(|r| *r > 0.0).map(|r| unsent as f64 / r);
+    let age_s = f.oldest_ts.map(|t| (now_ms() - t).max(0) as f64 / 1000.0);
+    if format == "json" {
+        println!(
+            "{}",
+            serde_json::json!({
+                "path": path.display().to_string(),
+                "segments": f.segments, "readings": f.readings, "bytes": f.bytes,
+                "leased_readings": f.leased_readings, "pending_gaps": f.pending_gaps,
+                "oldest_unsent": f.oldest_ts.map(rfc3339_ms), "oldest_unsent_age_s": age_s,
+                "dropped": { "buffer-full": f.dropped_full, "buffer-age": f.dropped_age },
+                "quarantined": f.quarantined, "next_batch_id": f.next_batch_id,
+                "drain_rate_per_s": rate, "eta_s": eta,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("buffer {}", path.display());
+    println!(
+        "  readings held     {} in {} segments, {} bytes ({:.1} B/reading)",
+        f.readings,
+        f.segments,
+        f.bytes,
+        if f.readings > 0 {
+            f.bytes as f64 / f.readings as f64
+        } else {
+            0.0
+        }
+    );
+    println!(
+        "  in flight         {} readings sent, awaiting the cloud's acknowledgement",
+        f.leased_readings
+    );
+    match (f.oldest_ts, age_s) {
+        (Some(t), Some(a)) => println!(
+            "  oldest unsent     {} ({})",
+            rfc3339_ms(t),
+            crate::config::duration::format(std::time::Duration::from_secs_f64(a))
+        ),
+        _ => println!("  oldest unsent     - (empty)"),
+    }
+    match (rate, eta) {
+        (Some(r), Some(e)) => println!(
+            "  drain rate        {r:.0} readings/s, empty in about {}",
+            crate::config::duration::format(std::time::Duration::from_secs_f64(e))
+        ),
+        (Some(r), None) => println!("  drain rate        {r:.0} readings/s"),
+        (None, _) => println!(
+            "  drain rate        unknown (agent not running, or [agent] metrics = \"off\")"
+        ),
+    }
+    println!(
+        "  dropped           buffer-full {}, buffer-age {} (each reported to the cloud as a gap)",
+        f.dropped_full, f.dropped_age
+    );
+    println!("  gaps to report    {}", f.pending_gaps);
+    println!("  quarantined dbs   {}", f.quarantined);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(
+    config: &Path,
+    since: Option<&str>,
+    until: Option<&str>,
+    out: &Path,
+) -> Result<ExitCode, CliError> {
+    let map = super::load_map(config)?;
+    let lo = since.map(parse_time).transpose()?.unwrap_or(i64::MIN);
+    let hi = until.map(parse_time).transpose()?.unwrap_or(i64::MAX);
+    let path = map.buffer.effective_path();
+    let (mut store, _) = Store::open(&path, map.buffer.durability(), map.buffer.bounds())
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let total = store
+        .figures()
+        .map_err(|e| CliError::Usage(e.to_string()))?
+        .readings;
+    let id = Identity {
+        site: map.agent.site.clone(),
+        agent: map.agent.id.clone(),
+        config_hash: map.hash.clone(),
+    };
+    let tmp = out.with_extension("partial");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    file.write_all(EXPORT_MAGIC)?;
+    let birth = crate::uplink::birth(&map).encode();
+    file.write_all(&(birth.len() as u32).to_be_bytes())?;
+    file.write_all(&birth)?;
+    let (mut batches, mut readings) = (0u64, 0u64);
+    // Batches leased before (sent but unacknowledged) go first, with their ids.
+    let mut pending: Vec<crate::buffer::Leased> =
+        store.leased().map_err(|e| CliError::Usage(e.to_string()))?;
+    loop {
+        let next = match pending.pop() {
+            Some(l) => Some(l),
+            None => store
+                .lease(&LeaseRequest {
+                    max_readings: 50_000,
+                    order: LeaseOrder::OldestFirst,
+                    range: lo..hi,
+                    with_gaps: true,
+                })
+                .map_err(|e| CliError::Usage(e.to_string()))?,
+        };
+        let Some(l) = next else { break };
+        let payload = build_batch(&id, &l).map_err(|e| CliError::Usage(e.to_string()))?;
+        file.write_all(&(payload.len() as u32).to_be_bytes())?;
+        file.write_all(&payload)?;
+        batches += 1;
+        readings += l.count();
+        eprint!("\rexported {batches} batches, {readings} of {total} readings");
+    }
+    file.flush()?;
+    drop(file);
+    std::fs::rename(&tmp, out)?;
+    let _ = store.close();
+    eprintln!();
+    println!(
+        "{}: {batches} batches, {readings} readings (import with: cloud-ingest import {})",
+        out.display(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
