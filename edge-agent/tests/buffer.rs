@@ -1,0 +1,263 @@
+//! The buffer through its async API (group commit, lease, ack, events, bounds) and the
+//! `edge-agent buffer status|export` commands on a real database file.
+
+use std::process::Command;
+
+use edge_agent::buffer::{Buffer, BufferConfig, LeaseOrder, LeaseRequest};
+use edge_agent::config::{parse_str, TagMap};
+use edge_agent::model::{Quality, Reading, Value};
+use flowsquare_wire as wire;
+
+const BIN: &str = env!("CARGO_BIN_EXE_edge-agent");
+
+fn map_text(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"[agent]
+site = "buf"
+id = "gw"
+metrics = "off"
+[buffer]
+path = "{}/buffer.db"
+{extra}
+[[device]]
+name = "d"
+protocol = "modbus-tcp"
+host = "127.0.0.1"
+  [[device.tag]]
+  name = "a/level"
+  register = "holding"
+  address = 0
+  type = "f32"
+  [[device.tag]]
+  name = "a/diag"
+  register = "holding"
+  address = 2
+  priority = "low"
+"#,
+        dir.display()
+    )
+}
+
+fn map(dir: &std::path::Path, extra: &str) -> TagMap {
+    parse_str("buf.toml", &map_text(dir, extra)).expect("map").0
+}
+
+fn readings(n: usize, t0: i64) -> Vec<Reading> {
+    (0..n)
+        .map(|i| {
+            Reading::good(
+                (i % 2) as u32,
+                t0 + (i / 2) as i64 * 1000,
+                Value::Float(1000.0 + i as f64 * 0.001),
+                500,
+            )
+        })
+        .collect()
+}
+
+/// An hour ago, on a whole second (well inside the default 30-day age bound).
+fn t0() -> i64 {
+    (edge_agent::model::now_ms() - 3_600_000) / 1000 * 1000
+}
+
+fn all(max: u64) -> LeaseRequest {
+    LeaseRequest {
+        max_readings: max,
+        order: LeaseOrder::OldestFirst,
+        range: i64::MIN..i64::MAX,
+        with_gaps: true,
+    }
+}
+
+#[tokio::test]
+async fn readings_go_through_group_commit_lease_and_ack_unchanged() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = map(dir.path(), "");
+    let (buf, th) = Buffer::start(&m, &m.buffer).expect("start");
+    let mut sent = readings(3000, t0());
+    sent.push(Reading::bad(
+        0,
+        t0() + 999_000,
+        Quality::BadDevice,
+        "exception 2",
+    ));
+    buf.append(sent.clone()).await.expect("append");
+    buf.flush().await.expect("flush");
+    let f = buf.figures().await.expect("figures");
+    assert_eq!(f.readings, 3001);
+    assert!(f.bytes < 3001 * 8, "compressed: {} bytes", f.bytes);
+    let b = buf
+        .lease(all(100_000))
+        .await
+        .expect("lease")
+        .expect("batch");
+    let decoded = wire::decode(&b.payload).expect("decode");
+    assert_eq!(
+        (
+            decoded.site.as_str(),
+            decoded.agent.as_str(),
+            decoded.batch_id
+        ),
+        ("buf", "gw", b.batch_id)
+    );
+    assert_eq!(decoded.config_hash, m.hash);
+    assert_eq!(decoded.readings.len(), 3001);
+    let bad = decoded
+        .readings
+        .iter()
+        .find(|r| r.quality == wire::Quality::BadDevice)
+        .expect("bad reading");
+    assert_eq!(bad.error.as_deref(), Some("exception 2"));
+    assert_eq!(buf.ack(b.batch_id).await.expect("ack"), 3001);
+    assert_eq!(buf.figures().await.expect("figures").readings, 0);
+    drop(buf);
+    tokio::task::spawn_blocking(move || th.join())
+        .await
+        .expect("join");
+}
+
+#[tokio::test]
+async fn events_are_never_dropped_when_the_buffer_is_full() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut m = map(dir.path(), "");
+    m.buffer = BufferConfig {
+        max_size: 4096,
+        ..m.buffer.clone()
+    };
+    let (buf, th) = Buffer::start(&m, &m.buffer).expect("start");
+    let events: Vec<wire::Event> = (0..50)
+        .map(|i| wire::Event {
+            source: "gantry-bay-1".into(),
+            kind: "gantry-batch".into(),
+            seq: i,
+            ts_ms: t0() + i as i64,
+            fields: vec![
+                ("bol".into(), wire::WireValue::Text(format!("BOL-{i}"))),
+                ("gross_l".into(), wire::WireValue::Float(30_000.0)),
+            ],
+        })
+        .collect();
+    buf.append_events(events).await.expect("events");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for k in 0..20 {
+        // Noisy values (incompressible) so that a few thousand readings overflow 4 KiB.
+        let noisy: Vec<Reading> = (0..2000)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                Reading::good(
+                    (i % 2) as u32,
+                    t0() + k * 10_000 + i as i64,
+                    Value::Float((x >> 11) as f64),
+                    0,
+                )
+            })
+            .collect();
+        buf.append(noisy).await.expect("append");
+        buf.flush().await.expect("flush");
+    }
+    let f = buf.figures().await.expect("figures");
+    assert!(f.dropped_full > 0, "{f:?}");
+    let mut events = 0;
+    let mut gaps = Vec::new();
+    while let Some(b) = buf.lease(all(1_000_000)).await.expect("lease") {
+        let d = wire::decode(&b.payload).expect("decode");
+        events += d.events.len();
+        gaps.extend(d.gaps);
+        buf.ack(b.batch_id).await.expect("ack");
+    }
+    assert_eq!(events, 50, "every event kept");
+    assert_eq!(
+        gaps.iter().map(|g| g.count).sum::<u64>(),
+        f.dropped_full,
+        "every drop reported"
+    );
+    assert!(gaps.iter().all(|g| g.reason == wire::GapReason::BufferFull));
+    drop(buf);
+    tokio::task::spawn_blocking(move || th.join())
+        .await
+        .expect("join");
+}
+
+#[tokio::test]
+async fn buffer_status_and_export_work_on_the_database_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, map_text(dir.path(), "")).expect("cfg");
+    let m = map(dir.path(), "");
+    let (buf, th) = Buffer::start(&m, &m.buffer).expect("start");
+    let start = t0();
+    buf.append(readings(5000, start)).await.expect("append");
+    buf.flush().await.expect("flush");
+    drop(buf);
+    tokio::task::spawn_blocking(move || th.join())
+        .await
+        .expect("join");
+
+    let out = Command::new(BIN)
+        .args(["buffer", "status", "--config"])
+        .arg(&cfg)
+        .args(["--format", "json"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["readings"], 5000);
+    assert_eq!(v["oldest_unsent"], edge_agent::model::rfc3339_ms(start));
+    let text = Command::new(BIN)
+        .args(["buffer", "status", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&text.stdout).contains("readings held     5000"));
+
+    let export = |name: &str| -> Vec<u64> {
+        let file = dir.path().join(name);
+        let out = Command::new(BIN)
+            .args(["buffer", "export", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&file)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes = std::fs::read(&file).expect("export file");
+        assert!(bytes.starts_with(b"FLOWSQUARE-EXPORT 1\n"));
+        let mut pos = 20;
+        let mut frames = Vec::new();
+        while pos + 4 <= bytes.len() {
+            let n = u32::from_be_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
+                as usize;
+            frames.push(bytes[pos + 4..pos + 4 + n].to_vec());
+            pos += 4 + n;
+        }
+        let birth = wire::Birth::decode(&frames[0]).expect("birth first");
+        assert_eq!(birth.tags.len(), 2);
+        let batches: Vec<wire::Batch> = frames[1..]
+            .iter()
+            .map(|f| wire::decode(f).expect("batch"))
+            .collect();
+        assert_eq!(
+            batches.iter().map(|b| b.readings.len()).sum::<usize>(),
+            5000
+        );
+        let mut ids: Vec<u64> = batches.iter().map(|b| b.batch_id).collect();
+        ids.sort_unstable();
+        ids
+    };
+    let first = export("a.fsx");
+    let second = export("b.fsx");
+    assert_eq!(
+        first, second,
+        "exporting again carries the same batch ids (the cloud stores them once)"
+    );
+}
