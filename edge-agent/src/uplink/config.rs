@@ -13,6 +13,9 @@ use crate::config::duration;
 pub struct UplinkConfig {
     /// Broker URL: `mqtt://host:port` or `mqtts://host:port` (TLS). Default port 1883 / 8883.
     pub broker: String,
+    /// MQTT protocol version: `"3.1.1"` (default) or `"5"`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
     /// Topic root; topics are `{topic_root}/v1/{site}/{agent}/{data|ack|birth|status|heartbeat}`.
     #[serde(default = "default_root")]
     pub topic_root: String,
@@ -60,6 +63,9 @@ pub struct UplinkConfig {
     pub drain_timeout: Duration,
 }
 
+fn default_protocol() -> String {
+    "3.1.1".into()
+}
 fn default_root() -> String {
     "fs".into()
 }
@@ -134,6 +140,12 @@ impl UplinkConfig {
     /// Problems as `(key, message)`.
     pub fn validate(&self) -> Vec<(&'static str, String)> {
         let mut p = Vec::new();
+        if !matches!(self.protocol.as_str(), "3.1.1" | "5") {
+            p.push((
+                "protocol",
+                format!("protocol {:?}: use \"3.1.1\" or \"5\"", self.protocol),
+            ));
+        }
         if let Err(e) = self.broker_addr() {
             p.push(("broker", e));
         }

@@ -2,12 +2,14 @@
 //! only when the cloud's end-to-end acknowledgement arrives.
 //!
 //! - `state.rs`: pure bookkeeping (in-flight window, re-sends, live first, backlog rate);
-//! - `run.rs`: the rumqttc event loop around it (birth, status/Last Will, acks, heartbeat);
+//! - `run.rs`: the event loop around it (birth, status/Last Will, acks, heartbeat);
+//! - `link.rs`: MQTT 3.1.1 and 5 (rumqttc) behind one interface;
 //! - `config.rs`: `[uplink]`;
 //! - `error.rs`: `UplinkError`.
 
 pub mod config;
 pub mod error;
+pub mod link;
 pub mod run;
 pub mod state;
 

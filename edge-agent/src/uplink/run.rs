@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS, Transport};
+use super::link::{Client, LinkEvent};
 use tokio::sync::watch;
 
 use flowsquare_wire as wire;
@@ -69,7 +69,7 @@ pub fn birth(map: &TagMap) -> wire::Birth {
     }
 }
 
-fn tls_config(cfg: &UplinkConfig) -> Result<rustls::ClientConfig, UplinkError> {
+pub(super) fn tls_config(cfg: &UplinkConfig) -> Result<rustls::ClientConfig, UplinkError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| UplinkError::Tls(format!("{}: {e}", p.display())))
@@ -114,54 +114,6 @@ fn tls_config(cfg: &UplinkConfig) -> Result<rustls::ClientConfig, UplinkError> {
     }
 }
 
-/// Build the MQTT options (credentials, TLS, Last Will) for `cfg`.
-pub fn mqtt_options(
-    cfg: &UplinkConfig,
-    map: &TagMap,
-    topics: &wire::Topics,
-) -> Result<MqttOptions, UplinkError> {
-    let addr = cfg.broker_addr().map_err(UplinkError::Config)?;
-    let client_id = cfg
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("fs-{}-{}", map.agent.site, map.agent.id));
-    let mut o = MqttOptions::new(client_id, addr.host, addr.port);
-    o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
-    o.set_clean_session(true);
-    o.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-    o.set_inflight(u16::max(cfg.inflight, 10) + 10);
-    o.set_last_will(LastWill::new(
-        topics.status(),
-        wire::Status::last_will(now_ms()).encode(),
-        QoS::AtLeastOnce,
-        true,
-    ));
-    if let Some((user, pass)) = cfg.read_credentials().map_err(UplinkError::Config)? {
-        o.set_credentials(user, pass);
-    }
-    if addr.tls {
-        o.set_transport(Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(cfg)?)),
-        ));
-    }
-    Ok(o)
-}
-
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => format!(
-            "broker refused the connection: {code:?}{}",
-            match code {
-                rumqttc::ConnectReturnCode::BadUserNamePassword
-                | rumqttc::ConnectReturnCode::NotAuthorized =>
-                    " (check [uplink] credentials and the broker's password file/ACL)",
-                _ => "",
-            }
-        ),
-        other => other.to_string(),
-    }
-}
-
 /// Run the uplink until `shutdown`; then drain (send what the buffer still holds and wait for
 /// the acknowledgements, up to `drain_timeout`) and disconnect with a retained offline status.
 pub async fn run(
@@ -176,8 +128,7 @@ pub async fn run(
         map.agent.site.clone(),
         map.agent.id.clone(),
     )?;
-    let opts = mqtt_options(&cfg, &map, &topics)?;
-    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let (client, mut eventloop) = super::link::open(&cfg, &map, &topics)?;
     let mut state = UplinkState::new(
         usize::from(cfg.inflight),
         u64::from(cfg.batch_readings),
@@ -219,7 +170,7 @@ pub async fn run(
         }
         tokio::select! {
             ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                LinkEvent::Connected => {
                     if last_error.take().is_some() {
                         tracing::info!(broker = %cfg.broker, "connected to the broker again");
                     } else {
@@ -228,18 +179,17 @@ pub async fn run(
                     backoff.reset();
                     state.on_connected();
                     up.connected.store(true, Relaxed);
-                    let _ = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce);
-                    let _ = client.try_publish(topics.birth(), QoS::AtLeastOnce, true, birth.clone());
-                    let _ = client.try_publish(topics.status(), QoS::AtLeastOnce, true,
-                        wire::Status::online(now_ms(), env!("CARGO_PKG_VERSION")).encode());
+                    client.subscribe(ack_topic.clone());
+                    client.publish(topics.birth(), true, true, birth.clone());
+                    client.publish(topics.status(), true, true, wire::Status::online(now_ms(), env!("CARGO_PKG_VERSION")).encode());
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if p.topic != ack_topic {
+                LinkEvent::Message { topic, payload } => {
+                    if topic != ack_topic {
                         up.malformed_messages.fetch_add(1, Relaxed);
-                        tracing::warn!(topic = %p.topic, "message on an unexpected topic ignored");
+                        tracing::warn!(topic = %topic, "message on an unexpected topic ignored");
                         continue;
                     }
-                    match wire::Ack::decode(&p.payload) {
+                    match wire::Ack::decode(&payload) {
                         Ok(ack) => {
                             for id in ack.batch_ids {
                                 if ack.status == wire::AckStatus::Rejected {
@@ -260,16 +210,15 @@ pub async fn run(
                         }
                         Err(e) => {
                             up.malformed_messages.fetch_add(1, Relaxed);
-                            tracing::warn!(topic = %p.topic, error = %e, "malformed acknowledgement ignored");
+                            tracing::warn!(topic = %topic, error = %e, "malformed acknowledgement ignored");
                         }
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
+                LinkEvent::Other | LinkEvent::DisconnectSent => {}
+                LinkEvent::Failed(msg) => {
                     state.on_disconnected();
                     up.connected.store(false, Relaxed);
                     up.connect_errors.fetch_add(1, Relaxed);
-                    let msg = describe(&e);
                     let delay = backoff.next_delay(rand::random::<f64>());
                     if last_error.as_deref() != Some(msg.as_str()) {
                         tracing::error!(broker = %cfg.broker, error = %msg, retry_in_ms = delay.as_millis() as u64, "broker connection failed; retrying with backoff");
@@ -300,7 +249,7 @@ pub async fn run(
                                 Some(p) => p.clone(),
                                 None => continue,
                             };
-                            if client.try_publish(data_topic.clone(), QoS::AtLeastOnce, false, payload).is_err() {
+                            if !client.publish(data_topic.clone(), true, false, payload) {
                                 state.publish_failed(id);
                                 break;
                             }
@@ -328,7 +277,7 @@ pub async fn run(
             }
             _ = heartbeat.tick(), if state.connected() => {
                 let hb = telemetry.heartbeat(&buffer).await;
-                let _ = client.try_publish(topics.heartbeat(), QoS::AtMostOnce, false, hb.encode());
+                client.publish(topics.heartbeat(), false, false, hb.encode());
             }
             _ = shutdown.changed(), if draining.is_none() => {
                 tracing::info!(in_flight = state.in_flight(), "uplink draining before shutdown");
@@ -342,17 +291,20 @@ pub async fn run(
         tracing::warn!(in_flight = state.in_flight(), "stopping with batches not yet acknowledged: they stay in the buffer and are re-sent on the next start");
     }
     if state.connected() {
-        let _ = client.try_publish(
+        client.publish(
             topics.status(),
-            QoS::AtLeastOnce,
+            true,
             true,
             wire::Status::offline(now_ms(), "agent stopped").encode(),
         );
-        let _ = client.try_disconnect();
+        client.disconnect();
         // Let the event loop flush the offline status and the disconnect.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Ok(ev) = eventloop.poll().await {
-                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+            loop {
+                if matches!(
+                    eventloop.poll().await,
+                    LinkEvent::DisconnectSent | LinkEvent::Failed(_)
+                ) {
                     break;
                 }
             }
@@ -364,7 +316,7 @@ pub async fn run(
 }
 
 fn publish_new(
-    client: &AsyncClient,
+    client: &Client,
     topic: &str,
     state: &mut UplinkState,
     payloads: &mut std::collections::HashMap<u64, Vec<u8>>,
@@ -376,10 +328,7 @@ fn publish_new(
         None => state.leased(backlog, None, now),
         Some(b) => {
             state.leased(backlog, Some((b.batch_id, b.readings)), now);
-            if client
-                .try_publish(topic.to_owned(), QoS::AtLeastOnce, false, b.payload.clone())
-                .is_err()
-            {
+            if !client.publish(topic.to_owned(), true, false, b.payload.clone()) {
                 state.publish_failed(b.batch_id);
             }
             payloads.insert(b.batch_id, b.payload);
