@@ -44,7 +44,7 @@ pub enum Client {
 /// The receiving half (drives the connection).
 pub enum Events {
     /// MQTT 3.1.1.
-    V4(rumqttc::EventLoop),
+    V4(Box<rumqttc::EventLoop>),
     /// MQTT 5.
     V5(Box<rumqttc::v5::EventLoop>),
 }
@@ -116,7 +116,7 @@ pub fn open(
                 o.set_transport(t);
             }
             let (c, e) = rumqttc::AsyncClient::new(o, 256);
-            Ok((Client::V4(c), Events::V4(e)))
+            Ok((Client::V4(c), Events::V4(Box::new(e))))
         }
     }
 }
