@@ -304,6 +304,7 @@ async fn every_reading_arrives_exactly_once_through_an_outage_and_a_restart_of_t
     let r = consumer.received.lock().expect("lock");
     assert_exactly_once(&polled, &r);
     assert!(r.births.len() >= 2, "a birth on every connection");
+    assert!(r.heartbeats >= 1, "heartbeats published");
     assert!(
         r.statuses.iter().any(|st| !st.online),
         "offline status at shutdown"

@@ -250,7 +250,7 @@ pub async fn run(
                                 None => continue,
                             };
                             if !client.publish(data_topic.clone(), true, false, payload) {
-                                state.publish_failed(id);
+                                state.nack(id);
                                 break;
                             }
                         }
@@ -329,7 +329,7 @@ fn publish_new(
         Some(b) => {
             state.leased(backlog, Some((b.batch_id, b.readings)), now);
             if !client.publish(topic.to_owned(), true, false, b.payload.clone()) {
-                state.publish_failed(b.batch_id);
+                state.nack(b.batch_id);
             }
             payloads.insert(b.batch_id, b.payload);
         }

@@ -248,8 +248,9 @@ impl UplinkState {
         }
     }
 
-    /// Publishing batch `id` failed locally (client queue full): try again on the next round.
-    pub fn publish_failed(&mut self, id: u64) {
+    /// Negative acknowledgement: batch `id` could not be published (client queue full) or must go
+    /// out again; it keeps its id and lease and is re-sent on the next round.
+    pub fn nack(&mut self, id: u64) {
         if let Some(f) = self.inflight.get_mut(&id) {
             f.sent_at = None;
         }
