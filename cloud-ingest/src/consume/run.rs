@@ -1,0 +1,281 @@
+//! The consumer loop. Two tasks:
+//! - the MQTT task polls rumqttc (manual acknowledgements) and forwards every publication, in
+//!   arrival order, to the commit task;
+//! - the commit task takes what has arrived (up to `max_batches_per_commit`), stores it (births
+//!   first, then status/heartbeats, dead letters, then the batches in one transaction), publishes
+//!   the end-to-end acknowledgements, and only then acknowledges the MQTT messages, in arrival
+//!   order. While the database is down nothing is acknowledged at either level: the commit is
+//!   retried with backoff, the broker's in-flight window stops delivery, and the agents keep
+//!   their data until it is committed.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{mpsc, watch};
+
+use flowsquare_wire as wire;
+
+use super::state::{acks_for, classify, Incoming};
+use crate::config::IngestConfig;
+use crate::store::{CommitOutcome, Store, StoreError};
+
+/// Counters of the consumer.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Publications received.
+    pub received: AtomicU64,
+    /// Batches stored.
+    pub stored_batches: AtomicU64,
+    /// Readings stored.
+    pub stored_readings: AtomicU64,
+    /// Batches delivered again and not stored again.
+    pub duplicates: AtomicU64,
+    /// Batches held back because their birth had not arrived.
+    pub unknown_catalog: AtomicU64,
+    /// Messages kept in the dead-letter table.
+    pub dead_letters: AtomicU64,
+    /// Failed commits (retried).
+    pub commit_errors: AtomicU64,
+    /// End-to-end acknowledgements published (batch ids).
+    pub acked_batches: AtomicU64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Run an operation until it succeeds, retrying transient failures with backoff (and giving up
+/// on permanent ones, which are returned). Returns `None` if shutdown came first.
+async fn retry<T, F, Fut>(what: &str, stats: &ConsumerStats, shutdown: &mut watch::Receiver<bool>, mut op: F) -> Option<Result<T, StoreError>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut logged = false;
+    loop {
+        match op().await {
+            Ok(v) => {
+                if logged {
+                    tracing::info!(what, "database available again");
+                }
+                return Some(Ok(v));
+            }
+            Err(e) if e.is_transient() => {
+                stats.commit_errors.fetch_add(1, Relaxed);
+                if !logged {
+                    tracing::error!(what, error = %e, "database unavailable: nothing is acknowledged until it is back; retrying");
+                    logged = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return None,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}
+
+/// Consume until `shutdown`.
+pub async fn run(cfg: IngestConfig, store: Arc<dyn Store>, stats: Arc<ConsumerStats>, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    let (host, port) = cfg.broker_addr()?;
+    let client_id = cfg.mqtt.client_id.clone().unwrap_or_else(|| format!("cloud-ingest-{}", std::process::id()));
+    let mut o = MqttOptions::new(client_id, host, port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(true);
+    o.set_manual_acks(true);
+    o.set_max_packet_size(64 * 1024 * 1024, 64 * 1024 * 1024);
+    if let Some(spec) = &cfg.mqtt.credentials {
+        let (u, p) = read_credentials(spec)?;
+        o.set_credentials(u, p);
+    }
+    let (client, mut events) = AsyncClient::new(o, 4096);
+    let root = cfg.mqtt.topic_root.clone();
+    let data_filter = if cfg.mqtt.group.is_empty() {
+        wire::Topics::filter(&root, wire::Kind::Data)
+    } else {
+        wire::Topics::shared_filter(&cfg.mqtt.group, &root, wire::Kind::Data)
+    }
+    .map_err(|e| e.to_string())?;
+    // Births and statuses are retained, and retained messages are not delivered to shared
+    // subscriptions: every replica subscribes to them directly (storing them is idempotent).
+    let mut others = Vec::new();
+    for k in [wire::Kind::Birth, wire::Kind::Status, wire::Kind::Heartbeat] {
+        others.push(wire::Topics::filter(&root, k).map_err(|e| e.to_string())?);
+    }
+    let (tx, rx) = mpsc::channel::<Publish>(4096);
+    let committer = tokio::spawn(commit_task(rx, client.clone(), store, stats.clone(), cfg.clone(), shutdown.clone()));
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::select! {
+            ev = events.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    tracing::info!(broker = %cfg.mqtt.broker, filter = %data_filter, "connected; subscribing");
+                    last_error = None;
+                    let _ = client.subscribe(data_filter.clone(), QoS::AtLeastOnce).await;
+                    for f in &others {
+                        let _ = client.subscribe(f.clone(), QoS::AtLeastOnce).await;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    stats.received.fetch_add(1, Relaxed);
+                    if tx.send(p).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let msg = e.to_string();
+                    if last_error.as_deref() != Some(msg.as_str()) {
+                        tracing::error!(broker = %cfg.mqtt.broker, error = %msg, "broker connection failed; retrying");
+                        last_error = Some(msg);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(tx);
+    let _ = committer.await;
+    let _ = client.try_disconnect();
+    Ok(())
+}
+
+fn read_credentials(spec: &str) -> Result<(String, String), String> {
+    let path = if let Some(p) = spec.strip_prefix("file:") {
+        std::path::PathBuf::from(p)
+    } else if let Some(n) = spec.strip_prefix("systemd:") {
+        std::path::PathBuf::from(std::env::var_os("CREDENTIALS_DIRECTORY").ok_or("CREDENTIALS_DIRECTORY is not set")?).join(n)
+    } else {
+        return Err(format!("credentials {spec:?}: expected file:/path or systemd:NAME"));
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut l = text.lines();
+    Ok((l.next().unwrap_or("").trim().to_owned(), l.next().unwrap_or("").to_owned()))
+}
+
+async fn commit_task(
+    mut rx: mpsc::Receiver<Publish>,
+    client: AsyncClient,
+    store: Arc<dyn Store>,
+    stats: Arc<ConsumerStats>,
+    cfg: IngestConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let root = cfg.mqtt.topic_root.clone();
+    let max = cfg.ingest.max_batches_per_commit.max(1);
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < max {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let now = now_ms();
+        let classified: Vec<Incoming> = group.iter().map(|p| classify(&root, &p.topic, &p.payload, now)).collect();
+        let mut batches = Vec::new();
+        let mut rejects = Vec::new();
+        let mut ok = true;
+        // Births first: a batch in this group may need the catalog a birth in it brings.
+        for inc in &classified {
+            if let Incoming::Birth(b) = inc {
+                ok &= matches!(retry("birth", &stats, &mut shutdown, || store.birth(b, now)).await, Some(Ok(())) | Some(Err(_)));
+            }
+        }
+        for inc in classified {
+            let r = match inc {
+                Incoming::Batch(b) => {
+                    batches.push(*b);
+                    continue;
+                }
+                Incoming::Status { site, agent, status } => retry("status", &stats, &mut shutdown, || store.status(&site, &agent, &status, now)).await,
+                Incoming::Heartbeat { site, agent, heartbeat } => {
+                    retry("heartbeat", &stats, &mut shutdown, || store.heartbeat(&site, &agent, &heartbeat, now)).await
+                }
+                Incoming::Dead { letter, reject } => {
+                    stats.dead_letters.fetch_add(1, Relaxed);
+                    tracing::warn!(topic = %letter.topic, reason = %letter.reason, bytes = letter.payload.len(), "message kept in the dead-letter table");
+                    if let Some(r) = reject {
+                        rejects.push((r, letter.reason.clone()));
+                    }
+                    retry("dead letter", &stats, &mut shutdown, || store.dead_letter(&letter)).await
+                }
+                Incoming::Birth(_) | Incoming::Ignore => continue,
+            };
+            match r {
+                None => ok = false,
+                Some(Err(e)) => tracing::error!(error = %e, "message could not be stored and is dropped"),
+                Some(Ok(())) => {}
+            }
+        }
+        let outcomes = if batches.is_empty() {
+            Some(Ok(Vec::new()))
+        } else {
+            retry("commit", &stats, &mut shutdown, || store.commit(&batches)).await
+        };
+        let outcomes = match outcomes {
+            // Shutdown while the database was down: nothing acknowledged; the agents re-send.
+            None => return,
+            Some(Err(e)) => {
+                // A permanent error for this group (e.g. a value the database refuses): keep
+                // every batch as a dead letter so nothing is silently lost, and reject them.
+                tracing::error!(error = %e, batches = batches.len(), "commit failed permanently; batches go to the dead-letter table");
+                for b in &batches {
+                    let letter = crate::store::DeadLetter {
+                        topic: format!("{root}/v1/{}/{}/data", b.site, b.agent),
+                        payload: wire::encode(b).unwrap_or_default(),
+                        reason: format!("commit failed: {e}"),
+                        received_ms: now,
+                    };
+                    let _ = store.dead_letter(&letter).await;
+                    rejects.push(((b.site.clone(), b.agent.clone(), b.batch_id), letter.reason));
+                }
+                vec![CommitOutcome::UnknownCatalog; batches.len()]
+            }
+            Some(Ok(o)) => o,
+        };
+        if !ok {
+            return;
+        }
+        for (b, o) in batches.iter().zip(&outcomes) {
+            match o {
+                CommitOutcome::Stored { readings, .. } => {
+                    stats.stored_batches.fetch_add(1, Relaxed);
+                    stats.stored_readings.fetch_add(*readings, Relaxed);
+                }
+                CommitOutcome::Duplicate => {
+                    stats.duplicates.fetch_add(1, Relaxed);
+                }
+                CommitOutcome::UnknownCatalog => {
+                    stats.unknown_catalog.fetch_add(1, Relaxed);
+                    tracing::debug!(site = %b.site, agent = %b.agent, config_hash = %b.config_hash, "batch before its birth: not acknowledged, the agent re-sends");
+                }
+            }
+        }
+        // End-to-end acknowledgements, after the commit.
+        for (site, agent, ids) in acks_for(&batches, &outcomes) {
+            if let Ok(t) = wire::Topics::new(root.clone(), site, agent) {
+                stats.acked_batches.fetch_add(ids.len() as u64, Relaxed);
+                let _ = client.publish(t.ack(), QoS::AtLeastOnce, false, wire::Ack::committed(ids).encode()).await;
+            }
+        }
+        for ((site, agent, id), reason) in rejects {
+            if let Ok(t) = wire::Topics::new(root.clone(), site, agent) {
+                let _ = client.publish(t.ack(), QoS::AtLeastOnce, false, wire::Ack::rejected(vec![id], reason).encode()).await;
+            }
+        }
+        // MQTT acknowledgements, in arrival order, only now.
+        for p in &group {
+            let _ = client.ack(p).await;
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Errors of the store stage.
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// PostgreSQL failed (connection, query, COPY).
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database is not reachable (retry later).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A blocking task failed.
+    #[error("store task: {0}")]
+    Task(String),
+    /// Bad input to a query.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// Is this worth retrying (connection lost, database down) rather than a bad message?
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => e.is_closed() || e.code().is_none(),
+            StoreError::Unavailable(_) => true,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! PostgreSQL backend. To be written.

@@ -1,0 +1,283 @@
+//! SQLite backend: the embedded default (no database URL configured), for single-host sites and
+//! the demo. Same semantics as PostgreSQL, held to the same suite (`store/suite.rs`).
+//!
+//! # Schema (`schema.rs`, `PRAGMA user_version` = [`SCHEMA_VERSION`])
+//!
+//! ```sql
+//! agents(site, agent, online, last_seen_ms, version, config_hash,        -- PK (site, agent)
+//!        backlog_readings, oldest_unsent_ms)
+//! tags(id INTEGER PRIMARY KEY AUTOINCREMENT,                             -- stable, never reused
+//!      site, agent, name, unit, kind, device, description, interval_ms,  -- UNIQUE (site, agent, name)
+//!      first_seen_ms)
+//! configs(site, agent, config_hash, first_seen_ms, last_seen_ms,         -- config history,
+//!         births, agent_version, started_ms, tag_count, devices JSON)    -- PK (site, agent, hash)
+//! catalog(site, agent, config_hash, idx, tag_id)                         -- PK (site, agent, hash, idx)
+//! batches(site, agent, batch_id, received_ms, config_hash,               -- the ledger,
+//!         readings, events, gaps)                                        -- PK (site, agent, batch_id)
+//! readings(tag_id, ts_ms, value REAL, text, quality INTEGER,             -- INDEX (tag_id, ts_ms),
+//!          status, error, counter_kind, counter_value)                   -- not unique
+//! events(id, site, agent, source, kind, seq, ts_ms, fields JSON, batch_id)
+//! gaps(id, site, agent, batch_id, tag_ids JSON, from_ms, to_ms, count, reason)
+//! dead_letters(id, topic, payload BLOB, reason, received_ms)
+//! ```
+//!
+//! - A birth upserts its tags by `(site, agent, name)`: a tag keeps its id across configs, its
+//!   metadata follows the latest birth. The catalog maps `(site, agent, config_hash, idx)` to tag
+//!   ids; a `configs` row (even for a birth with no tags) is what makes a config hash known.
+//! - Reading values: numbers and booleans in `value` as REAL (booleans 0/1; integers beyond
+//!   ±2^53 lose precision), text in `text`. SQLite cannot store a NaN REAL (it becomes NULL),
+//!   so a NaN is kept as `value` NULL with `text` `"NaN"`. `quality` is the wire code
+//!   ([`wire::Quality::code`]), spelled out on read. `counter_kind` is 0 rollover (`counter_value`
+//!   = delta) or 1 reset (`counter_value` = previous total).
+//! - Event fields are a JSON object in field order (`{"bol":"BOL-1","gross_l":30000.0}`); gap
+//!   tag ids a JSON array (`[]` = every tag of the agent). Gap reasons are the wire spellings
+//!   (`buffer-full`, `buffer-age`, `missed-event`, or the free text of `Other`).
+//! - Batch ids and event sequence numbers are `u64` on the wire and stored bit-for-bit as
+//!   SQLite's signed 64-bit integers (ids ≥ 2^63 read back negative but stay distinct).
+//!
+//! # Idempotency
+//!
+//! `commit` runs the whole slice in one `BEGIN IMMEDIATE` transaction. Per batch, in input order:
+//! the catalog is resolved (unknown config hash → [`CommitOutcome::UnknownCatalog`], nothing
+//! written, no ledger row, so the re-sent batch is stored once the birth has arrived); then the
+//! ledger row is inserted with `INSERT OR IGNORE` and `changes()` tells whether it is new (no
+//! → [`CommitOutcome::Duplicate`], nothing written); then its readings, events and gaps. The
+//! ledger row and the rows commit or roll back together, so a batch is stored exactly once
+//! however often it is delivered, even twice in the same slice. A reading, event or gap that
+//! names a tag index outside the catalog fails the whole call with [`StoreError::Invalid`]
+//! (rolled back: nothing of the slice is stored).
+//!
+//! # Concurrency
+//!
+//! rusqlite is synchronous: one connection sits behind a `std::sync::Mutex` and every operation
+//! runs on tokio's blocking pool (`spawn_blocking`), so operations of one `SqliteStore` are
+//! serialised and never block the async workers. Writes use `BEGIN IMMEDIATE` and a busy timeout
+//! ([`BUSY_TIMEOUT`]), so another process (or another `SqliteStore`) on the same file waits for
+//! the write lock instead of failing; the ledger primary key keeps batches unique across
+//! connections. WAL mode lets readers run during a write; `synchronous=NORMAL` keeps every
+//! committed transaction through a process crash (the last ones may be lost on power loss, as
+//! with the edge buffer's default). A poisoned mutex is recovered: a panic inside an operation
+//! unwinds through the open `Transaction`, which rolls back, leaving the connection usable.
+
+mod read;
+mod schema;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flowsquare_wire as wire;
+use rusqlite::Connection;
+
+use super::{
+    AgentRow, Bucket, CommitOutcome, DeadLetter, DeadLetterRow, GapRow, LatestRow, Store,
+    StoreError, TagRow,
+};
+
+pub use schema::SCHEMA_VERSION;
+
+/// How long an operation waits for another connection's write lock before failing with
+/// `SQLITE_BUSY` (a transient [`StoreError`]).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The embedded SQLite store. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open (or create) the database file at `path`, creating its directory if needed, in WAL
+    /// mode with `synchronous=NORMAL` and a busy timeout. Call [`Store::migrate`] before use.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let conn = Connection::open(path)?;
+        configure(&conn, true)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: Some(path.to_path_buf()) })
+    }
+
+    /// A private in-memory database (gone when the last clone is dropped), for tests.
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        configure(&conn, false)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: None })
+    }
+
+    /// The database file (`None` in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Run `f` with the connection on the blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock only means an earlier operation panicked; its transaction was
+            // rolled back when the panic unwound through it, so the connection is sound.
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+/// Connection settings (per connection; `journal_mode=WAL` persists in the file).
+fn configure(conn: &Connection, file: bool) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    if file {
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!("cannot use WAL mode (journal_mode={mode})")));
+        }
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // 64 MiB page cache: keeps the readings index's hot pages in memory during bulk commits.
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Now, UTC ms.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<String, StoreError> {
+        self.run(schema::migrate).await
+    }
+
+    async fn commit(&self, batches: &[wire::Batch]) -> Result<Vec<CommitOutcome>, StoreError> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        // spawn_blocking needs owned data: the copy costs far less than the inserts.
+        let batches = batches.to_vec();
+        self.run(move |c| write::commit(c, &batches, now_ms())).await
+    }
+
+    async fn dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
+        let dl = dl.clone();
+        self.run(move |c| write::dead_letter(c, &dl)).await
+    }
+
+    async fn birth(&self, b: &wire::Birth, received_ms: i64) -> Result<(), StoreError> {
+        let b = b.clone();
+        self.run(move |c| write::birth(c, &b, received_ms)).await
+    }
+
+    async fn status(
+        &self,
+        site: &str,
+        agent: &str,
+        s: &wire::Status,
+        received_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (site, agent, s) = (site.to_owned(), agent.to_owned(), s.clone());
+        self.run(move |c| write::status(c, &site, &agent, &s, received_ms)).await
+    }
+
+    async fn heartbeat(
+        &self,
+        site: &str,
+        agent: &str,
+        h: &wire::Heartbeat,
+        received_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (site, agent) = (site.to_owned(), agent.to_owned());
+        let (readings, oldest) = (h.buffer.readings, h.buffer.oldest_unsent_ms);
+        self.run(move |c| write::heartbeat(c, &site, &agent, readings, oldest, received_ms))
+            .await
+    }
+
+    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        self.run(|c| read::agents(c)).await
+    }
+
+    async fn tags(
+        &self,
+        site: Option<&str>,
+        prefix: Option<&str>,
+    ) -> Result<Vec<TagRow>, StoreError> {
+        let (site, prefix) = (site.map(str::to_owned), prefix.map(str::to_owned));
+        self.run(move |c| read::tags(c, site.as_deref(), prefix.as_deref())).await
+    }
+
+    async fn latest(&self, tag_ids: &[i64]) -> Result<Vec<LatestRow>, StoreError> {
+        let ids = tag_ids.to_vec();
+        self.run(move |c| read::latest(c, &ids)).await
+    }
+
+    async fn series(
+        &self,
+        tag_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        if step_ms <= 0 {
+            return Err(StoreError::Invalid(format!("series step must be > 0 ms, not {step_ms}")));
+        }
+        self.run(move |c| read::series(c, tag_id, from_ms, to_ms, step_ms)).await
+    }
+
+    async fn count_readings(
+        &self,
+        tag_id: Option<i64>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<i64, StoreError> {
+        self.run(move |c| read::count_readings(c, tag_id, from_ms, to_ms)).await
+    }
+
+    async fn gaps(
+        &self,
+        site: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<GapRow>, StoreError> {
+        let site = site.map(str::to_owned);
+        self.run(move |c| read::gaps(c, site.as_deref(), from_ms, to_ms)).await
+    }
+
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
+        self.run(move |c| read::dead_letters(c, limit)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|c| {
+            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+            Ok(())
+        })
+        .await
+    }
+}

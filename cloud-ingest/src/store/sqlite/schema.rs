@@ -1,0 +1,137 @@
+//! Schema and migration (idempotent; versioned by `PRAGMA user_version`).
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::store::StoreError;
+
+/// The schema version this build creates (`PRAGMA user_version`). A database with a newer one
+/// is refused rather than misread.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Version 1. Every statement is `IF NOT EXISTS`, so running it again is harmless.
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS agents (
+    site             TEXT NOT NULL,
+    agent            TEXT NOT NULL,
+    online           INTEGER NOT NULL DEFAULT 0,
+    last_seen_ms     INTEGER,
+    version          TEXT,
+    config_hash      TEXT,
+    backlog_readings INTEGER,
+    oldest_unsent_ms INTEGER,
+    PRIMARY KEY (site, agent)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS tags (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    site          TEXT NOT NULL,
+    agent         TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    unit          TEXT,
+    kind          TEXT NOT NULL,
+    device        TEXT NOT NULL,
+    description   TEXT,
+    interval_ms   INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    UNIQUE (site, agent, name)
+);
+
+CREATE TABLE IF NOT EXISTS configs (
+    site          TEXT NOT NULL,
+    agent         TEXT NOT NULL,
+    config_hash   TEXT NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms  INTEGER NOT NULL,
+    births        INTEGER NOT NULL,
+    agent_version TEXT NOT NULL,
+    started_ms    INTEGER NOT NULL,
+    tag_count     INTEGER NOT NULL,
+    devices       TEXT NOT NULL,
+    PRIMARY KEY (site, agent, config_hash)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS catalog (
+    site        TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    idx         INTEGER NOT NULL,
+    tag_id      INTEGER NOT NULL REFERENCES tags (id),
+    PRIMARY KEY (site, agent, config_hash, idx)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS batches (
+    site        TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    batch_id    INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    config_hash TEXT NOT NULL,
+    readings    INTEGER NOT NULL,
+    events      INTEGER NOT NULL,
+    gaps        INTEGER NOT NULL,
+    PRIMARY KEY (site, agent, batch_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS readings (
+    tag_id        INTEGER NOT NULL,
+    ts_ms         INTEGER NOT NULL,
+    value         REAL,
+    text          TEXT,
+    quality       INTEGER NOT NULL,
+    status        INTEGER,
+    error         TEXT,
+    counter_kind  INTEGER,
+    counter_value REAL
+);
+CREATE INDEX IF NOT EXISTS readings_tag_ts ON readings (tag_id, ts_ms);
+
+CREATE TABLE IF NOT EXISTS events (
+    id       INTEGER PRIMARY KEY,
+    site     TEXT NOT NULL,
+    agent    TEXT NOT NULL,
+    source   TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    ts_ms    INTEGER NOT NULL,
+    fields   TEXT NOT NULL,
+    batch_id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_site_ts ON events (site, ts_ms);
+
+CREATE TABLE IF NOT EXISTS gaps (
+    id       INTEGER PRIMARY KEY,
+    site     TEXT NOT NULL,
+    agent    TEXT NOT NULL,
+    batch_id INTEGER NOT NULL,
+    tag_ids  TEXT NOT NULL,
+    from_ms  INTEGER NOT NULL,
+    to_ms    INTEGER NOT NULL,
+    count    INTEGER NOT NULL,
+    reason   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS gaps_from ON gaps (from_ms);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY,
+    topic       TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    reason      TEXT NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_received ON dead_letters (received_ms);
+";
+
+/// Create or upgrade the schema; returns e.g. `sqlite 3.50.2 (embedded)`.
+pub(super) fn migrate(conn: &mut Connection) -> Result<String, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Invalid(format!(
+            "database schema version {version} is newer than this build's ({SCHEMA_VERSION}): upgrade cloud-ingest"
+        )));
+    }
+    tx.execute_batch(SCHEMA_V1)?;
+    // Later versions: `if version < 2 { ... }` here, each step idempotent.
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(format!("sqlite {} (embedded)", rusqlite::version()))
+}
