@@ -10,6 +10,7 @@
 //!   suite (`store/suite.rs`);
 //! - (to come: `api/` HTTP API and console, `reconcile/`).
 
+pub mod api;
 pub mod config;
 pub mod consume;
 pub mod store;

@@ -204,10 +204,12 @@ async fn commit_task(
                 Incoming::Dead { letter, reject } => {
                     stats.dead_letters.fetch_add(1, Relaxed);
                     tracing::warn!(topic = %letter.topic, reason = %letter.reason, bytes = letter.payload.len(), "message kept in the dead-letter table");
-                    if let Some(r) = reject {
-                        rejects.push((r, letter.reason.clone()));
+                    let r = retry("dead letter", &stats, &mut shutdown, || store.dead_letter(&letter)).await;
+                    // Reject (the agent then deletes its copy) only once the payload is kept.
+                    if let (Some(Ok(())), Some(id)) = (&r, reject) {
+                        rejects.push((id, letter.reason.clone()));
                     }
-                    retry("dead letter", &stats, &mut shutdown, || store.dead_letter(&letter)).await
+                    r
                 }
                 Incoming::Birth(_) | Incoming::Ignore => continue,
             };
@@ -226,20 +228,36 @@ async fn commit_task(
             // Shutdown while the database was down: nothing acknowledged; the agents re-send.
             None => return,
             Some(Err(e)) => {
-                // A permanent error for this group (e.g. a value the database refuses): keep
-                // every batch as a dead letter so nothing is silently lost, and reject them.
-                tracing::error!(error = %e, batches = batches.len(), "commit failed permanently; batches go to the dead-letter table");
+                // A permanent error for the group: find the batch(es) that cause it by committing
+                // one at a time. A batch that still fails is kept whole in the dead-letter table
+                // and only then rejected; if even that cannot be written, nothing is acknowledged
+                // and the agent keeps its copy.
+                tracing::error!(error = %e, batches = batches.len(), "group commit failed; committing batch by batch");
+                let mut outs = Vec::with_capacity(batches.len());
                 for b in &batches {
-                    let letter = crate::store::DeadLetter {
-                        topic: format!("{root}/v1/{}/{}/data", b.site, b.agent),
-                        payload: wire::encode(b).unwrap_or_default(),
-                        reason: format!("commit failed: {e}"),
-                        received_ms: now,
-                    };
-                    let _ = store.dead_letter(&letter).await;
-                    rejects.push(((b.site.clone(), b.agent.clone(), b.batch_id), letter.reason));
+                    match retry("commit", &stats, &mut shutdown, || store.commit(std::slice::from_ref(b))).await {
+                        None => return,
+                        Some(Ok(mut o)) => outs.push(o.pop().unwrap_or(CommitOutcome::UnknownCatalog)),
+                        Some(Err(e)) => {
+                            let letter = crate::store::DeadLetter {
+                                topic: format!("{root}/v1/{}/{}/data", b.site, b.agent),
+                                payload: wire::encode(b).unwrap_or_default(),
+                                reason: format!("commit failed: {e}"),
+                                received_ms: now,
+                            };
+                            match store.dead_letter(&letter).await {
+                                Ok(()) => {
+                                    stats.dead_letters.fetch_add(1, Relaxed);
+                                    rejects.push(((b.site.clone(), b.agent.clone(), b.batch_id), letter.reason));
+                                }
+                                Err(e2) => tracing::error!(error = %e2, batch_id = b.batch_id, "cannot keep the batch as a dead letter either; not acknowledged"),
+                            }
+                            // Neither stored nor acknowledged as committed.
+                            outs.push(CommitOutcome::UnknownCatalog);
+                        }
+                    }
                 }
-                vec![CommitOutcome::UnknownCatalog; batches.len()]
+                outs
             }
             Some(Ok(o)) => o,
         };

@@ -67,8 +67,7 @@ pub fn classify(root: &str, topic: &str, payload: &[u8], received_ms: i64) -> In
                 // The identity is only trusted when the frame is intact (checksum verified).
                 let reject = wire::decode_identity(payload)
                     .ok()
-                    .filter(|(s, a, _)| *s == site && *a == agent)
-                    .map(|(s, a, id)| (s, a, id));
+                    .filter(|(s, a, _)| *s == site && *a == agent);
                 dead(format!("undecodable batch: {e}"), reject)
             }
         },

@@ -24,7 +24,14 @@ impl StoreError {
     /// Is this worth retrying (connection lost, database down) rather than a bad message?
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Postgres(e) => e.is_closed() || e.code().is_none(),
+            // No SQLSTATE: the connection failed. With one: connection exceptions (08), the
+            // transaction was rolled back (40: serialization, deadlock), insufficient resources
+            // (53: disk full, out of memory), operator intervention (57: shutdown), system errors
+            // (58: I/O). All of these say nothing about the batch, so it must not be rejected.
+            StoreError::Postgres(e) => {
+                e.is_closed()
+                    || e.code().is_none_or(|c| ["08", "40", "53", "57", "58"].iter().any(|k| c.code().starts_with(k)))
+            }
             StoreError::Unavailable(_) => true,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
                 matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)

@@ -37,6 +37,7 @@ pub fn birth(site: &str, agent: &str, hash: &str, names: &[&str]) -> wire::Birth
 }
 
 /// A batch of `n` good readings per tag (1 s apart from `t0`), values `base + i`.
+#[allow(clippy::too_many_arguments)] // test data builder: every knob is used by some test
 pub fn batch(site: &str, agent: &str, hash: &str, id: u64, tags: u32, n: i64, t0: i64, base: f64) -> wire::Batch {
     let mut b = wire::Batch::new(site, agent, id, hash, t0);
     for tag in 0..tags {

@@ -47,6 +47,14 @@
 //! names a tag index outside the catalog fails the whole call with [`StoreError::Invalid`]
 //! (rolled back: nothing of the slice is stored).
 //!
+//! # Errors
+//!
+//! SQLite failures that are about the database rather than the data (disk full, I/O errors, a
+//! read-only or corrupt file, …) are returned as [`StoreError::Unavailable`], which
+//! [`StoreError::is_transient`] retries, so batches are never dead-lettered and rejected (then
+//! deleted by the agent) because the disk filled up. `SQLITE_BUSY` stays [`StoreError::Sqlite`]
+//! (already transient).
+//!
 //! # Concurrency
 //!
 //! rusqlite is synchronous: one connection sits behind a `std::sync::Mutex` and every operation
@@ -54,10 +62,14 @@
 //! serialised and never block the async workers. Writes use `BEGIN IMMEDIATE` and a busy timeout
 //! ([`BUSY_TIMEOUT`]), so another process (or another `SqliteStore`) on the same file waits for
 //! the write lock instead of failing; the ledger primary key keeps batches unique across
-//! connections. WAL mode lets readers run during a write; `synchronous=NORMAL` keeps every
-//! committed transaction through a process crash (the last ones may be lost on power loss, as
-//! with the edge buffer's default). A poisoned mutex is recovered: a panic inside an operation
-//! unwinds through the open `Transaction`, which rolls back, leaving the connection usable.
+//! connections. WAL mode lets readers run during a write; `synchronous=FULL` makes every commit
+//! durable before the agents are told it is committed (they then delete their copy), so not even
+//! power loss can take back an acknowledged batch; it costs about a quarter of the throughput of
+//! `synchronous=NORMAL`, which would keep commits through a process crash only. A `commit` whose caller stops waiting (timeout,
+//! shutdown) still finishes or rolls back on the blocking pool; either way the agent re-sends
+//! the unacknowledged batch and the ledger answers `Duplicate` if it was stored. A poisoned
+//! mutex is recovered: a panic inside an operation unwinds through the open `Transaction`,
+//! which rolls back, leaving the connection usable.
 
 mod read;
 mod schema;
@@ -94,13 +106,15 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
 impl SqliteStore {
     /// Open (or create) the database file at `path`, creating its directory if needed, in WAL
-    /// mode with `synchronous=NORMAL` and a busy timeout. Call [`Store::migrate`] before use.
+    /// mode with `synchronous=FULL` and a busy timeout. Call [`Store::migrate`] before use.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
@@ -109,16 +123,22 @@ impl SqliteStore {
                 })?;
             }
         }
-        let conn = Connection::open(path)?;
-        configure(&conn, true)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: Some(path.to_path_buf()) })
+        let conn = Connection::open(path).map_err(|e| classify(e.into()))?;
+        configure(&conn, true).map_err(classify)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path: Some(path.to_path_buf()),
+        })
     }
 
     /// A private in-memory database (gone when the last clone is dropped), for tests.
     pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
         let conn = Connection::open_in_memory()?;
         configure(&conn, false)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: None })
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path: None,
+        })
     }
 
     /// The database file (`None` in memory).
@@ -141,6 +161,37 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(classify)
+    }
+}
+
+/// Report SQLite failures that say nothing about the data as [`StoreError::Unavailable`]
+/// (transient): disk full, I/O error, a read-only, unopenable, locked-out or corrupt file, out
+/// of memory, an interrupt. The consumer then retries and acknowledges nothing, so the agents
+/// keep the data buffered; treated as permanent, they would make it dead-letter and reject the
+/// batches, which the agents then delete.
+fn classify(e: StoreError) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    match &e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(
+                f.code,
+                C::DiskFull
+                    | C::SystemIoFailure
+                    | C::CannotOpen
+                    | C::ReadOnly
+                    | C::PermissionDenied
+                    | C::FileLockingProtocolFailed
+                    | C::NoLargeFileSupport
+                    | C::DatabaseCorrupt
+                    | C::NotADatabase
+                    | C::OutOfMemory
+                    | C::OperationInterrupted
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => e,
     }
 }
 
@@ -150,10 +201,13 @@ fn configure(conn: &Connection, file: bool) -> Result<(), StoreError> {
     if file {
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Unavailable(format!("cannot use WAL mode (journal_mode={mode})")));
+            return Err(StoreError::Unavailable(format!(
+                "cannot use WAL mode (journal_mode={mode})"
+            )));
         }
     }
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // FULL: an acknowledged batch must survive power loss (the agent deletes its copy).
+    conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // 64 MiB page cache: keeps the readings index's hot pages in memory during bulk commits.
     conn.pragma_update(None, "cache_size", -65_536)?;
@@ -182,7 +236,8 @@ impl Store for SqliteStore {
         }
         // spawn_blocking needs owned data: the copy costs far less than the inserts.
         let batches = batches.to_vec();
-        self.run(move |c| write::commit(c, &batches, now_ms())).await
+        self.run(move |c| write::commit(c, &batches, now_ms()))
+            .await
     }
 
     async fn dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
@@ -203,7 +258,8 @@ impl Store for SqliteStore {
         received_ms: i64,
     ) -> Result<(), StoreError> {
         let (site, agent, s) = (site.to_owned(), agent.to_owned(), s.clone());
-        self.run(move |c| write::status(c, &site, &agent, &s, received_ms)).await
+        self.run(move |c| write::status(c, &site, &agent, &s, received_ms))
+            .await
     }
 
     async fn heartbeat(
@@ -220,7 +276,7 @@ impl Store for SqliteStore {
     }
 
     async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        self.run(|c| read::agents(c)).await
+        self.run(read::agents).await
     }
 
     async fn tags(
@@ -229,7 +285,8 @@ impl Store for SqliteStore {
         prefix: Option<&str>,
     ) -> Result<Vec<TagRow>, StoreError> {
         let (site, prefix) = (site.map(str::to_owned), prefix.map(str::to_owned));
-        self.run(move |c| read::tags(c, site.as_deref(), prefix.as_deref())).await
+        self.run(move |c| read::tags(c, site.as_deref(), prefix.as_deref()))
+            .await
     }
 
     async fn latest(&self, tag_ids: &[i64]) -> Result<Vec<LatestRow>, StoreError> {
@@ -245,9 +302,12 @@ impl Store for SqliteStore {
         step_ms: i64,
     ) -> Result<Vec<Bucket>, StoreError> {
         if step_ms <= 0 {
-            return Err(StoreError::Invalid(format!("series step must be > 0 ms, not {step_ms}")));
+            return Err(StoreError::Invalid(format!(
+                "series step must be > 0 ms, not {step_ms}"
+            )));
         }
-        self.run(move |c| read::series(c, tag_id, from_ms, to_ms, step_ms)).await
+        self.run(move |c| read::series(c, tag_id, from_ms, to_ms, step_ms))
+            .await
     }
 
     async fn count_readings(
@@ -256,7 +316,8 @@ impl Store for SqliteStore {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<i64, StoreError> {
-        self.run(move |c| read::count_readings(c, tag_id, from_ms, to_ms)).await
+        self.run(move |c| read::count_readings(c, tag_id, from_ms, to_ms))
+            .await
     }
 
     async fn gaps(
@@ -266,7 +327,8 @@ impl Store for SqliteStore {
         to_ms: i64,
     ) -> Result<Vec<GapRow>, StoreError> {
         let site = site.map(str::to_owned);
-        self.run(move |c| read::gaps(c, site.as_deref(), from_ms, to_ms)).await
+        self.run(move |c| read::gaps(c, site.as_deref(), from_ms, to_ms))
+            .await
     }
 
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {

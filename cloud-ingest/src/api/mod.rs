@@ -1,0 +1,123 @@
+//! The HTTP API for cloud operations (axum): probes and metrics for the platform, read access to
+//! the stored data for people and dashboards.
+//!
+//! # Routes
+//!
+//! | method | path                         | role      | answers                                  |
+//! |--------|------------------------------|-----------|------------------------------------------|
+//! | GET    | `/healthz`                   | open      | `{"status":"ok"}`: the process is alive   |
+//! | GET    | `/readyz`                    | open      | `{"status":"ready"}`, or 503 when the consumer is not connected or the database does not answer a ping |
+//! | GET    | `/metrics`                   | open      | Prometheus text, `flowsquare_ingest_*`    |
+//! | GET    | `/api/v1/openapi.json`       | open      | the OpenAPI 3.0 document of all of these  |
+//! | GET    | `/api/v1/agents`             | viewer    | agents                                   |
+//! | GET    | `/api/v1/tags?site=&prefix=` | viewer    | tags                                     |
+//! | GET    | `/api/v1/latest?tag_id=…`    | viewer    | latest reading per tag                   |
+//! | GET    | `/api/v1/tags/{id}/series?from=&to=&step=` | viewer | buckets (min/max/avg/last/count/bad) |
+//! | GET    | `/api/v1/gaps?site=&from=&to=` | viewer  | gap records overlapping the range        |
+//! | GET    | `/api/v1/dead-letters?limit=` | auditor  | newest dead letters (no payloads)        |
+//!
+//! Parameters (`params.rs`): times are RFC 3339 or epoch milliseconds; `from` is inclusive, `to`
+//! exclusive and after `from`; `step` is an integer and a unit (`500ms`, `30s`, `5m`, `1h`,
+//! `1d`), buckets are aligned on the epoch and a series may span at most 10,000 of them;
+//! `tag_id` is repeated (`tag_id=1&tag_id=2`) and/or a comma list (`tag_id=1,2`), up to 1,000;
+//! `limit` is 1–1,000 (default 100). Empty values count as absent; unknown parameters and
+//! single-valued parameters given twice are rejected.
+//!
+//! # Authentication and roles
+//!
+//! `/api/v1` data routes need `Authorization: Bearer <token>`; the configuration holds only the
+//! token's SHA-256 ([`hash_token`]), compared in constant time. The roles ([`Role`]):
+//!
+//! | token role | viewer routes | auditor routes (dead letters) |
+//! |------------|---------------|-------------------------------|
+//! | viewer     | yes           | 403                           |
+//! | operator   | yes           | 403                           |
+//! | auditor    | yes           | yes                           |
+//! | admin      | yes           | yes                           |
+//!
+//! (`operator` ⊇ viewer and is reserved for the operational actions to come; `admin` ⊇ all.)
+//!
+//! # Conventions
+//!
+//! - Successful `/api/v1` data responses are `{"data": [...]}`, always an array, so paging
+//!   fields can be added beside it later; rows are the store's row types ([`crate::store`]), times
+//!   in UTC epoch milliseconds. `Cache-Control: no-store`.
+//! - Every error is RFC 7807 `application/problem+json` (`problem.rs`): `{type, title, status,
+//!   detail, instance}` (+ `parameter` for 400). 400 bad parameter, 401 missing/unknown token
+//!   (`WWW-Authenticate: Bearer`), 403 role too low (naming the role needed), 404 unknown route
+//!   or tag, 405 wrong method, 503 database unavailable (transient store errors, timeouts;
+//!   `Retry-After`), 500 otherwise. Handlers run in their own task: a panic is a 500, not a
+//!   dropped connection.
+
+mod auth;
+mod config;
+mod metrics;
+mod openapi;
+mod params;
+mod problem;
+mod routes;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::Router;
+
+pub use auth::hash_token;
+pub use config::{ApiConfig, Role, TokenConfig};
+
+use crate::consume::ConsumerStats;
+use crate::store::Store;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// The consumer's counters (for `/metrics`).
+    pub stats: Arc<ConsumerStats>,
+    /// The `[api]` configuration (tokens are read once, when the router is built).
+    pub config: Arc<ApiConfig>,
+    /// Set by the consumer while it is connected to the broker (for `/readyz`).
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The API's router, with its state.
+pub fn router(state: ApiState) -> Router {
+    let tokens = Arc::new(auth::TokenTable::new(&state.config));
+    let mut r = Router::new();
+    for (path, needs, handler) in routes::table() {
+        let handler = match needs {
+            Some(needs) => handler.route_layer(from_fn_with_state(
+                auth::Guard {
+                    tokens: tokens.clone(),
+                    needs,
+                },
+                auth::require,
+            )),
+            None => handler,
+        };
+        r = r.route(path, handler);
+    }
+    r.fallback(routes::not_found)
+        .with_state(state)
+        .layer(from_fn(problem::finish))
+}
+
+/// Serve the API on `listener` until `shutdown` completes (then finish the requests in progress).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, tokens = state.config.tokens.len(), "api listening");
+    }
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,297 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI 3.0 description of every route, written by hand.
+//! Tests hold it to the router's route table and to the JSON the row types actually serialize to.
+
+use std::sync::OnceLock;
+
+use serde_json::{json, Value};
+
+use super::routes::{DEAD_LETTERS_DEFAULT, DEAD_LETTERS_MAX, MAX_BUCKETS, MAX_LATEST_TAGS};
+
+/// The document (built once).
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(build)
+}
+
+/// `{"data": [items]}`.
+fn list_of(schema: &str, description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": { "data": { "type": "array", "items": { "$ref": format!("#/components/schemas/{schema}") } } }
+        } } }
+    })
+}
+
+fn errors(codes: &[&str]) -> Value {
+    let mut m = serde_json::Map::new();
+    for c in codes {
+        let name = match *c {
+            "400" => "BadRequest",
+            "401" => "Unauthorized",
+            "403" => "Forbidden",
+            "404" => "NotFound",
+            "503" => "Unavailable",
+            _ => "Internal",
+        };
+        m.insert(
+            (*c).to_owned(),
+            json!({ "$ref": format!("#/components/responses/{name}") }),
+        );
+    }
+    Value::Object(m)
+}
+
+/// Responses of a data route: 200 plus the given error codes plus 401, 500, 503.
+fn responses(ok: Value, codes: &[&str]) -> Value {
+    let mut all: Vec<&str> = codes.to_vec();
+    all.extend(["401", "500", "503"]);
+    let mut r = errors(&all);
+    if let Value::Object(m) = &mut r {
+        m.insert("200".into(), ok);
+    }
+    r
+}
+
+fn param(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/parameters/{name}") })
+}
+
+fn problem_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+    })
+}
+
+fn build() -> Value {
+    let int64 = json!({ "type": "integer", "format": "int64" });
+    let ms = |d: &str| json!({ "type": "integer", "format": "int64", "description": format!("{d} (UTC, epoch milliseconds)") });
+    let nullable = |mut v: Value| {
+        if let Value::Object(m) = &mut v {
+            m.insert("nullable".into(), Value::Bool(true));
+        }
+        v
+    };
+    let string = |d: &str| json!({ "type": "string", "description": d });
+    let number = |d: &str| json!({ "type": "number", "format": "double", "nullable": true, "description": d });
+    let status_ok = |desc: &str, example: &str| {
+        json!({
+            "description": desc,
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" }, "example": { "status": example } } }
+        })
+    };
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "FlowSquare cloud ingest API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": concat!(
+                "Read access to what the cloud ingest has stored: agents, tags, latest values, bucketed series, gaps, dead letters.\n\n",
+                "Conventions: `/api/v1` data routes answer `{\"data\": [...]}` (always an array). Errors are RFC 7807 `application/problem+json` ",
+                "(`type`, `title`, `status`, `detail`, `instance`, and `parameter` for 400). Times are UTC epoch milliseconds in bodies; ",
+                "query parameters take RFC 3339 or epoch milliseconds. Unknown query parameters are rejected with 400.\n\n",
+                "Authentication: `Authorization: Bearer <token>` on `/api/v1` data routes. Roles: viewer (read data); operator ⊇ viewer; ",
+                "auditor ⊇ viewer (plus audit routes: dead letters); admin ⊇ all. Each operation states its role in `x-required-role`."
+            )
+        },
+        "security": [ { "bearerAuth": [] } ],
+        "tags": [
+            { "name": "probes", "description": "Open: liveness, readiness, metrics, this document." },
+            { "name": "data", "description": "Stored data (viewer)." },
+            { "name": "audit", "description": "Audit routes (auditor or admin)." }
+        ],
+        "paths": {
+            "/healthz": { "get": {
+                "tags": ["probes"], "operationId": "healthz", "summary": "Liveness: the process is up.", "security": [],
+                "responses": { "200": status_ok("Alive.", "ok") }
+            } },
+            "/readyz": { "get": {
+                "tags": ["probes"], "operationId": "readyz", "security": [],
+                "summary": "Readiness: the consumer is connected to the broker and the database answers a ping.",
+                "responses": { "200": status_ok("Ready.", "ready"), "503": { "$ref": "#/components/responses/Unavailable" } }
+            } },
+            "/metrics": { "get": {
+                "tags": ["probes"], "operationId": "metrics", "security": [],
+                "summary": "Prometheus text exposition (0.0.4) of the consumer counters, `flowsquare_ingest_*`.",
+                "responses": { "200": {
+                    "description": "Metrics.",
+                    "content": { "text/plain": { "schema": { "type": "string" }, "example": "# HELP flowsquare_ingest_stored_readings_total Readings committed to the database.\n# TYPE flowsquare_ingest_stored_readings_total counter\nflowsquare_ingest_stored_readings_total 1234\n" } }
+                } }
+            } },
+            "/api/v1/openapi.json": { "get": {
+                "tags": ["probes"], "operationId": "openapi", "security": [], "summary": "This document.",
+                "responses": { "200": { "description": "OpenAPI 3.0 document.", "content": { "application/json": { "schema": { "type": "object" } } } } }
+            } },
+            "/api/v1/agents": { "get": {
+                "tags": ["data"], "operationId": "listAgents", "x-required-role": "viewer",
+                "summary": "Agents, by site and agent.",
+                "responses": responses(list_of("Agent", "Agents."), &["400", "403"])
+            } },
+            "/api/v1/tags": { "get": {
+                "tags": ["data"], "operationId": "listTags", "x-required-role": "viewer",
+                "summary": "Tags of the registry, by site, agent and name.",
+                "parameters": [ param("site"), param("prefix") ],
+                "responses": responses(list_of("Tag", "Tags."), &["400", "403"])
+            } },
+            "/api/v1/latest": { "get": {
+                "tags": ["data"], "operationId": "latestValues", "x-required-role": "viewer",
+                "summary": "Latest reading of each tag asked for (tags without readings are left out).",
+                "parameters": [ param("tag_id") ],
+                "responses": responses(list_of("Latest", "Latest readings."), &["400", "403", "404"])
+            } },
+            "/api/v1/tags/{id}/series": { "get": {
+                "tags": ["data"], "operationId": "tagSeries", "x-required-role": "viewer",
+                "summary": "A tag's readings in [from, to) by buckets of `step`.",
+                "description": format!("Buckets are aligned on multiples of `step` since the Unix epoch (UTC); only buckets holding readings are returned. A request spanning more than {MAX_BUCKETS} buckets is rejected (400, parameter `step`)."),
+                "parameters": [ param("id"), param("from"), param("to"), param("step") ],
+                "responses": responses(list_of("Bucket", "Buckets, oldest first."), &["400", "403", "404"])
+            } },
+            "/api/v1/gaps": { "get": {
+                "tags": ["data"], "operationId": "listGaps", "x-required-role": "viewer",
+                "summary": "Gap records (data the agents reported lost) overlapping [from, to).",
+                "parameters": [ param("site"), param("from"), param("to") ],
+                "responses": responses(list_of("Gap", "Gap records."), &["400", "403"])
+            } },
+            "/api/v1/dead-letters": { "get": {
+                "tags": ["audit"], "operationId": "listDeadLetters", "x-required-role": "auditor",
+                "summary": "The newest dead letters (messages the consumer could not use), newest first; payloads are not served.",
+                "parameters": [ param("limit") ],
+                "responses": responses(list_of("DeadLetter", "Dead letters."), &["400", "403"])
+            } }
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": { "type": "http", "scheme": "bearer", "description": "A token configured in `[[api.tokens]]` (by its SHA-256)." }
+            },
+            "parameters": {
+                "id": { "name": "id", "in": "path", "required": true, "description": "Tag id.", "schema": int64 },
+                "site": { "name": "site", "in": "query", "required": false, "description": "Only this site (empty = all).", "schema": { "type": "string" } },
+                "prefix": { "name": "prefix", "in": "query", "required": false, "description": "Only tags whose name starts with this (case-sensitive, no wildcards; empty = all).", "schema": { "type": "string" } },
+                "from": { "name": "from", "in": "query", "required": true, "description": "Start of the range (inclusive): RFC 3339 (`2026-01-01T00:00:00Z`) or epoch milliseconds.", "schema": { "type": "string" }, "example": "2026-01-01T00:00:00Z" },
+                "to": { "name": "to", "in": "query", "required": true, "description": "End of the range (exclusive), after `from`: RFC 3339 or epoch milliseconds.", "schema": { "type": "string" }, "example": "1767229200000" },
+                "step": { "name": "step", "in": "query", "required": true, "description": "Bucket width: a positive integer and a unit, ms, s, m, h or d.", "schema": { "type": "string", "pattern": "^[0-9]+(ms|s|m|h|d)$" }, "example": "5m" },
+                "tag_id": {
+                    "name": "tag_id", "in": "query", "required": true, "style": "form", "explode": true,
+                    "description": format!("Tag ids, repeated (`tag_id=1&tag_id=2`) and/or comma-separated (`tag_id=1,2`); duplicates ignored; 1 to {MAX_LATEST_TAGS} ids. Unknown ids: 404."),
+                    "schema": { "type": "array", "items": { "type": "string" } }
+                },
+                "limit": { "name": "limit", "in": "query", "required": false, "description": format!("How many (default {DEAD_LETTERS_DEFAULT})."), "schema": { "type": "integer", "minimum": 1, "maximum": DEAD_LETTERS_MAX, "default": DEAD_LETTERS_DEFAULT } }
+            },
+            "responses": {
+                "BadRequest": problem_response("A parameter is missing or malformed (named in `parameter` and `detail`)."),
+                "Unauthorized": {
+                    "description": "Missing, malformed or unknown bearer token.",
+                    "headers": { "WWW-Authenticate": { "schema": { "type": "string" }, "description": "`Bearer realm=\"flowsquare\"`" } },
+                    "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+                },
+                "Forbidden": problem_response("The token's role does not grant this route (the role needed is in `detail`)."),
+                "NotFound": problem_response("No such route or tag."),
+                "Unavailable": {
+                    "description": "The database is unavailable (or, for /readyz, the service is not ready). Retry later.",
+                    "headers": { "Retry-After": { "schema": { "type": "integer" }, "description": "Seconds." } },
+                    "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+                },
+                "Internal": problem_response("Unexpected failure (the cause is in the service log).")
+            },
+            "schemas": {
+                "Problem": {
+                    "type": "object", "description": "RFC 7807 problem details.",
+                    "required": ["type", "title", "status", "detail", "instance"],
+                    "properties": {
+                        "type": { "type": "string", "description": "URI of the kind: urn:flowsquare:problem:{bad-parameter, unauthorized, forbidden, not-found, method-not-allowed, unavailable, internal}." },
+                        "title": string("Summary of the kind."),
+                        "status": { "type": "integer", "description": "HTTP status." },
+                        "detail": string("What went wrong in this request."),
+                        "instance": string("The request path."),
+                        "parameter": string("For 400: the parameter at fault.")
+                    }
+                },
+                "Status": {
+                    "type": "object", "required": ["status"],
+                    "properties": { "status": { "type": "string", "enum": ["ok", "ready"] } }
+                },
+                "Agent": {
+                    "type": "object",
+                    "required": ["site", "agent", "online", "last_seen_ms", "version", "config_hash", "backlog_readings", "oldest_unsent_ms"],
+                    "properties": {
+                        "site": string("Site id."),
+                        "agent": string("Agent id."),
+                        "online": { "type": "boolean", "description": "Online according to its last status (or Last Will)." },
+                        "last_seen_ms": nullable(ms("Last message of any kind")),
+                        "version": nullable(string("Agent version from birth/status.")),
+                        "config_hash": nullable(string("Current config hash (latest birth).")),
+                        "backlog_readings": { "type": "integer", "format": "int64", "minimum": 0, "nullable": true, "description": "Readings held in its buffer at the last heartbeat." },
+                        "oldest_unsent_ms": nullable(ms("Oldest unsent reading at the last heartbeat"))
+                    }
+                },
+                "Tag": {
+                    "type": "object",
+                    "required": ["id", "site", "agent", "name", "unit", "kind", "device", "description", "interval_ms"],
+                    "properties": {
+                        "id": { "type": "integer", "format": "int64", "description": "Tag id (stable, never reused)." },
+                        "site": string("Site."),
+                        "agent": string("Agent."),
+                        "name": string("Hierarchical name."),
+                        "unit": nullable(string("Engineering unit.")),
+                        "kind": string("gauge / totalizer / state."),
+                        "device": string("Device name."),
+                        "description": nullable(string("Free text.")),
+                        "interval_ms": { "type": "integer", "format": "int64", "description": "Poll interval (expected reporting interval), ms." }
+                    }
+                },
+                "Latest": {
+                    "type": "object",
+                    "required": ["tag_id", "ts_ms", "value", "text", "quality"],
+                    "properties": {
+                        "tag_id": int64,
+                        "ts_ms": ms("Time"),
+                        "value": number("Numeric value (numbers and booleans as 0/1)."),
+                        "text": nullable(string("Text value.")),
+                        "quality": string("Quality (`good`, `bad-communication`, …).")
+                    }
+                },
+                "Bucket": {
+                    "type": "object",
+                    "required": ["ts_ms", "min", "max", "avg", "last", "count", "bad"],
+                    "properties": {
+                        "ts_ms": ms("Bucket start"),
+                        "min": number("Minimum of good values."),
+                        "max": number("Maximum of good values."),
+                        "avg": number("Mean of good values."),
+                        "last": number("Last good value."),
+                        "count": { "type": "integer", "format": "int64", "description": "Readings in the bucket (all qualities)." },
+                        "bad": { "type": "integer", "format": "int64", "description": "Readings of bad quality in the bucket." }
+                    }
+                },
+                "Gap": {
+                    "type": "object",
+                    "required": ["site", "agent", "batch_id", "tag_ids", "from_ms", "to_ms", "count", "reason"],
+                    "properties": {
+                        "site": string("Site."),
+                        "agent": string("Agent."),
+                        "batch_id": { "type": "integer", "format": "int64", "description": "Batch that reported it." },
+                        "tag_ids": { "type": "array", "items": int64, "description": "Tag ids concerned (empty = all tags of the agent)." },
+                        "from_ms": ms("Start of the missing range"),
+                        "to_ms": ms("End of the missing range"),
+                        "count": { "type": "integer", "format": "int64", "description": "Readings lost (0 = unknown)." },
+                        "reason": string("Why (`buffer-full`, `buffer-age`, `missed-event`, or free text).")
+                    }
+                },
+                "DeadLetter": {
+                    "type": "object",
+                    "required": ["id", "topic", "reason", "bytes", "received_ms"],
+                    "properties": {
+                        "id": { "type": "integer", "format": "int64", "description": "Row id." },
+                        "topic": string("Topic it came on."),
+                        "reason": string("Why it was rejected."),
+                        "bytes": { "type": "integer", "format": "int64", "description": "Payload size." },
+                        "received_ms": ms("Received")
+                    }
+                }
+            }
+        }
+    })
+}

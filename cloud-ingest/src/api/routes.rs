@@ -1,0 +1,244 @@
+//! The route table and its handlers. [`table`] is the only place routes are declared: the router
+//! is built from it (with the role each route needs) and a test holds the OpenAPI document to it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, MethodRouter};
+use serde::Serialize;
+
+use super::config::Role;
+use super::params::{self, Query};
+use super::problem::Problem;
+use super::{metrics, openapi, ApiState};
+use crate::store::StoreError;
+
+/// Longest wait for a data query before answering 503.
+const STORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the readiness ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most buckets one series request may ask for.
+pub const MAX_BUCKETS: i64 = 10_000;
+/// Most tag ids in one `/latest` request.
+pub const MAX_LATEST_TAGS: usize = 1_000;
+/// Default and largest `limit` of `/dead-letters`.
+pub const DEAD_LETTERS_DEFAULT: i64 = 100;
+/// Largest `limit` of `/dead-letters`.
+pub const DEAD_LETTERS_MAX: i64 = 1_000;
+
+/// One route: path (axum/OpenAPI syntax), the role it needs (`None` = open), its handler.
+pub(crate) type Route = (&'static str, Option<Role>, MethodRouter<ApiState>);
+
+/// Every route the router serves.
+pub(crate) fn table() -> Vec<Route> {
+    vec![
+        ("/healthz", None, get(healthz)),
+        ("/readyz", None, get(readyz)),
+        ("/metrics", None, get(metrics_text)),
+        ("/api/v1/openapi.json", None, get(openapi_json)),
+        ("/api/v1/agents", Some(Role::Viewer), get(agents)),
+        ("/api/v1/tags", Some(Role::Viewer), get(tags)),
+        ("/api/v1/latest", Some(Role::Viewer), get(latest)),
+        ("/api/v1/tags/{id}/series", Some(Role::Viewer), get(series)),
+        ("/api/v1/gaps", Some(Role::Viewer), get(gaps)),
+        (
+            "/api/v1/dead-letters",
+            Some(Role::Auditor),
+            get(dead_letters),
+        ),
+    ]
+}
+
+/// A JSON response.
+fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut res = (status, bytes).into_response();
+            res.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            res
+        }
+        Err(e) => Problem::internal(format!("could not encode the response: {e}")).into_response(),
+    }
+}
+
+/// The `/api/v1` convention: `{"data": [...]}`.
+fn data<T: Serialize>(rows: &[T]) -> Response {
+    #[derive(Serialize)]
+    struct Data<'a, T> {
+        data: &'a [T],
+    }
+    let mut res = json(StatusCode::OK, &Data { data: rows });
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// A store query with a deadline; a query that does not answer in time is a 503.
+async fn call<T>(fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, Problem> {
+    match tokio::time::timeout(STORE_TIMEOUT, fut).await {
+        Ok(r) => r.map_err(Problem::from),
+        Err(_) => Err(Problem::unavailable(format!(
+            "the database did not answer within {} s; retry later",
+            STORE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// `GET /healthz`: the process is alive.
+async fn healthz() -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: 200 when the consumer is connected and the database answers a ping.
+async fn readyz(State(s): State<ApiState>) -> Response {
+    let mut why = Vec::new();
+    if !s.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        why.push("the consumer is not connected to the broker".to_owned());
+    }
+    match tokio::time::timeout(PING_TIMEOUT, s.store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readyz: database ping failed");
+            why.push("the database does not answer".to_owned());
+        }
+        Err(_) => why.push(format!(
+            "the database did not answer a ping within {} s",
+            PING_TIMEOUT.as_secs()
+        )),
+    }
+    if why.is_empty() {
+        json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
+    } else {
+        Problem::unavailable(format!("not ready: {}", why.join("; "))).into_response()
+    }
+}
+
+/// `GET /metrics`.
+async fn metrics_text(State(s): State<ApiState>) -> Response {
+    let mut res = metrics::render(&s.stats, &s.ready).into_response();
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    res
+}
+
+/// `GET /api/v1/openapi.json`.
+async fn openapi_json() -> Response {
+    json(StatusCode::OK, openapi::document())
+}
+
+/// `GET /api/v1/agents`.
+async fn agents(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Response, Problem> {
+    Query::parse(raw.as_deref(), &[])?;
+    Ok(data(&call(s.store.agents()).await?))
+}
+
+/// `GET /api/v1/tags?site=&prefix=`.
+async fn tags(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Response, Problem> {
+    let q = Query::parse(raw.as_deref(), &["site", "prefix"])?;
+    let (site, prefix) = (q.opt("site")?, q.opt("prefix")?);
+    Ok(data(&call(s.store.tags(site, prefix)).await?))
+}
+
+/// 404 unless every id is a registered tag.
+async fn require_tags(s: &ApiState, ids: &[i64]) -> Result<(), Problem> {
+    // The store has no lookup by id; the registry is small (thousands of tags) and ids are never
+    // reused, so a scan is acceptable here.
+    let known: std::collections::HashSet<i64> = call(s.store.tags(None, None))
+        .await?
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let unknown: Vec<String> = ids
+        .iter()
+        .filter(|id| !known.contains(id))
+        .map(i64::to_string)
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(Problem::not_found(format!(
+            "no tag with id {}",
+            unknown.join(", ")
+        )))
+    }
+}
+
+/// `GET /api/v1/latest?tag_id=1&tag_id=2` or `?tag_id=1,2`.
+async fn latest(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Response, Problem> {
+    let q = Query::parse(raw.as_deref(), &["tag_id"])?;
+    let ids = params::tag_ids(&q, "tag_id", MAX_LATEST_TAGS)?;
+    require_tags(&s, &ids).await?;
+    Ok(data(&call(s.store.latest(&ids)).await?))
+}
+
+/// `GET /api/v1/tags/{id}/series?from=&to=&step=`.
+async fn series(
+    State(s): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let id = match id {
+        Ok(Path(id)) => id.parse::<i64>().map_err(|_| {
+            Problem::bad_parameter("id", format!("{id:?} is not a tag id (an integer)"))
+        })?,
+        Err(e) => return Err(Problem::bad_parameter("id", e.body_text())),
+    };
+    let q = Query::parse(raw.as_deref(), &["from", "to", "step"])?;
+    let (from, to) = params::range(&q)?;
+    let step = params::step_ms("step", q.req("step")?)?;
+    // Buckets are aligned on the epoch: count those the range touches (`from` ≥ 0, `to` > `from`).
+    let buckets = (to - 1) / step - from / step + 1;
+    if buckets > MAX_BUCKETS {
+        return Err(Problem::bad_parameter(
+            "step",
+            format!("{buckets} buckets of this step between `from` and `to`; at most {MAX_BUCKETS}: use a larger step or a shorter range"),
+        ));
+    }
+    require_tags(&s, &[id]).await?;
+    Ok(data(&call(s.store.series(id, from, to, step)).await?))
+}
+
+/// `GET /api/v1/gaps?site=&from=&to=`.
+async fn gaps(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Response, Problem> {
+    let q = Query::parse(raw.as_deref(), &["site", "from", "to"])?;
+    let site = q.opt("site")?;
+    let (from, to) = params::range(&q)?;
+    Ok(data(&call(s.store.gaps(site, from, to)).await?))
+}
+
+/// `GET /api/v1/dead-letters?limit=`.
+async fn dead_letters(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = Query::parse(raw.as_deref(), &["limit"])?;
+    let limit = match q.opt("limit")? {
+        None => DEAD_LETTERS_DEFAULT,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (1..=DEAD_LETTERS_MAX).contains(&n) => n,
+            _ => {
+                return Err(Problem::bad_parameter(
+                    "limit",
+                    format!("{v:?} is not an integer from 1 to {DEAD_LETTERS_MAX}"),
+                ))
+            }
+        },
+    };
+    Ok(data(&call(s.store.dead_letters(limit)).await?))
+}
+
+/// Unknown routes.
+pub(crate) async fn not_found(uri: Uri) -> Problem {
+    Problem::not_found(format!(
+        "no route {}; the routes are listed in /api/v1/openapi.json",
+        uri.path()
+    ))
+}

@@ -1,0 +1,239 @@
+//! Reads: agents, tags, latest values, series, counts, gaps, dead letters.
+
+use std::collections::HashSet;
+
+use flowsquare_wire as wire;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::store::{AgentRow, Bucket, DeadLetterRow, GapRow, LatestRow, StoreError, TagRow};
+
+/// The spelling of a stored quality code.
+fn quality_name(code: i64) -> String {
+    u8::try_from(code)
+        .ok()
+        .and_then(wire::Quality::from_code)
+        .map_or_else(|| format!("unknown-{code}"), |q| q.as_str().to_owned())
+}
+
+/// Agents, by site and agent.
+pub(super) fn agents(conn: &mut Connection) -> Result<Vec<AgentRow>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT site, agent, online, last_seen_ms, version, config_hash, backlog_readings, oldest_unsent_ms
+         FROM agents ORDER BY site, agent",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(AgentRow {
+            site: r.get(0)?,
+            agent: r.get(1)?,
+            online: r.get(2)?,
+            last_seen_ms: r.get(3)?,
+            version: r.get(4)?,
+            config_hash: r.get(5)?,
+            backlog_readings: r
+                .get::<_, Option<i64>>(6)?
+                .map(|v| u64::try_from(v).unwrap_or(0)),
+            oldest_unsent_ms: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Tags, optionally of one site and under a name prefix (case-sensitive, no wildcards), by site,
+/// agent and name.
+pub(super) fn tags(
+    conn: &mut Connection,
+    site: Option<&str>,
+    prefix: Option<&str>,
+) -> Result<Vec<TagRow>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, site, agent, name, unit, kind, device, description, interval_ms FROM tags
+         WHERE (?1 IS NULL OR site = ?1) AND (?2 IS NULL OR substr(name, 1, length(?2)) = ?2)
+         ORDER BY site, agent, name",
+    )?;
+    let rows = st.query_map(params![site, prefix], |r| {
+        Ok(TagRow {
+            id: r.get(0)?,
+            site: r.get(1)?,
+            agent: r.get(2)?,
+            name: r.get(3)?,
+            unit: r.get(4)?,
+            kind: r.get(5)?,
+            device: r.get(6)?,
+            description: r.get(7)?,
+            interval_ms: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The latest reading (any quality) of each tag, in the order asked; tags without readings
+/// (and repeated ids) are left out. Equal timestamps: the last stored wins.
+pub(super) fn latest(conn: &mut Connection, tag_ids: &[i64]) -> Result<Vec<LatestRow>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT ts_ms, value, text, quality FROM readings WHERE tag_id = ?1
+         ORDER BY ts_ms DESC, rowid DESC LIMIT 1",
+    )?;
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(tag_ids.len());
+    for &tag_id in tag_ids {
+        if !seen.insert(tag_id) {
+            continue;
+        }
+        let row = st
+            .query_row([tag_id], |r| {
+                Ok(LatestRow {
+                    tag_id,
+                    ts_ms: r.get(0)?,
+                    value: r.get(1)?,
+                    text: r.get(2)?,
+                    quality: quality_name(r.get(3)?),
+                })
+            })
+            .optional()?;
+        out.extend(row);
+    }
+    Ok(out)
+}
+
+/// Start of the bucket of `ts` (floor, also for negative times).
+fn bucket_of(ts: i64, step: i64) -> i64 {
+    ts - ts.rem_euclid(step)
+}
+
+/// A tag's readings in `[from_ms, to_ms)` by buckets of `step_ms` (> 0) aligned on the epoch:
+/// min/max/avg/last over good readings with a numeric value, count of all, count of not good.
+/// Only buckets holding readings are returned.
+///
+/// Aggregated while walking the `(tag_id, ts_ms)` index in order (no sort, no temp table), which
+/// also makes "last" exact: the latest timestamp, and among equal ones the last stored.
+pub(super) fn series(
+    conn: &mut Connection,
+    tag_id: i64,
+    from_ms: i64,
+    to_ms: i64,
+    step_ms: i64,
+) -> Result<Vec<Bucket>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT ts_ms, value, quality FROM readings
+         WHERE tag_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 ORDER BY ts_ms, rowid",
+    )?;
+    let mut rows = st.query(params![tag_id, from_ms, to_ms])?;
+    let mut out: Vec<Bucket> = Vec::new();
+    // Per bucket: sum and number of good values (for the mean).
+    let (mut sum, mut good) = (0.0f64, 0i64);
+    let good_code = i64::from(wire::Quality::Good.code());
+    while let Some(r) = rows.next()? {
+        let (ts, value, quality): (i64, Option<f64>, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        let start = bucket_of(ts, step_ms);
+        if out.last().is_none_or(|b| b.ts_ms != start) {
+            if let Some(b) = out.last_mut() {
+                b.avg = (good > 0).then(|| sum / good as f64);
+            }
+            (sum, good) = (0.0, 0);
+            out.push(Bucket {
+                ts_ms: start,
+                min: None,
+                max: None,
+                avg: None,
+                last: None,
+                count: 0,
+                bad: 0,
+            });
+        }
+        let Some(b) = out.last_mut() else { continue };
+        b.count += 1;
+        if quality != good_code {
+            b.bad += 1;
+            continue;
+        }
+        if let Some(v) = value {
+            b.min = Some(b.min.map_or(v, |m| m.min(v)));
+            b.max = Some(b.max.map_or(v, |m| m.max(v)));
+            b.last = Some(v);
+            sum += v;
+            good += 1;
+        }
+    }
+    if let Some(b) = out.last_mut() {
+        b.avg = (good > 0).then(|| sum / good as f64);
+    }
+    Ok(out)
+}
+
+/// Readings in `[from_ms, to_ms)`, of one tag or of all.
+pub(super) fn count_readings(
+    conn: &mut Connection,
+    tag_id: Option<i64>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<i64, StoreError> {
+    let n = match tag_id {
+        Some(id) => conn
+            .prepare_cached(
+                "SELECT count(*) FROM readings WHERE tag_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3",
+            )?
+            .query_row(params![id, from_ms, to_ms], |r| r.get(0))?,
+        // Through the tag list, so that each tag's range is an index range rather than the
+        // whole table being scanned (every reading's tag is in `tags`: tags are never deleted).
+        None => conn
+            .prepare_cached(
+                "SELECT count(*) FROM readings
+                 WHERE tag_id IN (SELECT id FROM tags) AND ts_ms >= ?1 AND ts_ms < ?2",
+            )?
+            .query_row(params![from_ms, to_ms], |r| r.get(0))?,
+    };
+    Ok(n)
+}
+
+/// Gap records overlapping `[from_ms, to_ms)` (a gap covers `[from_ms, to_ms]`), by start.
+pub(super) fn gaps(
+    conn: &mut Connection,
+    site: Option<&str>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<GapRow>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT site, agent, batch_id, tag_ids, from_ms, to_ms, count, reason FROM gaps
+         WHERE (?1 IS NULL OR site = ?1) AND from_ms < ?3 AND to_ms >= ?2
+         ORDER BY from_ms, id",
+    )?;
+    let mut rows = st.query(params![site, from_ms, to_ms])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let tag_ids: String = r.get(3)?;
+        let tag_ids: Vec<i64> = serde_json::from_str(&tag_ids)
+            .map_err(|e| StoreError::Invalid(format!("stored gap tag ids {tag_ids:?}: {e}")))?;
+        out.push(GapRow {
+            site: r.get(0)?,
+            agent: r.get(1)?,
+            batch_id: r.get(2)?,
+            tag_ids,
+            from_ms: r.get(4)?,
+            to_ms: r.get(5)?,
+            count: r.get(6)?,
+            reason: r.get(7)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The newest `limit` dead letters, newest first.
+pub(super) fn dead_letters(
+    conn: &mut Connection,
+    limit: i64,
+) -> Result<Vec<DeadLetterRow>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, topic, reason, length(payload), received_ms FROM dead_letters
+         ORDER BY received_ms DESC, id DESC LIMIT ?1",
+    )?;
+    let rows = st.query_map([limit.max(0)], |r| {
+        Ok(DeadLetterRow {
+            id: r.get(0)?,
+            topic: r.get(1)?,
+            reason: r.get(2)?,
+            bytes: r.get(3)?,
+            received_ms: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
