@@ -18,6 +18,9 @@ pub struct IngestConfig {
     /// `[ingest]`.
     #[serde(default)]
     pub ingest: IngestTuning,
+    /// `[api]`: the HTTP API for cloud ops.
+    #[serde(default)]
+    pub api: crate::api::ApiConfig,
 }
 
 /// `[mqtt]`: where the agents' batches come from.
@@ -44,7 +47,13 @@ pub struct MqttConfig {
 
 impl Default for MqttConfig {
     fn default() -> Self {
-        MqttConfig { broker: default_broker(), topic_root: default_root(), group: default_group(), client_id: None, credentials: None }
+        MqttConfig {
+            broker: default_broker(),
+            topic_root: default_root(),
+            group: default_group(),
+            client_id: None,
+            credentials: None,
+        }
     }
 }
 
@@ -72,7 +81,9 @@ pub struct IngestTuning {
 
 impl Default for IngestTuning {
     fn default() -> Self {
-        IngestTuning { max_batches_per_commit: default_group_commit() }
+        IngestTuning {
+            max_batches_per_commit: default_group_commit(),
+        }
     }
 }
 
@@ -103,7 +114,11 @@ impl IngestConfig {
             .strip_prefix("mqtt://")
             .ok_or_else(|| format!("broker {:?} must start with mqtt://", self.mqtt.broker))?;
         match rest.trim_end_matches('/').rsplit_once(':') {
-            Some((h, p)) => Ok((h.to_owned(), p.parse().map_err(|_| format!("broker port {p:?} is not a number"))?)),
+            Some((h, p)) => Ok((
+                h.to_owned(),
+                p.parse()
+                    .map_err(|_| format!("broker port {p:?} is not a number"))?,
+            )),
             None => Ok((rest.to_owned(), 1883)),
         }
     }

@@ -11,6 +11,7 @@
 //! - (to come: `api/` HTTP API and console, `reconcile/`).
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod consume;
 pub mod store;

@@ -1,5 +1,28 @@
-//! `cloud-ingest` binary.
+//! `cloud-ingest` binary: parse the command line, set up logging, run.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("cloud-ingest: the service is not assembled yet (see issue 4)")
+use std::process::ExitCode;
+
+use clap::Parser;
+use cloud_ingest::cli::{self, Cli};
+
+fn main() -> anyhow::Result<ExitCode> {
+    let args = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(tty)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(cli::run(args)) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("cloud-ingest: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
 }

@@ -43,12 +43,20 @@ pub struct ConsumerStats {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Run an operation until it succeeds, retrying transient failures with backoff (and giving up
 /// on permanent ones, which are returned). Returns `None` if shutdown came first.
-async fn retry<T, F, Fut>(what: &str, stats: &ConsumerStats, shutdown: &mut watch::Receiver<bool>, mut op: F) -> Option<Result<T, StoreError>>
+async fn retry<T, F, Fut>(
+    what: &str,
+    stats: &ConsumerStats,
+    shutdown: &mut watch::Receiver<bool>,
+    mut op: F,
+) -> Option<Result<T, StoreError>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -80,10 +88,20 @@ where
     }
 }
 
-/// Consume until `shutdown`.
-pub async fn run(cfg: IngestConfig, store: Arc<dyn Store>, stats: Arc<ConsumerStats>, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+/// Consume until `shutdown`; `connected` follows the broker connection (for `/readyz`).
+pub async fn run(
+    cfg: IngestConfig,
+    store: Arc<dyn Store>,
+    stats: Arc<ConsumerStats>,
+    connected: Arc<std::sync::atomic::AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
     let (host, port) = cfg.broker_addr()?;
-    let client_id = cfg.mqtt.client_id.clone().unwrap_or_else(|| format!("cloud-ingest-{}", std::process::id()));
+    let client_id = cfg
+        .mqtt
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("cloud-ingest-{}", std::process::id()));
     let mut o = MqttOptions::new(client_id, host, port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_session(true);
@@ -108,7 +126,14 @@ pub async fn run(cfg: IngestConfig, store: Arc<dyn Store>, stats: Arc<ConsumerSt
         others.push(wire::Topics::filter(&root, k).map_err(|e| e.to_string())?);
     }
     let (tx, rx) = mpsc::channel::<Publish>(4096);
-    let committer = tokio::spawn(commit_task(rx, client.clone(), store, stats.clone(), cfg.clone(), shutdown.clone()));
+    let committer = tokio::spawn(commit_task(
+        rx,
+        client.clone(),
+        store,
+        stats.clone(),
+        cfg.clone(),
+        shutdown.clone(),
+    ));
     let mut last_error: Option<String> = None;
     loop {
         tokio::select! {
@@ -116,6 +141,7 @@ pub async fn run(cfg: IngestConfig, store: Arc<dyn Store>, stats: Arc<ConsumerSt
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     tracing::info!(broker = %cfg.mqtt.broker, filter = %data_filter, "connected; subscribing");
                     last_error = None;
+                    connected.store(true, Relaxed);
                     let _ = client.subscribe(data_filter.clone(), QoS::AtLeastOnce).await;
                     for f in &others {
                         let _ = client.subscribe(f.clone(), QoS::AtLeastOnce).await;
@@ -129,6 +155,7 @@ pub async fn run(cfg: IngestConfig, store: Arc<dyn Store>, stats: Arc<ConsumerSt
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    connected.store(false, Relaxed);
                     let msg = e.to_string();
                     if last_error.as_deref() != Some(msg.as_str()) {
                         tracing::error!(broker = %cfg.mqtt.broker, error = %msg, "broker connection failed; retrying");
@@ -143,6 +170,7 @@ pub async fn run(cfg: IngestConfig, store: Arc<dyn Store>, stats: Arc<ConsumerSt
             _ = shutdown.changed() => break,
         }
     }
+    connected.store(false, Relaxed);
     drop(tx);
     let _ = committer.await;
     let _ = client.try_disconnect();
@@ -153,13 +181,21 @@ fn read_credentials(spec: &str) -> Result<(String, String), String> {
     let path = if let Some(p) = spec.strip_prefix("file:") {
         std::path::PathBuf::from(p)
     } else if let Some(n) = spec.strip_prefix("systemd:") {
-        std::path::PathBuf::from(std::env::var_os("CREDENTIALS_DIRECTORY").ok_or("CREDENTIALS_DIRECTORY is not set")?).join(n)
+        std::path::PathBuf::from(
+            std::env::var_os("CREDENTIALS_DIRECTORY").ok_or("CREDENTIALS_DIRECTORY is not set")?,
+        )
+        .join(n)
     } else {
-        return Err(format!("credentials {spec:?}: expected file:/path or systemd:NAME"));
+        return Err(format!(
+            "credentials {spec:?}: expected file:/path or systemd:NAME"
+        ));
     };
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut l = text.lines();
-    Ok((l.next().unwrap_or("").trim().to_owned(), l.next().unwrap_or("").to_owned()))
+    Ok((
+        l.next().unwrap_or("").trim().to_owned(),
+        l.next().unwrap_or("").to_owned(),
+    ))
 }
 
 async fn commit_task(
@@ -181,14 +217,20 @@ async fn commit_task(
             }
         }
         let now = now_ms();
-        let classified: Vec<Incoming> = group.iter().map(|p| classify(&root, &p.topic, &p.payload, now)).collect();
+        let classified: Vec<Incoming> = group
+            .iter()
+            .map(|p| classify(&root, &p.topic, &p.payload, now))
+            .collect();
         let mut batches = Vec::new();
         let mut rejects = Vec::new();
         let mut ok = true;
         // Births first: a batch in this group may need the catalog a birth in it brings.
         for inc in &classified {
             if let Incoming::Birth(b) = inc {
-                ok &= matches!(retry("birth", &stats, &mut shutdown, || store.birth(b, now)).await, Some(Ok(())) | Some(Err(_)));
+                ok &= matches!(
+                    retry("birth", &stats, &mut shutdown, || store.birth(b, now)).await,
+                    Some(Ok(())) | Some(Err(_))
+                );
             }
         }
         for inc in classified {
@@ -197,14 +239,33 @@ async fn commit_task(
                     batches.push(*b);
                     continue;
                 }
-                Incoming::Status { site, agent, status } => retry("status", &stats, &mut shutdown, || store.status(&site, &agent, &status, now)).await,
-                Incoming::Heartbeat { site, agent, heartbeat } => {
-                    retry("heartbeat", &stats, &mut shutdown, || store.heartbeat(&site, &agent, &heartbeat, now)).await
+                Incoming::Status {
+                    site,
+                    agent,
+                    status,
+                } => {
+                    retry("status", &stats, &mut shutdown, || {
+                        store.status(&site, &agent, &status, now)
+                    })
+                    .await
+                }
+                Incoming::Heartbeat {
+                    site,
+                    agent,
+                    heartbeat,
+                } => {
+                    retry("heartbeat", &stats, &mut shutdown, || {
+                        store.heartbeat(&site, &agent, &heartbeat, now)
+                    })
+                    .await
                 }
                 Incoming::Dead { letter, reject } => {
                     stats.dead_letters.fetch_add(1, Relaxed);
                     tracing::warn!(topic = %letter.topic, reason = %letter.reason, bytes = letter.payload.len(), "message kept in the dead-letter table");
-                    let r = retry("dead letter", &stats, &mut shutdown, || store.dead_letter(&letter)).await;
+                    let r = retry("dead letter", &stats, &mut shutdown, || {
+                        store.dead_letter(&letter)
+                    })
+                    .await;
                     // Reject (the agent then deletes its copy) only once the payload is kept.
                     if let (Some(Ok(())), Some(id)) = (&r, reject) {
                         rejects.push((id, letter.reason.clone()));
@@ -215,7 +276,9 @@ async fn commit_task(
             };
             match r {
                 None => ok = false,
-                Some(Err(e)) => tracing::error!(error = %e, "message could not be stored and is dropped"),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "message could not be stored and is dropped")
+                }
                 Some(Ok(())) => {}
             }
         }
@@ -235,9 +298,15 @@ async fn commit_task(
                 tracing::error!(error = %e, batches = batches.len(), "group commit failed; committing batch by batch");
                 let mut outs = Vec::with_capacity(batches.len());
                 for b in &batches {
-                    match retry("commit", &stats, &mut shutdown, || store.commit(std::slice::from_ref(b))).await {
+                    match retry("commit", &stats, &mut shutdown, || {
+                        store.commit(std::slice::from_ref(b))
+                    })
+                    .await
+                    {
                         None => return,
-                        Some(Ok(mut o)) => outs.push(o.pop().unwrap_or(CommitOutcome::UnknownCatalog)),
+                        Some(Ok(mut o)) => {
+                            outs.push(o.pop().unwrap_or(CommitOutcome::UnknownCatalog))
+                        }
                         Some(Err(e)) => {
                             let letter = crate::store::DeadLetter {
                                 topic: format!("{root}/v1/{}/{}/data", b.site, b.agent),
@@ -248,9 +317,14 @@ async fn commit_task(
                             match store.dead_letter(&letter).await {
                                 Ok(()) => {
                                     stats.dead_letters.fetch_add(1, Relaxed);
-                                    rejects.push(((b.site.clone(), b.agent.clone(), b.batch_id), letter.reason));
+                                    rejects.push((
+                                        (b.site.clone(), b.agent.clone(), b.batch_id),
+                                        letter.reason,
+                                    ));
                                 }
-                                Err(e2) => tracing::error!(error = %e2, batch_id = b.batch_id, "cannot keep the batch as a dead letter either; not acknowledged"),
+                                Err(e2) => {
+                                    tracing::error!(error = %e2, batch_id = b.batch_id, "cannot keep the batch as a dead letter either; not acknowledged")
+                                }
                             }
                             // Neither stored nor acknowledged as committed.
                             outs.push(CommitOutcome::UnknownCatalog);
@@ -283,12 +357,26 @@ async fn commit_task(
         for (site, agent, ids) in acks_for(&batches, &outcomes) {
             if let Ok(t) = wire::Topics::new(root.clone(), site, agent) {
                 stats.acked_batches.fetch_add(ids.len() as u64, Relaxed);
-                let _ = client.publish(t.ack(), QoS::AtLeastOnce, false, wire::Ack::committed(ids).encode()).await;
+                let _ = client
+                    .publish(
+                        t.ack(),
+                        QoS::AtLeastOnce,
+                        false,
+                        wire::Ack::committed(ids).encode(),
+                    )
+                    .await;
             }
         }
         for ((site, agent, id), reason) in rejects {
             if let Ok(t) = wire::Topics::new(root.clone(), site, agent) {
-                let _ = client.publish(t.ack(), QoS::AtLeastOnce, false, wire::Ack::rejected(vec![id], reason).encode()).await;
+                let _ = client
+                    .publish(
+                        t.ack(),
+                        QoS::AtLeastOnce,
+                        false,
+                        wire::Ack::rejected(vec![id], reason).encode(),
+                    )
+                    .await;
             }
         }
         // MQTT acknowledgements, in arrival order, only now.

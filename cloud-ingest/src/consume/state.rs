@@ -46,7 +46,12 @@ pub enum Incoming {
 /// Classify a message received on `topic` under `root`.
 pub fn classify(root: &str, topic: &str, payload: &[u8], received_ms: i64) -> Incoming {
     let dead = |reason: String, reject| Incoming::Dead {
-        letter: DeadLetter { topic: topic.to_owned(), payload: payload.to_vec(), reason, received_ms },
+        letter: DeadLetter {
+            topic: topic.to_owned(),
+            payload: payload.to_vec(),
+            reason,
+            received_ms,
+        },
         reject,
     };
     let (kind, site, agent) = match wire::Topics::parse(root, topic) {
@@ -72,16 +77,26 @@ pub fn classify(root: &str, topic: &str, payload: &[u8], received_ms: i64) -> In
             }
         },
         wire::Kind::Birth => match wire::Birth::decode(payload) {
-            Ok(b) if b.site != site || b.agent != agent => dead("identity mismatch in birth".into(), None),
+            Ok(b) if b.site != site || b.agent != agent => {
+                dead("identity mismatch in birth".into(), None)
+            }
             Ok(b) => Incoming::Birth(Box::new(b)),
             Err(e) => dead(format!("undecodable birth: {e}"), None),
         },
         wire::Kind::Status => match wire::Status::decode(payload) {
-            Ok(status) => Incoming::Status { site, agent, status },
+            Ok(status) => Incoming::Status {
+                site,
+                agent,
+                status,
+            },
             Err(e) => dead(format!("undecodable status: {e}"), None),
         },
         wire::Kind::Heartbeat => match wire::Heartbeat::decode(payload) {
-            Ok(h) => Incoming::Heartbeat { site, agent, heartbeat: Box::new(h) },
+            Ok(h) => Incoming::Heartbeat {
+                site,
+                agent,
+                heartbeat: Box::new(h),
+            },
             Err(e) => dead(format!("undecodable heartbeat: {e}"), None),
         },
         wire::Kind::Ack | wire::Kind::Cmd => Incoming::Ignore,
@@ -90,13 +105,19 @@ pub fn classify(root: &str, topic: &str, payload: &[u8], received_ms: i64) -> In
 
 /// The end-to-end acknowledgements owed after a commit: per (site, agent), the batch ids to
 /// acknowledge as committed (stored now or already stored). `UnknownCatalog` batches get none.
-pub fn acks_for(batches: &[wire::Batch], outcomes: &[CommitOutcome]) -> Vec<(String, String, Vec<u64>)> {
+pub fn acks_for(
+    batches: &[wire::Batch],
+    outcomes: &[CommitOutcome],
+) -> Vec<(String, String, Vec<u64>)> {
     let mut out: Vec<(String, String, Vec<u64>)> = Vec::new();
     for (b, o) in batches.iter().zip(outcomes) {
         if matches!(o, CommitOutcome::UnknownCatalog) {
             continue;
         }
-        match out.iter_mut().find(|(s, a, _)| *s == b.site && *a == b.agent) {
+        match out
+            .iter_mut()
+            .find(|(s, a, _)| *s == b.site && *a == b.agent)
+        {
             Some((_, _, ids)) => ids.push(b.batch_id),
             None => out.push((b.site.clone(), b.agent.clone(), vec![b.batch_id])),
         }
@@ -115,7 +136,10 @@ mod tests {
     #[test]
     fn a_batch_on_its_own_topic_is_accepted() {
         let p = wire::encode(&batch("s", "a", 1)).expect("encode");
-        assert!(matches!(classify("fs", "fs/v1/s/a/data", &p, 0), Incoming::Batch(_)));
+        assert!(matches!(
+            classify("fs", "fs/v1/s/a/data", &p, 0),
+            Incoming::Batch(_)
+        ));
     }
 
     #[test]
@@ -145,13 +169,32 @@ mod tests {
 
     #[test]
     fn acks_group_per_agent_and_skip_unknown_catalogs() {
-        let bs = [batch("s", "a", 1), batch("s", "b", 2), batch("s", "a", 3), batch("s", "a", 4)];
+        let bs = [
+            batch("s", "a", 1),
+            batch("s", "b", 2),
+            batch("s", "a", 3),
+            batch("s", "a", 4),
+        ];
         let os = [
-            CommitOutcome::Stored { readings: 1, events: 0, gaps: 0 },
+            CommitOutcome::Stored {
+                readings: 1,
+                events: 0,
+                gaps: 0,
+            },
             CommitOutcome::Duplicate,
             CommitOutcome::UnknownCatalog,
-            CommitOutcome::Stored { readings: 1, events: 0, gaps: 0 },
+            CommitOutcome::Stored {
+                readings: 1,
+                events: 0,
+                gaps: 0,
+            },
         ];
-        assert_eq!(acks_for(&bs, &os), vec![("s".into(), "a".into(), vec![1, 4]), ("s".into(), "b".into(), vec![2])]);
+        assert_eq!(
+            acks_for(&bs, &os),
+            vec![
+                ("s".into(), "a".into(), vec![1, 4]),
+                ("s".into(), "b".into(), vec![2])
+            ]
+        );
     }
 }

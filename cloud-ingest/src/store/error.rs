@@ -26,15 +26,23 @@ impl StoreError {
         match self {
             // No SQLSTATE: the connection failed. With one: connection exceptions (08), the
             // transaction was rolled back (40: serialization, deadlock), insufficient resources
-            // (53: disk full, out of memory), operator intervention (57: shutdown), system errors
+            // (53: disk full, out of memory), object not in prerequisite state (55: database not
+            // accepting connections), operator intervention (57: shutdown), system errors
             // (58: I/O). All of these say nothing about the batch, so it must not be rejected.
             StoreError::Postgres(e) => {
                 e.is_closed()
-                    || e.code().is_none_or(|c| ["08", "40", "53", "57", "58"].iter().any(|k| c.code().starts_with(k)))
+                    || e.code().is_none_or(|c| {
+                        ["08", "40", "53", "55", "57", "58"]
+                            .iter()
+                            .any(|k| c.code().starts_with(k))
+                    })
             }
             StoreError::Unavailable(_) => true,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
-                matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                )
             }
             _ => false,
         }

@@ -180,21 +180,53 @@ pub trait Store: Send + Sync {
     /// Register a birth: the agent, its devices and tags, the catalog of its config hash.
     async fn birth(&self, b: &wire::Birth, received_ms: i64) -> Result<(), StoreError>;
     /// Record a status message (online, or offline from a Last Will).
-    async fn status(&self, site: &str, agent: &str, s: &wire::Status, received_ms: i64) -> Result<(), StoreError>;
+    async fn status(
+        &self,
+        site: &str,
+        agent: &str,
+        s: &wire::Status,
+        received_ms: i64,
+    ) -> Result<(), StoreError>;
     /// Record a heartbeat (backlog figures).
-    async fn heartbeat(&self, site: &str, agent: &str, h: &wire::Heartbeat, received_ms: i64) -> Result<(), StoreError>;
+    async fn heartbeat(
+        &self,
+        site: &str,
+        agent: &str,
+        h: &wire::Heartbeat,
+        received_ms: i64,
+    ) -> Result<(), StoreError>;
     /// Agents.
     async fn agents(&self) -> Result<Vec<AgentRow>, StoreError>;
     /// Tags, optionally of one site and under a name prefix.
-    async fn tags(&self, site: Option<&str>, prefix: Option<&str>) -> Result<Vec<TagRow>, StoreError>;
+    async fn tags(
+        &self,
+        site: Option<&str>,
+        prefix: Option<&str>,
+    ) -> Result<Vec<TagRow>, StoreError>;
     /// Latest reading of each of these tags.
     async fn latest(&self, tag_ids: &[i64]) -> Result<Vec<LatestRow>, StoreError>;
     /// A tag's readings in `[from_ms, to_ms)` bucketed by `step_ms`.
-    async fn series(&self, tag_id: i64, from_ms: i64, to_ms: i64, step_ms: i64) -> Result<Vec<Bucket>, StoreError>;
+    async fn series(
+        &self,
+        tag_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<Bucket>, StoreError>;
     /// Readings stored for a tag in a range (count, for tests and reconciliation checks).
-    async fn count_readings(&self, tag_id: Option<i64>, from_ms: i64, to_ms: i64) -> Result<i64, StoreError>;
+    async fn count_readings(
+        &self,
+        tag_id: Option<i64>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<i64, StoreError>;
     /// Gap records overlapping a range.
-    async fn gaps(&self, site: Option<&str>, from_ms: i64, to_ms: i64) -> Result<Vec<GapRow>, StoreError>;
+    async fn gaps(
+        &self,
+        site: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<GapRow>, StoreError>;
     /// The newest dead letters.
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError>;
     /// Is the database reachable?

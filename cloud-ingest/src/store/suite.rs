@@ -18,7 +18,11 @@ pub fn birth(site: &str, agent: &str, hash: &str, names: &[&str]) -> wire::Birth
         agent_version: "0.1.0".into(),
         config_hash: hash.into(),
         started_ms: T0,
-        devices: vec![wire::DeviceInfo { name: "plc".into(), protocol: "modbus-tcp".into(), description: None }],
+        devices: vec![wire::DeviceInfo {
+            name: "plc".into(),
+            protocol: "modbus-tcp".into(),
+            description: None,
+        }],
         tags: names
             .iter()
             .enumerate()
@@ -38,7 +42,16 @@ pub fn birth(site: &str, agent: &str, hash: &str, names: &[&str]) -> wire::Birth
 
 /// A batch of `n` good readings per tag (1 s apart from `t0`), values `base + i`.
 #[allow(clippy::too_many_arguments)] // test data builder: every knob is used by some test
-pub fn batch(site: &str, agent: &str, hash: &str, id: u64, tags: u32, n: i64, t0: i64, base: f64) -> wire::Batch {
+pub fn batch(
+    site: &str,
+    agent: &str,
+    hash: &str,
+    id: u64,
+    tags: u32,
+    n: i64,
+    t0: i64,
+    base: f64,
+) -> wire::Batch {
     let mut b = wire::Batch::new(site, agent, id, hash, t0);
     for tag in 0..tags {
         for i in 0..n {
@@ -57,7 +70,13 @@ pub fn batch(site: &str, agent: &str, hash: &str, id: u64, tags: u32, n: i64, t0
 }
 
 async fn tag_id(s: &dyn Store, name: &str) -> i64 {
-    s.tags(None, Some(name)).await.expect("tags").into_iter().find(|t| t.name == name).expect("tag registered").id
+    s.tags(None, Some(name))
+        .await
+        .expect("tags")
+        .into_iter()
+        .find(|t| t.name == name)
+        .expect("tag registered")
+        .id
 }
 
 /// Migrating twice is harmless.
@@ -68,50 +87,139 @@ pub async fn migrate_is_idempotent(s: &dyn Store) {
 
 /// A birth registers the agent and its tags; a later birth with another config keeps old ids.
 pub async fn birth_registers_agent_and_tags(s: &dyn Store) {
-    s.birth(&birth("s1", "a1", "h1", &["tank/level", "tank/temp", "meter/total"]), T0).await.expect("birth");
+    s.birth(
+        &birth(
+            "s1",
+            "a1",
+            "h1",
+            &["tank/level", "tank/temp", "meter/total"],
+        ),
+        T0,
+    )
+    .await
+    .expect("birth");
     let tags = s.tags(Some("s1"), None).await.expect("tags");
     assert_eq!(tags.len(), 3);
-    assert!(tags.iter().any(|t| t.name == "tank/level" && t.unit.as_deref() == Some("m") && t.interval_ms == 1000));
+    assert!(tags.iter().any(|t| t.name == "tank/level"
+        && t.unit.as_deref() == Some("m")
+        && t.interval_ms == 1000));
     let level = tag_id(s, "tank/level").await;
-    s.birth(&birth("s1", "a1", "h2", &["meter/total", "tank/level", "tank/water"]), T0 + 1).await.expect("birth 2");
+    s.birth(
+        &birth(
+            "s1",
+            "a1",
+            "h2",
+            &["meter/total", "tank/level", "tank/water"],
+        ),
+        T0 + 1,
+    )
+    .await
+    .expect("birth 2");
     assert_eq!(s.tags(Some("s1"), None).await.expect("tags").len(), 4);
-    assert_eq!(tag_id(s, "tank/level").await, level, "ids are stable across configs");
-    assert_eq!(s.tags(Some("s1"), Some("tank/")).await.expect("prefix").len(), 3);
-    assert!(s.tags(Some("other-site"), None).await.expect("tags").is_empty());
+    assert_eq!(
+        tag_id(s, "tank/level").await,
+        level,
+        "ids are stable across configs"
+    );
+    assert_eq!(
+        s.tags(Some("s1"), Some("tank/"))
+            .await
+            .expect("prefix")
+            .len(),
+        3
+    );
+    assert!(s
+        .tags(Some("other-site"), None)
+        .await
+        .expect("tags")
+        .is_empty());
     let agents = s.agents().await.expect("agents");
-    let a = agents.iter().find(|a| a.site == "s1" && a.agent == "a1").expect("agent");
+    let a = agents
+        .iter()
+        .find(|a| a.site == "s1" && a.agent == "a1")
+        .expect("agent");
     assert_eq!(a.config_hash.as_deref(), Some("h2"));
     assert_eq!(a.version.as_deref(), Some("0.1.0"));
 }
 
 /// A batch is stored once however often it is delivered, and tag indexes resolve per config.
 pub async fn a_batch_is_stored_once(s: &dyn Store) {
-    s.birth(&birth("s2", "a1", "h1", &["x/a", "x/b"]), T0).await.expect("birth");
+    s.birth(&birth("s2", "a1", "h1", &["x/a", "x/b"]), T0)
+        .await
+        .expect("birth");
     let b = batch("s2", "a1", "h1", 7, 2, 100, T0, 10.0);
     let out = s.commit(std::slice::from_ref(&b)).await.expect("commit");
-    assert_eq!(out, vec![CommitOutcome::Stored { readings: 200, events: 0, gaps: 0 }]);
-    assert_eq!(s.commit(std::slice::from_ref(&b)).await.expect("again"), vec![CommitOutcome::Duplicate]);
+    assert_eq!(
+        out,
+        vec![CommitOutcome::Stored {
+            readings: 200,
+            events: 0,
+            gaps: 0
+        }]
+    );
+    assert_eq!(
+        s.commit(std::slice::from_ref(&b)).await.expect("again"),
+        vec![CommitOutcome::Duplicate]
+    );
     let a = tag_id(s, "x/a").await;
-    assert_eq!(s.count_readings(Some(a), T0, T0 + 1_000_000).await.expect("count"), 100);
-    assert_eq!(s.count_readings(None, T0, T0 + 1_000_000).await.expect("count"), 200);
+    assert_eq!(
+        s.count_readings(Some(a), T0, T0 + 1_000_000)
+            .await
+            .expect("count"),
+        100
+    );
+    assert_eq!(
+        s.count_readings(None, T0, T0 + 1_000_000)
+            .await
+            .expect("count"),
+        200
+    );
     // The same batch id from another agent is another batch.
-    s.birth(&birth("s2", "a2", "h1", &["y/a"]), T0).await.expect("birth");
+    s.birth(&birth("s2", "a2", "h1", &["y/a"]), T0)
+        .await
+        .expect("birth");
     let other = batch("s2", "a2", "h1", 7, 1, 5, T0, 1.0);
-    assert_eq!(s.commit(&[other]).await.expect("commit"), vec![CommitOutcome::Stored { readings: 5, events: 0, gaps: 0 }]);
+    assert_eq!(
+        s.commit(&[other]).await.expect("commit"),
+        vec![CommitOutcome::Stored {
+            readings: 5,
+            events: 0,
+            gaps: 0
+        }]
+    );
 }
 
 /// A batch whose catalog is unknown is not stored (and not acknowledged) until the birth arrives.
 pub async fn an_unknown_catalog_is_not_stored(s: &dyn Store) {
     let b = batch("s3", "a1", "h9", 1, 1, 10, T0, 1.0);
-    assert_eq!(s.commit(std::slice::from_ref(&b)).await.expect("commit"), vec![CommitOutcome::UnknownCatalog]);
-    assert_eq!(s.count_readings(None, T0, T0 + 100_000).await.expect("count"), 0);
-    s.birth(&birth("s3", "a1", "h9", &["z/a"]), T0).await.expect("birth");
-    assert_eq!(s.commit(&[b]).await.expect("commit"), vec![CommitOutcome::Stored { readings: 10, events: 0, gaps: 0 }]);
+    assert_eq!(
+        s.commit(std::slice::from_ref(&b)).await.expect("commit"),
+        vec![CommitOutcome::UnknownCatalog]
+    );
+    assert_eq!(
+        s.count_readings(None, T0, T0 + 100_000)
+            .await
+            .expect("count"),
+        0
+    );
+    s.birth(&birth("s3", "a1", "h9", &["z/a"]), T0)
+        .await
+        .expect("birth");
+    assert_eq!(
+        s.commit(&[b]).await.expect("commit"),
+        vec![CommitOutcome::Stored {
+            readings: 10,
+            events: 0,
+            gaps: 0
+        }]
+    );
 }
 
 /// Mixed outcomes in one call, in input order.
 pub async fn one_commit_call_reports_each_batch(s: &dyn Store) {
-    s.birth(&birth("s4", "a1", "h1", &["q/a"]), T0).await.expect("birth");
+    s.birth(&birth("s4", "a1", "h1", &["q/a"]), T0)
+        .await
+        .expect("birth");
     let b1 = batch("s4", "a1", "h1", 1, 1, 3, T0, 1.0);
     let b2 = batch("s4", "a1", "h1", 2, 1, 3, T0 + 3000, 1.0);
     let unknown = batch("s4", "a1", "nope", 3, 1, 3, T0, 1.0);
@@ -119,65 +227,132 @@ pub async fn one_commit_call_reports_each_batch(s: &dyn Store) {
     let out = s.commit(&[b1, b2, unknown]).await.expect("commit");
     assert_eq!(
         out,
-        vec![CommitOutcome::Duplicate, CommitOutcome::Stored { readings: 3, events: 0, gaps: 0 }, CommitOutcome::UnknownCatalog]
+        vec![
+            CommitOutcome::Duplicate,
+            CommitOutcome::Stored {
+                readings: 3,
+                events: 0,
+                gaps: 0
+            },
+            CommitOutcome::UnknownCatalog
+        ]
     );
 }
 
 /// Gaps (for some tags or all) and events are stored with the batch.
 pub async fn gaps_and_events_are_stored(s: &dyn Store) {
-    s.birth(&birth("s5", "a1", "h1", &["g/a", "g/b"]), T0).await.expect("birth");
+    s.birth(&birth("s5", "a1", "h1", &["g/a", "g/b"]), T0)
+        .await
+        .expect("birth");
     let mut b = wire::Batch::new("s5", "a1", 1, "h1", T0);
-    b.gaps.push(wire::Gap { tags: vec![1], from_ms: T0, to_ms: T0 + 60_000, count: 60, reason: wire::GapReason::BufferFull });
-    b.gaps.push(wire::Gap { tags: vec![], from_ms: T0 + 100_000, to_ms: T0 + 101_000, count: 0, reason: wire::GapReason::Other("unclean-shutdown".into()) });
+    b.gaps.push(wire::Gap {
+        tags: vec![1],
+        from_ms: T0,
+        to_ms: T0 + 60_000,
+        count: 60,
+        reason: wire::GapReason::BufferFull,
+    });
+    b.gaps.push(wire::Gap {
+        tags: vec![],
+        from_ms: T0 + 100_000,
+        to_ms: T0 + 101_000,
+        count: 0,
+        reason: wire::GapReason::Other("unclean-shutdown".into()),
+    });
     b.events.push(wire::Event {
         source: "bay-1".into(),
         kind: "gantry-batch".into(),
         seq: 42,
         ts_ms: T0 + 5000,
-        fields: vec![("bol".into(), wire::WireValue::Text("BOL-1".into())), ("gross_l".into(), wire::WireValue::Float(30000.0))],
+        fields: vec![
+            ("bol".into(), wire::WireValue::Text("BOL-1".into())),
+            ("gross_l".into(), wire::WireValue::Float(30000.0)),
+        ],
     });
-    assert_eq!(s.commit(&[b]).await.expect("commit"), vec![CommitOutcome::Stored { readings: 0, events: 1, gaps: 2 }]);
+    assert_eq!(
+        s.commit(&[b]).await.expect("commit"),
+        vec![CommitOutcome::Stored {
+            readings: 0,
+            events: 1,
+            gaps: 2
+        }]
+    );
     let gaps = s.gaps(Some("s5"), T0, T0 + 200_000).await.expect("gaps");
     assert_eq!(gaps.len(), 2);
     let g_b = tag_id(s, "g/b").await;
-    let full = gaps.iter().find(|g| g.reason == "buffer-full").expect("buffer-full gap");
+    let full = gaps
+        .iter()
+        .find(|g| g.reason == "buffer-full")
+        .expect("buffer-full gap");
     assert_eq!((full.tag_ids.clone(), full.count), (vec![g_b], 60));
-    assert!(gaps.iter().any(|g| g.reason == "unclean-shutdown" && g.tag_ids.is_empty()));
-    assert!(s.gaps(Some("s5"), T0 + 500_000, T0 + 600_000).await.expect("gaps").is_empty());
+    assert!(gaps
+        .iter()
+        .any(|g| g.reason == "unclean-shutdown" && g.tag_ids.is_empty()));
+    assert!(s
+        .gaps(Some("s5"), T0 + 500_000, T0 + 600_000)
+        .await
+        .expect("gaps")
+        .is_empty());
 }
 
 /// Series are bucketed with min/max/avg/last of good values; bad readings are counted apart.
 pub async fn series_are_bucketed(s: &dyn Store) {
-    s.birth(&birth("s6", "a1", "h1", &["t/level"]), T0).await.expect("birth");
+    s.birth(&birth("s6", "a1", "h1", &["t/level"]), T0)
+        .await
+        .expect("birth");
     // Two hours of 1 s data, value = seconds since T0; one bad reading in the second hour.
     let mut b = batch("s6", "a1", "h1", 1, 1, 7200, T0, 0.0);
     b.readings[5000].quality = wire::Quality::BadCommunication;
     b.readings[5000].value = None;
     s.commit(&[b]).await.expect("commit");
     let id = tag_id(s, "t/level").await;
-    let buckets = s.series(id, T0, T0 + 7_200_000, 3_600_000).await.expect("series");
+    let buckets = s
+        .series(id, T0, T0 + 7_200_000, 3_600_000)
+        .await
+        .expect("series");
     assert_eq!(buckets.len(), 2);
     assert_eq!(buckets[0].ts_ms, T0);
     assert_eq!((buckets[0].count, buckets[0].bad), (3600, 0));
-    assert_eq!((buckets[0].min, buckets[0].max, buckets[0].last), (Some(0.0), Some(3599.0), Some(3599.0)));
+    assert_eq!(
+        (buckets[0].min, buckets[0].max, buckets[0].last),
+        (Some(0.0), Some(3599.0), Some(3599.0))
+    );
     assert!((buckets[0].avg.expect("avg") - 1799.5).abs() < 1e-6);
     assert_eq!((buckets[1].count, buckets[1].bad), (3600, 1));
     assert_eq!(buckets[1].last, Some(7199.0));
     let latest = s.latest(&[id]).await.expect("latest");
     assert_eq!(latest.len(), 1);
-    assert_eq!((latest[0].ts_ms, latest[0].value, latest[0].quality.as_str()), (T0 + 7_199_000, Some(7199.0), "good"));
+    assert_eq!(
+        (latest[0].ts_ms, latest[0].value, latest[0].quality.as_str()),
+        (T0 + 7_199_000, Some(7199.0), "good")
+    );
 }
 
 /// Every value kind is kept: numbers, booleans as 0/1, text.
 pub async fn every_value_kind_is_kept(s: &dyn Store) {
-    s.birth(&birth("s7", "a1", "h1", &["v/int", "v/bool", "v/text"]), T0).await.expect("birth");
+    s.birth(&birth("s7", "a1", "h1", &["v/int", "v/bool", "v/text"]), T0)
+        .await
+        .expect("birth");
     let mut b = wire::Batch::new("s7", "a1", 1, "h1", T0);
-    let r = |tag, value| wire::WireReading { tag, ts_ms: T0, value: Some(value), quality: wire::Quality::Good, status: None, error: None, counter: None };
+    let r = |tag, value| wire::WireReading {
+        tag,
+        ts_ms: T0,
+        value: Some(value),
+        quality: wire::Quality::Good,
+        status: None,
+        error: None,
+        counter: None,
+    };
     b.readings.push(r(0, wire::WireValue::Int(-5)));
     b.readings.push(r(1, wire::WireValue::Bool(true)));
-    b.readings.push(r(2, wire::WireValue::Text("DIESEL".into())));
+    b.readings
+        .push(r(2, wire::WireValue::Text("DIESEL".into())));
     s.commit(&[b]).await.expect("commit");
-    let ids = [tag_id(s, "v/int").await, tag_id(s, "v/bool").await, tag_id(s, "v/text").await];
+    let ids = [
+        tag_id(s, "v/int").await,
+        tag_id(s, "v/bool").await,
+        tag_id(s, "v/text").await,
+    ];
     let mut latest = s.latest(&ids).await.expect("latest");
     latest.sort_by_key(|l| ids.iter().position(|i| *i == l.tag_id));
     assert_eq!(latest[0].value, Some(-5.0));
@@ -187,31 +362,66 @@ pub async fn every_value_kind_is_kept(s: &dyn Store) {
 
 /// Status and heartbeat messages show in the agent list.
 pub async fn status_and_heartbeat_update_the_agent(s: &dyn Store) {
-    s.birth(&birth("s8", "a1", "h1", &["k/a"]), T0).await.expect("birth");
-    s.status("s8", "a1", &wire::Status::online(T0, "0.1.0"), T0).await.expect("status");
+    s.birth(&birth("s8", "a1", "h1", &["k/a"]), T0)
+        .await
+        .expect("birth");
+    s.status("s8", "a1", &wire::Status::online(T0, "0.1.0"), T0)
+        .await
+        .expect("status");
     let hb = wire::Heartbeat {
         v: 1,
         ts_ms: T0 + 10,
         uptime_s: 5,
-        buffer: wire::BufferFigures { rows: 3, bytes: 300, readings: 1234, oldest_unsent_ms: Some(T0 - 5000), drain_rate_per_s: 10.0, eta_s: Some(123.4) },
+        buffer: wire::BufferFigures {
+            rows: 3,
+            bytes: 300,
+            readings: 1234,
+            oldest_unsent_ms: Some(T0 - 5000),
+            drain_rate_per_s: 10.0,
+            eta_s: Some(123.4),
+        },
         counters: Default::default(),
         devices: vec![],
     };
-    s.heartbeat("s8", "a1", &hb, T0 + 10).await.expect("heartbeat");
-    let a = s.agents().await.expect("agents").into_iter().find(|a| a.site == "s8").expect("agent");
+    s.heartbeat("s8", "a1", &hb, T0 + 10)
+        .await
+        .expect("heartbeat");
+    let a = s
+        .agents()
+        .await
+        .expect("agents")
+        .into_iter()
+        .find(|a| a.site == "s8")
+        .expect("agent");
     assert!(a.online);
-    assert_eq!((a.backlog_readings, a.oldest_unsent_ms, a.last_seen_ms), (Some(1234), Some(T0 - 5000), Some(T0 + 10)));
-    s.status("s8", "a1", &wire::Status::last_will(T0), T0 + 20).await.expect("will");
-    let a = s.agents().await.expect("agents").into_iter().find(|a| a.site == "s8").expect("agent");
+    assert_eq!(
+        (a.backlog_readings, a.oldest_unsent_ms, a.last_seen_ms),
+        (Some(1234), Some(T0 - 5000), Some(T0 + 10))
+    );
+    s.status("s8", "a1", &wire::Status::last_will(T0), T0 + 20)
+        .await
+        .expect("will");
+    let a = s
+        .agents()
+        .await
+        .expect("agents")
+        .into_iter()
+        .find(|a| a.site == "s8")
+        .expect("agent");
     assert!(!a.online);
 }
 
 /// Dead letters keep topic, reason and size; newest first.
 pub async fn dead_letters_are_kept(s: &dyn Store) {
     for i in 0..3 {
-        s.dead_letter(&DeadLetter { topic: format!("fs/v1/s/a/data#{i}"), payload: vec![0xde; 10 + i], reason: format!("bad {i}"), received_ms: T0 + i as i64 })
-            .await
-            .expect("dead letter");
+        s.dead_letter(&DeadLetter {
+            topic: format!("fs/v1/s/a/data#{i}"),
+            payload: vec![0xde; 10 + i],
+            reason: format!("bad {i}"),
+            received_ms: T0 + i as i64,
+        })
+        .await
+        .expect("dead letter");
     }
     let dl = s.dead_letters(2).await.expect("list");
     assert_eq!(dl.len(), 2);

@@ -1,0 +1,383 @@
+//! PostgreSQL ingest benchmark (`cargo bench -p cloud-ingest --bench pg_ingest`).
+//!
+//! (a) `PgStore::commit` of 200 batches of 5,000 readings (100 tags × 50 s of 1 s data, 1M
+//!     readings) against a raw binary COPY of the same rows into the same table, as one COPY and
+//!     as 200 COPY transactions of 5,000; readings/s of each and the ratio.
+//! (b) `series` of one tag over 30 days of 1 s data (2,592,000 readings) by 1 h buckets: median
+//!     of 5 (and, for reference, the same from raw readings only, and other steps).
+//!
+//! Runs on native partitions, and on TimescaleDB when the extension is installed and preloaded,
+//! each in a database of its own (`fs_bench_<pid>_<layout>`, dropped at the end). The server is
+//! `$FLOWSQUARE_PG` or `host=127.0.0.1 port=5432 user=postgres`. `--quick` loads a tenth.
+
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use cloud_ingest::store::postgres::{PgOptions, PgStore, TimescaleMode};
+use cloud_ingest::store::{CommitOutcome, Store};
+use flowsquare_wire as wire;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::NoTls;
+
+/// 2026-01-01T00:00:00Z.
+const T0: i64 = 1_767_225_600_000;
+const TAGS: u32 = 100;
+const PER_TAG: i64 = 50;
+const BATCH: usize = 5_000;
+const REPS: usize = 3;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn server() -> String {
+    std::env::var("FLOWSQUARE_PG")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".into())
+}
+
+async fn connect(db: &str) -> Res<tokio_postgres::Client> {
+    let (c, conn) = tokio_postgres::connect(&format!("{} dbname={db}", server()), NoTls).await?;
+    tokio::spawn(conn);
+    Ok(c)
+}
+
+fn birth(site: &str, names: &[String]) -> wire::Birth {
+    wire::Birth {
+        v: 1,
+        site: site.into(),
+        agent: "gw".into(),
+        agent_version: "bench".into(),
+        config_hash: "h".into(),
+        started_ms: T0,
+        devices: vec![wire::DeviceInfo {
+            name: "plc".into(),
+            protocol: "modbus-tcp".into(),
+            description: None,
+        }],
+        tags: names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| wire::TagInfo {
+                id: i as u32,
+                name: n.clone(),
+                unit: Some("m".into()),
+                kind: "gauge".into(),
+                device: "plc".into(),
+                description: None,
+                data_type: "f32".into(),
+                poll_interval_ms: 1000,
+            })
+            .collect(),
+    }
+}
+
+/// Batch `k` of the throughput run: `TAGS` tags × `PER_TAG` seconds, tank-level-like values.
+fn batch(site: &str, k: u64, tags: u32, per_tag: i64, t0: i64) -> wire::Batch {
+    let mut b = wire::Batch::new(site, "gw", k + 1, "h", t0);
+    for tag in 0..tags {
+        for i in 0..per_tag {
+            let s = (t0 - T0) / 1000 + i;
+            b.readings.push(wire::WireReading {
+                tag,
+                ts_ms: t0 + i * 1000,
+                value: Some(wire::WireValue::Float(
+                    1000.0 + f64::from(tag) + (s % 3600) as f64 * 0.001,
+                )),
+                quality: wire::Quality::Good,
+                status: None,
+                error: None,
+                counter: None,
+            });
+        }
+    }
+    b
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Raw binary COPY of `rows` (tag id, ts, value) in chunks of `chunk`, one transaction each.
+async fn raw_copy(
+    c: &mut tokio_postgres::Client,
+    rows: &[(i64, i64, f64)],
+    chunk: usize,
+) -> Res<Duration> {
+    let types = [
+        Type::INT8,
+        Type::TIMESTAMPTZ,
+        Type::FLOAT8,
+        Type::TEXT,
+        Type::INT2,
+        Type::INT8,
+        Type::TEXT,
+        Type::INT2,
+        Type::FLOAT8,
+    ];
+    let start = Instant::now();
+    for part in rows.chunks(chunk) {
+        let tx = c.transaction().await?;
+        let sink = tx
+            .copy_in(
+                "COPY flowsquare.readings (tag_id, ts, value, text, quality, status, error, counter_kind, counter_value)
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        let mut w = pin!(BinaryCopyInWriter::new(sink, &types));
+        let (none_s, none_i, none_q, none_f): (
+            Option<&str>,
+            Option<i64>,
+            Option<i16>,
+            Option<f64>,
+        ) = (None, None, None, None);
+        for (tag, ts, v) in part {
+            let ts = std::time::UNIX_EPOCH + Duration::from_millis(*ts as u64);
+            let vals: [&(dyn ToSql + Sync); 9] = [
+                tag, &ts, v, &none_s, &0i16, &none_i, &none_s, &none_q, &none_f,
+            ];
+            w.as_mut().write(&vals).await?;
+        }
+        w.as_mut().finish().await?;
+        tx.commit().await?;
+    }
+    Ok(start.elapsed())
+}
+
+async fn reset(c: &tokio_postgres::Client) -> Res<()> {
+    // One statement per call: VACUUM cannot run in the implicit transaction of a multi-statement query.
+    for sql in [
+        "TRUNCATE flowsquare.readings, flowsquare.batches, flowsquare.rollup_1m, flowsquare.rollup_1h",
+        "VACUUM ANALYZE flowsquare.readings",
+        "CHECKPOINT",
+    ] {
+        c.batch_execute(sql).await?;
+    }
+    Ok(())
+}
+
+async fn run(layout: &str, mode: TimescaleMode, scale: i64) -> Res<()> {
+    let admin = connect("postgres").await?;
+    let db = format!("fs_bench_{}_{layout}", std::process::id());
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await?;
+    let result = run_in(&db, layout, mode, scale).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await?;
+    result
+}
+
+async fn run_in(db: &str, layout: &str, mode: TimescaleMode, scale: i64) -> Res<()> {
+    let store = PgStore::connect(
+        &format!("{} dbname={db}", server()),
+        PgOptions {
+            timescale: mode,
+            ..PgOptions::default()
+        },
+    )
+    .await?;
+    let described = store.migrate().await?;
+    println!("\n== {layout}: {described}");
+    let mut c = connect(db).await?;
+
+    // ---- (a) commit() vs raw COPY ----
+    let n_batches = (200 / scale) as u64;
+    let names: Vec<String> = (0..TAGS).map(|i| format!("tank/T{i:03}.level")).collect();
+    store.birth(&birth("a", &names), T0).await?;
+    let ids: Vec<i64> = {
+        let tags = store.tags(Some("a"), None).await?;
+        names
+            .iter()
+            .map(|n| {
+                tags.iter()
+                    .find(|t| &t.name == n)
+                    .map(|t| t.id)
+                    .ok_or("tag")
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let batches: Vec<wire::Batch> = (0..n_batches)
+        .map(|k| batch("a", k, TAGS, PER_TAG, T0 + k as i64 * PER_TAG * 1000))
+        .collect();
+    let rows: Vec<(i64, i64, f64)> = batches
+        .iter()
+        .flat_map(|b| b.readings.iter())
+        .map(|r| {
+            let v = match r.value {
+                Some(wire::WireValue::Float(f)) => f,
+                _ => 0.0,
+            };
+            (ids[r.tag as usize], r.ts_ms, v)
+        })
+        .collect();
+    let total = rows.len() as f64;
+    assert_eq!(batches[0].readings.len(), BATCH);
+    // Warm-up: partitions/chunks of the day exist, statements are prepared.
+    store.commit(&batches[..1]).await?;
+    let (mut one, mut chunked, mut commit, mut commit10) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..REPS {
+        reset(&c).await?;
+        one.push(total / raw_copy(&mut c, &rows, rows.len()).await?.as_secs_f64());
+        reset(&c).await?;
+        chunked.push(total / raw_copy(&mut c, &rows, BATCH).await?.as_secs_f64());
+        reset(&c).await?;
+        let start = Instant::now();
+        for b in &batches {
+            let out = store.commit(std::slice::from_ref(b)).await?;
+            assert!(matches!(out[0], CommitOutcome::Stored { .. }), "{out:?}");
+        }
+        commit.push(total / start.elapsed().as_secs_f64());
+        reset(&c).await?;
+        let start = Instant::now();
+        for slice in batches.chunks(10) {
+            let out = store.commit(slice).await?;
+            assert!(
+                out.iter()
+                    .all(|o| matches!(o, CommitOutcome::Stored { .. })),
+                "{out:?}"
+            );
+        }
+        commit10.push(total / start.elapsed().as_secs_f64());
+    }
+    let (one, chunked, commit, commit10) = (
+        median(one),
+        median(chunked),
+        median(commit),
+        median(commit10),
+    );
+    println!(
+        "(a) {} readings, batches of {BATCH} ({TAGS} tags x {PER_TAG} s), median of {REPS}:",
+        total as u64
+    );
+    println!("    raw binary COPY, one COPY of all rows             {one:>10.0} readings/s");
+    println!("    raw binary COPY, one transaction per {BATCH}       {chunked:>10.0} readings/s");
+    println!("    PgStore::commit, 1 batch per call (transaction)   {commit:>10.0} readings/s");
+    println!("    PgStore::commit, 10 batches per call              {commit10:>10.0} readings/s");
+    println!(
+        "    commit(1 batch)   / raw COPY per {BATCH}: {:.2}x   / raw single COPY: {:.2}x",
+        commit / chunked,
+        commit / one
+    );
+    println!(
+        "    commit(10 batches)/ raw COPY per {BATCH}: {:.2}x   / raw single COPY: {:.2}x",
+        commit10 / chunked,
+        commit10 / one
+    );
+
+    // ---- (b) series over 30 days of 1 s data ----
+    let days = 30 / scale;
+    let secs = days * 86_400;
+    store
+        .birth(&birth("b", &["tank/T900.level".to_string()]), T0)
+        .await?;
+    let tag = store.tags(Some("b"), None).await?[0].id;
+    let start = Instant::now();
+    let mut k = 0u64;
+    let mut s = 0i64;
+    while s < secs {
+        let n = (secs - s).min(BATCH as i64);
+        let mut b = batch("b", k, 1, n, T0 + s * 1000);
+        // Some bad readings, as a real feed has.
+        for r in b.readings.iter_mut().step_by(997) {
+            r.quality = wire::Quality::BadCommunication;
+            r.value = None;
+        }
+        store.commit(&[b]).await?;
+        s += n;
+        k += 1;
+    }
+    let load = start.elapsed();
+    for t in ["readings", "rollup_1m", "rollup_1h"] {
+        c.batch_execute(&format!("VACUUM ANALYZE flowsquare.{t}"))
+            .await?;
+    }
+    println!(
+        "(b) loaded {secs} readings of one tag ({days} days of 1 s) through commit() in {:.1} s ({:.0} readings/s)",
+        load.as_secs_f64(),
+        secs as f64 / load.as_secs_f64()
+    );
+    let to = T0 + secs * 1000;
+    let label = format!("series, {days} days by 1 h");
+    let cases: [(&str, i64, i64, bool); 5] = [
+        (&label, to, 3_600_000, false),
+        ("same from raw readings only", to, 3_600_000, true),
+        ("series, 1 day by 1 min", T0 + 86_400_000, 60_000, false),
+        (
+            "series, 7 days by 15 min",
+            T0 + 7 * 86_400_000,
+            900_000,
+            false,
+        ),
+        (
+            "series, 1 day by 90 s (raw)",
+            T0 + 86_400_000,
+            90_000,
+            false,
+        ),
+    ];
+    for (what, to, step, raw) in cases {
+        let mut times = Vec::new();
+        let mut buckets = 0;
+        for i in 0..6 {
+            let start = Instant::now();
+            let out = if raw {
+                store.series_from_raw(tag, T0, to, step).await?
+            } else {
+                store.series(tag, T0, to, step).await?
+            };
+            if i > 0 {
+                times.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            buckets = out.len();
+            let count: i64 = out.iter().map(|b| b.count).sum();
+            assert_eq!(count, (to - T0).min(secs * 1000) / 1000, "{what}");
+        }
+        println!(
+            "    {what:<32} {buckets:>5} buckets  median of 5: {:>8.1} ms",
+            median(times)
+        );
+    }
+    store.close();
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Res<()> {
+    let scale = if std::env::args().any(|a| a == "--quick") {
+        10
+    } else {
+        1
+    };
+    let admin = match connect("postgres").await {
+        Ok(c) => c,
+        Err(e) => {
+            println!("SKIPPED: PostgreSQL not reachable ({e})");
+            return Ok(());
+        }
+    };
+    let version: String = admin.query_one("SHOW server_version", &[]).await?.get(0);
+    println!("PostgreSQL {version}");
+    run("native", TimescaleMode::Off, scale).await?;
+    let ts = admin
+        .query_opt(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'",
+            &[],
+        )
+        .await?
+        .is_some();
+    let preload: String = admin
+        .query_one("SHOW shared_preload_libraries", &[])
+        .await?
+        .get(0);
+    if ts && preload.contains("timescaledb") {
+        run("timescaledb", TimescaleMode::Require, scale).await?;
+    } else {
+        println!("\nSKIPPED timescaledb: extension not installed or not preloaded");
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! The `cloud-ingest` command line: `serve`, `migrate`, `check-config`, `import`.
+
+mod import;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::IngestConfig;
+use crate::store::Store;
+
+/// Errors of the command line layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The configuration cannot be used.
+    #[error("{0}")]
+    Config(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A file could not be read or written.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// FlowSquare cloud ingest: consumes edge agents' batches from MQTT, commits them to
+/// PostgreSQL/TimescaleDB (or the embedded SQLite database when no database URL is configured),
+/// and acknowledges each batch to its agent only after the commit.
+#[derive(Debug, Parser)]
+#[command(name = "cloud-ingest", version, about, long_about)]
+pub struct Cli {
+    /// Configuration file (TOML; see config/cloud-ingest.example.toml). Without one: embedded
+    /// defaults (SQLite file flowsquare-ingest.db, broker mqtt://127.0.0.1:1883).
+    #[arg(long, short, global = true, env = "CLOUD_INGEST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log level filter.
+    #[arg(long, global = true, env = "CLOUD_INGEST_LOG", default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    /// What to do.
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: migrate, then consume until SIGINT/SIGTERM.
+    Serve,
+    /// Create or upgrade the database schema, print what is in use, and exit.
+    Migrate,
+    /// Validate the configuration file and exit (non-zero on errors).
+    CheckConfig,
+    /// Print the SHA-256 of a bearer token read from standard input, for `[[api.tokens]] sha256`.
+    HashToken,
+    /// Import a file made by `edge-agent buffer export` (importing twice stores once).
+    Import {
+        /// The export file.
+        file: PathBuf,
+    },
+}
+
+/// Load the configuration (defaults when no file is given).
+pub fn load_config(path: Option<&Path>) -> Result<IngestConfig, CliError> {
+    match path {
+        None => Ok(IngestConfig::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| CliError::Config(format!("{}: {e}", p.display())))?;
+            IngestConfig::parse(&text)
+                .map_err(|e| CliError::Config(format!("{}: {e}", p.display())))
+        }
+    }
+}
+
+/// Open the configured store and migrate it.
+pub async fn open_store(cfg: &IngestConfig) -> Result<Arc<dyn Store>, CliError> {
+    let store: Arc<dyn Store> = match &cfg.database.url {
+        Some(url) => Arc::new(
+            crate::store::postgres::PgStore::connect(
+                url,
+                crate::store::postgres::PgOptions::default(),
+            )
+            .await?,
+        ),
+        None => {
+            let path = cfg
+                .database
+                .sqlite_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("flowsquare-ingest.db"));
+            Arc::new(crate::store::sqlite::SqliteStore::open(&path)?)
+        }
+    };
+    let what = store.migrate().await?;
+    tracing::info!(store = %what, "database ready");
+    Ok(store)
+}
+
+/// Run the parsed command.
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let cfg = load_config(cli.config.as_deref())?;
+    match cli.command {
+        Command::HashToken => {
+            let mut token = String::new();
+            std::io::stdin().read_line(&mut token)?;
+            let token = token.trim_end_matches(['\n', '\r']);
+            if token.is_empty() {
+                return Err(CliError::Config("no token on standard input".into()));
+            }
+            println!("{}", crate::api::hash_token(token));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => {
+            cfg.broker_addr().map_err(CliError::Config)?;
+            cfg.api
+                .validate()
+                .map_err(|e| CliError::Config(format!("[api]: {e}")))?;
+            println!(
+                "ok: broker {}, topic root {}, group {:?}, database {}",
+                cfg.mqtt.broker,
+                cfg.mqtt.topic_root,
+                cfg.mqtt.group,
+                if cfg.database.url.is_some() {
+                    "postgresql"
+                } else {
+                    "sqlite (embedded)"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let store = open_store(&cfg).await?;
+            println!("{}", store.migrate().await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import { file } => {
+            let store = open_store(&cfg).await?;
+            import::run(&file, &*store).await
+        }
+        Command::Serve => serve(cfg).await,
+    }
+}
+
+async fn serve(cfg: IngestConfig) -> Result<ExitCode, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let store = open_store(&cfg).await?;
+    let stats = Arc::new(crate::consume::ConsumerStats::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    cfg.api
+        .validate()
+        .map_err(|e| CliError::Config(format!("[api]: {e}")))?;
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consumer = tokio::spawn(crate::consume::run(
+        cfg.clone(),
+        store.clone(),
+        stats.clone(),
+        ready.clone(),
+        stop_rx.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind(&cfg.api.listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "HTTP API at http://{}/api/v1 (OpenAPI: /api/v1/openapi.json)", listener.local_addr()?);
+    let state = crate::api::ApiState {
+        store: store.clone(),
+        stats: stats.clone(),
+        config: Arc::new(cfg.api.clone()),
+        ready: ready.clone(),
+    };
+    let mut api_stop = stop_rx.clone();
+    let api = tokio::spawn(crate::api::serve(listener, state, async move {
+        let _ = api_stop.changed().await;
+    }));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    let _ = stop_tx.send(true);
+    let _ = api.await;
+    match consumer.await {
+        Ok(Err(e)) => return Err(CliError::Config(e)),
+        Err(e) => tracing::error!(error = %e, "consumer task failed"),
+        Ok(Ok(())) => {}
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    tracing::info!(
+        received = stats.received.load(Relaxed),
+        stored_batches = stats.stored_batches.load(Relaxed),
+        stored_readings = stats.stored_readings.load(Relaxed),
+        duplicates = stats.duplicates.load(Relaxed),
+        dead_letters = stats.dead_letters.load(Relaxed),
+        "cloud-ingest stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}

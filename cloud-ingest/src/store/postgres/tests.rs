@@ -1,0 +1,974 @@
+//! PostgreSQL tests: the shared suite on native partitions and on TimescaleDB, and tests of what
+//! only this backend does (outages, partitions, retention, COPY volume, rollups, concurrency).
+//!
+//! Each test gets a database of its own (`fs_test_<pid>_<n>_<random>`) on the local server
+//! (`host=127.0.0.1 port=5432 user=postgres`, trust authentication), dropped when the test's
+//! store is dropped. Without a server the tests print `SKIPPED: PostgreSQL not reachable` and
+//! pass, unless `FLOWSQUARE_REQUIRE_ALL` is set: then they fail.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use flowsquare_wire as wire;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::read::Source;
+use super::types::DAY_MS;
+use super::*;
+use crate::store::suite::{self, T0};
+
+/// The local server.
+const SERVER: &str = "host=127.0.0.1 port=5432 user=postgres";
+
+/// A connection to the `postgres` database, or `None` (skip) when the server is unreachable.
+async fn admin() -> Option<tokio_postgres::Client> {
+    match tokio_postgres::connect(
+        &format!("{SERVER} dbname=postgres connect_timeout=5"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    {
+        Ok((client, conn)) => {
+            tokio::spawn(conn);
+            Some(client)
+        }
+        Err(e) => {
+            if std::env::var_os("FLOWSQUARE_REQUIRE_ALL").is_some() {
+                panic!(
+                    "PostgreSQL not reachable at {SERVER} ({e}) and FLOWSQUARE_REQUIRE_ALL is set"
+                );
+            }
+            println!("SKIPPED: PostgreSQL not reachable ({e})");
+            None
+        }
+    }
+}
+
+/// A database name never used before.
+fn unique_name() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "fs_test_{}_{}_{:08x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos ^ 0x5bd1_e995
+    )
+}
+
+/// A database of its own, dropped (with its connections) on drop.
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    async fn create(admin: &tokio_postgres::Client) -> TestDb {
+        let name = unique_name();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        TestDb { name }
+    }
+
+    fn url(&self) -> String {
+        format!("{SERVER} dbname={}", self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok((c, conn)) = tokio_postgres::connect(
+                    &format!("{SERVER} dbname=postgres"),
+                    tokio_postgres::NoTls,
+                )
+                .await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A migrated store on a database of its own.
+struct TestStore {
+    pg: PgStore,
+    db: TestDb,
+    described: String,
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        self.pg.close();
+    }
+}
+
+async fn make_with(opts: PgOptions) -> Option<TestStore> {
+    let admin = admin().await?;
+    let db = TestDb::create(&admin).await;
+    let pg = PgStore::connect(&db.url(), opts).await.expect("connect");
+    let described = pg.migrate().await.expect("migrate");
+    Some(TestStore { pg, db, described })
+}
+
+fn native() -> PgOptions {
+    PgOptions {
+        timescale: TimescaleMode::Off,
+        ..PgOptions::default()
+    }
+}
+
+async fn make() -> Option<Box<dyn Store>> {
+    Some(Box::new(make_with(native()).await?))
+}
+
+#[async_trait]
+impl Store for TestStore {
+    async fn migrate(&self) -> Result<String, StoreError> {
+        self.pg.migrate().await
+    }
+    async fn commit(&self, batches: &[wire::Batch]) -> Result<Vec<CommitOutcome>, StoreError> {
+        self.pg.commit(batches).await
+    }
+    async fn dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
+        self.pg.dead_letter(dl).await
+    }
+    async fn birth(&self, b: &wire::Birth, received_ms: i64) -> Result<(), StoreError> {
+        self.pg.birth(b, received_ms).await
+    }
+    async fn status(
+        &self,
+        site: &str,
+        agent: &str,
+        s: &wire::Status,
+        received_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.pg.status(site, agent, s, received_ms).await
+    }
+    async fn heartbeat(
+        &self,
+        site: &str,
+        agent: &str,
+        h: &wire::Heartbeat,
+        received_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.pg.heartbeat(site, agent, h, received_ms).await
+    }
+    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        self.pg.agents().await
+    }
+    async fn tags(
+        &self,
+        site: Option<&str>,
+        prefix: Option<&str>,
+    ) -> Result<Vec<TagRow>, StoreError> {
+        self.pg.tags(site, prefix).await
+    }
+    async fn latest(&self, tag_ids: &[i64]) -> Result<Vec<LatestRow>, StoreError> {
+        self.pg.latest(tag_ids).await
+    }
+    async fn series(
+        &self,
+        tag_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        self.pg.series(tag_id, from_ms, to_ms, step_ms).await
+    }
+    async fn count_readings(
+        &self,
+        tag_id: Option<i64>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<i64, StoreError> {
+        self.pg.count_readings(tag_id, from_ms, to_ms).await
+    }
+    async fn gaps(
+        &self,
+        site: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<GapRow>, StoreError> {
+        self.pg.gaps(site, from_ms, to_ms).await
+    }
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
+        self.pg.dead_letters(limit).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.pg.ping().await
+    }
+}
+
+crate::store_suite!(async { make().await });
+
+/// The same suite on TimescaleDB hypertables, where the extension is installed.
+mod timescale {
+    use super::*;
+
+    async fn make() -> Option<Box<dyn Store>> {
+        Some(Box::new(make_ts().await?))
+    }
+
+    async fn make_ts() -> Option<TestStore> {
+        let admin = admin().await?;
+        let available = admin
+            .query_opt(
+                "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'",
+                &[],
+            )
+            .await
+            .expect("pg_available_extensions");
+        if available.is_none() {
+            println!("SKIPPED: timescaledb extension not installed");
+            return None;
+        }
+        let preload: String = admin
+            .query_one("SHOW shared_preload_libraries", &[])
+            .await
+            .expect("show")
+            .get(0);
+        if !preload.contains("timescaledb") {
+            println!(
+                "SKIPPED: timescaledb extension installed but not in shared_preload_libraries"
+            );
+            return None;
+        }
+        let s = make_with(PgOptions {
+            timescale: TimescaleMode::Require,
+            retention_days: Some(30),
+            ..PgOptions::default()
+        })
+        .await?;
+        assert!(s.described.starts_with("timescaledb "), "{}", s.described);
+        println!("{}", s.described);
+        Some(s)
+    }
+
+    crate::store_suite!(async { make().await });
+
+    /// Explicit compression, aggregate refresh and retention work, and the data stays readable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn maintenance_runs_on_demand() {
+        let Some(s) = make_ts().await else { return };
+        let pg = &s.pg;
+        pg.birth(&suite::birth("m", "a", "h", &["x"]), T0)
+            .await
+            .expect("birth");
+        let b = suite::batch("m", "a", "h", 1, 1, 7200, T0, 0.0);
+        pg.commit(&[b]).await.expect("commit");
+        pg.refresh_aggregates(T0, T0 + 7_200_000)
+            .await
+            .expect("refresh");
+        let client = pg.client().await.expect("client");
+        let row = client
+            .query_one("SELECT sum(count)::int8, max(max), min(min) FROM flowsquare.agg_1h WHERE bucket >= $1", &[&types::Ts(T0)])
+            .await
+            .expect("agg");
+        assert_eq!(
+            (
+                row.get::<_, i64>(0),
+                row.get::<_, f64>(1),
+                row.get::<_, f64>(2)
+            ),
+            (7200, 7199.0, 0.0)
+        );
+        // T0 (2026-01-01) is more than a day old: its chunks compress, and stay readable.
+        assert!(
+            pg.compress_chunks_older_than(Duration::from_secs(86_400))
+                .await
+                .expect("compress")
+                >= 1
+        );
+        assert_eq!(
+            pg.count_readings(None, T0, T0 + 7_200_000)
+                .await
+                .expect("count"),
+            7200
+        );
+        let buckets = pg
+            .series(tag_id(pg, "x").await, T0, T0 + 7_200_000, 3_600_000)
+            .await
+            .expect("series");
+        assert_eq!(buckets.iter().map(|b| b.count).sum::<i64>(), 7200);
+        // Retention (30 days) drops the 2026-01-01 chunks when that is long enough ago.
+        let _ = pg.drop_expired_partitions().await.expect("retention");
+    }
+}
+
+// ---- PostgreSQL-specific behaviour ----
+
+async fn relation_exists(client: &deadpool_postgres::Object, name: &str) -> bool {
+    client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .expect("to_regclass")
+        .get(0)
+}
+
+async fn tag_id(s: &PgStore, name: &str) -> i64 {
+    s.tags(None, Some(name))
+        .await
+        .expect("tags")
+        .into_iter()
+        .find(|t| t.name == name)
+        .expect("tag")
+        .id
+}
+
+fn stored(readings: u64) -> CommitOutcome {
+    CommitOutcome::Stored {
+        readings,
+        events: 0,
+        gaps: 0,
+    }
+}
+
+#[test]
+fn retryable_sqlstates() {
+    for code in [
+        "08006", "08001", "57P01", "57P03", "53300", "40001", "40P01",
+    ] {
+        assert!(is_retryable_sqlstate(code), "{code}");
+    }
+    for code in ["23505", "23514", "42P01", "22P02", "28P01"] {
+        assert!(!is_retryable_sqlstate(code), "{code}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_describes_the_layout_and_keeps_it() {
+    let Some(s) = make_with(native()).await else {
+        return;
+    };
+    assert_eq!(s.described, "native daily partitions (timescaledb off)");
+    assert_eq!(s.pg.layout().await.expect("layout"), Layout::Native);
+    // Another process with another mode: Auto keeps the layout, Require refuses.
+    let auto = PgStore::connect(&s.db.url(), PgOptions::default())
+        .await
+        .expect("connect");
+    assert!(auto
+        .migrate()
+        .await
+        .expect("migrate")
+        .starts_with("native daily partitions"));
+    let require = PgStore::connect(
+        &s.db.url(),
+        PgOptions {
+            timescale: TimescaleMode::Require,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .expect("connect");
+    let e = require
+        .migrate()
+        .await
+        .expect_err("require on a native database");
+    assert!(
+        matches!(e, StoreError::Invalid(_)) && !e.is_transient(),
+        "{e}"
+    );
+    // Partitions exist ahead.
+    let client = s.pg.client().await.expect("client");
+    let today = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        / DAY_MS;
+    let ahead = format!(
+        "flowsquare.readings_p{}",
+        types::day_name(today + 7).expect("day")
+    );
+    assert!(relation_exists(&client, &ahead).await, "{ahead}");
+}
+
+/// A TCP proxy in front of the server: stopping it is a database outage as the ingest sees it
+/// (connections cut, new ones refused); starting it again on the same port ends the outage.
+struct Proxy {
+    port: u16,
+    accept: Option<JoinHandle<()>>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(port: u16) -> Proxy {
+        let sock = TcpSocket::new_v4().expect("socket");
+        sock.set_reuseaddr(true).expect("reuseaddr");
+        sock.bind(([127, 0, 0, 1], port).into())
+            .expect("bind proxy");
+        let listener = sock.listen(64).expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let c = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut up) = TcpStream::connect("127.0.0.1:5432").await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                c.lock().expect("conns").push(task);
+            }
+        });
+        Proxy {
+            port,
+            accept: Some(accept),
+            conns,
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(a) = self.accept.take() {
+            a.abort();
+        }
+        for t in self.conns.lock().expect("conns").drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_transient_and_the_store_recovers() {
+    let Some(admin) = admin().await else { return };
+    let db = TestDb::create(&admin).await;
+    let mut proxy = Proxy::start(0).await;
+    let url = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={} connect_timeout=3",
+        proxy.port, db.name
+    );
+    let s = PgStore::connect(
+        &url,
+        PgOptions {
+            pool_size: 2,
+            ..native()
+        },
+    )
+    .await
+    .expect("connect");
+    s.migrate().await.expect("migrate");
+    s.birth(&suite::birth("o", "a", "h", &["x"]), T0)
+        .await
+        .expect("birth");
+    let b1 = suite::batch("o", "a", "h", 1, 1, 100, T0, 0.0);
+    let b2 = suite::batch("o", "a", "h", 2, 1, 100, T0 + 100_000, 0.0);
+    assert_eq!(
+        s.commit(std::slice::from_ref(&b1)).await.expect("commit"),
+        vec![stored(100)]
+    );
+
+    proxy.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let e = tokio::time::timeout(Duration::from_secs(30), s.commit(std::slice::from_ref(&b2)))
+            .await
+            .expect("no hang while down")
+            .expect_err("the database is down");
+        assert!(e.is_transient(), "outage error must be transient: {e:?}");
+    }
+    let e = s.ping().await.expect_err("down");
+    assert!(e.is_transient(), "{e:?}");
+
+    let _proxy = Proxy::start(proxy.port).await;
+    let mut out = None;
+    for _ in 0..5 {
+        match s.commit(std::slice::from_ref(&b2)).await {
+            Ok(o) => {
+                out = Some(o);
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_transient(), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert_eq!(
+        out.expect("works again after the outage"),
+        vec![stored(100)]
+    );
+    assert_eq!(
+        s.commit(&[b1]).await.expect("commit"),
+        vec![CommitOutcome::Duplicate]
+    );
+    assert_eq!(
+        s.count_readings(None, T0, T0 + 1_000_000)
+            .await
+            .expect("count"),
+        200
+    );
+    s.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_connections_are_replaced() {
+    let Some(admin) = admin().await else { return };
+    let Some(s) = make_with(PgOptions {
+        pool_size: 3,
+        ..native()
+    })
+    .await
+    else {
+        return;
+    };
+    s.pg.birth(&suite::birth("k", "a", "h", &["x"]), T0)
+        .await
+        .expect("birth");
+    for id in 1..=3u64 {
+        let b = suite::batch("k", "a", "h", id, 1, 10, T0 + id as i64 * 10_000, 0.0);
+        let killed: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&s.db.name],
+            )
+            .await
+            .expect("terminate")
+            .get(0);
+        assert!(killed >= 1, "the pool had connections");
+        let mut failures = 0;
+        let out = loop {
+            match s.pg.commit(std::slice::from_ref(&b)).await {
+                Ok(o) => break o,
+                Err(e) => {
+                    assert!(e.is_transient(), "{e:?}");
+                    failures += 1;
+                    assert!(
+                        failures <= 2,
+                        "still failing after {failures} attempts: {e}"
+                    );
+                }
+            }
+        };
+        assert_eq!(out, vec![stored(10)]);
+    }
+    assert_eq!(
+        s.pg.count_readings(None, T0, T0 + 100_000)
+            .await
+            .expect("count"),
+        30
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_data_gets_partitions_on_demand_and_retention_drops_them() {
+    let Some(s) = make_with(PgOptions {
+        retention_days: Some(30),
+        ..native()
+    })
+    .await
+    else {
+        return;
+    };
+    let s = &s.pg;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let today = now.div_euclid(DAY_MS) * DAY_MS;
+    let old_t = today - 40 * DAY_MS + 3_600_000;
+    s.birth(&suite::birth("r", "a", "h", &["x", "y"]), now)
+        .await
+        .expect("birth");
+    let mut old = suite::batch("r", "a", "h", 1, 2, 500, old_t, 1.0);
+    old.events.push(wire::Event {
+        source: "bay".into(),
+        kind: "k".into(),
+        seq: 1,
+        ts_ms: old_t,
+        fields: vec![],
+    });
+    let recent = suite::batch("r", "a", "h", 2, 2, 500, today + 60_000, 1.0);
+    assert_eq!(
+        s.commit(std::slice::from_ref(&old)).await.expect("old"),
+        vec![CommitOutcome::Stored {
+            readings: 1000,
+            events: 1,
+            gaps: 0
+        }]
+    );
+    assert_eq!(
+        s.commit(&[recent]).await.expect("recent"),
+        vec![stored(1000)]
+    );
+    let client = s.client().await.expect("client");
+    let part = format!(
+        "flowsquare.readings_p{}",
+        types::day_name(old_t.div_euclid(DAY_MS)).expect("day")
+    );
+    assert!(
+        relation_exists(&client, &part).await,
+        "{part} created on demand"
+    );
+    assert_eq!(
+        s.count_readings(None, old_t, old_t + DAY_MS)
+            .await
+            .expect("count"),
+        1000
+    );
+
+    let dropped = s.drop_expired_partitions().await.expect("retention");
+    assert!(
+        dropped >= 2,
+        "readings and events of the old day: {dropped}"
+    );
+    assert!(!relation_exists(&client, &part).await, "{part} dropped");
+    assert_eq!(
+        s.count_readings(None, old_t, old_t + DAY_MS)
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(
+        s.count_readings(None, today, today + DAY_MS)
+            .await
+            .expect("count"),
+        1000
+    );
+    // The ledger outlives the data: a late re-send is still a duplicate.
+    assert_eq!(
+        s.commit(&[old]).await.expect("again"),
+        vec![CommitOutcome::Duplicate]
+    );
+    // Old data arriving after retention still gets a partition (and goes with the next run).
+    let late = suite::batch("r", "a", "h", 3, 1, 10, old_t + 7_200_000, 1.0);
+    assert_eq!(s.commit(&[late]).await.expect("late"), vec![stored(10)]);
+    assert!(s.drop_expired_partitions().await.expect("retention") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_takes_100k_readings_in_one_commit() {
+    let Some(s) = make_with(native()).await else {
+        return;
+    };
+    let s = &s.pg;
+    let names: Vec<String> = (0..100).map(|i| format!("bulk/t{i:03}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    s.birth(&suite::birth("b", "a", "h", &refs), T0)
+        .await
+        .expect("birth");
+    let b = suite::batch("b", "a", "h", 1, 100, 1000, T0, 0.5);
+    assert_eq!(s.commit(&[b]).await.expect("commit"), vec![stored(100_000)]);
+    assert_eq!(
+        s.count_readings(None, T0, T0 + 1_000_000)
+            .await
+            .expect("count"),
+        100_000
+    );
+    let id = tag_id(s, "bulk/t042").await;
+    let buckets = s
+        .series(id, T0, T0 + 1_000_000, 60_000)
+        .await
+        .expect("series");
+    assert_eq!(buckets.iter().map(|b| b.count).sum::<i64>(), 1000);
+    assert_eq!(buckets.last().and_then(|b| b.last), Some(999.5));
+}
+
+/// Rollup-based series equal the raw computation, with late data, duplicates, bad readings,
+/// non-numeric values and ranges that do not start or end on a unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_from_rollups_equal_series_from_raw_readings() {
+    let Some(s) = make_with(native()).await else {
+        return;
+    };
+    let s = &s.pg;
+    s.birth(&suite::birth("q", "a", "h", &["p/a", "p/b"]), T0)
+        .await
+        .expect("birth");
+    let mk = |id: u64, t0: i64, n: i64| {
+        let mut b = suite::batch("q", "a", "h", id, 2, n, t0, (id * 7) as f64);
+        for (i, r) in b.readings.iter_mut().enumerate() {
+            match i % 97 {
+                0 => {
+                    r.quality = wire::Quality::BadDevice;
+                    r.value = None;
+                }
+                1 => r.quality = wire::Quality::Stale, // bad, with a value
+                2 => r.value = Some(wire::WireValue::Bool(i % 2 == 0)),
+                3 => r.value = Some(wire::WireValue::Text("x".into())),
+                4 => r.value = Some(wire::WireValue::Int(-(i as i64))),
+                _ => {}
+            }
+        }
+        b
+    };
+    // 3 h of data in 4 batches, the second hour arriving last (late data into rolled-up units).
+    let batches = [
+        mk(1, T0, 3600),
+        mk(3, T0 + 7_200_000, 3600),
+        mk(4, T0 + 10_800_000, 1800),
+        mk(2, T0 + 3_600_000, 3600),
+    ];
+    for b in &batches {
+        s.commit(std::slice::from_ref(b)).await.expect("commit");
+    }
+    assert_eq!(
+        s.commit(&batches[1..3]).await.expect("dups"),
+        vec![CommitOutcome::Duplicate; 2]
+    );
+    let id = tag_id(s, "p/b").await;
+    let ranges = [
+        (T0, T0 + 4 * 3_600_000, 3_600_000),
+        (T0 + 1_234_567, T0 + 12_000_000, 3_600_000),
+        (T0 - 3_600_000, T0 + 9_000_001, 7_200_000),
+        (T0 + 59_999, T0 + 5_000_000, 60_000),
+        (T0 + 30_000, T0 + 3_000_000, 300_000),
+        (T0, T0 + 4 * 3_600_000, 90_000),
+        (T0 + 3_599_000, T0 + 3_601_000, 3_600_000),
+    ];
+    for (from, to, step) in ranges {
+        let best = read::series(s, id, from, to, step, Source::Best)
+            .await
+            .expect("best");
+        let raw = read::series(s, id, from, to, step, Source::Raw)
+            .await
+            .expect("raw");
+        assert!(!raw.is_empty());
+        assert_eq!(best.len(), raw.len(), "{from} {to} {step}");
+        for (b, r) in best.iter().zip(&raw) {
+            assert_eq!(
+                (b.ts_ms, b.count, b.bad, b.min, b.max, b.last),
+                (r.ts_ms, r.count, r.bad, r.min, r.max, r.last),
+                "{from} {to} {step}"
+            );
+            let (ba, ra) = (b.avg.expect("avg"), r.avg.expect("avg"));
+            assert!((ba - ra).abs() <= 1e-9 * ra.abs().max(1.0), "{ba} vs {ra}");
+            assert_eq!(b.ts_ms.rem_euclid(step), 0, "aligned on the epoch");
+        }
+    }
+    let total: i64 = read::series(s, id, T0, T0 + 4 * 3_600_000, 3_600_000, Source::Best)
+        .await
+        .expect("s")
+        .iter()
+        .map(|b| b.count)
+        .sum();
+    assert_eq!(total, 3600 * 3 + 1800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deliveries_of_one_batch_store_it_once() {
+    let Some(s) = make_with(PgOptions {
+        pool_size: 4,
+        ..native()
+    })
+    .await
+    else {
+        return;
+    };
+    let s = s.pg.clone();
+    s.birth(&suite::birth("c", "a", "h", &["x", "y"]), T0)
+        .await
+        .expect("birth");
+    for id in 1..=5u64 {
+        let b = suite::batch("c", "a", "h", id, 2, 2000, T0 + id as i64 * 10_000_000, 0.0);
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let (s, b) = (s.clone(), b.clone());
+                tokio::spawn(async move { s.commit(&[b]).await.expect("commit") })
+            })
+            .collect();
+        let mut outs = Vec::new();
+        for t in tasks {
+            outs.extend(t.await.expect("task"));
+        }
+        assert_eq!(
+            outs.iter().filter(|o| **o == stored(4000)).count(),
+            1,
+            "{outs:?}"
+        );
+        assert_eq!(
+            outs.iter()
+                .filter(|o| **o == CommitOutcome::Duplicate)
+                .count(),
+            2,
+            "{outs:?}"
+        );
+    }
+    assert_eq!(
+        s.count_readings(None, T0, T0 + 100_000_000)
+            .await
+            .expect("count"),
+        5 * 4000
+    );
+    let id = tag_id(&s, "x").await;
+    let n: i64 = s
+        .series(id, T0, T0 + 100_000_000, 3_600_000)
+        .await
+        .expect("series")
+        .iter()
+        .map(|b| b.count)
+        .sum();
+    assert_eq!(n, 5 * 2000, "rollups counted once too");
+    s.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tag_index_fails_the_call_and_stores_nothing() {
+    let Some(s) = make_with(native()).await else {
+        return;
+    };
+    let s = &s.pg;
+    s.birth(&suite::birth("v", "a", "h", &["x", "y"]), T0)
+        .await
+        .expect("birth");
+    let good = suite::batch("v", "a", "h", 1, 2, 10, T0, 0.0);
+    let mut bad = suite::batch("v", "a", "h", 2, 2, 10, T0, 0.0);
+    bad.readings[3].tag = 5;
+    let e = s
+        .commit(&[good.clone(), bad.clone()])
+        .await
+        .expect_err("bad index");
+    assert!(
+        matches!(e, StoreError::Invalid(_)) && !e.is_transient(),
+        "{e:?}"
+    );
+    let mut bad_gap = suite::batch("v", "a", "h", 3, 1, 1, T0, 0.0);
+    bad_gap.gaps.push(wire::Gap {
+        tags: vec![2],
+        from_ms: T0,
+        to_ms: T0,
+        count: 1,
+        reason: wire::GapReason::BufferAge,
+    });
+    assert!(matches!(
+        s.commit(&[bad_gap]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut bad_ts = suite::batch("v", "a", "h", 4, 1, 1, T0, 0.0);
+    bad_ts.readings[0].ts_ms = i64::MAX;
+    assert!(matches!(
+        s.commit(&[bad_ts]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        s.count_readings(None, i64::MIN, i64::MAX)
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(
+        s.commit(&[good]).await.expect("good alone"),
+        vec![stored(20)]
+    );
+}
+
+/// Values and metadata round-trip: big integers keep their digits, counters and statuses are
+/// kept, a birth without tags makes its hash known, a batch repeated inside one slice is
+/// stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn details_round_trip() {
+    let Some(s) = make_with(native()).await else {
+        return;
+    };
+    let s = &s.pg;
+    s.birth(&suite::birth("d", "a", "h0", &[]), T0)
+        .await
+        .expect("empty birth");
+    let mut only_gap = wire::Batch::new("d", "a", 1, "h0", T0);
+    only_gap.gaps.push(wire::Gap {
+        tags: vec![],
+        from_ms: T0,
+        to_ms: T0 + 1,
+        count: 3,
+        reason: wire::GapReason::MissedEvent,
+    });
+    assert_eq!(
+        s.commit(&[only_gap.clone(), only_gap])
+            .await
+            .expect("commit"),
+        vec![
+            CommitOutcome::Stored {
+                readings: 0,
+                events: 0,
+                gaps: 1
+            },
+            CommitOutcome::Duplicate
+        ]
+    );
+    s.birth(&suite::birth("d", "a", "h1", &["big", "ctr"]), T0)
+        .await
+        .expect("birth");
+    let mut b = wire::Batch::new("d", "a", u64::MAX, "h1", T0);
+    let r = |tag, value| wire::WireReading {
+        tag,
+        ts_ms: T0,
+        value: Some(value),
+        quality: wire::Quality::Good,
+        status: None,
+        error: None,
+        counter: None,
+    };
+    b.readings.push(r(0, wire::WireValue::UInt(u64::MAX)));
+    let mut c = r(1, wire::WireValue::Float(5.0));
+    c.counter = Some(wire::Counter::Reset { previous: 99.5 });
+    c.status = Some(u32::MAX);
+    c.error = Some("e".into());
+    b.readings.push(c);
+    assert_eq!(
+        s.commit(&[b.clone()]).await.expect("commit"),
+        vec![stored(2)]
+    );
+    assert_eq!(
+        s.commit(&[b]).await.expect("again"),
+        vec![CommitOutcome::Duplicate]
+    );
+    let client = s.client().await.expect("client");
+    let row = client
+        .query_one("SELECT r.text FROM flowsquare.readings r JOIN flowsquare.tags t ON t.id = r.tag_id WHERE t.name = 'big'", &[])
+        .await
+        .expect("big");
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("18446744073709551615")
+    );
+    let row = client
+        .query_one(
+            "SELECT status, error, counter_kind, counter_value FROM flowsquare.readings r JOIN flowsquare.tags t ON t.id = r.tag_id
+             WHERE t.name = 'ctr'",
+            &[],
+        )
+        .await
+        .expect("ctr");
+    assert_eq!(
+        (
+            row.get::<_, Option<i64>>(0),
+            row.get::<_, Option<String>>(1),
+            row.get::<_, Option<i16>>(2),
+            row.get::<_, Option<f64>>(3)
+        ),
+        (
+            Some(i64::from(u32::MAX)),
+            Some("e".into()),
+            Some(1),
+            Some(99.5)
+        )
+    );
+    let id: i64 = client
+        .query_one(
+            "SELECT batch_id FROM flowsquare.batches WHERE config_hash = 'h1'",
+            &[],
+        )
+        .await
+        .expect("ledger")
+        .get(0);
+    assert_eq!(id, -1, "u64::MAX stored bit for bit");
+}

@@ -1,0 +1,668 @@
+//! Writes: `commit` (ledger + binary COPY + events, gaps and rollups in one transaction),
+//! `birth`, `status`, `heartbeat`, `dead_letter`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use flowsquare_wire as wire;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+
+use super::rollup::{Rollup, HOUR_MS, MINUTE_MS};
+use super::types::{
+    counter_columns, fields_json, gap_reason, u64_bits, u64_sat, value_columns, Ts, DAY_MS,
+    MAX_TS_MS, MIN_TS_MS,
+};
+use super::{partitions, pg, rollup, Catalog, Layout, PgStore};
+use crate::store::{CommitOutcome, DeadLetter, StoreError};
+
+/// Column types of the readings COPY, in `COPY_READINGS` order.
+const READING_TYPES: [Type; 9] = [
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::FLOAT8,
+    Type::TEXT,
+    Type::INT2,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT2,
+    Type::FLOAT8,
+];
+const COPY_READINGS: &str = "COPY flowsquare.readings (tag_id, ts, value, text, quality, status, error, counter_kind, counter_value)
+     FROM STDIN (FORMAT binary)";
+
+/// `ms` as a timestamp parameter, if PostgreSQL and the partitioning can take it.
+fn ts_checked(ms: i64, what: &str) -> Result<Ts, StoreError> {
+    if (MIN_TS_MS..MAX_TS_MS).contains(&ms) {
+        Ok(Ts(ms))
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{what}: timestamp {ms} ms is outside years 1900-9999"
+        )))
+    }
+}
+
+/// What to do with one batch of the slice.
+enum Plan {
+    /// Its config hash has no birth yet.
+    Unknown,
+    /// The same (site, agent, batch id) appears earlier in the slice.
+    Repeat,
+    /// To be offered to the ledger.
+    Candidate(Catalog),
+}
+
+/// Commit a slice; see the module doc of `postgres`.
+pub(super) async fn commit(
+    store: &PgStore,
+    batches: &[wire::Batch],
+) -> Result<Vec<CommitOutcome>, StoreError> {
+    if batches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let layout = store.layout().await?;
+    match commit_once(store, layout, batches).await {
+        // A partition this process believed in was dropped by someone else: forget, retry once.
+        Err(e) if layout == Layout::Native && is_missing_partition(&e) => {
+            store.inner.partitions.clear();
+            commit_once(store, layout, batches).await
+        }
+        r => r,
+    }
+}
+
+fn is_missing_partition(e: &StoreError) -> bool {
+    matches!(e, StoreError::Postgres(e)
+        if e.code() == Some(&SqlState::CHECK_VIOLATION)
+            && e.as_db_error().is_some_and(|d| d.message().starts_with("no partition")))
+}
+
+async fn commit_once(
+    store: &PgStore,
+    layout: Layout,
+    batches: &[wire::Batch],
+) -> Result<Vec<CommitOutcome>, StoreError> {
+    let mut client = store.client().await?;
+
+    // 1. Catalogs and checks, before anything is written.
+    let mut plans = Vec::with_capacity(batches.len());
+    let mut seen = HashSet::new();
+    let mut days = BTreeSet::new();
+    for b in batches {
+        let Some(cat) = catalog(store, &client, &b.site, &b.agent, &b.config_hash).await? else {
+            plans.push(Plan::Unknown);
+            continue;
+        };
+        check(b, &cat)?;
+        if !seen.insert((b.site.as_str(), b.agent.as_str(), b.batch_id)) {
+            plans.push(Plan::Repeat);
+            continue;
+        }
+        if layout == Layout::Native {
+            let mut last = None;
+            for ts in b
+                .readings
+                .iter()
+                .map(|r| r.ts_ms)
+                .chain(b.events.iter().map(|e| e.ts_ms))
+            {
+                let day = ts.div_euclid(DAY_MS);
+                if last != Some(day) {
+                    days.insert(day);
+                    last = Some(day);
+                }
+            }
+        }
+        plans.push(Plan::Candidate(cat));
+    }
+
+    // 2. Partitions for the days touched (own short transaction, before the COPY).
+    if layout == Layout::Native && !days.is_empty() {
+        partitions::ensure_days(store, &mut client, &days).await?;
+    }
+
+    // 3. One transaction: ledger, readings, events, gaps, rollups.
+    let tx = client.transaction().await.map_err(pg)?;
+    let mut outcomes: Vec<CommitOutcome> = plans
+        .iter()
+        .map(|p| match p {
+            Plan::Unknown => CommitOutcome::UnknownCatalog,
+            _ => CommitOutcome::Duplicate,
+        })
+        .collect();
+    let candidates: Vec<(usize, &wire::Batch, &Catalog)> = plans
+        .iter()
+        .zip(batches)
+        .enumerate()
+        .filter_map(|(i, (p, b))| match p {
+            Plan::Candidate(cat) => Some((i, b, cat)),
+            _ => None,
+        })
+        .collect();
+    if candidates.is_empty() {
+        tx.commit().await.map_err(pg)?;
+        return Ok(outcomes);
+    }
+    let new = ledger(&tx, &candidates).await?;
+    let stored: Vec<(usize, &wire::Batch, &Catalog)> = candidates
+        .into_iter()
+        .filter(|(_, b, _)| {
+            new.contains(&(b.site.as_str(), b.agent.as_str(), u64_bits(b.batch_id)))
+        })
+        .collect();
+
+    let mut minutes = Rollup::new(MINUTE_MS);
+    let mut hours = Rollup::new(HOUR_MS);
+    if stored.iter().any(|(_, b, _)| !b.readings.is_empty()) {
+        let st = tx.prepare_cached(COPY_READINGS).await.map_err(pg)?;
+        let sink = tx.copy_in(&st).await.map_err(pg)?;
+        let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &READING_TYPES));
+        for (_, b, cat) in &stored {
+            for r in &b.readings {
+                // In range: checked by `check`.
+                let tag_id = cat[r.tag as usize];
+                let (value, text) = value_columns(r.value.as_ref());
+                let (ck, cv) = counter_columns(r.counter.as_ref());
+                let quality = i16::from(r.quality.code());
+                let status = r.status.map(i64::from);
+                let error = r.error.as_deref();
+                writer
+                    .as_mut()
+                    .write(&[
+                        &tag_id,
+                        &Ts(r.ts_ms),
+                        &value,
+                        &text,
+                        &quality,
+                        &status,
+                        &error,
+                        &ck,
+                        &cv,
+                    ])
+                    .await
+                    .map_err(pg)?;
+                let good = r.quality == wire::Quality::Good;
+                minutes.add(tag_id, r.ts_ms, good, value);
+                hours.add(tag_id, r.ts_ms, good, value);
+            }
+        }
+        writer.as_mut().finish().await.map_err(pg)?;
+    }
+    let (minutes, hours) = (minutes.finish(), hours.finish());
+    tokio::try_join!(
+        insert_events(&tx, &stored),
+        insert_gaps(&tx, &stored),
+        rollup::upsert(&tx, "rollup_1m", &minutes),
+        rollup::upsert(&tx, "rollup_1h", &hours),
+    )?;
+    tx.commit().await.map_err(pg)?;
+    for (i, b, _) in &stored {
+        outcomes[*i] = CommitOutcome::Stored {
+            readings: b.readings.len() as u64,
+            events: b.events.len() as u64,
+            gaps: b.gaps.len() as u64,
+        };
+    }
+    Ok(outcomes)
+}
+
+/// Refuse a batch that cannot be stored as it is (whole call fails, nothing stored).
+fn check(b: &wire::Batch, cat: &Catalog) -> Result<(), StoreError> {
+    let what = || format!("batch {}/{}/{}", b.site, b.agent, b.batch_id);
+    for r in &b.readings {
+        if r.tag as usize >= cat.len() {
+            return Err(StoreError::Invalid(format!(
+                "{}: reading tag index {} is not in catalog {} ({} tags)",
+                what(),
+                r.tag,
+                b.config_hash,
+                cat.len()
+            )));
+        }
+        ts_checked(r.ts_ms, &what())?;
+    }
+    for e in &b.events {
+        ts_checked(e.ts_ms, &what())?;
+    }
+    for g in &b.gaps {
+        if let Some(t) = g.tags.iter().find(|t| **t as usize >= cat.len()) {
+            return Err(StoreError::Invalid(format!(
+                "{}: gap tag index {t} is not in catalog {} ({} tags)",
+                what(),
+                b.config_hash,
+                cat.len()
+            )));
+        }
+        ts_checked(g.from_ms, &what())?;
+        ts_checked(g.to_ms, &what())?;
+    }
+    Ok(())
+}
+
+/// Insert the ledger rows; returns the keys that were new.
+async fn ledger<'b>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    candidates: &[(usize, &'b wire::Batch, &Catalog)],
+) -> Result<HashSet<(&'b str, &'b str, i64)>, StoreError> {
+    let n = candidates.len();
+    let (mut site, mut agent, mut id, mut hash, mut created) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut readings, mut events, mut gaps) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (_, b, _) in candidates {
+        site.push(b.site.as_str());
+        agent.push(b.agent.as_str());
+        id.push(u64_bits(b.batch_id));
+        hash.push(b.config_hash.as_str());
+        created.push(ts_checked(b.created_ms, "").ok());
+        readings.push(b.readings.len() as i64);
+        events.push(b.events.len() as i64);
+        gaps.push(b.gaps.len() as i64);
+    }
+    let st = tx
+        .prepare_cached(
+            "INSERT INTO flowsquare.batches (site, agent, batch_id, config_hash, created, readings, events, gaps)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::timestamptz[],
+                                  $6::int8[], $7::int8[], $8::int8[])
+             ON CONFLICT (site, agent, batch_id) DO NOTHING
+             RETURNING site, agent, batch_id",
+        )
+        .await
+        .map_err(pg)?;
+    let rows = tx
+        .query(
+            &st,
+            &[
+                &site, &agent, &id, &hash, &created, &readings, &events, &gaps,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    let returned: HashSet<(String, String, i64)> = rows
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    Ok(candidates
+        .iter()
+        .map(|(_, b, _)| (b.site.as_str(), b.agent.as_str(), u64_bits(b.batch_id)))
+        .filter(|(s, a, i)| returned.contains(&(s.to_string(), a.to_string(), *i)))
+        .collect())
+}
+
+async fn insert_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    stored: &[(usize, &wire::Batch, &Catalog)],
+) -> Result<(), StoreError> {
+    let n: usize = stored.iter().map(|(_, b, _)| b.events.len()).sum();
+    if n == 0 {
+        return Ok(());
+    }
+    let (mut site, mut agent, mut batch, mut source, mut kind) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut seq, mut ts, mut fields) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (_, b, _) in stored {
+        for e in &b.events {
+            site.push(b.site.as_str());
+            agent.push(b.agent.as_str());
+            batch.push(u64_bits(b.batch_id));
+            source.push(e.source.as_str());
+            kind.push(e.kind.as_str());
+            seq.push(u64_bits(e.seq));
+            ts.push(Ts(e.ts_ms));
+            fields.push(fields_json(&e.fields));
+        }
+    }
+    let st = tx
+        .prepare_cached(
+            "INSERT INTO flowsquare.events (site, agent, batch_id, source, kind, seq, ts, fields)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[],
+                                  $7::timestamptz[], $8::jsonb[])",
+        )
+        .await
+        .map_err(pg)?;
+    tx.execute(
+        &st,
+        &[&site, &agent, &batch, &source, &kind, &seq, &ts, &fields],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+async fn insert_gaps(
+    tx: &deadpool_postgres::Transaction<'_>,
+    stored: &[(usize, &wire::Batch, &Catalog)],
+) -> Result<(), StoreError> {
+    let n: usize = stored.iter().map(|(_, b, _)| b.gaps.len()).sum();
+    if n == 0 {
+        return Ok(());
+    }
+    let (mut idx, mut site, mut agent, mut batch) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut from, mut to, mut count, mut reason) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    // Tag ids flattened: (gap index, tag id), regrouped by the query.
+    let (mut tag_gap, mut tag_id) = (Vec::new(), Vec::new());
+    let mut i = 0i32;
+    for (_, b, cat) in stored {
+        for g in &b.gaps {
+            idx.push(i);
+            site.push(b.site.as_str());
+            agent.push(b.agent.as_str());
+            batch.push(u64_bits(b.batch_id));
+            from.push(Ts(g.from_ms));
+            to.push(Ts(g.to_ms));
+            count.push(u64_sat(g.count));
+            reason.push(gap_reason(&g.reason));
+            for t in &g.tags {
+                tag_gap.push(i);
+                // In range: checked by `check`.
+                tag_id.push(cat[*t as usize]);
+            }
+            i += 1;
+        }
+    }
+    let st = tx
+        .prepare_cached(
+            "WITH t AS (
+                 SELECT gap, array_agg(tag ORDER BY ord) AS tags
+                 FROM unnest($9::int4[], $10::int8[]) WITH ORDINALITY AS t (gap, tag, ord)
+                 GROUP BY gap
+             )
+             INSERT INTO flowsquare.gaps (site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason)
+             SELECT g.site, g.agent, g.batch_id, coalesce(t.tags, '{}'), g.from_ts, g.to_ts, g.count, g.reason
+             FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[], $6::timestamptz[],
+                         $7::int8[], $8::text[]) AS g (i, site, agent, batch_id, from_ts, to_ts, count, reason)
+             LEFT JOIN t ON t.gap = g.i
+             ORDER BY g.i",
+        )
+        .await
+        .map_err(pg)?;
+    tx.execute(
+        &st,
+        &[
+            &idx, &site, &agent, &batch, &from, &to, &count, &reason, &tag_gap, &tag_id,
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// The catalog of a config hash (cached), `None` if no birth registered it.
+async fn catalog(
+    store: &PgStore,
+    client: &deadpool_postgres::Object,
+    site: &str,
+    agent: &str,
+    hash: &str,
+) -> Result<Option<Catalog>, StoreError> {
+    let key = (site.to_string(), agent.to_string(), hash.to_string());
+    if let Some(c) = store.catalogs().get(&key) {
+        return Ok(Some(c.clone()));
+    }
+    let st = client
+        .prepare_cached(
+            "SELECT h.tag_count, c.idx, c.tag_id
+             FROM flowsquare.config_hashes h
+             LEFT JOIN flowsquare.catalog c USING (site, agent, config_hash)
+             WHERE h.site = $1 AND h.agent = $2 AND h.config_hash = $3
+             ORDER BY c.idx",
+        )
+        .await
+        .map_err(pg)?;
+    let rows = client
+        .query(&st, &[&site, &agent, &hash])
+        .await
+        .map_err(pg)?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let count: i32 = first.get(0);
+    let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for r in &rows {
+        let (Some(idx), Some(id)) = (r.get::<_, Option<i32>>(1), r.get::<_, Option<i64>>(2)) else {
+            continue;
+        };
+        if usize::try_from(idx).ok() != Some(ids.len()) {
+            return Err(StoreError::Invalid(format!(
+                "catalog {site}/{agent}/{hash} has no tag at index {}",
+                ids.len()
+            )));
+        }
+        ids.push(id);
+    }
+    if ids.len() != usize::try_from(count).unwrap_or(0) {
+        return Err(StoreError::Invalid(format!(
+            "catalog {site}/{agent}/{hash}: {} of {count} tags",
+            ids.len()
+        )));
+    }
+    let cat: Catalog = Arc::from(ids);
+    store.catalogs().insert(key, cat.clone());
+    Ok(Some(cat))
+}
+
+/// Register a birth: agent, tags (stable ids by name), catalog and config history.
+pub(super) async fn birth(
+    store: &PgStore,
+    b: &wire::Birth,
+    received_ms: i64,
+) -> Result<(), StoreError> {
+    let received = ts_checked(received_ms, "birth received time")?;
+    let started = ts_checked(b.started_ms, "").ok();
+    // One row per name (the last description wins), sorted: concurrent births lock in one order.
+    let mut by_name: BTreeMap<&str, &wire::TagInfo> = BTreeMap::new();
+    for t in &b.tags {
+        by_name.insert(t.name.as_str(), t);
+    }
+    let n = by_name.len();
+    let (mut name, mut unit, mut kind, mut device) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut desc, mut dtype, mut interval) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (nm, t) in &by_name {
+        name.push(*nm);
+        unit.push(t.unit.as_deref());
+        kind.push(t.kind.as_str());
+        device.push(t.device.as_str());
+        desc.push(t.description.as_deref());
+        dtype.push(t.data_type.as_str());
+        interval.push(u64_sat(t.poll_interval_ms));
+    }
+    let tag_count = i32::try_from(b.tags.len())
+        .map_err(|_| StoreError::Invalid("birth: too many tags".into()))?;
+
+    let mut client = store.client().await?;
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.execute(
+        "INSERT INTO flowsquare.agents AS a (site, agent, last_seen, version, config_hash, birth_at, started)
+         VALUES ($1, $2, $3, $4, $5, $3, $6)
+         ON CONFLICT (site, agent) DO UPDATE SET
+             last_seen = greatest(a.last_seen, excluded.last_seen),
+             version = excluded.version,
+             config_hash = excluded.config_hash,
+             birth_at = excluded.birth_at,
+             started = excluded.started
+         WHERE a.birth_at IS NULL OR excluded.birth_at >= a.birth_at",
+        &[&b.site, &b.agent, &received, &b.agent_version, &b.config_hash, &started],
+    )
+    .await
+    .map_err(pg)?;
+    let rows = tx
+        .query(
+            "INSERT INTO flowsquare.tags AS t (site, agent, name, unit, kind, device, description, data_type, interval_ms)
+             SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int8[])
+             ON CONFLICT (site, agent, name) DO UPDATE SET
+                 unit = excluded.unit, kind = excluded.kind, device = excluded.device,
+                 description = excluded.description, data_type = excluded.data_type,
+                 interval_ms = excluded.interval_ms, updated = now()
+             RETURNING name, id",
+            &[&b.site, &b.agent, &name, &unit, &kind, &device, &desc, &dtype, &interval],
+        )
+        .await
+        .map_err(pg)?;
+    let ids: HashMap<String, i64> = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut cat = Vec::with_capacity(b.tags.len());
+    for t in &b.tags {
+        let id = ids
+            .get(&t.name)
+            .copied()
+            .ok_or_else(|| StoreError::Invalid(format!("birth: tag {:?} got no id", t.name)))?;
+        cat.push(id);
+    }
+    let idx: Vec<i32> = (0..tag_count).collect();
+    tx.execute(
+        "INSERT INTO flowsquare.catalog AS c (site, agent, config_hash, idx, tag_id)
+         SELECT $1, $2, $3, * FROM unnest($4::int4[], $5::int8[])
+         ON CONFLICT (site, agent, config_hash, idx) DO UPDATE SET tag_id = excluded.tag_id
+         WHERE c.tag_id <> excluded.tag_id",
+        &[&b.site, &b.agent, &b.config_hash, &idx, &cat],
+    )
+    .await
+    .map_err(pg)?;
+    tx.execute(
+        "DELETE FROM flowsquare.catalog WHERE site = $1 AND agent = $2 AND config_hash = $3 AND idx >= $4",
+        &[&b.site, &b.agent, &b.config_hash, &tag_count],
+    )
+    .await
+    .map_err(pg)?;
+    tx.execute(
+        "INSERT INTO flowsquare.config_hashes AS h (site, agent, config_hash, agent_version, tag_count, first_seen, last_seen)
+         VALUES ($1, $2, $3, $4, $5, $6, $6)
+         ON CONFLICT (site, agent, config_hash) DO UPDATE SET
+             agent_version = excluded.agent_version, tag_count = excluded.tag_count, births = h.births + 1,
+             first_seen = least(h.first_seen, excluded.first_seen), last_seen = greatest(h.last_seen, excluded.last_seen)",
+        &[&b.site, &b.agent, &b.config_hash, &b.agent_version, &tag_count, &received],
+    )
+    .await
+    .map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    store.catalogs().insert(
+        (b.site.clone(), b.agent.clone(), b.config_hash.clone()),
+        Arc::from(cat),
+    );
+    Ok(())
+}
+
+/// Record a status message; an older one (by receive time) than the last does not override it.
+pub(super) async fn status(
+    store: &PgStore,
+    site: &str,
+    agent: &str,
+    s: &wire::Status,
+    received_ms: i64,
+) -> Result<(), StoreError> {
+    let received = ts_checked(received_ms, "status received time")?;
+    let client = store.client().await?;
+    client
+        .execute(
+            "INSERT INTO flowsquare.agents AS a (site, agent, online, status_reason, status_at, last_seen, version)
+             VALUES ($1, $2, $3, $4, $5, $5, $6)
+             ON CONFLICT (site, agent) DO UPDATE SET
+                 online = excluded.online,
+                 status_reason = excluded.status_reason,
+                 status_at = excluded.status_at,
+                 last_seen = greatest(a.last_seen, excluded.last_seen),
+                 version = coalesce(excluded.version, a.version)
+             WHERE a.status_at IS NULL OR excluded.status_at >= a.status_at",
+            &[&site, &agent, &s.online, &s.reason, &received, &s.agent_version],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+/// Record a heartbeat's figures (the whole heartbeat is kept as JSON too).
+pub(super) async fn heartbeat(
+    store: &PgStore,
+    site: &str,
+    agent: &str,
+    h: &wire::Heartbeat,
+    received_ms: i64,
+) -> Result<(), StoreError> {
+    let received = ts_checked(received_ms, "heartbeat received time")?;
+    let oldest = h
+        .buffer
+        .oldest_unsent_ms
+        .and_then(|ms| ts_checked(ms, "").ok());
+    let finite = |f: f64| f.is_finite().then_some(f);
+    let json =
+        serde_json::to_value(h).map_err(|e| StoreError::Invalid(format!("heartbeat: {e}")))?;
+    let client = store.client().await?;
+    client
+        .execute(
+            "INSERT INTO flowsquare.agents AS a (site, agent, last_seen, backlog_readings, backlog_rows, backlog_bytes,
+                                               oldest_unsent, drain_rate_per_s, eta_s, heartbeat_at, heartbeat)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $3, $10)
+             ON CONFLICT (site, agent) DO UPDATE SET
+                 last_seen = greatest(a.last_seen, excluded.last_seen),
+                 backlog_readings = excluded.backlog_readings, backlog_rows = excluded.backlog_rows,
+                 backlog_bytes = excluded.backlog_bytes, oldest_unsent = excluded.oldest_unsent,
+                 drain_rate_per_s = excluded.drain_rate_per_s, eta_s = excluded.eta_s,
+                 heartbeat_at = excluded.heartbeat_at, heartbeat = excluded.heartbeat
+             WHERE a.heartbeat_at IS NULL OR excluded.heartbeat_at >= a.heartbeat_at",
+            &[
+                &site,
+                &agent,
+                &received,
+                &u64_sat(h.buffer.readings),
+                &u64_sat(h.buffer.rows),
+                &u64_sat(h.buffer.bytes),
+                &oldest,
+                &finite(h.buffer.drain_rate_per_s),
+                &h.buffer.eta_s.and_then(finite),
+                &json,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+/// Keep an unusable message.
+pub(super) async fn dead_letter(store: &PgStore, dl: &DeadLetter) -> Result<(), StoreError> {
+    let received = ts_checked(dl.received_ms, "dead letter received time")?;
+    let client = store.client().await?;
+    client
+        .execute(
+            "INSERT INTO flowsquare.dead_letters (topic, payload, reason, received) VALUES ($1, $2, $3, $4)",
+            &[&dl.topic, &dl.payload, &dl.reason, &received],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
