@@ -18,6 +18,9 @@ pub struct IngestConfig {
     /// `[ingest]`.
     #[serde(default)]
     pub ingest: IngestTuning,
+    /// `[broker]`: the embedded MQTT broker (off by default).
+    #[serde(default)]
+    pub broker: crate::broker::BrokerConfig,
     /// `[api]`: the HTTP API for cloud ops.
     #[serde(default)]
     pub api: crate::api::ApiConfig,

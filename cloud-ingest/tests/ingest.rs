@@ -178,10 +178,20 @@ impl FakeAgent {
         agent: &str,
         creds: Option<(&str, &str)>,
     ) -> FakeAgent {
+        Self::start_on(broker.port, root, site, agent, creds).await
+    }
+
+    async fn start_on(
+        port: u16,
+        root: &str,
+        site: &str,
+        agent: &str,
+        creds: Option<(&str, &str)>,
+    ) -> FakeAgent {
         let mut o = MqttOptions::new(
             format!("fake-{site}-{agent}-{}", rand_suffix()),
             "127.0.0.1",
-            broker.port,
+            port,
         );
         o.set_keep_alive(Duration::from_secs(5));
         o.set_max_packet_size(64 << 20, 64 << 20);
@@ -639,6 +649,62 @@ async fn with_the_shipped_acl_an_agent_cannot_publish_under_another_agents_topic
             .await
             .expect("count"),
         10
+    );
+    let _ = stop.send(true);
+    let _ = task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_carries_batches_to_the_store() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let bcfg = cloud_ingest::broker::BrokerConfig {
+        embedded: true,
+        listen: format!("127.0.0.1:{port}"),
+        ..Default::default()
+    };
+    cloud_ingest::broker::start(&bcfg).expect("embedded broker");
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = sqlite_store(dir.path());
+    let mut cfg = IngestConfig::default();
+    cfg.mqtt.broker = format!("mqtt://127.0.0.1:{port}");
+    cfg.mqtt.topic_root = "emb/fs".into();
+    cfg.mqtt.group = String::new();
+    let _ = store.migrate().await;
+    let stats = Arc::new(ConsumerStats::default());
+    let (stop, rx) = watch::channel(false);
+    let connected: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let task = tokio::spawn(consume::run(
+        cfg,
+        store.clone(),
+        stats.clone(),
+        connected.clone(),
+        rx,
+    ));
+    assert!(
+        until(Duration::from_secs(10), || connected
+            .load(std::sync::atomic::Ordering::Relaxed))
+        .await,
+        "ingest connects"
+    );
+    let agent = FakeAgent::start_on(port, "emb/fs", "s1", "gw", None).await;
+    agent.birth(&["tank/level"]).await;
+    for id in 1..=5 {
+        agent.send(id, 20).await;
+    }
+    assert!(
+        until(Duration::from_secs(20), || agent.acked().len() == 5).await,
+        "acked {:?}",
+        agent.acked()
+    );
+    assert_eq!(
+        store
+            .count_readings(None, 0, i64::MAX)
+            .await
+            .expect("count"),
+        100
     );
     let _ = stop.send(true);
     let _ = task.await;

@@ -145,6 +145,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
 
 async fn serve(cfg: IngestConfig) -> Result<ExitCode, CliError> {
     use tokio::signal::unix::{signal, SignalKind};
+    if cfg.broker.embedded {
+        crate::broker::start(&cfg.broker).map_err(CliError::Config)?;
+        tracing::info!(listen = %cfg.broker.listen, "embedded MQTT broker started");
+    }
     let store = open_store(&cfg).await?;
     let stats = Arc::new(crate::consume::ConsumerStats::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

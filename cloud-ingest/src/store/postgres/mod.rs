@@ -226,6 +226,18 @@ impl PgStore {
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(CONNECT_TIMEOUT);
         }
+        // JIT compilation costs hundreds of ms on the large aggregations (raw series) and
+        // helps none of the ingest's statements; leave it alone if the URL sets it.
+        match cfg.get_options() {
+            None => {
+                cfg.options("-c jit=off");
+            }
+            Some(o) if !o.contains("jit") => {
+                let o = format!("{o} -c jit=off");
+                cfg.options(o);
+            }
+            Some(_) => {}
+        }
         if cfg.get_application_name().is_none() {
             cfg.application_name("flowsquare-cloud-ingest");
         }
