@@ -14,9 +14,18 @@
 //!   readings per `append` call;
 //! - `leases=5000,50000`: `max_readings` of the lease+ack runs (one buffer run each, per
 //!   durability mode);
+//! - `commit=10000`: `[buffer] commit_readings`, i.e. readings per segment when appending as
+//!   fast as possible (a live agent at 200 tags/s commits every `commit_interval` = 100 ms
+//!   instead: `chunk=20 commit=20` gives its segment size);
 //! - `durability=crash-safe,power-loss-safe`: durability modes of the buffer runs;
 //! - `drains=20000x8,50000x16`: uplink `batch_readings`x`inflight` of the drain runs;
+//! - `data=levels`: every tag a tank level (random walk in 1 mm steps); `data=tankfarm`: the
+//!   mixed roles of `flowsquare_wire::synth::TankFarm` (levels, temperatures, totalizers, f32
+//!   flow and density, pump states), as in the `wire_size` example;
 //! - `broker=127.0.0.1:1883`;
+//! - `protocol=3.1.1`: the uplink's MQTT version (`3.1.1` or `5`; the consumer speaks 3.1.1);
+//! - `consumer_nodelay=0`: 1 disables Nagle's algorithm on the consumer's socket (rumqttc's
+//!   default, like the ingest's, leaves it on);
 //! - `parts=buffer,phases,drain`: which parts to run.
 //!
 //! Targets (store-and-forward issue): append ≥ 500,000 readings/s, lease+ack ≥ 500,000
@@ -58,6 +67,10 @@ struct Params {
     drains: Vec<(u32, u16)>,
     broker: String,
     parts: Vec<String>,
+    tank_farm: bool,
+    commit: u32,
+    consumer_nodelay: bool,
+    protocol: String,
 }
 
 impl Params {
@@ -129,9 +142,17 @@ impl Params {
             drains,
             broker: get("broker", "127.0.0.1:1883"),
             parts: list("parts", "buffer,phases,drain"),
+            commit: num("commit", "10000")? as u32,
+            consumer_nodelay: num("consumer_nodelay", "0")? != 0,
+            protocol: get("protocol", "3.1.1"),
+            tank_farm: match get("data", "levels").as_str() {
+                "levels" => false,
+                "tankfarm" => true,
+                other => bail!("data {other:?}: levels or tankfarm"),
+            },
         };
-        if p.tags == 0 || p.chunk == 0 || p.readings == 0 || p.backlog == 0 {
-            bail!("tags, chunk, readings and backlog must be at least 1");
+        if p.tags == 0 || p.chunk == 0 || p.readings == 0 || p.backlog == 0 || p.commit == 0 {
+            bail!("tags, chunk, commit, readings and backlog must be at least 1");
         }
         Ok(p)
     }
@@ -193,18 +214,30 @@ struct Farm {
     rng: XorShift64,
     level_mm: Vec<i64>,
     poll_ts: Vec<i64>,
+    /// `data=tankfarm`: the readings of `wire::synth::TankFarm` and the next one to hand out.
+    synth: Option<(Vec<wire::WireReading>, usize)>,
 }
 
 impl Farm {
     /// A farm whose `readings` readings all lie in the past (the last one over an hour ago).
-    fn new(tags: u32, readings: u64, seed: u64) -> Farm {
+    fn new(p: &Params, readings: u64, seed: u64) -> Farm {
+        let tags = p.tags;
         let seconds = readings.div_ceil(u64::from(tags)) as i64;
         let start_ms = (now_ms() / 1000 - seconds - 3600) * 1000;
         let mut rng = XorShift64::new(seed);
         let level_mm = (0..tags)
             .map(|_| 2_000 + rng.below(13_000) as i64)
             .collect();
+        let synth = p.tank_farm.then(|| {
+            let farm = wire::synth::TankFarm {
+                start_ms,
+                seed,
+                ..wire::synth::TankFarm::new(tags as usize, seconds as usize)
+            };
+            (farm.readings(), 0)
+        });
         Farm {
+            synth,
             tags,
             start_ms,
             second: 0,
@@ -216,6 +249,25 @@ impl Farm {
     }
 
     fn next_chunk(&mut self, n: usize) -> Vec<Reading> {
+        if let Some((all, pos)) = &mut self.synth {
+            let end = (*pos + n).min(all.len());
+            let out = all[*pos..end]
+                .iter()
+                .map(|r| {
+                    let value = match r.value.clone() {
+                        Some(wire::WireValue::Bool(b)) => Value::Bool(b),
+                        Some(wire::WireValue::Int(i)) => Value::Int(i),
+                        Some(wire::WireValue::UInt(u)) => Value::UInt(u),
+                        Some(wire::WireValue::Float(f)) => Value::Float(f),
+                        Some(wire::WireValue::Text(t)) => Value::Text(t),
+                        None => Value::Float(0.0),
+                    };
+                    Reading::good(r.tag, r.ts_ms, value, 1_500)
+                })
+                .collect();
+            *pos = end;
+            return out;
+        }
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             if self.tag == 0 {
@@ -289,11 +341,14 @@ impl Cpu {
                 let Ok(s) = std::fs::read_to_string(e.path().join("stat")) else {
                     continue;
                 };
+                let main = e.file_name().to_str() == Some(&std::process::id().to_string());
                 if let Some((name, t)) = stat_ticks(&s) {
                     let group = if name == "buffer" {
                         "buffer thread"
-                    } else if name.starts_with("tokio-runtime") {
+                    } else if name.starts_with("tokio-r") {
                         "runtime workers"
+                    } else if main {
+                        "main thread"
                     } else {
                         "other threads"
                     };
@@ -367,11 +422,12 @@ async fn buffer_run(
     let cfg = BufferConfig {
         path: Some(path.clone()),
         durability,
+        commit_readings: p.commit,
         ..BufferConfig::default()
     };
     let n = p.readings;
     let t = Instant::now();
-    let chunks = Farm::new(p.tags, n, seed).chunks(n, p.chunk);
+    let chunks = Farm::new(p, n, seed).chunks(n, p.chunk);
     let gen = t.elapsed();
     println!(
         "\n== buffer, {}: {n} readings ({} tags at 1 s, {} readings per append; generated beforehand in {:.2} s), lease max_readings {lease_max}",
@@ -409,16 +465,23 @@ async fn buffer_run(
         );
     }
     let (db, wal) = (file_len(&path), file_len(&side(&path, "-wal")));
+    let commits = buffer
+        .stats
+        .commits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // An orderly close checkpoints the WAL into buffer.db and removes it: the settled size.
+    drop(buffer);
+    join(th).await?;
+    let closed = file_len(&path);
     println!(
-        "  disk: {} segments, {} commits; blobs {} B = {:.3} B/reading; buffer.db {} B + WAL {} B = {:.3} B/reading",
+        "  disk: {} segments, {commits} commits; blobs (StoreFigures.bytes) {} B = {:.3} B/reading; \
+         running: buffer.db {db} B + WAL {wal} B; after an orderly close: buffer.db {closed} B = {:.3} B/reading",
         f.segments,
-        buffer.stats.commits.load(std::sync::atomic::Ordering::Relaxed),
         f.bytes,
         f.bytes as f64 / n as f64,
-        db,
-        wal,
-        (db + wal) as f64 / n as f64
+        closed as f64 / n as f64
     );
+    let (buffer, th) = Buffer::start(map, &cfg)?;
 
     let req = LeaseRequest {
         max_readings: lease_max,
@@ -498,11 +561,15 @@ fn phases(p: &Params, map: &TagMap, lease_max: u64) -> Result<()> {
         config_hash: map.hash.clone(),
     };
     let n = p.readings;
-    let seg = u64::from(edge_agent::buffer::BufferConfig::default().commit_readings);
-    let mut farm = Farm::new(p.tags, n, 7);
+    let seg = u64::from(p.commit);
+    let mut farm = Farm::new(p, n, 7);
     let mut t = BTreeMap::<&str, Duration>::new();
     let mut time = |k: &'static str, d: Duration| *t.entry(k).or_default() += d;
     let mut left = n;
+    let commits = n.div_ceil(seg);
+    let sample_every = (commits / 10).max(1);
+    let mut per_commit: Vec<Duration> = Vec::with_capacity(commits as usize);
+    let mut bounds: Vec<(u64, Duration)> = Vec::new();
     while left > 0 {
         let k = seg.min(left) as usize;
         let rs = farm.next_chunk(k);
@@ -514,7 +581,15 @@ fn phases(p: &Params, map: &TagMap, lease_max: u64) -> Result<()> {
         time("2 append: drop readings", s.elapsed());
         let s = Instant::now();
         store.append(&[segment])?;
-        time("3 append: SQLite insert+commit", s.elapsed());
+        let d = s.elapsed();
+        time("3 append: Store::append (SQLite)", d);
+        per_commit.push(d);
+        if per_commit.len() as u64 % sample_every == 0 {
+            // The bound check Store::append ends with, once more on its own (nothing to evict).
+            let s = Instant::now();
+            store.enforce_bounds(now_ms())?;
+            bounds.push((per_commit.len() as u64, s.elapsed()));
+        }
         left -= k as u64;
     }
     let req = LeaseRequest {
@@ -535,13 +610,31 @@ fn phases(p: &Params, map: &TagMap, lease_max: u64) -> Result<()> {
         time("5 lease: build_batch (decode+encode)", s.elapsed());
         let s = Instant::now();
         std::hint::black_box(wire::decode(&payload)?);
-        time("(consumer: decode)", s.elapsed());
+        time("7 consumer: wire::decode (not agent work)", s.elapsed());
         let s = Instant::now();
         store.ack(l.batch_id)?;
         time("6 ack: SQLite delete+commit", s.elapsed());
     }
     println!(
         "\n== phases (store and codec called directly, crash-safe, {n} readings, segments of {seg}, lease max_readings {lease_max})"
+    );
+    let tenth = (per_commit.len() / 10).max(1);
+    let avg_us = |d: &[Duration]| {
+        d.iter().map(Duration::as_secs_f64).sum::<f64>() / d.len().max(1) as f64 * 1e6
+    };
+    println!(
+        "  Store::append per commit ({} commits): first tenth {:.0} µs, last tenth {:.0} µs",
+        per_commit.len(),
+        avg_us(&per_commit[..tenth.min(per_commit.len())]),
+        avg_us(&per_commit[per_commit.len().saturating_sub(tenth)..])
+    );
+    println!(
+        "  Store::enforce_bounds alone (nothing to evict), by segments stored: {}",
+        bounds
+            .iter()
+            .map(|(k, d)| format!("{k}: {:.0} µs", d.as_secs_f64() * 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let total_append: Duration = t
         .iter()
@@ -599,6 +692,29 @@ struct Seen {
     undecodable: u64,
     ack_failures: u64,
     bits: Vec<u64>,
+    /// When each delivery arrived (to see the cadence of the uplink).
+    arrivals: Vec<Instant>,
+}
+
+/// The cadence of deliveries: bursts separated by more than `quiet`.
+fn cadence(arrivals: &[Instant], start: Instant, quiet: Duration) -> String {
+    let (Some(first), Some(last)) = (arrivals.first(), arrivals.last()) else {
+        return "no deliveries".into();
+    };
+    let bursts = 1 + arrivals
+        .windows(2)
+        .filter(|w| w[1].saturating_duration_since(w[0]) > quiet)
+        .count();
+    let span = last.saturating_duration_since(*first);
+    format!(
+        "first delivery {:.0} ms after the uplink started; {} deliveries in {bursts} bursts (separated by > {} ms) over {:.0} ms: {:.1} batches per burst, one burst every {:.0} ms",
+        first.saturating_duration_since(start).as_secs_f64() * 1e3,
+        arrivals.len(),
+        quiet.as_millis(),
+        span.as_secs_f64() * 1e3,
+        arrivals.len() as f64 / bursts as f64,
+        span.as_secs_f64() * 1e3 / (bursts.max(2) - 1) as f64
+    )
 }
 
 /// A lean consumer: decodes every batch, checks each reading against the expected set (one bit
@@ -617,6 +733,7 @@ impl Consumer {
         expected: u64,
         start_ms: i64,
         tags: u32,
+        nodelay: bool,
     ) -> Result<Consumer> {
         let seen = Arc::new(Mutex::new(Seen {
             bits: vec![0; expected.div_ceil(64) as usize],
@@ -627,6 +744,11 @@ impl Consumer {
         o.set_max_packet_size(64 * 1024 * 1024, 64 * 1024 * 1024);
         o.set_clean_session(true);
         let (client, mut ev) = AsyncClient::new(o, 1024);
+        if nodelay {
+            let mut no = rumqttc::NetworkOptions::new();
+            no.set_tcp_nodelay(true);
+            ev.set_network_options(no);
+        }
         let filter = wire::Topics::filter(root, wire::Kind::Data)?;
         let (c, s, root) = (client.clone(), seen.clone(), root.to_owned());
         let task = tokio::spawn(async move {
@@ -653,6 +775,7 @@ impl Consumer {
                             continue;
                         };
                         g.deliveries += 1;
+                        g.arrivals.push(Instant::now());
                         g.readings_delivered += b.readings.len() as u64;
                         if g.batches
                             .insert(b.batch_id, b.readings.len() as u64)
@@ -712,6 +835,8 @@ impl Consumer {
 
     /// Clear the retained birth and status the agent left under `root`, then disconnect.
     async fn finish(self, root: &str) {
+        // Let the broker take in the agent's last (offline) status first.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         if let Ok(t) = wire::Topics::new(root, "bench", "gw") {
             for topic in [t.birth(), t.status()] {
                 let _ = self
@@ -732,11 +857,16 @@ impl Consumer {
 
 /// Fill a buffer at `path` with the backlog; returns the farm's start time.
 async fn prefill(p: &Params, map: &TagMap, path: &Path) -> Result<i64> {
+    // No age bound while filling: every commit would otherwise scan all stored segments for old
+    // ones (see the README), which makes filling with small segments quadratic. The drain runs
+    // with the default bounds.
     let cfg = BufferConfig {
         path: Some(path.to_path_buf()),
+        commit_readings: p.commit,
+        max_age: Duration::ZERO,
         ..BufferConfig::default()
     };
-    let mut farm = Farm::new(p.tags, p.backlog, 11);
+    let mut farm = Farm::new(p, p.backlog, 11);
     let start_ms = farm.start_ms;
     let (buffer, th) = Buffer::start(map, &cfg)?;
     let t0 = Instant::now();
@@ -793,13 +923,40 @@ async fn drain_run(
         ..BufferConfig::default()
     };
     let (buffer, th) = Buffer::start(map, &cfg)?;
+    // What the uplink asks the buffer on every 50 ms tick before it leases backlog: live
+    // readings, newest first (there are none: the whole backlog is older than the live window).
+    let probe = LeaseRequest {
+        max_readings: u64::from(batch),
+        order: LeaseOrder::NewestFirst,
+        range: now_ms() - 10_000..i64::MAX,
+        with_gaps: true,
+    };
+    let t = Instant::now();
+    let none = buffer.lease(probe).await?;
+    let probe_t = t.elapsed();
+    let t = Instant::now();
+    let fig = buffer.figures().await?;
+    let figures_t = t.elapsed();
+    if none.is_some() {
+        bail!(
+            "the live probe leased something: the backlog should all be older than the live window"
+        );
+    }
+    println!(
+        "  before the drain: {} segments; a live lease that finds nothing takes {:.2} ms, figures() {:.2} ms",
+        fig.segments,
+        probe_t.as_secs_f64() * 1e3,
+        figures_t.as_secs_f64() * 1e3
+    );
     let root = format!("bench-{}-{batch}x{inflight}/fs", std::process::id());
     let ucfg: UplinkConfig = toml::from_str(&format!(
         "broker = \"mqtt://{host}:{port}\"\ntopic_root = \"{root}\"\nclient_id = \"bench-agent-{}\"\n\
-         inflight = {inflight}\nbatch_readings = {batch}\nbacklog_rate = 0\n",
-        std::process::id()
+         inflight = {inflight}\nbatch_readings = {batch}\nbacklog_rate = 0\nprotocol = \"{}\"\n",
+        std::process::id(),
+        p.protocol
     ))?;
-    let consumer = Consumer::start(host, port, &root, n, start_ms, p.tags).await?;
+    let consumer =
+        Consumer::start(host, port, &root, n, start_ms, p.tags, p.consumer_nodelay).await?;
     let telemetry = Arc::new(Telemetry::new(Vec::new(), buffer.stats.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let cpu0 = Cpu::now();
@@ -812,12 +969,8 @@ async fn drain_run(
         stop_rx,
     ));
     let limit = Duration::from_secs(60).max(Duration::from_secs_f64(n as f64 / 20_000.0));
-    let acked = || {
-        buffer
-            .stats
-            .acked
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let stats = buffer.stats.clone();
+    let acked = || stats.acked.load(std::sync::atomic::Ordering::Relaxed);
     let mut elapsed = None;
     while t0.elapsed() < limit && !uplink.is_finished() {
         if acked() >= n {
@@ -854,7 +1007,8 @@ async fn drain_run(
         Some(dt) => {
             let r = rate(n, dt);
             println!(
-                "drain (batch_readings {batch}, inflight {inflight}, backlog_rate 0): {n} readings in {:.3} s = {r:.0} readings/s, {:.2} MB/s payload (target {DRAIN_TARGET:.0}: {})",
+                "drain (batch_readings {batch}, inflight {inflight}, backlog_rate 0, MQTT {}): {n} readings in {:.3} s = {r:.0} readings/s, {:.2} MB/s payload (target {DRAIN_TARGET:.0}: {})",
+                p.protocol,
                 dt.as_secs_f64(),
                 seen.payload_bytes as f64 / 1e6 / dt.as_secs_f64(),
                 verdict(r, DRAIN_TARGET)
@@ -896,6 +1050,10 @@ async fn drain_run(
         resent,
         left.readings
     );
+    println!(
+        "  cadence: {}",
+        cadence(&seen.arrivals, t0, Duration::from_millis(15))
+    );
     if !exact {
         bail!("the consumer did not receive exactly the {n} readings of the backlog");
     }
@@ -905,14 +1063,15 @@ async fn drain_run(
 async fn bench(p: Params) -> Result<()> {
     let map = Arc::new(tag_map(p.tags)?);
     println!(
-        "store_forward benchmark: {} CPUs; readings={} backlog={} tags={} chunk={} leases={:?} drains={:?}",
+        "store_forward benchmark: {} CPUs; readings={} backlog={} tags={} chunk={} leases={:?} drains={:?} data={}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         p.readings,
         p.backlog,
         p.tags,
         p.chunk,
         p.leases,
-        p.drains
+        p.drains,
+        if p.tank_farm { "tankfarm" } else { "levels" }
     );
     let mut summary = Vec::new();
     if p.part("buffer") {

@@ -243,6 +243,9 @@ pub struct Store {
     path: PathBuf,
     bounds: Bounds,
     bytes: u64,
+    segments: u64,
+    readings: u64,
+    age_checked_ms: i64,
 }
 
 const SCHEMA: &str = "
@@ -260,6 +263,8 @@ CREATE TABLE IF NOT EXISTS segment(
     blob BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS segment_batch ON segment(batch_id);
 CREATE INDEX IF NOT EXISTS segment_evict ON segment(class, id) WHERE batch_id IS NULL;
+CREATE INDEX IF NOT EXISTS segment_unleased_ts ON segment(last_ts) WHERE batch_id IS NULL;
+CREATE INDEX IF NOT EXISTS segment_first ON segment(first_ts);
 CREATE TABLE IF NOT EXISTS gap(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     tags BLOB NOT NULL,
@@ -334,15 +339,20 @@ impl Store {
             return Err(BufferError::Corrupt(check));
         }
         conn.execute_batch(SCHEMA)?;
-        let bytes: i64 =
-            conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM segment", [], |r| {
-                r.get(0)
-            })?;
+        // Running totals, kept in memory from here on (figures() must not scan the table).
+        let (segments, readings, bytes): (i64, i64, i64) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM segment",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         let mut s = Store {
             conn,
             path: path.to_path_buf(),
             bounds,
             bytes: bytes as u64,
+            segments: segments as u64,
+            readings: readings as u64,
+            age_checked_ms: 0,
         };
         let (clean, last) = (s.meta("clean")?, s.meta("last_commit_ms")?);
         if clean == 0 && last > 0 {
@@ -376,8 +386,11 @@ impl Store {
                 max_age_ms: 0,
             },
             bytes: 0,
+            segments: 0,
+            readings: 0,
+            age_checked_ms: 0,
         };
-        s.figures()
+        s.figures_scan()
     }
 
     /// Orderly close: everything handed over is committed; the next start is not a crash.
@@ -441,13 +454,18 @@ impl Store {
         )?;
         tx.commit()?;
         self.bytes += added;
+        self.segments += segs.len() as u64;
+        self.readings += segs.iter().map(|s| u64::from(s.count)).sum::<u64>();
         self.enforce_bounds(now)
     }
 
     /// Evict for age and space (unleased, non-event segments only), recording gap rows.
     pub fn enforce_bounds(&mut self, now: i64) -> Result<Evicted, BufferError> {
         let mut ev = Evicted::default();
-        if self.bounds.max_age_ms > 0 {
+        // The age bound is checked at most every 10 s (it is measured in days; each check is an
+        // index range scan that finds nothing most of the time).
+        if self.bounds.max_age_ms > 0 && now - self.age_checked_ms >= 10_000 {
+            self.age_checked_ms = now;
             let cutoff = now - self.bounds.max_age_ms;
             ev.age = self.evict_where("last_ts < ?1", cutoff, DropReason::BufferAge, u64::MAX)?;
         }
@@ -480,6 +498,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut freed = 0u64;
         let mut readings = 0u64;
+        let mut segments = 0u64;
         let victims: Vec<(i64, i64, i64, i64, i64, Vec<u8>)> = {
             let sql = format!(
                 "SELECT id, first_ts, last_ts, count, bytes, tags FROM segment
@@ -509,6 +528,7 @@ impl Store {
             )?;
             freed += bytes as u64;
             readings += count as u64;
+            segments += 1;
         }
         let key = match reason {
             DropReason::BufferFull => "dropped_full",
@@ -520,6 +540,8 @@ impl Store {
         )?;
         tx.commit()?;
         self.bytes = self.bytes.saturating_sub(freed);
+        self.segments = self.segments.saturating_sub(segments);
+        self.readings = self.readings.saturating_sub(readings);
         if readings > 0 {
             tracing::warn!(
                 readings,
@@ -704,25 +726,45 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (count, bytes): (i64, i64) = tx.query_row(
-            "SELECT COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM segment WHERE batch_id = ?1",
+        let (n, count, bytes): (i64, i64, i64) = tx.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM segment WHERE batch_id = ?1",
             [batch_id as i64],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         tx.execute("DELETE FROM segment WHERE batch_id = ?1", [batch_id as i64])?;
         tx.execute("DELETE FROM gap WHERE batch_id = ?1", [batch_id as i64])?;
         tx.commit()?;
         self.bytes = self.bytes.saturating_sub(bytes as u64);
+        self.segments = self.segments.saturating_sub(n as u64);
+        self.readings = self.readings.saturating_sub(count as u64);
         Ok(count as u64)
     }
 
-    /// Current figures.
+    /// Current figures, from the running totals and indexed queries (cheap at any size).
     pub fn figures(&self) -> Result<StoreFigures, BufferError> {
+        let oldest: Option<i64> =
+            self.conn
+                .query_row("SELECT MIN(first_ts) FROM segment", [], |r| r.get(0))?;
+        self.figures_with(self.segments, self.readings, self.bytes, oldest)
+    }
+
+    /// Figures computed by scanning the table (for read-only inspection).
+    fn figures_scan(&self) -> Result<StoreFigures, BufferError> {
         let (segments, readings, bytes, oldest): (i64, i64, i64, Option<i64>) = self.conn.query_row(
             "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0), MIN(first_ts) FROM segment",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
+        self.figures_with(segments as u64, readings as u64, bytes as u64, oldest)
+    }
+
+    fn figures_with(
+        &self,
+        segments: u64,
+        readings: u64,
+        bytes: u64,
+        oldest: Option<i64>,
+    ) -> Result<StoreFigures, BufferError> {
         let leased: i64 = self.conn.query_row(
             "SELECT COALESCE(SUM(count), 0) FROM segment WHERE batch_id IS NOT NULL",
             [],
@@ -734,9 +776,9 @@ impl Store {
                     r.get(0)
                 })?;
         Ok(StoreFigures {
-            segments: segments as u64,
-            readings: readings as u64,
-            bytes: bytes as u64,
+            segments,
+            readings,
+            bytes,
             leased_readings: leased as u64,
             oldest_ts: oldest,
             pending_gaps: gaps as u64,

@@ -85,7 +85,7 @@ fn default_live_window() -> Duration {
     Duration::from_secs(10)
 }
 fn default_backlog_rate() -> u32 {
-    20_000
+    200_000
 }
 fn default_heartbeat() -> Duration {
     Duration::from_secs(60)

@@ -51,6 +51,14 @@ pub enum Events {
 
 const MAX_PACKET: usize = 16 * 1024 * 1024;
 
+/// TCP_NODELAY: acknowledgements and small batches must not wait for Nagle/delayed-ACK timers
+/// (measured: ~40 ms per round trip without it, which caps the backlog drain).
+fn nodelay() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
+}
+
 fn hint(refused_auth: bool) -> &'static str {
     if refused_auth {
         " (check [uplink] credentials and the broker's password file/ACL)"
@@ -99,7 +107,8 @@ pub fn open(
             if let Some(t) = transport {
                 o.set_transport(t);
             }
-            let (c, e) = rumqttc::v5::AsyncClient::new(o, 256);
+            let (c, mut e) = rumqttc::v5::AsyncClient::new(o, 256);
+            e.options.set_network_options(nodelay());
             Ok((Client::V5(c), Events::V5(Box::new(e))))
         }
         _ => {
@@ -115,7 +124,8 @@ pub fn open(
             if let Some(t) = transport {
                 o.set_transport(t);
             }
-            let (c, e) = rumqttc::AsyncClient::new(o, 256);
+            let (c, mut e) = rumqttc::AsyncClient::new(o, 256);
+            e.set_network_options(nodelay());
             Ok((Client::V4(c), Events::V4(Box::new(e))))
         }
     }

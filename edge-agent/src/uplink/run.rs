@@ -197,7 +197,9 @@ pub async fn run(
                                     tracing::error!(batch_id = id, reason = ack.reason.as_deref().unwrap_or(""),
                                         "the cloud rejected a batch (kept in its dead-letter table)");
                                 }
-                                if state.on_ack(id).is_none() {
+                                if state.on_ack(id).is_some() {
+                                    up.acked_batches.fetch_add(1, Relaxed);
+                                } else {
                                     up.unknown_acks.fetch_add(1, Relaxed);
                                 }
                                 payloads.remove(&id);
@@ -205,8 +207,9 @@ pub async fn run(
                                     Ok(n) => { up.acked_readings.fetch_add(n, Relaxed); }
                                     Err(e) => tracing::error!(error = %e, batch_id = id, "cannot delete an acknowledged batch"),
                                 }
-                                up.acked_batches.fetch_add(1, Relaxed);
                             }
+                            // Window space freed: send more now rather than at the next tick.
+                            tick.reset_immediately();
                         }
                         Err(e) => {
                             up.malformed_messages.fetch_add(1, Relaxed);
