@@ -360,6 +360,24 @@ async fn main() -> Res<()> {
             return Ok(());
         }
     };
+    // Databases of earlier runs that died (panic, SIGPIPE) before dropping theirs.
+    for row in admin
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'fs\\_bench\\_%'",
+            &[],
+        )
+        .await?
+    {
+        let name: String = row.get(0);
+        let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| {
+            p != std::process::id() && !std::path::Path::new(&format!("/proc/{p}")).exists()
+        }) {
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await?;
+        }
+    }
     let version: String = admin.query_one("SHOW server_version", &[]).await?.get(0);
     println!("PostgreSQL {version}");
     run("native", TimescaleMode::Off, scale).await?;

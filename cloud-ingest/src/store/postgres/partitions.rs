@@ -13,6 +13,8 @@ use crate::store::StoreError;
 pub const COMPRESS_AFTER_DAYS: u32 = 7;
 /// Advisory lock key serialising partition DDL across ingest instances ("FlSq" + 2).
 const PARTITION_LOCK: i64 = 0x466c_5371_0002;
+/// Advisory lock key serialising the creation of continuous aggregates ("FlSq" + 3).
+const AGGREGATES_LOCK: i64 = 0x466c_5371_0003;
 /// Most partition days one call may create: more means timestamps gone wrong, and creating
 /// thousands of tables would hurt the whole database.
 pub(super) const MAX_NEW_DAYS: usize = 1000;
@@ -304,6 +306,20 @@ pub(super) async fn timescale_policies(
 /// transaction: continuous aggregates cannot be created inside one).
 pub(super) async fn create_aggregates(store: &PgStore) -> Result<(), StoreError> {
     let client = store.client().await?;
+    // A session lock (no transaction to hold it): released below, or when the connection ends.
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&AGGREGATES_LOCK])
+        .await
+        .map_err(pg)?;
+    let result = create_aggregates_locked(&client).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&AGGREGATES_LOCK])
+        .await
+        .map_err(pg);
+    result.and(unlocked.map(drop))
+}
+
+async fn create_aggregates_locked(client: &deadpool_postgres::Object) -> Result<(), StoreError> {
     for (view, width, start, every) in [
         ("agg_1m", "1 minute", "3 days", "1 minute"),
         ("agg_1h", "1 hour", "7 days", "30 minutes"),

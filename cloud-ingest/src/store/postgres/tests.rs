@@ -347,7 +347,7 @@ fn stored(readings: u64) -> CommitOutcome {
 #[test]
 fn retryable_sqlstates() {
     for code in [
-        "08006", "08001", "57P01", "57P03", "53300", "40001", "40P01",
+        "08006", "08001", "57P01", "57P03", "53300", "40001", "40P01", "55P03",
     ] {
         assert!(is_retryable_sqlstate(code), "{code}");
     }
