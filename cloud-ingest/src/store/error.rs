@@ -29,14 +29,19 @@ impl StoreError {
             // (53: disk full, out of memory), object not in prerequisite state (55: database not
             // accepting connections), operator intervention (57: shutdown), system errors
             // (58: I/O). All of these say nothing about the batch, so it must not be rejected.
-            StoreError::Postgres(e) => {
-                e.is_closed()
-                    || e.code().is_none_or(|c| {
-                        ["08", "40", "53", "55", "57", "58"]
-                            .iter()
-                            .any(|k| c.code().starts_with(k))
-                    })
-            }
+            StoreError::Postgres(e) => match e.code() {
+                Some(c) => ["08", "40", "53", "55", "57", "58"]
+                    .iter()
+                    .any(|k| c.code().starts_with(k)),
+                // Without a SQLSTATE: transient only if the connection itself failed (closed, or
+                // an I/O error underneath); encoding or protocol errors are not worth retrying.
+                None => {
+                    e.is_closed()
+                        || std::error::Error::source(e)
+                            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+                        || e.to_string().contains("error connecting")
+                }
+            },
             StoreError::Unavailable(_) => true,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
                 matches!(
