@@ -5,17 +5,30 @@
 //!     as 200 COPY transactions of 5,000; readings/s of each and the ratio.
 //! (b) `series` of one tag over 30 days of 1 s data (2,592,000 readings) by 1 h buckets: median
 //!     of 5 (and, for reference, the same from raw readings only, and other steps).
+//! (c) End to end through the local Mosquitto (127.0.0.1:1883, a unique topic root per run):
+//!     `consume::run` in-process with `PgStore`; 4 agents (50 tags each) publish a birth and
+//!     200 pre-encoded batches of 5,000 readings (QoS 1) as fast as the broker takes them; time
+//!     from the first publish to the last end-to-end ack, against a raw binary COPY of the same
+//!     rows into the same (truncated) table, for `max_batches_per_commit` 64 and 16. Skipped when
+//!     the broker is unreachable. `--e2e` runs part (c) only.
 //!
 //! Runs on native partitions, and on TimescaleDB when the extension is installed and preloaded,
 //! each in a database of its own (`fs_bench_<pid>_<layout>`, dropped at the end). The server is
 //! `$FLOWSQUARE_PG` or `host=127.0.0.1 port=5432 user=postgres`. `--quick` loads a tenth.
 
+use std::collections::HashSet;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cloud_ingest::config::IngestConfig;
+use cloud_ingest::consume::{self, ConsumerStats};
 use cloud_ingest::store::postgres::{PgOptions, PgStore, TimescaleMode};
 use cloud_ingest::store::{CommitOutcome, Store};
 use flowsquare_wire as wire;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::{oneshot, watch, Barrier};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
@@ -155,6 +168,325 @@ async fn reset(c: &tokio_postgres::Client) -> Res<()> {
     Ok(())
 }
 
+const BROKER_PORT: u16 = 1883;
+const E2E_AGENTS: usize = 4;
+const E2E_TAGS: u32 = 50;
+const E2E_PER_TAG: i64 = 100;
+
+fn mqtt_options(id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", BROKER_PORT);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(64 << 20, 64 << 20);
+    o
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// One simulated agent: site, encoded birth, encoded batches, and its readings (tag, ts, value).
+struct E2eAgent {
+    site: String,
+    birth: Vec<u8>,
+    payloads: Vec<Vec<u8>>,
+    rows: Vec<(u32, i64, f64)>,
+}
+
+fn e2e_agents(scale: i64) -> Res<Vec<E2eAgent>> {
+    let per_agent = 200 / scale as usize / E2E_AGENTS;
+    let names: Vec<String> = (0..E2E_TAGS)
+        .map(|i| format!("tank/T{i:03}.level"))
+        .collect();
+    let mut out = Vec::new();
+    for a in 0..E2E_AGENTS {
+        let site = format!("c{a}");
+        let mut payloads = Vec::new();
+        let mut rows = Vec::new();
+        for k in 0..per_agent {
+            let t0 = T0 + k as i64 * E2E_PER_TAG * 1000;
+            let b = batch(&site, k as u64, E2E_TAGS, E2E_PER_TAG, t0);
+            assert_eq!(b.readings.len(), BATCH);
+            for r in &b.readings {
+                let v = match r.value {
+                    Some(wire::WireValue::Float(f)) => f,
+                    _ => 0.0,
+                };
+                rows.push((r.tag, r.ts_ms, v));
+            }
+            payloads.push(wire::encode(&b)?);
+        }
+        out.push(E2eAgent {
+            birth: birth(&site, &names).encode(),
+            site,
+            payloads,
+            rows,
+        });
+    }
+    Ok(out)
+}
+
+/// Publish the birth and the batches of one agent (QoS 1) once `go` opens; returns when the
+/// broker has acknowledged (PUBACK) all of them.
+async fn publish_agent(
+    root: String,
+    site: String,
+    birth: Vec<u8>,
+    payloads: Vec<Vec<u8>>,
+    go: Arc<Barrier>,
+) -> Result<Instant, String> {
+    let (client, mut ev) = AsyncClient::new(
+        mqtt_options(&format!("bench-pub-{site}-{}", nanos())),
+        payloads.len() + 8,
+    );
+    loop {
+        match ev.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => {
+                go.wait().await;
+                return Err(e.to_string());
+            }
+        }
+    }
+    let topics = wire::Topics::new(root, site, "gw").map_err(|e| e.to_string())?;
+    go.wait().await;
+    let total = 1 + payloads.len();
+    let c = client.clone();
+    let data = topics.data();
+    let birth_topic = topics.birth();
+    let feeder = tokio::spawn(async move {
+        let _ = c.publish(birth_topic, QoS::AtLeastOnce, true, birth).await;
+        for p in payloads {
+            let _ = c.publish(data.clone(), QoS::AtLeastOnce, false, p).await;
+        }
+    });
+    let mut acked = 0;
+    while acked < total {
+        match ev.poll().await {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let done = Instant::now();
+    let _ = feeder.await;
+    // Clear the retained birth of this unique root.
+    let _ = client
+        .publish(topics.birth(), QoS::AtLeastOnce, true, Vec::new())
+        .await;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while ev.poll().await.is_ok() {}
+    })
+    .await;
+    Ok(done)
+}
+
+/// Part (c): one end-to-end run with `max_batches_per_commit = max`, then raw COPY of the same
+/// rows into the truncated table.
+async fn e2e(
+    db: &str,
+    mode: TimescaleMode,
+    c: &mut tokio_postgres::Client,
+    agents: &[E2eAgent],
+    max: usize,
+) -> Res<()> {
+    let n_batches: usize = agents.iter().map(|a| a.payloads.len()).sum();
+    let expected = (n_batches * BATCH) as i64;
+    reset(c).await?;
+    let store: Arc<dyn Store> = Arc::new(
+        PgStore::connect(
+            &format!("{} dbname={db}", server()),
+            PgOptions {
+                timescale: mode,
+                ..PgOptions::default()
+            },
+        )
+        .await?,
+    );
+    let root = format!("bench-{}-{}/fs", std::process::id(), nanos());
+
+    // The consumer.
+    let mut cfg = IngestConfig::default();
+    cfg.mqtt.broker = format!("mqtt://127.0.0.1:{BROKER_PORT}");
+    cfg.mqtt.topic_root = root.clone();
+    cfg.mqtt.group = String::new();
+    cfg.mqtt.client_id = Some(format!("bench-ingest-{}", nanos()));
+    cfg.ingest.max_batches_per_commit = max;
+    let stats = Arc::new(ConsumerStats::default());
+    let connected = Arc::new(AtomicBool::new(false));
+    let (stop, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(consume::run(
+        cfg,
+        store.clone(),
+        stats.clone(),
+        connected.clone(),
+        stop_rx,
+    ));
+
+    // The ack subscriber: counts distinct committed (agent, batch id).
+    let (ack_client, mut ack_ev) =
+        AsyncClient::new(mqtt_options(&format!("bench-acks-{}", nanos())), 64);
+    let ack_filter = wire::Topics::filter(&root, wire::Kind::Ack)?;
+    let (ready_tx, ready_rx) = oneshot::channel::<()>();
+    let (last_tx, last_rx) = oneshot::channel::<Instant>();
+    let acks = tokio::spawn(async move {
+        let (mut ready_tx, mut last_tx) = (Some(ready_tx), Some(last_tx));
+        let mut seen = HashSet::new();
+        let mut rejected = 0usize;
+        loop {
+            match ack_ev.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = ack_client
+                        .subscribe(ack_filter.clone(), QoS::AtLeastOnce)
+                        .await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(t) = ready_tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Ok(ack) = wire::Ack::decode(&p.payload) {
+                        if ack.status == wire::AckStatus::Committed {
+                            for id in ack.batch_ids {
+                                seen.insert((p.topic.clone(), id));
+                            }
+                        } else {
+                            rejected += ack.batch_ids.len();
+                        }
+                    }
+                    if seen.len() >= n_batches {
+                        if let Some(t) = last_tx.take() {
+                            let _ = t.send(Instant::now());
+                            let _ = ack_client.disconnect().await;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) if last_tx.is_none() => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        rejected
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .map_err(|_| "ack subscriber: no SUBACK in 10 s")??;
+    let t = Instant::now();
+    while !connected.load(Relaxed) {
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err("consumer did not connect in 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The consumer subscribes right after CONNACK; give the SUBACKs a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The publishers: connected first, then released together.
+    let go = Arc::new(Barrier::new(agents.len() + 1));
+    let pubs: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            tokio::spawn(publish_agent(
+                root.clone(),
+                a.site.clone(),
+                a.birth.clone(),
+                a.payloads.clone(),
+                go.clone(),
+            ))
+        })
+        .collect();
+    go.wait().await;
+    let start = Instant::now();
+    let last = tokio::time::timeout(Duration::from_secs(600), last_rx)
+        .await
+        .map_err(|_| format!("not all batches acknowledged in 600 s: {stats:?}",))??;
+    let mut published = start;
+    for p in pubs {
+        published = published.max(p.await??);
+    }
+    let e2e_s = last.duration_since(start).as_secs_f64();
+    let pub_s = published.duration_since(start).as_secs_f64();
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), consumer).await;
+    let rejected = acks.await?;
+    let stored: i64 = c
+        .query_one("SELECT count(*) FROM flowsquare.readings", &[])
+        .await?
+        .get(0);
+    assert_eq!(stored, expected, "readings in the database after e2e");
+    assert_eq!(rejected, 0, "rejected batches");
+
+    // The same rows by raw binary COPY, and decode + commit without MQTT, into the truncated table.
+    let mut rows = Vec::with_capacity(expected as usize);
+    for a in agents {
+        let tags = store.tags(Some(&a.site), None).await?;
+        let ids: Vec<i64> = (0..E2E_TAGS)
+            .map(|i| {
+                let n = format!("tank/T{i:03}.level");
+                tags.iter().find(|t| t.name == n).map(|t| t.id).ok_or("tag")
+            })
+            .collect::<Result<_, _>>()?;
+        rows.extend(a.rows.iter().map(|(t, ts, v)| (ids[*t as usize], *ts, *v)));
+    }
+    reset(c).await?;
+    let copy_s = raw_copy(c, &rows, rows.len()).await?.as_secs_f64();
+    let stored: i64 = c
+        .query_one("SELECT count(*) FROM flowsquare.readings", &[])
+        .await?
+        .get(0);
+    assert_eq!(stored, expected, "readings in the database after raw COPY");
+    reset(c).await?;
+    let copy_chunked_s = raw_copy(c, &rows, BATCH).await?.as_secs_f64();
+    reset(c).await?;
+    let payloads: Vec<&Vec<u8>> = agents.iter().flat_map(|a| a.payloads.iter()).collect();
+    let t = Instant::now();
+    let decoded: Vec<wire::Batch> = payloads
+        .iter()
+        .map(|p| wire::decode(p))
+        .collect::<Result<_, _>>()?;
+    let decode_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for group in decoded.chunks(max) {
+        let out = store.commit(group).await?;
+        assert!(
+            out.iter()
+                .all(|o| matches!(o, CommitOutcome::Stored { .. })),
+            "{out:?}"
+        );
+    }
+    let commit_s = t.elapsed().as_secs_f64();
+    let bytes: usize = payloads.iter().map(|p| p.len()).sum();
+
+    let total = expected as f64;
+    let (x, y) = (total / e2e_s, total / copy_s);
+    let r = x / y;
+    println!(
+        "(c) max_batches_per_commit = {max}: {n_batches} batches x {BATCH} readings ({} agents x {E2E_TAGS} tags), {:.1} MB on the wire",
+        agents.len(),
+        bytes as f64 / 1e6
+    );
+    println!(
+        "    e2e ingest: {x:.0} readings/s; raw COPY: {y:.0} readings/s; ratio X/Y = {r:.2} (target >= 0.7: {})",
+        if r >= 0.7 { "PASS" } else { "MISS" }
+    );
+    println!(
+        "    e2e {e2e_s:.2} s (first publish -> last ack); all PUBACKed by the broker after {pub_s:.2} s; {} readings stored, {} batches acked",
+        stats.stored_readings.load(Relaxed),
+        stats.acked_batches.load(Relaxed)
+    );
+    println!(
+        "    same rows: raw COPY {copy_s:.2} s (one COPY), {copy_chunked_s:.2} s ({:.0} readings/s, one per {BATCH}); decode {decode_s:.2} s + commit in groups of {max} {commit_s:.2} s ({:.0} readings/s, no MQTT)",
+        total / copy_chunked_s,
+        total / (decode_s + commit_s)
+    );
+    Ok(())
+}
+
 async fn run(layout: &str, mode: TimescaleMode, scale: i64) -> Res<()> {
     let admin = connect("postgres").await?;
     let db = format!("fs_bench_{}_{layout}", std::process::id());
@@ -164,14 +496,24 @@ async fn run(layout: &str, mode: TimescaleMode, scale: i64) -> Res<()> {
     admin
         .batch_execute(&format!("CREATE DATABASE {db}"))
         .await?;
-    let result = run_in(&db, layout, mode, scale).await;
+    let result = run_in(&db, layout, mode, scale, only_e2e()).await;
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .await?;
     result
 }
 
-async fn run_in(db: &str, layout: &str, mode: TimescaleMode, scale: i64) -> Res<()> {
+fn only_e2e() -> bool {
+    std::env::args().any(|a| a == "--e2e")
+}
+
+async fn run_in(
+    db: &str,
+    layout: &str,
+    mode: TimescaleMode,
+    scale: i64,
+    only_e2e: bool,
+) -> Res<()> {
     let store = PgStore::connect(
         &format!("{} dbname={db}", server()),
         PgOptions {
@@ -183,7 +525,28 @@ async fn run_in(db: &str, layout: &str, mode: TimescaleMode, scale: i64) -> Res<
     let described = store.migrate().await?;
     println!("\n== {layout}: {described}");
     let mut c = connect(db).await?;
+    if !only_e2e {
+        ab(&store, &mut c, scale).await?;
+    }
 
+    // ---- (c) end to end through MQTT vs raw COPY ----
+    if tokio::net::TcpStream::connect(("127.0.0.1", BROKER_PORT))
+        .await
+        .is_err()
+    {
+        println!("(c) SKIPPED: no MQTT broker on 127.0.0.1:{BROKER_PORT}");
+    } else {
+        let agents = e2e_agents(scale)?;
+        for max in [64, 16] {
+            e2e(db, mode, &mut c, &agents, max).await?;
+        }
+    }
+    store.close();
+    Ok(())
+}
+
+/// Parts (a) and (b).
+async fn ab(store: &PgStore, c: &mut tokio_postgres::Client, scale: i64) -> Res<()> {
     // ---- (a) commit() vs raw COPY ----
     let n_batches = (200 / scale) as u64;
     let names: Vec<String> = (0..TAGS).map(|i| format!("tank/T{i:03}.level")).collect();
@@ -221,18 +584,18 @@ async fn run_in(db: &str, layout: &str, mode: TimescaleMode, scale: i64) -> Res<
     let (mut one, mut chunked, mut commit, mut commit10) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..REPS {
-        reset(&c).await?;
-        one.push(total / raw_copy(&mut c, &rows, rows.len()).await?.as_secs_f64());
-        reset(&c).await?;
-        chunked.push(total / raw_copy(&mut c, &rows, BATCH).await?.as_secs_f64());
-        reset(&c).await?;
+        reset(c).await?;
+        one.push(total / raw_copy(c, &rows, rows.len()).await?.as_secs_f64());
+        reset(c).await?;
+        chunked.push(total / raw_copy(c, &rows, BATCH).await?.as_secs_f64());
+        reset(c).await?;
         let start = Instant::now();
         for b in &batches {
             let out = store.commit(std::slice::from_ref(b)).await?;
             assert!(matches!(out[0], CommitOutcome::Stored { .. }), "{out:?}");
         }
         commit.push(total / start.elapsed().as_secs_f64());
-        reset(&c).await?;
+        reset(c).await?;
         let start = Instant::now();
         for slice in batches.chunks(10) {
             let out = store.commit(slice).await?;
@@ -342,7 +705,6 @@ async fn run_in(db: &str, layout: &str, mode: TimescaleMode, scale: i64) -> Res<
             median(times)
         );
     }
-    store.close();
     Ok(())
 }
 

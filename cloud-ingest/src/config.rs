@@ -61,7 +61,7 @@ impl Default for MqttConfig {
 }
 
 /// `[database]`: where the data go.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// PostgreSQL connection string (`host=… user=… dbname=…` or `postgres://…`). Absent: the
@@ -71,6 +71,35 @@ pub struct DatabaseConfig {
     /// SQLite file when no `url` is given. Default `flowsquare-ingest.db`.
     #[serde(default)]
     pub sqlite_path: Option<PathBuf>,
+    /// PostgreSQL: `"auto"` (TimescaleDB hypertables when the extension is available, native
+    /// daily partitions otherwise), `"off"` (always native partitions) or `"require"`.
+    #[serde(default = "default_timescale")]
+    pub timescale: String,
+    /// PostgreSQL: drop data older than this many days (partitions/chunks). Default: keep all.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    /// PostgreSQL native partitions: days created ahead. Default 7.
+    #[serde(default = "default_ahead")]
+    pub partitions_ahead_days: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            sqlite_path: None,
+            timescale: default_timescale(),
+            retention_days: None,
+            partitions_ahead_days: default_ahead(),
+        }
+    }
+}
+
+fn default_timescale() -> String {
+    "auto".into()
+}
+fn default_ahead() -> u32 {
+    7
 }
 
 /// `[ingest]`: tuning.

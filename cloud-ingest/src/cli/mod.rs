@@ -77,13 +77,26 @@ pub fn load_config(path: Option<&Path>) -> Result<IngestConfig, CliError> {
 /// Open the configured store and migrate it.
 pub async fn open_store(cfg: &IngestConfig) -> Result<Arc<dyn Store>, CliError> {
     let store: Arc<dyn Store> = match &cfg.database.url {
-        Some(url) => Arc::new(
-            crate::store::postgres::PgStore::connect(
-                url,
-                crate::store::postgres::PgOptions::default(),
-            )
-            .await?,
-        ),
+        Some(url) => {
+            use crate::store::postgres::{PgOptions, PgStore, TimescaleMode};
+            let timescale = match cfg.database.timescale.as_str() {
+                "auto" => TimescaleMode::Auto,
+                "off" => TimescaleMode::Off,
+                "require" => TimescaleMode::Require,
+                other => {
+                    return Err(CliError::Config(format!(
+                        "[database] timescale {other:?}: use \"auto\", \"off\" or \"require\""
+                    )))
+                }
+            };
+            let opts = PgOptions {
+                timescale,
+                retention_days: cfg.database.retention_days,
+                partitions_ahead_days: cfg.database.partitions_ahead_days,
+                ..PgOptions::default()
+            };
+            Arc::new(PgStore::connect(url, opts).await?)
+        }
         None => {
             let path = cfg
                 .database
@@ -175,6 +188,22 @@ async fn serve(cfg: IngestConfig) -> Result<ExitCode, CliError> {
     let api = tokio::spawn(crate::api::serve(listener, state, async move {
         let _ = api_stop.changed().await;
     }));
+    // Hourly upkeep: partitions ahead, retention, compression, aggregates.
+    let upkeep = {
+        let (store, mut stop) = (store.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => match store.maintain().await {
+                        Ok(summary) => tracing::info!(%summary, "database upkeep"),
+                        Err(e) => tracing::error!(error = %e, "database upkeep failed; retried next hour"),
+                    },
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
@@ -183,6 +212,7 @@ async fn serve(cfg: IngestConfig) -> Result<ExitCode, CliError> {
     }
     let _ = stop_tx.send(true);
     let _ = api.await;
+    let _ = upkeep.await;
     match consumer.await {
         Ok(Err(e)) => return Err(CliError::Config(e)),
         Err(e) => tracing::error!(error = %e, "consumer task failed"),

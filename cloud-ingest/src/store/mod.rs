@@ -231,4 +231,9 @@ pub trait Store: Send + Sync {
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError>;
     /// Is the database reachable?
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Periodic upkeep (partitions ahead, retention, compression, aggregates); returns a one-line
+    /// summary. The service calls it hourly; backends with nothing to do keep the default.
+    async fn maintain(&self) -> Result<String, StoreError> {
+        Ok("nothing to do".into())
+    }
 }

@@ -362,6 +362,24 @@ fn is_retryable_sqlstate(code: &str) -> bool {
 
 #[async_trait]
 impl Store for PgStore {
+    async fn maintain(&self) -> Result<String, StoreError> {
+        let created = self.create_partitions_ahead().await?;
+        let dropped = self.drop_expired_partitions().await?;
+        let compressed = self
+            .compress_chunks_older_than(std::time::Duration::from_secs(
+                u64::from(COMPRESS_AFTER_DAYS) * 86_400,
+            ))
+            .await?;
+        // TimescaleDB's own scheduled jobs may not run (they fail on PostgreSQL 15.20): refresh the
+        // continuous aggregates over the last two days ourselves.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.refresh_aggregates(now - 2 * 86_400_000, now).await?;
+        Ok(format!("{created} partitions created ahead, {dropped} expired dropped, {compressed} chunks compressed"))
+    }
+
     async fn migrate(&self) -> Result<String, StoreError> {
         schema::migrate(self).await
     }
