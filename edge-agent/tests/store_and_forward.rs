@@ -302,7 +302,11 @@ async fn every_reading_arrives_exactly_once_through_an_outage_and_a_restart_of_t
     assert_eq!(code, 0, "{log}");
     assert!(!polled.is_empty());
     // The retained offline status is published just before the agent exits.
-    consumer.until(Duration::from_secs(10), |r| r.statuses.iter().any(|st| !st.online)).await;
+    consumer
+        .until(Duration::from_secs(10), |r| {
+            r.statuses.iter().any(|st| !st.online)
+        })
+        .await;
     let r = consumer.received.lock().expect("lock");
     assert_exactly_once(&polled, &r);
     assert!(r.births.len() >= 2, "a birth on every connection");
