@@ -4,7 +4,102 @@
 
 use flowsquare_wire as wire;
 
-use super::{CommitOutcome, DeadLetter, Store};
+use async_trait::async_trait;
+
+use super::{
+    AgentRow, Bucket, CommitOutcome, DeadLetter, DeadLetterRow, GapRow, LatestRow, Store,
+    StoreError, TagRow,
+};
+
+/// A store that keeps `guard` (a temporary directory, a test database) alive as long as itself;
+/// the store is dropped first.
+pub struct Guarded<G> {
+    /// The store under test.
+    pub store: Box<dyn Store>,
+    /// What must outlive it.
+    pub guard: G,
+}
+
+#[async_trait]
+impl<G: Send + Sync> Store for Guarded<G> {
+    async fn migrate(&self) -> Result<String, StoreError> {
+        self.store.migrate().await
+    }
+    async fn commit(&self, batches: &[wire::Batch]) -> Result<Vec<CommitOutcome>, StoreError> {
+        self.store.commit(batches).await
+    }
+    async fn dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
+        self.store.dead_letter(dl).await
+    }
+    async fn birth(&self, b: &wire::Birth, received_ms: i64) -> Result<(), StoreError> {
+        self.store.birth(b, received_ms).await
+    }
+    async fn status(
+        &self,
+        site: &str,
+        agent: &str,
+        s: &wire::Status,
+        received_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.store.status(site, agent, s, received_ms).await
+    }
+    async fn heartbeat(
+        &self,
+        site: &str,
+        agent: &str,
+        h: &wire::Heartbeat,
+        received_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.store.heartbeat(site, agent, h, received_ms).await
+    }
+    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        self.store.agents().await
+    }
+    async fn tags(
+        &self,
+        site: Option<&str>,
+        prefix: Option<&str>,
+    ) -> Result<Vec<TagRow>, StoreError> {
+        self.store.tags(site, prefix).await
+    }
+    async fn latest(&self, tag_ids: &[i64]) -> Result<Vec<LatestRow>, StoreError> {
+        self.store.latest(tag_ids).await
+    }
+    async fn series(
+        &self,
+        tag_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        self.store.series(tag_id, from_ms, to_ms, step_ms).await
+    }
+    async fn count_readings(
+        &self,
+        tag_id: Option<i64>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<i64, StoreError> {
+        self.store.count_readings(tag_id, from_ms, to_ms).await
+    }
+    async fn gaps(
+        &self,
+        site: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<GapRow>, StoreError> {
+        self.store.gaps(site, from_ms, to_ms).await
+    }
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
+        self.store.dead_letters(limit).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+    async fn maintain(&self) -> Result<String, StoreError> {
+        self.store.maintain().await
+    }
+}
 
 /// 2026-01-01T00:00:00Z.
 pub const T0: i64 = 1_767_225_600_000;

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use flowsquare_wire as wire;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -123,6 +122,14 @@ impl Drop for TestStore {
     }
 }
 
+/// The suite's view of a test store: the store, with the database kept alive behind it.
+fn guarded(t: TestStore) -> Box<dyn Store> {
+    Box::new(crate::store::suite::Guarded {
+        store: Box::new(t.pg.clone()),
+        guard: t,
+    })
+}
+
 async fn make_with(opts: PgOptions) -> Option<TestStore> {
     let admin = admin().await?;
     let db = TestDb::create(&admin).await;
@@ -139,85 +146,7 @@ fn native() -> PgOptions {
 }
 
 async fn make() -> Option<Box<dyn Store>> {
-    Some(Box::new(make_with(native()).await?))
-}
-
-#[async_trait]
-impl Store for TestStore {
-    async fn migrate(&self) -> Result<String, StoreError> {
-        self.pg.migrate().await
-    }
-    async fn commit(&self, batches: &[wire::Batch]) -> Result<Vec<CommitOutcome>, StoreError> {
-        self.pg.commit(batches).await
-    }
-    async fn dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
-        self.pg.dead_letter(dl).await
-    }
-    async fn birth(&self, b: &wire::Birth, received_ms: i64) -> Result<(), StoreError> {
-        self.pg.birth(b, received_ms).await
-    }
-    async fn status(
-        &self,
-        site: &str,
-        agent: &str,
-        s: &wire::Status,
-        received_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.pg.status(site, agent, s, received_ms).await
-    }
-    async fn heartbeat(
-        &self,
-        site: &str,
-        agent: &str,
-        h: &wire::Heartbeat,
-        received_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.pg.heartbeat(site, agent, h, received_ms).await
-    }
-    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        self.pg.agents().await
-    }
-    async fn tags(
-        &self,
-        site: Option<&str>,
-        prefix: Option<&str>,
-    ) -> Result<Vec<TagRow>, StoreError> {
-        self.pg.tags(site, prefix).await
-    }
-    async fn latest(&self, tag_ids: &[i64]) -> Result<Vec<LatestRow>, StoreError> {
-        self.pg.latest(tag_ids).await
-    }
-    async fn series(
-        &self,
-        tag_id: i64,
-        from_ms: i64,
-        to_ms: i64,
-        step_ms: i64,
-    ) -> Result<Vec<Bucket>, StoreError> {
-        self.pg.series(tag_id, from_ms, to_ms, step_ms).await
-    }
-    async fn count_readings(
-        &self,
-        tag_id: Option<i64>,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<i64, StoreError> {
-        self.pg.count_readings(tag_id, from_ms, to_ms).await
-    }
-    async fn gaps(
-        &self,
-        site: Option<&str>,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<Vec<GapRow>, StoreError> {
-        self.pg.gaps(site, from_ms, to_ms).await
-    }
-    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
-        self.pg.dead_letters(limit).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.pg.ping().await
-    }
+    Some(guarded(make_with(native()).await?))
 }
 
 crate::store_suite!(async { make().await });
@@ -227,7 +156,7 @@ mod timescale {
     use super::*;
 
     async fn make() -> Option<Box<dyn Store>> {
-        Some(Box::new(make_ts().await?))
+        Some(guarded(make_ts().await?))
     }
 
     async fn make_ts() -> Option<TestStore> {

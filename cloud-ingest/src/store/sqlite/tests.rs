@@ -2,106 +2,20 @@
 
 use std::path::Path;
 
-use async_trait::async_trait;
 use flowsquare_wire as wire;
-use tempfile::TempDir;
 
 use super::SqliteStore;
 use crate::store::suite::{batch, birth, T0};
-use crate::store::{
-    AgentRow, Bucket, CommitOutcome, DeadLetter, DeadLetterRow, GapRow, LatestRow, Store,
-    StoreError, TagRow,
-};
-
-/// A store that owns its temporary directory (dropped after the connection).
-struct TempStore {
-    store: SqliteStore,
-    _dir: TempDir,
-}
-
-#[async_trait]
-impl Store for TempStore {
-    async fn migrate(&self) -> Result<String, StoreError> {
-        self.store.migrate().await
-    }
-    async fn commit(&self, batches: &[wire::Batch]) -> Result<Vec<CommitOutcome>, StoreError> {
-        self.store.commit(batches).await
-    }
-    async fn dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
-        self.store.dead_letter(dl).await
-    }
-    async fn birth(&self, b: &wire::Birth, received_ms: i64) -> Result<(), StoreError> {
-        self.store.birth(b, received_ms).await
-    }
-    async fn status(
-        &self,
-        site: &str,
-        agent: &str,
-        s: &wire::Status,
-        received_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.store.status(site, agent, s, received_ms).await
-    }
-    async fn heartbeat(
-        &self,
-        site: &str,
-        agent: &str,
-        h: &wire::Heartbeat,
-        received_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.store.heartbeat(site, agent, h, received_ms).await
-    }
-    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        self.store.agents().await
-    }
-    async fn tags(
-        &self,
-        site: Option<&str>,
-        prefix: Option<&str>,
-    ) -> Result<Vec<TagRow>, StoreError> {
-        self.store.tags(site, prefix).await
-    }
-    async fn latest(&self, tag_ids: &[i64]) -> Result<Vec<LatestRow>, StoreError> {
-        self.store.latest(tag_ids).await
-    }
-    async fn series(
-        &self,
-        tag_id: i64,
-        from_ms: i64,
-        to_ms: i64,
-        step_ms: i64,
-    ) -> Result<Vec<Bucket>, StoreError> {
-        self.store.series(tag_id, from_ms, to_ms, step_ms).await
-    }
-    async fn count_readings(
-        &self,
-        tag_id: Option<i64>,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<i64, StoreError> {
-        self.store.count_readings(tag_id, from_ms, to_ms).await
-    }
-    async fn gaps(
-        &self,
-        site: Option<&str>,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<Vec<GapRow>, StoreError> {
-        self.store.gaps(site, from_ms, to_ms).await
-    }
-    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
-        self.store.dead_letters(limit).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.store.ping().await
-    }
-}
+use crate::store::{CommitOutcome, DeadLetter, Store, StoreError};
 
 /// A migrated store on a fresh file in its own temporary directory.
 async fn make() -> Option<Box<dyn Store>> {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path()).await;
-    Some(Box::new(TempStore { store, _dir: dir }))
+    Some(Box::new(crate::store::suite::Guarded {
+        store: Box::new(store),
+        guard: dir,
+    }))
 }
 
 async fn open(dir: &Path) -> SqliteStore {
