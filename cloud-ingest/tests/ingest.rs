@@ -150,7 +150,22 @@ async fn start_ingest(
     let _ = store.migrate().await;
     let stats = Arc::new(ConsumerStats::default());
     let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(consume::run(cfg, store, stats.clone(), Arc::default(), rx));
+    let connected: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let task = tokio::spawn(consume::run(
+        cfg,
+        store,
+        stats.clone(),
+        connected.clone(),
+        rx,
+    ));
+    // Publish nothing before the ingest's subscriptions are confirmed (a real agent would re-send
+    // what was missed; this simulated one does not).
+    assert!(
+        until(Duration::from_secs(20), || connected
+            .load(std::sync::atomic::Ordering::Relaxed))
+        .await,
+        "ingest subscribed"
+    );
     Ingest { stats, stop, task }
 }
 
@@ -328,6 +343,16 @@ async fn until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Wait until `n` tags are registered (births and data travel on different subscriptions; a batch
+/// before its birth is not acknowledged, and the simulated agents here never re-send).
+async fn registered(store: &dyn Store, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.tags(None, None).await.map(|t| t.len()).unwrap_or(0) < n {
+        assert!(tokio::time::Instant::now() < deadline, "birth registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn root(broker: &Mosquitto) -> String {
     format!("t{}/fs", broker.port)
 }
@@ -338,6 +363,7 @@ async fn stored_once_and_acked(store: Arc<dyn Store>) {
     let ingest = start_ingest(&broker, &root, "g", store.clone(), "ingest-1").await;
     let agent = FakeAgent::start(&broker, &root, "s1", "gw", None).await;
     agent.birth(&["tank/level"]).await;
+    registered(&*store, 1).await;
     for id in 1..=20 {
         agent.send(id, 50).await;
     }
@@ -390,6 +416,7 @@ async fn postgres_down_for_30_s_nothing_is_acknowledged_then_everything_is_store
     let ingest = start_ingest(&broker, &root, "g", store.clone(), "ingest-1").await;
     let agent = FakeAgent::start(&broker, &root, "s1", "gw", None).await;
     agent.birth(&["tank/level"]).await;
+    registered(&*store, 1).await;
     agent.send(1, 100).await;
     assert!(until(Duration::from_secs(20), || agent.acked().contains(&1)).await);
     db.take_down().await;
@@ -449,11 +476,12 @@ async fn three_replicas_in_one_shared_group_store_every_batch_exactly_once() {
             .await,
         );
     }
-    // Let every replica subscribe before data flows.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // (start_ingest returns once each replica's subscriptions are confirmed.)
     let agent = FakeAgent::start(&broker, &root, "s1", "gw", None).await;
     agent.birth(&["tank/level"]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Births and data travel on different subscriptions: wait until the catalog is registered
+    // (a batch before its birth is not acknowledged, and this simulated agent never re-sends).
+    registered(&*pg_store(&db).await, 1).await;
     for id in 1..=300 {
         agent.send(id, 10).await;
     }
@@ -498,6 +526,7 @@ async fn a_malformed_payload_corpus_lands_in_dead_letters_and_the_service_keeps_
     let ingest = start_ingest(&broker, &root, "g", store.clone(), "ingest-1").await;
     let agent = FakeAgent::start(&broker, &root, "s1", "gw", None).await;
     agent.birth(&["tank/level"]).await;
+    registered(&*store, 1).await;
     let good = agent.batch(1, 10);
     let mut flipped = good.clone();
     let mid = flipped.len() / 2;
@@ -614,18 +643,25 @@ async fn with_the_shipped_acl_an_agent_cannot_publish_under_another_agents_topic
     let _ = store.migrate().await;
     let stats = Arc::new(ConsumerStats::default());
     let (stop, rx) = watch::channel(false);
+    let connected: Arc<std::sync::atomic::AtomicBool> = Arc::default();
     let task = tokio::spawn(consume::run(
         cfg,
         store.clone(),
         stats.clone(),
-        Arc::default(),
+        connected.clone(),
         rx,
     ));
+    assert!(
+        until(Duration::from_secs(20), || connected
+            .load(std::sync::atomic::Ordering::Relaxed))
+        .await,
+        "ingest subscribed with its credentials"
+    );
     let a = FakeAgent::start(&broker, &root, "s1", "a", Some(("s1/a", "a-pw"))).await;
     let b = FakeAgent::start(&broker, &root, "s1", "b", Some(("s1/b", "b-pw"))).await;
     a.birth(&["a/level"]).await;
     b.birth(&["b/level"]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    registered(&*store, 2).await;
     // Agent A forges a batch for B on B's topic, logged in as A: the broker drops it.
     let forged = b.batch(1, 10);
     a.client
@@ -691,6 +727,7 @@ async fn the_embedded_broker_carries_batches_to_the_store() {
     );
     let agent = FakeAgent::start_on(port, "emb/fs", "s1", "gw", None).await;
     agent.birth(&["tank/level"]).await;
+    registered(&*store, 1).await;
     for id in 1..=5 {
         agent.send(id, 20).await;
     }

@@ -141,11 +141,15 @@ pub async fn run(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     tracing::info!(broker = %cfg.mqtt.broker, filter = %data_filter, "connected; subscribing");
                     last_error = None;
-                    connected.store(true, Relaxed);
                     let _ = client.subscribe(data_filter.clone(), QoS::AtLeastOnce).await;
                     for f in &others {
                         let _ = client.subscribe(f.clone(), QoS::AtLeastOnce).await;
                     }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    // Ready once the broker has confirmed the subscriptions (not merely the
+                    // connection): from here on nothing published is missed.
+                    connected.store(true, Relaxed);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     stats.received.fetch_add(1, Relaxed);
