@@ -261,3 +261,66 @@ async fn buffer_status_and_export_work_on_the_database_file() {
         "exporting again carries the same batch ids (the cloud stores them once)"
     );
 }
+
+#[tokio::test]
+async fn small_segments_are_merged_without_changing_a_reading() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = map(dir.path(), "");
+    let (buf, th) = Buffer::start(&m, &m.buffer).expect("start");
+    let start = t0();
+    let mut sent = Vec::new();
+    // 300 commits of 20 readings: what a lightly loaded agent writes.
+    for k in 0..300 {
+        let rs = readings(20, start + k * 10_000);
+        sent.extend(rs.clone());
+        buf.append(rs).await.expect("append");
+        buf.flush().await.expect("flush");
+    }
+    let before = buf.figures().await.expect("figures");
+    // Two priority classes (a/diag is low): two segments per commit.
+    assert_eq!((before.segments, before.readings), (600, 6000));
+    // One lease in the middle stays untouched by compaction.
+    let leased = buf
+        .lease(LeaseRequest {
+            max_readings: 20,
+            order: LeaseOrder::NewestFirst,
+            range: i64::MIN..i64::MAX,
+            with_gaps: false,
+        })
+        .await
+        .expect("lease")
+        .expect("batch");
+    let merged = buf.compact().await.expect("compact");
+    let after = buf.figures().await.expect("figures");
+    assert_eq!(merged, 598, "every unleased small segment merged");
+    assert_eq!(after.readings, 6000);
+    assert!(
+        after.segments <= 4,
+        "two leased, one merged per class: {after:?}"
+    );
+    assert!(
+        after.bytes * 3 < before.bytes,
+        "merged segments compress better: {} -> {} bytes",
+        before.bytes,
+        after.bytes
+    );
+    // Everything comes out exactly once, oldest first.
+    let mut got = decode_all(&wire::decode(&leased.payload).expect("decode"));
+    buf.ack(leased.batch_id).await.expect("ack");
+    while let Some(b) = buf.lease(all(100_000)).await.expect("lease") {
+        got.extend(decode_all(&wire::decode(&b.payload).expect("decode")));
+        buf.ack(b.batch_id).await.expect("ack");
+    }
+    let mut want: Vec<(u32, i64)> = sent.iter().map(|r| (r.tag, r.ts_ms)).collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(got, want);
+    drop(buf);
+    tokio::task::spawn_blocking(move || th.join())
+        .await
+        .expect("join");
+}
+
+fn decode_all(b: &wire::Batch) -> Vec<(u32, i64)> {
+    b.readings.iter().map(|r| (r.tag, r.ts_ms)).collect()
+}

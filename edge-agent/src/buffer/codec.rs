@@ -132,3 +132,45 @@ pub fn build_batch(id: &Identity, leased: &Leased) -> Result<Vec<u8>, BufferErro
     out.gaps = leased.gaps.iter().map(gap_to_wire).collect();
     wire::encode(&out).map_err(wire_err)
 }
+
+/// Merge stored segments (same class and tag map) into one, readings and events unchanged.
+pub fn merge_segments(
+    id: &Identity,
+    class: Class,
+    segs: &[super::store::Segment],
+) -> Result<NewSegment, BufferError> {
+    let mut out = wire::Batch::new(
+        &id.site,
+        &id.agent,
+        0,
+        &id.config_hash,
+        crate::model::now_ms(),
+    );
+    for s in segs {
+        let b = wire::decode(&s.blob).map_err(|e| BufferError::Segment {
+            id: s.id,
+            reason: e.to_string(),
+        })?;
+        out.config_hash = b.config_hash;
+        out.readings.extend(b.readings);
+        out.events.extend(b.events);
+    }
+    let ts = out
+        .readings
+        .iter()
+        .map(|r| r.ts_ms)
+        .chain(out.events.iter().map(|e| e.ts_ms));
+    let (first, last) = ts.fold((i64::MAX, i64::MIN), |(a, b), t| (a.min(t), b.max(t)));
+    let mut tags: Vec<u32> = out.readings.iter().map(|r| r.tag).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    Ok(NewSegment {
+        class,
+        first_ts: if first == i64::MAX { 0 } else { first },
+        last_ts: if last == i64::MIN { 0 } else { last },
+        count: (out.readings.len() + out.events.len()) as u32,
+        tags,
+        config: out.config_hash.clone(),
+        blob: wire::encode(&out).map_err(wire_err)?,
+    })
+}
