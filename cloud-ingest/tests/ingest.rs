@@ -147,6 +147,12 @@ async fn start_ingest(
     cfg.mqtt.topic_root = root.into();
     cfg.mqtt.group = group.into();
     cfg.mqtt.client_id = Some(client_id.into());
+    start_ingest_with(cfg, store).await
+}
+
+/// Run the consumer with `cfg` and return once the broker has confirmed its subscriptions
+/// (publish nothing before: a real agent would re-send what was missed, these do not).
+async fn start_ingest_with(cfg: IngestConfig, store: Arc<dyn Store>) -> Ingest {
     let _ = store.migrate().await;
     let stats = Arc::new(ConsumerStats::default());
     let (stop, rx) = watch::channel(false);
@@ -158,8 +164,6 @@ async fn start_ingest(
         connected.clone(),
         rx,
     ));
-    // Publish nothing before the ingest's subscriptions are confirmed (a real agent would re-send
-    // what was missed; this simulated one does not).
     assert!(
         until(Duration::from_secs(20), || connected
             .load(std::sync::atomic::Ordering::Relaxed))
@@ -640,23 +644,7 @@ async fn with_the_shipped_acl_an_agent_cannot_publish_under_another_agents_topic
     cfg.mqtt.broker = broker.url();
     cfg.mqtt.topic_root = root.clone();
     cfg.mqtt.credentials = Some(format!("file:{}", cred.display()));
-    let _ = store.migrate().await;
-    let stats = Arc::new(ConsumerStats::default());
-    let (stop, rx) = watch::channel(false);
-    let connected: Arc<std::sync::atomic::AtomicBool> = Arc::default();
-    let task = tokio::spawn(consume::run(
-        cfg,
-        store.clone(),
-        stats.clone(),
-        connected.clone(),
-        rx,
-    ));
-    assert!(
-        until(Duration::from_secs(20), || connected
-            .load(std::sync::atomic::Ordering::Relaxed))
-        .await,
-        "ingest subscribed with its credentials"
-    );
+    let ingest = start_ingest_with(cfg, store.clone()).await;
     let a = FakeAgent::start(&broker, &root, "s1", "a", Some(("s1/a", "a-pw"))).await;
     let b = FakeAgent::start(&broker, &root, "s1", "b", Some(("s1/b", "b-pw"))).await;
     a.birth(&["a/level"]).await;
@@ -686,8 +674,7 @@ async fn with_the_shipped_acl_an_agent_cannot_publish_under_another_agents_topic
             .expect("count"),
         10
     );
-    let _ = stop.send(true);
-    let _ = task.await;
+    ingest.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,23 +695,7 @@ async fn the_embedded_broker_carries_batches_to_the_store() {
     cfg.mqtt.broker = format!("mqtt://127.0.0.1:{port}");
     cfg.mqtt.topic_root = "emb/fs".into();
     cfg.mqtt.group = String::new();
-    let _ = store.migrate().await;
-    let stats = Arc::new(ConsumerStats::default());
-    let (stop, rx) = watch::channel(false);
-    let connected: Arc<std::sync::atomic::AtomicBool> = Arc::default();
-    let task = tokio::spawn(consume::run(
-        cfg,
-        store.clone(),
-        stats.clone(),
-        connected.clone(),
-        rx,
-    ));
-    assert!(
-        until(Duration::from_secs(10), || connected
-            .load(std::sync::atomic::Ordering::Relaxed))
-        .await,
-        "ingest connects"
-    );
+    let ingest = start_ingest_with(cfg, store.clone()).await;
     let agent = FakeAgent::start_on(port, "emb/fs", "s1", "gw", None).await;
     agent.birth(&["tank/level"]).await;
     registered(&*store, 1).await;
@@ -743,6 +714,5 @@ async fn the_embedded_broker_carries_batches_to_the_store() {
             .expect("count"),
         100
     );
-    let _ = stop.send(true);
-    let _ = task.await;
+    ingest.stop().await;
 }
