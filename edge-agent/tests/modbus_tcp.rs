@@ -251,8 +251,10 @@ async fn every_cycle_yields_one_reading_per_tag() {
     );
     run.stop().await;
     // Drain what was produced before the stop, then count per tag: all equal.
-    while let Ok(b) = run.rx.try_recv() {
-        run.seen.extend(b);
+    while let Ok(o) = run.rx.try_recv() {
+        if let edge_agent::drivers::Output::Readings(b) = o {
+            run.seen.extend(b);
+        }
     }
     let mut counts = vec![0usize; m.tags.len()];
     for r in &run.seen {

@@ -16,5 +16,5 @@ pub mod writer;
 
 pub use config::BufferConfig;
 pub use error::BufferError;
-pub use store::{Class, LeaseOrder, LeaseRequest, Leased, Store, StoreFigures};
+pub use store::{Class, GapRow, LeaseOrder, LeaseRequest, Leased, Store, StoreFigures};
 pub use writer::{Buffer, BufferStats, BufferThread, OutBatch};

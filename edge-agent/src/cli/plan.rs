@@ -4,19 +4,20 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::CliError;
-use crate::config::{duration, DeviceDriver, TagMap};
+use crate::config::{duration, TagMap};
 use crate::drivers::modbus::config::Link;
 use crate::drivers::modbus::plan;
 
-fn requests(map: &TagMap, di: usize) -> (Vec<plan::ReadRequest>, plan::CycleEstimate) {
+/// The Modbus read requests of one cycle of device `di` (`None`: not a Modbus device).
+fn requests(map: &TagMap, di: usize) -> Option<(Vec<plan::ReadRequest>, plan::CycleEstimate)> {
     let d = &map.devices[di];
-    let DeviceDriver::Modbus(m) = &d.driver;
+    let m = d.driver.modbus()?;
     let reqs = plan::plan(
         &crate::drivers::modbus::items(d, &map.tags),
         &plan::Limits::from(m),
     );
     let est = plan::estimate(m, &reqs);
-    (reqs, est)
+    Some((reqs, est))
 }
 
 fn fc_name(k: crate::drivers::modbus::config::RegisterKind) -> String {
@@ -29,8 +30,17 @@ pub fn run(path: &Path, format: &str) -> Result<ExitCode, CliError> {
         let devices: Vec<serde_json::Value> = (0..map.devices.len())
             .map(|di| {
                 let d = &map.devices[di];
-                let (reqs, est) = requests(&map, di);
+                let Some((reqs, est)) = requests(&map, di) else {
+                    return serde_json::json!({
+                        "device": d.name,
+                        "protocol": d.driver.protocol(),
+                        "poll_interval_ms": d.poll_interval.as_millis() as u64,
+                        "tags": d.tags.len(),
+                        "requests": [],
+                    });
+                };
                 serde_json::json!({
+                    "protocol": d.driver.protocol(),
                     "device": d.name,
                     "poll_interval_ms": d.poll_interval.as_millis() as u64,
                     "estimated_cycle_ms": est.expected.as_secs_f64() * 1000.0,
@@ -65,7 +75,17 @@ pub fn render_text(map: &TagMap) -> String {
     let mut out = String::new();
     let mut total = 0;
     for (di, d) in map.devices.iter().enumerate() {
-        let DeviceDriver::Modbus(m) = &d.driver;
+        let (Some(m), Some((reqs, est))) = (d.driver.modbus(), requests(map, di)) else {
+            let _ = writeln!(
+                out,
+                "device {} ({}), {} tags, poll every {}: no read requests to plan\n",
+                d.name,
+                d.driver.protocol(),
+                d.tags.len(),
+                duration::format(d.poll_interval)
+            );
+            continue;
+        };
         let link = match &m.link {
             Link::Tcp { host, port } => format!("modbus-tcp {host}:{port}"),
             Link::Rtu(s) => format!("modbus-rtu {} {} baud", s.path, s.baud),
@@ -77,7 +97,6 @@ pub fn render_text(map: &TagMap) -> String {
             m.unit,
             duration::format(d.poll_interval)
         );
-        let (reqs, est) = requests(map, di);
         let _ = writeln!(
             out,
             "  {:>3}  {:<20} {:>6} {:>6}  tags",

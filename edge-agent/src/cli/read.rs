@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use super::CliError;
 use crate::config::TagMap;
-use crate::drivers::{self, Acquisition};
+use crate::drivers::{self, Acquisition, Output};
 use crate::model::{Reading, TagId};
 use crate::sink;
 
@@ -54,18 +54,26 @@ pub async fn run(
         print(&map, &mut readings, format);
         return Ok(ExitCode::SUCCESS);
     }
-    let (tx, mut rx) = mpsc::channel::<Vec<Reading>>(64);
+    let (tx, mut rx) = mpsc::channel::<Output>(64);
     let acq = Acquisition::start(&map, tx);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            batch = rx.recv() => match batch {
-                Some(mut b) => {
+            out = rx.recv() => match out {
+                Some(Output::Readings(mut b)) => {
                     if let Some(o) = &only {
                         b.retain(|r| o.contains(&r.tag));
                     }
                     print(&map, &mut b, format);
+                }
+                Some(Output::Events { events, gaps }) => {
+                    for e in &events {
+                        println!("{}", sink::event_line(e));
+                    }
+                    for g in &gaps {
+                        println!("{}", sink::gap_line(g));
+                    }
                 }
                 None => break,
             },

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use super::CliError;
 use crate::buffer::Buffer;
 use crate::drivers::filter::TagFilter;
-use crate::drivers::Acquisition;
+use crate::drivers::{Acquisition, Output};
 use crate::metrics::Telemetry;
 use crate::model::Reading;
 use crate::sink;
@@ -31,7 +31,7 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
     );
     let (buffer, buffer_thread) =
         Buffer::start(&map, &map.buffer).map_err(|e| CliError::Usage(e.to_string()))?;
-    let (tx, mut rx) = mpsc::channel::<Vec<Reading>>(256);
+    let (tx, mut rx) = mpsc::channel::<Output>(256);
     let acq = Acquisition::start(&map, tx);
     let devices = map
         .devices
@@ -113,10 +113,9 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
     let mut uplink_failed = false;
     loop {
         tokio::select! {
-            batch = rx.recv() => match batch {
-                Some(b) => {
-                    let kept = consume(b, &mut filter);
-                    if buffer.append(kept).await.is_err() {
+            out = rx.recv() => match out {
+                Some(o) => {
+                    if hand_over(o, &buffer, &mut filter, &consume).await.is_err() {
                         tracing::error!("buffer stopped; shutting down");
                         break;
                     }
@@ -150,9 +149,8 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
     // 1. Drivers stop (each finishes its current request).
     acq.stop().await;
     // 2. What they produced is filtered and committed.
-    while let Ok(b) = rx.try_recv() {
-        let kept = consume(b, &mut filter);
-        let _ = buffer.append(kept).await;
+    while let Ok(o) = rx.try_recv() {
+        let _ = hand_over(o, &buffer, &mut filter, &consume).await;
     }
     if let Err(e) = buffer.flush().await {
         tracing::error!(error = %e, "final buffer commit failed");
@@ -187,4 +185,26 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
         "edge-agent stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Hand one driver output to the buffer: readings through the deadband filter, events and
+/// their gaps as they are (never filtered, never dropped).
+async fn hand_over(
+    out: Output,
+    buffer: &Buffer,
+    filter: &mut TagFilter,
+    consume: &impl Fn(Vec<Reading>, &mut TagFilter) -> Vec<Reading>,
+) -> Result<(), crate::buffer::BufferError> {
+    match out {
+        Output::Readings(b) => buffer.append(consume(b, filter)).await,
+        Output::Events { events, gaps } => {
+            for g in gaps {
+                buffer.add_gap(g).await?;
+            }
+            if events.is_empty() {
+                return Ok(());
+            }
+            buffer.append_events(events).await
+        }
+    }
 }

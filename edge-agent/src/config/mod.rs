@@ -13,6 +13,7 @@
 pub mod diag;
 pub mod duration;
 pub mod parse;
+pub mod protocol;
 pub mod schema;
 mod validate;
 
@@ -24,7 +25,7 @@ pub use schema::{AgentConfig, Deadband, Priority, TagKind};
 
 use crate::drivers::modbus::config as mb;
 use crate::model::TagId;
-use parse::{as_table, as_table_array, part, report_unknown_keys, str_key, STable};
+use parse::{as_table, as_table_array, part, report_unknown_keys, str_key, STable, Spans};
 use schema::{DeviceCommon, TagCommon};
 
 /// Errors of the config stage.
@@ -50,6 +51,25 @@ pub enum DeviceDriver {
     Modbus(mb::ModbusDevice),
 }
 
+impl DeviceDriver {
+    /// The `protocol` key's spelling (also announced in the birth catalog).
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            DeviceDriver::Modbus(m) => match m.link {
+                mb::Link::Tcp { .. } => "modbus-tcp",
+                mb::Link::Rtu(_) => "modbus-rtu",
+            },
+        }
+    }
+
+    /// The Modbus settings, if this is a Modbus device.
+    pub fn modbus(&self) -> Option<&mb::ModbusDevice> {
+        match self {
+            DeviceDriver::Modbus(m) => Some(m),
+        }
+    }
+}
+
 /// A device of the loaded tag map.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Device {
@@ -70,6 +90,37 @@ pub struct Device {
 pub enum TagSource {
     /// A Modbus register/bit.
     Modbus(mb::ModbusTag),
+}
+
+impl TagSource {
+    /// The data type's spelling (birth catalog, diagnostics).
+    pub fn data_type(&self) -> &'static str {
+        match self {
+            TagSource::Modbus(m) => m.data_type.as_str(),
+        }
+    }
+
+    /// Does the tag carry numbers (so deadbands and totalizers apply)?
+    pub fn is_numeric(&self) -> bool {
+        match self {
+            TagSource::Modbus(m) => m.data_type.is_numeric(),
+        }
+    }
+
+    /// The wrap value of a totalizer when the tag map gives none (unsigned integer types: the
+    /// type's range times the scale).
+    pub fn default_rollover(&self) -> Option<f64> {
+        match self {
+            TagSource::Modbus(m) => m.data_type.unsigned_range().map(|r| r * m.scale.abs()),
+        }
+    }
+
+    /// The Modbus register, if this is a Modbus tag.
+    pub fn modbus(&self) -> Option<&mb::ModbusTag> {
+        match self {
+            TagSource::Modbus(m) => Some(m),
+        }
+    }
 }
 
 /// A tag of the loaded tag map.
@@ -268,8 +319,8 @@ fn load_device(
     dt: &STable<'_, '_>,
     devices: &mut Vec<Device>,
     tags: &mut Vec<Tag>,
-    device_spans: &mut Vec<mb::Spans>,
-    tag_spans: &mut Vec<mb::Spans>,
+    device_spans: &mut Vec<Spans>,
+    tag_spans: &mut Vec<Spans>,
     diags: &mut Diagnostics,
 ) {
     let t = dt.get_ref();
@@ -277,89 +328,26 @@ fn load_device(
         .map(str::to_owned)
         .unwrap_or_else(|| format!("#{}", index + 1));
     let subject = format!("device '{name}'");
-    let common_fields = parse::fields_of::<DeviceCommon>();
-    let shaping_fields = parse::fields_of::<mb::RawShaping>();
     let protocol = str_key(t, "protocol").map(str::to_owned);
     let spans = parse::key_spans(dt);
-    let link_fields = match protocol.as_deref() {
-        Some("modbus-tcp") => parse::fields_of::<mb::RawTcpDevice>(),
-        Some("modbus-rtu") => parse::fields_of::<mb::RawRtuDevice>(),
-        Some(other) => {
-            diags.error(
-                spans.of("protocol"),
-                &subject,
-                format!("unknown protocol {other:?}; supported: \"modbus-tcp\", \"modbus-rtu\""),
-            );
-            return;
-        }
-        None => {
-            let span = if t.contains_key("protocol") {
-                spans.of("protocol")
-            } else {
-                dt.span()
-            };
-            diags.error(
-                span,
-                &subject,
-                "missing `protocol` (\"modbus-tcp\" or \"modbus-rtu\")",
-            );
-            return;
-        }
+    let Some((protocol, proto)) = protocol_of(dt, protocol, &spans, &subject, diags) else {
+        return;
     };
-    report_unknown_keys(
-        dt,
-        &[common_fields, link_fields, shaping_fields],
-        &["tag"],
-        &subject,
-        diags,
-    );
+    let mut allowed = vec![parse::fields_of::<DeviceCommon>()];
+    allowed.extend(proto.device_keys(&protocol));
+    let mut subtables = vec!["tag"];
+    subtables.extend_from_slice(proto.device_subtables());
+    report_unknown_keys(dt, &allowed, &subtables, &subject, diags);
     let common: Option<DeviceCommon> = part(dt, &subject, diags);
-    let shaping: Option<mb::RawShaping> = part(dt, &subject, diags);
-    let mut problems = Vec::new();
-    let link_unit = if protocol.as_deref() == Some("modbus-tcp") {
-        part::<mb::RawTcpDevice>(dt, &subject, diags).map(|r| {
-            (
-                mb::Link::Tcp {
-                    host: r.host,
-                    port: r.port,
-                },
-                r.unit,
-            )
-        })
-    } else {
-        part::<mb::RawRtuDevice>(dt, &subject, diags).map(|r| {
-            (
-                mb::Link::Rtu(mb::SerialSettings {
-                    path: r.serial,
-                    baud: r.baud,
-                    parity: r.parity,
-                    data_bits: r.data_bits,
-                    stop_bits: r.stop_bits,
-                }),
-                r.unit,
-            )
-        })
-    };
+    let driver = proto.device(&protocol, dt, &spans, &subject, diags);
     // When a part failed (already reported), go on with defaults so that the tags' own problems
     // are reported too; the map is rejected anyway.
     let common = common.unwrap_or_else(|| DeviceCommon {
         name: name.clone(),
-        protocol: protocol.clone().unwrap_or_default(),
+        protocol: protocol.clone(),
         poll_interval: schema::DEFAULT_POLL_INTERVAL,
         description: None,
     });
-    let shaping = shaping.unwrap_or_default();
-    let (link, unit) = link_unit.unwrap_or((
-        mb::Link::Tcp {
-            host: String::new(),
-            port: 502,
-        },
-        1,
-    ));
-    let dev = mb::resolve_device(link, unit, &shaping, &mut problems);
-    for (key, msg) in problems {
-        diags.error(spans.of(key), &subject, msg);
-    }
     if !schema::valid_ident(&common.name) {
         diags.error(
             spans.of("name"),
@@ -379,37 +367,25 @@ fn load_device(
         name: common.name.clone(),
         description: common.description,
         poll_interval: common.poll_interval,
-        driver: DeviceDriver::Modbus(dev.clone()),
+        driver,
         tags: Vec::new(),
     };
     if let Some(v) = t.get("tag") {
+        let mut tag_keys = vec![parse::fields_of::<TagCommon>()];
+        tag_keys.extend(proto.tag_keys(&device.driver));
         for (ti, tt) in as_table_array(v, "device.tag", &subject, diags)
             .into_iter()
             .enumerate()
         {
             let ts = tag_subject(&subject, &tt, ti);
             let tspans = parse::key_spans(&tt);
-            report_unknown_keys(
-                &tt,
-                &[
-                    parse::fields_of::<TagCommon>(),
-                    parse::fields_of::<mb::RawModbusTag>(),
-                ],
-                &[],
-                &ts,
-                diags,
-            );
+            report_unknown_keys(&tt, &tag_keys, &[], &ts, diags);
             let tc: Option<TagCommon> = part(&tt, &ts, diags);
-            let raw: Option<mb::RawModbusTag> = part(&tt, &ts, diags);
-            let (Some(tc), Some(raw)) = (tc, raw) else {
+            let source = proto.tag(&device.driver, &tt, &tspans, &ts, diags);
+            let (Some(tc), Some(source)) = (tc, source) else {
                 continue;
             };
-            let mut problems = Vec::new();
-            let mt = mb::resolve_tag(&raw, &dev, &mut problems);
-            for (key, msg) in problems {
-                diags.error(tspans.of(key), &ts, msg);
-            }
-            let rollover = check_tag_semantics(&tc, &mt, &tspans, &ts, diags);
+            let rollover = check_tag_semantics(&tc, &source, &tspans, &ts, diags);
             let id = tags.len() as TagId;
             device.tags.push(id);
             tags.push(Tag {
@@ -427,7 +403,7 @@ fn load_device(
                 } else {
                     Priority::Normal
                 }),
-                source: TagSource::Modbus(mt),
+                source,
             });
             tag_spans.push(tspans);
         }
@@ -437,6 +413,45 @@ fn load_device(
     }
     devices.push(device);
     device_spans.push(spans);
+}
+
+/// The device's `protocol` and its config part; reports a missing or unknown protocol.
+fn protocol_of(
+    dt: &STable<'_, '_>,
+    protocol: Option<String>,
+    spans: &Spans,
+    subject: &str,
+    diags: &mut Diagnostics,
+) -> Option<(String, &'static dyn protocol::ProtocolConfig)> {
+    match protocol {
+        Some(p) => match protocol::for_protocol(&p) {
+            Some(c) => Some((p, c)),
+            None => {
+                diags.error(
+                    spans.of("protocol"),
+                    subject,
+                    format!(
+                        "unknown protocol {p:?}; supported: {}",
+                        protocol::supported_list()
+                    ),
+                );
+                None
+            }
+        },
+        None => {
+            let span = if dt.get_ref().contains_key("protocol") {
+                spans.of("protocol")
+            } else {
+                dt.span()
+            };
+            diags.error(
+                span,
+                subject,
+                format!("missing `protocol` ({})", protocol::supported_list()),
+            );
+            None
+        }
+    }
 }
 
 fn tag_subject(device_subject: &str, tt: &STable<'_, '_>, index: usize) -> String {
@@ -449,8 +464,8 @@ fn tag_subject(device_subject: &str, tt: &STable<'_, '_>, index: usize) -> Strin
 /// Checks on the protocol-independent keys of one tag; returns the effective rollover.
 fn check_tag_semantics(
     tc: &TagCommon,
-    mt: &mb::ModbusTag,
-    spans: &mb::Spans,
+    source: &TagSource,
+    spans: &Spans,
     subject: &str,
     diags: &mut Diagnostics,
 ) -> Option<f64> {
@@ -461,12 +476,12 @@ fn check_tag_semantics(
             "tag name must be '/'-separated segments of letters, digits, '-', '_' or '.', e.g. \"tank-farm/tk-101/level\"",
         );
     }
-    let numeric = mt.data_type.is_numeric();
+    let numeric = source.is_numeric();
     if tc.kind == TagKind::Totalizer && !numeric {
         diags.error(
             spans.of("kind"),
             subject,
-            format!("a totalizer must be numeric, not {}", mt.data_type.as_str()),
+            format!("a totalizer must be numeric, not {}", source.data_type()),
         );
     }
     if tc.deadband.is_some() && !numeric {
@@ -475,7 +490,7 @@ fn check_tag_semantics(
             subject,
             format!(
                 "deadband applies to numeric tags, not {}",
-                mt.data_type.as_str()
+                source.data_type()
             ),
         );
     }
@@ -496,7 +511,7 @@ fn check_tag_semantics(
             );
             None
         }
-        (TagKind::Totalizer, None) => mt.data_type.unsigned_range().map(|r| r * mt.scale.abs()),
+        (TagKind::Totalizer, None) => source.default_rollover(),
         (_, Some(_)) => {
             diags.error(
                 spans.of("rollover"),

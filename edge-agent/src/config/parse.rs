@@ -80,9 +80,29 @@ pub fn value_span(table: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
     table.get(key).map(|v| v.span())
 }
 
+/// Where a table and each of its keys' values are in the source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spans {
+    /// The whole table (its first key).
+    pub table: Range<usize>,
+    /// Value span of each key.
+    pub keys: Vec<(String, Range<usize>)>,
+}
+
+impl Spans {
+    /// Span of `key`'s value, or the table's.
+    pub fn of(&self, key: &str) -> Range<usize> {
+        self.keys
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| self.table.clone())
+    }
+}
+
 /// Value spans of every key, for diagnostics after deserialization.
-pub fn key_spans(table: &STable<'_, '_>) -> crate::drivers::modbus::config::Spans {
-    crate::drivers::modbus::config::Spans {
+pub fn key_spans(table: &STable<'_, '_>) -> Spans {
+    Spans {
         table: table.span(),
         keys: table
             .get_ref()

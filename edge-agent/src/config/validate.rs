@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 
-use super::{Device, DeviceDriver, Diagnostics, Tag, TagSource};
+use super::{Device, Diagnostics, Tag};
 use crate::config::duration;
-use crate::drivers::modbus::config::{Link, Spans};
+use crate::config::parse::Spans;
+use crate::drivers::modbus::config::{Link, ModbusDevice};
 use crate::drivers::modbus::plan;
 
 pub(super) fn check(
@@ -65,18 +66,17 @@ fn overlaps(d: &Device, tags: &[Tag], tag_spans: &[Spans], diags: &mut Diagnosti
     )> = d
         .tags
         .iter()
-        .map(|&id| {
-            let t = &tags[id as usize];
-            let TagSource::Modbus(m) = &t.source;
+        .filter_map(|&id| {
+            let m = tags[id as usize].source.modbus()?;
             let bit =
                 (m.data_type == crate::drivers::modbus::config::DataType::Bit).then_some(m.bit);
-            (
+            Some((
                 m.register,
                 u32::from(m.address),
                 u32::from(m.address) + u32::from(m.span()),
                 bit,
                 id as usize,
-            )
+            ))
         })
         .collect();
     spans.sort_by_key(|s| (s.0, s.1, s.2));
@@ -111,9 +111,9 @@ fn overlaps(d: &Device, tags: &[Tag], tag_spans: &[Spans], diags: &mut Diagnosti
 /// Requests and cycle estimate of a Modbus device.
 pub(crate) fn device_plan(
     d: &Device,
+    m: &ModbusDevice,
     tags: &[Tag],
 ) -> (Vec<plan::ReadRequest>, plan::CycleEstimate) {
-    let DeviceDriver::Modbus(m) = &d.driver;
     let items = crate::drivers::modbus::items(d, tags);
     let reqs = plan::plan(&items, &plan::Limits::from(m));
     let est = plan::estimate(m, &reqs);
@@ -121,11 +121,13 @@ pub(crate) fn device_plan(
 }
 
 fn cycle_time(di: usize, d: &Device, tags: &[Tag], spans: &[Spans], diags: &mut Diagnostics) {
-    let DeviceDriver::Modbus(m) = &d.driver;
+    let Some(m) = d.driver.modbus() else {
+        return;
+    };
     if matches!(m.link, Link::Rtu(_)) {
         return; // checked per bus
     }
-    let (_, est) = device_plan(d, tags);
+    let (_, est) = device_plan(d, m, tags);
     if est.expected > d.poll_interval {
         diags.error(
             spans[di].of("poll_interval"),
@@ -146,8 +148,10 @@ fn rtu_buses(devices: &[Device], tags: &[Tag], spans: &[Spans], diags: &mut Diag
     let mut buses: HashMap<&str, Vec<usize>> = HashMap::new();
     let mut order = Vec::new();
     for (i, d) in devices.iter().enumerate() {
-        let DeviceDriver::Modbus(m) = &d.driver;
-        if let Link::Rtu(s) = &m.link {
+        if let Some(ModbusDevice {
+            link: Link::Rtu(s), ..
+        }) = d.driver.modbus()
+        {
             if !buses.contains_key(s.path.as_str()) {
                 order.push(s.path.as_str());
             }
@@ -157,12 +161,16 @@ fn rtu_buses(devices: &[Device], tags: &[Tag], spans: &[Spans], diags: &mut Diag
     for path in order {
         let members = &buses[path];
         let first = members[0];
-        let DeviceDriver::Modbus(m0) = &devices[first].driver;
+        let Some(m0) = devices[first].driver.modbus() else {
+            continue;
+        };
         let mut units: HashMap<u8, usize> = HashMap::new();
         let mut load = 0.0;
         for &i in members {
             let d = &devices[i];
-            let DeviceDriver::Modbus(m) = &d.driver;
+            let Some(m) = d.driver.modbus() else {
+                continue;
+            };
             let subject = format!("device '{}'", d.name);
             if m.link != m0.link {
                 diags.error(
@@ -186,7 +194,7 @@ fn rtu_buses(devices: &[Device], tags: &[Tag], spans: &[Spans], diags: &mut Diag
             } else {
                 units.insert(m.unit, i);
             }
-            let (_, est) = device_plan(d, tags);
+            let (_, est) = device_plan(d, m, tags);
             load += est.expected.as_secs_f64() / d.poll_interval.as_secs_f64().max(1e-3);
         }
         if load > 1.0 {

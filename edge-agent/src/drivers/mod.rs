@@ -1,7 +1,8 @@
 //! Acquisition: the drivers that poll field devices and hand readings to the next stage.
 //!
-//! `Acquisition::start` spawns one task per Modbus TCP device and one per RTU bus; every cycle
-//! sends one batch (`Vec<Reading>`, one reading per tag, good or bad) on the channel it was given.
+//! `Acquisition::start` spawns the driver tasks (one per Modbus TCP device, one per RTU bus, …);
+//! every cycle a driver sends an [`Output`] on the channel it was given: the cycle's readings
+//! (one per tag, good or bad), or business events it captured with any gaps it detected.
 //! `Acquisition::stop` signals the tasks and waits for them (drivers stop first in the ordered
 //! shutdown). `read_once` polls every device once, for `edge-agent read --once`.
 
@@ -16,10 +17,29 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::buffer::GapRow;
 use crate::config::{DeviceDriver, TagMap};
 use crate::model::{Reading, TagId};
 use modbus::config::Link;
 use stats::DeviceStats;
+
+/// What a driver hands to the next stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// One cycle's readings: one per tag read, good or bad.
+    Readings(Vec<Reading>),
+    /// Business records (gantry batch records, deliveries): never dropped by the buffer; with
+    /// the gaps found while capturing them (e.g. skipped sequence numbers).
+    Events {
+        /// The records, in capture order.
+        events: Vec<flowsquare_wire::Event>,
+        /// Losses detected (reported to the cloud like data).
+        gaps: Vec<GapRow>,
+    },
+}
+
+/// The sending side of the acquisition channel.
+pub type OutputTx = mpsc::Sender<Output>;
 
 /// Running acquisition tasks.
 pub struct Acquisition {
@@ -31,29 +51,34 @@ pub struct Acquisition {
 
 impl Acquisition {
     /// Spawn the driver tasks for `map`, sending each cycle's readings to `out`.
-    pub fn start(map: &TagMap, out: mpsc::Sender<Vec<Reading>>) -> Self {
+    pub fn start(map: &TagMap, out: OutputTx) -> Self {
         let (shutdown, rx) = watch::channel(false);
         let stats: Vec<Arc<DeviceStats>> = map.devices.iter().map(|_| Arc::default()).collect();
         let mut tasks = Vec::new();
         let mut buses: BTreeMap<String, (modbus::config::SerialSettings, Vec<_>)> = BTreeMap::new();
         for (i, d) in map.devices.iter().enumerate() {
-            let DeviceDriver::Modbus(m) = &d.driver;
-            let rt = modbus::DeviceRuntime::new(map, i, None);
-            match &m.link {
-                Link::Tcp { .. } => {
-                    tasks.push(tokio::spawn(modbus::run_tcp(
-                        rt,
-                        out.clone(),
-                        rx.clone(),
-                        stats[i].clone(),
-                    )));
-                }
-                Link::Rtu(s) => {
-                    buses
-                        .entry(s.path.clone())
-                        .or_insert_with(|| (s.clone(), Vec::new()))
-                        .1
-                        .push((rt, stats[i].clone()));
+            match &d.driver {
+                DeviceDriver::Modbus(m) => {
+                    let Some(rt) = modbus::DeviceRuntime::new(map, i, None) else {
+                        continue;
+                    };
+                    match &m.link {
+                        Link::Tcp { .. } => {
+                            tasks.push(tokio::spawn(modbus::run_tcp(
+                                rt,
+                                out.clone(),
+                                rx.clone(),
+                                stats[i].clone(),
+                            )));
+                        }
+                        Link::Rtu(s) => {
+                            buses
+                                .entry(s.path.clone())
+                                .or_insert_with(|| (s.clone(), Vec::new()))
+                                .1
+                                .push((rt, stats[i].clone()));
+                        }
+                    }
                 }
             }
         }
@@ -89,11 +114,15 @@ pub async fn read_once(map: &TagMap, only: Option<&[TagId]>) -> Vec<Reading> {
     let mut handles = Vec::new();
     let mut buses: BTreeMap<String, Vec<modbus::DeviceRuntime>> = BTreeMap::new();
     for (i, d) in map.devices.iter().enumerate() {
-        let rt = modbus::DeviceRuntime::new(map, i, only);
+        let m = match &d.driver {
+            DeviceDriver::Modbus(m) => m,
+        };
+        let Some(rt) = modbus::DeviceRuntime::new(map, i, only) else {
+            continue;
+        };
         if rt.requests.is_empty() {
             continue;
         }
-        let DeviceDriver::Modbus(m) = &d.driver;
         match &m.link {
             Link::Tcp { host, port } => {
                 let (host, port) = (host.clone(), *port);

@@ -105,3 +105,47 @@ pub fn table(map: &TagMap, readings: &[Reading]) -> String {
     }
     s
 }
+
+fn wire_value_json(v: &flowsquare_wire::WireValue) -> serde_json::Value {
+    use flowsquare_wire::WireValue as W;
+    match v {
+        W::Bool(b) => (*b).into(),
+        W::Int(i) => (*i).into(),
+        W::UInt(u) => (*u).into(),
+        W::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Into::into)
+            .unwrap_or(serde_json::Value::Null),
+        W::Text(t) => t.clone().into(),
+    }
+}
+
+/// One business event as a JSON line:
+/// `{"event":"gantry-batch","source":"...","seq":N,"ts":"RFC 3339","fields":{...}}`.
+pub fn event_line(e: &flowsquare_wire::Event) -> String {
+    let fields: serde_json::Map<String, serde_json::Value> = e
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), wire_value_json(v)))
+        .collect();
+    serde_json::json!({
+        "event": e.kind,
+        "source": e.source,
+        "seq": e.seq,
+        "ts": rfc3339_ms(e.ts_ms),
+        "fields": fields,
+    })
+    .to_string()
+}
+
+/// One detected loss as a JSON line:
+/// `{"gap":"missed-event","from":"...","to":"...","count":N,"tags":[...]}`.
+pub fn gap_line(g: &crate::buffer::GapRow) -> String {
+    serde_json::json!({
+        "gap": g.reason,
+        "from": rfc3339_ms(g.range.start),
+        "to": rfc3339_ms(g.range.end),
+        "count": g.count,
+        "tags": g.tags,
+    })
+    .to_string()
+}

@@ -41,12 +41,7 @@ pub fn birth(map: &TagMap) -> wire::Birth {
             .iter()
             .map(|d| wire::DeviceInfo {
                 name: d.name.clone(),
-                protocol: match &d.driver {
-                    crate::config::DeviceDriver::Modbus(m) => match m.link {
-                        crate::drivers::modbus::config::Link::Tcp { .. } => "modbus-tcp".into(),
-                        crate::drivers::modbus::config::Link::Rtu(_) => "modbus-rtu".into(),
-                    },
-                },
+                protocol: d.driver.protocol().into(),
                 description: d.description.clone(),
             })
             .collect(),
@@ -60,9 +55,7 @@ pub fn birth(map: &TagMap) -> wire::Birth {
                 kind: t.kind.as_str().into(),
                 device: map.devices[t.device].name.clone(),
                 description: t.description.clone(),
-                data_type: match &t.source {
-                    crate::config::TagSource::Modbus(m) => m.data_type.as_str().into(),
-                },
+                data_type: t.source.data_type().into(),
                 poll_interval_ms: map.devices[t.device].poll_interval.as_millis() as u64,
             })
             .collect(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_agent::config::{parse_str, TagMap};
-use edge_agent::drivers::Acquisition;
+use edge_agent::drivers::{Acquisition, Output};
 use edge_agent::model::Reading;
 use site_sim::modbus::{serve_tcp, MapConfig, Simulator};
 use tokio::net::TcpListener;
@@ -73,7 +73,9 @@ pub fn map(text: &str) -> TagMap {
 /// Acquisition running with its output channel.
 pub struct Running {
     pub acq: Option<Acquisition>,
-    pub rx: mpsc::Receiver<Vec<Reading>>,
+    pub rx: mpsc::Receiver<Output>,
+    /// Events (and their gaps) seen so far.
+    pub events: Vec<Output>,
     pub seen: Vec<Reading>,
 }
 
@@ -84,6 +86,7 @@ impl Running {
             acq: Some(Acquisition::start(map, tx)),
             rx,
             seen: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -100,7 +103,8 @@ impl Running {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.rx.recv()).await {
-                Ok(Some(b)) => self.seen.extend(b),
+                Ok(Some(Output::Readings(b))) => self.seen.extend(b),
+                Ok(Some(e)) => self.events.push(e),
                 _ => return pred(&self.seen),
             }
         }

@@ -3,7 +3,6 @@
 //! `resolve_*` turns them into the driver's types, reporting every problem to the diagnostics.
 
 use serde::Deserialize;
-use std::ops::Range;
 use std::time::Duration;
 
 use crate::config::duration;
@@ -444,25 +443,7 @@ impl ModbusTag {
     }
 }
 
-/// Where the keys of a table sit in the source, for diagnostics after deserialization.
-#[derive(Debug, Clone, Default)]
-pub struct Spans {
-    /// The whole table (its first key).
-    pub table: Range<usize>,
-    /// Value span of each key.
-    pub keys: Vec<(String, Range<usize>)>,
-}
-
-impl Spans {
-    /// Span of `key`'s value, or the table's.
-    pub fn of(&self, key: &str) -> Range<usize> {
-        self.keys
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, s)| s.clone())
-            .unwrap_or_else(|| self.table.clone())
-    }
-}
+pub use crate::config::parse::Spans;
 
 /// Resolve a raw TCP or RTU device, reporting problems as `(span key, message)`.
 pub fn resolve_device(
@@ -662,5 +643,92 @@ pub fn resolve_tag(
         order: raw.order,
         scale: raw.scale,
         offset: raw.offset,
+    }
+}
+
+/// The Modbus part of the tag-map loader (`protocol = "modbus-tcp"` / `"modbus-rtu"`).
+pub struct Protocol;
+
+impl crate::config::protocol::ProtocolConfig for Protocol {
+    fn device_keys(&self, protocol: &str) -> Vec<&'static [&'static str]> {
+        use crate::config::parse::fields_of;
+        let link = if protocol == "modbus-rtu" {
+            fields_of::<RawRtuDevice>()
+        } else {
+            fields_of::<RawTcpDevice>()
+        };
+        vec![link, fields_of::<RawShaping>()]
+    }
+
+    fn tag_keys(&self, _dev: &crate::config::DeviceDriver) -> Vec<&'static [&'static str]> {
+        vec![crate::config::parse::fields_of::<RawModbusTag>()]
+    }
+
+    fn device(
+        &self,
+        protocol: &str,
+        table: &crate::config::parse::STable<'_, '_>,
+        spans: &Spans,
+        subject: &str,
+        diags: &mut crate::config::Diagnostics,
+    ) -> crate::config::DeviceDriver {
+        use crate::config::parse::part;
+        let shaping: Option<RawShaping> = part(table, subject, diags);
+        let link_unit = if protocol == "modbus-tcp" {
+            part::<RawTcpDevice>(table, subject, diags).map(|r| {
+                (
+                    Link::Tcp {
+                        host: r.host,
+                        port: r.port,
+                    },
+                    r.unit,
+                )
+            })
+        } else {
+            part::<RawRtuDevice>(table, subject, diags).map(|r| {
+                (
+                    Link::Rtu(SerialSettings {
+                        path: r.serial,
+                        baud: r.baud,
+                        parity: r.parity,
+                        data_bits: r.data_bits,
+                        stop_bits: r.stop_bits,
+                    }),
+                    r.unit,
+                )
+            })
+        };
+        let shaping = shaping.unwrap_or_default();
+        let (link, unit) = link_unit.unwrap_or((
+            Link::Tcp {
+                host: String::new(),
+                port: 502,
+            },
+            1,
+        ));
+        let mut problems = Vec::new();
+        let dev = resolve_device(link, unit, &shaping, &mut problems);
+        for (key, msg) in problems {
+            diags.error(spans.of(key), subject, msg);
+        }
+        crate::config::DeviceDriver::Modbus(dev)
+    }
+
+    fn tag(
+        &self,
+        dev: &crate::config::DeviceDriver,
+        table: &crate::config::parse::STable<'_, '_>,
+        spans: &Spans,
+        subject: &str,
+        diags: &mut crate::config::Diagnostics,
+    ) -> Option<crate::config::TagSource> {
+        let dev = dev.modbus()?;
+        let raw: RawModbusTag = crate::config::parse::part(table, subject, diags)?;
+        let mut problems = Vec::new();
+        let mt = resolve_tag(&raw, dev, &mut problems);
+        for (key, msg) in problems {
+            diags.error(spans.of(key), subject, msg);
+        }
+        Some(crate::config::TagSource::Modbus(mt))
     }
 }

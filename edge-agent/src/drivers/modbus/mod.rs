@@ -19,7 +19,7 @@ pub mod transport;
 pub use error::{Exception, LinkError, ModbusResult};
 pub use poller::{poll_cycle, run_rtu_bus, run_tcp, DeviceRuntime};
 
-use crate::config::{Device, Tag, TagSource};
+use crate::config::{Device, Tag};
 use crate::model::TagId;
 
 /// Planner items of some Modbus tags.
@@ -35,8 +35,9 @@ pub fn items_of<'a>(tags: impl Iterator<Item = (TagId, &'a config::ModbusTag)>) 
 
 /// Planner items of all tags of a device.
 pub fn items(d: &Device, tags: &[Tag]) -> Vec<plan::Item> {
-    items_of(d.tags.iter().map(|&id| {
-        let TagSource::Modbus(m) = &tags[id as usize].source;
-        (id, m)
-    }))
+    items_of(
+        d.tags
+            .iter()
+            .filter_map(|&id| Some((id, tags[id as usize].source.modbus()?))),
+    )
 }

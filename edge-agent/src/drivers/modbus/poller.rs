@@ -16,9 +16,10 @@ use super::decode;
 use super::error::LinkError;
 use super::plan::ReadRequest;
 use super::transport::{self, Words};
-use crate::config::{DeviceDriver, TagMap, TagSource};
+use crate::config::TagMap;
 use crate::drivers::health::Health;
 use crate::drivers::stats::DeviceStats;
+use crate::drivers::Output;
 use crate::model::{now_ms, Quality, Reading, TagId, Value};
 
 /// First reconnect delay / unit skip after repeated failures.
@@ -45,9 +46,10 @@ pub struct DeviceRuntime {
 
 impl DeviceRuntime {
     /// Build the runtime of device `index` (`only`: restrict to these tags, for `read --tag`).
-    pub fn new(map: &TagMap, index: usize, only: Option<&[TagId]>) -> Self {
+    /// `None` when the device is not a Modbus device.
+    pub fn new(map: &TagMap, index: usize, only: Option<&[TagId]>) -> Option<Self> {
         let d = &map.devices[index];
-        let DeviceDriver::Modbus(dev) = &d.driver;
+        let dev = d.driver.modbus()?;
         let ids: Vec<TagId> = d
             .tags
             .iter()
@@ -56,21 +58,18 @@ impl DeviceRuntime {
             .collect();
         let tags: HashMap<TagId, ModbusTag> = ids
             .iter()
-            .map(|&id| {
-                let TagSource::Modbus(m) = &map.tags[id as usize].source;
-                (id, m.clone())
-            })
+            .filter_map(|&id| Some((id, map.tags[id as usize].source.modbus()?.clone())))
             .collect();
         let items = super::items_of(tags.iter().map(|(id, m)| (*id, m)));
         let requests = super::plan::plan(&items, &super::plan::Limits::from(dev));
-        DeviceRuntime {
+        Some(DeviceRuntime {
             index,
             name: d.name.clone(),
             dev: dev.clone(),
             poll_interval: d.poll_interval,
             requests,
             tags,
-        }
+        })
     }
 
     /// Tag ids served, in request order.
@@ -302,7 +301,7 @@ fn advance(next: &mut Instant, interval: Duration, stats: &DeviceStats) {
 /// Run loop of one Modbus TCP device until `shutdown` turns true.
 pub async fn run_tcp(
     rt: DeviceRuntime,
-    out: mpsc::Sender<Vec<Reading>>,
+    out: mpsc::Sender<Output>,
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<DeviceStats>,
 ) {
@@ -333,7 +332,7 @@ pub async fn run_tcp(
             update_health(&rt, &mut health, &o);
             o.readings
         };
-        if out.send(readings).await.is_err() {
+        if out.send(Output::Readings(readings)).await.is_err() {
             break;
         }
         advance(&mut next, rt.poll_interval, &stats);
@@ -348,7 +347,7 @@ pub async fn run_tcp(
 pub async fn run_rtu_bus(
     serial: SerialSettings,
     units: Vec<(DeviceRuntime, Arc<DeviceStats>)>,
-    out: mpsc::Sender<Vec<Reading>>,
+    out: mpsc::Sender<Output>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut link: Option<Context> = None;
@@ -384,7 +383,7 @@ pub async fn run_rtu_bus(
             update_health(rt, &mut health[i], &o);
             o.readings
         };
-        if out.send(readings).await.is_err() {
+        if out.send(Output::Readings(readings)).await.is_err() {
             break;
         }
         advance(&mut next[i], rt.poll_interval, stats);
