@@ -1,7 +1,20 @@
 //! Per-device counters, shared (lock-free) between a driver task and whoever reports them
 //! (`read` output, logs, later the metrics endpoint and the heartbeat).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// A protocol-specific figure of a device (besides the common counters).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Figure {
+    /// `counter` (only goes up) or `gauge`.
+    pub counter: bool,
+    /// One-line help for the metrics endpoint.
+    pub help: &'static str,
+    /// Current value.
+    pub value: f64,
+}
 
 /// Counters of one device.
 #[derive(Debug, Default)]
@@ -26,6 +39,10 @@ pub struct DeviceStats {
     pub rtt_us_sum: AtomicU64,
     /// Readings produced (all qualities).
     pub readings: AtomicU64,
+    /// Protocol-specific figures by metric suffix (e.g. `nmea_bad_sentences`,
+    /// `gps_clock_offset_ms`): exported as `flowsquare_device_<suffix>{device=...}` and logged in
+    /// the device summary. Set through [`DeviceStats::add`] / [`DeviceStats::set`].
+    pub extra: Mutex<BTreeMap<&'static str, Figure>>,
 }
 
 /// A plain copy of the counters.
@@ -57,6 +74,41 @@ impl DeviceStats {
     /// Add one to a counter.
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
+    }
+
+    /// Add `n` to the protocol-specific counter `name`.
+    pub fn add(&self, name: &'static str, help: &'static str, n: f64) {
+        if let Ok(mut m) = self.extra.lock() {
+            m.entry(name)
+                .or_insert(Figure {
+                    counter: true,
+                    help,
+                    value: 0.0,
+                })
+                .value += n;
+        }
+    }
+
+    /// Set the protocol-specific gauge `name`.
+    pub fn set(&self, name: &'static str, help: &'static str, value: f64) {
+        if let Ok(mut m) = self.extra.lock() {
+            m.insert(
+                name,
+                Figure {
+                    counter: false,
+                    help,
+                    value,
+                },
+            );
+        }
+    }
+
+    /// A copy of the protocol-specific figures.
+    pub fn extras(&self) -> Vec<(&'static str, Figure)> {
+        self.extra
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
     }
 
     /// Copy the counters.

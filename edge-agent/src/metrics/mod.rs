@@ -367,6 +367,33 @@ impl Telemetry {
             "Cycles skipped while the device kept failing.",
             dev(&|s| s.skipped_cycles as f64),
         );
+        // Protocol-specific figures, grouped by name across devices.
+        let mut extra: std::collections::BTreeMap<
+            &'static str,
+            (crate::drivers::stats::Figure, Vec<(String, f64)>),
+        > = std::collections::BTreeMap::new();
+        for (n, st) in &self.devices {
+            for (name, fig) in st.extras() {
+                extra
+                    .entry(name)
+                    .or_insert((fig, Vec::new()))
+                    .1
+                    .push((format!("{{device=\"{}\"}}", n.replace('"', "'")), fig.value));
+            }
+        }
+        for (name, (fig, values)) in extra {
+            let (kind, suffix) = if fig.counter {
+                ("counter", "_total")
+            } else {
+                ("gauge", "")
+            };
+            metric(
+                &format!("flowsquare_device_{name}{suffix}"),
+                kind,
+                fig.help,
+                values,
+            );
+        }
         s
     }
 }
