@@ -17,4 +17,4 @@ pub mod writer;
 pub use config::BufferConfig;
 pub use error::BufferError;
 pub use store::{Class, GapRow, LeaseOrder, LeaseRequest, Leased, Store, StoreFigures};
-pub use writer::{Buffer, BufferStats, BufferThread, OutBatch};
+pub use writer::{Buffer, BufferStats, BufferThread, EventLedger, OutBatch};

@@ -18,6 +18,8 @@
 //!         blob BLOB)
 //! gap(id, tags BLOB, from_ms, to_ms, count, reason TEXT, batch_id NULL)  -- known losses to report
 //! meta(key TEXT PRIMARY KEY, value INTEGER)  -- next_batch_id, drop counters, quarantines
+//! event_cursor(source TEXT PRIMARY KEY, seq, digest, ts_ms, acked)  -- last committed record
+//!                                            -- of each event definition (u64 bit-cast)
 //! ```
 //!
 //! ## Invariants
@@ -31,6 +33,12 @@
 //! 4. Only unleased segments are evicted: a leased batch may already be committed in the cloud,
 //!    and evicting it would count its readings twice (stored and lost). The buffer can therefore
 //!    exceed its byte bound by at most the in-flight window.
+//!
+//! 5. An event definition's cursor is written in the same transaction as its events (and the
+//!    missed-event gaps found with them): after a crash, the cursor names exactly the last
+//!    record in the database, so the driver re-reads what was not committed and never commits
+//!    a record twice. `acked` is set after the handshake was written to the PLC (a separate,
+//!    later transaction: a crash in between only means the handshake is written again).
 //!
 //! ## Compaction
 //! A lightly loaded agent commits small segments (≈ 20 readings per 100 ms), which compress
@@ -281,6 +289,12 @@ CREATE TABLE IF NOT EXISTS gap(
     reason TEXT NOT NULL,
     batch_id INTEGER);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS event_cursor(
+    source TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    digest INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    acked INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_batch_id', 1), ('dropped_full', 0), ('dropped_age', 0), ('quarantined', 0),
     ('last_commit_ms', 0), ('clean', 1);
 ";
@@ -664,6 +678,91 @@ impl Store {
         self.bytes = (self.bytes + merged.blob.len() as u64).saturating_sub(old_bytes as u64);
         self.segments = self.segments.saturating_sub(ids.len() as u64 - 1);
         Ok(true)
+    }
+
+    /// Append business events with the gaps found with them and the new cursors of their
+    /// definitions, in one transaction.
+    pub fn append_events(
+        &mut self,
+        seg: Option<&NewSegment>,
+        gaps: &[GapRow],
+        cursors: &[(String, crate::drivers::events::Cursor)],
+    ) -> Result<(), BufferError> {
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(s) = seg {
+            tx.execute(
+                "INSERT INTO segment(class, first_ts, last_ts, count, bytes, created_ms, tags, config, blob)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    s.class as i64,
+                    s.first_ts,
+                    s.last_ts,
+                    s.count,
+                    s.blob.len() as i64,
+                    now,
+                    tags_blob(&s.tags),
+                    s.config,
+                    s.blob
+                ],
+            )?;
+        }
+        for gap in gaps {
+            tx.execute(
+                "INSERT INTO gap(tags, from_ms, to_ms, count, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    tags_blob(&gap.tags),
+                    gap.range.start,
+                    gap.range.end,
+                    gap.count as i64,
+                    gap.reason
+                ],
+            )?;
+        }
+        for (source, c) in cursors {
+            tx.execute(
+                "INSERT INTO event_cursor(source, seq, digest, ts_ms, acked) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(source) DO UPDATE SET seq = ?2, digest = ?3, ts_ms = ?4, acked = ?5",
+                params![source, c.seq as i64, c.digest as i64, c.ts_ms, c.acked],
+            )?;
+        }
+        tx.commit()?;
+        if let Some(s) = seg {
+            self.bytes += s.blob.len() as u64;
+            self.segments += 1;
+            self.readings += u64::from(s.count);
+        }
+        Ok(())
+    }
+
+    /// The handshake of `source`'s record `seq` was written.
+    pub fn mark_acked(&mut self, source: &str, seq: u64) -> Result<(), BufferError> {
+        self.conn.execute(
+            "UPDATE event_cursor SET acked = 1 WHERE source = ?1 AND seq = ?2",
+            params![source, seq as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The cursor of every event definition that committed a record.
+    pub fn event_cursors(&self) -> Result<Vec<(String, crate::drivers::events::Cursor)>, BufferError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT source, seq, digest, ts_ms, acked FROM event_cursor ORDER BY source")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                crate::drivers::events::Cursor {
+                    seq: r.get::<_, i64>(1)? as u64,
+                    digest: r.get::<_, i64>(2)? as u64,
+                    ts_ms: r.get(3)?,
+                    acked: r.get(4)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Record a known loss (e.g. a skipped event sequence number) to report to the cloud.

@@ -2,18 +2,19 @@
 //! them (every `commit_interval` or `commit_readings`, whichever comes first) as segments per
 //! priority class. The uplink leases and acknowledges batches through the same handle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{self, Identity};
 use super::config::BufferConfig;
 use super::error::BufferError;
 use super::store::{Class, GapRow, LeaseRequest, Store, StoreFigures};
 use crate::config::{Priority, TagMap};
+use crate::drivers::events::{digest, Cursor};
 use crate::model::Reading;
 
 /// Most readings in one segment.
@@ -60,7 +61,8 @@ pub struct BufferStats {
 
 enum Cmd {
     Append(Vec<Reading>),
-    Events(Vec<flowsquare_wire::Event>),
+    Events(Vec<flowsquare_wire::Event>, Vec<GapRow>),
+    Acked(String, u64),
     Gap(GapRow),
     Flush(oneshot::Sender<Result<(), BufferError>>),
     Lease(
@@ -79,6 +81,65 @@ pub struct Buffer {
     tx: mpsc::Sender<Cmd>,
     /// Counters.
     pub stats: Arc<BufferStats>,
+    board: Arc<CursorBoard>,
+}
+
+/// The committed cursor of every event definition: loaded from the database at start, updated
+/// by the buffer thread right after each event transaction commits.
+#[derive(Debug)]
+struct CursorBoard {
+    cursors: Mutex<HashMap<String, Cursor>>,
+    version: watch::Sender<u64>,
+}
+
+impl CursorBoard {
+    fn get(&self, source: &str) -> Option<Cursor> {
+        self.cursors.lock().ok()?.get(source).copied()
+    }
+
+    fn update(&self, changes: &[(String, Cursor)]) {
+        if let Ok(mut m) = self.cursors.lock() {
+            for (s, c) in changes {
+                m.insert(s.clone(), *c);
+            }
+        }
+        self.version.send_modify(|v| *v += 1);
+    }
+}
+
+/// What an event driver needs from the buffer: the cursor it resumes after, a confirmation
+/// that its records are committed (only then is the handshake written to the PLC), and a
+/// place to note the handshake.
+#[derive(Clone)]
+pub struct EventLedger {
+    buffer: Buffer,
+}
+
+impl EventLedger {
+    /// The last committed record of `source`.
+    pub fn cursor(&self, source: &str) -> Option<Cursor> {
+        self.buffer.board.get(source)
+    }
+
+    /// Wait until `source`'s record `seq` is committed; false after `timeout` (the commit
+    /// failed or the buffer is stuck: the driver re-reads the record).
+    pub async fn wait_committed(&self, source: &str, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.buffer.board.version.subscribe();
+        let board = self.buffer.board.clone();
+        let done = move || board.get(source).is_some_and(|c| c.seq >= seq);
+        tokio::time::timeout(timeout, rx.wait_for(|_| done()))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Note that the handshake of `source`'s record `seq` was written.
+    pub async fn mark_acked(&self, source: &str, seq: u64) {
+        let _ = self
+            .buffer
+            .tx
+            .send(Cmd::Acked(source.to_owned(), seq))
+            .await;
+    }
 }
 
 /// The running buffer thread; `join` after every handle is dropped (or after `Buffer::close`).
@@ -99,6 +160,10 @@ impl Buffer {
         let path = cfg.effective_path();
         let (store, quarantined) = Store::open(&path, cfg.durability(), cfg.bounds())?;
         let stats = Arc::new(BufferStats::default());
+        let board = Arc::new(CursorBoard {
+            cursors: Mutex::new(store.event_cursors()?.into_iter().collect()),
+            version: watch::channel(0).0,
+        });
         if quarantined.is_some() {
             stats.quarantined.fetch_add(1, Relaxed);
         }
@@ -119,6 +184,7 @@ impl Buffer {
         let (tx, rx) = mpsc::channel(1024);
         let rt = tokio::runtime::Handle::current();
         let st = stats.clone();
+        let bd = board.clone();
         let (interval, max_pending) = (cfg.commit_interval, cfg.commit_readings as usize);
         let th = std::thread::Builder::new()
             .name("buffer".into())
@@ -128,13 +194,14 @@ impl Buffer {
                     id,
                     classes,
                     stats: st,
+                    board: bd,
                     pending: BTreeMap::new(),
                     pending_n: 0,
                 }
                 .run(rt, rx, interval, max_pending)
             })
             .map_err(|e| BufferError::Io { path, source: e })?;
-        Ok((Buffer { tx, stats }, BufferThread(th)))
+        Ok((Buffer { tx, stats, board }, BufferThread(th)))
     }
 
     /// Hand readings over; they are committed within the group-commit interval.
@@ -153,10 +220,29 @@ impl Buffer {
         &self,
         events: Vec<flowsquare_wire::Event>,
     ) -> Result<(), BufferError> {
+        self.append_events_with_gaps(events, Vec::new()).await
+    }
+
+    /// Hand business events over with the missed-event gaps found with them: committed at
+    /// once, in one transaction with the cursor of each event's definition (`source`).
+    /// Events at or before their source's committed cursor are dropped as duplicates (a
+    /// driver re-sends when a confirmation came too late).
+    pub async fn append_events_with_gaps(
+        &self,
+        events: Vec<flowsquare_wire::Event>,
+        gaps: Vec<GapRow>,
+    ) -> Result<(), BufferError> {
         self.tx
-            .send(Cmd::Events(events))
+            .send(Cmd::Events(events, gaps))
             .await
             .map_err(|_| BufferError::Stopped)
+    }
+
+    /// The view of the buffer the event drivers use.
+    pub fn event_ledger(&self) -> EventLedger {
+        EventLedger {
+            buffer: self.clone(),
+        }
     }
 
     /// Record a known loss to report.
@@ -221,6 +307,7 @@ struct Worker {
     id: Identity,
     classes: Vec<Class>,
     stats: Arc<BufferStats>,
+    board: Arc<CursorBoard>,
     pending: BTreeMap<Class, Vec<Reading>>,
     pending_n: usize,
 }
@@ -261,11 +348,20 @@ impl Worker {
                         first_pending = None;
                     }
                 }
-                Ok(Some(Cmd::Events(evs))) => {
+                Ok(Some(Cmd::Events(evs, gaps))) => {
                     // Events are committed at once: they are rare and must never wait.
-                    let res =
-                        codec::encode_events(&self.id, evs).and_then(|s| self.store.append(&[s]));
-                    self.note(res.map(|_| ()));
+                    let res = self.commit_events(evs, gaps);
+                    self.note(res);
+                }
+                Ok(Some(Cmd::Acked(source, seq))) => {
+                    let res = self.store.mark_acked(&source, seq);
+                    if res.is_ok() {
+                        if let Some(mut c) = self.board.get(&source).filter(|c| c.seq == seq) {
+                            c.acked = true;
+                            self.board.update(&[(source, c)]);
+                        }
+                    }
+                    self.note(res);
                 }
                 Ok(Some(Cmd::Gap(g))) => {
                     let res = self.store.add_gap(&g);
@@ -375,6 +471,44 @@ impl Worker {
             );
         }
         merged
+    }
+
+    /// Commit events, their gaps and their definitions' cursors in one transaction; then
+    /// publish the cursors (drivers waiting to write a handshake go on).
+    fn commit_events(
+        &mut self,
+        evs: Vec<flowsquare_wire::Event>,
+        gaps: Vec<GapRow>,
+    ) -> Result<(), BufferError> {
+        if evs.is_empty() {
+            return self.store.append_events(None, &gaps, &[]);
+        }
+        let fresh: Vec<flowsquare_wire::Event> = evs
+            .into_iter()
+            .filter(|e| self.board.get(&e.source).is_none_or(|c| e.seq > c.seq))
+            .collect();
+        if fresh.is_empty() {
+            // Duplicates of committed records: their gaps were committed with them.
+            return Ok(());
+        }
+        let mut cursors: Vec<(String, Cursor)> = Vec::new();
+        for e in &fresh {
+            let c = Cursor {
+                seq: e.seq,
+                digest: digest(&e.fields),
+                ts_ms: e.ts_ms,
+                acked: false,
+            };
+            match cursors.iter_mut().find(|(s, _)| *s == e.source) {
+                Some((_, old)) if old.seq < e.seq => *old = c,
+                Some(_) => {}
+                None => cursors.push((e.source.clone(), c)),
+            }
+        }
+        let seg = codec::encode_events(&self.id, fresh)?;
+        self.store.append_events(Some(&seg), &gaps, &cursors)?;
+        self.board.update(&cursors);
+        Ok(())
     }
 
     fn note(&self, res: Result<(), BufferError>) {

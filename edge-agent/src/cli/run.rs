@@ -32,7 +32,7 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
     let (buffer, buffer_thread) =
         Buffer::start(&map, &map.buffer).map_err(|e| CliError::Usage(e.to_string()))?;
     let (tx, mut rx) = mpsc::channel::<Output>(256);
-    let acq = Acquisition::start(&map, tx);
+    let acq = Acquisition::start_with(&map, tx, Some(buffer.event_ledger()));
     let devices = map
         .devices
         .iter()
@@ -198,13 +198,11 @@ async fn hand_over(
     match out {
         Output::Readings(b) => buffer.append(consume(b, filter)).await,
         Output::Events { events, gaps } => {
-            for g in gaps {
-                buffer.add_gap(g).await?;
+            for e in &events {
+                tracing::info!(event = %e.source, kind = %e.kind, seq = e.seq, "event captured");
             }
-            if events.is_empty() {
-                return Ok(());
-            }
-            buffer.append_events(events).await
+            // One transaction with the definitions' cursors (see `buffer/store.rs`).
+            buffer.append_events_with_gaps(events, gaps).await
         }
     }
 }

@@ -8,10 +8,12 @@
 //! - `parse.rs`: deserializing parts of spanned tables one struct at a time;
 //! - `schema.rs`: the protocol-independent keys (agent, device and tag common keys);
 //! - `validate.rs`: checks across devices and tags (duplicates, overlaps, buses, cycle time);
+//! - `events.rs`: `[[device.event]]` event definitions (batch records), protocol-independent keys;
 //! - `duration.rs`: `"500ms"`-style durations.
 
 pub mod diag;
 pub mod duration;
+pub mod events;
 pub mod parse;
 pub mod protocol;
 pub mod schema;
@@ -21,6 +23,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
+pub use events::{EventDef, EventField, Handshake, HandshakeValue, Trigger, TriggerMode};
 pub use schema::{AgentConfig, Deadband, Priority, TagKind};
 
 use crate::drivers::modbus::config as mb;
@@ -83,6 +86,8 @@ pub struct Device {
     pub driver: DeviceDriver,
     /// Its tags, in file order.
     pub tags: Vec<TagId>,
+    /// Its event definitions (`[[device.event]]`), in file order.
+    pub events: Vec<EventDef>,
 }
 
 /// Protocol-specific part of a tag.
@@ -112,6 +117,52 @@ impl TagSource {
     pub fn default_rollover(&self) -> Option<f64> {
         match self {
             TagSource::Modbus(m) => m.data_type.unsigned_range().map(|r| r * m.scale.abs()),
+        }
+    }
+
+    /// Does it decode to an integer (event sequence numbers, handshake values)?
+    pub fn is_integer(&self) -> bool {
+        match self {
+            TagSource::Modbus(m) => matches!(
+                m.data_type,
+                mb::DataType::U16
+                    | mb::DataType::U32
+                    | mb::DataType::U64
+                    | mb::DataType::I16
+                    | mb::DataType::I32
+                    | mb::DataType::I64
+            ) && m.scale == 1.0
+                && m.offset == 0.0,
+        }
+    }
+
+    /// Does it decode to a bool?
+    pub fn is_boolean(&self) -> bool {
+        match self {
+            TagSource::Modbus(m) => matches!(m.data_type, mb::DataType::Bool | mb::DataType::Bit),
+        }
+    }
+
+    /// Largest value of an unsigned integer type (default sequence rollover).
+    pub fn unsigned_max(&self) -> Option<u64> {
+        match self {
+            TagSource::Modbus(m) => match m.data_type {
+                mb::DataType::U16 => Some(u64::from(u16::MAX)),
+                mb::DataType::U32 => Some(u64::from(u32::MAX)),
+                mb::DataType::U64 => Some(u64::MAX),
+                _ => None,
+            },
+        }
+    }
+
+    /// Can the agent write it (event handshakes)?
+    pub fn is_writable(&self) -> bool {
+        match self {
+            TagSource::Modbus(m) => {
+                matches!(m.register, mb::RegisterKind::Coil | mb::RegisterKind::Holding)
+                    && m.data_type != mb::DataType::Bit
+                    && m.data_type != mb::DataType::String
+            }
         }
     }
 
@@ -170,6 +221,14 @@ pub struct TagMap {
 }
 
 impl TagMap {
+    /// Every event definition with the index of its device, in file order.
+    pub fn events(&self) -> impl Iterator<Item = (usize, &EventDef)> {
+        self.devices
+            .iter()
+            .enumerate()
+            .flat_map(|(i, d)| d.events.iter().map(move |e| (i, e)))
+    }
+
     /// The tag called `name`.
     pub fn tag_by_name(&self, name: &str) -> Option<&Tag> {
         self.tags.iter().find(|t| t.name == name)
@@ -237,6 +296,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<(TagMap, Vec<Diagnostic>), Co
     let mut tags = Vec::new();
     let mut tag_spans = Vec::new();
     let mut device_spans = Vec::new();
+    let mut event_spans = Vec::new();
     if let Some(v) = root.get("device") {
         for (i, dt) in as_table_array(v, "device", "", &mut diags)
             .into_iter()
@@ -249,6 +309,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<(TagMap, Vec<Diagnostic>), Co
                 &mut tags,
                 &mut device_spans,
                 &mut tag_spans,
+                &mut event_spans,
                 &mut diags,
             );
         }
@@ -261,6 +322,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<(TagMap, Vec<Diagnostic>), Co
     }
 
     validate::check(&devices, &tags, &device_spans, &tag_spans, &mut diags);
+    validate::events(&devices, &event_spans, &mut diags);
 
     match agent {
         Some(agent) if !diags.has_errors() => Ok((
@@ -321,6 +383,7 @@ fn load_device(
     tags: &mut Vec<Tag>,
     device_spans: &mut Vec<Spans>,
     tag_spans: &mut Vec<Spans>,
+    event_spans: &mut Vec<Spans>,
     diags: &mut Diagnostics,
 ) {
     let t = dt.get_ref();
@@ -369,6 +432,7 @@ fn load_device(
         poll_interval: common.poll_interval,
         driver,
         tags: Vec::new(),
+        events: Vec::new(),
     };
     if let Some(v) = t.get("tag") {
         let mut tag_keys = vec![parse::fields_of::<TagCommon>()];
@@ -408,7 +472,19 @@ fn load_device(
             tag_spans.push(tspans);
         }
     }
-    if !t.contains_key("tag") {
+    if let Some(v) = t.get("event") {
+        let (evs, spans) = events::load(
+            v,
+            proto,
+            &device.driver,
+            device.poll_interval,
+            &subject,
+            diags,
+        );
+        device.events = evs;
+        event_spans.extend(spans);
+    }
+    if !t.contains_key("tag") && !t.contains_key("event") {
         diags.warning(dt.span(), &subject, "device has no [[device.tag]] tables");
     }
     devices.push(device);

@@ -209,3 +209,30 @@ fn rtu_buses(devices: &[Device], tags: &[Tag], spans: &[Spans], diags: &mut Diag
         }
     }
 }
+
+/// Checks on the event definitions: unique names across the tag map (a name keys the persisted
+/// cursor and is the `source` of its events), and where they can run.
+pub(super) fn events(devices: &[Device], event_spans: &[Spans], diags: &mut Diagnostics) {
+    let defs: Vec<(&Device, &crate::config::EventDef)> = devices
+        .iter()
+        .flat_map(|d| d.events.iter().map(move |e| (d, e)))
+        .collect();
+    duplicates(
+        defs.iter().map(|(_, e)| e.name.as_str()),
+        event_spans,
+        "event",
+        diags,
+    );
+    for (i, (d, e)) in defs.iter().enumerate() {
+        if let Some(ModbusDevice {
+            link: Link::Rtu(_), ..
+        }) = d.driver.modbus()
+        {
+            diags.error(
+                event_spans[i].table.clone(),
+                format!("device '{}' event '{}'", d.name, e.name),
+                "event capture runs on modbus-tcp devices only in this version (an RTU bus would need its event reads interleaved with the tag polling)",
+            );
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! `Acquisition::stop` signals the tasks and waits for them (drivers stop first in the ordered
 //! shutdown). `read_once` polls every device once, for `edge-agent read --once`.
 
+pub mod events;
 pub mod filter;
 pub mod health;
 pub mod modbus;
@@ -50,8 +51,21 @@ pub struct Acquisition {
 }
 
 impl Acquisition {
-    /// Spawn the driver tasks for `map`, sending each cycle's readings to `out`.
+    /// Spawn the driver tasks for `map`, sending each cycle's readings to `out`. Event
+    /// definitions run too; without a ledger a record counts as committed once handed over
+    /// (see [`Acquisition::start_with`]).
     pub fn start(map: &TagMap, out: OutputTx) -> Self {
+        Self::start_with(map, out, None)
+    }
+
+    /// Like [`Acquisition::start`], with the buffer's event ledger: event definitions resume
+    /// after their persisted cursor and write a handshake only once the buffer committed the
+    /// record.
+    pub fn start_with(
+        map: &TagMap,
+        out: OutputTx,
+        ledger: Option<crate::buffer::EventLedger>,
+    ) -> Self {
         let (shutdown, rx) = watch::channel(false);
         let stats: Vec<Arc<DeviceStats>> = map.devices.iter().map(|_| Arc::default()).collect();
         let mut tasks = Vec::new();
@@ -82,6 +96,22 @@ impl Acquisition {
                 }
             }
         }
+        for (i, def) in map.events() {
+            let Some(m) = map.devices[i].driver.modbus() else {
+                continue;
+            };
+            let Some(io) = modbus::events::ModbusEventIo::new(def, m, stats[i].clone()) else {
+                continue;
+            };
+            tasks.push(tokio::spawn(events::run(
+                def.clone(),
+                io,
+                out.clone(),
+                ledger.clone(),
+                rx.clone(),
+                stats[i].clone(),
+            )));
+        }
         for (_, (serial, units)) in buses {
             tasks.push(tokio::spawn(modbus::run_rtu_bus(
                 serial,
@@ -106,6 +136,26 @@ impl Acquisition {
             }
         }
     }
+}
+
+/// Read the trigger and the record on display of every event definition once (for
+/// `read --once`): `(definition name, trigger value and record, or why not)`, in tag-map order.
+pub async fn read_events_once(
+    map: &TagMap,
+) -> Vec<(String, Result<(u64, flowsquare_wire::Event), events::IoError>)> {
+    let mut out = Vec::new();
+    for (i, def) in map.events() {
+        let Some(m) = map.devices[i].driver.modbus() else {
+            continue;
+        };
+        let Some(mut io) =
+            modbus::events::ModbusEventIo::new(def, m, Arc::new(DeviceStats::default()))
+        else {
+            continue;
+        };
+        out.push((def.name.clone(), events::run::read_once(def, &mut io).await));
+    }
+    out
 }
 
 /// Poll every device (or only the tags in `only`) once; devices in parallel, units of one RTU bus

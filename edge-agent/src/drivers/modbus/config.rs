@@ -660,6 +660,10 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         vec![link, fields_of::<RawShaping>()]
     }
 
+    fn device_subtables(&self) -> &'static [&'static str] {
+        &["event"]
+    }
+
     fn tag_keys(&self, _dev: &crate::config::DeviceDriver) -> Vec<&'static [&'static str]> {
         vec![crate::config::parse::fields_of::<RawModbusTag>()]
     }

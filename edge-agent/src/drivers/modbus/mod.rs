@@ -5,12 +5,14 @@
 //! - `decode.rs`: registers → values, every type and word/byte order;
 //! - `transport.rs`: opening TCP connections / serial ports and executing one request;
 //! - `poller.rs`: the run loops (task per TCP device, task per RTU bus);
+//! - `events.rs`: the Modbus binding of event capture (trigger, field block, handshake writes);
 //! - `probe.rs`: raw register reads decoded every way, for commissioning;
 //! - `error.rs`: link errors vs device exceptions.
 
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod events;
 pub mod plan;
 pub mod poller;
 pub mod probe;

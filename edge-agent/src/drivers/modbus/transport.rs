@@ -121,3 +121,54 @@ pub async fn read(ctx: &mut Context, req: &ReadRequest, timeout: Duration) -> Mo
         _ => Ok(out),
     }
 }
+
+/// A write request (event handshakes).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// FC5: one coil.
+    Coil {
+        /// Address.
+        address: u16,
+        /// Value.
+        value: bool,
+    },
+    /// FC6 (one register) or FC16 (several).
+    Registers {
+        /// First address.
+        address: u16,
+        /// Values.
+        words: Vec<u16>,
+    },
+}
+
+impl Write {
+    /// Modbus function code.
+    pub fn function_code(&self) -> u8 {
+        match self {
+            Write::Coil { .. } => 5,
+            Write::Registers { words, .. } if words.len() == 1 => 6,
+            Write::Registers { .. } => 16,
+        }
+    }
+}
+
+/// Execute one write request, bounded by `timeout`.
+pub async fn write(ctx: &mut Context, w: &Write, timeout: Duration) -> ModbusResult<()> {
+    use tokio_modbus::client::Writer;
+    let fut = async {
+        match w {
+            Write::Coil { address, value } => {
+                flatten(ctx.write_single_coil(*address, *value).await)
+            }
+            Write::Registers { address, words } if words.len() == 1 => {
+                flatten(ctx.write_single_register(*address, words[0]).await)
+            }
+            Write::Registers { address, words } => {
+                flatten(ctx.write_multiple_registers(*address, words).await)
+            }
+        }
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| LinkError::Timeout(timeout))?
+}

@@ -1,0 +1,432 @@
+//! The bookkeeping of one event definition, without I/O: given the last committed record and
+//! the trigger value just read, decide whether a new record is on display, which sequence
+//! number it gets and how many records were skipped before it (across rollover), when a flag
+//! rose, and whether a committed record still waits for its handshake.
+//!
+//! Sequence numbers on the wire are *extended*: the PLC's counter wraps (9999 → 0), the agent's
+//! does not (`…, 9999, 10000, …`), so `(source, seq)` identifies a record for ever. The extended
+//! number is always congruent to the PLC's modulo `seq_rollover + 1`, so the PLC's number is
+//! `seq % modulus` and nothing else needs to be persisted.
+
+use flowsquare_wire::WireValue;
+
+use crate::config::TriggerMode;
+
+/// The last committed record of a definition (persisted in the buffer's database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Extended sequence number.
+    pub seq: u64,
+    /// Digest of its fields ([`digest`]): recognises the same record after a restart when the
+    /// trigger cannot (a flag still high).
+    pub digest: u64,
+    /// When it was read, UTC ms.
+    pub ts_ms: i64,
+    /// Was its handshake written?
+    pub acked: bool,
+}
+
+/// How many records were skipped before a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// None (or nothing is known before it: first start without history).
+    None,
+    /// This many sequence numbers were skipped.
+    Count(u64),
+    /// The sequence jumped by more than half its range (a PLC counter reset or reload): an
+    /// unknown number of records may be missing.
+    Unknown,
+}
+
+/// What to do after reading the trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// No new record. `unacked`: the committed record with this sequence number is still on
+    /// display and its handshake was not written (write it).
+    Unchanged {
+        /// See above.
+        unacked: Option<u64>,
+    },
+    /// A new record is on display: read it and commit it under `seq`.
+    Capture {
+        /// Extended sequence number of the new record.
+        seq: u64,
+        /// Records skipped before it.
+        missed: Missed,
+    },
+    /// The flag is high at start and a record was committed before: read the record; if its
+    /// digest equals `digest` it is the committed one ([`Tracker::matched`]), otherwise capture
+    /// it under `seq`.
+    Verify {
+        /// Sequence number if it is a new record.
+        seq: u64,
+        /// Digest of the committed record.
+        digest: u64,
+    },
+}
+
+/// The state of one event definition.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    mode: TriggerMode,
+    modulus: u128,
+    last: Option<Cursor>,
+    /// Last flag level known to be handled (None: not read yet since start).
+    flag: Option<bool>,
+}
+
+impl Tracker {
+    /// A tracker for `mode` (sequence numbers `0..modulus`), resuming after `last`.
+    pub fn new(mode: TriggerMode, seq_rollover: u64, last: Option<Cursor>) -> Self {
+        Tracker {
+            mode,
+            modulus: u128::from(seq_rollover) + 1,
+            last,
+            flag: None,
+        }
+    }
+
+    /// The last committed record.
+    pub fn last(&self) -> Option<Cursor> {
+        self.last
+    }
+
+    /// The PLC's number for extended sequence `seq`.
+    pub fn plc_seq(&self, seq: u64) -> u64 {
+        match self.mode {
+            TriggerMode::Sequence => (u128::from(seq) % self.modulus) as u64,
+            TriggerMode::Flag => seq,
+        }
+    }
+
+    /// Decide what the trigger value `value` means. Only a low flag is recorded here; a new
+    /// record changes the state only once it is committed ([`Tracker::committed`]), so a failed
+    /// read of the record is retried at the next poll.
+    pub fn observe(&mut self, value: u64) -> Step {
+        match self.mode {
+            TriggerMode::Sequence => self.observe_seq(value),
+            TriggerMode::Flag => self.observe_flag(value != 0),
+        }
+    }
+
+    fn unacked(&self) -> Option<u64> {
+        self.last.filter(|c| !c.acked).map(|c| c.seq)
+    }
+
+    fn observe_seq(&mut self, value: u64) -> Step {
+        let m = self.modulus;
+        let raw = u128::from(value) % m;
+        let Some(c) = self.last else {
+            // First start without history: take the record on display, report no gap.
+            return Step::Capture {
+                seq: raw as u64,
+                missed: Missed::None,
+            };
+        };
+        let last_raw = u128::from(c.seq) % m;
+        let delta = (raw + m - last_raw) % m;
+        if delta == 0 {
+            return Step::Unchanged {
+                unacked: self.unacked(),
+            };
+        }
+        let seq = (u128::from(c.seq) + delta).min(u128::from(u64::MAX)) as u64;
+        let missed = if delta > m / 2 {
+            Missed::Unknown
+        } else if delta > 1 {
+            Missed::Count((delta - 1) as u64)
+        } else {
+            Missed::None
+        };
+        Step::Capture { seq, missed }
+    }
+
+    fn observe_flag(&mut self, high: bool) -> Step {
+        let next = self.last.map_or(1, |c| c.seq.saturating_add(1));
+        if !high {
+            self.flag = Some(false);
+            return Step::Unchanged { unacked: None };
+        }
+        match (self.flag, self.last) {
+            (Some(true), _) => Step::Unchanged {
+                unacked: self.unacked(),
+            },
+            (Some(false), _) | (None, None) => Step::Capture {
+                seq: next,
+                missed: Missed::None,
+            },
+            (None, Some(c)) => Step::Verify {
+                seq: next,
+                digest: c.digest,
+            },
+        }
+    }
+
+    /// The record with `cursor.seq` is committed.
+    pub fn committed(&mut self, cursor: Cursor) {
+        self.last = Some(cursor);
+        if self.mode == TriggerMode::Flag {
+            self.flag = Some(true);
+        }
+    }
+
+    /// After [`Step::Verify`]: the record on display is the committed one.
+    pub fn matched(&mut self) {
+        self.flag = Some(true);
+    }
+
+    /// The handshake of the last committed record was written.
+    pub fn acked(&mut self) {
+        if let Some(c) = &mut self.last {
+            c.acked = true;
+        }
+    }
+}
+
+/// A stable digest of a record's fields (64-bit FNV-1a over names, type tags and values).
+pub fn digest(fields: &[(String, WireValue)]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for (name, v) in fields {
+        eat(name.as_bytes());
+        eat(&[0]);
+        match v {
+            WireValue::Bool(b) => eat(&[1, u8::from(*b)]),
+            WireValue::Int(i) => {
+                eat(&[2]);
+                eat(&i.to_be_bytes())
+            }
+            WireValue::UInt(u) => {
+                eat(&[3]);
+                eat(&u.to_be_bytes())
+            }
+            WireValue::Float(f) => {
+                eat(&[4]);
+                eat(&f.to_bits().to_be_bytes())
+            }
+            WireValue::Text(s) => {
+                eat(&[5]);
+                eat(s.as_bytes());
+                eat(&[0]);
+            }
+        }
+    }
+    // Never 0, so 0 can mean "unknown" in the database.
+    h.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cur(seq: u64) -> Cursor {
+        Cursor {
+            seq,
+            digest: 7,
+            ts_ms: 0,
+            acked: true,
+        }
+    }
+
+    fn seq_tracker(last: Option<u64>) -> Tracker {
+        Tracker::new(TriggerMode::Sequence, 9999, last.map(cur))
+    }
+
+    #[test]
+    fn first_start_without_history_takes_the_record_on_display_without_a_gap() {
+        let mut t = seq_tracker(None);
+        assert_eq!(
+            t.observe(4711),
+            Step::Capture {
+                seq: 4711,
+                missed: Missed::None
+            }
+        );
+    }
+
+    #[test]
+    fn next_number_is_captured_and_unchanged_is_idle() {
+        let mut t = seq_tracker(Some(5));
+        assert_eq!(t.observe(5), Step::Unchanged { unacked: None });
+        assert_eq!(
+            t.observe(6),
+            Step::Capture {
+                seq: 6,
+                missed: Missed::None
+            }
+        );
+        // Not committed yet: the same step again (the record is re-read).
+        assert_eq!(
+            t.observe(6),
+            Step::Capture {
+                seq: 6,
+                missed: Missed::None
+            }
+        );
+        t.committed(Cursor {
+            seq: 6,
+            digest: 1,
+            ts_ms: 0,
+            acked: false,
+        });
+        assert_eq!(t.observe(6), Step::Unchanged { unacked: Some(6) });
+        t.acked();
+        assert_eq!(t.observe(6), Step::Unchanged { unacked: None });
+    }
+
+    #[test]
+    fn rollover_9999_to_0_is_no_gap_and_the_extended_number_keeps_counting() {
+        let mut t = seq_tracker(Some(9999));
+        assert_eq!(
+            t.observe(0),
+            Step::Capture {
+                seq: 10_000,
+                missed: Missed::None
+            }
+        );
+        assert_eq!(t.plc_seq(10_000), 0);
+        t.committed(cur(10_000));
+        assert_eq!(
+            t.observe(1),
+            Step::Capture {
+                seq: 10_001,
+                missed: Missed::None
+            }
+        );
+    }
+
+    #[test]
+    fn skip_of_one_and_of_several_across_rollover() {
+        let mut t = seq_tracker(Some(41));
+        assert_eq!(
+            t.observe(43),
+            Step::Capture {
+                seq: 43,
+                missed: Missed::Count(1)
+            }
+        );
+        let mut t = seq_tracker(Some(9997));
+        assert_eq!(
+            t.observe(2),
+            Step::Capture {
+                seq: 10_002,
+                missed: Missed::Count(4)
+            }
+        );
+    }
+
+    #[test]
+    fn restart_with_persisted_cursor_resumes_after_it() {
+        // Extended 20_005 = PLC 5 after two wraps.
+        let mut t = seq_tracker(Some(20_005));
+        assert_eq!(t.observe(5), Step::Unchanged { unacked: None });
+        assert_eq!(
+            t.observe(8),
+            Step::Capture {
+                seq: 20_008,
+                missed: Missed::Count(2)
+            }
+        );
+    }
+
+    #[test]
+    fn a_backwards_jump_is_an_unknown_loss_not_thousands_of_missed_records() {
+        let mut t = seq_tracker(Some(500));
+        assert_eq!(
+            t.observe(3),
+            Step::Capture {
+                seq: 10_003,
+                missed: Missed::Unknown
+            }
+        );
+    }
+
+    #[test]
+    fn u16_counter_without_configured_rollover_wraps_at_65535() {
+        let mut t = Tracker::new(TriggerMode::Sequence, 65_535, Some(cur(65_535)));
+        assert_eq!(
+            t.observe(0),
+            Step::Capture {
+                seq: 65_536,
+                missed: Missed::None
+            }
+        );
+        let mut t = Tracker::new(TriggerMode::Sequence, u64::MAX, Some(cur(u64::MAX - 1)));
+        assert_eq!(
+            t.observe(u64::MAX),
+            Step::Capture {
+                seq: u64::MAX,
+                missed: Missed::None
+            }
+        );
+    }
+
+    #[test]
+    fn flag_fires_on_rising_edge_only_once_committed() {
+        let mut t = Tracker::new(TriggerMode::Flag, 0, None);
+        assert_eq!(t.observe(0), Step::Unchanged { unacked: None });
+        assert_eq!(
+            t.observe(1),
+            Step::Capture {
+                seq: 1,
+                missed: Missed::None
+            }
+        );
+        // The read failed: still a capture at the next poll.
+        assert_eq!(
+            t.observe(1),
+            Step::Capture {
+                seq: 1,
+                missed: Missed::None
+            }
+        );
+        t.committed(Cursor {
+            seq: 1,
+            digest: 3,
+            ts_ms: 0,
+            acked: false,
+        });
+        assert_eq!(t.observe(1), Step::Unchanged { unacked: Some(1) });
+        t.acked();
+        assert_eq!(t.observe(1), Step::Unchanged { unacked: None });
+        assert_eq!(t.observe(0), Step::Unchanged { unacked: None });
+        assert_eq!(
+            t.observe(1),
+            Step::Capture {
+                seq: 2,
+                missed: Missed::None
+            }
+        );
+    }
+
+    #[test]
+    fn flag_high_at_restart_is_verified_against_the_committed_record() {
+        let mut t = Tracker::new(TriggerMode::Flag, 0, Some(cur(9)));
+        assert_eq!(t.observe(1), Step::Verify { seq: 10, digest: 7 });
+        t.matched();
+        assert_eq!(t.observe(1), Step::Unchanged { unacked: None });
+        // Low at restart: the next rise is a new record.
+        let mut t = Tracker::new(TriggerMode::Flag, 0, Some(cur(9)));
+        assert_eq!(t.observe(0), Step::Unchanged { unacked: None });
+        assert_eq!(
+            t.observe(1),
+            Step::Capture {
+                seq: 10,
+                missed: Missed::None
+            }
+        );
+    }
+
+    #[test]
+    fn digest_tells_records_apart() {
+        let a = vec![("bol".to_string(), WireValue::Text("B1".into()))];
+        let b = vec![("bol".to_string(), WireValue::Text("B2".into()))];
+        assert_eq!(digest(&a), digest(&a.clone()));
+        assert_ne!(digest(&a), digest(&b));
+    }
+}
