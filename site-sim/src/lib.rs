@@ -13,6 +13,7 @@
 //! | [`modbus::generator`] | time-dependent values: ramp, sine, counter, random walk |
 //! | `modbus::registers` | one unit's register image: mapped points plus client writes |
 //! | `modbus::simulator` | [`modbus::Simulator`] (the units of a device) and [`modbus::Unit`] |
+//! | [`modbus::gantry`] | a gantry batch controller: batch records, rollover, skips, handshake |
 //! | [`modbus::faults`] | fault injection and the runtime [`modbus::FaultHandle`] |
 //! | [`modbus::service`] | request routing and execution; the tokio-modbus `Service` impl |
 //! | `modbus::frame` | byte-level Modbus: PDU codec, RTU CRC and framing, MBAP |

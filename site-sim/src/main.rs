@@ -224,12 +224,14 @@ async fn run_modbus(a: ModbusArgs) -> Result<()> {
         lines.push_str(&format!("listening tcp {local}\n"));
         ports.push_str(&format!("{}\n", local.port()));
         let sim = Arc::new(Simulator::new(&map)?);
+        start_gantries(&map, &sim, &shutdown);
         tracing::info!(addr = %local, units = sim.units().count(), "serving modbus tcp");
         tasks.spawn(modbus::serve_tcp(l, sim, shutdown()));
     }
     if let Some((port, path)) = serial {
         lines.push_str(&format!("listening rtu {path}\n"));
         let sim = Arc::new(Simulator::new(&map)?);
+        start_gantries(&map, &sim, &shutdown);
         tracing::info!(%path, baud = a.baud, units = sim.units().count(), "serving modbus rtu");
         tasks.spawn(modbus::serve_rtu(port, sim, shutdown()));
     }
@@ -263,6 +265,21 @@ async fn run_modbus(a: ModbusArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Start the `[unit.gantry]` batch controllers of `sim` on their timers.
+fn start_gantries<F, Fut>(map: &MapConfig, sim: &Arc<Simulator>, shutdown: &F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    for u in &map.units {
+        if let (Some(cfg), Some(unit)) = (&u.gantry, sim.unit(u.id)) {
+            let g = modbus::Gantry::new(unit.clone(), cfg.clone());
+            tracing::info!(unit = u.id, base = cfg.base, "gantry batch controller running");
+            tokio::spawn(g.run(shutdown()));
+        }
+    }
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {

@@ -79,6 +79,10 @@ pub struct UnitConfig {
     /// `[[unit.register]]` tables: the mapped values.
     #[serde(rename = "register", default)]
     pub registers: Vec<RegisterConfig>,
+    /// `[unit.gantry]`: a gantry batch controller writing batch records on a timer (see
+    /// [`crate::modbus::gantry`] for the record layout).
+    #[serde(default)]
+    pub gantry: Option<super::gantry::GantryConfig>,
 }
 
 fn default_strict() -> bool {

@@ -1,5 +1,5 @@
 //! Simulated Modbus devices: register maps with constant and generated values, per-unit fault
-//! injection, Modbus TCP and RTU servers.
+//! injection, Modbus TCP and RTU servers, a gantry batch controller (`gantry.rs`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), site_sim::modbus::SimError> {
@@ -19,6 +19,7 @@
 pub mod config;
 pub mod error;
 pub mod faults;
+pub mod gantry;
 mod frame;
 pub mod gen_map;
 pub mod generator;
@@ -31,6 +32,7 @@ pub mod values;
 pub use config::MapConfig;
 pub use error::SimError;
 pub use faults::{ExceptionRule, FaultHandle, Faults};
+pub use gantry::{Ack, BatchRecord, Gantry, GantryConfig};
 pub use registers::MAX_STRING_LENGTH;
 pub use server::{
     open_serial, serve_rtu, serve_rtu_path, serve_tcp, Parity, SerialConfig, RTU_RESYNC_TIMEOUT,
