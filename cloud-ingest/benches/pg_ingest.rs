@@ -80,6 +80,7 @@ fn birth(site: &str, names: &[String]) -> wire::Birth {
                 poll_interval_ms: 1000,
             })
             .collect(),
+        events: Vec::new(),
     }
 }
 

@@ -39,6 +39,7 @@ fn birth() -> wire::Birth {
                 poll_interval_ms: 1000,
             })
             .collect(),
+        events: Vec::new(),
     }
 }
 

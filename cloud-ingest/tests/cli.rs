@@ -30,6 +30,7 @@ fn export_file(path: &std::path::Path, batches: u64, per: i64) {
             data_type: "f32".into(),
             poll_interval_ms: 1000,
         }],
+        events: Vec::new(),
     };
     let mut out = b"FLOWSQUARE-EXPORT 1\n".to_vec();
     let mut frame = |bytes: Vec<u8>| {

@@ -294,6 +294,7 @@ impl FakeAgent {
                     poll_interval_ms: 1000,
                 })
                 .collect(),
+            events: Vec::new(),
         };
         self.client
             .publish(self.topics.birth(), QoS::AtLeastOnce, true, b.encode())

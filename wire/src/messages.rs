@@ -187,6 +187,42 @@ pub struct TagInfo {
     pub poll_interval_ms: u64,
 }
 
+/// An event definition in the birth catalog: the `source` and `kind` of the events it
+/// produces, and their fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventInfo {
+    /// Definition name: the `source` of its events (unique in the config).
+    pub name: String,
+    /// Event kind, e.g. `gantry-batch`.
+    pub kind: String,
+    /// Name of its device (one of [`Birth::devices`]).
+    pub device: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `sequence` or `flag`.
+    pub trigger: String,
+    /// Sequence numbers wrap after this (sequence triggers); events carry an extended,
+    /// never-wrapping `seq` and the device's own number in the `plc_seq` field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_rollover: Option<u64>,
+    /// Its fields, in order.
+    #[serde(default)]
+    pub fields: Vec<EventFieldInfo>,
+}
+
+/// A field of an event definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventFieldInfo {
+    /// Field name.
+    pub name: String,
+    /// The configured data type, e.g. `f32`, `string`.
+    pub data_type: String,
+    /// Engineering unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
 /// Agent → cloud, retained on `…/birth`, published on every connect: who the agent is and the
 /// tag catalog of its current config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +245,9 @@ pub struct Birth {
     /// Tags, `tags[i].id == i`.
     #[serde(default)]
     pub tags: Vec<TagInfo>,
+    /// Event definitions (absent in births of agents without event capture).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventInfo>,
 }
 
 impl Message for Birth {
@@ -230,6 +269,14 @@ impl Message for Birth {
                 return Err(invalid(
                     Self::NAME,
                     format!("tag {:?} names unknown device {:?}", t.name, t.device),
+                ));
+            }
+        }
+        for e in &self.events {
+            if !self.devices.iter().any(|d| d.name == e.device) {
+                return Err(invalid(
+                    Self::NAME,
+                    format!("event {:?} names unknown device {:?}", e.name, e.device),
                 ));
             }
         }
@@ -521,6 +568,7 @@ mod tests {
                     poll_interval_ms: 1000,
                 },
             ],
+            events: Vec::new(),
         }
     }
 

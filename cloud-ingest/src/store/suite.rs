@@ -132,6 +132,7 @@ pub fn birth(site: &str, agent: &str, hash: &str, names: &[&str]) -> wire::Birth
                 poll_interval_ms: 1000,
             })
             .collect(),
+        events: Vec::new(),
     }
 }
 

@@ -23,12 +23,13 @@ pub fn run(path: &Path, deny_warnings: bool) -> Result<ExitCode, CliError> {
         Ok((map, warnings)) => {
             print_diagnostics(&warnings);
             println!(
-                "{}: ok: site {} agent {}, {} device(s), {} tag(s), {} warning(s), config hash {}",
+                "{}: ok: site {} agent {}, {} device(s), {} tag(s), {} event definition(s), {} warning(s), config hash {}",
                 path.display(),
                 map.agent.site,
                 map.agent.id,
                 map.devices.len(),
                 map.tags.len(),
+                map.events().count(),
                 warnings.len(),
                 map.hash
             );

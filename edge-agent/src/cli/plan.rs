@@ -20,6 +20,27 @@ fn requests(map: &TagMap, di: usize) -> Option<(Vec<plan::ReadRequest>, plan::Cy
     Some((reqs, est))
 }
 
+/// The Modbus requests of each event definition of device `di`: (name, trigger interval, plan).
+fn event_plans(
+    map: &TagMap,
+    di: usize,
+) -> Vec<(String, std::time::Duration, crate::drivers::modbus::events::EventPlan)> {
+    let d = &map.devices[di];
+    let Some(m) = d.driver.modbus() else {
+        return Vec::new();
+    };
+    d.events
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e.name.clone(),
+                e.poll_interval,
+                crate::drivers::modbus::events::EventPlan::new(e, m)?,
+            ))
+        })
+        .collect()
+}
+
 fn fc_name(k: crate::drivers::modbus::config::RegisterKind) -> String {
     format!("FC{} read {}", k.function_code(), k.as_str())
 }
@@ -39,9 +60,30 @@ pub fn run(path: &Path, format: &str) -> Result<ExitCode, CliError> {
                         "requests": [],
                     });
                 };
+                let events: Vec<serde_json::Value> = event_plans(&map, di)
+                    .into_iter()
+                    .map(|(name, interval, p)| {
+                        let req = |r: &plan::ReadRequest, names: Vec<String>| serde_json::json!({
+                            "function": r.kind.function_code(),
+                            "table": r.kind.as_str(),
+                            "start": r.start,
+                            "count": r.count,
+                            "fields": names,
+                        });
+                        let def = d.events.iter().find(|e| e.name == name);
+                        serde_json::json!({
+                            "event": name,
+                            "poll_interval_ms": interval.as_millis() as u64,
+                            "trigger": req(&p.trigger, vec![]),
+                            "fields": p.fields.iter().map(|r| req(r, r.tags.iter().filter_map(|t| def.and_then(|e| e.fields.get(*t as usize)).map(|f| f.name.clone())).collect())).collect::<Vec<_>>(),
+                            "handshake": p.handshake.as_ref().map(|(t, _)| serde_json::json!({"table": t.register.as_str(), "address": t.address})),
+                        })
+                    })
+                    .collect();
                 serde_json::json!({
                     "protocol": d.driver.protocol(),
                     "device": d.name,
+                    "events": events,
                     "poll_interval_ms": d.poll_interval.as_millis() as u64,
                     "estimated_cycle_ms": est.expected.as_secs_f64() * 1000.0,
                     "all_timeouts_cycle_ms": est.all_timeouts.as_secs_f64() * 1000.0,
@@ -122,6 +164,55 @@ pub fn render_text(map: &TagMap) -> String {
                 r.count,
                 names.join(", ")
             );
+        }
+        for (e, (name, interval, p)) in d.events.iter().zip(event_plans(map, di)) {
+            let _ = writeln!(
+                out,
+                "  event {name} ({} trigger, read every {}; the field block only when it fires):",
+                e.trigger.mode.as_str(),
+                duration::format(interval)
+            );
+            let _ = writeln!(
+                out,
+                "       {:<20} {:>6} {:>6}  trigger",
+                fc_name(p.trigger.kind),
+                p.trigger.start,
+                p.trigger.count
+            );
+            for r in &p.fields {
+                let names: Vec<&str> = r
+                    .tags
+                    .iter()
+                    .filter_map(|t| e.fields.get(*t as usize).map(|f| f.name.as_str()))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "       {:<20} {:>6} {:>6}  {}",
+                    fc_name(r.kind),
+                    r.start,
+                    r.count,
+                    names.join(", ")
+                );
+            }
+            if let Some((t, v)) = &p.handshake {
+                let (fc, what) = match t.register {
+                    crate::drivers::modbus::config::RegisterKind::Coil => (5, "coil"),
+                    _ if t.span() > 1 => (16, "holding"),
+                    _ => (6, "holding"),
+                };
+                let _ = writeln!(
+                    out,
+                    "       {:<20} {:>6} {:>6}  handshake ({}) after the record is committed",
+                    format!("FC{fc} write {what}"),
+                    t.address,
+                    t.span().max(1),
+                    match v {
+                        crate::config::HandshakeValue::Seq => "the sequence number".to_string(),
+                        crate::config::HandshakeValue::Bool(b) => b.to_string(),
+                        crate::config::HandshakeValue::Int(n) => n.to_string(),
+                    }
+                );
+            }
         }
         total += reqs.len();
         let pct = est.expected.as_secs_f64() / d.poll_interval.as_secs_f64() * 100.0;

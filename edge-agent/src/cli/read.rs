@@ -52,6 +52,26 @@ pub async fn run(
     if once {
         let mut readings = drivers::read_once(&map, only.as_deref()).await;
         print(&map, &mut readings, format);
+        if only.is_none() {
+            // Event definitions: the trigger value and the record on display.
+            for (name, res) in drivers::read_events_once(&map).await {
+                match res {
+                    Ok((trigger, e)) if format == "jsonl" => {
+                        let _ = trigger;
+                        println!("{}", sink::event_line(&e));
+                    }
+                    Ok((trigger, e)) => {
+                        println!("event {name}: trigger = {trigger}; record on display:");
+                        println!("  {}", sink::event_line(&e));
+                    }
+                    Err(e) if format == "jsonl" => println!(
+                        "{}",
+                        serde_json::json!({"event_source": name, "error": e.to_string()})
+                    ),
+                    Err(e) => println!("event {name}: cannot read: {e}"),
+                }
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let (tx, mut rx) = mpsc::channel::<Output>(64);

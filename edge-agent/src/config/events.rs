@@ -341,7 +341,7 @@ fn load_one(
             }
             let value = match raw?.value {
                 RawHandshakeValue::Text(s) if s == "seq" => {
-                    if !target.is_integer() {
+                    if !target.is_integer() && target.is_writable() {
                         diags.error(
                             hspans.of("value"),
                             &hs,
@@ -356,7 +356,7 @@ fn load_one(
                         &hs,
                         format!("value {s:?} must be \"seq\", true/false or an integer"),
                     );
-                    HandshakeValue::Seq
+                    return None;
                 }
                 RawHandshakeValue::Bool(b) => {
                     if !target.is_boolean() {

@@ -59,6 +59,27 @@ pub fn birth(map: &TagMap) -> wire::Birth {
                 poll_interval_ms: map.devices[t.device].poll_interval.as_millis() as u64,
             })
             .collect(),
+        events: map
+            .events()
+            .map(|(di, e)| wire::EventInfo {
+                name: e.name.clone(),
+                kind: e.kind.clone(),
+                device: map.devices[di].name.clone(),
+                description: e.description.clone(),
+                trigger: e.trigger.mode.as_str().into(),
+                seq_rollover: (e.trigger.mode == crate::config::TriggerMode::Sequence)
+                    .then_some(e.seq_rollover),
+                fields: e
+                    .fields
+                    .iter()
+                    .map(|f| wire::EventFieldInfo {
+                        name: f.name.clone(),
+                        data_type: f.source.data_type().into(),
+                        unit: f.unit.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
