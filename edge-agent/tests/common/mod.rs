@@ -110,6 +110,43 @@ impl Running {
         }
     }
 
+    /// Receive until `pred` holds over the events (and their gaps) seen so far, or `timeout`.
+    pub async fn until_events(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&[flowsquare_wire::Event], &[edge_agent::buffer::GapRow]) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (evs, gaps) = self.captured();
+            if pred(&evs, &gaps) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some(Output::Readings(b))) => self.seen.extend(b),
+                Ok(Some(e)) => self.events.push(e),
+                _ => {
+                    let (evs, gaps) = self.captured();
+                    return pred(&evs, &gaps);
+                }
+            }
+        }
+    }
+
+    /// Every event and gap received so far, in order.
+    pub fn captured(&self) -> (Vec<flowsquare_wire::Event>, Vec<edge_agent::buffer::GapRow>) {
+        let mut evs = Vec::new();
+        let mut gaps = Vec::new();
+        for o in &self.events {
+            if let Output::Events { events, gaps: g } = o {
+                evs.extend(events.iter().cloned());
+                gaps.extend(g.iter().cloned());
+            }
+        }
+        (evs, gaps)
+    }
+
     pub async fn stop(&mut self) {
         if let Some(a) = self.acq.take() {
             a.stop().await;
