@@ -276,7 +276,11 @@ where
     for u in &map.units {
         if let (Some(cfg), Some(unit)) = (&u.gantry, sim.unit(u.id)) {
             let g = modbus::Gantry::new(unit.clone(), cfg.clone());
-            tracing::info!(unit = u.id, base = cfg.base, "gantry batch controller running");
+            tracing::info!(
+                unit = u.id,
+                base = cfg.base,
+                "gantry batch controller running"
+            );
             tokio::spawn(g.run(shutdown()));
         }
     }

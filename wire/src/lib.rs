@@ -65,7 +65,7 @@ pub use batch::{
 };
 pub use error::WireError;
 pub use messages::{
-    Ack, AckStatus, Birth, BufferFigures, DeviceHealth, DeviceInfo, EventFieldInfo, EventInfo, Heartbeat,
-    Status, TagInfo,
+    Ack, AckStatus, Birth, BufferFigures, DeviceHealth, DeviceInfo, EventFieldInfo, EventInfo,
+    Heartbeat, Status, TagInfo,
 };
 pub use topics::{Kind, Topics};

@@ -747,10 +747,12 @@ impl Store {
     }
 
     /// The cursor of every event definition that committed a record.
-    pub fn event_cursors(&self) -> Result<Vec<(String, crate::drivers::events::Cursor)>, BufferError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT source, seq, digest, ts_ms, acked FROM event_cursor ORDER BY source")?;
+    pub fn event_cursors(
+        &self,
+    ) -> Result<Vec<(String, crate::drivers::events::Cursor)>, BufferError> {
+        let mut st = self.conn.prepare(
+            "SELECT source, seq, digest, ts_ms, acked FROM event_cursor ORDER BY source",
+        )?;
         let rows = st.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,

@@ -24,7 +24,11 @@ fn requests(map: &TagMap, di: usize) -> Option<(Vec<plan::ReadRequest>, plan::Cy
 fn event_plans(
     map: &TagMap,
     di: usize,
-) -> Vec<(String, std::time::Duration, crate::drivers::modbus::events::EventPlan)> {
+) -> Vec<(
+    String,
+    std::time::Duration,
+    crate::drivers::modbus::events::EventPlan,
+)> {
     let d = &map.devices[di];
     let Some(m) = d.driver.modbus() else {
         return Vec::new();

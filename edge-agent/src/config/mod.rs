@@ -123,16 +123,18 @@ impl TagSource {
     /// Does it decode to an integer (event sequence numbers, handshake values)?
     pub fn is_integer(&self) -> bool {
         match self {
-            TagSource::Modbus(m) => matches!(
-                m.data_type,
-                mb::DataType::U16
-                    | mb::DataType::U32
-                    | mb::DataType::U64
-                    | mb::DataType::I16
-                    | mb::DataType::I32
-                    | mb::DataType::I64
-            ) && m.scale == 1.0
-                && m.offset == 0.0,
+            TagSource::Modbus(m) => {
+                matches!(
+                    m.data_type,
+                    mb::DataType::U16
+                        | mb::DataType::U32
+                        | mb::DataType::U64
+                        | mb::DataType::I16
+                        | mb::DataType::I32
+                        | mb::DataType::I64
+                ) && m.scale == 1.0
+                    && m.offset == 0.0
+            }
         }
     }
 
@@ -159,8 +161,10 @@ impl TagSource {
     pub fn is_writable(&self) -> bool {
         match self {
             TagSource::Modbus(m) => {
-                matches!(m.register, mb::RegisterKind::Coil | mb::RegisterKind::Holding)
-                    && m.data_type != mb::DataType::Bit
+                matches!(
+                    m.register,
+                    mb::RegisterKind::Coil | mb::RegisterKind::Holding
+                ) && m.data_type != mb::DataType::Bit
                     && m.data_type != mb::DataType::String
             }
         }

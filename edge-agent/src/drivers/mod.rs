@@ -142,7 +142,10 @@ impl Acquisition {
 /// `read --once`): `(definition name, trigger value and record, or why not)`, in tag-map order.
 pub async fn read_events_once(
     map: &TagMap,
-) -> Vec<(String, Result<(u64, flowsquare_wire::Event), events::IoError>)> {
+) -> Vec<(
+    String,
+    Result<(u64, flowsquare_wire::Event), events::IoError>,
+)> {
     let mut out = Vec::new();
     for (i, def) in map.events() {
         let Some(m) = map.devices[i].driver.modbus() else {

@@ -229,11 +229,9 @@ impl Gantry {
             }
             Ack::Register => {
                 // A value that is no sequence number of the next record.
-                let _ = self.unit.set_words(
-                    RegisterKind::Holding,
-                    self.cfg.ack_address,
-                    &[u16::MAX],
-                );
+                let _ =
+                    self.unit
+                        .set_words(RegisterKind::Holding, self.cfg.ack_address, &[u16::MAX]);
             }
         }
     }
@@ -336,9 +334,15 @@ impl Gantry {
         // The handshake of the previous record no longer applies.
         self.clear_ack();
         u(2, vec![r.bay, r.arm, r.compartment]);
-        u(5, words(DataType::String, &Value::Text(r.product.clone()), 8));
+        u(
+            5,
+            words(DataType::String, &Value::Text(r.product.clone()), 8),
+        );
         u(9, words(DataType::String, &Value::Text(r.bol.clone()), 16));
-        u(17, words(DataType::U32, &Value::Int(i64::from(r.preset)), 0));
+        u(
+            17,
+            words(DataType::U32, &Value::Int(i64::from(r.preset)), 0),
+        );
         for (off, v) in [
             (19, r.gross),
             (21, r.nsv),
@@ -379,7 +383,11 @@ impl Gantry {
             n += 1;
             if self.cfg.skip_every > 0 && n % self.cfg.skip_every == 0 {
                 self.skip(1);
-                tracing::info!(unit = self.unit.id(), seq = self.seq(), "gantry: record skipped");
+                tracing::info!(
+                    unit = self.unit.id(),
+                    seq = self.seq(),
+                    "gantry: record skipped"
+                );
             }
             let r = self.complete_batch();
             tracing::info!(unit = self.unit.id(), seq = r.seq, bol = %r.bol, gross = r.gross, "gantry: batch complete");
@@ -463,7 +471,10 @@ mod tests {
 
     #[test]
     fn the_demo_map_parses_with_its_gantry() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/sim/gantry-demo.toml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/sim/gantry-demo.toml"
+        );
         let map = crate::modbus::MapConfig::load(path).expect("gantry demo map");
         let g = map.units[0].gantry.as_ref().expect("gantry");
         assert_eq!(g.ack, Ack::Coil);

@@ -19,8 +19,8 @@
 pub mod config;
 pub mod error;
 pub mod faults;
-pub mod gantry;
 mod frame;
+pub mod gantry;
 pub mod gen_map;
 pub mod generator;
 mod registers;

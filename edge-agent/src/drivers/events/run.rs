@@ -86,6 +86,7 @@ struct Loop<'a, B> {
     ledger: Option<EventLedger>,
     stats: Arc<DeviceStats>,
     failing: bool,
+    handshake_failing: bool,
 }
 
 /// Run event definition `def` on `io` until `shutdown` turns true. `ledger`: the buffer's
@@ -111,6 +112,7 @@ pub async fn run<B: EventIo>(
         ledger,
         stats,
         failing: false,
+        handshake_failing: false,
     };
     let mut next = Instant::now();
     loop {
@@ -176,7 +178,9 @@ impl<B: EventIo> Loop<'_, B> {
                 Ok(false)
             }
             Step::Capture { seq, missed } => self.capture(value, seq, missed, None).await,
-            Step::Verify { seq, digest } => self.capture(value, seq, Missed::None, Some(digest)).await,
+            Step::Verify { seq, digest } => {
+                self.capture(value, seq, Missed::None, Some(digest)).await
+            }
         }
     }
 
@@ -301,6 +305,10 @@ impl<B: EventIo> Loop<'_, B> {
     async fn handshake(&mut self, seq: u64) {
         match self.io.write_handshake(self.tracker.plc_seq(seq)).await {
             Ok(()) => {
+                if self.handshake_failing {
+                    tracing::info!(event = %self.def.name, seq, "handshake written");
+                }
+                self.handshake_failing = false;
                 self.tracker.acked();
                 self.stats
                     .add("events_handshakes", "handshakes written to the device", 1.0);
@@ -314,7 +322,10 @@ impl<B: EventIo> Loop<'_, B> {
                     "handshake writes that failed (retried every poll)",
                     1.0,
                 );
-                tracing::warn!(event = %self.def.name, seq, error = %e, "handshake write failed; retrying at the next poll");
+                if !self.handshake_failing {
+                    tracing::warn!(event = %self.def.name, seq, error = %e, "handshake write failed; retrying every poll");
+                }
+                self.handshake_failing = true;
                 if matches!(e, IoError::Link(_)) {
                     self.io.close().await;
                 }

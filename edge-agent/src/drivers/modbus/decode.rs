@@ -200,7 +200,11 @@ mod tests {
         for order in Order::ALL {
             for (dt, v) in [(U16, 9999i64), (U32, 123_456_789), (U64, 1 << 40)] {
                 let w = encode_int(v, dt, order).unwrap();
-                assert_eq!(decode_raw(&w, dt, order, 0, 0), Ok(Value::Int(v)), "{dt:?} {order:?}");
+                assert_eq!(
+                    decode_raw(&w, dt, order, 0, 0),
+                    Ok(Value::Int(v)),
+                    "{dt:?} {order:?}"
+                );
             }
         }
     }

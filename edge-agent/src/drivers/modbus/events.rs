@@ -121,7 +121,12 @@ impl ModbusEventIo {
 
     /// Count a request's outcome like the tag poller does; the two levels become the two
     /// `IoError` variants.
-    fn note<T>(&mut self, what: String, t0: Instant, r: super::ModbusResult<T>) -> Result<T, IoError> {
+    fn note<T>(
+        &mut self,
+        what: String,
+        t0: Instant,
+        r: super::ModbusResult<T>,
+    ) -> Result<T, IoError> {
         let rtt = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
         match r {
             Ok(Ok(v)) => {
@@ -152,12 +157,7 @@ impl ModbusEventIo {
         let ctx = self.ctx().await?;
         let t0 = Instant::now();
         let r = transport::read(ctx, req, timeout).await;
-        let what = format!(
-            "FC{} {}+{}",
-            req.kind.function_code(),
-            req.start,
-            req.count
-        );
+        let what = format!("FC{} {}+{}", req.kind.function_code(), req.start, req.count);
         self.note(what, t0, r)
     }
 }
@@ -212,7 +212,8 @@ impl crate::drivers::events::EventIo for ModbusEventIo {
             let words = self.read(&req).await?;
             for &i in &req.tags {
                 let (_, tag) = &self.fields[i as usize];
-                values[i as usize] = Some(decode_at(&words, req.start, tag).map_err(|e| e.to_string()));
+                values[i as usize] =
+                    Some(decode_at(&words, req.start, tag).map_err(|e| e.to_string()));
             }
         }
         for ((name, _), v) in self.fields.iter().zip(values) {
