@@ -369,7 +369,7 @@ fn load_one(
                     HandshakeValue::Bool(b)
                 }
                 RawHandshakeValue::Int(n) => {
-                    if !target.is_integer() || n < 0 || n > 65_535 {
+                    if !target.is_integer() || !(0..=65_535).contains(&n) {
                         diags.error(
                             hspans.of("value"),
                             &hs,

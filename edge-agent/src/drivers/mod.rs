@@ -167,9 +167,7 @@ pub async fn read_once(map: &TagMap, only: Option<&[TagId]>) -> Vec<Reading> {
     let mut handles = Vec::new();
     let mut buses: BTreeMap<String, Vec<modbus::DeviceRuntime>> = BTreeMap::new();
     for (i, d) in map.devices.iter().enumerate() {
-        let m = match &d.driver {
-            DeviceDriver::Modbus(m) => m,
-        };
+        let DeviceDriver::Modbus(m) = &d.driver;
         let Some(rt) = modbus::DeviceRuntime::new(map, i, only) else {
             continue;
         };
