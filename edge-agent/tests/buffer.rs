@@ -180,6 +180,79 @@ async fn events_are_never_dropped_when_the_buffer_is_full() {
         .expect("join");
 }
 
+fn event(seq: u64) -> wire::Event {
+    wire::Event {
+        source: "bay1-batch".into(),
+        kind: "gantry-batch".into(),
+        seq,
+        ts_ms: t0() + seq as i64,
+        fields: vec![("bol".into(), wire::WireValue::Text(format!("BOL-{seq}")))],
+    }
+}
+
+#[tokio::test]
+async fn the_event_ledger_confirms_commits_drops_duplicates_and_keeps_the_cursor() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = map(dir.path(), "");
+    let (buf, th) = Buffer::start(&m, &m.buffer).expect("start");
+    let ledger = buf.event_ledger();
+    assert_eq!(ledger.cursor("bay1-batch"), None);
+    let gap = edge_agent::buffer::GapRow {
+        tags: vec![],
+        range: t0()..t0() + 5,
+        count: 1,
+        reason: "missed-event".into(),
+    };
+    buf.append_events_with_gaps(vec![event(5)], vec![gap.clone()])
+        .await
+        .expect("events");
+    assert!(
+        ledger
+            .wait_committed("bay1-batch", 5, std::time::Duration::from_secs(5))
+            .await
+    );
+    // A re-send after a late confirmation: the duplicate and its gap are dropped.
+    buf.append_events_with_gaps(vec![event(5)], vec![gap])
+        .await
+        .expect("events");
+    buf.append_events(vec![event(6)]).await.expect("events");
+    assert!(
+        ledger
+            .wait_committed("bay1-batch", 6, std::time::Duration::from_secs(5))
+            .await
+    );
+    ledger.mark_acked("bay1-batch", 6).await;
+    buf.flush().await.expect("flush");
+    let f = buf.figures().await.expect("figures");
+    assert_eq!((f.readings, f.pending_gaps), (2, 1), "{f:?}");
+    drop(ledger);
+    drop(buf);
+    tokio::task::spawn_blocking(move || th.join())
+        .await
+        .expect("join");
+    // After a restart the cursor is the last committed record, acknowledged.
+    let (buf, th) = Buffer::start(&m, &m.buffer).expect("restart");
+    let c = buf.event_ledger().cursor("bay1-batch").expect("cursor");
+    assert_eq!((c.seq, c.acked), (6, true));
+    let mut seqs = Vec::new();
+    while let Some(b) = buf.lease(all(1_000_000)).await.expect("lease") {
+        seqs.extend(
+            wire::decode(&b.payload)
+                .expect("decode")
+                .events
+                .iter()
+                .map(|e| e.seq),
+        );
+        buf.ack(b.batch_id).await.expect("ack");
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![5, 6]);
+    drop(buf);
+    tokio::task::spawn_blocking(move || th.join())
+        .await
+        .expect("join");
+}
+
 #[tokio::test]
 async fn buffer_status_and_export_work_on_the_database_file() {
     let dir = tempfile::tempdir().expect("tmp");

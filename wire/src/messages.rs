@@ -595,6 +595,33 @@ mod tests {
     }
 
     #[test]
+    fn birth_event_catalog_is_optional_and_round_trips() {
+        // A birth of an agent without event capture has no `events` key and still parses.
+        let plain = birth();
+        let json = String::from_utf8(plain.encode()).unwrap();
+        assert!(!json.contains("\"events\""));
+        assert_eq!(Birth::decode(json.as_bytes()).unwrap().events, vec![]);
+        let mut b = birth();
+        let device = b.devices[0].name.clone();
+        b.events.push(EventInfo {
+            name: "bay1-batch".into(),
+            kind: "gantry-batch".into(),
+            device,
+            description: None,
+            trigger: "sequence".into(),
+            seq_rollover: Some(9999),
+            fields: vec![EventFieldInfo {
+                name: "gross_volume".into(),
+                data_type: "f32".into(),
+                unit: Some("L".into()),
+            }],
+        });
+        assert_eq!(Birth::decode(&b.encode()).unwrap(), b);
+        b.events[0].device = "nowhere".into();
+        assert!(b.validate().is_err(), "an event names a listed device");
+    }
+
+    #[test]
     fn heartbeat_round_trips_including_non_finite() {
         let mut hb = Heartbeat {
             v: MESSAGE_VERSION,

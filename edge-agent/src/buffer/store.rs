@@ -1061,6 +1061,48 @@ mod tests {
     }
 
     #[test]
+    fn event_cursors_are_committed_with_their_events_and_survive_a_reopen() {
+        use crate::drivers::events::Cursor;
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = open(d.path(), u64::MAX);
+        assert!(s.event_cursors().expect("cursors").is_empty());
+        let c = Cursor {
+            seq: 10_002,
+            digest: 42,
+            ts_ms: 5,
+            acked: false,
+        };
+        let gap = GapRow {
+            tags: vec![],
+            range: 1..5,
+            count: 1,
+            reason: "missed-event".into(),
+        };
+        s.append_events(
+            Some(&seg(Class::Event, 0, 1, 10)),
+            &[gap],
+            &[("bay1-batch".into(), c)],
+        )
+        .expect("append");
+        s.mark_acked("bay1-batch", 10_001)
+            .expect("ack of an older seq");
+        assert_eq!(
+            s.event_cursors().expect("cursors"),
+            vec![("bay1-batch".to_string(), c)],
+            "acked only for the cursor's own seq"
+        );
+        s.mark_acked("bay1-batch", 10_002).expect("ack");
+        drop(s);
+        let s = open(d.path(), u64::MAX);
+        assert_eq!(
+            s.event_cursors().expect("cursors"),
+            vec![("bay1-batch".to_string(), Cursor { acked: true, ..c })]
+        );
+        let f = s.figures().expect("figures");
+        assert_eq!((f.readings, f.pending_gaps), (1, 1));
+    }
+
+    #[test]
     fn append_lease_ack_removes_exactly_the_batch() {
         let d = tempfile::tempdir().expect("tmp");
         let mut s = open(d.path(), u64::MAX);
