@@ -56,7 +56,7 @@ impl Setup {
             r#"[agent]
 site = "ev"
 id = "gw"
-metrics = "off"
+metrics = "127.0.0.1:0"
 
 [buffer]
 path = "{dir}/buffer.db"
@@ -131,6 +131,22 @@ impl Agent {
     }
 }
 
+/// A figure of `/metrics` (the agent logs its address at start).
+fn scrape(agent: &Agent, metric: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let log = agent.log();
+    let i = log.find("metrics at http://")? + "metrics at http://".len();
+    let addr = log[i..].split('/').next()?.to_owned();
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(metric).and_then(|v| v.trim().parse().ok()))
+}
+
 /// (source, seq) → how often it was stored, over the de-duplicated batches.
 fn stored(c: &TestConsumer) -> BTreeMap<u64, usize> {
     let r = c.received.lock().expect("lock");
@@ -177,6 +193,15 @@ async fn records_survive_restarts_and_a_crash_exactly_once_through_buffer_and_up
     g.complete_batch(); // 2 → 10002, one missed
     assert!(g.wait_for_ack(WAIT).await, "record 2 acked: {}", a.log());
     assert!(arrived(&consumer, 10_002).await, "{}", a.log());
+    let dev = "{device=\"bay1\"}";
+    assert_eq!(
+        scrape(&a, &format!("flowsquare_device_events_missed_total{dev}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape(&a, &format!("flowsquare_device_events_captured_total{dev}")),
+        Some(2.0)
+    );
     // Crash.
     a.signal("KILL");
 
@@ -195,6 +220,14 @@ async fn records_survive_restarts_and_a_crash_exactly_once_through_buffer_and_up
     let mut a = Agent::start(&cfg, 3);
     assert!(arrived(&consumer, 10_003).await, "{}", a.log());
     assert!(!g.acked(), "the handshake write is refused");
+    assert!(
+        flowsquare_tests::wait_until(WAIT, || scrape(
+            &a,
+            "flowsquare_device_events_handshake_failures_total{device=\"bay1\"}"
+        )
+        .is_some_and(|n| n >= 1.0)),
+        "handshake failures counted"
+    );
     // Stopped with the record committed but not acknowledged: the next run acknowledges it
     // without capturing it again.
     assert_eq!(a.signal("TERM"), 0, "{}", a.log());
