@@ -283,3 +283,78 @@ async fn probe_over_a_serial_line() {
     assert_eq!(out.0, 0, "{out:?}");
     assert!(out.1.contains("0x0007"), "{}", out.1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_once_and_plan_show_event_definitions() {
+    use site_sim::modbus::{Gantry, GantryConfig};
+    let sim = SimTcp::start("[[unit]]\nid = 1\n").await;
+    let g = Gantry::new(
+        sim.sim.unit(1).expect("unit").clone(),
+        GantryConfig {
+            start_seq: 41,
+            ..GantryConfig::default()
+        },
+    );
+    let rec = g.complete_batch();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[agent]\nsite = \"t\"\nid = \"gw\"\n[[device]]\nname = \"bay1\"\nprotocol = \"modbus-tcp\"\nhost = \"127.0.0.1\"\nport = {}\n{}",
+            sim.addr.port(),
+            g.agent_event_toml("bay1-batch")
+        ),
+    )
+    .expect("write");
+    let p = path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run(&[
+            "read",
+            "--config",
+            p.to_str().expect("utf8"),
+            "--once",
+            "--format",
+            "jsonl",
+        ])
+    })
+    .await
+    .expect("join");
+    assert_eq!(out.0, 0, "{out:?}");
+    let line: serde_json::Value = serde_json::from_str(out.1.trim()).expect("one json line");
+    assert_eq!(line["event"], "gantry-batch");
+    assert_eq!(line["source"], "bay1-batch");
+    assert_eq!(line["seq"], 42, "the trigger value");
+    assert_eq!(line["fields"]["bol"], rec.bol.as_str());
+
+    let p = path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run(&["read", "--config", p.to_str().expect("utf8"), "--once"])
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.1.contains("event bay1-batch: trigger = 42"),
+        "{}",
+        out.1
+    );
+
+    let (code, out, _) = run(&[
+        "plan",
+        "--config",
+        path.to_str().expect("utf8"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let ev = &v["devices"][0]["events"][0];
+    assert_eq!(ev["event"], "bay1-batch");
+    assert_eq!(ev["trigger"]["function"], 3);
+    assert_eq!(ev["trigger"]["start"], 100);
+    assert_eq!(ev["fields"][0]["start"], 102);
+    assert_eq!(
+        ev["fields"][0]["count"], 35,
+        "the record block in one request"
+    );
+}
