@@ -257,3 +257,66 @@ async fn a_device_that_stops_answering_loses_no_record() {
     assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
     assert!(gaps.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_trigger_fires_on_each_rise_and_the_handshake_resets_it() {
+    let sim = SimTcp::start("[[unit]]\nid = 1\n").await;
+    let unit = sim.sim.unit(1).expect("unit").clone();
+    let text = format!(
+        r#"[agent]
+site = "t"
+id = "gw"
+metrics = "off"
+
+[[device]]
+name = "bay1"
+protocol = "modbus-tcp"
+host = "127.0.0.1"
+port = {}
+poll_interval = "20ms"
+
+  [[device.event]]
+  name = "bay1-delivery"
+  kind = "delivery"
+  trigger = {{ register = "coil", address = 7, mode = "flag" }}
+  handshake = {{ register = "coil", address = 7, value = false }}
+  fields = [ {{ name = "ticket", register = "holding", address = 200, type = "u32" }} ]
+"#,
+        sim.addr.port()
+    );
+    let flag = |on: bool| unit.set_bits(RegisterKind::Coil, 7, &[on]).expect("flag");
+    let ticket = |n: u16| {
+        unit.set_words(RegisterKind::Holding, 200, &[0, n])
+            .expect("ticket")
+    };
+    let mut run = Running::start(&map(&text));
+    ticket(1001);
+    flag(true);
+    assert!(run.until_events(WAIT, |e, _| has_seq(e, 1)).await);
+    let reset = async {
+        let mut w = unit.subscribe_writes();
+        while unit.bits(RegisterKind::Coil, 7, 1) != vec![false] {
+            let _ = w.recv().await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(WAIT, reset).await.is_ok(),
+        "flag reset by the handshake"
+    );
+    ticket(1002);
+    flag(true);
+    assert!(run.until_events(WAIT, |e, _| has_seq(e, 2)).await);
+    let u = sim.sim.unit(1).expect("unit");
+    assert!(u.wait_for_requests(u.requests() + 20, WAIT).await);
+    let (evs, gaps) = run.captured();
+    run.stop().await;
+    assert!(gaps.is_empty());
+    assert_eq!(evs.len(), 2, "one record per rise: {evs:?}");
+    assert_eq!(field(&evs[0], "ticket"), &WireValue::Int(1001));
+    assert_eq!(field(&evs[1], "ticket"), &WireValue::Int(1002));
+    assert!(evs.iter().all(|e| e.kind == "delivery"));
+    assert!(
+        evs[0].fields.iter().all(|(n, _)| n != "plc_seq"),
+        "a flag has no PLC sequence"
+    );
+}

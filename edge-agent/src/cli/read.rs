@@ -75,7 +75,15 @@ pub async fn run(
         return Ok(ExitCode::SUCCESS);
     }
     let (tx, mut rx) = mpsc::channel::<Output>(64);
-    let acq = Acquisition::start(&map, tx);
+    // `read` persists nothing, so it never acknowledges a record to a PLC.
+    let acq = Acquisition::start_with(
+        &map,
+        tx,
+        drivers::events::EventOptions {
+            ledger: None,
+            write_handshake: false,
+        },
+    );
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {

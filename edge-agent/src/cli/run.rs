@@ -32,7 +32,14 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
     let (buffer, buffer_thread) =
         Buffer::start(&map, &map.buffer).map_err(|e| CliError::Usage(e.to_string()))?;
     let (tx, mut rx) = mpsc::channel::<Output>(256);
-    let acq = Acquisition::start_with(&map, tx, Some(buffer.event_ledger()));
+    let acq = Acquisition::start_with(
+        &map,
+        tx,
+        crate::drivers::events::EventOptions {
+            ledger: Some(buffer.event_ledger()),
+            write_handshake: true,
+        },
+    );
     let devices = map
         .devices
         .iter()

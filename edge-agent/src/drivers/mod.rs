@@ -52,20 +52,16 @@ pub struct Acquisition {
 
 impl Acquisition {
     /// Spawn the driver tasks for `map`, sending each cycle's readings to `out`. Event
-    /// definitions run too; without a ledger a record counts as committed once handed over
-    /// (see [`Acquisition::start_with`]).
+    /// definitions run too, with [`events::EventOptions::default`]: no ledger (a record counts
+    /// as committed once handed over), handshakes written.
     pub fn start(map: &TagMap, out: OutputTx) -> Self {
-        Self::start_with(map, out, None)
+        Self::start_with(map, out, events::EventOptions::default())
     }
 
-    /// Like [`Acquisition::start`], with the buffer's event ledger: event definitions resume
-    /// after their persisted cursor and write a handshake only once the buffer committed the
-    /// record.
-    pub fn start_with(
-        map: &TagMap,
-        out: OutputTx,
-        ledger: Option<crate::buffer::EventLedger>,
-    ) -> Self {
+    /// Like [`Acquisition::start`], with explicit event options: with the buffer's ledger
+    /// (`run`), definitions resume after their persisted cursor and write a handshake only once
+    /// the buffer committed the record; `read` writes no handshake at all.
+    pub fn start_with(map: &TagMap, out: OutputTx, event_opts: events::EventOptions) -> Self {
         let (shutdown, rx) = watch::channel(false);
         let stats: Vec<Arc<DeviceStats>> = map.devices.iter().map(|_| Arc::default()).collect();
         let mut tasks = Vec::new();
@@ -107,7 +103,7 @@ impl Acquisition {
                 def.clone(),
                 io,
                 out.clone(),
-                ledger.clone(),
+                event_opts.clone(),
                 rx.clone(),
                 stats[i].clone(),
             )));

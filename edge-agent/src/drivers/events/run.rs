@@ -78,28 +78,52 @@ pub async fn read_once<B: EventIo>(def: &EventDef, io: &mut B) -> Result<(u64, E
     ))
 }
 
+/// How captured records are handled.
+#[derive(Clone)]
+pub struct EventOptions {
+    /// The buffer's commit confirmations and persisted cursors (`None`: nothing is persisted,
+    /// e.g. tests reading the output channel; a record then counts as committed once handed
+    /// over).
+    pub ledger: Option<EventLedger>,
+    /// Write handshakes to the PLC (false for `edge-agent read`, which persists nothing: a PLC
+    /// must never be told a record is safe when it is not).
+    pub write_handshake: bool,
+}
+
+impl Default for EventOptions {
+    fn default() -> Self {
+        EventOptions {
+            ledger: None,
+            write_handshake: true,
+        }
+    }
+}
+
 struct Loop<'a, B> {
     def: &'a EventDef,
     io: B,
     tracker: Tracker,
     out: OutputTx,
     ledger: Option<EventLedger>,
+    acks: bool,
     stats: Arc<DeviceStats>,
     failing: bool,
     handshake_failing: bool,
 }
 
-/// Run event definition `def` on `io` until `shutdown` turns true. `ledger`: the buffer's
-/// commit confirmations and the persisted cursor (`None` when nothing is persisted, e.g. in
-/// tests that read the output channel: a record then counts as committed once handed over).
+/// Run event definition `def` on `io` until `shutdown` turns true.
 pub async fn run<B: EventIo>(
     def: EventDef,
     io: B,
     out: OutputTx,
-    ledger: Option<EventLedger>,
+    opts: EventOptions,
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<DeviceStats>,
 ) {
+    let EventOptions {
+        ledger,
+        write_handshake,
+    } = opts;
     let last = ledger.as_ref().and_then(|l| l.cursor(&def.name));
     if let Some(c) = last {
         tracing::info!(event = %def.name, seq = c.seq, acked = c.acked, "event capture resumes after the last committed record");
@@ -110,6 +134,7 @@ pub async fn run<B: EventIo>(
         tracker: Tracker::new(def.trigger.mode, def.seq_rollover, last),
         out,
         ledger,
+        acks: write_handshake && def.handshake.is_some(),
         stats,
         failing: false,
         handshake_failing: false,
@@ -172,7 +197,7 @@ impl<B: EventIo> Loop<'_, B> {
             .set("event_trigger", "last trigger value read", value as f64);
         match self.tracker.observe(value) {
             Step::Unchanged { unacked } => {
-                if let (Some(seq), Some(_)) = (unacked, &self.def.handshake) {
+                if let (Some(seq), true) = (unacked, self.acks) {
                     self.handshake(seq).await;
                 }
                 Ok(false)
@@ -231,7 +256,7 @@ impl<B: EventIo> Loop<'_, B> {
             // Restart with the flag still high: it is the committed record.
             self.tracker.matched();
             if let Some(c) = self.tracker.last().filter(|c| !c.acked) {
-                if self.def.handshake.is_some() {
+                if self.acks {
                     self.handshake(c.seq).await;
                 }
             }
@@ -296,7 +321,7 @@ impl<B: EventIo> Loop<'_, B> {
                 n as f64,
             );
         }
-        if self.def.handshake.is_some() {
+        if self.acks {
             self.handshake(seq).await;
         }
         Ok(false)

@@ -170,15 +170,25 @@ impl Tracker {
         }
     }
 
-    /// After [`Step::Verify`]: the record on display is the committed one.
+    /// After [`Step::Verify`]: the record on display is the committed one. Until it is
+    /// acknowledged the flag is taken as handled; once acknowledged, a high flag keeps being
+    /// verified (see [`Tracker::acked`]).
     pub fn matched(&mut self) {
-        self.flag = Some(true);
+        if !self.last.is_some_and(|c| c.acked) {
+            self.flag = Some(true);
+        }
     }
 
-    /// The handshake of the last committed record was written.
+    /// The handshake of the last committed record was written. For a flag, the level is then
+    /// unknown again: the handshake may have reset it and the PLC raised it for the next record
+    /// before the next poll, so while it stays high the record is compared with the committed
+    /// one ([`Step::Verify`]) instead of waiting for an edge that may never be seen.
     pub fn acked(&mut self) {
         if let Some(c) = &mut self.last {
             c.acked = true;
+        }
+        if self.mode == TriggerMode::Flag {
+            self.flag = None;
         }
     }
 }
@@ -393,7 +403,10 @@ mod tests {
         });
         assert_eq!(t.observe(1), Step::Unchanged { unacked: Some(1) });
         t.acked();
-        assert_eq!(t.observe(1), Step::Unchanged { unacked: None });
+        // Still high after the handshake: the same record (verified) or already the next one.
+        assert_eq!(t.observe(1), Step::Verify { seq: 2, digest: 3 });
+        t.matched();
+        assert_eq!(t.observe(1), Step::Verify { seq: 2, digest: 3 });
         assert_eq!(t.observe(0), Step::Unchanged { unacked: None });
         assert_eq!(
             t.observe(1),
@@ -409,7 +422,19 @@ mod tests {
         let mut t = Tracker::new(TriggerMode::Flag, 0, Some(cur(9)));
         assert_eq!(t.observe(1), Step::Verify { seq: 10, digest: 7 });
         t.matched();
-        assert_eq!(t.observe(1), Step::Unchanged { unacked: None });
+        // The committed record was acknowledged before: keep verifying while high.
+        assert_eq!(t.observe(1), Step::Verify { seq: 10, digest: 7 });
+        let mut t = Tracker::new(
+            TriggerMode::Flag,
+            0,
+            Some(Cursor {
+                acked: false,
+                ..cur(9)
+            }),
+        );
+        assert_eq!(t.observe(1), Step::Verify { seq: 10, digest: 7 });
+        t.matched();
+        assert_eq!(t.observe(1), Step::Unchanged { unacked: Some(9) });
         // Low at restart: the next rise is a new record.
         let mut t = Tracker::new(TriggerMode::Flag, 0, Some(cur(9)));
         assert_eq!(t.observe(0), Step::Unchanged { unacked: None });
