@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{map, Running, SimTcp};
+use edge_agent::model::Quality;
+use flowsquare_tests::PtyPair;
 use flowsquare_wire::{Event, WireValue};
 use site_sim::modbus::{Ack, Gantry, GantryConfig, RegisterKind};
 
@@ -319,4 +321,96 @@ poll_interval = "20ms"
         evs[0].fields.iter().all(|(n, _)| n != "plc_seq"),
         "a flag has no PLC sequence"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_on_an_rtu_bus_share_the_link_with_the_tag_polling() {
+    use site_sim::modbus::server::{serve_rtu_path, SerialConfig};
+    use site_sim::modbus::Simulator;
+    let pty = PtyPair::new().expect("pty pair (socat)");
+    let sim = Arc::new(
+        Simulator::from_toml_str(
+            "[[unit]]\nid = 1\n[[unit]]\nid = 2\n[[unit.register]]\nkind = \"input\"\naddress = 0\ntype = \"f32\"\nvalue = 22.5\n",
+        )
+        .expect("sim"),
+    );
+    let gantry = Gantry::new(
+        sim.unit(1).expect("unit").clone(),
+        GantryConfig {
+            ack: Ack::Coil,
+            start_seq: 9998,
+            ..GantryConfig::default()
+        },
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cfg = SerialConfig::new(pty.a.display().to_string(), 38400);
+    let s = sim.clone();
+    tokio::spawn(async move {
+        let _ = serve_rtu_path(&cfg, s, async move {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    let path = pty.b.display().to_string();
+    let text = format!(
+        r#"[agent]
+site = "t"
+id = "gw"
+metrics = "off"
+
+[[device]]
+name = "bay1"
+protocol = "modbus-rtu"
+serial = "{path}"
+baud = 38400
+unit = 1
+poll_interval = "100ms"
+timeout = "300ms"
+{}
+[[device]]
+name = "meter2"
+protocol = "modbus-rtu"
+serial = "{path}"
+baud = 38400
+unit = 2
+poll_interval = "100ms"
+timeout = "300ms"
+  [[device.tag]]
+  name = "m2/value"
+  register = "input"
+  address = 0
+  type = "f32"
+"#,
+        gantry.agent_event_toml("bay1-batch")
+    );
+    gantry.complete_batch(); // 9999
+    let mut run = Running::start(&map(&text));
+    assert!(
+        gantry.wait_for_ack(WAIT).await,
+        "record 9999 acknowledged over RTU"
+    );
+    gantry.complete_batch(); // 0
+    assert!(
+        gantry.wait_for_ack(WAIT).await,
+        "record 0 acknowledged over RTU"
+    );
+    assert!(run.until_events(WAIT, |e, _| has_seq(e, 10_000)).await);
+    assert!(
+        run.until(WAIT, |rs| rs
+            .iter()
+            .filter(|r| r.tag == 0 && r.quality == Quality::Good)
+            .count()
+            >= 5)
+            .await,
+        "the other unit keeps being read"
+    );
+    let (evs, gaps) = run.captured();
+    run.stop().await;
+    let _ = stop.send(());
+    assert!(gaps.is_empty());
+    assert_eq!(
+        evs.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![9999, 10_000]
+    );
+    assert_eq!(field(&evs[1], "bol"), &WireValue::Text("BOL-000002".into()));
 }

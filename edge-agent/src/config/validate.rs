@@ -211,7 +211,7 @@ fn rtu_buses(devices: &[Device], tags: &[Tag], spans: &[Spans], diags: &mut Diag
 }
 
 /// Checks on the event definitions: unique names across the tag map (a name keys the persisted
-/// cursor and is the `source` of its events), and where they can run.
+/// cursor and is the `source` of its events).
 pub(super) fn events(devices: &[Device], event_spans: &[Spans], diags: &mut Diagnostics) {
     let defs: Vec<(&Device, &crate::config::EventDef)> = devices
         .iter()
@@ -223,16 +223,4 @@ pub(super) fn events(devices: &[Device], event_spans: &[Spans], diags: &mut Diag
         "event",
         diags,
     );
-    for (i, (d, e)) in defs.iter().enumerate() {
-        if let Some(ModbusDevice {
-            link: Link::Rtu(_), ..
-        }) = d.driver.modbus()
-        {
-            diags.error(
-                event_spans[i].table.clone(),
-                format!("device '{}' event '{}'", d.name, e.name),
-                "event capture runs on modbus-tcp devices only in this version (an RTU bus would need its event reads interleaved with the tag polling)",
-            );
-        }
-    }
 }

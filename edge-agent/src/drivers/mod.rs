@@ -92,26 +92,42 @@ impl Acquisition {
                 }
             }
         }
+        let mut bus_events: BTreeMap<String, Vec<modbus::poller::BusEvent>> = BTreeMap::new();
         for (i, def) in map.events() {
             let Some(m) = map.devices[i].driver.modbus() else {
                 continue;
             };
-            let Some(io) = modbus::events::ModbusEventIo::new(def, m, stats[i].clone()) else {
+            let Some(ev) = modbus::events::ModbusEvent::new(def, m, stats[i].clone()) else {
                 continue;
             };
-            tasks.push(tokio::spawn(events::run(
+            let runner = events::Runner::new(
                 def.clone(),
-                io,
                 out.clone(),
                 event_opts.clone(),
-                rx.clone(),
                 stats[i].clone(),
-            )));
+            );
+            match &m.link {
+                Link::Tcp { .. } => {
+                    tasks.push(tokio::spawn(events::run(runner, ev.own_link(), rx.clone())));
+                }
+                Link::Rtu(s) => {
+                    bus_events
+                        .entry(s.path.clone())
+                        .or_default()
+                        .push(modbus::poller::BusEvent {
+                            device: i,
+                            ev,
+                            runner,
+                        });
+                }
+            }
         }
-        for (_, (serial, units)) in buses {
+        for (path, (serial, units)) in buses {
+            let evs = bus_events.remove(&path).unwrap_or_default();
             tasks.push(tokio::spawn(modbus::run_rtu_bus(
                 serial,
                 units,
+                evs,
                 out.clone(),
                 rx.clone(),
             )));
@@ -147,11 +163,11 @@ pub async fn read_events_once(
         let Some(m) = map.devices[i].driver.modbus() else {
             continue;
         };
-        let Some(mut io) =
-            modbus::events::ModbusEventIo::new(def, m, Arc::new(DeviceStats::default()))
+        let Some(ev) = modbus::events::ModbusEvent::new(def, m, Arc::new(DeviceStats::default()))
         else {
             continue;
         };
+        let mut io = ev.own_link();
         out.push((def.name.clone(), events::run::read_once(def, &mut io).await));
     }
     out

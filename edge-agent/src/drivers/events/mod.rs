@@ -18,5 +18,5 @@ pub mod run;
 pub mod state;
 
 pub use error::IoError;
-pub use run::{run, EventIo, EventOptions, Record};
+pub use run::{run, EventIo, EventOptions, Record, Runner, Stopped};
 pub use state::{digest, Cursor, Missed, Step, Tracker};

@@ -99,46 +99,70 @@ impl Default for EventOptions {
     }
 }
 
-struct Loop<'a, B> {
-    def: &'a EventDef,
-    io: B,
+/// The state of one event definition's capture, without its I/O binding: a task per
+/// definition drives it with [`run`]; a loop that owns a shared link (a Modbus RTU bus) calls
+/// [`Runner::poll`] with a binding that borrows that link.
+pub struct Runner {
+    def: EventDef,
     tracker: Tracker,
     out: OutputTx,
     ledger: Option<EventLedger>,
     acks: bool,
     stats: Arc<DeviceStats>,
     failing: bool,
+    failed_now: bool,
     handshake_failing: bool,
 }
 
-/// Run event definition `def` on `io` until `shutdown` turns true.
-pub async fn run<B: EventIo>(
-    def: EventDef,
-    io: B,
-    out: OutputTx,
-    opts: EventOptions,
-    mut shutdown: watch::Receiver<bool>,
-    stats: Arc<DeviceStats>,
-) {
-    let EventOptions {
-        ledger,
-        write_handshake,
-    } = opts;
-    let last = ledger.as_ref().and_then(|l| l.cursor(&def.name));
-    if let Some(c) = last {
-        tracing::info!(event = %def.name, seq = c.seq, acked = c.acked, "event capture resumes after the last committed record");
+/// The output channel closed: the agent is stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped;
+
+impl Runner {
+    /// A runner for `def`, resuming after the ledger's cursor (if any).
+    pub fn new(def: EventDef, out: OutputTx, opts: EventOptions, stats: Arc<DeviceStats>) -> Self {
+        let EventOptions {
+            ledger,
+            write_handshake,
+        } = opts;
+        let last = ledger.as_ref().and_then(|l| l.cursor(&def.name));
+        if let Some(c) = last {
+            tracing::info!(event = %def.name, seq = c.seq, acked = c.acked, "event capture resumes after the last committed record");
+        }
+        Runner {
+            tracker: Tracker::new(def.trigger.mode, def.seq_rollover, last),
+            acks: write_handshake && def.handshake.is_some(),
+            def,
+            out,
+            ledger,
+            stats,
+            failing: false,
+            failed_now: false,
+            handshake_failing: false,
+        }
     }
-    let mut lp = Loop {
-        def: &def,
-        io,
-        tracker: Tracker::new(def.trigger.mode, def.seq_rollover, last),
-        out,
-        ledger,
-        acks: write_handshake && def.handshake.is_some(),
-        stats,
-        failing: false,
-        handshake_failing: false,
-    };
+
+    /// Its definition.
+    pub fn def(&self) -> &EventDef {
+        &self.def
+    }
+
+    /// One poll over `io`: read the trigger and act on it. `Ok(true)`: poll again at once (the
+    /// trigger moved while the record was read).
+    pub async fn poll<B: EventIo>(&mut self, io: &mut B) -> Result<bool, Stopped> {
+        self.failed_now = false;
+        let r = self.step(io).await;
+        if !self.failed_now && self.failing {
+            tracing::info!(event = %self.def.name, "event reads work again");
+            self.failing = false;
+        }
+        r
+    }
+}
+
+/// Run `runner` on `io` every `poll_interval` until `shutdown` turns true.
+pub async fn run<B: EventIo>(mut runner: Runner, mut io: B, mut shutdown: watch::Receiver<bool>) {
+    let interval = runner.def.poll_interval;
     let mut next = Instant::now();
     loop {
         tokio::select! {
@@ -148,47 +172,36 @@ pub async fn run<B: EventIo>(
         if *shutdown.borrow() {
             break;
         }
-        let again = match lp.poll().await {
-            Ok(again) => {
-                if lp.failing {
-                    tracing::info!(event = %def.name, "event trigger answers again");
-                }
-                lp.failing = false;
-                again
-            }
-            Err(Stop) => break,
-        };
-        if again {
-            // The trigger moved while the record was read: read the new one now.
-            continue;
+        match runner.poll(&mut io).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(Stopped) => break,
         }
-        next += def.poll_interval;
+        next += interval;
         let now = Instant::now();
         if next < now {
             next = now;
         }
     }
-    lp.io.close().await;
+    io.close().await;
 }
 
-struct Stop;
-
-impl<B: EventIo> Loop<'_, B> {
+impl Runner {
     fn fail(&mut self, what: &str, e: &IoError) {
+        self.failed_now = true;
         if !self.failing {
             tracing::warn!(event = %self.def.name, error = %e, "event {what} failed; retrying every poll");
         }
         self.failing = true;
     }
 
-    /// One poll; `Ok(true)`: poll again at once. `Err(Stop)`: the output channel closed.
-    async fn poll(&mut self) -> Result<bool, Stop> {
-        let value = match self.io.read_trigger().await {
+    async fn step<B: EventIo>(&mut self, io: &mut B) -> Result<bool, Stopped> {
+        let value = match io.read_trigger().await {
             Ok(v) => v,
             Err(e) => {
                 self.fail("trigger read", &e);
                 if matches!(e, IoError::Link(_)) {
-                    self.io.close().await;
+                    io.close().await;
                 }
                 return Ok(false);
             }
@@ -198,36 +211,38 @@ impl<B: EventIo> Loop<'_, B> {
         match self.tracker.observe(value) {
             Step::Unchanged { unacked } => {
                 if let (Some(seq), true) = (unacked, self.acks) {
-                    self.handshake(seq).await;
+                    self.handshake(io, seq).await;
                 }
                 Ok(false)
             }
-            Step::Capture { seq, missed } => self.capture(value, seq, missed, None).await,
+            Step::Capture { seq, missed } => self.capture(io, value, seq, missed, None).await,
             Step::Verify { seq, digest } => {
-                self.capture(value, seq, Missed::None, Some(digest)).await
+                self.capture(io, value, seq, Missed::None, Some(digest))
+                    .await
             }
         }
     }
 
-    async fn capture(
+    async fn capture<B: EventIo>(
         &mut self,
+        io: &mut B,
         value: u64,
         seq: u64,
         missed: Missed,
         same_as: Option<u64>,
-    ) -> Result<bool, Stop> {
-        let rec = match self.io.read_record().await {
+    ) -> Result<bool, Stopped> {
+        let rec = match io.read_record().await {
             Ok(r) => r,
             Err(e) => {
                 self.fail("record read", &e);
                 if matches!(e, IoError::Link(_)) {
-                    self.io.close().await;
+                    io.close().await;
                 }
                 return Ok(false);
             }
         };
         // The PLC may have written the next record while this one was read.
-        match self.io.read_trigger().await {
+        match io.read_trigger().await {
             Ok(v) if v == value => {}
             Ok(_) => {
                 self.stats.add(
@@ -250,14 +265,14 @@ impl<B: EventIo> Loop<'_, B> {
             );
         }
         let ts_ms = now_ms();
-        let fields = event_fields(self.def, self.tracker.plc_seq(seq), rec);
+        let fields = event_fields(&self.def, self.tracker.plc_seq(seq), rec);
         let dg = digest(&fields);
         if same_as == Some(dg) {
             // Restart with the flag still high: it is the committed record.
             self.tracker.matched();
             if let Some(c) = self.tracker.last().filter(|c| !c.acked) {
                 if self.acks {
-                    self.handshake(c.seq).await;
+                    self.handshake(io, c.seq).await;
                 }
             }
             return Ok(false);
@@ -298,7 +313,7 @@ impl<B: EventIo> Loop<'_, B> {
             .await
             .is_err()
         {
-            return Err(Stop);
+            return Err(Stopped);
         }
         if let Some(l) = &self.ledger {
             if !l.wait_committed(&self.def.name, seq, COMMIT_TIMEOUT).await {
@@ -322,13 +337,13 @@ impl<B: EventIo> Loop<'_, B> {
             );
         }
         if self.acks {
-            self.handshake(seq).await;
+            self.handshake(io, seq).await;
         }
         Ok(false)
     }
 
-    async fn handshake(&mut self, seq: u64) {
-        match self.io.write_handshake(self.tracker.plc_seq(seq)).await {
+    async fn handshake<B: EventIo>(&mut self, io: &mut B, seq: u64) {
+        match io.write_handshake(self.tracker.plc_seq(seq)).await {
             Ok(()) => {
                 if self.handshake_failing {
                     tracing::info!(event = %self.def.name, seq, "handshake written");
@@ -352,7 +367,7 @@ impl<B: EventIo> Loop<'_, B> {
                 }
                 self.handshake_failing = true;
                 if matches!(e, IoError::Link(_)) {
-                    self.io.close().await;
+                    io.close().await;
                 }
             }
         }

@@ -342,11 +342,24 @@ pub async fn run_tcp(
     }
 }
 
-/// Run loop of one RTU bus: its units are polled one at a time, each on its own interval. A unit
-/// that keeps failing is skipped with backoff so it never stalls the others.
+/// An event definition on a unit of an RTU bus: polled by the bus loop on the bus's link.
+pub struct BusEvent {
+    /// Index of its device in the tag map.
+    pub device: usize,
+    /// What to read and write.
+    pub ev: super::events::ModbusEvent,
+    /// Its capture state.
+    pub runner: crate::drivers::events::Runner,
+}
+
+/// Run loop of one RTU bus: its units are polled one at a time, each on its own interval, and
+/// so are the event definitions of its units (between two cycles, on the same link). A unit
+/// that keeps failing is skipped with backoff so it never stalls the others; its event
+/// definitions are not polled while it is skipped.
 pub async fn run_rtu_bus(
     serial: SerialSettings,
     units: Vec<(DeviceRuntime, Arc<DeviceStats>)>,
+    mut events: Vec<BusEvent>,
     out: mpsc::Sender<Output>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -357,9 +370,20 @@ pub async fn run_rtu_bus(
         .collect();
     let start = Instant::now();
     let mut next: Vec<Instant> = units.iter().map(|_| start).collect();
+    let mut ev_next: Vec<Instant> = events.iter().map(|_| start).collect();
+    // The unit (index in `units`) of each event definition.
+    let ev_unit: Vec<Option<usize>> = events
+        .iter()
+        .map(|e| units.iter().position(|(rt, _)| rt.index == e.device))
+        .collect();
     while !units.is_empty() {
         let Some((i, due)) = next.iter().copied().enumerate().min_by_key(|(_, t)| *t) else {
             break;
+        };
+        let ev_due = ev_next.iter().copied().enumerate().min_by_key(|(_, t)| *t);
+        let (event, due) = match ev_due {
+            Some((k, t)) if t < due => (Some(k), t),
+            _ => (None, due),
         };
         tokio::select! {
             _ = tokio::time::sleep_until(due.into()) => {}
@@ -367,6 +391,28 @@ pub async fn run_rtu_bus(
         }
         if *shutdown.borrow() {
             break;
+        }
+        if let Some(k) = event {
+            let e = &mut events[k];
+            let skipping = ev_unit[k].is_some_and(|u| health[u].skipping(Instant::now()));
+            let again = if skipping {
+                false
+            } else {
+                let mut io = e.ev.bind(&mut link);
+                match e.runner.poll(&mut io).await {
+                    Ok(again) => again,
+                    Err(crate::drivers::events::Stopped) => break,
+                }
+            };
+            if !again {
+                let interval = e.runner.def().poll_interval;
+                ev_next[k] += interval;
+                let now = Instant::now();
+                if ev_next[k] < now {
+                    ev_next[k] = now;
+                }
+            }
+            continue;
         }
         let (rt, stats) = &units[i];
         let readings = if health[i].skipping(Instant::now()) {
