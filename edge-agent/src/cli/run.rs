@@ -122,7 +122,7 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
         tokio::select! {
             out = rx.recv() => match out {
                 Some(o) => {
-                    if hand_over(o, &buffer, &mut filter, &consume).await.is_err() {
+                    if hand_over(o, &buffer, &mut filter, &consume, print).await.is_err() {
                         tracing::error!("buffer stopped; shutting down");
                         break;
                     }
@@ -157,7 +157,7 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
     acq.stop().await;
     // 2. What they produced is filtered and committed.
     while let Ok(o) = rx.try_recv() {
-        let _ = hand_over(o, &buffer, &mut filter, &consume).await;
+        let _ = hand_over(o, &buffer, &mut filter, &consume, print).await;
     }
     if let Err(e) = buffer.flush().await {
         tracing::error!(error = %e, "final buffer commit failed");
@@ -201,12 +201,21 @@ async fn hand_over(
     buffer: &Buffer,
     filter: &mut TagFilter,
     consume: &impl Fn(Vec<Reading>, &mut TagFilter) -> Vec<Reading>,
+    print: bool,
 ) -> Result<(), crate::buffer::BufferError> {
     match out {
         Output::Readings(b) => buffer.append(consume(b, filter)).await,
         Output::Events { events, gaps } => {
             for e in &events {
                 tracing::info!(event = %e.source, kind = %e.kind, seq = e.seq, "event captured");
+                if print {
+                    println!("{}", sink::event_line(e));
+                }
+            }
+            if print {
+                for g in &gaps {
+                    println!("{}", sink::gap_line(g));
+                }
             }
             // One transaction with the definitions' cursors (see `buffer/store.rs`).
             buffer.append_events_with_gaps(events, gaps).await

@@ -105,6 +105,7 @@ impl Acquisition {
                 out.clone(),
                 event_opts.clone(),
                 stats[i].clone(),
+                rx.clone(),
             );
             match &m.link {
                 Link::Tcp { .. } => {

@@ -112,6 +112,7 @@ pub struct Runner {
     failing: bool,
     failed_now: bool,
     handshake_failing: bool,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// The output channel closed: the agent is stopping.
@@ -119,8 +120,16 @@ pub struct Runner {
 pub struct Stopped;
 
 impl Runner {
-    /// A runner for `def`, resuming after the ledger's cursor (if any).
-    pub fn new(def: EventDef, out: OutputTx, opts: EventOptions, stats: Arc<DeviceStats>) -> Self {
+    /// A runner for `def`, resuming after the ledger's cursor (if any). `shutdown` ends a wait
+    /// for the buffer's confirmation (the record is committed with the last outputs and
+    /// acknowledged at the next start).
+    pub fn new(
+        def: EventDef,
+        out: OutputTx,
+        opts: EventOptions,
+        stats: Arc<DeviceStats>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         let EventOptions {
             ledger,
             write_handshake,
@@ -139,6 +148,7 @@ impl Runner {
             failing: false,
             failed_now: false,
             handshake_failing: false,
+            shutdown,
         }
     }
 
@@ -316,7 +326,15 @@ impl Runner {
             return Err(Stopped);
         }
         if let Some(l) = &self.ledger {
-            if !l.wait_committed(&self.def.name, seq, COMMIT_TIMEOUT).await {
+            let mut stop = self.shutdown.clone();
+            let committed = tokio::select! {
+                c = l.wait_committed(&self.def.name, seq, COMMIT_TIMEOUT) => c,
+                _ = stop.wait_for(|s| *s) => {
+                    tracing::info!(event = %self.def.name, seq, "stopping before the buffer confirmed the record: it is committed with the last outputs, its handshake is written at the next start");
+                    return Err(Stopped);
+                }
+            };
+            if !committed {
                 tracing::warn!(event = %self.def.name, seq, "the buffer did not confirm the record within {}s; reading it again", COMMIT_TIMEOUT.as_secs());
                 return Ok(false);
             }
