@@ -195,6 +195,17 @@ async fn skipped_records_are_reported_as_missed_event_gaps_with_their_count() {
     assert_eq!(gaps.len(), 2, "{gaps:?}");
     assert!(gaps.iter().all(|g| g.reason == "missed-event"));
     assert_eq!(gaps.iter().map(|g| g.count).collect::<Vec<_>>(), vec![1, 7]);
+    // The totalizers show the volume of the records never seen (measurement.md §3).
+    let total = |e: &Event, name: &str| match field(e, name) {
+        WireValue::Int(v) => *v,
+        other => panic!("{name}: {other:?}"),
+    };
+    for w in evs.windows(2) {
+        assert!(
+            total(&w[1], "start_totalizer") > total(&w[0], "end_totalizer"),
+            "a gap in the records is a jump in the totalizer"
+        );
+    }
     assert!(gaps.iter().all(|g| g.range.start <= g.range.end));
 }
 

@@ -270,7 +270,7 @@ async fn records_survive_restarts_and_a_crash_exactly_once_through_buffer_and_up
     assert!(e
         .fields
         .iter()
-        .any(|(n, v)| n == "bol" && *v == flowsquare_wire::WireValue::Text("BOL-000005".into())));
+        .any(|(n, v)| n == "bol" && *v == flowsquare_wire::WireValue::Text("BOL-000006".into())));
     // The birth catalog lists the definition and its fields.
     let b = r.births.last().expect("birth");
     assert_eq!(b.events.len(), 1);

@@ -42,7 +42,8 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ModbusArgs {
-    /// Register map (TOML); see config/sim/modbus-demo.toml for every key.
+    /// Register map (TOML); see config/sim/modbus-demo.toml for every key, and
+    /// config/sim/gantry-demo.toml for a gantry batch controller (`[unit.gantry]`).
     #[arg(long, value_name = "FILE")]
     map: PathBuf,
     /// Serve Modbus TCP on this address (repeatable; each address is a separate device with

@@ -290,9 +290,16 @@ impl Gantry {
         rec
     }
 
-    /// Skip `n` records: the sequence number jumps by `n` without the agent seeing a record.
+    /// Skip `n` records: `n` batches happen (their volume moves the totalizer, their sequence
+    /// numbers are used) but their records are never shown, as when a reader misses them.
     pub fn skip(&self, n: u16) {
         if let Ok(mut s) = self.state.lock() {
+            for _ in 0..n {
+                s.batches += 1;
+                let r = self.record_for(0, s.batches, s.total, s.clock_s);
+                s.total = r.end_total;
+                s.clock_s = r.end_time + 60;
+            }
             s.seq = self.next_seq(s.seq, u32::from(n));
         }
     }
@@ -374,7 +381,8 @@ impl Gantry {
                 _ = tokio::time::sleep(self.cfg.batch_interval.0) => {}
                 _ = &mut stop => return,
             }
-            if self.cfg.ack != Ack::None && self.seq() != self.cfg.start_seq {
+            // Before the first batch there is no record to acknowledge.
+            if self.cfg.ack != Ack::None && n > 0 {
                 tokio::select! {
                     _ = async { while !self.wait_for_ack(Duration::from_secs(3600)).await {} } => {}
                     _ = &mut stop => return,
@@ -466,7 +474,12 @@ mod tests {
         assert_eq!(r2.start_total, r.end_total);
         assert_eq!(g.unit.words(RegisterKind::Holding, 100, 1), vec![0]);
         g.skip(2);
-        assert_eq!(g.complete_batch().seq, 3);
+        let r3 = g.complete_batch();
+        assert_eq!(r3.seq, 3);
+        assert!(
+            r3.start_total > r2.end_total,
+            "the skipped batches moved the totalizer"
+        );
     }
 
     #[test]
