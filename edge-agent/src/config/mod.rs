@@ -49,6 +49,10 @@ pub enum ConfigError {
 pub enum DeviceDriver {
     /// Modbus TCP or RTU.
     Modbus(mb::ModbusDevice),
+    /// GPS receiver: NMEA 0183 on a serial port, or gpsd.
+    Gps(crate::drivers::gps::config::GpsDevice),
+    /// Veeder-Root TLS-350 tank gauge console.
+    Tls350(crate::drivers::tls350::config::TlsDevice),
 }
 
 impl DeviceDriver {
@@ -59,6 +63,11 @@ impl DeviceDriver {
                 mb::Link::Tcp { .. } => "modbus-tcp",
                 mb::Link::Rtu(_) => "modbus-rtu",
             },
+            DeviceDriver::Gps(g) => match g.link {
+                crate::drivers::gps::config::GpsLink::Nmea(_) => "nmea",
+                crate::drivers::gps::config::GpsLink::Gpsd { .. } => "gpsd",
+            },
+            DeviceDriver::Tls350(_) => "tls-350",
         }
     }
 
@@ -66,6 +75,23 @@ impl DeviceDriver {
     pub fn modbus(&self) -> Option<&mb::ModbusDevice> {
         match self {
             DeviceDriver::Modbus(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The GPS settings, if this is a GPS receiver.
+    pub fn gps(&self) -> Option<&crate::drivers::gps::config::GpsDevice> {
+        match self {
+            DeviceDriver::Gps(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The TLS-350 settings, if this is a tank gauge console.
+    pub fn tls350(&self) -> Option<&crate::drivers::tls350::config::TlsDevice> {
+        match self {
+            DeviceDriver::Tls350(t) => Some(t),
+            _ => None,
         }
     }
 }
@@ -90,6 +116,10 @@ pub struct Device {
 pub enum TagSource {
     /// A Modbus register/bit.
     Modbus(mb::ModbusTag),
+    /// A figure of the GPS fix.
+    Gps(crate::drivers::gps::config::GpsTag),
+    /// A figure of one tank's inventory.
+    Tls350(crate::drivers::tls350::config::TlsTag),
 }
 
 impl TagSource {
@@ -97,6 +127,8 @@ impl TagSource {
     pub fn data_type(&self) -> &'static str {
         match self {
             TagSource::Modbus(m) => m.data_type.as_str(),
+            TagSource::Gps(g) if g.field.is_integer() => "i64",
+            TagSource::Gps(_) | TagSource::Tls350(_) => "f64",
         }
     }
 
@@ -104,6 +136,7 @@ impl TagSource {
     pub fn is_numeric(&self) -> bool {
         match self {
             TagSource::Modbus(m) => m.data_type.is_numeric(),
+            TagSource::Gps(_) | TagSource::Tls350(_) => true,
         }
     }
 
@@ -112,6 +145,7 @@ impl TagSource {
     pub fn default_rollover(&self) -> Option<f64> {
         match self {
             TagSource::Modbus(m) => m.data_type.unsigned_range().map(|r| r * m.scale.abs()),
+            TagSource::Gps(_) | TagSource::Tls350(_) => None,
         }
     }
 
@@ -119,6 +153,7 @@ impl TagSource {
     pub fn modbus(&self) -> Option<&mb::ModbusTag> {
         match self {
             TagSource::Modbus(m) => Some(m),
+            _ => None,
         }
     }
 }
