@@ -148,7 +148,30 @@ fn trim_end(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// Decode one line.
+/// The sentences of one received line: a receiver that glitches (or a port opened mid-sentence)
+/// leaves a partial sentence that runs into the next one, `$GPGGA,1235$GPRMC,…*hh`; each piece
+/// from a `$` on is decoded separately, so the partial one is dropped (and counted) without
+/// taking the complete one with it. Garbage before the first `$` is a piece of its own.
+pub fn pieces(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = trim_end(line);
+    std::iter::from_fn(move || {
+        while let [b' ' | b'\r' | b'\n' | 0, tail @ ..] = rest {
+            rest = tail;
+        }
+        if rest.is_empty() {
+            return None;
+        }
+        let next = rest[1..]
+            .iter()
+            .position(|&b| b == b'$' || b == b'!')
+            .map_or(rest.len(), |i| i + 1);
+        let (piece, tail) = rest.split_at(next);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+/// Decode one sentence.
 pub fn parse(line: &[u8]) -> Result<Sentence, NmeaError> {
     let (_talker, kind, f) = split(line)?;
     let get = |i: usize| f.get(i).copied().unwrap_or("");
@@ -445,6 +468,15 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_sentence_does_not_take_the_next_one_with_it() {
+        let line = format!("$GPGGA,1235{}", frame("GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230324,,"));
+        let got: Vec<bool> = pieces(line.as_bytes()).map(|p| parse(p).is_ok()).collect();
+        assert_eq!(got, vec![false, true]);
+        assert_eq!(pieces(b"  \r\n").count(), 0);
+        assert_eq!(pieces(b"xx$GPGGA").count(), 2);
+    }
+
+    #[test]
     fn random_bytes_and_truncations_never_panic() {
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = || {
@@ -457,6 +489,9 @@ mod tests {
             let n = (next() % 100) as usize;
             let bytes: Vec<u8> = (0..n).map(|_| next() as u8).collect();
             let _ = parse(&bytes);
+            pieces(&bytes).for_each(|p| {
+                let _ = parse(p);
+            });
             let mut s = b"$GPRMC,".to_vec();
             s.extend(bytes.iter().map(|b| b"0123456789.,NSEWAV*$"[usize::from(*b) % 20]));
             let _ = parse(&s);

@@ -93,12 +93,29 @@ fn on_line(
             Err(_) => Err(NmeaError::NotAscii),
         }
     } else {
-        nmea::parse(trimmed).map(|s| {
-            if let Ok(mut f) = shared.fix.lock() {
-                f.apply(&s, now, sys);
-            }
-        })
+        for piece in nmea::pieces(trimmed) {
+            let res = nmea::parse(piece).map(|s| {
+                if let Ok(mut f) = shared.fix.lock() {
+                    f.apply(&s, now, sys);
+                }
+            });
+            account(name, piece, res, shared, stats, limiter, now);
+        }
+        return;
     };
+    account(name, trimmed, res, shared, stats, limiter, now);
+}
+
+fn account(
+    name: &str,
+    text: &[u8],
+    res: Result<(), NmeaError>,
+    shared: &Shared,
+    stats: &DeviceStats,
+    limiter: &mut LogLimiter,
+    now: Instant,
+) {
+    let trimmed = text;
     match res {
         Ok(()) => {
             DeviceStats::inc(&stats.requests_ok);
