@@ -142,9 +142,13 @@ async fn recorded_sentences_with_faults_and_fix_loss_over_a_pty() {
         })
         .await;
     assert!(moved, "good sentences between the bad ones are used: {:?}", run.seen.last());
-    assert!(wait_until(Duration::from_secs(5), || {
-        extra(&run, "nmea_checksum_errors") - cs0 >= 1.0 && extra(&run, "nmea_bad_sentences") - bad0 >= 3.0
-    }));
+    assert!(
+        run.wait_for(Duration::from_secs(5), |run| {
+            extra(run, "nmea_checksum_errors") - cs0 >= 1.0
+                && extra(run, "nmea_bad_sentences") - bad0 >= 3.0
+        })
+        .await
+    );
     assert_eq!(extra(&run, "nmea_checksum_errors") - cs0, 1.0);
     assert_eq!(extra(&run, "nmea_bad_sentences") - bad0, 3.0);
     assert!(run.acq.as_ref().map_or(0, |a| a.stats[0].snapshot().decode_errors) >= 4);
