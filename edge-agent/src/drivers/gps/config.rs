@@ -259,3 +259,28 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         Some(TagSource::Gps(GpsTag { field: raw.field }))
     }
 }
+
+impl GpsDevice {
+    /// One line on how the receiver is reached (`plan`, logs).
+    pub fn describe(&self) -> String {
+        match &self.link {
+            GpsLink::Nmea(s) => format!("nmea {} {} baud", s.path, s.baud),
+            GpsLink::Gpsd { host, port } => format!("gpsd {host}:{port}"),
+        }
+    }
+
+    /// What one poll does (`plan`).
+    pub fn plan_lines(&self) -> Vec<String> {
+        let source = match &self.link {
+            GpsLink::Nmea(_) => "listens to GGA, RMC and VTG sentences (any talker id; checksums verified)",
+            GpsLink::Gpsd { .. } => "watches gpsd's TPV and SKY reports",
+        };
+        vec![
+            source.to_owned(),
+            format!(
+                "each poll reports the current fix, stamped with GPS time; a figure older than max_age {} is reported bad",
+                crate::config::duration::format(self.max_age)
+            ),
+        ]
+    }
+}

@@ -344,3 +344,43 @@ mod tests {
         assert_eq!(parse_utc_offset("+99:00"), None);
     }
 }
+
+impl TlsDevice {
+    /// One line on how the console is reached (`plan`, logs).
+    pub fn describe(&self) -> String {
+        match &self.link {
+            TlsLink::Serial(s) => format!(
+                "tls-350 {} {} baud {}{}{}",
+                s.path,
+                s.baud,
+                s.data_bits,
+                match s.parity {
+                    Parity::None => 'N',
+                    Parity::Even => 'E',
+                    Parity::Odd => 'O',
+                },
+                s.stop_bits
+            ),
+            TlsLink::Tcp { host, port } => format!("tls-350 {host}:{port}"),
+        }
+    }
+
+    /// The commands of one cycle (`plan`).
+    pub fn plan_lines(&self, tanks: &[u8]) -> Vec<String> {
+        let tanks: Vec<String> = tanks.iter().map(u8::to_string).collect();
+        let mut l = vec![format!(
+            "i20100 in-tank inventory (all tanks) every cycle, for tanks {}; timeout {}",
+            if tanks.is_empty() { "-".to_owned() } else { tanks.join(", ") },
+            crate::config::duration::format(self.timeout)
+        )];
+        if self.delivery_interval.is_zero() {
+            l.push("delivery capture off (delivery_interval = \"0s\")".into());
+        } else {
+            l.push(format!(
+                "i20200 delivery report every {}: new deliveries become `delivery` events",
+                crate::config::duration::format(self.delivery_interval)
+            ));
+        }
+        l
+    }
+}
