@@ -96,7 +96,10 @@ fn extra(run: &Running, name: &str) -> f64 {
 async fn recorded_sentences_with_faults_and_fix_loss_over_a_pty() {
     let pty = PtyPair::new().expect("pty pair (socat)");
     let m = map(&agent_map(
-        &format!("protocol = \"nmea\"\nserial = \"{}\"\nbaud = 9600", pty.b.display()),
+        &format!(
+            "protocol = \"nmea\"\nserial = \"{}\"\nbaud = 9600",
+            pty.b.display()
+        ),
         &FIELDS,
     ));
     let mut run = Running::start(&m);
@@ -121,18 +124,31 @@ async fn recorded_sentences_with_faults_and_fix_loss_over_a_pty() {
     let lon = float(latest(&run.seen, 1));
     assert!((lat + 33.45).abs() < 1e-9, "southern latitude {lat}");
     assert!((lon + 70.66).abs() < 1e-9, "western longitude {lon}");
-    assert!((float(latest(&run.seen, 3)) - 20.0).abs() < 1e-9, "VTG km/h");
+    assert!(
+        (float(latest(&run.seen, 3)) - 20.0).abs() < 1e-9,
+        "VTG km/h"
+    );
     assert_eq!(float(latest(&run.seen, 5)), 1.0);
     assert_eq!(float(latest(&run.seen, 6)), 8.0);
-    assert_eq!(latest(&run.seen, 0).map(|r| r.ts_ms), Some(RECORDED_T0), "stamped with GPS time");
+    assert_eq!(
+        latest(&run.seen, 0).map(|r| r.ts_ms),
+        Some(RECORDED_T0),
+        "stamped with GPS time"
+    );
     // The gateway clock is ~2.5 years ahead of the recording: the offset says so.
     let offset = extra(&run, "gps_clock_offset_ms");
     let expected = edge_agent::model::now_ms() - RECORDED_T0;
-    assert!((offset - expected as f64).abs() < 60_000.0, "offset {offset} vs {expected}");
+    assert!(
+        (offset - expected as f64).abs() < 60_000.0,
+        "offset {offset} vs {expected}"
+    );
 
     // 2. Corrupted checksum, a partial line running into a full sentence, garbage, garbled
     //    checksum digits: counted and dropped; the good sentences among them still count.
-    let (cs0, bad0) = (extra(&run, "nmea_checksum_errors"), extra(&run, "nmea_bad_sentences"));
+    let (cs0, bad0) = (
+        extra(&run, "nmea_checksum_errors"),
+        extra(&run, "nmea_bad_sentences"),
+    );
     write(&pty.a, &section("faults"));
     let moved = run
         .until(Duration::from_secs(10), |rs| {
@@ -141,7 +157,11 @@ async fn recorded_sentences_with_faults_and_fix_loss_over_a_pty() {
                 && latest(rs, 0).map(|r| r.ts_ms) == Some(RECORDED_T0 + 1000)
         })
         .await;
-    assert!(moved, "good sentences between the bad ones are used: {:?}", run.seen.last());
+    assert!(
+        moved,
+        "good sentences between the bad ones are used: {:?}",
+        run.seen.last()
+    );
     assert!(
         run.wait_for(Duration::from_secs(5), |run| {
             extra(run, "nmea_checksum_errors") - cs0 >= 1.0
@@ -151,7 +171,12 @@ async fn recorded_sentences_with_faults_and_fix_loss_over_a_pty() {
     );
     assert_eq!(extra(&run, "nmea_checksum_errors") - cs0, 1.0);
     assert_eq!(extra(&run, "nmea_bad_sentences") - bad0, 3.0);
-    assert!(run.acq.as_ref().map_or(0, |a| a.stats[0].snapshot().decode_errors) >= 4);
+    assert!(
+        run.acq
+            .as_ref()
+            .map_or(0, |a| a.stats[0].snapshot().decode_errors)
+            >= 4
+    );
 
     // 3. Fix loss: positions bad with the reason, receiver status good (0 satellites, quality 0).
     write(&pty.a, &section("fixloss"));
@@ -163,7 +188,13 @@ async fn recorded_sentences_with_faults_and_fix_loss_over_a_pty() {
         .await;
     assert!(lost, "fix loss reported: {:?}", run.seen.last());
     let r = latest(&run.seen, 0).cloned();
-    assert!(r.as_ref().and_then(|r| r.error.clone()).unwrap_or_default().contains("no fix"), "{r:?}");
+    assert!(
+        r.as_ref()
+            .and_then(|r| r.error.clone())
+            .unwrap_or_default()
+            .contains("no fix"),
+        "{r:?}"
+    );
     assert_eq!(latest(&run.seen, 6).map(|r| r.quality), Some(Quality::Good));
     assert_eq!(float(latest(&run.seen, 6)), 0.0);
 
@@ -171,14 +202,22 @@ async fn recorded_sentences_with_faults_and_fix_loss_over_a_pty() {
     let silent = run
         .until(Duration::from_secs(15), |rs| {
             let n = rs.len();
-            n >= 8 && rs[n - 8..].iter().all(|r| r.quality == Quality::BadCommunication)
+            n >= 8
+                && rs[n - 8..]
+                    .iter()
+                    .all(|r| r.quality == Quality::BadCommunication)
         })
         .await;
     run.stop().await;
     assert!(silent, "silence reported");
     // One reading per tag per cycle, good or bad.
-    let per_tag: Vec<usize> = (0..8).map(|t| run.seen.iter().filter(|r| r.tag == t).count()).collect();
-    assert!(per_tag.windows(2).all(|w| w[0].abs_diff(w[1]) <= 1), "{per_tag:?}");
+    let per_tag: Vec<usize> = (0..8)
+        .map(|t| run.seen.iter().filter(|r| r.tag == t).count())
+        .collect();
+    assert!(
+        per_tag.windows(2).all(|w| w[0].abs_diff(w[1]) <= 1),
+        "{per_tag:?}"
+    );
 }
 
 fn feeder(pty: &PtyPair, toml: &str) -> oneshot::Sender<()> {
@@ -205,13 +244,19 @@ async fn the_moving_truck_feeder_with_a_clock_offset_and_corrupt_sentences() {
         "talker = \"GN\"\ninterval = \"100ms\"\ntime_offset_ms = -1500\n[truck]\nspeed_kmh = 90.0\nroute = [[51.5, -0.2], [51.6, -0.1]]\n[faults]\ncorrupt_every = 5\n",
     );
     let m = map(&agent_map(
-        &format!("protocol = \"nmea\"\nserial = \"{}\"\nbaud = 9600", pty.b.display()),
+        &format!(
+            "protocol = \"nmea\"\nserial = \"{}\"\nbaud = 9600",
+            pty.b.display()
+        ),
         &FIELDS,
     ));
     let mut run = Running::start(&m);
     let ok = run
         .until(Duration::from_secs(20), |rs| {
-            rs.iter().filter(|r| r.tag == 1 && r.quality == Quality::Good).count() >= 10
+            rs.iter()
+                .filter(|r| r.tag == 1 && r.quality == Quality::Good)
+                .count()
+                >= 10
         })
         .await;
     let cs = extra(&run, "nmea_checksum_errors");
@@ -236,13 +281,19 @@ async fn read_once_listens_until_every_tag_is_good() {
     let pty = PtyPair::new().expect("pty pair (socat)");
     let _stop = feeder(&pty, "interval = \"100ms\"\n");
     let m = map(&agent_map(
-        &format!("protocol = \"nmea\"\nserial = \"{}\"\nbaud = 4800\nmax_age = \"10s\"", pty.b.display()),
+        &format!(
+            "protocol = \"nmea\"\nserial = \"{}\"\nbaud = 4800\nmax_age = \"10s\"",
+            pty.b.display()
+        ),
         &FIELDS,
     ));
     let rs = edge_agent::drivers::read_once(&m, None).await;
     assert_eq!(rs.len(), 8);
     assert!(rs.iter().all(|r| r.quality == Quality::Good), "{rs:?}");
-    assert!(float(rs.first()) < -33.0, "southern hemisphere default route");
+    assert!(
+        float(rs.first()) < -33.0,
+        "southern hemisphere default route"
+    );
 }
 
 /// gpsd as a child process, killed on drop.
@@ -288,10 +339,21 @@ async fn gpsd_source_reads_the_real_gpsd() {
             .expect("spawn gpsd"),
     );
     assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
         "gpsd listens"
     );
-    let fields = ["latitude", "longitude", "altitude", "speed", "heading", "fix_quality"];
+    let fields = [
+        "latitude",
+        "longitude",
+        "altitude",
+        "speed",
+        "heading",
+        "fix_quality",
+    ];
     let m = map(&agent_map(
         &format!("protocol = \"gpsd\"\nhost = \"127.0.0.1\"\nport = {port}"),
         &fields,
@@ -305,12 +367,38 @@ async fn gpsd_source_reads_the_real_gpsd() {
         .await;
     let offset = extra(&run, "gps_clock_offset_ms");
     run.stop().await;
-    assert!(ok, "gpsd fix: {:?}", &run.seen[run.seen.len().saturating_sub(6)..]);
+    assert!(
+        ok,
+        "gpsd fix: {:?}",
+        &run.seen[run.seen.len().saturating_sub(6)..]
+    );
     let n = run.seen.len();
     let last = &run.seen[n - 6..];
     assert!(float(Some(&last[0])) < -33.39 && float(Some(&last[0])) > -33.46);
     assert!(float(Some(&last[1])) < -70.59);
-    assert!((float(Some(&last[3])) - 60.0).abs() < 0.5, "speed km/h {:?}", last[3]);
+    assert!(
+        (float(Some(&last[3])) - 60.0).abs() < 0.5,
+        "speed km/h {:?}",
+        last[3]
+    );
     assert!(float(Some(&last[5])) >= 1.0);
     assert!(offset.abs() < 5_000.0, "clock offset {offset}");
+}
+
+#[tokio::test]
+async fn probe_nmea_prints_decoded_and_dropped_sentences() {
+    let pty = PtyPair::new().expect("pty pair (socat)");
+    let _stop = feeder(&pty, "interval = \"100ms\"\n[faults]\ncorrupt_every = 3\n");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["probe", "nmea", "--serial"])
+        .arg(&pty.b)
+        .args(["--baud", "9600", "--seconds", "1500ms"])
+        .output()
+        .await
+        .expect("run edge-agent");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("RMC valid lat -33."), "{text}");
+    assert!(text.contains("DROPPED: checksum mismatch"), "{text}");
+    assert!(text.contains("sentence(s) decoded"), "{text}");
 }

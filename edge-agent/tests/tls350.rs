@@ -13,7 +13,9 @@ use edge_agent::model::{Quality, Value};
 use flowsquare_tests::PtyPair;
 use flowsquare_wire::{Event, WireValue};
 use site_sim::modbus::{Parity, SerialConfig};
-use site_sim::tls350::{serve_serial, serve_tcp, Console, ConsoleConfig, DeliveryConfig, SharedConsole};
+use site_sim::tls350::{
+    serve_serial, serve_tcp, Console, ConsoleConfig, DeliveryConfig, SharedConsole,
+};
 use tokio::sync::oneshot;
 
 const STATION: &str = r#"
@@ -76,7 +78,9 @@ fn on_pty(c: SharedConsole) -> Sim {
 }
 
 async fn on_tcp(c: SharedConsole) -> Sim {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = l.local_addr().expect("addr").port();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -139,13 +143,21 @@ async fn inventory_over_a_pty() {
         "{rs:?}"
     );
     assert_eq!(rs[8].quality, Quality::BadDevice);
-    assert!(rs[8].error.as_deref().unwrap_or("").contains("tank 9"), "{:?}", rs[8]);
+    assert!(
+        rs[8].error.as_deref().unwrap_or("").contains("tank 9"),
+        "{:?}",
+        rs[8]
+    );
 }
 
 #[tokio::test]
 async fn inventory_over_tcp_with_a_security_code() {
     let sim = on_tcp(console("security_code = \"ABC123\"\n")).await;
-    let m = map(&agent_map(&sim.link, "delivery_interval = \"0s\"\nsecurity_code = \"ABC123\"", None));
+    let m = map(&agent_map(
+        &sim.link,
+        "delivery_interval = \"0s\"\nsecurity_code = \"ABC123\"",
+        None,
+    ));
     let rs = edge_agent::drivers::read_once(&m, None).await;
     assert_eq!(f(&rs[0].value), 18250.5, "{rs:?}");
 }
@@ -157,8 +169,16 @@ async fn unsupported_command_is_a_device_answer_not_a_link_failure() {
     let rs = edge_agent::drivers::read_once(&m, None).await;
     assert_eq!(rs.len(), TAGS.len());
     for r in &rs {
-        assert_eq!((r.quality, r.status), (Quality::BadDevice, Some(0x9999)), "{r:?}");
-        assert!(r.error.as_deref().unwrap_or("").contains("does not support"));
+        assert_eq!(
+            (r.quality, r.status),
+            (Quality::BadDevice, Some(0x9999)),
+            "{r:?}"
+        );
+        assert!(r
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("does not support"));
     }
 }
 
@@ -175,16 +195,35 @@ async fn bad_checksums_are_counted_and_polling_goes_on() {
         .await;
     let stats = run.acq.as_ref().map(|a| a.stats[0].clone()).expect("stats");
     run.stop().await;
-    assert!(ok, "{:?}", run.seen.iter().filter(|r| r.tag == 0).collect::<Vec<_>>());
-    let bad: Vec<_> = run.seen.iter().filter(|r| r.quality == Quality::BadDecode).collect();
-    assert!(bad.iter().all(|r| r.error.as_deref().unwrap_or("").contains("checksum")), "{bad:?}");
+    assert!(
+        ok,
+        "{:?}",
+        run.seen.iter().filter(|r| r.tag == 0).collect::<Vec<_>>()
+    );
+    let bad: Vec<_> = run
+        .seen
+        .iter()
+        .filter(|r| r.quality == Quality::BadDecode)
+        .collect();
+    assert!(
+        bad.iter()
+            .all(|r| r.error.as_deref().unwrap_or("").contains("checksum")),
+        "{bad:?}"
+    );
     let extras = stats.extras();
-    let get = |n: &str| extras.iter().find(|(k, _)| *k == n).map_or(0.0, |(_, v)| v.value);
+    let get = |n: &str| {
+        extras
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map_or(0.0, |(_, v)| v.value)
+    };
     assert!(get("tls350_checksum_errors") >= 2.0);
     assert_eq!(get("tls350_checksum_errors"), get("tls350_bad_frames"));
     assert!(stats.snapshot().decode_errors >= 2);
     // Every cycle gave one reading per tag.
-    let per_tag: Vec<usize> = (0..TAGS.len() as u32).map(|t| run.seen.iter().filter(|r| r.tag == t).count()).collect();
+    let per_tag: Vec<usize> = (0..TAGS.len() as u32)
+        .map(|t| run.seen.iter().filter(|r| r.tag == t).count())
+        .collect();
     assert!(per_tag.windows(2).all(|w| w[0] == w[1]), "{per_tag:?}");
 }
 
@@ -203,7 +242,9 @@ fn field<'a>(e: &'a Event, name: &str) -> Option<&'a WireValue> {
 }
 
 fn i202_answers(c: &SharedConsole) -> u64 {
-    c.lock().map(|c| c.answered.get("i202").copied().unwrap_or(0)).unwrap_or(0)
+    c.lock()
+        .map(|c| c.answered.get("i202").copied().unwrap_or(0))
+        .unwrap_or(0)
 }
 
 fn delivery(start: &str, end: &str, from: f32, to: f32) -> DeliveryConfig {
@@ -237,44 +278,165 @@ async fn deliveries_become_events_once_across_a_restart() {
     // First start: the stored delivery is reported, then a new one.
     let mut run = Running::start(&m);
     assert!(
-        run.wait_for(Duration::from_secs(10), |r| !events(r).is_empty()).await,
+        run.wait_for(Duration::from_secs(10), |r| !events(r).is_empty())
+            .await,
         "the stored delivery is reported"
     );
     let first = events(&run);
     let e0 = &first[0];
-    assert_eq!((e0.kind.as_str(), e0.source.as_str(), e0.seq), ("delivery", "atg-1", 0));
-    assert_eq!(field(e0, "delivery_id"), Some(&WireValue::Text("T01-2406150800-2406150835".into())));
+    assert_eq!(
+        (e0.kind.as_str(), e0.source.as_str(), e0.seq),
+        ("delivery", "atg-1", 0)
+    );
+    assert_eq!(
+        field(e0, "delivery_id"),
+        Some(&WireValue::Text("T01-2406150800-2406150835".into()))
+    );
     assert_eq!(field(e0, "tank"), Some(&WireValue::Int(1)));
-    assert_eq!(field(e0, "start"), Some(&WireValue::Text("2024-06-15T06:00:00.000Z".into())), "console at UTC+2");
+    assert_eq!(
+        field(e0, "start"),
+        Some(&WireValue::Text("2024-06-15T06:00:00.000Z".into())),
+        "console at UTC+2"
+    );
     assert_eq!(field(e0, "volume"), Some(&WireValue::Float(10000.0)));
     assert_eq!(field(e0, "end_height"), Some(&WireValue::Float(152.75)));
     assert_eq!(e0.ts_ms, 1_718_433_300_000, "end time 06:35Z");
 
-    c.lock().expect("console").add_delivery(1, delivery("2406151400", "2406151430", 17000.0, 27000.0));
+    c.lock()
+        .expect("console")
+        .add_delivery(1, delivery("2406151400", "2406151430", 17000.0, 27000.0));
     assert!(
-        run.wait_for(Duration::from_secs(10), |r| events(r).len() >= 2).await,
+        run.wait_for(Duration::from_secs(10), |r| events(r).len() >= 2)
+            .await,
         "the new delivery is reported"
     );
     let polls = i202_answers(&c);
-    assert!(run.wait_for(Duration::from_secs(10), |_| i202_answers(&c) >= polls + 3).await);
+    assert!(
+        run.wait_for(Duration::from_secs(10), |_| i202_answers(&c) >= polls + 3)
+            .await
+    );
     run.stop().await;
     while let Ok(o) = run.rx.try_recv() {
         run.events.push(o);
     }
     let first = events(&run);
-    assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1], "each delivery once: {first:?}");
+    assert_eq!(
+        first.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![0, 1],
+        "each delivery once: {first:?}"
+    );
 
     // Restart: nothing old again; the next delivery continues the sequence.
     let mut run = Running::start(&m);
     let polls = i202_answers(&c);
-    assert!(run.wait_for(Duration::from_secs(10), |_| i202_answers(&c) >= polls + 3).await);
-    assert!(events(&run).is_empty(), "re-reported after restart: {:?}", events(&run));
-    c.lock().expect("console").add_delivery(2, delivery("2406151500", "2406151520", 1000.0, 9000.0));
-    let got = run.wait_for(Duration::from_secs(10), |r| !events(r).is_empty()).await;
+    assert!(
+        run.wait_for(Duration::from_secs(10), |_| i202_answers(&c) >= polls + 3)
+            .await
+    );
+    assert!(
+        events(&run).is_empty(),
+        "re-reported after restart: {:?}",
+        events(&run)
+    );
+    c.lock()
+        .expect("console")
+        .add_delivery(2, delivery("2406151500", "2406151520", 1000.0, 9000.0));
+    let got = run
+        .wait_for(Duration::from_secs(10), |r| !events(r).is_empty())
+        .await;
     run.stop().await;
     assert!(got);
     let second = events(&run);
     assert_eq!(second.len(), 1, "{second:?}");
-    assert_eq!((second[0].seq, field(&second[0], "tank")), (2, Some(&WireValue::Int(2))));
+    assert_eq!(
+        (second[0].seq, field(&second[0], "tank")),
+        (2, Some(&WireValue::Int(2)))
+    );
     assert!(dir.path().join("buffer.db.atg-1.deliveries.json").exists());
+}
+
+async fn agent(args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(args)
+        .output()
+        .await
+        .expect("run edge-agent");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test]
+async fn probe_and_read_once_from_the_command_line() {
+    let sim = on_tcp(console("")).await;
+    let port = sim.link.rsplit(' ').next().unwrap_or("").to_owned();
+    let (ok, out) = agent(&[
+        "probe",
+        "tls350",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--command",
+        "i20200",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("checksum ok"), "{out}");
+    assert!(
+        out.contains("tank 1 2406150800–2406150835: start_volume 8250.5"),
+        "{out}"
+    );
+    let (ok, out) = agent(&["probe", "tls350", "--host", "127.0.0.1", "--port", &port]).await;
+    assert!(
+        ok && out.contains("tank 2 product 2 status 0000: volume 9000"),
+        "{out}"
+    );
+    let (ok, out) = agent(&[
+        "probe",
+        "tls350",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--command",
+        "i10100",
+    ])
+    .await;
+    assert!(!ok && out.contains("does not support"), "{out}");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        agent_map(&sim.link, "delivery_interval = \"0s\"", None),
+    )
+    .expect("write");
+    let cfg = cfg.display().to_string();
+    let (ok, out) = agent(&["read", "--once", "--config", &cfg, "--format", "jsonl"]).await;
+    assert!(ok, "{out}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let by_tag = |t: &str| {
+        lines
+            .iter()
+            .find(|l| l["tag"] == t)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(by_tag("station/tank-1/volume")["value"], 18250.5, "{out}");
+    assert_eq!(by_tag("station/tank-1/volume")["quality"], "good", "{out}");
+    assert_eq!(
+        by_tag("station/tank-9/volume")["quality"],
+        "bad-device",
+        "{out}"
+    );
+    let (ok, out) = agent(&["plan", "--config", &cfg]).await;
+    assert!(
+        ok && out.contains("i20100 in-tank inventory (all tanks) every cycle, for tanks 1, 2, 9"),
+        "{out}"
+    );
 }

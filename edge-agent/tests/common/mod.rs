@@ -126,8 +126,7 @@ impl Running {
             if left.is_zero() {
                 return false;
             }
-            match tokio::time::timeout(left.min(Duration::from_millis(50)), self.rx.recv()).await
-            {
+            match tokio::time::timeout(left.min(Duration::from_millis(50)), self.rx.recv()).await {
                 Ok(Some(Output::Readings(b))) => self.seen.extend(b),
                 Ok(Some(e)) => self.events.push(e),
                 Ok(None) => return cond(self),

@@ -205,9 +205,11 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         let mut problems = Vec::new();
         let dev = if protocol == "gpsd" {
             let r = part::<RawGpsdDevice>(table, subject, diags);
-            let (host, port, max_age) = r
-                .map(|r| (r.host, r.port, r.max_age))
-                .unwrap_or((default_gpsd_host(), DEFAULT_GPSD_PORT, DEFAULT_MAX_AGE));
+            let (host, port, max_age) = r.map(|r| (r.host, r.port, r.max_age)).unwrap_or((
+                default_gpsd_host(),
+                DEFAULT_GPSD_PORT,
+                DEFAULT_MAX_AGE,
+            ));
             if host.trim().is_empty() {
                 problems.push(("host", "host must not be empty".to_owned()));
             }
@@ -272,7 +274,9 @@ impl GpsDevice {
     /// What one poll does (`plan`).
     pub fn plan_lines(&self) -> Vec<String> {
         let source = match &self.link {
-            GpsLink::Nmea(_) => "listens to GGA, RMC and VTG sentences (any talker id; checksums verified)",
+            GpsLink::Nmea(_) => {
+                "listens to GGA, RMC and VTG sentences (any talker id; checksums verified)"
+            }
             GpsLink::Gpsd { .. } => "watches gpsd's TPV and SKY reports",
         };
         vec![

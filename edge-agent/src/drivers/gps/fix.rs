@@ -263,8 +263,18 @@ mod tests {
         let mut st = FixState::default();
         // 2024-03-23 12:35:19 UTC = 1711197319000
         let gps = 1_711_197_319_000;
-        feed(&mut st, "GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230324,003.1,W", t0, gps + 250);
-        feed(&mut st, "GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,", t0, gps + 300);
+        feed(
+            &mut st,
+            "GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230324,003.1,W",
+            t0,
+            gps + 250,
+        );
+        feed(
+            &mut st,
+            "GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,",
+            t0,
+            gps + 300,
+        );
         feed(&mut st, "GPVTG,084.4,T,,M,022.4,N,041.5,K,A", t0, gps + 310);
         let rs = st.readings(&TAGS, t0, gps + 500, Duration::from_secs(5));
         assert!(rs.iter().all(|r| r.quality == Quality::Good), "{rs:?}");
@@ -279,15 +289,30 @@ mod tests {
     fn fix_loss_marks_positions_bad_but_keeps_receiver_status() {
         let t0 = Instant::now();
         let mut st = FixState::default();
-        feed(&mut st, "GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230324,,", t0, 0);
-        feed(&mut st, "GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,", t0, 0);
+        feed(
+            &mut st,
+            "GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230324,,",
+            t0,
+            0,
+        );
+        feed(
+            &mut st,
+            "GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,",
+            t0,
+            0,
+        );
         feed(&mut st, "GPGGA,123520,,,,,0,00,99.9,,M,,M,,", t0, 0);
         let rs = st.readings(&TAGS, t0, 0, Duration::from_secs(5));
         assert_eq!(rs[0].quality, Quality::BadDevice);
         assert!(rs[0].error.as_deref().unwrap_or("").contains("no fix"));
         assert_eq!(rs[5].value, Some(Value::Int(0)));
         assert_eq!(rs[6].value, Some(Value::Int(0)));
-        feed(&mut st, "GPGGA,123521,4807.038,N,01131.000,E,1,05,1.2,545.4,M,46.9,M,,", t0, 0);
+        feed(
+            &mut st,
+            "GPGGA,123521,4807.038,N,01131.000,E,1,05,1.2,545.4,M,46.9,M,,",
+            t0,
+            0,
+        );
         let rs = st.readings(&TAGS, t0, 0, Duration::from_secs(5));
         assert_eq!(rs[0].quality, Quality::Good);
     }
@@ -297,8 +322,15 @@ mod tests {
         let t0 = Instant::now();
         let mut st = FixState::default();
         let rs = st.readings(&TAGS, t0, 7, Duration::from_secs(5));
-        assert!(rs.iter().all(|r| r.quality == Quality::BadCommunication && r.ts_ms == 7));
-        feed(&mut st, "GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230324,,", t0, 0);
+        assert!(rs
+            .iter()
+            .all(|r| r.quality == Quality::BadCommunication && r.ts_ms == 7));
+        feed(
+            &mut st,
+            "GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230324,,",
+            t0,
+            0,
+        );
         let rs = st.readings(&TAGS, t0, 0, Duration::from_secs(5));
         assert_eq!(rs[0].quality, Quality::Good);
         assert_eq!(rs[2].quality, Quality::BadDevice, "no GGA, no altitude");
@@ -311,8 +343,18 @@ mod tests {
     fn gga_after_midnight_is_on_the_next_day() {
         let t0 = Instant::now();
         let mut st = FixState::default();
-        feed(&mut st, "GPRMC,235959,A,4807.038,N,01131.000,E,0,0,311224,,", t0, 0);
-        feed(&mut st, "GPGGA,000000,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,", t0, 0);
+        feed(
+            &mut st,
+            "GPRMC,235959,A,4807.038,N,01131.000,E,0,0,311224,,",
+            t0,
+            0,
+        );
+        feed(
+            &mut st,
+            "GPGGA,000000,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,",
+            t0,
+            0,
+        );
         // 2025-01-01T00:00:00Z
         assert_eq!(st.gps_time_ms, Some(1_735_689_600_000));
     }

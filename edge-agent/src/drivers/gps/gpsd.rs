@@ -28,11 +28,9 @@ pub fn parse_line(line: &str) -> Result<Option<Update>, NmeaError> {
                 ..Update::default()
             };
             if let Some(t) = v.get("time").and_then(|t| t.as_str()) {
-                let parsed = time::OffsetDateTime::parse(
-                    t,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .map_err(|_| NmeaError::Json(format!("TPV time {t:?} is not ISO 8601")))?;
+                let parsed =
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .map_err(|_| NmeaError::Json(format!("TPV time {t:?} is not ISO 8601")))?;
                 u.gps_time_ms = Some((parsed.unix_timestamp_nanos() / 1_000_000) as i64);
             }
             let quality = if mode < 2 {
@@ -112,18 +110,32 @@ mod tests {
 
     #[test]
     fn tpv_without_fix_and_sky() {
-        let u = parse_line(r#"{"class":"TPV","mode":1}"#).expect("ok").expect("u");
+        let u = parse_line(r#"{"class":"TPV","mode":1}"#)
+            .expect("ok")
+            .expect("u");
         assert!(u.no_fix.is_some());
         let s = parse_line(r#"{"class":"SKY","hdop":0.9,"satellites":[{"PRN":1,"used":true},{"PRN":2,"used":false},{"PRN":3,"used":true}]}"#)
             .expect("ok")
             .expect("u");
-        assert_eq!(s.values, vec![(GpsField::Hdop, 0.9), (GpsField::Satellites, 2.0)]);
-        assert_eq!(parse_line(r#"{"class":"VERSION","release":"3.25"}"#), Ok(None));
+        assert_eq!(
+            s.values,
+            vec![(GpsField::Hdop, 0.9), (GpsField::Satellites, 2.0)]
+        );
+        assert_eq!(
+            parse_line(r#"{"class":"VERSION","release":"3.25"}"#),
+            Ok(None)
+        );
     }
 
     #[test]
     fn garbage_is_an_error() {
-        for l in ["", "{", "[1,2]", "{\"class\":\"TPV\",\"mode\":3,\"time\":\"yesterday\"}", "\u{0}\u{1}"] {
+        for l in [
+            "",
+            "{",
+            "[1,2]",
+            "{\"class\":\"TPV\",\"mode\":3,\"time\":\"yesterday\"}",
+            "\u{0}\u{1}",
+        ] {
             assert!(parse_line(l).is_err(), "{l:?}");
         }
     }

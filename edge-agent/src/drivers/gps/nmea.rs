@@ -365,7 +365,10 @@ mod tests {
             let line = frame(&format!(
                 "{t}GGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
             ));
-            assert!(matches!(parse(line.as_bytes()), Ok(Sentence::Gga(_))), "{t}");
+            assert!(
+                matches!(parse(line.as_bytes()), Ok(Sentence::Gga(_))),
+                "{t}"
+            );
         }
     }
 
@@ -433,7 +436,10 @@ mod tests {
         let Sentence::Vtg(v) = parse(v.as_bytes()).expect("vtg") else {
             panic!()
         };
-        assert_eq!((v.course, v.speed_kmh, v.not_valid), (Some(54.7), Some(10.2), false));
+        assert_eq!(
+            (v.course, v.speed_kmh, v.not_valid),
+            (Some(54.7), Some(10.2), false)
+        );
         let old = frame("GPVTG,054.7,034.4,005.5,010.2");
         let Sentence::Vtg(o) = parse(old.as_bytes()).expect("vtg") else {
             panic!()
@@ -469,7 +475,10 @@ mod tests {
 
     #[test]
     fn a_partial_sentence_does_not_take_the_next_one_with_it() {
-        let line = format!("$GPGGA,1235{}", frame("GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230324,,"));
+        let line = format!(
+            "$GPGGA,1235{}",
+            frame("GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230324,,")
+        );
         let got: Vec<bool> = pieces(line.as_bytes()).map(|p| parse(p).is_ok()).collect();
         assert_eq!(got, vec![false, true]);
         assert_eq!(pieces(b"  \r\n").count(), 0);
@@ -493,7 +502,11 @@ mod tests {
                 let _ = parse(p);
             });
             let mut s = b"$GPRMC,".to_vec();
-            s.extend(bytes.iter().map(|b| b"0123456789.,NSEWAV*$"[usize::from(*b) % 20]));
+            s.extend(
+                bytes
+                    .iter()
+                    .map(|b| b"0123456789.,NSEWAV*$"[usize::from(*b) % 20]),
+            );
             let _ = parse(&s);
         }
         let rmc = frame("GPRMC,225446.50,A,3351.456,S,15112.345,W,12.5,084.4,191194,003.1,W");

@@ -163,7 +163,9 @@ async fn pump<R: AsyncRead + Unpin>(
                 "closed by the peer",
             )));
         }
-        let dropped = split.push(&buf[..n], |l| on_line(name, gpsd, l, shared, stats, limiter));
+        let dropped = split.push(&buf[..n], |l| {
+            on_line(name, gpsd, l, shared, stats, limiter)
+        });
         if dropped > 0 {
             DeviceStats::inc(&stats.decode_errors);
             stats.add(
@@ -185,12 +187,11 @@ async fn read_link(
 ) -> Result<(), GpsLinkError> {
     match &dev.link {
         GpsLink::Nmea(s) => {
-            let port = crate::drivers::tls350::run::open_serial(s).map_err(|e| {
-                GpsLinkError::Open {
+            let port =
+                crate::drivers::tls350::run::open_serial(s).map_err(|e| GpsLinkError::Open {
                     target: s.path.clone(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             pump(port, name, false, shared, stats, limiter).await
         }
         GpsLink::Gpsd { host, port } => {

@@ -48,7 +48,10 @@ pub struct RawTlsDevice {
     #[serde(default)]
     pub security_code: Option<String>,
     /// How often to read the `i202` delivery report; `"0s"` turns delivery capture off.
-    #[serde(default = "default_delivery_interval", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_delivery_interval",
+        deserialize_with = "duration::de"
+    )]
     pub delivery_interval: Duration,
     /// Offset of the console's clock from UTC, e.g. `"+02:00"` (its reports carry local time
     /// without a zone).
@@ -370,7 +373,11 @@ impl TlsDevice {
         let tanks: Vec<String> = tanks.iter().map(u8::to_string).collect();
         let mut l = vec![format!(
             "i20100 in-tank inventory (all tanks) every cycle, for tanks {}; timeout {}",
-            if tanks.is_empty() { "-".to_owned() } else { tanks.join(", ") },
+            if tanks.is_empty() {
+                "-".to_owned()
+            } else {
+                tanks.join(", ")
+            },
             crate::config::duration::format(self.timeout)
         )];
         if self.delivery_interval.is_zero() {

@@ -66,7 +66,9 @@ impl ConsoleTime {
         let month = time::Month::try_from(self.month).ok()?;
         let d = time::Date::from_calendar_date(i32::from(self.year), month, self.day).ok()?;
         let t = time::Time::from_hms(self.hour, self.minute, 0).ok()?;
-        let local = time::PrimitiveDateTime::new(d, t).assume_utc().unix_timestamp();
+        let local = time::PrimitiveDateTime::new(d, t)
+            .assume_utc()
+            .unix_timestamp();
         Some((local - i64::from(utc_offset_minutes) * 60) * 1000)
     }
 
@@ -368,7 +370,10 @@ mod tests {
 
     fn inventory_body() -> String {
         let mut s = String::from("i201002403231435");
-        for (t, vals) in [(1u8, [1000.0f32, 990.5, 9000.0, 52.25, 0.5, 15.5, 2.0]), (2, [1.0, 1.0, 1.0, 1.0, 0.0, -99.99, 0.0])] {
+        for (t, vals) in [
+            (1u8, [1000.0f32, 990.5, 9000.0, 52.25, 0.5, 15.5, 2.0]),
+            (2, [1.0, 1.0, 1.0, 1.0, 0.0, -99.99, 0.0]),
+        ] {
             s.push_str(&format!("{t:02}1000007"));
             for v in vals {
                 s.push_str(&hex_float(v));
@@ -443,11 +448,25 @@ mod tests {
         let mut s = String::from("i202002403231435");
         s.push_str("011");
         s.push_str("02");
-        for (st, en, base) in [("2403220800", "2403220830", 1000.0f32), ("2403230900", "2403230945", 3000.0)] {
+        for (st, en, base) in [
+            ("2403220800", "2403220830", 1000.0f32),
+            ("2403230900", "2403230945", 3000.0),
+        ] {
             s.push_str(st);
             s.push_str(en);
             s.push_str("0A");
-            for v in [base, base - 10.0, 0.5, 15.0, base + 2000.0, base + 1985.0, 0.5, 15.5, 30.0, 70.0] {
+            for v in [
+                base,
+                base - 10.0,
+                0.5,
+                15.0,
+                base + 2000.0,
+                base + 1985.0,
+                0.5,
+                15.5,
+                30.0,
+                70.0,
+            ] {
                 s.push_str(&hex_float(v));
             }
         }
@@ -461,10 +480,7 @@ mod tests {
         assert_eq!(d.start.code(), "2403230900");
         assert_eq!(d.get("end_volume"), Some(5000.0));
         assert_eq!(d.get("end_height"), Some(70.0));
-        assert_eq!(
-            d.end.epoch_ms(120),
-            Some(1_711_187_100_000 - 7_200_000)
-        );
+        assert_eq!(d.end.epoch_ms(120), Some(1_711_187_100_000 - 7_200_000));
     }
 
     #[test]
@@ -478,7 +494,11 @@ mod tests {
             b"240323143501\x0010000",
             b"2403231435011zzzz00",
         ] {
-            assert!(parse_inventory(data).is_err(), "{:?}", String::from_utf8_lossy(data));
+            assert!(
+                parse_inventory(data).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(data)
+            );
         }
         assert!(parse_deliveries(b"240323143501101").is_err());
     }
@@ -498,14 +518,19 @@ mod tests {
             let _ = open_reply(&bytes, "i20100");
             let _ = parse_inventory(&bytes);
             let _ = parse_deliveries(&bytes);
-            let hexish: Vec<u8> = bytes.iter().map(|b| b"0123456789ABCDEF&\x01\x03"[usize::from(*b) % 19]).collect();
+            let hexish: Vec<u8> = bytes
+                .iter()
+                .map(|b| b"0123456789ABCDEF&\x01\x03"[usize::from(*b) % 19])
+                .collect();
             let _ = open_reply(&hexish, "i20200");
             let _ = parse_deliveries(&hexish);
         }
         let frame = encode_reply(&inventory_body());
         for cut in 0..frame.len() {
             let _ = open_reply(&frame[..cut], "i20100");
-            let _ = parse_inventory(&inventory_body().as_bytes()[6..cut.max(6).min(inventory_body().len())]);
+            let _ = parse_inventory(
+                &inventory_body().as_bytes()[6..cut.max(6).min(inventory_body().len())],
+            );
         }
     }
 }

@@ -60,12 +60,14 @@ pub fn open_serial(s: &SerialSettings) -> Result<tokio_serial::SerialStream, tok
 /// Open the console link.
 pub async fn connect(dev: &TlsDevice) -> Result<Link, TlsLinkError> {
     match &dev.link {
-        TlsLink::Serial(s) => open_serial(s)
-            .map(|p| Box::new(p) as Link)
-            .map_err(|e| TlsLinkError::Connect {
-                target: s.path.clone(),
-                reason: e.to_string(),
-            }),
+        TlsLink::Serial(s) => {
+            open_serial(s)
+                .map(|p| Box::new(p) as Link)
+                .map_err(|e| TlsLinkError::Connect {
+                    target: s.path.clone(),
+                    reason: e.to_string(),
+                })
+        }
         TlsLink::Tcp { host, port } => {
             let target = format!("{host}:{port}");
             match tokio::time::timeout(
@@ -357,7 +359,10 @@ pub fn delivery_event(source: &str, seq: u64, d: &Delivery, utc_offset_minutes: 
     ] {
         if let (Some(a), Some(b)) = (d.get(a), d.get(b)) {
             let delta = widen(b) - widen(a);
-            fields.push((name.to_owned(), WireValue::Float((delta * 1e4).round() / 1e4)));
+            fields.push((
+                name.to_owned(),
+                WireValue::Float((delta * 1e4).round() / 1e4),
+            ));
         }
     }
     Event {
@@ -398,7 +403,11 @@ pub fn save_state(path: &std::path::Path, s: &TrackerState) -> std::io::Result<(
     }
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(serde_json::to_string_pretty(s).map_err(std::io::Error::other)?.as_bytes())?;
+    f.write_all(
+        serde_json::to_string_pretty(s)
+            .map_err(std::io::Error::other)?
+            .as_bytes(),
+    )?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
@@ -511,7 +520,9 @@ pub async fn run(
                 }
             }
             if !health.skipping(now) {
-                if let Some(o) = poll_deliveries(&rt, &mut link, &stats, &mut faults, &mut tracker).await {
+                if let Some(o) =
+                    poll_deliveries(&rt, &mut link, &stats, &mut faults, &mut tracker).await
+                {
                     if out.send(o).await.is_err() {
                         break;
                     }
@@ -553,7 +564,10 @@ pub async fn run(
                     health.success();
                 }
                 Some(e) => {
-                    if health.failure(Instant::now(), rand::random::<f64>()).is_some() {
+                    if health
+                        .failure(Instant::now(), rand::random::<f64>())
+                        .is_some()
+                    {
                         tracing::warn!(device = %rt.name, error = %e, failures = health.consecutive_failures, "console not answering; backing off");
                     } else {
                         tracing::warn!(device = %rt.name, error = %e, "inventory poll failed");

@@ -71,7 +71,12 @@ impl TrackerState {
         }
         for (tank, (all, new)) in per_tank {
             if self.last.contains_key(&tank) && all >= CONSOLE_DELIVERIES_PER_TANK && new == all {
-                if let Some(oldest) = fresh.iter().filter(|d| d.tank == tank).map(|d| d.start).min() {
+                if let Some(oldest) = fresh
+                    .iter()
+                    .filter(|d| d.tank == tank)
+                    .map(|d| d.start)
+                    .min()
+                {
                     out.possibly_missed.push((tank, oldest));
                 }
             }
@@ -117,7 +122,11 @@ mod tests {
         let mut s = TrackerState::default();
         let report = vec![d(1, 1, 8), d(2, 1, 6), d(1, 2, 8)];
         let o = s.process(&report);
-        let got: Vec<(u64, u8, u8)> = o.new.iter().map(|n| (n.seq, n.delivery.tank, n.delivery.start.day)).collect();
+        let got: Vec<(u64, u8, u8)> = o
+            .new
+            .iter()
+            .map(|n| (n.seq, n.delivery.tank, n.delivery.start.day))
+            .collect();
         assert_eq!(got, vec![(0, 2, 1), (1, 1, 1), (2, 1, 2)]);
         // The same report again: nothing new.
         let before = s.clone();
@@ -148,6 +157,9 @@ mod tests {
         let mut s = TrackerState::default();
         s.process(&[d(1, 1, 1)]);
         let text = serde_json::to_string(&s).expect("json");
-        assert_eq!(serde_json::from_str::<TrackerState>(&text).expect("back"), s);
+        assert_eq!(
+            serde_json::from_str::<TrackerState>(&text).expect("back"),
+            s
+        );
     }
 }
