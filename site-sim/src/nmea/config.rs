@@ -118,7 +118,11 @@ fn default_quality() -> u8 {
 }
 fn default_route() -> Vec<[f64; 2]> {
     // Terminal gantry to a station and back (Sydney, southern/eastern hemispheres).
-    vec![[-33.9530, 151.2045], [-33.9100, 151.1800], [-33.8830, 151.2100]]
+    vec![
+        [-33.9530, 151.2045],
+        [-33.9100, 151.1800],
+        [-33.8830, 151.2100],
+    ]
 }
 
 impl FeederConfig {
@@ -133,7 +137,10 @@ impl FeederConfig {
     pub fn validate(&self) -> Result<(), String> {
         let mut p = Vec::new();
         if self.talker.len() != 2 || !self.talker.bytes().all(|b| b.is_ascii_uppercase()) {
-            p.push(format!("talker {:?} must be two capital letters", self.talker));
+            p.push(format!(
+                "talker {:?} must be two capital letters",
+                self.talker
+            ));
         }
         for s in &self.sentences {
             if !matches!(s.as_str(), "RMC" | "GGA" | "VTG") {

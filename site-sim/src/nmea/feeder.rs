@@ -71,7 +71,11 @@ where
 }
 
 /// Open the serial port (or pty) of `serial` and [`feed`] it.
-pub async fn feed_path<F>(serial: &SerialConfig, cfg: FeederConfig, shutdown: F) -> Result<(), SimError>
+pub async fn feed_path<F>(
+    serial: &SerialConfig,
+    cfg: FeederConfig,
+    shutdown: F,
+) -> Result<(), SimError>
 where
     F: Future<Output = ()>,
 {

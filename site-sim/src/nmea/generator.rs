@@ -75,15 +75,23 @@ impl Truck {
         let a = self.waypoint(self.leg);
         let b = self.waypoint(self.leg + 1);
         let (dist, bearing) = Self::leg_geometry(a, b);
-        let f = if dist > 0.0 { self.along_km / dist } else { 0.0 };
-        ([a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f], bearing)
+        let f = if dist > 0.0 {
+            self.along_km / dist
+        } else {
+            0.0
+        };
+        (
+            [a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f],
+            bearing,
+        )
     }
 
     /// Drive for `dt`.
     pub fn advance(&mut self, dt: Duration) {
         let mut left = self.cfg.truck.speed_kmh * dt.as_secs_f64() / 3600.0;
         for _ in 0..1000 {
-            let (dist, _) = Self::leg_geometry(self.waypoint(self.leg), self.waypoint(self.leg + 1));
+            let (dist, _) =
+                Self::leg_geometry(self.waypoint(self.leg), self.waypoint(self.leg + 1));
             if self.along_km + left < dist || self.cfg.truck.route.len() < 2 {
                 self.along_km += left;
                 return;
@@ -121,7 +129,14 @@ impl Truck {
             gps_ms.rem_euclid(1000) / 10
         );
         let date = time::Date::from_julian_day(2_440_588 + day as i32)
-            .map(|d| format!("{:02}{:02}{:02}", d.day(), u8::from(d.month()), d.year() % 100))
+            .map(|d| {
+                format!(
+                    "{:02}{:02}{:02}",
+                    d.day(),
+                    u8::from(d.month()),
+                    d.year() % 100
+                )
+            })
             .unwrap_or_else(|_| "010100".into());
         let ([lat, lon], heading) = self.position();
         let (la, ns) = coord(lat, true);
@@ -183,14 +198,20 @@ mod tests {
         let t = Truck::new(cfg("[truck]\nroute = [[-33.5, -70.25], [-33.6, -70.3]]\n"));
         let b = t.bodies(1_711_197_319_000, false);
         assert_eq!(b.len(), 3);
-        assert!(b[0].starts_with("GPRMC,123519.00,A,3330.0000,S,07015.0000,W,"), "{}", b[0]);
+        assert!(
+            b[0].starts_with("GPRMC,123519.00,A,3330.0000,S,07015.0000,W,"),
+            "{}",
+            b[0]
+        );
         assert!(b[0].contains(",230324,"), "{}", b[0]);
         assert!(frame(&b[1]).ends_with("\r\n"));
     }
 
     #[test]
     fn the_truck_moves_and_loops() {
-        let mut t = Truck::new(cfg("[truck]\nspeed_kmh = 100.0\nroute = [[0.0, 0.0], [0.0, 0.01]]\n"));
+        let mut t = Truck::new(cfg(
+            "[truck]\nspeed_kmh = 100.0\nroute = [[0.0, 0.0], [0.0, 0.01]]\n",
+        ));
         let (p0, h) = t.position();
         assert_eq!(p0, [0.0, 0.0]);
         assert!((h - 90.0).abs() < 1e-6);

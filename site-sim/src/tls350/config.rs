@@ -144,14 +144,23 @@ impl ConsoleConfig {
                 p.push(format!("tank {}: numbers must be unique, 1–99", t.number));
             }
             if !t.product.is_ascii_graphic() {
-                p.push(format!("tank {}: product must be one printable character", t.number));
+                p.push(format!(
+                    "tank {}: product must be one printable character",
+                    t.number
+                ));
             }
             if t.deliveries.len() > 10 {
-                p.push(format!("tank {}: a console keeps at most 10 deliveries", t.number));
+                p.push(format!(
+                    "tank {}: a console keeps at most 10 deliveries",
+                    t.number
+                ));
             }
             for d in &t.deliveries {
                 if !valid_code(&d.start) || !valid_code(&d.end) {
-                    p.push(format!("tank {}: delivery times must be YYMMDDHHmm", t.number));
+                    p.push(format!(
+                        "tank {}: delivery times must be YYMMDDHHmm",
+                        t.number
+                    ));
                 }
             }
         }

@@ -136,7 +136,12 @@ fn inventory(body: &mut String, t: &TankConfig) {
 }
 
 fn deliveries(body: &mut String, t: &TankConfig) {
-    body.push_str(&format!("{:02}{}{:02}", t.number, t.product, t.deliveries.len()));
+    body.push_str(&format!(
+        "{:02}{}{:02}",
+        t.number,
+        t.product,
+        t.deliveries.len()
+    ));
     for d in &t.deliveries {
         body.push_str(&d.start);
         body.push_str(&d.end);
@@ -181,8 +186,13 @@ volume = 50.5
         let mut c = Console::new(ConsoleConfig::from_toml_str(CFG).expect("cfg"));
         let r = c.answer(b"i20100", "2403231435").expect("reply");
         let s = String::from_utf8_lossy(&r);
-        assert!(s.starts_with("\u{1}i201002403231435011000007447A0000"), "{s}");
-        let sum = r[..r.len() - 5].iter().fold(0u16, |a, &b| a.wrapping_add(u16::from(b)));
+        assert!(
+            s.starts_with("\u{1}i201002403231435011000007447A0000"),
+            "{s}"
+        );
+        let sum = r[..r.len() - 5]
+            .iter()
+            .fold(0u16, |a, &b| a.wrapping_add(u16::from(b)));
         let c4 = u16::from_str_radix(&s[s.len() - 5..s.len() - 1], 16).expect("hex");
         assert_eq!(sum.wrapping_add(c4), 0);
         let d = c.answer(b"i20201", "2403231435").expect("reply");

@@ -27,7 +27,11 @@ pub fn console_now(offset_minutes: i32) -> String {
 }
 
 /// Serve one byte stream until it closes or `shutdown` resolves.
-pub async fn serve_stream<S, F>(mut s: S, console: SharedConsole, shutdown: F) -> Result<(), SimError>
+pub async fn serve_stream<S, F>(
+    mut s: S,
+    console: SharedConsole,
+    shutdown: F,
+) -> Result<(), SimError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: Future<Output = ()>,
@@ -55,7 +59,9 @@ where
             }
             cmd.push(b);
             let (need, reply) = {
-                let mut c = console.lock().map_err(|_| SimError::io("console", std::io::Error::other("poisoned")))?;
+                let mut c = console
+                    .lock()
+                    .map_err(|_| SimError::io("console", std::io::Error::other("poisoned")))?;
                 let need = c.command_len();
                 if cmd.len() < need {
                     (need, None)
@@ -67,8 +73,12 @@ where
             if cmd.len() >= need {
                 in_cmd = false;
                 if let Some(r) = reply {
-                    s.write_all(&r).await.map_err(|e| SimError::io("writing a TLS-350 reply", e))?;
-                    s.flush().await.map_err(|e| SimError::io("writing a TLS-350 reply", e))?;
+                    s.write_all(&r)
+                        .await
+                        .map_err(|e| SimError::io("writing a TLS-350 reply", e))?;
+                    s.flush()
+                        .await
+                        .map_err(|e| SimError::io("writing a TLS-350 reply", e))?;
                 }
             }
         }
@@ -76,7 +86,11 @@ where
 }
 
 /// Serve on a serial port / pty until `shutdown`.
-pub async fn serve_serial<F>(cfg: &SerialConfig, console: SharedConsole, shutdown: F) -> Result<(), SimError>
+pub async fn serve_serial<F>(
+    cfg: &SerialConfig,
+    console: SharedConsole,
+    shutdown: F,
+) -> Result<(), SimError>
 where
     F: Future<Output = ()>,
 {
@@ -85,7 +99,11 @@ where
 }
 
 /// Serve every TCP connection of `listener` until `shutdown`.
-pub async fn serve_tcp<F>(listener: TcpListener, console: SharedConsole, shutdown: F) -> Result<(), SimError>
+pub async fn serve_tcp<F>(
+    listener: TcpListener,
+    console: SharedConsole,
+    shutdown: F,
+) -> Result<(), SimError>
 where
     F: Future<Output = ()>,
 {
