@@ -402,3 +402,27 @@ async fn probe_nmea_prints_decoded_and_dropped_sentences() {
     assert!(text.contains("DROPPED: checksum mismatch"), "{text}");
     assert!(text.contains("sentence(s) decoded"), "{text}");
 }
+
+#[test]
+fn gps_and_tank_gauge_devices_are_in_the_birth_catalog() {
+    let m = map(&format!(
+        "{}\n[[device]]\nname = \"atg\"\nprotocol = \"tls-350\"\nhost = \"10.0.0.2\"\n  [[device.tag]]\n  name = \"tank-1/volume\"\n  tank = 1\n  field = \"volume\"\n",
+        agent_map("protocol = \"gpsd\"", &["latitude", "satellites"])
+    ));
+    let b = edge_agent::uplink::birth(&m);
+    let protocols: Vec<&str> = b.devices.iter().map(|d| d.protocol.as_str()).collect();
+    assert_eq!(protocols, vec!["gpsd", "tls-350"]);
+    let types: Vec<(&str, &str)> = b
+        .tags
+        .iter()
+        .map(|t| (t.name.as_str(), t.data_type.as_str()))
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            ("truck/latitude", "f64"),
+            ("truck/satellites", "i64"),
+            ("tank-1/volume", "f64")
+        ]
+    );
+}

@@ -220,6 +220,14 @@ async fn bad_checksums_are_counted_and_polling_goes_on() {
     assert!(get("tls350_checksum_errors") >= 2.0);
     assert_eq!(get("tls350_checksum_errors"), get("tls350_bad_frames"));
     assert!(stats.snapshot().decode_errors >= 2);
+    // Visible on /metrics with the device name.
+    let metrics =
+        edge_agent::metrics::Telemetry::new(vec![("atg-1".into(), stats.clone())], Arc::default())
+            .render();
+    assert!(
+        metrics.contains("flowsquare_device_tls350_checksum_errors_total{device=\"atg-1\"}"),
+        "{metrics}"
+    );
     // Every cycle gave one reading per tag.
     let per_tag: Vec<usize> = (0..TAGS.len() as u32)
         .map(|t| run.seen.iter().filter(|r| r.tag == t).count())
