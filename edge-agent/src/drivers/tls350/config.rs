@@ -333,21 +333,6 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_offsets() {
-        assert_eq!(parse_utc_offset("+02:00"), Some(120));
-        assert_eq!(parse_utc_offset("-05:30"), Some(-330));
-        assert_eq!(parse_utc_offset("Z"), Some(0));
-        assert_eq!(parse_utc_offset("+2"), Some(120));
-        assert_eq!(parse_utc_offset("2:00"), None);
-        assert_eq!(parse_utc_offset("+99:00"), None);
-    }
-}
-
 impl TlsDevice {
     /// One line on how the console is reached (`plan`, logs).
     pub fn describe(&self) -> String {
@@ -389,5 +374,20 @@ impl TlsDevice {
             ));
         }
         l
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_offsets() {
+        assert_eq!(parse_utc_offset("+02:00"), Some(120));
+        assert_eq!(parse_utc_offset("-05:30"), Some(-330));
+        assert_eq!(parse_utc_offset("Z"), Some(0));
+        assert_eq!(parse_utc_offset("+2"), Some(120));
+        assert_eq!(parse_utc_offset("2:00"), None);
+        assert_eq!(parse_utc_offset("+99:00"), None);
     }
 }

@@ -632,8 +632,10 @@ mod tests {
     fn state_saves_and_loads() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("sub/x.json");
-        let mut s = TrackerState::default();
-        s.next_seq = 7;
+        let s = TrackerState {
+            next_seq: 7,
+            ..TrackerState::default()
+        };
         save_state(&p, &s).expect("save");
         assert_eq!(load_state(&p, "d"), s);
         std::fs::write(&p, "garbage").expect("write");
