@@ -426,3 +426,26 @@ fn gps_and_tank_gauge_devices_are_in_the_birth_catalog() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_missing_port_gives_bad_readings_with_the_reason_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = map(&agent_map(
+        &format!(
+            "protocol = \"nmea\"\nserial = \"{}\"\nmax_age = \"300ms\"",
+            dir.path().join("no-such-port").display()
+        ),
+        &["latitude"],
+    ));
+    let rs = edge_agent::drivers::read_once(&m, None).await;
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].quality, Quality::BadCommunication);
+    assert!(
+        rs[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("no-such-port"),
+        "{rs:?}"
+    );
+}

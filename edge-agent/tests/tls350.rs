@@ -448,3 +448,19 @@ async fn probe_and_read_once_from_the_command_line() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn a_missing_port_gives_bad_communication_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let link = format!("serial = \"{}\"", dir.path().join("ttyS9").display());
+    let m = map(&agent_map(&link, "delivery_interval = \"0s\"", None));
+    let rs = edge_agent::drivers::read_once(&m, None).await;
+    assert!(
+        rs.iter().all(|r| r.quality == Quality::BadCommunication),
+        "{rs:?}"
+    );
+    assert!(
+        rs[0].error.as_deref().unwrap_or("").contains("ttyS9"),
+        "{rs:?}"
+    );
+}

@@ -59,6 +59,8 @@ pub struct FixState {
     pub gps_time_ms: Option<i64>,
     /// System time minus GPS time at the latest timed sentence, ms.
     pub clock_offset_ms: Option<i64>,
+    /// Why the link is down, if it is (shown in the readings of a silent receiver).
+    pub link_error: Option<String>,
 }
 
 impl Default for FixState {
@@ -70,6 +72,7 @@ impl Default for FixState {
             last_input: None,
             gps_time_ms: None,
             clock_offset_ms: None,
+            link_error: None,
         }
     }
 }
@@ -184,7 +187,7 @@ impl FixState {
         tags.iter()
             .map(|&(tag, field)| {
                 if !input_fresh {
-                    let why = match self.last_input {
+                    let mut why = match self.last_input {
                         None => "no NMEA sentence or gpsd report received yet".to_owned(),
                         Some(t) => format!(
                             "receiver silent for {:.1}s (max_age {:.1}s)",
@@ -192,6 +195,10 @@ impl FixState {
                             max_age.as_secs_f64()
                         ),
                     };
+                    if let Some(e) = &self.link_error {
+                        why.push_str(": ");
+                        why.push_str(e);
+                    }
                     return Reading::bad(tag, ts, Quality::BadCommunication, why);
                 }
                 let position = !field.is_status();

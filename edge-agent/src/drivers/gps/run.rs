@@ -118,6 +118,9 @@ fn account(
     let trimmed = text;
     match res {
         Ok(()) => {
+            if let Ok(mut f) = shared.fix.lock() {
+                f.link_error = None;
+            }
             DeviceStats::inc(&stats.requests_ok);
             shared.changed.notify_waiters();
         }
@@ -238,6 +241,9 @@ async fn reader(
         if let Err(e) = res {
             DeviceStats::inc(&stats.link_errors);
             let msg = e.to_string();
+            if let Ok(mut f) = shared.fix.lock() {
+                f.link_error = Some(msg.clone());
+            }
             if msg != last_error {
                 tracing::warn!(device = %name, error = %msg, "GPS link failed; retrying with backoff");
                 last_error = msg;
