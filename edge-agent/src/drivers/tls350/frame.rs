@@ -72,6 +72,16 @@ impl ConsoleTime {
         Some((local - i64::from(utc_offset_minutes) * 60) * 1000)
     }
 
+    /// Parse `YYMMDDHHmm` (what [`ConsoleTime::code`] writes).
+    pub fn from_code(s: &str) -> Option<Self> {
+        let mut c = Cur {
+            d: s.as_bytes(),
+            at: 0,
+        };
+        let t = c.time("time").ok()?;
+        c.done().then_some(t)
+    }
+
     /// `YYMMDDHHmm`.
     pub fn code(self) -> String {
         format!(

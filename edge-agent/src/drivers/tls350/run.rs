@@ -447,12 +447,14 @@ async fn poll_deliveries(
     let gaps: Vec<GapRow> = o
         .possibly_missed
         .iter()
-        .map(|(tank, oldest)| {
-            let to = oldest.epoch_ms(off).unwrap_or(0);
-            tracing::warn!(device = %rt.name, tank, "every delivery the console holds for this tank is new: older ones may have been overwritten while the agent was away");
+        .map(|m| {
+            let to = m.before.epoch_ms(off).unwrap_or(0);
+            let from = m.after.and_then(|a| a.epoch_ms(off)).unwrap_or(to).min(to);
+            tracing::warn!(device = %rt.name, tank = m.tank, "every delivery the console holds for this tank is new: older ones may have been overwritten while the agent was away");
+            // How many were missed is unknown (count 0); the window says when.
             GapRow {
                 tags: Vec::new(),
-                range: to..to,
+                range: from..to,
                 count: 0,
                 reason: "missed-event".into(),
             }

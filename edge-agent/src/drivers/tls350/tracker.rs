@@ -39,13 +39,25 @@ pub struct NewDelivery {
     pub delivery: Delivery,
 }
 
+/// A window in which deliveries of a tank may have been overwritten unreported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PossiblyMissed {
+    /// Tank.
+    pub tank: u8,
+    /// End of the last delivery reported.
+    pub after: Option<ConsoleTime>,
+    /// Start of the oldest delivery the console holds.
+    pub before: ConsoleTime,
+}
+
 /// The outcome of one report.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Outcome {
     /// New deliveries, in seq order.
     pub new: Vec<NewDelivery>,
-    /// Tanks whose whole (full) list was new: deliveries may have been missed before the oldest.
-    pub possibly_missed: Vec<(u8, ConsoleTime)>,
+    /// Tanks whose whole (full) list was new: deliveries may have been missed between the last
+    /// one reported (its end) and the oldest one now held (its start).
+    pub possibly_missed: Vec<PossiblyMissed>,
 }
 
 fn key(d: &Delivery) -> (String, String) {
@@ -77,7 +89,14 @@ impl TrackerState {
                     .map(|d| d.start)
                     .min()
                 {
-                    out.possibly_missed.push((tank, oldest));
+                    out.possibly_missed.push(PossiblyMissed {
+                        tank,
+                        after: self
+                            .last
+                            .get(&tank)
+                            .and_then(|(end, _)| ConsoleTime::from_code(end)),
+                        before: oldest,
+                    });
                 }
             }
         }
@@ -149,7 +168,14 @@ mod tests {
         let many: Vec<Delivery> = (0..10).map(|i| d(1, 2 + i, 5)).collect();
         let o = s.process(&many);
         assert_eq!(o.new.len(), 10);
-        assert_eq!(o.possibly_missed, vec![(1, t(2, 5))]);
+        assert_eq!(
+            o.possibly_missed,
+            vec![PossiblyMissed {
+                tank: 1,
+                after: Some(t(1, 2)),
+                before: t(2, 5)
+            }]
+        );
     }
 
     #[test]
