@@ -53,7 +53,12 @@ fn main() {
     for _ in 0..n {
         black_box(nmea::parse(black_box(bad.as_bytes())).is_err());
     }
-    rate("NMEA reject (bad checksum)", n, n * bad.len() as u64, t0.elapsed());
+    rate(
+        "NMEA reject (bad checksum)",
+        n,
+        n * bad.len() as u64,
+        t0.elapsed(),
+    );
 
     // An all-tanks inventory of a large site (20 tanks) and a full delivery report (20 × 10).
     let mut inv = String::from("i201002406151435");
@@ -75,7 +80,12 @@ fn main() {
     }
     for (label, body, echo, count) in [
         ("TLS-350 i201 reply, 20 tanks", &inv, "i20100", 200_000u64),
-        ("TLS-350 i202 reply, 20 tanks x 10 deliveries", &del, "i20200", 20_000),
+        (
+            "TLS-350 i202 reply, 20 tanks x 10 deliveries",
+            &del,
+            "i20200",
+            20_000,
+        ),
     ] {
         let f = frame::encode_reply(body);
         let t0 = Instant::now();
@@ -84,7 +94,11 @@ fn main() {
             if echo == "i20100" {
                 black_box(frame::parse_inventory(data).map(|i| i.tanks.len()).ok());
             } else {
-                black_box(frame::parse_deliveries(data).map(|r| r.deliveries.len()).ok());
+                black_box(
+                    frame::parse_deliveries(data)
+                        .map(|r| r.deliveries.len())
+                        .ok(),
+                );
             }
         }
         rate(label, count, count * f.len() as u64, t0.elapsed());

@@ -497,3 +497,80 @@ async fn a_missing_port_gives_bad_communication_with_the_reason() {
         "{rs:?}"
     );
 }
+
+/// `edge-agent run` as a child process, stopped with SIGTERM on drop.
+struct AgentProc(std::process::Child);
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_and_inventory_reach_the_cloud_through_buffer_and_mqtt() {
+    use flowsquare_tests::mqtt::{ConsumerOptions, Mosquitto, TestConsumer};
+    let c = console("");
+    let sim = on_tcp(c.clone()).await;
+    let broker = Mosquitto::start().expect("mosquitto");
+    let root = format!("t{}-{}/fs", std::process::id(), broker.port);
+    let consumer = TestConsumer::start(broker.port, &root, ConsumerOptions::default()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut text = agent_map(
+        &sim.link,
+        "delivery_interval = \"200ms\"",
+        Some(&dir.path().join("buffer.db")),
+    );
+    text = text.replacen(
+        "[buffer]\n",
+        &format!(
+            "[uplink]\nbroker = \"{}\"\ntopic_root = \"{root}\"\n\n[buffer]\ncommit_interval = \"50ms\"\n",
+            broker.url()
+        ),
+        1,
+    );
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, text).expect("config");
+    let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
+    let _agent = AgentProc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn edge-agent"),
+    );
+    let ok = consumer
+        .until(Duration::from_secs(30), |r| {
+            r.events().iter().any(|e| e.kind == "delivery") && r.readings() >= 20
+        })
+        .await;
+    let agent_log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    assert!(
+        ok,
+        "no delivery event / readings in the cloud; agent log:\n{agent_log}"
+    );
+    let (e, protocol) = {
+        let r = consumer.received.lock().expect("lock");
+        let p = r
+            .births
+            .last()
+            .map(|b| b.devices[0].protocol.clone())
+            .unwrap_or_default();
+        (r.events(), p)
+    };
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!((e[0].source.as_str(), e[0].seq), ("atg-1", 0));
+    assert!(e[0]
+        .fields
+        .iter()
+        .any(|(k, v)| k == "delivery_id"
+            && *v == WireValue::Text("T01-2406150800-2406150835".into())));
+    assert_eq!(protocol, "tls-350");
+    assert!(agent_log.contains("delivery captured"), "{agent_log}");
+}
