@@ -6,11 +6,15 @@
 //! - `config/`: tag maps (TOML): loading with file:line:column diagnostics, validation, the
 //!   resolved `TagMap` every stage runs from;
 //! - `drivers/`: acquisition; `drivers/modbus/` (planner, decoder, transport, run loops, probe),
-//!   `drivers/health.rs` (backoff, unit skipping), `drivers/filter.rs` (totalizers, deadband),
-//!   `drivers/stats.rs` (per-device counters);
+//!   `drivers/gps/` (NMEA 0183 and gpsd: sentence/report parsers, the merged fix, run loop),
+//!   `drivers/tls350/` (Veeder-Root TLS-350: frames and checksum, i201/i202 decoding, delivery
+//!   tracker, run loop), `drivers/health.rs` (backoff, unit skipping), `drivers/filter.rs`
+//!   (totalizers, deadband), `drivers/stats.rs` (per-device counters), `drivers/lines.rs`
+//!   (bounded line splitting, log rate limiting for the serial drivers);
 //! - `sink/`: printing readings (JSON lines, tables) until the buffer stage exists;
 //! - `model.rs`: `Reading`, `Value`, `Quality`, shared by every stage;
-//! - `cli/`: the `edge-agent` subcommands; `main.rs` only parses and dispatches.
+//! - `cli/`: the `edge-agent` subcommands (`probe_serial.rs`: `probe nmea` / `probe tls350`);
+//!   `main.rs` only parses and dispatches.
 
 pub mod buffer;
 pub mod cli;

@@ -20,9 +20,13 @@
 //! | [`modbus::server`] | TCP and RTU serve loops, serial port opening |
 //! | [`modbus::gen_map`] | generated benchmark maps (and the matching agent tag list) |
 //! | [`modbus::error`] | [`modbus::SimError`] |
+//! | [`nmea`] | NMEA 0183 feeder: a truck on a route (fix loss, bad checksums, partial lines) or a replayed file |
+//! | [`tls350`] | Veeder-Root TLS-350 console: i201 inventory, i202 deliveries, 9999FF1B, bad-checksum fault |
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library.
 
 pub mod clock;
 pub mod duration;
 pub mod modbus;
+pub mod nmea;
+pub mod tls350;

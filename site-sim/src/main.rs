@@ -33,6 +33,22 @@ enum Command {
     /// Example: flowsquare-sim modbus --map config/sim/modbus-demo.toml --tcp 127.0.0.1:0
     /// --listeners 4 --ports-file /tmp/ports
     Modbus(ModbusArgs),
+    /// Feed NMEA 0183 sentences to a serial port or pseudo-terminal: a truck driving a route
+    /// (fix loss, corrupted checksums, partial sentences on request) or a recorded file.
+    ///
+    /// Prints `feeding nmea PATH` once the port is open; runs until SIGINT/SIGTERM (or the end
+    /// of a replay without `repeat`).
+    ///
+    /// Example: flowsquare-sim nmea --config config/sim/nmea-truck.toml --serial /dev/pts/3
+    Nmea(NmeaArgs),
+    /// Serve a Veeder-Root TLS-350 console (i201 inventory, i202 deliveries, 9999FF1B for the
+    /// rest) on a serial port / pseudo-terminal and/or TCP.
+    ///
+    /// Prints `listening tcp ADDR:PORT` / `listening serial PATH` per endpoint; runs until
+    /// SIGINT/SIGTERM.
+    ///
+    /// Example: flowsquare-sim tls350 --config config/sim/tls350-station.toml --tcp 127.0.0.1:10001
+    Tls350(Tls350Args),
     /// Print a generated benchmark register map (or, with --agent-tags, the matching edge-agent
     /// devices and tags) to stdout.
     ///
@@ -72,6 +88,35 @@ struct ModbusArgs {
     /// every listener is bound).
     #[arg(long, value_name = "FILE")]
     ports_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct NmeaArgs {
+    /// Feeder config (TOML); see config/sim/nmea-truck.toml for every key.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Serial device or pseudo-terminal to write to.
+    #[arg(long, value_name = "PATH")]
+    serial: String,
+    /// Baud rate.
+    #[arg(long, default_value_t = 4800, value_name = "BAUD")]
+    baud: u32,
+}
+
+#[derive(Debug, Args)]
+struct Tls350Args {
+    /// Console config (TOML); see config/sim/tls350-station.toml for every key.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Serve on this TCP address (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<String>,
+    /// Serve on this serial device or pseudo-terminal.
+    #[arg(long, value_name = "PATH")]
+    serial: Option<String>,
+    /// Serial baud rate.
+    #[arg(long, default_value_t = 9600, value_name = "BAUD")]
+    baud: u32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -137,6 +182,14 @@ fn run(cli: Cli) -> Result<()> {
                 .write_all(text.as_bytes())
                 .context("writing to stdout")?;
             Ok(())
+        }
+        Command::Nmea(a) => {
+            init_logging();
+            runtime()?.block_on(run_nmea(a))
+        }
+        Command::Tls350(a) => {
+            init_logging();
+            runtime()?.block_on(run_tls350(a))
         }
         Command::Modbus(a) => {
             init_logging();
@@ -285,6 +338,83 @@ where
             tokio::spawn(g.run(shutdown()));
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn read_config(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn announce(lines: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(lines.as_bytes())
+        .context("writing to stdout")?;
+    out.flush().context("flushing stdout")
+}
+
+async fn run_nmea(a: NmeaArgs) -> Result<()> {
+    let text = read_config(&a.config)?;
+    let cfg = site_sim::nmea::FeederConfig::from_toml_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+    let port = modbus::open_serial(&SerialConfig::new(a.serial.clone(), a.baud))?;
+    announce(&format!("feeding nmea {}\n", a.serial))?;
+    tokio::select! {
+        r = site_sim::nmea::feed(port, cfg, std::future::pending::<()>()) => r?,
+        r = wait_for_signal() => r?,
+    }
+    Ok(())
+}
+
+async fn run_tls350(a: Tls350Args) -> Result<()> {
+    use site_sim::tls350::{Console, ConsoleConfig};
+    if a.tcp.is_none() && a.serial.is_none() {
+        bail!("nothing to serve: give --tcp ADDR and/or --serial PATH");
+    }
+    let text = read_config(&a.config)?;
+    let cfg = ConsoleConfig::from_toml_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+    let console = Arc::new(std::sync::Mutex::new(Console::new(cfg)));
+    let mut tasks = JoinSet::new();
+    let mut lines = String::new();
+    if let Some(addr) = &a.tcp {
+        let l = TcpListener::bind(resolve(addr).await?)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        lines.push_str(&format!("listening tcp {}\n", l.local_addr()?));
+        tasks.spawn(site_sim::tls350::serve_tcp(
+            l,
+            console.clone(),
+            std::future::pending::<()>(),
+        ));
+    }
+    if let Some(path) = &a.serial {
+        let mut sc = SerialConfig::new(path.clone(), a.baud);
+        sc.parity = modbus::Parity::Odd;
+        sc.data_bits = 7;
+        let port = modbus::open_serial(&sc)?;
+        lines.push_str(&format!("listening serial {path}\n"));
+        tasks.spawn(site_sim::tls350::serve_stream(
+            port,
+            console.clone(),
+            std::future::pending::<()>(),
+        ));
+    }
+    announce(&lines)?;
+    tokio::select! {
+        r = wait_for_signal() => r?,
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => tracing::warn!("a server stopped (serial port closed?)"),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => bail!("a server task failed: {e}"),
+        },
+    }
+    Ok(())
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {

@@ -4,6 +4,7 @@ mod buffer;
 mod check;
 pub mod plan;
 mod probe;
+mod probe_serial;
 mod read;
 mod run;
 
@@ -29,12 +30,17 @@ pub enum CliError {
     /// A device could not be reached or answered with an error (probe).
     #[error(transparent)]
     Link(#[from] crate::drivers::modbus::LinkError),
+    /// A serial device (GPS, tank gauge) could not be reached (probe).
+    #[error("{0}")]
+    Device(String),
 }
 
-/// FlowSquare edge agent: polls flow meters, tank gauges and PLCs (Modbus TCP/RTU) from a TOML
-/// tag map and hands every reading to the next stage.
+/// FlowSquare edge agent: polls flow meters, tank gauges and PLCs (Modbus TCP/RTU), GPS
+/// receivers (NMEA 0183, gpsd) and Veeder-Root TLS-350 consoles from a TOML tag map and hands
+/// every reading to the next stage.
 ///
-/// Commissioning a device: `probe` reads raw registers and shows every decoding; write the tag map
+/// Commissioning a device: `probe` reads raw registers and shows every decoding (`probe nmea`
+/// prints a receiver's sentences decoded, `probe tls350` one console reply); write the tag map
 /// (see config/agent.example.toml); `check` validates it; `plan` shows the requests of one cycle;
 /// `read --once` polls once and prints every tag; `run` polls continuously.
 #[derive(Debug, Parser)]
@@ -88,7 +94,8 @@ pub enum Command {
         #[arg(long, default_value = "table", value_parser = ["jsonl", "table"])]
         format: String,
     },
-    /// Read raw registers from a device and print them decoded every way.
+    /// Talk to one device directly: Modbus registers decoded every way, NMEA sentences decoded,
+    /// a TLS-350 reply raw and decoded.
     Probe {
         #[command(subcommand)]
         /// Protocol.

@@ -45,6 +45,26 @@ fn event_plans(
         .collect()
 }
 
+/// How a GPS receiver or TLS-350 console is reached and what a cycle does (`None`: other).
+fn serial_plan(map: &TagMap, di: usize) -> Option<(String, Vec<String>)> {
+    let d = &map.devices[di];
+    if let Some(g) = d.driver.gps() {
+        return Some((g.describe(), g.plan_lines()));
+    }
+    let t = d.driver.tls350()?;
+    let mut tanks: Vec<u8> = d
+        .tags
+        .iter()
+        .filter_map(|&id| match &map.tags[id as usize].source {
+            crate::config::TagSource::Tls350(t) => Some(t.tank),
+            _ => None,
+        })
+        .collect();
+    tanks.sort_unstable();
+    tanks.dedup();
+    Some((t.describe(), t.plan_lines(&tanks)))
+}
+
 fn fc_name(k: crate::drivers::modbus::config::RegisterKind) -> String {
     format!("FC{} read {}", k.function_code(), k.as_str())
 }
@@ -55,6 +75,17 @@ pub fn run(path: &Path, format: &str) -> Result<ExitCode, CliError> {
         let devices: Vec<serde_json::Value> = (0..map.devices.len())
             .map(|di| {
                 let d = &map.devices[di];
+                if let Some((link, lines)) = serial_plan(&map, di) {
+                    return serde_json::json!({
+                        "device": d.name,
+                        "protocol": d.driver.protocol(),
+                        "link": link,
+                        "poll_interval_ms": d.poll_interval.as_millis() as u64,
+                        "tags": d.tags.len(),
+                        "cycle": lines,
+                        "requests": [],
+                    });
+                }
                 let Some((reqs, est)) = requests(&map, di) else {
                     return serde_json::json!({
                         "device": d.name,
@@ -121,6 +152,19 @@ pub fn render_text(map: &TagMap) -> String {
     let mut out = String::new();
     let mut total = 0;
     for (di, d) in map.devices.iter().enumerate() {
+        if let Some((link, lines)) = serial_plan(map, di) {
+            let _ = writeln!(
+                out,
+                "device {} ({link}), {} tag(s), poll every {}",
+                d.name,
+                d.tags.len(),
+                duration::format(d.poll_interval)
+            );
+            for l in lines {
+                let _ = writeln!(out, "  {l}");
+            }
+            continue;
+        }
         let (Some(m), Some((reqs, est))) = (d.driver.modbus(), requests(map, di)) else {
             let _ = writeln!(
                 out,

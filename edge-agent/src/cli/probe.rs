@@ -1,4 +1,4 @@
-//! `edge-agent probe modbus`.
+//! `edge-agent probe modbus` (and the dispatch to `probe nmea` / `probe tls350`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -53,10 +53,60 @@ pub enum ProbeProtocol {
         #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
         timeout: Duration,
     },
+    /// Listen to a GPS receiver and print every NMEA sentence, decoded or why it was dropped.
+    ///
+    /// Example: edge-agent probe nmea --serial /dev/ttyACM0 --baud 9600 --seconds 10s
+    Nmea {
+        /// Serial device path of the receiver.
+        #[arg(long)]
+        serial: String,
+        /// Baud rate (NMEA 0183 standard: 4800; many receivers: 9600 or 38400).
+        #[arg(long, default_value_t = 4800)]
+        baud: u32,
+        /// Parity: none, even, odd.
+        #[arg(long, default_value = "none", value_parser = ["none", "even", "odd"])]
+        parity: String,
+        /// How long to listen.
+        #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
+        seconds: Duration,
+    },
+    /// Send one command to a Veeder-Root TLS-350 and print the raw reply, its checksum verdict
+    /// and the decoded report (i201 inventory, i202 deliveries).
+    ///
+    /// Example: edge-agent probe tls350 --serial /dev/ttyS1 --command i20100
+    Tls350 {
+        /// RS-232: serial device path.
+        #[arg(long, conflicts_with = "host", required_unless_present = "host")]
+        serial: Option<String>,
+        /// TCP/IP interface: host.
+        #[arg(long)]
+        host: Option<String>,
+        /// TCP port.
+        #[arg(long, default_value_t = 10001)]
+        port: u16,
+        /// Serial baud rate.
+        #[arg(long, default_value_t = 9600)]
+        baud: u32,
+        /// Serial parity: none, even, odd.
+        #[arg(long, default_value = "odd", value_parser = ["none", "even", "odd"])]
+        parity: String,
+        /// Serial data bits.
+        #[arg(long, default_value_t = 7)]
+        data_bits: u8,
+        /// Function and tank: i20100 = inventory of all tanks, i20201 = deliveries of tank 1.
+        #[arg(long, default_value = "i20100")]
+        command: String,
+        /// The console's security code, if set.
+        #[arg(long, default_value = "")]
+        security_code: String,
+        /// Answer timeout.
+        #[arg(long, default_value = "3s", value_parser = super::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 pub async fn run(p: ProbeProtocol) -> Result<ExitCode, CliError> {
-    let ProbeProtocol::Modbus {
+    let (
         host,
         port,
         serial,
@@ -69,7 +119,65 @@ pub async fn run(p: ProbeProtocol) -> Result<ExitCode, CliError> {
         count,
         address_base,
         timeout,
-    } = p;
+    ) = match p {
+        ProbeProtocol::Nmea {
+            serial,
+            baud,
+            parity,
+            seconds,
+        } => return super::probe_serial::nmea(&serial, baud, &parity, seconds).await,
+        ProbeProtocol::Tls350 {
+            serial,
+            host,
+            port,
+            baud,
+            parity,
+            data_bits,
+            command,
+            security_code,
+            timeout,
+        } => {
+            return super::probe_serial::tls350(
+                serial,
+                host,
+                port,
+                baud,
+                &parity,
+                data_bits,
+                &command,
+                &security_code,
+                timeout,
+            )
+            .await
+        }
+        ProbeProtocol::Modbus {
+            host,
+            port,
+            serial,
+            baud,
+            parity,
+            data_bits,
+            stop_bits,
+            unit,
+            register,
+            count,
+            address_base,
+            timeout,
+        } => (
+            host,
+            port,
+            serial,
+            baud,
+            parity,
+            data_bits,
+            stop_bits,
+            unit,
+            register,
+            count,
+            address_base,
+            timeout,
+        ),
+    };
     let (kind, addr) = register
         .split_once(':')
         .and_then(|(k, a)| Some((RegisterKind::parse(k)?, a.parse::<u32>().ok()?)))

@@ -52,6 +52,10 @@ pub enum ConfigError {
 pub enum DeviceDriver {
     /// Modbus TCP or RTU.
     Modbus(mb::ModbusDevice),
+    /// GPS receiver: NMEA 0183 on a serial port, or gpsd.
+    Gps(crate::drivers::gps::config::GpsDevice),
+    /// Veeder-Root TLS-350 tank gauge console.
+    Tls350(crate::drivers::tls350::config::TlsDevice),
 }
 
 impl DeviceDriver {
@@ -62,6 +66,11 @@ impl DeviceDriver {
                 mb::Link::Tcp { .. } => "modbus-tcp",
                 mb::Link::Rtu(_) => "modbus-rtu",
             },
+            DeviceDriver::Gps(g) => match g.link {
+                crate::drivers::gps::config::GpsLink::Nmea(_) => "nmea",
+                crate::drivers::gps::config::GpsLink::Gpsd { .. } => "gpsd",
+            },
+            DeviceDriver::Tls350(_) => "tls-350",
         }
     }
 
@@ -69,6 +78,23 @@ impl DeviceDriver {
     pub fn modbus(&self) -> Option<&mb::ModbusDevice> {
         match self {
             DeviceDriver::Modbus(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The GPS settings, if this is a GPS receiver.
+    pub fn gps(&self) -> Option<&crate::drivers::gps::config::GpsDevice> {
+        match self {
+            DeviceDriver::Gps(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The TLS-350 settings, if this is a tank gauge console.
+    pub fn tls350(&self) -> Option<&crate::drivers::tls350::config::TlsDevice> {
+        match self {
+            DeviceDriver::Tls350(t) => Some(t),
+            _ => None,
         }
     }
 }
@@ -95,6 +121,10 @@ pub struct Device {
 pub enum TagSource {
     /// A Modbus register/bit.
     Modbus(mb::ModbusTag),
+    /// A figure of the GPS fix.
+    Gps(crate::drivers::gps::config::GpsTag),
+    /// A figure of one tank's inventory.
+    Tls350(crate::drivers::tls350::config::TlsTag),
 }
 
 impl TagSource {
@@ -102,6 +132,8 @@ impl TagSource {
     pub fn data_type(&self) -> &'static str {
         match self {
             TagSource::Modbus(m) => m.data_type.as_str(),
+            TagSource::Gps(g) if g.field.is_integer() => "i64",
+            TagSource::Gps(_) | TagSource::Tls350(_) => "f64",
         }
     }
 
@@ -109,6 +141,7 @@ impl TagSource {
     pub fn is_numeric(&self) -> bool {
         match self {
             TagSource::Modbus(m) => m.data_type.is_numeric(),
+            TagSource::Gps(_) | TagSource::Tls350(_) => true,
         }
     }
 
@@ -117,6 +150,7 @@ impl TagSource {
     pub fn default_rollover(&self) -> Option<f64> {
         match self {
             TagSource::Modbus(m) => m.data_type.unsigned_range().map(|r| r * m.scale.abs()),
+            TagSource::Gps(_) | TagSource::Tls350(_) => None,
         }
     }
 
@@ -135,6 +169,8 @@ impl TagSource {
                 ) && m.scale == 1.0
                     && m.offset == 0.0
             }
+            TagSource::Gps(g) => g.field.is_integer(),
+            TagSource::Tls350(_) => false,
         }
     }
 
@@ -142,6 +178,7 @@ impl TagSource {
     pub fn is_boolean(&self) -> bool {
         match self {
             TagSource::Modbus(m) => matches!(m.data_type, mb::DataType::Bool | mb::DataType::Bit),
+            TagSource::Gps(_) | TagSource::Tls350(_) => false,
         }
     }
 
@@ -154,6 +191,7 @@ impl TagSource {
                 mb::DataType::U64 => Some(u64::MAX),
                 _ => None,
             },
+            TagSource::Gps(_) | TagSource::Tls350(_) => None,
         }
     }
 
@@ -167,6 +205,7 @@ impl TagSource {
                 ) && m.data_type != mb::DataType::Bit
                     && m.data_type != mb::DataType::String
             }
+            TagSource::Gps(_) | TagSource::Tls350(_) => false,
         }
     }
 
@@ -174,6 +213,7 @@ impl TagSource {
     pub fn modbus(&self) -> Option<&mb::ModbusTag> {
         match self {
             TagSource::Modbus(m) => Some(m),
+            _ => None,
         }
     }
 }

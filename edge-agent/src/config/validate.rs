@@ -1,5 +1,5 @@
-//! Checks across devices and tags: duplicate names, overlapping tags, shared RTU buses and
-//! whether each device (and bus) can meet its poll interval.
+//! Checks across devices and tags: duplicate names, overlapping tags, shared RTU buses, serial
+//! ports claimed twice, and whether each device (and bus) can meet its poll interval.
 
 use std::collections::HashMap;
 
@@ -33,6 +33,65 @@ pub(super) fn check(
         cycle_time(di, d, tags, device_spans, diags);
     }
     rtu_buses(devices, tags, device_spans, diags);
+    serial_ports(devices, device_spans, diags);
+    for (di, d) in devices.iter().enumerate() {
+        if let Some(t) = d.driver.tls350() {
+            if t.timeout > d.poll_interval {
+                diags.warning(
+                    device_spans[di].of("timeout"),
+                    format!("device '{}'", d.name),
+                    format!(
+                        "timeout {} is longer than poll_interval {}: a console that stops answering delays every cycle",
+                        duration::format(t.timeout),
+                        duration::format(d.poll_interval)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A serial port can be opened by one driver: NMEA receivers and TLS-350 consoles own theirs
+/// (only Modbus RTU units share a bus).
+fn serial_ports(devices: &[Device], spans: &[Spans], diags: &mut Diagnostics) {
+    use crate::drivers::gps::config::GpsLink;
+    use crate::drivers::tls350::config::TlsLink;
+    let path_of = |d: &Device| -> Option<(String, bool)> {
+        if let Some(m) = d.driver.modbus() {
+            if let Link::Rtu(s) = &m.link {
+                return Some((s.path.clone(), true));
+            }
+        }
+        if let Some(GpsLink::Nmea(s)) = d.driver.gps().map(|g| &g.link) {
+            return Some((s.path.clone(), false));
+        }
+        if let Some(TlsLink::Serial(s)) = d.driver.tls350().map(|t| &t.link) {
+            return Some((s.path.clone(), false));
+        }
+        None
+    };
+    let mut first: HashMap<String, (usize, bool)> = HashMap::new();
+    for (i, d) in devices.iter().enumerate() {
+        let Some((path, shareable)) = path_of(d) else {
+            continue;
+        };
+        match first.get(&path) {
+            Some(&(f, other_shareable)) if !(shareable && other_shareable) => diags.error(
+                spans[i].of("serial"),
+                format!("device '{}'", d.name),
+                format!(
+                    "serial port {path} is already used by device '{}' ({}); a {} device needs a port of its own",
+                    devices[f].name,
+                    devices[f].driver.protocol(),
+                    if shareable { devices[f].driver.protocol() } else { d.driver.protocol() }
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                first.insert(path, (i, shareable));
+            }
+        }
+    }
 }
 
 fn duplicates<'a>(

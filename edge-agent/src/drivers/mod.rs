@@ -1,6 +1,7 @@
 //! Acquisition: the drivers that poll field devices and hand readings to the next stage.
 //!
-//! `Acquisition::start` spawns the driver tasks (one per Modbus TCP device, one per RTU bus, …);
+//! `Acquisition::start` spawns the driver tasks (one per Modbus TCP device, one per RTU bus, one
+//! per GPS receiver, one per TLS-350 console);
 //! every cycle a driver sends an [`Output`] on the channel it was given: the cycle's readings
 //! (one per tag, good or bad), or business events it captured with any gaps it detected.
 //! `Acquisition::stop` signals the tasks and waits for them (drivers stop first in the ordered
@@ -8,9 +9,12 @@
 
 pub mod events;
 pub mod filter;
+pub mod gps;
 pub mod health;
+pub mod lines;
 pub mod modbus;
 pub mod stats;
+pub mod tls350;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -88,6 +92,26 @@ impl Acquisition {
                                 .1
                                 .push((rt, stats[i].clone()));
                         }
+                    }
+                }
+                DeviceDriver::Gps(_) => {
+                    if let Some(rt) = gps::GpsRuntime::new(map, i, None) {
+                        tasks.push(tokio::spawn(gps::run(
+                            rt,
+                            out.clone(),
+                            rx.clone(),
+                            stats[i].clone(),
+                        )));
+                    }
+                }
+                DeviceDriver::Tls350(_) => {
+                    if let Some(rt) = tls350::TlsRuntime::new(map, i, None) {
+                        tasks.push(tokio::spawn(tls350::run(
+                            rt,
+                            out.clone(),
+                            rx.clone(),
+                            stats[i].clone(),
+                        )));
                     }
                 }
             }
@@ -180,7 +204,24 @@ pub async fn read_once(map: &TagMap, only: Option<&[TagId]>) -> Vec<Reading> {
     let mut handles = Vec::new();
     let mut buses: BTreeMap<String, Vec<modbus::DeviceRuntime>> = BTreeMap::new();
     for (i, d) in map.devices.iter().enumerate() {
-        let DeviceDriver::Modbus(m) = &d.driver;
+        let m = match &d.driver {
+            DeviceDriver::Modbus(m) => m,
+            DeviceDriver::Gps(_) => {
+                if let Some(rt) = gps::GpsRuntime::new(map, i, only).filter(|r| !r.tags.is_empty())
+                {
+                    handles.push(tokio::spawn(gps::read_once(rt)));
+                }
+                continue;
+            }
+            DeviceDriver::Tls350(_) => {
+                if let Some(rt) =
+                    tls350::TlsRuntime::new(map, i, only).filter(|r| !r.tags.is_empty())
+                {
+                    handles.push(tokio::spawn(tls350::read_once(rt)));
+                }
+                continue;
+            }
+        };
         let Some(rt) = modbus::DeviceRuntime::new(map, i, only) else {
             continue;
         };

@@ -134,6 +134,31 @@ impl Running {
         }
     }
 
+    /// Keep receiving until `cond` holds over the whole state (readings, events, stats), or
+    /// `timeout` passes; never blocks the runtime between checks.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut cond: impl FnMut(&Running) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond(self) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match tokio::time::timeout(left.min(Duration::from_millis(50)), self.rx.recv()).await {
+                Ok(Some(Output::Readings(b))) => self.seen.extend(b),
+                Ok(Some(e)) => self.events.push(e),
+                Ok(None) => return cond(self),
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Every event and gap received so far, in order.
     pub fn captured(&self) -> (Vec<flowsquare_wire::Event>, Vec<edge_agent::buffer::GapRow>) {
         let mut evs = Vec::new();

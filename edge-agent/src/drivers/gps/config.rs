@@ -1,0 +1,290 @@
+//! GPS keys of a tag map: the `nmea` (serial NMEA 0183 receiver) and `gpsd` (gpsd's JSON over
+//! TCP) device keys, and the `field` key of a GPS tag.
+
+use serde::Deserialize;
+use std::time::Duration;
+
+use crate::config::duration;
+use crate::config::parse::{fields_of, part, STable, Spans};
+use crate::config::{DeviceDriver, Diagnostics, TagSource};
+use crate::drivers::modbus::config::Parity;
+
+/// Default NMEA 0183 baud rate (the standard's 4800; many receivers are set to 9600 or more).
+pub const DEFAULT_NMEA_BAUD: u32 = 4800;
+/// gpsd's IANA port.
+pub const DEFAULT_GPSD_PORT: u16 = 2947;
+/// Default age after which a fix is no longer reported as good.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Keys of a `protocol = "nmea"` device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNmeaDevice {
+    /// Serial device path of the receiver, e.g. `/dev/ttyUSB0` or `/dev/ttyACM0`.
+    pub serial: String,
+    /// Baud rate.
+    #[serde(default = "default_nmea_baud")]
+    pub baud: u32,
+    /// `none`, `even` or `odd`.
+    #[serde(default)]
+    pub parity: Parity,
+    /// 7 or 8.
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    /// 1 or 2.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// A fix older than this (no sentence with a position) is reported with bad quality.
+    #[serde(default = "default_max_age", deserialize_with = "duration::de")]
+    pub max_age: Duration,
+}
+
+/// Keys of a `protocol = "gpsd"` device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGpsdDevice {
+    /// Host running gpsd.
+    #[serde(default = "default_gpsd_host")]
+    pub host: String,
+    /// gpsd's TCP port.
+    #[serde(default = "default_gpsd_port")]
+    pub port: u16,
+    /// A fix older than this is reported with bad quality.
+    #[serde(default = "default_max_age", deserialize_with = "duration::de")]
+    pub max_age: Duration,
+}
+
+fn default_nmea_baud() -> u32 {
+    DEFAULT_NMEA_BAUD
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_max_age() -> Duration {
+    DEFAULT_MAX_AGE
+}
+fn default_gpsd_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_gpsd_port() -> u16 {
+    DEFAULT_GPSD_PORT
+}
+
+/// Keys of a GPS tag.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGpsTag {
+    /// Which figure of the fix: `latitude`, `longitude`, `altitude`, `speed`, `heading`,
+    /// `fix_quality`, `satellites` or `hdop`.
+    pub field: GpsField,
+}
+
+/// The figures a GPS tag can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpsField {
+    /// Degrees, north positive (WGS 84).
+    Latitude,
+    /// Degrees, east positive.
+    Longitude,
+    /// Metres above mean sea level (GGA; gpsd `altMSL`/`alt`).
+    Altitude,
+    /// Speed over ground, km/h.
+    Speed,
+    /// Course over ground, degrees true.
+    #[serde(alias = "course", alias = "track")]
+    Heading,
+    /// GGA fix quality: 0 invalid, 1 GPS, 2 DGPS, 4 RTK fixed, 5 RTK float, 6 estimated…
+    FixQuality,
+    /// Satellites used in the fix.
+    Satellites,
+    /// Horizontal dilution of precision.
+    Hdop,
+}
+
+impl GpsField {
+    /// Tag-map spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpsField::Latitude => "latitude",
+            GpsField::Longitude => "longitude",
+            GpsField::Altitude => "altitude",
+            GpsField::Speed => "speed",
+            GpsField::Heading => "heading",
+            GpsField::FixQuality => "fix_quality",
+            GpsField::Satellites => "satellites",
+            GpsField::Hdop => "hdop",
+        }
+    }
+    /// Integer (`fix_quality`, `satellites`) rather than float?
+    pub fn is_integer(self) -> bool {
+        matches!(self, GpsField::FixQuality | GpsField::Satellites)
+    }
+    /// Does the figure describe the receiver rather than a position (so it stays good when the
+    /// fix is lost: "0 satellites, fix quality 0" is a true reading)?
+    pub fn is_status(self) -> bool {
+        self.is_integer()
+    }
+}
+
+/// How the receiver is reached.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GpsLink {
+    /// NMEA 0183 sentences on a serial port.
+    Nmea(crate::drivers::modbus::config::SerialSettings),
+    /// gpsd's JSON protocol over TCP.
+    Gpsd {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+/// A resolved GPS device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpsDevice {
+    /// Serial port or gpsd address.
+    pub link: GpsLink,
+    /// Oldest fix reported as good.
+    pub max_age: Duration,
+}
+
+/// A resolved GPS tag.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpsTag {
+    /// Which figure.
+    pub field: GpsField,
+}
+
+/// The GPS part of the tag-map loader (`protocol = "nmea"` / `"gpsd"`).
+pub struct Protocol;
+
+/// Range checks of serial line settings, as `(key, message)`.
+pub(crate) fn serial_problems(
+    baud: u32,
+    data_bits: u8,
+    stop_bits: u8,
+    problems: &mut Vec<(&'static str, String)>,
+) {
+    if !(7..=8).contains(&data_bits) {
+        problems.push(("data_bits", format!("data_bits {data_bits} must be 7 or 8")));
+    }
+    if !(1..=2).contains(&stop_bits) {
+        problems.push(("stop_bits", format!("stop_bits {stop_bits} must be 1 or 2")));
+    }
+    if !(300..=4_000_000).contains(&baud) {
+        problems.push(("baud", format!("baud {baud} out of range 300..=4000000")));
+    }
+}
+
+impl crate::config::protocol::ProtocolConfig for Protocol {
+    fn device_keys(&self, protocol: &str) -> Vec<&'static [&'static str]> {
+        if protocol == "gpsd" {
+            vec![fields_of::<RawGpsdDevice>()]
+        } else {
+            vec![fields_of::<RawNmeaDevice>()]
+        }
+    }
+
+    fn tag_keys(&self, _dev: &DeviceDriver) -> Vec<&'static [&'static str]> {
+        vec![fields_of::<RawGpsTag>()]
+    }
+
+    fn device(
+        &self,
+        protocol: &str,
+        table: &STable<'_, '_>,
+        spans: &Spans,
+        subject: &str,
+        diags: &mut Diagnostics,
+    ) -> DeviceDriver {
+        let mut problems = Vec::new();
+        let dev = if protocol == "gpsd" {
+            let r = part::<RawGpsdDevice>(table, subject, diags);
+            let (host, port, max_age) = r.map(|r| (r.host, r.port, r.max_age)).unwrap_or((
+                default_gpsd_host(),
+                DEFAULT_GPSD_PORT,
+                DEFAULT_MAX_AGE,
+            ));
+            if host.trim().is_empty() {
+                problems.push(("host", "host must not be empty".to_owned()));
+            }
+            GpsDevice {
+                link: GpsLink::Gpsd { host, port },
+                max_age,
+            }
+        } else {
+            let r = part::<RawNmeaDevice>(table, subject, diags);
+            let r = r.unwrap_or(RawNmeaDevice {
+                serial: String::new(),
+                baud: DEFAULT_NMEA_BAUD,
+                parity: Parity::None,
+                data_bits: 8,
+                stop_bits: 1,
+                max_age: DEFAULT_MAX_AGE,
+            });
+            serial_problems(r.baud, r.data_bits, r.stop_bits, &mut problems);
+            GpsDevice {
+                link: GpsLink::Nmea(crate::drivers::modbus::config::SerialSettings {
+                    path: r.serial,
+                    baud: r.baud,
+                    parity: r.parity,
+                    data_bits: r.data_bits,
+                    stop_bits: r.stop_bits,
+                }),
+                max_age: r.max_age,
+            }
+        };
+        if dev.max_age.is_zero() {
+            problems.push(("max_age", "max_age must be greater than zero".into()));
+        }
+        for (key, msg) in problems {
+            diags.error(spans.of(key), subject, msg);
+        }
+        DeviceDriver::Gps(dev)
+    }
+
+    fn tag(
+        &self,
+        dev: &DeviceDriver,
+        table: &STable<'_, '_>,
+        _spans: &Spans,
+        subject: &str,
+        diags: &mut Diagnostics,
+    ) -> Option<TagSource> {
+        dev.gps()?;
+        let raw: RawGpsTag = part(table, subject, diags)?;
+        Some(TagSource::Gps(GpsTag { field: raw.field }))
+    }
+}
+
+impl GpsDevice {
+    /// One line on how the receiver is reached (`plan`, logs).
+    pub fn describe(&self) -> String {
+        match &self.link {
+            GpsLink::Nmea(s) => format!("nmea {} {} baud", s.path, s.baud),
+            GpsLink::Gpsd { host, port } => format!("gpsd {host}:{port}"),
+        }
+    }
+
+    /// What one poll does (`plan`).
+    pub fn plan_lines(&self) -> Vec<String> {
+        let source = match &self.link {
+            GpsLink::Nmea(_) => {
+                "listens to GGA, RMC and VTG sentences (any talker id; checksums verified)"
+            }
+            GpsLink::Gpsd { .. } => "watches gpsd's TPV and SKY reports",
+        };
+        vec![
+            source.to_owned(),
+            format!(
+                "each poll reports the current fix, stamped with GPS time; a figure older than max_age {} is reported bad",
+                crate::config::duration::format(self.max_age)
+            ),
+        ]
+    }
+}
