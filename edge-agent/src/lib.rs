@@ -4,8 +4,10 @@
 //! The pipeline is the layout: `config → drivers → (buffer → uplink, in later stages) → sink`.
 //!
 //! - `config/`: tag maps (TOML): loading with file:line:column diagnostics, validation, the
-//!   resolved `TagMap` every stage runs from;
-//! - `drivers/`: acquisition; `drivers/modbus/` (planner, decoder, transport, run loops, probe),
+//!   resolved `TagMap` every stage runs from (tags and `[[device.event]]` definitions);
+//! - `drivers/`: acquisition; `drivers/modbus/` (planner, decoder, transport, run loops, probe,
+//!   the Modbus event binding), `drivers/events/` (protocol-generic event capture: gantry batch
+//!   records; pure sequence/flag bookkeeping and the capture loop),
 //!   `drivers/health.rs` (backoff, unit skipping), `drivers/filter.rs` (totalizers, deadband),
 //!   `drivers/stats.rs` (per-device counters);
 //! - `sink/`: printing readings (JSON lines, tables) until the buffer stage exists;
