@@ -4,8 +4,10 @@
 //! The pipeline is the layout: `config → drivers → (buffer → uplink, in later stages) → sink`.
 //!
 //! - `config/`: tag maps (TOML): loading with file:line:column diagnostics, validation, the
-//!   resolved `TagMap` every stage runs from;
-//! - `drivers/`: acquisition; `drivers/modbus/` (planner, decoder, transport, run loops, probe),
+//!   resolved `TagMap` every stage runs from (tags and `[[device.event]]` definitions);
+//! - `drivers/`: acquisition; `drivers/modbus/` (planner, decoder, transport, run loops, probe,
+//!   the Modbus event binding), `drivers/events/` (protocol-generic event capture: gantry batch
+//!   records; pure sequence/flag bookkeeping and the capture loop),
 //!   `drivers/gps/` (NMEA 0183 and gpsd: sentence/report parsers, the merged fix, run loop),
 //!   `drivers/tls350/` (Veeder-Root TLS-350: frames and checksum, i201/i202 decoding, delivery
 //!   tracker, run loop), `drivers/health.rs` (backoff, unit skipping), `drivers/filter.rs`

@@ -1,11 +1,16 @@
 //! Acquisition: the drivers that poll field devices and hand readings to the next stage.
 //!
 //! `Acquisition::start` spawns the driver tasks (one per Modbus TCP device, one per RTU bus, one
+<<<<<<< HEAD
 //! per GPS receiver, one per TLS-350 console);
+=======
+//! per event definition of a TCP device — RTU event definitions run in their bus task, …);
+>>>>>>> events
 //! every cycle a driver sends an [`Output`] on the channel it was given: the cycle's readings
 //! (one per tag, good or bad), or business events it captured with any gaps it detected.
 //! `Acquisition::stop` signals the tasks and waits for them (drivers stop first in the ordered
-//! shutdown). `read_once` polls every device once, for `edge-agent read --once`.
+//! shutdown). `read_once` polls every device once and `read_events_once` reads every event
+//! definition's trigger and record once, for `edge-agent read --once`.
 
 pub mod events;
 pub mod filter;
