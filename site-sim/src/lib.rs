@@ -19,9 +19,11 @@
 //! | [`modbus::server`] | TCP and RTU serve loops, serial port opening |
 //! | [`modbus::gen_map`] | generated benchmark maps (and the matching agent tag list) |
 //! | [`modbus::error`] | [`modbus::SimError`] |
+//! | [`opcua`] | simulated OPC UA server (async-opcua): changing variables, optional security, bench items |
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library.
 
 pub mod clock;
 pub mod duration;
 pub mod modbus;
+pub mod opcua;

@@ -1,7 +1,9 @@
-//! The `edge-agent` command line: `check`, `plan`, `read`, `probe`, `run`.
+//! The `edge-agent` command line: `check`, `plan`, `read`, `probe`, `browse`, `opcua certs`,
+//! `buffer`, `run`.
 
 mod buffer;
 mod check;
+mod opcua;
 pub mod plan;
 mod probe;
 mod read;
@@ -31,10 +33,11 @@ pub enum CliError {
     Link(#[from] crate::drivers::modbus::LinkError),
 }
 
-/// FlowSquare edge agent: polls flow meters, tank gauges and PLCs (Modbus TCP/RTU) from a TOML
-/// tag map and hands every reading to the next stage.
+/// FlowSquare edge agent: polls flow meters, tank gauges and PLCs (Modbus TCP/RTU, OPC UA) from
+/// a TOML tag map and hands every reading to the next stage.
 ///
-/// Commissioning a device: `probe` reads raw registers and shows every decoding; write the tag map
+/// Commissioning a device: `probe` reads raw registers and shows every decoding (`browse opcua`
+/// lists an OPC UA server's nodes; `opcua certs` trusts its certificate); write the tag map
 /// (see config/agent.example.toml); `check` validates it; `plan` shows the requests of one cycle;
 /// `read --once` polls once and prints every tag; `run` polls continuously.
 #[derive(Debug, Parser)]
@@ -93,6 +96,19 @@ pub enum Command {
         #[command(subcommand)]
         /// Protocol.
         protocol: probe::ProbeProtocol,
+    },
+    /// List a server's address space (NodeIds, types, values) to write tag maps.
+    Browse {
+        #[command(subcommand)]
+        /// Protocol.
+        protocol: opcua::BrowseProtocol,
+    },
+    /// OPC UA tools: `opcua certs list|trust|reject` (the agent's certificate and the server
+    /// certificates it trusts).
+    Opcua {
+        #[command(subcommand)]
+        /// What to do.
+        command: opcua::OpcUaCommand,
     },
     /// Inspect or export the store-and-forward buffer.
     Buffer {
@@ -175,6 +191,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             format,
         } => read::run(&config, &tags, once, &format).await,
         Command::Probe { protocol } => probe::run(protocol).await,
+        Command::Browse { protocol } => opcua::browse(protocol).await,
+        Command::Opcua { command } => opcua::run(command),
         Command::Buffer { command } => buffer::run(command),
         Command::Run {
             config,

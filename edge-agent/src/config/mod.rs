@@ -24,6 +24,7 @@ pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use schema::{AgentConfig, Deadband, Priority, TagKind};
 
 use crate::drivers::modbus::config as mb;
+use crate::drivers::opcua::config as ua;
 use crate::model::TagId;
 use parse::{as_table, as_table_array, part, report_unknown_keys, str_key, STable, Spans};
 use schema::{DeviceCommon, TagCommon};
@@ -49,6 +50,8 @@ pub enum ConfigError {
 pub enum DeviceDriver {
     /// Modbus TCP or RTU.
     Modbus(mb::ModbusDevice),
+    /// OPC UA client session.
+    OpcUa(ua::OpcUaDevice),
 }
 
 impl DeviceDriver {
@@ -59,6 +62,7 @@ impl DeviceDriver {
                 mb::Link::Tcp { .. } => "modbus-tcp",
                 mb::Link::Rtu(_) => "modbus-rtu",
             },
+            DeviceDriver::OpcUa(_) => "opcua",
         }
     }
 
@@ -66,6 +70,15 @@ impl DeviceDriver {
     pub fn modbus(&self) -> Option<&mb::ModbusDevice> {
         match self {
             DeviceDriver::Modbus(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The OPC UA settings, if this is an OPC UA device.
+    pub fn opcua(&self) -> Option<&ua::OpcUaDevice> {
+        match self {
+            DeviceDriver::OpcUa(o) => Some(o),
+            _ => None,
         }
     }
 }
@@ -90,6 +103,8 @@ pub struct Device {
 pub enum TagSource {
     /// A Modbus register/bit.
     Modbus(mb::ModbusTag),
+    /// An OPC UA variable node.
+    OpcUa(ua::OpcUaTag),
 }
 
 impl TagSource {
@@ -97,6 +112,7 @@ impl TagSource {
     pub fn data_type(&self) -> &'static str {
         match self {
             TagSource::Modbus(m) => m.data_type.as_str(),
+            TagSource::OpcUa(o) => o.data_type.as_str(),
         }
     }
 
@@ -104,6 +120,7 @@ impl TagSource {
     pub fn is_numeric(&self) -> bool {
         match self {
             TagSource::Modbus(m) => m.data_type.is_numeric(),
+            TagSource::OpcUa(o) => o.data_type.is_numeric(),
         }
     }
 
@@ -112,6 +129,8 @@ impl TagSource {
     pub fn default_rollover(&self) -> Option<f64> {
         match self {
             TagSource::Modbus(m) => m.data_type.unsigned_range().map(|r| r * m.scale.abs()),
+            // OPC UA integers carry their own width; a totalizer needs an explicit rollover.
+            TagSource::OpcUa(_) => None,
         }
     }
 
@@ -119,6 +138,15 @@ impl TagSource {
     pub fn modbus(&self) -> Option<&mb::ModbusTag> {
         match self {
             TagSource::Modbus(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The OPC UA node, if this is an OPC UA tag.
+    pub fn opcua(&self) -> Option<&ua::OpcUaTag> {
+        match self {
+            TagSource::OpcUa(o) => Some(o),
+            _ => None,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::parse::{STable, Spans};
 use super::{DeviceDriver, TagSource};
 
 /// The protocols a device's `protocol` key may name, in the order error messages list them.
-pub const PROTOCOLS: &[&str] = &["modbus-tcp", "modbus-rtu"];
+pub const PROTOCOLS: &[&str] = &["modbus-tcp", "modbus-rtu", "opcua"];
 
 /// The config part of one protocol's driver.
 pub trait ProtocolConfig: Sync {
@@ -55,6 +55,7 @@ pub trait ProtocolConfig: Sync {
 pub fn for_protocol(protocol: &str) -> Option<&'static dyn ProtocolConfig> {
     match protocol {
         "modbus-tcp" | "modbus-rtu" => Some(&crate::drivers::modbus::config::Protocol),
+        "opcua" => Some(&crate::drivers::opcua::config::Protocol),
         _ => None,
     }
 }

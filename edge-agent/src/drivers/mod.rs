@@ -9,6 +9,7 @@
 pub mod filter;
 pub mod health;
 pub mod modbus;
+pub mod opcua;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -80,6 +81,17 @@ impl Acquisition {
                         }
                     }
                 }
+                DeviceDriver::OpcUa(_) => {
+                    let Some(rt) = opcua::DeviceRuntime::new(map, i, None) else {
+                        continue;
+                    };
+                    tasks.push(tokio::spawn(opcua::run(
+                        rt,
+                        out.clone(),
+                        rx.clone(),
+                        stats[i].clone(),
+                    )));
+                }
             }
         }
         for (_, (serial, units)) in buses {
@@ -116,6 +128,14 @@ pub async fn read_once(map: &TagMap, only: Option<&[TagId]>) -> Vec<Reading> {
     for (i, d) in map.devices.iter().enumerate() {
         let m = match &d.driver {
             DeviceDriver::Modbus(m) => m,
+            DeviceDriver::OpcUa(_) => {
+                if let Some(rt) = opcua::DeviceRuntime::new(map, i, only) {
+                    if !rt.tags.is_empty() {
+                        handles.push(tokio::spawn(async move { opcua::read_once(&rt).await }));
+                    }
+                }
+                continue;
+            }
         };
         let Some(rt) = modbus::DeviceRuntime::new(map, i, only) else {
             continue;
