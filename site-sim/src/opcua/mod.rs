@@ -137,7 +137,8 @@ impl OpcUaSim {
         let mut user_ids: Vec<String> = vec![ANONYMOUS_USER_TOKEN_ID.to_owned()];
         let mut b = ServerBuilder::new()
             .application_name("FlowSquare site simulator")
-            .application_uri("urn:flowsquare:site-sim")
+            // Not NAMESPACE_URI: the server registers its application URI as its own namespace.
+            .application_uri("urn:flowsquare:site-sim:server")
             .product_uri("urn:flowsquare:site-sim")
             .create_sample_keypair(true)
             .pki_dir(&cfg.pki_dir)
@@ -365,4 +366,25 @@ fn update(m: &SimpleNodeManager, h: &ServerHandle, ns: u16, n: u64, bench: usize
         h.subscriptions(),
         values.iter().map(|(id, v)| (id, None, v.clone())),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn variables_exist_and_change() {
+        let dir = std::env::temp_dir().join(format!("sim-pki-{}", std::process::id()));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = OpcUaSim::start(OpcUaSimConfig::new(&dir, Duration::from_millis(50)), l)
+            .await
+            .unwrap();
+        let first = s.get("Counter");
+        assert!(first.is_some(), "ns {} ", s.ns);
+        assert!(s.get("Tank101.Level").is_some());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_ne!(s.get("Counter"), first);
+        s.stop().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
