@@ -112,7 +112,13 @@ fn demo_tags(ns: u16) -> String {
 async fn changing_values(mode: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = sim(dir.path(), |_| {}).await;
-    let m = map(&agent_map(&s.endpoint, dir.path(), mode, "", &demo_tags(s.ns)));
+    let m = map(&agent_map(
+        &s.endpoint,
+        dir.path(),
+        mode,
+        "",
+        &demo_tags(s.ns),
+    ));
     let (level, counter, running, status, text, missing) = (
         tag_id(&m, "tank/level"),
         tag_id(&m, "tank/counter"),
@@ -132,7 +138,11 @@ async fn changing_values(mode: &str) {
         .await;
     let stats = run.acq.as_ref().expect("running").stats[0].clone();
     run.stop().await;
-    assert!(ok, "{mode}: readings seen: {:?}", run.seen.iter().take(20).collect::<Vec<_>>());
+    assert!(
+        ok,
+        "{mode}: readings seen: {:?}",
+        run.seen.iter().take(20).collect::<Vec<_>>()
+    );
     let seen = &run.seen;
     // Counter values come as integers and never go back.
     let counts: Vec<i64> = of(seen, counter)
@@ -155,7 +165,10 @@ async fn changing_values(mode: &str) {
     let miss = of(seen, missing)[0];
     assert_eq!(miss.quality, Quality::BadDevice, "{miss:?}");
     assert_eq!(miss.error.as_deref(), Some("BadNodeIdUnknown"));
-    assert_eq!(miss.status, Some(opcua::types::StatusCode::BadNodeIdUnknown.bits()));
+    assert_eq!(
+        miss.status,
+        Some(opcua::types::StatusCode::BadNodeIdUnknown.bits())
+    );
     let extras = stats.extras();
     let fig = |n: &str| extras.iter().find(|(k, _)| *k == n).map(|(_, f)| f.value);
     assert!(fig("opcua_bad_values").unwrap_or(0.0) >= 1.0, "{extras:?}");
@@ -177,8 +190,18 @@ async fn polling_mode_reads_changing_values_every_cycle() {
 async fn read_once_and_the_session_api_read_and_write() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = sim(dir.path(), |_| {}).await;
-    let m = map(&agent_map(&s.endpoint, dir.path(), "subscription", "", &demo_tags(s.ns)));
-    assert!(s.get("Tank101.Level").is_some(), "simulator has no Tank101.Level in ns {}", s.ns);
+    let m = map(&agent_map(
+        &s.endpoint,
+        dir.path(),
+        "subscription",
+        "",
+        &demo_tags(s.ns),
+    ));
+    assert!(
+        s.get("Tank101.Level").is_some(),
+        "simulator has no Tank101.Level in ns {}",
+        s.ns
+    );
     let readings = read_once(&m, None).await;
     assert_eq!(readings.len(), m.tags.len(), "{readings:?}");
     let level = &readings[tag_id(&m, "tank/level") as usize];
@@ -220,8 +243,7 @@ async fn sign_and_encrypt_needs_an_explicitly_trusted_server_certificate() {
     let own_der = std::fs::read(&own).expect("read own cert");
     // The server trusts only the agent's certificate.
     let server_pki = dir.path().join("server-pki");
-    std::fs::create_dir_all(server_pki.join("trusted")).expect("mkdir");
-    std::fs::copy(&own, server_pki.join("trusted/agent.der")).expect("copy");
+    pki::trust_file(&server_pki, &own).expect("server trusts the agent");
     let s = sim(dir.path(), |c| {
         c.secure = true;
         c.trust_clients = false;
@@ -239,7 +261,13 @@ async fn sign_and_encrypt_needs_an_explicitly_trusted_server_certificate() {
         "  [[device.tag]]\n  name = \"tank/counter\"\n  node = \"ns={};s=Counter\"\n",
         s.ns
     );
-    let m = map(&agent_map(&s.endpoint, dir.path(), "subscription", &extra, &tags));
+    let m = map(&agent_map(
+        &s.endpoint,
+        dir.path(),
+        "subscription",
+        &extra,
+        &tags,
+    ));
     let counter = tag_id(&m, "tank/counter");
     let mut run = Running::start(&m);
     // Untrusted: bad-communication, and the server certificate waits under rejected/.
@@ -249,9 +277,17 @@ async fn sign_and_encrypt_needs_an_explicitly_trusted_server_certificate() {
             .any(|r| r.quality == Quality::BadCommunication))
             .await
     );
-    assert!(flowsquare_tests::wait_until(WAIT, || !pki::list(&agent_pki)
-        .iter()
-        .all(|c| c.state != pki::CertState::Rejected)));
+    let why = run
+        .seen
+        .last()
+        .and_then(|r| r.error.clone())
+        .unwrap_or_default();
+    assert!(
+        flowsquare_tests::wait_until(WAIT, || pki::list(&agent_pki)
+            .iter()
+            .any(|c| c.state == pki::CertState::Rejected)),
+        "no rejected server certificate; agent says: {why}"
+    );
     assert!(run.seen.iter().all(|r| r.quality != Quality::Good));
     let listed = Command::new(BIN)
         .args(["opcua", "certs", "list", "--pki-dir"])
@@ -270,9 +306,15 @@ async fn sign_and_encrypt_needs_an_explicitly_trusted_server_certificate() {
         .arg(&thumb[..12])
         .output()
         .expect("certs trust");
-    assert!(trust.status.success(), "{}", String::from_utf8_lossy(&trust.stderr));
+    assert!(
+        trust.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trust.stderr)
+    );
     // Trusted: the next reconnect succeeds and values flow, encrypted.
-    let ok = run.until(WAIT, |seen| distinct_good(seen, counter) >= 3).await;
+    let ok = run
+        .until(WAIT, |seen| distinct_good(seen, counter) >= 3)
+        .await;
     run.stop().await;
     assert!(ok, "no good readings after trusting: {:?}", run.seen.last());
     // The agent's certificate was reused, not regenerated.
@@ -296,16 +338,22 @@ fn opcua_sim_child_process() {
         let s = OpcUaSim::start(OpcUaSimConfig::new(pki, Duration::from_millis(100)), l)
             .await
             .expect("sim");
-        println!("listening opcua {}", s.addr);
+        // libtest has printed "test … ... " without a newline: start a fresh line.
+        println!("\nlistening opcua {}", s.addr);
         std::future::pending::<()>().await;
     });
 }
 
 fn spawn_sim(addr: &str, pki: &Path) -> Proc {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-    cmd.args(["--exact", "opcua_sim_child_process", "--nocapture", "--test-threads=1"])
-        .env("FLOWSQUARE_OPCUA_SIM_ADDR", addr)
-        .env("FLOWSQUARE_OPCUA_SIM_PKI", pki);
+    cmd.args([
+        "--exact",
+        "opcua_sim_child_process",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("FLOWSQUARE_OPCUA_SIM_ADDR", addr)
+    .env("FLOWSQUARE_OPCUA_SIM_PKI", pki);
     Proc::spawn(cmd, 1, WAIT).expect("simulator process")
 }
 
@@ -321,14 +369,17 @@ async fn restart(mode: &str) {
     let m = map(&agent_map(&endpoint, dir.path(), mode, "", tags));
     let counter = tag_id(&m, "tank/counter");
     let mut run = Running::start(&m);
-    assert!(run.until(WAIT, |seen| distinct_good(seen, counter) >= 3).await);
+    assert!(
+        run.until(WAIT, |seen| distinct_good(seen, counter) >= 3)
+            .await
+    );
     server.kill();
     let before = run.seen.len();
     assert!(
-        run.until(WAIT, |seen| seen[before..]
-            .iter()
-            .any(|r| r.tag == counter && r.quality == Quality::BadCommunication))
-            .await,
+        run.until(WAIT, |seen| seen[before..].iter().any(
+            |r| r.tag == counter && r.quality == Quality::BadCommunication
+        ))
+        .await,
         "{mode}: no bad-communication reading after the server died"
     );
     let _server = spawn_sim(&addr, &spki);
@@ -423,7 +474,9 @@ async fn reads_and_subscribes_to_the_python_asyncua_server() {
         assert_eq!(b.quality, Quality::BadDevice, "{b:?}");
         assert_eq!(b.error.as_deref(), Some("BadSensorFailure"));
         let mut run = Running::start(&m);
-        let ok = run.until(WAIT, |seen| distinct_good(seen, count) >= 3).await;
+        let ok = run
+            .until(WAIT, |seen| distinct_good(seen, count) >= 3)
+            .await;
         run.stop().await;
         assert!(ok, "{mode}: {:?}", run.seen.last());
         assert!(of(&run.seen, tag_id(&m, "tk201/level"))
@@ -432,4 +485,3 @@ async fn reads_and_subscribes_to_the_python_asyncua_server() {
     }
     drop(server);
 }
-

@@ -222,9 +222,10 @@ pub fn trust_file(pki: &Path, file: &Path) -> OpcUaResult<PathBuf> {
     let der = cert
         .to_der()
         .map_err(|e| OpcUaError::Pki(format!("{}: {e}", file.display())))?;
+    // The store finds trusted certificates by this file name.
     let dest = pki
         .join("trusted")
-        .join(format!("{}.der", cert.thumbprint().as_hex_string()));
+        .join(opcua::crypto::CertificateStore::cert_file_name(&cert));
     std::fs::write(&dest, der).map_err(|e| OpcUaError::Pki(format!("{}: {e}", dest.display())))?;
     Ok(dest)
 }
