@@ -453,7 +453,7 @@ pub fn resolve_device(
     }
     if !none_policy && none_mode {
         problems.push((
-            "security_mode",
+            "security_policy",
             format!(
                 "security_policy {:?} needs security_mode \"Sign\" or \"SignAndEncrypt\"",
                 r.security_policy.as_str()
