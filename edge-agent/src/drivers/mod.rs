@@ -1,6 +1,7 @@
 //! Acquisition: the drivers that poll field devices and hand readings to the next stage.
 //!
-//! `Acquisition::start` spawns the driver tasks (one per Modbus TCP device, one per RTU bus, …);
+//! `Acquisition::start` spawns the driver tasks (one per Modbus TCP device, one per RTU bus, one
+//! per OPC UA device);
 //! every cycle a driver sends an [`Output`] on the channel it was given: the cycle's readings
 //! (one per tag, good or bad), or business events it captured with any gaps it detected.
 //! `Acquisition::stop` signals the tasks and waits for them (drivers stop first in the ordered
