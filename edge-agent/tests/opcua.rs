@@ -207,6 +207,34 @@ async fn read_once_and_the_session_api_read_and_write() {
     let level = &readings[tag_id(&m, "tank/level") as usize];
     assert_eq!(level.quality, Quality::Good, "{level:?}");
 
+    // The same through the command line: `edge-agent read --once`.
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        agent_map(
+            &s.endpoint,
+            dir.path(),
+            "subscription",
+            "",
+            &demo_tags(s.ns),
+        ),
+    )
+    .expect("write map");
+    let out = tokio::process::Command::new(BIN)
+        .args(["read", "--once", "--format", "jsonl", "--config"])
+        .arg(&cfg)
+        .output()
+        .await
+        .expect("edge-agent read");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(text.lines().count(), m.tags.len(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"tank/level\"") && l.contains("\"good\"")),
+        "{text}"
+    );
+    assert!(text.contains("BadNodeIdUnknown"), "{text}");
+
     // The API another feature (gantry event capture) binds to.
     let dev = m.devices[0].driver.opcua().expect("opcua").clone();
     let session = OpcUaSession::connect(&dev, &dir.path().join("pki"), "test")
