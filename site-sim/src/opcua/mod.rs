@@ -312,9 +312,12 @@ fn populate(m: &SimpleNodeManager, ns: u16, bench: usize) {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| match name {
-                &"Bad.Text" => Variant::from("n/a"),
-                _ => Variant::Double(0.0),
+            .unwrap_or_else(|| {
+                if *name == "Bad.Text" {
+                    Variant::from("n/a")
+                } else {
+                    Variant::Double(0.0)
+                }
             });
         let mut vb = VariableBuilder::new(&NodeId::new(ns, *name), *name, *name)
             .data_type(*ty)
@@ -382,7 +385,10 @@ mod tests {
         let first = s.get("Counter");
         assert!(first.is_some(), "ns {} ", s.ns);
         assert!(s.get("Tank101.Level").is_some());
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while s.get("Counter") == first && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_ne!(s.get("Counter"), first);
         s.stop().await;
         let _ = std::fs::remove_dir_all(dir);
