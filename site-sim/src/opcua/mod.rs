@@ -222,11 +222,14 @@ impl OpcUaSim {
         let updater = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let bench_ids: Vec<NodeId> = (0..bench)
+                .map(|k| NodeId::new(ns, format!("Bench.{k}")))
+                .collect();
             let mut n: u64 = 0;
             loop {
                 tick.tick().await;
                 n += 1;
-                update(&m, &h, ns, n, bench);
+                update(&m, &h, ns, n, &bench_ids);
             }
         });
         Ok(OpcUaSim {
@@ -346,7 +349,7 @@ fn populate(m: &SimpleNodeManager, ns: u16, bench: usize) {
     }
 }
 
-fn update(m: &SimpleNodeManager, h: &ServerHandle, ns: u16, n: u64, bench: usize) {
+fn update(m: &SimpleNodeManager, h: &ServerHandle, ns: u16, n: u64, bench: &[NodeId]) {
     let now = DateTime::now();
     let dv = |v: Variant| DataValue {
         value: Some(v),
@@ -355,20 +358,17 @@ fn update(m: &SimpleNodeManager, h: &ServerHandle, ns: u16, n: u64, bench: usize
         server_timestamp: Some(now),
         ..Default::default()
     };
-    let mut values: Vec<(NodeId, DataValue)> = demo_values(n)
+    let demo: Vec<(NodeId, DataValue)> = demo_values(n)
         .into_iter()
         .map(|(name, v)| (NodeId::new(ns, name), dv(v)))
         .collect();
-    for k in 0..bench {
-        values.push((
-            NodeId::new(ns, format!("Bench.{k}").as_str()),
-            dv(Variant::Double(n as f64 + k as f64 / 1000.0)),
-        ));
-    }
-    let _ = m.set_values(
-        h.subscriptions(),
-        values.iter().map(|(id, v)| (id, None, v.clone())),
+    let values = demo.iter().map(|(id, v)| (id, None, v.clone())).chain(
+        bench
+            .iter()
+            .enumerate()
+            .map(|(k, id)| (id, None, dv(Variant::Double(n as f64 + k as f64 / 1000.0)))),
     );
+    let _ = m.set_values(h.subscriptions(), values);
 }
 
 #[cfg(test)]
