@@ -49,6 +49,14 @@ enum Command {
     ///
     /// Example: flowsquare-sim tls350 --config config/sim/tls350-station.toml --tcp 127.0.0.1:10001
     Tls350(Tls350Args),
+    /// Serve a simulated OPC UA server (tank farm / gantry variables changing every --interval,
+    /// plus --bench generated variables).
+    ///
+    /// After binding, prints `listening opcua opc.tcp://HOST:PORT/` to stdout. Runs until SIGINT or
+    /// SIGTERM, then exits 0.
+    ///
+    /// Example: flowsquare-sim opcua --listen 127.0.0.1:0 --interval 1s --bench 5000
+    Opcua(OpcUaArgs),
     /// Print a generated benchmark register map (or, with --agent-tags, the matching edge-agent
     /// devices and tags) to stdout.
     ///
@@ -117,6 +125,31 @@ struct Tls350Args {
     /// Serial baud rate.
     #[arg(long, default_value_t = 9600, value_name = "BAUD")]
     baud: u32,
+}
+
+#[derive(Debug, Args)]
+struct OpcUaArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:4840", value_name = "ADDR")]
+    listen: String,
+    /// Time between value changes, e.g. 1s or 200ms.
+    #[arg(long, default_value = "1s", value_parser = site_sim::duration::parse_duration)]
+    interval: std::time::Duration,
+    /// Number of generated Bench.<k> variables (all change every interval).
+    #[arg(long, default_value_t = 0)]
+    bench: usize,
+    /// PKI directory of the server (its certificate is created there once).
+    #[arg(long, default_value = "pki-sim", value_name = "DIR")]
+    pki_dir: PathBuf,
+    /// Also offer Basic256Sha256 Sign and SignAndEncrypt endpoints.
+    #[arg(long)]
+    secure: bool,
+    /// Accept only client certificates in <pki-dir>/trusted (default: trust every client).
+    #[arg(long)]
+    strict_clients: bool,
+    /// Accept this user (USER:PASSWORD; repeatable). Anonymous is always accepted.
+    #[arg(long = "user", value_name = "USER:PASSWORD")]
+    users: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -190,6 +223,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tls350(a) => {
             init_logging();
             runtime()?.block_on(run_tls350(a))
+        }
+        Command::Opcua(a) => {
+            init_logging();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(run_opcua(a))
         }
         Command::Modbus(a) => {
             init_logging();
@@ -414,6 +455,35 @@ async fn run_tls350(a: Tls350Args) -> Result<()> {
             Err(e) => bail!("a server task failed: {e}"),
         },
     }
+    Ok(())
+}
+
+async fn run_opcua(a: OpcUaArgs) -> Result<()> {
+    use site_sim::opcua::{OpcUaSim, OpcUaSimConfig};
+    let sa = resolve(&a.listen).await?;
+    let listener = TcpListener::bind(sa)
+        .await
+        .with_context(|| format!("binding {sa}"))?;
+    let mut cfg = OpcUaSimConfig::new(&a.pki_dir, a.interval);
+    cfg.bench = a.bench;
+    cfg.secure = a.secure;
+    cfg.trust_clients = !a.strict_clients;
+    for u in &a.users {
+        let (user, pass) = u
+            .split_once(':')
+            .with_context(|| format!("--user {u}: expected USER:PASSWORD"))?;
+        cfg.users.push((user.to_owned(), pass.to_owned()));
+    }
+    let sim = OpcUaSim::start(cfg, listener).await?;
+    tracing::info!(endpoint = %sim.endpoint, bench = a.bench, "serving opcua");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening opcua {}", sim.endpoint).context("writing to stdout")?;
+        out.flush().context("flushing stdout")?;
+    }
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    sim.stop().await;
     Ok(())
 }
 

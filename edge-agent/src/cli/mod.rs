@@ -1,7 +1,9 @@
-//! The `edge-agent` command line: `check`, `plan`, `read`, `probe`, `run`.
+//! The `edge-agent` command line: `check`, `plan`, `read`, `probe`, `browse`, `opcua certs`,
+//! `buffer`, `run`.
 
 mod buffer;
 mod check;
+mod opcua;
 pub mod plan;
 mod probe;
 mod probe_serial;
@@ -35,12 +37,13 @@ pub enum CliError {
     Device(String),
 }
 
-/// FlowSquare edge agent: polls flow meters, tank gauges and PLCs (Modbus TCP/RTU), GPS
+/// FlowSquare edge agent: polls flow meters, tank gauges and PLCs (Modbus TCP/RTU, OPC UA), GPS
 /// receivers (NMEA 0183, gpsd) and Veeder-Root TLS-350 consoles from a TOML tag map and hands
 /// every reading to the next stage.
 ///
 /// Commissioning a device: `probe` reads raw registers and shows every decoding (`probe nmea`
-/// prints a receiver's sentences decoded, `probe tls350` one console reply); write the tag map
+/// prints a receiver's sentences decoded, `probe tls350` one console reply; `browse opcua`
+/// lists an OPC UA server's nodes; `opcua certs` trusts its certificate); write the tag map
 /// (see config/agent.example.toml); `check` validates it; `plan` shows the requests of one cycle;
 /// `read --once` polls once and prints every tag; `run` polls continuously.
 #[derive(Debug, Parser)]
@@ -100,6 +103,19 @@ pub enum Command {
         #[command(subcommand)]
         /// Protocol.
         protocol: probe::ProbeProtocol,
+    },
+    /// List a server's address space (NodeIds, types, values) to write tag maps.
+    Browse {
+        #[command(subcommand)]
+        /// Protocol.
+        protocol: opcua::BrowseProtocol,
+    },
+    /// OPC UA tools: `opcua certs list|trust|reject` (the agent's certificate and the server
+    /// certificates it trusts).
+    Opcua {
+        #[command(subcommand)]
+        /// What to do.
+        command: opcua::OpcUaCommand,
     },
     /// Inspect or export the store-and-forward buffer.
     Buffer {
@@ -182,6 +198,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             format,
         } => read::run(&config, &tags, once, &format).await,
         Command::Probe { protocol } => probe::run(protocol).await,
+        Command::Browse { protocol } => opcua::browse(protocol).await,
+        Command::Opcua { command } => opcua::run(command),
         Command::Buffer { command } => buffer::run(command),
         Command::Run {
             config,

@@ -7,6 +7,7 @@ use super::CliError;
 use crate::config::{duration, TagMap};
 use crate::drivers::modbus::config::Link;
 use crate::drivers::modbus::plan;
+use crate::drivers::opcua::config::{Auth, Mode, OpcUaDevice};
 
 /// The Modbus read requests of one cycle of device `di` (`None`: not a Modbus device).
 fn requests(map: &TagMap, di: usize) -> Option<(Vec<plan::ReadRequest>, plan::CycleEstimate)> {
@@ -86,6 +87,9 @@ pub fn run(path: &Path, format: &str) -> Result<ExitCode, CliError> {
                         "requests": [],
                     });
                 }
+                if let Some(o) = d.driver.opcua() {
+                    return opcua_json(&map, di, o);
+                }
                 let Some((reqs, est)) = requests(&map, di) else {
                     return serde_json::json!({
                         "device": d.name,
@@ -163,6 +167,10 @@ pub fn render_text(map: &TagMap) -> String {
             for l in lines {
                 let _ = writeln!(out, "  {l}");
             }
+            continue;
+        }
+        if let Some(o) = d.driver.opcua() {
+            total += opcua_text(&mut out, map, di, o);
             continue;
         }
         let (Some(m), Some((reqs, est))) = (d.driver.modbus(), requests(map, di)) else {
@@ -280,4 +288,136 @@ pub fn render_text(map: &TagMap) -> String {
         map.devices.len()
     );
     out
+}
+
+/// Requests per cycle of an OPC UA device: Read requests (polling) or CreateMonitoredItems
+/// requests at connect (subscription; no requests per cycle, the server publishes).
+fn opcua_requests(n: usize, o: &OpcUaDevice) -> usize {
+    n.div_ceil(o.max_nodes_per_request.max(1))
+}
+
+fn opcua_header(d: &crate::config::Device, o: &OpcUaDevice) -> String {
+    let auth = match &o.auth {
+        Auth::Anonymous => "anonymous".to_owned(),
+        Auth::Username { username, .. } => format!("user {username}"),
+        Auth::Certificate { .. } => "certificate".to_owned(),
+    };
+    let mode = match o.mode {
+        Mode::Subscription => format!(
+            "subscription, publishing every {}",
+            duration::format(o.publishing_interval)
+        ),
+        Mode::Polling => format!("polling every {}", duration::format(d.poll_interval)),
+    };
+    format!(
+        "device {} (opcua {} {}/{}, {auth}), {mode}",
+        d.name,
+        o.endpoint,
+        o.security_policy.as_str(),
+        o.security_mode.as_str()
+    )
+}
+
+fn deadband_text(map: &TagMap, id: crate::model::TagId) -> String {
+    match map.tags[id as usize].deadband {
+        Some(crate::config::Deadband::Absolute(a)) if a > 0.0 => format!("{a} (server)"),
+        Some(crate::config::Deadband::Percent(p)) => format!("{p}% (agent)"),
+        _ => "-".to_owned(),
+    }
+}
+
+/// Text plan of an OPC UA device; returns its requests per cycle.
+fn opcua_text(out: &mut String, map: &TagMap, di: usize, o: &OpcUaDevice) -> usize {
+    use std::fmt::Write as _;
+    let d = &map.devices[di];
+    let _ = writeln!(out, "{}", opcua_header(d, o));
+    let n = d.tags.len();
+    let reqs = opcua_requests(n, o);
+    match o.mode {
+        Mode::Subscription => {
+            let _ = writeln!(
+                out,
+                "  {:>3}  {:<40} {:>9} {:>5} {:<14} tag",
+                "#", "node", "sampling", "queue", "deadband"
+            );
+            for (i, &id) in d.tags.iter().enumerate() {
+                let Some(t) = map.tags[id as usize].source.opcua() else {
+                    continue;
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:>3}  {:<40} {:>9} {:>5} {:<14} {}",
+                    i + 1,
+                    t.node.text,
+                    duration::format(t.sampling(o)),
+                    t.queue(o),
+                    deadband_text(map, id),
+                    map.tags[id as usize].name
+                );
+            }
+            let _ = writeln!(
+                out,
+                "  1 subscription, {n} monitored item(s) created in {reqs} CreateMonitoredItems request(s) at each (re)connect; no requests per cycle\n"
+            );
+            0
+        }
+        Mode::Polling => {
+            let _ = writeln!(out, "  {:>3}  {:<40} tag", "#", "node");
+            for (i, &id) in d.tags.iter().enumerate() {
+                let Some(t) = map.tags[id as usize].source.opcua() else {
+                    continue;
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:>3}  {:<40} {}",
+                    i + 1,
+                    t.node.text,
+                    map.tags[id as usize].name
+                );
+            }
+            let _ = writeln!(
+                out,
+                "  {reqs} Read request(s) of at most {} node(s) per cycle for {n} tag(s)\n",
+                o.max_nodes_per_request
+            );
+            reqs
+        }
+    }
+}
+
+fn opcua_json(map: &TagMap, di: usize, o: &OpcUaDevice) -> serde_json::Value {
+    let d = &map.devices[di];
+    let n = d.tags.len();
+    let reqs = opcua_requests(n, o);
+    let items: Vec<serde_json::Value> = d
+        .tags
+        .iter()
+        .filter_map(|&id| {
+            let t = map.tags[id as usize].source.opcua()?;
+            Some(serde_json::json!({
+                "tag": map.tags[id as usize].name,
+                "node": t.node.text,
+                "sampling_interval_ms": t.sampling(o).as_millis() as u64,
+                "queue_size": t.queue(o),
+                "deadband": deadband_text(map, id),
+            }))
+        })
+        .collect();
+    let per_cycle = if o.mode == Mode::Polling { reqs } else { 0 };
+    let requests: Vec<serde_json::Value> = (0..per_cycle)
+        .map(|i| serde_json::json!({ "service": "Read", "nodes": (n - i * o.max_nodes_per_request).min(o.max_nodes_per_request) }))
+        .collect();
+    serde_json::json!({
+        "protocol": "opcua",
+        "device": d.name,
+        "endpoint": o.endpoint,
+        "security_policy": o.security_policy.as_str(),
+        "security_mode": o.security_mode.as_str(),
+        "mode": o.mode.as_str(),
+        "poll_interval_ms": d.poll_interval.as_millis() as u64,
+        "publishing_interval_ms": o.publishing_interval.as_millis() as u64,
+        "create_monitored_items_requests": if o.mode == Mode::Subscription { reqs } else { 0 },
+        "items": items,
+        "requests": requests,
+    })
 }

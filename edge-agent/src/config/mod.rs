@@ -27,6 +27,7 @@ pub use events::{EventDef, EventField, Handshake, HandshakeValue, Trigger, Trigg
 pub use schema::{AgentConfig, Deadband, Priority, TagKind};
 
 use crate::drivers::modbus::config as mb;
+use crate::drivers::opcua::config as ua;
 use crate::model::TagId;
 use parse::{as_table, as_table_array, part, report_unknown_keys, str_key, STable, Spans};
 use schema::{DeviceCommon, TagCommon};
@@ -56,6 +57,8 @@ pub enum DeviceDriver {
     Gps(crate::drivers::gps::config::GpsDevice),
     /// Veeder-Root TLS-350 tank gauge console.
     Tls350(crate::drivers::tls350::config::TlsDevice),
+    /// OPC UA client session.
+    OpcUa(ua::OpcUaDevice),
 }
 
 impl DeviceDriver {
@@ -71,6 +74,7 @@ impl DeviceDriver {
                 crate::drivers::gps::config::GpsLink::Gpsd { .. } => "gpsd",
             },
             DeviceDriver::Tls350(_) => "tls-350",
+            DeviceDriver::OpcUa(_) => "opcua",
         }
     }
 
@@ -94,6 +98,14 @@ impl DeviceDriver {
     pub fn tls350(&self) -> Option<&crate::drivers::tls350::config::TlsDevice> {
         match self {
             DeviceDriver::Tls350(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The OPC UA settings, if this is an OPC UA device.
+    pub fn opcua(&self) -> Option<&ua::OpcUaDevice> {
+        match self {
+            DeviceDriver::OpcUa(o) => Some(o),
             _ => None,
         }
     }
@@ -125,6 +137,8 @@ pub enum TagSource {
     Gps(crate::drivers::gps::config::GpsTag),
     /// A figure of one tank's inventory.
     Tls350(crate::drivers::tls350::config::TlsTag),
+    /// An OPC UA variable node.
+    OpcUa(ua::OpcUaTag),
 }
 
 impl TagSource {
@@ -134,6 +148,7 @@ impl TagSource {
             TagSource::Modbus(m) => m.data_type.as_str(),
             TagSource::Gps(g) if g.field.is_integer() => "i64",
             TagSource::Gps(_) | TagSource::Tls350(_) => "f64",
+            TagSource::OpcUa(o) => o.data_type.as_str(),
         }
     }
 
@@ -142,6 +157,7 @@ impl TagSource {
         match self {
             TagSource::Modbus(m) => m.data_type.is_numeric(),
             TagSource::Gps(_) | TagSource::Tls350(_) => true,
+            TagSource::OpcUa(o) => o.data_type.is_numeric(),
         }
     }
 
@@ -151,6 +167,8 @@ impl TagSource {
         match self {
             TagSource::Modbus(m) => m.data_type.unsigned_range().map(|r| r * m.scale.abs()),
             TagSource::Gps(_) | TagSource::Tls350(_) => None,
+            // OPC UA integers carry their own width; a totalizer needs an explicit rollover.
+            TagSource::OpcUa(_) => None,
         }
     }
 
@@ -171,6 +189,7 @@ impl TagSource {
             }
             TagSource::Gps(g) => g.field.is_integer(),
             TagSource::Tls350(_) => false,
+            TagSource::OpcUa(o) => o.data_type == ua::OpcType::Integer,
         }
     }
 
@@ -179,6 +198,7 @@ impl TagSource {
         match self {
             TagSource::Modbus(m) => matches!(m.data_type, mb::DataType::Bool | mb::DataType::Bit),
             TagSource::Gps(_) | TagSource::Tls350(_) => false,
+            TagSource::OpcUa(o) => o.data_type == ua::OpcType::Bool,
         }
     }
 
@@ -191,7 +211,7 @@ impl TagSource {
                 mb::DataType::U64 => Some(u64::MAX),
                 _ => None,
             },
-            TagSource::Gps(_) | TagSource::Tls350(_) => None,
+            TagSource::Gps(_) | TagSource::Tls350(_) | TagSource::OpcUa(_) => None,
         }
     }
 
@@ -206,6 +226,7 @@ impl TagSource {
                     && m.data_type != mb::DataType::String
             }
             TagSource::Gps(_) | TagSource::Tls350(_) => false,
+            TagSource::OpcUa(_) => true,
         }
     }
 
@@ -213,6 +234,14 @@ impl TagSource {
     pub fn modbus(&self) -> Option<&mb::ModbusTag> {
         match self {
             TagSource::Modbus(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The OPC UA node, if this is an OPC UA tag.
+    pub fn opcua(&self) -> Option<&ua::OpcUaTag> {
+        match self {
+            TagSource::OpcUa(o) => Some(o),
             _ => None,
         }
     }

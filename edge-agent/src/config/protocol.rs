@@ -10,7 +10,14 @@ use super::parse::{STable, Spans};
 use super::{DeviceDriver, TagSource};
 
 /// The protocols a device's `protocol` key may name, in the order error messages list them.
-pub const PROTOCOLS: &[&str] = &["modbus-tcp", "modbus-rtu", "nmea", "gpsd", "tls-350"];
+pub const PROTOCOLS: &[&str] = &[
+    "modbus-tcp",
+    "modbus-rtu",
+    "opcua",
+    "nmea",
+    "gpsd",
+    "tls-350",
+];
 
 /// The config part of one protocol's driver.
 pub trait ProtocolConfig: Sync {
@@ -57,6 +64,7 @@ pub fn for_protocol(protocol: &str) -> Option<&'static dyn ProtocolConfig> {
         "modbus-tcp" | "modbus-rtu" => Some(&crate::drivers::modbus::config::Protocol),
         "nmea" | "gpsd" => Some(&crate::drivers::gps::config::Protocol),
         "tls-350" => Some(&crate::drivers::tls350::config::Protocol),
+        "opcua" => Some(&crate::drivers::opcua::config::Protocol),
         _ => None,
     }
 }

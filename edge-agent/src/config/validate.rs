@@ -30,6 +30,7 @@ pub(super) fn check(
     );
     for (di, d) in devices.iter().enumerate() {
         overlaps(d, tags, tag_spans, diags);
+        same_node(d, tags, tag_spans, diags);
         cycle_time(di, d, tags, device_spans, diags);
     }
     rtu_buses(devices, tags, device_spans, diags);
@@ -163,6 +164,31 @@ fn overlaps(d: &Device, tags: &[Tag], tag_spans: &[Spans], diags: &mut Diagnosti
                     a.0.as_str()
                 ),
             );
+        }
+    }
+}
+
+/// Two tags of one OPC UA device on the same node: usually a copy-paste slip.
+fn same_node(d: &Device, tags: &[Tag], tag_spans: &[Spans], diags: &mut Diagnostics) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for &id in &d.tags {
+        let Some(o) = tags[id as usize].source.opcua() else {
+            continue;
+        };
+        let key = o.node.text.trim();
+        match first.get(key) {
+            Some(&f) => diags.warning(
+                tag_spans[id as usize].of("node"),
+                format!("device '{}' tag '{}'", d.name, tags[id as usize].name),
+                format!(
+                    "same node as tag '{}' (line {})",
+                    tags[f].name,
+                    diags.line_of(tag_spans[f].table.start)
+                ),
+            ),
+            None => {
+                first.insert(key, id as usize);
+            }
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Acquisition: the drivers that poll field devices and hand readings to the next stage.
 //!
 //! `Acquisition::start` spawns the driver tasks (one per Modbus TCP device, one per RTU bus, one
-//! per GPS receiver, one per TLS-350 console, one per event definition of a TCP device — RTU
-//! event definitions run in their bus task);
+//! per GPS receiver, one per TLS-350 console, one per OPC UA device, one per event definition of
+//! a TCP device — RTU event definitions run in their bus task);
 //! every cycle a driver sends an [`Output`] on the channel it was given: the cycle's readings
 //! (one per tag, good or bad), or business events it captured with any gaps it detected.
 //! `Acquisition::stop` signals the tasks and waits for them (drivers stop first in the ordered
@@ -15,6 +15,7 @@ pub mod gps;
 pub mod health;
 pub mod lines;
 pub mod modbus;
+pub mod opcua;
 pub mod stats;
 pub mod tls350;
 
@@ -115,6 +116,17 @@ impl Acquisition {
                             stats[i].clone(),
                         )));
                     }
+                }
+                DeviceDriver::OpcUa(_) => {
+                    let Some(rt) = opcua::DeviceRuntime::new(map, i, None) else {
+                        continue;
+                    };
+                    tasks.push(tokio::spawn(opcua::run(
+                        rt,
+                        out.clone(),
+                        rx.clone(),
+                        stats[i].clone(),
+                    )));
                 }
             }
         }
@@ -220,6 +232,14 @@ pub async fn read_once(map: &TagMap, only: Option<&[TagId]>) -> Vec<Reading> {
                     tls350::TlsRuntime::new(map, i, only).filter(|r| !r.tags.is_empty())
                 {
                     handles.push(tokio::spawn(tls350::read_once(rt)));
+                }
+                continue;
+            }
+            DeviceDriver::OpcUa(_) => {
+                if let Some(rt) = opcua::DeviceRuntime::new(map, i, only) {
+                    if !rt.tags.is_empty() {
+                        handles.push(tokio::spawn(async move { opcua::read_once(&rt).await }));
+                    }
                 }
                 continue;
             }
