@@ -11,6 +11,7 @@
 //!   manual MQTT acks after the database commit and end-to-end acks to the agents (`run.rs`);
 //! - `store/`: the `Store` trait and its backends (`postgres/`, `sqlite/`) with one shared test
 //!   suite (`store/suite.rs`);
+//! - `measure/`: petroleum measurement (pure): API 11.1 CTL/CPL, tank quantities, meter factor;
 //! - (to come: `reconcile/` and the console).
 
 pub mod api;
@@ -18,4 +19,5 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consume;
+pub mod measure;
 pub mod store;
