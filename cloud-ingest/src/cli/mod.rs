@@ -1,5 +1,6 @@
-//! The `cloud-ingest` command line: `serve`, `migrate`, `check-config`, `import`.
+//! The `cloud-ingest` command line: `serve`, `migrate`, `check-config`, `import`, `calc`.
 
+pub mod calc;
 mod import;
 
 use std::path::{Path, PathBuf};
@@ -59,6 +60,10 @@ pub enum Command {
         /// The export file.
         file: PathBuf,
     },
+    /// Volume correction factors (API MPMS 11.1-2004): JSON lines on stdin → JSON lines on
+    /// stdout, for checking tickets.
+    #[command(after_long_help = calc::HELP)]
+    Calc,
 }
 
 /// Load the configuration (defaults when no file is given).
@@ -113,6 +118,10 @@ pub async fn open_store(cfg: &IngestConfig) -> Result<Arc<dyn Store>, CliError> 
 
 /// Run the parsed command.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    if let Command::Calc = cli.command {
+        // Pure computation: no configuration, no database.
+        return Ok(calc::run());
+    }
     let cfg = load_config(cli.config.as_deref())?;
     match cli.command {
         Command::HashToken => {
@@ -153,6 +162,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             import::run(&file, &*store).await
         }
         Command::Serve => serve(cfg).await,
+        Command::Calc => Ok(calc::run()),
     }
 }
 

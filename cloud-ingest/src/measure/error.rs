@@ -80,7 +80,7 @@ pub enum MeasureError {
         value: f64,
     },
     /// A value is below its lower limit (e.g. temperature below −58.0 °F).
-    #[error("{input} {value} {unit} is below the limit {limit} {unit}")]
+    #[error("{input} {value}{u} is below the limit {limit}{u}", u = sp(unit))]
     BelowLimit {
         /// The input.
         input: Input,
@@ -92,7 +92,7 @@ pub enum MeasureError {
         unit: &'static str,
     },
     /// A value is above its upper limit (e.g. pressure above 1500 psig).
-    #[error("{input} {value} {unit} is above the limit {limit} {unit}")]
+    #[error("{input} {value}{u} is above the limit {limit}{u}", u = sp(unit))]
     AboveLimit {
         /// The input.
         input: Input,
@@ -184,6 +184,15 @@ impl MeasureError {
             | MeasureError::OutsideTable { input, .. } => *input,
             MeasureError::StrappingTable { .. } => Input::StrappingTable,
         }
+    }
+}
+
+/// " unit", or nothing for a dimensionless value.
+fn sp(unit: &str) -> String {
+    if unit.is_empty() {
+        String::new()
+    } else {
+        format!(" {unit}")
     }
 }
 

@@ -17,14 +17,17 @@ mod meter;
 mod tank;
 mod vcf;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::{Input, MeasureError};
 pub use meter::{gross_from_meter, meter_factor, MF_MAX, MF_MIN};
 pub use tank::{
     ctsh, tank_quantities, volume_chain, StrappingTable, TankGauge, TankQuantities, TankSpec,
 };
 pub use vcf::{
-    correct, correct_from_base, correct_from_observed, ctl_60f, round_step, t68_f, Base,
+    correct, correct_from_base, correct_from_observed, ctl_60f, round_step, shifted_density_alpha60, t68_f, Base,
     Correction, Density, DensityAt, Group, GroupUsed, Mode, Pressure, Request, Temperature,
-    ALPHA60_MAX, ALPHA60_MIN, PSI_PER_KPA, P_MAX_PSI, P_MIN_PSI, T_MAX_C, T_MAX_F, T_MIN_C,
+    ALPHA60_MAX, ALPHA60_MIN, KPA_PER_PSI, P_MAX_PSI, P_MIN_PSI, T_MAX_C, T_MAX_F, T_MIN_C,
     T_MIN_F, WATER_60F_KGM3,
 };

@@ -15,8 +15,9 @@ const DELTA60: f64 = 0.013_749_795_47;
 const T60_68: f64 = 60.006_874_9;
 /// Relative density → kg/m³ (density of water at 60 °F used by the 2004 standard).
 pub const WATER_60F_KGM3: f64 = 999.016;
-/// psi per kPa (1 bar = 14.503774 psi).
-pub const PSI_PER_KPA: f64 = 0.145_037_74;
+/// kPa per psi, the conversion of the 2004 standard (bar via 1 bar = 100 kPa, i.e.
+/// 14.503774 psi). The published 11.1.7 examples (75 kPa, 11.25 bar) are matched with it.
+pub const KPA_PER_PSI: f64 = 6.894757;
 /// Lowest temperature of the standard, °F (−50 °C).
 pub const T_MIN_F: f64 = -58.0;
 /// Highest temperature of the standard, °F (150 °C).
@@ -241,8 +242,8 @@ impl Pressure {
     /// Check the limits (full vacuum … 1500 psig) in the caller's unit; returns psig.
     fn checked_psi(self) -> Result<f64, MeasureError> {
         let (v, per_psi, unit) = match self {
-            Pressure::KPa(v) => (v, 1.0 / PSI_PER_KPA, "kPa"),
-            Pressure::Bar(v) => (v, 0.01 / PSI_PER_KPA, "bar"),
+            Pressure::KPa(v) => (v, KPA_PER_PSI, "kPa"),
+            Pressure::Bar(v) => (v, KPA_PER_PSI / 100.0, "bar"),
             Pressure::Psi(v) => (v, 1.0, "psig"),
         };
         finite(Input::Pressure, v)?;
@@ -642,6 +643,14 @@ pub fn ctl_60f(group: Group, density_60f_kgm3: f64, temp_f: f64) -> Result<f64, 
     Ok(ctl(alpha, t68_f(t_c)))
 }
 
+/// Shifted density ρ* (kg/m³), α60 (1/°F) and the constants used, at the 60 °F density
+/// `rho60` (no range check: for inspection and tests).
+pub fn shifted_density_alpha60(group: Group, rho60: f64) -> (f64, f64, GroupUsed) {
+    let c = coeffs(group, rho60);
+    let (rho_star, alpha) = c.rho_star_alpha(rho60);
+    (rho_star, alpha, c.used())
+}
+
 /// The full correction for a [`Request`] (units as given; see [`Mode`] for the rounding).
 pub fn correct(req: &Request) -> Result<Correction, MeasureError> {
     let (density, temperature, pressure) = match req.mode {
@@ -665,15 +674,25 @@ pub fn correct(req: &Request) -> Result<Correction, MeasureError> {
         DensityAt::Observed(d) => (d, true),
     };
     finite(Input::Density, d.value())?;
-    let rho = d.kgm3();
-    if !(rho.is_finite() && rho > 0.0) {
-        return Err(MeasureError::BelowLimit {
-            input: Input::Density,
-            value: d.value(),
-            limit: 0.0,
-            unit: "(density must be positive)",
-        });
+    match d {
+        Density::Api(api) if api <= -131.5 => {
+            return Err(MeasureError::BelowLimit {
+                input: Input::Density,
+                value: api,
+                limit: -131.5,
+                unit: "°API",
+            })
+        }
+        Density::KgM3(v) | Density::Relative(v) if v <= 0.0 => {
+            return Err(MeasureError::NotPositive {
+                input: Input::Density,
+                value: v,
+                unit: if matches!(d, Density::KgM3(_)) { "kg/m³" } else { "" },
+            })
+        }
+        _ => {}
     }
+    let rho = d.kgm3();
     let base_t68 = t68_f(req.base.temp_c());
     let given = || {
         if observed {
