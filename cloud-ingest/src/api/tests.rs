@@ -78,6 +78,9 @@ impl Store for Faulty {
     ) -> Result<(), StoreError> {
         self.inner.heartbeat(site, agent, h, received_ms).await
     }
+    fn ledger(&self) -> &dyn crate::store::Ledger {
+        &self.inner
+    }
     async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         self.check()?;
         self.inner.agents().await
