@@ -379,8 +379,13 @@ pub struct MeterConfig {
     pub role: MeterRole,
     /// Product.
     pub product: String,
-    /// Net (standard) volume totalizer tag.
+    /// Volume totalizer tag: net standard volume (default), or gross with `gross_totalizer`.
     pub totalizer_tag: String,
+    /// The totalizer counts gross (indicated) volume: the meter check compares it with the
+    /// batch records' gross volumes instead of their net. Jetty meters must count net.
+    /// Default false.
+    #[serde(default)]
+    pub gross_totalizer: bool,
     /// Litres per totalizer unit. Default 1.
     #[serde(default = "default_unit")]
     pub unit_l: f64,
@@ -578,6 +583,9 @@ impl ReconcileConfig {
             match (&m.tank, m.role) {
                 (Some(t), _) if !self.tanks.iter().any(|k| &k.id == t) => {
                     e.push(format!("{at}: tank {t:?} is not a [[reconcile.tanks]] id"))
+                }
+                _ if m.gross_totalizer && m.role == MeterRole::Jetty => {
+                    e.push(format!("{at}: a jetty meter's totalizer must count net standard volume (gross_totalizer = false)"))
                 }
                 (Some(_), MeterRole::Jetty) => {
                     e.push(format!("{at}: a jetty meter has no `tank` (receiving tanks are named per discharge)"))

@@ -260,7 +260,8 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
         if let Some(t) = m.tank.as_deref() {
             groups.entry(t).or_default().push(&m.id);
         }
-        let (gross, _, n) = by_meter.get(m.id.as_str()).copied().unwrap_or_default();
+        let (gross, net, n) = by_meter.get(m.id.as_str()).copied().unwrap_or_default();
+        let counted = if m.gross { gross } else { net };
         let v = cx.record(
             RecordKind::MeterCheck,
             &m.id,
@@ -268,9 +269,10 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
             "meter-check",
             &m.product,
             m.delta_l,
-            Some(gross),
+            Some(counted),
             None,
-            json!({ "batches": n, "totalizer_delta_l": m.delta_l.map(r3), "batch_gross_l": r3(gross) }),
+            json!({ "batches": n, "basis": if m.gross { "gross" } else { "net" },
+                    "totalizer_delta_l": m.delta_l.map(r3), "batch_gross_l": r3(gross), "batch_nsv_l": r3(net) }),
         );
         if v == Verdict::Exception {
             let msg = format!(

@@ -17,7 +17,10 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod run;
+pub mod sim;
 
 pub use config::ReconcileConfig;
 pub use engine::{reconcile_day, DayResult, Params};
 pub use error::ReconcileError;
+pub use run::{Reconciler, RunReport};

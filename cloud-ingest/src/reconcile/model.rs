@@ -100,6 +100,8 @@ pub struct MeterDay {
     pub tank: Option<String>,
     /// Totalizer end − start over the day, litres (× meter factor); None: no data.
     pub delta_l: Option<f64>,
+    /// The totalizer counts gross volume (else net standard volume).
+    pub gross: bool,
 }
 
 /// A gantry batch record (one compartment of one load).

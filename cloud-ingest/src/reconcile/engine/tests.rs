@@ -61,7 +61,8 @@ fn day() -> DayInputs {
             role: MeterRole::Gantry,
             product: "AGO".into(),
             tank: Some("T1".into()),
-            delta_l: Some(60_000.0 * 1.004),
+            delta_l: Some(60_000.0),
+            gross: false,
         }],
         batches: vec![
             batch("B1", "TRK-1", "M1", "AGO", 30_000.0, t0 + 3_600_000),
@@ -203,7 +204,7 @@ fn a_meter_step_outside_the_control_limits_is_drift() {
 #[test]
 fn a_missed_batch_shows_in_the_meter_check() {
     let mut d = day();
-    d.meters[0].delta_l = Some(90_000.0 * 1.004);
+    d.meters[0].delta_l = Some(90_000.0);
     let r = run(&d);
     assert!(r.alerts.iter().any(|a| a.kind == "meter-check" && a.place == "M1"), "{:#?}", r.alerts);
 }
