@@ -69,12 +69,18 @@ mod tests {
         let now = 1_000_000;
         // 1 s tag: the 60 s floor applies.
         assert!(stale_tags(&[tag(1000, Some(now - 59_000))], now, &cfg).is_empty());
-        assert_eq!(stale_tags(&[tag(1000, Some(now - 61_000))], now, &cfg).len(), 1);
+        assert_eq!(
+            stale_tags(&[tag(1000, Some(now - 61_000))], now, &cfg).len(),
+            1
+        );
         // 5 min tag: 15 min.
         assert!(stale_tags(&[tag(300_000, Some(now - 800_000))], now, &cfg).is_empty());
         let s = stale_tags(&[tag(300_000, Some(now - 901_000))], now, &cfg);
         assert_eq!(s[0].limit_ms, 900_000);
         // never reported: from registration.
-        assert_eq!(stale_tags(&[tag(1000, None)], now, &cfg)[0].silent_since_ms, 0);
+        assert_eq!(
+            stale_tags(&[tag(1000, None)], now, &cfg)[0].silent_since_ms,
+            0
+        );
     }
 }

@@ -487,7 +487,9 @@ impl ReconcileConfig {
         }
         let tol = |e: &mut Vec<String>, key: String, v: f64| {
             if !(v > 0.0 && v < 100.0) {
-                e.push(format!("{key} = {v}: a tolerance is a percentage > 0 and < 100"));
+                e.push(format!(
+                    "{key} = {v}: a tolerance is a percentage > 0 and < 100"
+                ));
             }
         };
         tol(
@@ -540,8 +542,16 @@ impl ReconcileConfig {
                 }
             }
         };
-        dup(&mut e, "tanks", self.tanks.iter().map(|t| t.id.as_str()).collect());
-        dup(&mut e, "meters", self.meters.iter().map(|m| m.id.as_str()).collect());
+        dup(
+            &mut e,
+            "tanks",
+            self.tanks.iter().map(|t| t.id.as_str()).collect(),
+        );
+        dup(
+            &mut e,
+            "meters",
+            self.meters.iter().map(|m| m.id.as_str()).collect(),
+        );
         dup(
             &mut e,
             "stations/places",
@@ -551,7 +561,11 @@ impl ReconcileConfig {
                 .map(|p| p.id.as_str())
                 .collect(),
         );
-        dup(&mut e, "trucks", self.trucks.iter().map(|t| t.id.as_str()).collect());
+        dup(
+            &mut e,
+            "trucks",
+            self.trucks.iter().map(|t| t.id.as_str()).collect(),
+        );
         for t in &self.tanks {
             let at = format!("tanks {:?}", t.id);
             if !["crude", "refined", "lube", "special"].contains(&t.group.as_str()) {

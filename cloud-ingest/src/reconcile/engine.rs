@@ -415,7 +415,13 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                 let delivered: f64 = e
                     .compartments
                     .iter()
-                    .map(|c| if net_known { c.net_l.unwrap_or(0.0) } else { c.gross_l })
+                    .map(|c| {
+                        if net_known {
+                            c.net_l.unwrap_or(0.0)
+                        } else {
+                            c.gross_l
+                        }
+                    })
                     .sum();
                 let loaded = if net_known { loaded_nsv } else { loaded_gross };
                 for (prod, l) in &products {
@@ -423,10 +429,20 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                         .compartments
                         .iter()
                         .filter(|c| &c.product == prod)
-                        .map(|c| if net_known { c.net_l.unwrap_or(0.0) } else { c.gross_l })
+                        .map(|c| {
+                            if net_known {
+                                c.net_l.unwrap_or(0.0)
+                            } else {
+                                c.gross_l
+                            }
+                        })
                         .sum();
                     let s = stations.entry(prod.clone()).or_default();
-                    s.0 += if net_known { *l } else { l * loaded_gross / loaded_nsv.max(1e-9) };
+                    s.0 += if net_known {
+                        *l
+                    } else {
+                        l * loaded_gross / loaded_nsv.max(1e-9)
+                    };
                     s.1 += d;
                 }
                 let v = cx.record(
@@ -443,8 +459,17 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                             "delivered_ms": e.delivered_ms, "epod": e.id }),
                 );
                 if v == Verdict::Exception {
-                    let msg = format!("truck {truck} trip {bol} to {}: {}", e.station, cx.last_summary());
-                    cx.alert("transit-loss", &place, msg, json!({ "bol": bol, "truck": truck, "station": e.station }));
+                    let msg = format!(
+                        "truck {truck} trip {bol} to {}: {}",
+                        e.station,
+                        cx.last_summary()
+                    );
+                    cx.alert(
+                        "transit-loss",
+                        &place,
+                        msg,
+                        json!({ "bol": bol, "truck": truck, "station": e.station }),
+                    );
                 }
                 if let Some(track) = inp.tracks.iter().find(|t| t.bol == *bol) {
                     let fixes: Vec<Fix> = track
@@ -461,7 +486,12 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                             "truck {truck}, loaded with {bol}, stopped {:.0} min at {:.5}, {:.5}, outside every known site",
                             s.minutes(), s.lat, s.lon
                         );
-                        cx.alert("unscheduled-stop", &place, msg, json!({ "bol": bol, "truck": truck, "stop": s }));
+                        cx.alert(
+                            "unscheduled-stop",
+                            &place,
+                            msg,
+                            json!({ "bol": bol, "truck": truck, "stop": s }),
+                        );
                     }
                 }
             }
@@ -476,7 +506,11 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                         s.4 += 1;
                     }
                 }
-                let verdict = if overdue { Verdict::Exception } else { Verdict::Pending };
+                let verdict = if overdue {
+                    Verdict::Exception
+                } else {
+                    Verdict::Pending
+                };
                 cx.out.variances.push(Variance {
                     date: cx.date.clone(),
                     site: inp.site.clone(),
@@ -498,7 +532,12 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                         cx.date,
                         p.grace_ms / 3_600_000
                     );
-                    cx.alert("epod-missing", &place, msg, json!({ "bol": bol, "truck": truck, "loaded_l": r3(loaded_nsv) }));
+                    cx.alert(
+                        "epod-missing",
+                        &place,
+                        msg,
+                        json!({ "bol": bol, "truck": truck, "loaded_l": r3(loaded_nsv) }),
+                    );
                 }
             }
         }
@@ -510,8 +549,11 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
     products.extend(by_product.keys().map(|p| (*p).to_owned()));
     for product in products {
         // Ship stages of the chain: the parcel records carry the verdicts and alerts.
-        let parcels: Vec<&DischargeDay> =
-            inp.discharges.iter().filter(|d| d.product == product).collect();
+        let parcels: Vec<&DischargeDay> = inp
+            .discharges
+            .iter()
+            .filter(|d| d.product == product)
+            .collect();
         if !parcels.is_empty() {
             let sum = |f: &dyn Fn(&DischargeDay) -> Option<f64>| -> Option<f64> {
                 parcels.iter().map(|d| f(d)).sum()
@@ -521,9 +563,39 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
             let jetty = sum(&|d| d.jetty_l);
             let tanks = sum(&|d| d.tanks_l);
             let ids: Vec<i64> = parcels.iter().map(|d| d.id).collect();
-            cx.record(RecordKind::Chain, &product, "ship", "ship", &product, bl, ship.or(bl), None, json!({ "discharges": ids }));
-            cx.record(RecordKind::Chain, &product, "jetty", "jetty", &product, ship.or(bl), jetty, None, json!({ "discharges": ids }));
-            cx.record(RecordKind::Chain, &product, "tanks", "tanks", &product, jetty.or(ship).or(bl), tanks, None, json!({ "discharges": ids }));
+            cx.record(
+                RecordKind::Chain,
+                &product,
+                "ship",
+                "ship",
+                &product,
+                bl,
+                ship.or(bl),
+                None,
+                json!({ "discharges": ids }),
+            );
+            cx.record(
+                RecordKind::Chain,
+                &product,
+                "jetty",
+                "jetty",
+                &product,
+                ship.or(bl),
+                jetty,
+                None,
+                json!({ "discharges": ids }),
+            );
+            cx.record(
+                RecordKind::Chain,
+                &product,
+                "tanks",
+                "tanks",
+                &product,
+                jetty.or(ship).or(bl),
+                tanks,
+                None,
+                json!({ "discharges": ids }),
+            );
         }
         let tanks: Vec<&TankDay> = inp.tanks.iter().filter(|t| t.product == product).collect();
         let outflow: Option<f64> = tanks
@@ -545,7 +617,12 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
         );
         if v == Verdict::Exception {
             let msg = format!("product {product}, tanks → gantry: {}", cx.last_summary());
-            cx.alert("chain-variance", &format!("{product}/gantry"), msg, json!({ "product": product, "stage": "gantry" }));
+            cx.alert(
+                "chain-variance",
+                &format!("{product}/gantry"),
+                msg,
+                json!({ "product": product, "stage": "gantry" }),
+            );
         }
         let (conf_loaded, delivered, unconfirmed, missing, pending) =
             stations.get(&product).copied().unwrap_or_default();
@@ -562,8 +639,16 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                     "missing_epods": missing, "pending_epods": pending }),
         );
         if v == Verdict::Exception {
-            let msg = format!("product {product}, gantry → stations (confirmed trips): {}", cx.last_summary());
-            cx.alert("chain-variance", &format!("{product}/stations"), msg, json!({ "product": product, "stage": "stations" }));
+            let msg = format!(
+                "product {product}, gantry → stations (confirmed trips): {}",
+                cx.last_summary()
+            );
+            cx.alert(
+                "chain-variance",
+                &format!("{product}/stations"),
+                msg,
+                json!({ "product": product, "stage": "stations" }),
+            );
         }
     }
     cx.out

@@ -39,7 +39,10 @@ pub fn parse_day(s: &str) -> Result<i64, String> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     let d = time::Date::parse(s.trim(), fmt)
         .map_err(|e| format!("{s:?} is not a date YYYY-MM-DD ({e})"))?;
-    Ok(d.midnight().assume_utc().unix_timestamp().div_euclid(86_400))
+    Ok(d.midnight()
+        .assume_utc()
+        .unix_timestamp()
+        .div_euclid(86_400))
 }
 
 /// A tank's stock at an instant (computed from its gauge tags and strapping table).

@@ -160,7 +160,9 @@ impl Reconciler {
         let registry = Registry::new(store.tags(None, None).await?);
         let mut all = DayResult::default();
         for site in self.cfg.sites() {
-            let inputs = self.load_day(store, &registry, &site, day, as_of_ms).await?;
+            let inputs = self
+                .load_day(store, &registry, &site, day, as_of_ms)
+                .await?;
             let r = reconcile_day(&inputs, &self.params());
             all.variances.extend(r.variances);
             all.alerts.extend(r.alerts);
@@ -186,11 +188,23 @@ impl Reconciler {
         let (level, temp, dens) = (v[0]?, v[1]?, v[2]?);
         let g = TankGauge {
             level_mm: level,
-            water_level_mm: if t.cfg.water_tag.is_some() { v[4]? } else { 0.0 },
+            water_level_mm: if t.cfg.water_tag.is_some() {
+                v[4]?
+            } else {
+                0.0
+            },
             temp_c: temp,
-            ambient_c: if t.cfg.ambient_tag.is_some() { Some(v[5]?) } else { None },
+            ambient_c: if t.cfg.ambient_tag.is_some() {
+                Some(v[5]?)
+            } else {
+                None
+            },
             density_obs_kgm3: dens,
-            density_obs_temp_c: if t.cfg.density_temp_tag.is_some() { v[3]? } else { temp },
+            density_obs_temp_c: if t.cfg.density_temp_tag.is_some() {
+                v[3]?
+            } else {
+                temp
+            },
             sw_pct: t.cfg.sw_pct,
         };
         match measure::tank_quantities(&t.table, &t.spec, &g) {
@@ -230,7 +244,8 @@ impl Reconciler {
     ) -> Result<DayInputs, ReconcileError> {
         let ledger = store.ledger();
         let (t0, t1) = (day_start_ms(day), day_start_ms(day + 1));
-        let max_age = i64::try_from(self.cfg.gauge_max_age_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let max_age =
+            i64::try_from(self.cfg.gauge_max_age_s.saturating_mul(1000)).unwrap_or(i64::MAX);
         let discharges: Vec<DischargeRow> = ledger
             .discharges(t0, t1)
             .await?
@@ -277,10 +292,17 @@ impl Reconciler {
             let (s, e) = (d.d.opened_ms, d.closed_ms.unwrap_or(t1));
             let jetty: Vec<_> = meters
                 .iter()
-                .filter(|m| m.role == MeterRole::Jetty && (d.d.meters.is_empty() || d.d.meters.contains(&m.id)))
+                .filter(|m| {
+                    m.role == MeterRole::Jetty
+                        && (d.d.meters.is_empty() || d.d.meters.contains(&m.id))
+                })
                 .map(|m| {
                     let tag = reg.id(&m.site, &m.agent, &m.totalizer_tag);
-                    (m.unit_l * m.meter_factor, probe(&[tag], s), probe(&[tag], e))
+                    (
+                        m.unit_l * m.meter_factor,
+                        probe(&[tag], s),
+                        probe(&[tag], e),
+                    )
                 })
                 .collect();
             let tks: Vec<_> = tanks
@@ -374,7 +396,11 @@ impl Reconciler {
             }
         }
         if bad > 0 {
-            tracing::warn!(site, bad, "batch records without the fields bol, meter, product, gross_l, nsv_l left out");
+            tracing::warn!(
+                site,
+                bad,
+                "batch records without the fields bol, meter, product, gross_l, nsv_l left out"
+            );
         }
         let mut bols: Vec<String> = inputs.batches.iter().map(|b| b.bol.clone()).collect();
         bols.sort();
@@ -389,25 +415,48 @@ impl Reconciler {
             e.1 = e.1.max(b.ts_ms);
         }
         for e in &inputs.epods {
-            let Some((truck, from)) = last.get(e.bol.as_str()) else { continue };
+            let Some((truck, from)) = last.get(e.bol.as_str()) else {
+                continue;
+            };
             let Some(t) = trucks.get(truck) else { continue };
-            let (Some(lat), Some(lon)) = (reg.id(&t.site, &t.agent, &t.lat_tag), reg.id(&t.site, &t.agent, &t.lon_tag)) else {
+            let (Some(lat), Some(lon)) = (
+                reg.id(&t.site, &t.agent, &t.lat_tag),
+                reg.id(&t.site, &t.agent, &t.lon_tag),
+            ) else {
                 continue;
             };
             let la = ledger.track(lat, *from, e.delivered_ms).await?;
-            let lo: HashMap<i64, f64> = ledger.track(lon, *from, e.delivered_ms).await?.into_iter().collect();
+            let lo: HashMap<i64, f64> = ledger
+                .track(lon, *from, e.delivered_ms)
+                .await?
+                .into_iter()
+                .collect();
             let fixes = la
                 .into_iter()
-                .filter_map(|(ts, lat)| lo.get(&ts).map(|&lon| Fix { ts_ms: ts, lat, lon }))
+                .filter_map(|(ts, lat)| {
+                    lo.get(&ts).map(|&lon| Fix {
+                        ts_ms: ts,
+                        lat,
+                        lon,
+                    })
+                })
                 .collect();
-            inputs.tracks.push(Track { bol: e.bol.clone(), fixes });
+            inputs.tracks.push(Track {
+                bol: e.bol.clone(),
+                fixes,
+            });
         }
         inputs.places = self
             .cfg
             .stations
             .iter()
             .chain(&self.cfg.places)
-            .map(|p| Place { id: p.id.clone(), lat: p.lat, lon: p.lon, radius_m: p.radius_m })
+            .map(|p| Place {
+                id: p.id.clone(),
+                lat: p.lat,
+                lon: p.lon,
+                radius_m: p.radius_m,
+            })
             .collect();
 
         // Past trend points of each meter group.
@@ -447,7 +496,11 @@ impl Reconciler {
 
     /// The stale-tag check: open an alert per stale tag, close those that report again.
     /// Returns (stale tags, opened, closed).
-    pub async fn check_stale(&self, store: &dyn Store, now: i64) -> Result<(usize, i64, i64), ReconcileError> {
+    pub async fn check_stale(
+        &self,
+        store: &dyn Store,
+        now: i64,
+    ) -> Result<(usize, i64, i64), ReconcileError> {
         let tags = store.tags(None, None).await?;
         let reg = Registry::new(tags.clone());
         let wanted: Vec<&TagRow> = if self.cfg.stale.all_tags {
@@ -463,7 +516,12 @@ impl Reconciler {
             tags.iter().filter(|t| ids.contains(&t.id)).collect()
         };
         let ids: Vec<i64> = wanted.iter().map(|t| t.id).collect();
-        let latest: HashMap<i64, i64> = store.latest(&ids).await?.into_iter().map(|l| (l.tag_id, l.ts_ms)).collect();
+        let latest: HashMap<i64, i64> = store
+            .latest(&ids)
+            .await?
+            .into_iter()
+            .map(|l| (l.tag_id, l.ts_ms))
+            .collect();
         let ages: Vec<TagAge> = wanted
             .iter()
             .map(|t| TagAge {
@@ -494,15 +552,24 @@ impl Reconciler {
                 detail: serde_json::json!({ "tag_id": s.tag.id, "silent_since_ms": s.silent_since_ms }),
             })
             .collect();
-        let (o, c) = store.ledger().sync_alerts(&["stale-tag"], &found, now).await?;
+        let (o, c) = store
+            .ledger()
+            .sync_alerts(&["stale-tag"], &found, now)
+            .await?;
         Ok((stale.len(), o, c))
     }
 
     /// Inside `serve`: the daily run at `run_at` (the `lookback_days` days before today) and the
     /// stale-tag check every `stale.interval_s`, until `stop` changes.
-    pub async fn schedule(self: Arc<Self>, store: Arc<dyn Store>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn schedule(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let run_at = self.cfg.run_at_minutes().unwrap_or(120);
-        let mut stale = tokio::time::interval(std::time::Duration::from_secs(self.cfg.stale.interval_s.max(1)));
+        let mut stale = tokio::time::interval(std::time::Duration::from_secs(
+            self.cfg.stale.interval_s.max(1),
+        ));
         loop {
             let now = now_ms();
             let today = day_of(now);
@@ -543,7 +610,11 @@ pub fn batch_of(e: &EventRow) -> Option<BatchRecord> {
         bol: s("bol")?,
         truck: s("truck").unwrap_or_default(),
         meter: s("meter")?,
-        compartment: e.fields.get("compartment").and_then(serde_json::Value::as_i64).unwrap_or(0),
+        compartment: e
+            .fields
+            .get("compartment")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0),
         product: s("product")?,
         gross_l: f("gross_l")?,
         nsv_l: f("nsv_l")?,
@@ -561,7 +632,10 @@ impl Registry {
     /// Index the tags.
     pub fn new(tags: Vec<TagRow>) -> Registry {
         Registry {
-            by_name: tags.into_iter().map(|t| ((t.site, t.agent, t.name), t.id)).collect(),
+            by_name: tags
+                .into_iter()
+                .map(|t| ((t.site, t.agent, t.name), t.id))
+                .collect(),
         }
     }
 

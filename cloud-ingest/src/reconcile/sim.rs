@@ -16,7 +16,9 @@
 
 use flowsquare_wire as wire;
 
-use super::config::{MeterConfig, PlaceConfig, ReconcileConfig, TankConfig, Tolerances, TruckConfig};
+use super::config::{
+    MeterConfig, PlaceConfig, ReconcileConfig, TankConfig, Tolerances, TruckConfig,
+};
 use super::model::*;
 use crate::measure::{self, Base, Group, Mode};
 use crate::store::ledger::{CloseOutcome, NewDischarge};
@@ -402,16 +404,52 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
     let mut tags = Vec::new();
     for (id, _, _, _) in TANKS {
         let ms = (step) as u64;
-        tags.push(tag_info(tags.len() as u32, format!("tanks/{id}/level_mm"), "mm", "gauge", ms));
-        tags.push(tag_info(tags.len() as u32, format!("tanks/{id}/temp_c"), "degC", "gauge", ms));
-        tags.push(tag_info(tags.len() as u32, format!("tanks/{id}/density_kgm3"), "kg/m3", "gauge", ms));
-        tags.push(tag_info(tags.len() as u32, format!("tanks/{id}/water_mm"), "mm", "gauge", ms));
+        tags.push(tag_info(
+            tags.len() as u32,
+            format!("tanks/{id}/level_mm"),
+            "mm",
+            "gauge",
+            ms,
+        ));
+        tags.push(tag_info(
+            tags.len() as u32,
+            format!("tanks/{id}/temp_c"),
+            "degC",
+            "gauge",
+            ms,
+        ));
+        tags.push(tag_info(
+            tags.len() as u32,
+            format!("tanks/{id}/density_kgm3"),
+            "kg/m3",
+            "gauge",
+            ms,
+        ));
+        tags.push(tag_info(
+            tags.len() as u32,
+            format!("tanks/{id}/water_mm"),
+            "mm",
+            "gauge",
+            ms,
+        ));
     }
     let jetty_tag = tags.len() as u32;
-    tags.push(tag_info(jetty_tag, "jetty/JM1/net_total_l".into(), "L", "totalizer", step as u64));
+    tags.push(tag_info(
+        jetty_tag,
+        "jetty/JM1/net_total_l".into(),
+        "L",
+        "totalizer",
+        step as u64,
+    ));
     let meter_tag0 = tags.len() as u32;
     for m in 0..4 {
-        tags.push(tag_info(meter_tag0 + m, format!("gantry/M{}/net_total_l", m + 1), "L", "totalizer", step as u64));
+        tags.push(tag_info(
+            meter_tag0 + m,
+            format!("gantry/M{}/net_total_l", m + 1),
+            "L",
+            "totalizer",
+            step as u64,
+        ));
     }
     let mut births = vec![birth(AGENT, SITE, tags, t0)];
     for k in 0..TRUCKS {
@@ -445,7 +483,12 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
             Some((m, from, x)) if *m == meter && i >= *from => *x,
             _ => 0.0,
         };
-        let temp = 29.0 + 0.2 * trip.tank as f64 + 1.5 * (((trip.start_ms % DAY_MS) as f64 / DAY_MS as f64 - 0.25) * std::f64::consts::TAU).sin();
+        let temp = 29.0
+            + 0.2 * trip.tank as f64
+            + 1.5
+                * (((trip.start_ms % DAY_MS) as f64 / DAY_MS as f64 - 0.25)
+                    * std::f64::consts::TAU)
+                    .sin();
         let c = ctl(rho15, temp);
         let mut true_nsv = 0.0;
         let mut loaded_nsv = 0.0;
@@ -471,8 +514,14 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
                     ("meter".into(), wire::WireValue::Text(meter.clone())),
                     ("compartment".into(), wire::WireValue::Int(comp + 1)),
                     ("product".into(), wire::WireValue::Text(product.into())),
-                    ("gross_l".into(), wire::WireValue::Float((gross * (1.0 + drift) * 1000.0).round() / 1000.0)),
-                    ("nsv_l".into(), wire::WireValue::Float((nsv_rep * 1000.0).round() / 1000.0)),
+                    (
+                        "gross_l".into(),
+                        wire::WireValue::Float((gross * (1.0 + drift) * 1000.0).round() / 1000.0),
+                    ),
+                    (
+                        "nsv_l".into(),
+                        wire::WireValue::Float((nsv_rep * 1000.0).round() / 1000.0),
+                    ),
                     ("temp_c".into(), wire::WireValue::Float(temp)),
                     ("density_15c".into(), wire::WireValue::Float(rho15)),
                 ],
@@ -480,10 +529,10 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
         }
         let load_end = trip.start_ms + 20 * 60_000;
         let truck = truck_id(trip.truck);
-        let lossy = !transit_done
-            && matches!(&f.transit_loss, Some((t, d, _)) if *t == truck && *d == i);
-        let missing = !missing_done
-            && matches!(&f.missing_epod, Some((t, d)) if *t == truck && *d == i);
+        let lossy =
+            !transit_done && matches!(&f.transit_loss, Some((t, d, _)) if *t == truck && *d == i);
+        let missing =
+            !missing_done && matches!(&f.missing_epod, Some((t, d)) if *t == truck && *d == i);
         transit_done |= lossy;
         missing_done |= missing;
         let place = format!("{truck}/{}", trip.bol);
@@ -571,7 +620,9 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
 
     // Terminal readings, one batch per day (the last day's batch holds the closing sample too).
     let rows: Vec<Vec<(f64, f64)>> = (0..4).map(table_rows).collect();
-    let tables = (0..4).map(|i| (TANKS[i].0.to_owned(), table_csv(&rows[i]))).collect();
+    let tables = (0..4)
+        .map(|i| (TANKS[i].0.to_owned(), table_csv(&rows[i])))
+        .collect();
     let mut batches = Vec::new();
     let mut wptr = [0usize; 4];
     let mut wsum = [0.0f64; 4];
@@ -606,7 +657,10 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
                     nsv -= q;
                 }
             }
-            let temp = 29.0 + 0.2 * t as f64 + 1.5 * (((ts % DAY_MS) as f64 / DAY_MS as f64 - 0.25) * std::f64::consts::TAU).sin();
+            let temp = 29.0
+                + 0.2 * t as f64
+                + 1.5
+                    * (((ts % DAY_MS) as f64 / DAY_MS as f64 - 0.25) * std::f64::consts::TAU).sin();
             let c = ctl(rho15, temp);
             let water_mm = 25.0;
             let fw = rows[t][0].1 + (rows[t][1].1 - rows[t][0].1) * water_mm / 100.0;
@@ -624,13 +678,27 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
                 msum[t] += meter_counts[t][mptr[t]].1;
                 mptr[t] += 1;
             }
-            b.readings.push(reading(meter_tag0 + t as u32, ts, ((meter_start[t] + msum[t]) * 1000.0).round() / 1000.0));
+            b.readings.push(reading(
+                meter_tag0 + t as u32,
+                ts,
+                ((meter_start[t] + msum[t]) * 1000.0).round() / 1000.0,
+            ));
         }
         let jet: f64 = jetty_flow
             .iter()
-            .map(|&(s, e, l)| if ts > s { l * (((ts - s) as f64) / ((e - s) as f64)).min(1.0) } else { 0.0 })
+            .map(|&(s, e, l)| {
+                if ts > s {
+                    l * (((ts - s) as f64) / ((e - s) as f64)).min(1.0)
+                } else {
+                    0.0
+                }
+            })
             .sum();
-        b.readings.push(reading(jetty_tag, ts, ((5.0e8 + jet) * 1000.0).round() / 1000.0));
+        b.readings.push(reading(
+            jetty_tag,
+            ts,
+            ((5.0e8 + jet) * 1000.0).round() / 1000.0,
+        ));
         ts += step;
     }
     b.events = std::mem::take(&mut day_events[day_idx as usize]);
@@ -644,10 +712,19 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
         let agent = truck_id(k).to_lowercase();
         let mut by_day: std::collections::BTreeMap<i64, Vec<(i64, f64, f64)>> = Default::default();
         for &(ts, la, lo) in fixes {
-            by_day.entry((ts - t0).div_euclid(DAY_MS)).or_default().push((ts, la, lo));
+            by_day
+                .entry((ts - t0).div_euclid(DAY_MS))
+                .or_default()
+                .push((ts, la, lo));
         }
         for (d, fx) in by_day {
-            let mut b = wire::Batch::new(FLEET, &agent, (d + 1) as u64, format!("sim-{agent}"), t0 + d * DAY_MS);
+            let mut b = wire::Batch::new(
+                FLEET,
+                &agent,
+                (d + 1) as u64,
+                format!("sim-{agent}"),
+                t0 + d * DAY_MS,
+            );
             for (ts, la, lo) in fx {
                 b.readings.push(reading(0, ts, la));
                 b.readings.push(reading(1, ts, lo));
@@ -682,9 +759,17 @@ impl SimMonth {
         let ledger = store.ledger();
         for d in &self.discharges {
             let row = ledger.open_discharge(&d.open).await?;
-            match ledger.close_discharge(row.id, d.closed_ms, Some(d.ship_l)).await? {
+            match ledger
+                .close_discharge(row.id, d.closed_ms, Some(d.ship_l))
+                .await?
+            {
                 CloseOutcome::Closed(_) => {}
-                other => return Err(StoreError::Invalid(format!("sim: closing discharge {}: {other:?}", row.id))),
+                other => {
+                    return Err(StoreError::Invalid(format!(
+                        "sim: closing discharge {}: {other:?}",
+                        row.id
+                    )))
+                }
             }
         }
         for e in &self.epods {

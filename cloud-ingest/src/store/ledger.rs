@@ -172,7 +172,8 @@ pub fn plan_sync<'a>(
     found: &'a [NewAlert],
     date: Option<&str>,
 ) -> (Vec<&'a NewAlert>, Vec<i64>) {
-    let same_key = |a: &NewAlert, b: &NewAlert| a.site == b.site && a.kind == b.kind && a.place == b.place;
+    let same_key =
+        |a: &NewAlert, b: &NewAlert| a.site == b.site && a.kind == b.kind && a.place == b.place;
     let mut to_open = Vec::new();
     for f in found {
         let exists = open.iter().any(|o| {
@@ -181,7 +182,9 @@ pub fn plan_sync<'a>(
                     || o.a.date == f.date
                     || (CONTINUING_KINDS.contains(&f.kind.as_str()) && o.a.date < f.date))
         });
-        let dup = to_open.iter().any(|t: &&NewAlert| same_key(t, f) && t.date == f.date);
+        let dup = to_open
+            .iter()
+            .any(|t: &&NewAlert| same_key(t, f) && t.date == f.date);
         if !exists && !dup {
             to_open.push(f);
         }
@@ -318,7 +321,10 @@ mod tests {
             row(2, alert("transit-loss", "X/B", "2025-11-08")),
             row(3, alert("tank-balance", "T1", "2025-11-07")),
         ];
-        let found = vec![alert("tank-balance", "T1", "2025-11-08"), alert("epod-missing", "Y/C", "2025-11-08")];
+        let found = vec![
+            alert("tank-balance", "T1", "2025-11-08"),
+            alert("epod-missing", "Y/C", "2025-11-08"),
+        ];
         let (o, c) = plan_sync(&open, &found, Some("2025-11-08"));
         assert_eq!(o, vec![&found[1]]);
         assert_eq!(c, vec![2]); // the 2025-11-07 alert is another date's
@@ -335,8 +341,14 @@ mod tests {
 
     #[test]
     fn stale_tags_sync_over_all_dates() {
-        let open = vec![row(1, alert("stale-tag", "a/t1", "2025-11-08")), row(2, alert("stale-tag", "a/t2", "2025-11-08"))];
-        let found = vec![alert("stale-tag", "a/t1", "2025-11-09"), alert("stale-tag", "a/t3", "2025-11-09")];
+        let open = vec![
+            row(1, alert("stale-tag", "a/t1", "2025-11-08")),
+            row(2, alert("stale-tag", "a/t2", "2025-11-08")),
+        ];
+        let found = vec![
+            alert("stale-tag", "a/t1", "2025-11-09"),
+            alert("stale-tag", "a/t3", "2025-11-09"),
+        ];
         let (o, c) = plan_sync(&open, &found, None);
         assert_eq!(o, vec![&found[1]]);
         assert_eq!(c, vec![2]);

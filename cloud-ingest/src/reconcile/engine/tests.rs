@@ -122,10 +122,20 @@ fn a_tank_loss_is_a_tank_balance_exception_and_a_chain_exception() {
     assert_eq!(t.variance_l, Some(-480.0));
     assert!((t.variance_pct.unwrap() + 0.8).abs() < 1e-9);
     assert_eq!(t.verdict, Verdict::Exception);
-    let kinds: Vec<(&str, &str)> = r.alerts.iter().map(|a| (a.kind.as_str(), a.place.as_str())).collect();
-    assert_eq!(kinds, vec![("tank-balance", "T1"), ("chain-variance", "AGO/gantry")]);
+    let kinds: Vec<(&str, &str)> = r
+        .alerts
+        .iter()
+        .map(|a| (a.kind.as_str(), a.place.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("tank-balance", "T1"), ("chain-variance", "AGO/gantry")]
+    );
     // not a clean transfer: no meter-trend point
-    assert_eq!(find(&r, RecordKind::MeterTrend, "M1", "meter-vs-tank").verdict, Verdict::NoData);
+    assert_eq!(
+        find(&r, RecordKind::MeterTrend, "M1", "meter-vs-tank").verdict,
+        Verdict::NoData
+    );
 }
 
 #[test]
@@ -149,7 +159,11 @@ fn transit_loss_and_missing_epod_and_pending_epod() {
     d.epods[0].compartments[0].net_l = Some(30_000.0 * 0.98);
     d.epods.pop(); // B2: no ePOD
     let r = run(&d);
-    let kinds: Vec<(&str, &str)> = r.alerts.iter().map(|a| (a.kind.as_str(), a.place.as_str())).collect();
+    let kinds: Vec<(&str, &str)> = r
+        .alerts
+        .iter()
+        .map(|a| (a.kind.as_str(), a.place.as_str()))
+        .collect();
     assert_eq!(
         kinds,
         vec![
@@ -170,7 +184,10 @@ fn transit_loss_and_missing_epod_and_pending_epod() {
     d.epods[0].compartments[0].net_l = Some(29_990.0);
     let r = run(&d);
     assert!(r.alerts.is_empty(), "{:#?}", r.alerts);
-    assert_eq!(find(&r, RecordKind::Trip, "TRK-2/B2", "transit").verdict, Verdict::Pending);
+    assert_eq!(
+        find(&r, RecordKind::Trip, "TRK-2/B2", "transit").verdict,
+        Verdict::Pending
+    );
 }
 
 #[test]
@@ -195,7 +212,11 @@ fn a_meter_step_outside_the_control_limits_is_drift() {
     }
     d.meters[0].delta_l = d.meters[0].delta_l.map(|x| x * 1.003);
     let r = run(&d);
-    let kinds: Vec<(&str, &str)> = r.alerts.iter().map(|a| (a.kind.as_str(), a.place.as_str())).collect();
+    let kinds: Vec<(&str, &str)> = r
+        .alerts
+        .iter()
+        .map(|a| (a.kind.as_str(), a.place.as_str()))
+        .collect();
     assert_eq!(kinds, vec![("meter-drift", "M1")], "{:#?}", r.alerts);
     let m = find(&r, RecordKind::MeterTrend, "M1", "meter-vs-tank");
     assert!((m.variance_pct.unwrap() - 0.3).abs() < 1e-6);
@@ -206,7 +227,13 @@ fn a_missed_batch_shows_in_the_meter_check() {
     let mut d = day();
     d.meters[0].delta_l = Some(90_000.0);
     let r = run(&d);
-    assert!(r.alerts.iter().any(|a| a.kind == "meter-check" && a.place == "M1"), "{:#?}", r.alerts);
+    assert!(
+        r.alerts
+            .iter()
+            .any(|a| a.kind == "meter-check" && a.place == "M1"),
+        "{:#?}",
+        r.alerts
+    );
 }
 
 #[test]
@@ -223,10 +250,25 @@ fn a_parcel_goes_from_bl_to_tanks() {
         tanks_l: Some(9_700_000.0),
     }];
     let r = run(&d);
-    let kinds: Vec<(&str, &str)> = r.alerts.iter().map(|a| (a.kind.as_str(), a.place.as_str())).collect();
-    assert_eq!(kinds, vec![("parcel-variance", "BL-42/tanks")], "{:#?}", r.alerts);
-    assert_eq!(find(&r, RecordKind::Parcel, "BL-42", "jetty").verdict, Verdict::Ok);
-    assert_eq!(find(&r, RecordKind::Chain, "AGO", "tanks").verdict, Verdict::Exception);
+    let kinds: Vec<(&str, &str)> = r
+        .alerts
+        .iter()
+        .map(|a| (a.kind.as_str(), a.place.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("parcel-variance", "BL-42/tanks")],
+        "{:#?}",
+        r.alerts
+    );
+    assert_eq!(
+        find(&r, RecordKind::Parcel, "BL-42", "jetty").verdict,
+        Verdict::Ok
+    );
+    assert_eq!(
+        find(&r, RecordKind::Chain, "AGO", "tanks").verdict,
+        Verdict::Exception
+    );
 }
 
 #[test]
@@ -234,8 +276,14 @@ fn missing_gauge_data_is_no_data_not_a_variance() {
     let mut d = day();
     d.tanks[0].closing = None;
     let r = run(&d);
-    assert_eq!(find(&r, RecordKind::Tank, "T1", "balance").verdict, Verdict::NoData);
-    assert_eq!(find(&r, RecordKind::Chain, "AGO", "gantry").verdict, Verdict::NoData);
+    assert_eq!(
+        find(&r, RecordKind::Tank, "T1", "balance").verdict,
+        Verdict::NoData
+    );
+    assert_eq!(
+        find(&r, RecordKind::Chain, "AGO", "gantry").verdict,
+        Verdict::NoData
+    );
     let kinds: Vec<&str> = r.alerts.iter().map(|a| a.kind.as_str()).collect();
     assert_eq!(kinds, vec!["no-data"]);
 }
@@ -247,14 +295,39 @@ fn a_stop_outside_known_places_during_a_loaded_trip_is_flagged() {
     let mut fixes = Vec::new();
     for m in 0..240 {
         let ts = t0 + 3_600_000 + m * 60_000;
-        let lat = if (60..90).contains(&m) { -6.5 } else { -6.0 - 0.01 * m as f64 };
-        fixes.push(Fix { ts_ms: ts, lat, lon: 39.0 });
+        let lat = if (60..90).contains(&m) {
+            -6.5
+        } else {
+            -6.0 - 0.01 * m as f64
+        };
+        fixes.push(Fix {
+            ts_ms: ts,
+            lat,
+            lon: 39.0,
+        });
     }
-    d.tracks = vec![Track { bol: "B1".into(), fixes }];
-    d.places = vec![Place { id: "ST-1".into(), lat: -10.0, lon: 39.0, radius_m: 300.0 }];
+    d.tracks = vec![Track {
+        bol: "B1".into(),
+        fixes,
+    }];
+    d.places = vec![Place {
+        id: "ST-1".into(),
+        lat: -10.0,
+        lon: 39.0,
+        radius_m: 300.0,
+    }];
     let r = run(&d);
-    let kinds: Vec<(&str, &str)> = r.alerts.iter().map(|a| (a.kind.as_str(), a.place.as_str())).collect();
-    assert_eq!(kinds, vec![("unscheduled-stop", "TRK-1/B1")], "{:#?}", r.alerts);
+    let kinds: Vec<(&str, &str)> = r
+        .alerts
+        .iter()
+        .map(|a| (a.kind.as_str(), a.place.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("unscheduled-stop", "TRK-1/B1")],
+        "{:#?}",
+        r.alerts
+    );
 }
 
 #[test]

@@ -43,7 +43,11 @@ async fn month(store: &dyn Store, faults: Faults) -> (SimMonth, Vec<AlertRow>) {
         let pct = t.v.variance_pct.expect("pct");
         assert!(pct.abs() < 0.1, "{t:?}");
     }
-    let alerts = store.ledger().alerts(Some("open"), 1000).await.expect("alerts");
+    let alerts = store
+        .ledger()
+        .alerts(Some("open"), 1000)
+        .await
+        .expect("alerts");
     (m, alerts)
 }
 
@@ -59,7 +63,11 @@ async fn clean_month_has_no_alert(store: &dyn Store) {
     assert!(
         alerts.is_empty(),
         "alerts on a consistent month:\n{}",
-        alerts.iter().map(|a| a.a.message.clone()).collect::<Vec<_>>().join("\n")
+        alerts
+            .iter()
+            .map(|a| a.a.message.clone())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -71,20 +79,47 @@ async fn each_fault_is_found_where_and_when_it_happened(store: &dyn Store) {
         keys(&alerts),
         want,
         "alerts:\n{}",
-        alerts.iter().map(|a| a.a.message.clone()).collect::<Vec<_>>().join("\n")
+        alerts
+            .iter()
+            .map(|a| a.a.message.clone())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // Re-running a day replaces its results: the same alerts, the same records.
     let r = Reconciler::with_tables(m.config.clone(), &m.tables).expect("site model");
     let day = m.opts.start_day + 19;
-    let before = store.ledger().variances(&day_name(day), None).await.expect("variances");
-    let again = r.run_day(store, day, m.as_of_ms(), "test").await.expect("rerun");
+    let before = store
+        .ledger()
+        .variances(&day_name(day), None)
+        .await
+        .expect("variances");
+    let again = r
+        .run_day(store, day, m.as_of_ms(), "test")
+        .await
+        .expect("rerun");
     assert_eq!(again.run.alerts_opened, 0);
     assert_eq!(again.run.alerts_closed, 0);
-    let after = store.ledger().variances(&day_name(day), None).await.expect("variances");
+    let after = store
+        .ledger()
+        .variances(&day_name(day), None)
+        .await
+        .expect("variances");
     assert_eq!(before.len(), after.len());
-    assert_eq!(keys(&store.ledger().alerts(Some("open"), 1000).await.expect("alerts")), want);
+    assert_eq!(
+        keys(
+            &store
+                .ledger()
+                .alerts(Some("open"), 1000)
+                .await
+                .expect("alerts")
+        ),
+        want
+    );
     // The tank loss is 0.8 % of T3's dispatch that day.
-    let t3 = after.iter().find(|v| v.v.kind == RecordKind::Tank && v.v.place == "T3").expect("T3");
+    let t3 = after
+        .iter()
+        .find(|v| v.v.kind == RecordKind::Tank && v.v.place == "T3")
+        .expect("T3");
     let pct = t3.v.variance_pct.expect("pct");
     assert!((pct + 0.8).abs() < 0.1, "{t3:?}");
 }
@@ -109,21 +144,39 @@ const SERVER: &str = "host=127.0.0.1 port=5432 user=postgres";
 /// A database of its own (dropped at the end), or None when no server answers.
 async fn pg_store() -> Option<(PgStore, String, tokio_postgres::Client)> {
     static N: AtomicU32 = AtomicU32::new(0);
-    let (admin, conn) = match tokio_postgres::connect(&format!("{SERVER} dbname=postgres connect_timeout=5"), tokio_postgres::NoTls).await {
+    let (admin, conn) = match tokio_postgres::connect(
+        &format!("{SERVER} dbname=postgres connect_timeout=5"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    {
         Ok(x) => x,
         Err(e) => {
             if std::env::var_os("FLOWSQUARE_REQUIRE_ALL").is_some() {
-                panic!("PostgreSQL not reachable at {SERVER} ({e}) and FLOWSQUARE_REQUIRE_ALL is set");
+                panic!(
+                    "PostgreSQL not reachable at {SERVER} ({e}) and FLOWSQUARE_REQUIRE_ALL is set"
+                );
             }
             println!("SKIPPED: PostgreSQL not reachable ({e})");
             return None;
         }
     };
     tokio::spawn(conn);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let name = format!("fs_recon_{}_{}_{nanos:08x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
-    let store = PgStore::connect(&format!("{SERVER} dbname={name}"), PgOptions::default()).await.expect("connect");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!(
+        "fs_recon_{}_{}_{nanos:08x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    let store = PgStore::connect(&format!("{SERVER} dbname={name}"), PgOptions::default())
+        .await
+        .expect("connect");
     store.migrate().await.expect("migrate");
     Some((store, name, admin))
 }
@@ -131,19 +184,25 @@ async fn pg_store() -> Option<(PgStore, String, tokio_postgres::Client)> {
 async fn pg_drop(store: PgStore, name: String, admin: tokio_postgres::Client) {
     store.close();
     drop(store);
-    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await;
 }
 
 #[tokio::test]
 async fn postgres_clean_month_has_no_alert() {
-    let Some((s, name, admin)) = pg_store().await else { return };
+    let Some((s, name, admin)) = pg_store().await else {
+        return;
+    };
     clean_month_has_no_alert(&s).await;
     pg_drop(s, name, admin).await;
 }
 
 #[tokio::test]
 async fn postgres_each_fault_is_found_where_and_when_it_happened() {
-    let Some((s, name, admin)) = pg_store().await else { return };
+    let Some((s, name, admin)) = pg_store().await else {
+        return;
+    };
     each_fault_is_found_where_and_when_it_happened(&s).await;
     pg_drop(s, name, admin).await;
 }

@@ -6,7 +6,9 @@ use tokio_postgres::Row;
 
 use super::types::{Ts, MAX_TS_MS, MIN_TS_MS};
 use super::{pg, PgStore};
-use crate::reconcile::model::{Epod, EpodCompartment, NewAlert, RecordKind, TrendPoint, Variance, Verdict};
+use crate::reconcile::model::{
+    Epod, EpodCompartment, NewAlert, RecordKind, TrendPoint, Variance, Verdict,
+};
 use crate::store::ledger::*;
 use crate::store::StoreError;
 
@@ -142,7 +144,8 @@ fn run_row(r: &Row) -> RunRow {
     }
 }
 
-const ALERT_COLS: &str = "id, kind, site, place, date, message, detail, state, opened, closed, closed_reason";
+const ALERT_COLS: &str =
+    "id, kind, site, place, date, message, detail, state, opened, closed, closed_reason";
 
 fn alert_row(r: &Row) -> AlertRow {
     AlertRow {
@@ -204,19 +207,24 @@ async fn epods_where<C: GenericClient + Sync>(
                     .zip(product)
                     .zip(gross)
                     .zip(net)
-                    .map(|(((compartment, product), gross_l), net_l)| EpodCompartment {
-                        compartment,
-                        product,
-                        gross_l,
-                        net_l,
-                    })
+                    .map(
+                        |(((compartment, product), gross_l), net_l)| EpodCompartment {
+                            compartment,
+                            product,
+                            gross_l,
+                            net_l,
+                        },
+                    )
                     .collect(),
             }
         })
         .collect())
 }
 
-async fn open_alerts<C: GenericClient + Sync>(c: &C, kinds: &[&str]) -> Result<Vec<AlertRow>, StoreError> {
+async fn open_alerts<C: GenericClient + Sync>(
+    c: &C,
+    kinds: &[&str],
+) -> Result<Vec<AlertRow>, StoreError> {
     let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
     let rows = c
         .query(
@@ -258,7 +266,13 @@ async fn apply_sync<C: GenericClient + Sync>(
 
 #[async_trait]
 impl Ledger for PgStore {
-    async fn events(&self, site: &str, kind: &str, from_ms: i64, to_ms: i64) -> Result<Vec<EventRow>, StoreError> {
+    async fn events(
+        &self,
+        site: &str,
+        kind: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
         let c = self.client().await?;
         let rows = c
             .query(
@@ -285,7 +299,11 @@ impl Ledger for PgStore {
             .collect())
     }
 
-    async fn values_at(&self, probes: &[(i64, i64)], max_age_ms: i64) -> Result<Vec<Option<(i64, f64)>>, StoreError> {
+    async fn values_at(
+        &self,
+        probes: &[(i64, i64)],
+        max_age_ms: i64,
+    ) -> Result<Vec<Option<(i64, f64)>>, StoreError> {
         if probes.is_empty() {
             return Ok(Vec::new());
         }
@@ -318,7 +336,12 @@ impl Ledger for PgStore {
         Ok(out)
     }
 
-    async fn track(&self, tag_id: i64, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, f64)>, StoreError> {
+    async fn track(
+        &self,
+        tag_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
         let c = self.client().await?;
         let rows = c
             .query(
@@ -328,7 +351,10 @@ impl Ledger for PgStore {
             )
             .await
             .map_err(pg)?;
-        Ok(rows.iter().map(|r| (r.get::<_, Ts>(0).0, r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, Ts>(0).0, r.get(1)))
+            .collect())
     }
 
     async fn open_discharge(&self, d: &NewDischarge) -> Result<DischargeRow, StoreError> {
@@ -341,14 +367,29 @@ impl Ledger for PgStore {
             )
             .await
             .map_err(pg)?;
-        Ok(DischargeRow { id: r.get(0), d: d.clone(), closed_ms: None, ship_l: None })
+        Ok(DischargeRow {
+            id: r.get(0),
+            d: d.clone(),
+            closed_ms: None,
+            ship_l: None,
+        })
     }
 
-    async fn close_discharge(&self, id: i64, closed_ms: i64, ship_l: Option<f64>) -> Result<CloseOutcome, StoreError> {
+    async fn close_discharge(
+        &self,
+        id: i64,
+        closed_ms: i64,
+        ship_l: Option<f64>,
+    ) -> Result<CloseOutcome, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         let row = tx
-            .query_opt(&format!("SELECT {DISCHARGE_COLS} FROM flowsquare.discharges WHERE id = $1 FOR UPDATE"), &[&id])
+            .query_opt(
+                &format!(
+                    "SELECT {DISCHARGE_COLS} FROM flowsquare.discharges WHERE id = $1 FOR UPDATE"
+                ),
+                &[&id],
+            )
             .await
             .map_err(pg)?
             .map(|r| discharge_row(&r));
@@ -390,10 +431,23 @@ impl Ledger for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         // Serialise posts of one BOL (a re-post racing the first gets Same, not an error).
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&e.bol]).await.map_err(pg)?;
-        if let Some(old) = epods_where(&tx, "e.bol = $1", &[&e.bol]).await?.into_iter().next() {
-            let same = Epod { id: old.id, ..e.clone() } == old;
-            return Ok(if same { EpodOutcome::Same(old.id) } else { EpodOutcome::Conflict(old.id) });
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&e.bol])
+            .await
+            .map_err(pg)?;
+        if let Some(old) = epods_where(&tx, "e.bol = $1", &[&e.bol])
+            .await?
+            .into_iter()
+            .next()
+        {
+            let same = Epod {
+                id: old.id,
+                ..e.clone()
+            } == old;
+            return Ok(if same {
+                EpodOutcome::Same(old.id)
+            } else {
+                EpodOutcome::Conflict(old.id)
+            });
         }
         let id: i64 = tx
             .query_one(
@@ -424,17 +478,33 @@ impl Ledger for PgStore {
 
     async fn epods(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Epod>, StoreError> {
         let c = self.client().await?;
-        epods_where(&c, "e.delivered >= $1 AND e.delivered < $2", &[&ts(from_ms), &ts(to_ms)]).await
+        epods_where(
+            &c,
+            "e.delivered >= $1 AND e.delivered < $2",
+            &[&ts(from_ms), &ts(to_ms)],
+        )
+        .await
     }
 
-    async fn save_run(&self, run: &NewRun, records: &[Variance], alerts: &[NewAlert]) -> Result<RunRow, StoreError> {
+    async fn save_run(
+        &self,
+        run: &NewRun,
+        records: &[Variance],
+        alerts: &[NewAlert],
+    ) -> Result<RunRow, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         // One run of a date at a time (concurrent runs of one date would interleave their rows).
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext('flowsquare-recon-' || $1))", &[&run.date])
-            .await
-            .map_err(pg)?;
-        let exceptions = records.iter().filter(|v| v.verdict == Verdict::Exception).count() as i64;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('flowsquare-recon-' || $1))",
+            &[&run.date],
+        )
+        .await
+        .map_err(pg)?;
+        let exceptions = records
+            .iter()
+            .filter(|v| v.verdict == Verdict::Exception)
+            .count() as i64;
         let id: i64 = tx
             .query_one(
                 "INSERT INTO flowsquare.recon_runs (date, trigger, started, finished, as_of, records, exceptions)
@@ -444,10 +514,17 @@ impl Ledger for PgStore {
             .await
             .map_err(pg)?
             .get(0);
-        tx.execute("DELETE FROM flowsquare.variances WHERE date = $1", &[&run.date]).await.map_err(pg)?;
+        tx.execute(
+            "DELETE FROM flowsquare.variances WHERE date = $1",
+            &[&run.date],
+        )
+        .await
+        .map_err(pg)?;
         // One multi-row insert through unnest (thousands of trips a day).
         let col = |f: &dyn Fn(&Variance) -> String| records.iter().map(f).collect::<Vec<String>>();
-        let colf = |f: &dyn Fn(&Variance) -> Option<f64>| records.iter().map(f).collect::<Vec<Option<f64>>>();
+        let colf = |f: &dyn Fn(&Variance) -> Option<f64>| {
+            records.iter().map(f).collect::<Vec<Option<f64>>>()
+        };
         let detail: Vec<serde_json::Value> = records.iter().map(|v| v.detail.clone()).collect();
         let tol: Vec<f64> = records.iter().map(|v| v.tolerance_pct).collect();
         tx.execute(
@@ -464,7 +541,15 @@ impl Ledger for PgStore {
         .await
         .map_err(pg)?;
         let open = open_alerts(&tx, &RUN_KINDS).await?;
-        let (opened, closed) = apply_sync(&tx, &open, alerts, Some(&run.date), now_ms(), &format!("not found again by run {id}")).await?;
+        let (opened, closed) = apply_sync(
+            &tx,
+            &open,
+            alerts,
+            Some(&run.date),
+            now_ms(),
+            &format!("not found again by run {id}"),
+        )
+        .await?;
         let row = tx
             .query_one(
                 &format!("UPDATE flowsquare.recon_runs SET alerts_opened = $2, alerts_closed = $3 WHERE id = $1 RETURNING {RUN_COLS}"),
@@ -479,13 +564,20 @@ impl Ledger for PgStore {
     async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, StoreError> {
         let c = self.client().await?;
         let rows = c
-            .query(&format!("SELECT {RUN_COLS} FROM flowsquare.recon_runs ORDER BY id DESC LIMIT $1"), &[&limit])
+            .query(
+                &format!("SELECT {RUN_COLS} FROM flowsquare.recon_runs ORDER BY id DESC LIMIT $1"),
+                &[&limit],
+            )
             .await
             .map_err(pg)?;
         Ok(rows.iter().map(run_row).collect())
     }
 
-    async fn variances(&self, date: &str, kind: Option<&str>) -> Result<Vec<VarianceRow>, StoreError> {
+    async fn variances(
+        &self,
+        date: &str,
+        kind: Option<&str>,
+    ) -> Result<Vec<VarianceRow>, StoreError> {
         let c = self.client().await?;
         let rows = c
             .query(
@@ -518,7 +610,13 @@ impl Ledger for PgStore {
             .collect())
     }
 
-    async fn trend(&self, site: &str, place: &str, from_date: &str, to_date: &str) -> Result<Vec<TrendPoint>, StoreError> {
+    async fn trend(
+        &self,
+        site: &str,
+        place: &str,
+        from_date: &str,
+        to_date: &str,
+    ) -> Result<Vec<TrendPoint>, StoreError> {
         let c = self.client().await?;
         let rows = c
             .query(
@@ -538,10 +636,20 @@ impl Ledger for PgStore {
             .collect())
     }
 
-    async fn sync_alerts(&self, kinds: &[&str], found: &[NewAlert], now_ms: i64) -> Result<(i64, i64), StoreError> {
+    async fn sync_alerts(
+        &self,
+        kinds: &[&str],
+        found: &[NewAlert],
+        now_ms: i64,
+    ) -> Result<(i64, i64), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext('flowsquare-alert-sync'))", &[]).await.map_err(pg)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('flowsquare-alert-sync'))",
+            &[],
+        )
+        .await
+        .map_err(pg)?;
         let open = open_alerts(&tx, kinds).await?;
         let r = apply_sync(&tx, &open, found, None, now_ms, "no longer found").await?;
         tx.commit().await.map_err(pg)?;

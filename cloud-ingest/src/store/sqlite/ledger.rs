@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::{now_ms, SqliteStore};
-use crate::reconcile::model::{Epod, EpodCompartment, NewAlert, RecordKind, TrendPoint, Variance, Verdict};
+use crate::reconcile::model::{
+    Epod, EpodCompartment, NewAlert, RecordKind, TrendPoint, Variance, Verdict,
+};
 use crate::store::ledger::*;
 use crate::store::StoreError;
 
@@ -119,16 +121,19 @@ const DISCHARGE_COLS: &str =
     "id, site, vessel, parcel, product, bl_l, tanks, meters, opened_ms, closed_ms, ship_l";
 
 fn discharge_by_id(c: &Connection, id: i64) -> Result<Option<DischargeRow>, StoreError> {
-    Ok(c
-        .query_row(
-            &format!("SELECT {DISCHARGE_COLS} FROM discharges WHERE id = ?1"),
-            [id],
-            discharge_row,
-        )
-        .optional()?)
+    Ok(c.query_row(
+        &format!("SELECT {DISCHARGE_COLS} FROM discharges WHERE id = ?1"),
+        [id],
+        discharge_row,
+    )
+    .optional()?)
 }
 
-fn epods_where(c: &Connection, sql_where: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Epod>, StoreError> {
+fn epods_where(
+    c: &Connection,
+    sql_where: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<Epod>, StoreError> {
     let mut st = c.prepare_cached(&format!(
         "SELECT id, trip, bol, truck, station, delivered_ms, receiver, lat, lon FROM epods WHERE {sql_where} ORDER BY delivered_ms, id"
     ))?;
@@ -229,7 +234,15 @@ fn apply_sync(
         "INSERT INTO alerts (kind, site, place, date, message, detail, state, opened_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7)",
     )?;
     for a in &to_open {
-        ins.execute(params![a.kind, a.site, a.place, a.date, a.message, a.detail.to_string(), now])?;
+        ins.execute(params![
+            a.kind,
+            a.site,
+            a.place,
+            a.date,
+            a.message,
+            a.detail.to_string(),
+            now
+        ])?;
     }
     let mut close = c.prepare_cached(
         "UPDATE alerts SET state = 'closed', closed_ms = ?2, closed_reason = ?3 WHERE id = ?1",
@@ -266,7 +279,13 @@ fn variance_row(r: &Row<'_>) -> rusqlite::Result<VarianceRow> {
 
 #[async_trait]
 impl Ledger for SqliteStore {
-    async fn events(&self, site: &str, kind: &str, from_ms: i64, to_ms: i64) -> Result<Vec<EventRow>, StoreError> {
+    async fn events(
+        &self,
+        site: &str,
+        kind: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
         let (site, kind) = (site.to_owned(), kind.to_owned());
         self.run(move |c| {
             let mut st = c.prepare_cached(
@@ -292,7 +311,11 @@ impl Ledger for SqliteStore {
         .await
     }
 
-    async fn values_at(&self, probes: &[(i64, i64)], max_age_ms: i64) -> Result<Vec<Option<(i64, f64)>>, StoreError> {
+    async fn values_at(
+        &self,
+        probes: &[(i64, i64)],
+        max_age_ms: i64,
+    ) -> Result<Vec<Option<(i64, f64)>>, StoreError> {
         let probes = probes.to_vec();
         self.run(move |c| {
             let mut st = c.prepare_cached(
@@ -302,8 +325,10 @@ impl Ledger for SqliteStore {
             let mut out = Vec::with_capacity(probes.len());
             for (tag, at) in probes {
                 out.push(
-                    st.query_row(params![tag, at, at - max_age_ms], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()?,
+                    st.query_row(params![tag, at, at - max_age_ms], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?,
                 );
             }
             Ok(out)
@@ -311,14 +336,21 @@ impl Ledger for SqliteStore {
         .await
     }
 
-    async fn track(&self, tag_id: i64, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, f64)>, StoreError> {
+    async fn track(
+        &self,
+        tag_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
         self.run(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT ts_ms, value FROM readings WHERE tag_id = ?1 AND ts_ms >= ?2 AND ts_ms <= ?3
                  AND quality = 0 AND value IS NOT NULL ORDER BY ts_ms",
             )?;
             let rows = st
-                .query_map(params![tag_id, from_ms, to_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![tag_id, from_ms, to_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
                 .collect::<Result<_, _>>()?;
             Ok(rows)
         })
@@ -337,7 +369,12 @@ impl Ledger for SqliteStore {
         .await
     }
 
-    async fn close_discharge(&self, id: i64, closed_ms: i64, ship_l: Option<f64>) -> Result<CloseOutcome, StoreError> {
+    async fn close_discharge(
+        &self,
+        id: i64,
+        closed_ms: i64,
+        ship_l: Option<f64>,
+    ) -> Result<CloseOutcome, StoreError> {
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = match discharge_by_id(&tx, id)? {
@@ -345,7 +382,10 @@ impl Ledger for SqliteStore {
                 Some(row) if row.closed_ms.is_some() => CloseOutcome::AlreadyClosed(row),
                 Some(row) if closed_ms <= row.d.opened_ms => CloseOutcome::BeforeOpen(row),
                 Some(mut row) => {
-                    tx.execute("UPDATE discharges SET closed_ms = ?2, ship_l = ?3 WHERE id = ?1", params![id, closed_ms, ship_l])?;
+                    tx.execute(
+                        "UPDATE discharges SET closed_ms = ?2, ship_l = ?3 WHERE id = ?1",
+                        params![id, closed_ms, ship_l],
+                    )?;
                     row.closed_ms = Some(closed_ms);
                     row.ship_l = ship_l;
                     CloseOutcome::Closed(row)
@@ -409,11 +449,22 @@ impl Ledger for SqliteStore {
     }
 
     async fn epods(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Epod>, StoreError> {
-        self.run(move |c| epods_where(c, "delivered_ms >= ?1 AND delivered_ms < ?2", &[&from_ms, &to_ms]))
-            .await
+        self.run(move |c| {
+            epods_where(
+                c,
+                "delivered_ms >= ?1 AND delivered_ms < ?2",
+                &[&from_ms, &to_ms],
+            )
+        })
+        .await
     }
 
-    async fn save_run(&self, run: &NewRun, records: &[Variance], alerts: &[NewAlert]) -> Result<RunRow, StoreError> {
+    async fn save_run(
+        &self,
+        run: &NewRun,
+        records: &[Variance],
+        alerts: &[NewAlert],
+    ) -> Result<RunRow, StoreError> {
         let (run, records, alerts) = (run.clone(), records.to_vec(), alerts.to_vec());
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -462,7 +513,11 @@ impl Ledger for SqliteStore {
         .await
     }
 
-    async fn variances(&self, date: &str, kind: Option<&str>) -> Result<Vec<VarianceRow>, StoreError> {
+    async fn variances(
+        &self,
+        date: &str,
+        kind: Option<&str>,
+    ) -> Result<Vec<VarianceRow>, StoreError> {
         let (date, kind) = (date.to_owned(), kind.map(str::to_owned));
         self.run(move |c| {
             let mut st = c.prepare_cached(
@@ -475,8 +530,19 @@ impl Ledger for SqliteStore {
         .await
     }
 
-    async fn trend(&self, site: &str, place: &str, from_date: &str, to_date: &str) -> Result<Vec<TrendPoint>, StoreError> {
-        let (site, place, from, to) = (site.to_owned(), place.to_owned(), from_date.to_owned(), to_date.to_owned());
+    async fn trend(
+        &self,
+        site: &str,
+        place: &str,
+        from_date: &str,
+        to_date: &str,
+    ) -> Result<Vec<TrendPoint>, StoreError> {
+        let (site, place, from, to) = (
+            site.to_owned(),
+            place.to_owned(),
+            from_date.to_owned(),
+            to_date.to_owned(),
+        );
         self.run(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT date, variance_pct, verdict FROM variances WHERE site = ?1 AND kind = 'meter-trend' AND place = ?2
@@ -498,7 +564,12 @@ impl Ledger for SqliteStore {
         .await
     }
 
-    async fn sync_alerts(&self, kinds: &[&str], found: &[NewAlert], now_ms: i64) -> Result<(i64, i64), StoreError> {
+    async fn sync_alerts(
+        &self,
+        kinds: &[&str],
+        found: &[NewAlert],
+        now_ms: i64,
+    ) -> Result<(i64, i64), StoreError> {
         let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
         let found = found.to_vec();
         self.run(move |c| {
