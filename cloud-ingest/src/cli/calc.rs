@@ -4,10 +4,12 @@
 //! The line function [`line`] is pure (used by the benchmark and the tests); [`run`] is the
 //! streaming loop. Input and output fields are documented in [`HELP`] (`calc --help`).
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::measure::{
@@ -39,7 +41,8 @@ Input fields:
                     pressure to 5 kPa, 0.05 bar or 1 psi; factors to 5 decimals, densities out
                     to 0.1 kg/m³)
   id                optional, any JSON value, echoed in the result (also on errors)
-Unknown fields are errors (typos must not pass silently).
+Unknown and duplicate fields are errors (typos must not pass silently); null is the same as
+leaving a field out.
 
 Output fields:
   id                the input's id, when given
@@ -65,26 +68,27 @@ Example:
 \"density_base\":865.6,\"group_used\":\"fuel_oil\"}
 ";
 
-/// One result line.
-#[derive(Debug, Serialize)]
-struct Out<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a Value>,
-    ctl: f64,
-    cpl: f64,
-    ctpl: f64,
-    density_60f: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+/// The fields of one input line (null is the same as absent).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fields<'a> {
+    id: Option<Value>,
+    #[serde(borrow)]
+    group: Option<Cow<'a, str>>,
+    alpha60_per_f: Option<f64>,
+    base_temp_c: Option<f64>,
+    base_temp_f: Option<f64>,
     density_base: Option<f64>,
-    group_used: &'static str,
-}
-
-/// One error line.
-#[derive(Debug, Serialize)]
-struct ErrOut<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a Value>,
-    error: String,
+    density_observed: Option<f64>,
+    #[serde(borrow)]
+    density_unit: Option<Cow<'a, str>>,
+    temp_c: Option<f64>,
+    temp_f: Option<f64>,
+    pressure: Option<f64>,
+    #[serde(borrow)]
+    pressure_unit: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    mode: Option<Cow<'a, str>>,
 }
 
 const FIELDS: &[&str] = &[
@@ -111,7 +115,7 @@ struct Names {
 
 fn num(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
     match obj.get(key) {
-        None => Ok(None),
+        None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_f64()
             .map(Some)
@@ -120,20 +124,45 @@ fn num(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
     }
 }
 
-fn text<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, String> {
+fn text<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<Cow<'a, str>>, String> {
     match obj.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(Cow::Borrowed(s))),
         Some(v) => Err(format!("{key}: expected a string, got {v}")),
     }
 }
 
+/// The slow path: the line as a JSON value, checked field by field so that the error names the
+/// field (serde's messages give only a column).
+fn fields_of(obj: &Map<String, Value>) -> Result<Fields<'_>, String> {
+    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "{k}: unknown field (expected one of {})",
+            FIELDS.join(", ")
+        ));
+    }
+    Ok(Fields {
+        id: obj.get("id").cloned(),
+        group: text(obj, "group")?,
+        alpha60_per_f: num(obj, "alpha60_per_f")?,
+        base_temp_c: num(obj, "base_temp_c")?,
+        base_temp_f: num(obj, "base_temp_f")?,
+        density_base: num(obj, "density_base")?,
+        density_observed: num(obj, "density_observed")?,
+        density_unit: text(obj, "density_unit")?,
+        temp_c: num(obj, "temp_c")?,
+        temp_f: num(obj, "temp_f")?,
+        pressure: num(obj, "pressure")?,
+        pressure_unit: text(obj, "pressure_unit")?,
+        mode: text(obj, "mode")?,
+    })
+}
+
 fn one_of(
-    obj: &Map<String, Value>,
-    a: &'static str,
-    b: &'static str,
+    (a, x): (&'static str, Option<f64>),
+    (b, y): (&'static str, Option<f64>),
 ) -> Result<(&'static str, f64), String> {
-    match (num(obj, a)?, num(obj, b)?) {
+    match (x, y) {
         (Some(x), None) => Ok((a, x)),
         (None, Some(y)) => Ok((b, y)),
         (Some(_), Some(_)) => Err(format!("{a} and {b}: give only one of them")),
@@ -141,16 +170,10 @@ fn one_of(
     }
 }
 
-/// Parse one input object into a library request.
-fn request(obj: &Map<String, Value>) -> Result<(Request, Names), String> {
-    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(format!(
-            "{k}: unknown field (expected one of {})",
-            FIELDS.join(", ")
-        ));
-    }
-    let alpha = num(obj, "alpha60_per_f")?;
-    let group = match text(obj, "group")? {
+/// Turn the fields of one line into a library request.
+fn request(f: &Fields) -> Result<(Request, Names), String> {
+    let alpha = f.alpha60_per_f;
+    let group = match f.group.as_deref() {
         None => return Err("group is required (crude, refined, lube or special)".into()),
         Some("special") => match alpha {
             Some(a) => Group::Special { alpha60_per_f: a },
@@ -170,15 +193,18 @@ fn request(obj: &Map<String, Value>) -> Result<(Request, Names), String> {
             }
         },
     };
-    let base = match one_of(obj, "base_temp_c", "base_temp_f")? {
+    let base = match one_of(("base_temp_c", f.base_temp_c), ("base_temp_f", f.base_temp_f))? {
         ("base_temp_c", t) if t == 15.0 => Base::C15,
         ("base_temp_c", t) if t == 20.0 => Base::C20,
         ("base_temp_f", t) if t == 60.0 => Base::F60,
         ("base_temp_c", t) => return Err(format!("base_temp_c: {t} is not 15 or 20")),
         (_, t) => return Err(format!("base_temp_f: {t} is not 60")),
     };
-    let (dkey, dval) = one_of(obj, "density_base", "density_observed")?;
-    let unit = text(obj, "density_unit")?.unwrap_or("kg/m3");
+    let (dkey, dval) = one_of(
+        ("density_base", f.density_base),
+        ("density_observed", f.density_observed),
+    )?;
+    let unit = f.density_unit.as_deref().unwrap_or("kg/m3");
     let d = match unit {
         "kg/m3" => Density::KgM3(dval),
         "api" | "relative" if base != Base::F60 => {
@@ -199,16 +225,11 @@ fn request(obj: &Map<String, Value>) -> Result<(Request, Names), String> {
     } else {
         DensityAt::Observed(d)
     };
-    let temperature = match one_of(obj, "temp_c", "temp_f")? {
-        ("temp_c", t) => Temperature::C(t),
-        (_, t) => Temperature::F(t),
+    let (tkey, temperature) = match one_of(("temp_c", f.temp_c), ("temp_f", f.temp_f))? {
+        ("temp_c", t) => ("temp_c", Temperature::C(t)),
+        (_, t) => ("temp_f", Temperature::F(t)),
     };
-    let tkey = if matches!(temperature, Temperature::C(_)) {
-        "temp_c"
-    } else {
-        "temp_f"
-    };
-    let pressure = match (num(obj, "pressure")?, text(obj, "pressure_unit")?) {
+    let pressure = match (f.pressure, f.pressure_unit.as_deref()) {
         (None, None) => Pressure::KPa(0.0),
         (Some(p), Some("kpa")) => Pressure::KPa(p),
         (Some(p), Some("bar")) => Pressure::Bar(p),
@@ -223,7 +244,7 @@ fn request(obj: &Map<String, Value>) -> Result<(Request, Names), String> {
         }
         (None, Some(_)) => return Err("pressure_unit: given without pressure".into()),
     };
-    let mode = match text(obj, "mode")? {
+    let mode = match f.mode.as_deref() {
         None | Some("exact") => Mode::Exact,
         Some("table") => Mode::Table,
         Some(m) => return Err(format!("mode: {m:?} is not \"exact\" or \"table\"")),
@@ -254,15 +275,22 @@ fn field(e: &MeasureError, names: &Names) -> &'static str {
     }
 }
 
-/// Compute one input line; the result line without its newline (`{"error": …}` on bad input).
-/// `ok` tells whether it was a result (true) or an error (false). A blank line gives "".
-pub fn line(input: &str, out: &mut String) -> bool {
-    out.clear();
-    if input.trim().is_empty() {
-        return true;
-    }
-    let obj: Map<String, Value> = match serde_json::from_str::<Value>(input) {
-        Ok(Value::Object(m)) => m,
+/// Parse a line: the typed fast path, or — when it fails — the JSON value field by field for
+/// an error that names the field.
+fn parse(input: &str) -> Result<Fields<'_>, (Option<Value>, String)> {
+    let fast_err = match serde_json::from_str::<Fields>(input) {
+        Ok(f) => return Ok(f),
+        Err(e) => e,
+    };
+    match serde_json::from_str::<Value>(input) {
+        Ok(Value::Object(obj)) => {
+            let id = obj.get("id").cloned();
+            match fields_of(&obj) {
+                Err(e) => Err((id, e)),
+                // Well-typed fields, yet the fast path failed: e.g. a duplicate field.
+                Ok(_) => Err((id, fast_err.to_string())),
+            }
+        }
         Ok(other) => {
             let kind = match other {
                 Value::Array(_) => "an array",
@@ -271,54 +299,81 @@ pub fn line(input: &str, out: &mut String) -> bool {
                 Value::Bool(_) => "a boolean",
                 _ => "null",
             };
-            write_err(out, None, format!("expected a JSON object, got {kind}"));
-            return false;
+            Err((None, format!("expected a JSON object, got {kind}")))
         }
-        Err(e) => {
-            write_err(out, None, format!("invalid JSON: {e}"));
+        Err(e) => Err((None, format!("invalid JSON: {e}"))),
+    }
+}
+
+/// Compute one input line into `out` (cleared first): the result line without its newline, or
+/// `{"error": …}` on bad input; true for a result, false for an error. A blank line gives "".
+pub fn line(input: &str, out: &mut String) -> bool {
+    out.clear();
+    if input.trim().is_empty() {
+        return true;
+    }
+    let f = match parse(input) {
+        Ok(f) => f,
+        Err((id, e)) => {
+            write_err(out, id.as_ref(), &e);
             return false;
         }
     };
-    let id = obj.get("id");
-    let (req, names) = match request(&obj) {
+    let id = f.id.as_ref();
+    let (req, names) = match request(&f) {
         Ok(r) => r,
         Err(e) => {
-            write_err(out, id, e);
+            write_err(out, id, &e);
             return false;
         }
     };
     match correct(&req) {
         Ok(c) => {
-            let o = Out {
-                id,
-                ctl: c.ctl,
-                cpl: c.cpl,
-                ctpl: c.ctpl,
-                density_60f: c.density_60f,
-                density_base: (req.base != Base::F60).then_some(c.density_base),
-                group_used: c.group_used.as_str(),
-            };
-            write_json(out, &o);
+            out.push('{');
+            if let Some(id) = id {
+                out.push_str("\"id\":");
+                push_json(out, id);
+                out.push(',');
+            }
+            // f64 Display is the shortest text that reads back to the same number: valid JSON
+            // for these finite values.
+            let _ = write!(
+                out,
+                "\"ctl\":{},\"cpl\":{},\"ctpl\":{},\"density_60f\":{}",
+                c.ctl, c.cpl, c.ctpl, c.density_60f
+            );
+            if req.base != Base::F60 {
+                let _ = write!(out, ",\"density_base\":{}", c.density_base);
+            }
+            let _ = write!(out, ",\"group_used\":\"{}\"}}", c.group_used.as_str());
             true
         }
         Err(e) => {
             let f = field(&e, &names);
-            write_err(out, id, format!("{f}: {e}"));
+            write_err(out, id, &format!("{f}: {e}"));
             false
         }
     }
 }
 
-fn write_err(out: &mut String, id: Option<&Value>, error: String) {
-    write_json(out, &ErrOut { id, error });
+fn write_err(out: &mut String, id: Option<&Value>, error: &str) {
+    out.clear();
+    out.push('{');
+    if let Some(id) = id {
+        out.push_str("\"id\":");
+        push_json(out, id);
+        out.push(',');
+    }
+    out.push_str("\"error\":");
+    push_json(out, error);
+    out.push('}');
 }
 
-fn write_json<T: Serialize>(out: &mut String, v: &T) {
-    // Serializing these plain structs (numbers, strings, JSON values) cannot fail; the fallback
-    // keeps the line count even so.
+fn push_json<T: Serialize + ?Sized>(out: &mut String, v: &T) {
+    // Serializing a JSON value or a string cannot fail; the fallback keeps the line valid JSON.
     match serde_json::to_string(v) {
         Ok(s) => out.push_str(&s),
-        Err(e) => out.push_str(&format!("{{\"error\":\"internal: {e}\"}}")),
+        Err(_) => out.push_str("null"),
     }
 }
 
@@ -355,7 +410,7 @@ pub fn stream<R: BufRead, W: Write>(input: &mut R, output: &mut W) -> std::io::R
             Ok(text) => all_ok &= line(text, &mut out),
             Err(e) => {
                 out.clear();
-                write_err(&mut out, None, format!("invalid JSON: not UTF-8 ({e})"));
+                write_err(&mut out, None, &format!("invalid JSON: not UTF-8 ({e})"));
                 all_ok = false;
             }
         }
@@ -389,30 +444,71 @@ mod tests {
 
     #[test]
     fn published_examples() {
-        let v = one(r#"{"group":"crude","base_temp_f":60,"density_base":17.785,"density_unit":"api","temp_f":-27.7,"pressure":0,"pressure_unit":"psi"}"#);
-        assert!((v["ctl"].as_f64().unwrap() - 1.033011591958).abs() < 1e-12, "{v}");
+        let v = one(
+            r#"{"group":"crude","base_temp_f":60,"density_base":17.785,"density_unit":"api","temp_f":-27.7,"pressure":0,"pressure_unit":"psi"}"#,
+        );
+        assert!(
+            (v["ctl"].as_f64().unwrap() - 1.033011591958).abs() < 1e-12,
+            "{v}"
+        );
         assert_eq!(v["group_used"], "crude");
         assert!(v.get("density_base").is_none());
-        let v = one(r#"{"group":"refined","base_temp_f":60,"density_base":0.7943,"density_unit":"relative","temp_f":85.0,"pressure":247.3,"pressure_unit":"psi"}"#);
-        assert!((v["ctl"].as_f64().unwrap() - 0.986832406683).abs() < 1e-12, "{v}");
-        assert!((v["cpl"].as_f64().unwrap() - 1.001646525013).abs() < 1e-12, "{v}");
+        let v = one(
+            r#"{"group":"refined","base_temp_f":60,"density_base":0.7943,"density_unit":"relative","temp_f":85.0,"pressure":247.3,"pressure_unit":"psi"}"#,
+        );
+        assert!(
+            (v["ctl"].as_f64().unwrap() - 0.986832406683).abs() < 1e-12,
+            "{v}"
+        );
+        assert!(
+            (v["cpl"].as_f64().unwrap() - 1.001646525013).abs() < 1e-12,
+            "{v}"
+        );
         assert_eq!(v["group_used"], "jet");
-        let v = one(r#"{"id":"T-7","group":"crude","base_temp_f":60,"density_observed":823.7,"temp_f":80.3,"pressure":-5,"pressure_unit":"psi"}"#);
-        assert!((v["density_60f"].as_f64().unwrap() - 832.048516184234).abs() < 1e-8, "{v}");
+        let v = one(
+            r#"{"id":"T-7","group":"crude","base_temp_f":60,"density_observed":823.7,"temp_f":80.3,"pressure":-5,"pressure_unit":"psi"}"#,
+        );
+        assert!(
+            (v["density_60f"].as_f64().unwrap() - 832.048516184234).abs() < 1e-8,
+            "{v}"
+        );
         assert_eq!(v["cpl"], 1.0);
         assert_eq!(v["id"], "T-7");
-        let v = one(r#"{"group":"refined","base_temp_c":15,"density_base":865.6,"temp_c":87.32,"pressure":75,"pressure_unit":"kpa"}"#);
-        assert!((v["ctl"].as_f64().unwrap() - 0.940416747194).abs() < 1e-12, "{v}");
-        assert!((v["cpl"].as_f64().unwrap() - 1.000078931033).abs() < 1e-12, "{v}");
+        let v = one(
+            r#"{"group":"refined","base_temp_c":15,"density_base":865.6,"temp_c":87.32,"pressure":75,"pressure_unit":"kpa"}"#,
+        );
+        assert!(
+            (v["ctl"].as_f64().unwrap() - 0.940416747194).abs() < 1e-12,
+            "{v}"
+        );
+        assert!(
+            (v["cpl"].as_f64().unwrap() - 1.000078931033).abs() < 1e-12,
+            "{v}"
+        );
         assert_eq!(v["density_base"], 865.6);
         assert_eq!(v["group_used"], "fuel_oil");
-        let v = one(r#"{"group":"refined","base_temp_c":15,"density_observed":865.6,"temp_c":20,"pressure":11.25,"pressure_unit":"bar"}"#);
-        assert!((v["density_base"].as_f64().unwrap() - 868.425929024799).abs() < 1e-8, "{v}");
-        assert!((v["ctl"].as_f64().unwrap() - 0.995955841168).abs() < 1e-12, "{v}");
-        let v = one(r#"{"group":"refined","base_temp_c":15,"density_base":865.6,"temp_c":87.32,"pressure":75,"pressure_unit":"kpa","mode":"table"}"#);
+        let v = one(
+            r#"{"group":"refined","base_temp_c":15,"density_observed":865.6,"temp_c":20,"pressure":11.25,"pressure_unit":"bar"}"#,
+        );
+        assert!(
+            (v["density_base"].as_f64().unwrap() - 868.425929024799).abs() < 1e-8,
+            "{v}"
+        );
+        assert!(
+            (v["ctl"].as_f64().unwrap() - 0.995955841168).abs() < 1e-12,
+            "{v}"
+        );
+        let v = one(
+            r#"{"group":"refined","base_temp_c":15,"density_base":865.6,"temp_c":87.32,"pressure":75,"pressure_unit":"kpa","mode":"table"}"#,
+        );
         assert_eq!(v["cpl"], 1.00008);
-        let v = one(r#"{"group":"special","alpha60_per_f":0.0005,"base_temp_c":20,"density_base":900,"temp_c":20}"#);
-        assert_eq!((v["ctl"].as_f64(), v["group_used"].as_str()), (Some(1.0), Some("special")));
+        let v = one(
+            r#"{"group":"special","alpha60_per_f":0.0005,"base_temp_c":20,"density_base":900,"temp_c":20}"#,
+        );
+        assert_eq!(
+            (v["ctl"].as_f64(), v["group_used"].as_str()),
+            (Some(1.0), Some("special"))
+        );
     }
 
     #[test]
@@ -457,6 +553,11 @@ mod tests {
                 assert_eq!(got, want, "for {input}");
             }
         }
+        // Duplicate fields are errors, null is absent.
+        let got = err(r#"{"group":"crude","base_temp_f":60,"density_base":850,"temp_c":20,"temp_c":30}"#);
+        assert!(got.starts_with("duplicate field `temp_c`"), "{got}");
+        let v = one(r#"{"group":"crude","base_temp_f":60,"density_base":850,"temp_c":20,"temp_f":null,"id":null}"#);
+        assert!(v["ctl"].is_number(), "{v}");
         // The id is echoed on errors too.
         assert_eq!(one(r#"{"id":7,"group":"x"}"#)["id"], 7);
     }
@@ -472,8 +573,16 @@ mod tests {
         assert_eq!(lines.len(), 5, "{text}");
         assert!(lines[0].starts_with("{\"ctl\":0.98"), "{}", lines[0]);
         assert_eq!(lines[1], "");
-        assert!(lines[2].starts_with("{\"error\":\"invalid JSON"), "{}", lines[2]);
-        assert!(lines[3].starts_with("{\"error\":\"invalid JSON"), "{}", lines[3]);
+        assert!(
+            lines[2].starts_with("{\"error\":\"invalid JSON"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].starts_with("{\"error\":\"invalid JSON"),
+            "{}",
+            lines[3]
+        );
         assert!(lines[4].starts_with("{\"ctl\":1"), "{}", lines[4]);
         let mut bytes = b"{\"group\":1}\n".to_vec();
         bytes.extend_from_slice(b"\xff\xfe\n{}\n");

@@ -14,7 +14,13 @@ pub const MF_MAX: f64 = 1.2;
 pub fn meter_factor(prover_volume: f64, meter_volume: f64) -> Result<f64, MeasureError> {
     positive(Input::ProverVolume, prover_volume, "m³")?;
     positive(Input::MeterVolume, meter_volume, "m³")?;
-    within(Input::MeterFactor, prover_volume / meter_volume, MF_MIN, MF_MAX, "")
+    within(
+        Input::MeterFactor,
+        prover_volume / meter_volume,
+        MF_MIN,
+        MF_MAX,
+        "",
+    )
 }
 
 /// Gross volume from the meter's indicated volume and its factor.

@@ -26,8 +26,8 @@ pub use tank::{
     ctsh, tank_quantities, volume_chain, StrappingTable, TankGauge, TankQuantities, TankSpec,
 };
 pub use vcf::{
-    correct, correct_from_base, correct_from_observed, ctl_60f, round_step, shifted_density_alpha60, t68_f, Base,
-    Correction, Density, DensityAt, Group, GroupUsed, Mode, Pressure, Request, Temperature,
-    ALPHA60_MAX, ALPHA60_MIN, KPA_PER_PSI, P_MAX_PSI, P_MIN_PSI, T_MAX_C, T_MAX_F, T_MIN_C,
-    T_MIN_F, WATER_60F_KGM3,
+    correct, correct_from_base, correct_from_observed, ctl_60f, round_step,
+    shifted_density_alpha60, t68_f, Base, Correction, Density, DensityAt, Group, GroupUsed, Mode,
+    Pressure, Request, Temperature, ALPHA60_MAX, ALPHA60_MIN, KPA_PER_PSI, P_MAX_PSI, P_MIN_PSI,
+    T_MAX_C, T_MAX_F, T_MIN_C, T_MIN_F, WATER_60F_KGM3,
 };

@@ -56,7 +56,10 @@ impl StrappingTable {
             if cols.len() != 2 {
                 return Err(err(
                     n,
-                    format!("expected 2 columns (level_mm,volume_m3), found {}", cols.len()),
+                    format!(
+                        "expected 2 columns (level_mm,volume_m3), found {}",
+                        cols.len()
+                    ),
                 ));
             }
             let num = |col: &str, name: &str| -> Result<f64, MeasureError> {
@@ -93,7 +96,10 @@ impl StrappingTable {
             prev_line = n;
         }
         if !header {
-            return Err(err(0, "empty: expected the header \"level_mm,volume_m3\"".into()));
+            return Err(err(
+                0,
+                "empty: expected the header \"level_mm,volume_m3\"".into(),
+            ));
         }
         if levels.len() < 2 {
             return Err(err(
@@ -143,7 +149,10 @@ impl StrappingTable {
 
     /// The rows (level mm, volume m³).
     pub fn rows(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
-        self.levels.iter().copied().zip(self.volumes.iter().copied())
+        self.levels
+            .iter()
+            .copied()
+            .zip(self.volumes.iter().copied())
     }
 }
 
@@ -286,15 +295,35 @@ pub fn tank_quantities(
         Mode::Exact,
     )
     .map_err(|e| match e {
-        MeasureError::BelowLimit { input: Input::Temperature, value, limit, unit } => {
-            MeasureError::BelowLimit { input: Input::DensityTemperature, value, limit, unit }
-        }
-        MeasureError::AboveLimit { input: Input::Temperature, value, limit, unit } => {
-            MeasureError::AboveLimit { input: Input::DensityTemperature, value, limit, unit }
-        }
-        MeasureError::NotFinite { input: Input::Temperature, value } => {
-            MeasureError::NotFinite { input: Input::DensityTemperature, value }
-        }
+        MeasureError::BelowLimit {
+            input: Input::Temperature,
+            value,
+            limit,
+            unit,
+        } => MeasureError::BelowLimit {
+            input: Input::DensityTemperature,
+            value,
+            limit,
+            unit,
+        },
+        MeasureError::AboveLimit {
+            input: Input::Temperature,
+            value,
+            limit,
+            unit,
+        } => MeasureError::AboveLimit {
+            input: Input::DensityTemperature,
+            value,
+            limit,
+            unit,
+        },
+        MeasureError::NotFinite {
+            input: Input::Temperature,
+            value,
+        } => MeasureError::NotFinite {
+            input: Input::DensityTemperature,
+            value,
+        },
         e => e,
     })?;
     let c = correct_from_base(

@@ -42,7 +42,12 @@ fn example_11_1_6_1_crude_api_gravity() {
     .unwrap();
     close(c.ctl, 1.033011591958, 1e-12, "CTL");
     assert_eq!(c.cpl, 1.0);
-    close(ctl_60f(Group::Crude, rho60, -27.7).unwrap(), 1.033011591958, 1e-12, "ctl_60f");
+    close(
+        ctl_60f(Group::Crude, rho60, -27.7).unwrap(),
+        1.033011591958,
+        1e-12,
+        "ctl_60f",
+    );
 }
 
 #[test]
@@ -109,8 +114,8 @@ fn example_11_1_7_2_refined_observed_bar() {
     close(c.ctl, 0.995955841168, 1e-12, "CTL 15 °C → 20 °C");
     assert_eq!(c.group_used, GroupUsed::FuelOil);
     // The same through the kg/m³-°C-kPa entry point.
-    let d = correct_from_observed(Group::Refined, Base::C15, 865.6, 20.0, 1125.0, Mode::Exact)
-        .unwrap();
+    let d =
+        correct_from_observed(Group::Refined, Base::C15, 865.6, 20.0, 1125.0, Mode::Exact).unwrap();
     assert_eq!(c, d);
 }
 
@@ -147,7 +152,12 @@ fn example_reject_crude_100_api_below_minus_58f() {
 fn density_unit_conversions() {
     close(Density::Api(10.0).kgm3(), 999.016, 1e-12, "10 °API = water");
     close(Density::Relative(1.0).kgm3(), 999.016, 0.0, "RD 1");
-    close(Density::Api(17.785).kgm3(), 141.5 * 999.016 / 149.285, 1e-12, "17.785 °API");
+    close(
+        Density::Api(17.785).kgm3(),
+        141.5 * 999.016 / 149.285,
+        1e-12,
+        "17.785 °API",
+    );
 }
 
 /// ITS-90 → IPTS-68: 0 at 0 °C, t68 − t90 ≈ +0.010 °C at 40 °C and +0.026 °C at 100 °C
@@ -223,11 +233,15 @@ fn refined_boundaries_at_15c() {
         (787.939, GroupUsed::Transition, GroupUsed::Jet),
         (838.707, GroupUsed::Jet, GroupUsed::FuelOil),
     ] {
-        let lo = correct_from_base(Group::Refined, Base::C15, b - 0.01, 20.0, 0.0, Mode::Exact)
-            .unwrap();
-        let hi = correct_from_base(Group::Refined, Base::C15, b + 0.01, 20.0, 0.0, Mode::Exact)
-            .unwrap();
-        assert_eq!((lo.group_used, hi.group_used), (below, above), "around ρ15 {b}");
+        let lo =
+            correct_from_base(Group::Refined, Base::C15, b - 0.01, 20.0, 0.0, Mode::Exact).unwrap();
+        let hi =
+            correct_from_base(Group::Refined, Base::C15, b + 0.01, 20.0, 0.0, Mode::Exact).unwrap();
+        assert_eq!(
+            (lo.group_used, hi.group_used),
+            (below, above),
+            "around ρ15 {b}"
+        );
     }
     // At 60 °F the boundaries are exact (lower bound inclusive).
     for (b, g) in [
@@ -253,6 +267,35 @@ fn refined_ctl_nearly_continuous_across_boundaries() {
     }
 }
 
+/// The refined correlation jumps by < 1e-7 in CTL at a sub-group boundary, so an observed
+/// density can fall in a gap with no exact root (or an overlap with two). The root find still
+/// answers: the result satisfies ρ60·CTPL = ρobs to within the jump, lies in the group it
+/// reports, and is deterministic.
+#[test]
+fn observed_density_across_refined_boundaries() {
+    for b in [770.3520, 787.5195, 838.3127] {
+        for (t, p) in [(150.0, 0.0), (-50.0, 10_000.0), (90.0, 3_000.0)] {
+            let centre = correct_from_base(Group::Refined, Base::F60, b, t, p, Mode::Exact)
+                .unwrap()
+                .ctpl
+                * b;
+            for i in -200..=200 {
+                let rho_obs = centre + i as f64 * 1e-6;
+                let c =
+                    correct_from_observed(Group::Refined, Base::F60, rho_obs, t, p, Mode::Exact)
+                        .unwrap();
+                close(c.density_60f * c.ctpl, rho_obs, 1e-4, "ρ60·CTPL");
+                let again =
+                    correct_from_observed(Group::Refined, Base::F60, rho_obs, t, p, Mode::Exact)
+                        .unwrap();
+                assert_eq!(c, again);
+                let (_, _, used) = shifted_density_alpha60(Group::Refined, c.density_60f);
+                assert_eq!(used, c.group_used);
+            }
+        }
+    }
+}
+
 // ---- Invariants -----------------------------------------------------------------------------
 
 fn groups() -> Vec<(Group, f64, f64)> {
@@ -260,8 +303,20 @@ fn groups() -> Vec<(Group, f64, f64)> {
         (Group::Crude, 620.0, 1150.0),
         (Group::Refined, 620.0, 1150.0),
         (Group::Lube, 810.0, 1150.0),
-        (Group::Special { alpha60_per_f: 0.0005 }, 620.0, 1150.0),
-        (Group::Special { alpha60_per_f: 0.00023 }, 620.0, 1150.0),
+        (
+            Group::Special {
+                alpha60_per_f: 0.0005,
+            },
+            620.0,
+            1150.0,
+        ),
+        (
+            Group::Special {
+                alpha60_per_f: 0.00023,
+            },
+            620.0,
+            1150.0,
+        ),
     ]
 }
 
@@ -376,11 +431,18 @@ fn metric_base_via_60f() {
 /// Special applications: ρ* = ρ60·exp(α·δ60/2·(1 + 0.4·α·δ60)) and the given α60 is used.
 #[test]
 fn special_alpha_is_used() {
-    let g = Group::Special { alpha60_per_f: 0.0006 };
+    let g = Group::Special {
+        alpha60_per_f: 0.0006,
+    };
     let (rho_star, alpha, used) = shifted_density_alpha60(g, 800.0);
     assert_eq!((alpha, used), (0.0006, GroupUsed::Special));
     let d: f64 = 0.01374979547;
-    close(rho_star, 800.0 * (0.0006 * d / 2.0 * (1.0 + 0.4 * 0.0006 * d)).exp(), 1e-12, "ρ*");
+    close(
+        rho_star,
+        800.0 * (0.0006 * d / 2.0 * (1.0 + 0.4 * 0.0006 * d)).exp(),
+        1e-12,
+        "ρ*",
+    );
     let dt = t68_f((100.0 - 32.0) / 1.8) - 60.0068749;
     let want = (-0.0006 * dt * (1.0 + 0.8 * 0.0006 * (dt + d))).exp();
     close(ctl_60f(g, 800.0, 100.0).unwrap(), want, 1e-15, "CTL");
@@ -410,12 +472,32 @@ fn table_mode_rounds_inputs_and_factors() {
         })
         .unwrap()
     };
-    let exact = |d, t, p| correct(&req(Group::Refined, Base::F60, DensityAt::Base(d), t, p)).unwrap();
-    let a = table(Density::Relative(0.79434), Temperature::F(85.04), Pressure::Psi(247.3));
-    let b = exact(Density::Relative(0.7943), Temperature::F(85.0), Pressure::Psi(247.0));
-    assert_eq!((a.ctl, a.cpl), (round_step(b.ctl, 1e5), round_step(b.cpl, 1e5)));
-    let a = table(Density::Api(35.04), Temperature::F(99.95), Pressure::Psi(0.4));
-    let b = exact(Density::Api(35.0), Temperature::F(100.0), Pressure::Psi(0.0));
+    let exact =
+        |d, t, p| correct(&req(Group::Refined, Base::F60, DensityAt::Base(d), t, p)).unwrap();
+    let a = table(
+        Density::Relative(0.79434),
+        Temperature::F(85.04),
+        Pressure::Psi(247.3),
+    );
+    let b = exact(
+        Density::Relative(0.7943),
+        Temperature::F(85.0),
+        Pressure::Psi(247.0),
+    );
+    assert_eq!(
+        (a.ctl, a.cpl),
+        (round_step(b.ctl, 1e5), round_step(b.cpl, 1e5))
+    );
+    let a = table(
+        Density::Api(35.04),
+        Temperature::F(99.95),
+        Pressure::Psi(0.4),
+    );
+    let b = exact(
+        Density::Api(35.0),
+        Temperature::F(100.0),
+        Pressure::Psi(0.0),
+    );
     assert_eq!(a.ctl, round_step(b.ctl, 1e5));
     assert_eq!(a.density_60f, round_step(b.density_60f, 10.0));
     // Bar to 0.05 (5 kPa).
@@ -471,12 +553,30 @@ fn rejected(r: Request) -> MeasureError {
 #[test]
 fn rejects_temperature_outside_limits() {
     for (t, msg) in [
-        (Temperature::F(-58.05), "temperature -58.05 °F is below the limit -58 °F"),
-        (Temperature::F(302.01), "temperature 302.01 °F is above the limit 302 °F"),
-        (Temperature::C(-50.01), "temperature -50.01 °C is below the limit -50 °C"),
-        (Temperature::C(150.5), "temperature 150.5 °C is above the limit 150 °C"),
-        (Temperature::C(f64::NAN), "temperature is not a finite number (NaN)"),
-        (Temperature::F(f64::INFINITY), "temperature is not a finite number (inf)"),
+        (
+            Temperature::F(-58.05),
+            "temperature -58.05 °F is below the limit -58 °F",
+        ),
+        (
+            Temperature::F(302.01),
+            "temperature 302.01 °F is above the limit 302 °F",
+        ),
+        (
+            Temperature::C(-50.01),
+            "temperature -50.01 °C is below the limit -50 °C",
+        ),
+        (
+            Temperature::C(150.5),
+            "temperature 150.5 °C is above the limit 150 °C",
+        ),
+        (
+            Temperature::C(f64::NAN),
+            "temperature is not a finite number (NaN)",
+        ),
+        (
+            Temperature::F(f64::INFINITY),
+            "temperature is not a finite number (inf)",
+        ),
     ] {
         let e = rejected(Request {
             temperature: t,
@@ -487,10 +587,18 @@ fn rejects_temperature_outside_limits() {
     }
     assert!(matches!(
         ctl_60f(Group::Crude, 850.0, 302.1),
-        Err(MeasureError::AboveLimit { input: Input::Temperature, .. })
+        Err(MeasureError::AboveLimit {
+            input: Input::Temperature,
+            ..
+        })
     ));
     // Limits themselves are accepted.
-    for t in [Temperature::F(-58.0), Temperature::F(302.0), Temperature::C(-50.0), Temperature::C(150.0)] {
+    for t in [
+        Temperature::F(-58.0),
+        Temperature::F(302.0),
+        Temperature::C(-50.0),
+        Temperature::C(150.0),
+    ] {
         correct(&Request {
             temperature: t,
             ..base_req()
@@ -502,12 +610,30 @@ fn rejects_temperature_outside_limits() {
 #[test]
 fn rejects_pressure_outside_limits() {
     for (p, msg) in [
-        (Pressure::Psi(1500.5), "pressure 1500.5 psig is above the limit 1500 psig"),
-        (Pressure::KPa(10_400.0), "pressure 10400 kPa is above the limit 10342.1 kPa"),
-        (Pressure::Bar(104.0), "pressure 104 bar is above the limit 103.421 bar"),
-        (Pressure::Psi(-15.0), "pressure -15 psig is below the limit -14.696 psig"),
-        (Pressure::KPa(-102.0), "pressure -102 kPa is below the limit -101.325 kPa"),
-        (Pressure::Bar(f64::NAN), "pressure is not a finite number (NaN)"),
+        (
+            Pressure::Psi(1500.5),
+            "pressure 1500.5 psig is above the limit 1500 psig",
+        ),
+        (
+            Pressure::KPa(10_400.0),
+            "pressure 10400 kPa is above the limit 10342.1 kPa",
+        ),
+        (
+            Pressure::Bar(104.0),
+            "pressure 104 bar is above the limit 103.421 bar",
+        ),
+        (
+            Pressure::Psi(-15.0),
+            "pressure -15 psig is below the limit -14.696 psig",
+        ),
+        (
+            Pressure::KPa(-102.0),
+            "pressure -102 kPa is below the limit -101.325 kPa",
+        ),
+        (
+            Pressure::Bar(f64::NAN),
+            "pressure is not a finite number (NaN)",
+        ),
     ] {
         let e = rejected(Request {
             pressure: p,
@@ -516,7 +642,11 @@ fn rejects_pressure_outside_limits() {
         assert_eq!(e.input(), Input::Pressure);
         assert_eq!(e.to_string(), msg);
     }
-    for p in [Pressure::Psi(1500.0), Pressure::KPa(10_342.1355), Pressure::Psi(-14.0)] {
+    for p in [
+        Pressure::Psi(1500.0),
+        Pressure::KPa(10_342.1355),
+        Pressure::Psi(-14.0),
+    ] {
         correct(&Request {
             pressure: p,
             ..base_req()
@@ -558,9 +688,18 @@ fn rejects_density_outside_group_range() {
     // 1160 kg/m³ at 15 °C is a ρ60 above 1163.5? No: it is lighter at 60 °F — accepted; 1165 is not.
     correct_from_base(Group::Crude, Base::C15, 1160.0, 20.0, 0.0, Mode::Exact).unwrap();
     let e = correct_from_base(Group::Crude, Base::C15, 1166.0, 20.0, 0.0, Mode::Exact).unwrap_err();
-    assert!(e.to_string().starts_with("density: 1166 kg/m³ at 15 °C gives 116"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("density: 1166 kg/m³ at 15 °C gives 116"),
+        "{e}"
+    );
     // Not a density at all.
-    for d in [Density::KgM3(0.0), Density::KgM3(-800.0), Density::Api(-131.5), Density::Api(-200.0)] {
+    for d in [
+        Density::KgM3(0.0),
+        Density::KgM3(-800.0),
+        Density::Api(-131.5),
+        Density::Api(-200.0),
+    ] {
         let e = rejected(Request {
             density: DensityAt::Base(d),
             ..base_req()
@@ -577,8 +716,14 @@ fn rejects_density_outside_group_range() {
 #[test]
 fn rejects_alpha60_outside_limits() {
     for (a, msg) in [
-        (0.000229, "alpha60 0.000229 1/°F is below the limit 0.00023 1/°F"),
-        (0.000931, "alpha60 0.000931 1/°F is above the limit 0.00093 1/°F"),
+        (
+            0.000229,
+            "alpha60 0.000229 1/°F is below the limit 0.00023 1/°F",
+        ),
+        (
+            0.000931,
+            "alpha60 0.000931 1/°F is above the limit 0.00093 1/°F",
+        ),
         (f64::NAN, "alpha60 is not a finite number (NaN)"),
     ] {
         let g = Group::Special { alpha60_per_f: a };
@@ -604,7 +749,12 @@ fn strapping_table_interpolates() {
     assert_eq!(t.volume_at(0.0).unwrap(), 0.0);
     assert_eq!(t.volume_at(1000.0).unwrap(), 100.0);
     close(t.volume_at(1500.0).unwrap(), 152.75, 1e-12, "mid");
-    close(t.volume_at(6000.0).unwrap(), 205.5 + 794.5 * 0.5, 1e-12, "mid");
+    close(
+        t.volume_at(6000.0).unwrap(),
+        205.5 + 794.5 * 0.5,
+        1e-12,
+        "mid",
+    );
     assert_eq!(t.volume_at(10000.0).unwrap(), 1000.0);
     assert_eq!(t.rows().count(), 4);
 }
@@ -678,17 +828,38 @@ fn tank_quantities_follow_12_1_1() {
     assert_eq!(q.fw, 100.0);
     let ts = (7.0 * 30.0 + 22.0) / 8.0;
     close(q.ctsh, ctsh(1.12e-5, ts, 15.0), 0.0, "CTSh");
-    close(q.ctsh, 1.0 + 2.0 * 1.12e-5 * (ts - 15.0) + (1.12e-5 * (ts - 15.0)).powi(2), 1e-15, "CTSh formula");
+    close(
+        q.ctsh,
+        1.0 + 2.0 * 1.12e-5 * (ts - 15.0) + (1.12e-5 * (ts - 15.0)).powi(2),
+        1e-15,
+        "CTSh formula",
+    );
     close(q.gov, 502.75 * q.ctsh - 0.5, 1e-9, "GOV");
-    let base = correct_from_observed(Group::Crude, Base::C15, 850.0, 25.0, 0.0, Mode::Exact).unwrap();
+    let base =
+        correct_from_observed(Group::Crude, Base::C15, 850.0, 25.0, 0.0, Mode::Exact).unwrap();
     close(q.density_base, base.density_base, 0.0, "ρ15");
-    let c = correct_from_base(Group::Crude, Base::C15, base.density_base, 30.0, 0.0, Mode::Exact).unwrap();
+    let c = correct_from_base(
+        Group::Crude,
+        Base::C15,
+        base.density_base,
+        30.0,
+        0.0,
+        Mode::Exact,
+    )
+    .unwrap();
     close(q.ctl, c.ctl, 0.0, "CTL");
     close(q.gsv, q.gov * q.ctl, 1e-9, "GSV");
     close(q.nsv, q.gsv * 0.998, 1e-9, "NSV");
     // Insulated: shell at the liquid temperature, ambient not needed; no water.
-    let s = TankSpec { insulated: true, ..spec() };
-    let g = TankGauge { ambient_c: None, water_level_mm: 0.0, ..gauge() };
+    let s = TankSpec {
+        insulated: true,
+        ..spec()
+    };
+    let g = TankGauge {
+        ambient_c: None,
+        water_level_mm: 0.0,
+        ..gauge()
+    };
     let q = tank_quantities(&t, &s, &g).unwrap();
     assert_eq!(q.fw, 0.0);
     close(q.ctsh, ctsh(1.12e-5, 30.0, 15.0), 0.0, "CTSh insulated");
@@ -698,17 +869,105 @@ fn tank_quantities_follow_12_1_1() {
 fn tank_quantities_reject_bad_gauging() {
     let t = StrappingTable::from_csv(TABLE).unwrap();
     let cases: Vec<(TankSpec, TankGauge, Input, &str)> = vec![
-        (spec(), TankGauge { level_mm: 12000.0, ..gauge() }, Input::Level, "level 12000 mm is outside the strapping table (0–10000 mm)"),
-        (spec(), TankGauge { water_level_mm: 7000.0, ..gauge() }, Input::WaterLevel, "water level 7000 mm (the liquid level) is above the limit 6000 mm (the liquid level)"),
-        (spec(), TankGauge { water_level_mm: -1.0, ..gauge() }, Input::WaterLevel, "water level -1 mm is below the limit 0 mm"),
-        (spec(), TankGauge { ambient_c: None, ..gauge() }, Input::Ambient, "ambient temperature is required: an uninsulated shell's temperature is (7·TL + Ta)/8"),
-        (spec(), TankGauge { sw_pct: 101.0, ..gauge() }, Input::SedimentWater, "S&W 101 % is above the limit 100 %"),
-        (spec(), TankGauge { sw_pct: -0.1, ..gauge() }, Input::SedimentWater, "S&W -0.1 % is below the limit 0 %"),
-        (spec(), TankGauge { temp_c: 151.0, ..gauge() }, Input::Temperature, "temperature 151 °C is above the limit 150 °C"),
-        (spec(), TankGauge { density_obs_temp_c: -51.0, ..gauge() }, Input::DensityTemperature, "density observation temperature -51 °C is below the limit -50 °C"),
-        (spec(), TankGauge { density_obs_kgm3: 1300.0, ..gauge() }, Input::Density, ""),
-        (TankSpec { shell_alpha_per_c: -1e-5, ..spec() }, gauge(), Input::Shell, "shell -0.00001 1/°C is below the limit 0 1/°C"),
-        (TankSpec { floating_roof_adjust_m3: f64::NAN, ..spec() }, gauge(), Input::FloatingRoof, "floating-roof adjustment is not a finite number (NaN)"),
+        (
+            spec(),
+            TankGauge {
+                level_mm: 12000.0,
+                ..gauge()
+            },
+            Input::Level,
+            "level 12000 mm is outside the strapping table (0–10000 mm)",
+        ),
+        (
+            spec(),
+            TankGauge {
+                water_level_mm: 7000.0,
+                ..gauge()
+            },
+            Input::WaterLevel,
+            "water level 7000 mm (the liquid level) is above the limit 6000 mm (the liquid level)",
+        ),
+        (
+            spec(),
+            TankGauge {
+                water_level_mm: -1.0,
+                ..gauge()
+            },
+            Input::WaterLevel,
+            "water level -1 mm is below the limit 0 mm",
+        ),
+        (
+            spec(),
+            TankGauge {
+                ambient_c: None,
+                ..gauge()
+            },
+            Input::Ambient,
+            "ambient temperature is required: an uninsulated shell's temperature is (7·TL + Ta)/8",
+        ),
+        (
+            spec(),
+            TankGauge {
+                sw_pct: 101.0,
+                ..gauge()
+            },
+            Input::SedimentWater,
+            "S&W 101 % is above the limit 100 %",
+        ),
+        (
+            spec(),
+            TankGauge {
+                sw_pct: -0.1,
+                ..gauge()
+            },
+            Input::SedimentWater,
+            "S&W -0.1 % is below the limit 0 %",
+        ),
+        (
+            spec(),
+            TankGauge {
+                temp_c: 151.0,
+                ..gauge()
+            },
+            Input::Temperature,
+            "temperature 151 °C is above the limit 150 °C",
+        ),
+        (
+            spec(),
+            TankGauge {
+                density_obs_temp_c: -51.0,
+                ..gauge()
+            },
+            Input::DensityTemperature,
+            "density observation temperature -51 °C is below the limit -50 °C",
+        ),
+        (
+            spec(),
+            TankGauge {
+                density_obs_kgm3: 1300.0,
+                ..gauge()
+            },
+            Input::Density,
+            "",
+        ),
+        (
+            TankSpec {
+                shell_alpha_per_c: -1e-5,
+                ..spec()
+            },
+            gauge(),
+            Input::Shell,
+            "shell -0.00001 1/°C is below the limit 0 1/°C",
+        ),
+        (
+            TankSpec {
+                floating_roof_adjust_m3: f64::NAN,
+                ..spec()
+            },
+            gauge(),
+            Input::FloatingRoof,
+            "floating-roof adjustment is not a finite number (NaN)",
+        ),
     ];
     for (s, g, input, msg) in cases {
         let e = tank_quantities(&t, &s, &g).unwrap_err();
@@ -726,10 +985,30 @@ fn meter_factor_and_gross() {
     close(meter_factor(10.012, 10.0).unwrap(), 1.0012, 1e-12, "MF");
     close(gross_from_meter(5000.0, 1.0012), 5006.0, 1e-9, "gross");
     for (p, m, input, msg) in [
-        (0.0, 10.0, Input::ProverVolume, "prover volume must be greater than 0 m³ (got 0)"),
-        (10.0, -1.0, Input::MeterVolume, "meter volume must be greater than 0 m³ (got -1)"),
-        (10.0, f64::NAN, Input::MeterVolume, "meter volume is not a finite number (NaN)"),
-        (13.0, 10.0, Input::MeterFactor, "meter factor 1.3 is above the limit 1.2"),
+        (
+            0.0,
+            10.0,
+            Input::ProverVolume,
+            "prover volume must be greater than 0 m³ (got 0)",
+        ),
+        (
+            10.0,
+            -1.0,
+            Input::MeterVolume,
+            "meter volume must be greater than 0 m³ (got -1)",
+        ),
+        (
+            10.0,
+            f64::NAN,
+            Input::MeterVolume,
+            "meter volume is not a finite number (NaN)",
+        ),
+        (
+            13.0,
+            10.0,
+            Input::MeterFactor,
+            "meter factor 1.3 is above the limit 1.2",
+        ),
     ] {
         let e = meter_factor(p, m).unwrap_err();
         assert_eq!(e.input(), input);

@@ -495,7 +495,11 @@ fn group_name(group: Group) -> &'static str {
     }
 }
 
-fn check_rho60(group: Group, rho60: f64, given: impl FnOnce() -> String) -> Result<(), MeasureError> {
+fn check_rho60(
+    group: Group,
+    rho60: f64,
+    given: impl FnOnce() -> String,
+) -> Result<(), MeasureError> {
     let (min, max) = group.density_range_60f();
     if rho60 >= min && rho60 <= max {
         Ok(())
@@ -634,11 +638,13 @@ pub fn correct_from_observed(
 /// Hot path: CTL only, from a 60 °F base density (kg/m³) to `temp_f` (°F), exact mode.
 #[inline]
 pub fn ctl_60f(group: Group, density_60f_kgm3: f64, temp_f: f64) -> Result<f64, MeasureError> {
-    let t_c = within(Input::Temperature, temp_f, T_MIN_F, T_MAX_F, "°F")
-        .map(|f| (f - 32.0) / 1.8)?;
+    let t_c =
+        within(Input::Temperature, temp_f, T_MIN_F, T_MAX_F, "°F").map(|f| (f - 32.0) / 1.8)?;
     finite(Input::Density, density_60f_kgm3)?;
     check_group(group)?;
-    check_rho60(group, density_60f_kgm3, || format!("{density_60f_kgm3} kg/m³ at 60 °F"))?;
+    check_rho60(group, density_60f_kgm3, || {
+        format!("{density_60f_kgm3} kg/m³ at 60 °F")
+    })?;
     let (_, alpha) = coeffs(group, density_60f_kgm3).rho_star_alpha(density_60f_kgm3);
     Ok(ctl(alpha, t68_f(t_c)))
 }
@@ -687,7 +693,11 @@ pub fn correct(req: &Request) -> Result<Correction, MeasureError> {
             return Err(MeasureError::NotPositive {
                 input: Input::Density,
                 value: v,
-                unit: if matches!(d, Density::KgM3(_)) { "kg/m³" } else { "" },
+                unit: if matches!(d, Density::KgM3(_)) {
+                    "kg/m³"
+                } else {
+                    ""
+                },
             })
         }
         _ => {}
@@ -696,11 +706,7 @@ pub fn correct(req: &Request) -> Result<Correction, MeasureError> {
     let base_t68 = t68_f(req.base.temp_c());
     let given = || {
         if observed {
-            format!(
-                "observed {} at {}",
-                d.describe(),
-                temperature.describe()
-            )
+            format!("observed {} at {}", d.describe(), temperature.describe())
         } else {
             match req.base {
                 Base::F60 => format!("{} at 60 °F", d.describe()),
