@@ -17,7 +17,8 @@
 //!   that day (alerts for those are raised per parcel).
 //! - **Parcel** (per discharge closed that day): B/L → ship's figure → jetty meter → tank receipts.
 //! - **Trip** (per BOL): delivered vs loaded; no ePOD after the grace period = `epod-missing`;
-//!   stops outside known places during the loaded trip = `unscheduled-stop`.
+//!   stops outside known places during the loaded trip = `unscheduled-stop`; at a station with a
+//!   tank gauge, the gauge's delivery report (within ±3 h) against the ePOD (`station-gauge`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -470,6 +471,46 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                         msg,
                         json!({ "bol": bol, "truck": truck, "station": e.station }),
                     );
+                }
+                if inp.gauged_stations.contains(&e.station) {
+                    // The station's gauge report closest to the ePOD within ±3 h.
+                    let near = inp
+                        .gauge_deliveries
+                        .iter()
+                        .filter(|g| {
+                            g.station == e.station
+                                && (g.ts_ms - e.delivered_ms).abs() <= 3 * 3_600_000
+                        })
+                        .filter(|g| {
+                            g.product
+                                .as_deref()
+                                .is_none_or(|p| products.contains_key(p))
+                        })
+                        .min_by_key(|g| (g.ts_ms - e.delivered_ms).abs());
+                    let v = cx.record(
+                        RecordKind::Trip,
+                        &place,
+                        "station-gauge",
+                        "station-gauge",
+                        &product,
+                        Some(delivered),
+                        near.map(|g| g.delivered_l),
+                        None,
+                        json!({ "bol": bol, "truck": truck, "station": e.station, "gauge_ts_ms": near.map(|g| g.ts_ms) }),
+                    );
+                    if v == Verdict::Exception {
+                        let msg = format!(
+                            "station {} tank gauge against the ePOD of {bol}: {}",
+                            e.station,
+                            cx.last_summary()
+                        );
+                        cx.alert(
+                            "station-gauge-variance",
+                            &place,
+                            msg,
+                            json!({ "bol": bol, "station": e.station }),
+                        );
+                    }
                 }
                 if let Some(track) = inp.tracks.iter().find(|t| t.bol == *bol) {
                     let fixes: Vec<Fix> = track

@@ -221,6 +221,19 @@ pub struct Track {
     pub fixes: Vec<Fix>,
 }
 
+/// A delivery reported by a station's tank gauge (TLS-350 delivery report).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GaugeDelivery {
+    /// Station id.
+    pub station: String,
+    /// Product, if the report names it.
+    pub product: Option<String>,
+    /// End of the delivery, ms.
+    pub ts_ms: i64,
+    /// Delivered volume (temperature-compensated when the gauge gives it), litres.
+    pub delivered_l: f64,
+}
+
 /// A past point of a meter's meter-vs-tank trend (from stored variance records).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrendPoint {
@@ -255,6 +268,10 @@ pub struct DayInputs {
     pub tracks: Vec<Track>,
     /// Known places (terminals, stations, depots) for GPS stops.
     pub places: Vec<Place>,
+    /// Delivery reports of the stations with a tank gauge (by station id).
+    pub gauge_deliveries: Vec<GaugeDelivery>,
+    /// Stations that have a tank gauge.
+    pub gauged_stations: Vec<String>,
     /// Past meter-trend points per meter id, oldest first.
     pub trends: Vec<(String, Vec<TrendPoint>)>,
 }

@@ -414,10 +414,21 @@ impl Reconciler {
             let e = last.entry(&b.bol).or_insert((&b.truck, b.ts_ms));
             e.1 = e.1.max(b.ts_ms);
         }
+        // One track query pair per truck and day (not per trip): trips of a truck are sliced
+        // from it in memory.
+        let mut per_truck: BTreeMap<&str, Vec<(&str, i64, i64)>> = BTreeMap::new();
         for e in &inputs.epods {
             let Some((truck, from)) = last.get(e.bol.as_str()) else {
                 continue;
             };
+            if trucks.contains_key(truck) {
+                per_truck
+                    .entry(truck)
+                    .or_default()
+                    .push((&e.bol, *from, e.delivered_ms));
+            }
+        }
+        for (truck, trips) in per_truck {
             let Some(t) = trucks.get(truck) else { continue };
             let (Some(lat), Some(lon)) = (
                 reg.id(&t.site, &t.agent, &t.lat_tag),
@@ -425,13 +436,11 @@ impl Reconciler {
             ) else {
                 continue;
             };
-            let la = ledger.track(lat, *from, e.delivered_ms).await?;
-            let lo: HashMap<i64, f64> = ledger
-                .track(lon, *from, e.delivered_ms)
-                .await?
-                .into_iter()
-                .collect();
-            let fixes = la
+            let from = trips.iter().map(|x| x.1).min().unwrap_or(t0);
+            let to = trips.iter().map(|x| x.2).max().unwrap_or(t1);
+            let la = ledger.track(lat, from, to).await?;
+            let lo: HashMap<i64, f64> = ledger.track(lon, from, to).await?.into_iter().collect();
+            let fixes: Vec<Fix> = la
                 .into_iter()
                 .filter_map(|(ts, lat)| {
                     lo.get(&ts).map(|&lon| Fix {
@@ -441,10 +450,16 @@ impl Reconciler {
                     })
                 })
                 .collect();
-            inputs.tracks.push(Track {
-                bol: e.bol.clone(),
-                fixes,
-            });
+            for (bol, a, b) in trips {
+                inputs.tracks.push(Track {
+                    bol: bol.to_owned(),
+                    fixes: fixes
+                        .iter()
+                        .copied()
+                        .filter(|f| f.ts_ms >= a && f.ts_ms <= b)
+                        .collect(),
+                });
+            }
         }
         inputs.places = self
             .cfg
@@ -459,6 +474,37 @@ impl Reconciler {
             })
             .collect();
 
+        // Delivery reports of the stations with a tank gauge (TLS-350).
+        let grace = (self.cfg.epod_grace_hours * 3_600_000.0) as i64;
+        for st in &self.cfg.stations {
+            let Some(gsite) = &st.gauge_site else {
+                continue;
+            };
+            inputs.gauged_stations.push(st.id.clone());
+            for ev in ledger
+                .events(
+                    gsite,
+                    &self.cfg.tls_event_kind,
+                    t0 - 3 * 3_600_000,
+                    t1 + grace + 3 * 3_600_000,
+                )
+                .await?
+            {
+                let f = |k: &str| ev.fields.get(k).and_then(serde_json::Value::as_f64);
+                if let Some(l) = f("volume_tc_l").or_else(|| f("volume_l")) {
+                    inputs.gauge_deliveries.push(GaugeDelivery {
+                        station: st.id.clone(),
+                        product: ev
+                            .fields
+                            .get("product")
+                            .and_then(|v| v.as_str())
+                            .map(str::to_owned),
+                        ts_ms: ev.ts_ms,
+                        delivered_l: l,
+                    });
+                }
+            }
+        }
         // Past trend points of each meter group.
         let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for m in &meters {

@@ -275,7 +275,7 @@ pub trait Ledger: Send + Sync {
 }
 
 /// The reconciliation alert kinds (everything a run raises).
-pub const RUN_KINDS: [&str; 10] = [
+pub const RUN_KINDS: [&str; 11] = [
     "tank-balance",
     "chain-variance",
     "parcel-variance",
@@ -286,6 +286,7 @@ pub const RUN_KINDS: [&str; 10] = [
     "unscheduled-stop",
     "no-data",
     "unknown-meter",
+    "station-gauge-variance",
 ];
 
 #[cfg(test)]

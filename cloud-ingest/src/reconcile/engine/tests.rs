@@ -337,3 +337,40 @@ fn days_are_named_and_parsed() {
     assert!(parse_day("2025-13-01").is_err());
     assert_eq!(day_of(day_start_ms(DAY) + DAY_MS - 1), DAY);
 }
+
+#[test]
+fn a_station_gauge_report_is_checked_against_the_epod() {
+    let mut d = day();
+    let t0 = day_start_ms(DAY);
+    d.gauged_stations = vec!["ST-1".into()];
+    d.gauge_deliveries = vec![
+        GaugeDelivery {
+            station: "ST-1".into(),
+            product: Some("AGO".into()),
+            ts_ms: t0 + 5 * 3_600_000 + 600_000,
+            delivered_l: 29_985.0,
+        },
+        GaugeDelivery {
+            station: "ST-1".into(),
+            product: None,
+            ts_ms: t0 + 6 * 3_600_000 + 900_000,
+            delivered_l: 29_000.0,
+        },
+    ];
+    let r = run(&d);
+    assert_eq!(
+        find(&r, RecordKind::Trip, "TRK-1/B1", "station-gauge").verdict,
+        Verdict::Ok
+    );
+    let kinds: Vec<(&str, &str)> = r
+        .alerts
+        .iter()
+        .map(|a| (a.kind.as_str(), a.place.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("station-gauge-variance", "TRK-2/B2")],
+        "{:#?}",
+        r.alerts
+    );
+}
