@@ -82,7 +82,11 @@ fn main() {
         .map(|i| {
             let g = groups[i % 3];
             let lo = if g == Group::Lube { 810.0 } else { 650.0 };
-            (g, lo + (1150.0 - lo) * rng.next(), -50.0 + 350.0 * rng.next())
+            (
+                g,
+                lo + (1150.0 - lo) * rng.next(),
+                -50.0 + 350.0 * rng.next(),
+            )
         })
         .collect();
 
@@ -148,11 +152,17 @@ fn main() {
         let r = rate(n, || {
             let mut acc = 0.0;
             for i in 0..n {
-                acc += correct(black_box(&rs[i & 4095])).map(|c| c.ctpl).unwrap_or(0.0);
+                acc += correct(black_box(&rs[i & 4095]))
+                    .map(|c| c.ctpl)
+                    .unwrap_or(0.0);
             }
             acc
         });
-        println!("(b) {name}:  {r:>12.0} requests/s ({:.0} ns each; {})", 1e9 / r, wall());
+        println!(
+            "(b) {name}:  {r:>12.0} requests/s ({:.0} ns each; {})",
+            1e9 / r,
+            wall()
+        );
     }
 
     // (c) The calc line path.
@@ -191,7 +201,11 @@ fn main() {
         }
         acc
     });
-    println!("(c) calc line, 60 °F base density given:     {r:>12.0} lines/s ({:.0} ns each; {})", 1e9 / r, wall());
+    println!(
+        "(c) calc line, 60 °F base density given:     {r:>12.0} lines/s ({:.0} ns each; {})",
+        1e9 / r,
+        wall()
+    );
     let mut text = String::new();
     for i in 0..n {
         text.push_str(&lines[i & 4095]);
@@ -203,5 +217,9 @@ fn main() {
         let ok = calc::stream(&mut text.as_bytes(), &mut sink).unwrap_or(false);
         sink.len() as f64 + ok as u8 as f64
     });
-    println!("(c) calc stream (in-memory stdin → stdout):  {r:>12.0} lines/s ({:.1} MB in; {})", text.len() as f64 / 1e6, wall());
+    println!(
+        "(c) calc stream (in-memory stdin → stdout):  {r:>12.0} lines/s ({:.1} MB in; {})",
+        text.len() as f64 / 1e6,
+        wall()
+    );
 }

@@ -188,18 +188,32 @@ fn calc_answers_every_line_in_order_including_bad_ones() {
         .write_all(input.as_bytes())
         .expect("write");
     let out = child.wait_with_output().expect("calc");
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).expect("utf-8");
     let lines: Vec<&str> = text.split_terminator('\n').collect();
     assert_eq!(lines.len(), 5, "{text}");
     let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).expect(s);
     let first = json(lines[0]);
     assert_eq!(first["id"], 1);
-    assert!((first["ctl"].as_f64().unwrap() - 0.940416747194).abs() < 1e-12, "{first}");
-    assert!((first["cpl"].as_f64().unwrap() - 1.000078931033).abs() < 1e-12, "{first}");
+    assert!(
+        (first["ctl"].as_f64().unwrap() - 0.940416747194).abs() < 1e-12,
+        "{first}"
+    );
+    assert!(
+        (first["cpl"].as_f64().unwrap() - 1.000078931033).abs() < 1e-12,
+        "{first}"
+    );
     assert_eq!(first["density_base"], 865.6);
     assert_eq!(first["group_used"], "fuel_oil");
-    assert!(json(lines[1])["error"].as_str().unwrap().starts_with("invalid JSON"));
+    assert!(json(lines[1])["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid JSON"));
     let third = json(lines[2]);
     assert_eq!(third["id"], 3);
     assert_eq!(
@@ -222,13 +236,34 @@ fn calc_answers_every_line_in_order_including_bad_ones() {
         .expect("calc");
     assert!(ok.status.success());
     assert!(ok.stdout.is_empty());
-    let help = Command::new(BIN).args(["calc", "--help"]).output().expect("help");
+    let help = Command::new(BIN)
+        .args(["calc", "--help"])
+        .output()
+        .expect("help");
     let help = String::from_utf8_lossy(&help.stdout);
     for field in [
-        "group", "alpha60_per_f", "base_temp_c", "base_temp_f", "density_base",
-        "density_observed", "density_unit", "temp_c", "temp_f", "pressure", "pressure_unit",
-        "mode", "ctl", "cpl", "ctpl", "density_60f", "group_used", "gasoline", "transition",
-        "jet", "fuel_oil", "Example",
+        "group",
+        "alpha60_per_f",
+        "base_temp_c",
+        "base_temp_f",
+        "density_base",
+        "density_observed",
+        "density_unit",
+        "temp_c",
+        "temp_f",
+        "pressure",
+        "pressure_unit",
+        "mode",
+        "ctl",
+        "cpl",
+        "ctpl",
+        "density_60f",
+        "group_used",
+        "gasoline",
+        "transition",
+        "jet",
+        "fuel_oil",
+        "Example",
     ] {
         assert!(help.contains(field), "--help lacks {field}:\n{help}");
     }

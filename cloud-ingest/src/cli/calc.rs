@@ -193,7 +193,10 @@ fn request(f: &Fields) -> Result<(Request, Names), String> {
             }
         },
     };
-    let base = match one_of(("base_temp_c", f.base_temp_c), ("base_temp_f", f.base_temp_f))? {
+    let base = match one_of(
+        ("base_temp_c", f.base_temp_c),
+        ("base_temp_f", f.base_temp_f),
+    )? {
         ("base_temp_c", t) if t == 15.0 => Base::C15,
         ("base_temp_c", t) if t == 20.0 => Base::C20,
         ("base_temp_f", t) if t == 60.0 => Base::F60,
@@ -554,9 +557,12 @@ mod tests {
             }
         }
         // Duplicate fields are errors, null is absent.
-        let got = err(r#"{"group":"crude","base_temp_f":60,"density_base":850,"temp_c":20,"temp_c":30}"#);
+        let got =
+            err(r#"{"group":"crude","base_temp_f":60,"density_base":850,"temp_c":20,"temp_c":30}"#);
         assert!(got.starts_with("duplicate field `temp_c`"), "{got}");
-        let v = one(r#"{"group":"crude","base_temp_f":60,"density_base":850,"temp_c":20,"temp_f":null,"id":null}"#);
+        let v = one(
+            r#"{"group":"crude","base_temp_f":60,"density_base":850,"temp_c":20,"temp_f":null,"id":null}"#,
+        );
         assert!(v["ctl"].is_number(), "{v}");
         // The id is echoed on errors too.
         assert_eq!(one(r#"{"id":7,"group":"x"}"#)["id"], 7);
