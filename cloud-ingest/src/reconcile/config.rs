@@ -439,6 +439,16 @@ pub struct TruckConfig {
     pub lon_tag: String,
 }
 
+/// `x > min`, false for NaN (so `!gt(..)` rejects NaN too).
+fn gt(x: f64, min: f64) -> bool {
+    x > min
+}
+
+/// `x >= min`, false for NaN.
+fn ge(x: f64, min: f64) -> bool {
+    x >= min
+}
+
 impl ReconcileConfig {
     /// The daily run time as minutes after midnight UTC.
     pub fn run_at_minutes(&self) -> Result<u32, String> {
@@ -479,7 +489,7 @@ impl ReconcileConfig {
         if let Err(m) = self.run_at_minutes() {
             e.push(m);
         }
-        if !(self.epod_grace_hours >= 0.0) {
+        if !ge(self.epod_grace_hours, 0.0) {
             e.push(format!(
                 "epod_grace_hours {} must be ≥ 0",
                 self.epod_grace_hours
@@ -526,10 +536,10 @@ impl ReconcileConfig {
         if self.drift.min_points < 2 {
             e.push("drift.min_points must be ≥ 2".into());
         }
-        if !(self.drift.sigma > 0.0) || !(self.drift.min_shift_pct >= 0.0) {
+        if !gt(self.drift.sigma, 0.0) || !ge(self.drift.min_shift_pct, 0.0) {
             e.push("drift.sigma must be > 0 and drift.min_shift_pct ≥ 0".into());
         }
-        if !(self.stops.radius_m > 0.0) || !(self.stops.min_minutes > 0.0) {
+        if !gt(self.stops.radius_m, 0.0) || !gt(self.stops.min_minutes, 0.0) {
             e.push("stops.radius_m and stops.min_minutes must be > 0".into());
         }
         let dup = |e: &mut Vec<String>, what: &str, ids: Vec<&str>| {
@@ -583,13 +593,14 @@ impl ReconcileConfig {
             if !(t.sw_pct >= 0.0 && t.sw_pct < 100.0) {
                 e.push(format!("{at}: sw_pct {} must be in [0, 100)", t.sw_pct));
             }
-            if !(t.table_unit_l > 0.0) {
+            if !gt(t.table_unit_l, 0.0) {
                 e.push(format!("{at}: table_unit_l must be > 0"));
             }
         }
         for m in &self.meters {
             let at = format!("meters {:?}", m.id);
-            if !(m.unit_l > 0.0) || !(m.meter_factor > 0.5 && m.meter_factor < 1.5) {
+            let mf_ok = gt(m.meter_factor, 0.5) && m.meter_factor < 1.5;
+            if !gt(m.unit_l, 0.0) || !mf_ok {
                 e.push(format!(
                     "{at}: unit_l must be > 0 and meter_factor within 0.5–1.5"
                 ));
@@ -611,7 +622,7 @@ impl ReconcileConfig {
             if !(-90.0..=90.0).contains(&p.lat) || !(-180.0..=180.0).contains(&p.lon) {
                 e.push(format!("place {:?}: lat/lon out of range", p.id));
             }
-            if !(p.radius_m > 0.0) {
+            if !gt(p.radius_m, 0.0) {
                 e.push(format!("place {:?}: radius_m must be > 0", p.id));
             }
         }
