@@ -197,11 +197,22 @@ fn request(f: &Fields) -> Result<(Request, Names), String> {
         ("base_temp_c", f.base_temp_c),
         ("base_temp_f", f.base_temp_f),
     )? {
-        ("base_temp_c", t) if t == 15.0 => Base::C15,
-        ("base_temp_c", t) if t == 20.0 => Base::C20,
-        ("base_temp_f", t) if t == 60.0 => Base::F60,
-        ("base_temp_c", t) => return Err(format!("base_temp_c: {t} is not 15 or 20")),
-        (_, t) => return Err(format!("base_temp_f: {t} is not 60")),
+        ("base_temp_c", t) => {
+            if t == 15.0 {
+                Base::C15
+            } else if t == 20.0 {
+                Base::C20
+            } else {
+                return Err(format!("base_temp_c: {t} is not 15 or 20"));
+            }
+        }
+        (_, t) => {
+            if t == 60.0 {
+                Base::F60
+            } else {
+                return Err(format!("base_temp_f: {t} is not 60"));
+            }
+        }
     };
     let (dkey, dval) = one_of(
         ("density_base", f.density_base),

@@ -644,7 +644,7 @@ fn rejects_pressure_outside_limits() {
     }
     for p in [
         Pressure::Psi(1500.0),
-        Pressure::KPa(10_342.1355),
+        Pressure::KPa(10_342.135_5),
         Pressure::Psi(-14.0),
     ] {
         correct(&Request {
