@@ -61,11 +61,18 @@ input and output stay line-aligned (e.g. for `paste`).
 Exit status: 0 when every line was computed, 1 when at least one line was an error (all lines
 are still processed), 2 when standard input or output failed.
 
-Example:
-  $ echo '{\"group\":\"refined\",\"base_temp_c\":15,\"density_base\":865.6,\"temp_c\":87.32,\
-\"pressure\":75,\"pressure_unit\":\"kpa\"}' | cloud-ingest calc
-  {\"ctl\":0.9404167471943...,\"cpl\":1.0000789310...,\"ctpl\":0.94049...,\"density_60f\":865.2...,\
-\"density_base\":865.6,\"group_used\":\"fuel_oil\"}
+Example (tickets.jsonl holds one request per line):
+  {\"id\":\"T1\",\"group\":\"crude\",\"base_temp_f\":60,\"density_base\":850,\"temp_f\":100,\"mode\":\"table\"}
+  {\"id\":\"T2\",\"group\":\"refined\",\"base_temp_c\":15,\"density_base\":865.6,\"temp_c\":87.32,
+    \"pressure\":75,\"pressure_unit\":\"kpa\"}                      (one line in the file)
+  {\"id\":\"T3\",\"group\":\"crude\",\"base_temp_f\":60,\"density_base\":100,\"density_unit\":\"api\",
+    \"temp_f\":-58.05}                                          (one line in the file)
+  $ cloud-ingest calc < tickets.jsonl; echo $?
+  {\"id\":\"T1\",\"ctl\":0.98101,\"cpl\":1,\"ctpl\":0.98101,\"density_60f\":850,\"group_used\":\"crude\"}
+  {\"id\":\"T2\",\"ctl\":0.9404167471942763,\"cpl\":1.000078931033071,\"ctpl\":0.9404909752596496,
+    \"density_60f\":865.2097994470051,\"density_base\":865.6,\"group_used\":\"fuel_oil\"}
+  {\"id\":\"T3\",\"error\":\"temp_f: temperature -58.05 °F is below the limit -58 °F\"}
+  1
 ";
 
 /// The fields of one input line (null is the same as absent).
@@ -577,6 +584,21 @@ mod tests {
         assert!(v["ctl"].is_number(), "{v}");
         // The id is echoed on errors too.
         assert_eq!(one(r#"{"id":7,"group":"x"}"#)["id"], 7);
+    }
+
+    /// The example of `--help` is what the command prints.
+    #[test]
+    fn help_example_is_true() {
+        let help = HELP.replace("\n    ", "");
+        for input in [
+            r#"{"id":"T1","group":"crude","base_temp_f":60,"density_base":850,"temp_f":100,"mode":"table"}"#,
+            r#"{"id":"T2","group":"refined","base_temp_c":15,"density_base":865.6,"temp_c":87.32,"pressure":75,"pressure_unit":"kpa"}"#,
+            r#"{"id":"T3","group":"crude","base_temp_f":60,"density_base":100,"density_unit":"api","temp_f":-58.05}"#,
+        ] {
+            let mut out = String::new();
+            line(input, &mut out);
+            assert!(help.contains(&out), "--help lacks {out}");
+        }
     }
 
     #[test]
