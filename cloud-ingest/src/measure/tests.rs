@@ -525,6 +525,27 @@ fn table_mode_rounds_inputs_and_factors() {
 }
 
 #[test]
+fn table_mode_checks_the_limits_on_the_given_inputs() {
+    let e = correct(&Request {
+        mode: Mode::Table,
+        temperature: Temperature::F(-58.04),
+        ..base_req()
+    })
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "temperature -58.04 °F is below the limit -58 °F"
+    );
+    let e = correct(&Request {
+        mode: Mode::Table,
+        pressure: Pressure::Psi(1500.4),
+        ..base_req()
+    })
+    .unwrap_err();
+    assert_eq!(e.input(), Input::Pressure);
+}
+
+#[test]
 fn rounding_is_half_up_on_decimal_ties() {
     assert_eq!(round_step(87.325, 20.0), 87.35);
     assert_eq!(round_step(-0.025, 20.0), -0.05);

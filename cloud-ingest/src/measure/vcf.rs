@@ -659,6 +659,10 @@ pub fn shifted_density_alpha60(group: Group, rho60: f64) -> (f64, f64, GroupUsed
 
 /// The full correction for a [`Request`] (units as given; see [`Mode`] for the rounding).
 pub fn correct(req: &Request) -> Result<Correction, MeasureError> {
+    // Limits apply to the inputs as given, in both modes (−58.04 °F is rejected even though the
+    // table would round it to −58.0).
+    req.temperature.checked_c()?;
+    req.pressure.checked_psi()?;
     let (density, temperature, pressure) = match req.mode {
         Mode::Exact => (req.density, req.temperature, req.pressure),
         Mode::Table => (
