@@ -268,3 +268,43 @@ fn calc_answers_every_line_in_order_including_bad_ones() {
         assert!(help.contains(field), "--help lacks {field}:\n{help}");
     }
 }
+
+/// `calc` answers each line as soon as it has it (no waiting for more input or end of input),
+/// so a script can keep one process open and ask line by line.
+#[test]
+fn calc_answers_interactively() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(BIN)
+        .arg("calc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn calc");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.expect("read")).is_err() {
+                return;
+            }
+        }
+    });
+    for (input, want) in [
+        (
+            r#"{"group":"crude","base_temp_f":60,"density_base":850,"temp_f":60}"#,
+            "\"ctl\":1",
+        ),
+        ("{oops", "\"error\":\"invalid JSON"),
+    ] {
+        writeln!(stdin, "{input}").expect("write");
+        stdin.flush().expect("flush");
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("an answer while stdin is still open");
+        assert!(got.contains(want), "{got}");
+    }
+    drop(stdin);
+    assert_eq!(child.wait().expect("wait").code(), Some(1));
+    reader.join().expect("reader");
+}

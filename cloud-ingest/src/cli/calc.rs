@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
@@ -402,7 +402,7 @@ fn push_json<T: Serialize + ?Sized>(out: &mut String, v: &T) {
 /// input is buffered, so an interactive caller gets each answer right away.
 pub fn run() -> ExitCode {
     let stdin = std::io::stdin();
-    let mut input = std::io::BufReader::with_capacity(64 * 1024, stdin.lock());
+    let mut input = BufReader::with_capacity(64 * 1024, stdin.lock());
     let stdout = std::io::stdout();
     let mut output = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     match stream(&mut input, &mut output) {
@@ -417,7 +417,12 @@ pub fn run() -> ExitCode {
 }
 
 /// The loop of [`run`] over any reader and writer; Ok(true) when no line was an error.
-pub fn stream<R: BufRead, W: Write>(input: &mut R, output: &mut W) -> std::io::Result<bool> {
+/// Output is flushed when the reader holds no more buffered input (checked without reading, so
+/// a caller that sends one line and waits for its answer gets it).
+pub fn stream<R: Read, W: Write>(
+    input: &mut BufReader<R>,
+    output: &mut W,
+) -> std::io::Result<bool> {
     let (mut buf, mut out) = (Vec::new(), String::new());
     let mut all_ok = true;
     loop {
@@ -437,7 +442,7 @@ pub fn stream<R: BufRead, W: Write>(input: &mut R, output: &mut W) -> std::io::R
         }
         output.write_all(out.as_bytes())?;
         output.write_all(b"\n")?;
-        if input.fill_buf()?.is_empty() {
+        if input.buffer().is_empty() {
             output.flush()?;
         }
     }
@@ -605,7 +610,7 @@ mod tests {
     fn stream_keeps_lines_aligned() {
         let input = "{\"group\":\"crude\",\"base_temp_f\":60,\"density_base\":850,\"temp_f\":100}\r\n\n{bad\n\u{0}\n{\"group\":\"crude\",\"base_temp_f\":60,\"density_base\":850,\"temp_f\":60}";
         let mut out = Vec::new();
-        let ok = stream(&mut input.as_bytes(), &mut out).unwrap();
+        let ok = stream(&mut BufReader::new(input.as_bytes()), &mut out).unwrap();
         assert!(!ok);
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.split_terminator('\n').collect();
@@ -626,7 +631,7 @@ mod tests {
         let mut bytes = b"{\"group\":1}\n".to_vec();
         bytes.extend_from_slice(b"\xff\xfe\n{}\n");
         let mut out = Vec::new();
-        stream(&mut bytes.as_slice(), &mut out).unwrap();
+        stream(&mut BufReader::new(bytes.as_slice()), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
         assert!(text.lines().nth(1).unwrap().contains("not UTF-8"), "{text}");
