@@ -7,7 +7,8 @@
 //!   observed → base density, 60 °F / 15 °C / 20 °C bases, exact and printed-table modes;
 //! - `tank.rs`: strapping tables (CSV), TOV → GOV → GSV → NSV;
 //! - `meter.rs`: meter factor and gross volume;
-//! - `error.rs`: [`MeasureError`] and [`Input`] (which input an error is about).
+//! - `error.rs`: [`MeasureError`] and [`Input`] (which input an error is about);
+//! - `tests.rs`: the published examples, cross-checks, invariants and every rejected input.
 //!
 //! Factor convention: CTL and CPL convert from the base to the observation conditions in the
 //! sense ρ_obs = ρ_base · CTL · CPL, i.e. V_base = V_obs · CTPL.
