@@ -172,6 +172,19 @@ async fn main() -> Res<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
+    if args.iter().any(|a| a == "--trace") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "cloud_ingest::reconcile=debug",
+            ))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let reuse = args
+        .iter()
+        .position(|a| a == "--reuse")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let admin = match connect("postgres").await {
         Ok(c) => c,
         Err(e) => {
@@ -179,18 +192,37 @@ async fn main() -> Res<()> {
             return Ok(());
         }
     };
-    let db = format!("fs_bench_recon_{}", std::process::id());
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
-        .await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await?;
+    let db = reuse
+        .clone()
+        .unwrap_or_else(|| format!("fs_bench_recon_{}", std::process::id()));
+    if reuse.is_none() {
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+            .await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await?;
+    }
     let store =
         PgStore::connect(&format!("{} dbname={db}", server()), PgOptions::default()).await?;
     let layout = store.migrate().await?;
     println!("database {db}: {layout}");
+    if reuse.is_none() {
+        load(&store, &db, full_days).await?;
+    }
+    reconcile(&store).await?;
+    store.close();
+    drop(store);
+    if !keep && reuse.is_none() {
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await?;
+    }
+    Ok(())
+}
 
+/// Births, discharges, readings and batch records, ePODs.
+async fn load(store: &PgStore, db: &str, full_days: i64) -> Res<()> {
     // --- load ------------------------------------------------------------------------------
     let load = Instant::now();
     let names = tag_names();
@@ -334,7 +366,7 @@ async fn main() -> Res<()> {
             store.commit(&pending).await?;
         }
         // ePODs of the day's trips (one multi-row insert each for ePODs and compartments).
-        let c = connect(&db).await?;
+        let c = connect(db).await?;
         c.execute(
             "WITH e AS (
                 INSERT INTO flowsquare.epods (trip, bol, truck, station, delivered, receiver, lat, lon, posted)
@@ -354,7 +386,7 @@ async fn main() -> Res<()> {
         );
     }
     // Products of the compartments follow the BOL's meter (fix up in one statement).
-    let c = connect(&db).await?;
+    let c = connect(db).await?;
     c.batch_execute(&format!(
         "UPDATE flowsquare.epod_compartments k SET product = CASE WHEN (split_part(e.bol, '-', 2)::int % {TANKS}) < {} THEN 'PMS' ELSE 'AGO' END
          FROM flowsquare.epods e WHERE e.id = k.epod_id; ANALYZE;",
@@ -366,8 +398,11 @@ async fn main() -> Res<()> {
         "loaded {readings} readings, {events} batch records, {} ePODs in {load_s:.0} s",
         TRIPS as i64 * DAYS
     );
+    Ok(())
+}
 
-    // --- reconcile ---------------------------------------------------------------------------
+/// The timed part.
+async fn reconcile(store: &PgStore) -> Res<()> {
     let (cfg, tables) = model();
     let r = Reconciler::with_tables(cfg, &tables)?;
     let as_of = day_start_ms(START_DAY + DAYS + 2);
@@ -376,7 +411,7 @@ async fn main() -> Res<()> {
     for pass in ["cold", "re-run"] {
         let t = Instant::now();
         let runs = r
-            .run_range(&store, first, last, as_of, "bench", |_| {})
+            .run_range(store, first, last, as_of, "bench", |_| {})
             .await?;
         let s = t.elapsed().as_secs_f64();
         let records: i64 = runs.iter().map(|x| x.run.records).sum();
@@ -389,7 +424,7 @@ async fn main() -> Res<()> {
     let mut one = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        r.run_day(&store, START_DAY + 10, as_of, "bench").await?;
+        r.run_day(store, START_DAY + 10, as_of, "bench").await?;
         one.push(t.elapsed().as_secs_f64());
     }
     one.sort_by(f64::total_cmp);
@@ -400,12 +435,5 @@ async fn main() -> Res<()> {
         results[0],
         results[0] / 5.0
     );
-    store.close();
-    drop(store);
-    if !keep {
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-            .await?;
-    }
     Ok(())
 }

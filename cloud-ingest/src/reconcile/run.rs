@@ -157,16 +157,23 @@ impl Reconciler {
         trigger: &str,
     ) -> Result<RunReport, ReconcileError> {
         let started_ms = now_ms();
+        let clock = std::time::Instant::now();
         let registry = Registry::new(store.tags(None, None).await?);
         let mut all = DayResult::default();
+        let (mut load_s, mut compute_s) = (0.0, 0.0);
         for site in self.cfg.sites() {
+            let t = std::time::Instant::now();
             let inputs = self
                 .load_day(store, &registry, &site, day, as_of_ms)
                 .await?;
+            load_s += t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
             let r = reconcile_day(&inputs, &self.params());
+            compute_s += t.elapsed().as_secs_f64();
             all.variances.extend(r.variances);
             all.alerts.extend(r.alerts);
         }
+        let save = std::time::Instant::now();
         let run = NewRun {
             date: day_name(day),
             trigger: trigger.to_owned(),
@@ -178,6 +185,14 @@ impl Reconciler {
             .ledger()
             .save_run(&run, &all.variances, &all.alerts)
             .await?;
+        tracing::debug!(
+            date = %run.date,
+            load_ms = load_s * 1000.0,
+            compute_ms = compute_s * 1000.0,
+            save_ms = save.elapsed().as_secs_f64() * 1000.0,
+            total_ms = clock.elapsed().as_secs_f64() * 1000.0,
+            "reconciliation run phases"
+        );
         Ok(RunReport { run, result: all })
     }
 
@@ -315,12 +330,24 @@ impl Reconciler {
                 .collect();
             parcel_probes.push((jetty, tks));
         }
-        let values: Vec<Option<f64>> = ledger
-            .values_at(&probes, max_age)
-            .await?
-            .into_iter()
-            .zip(&probes)
-            .map(|(v, (tag, _))| if *tag < 0 { None } else { v.map(|x| x.1) })
+        let t_values = std::time::Instant::now();
+        // Only real tags are probed (absent optional tags are -1); the batch records are read
+        // at the same time on another connection.
+        let real: Vec<(i64, i64)> = probes.iter().copied().filter(|p| p.0 >= 0).collect();
+        let (found, events) = tokio::join!(
+            ledger.values_at(&real, max_age),
+            ledger.events(site, &self.cfg.batch_event_kind, t0, t1)
+        );
+        let (mut found, events) = (found?.into_iter(), events?);
+        let values: Vec<Option<f64>> = probes
+            .iter()
+            .map(|(tag, _)| {
+                if *tag < 0 {
+                    None
+                } else {
+                    found.next().flatten().map(|x| x.1)
+                }
+            })
             .collect();
         let stock_at = |t: &TankModel, i: usize| self.stock(t, &values[i..i + 6]);
 
@@ -384,10 +411,9 @@ impl Reconciler {
             });
         }
 
+        let values_ms = t_values.elapsed().as_secs_f64() * 1000.0;
         // Batch records.
-        let events = ledger
-            .events(site, &self.cfg.batch_event_kind, t0, t1)
-            .await?;
+        let t_events = std::time::Instant::now();
         let mut bad = 0usize;
         for e in &events {
             match batch_of(e) {
@@ -405,7 +431,10 @@ impl Reconciler {
         let mut bols: Vec<String> = inputs.batches.iter().map(|b| b.bol.clone()).collect();
         bols.sort();
         bols.dedup();
+        let events_ms = t_events.elapsed().as_secs_f64() * 1000.0;
+        let t_epods = std::time::Instant::now();
         inputs.epods = ledger.epods_for(&bols).await?;
+        let epods_ms = t_epods.elapsed().as_secs_f64() * 1000.0;
 
         // GPS tracks of the confirmed trips of trucks with GPS tags.
         let trucks: HashMap<&str, _> = self.cfg.trucks.iter().map(|t| (t.id.as_str(), t)).collect();
@@ -513,11 +542,23 @@ impl Reconciler {
             }
         }
         let from = day_name(day - i64::from(self.cfg.drift.window_days));
-        for ids in groups.values() {
-            let place = ids.join("+");
-            let h = ledger.trend(site, &place, &from, &day_name(day)).await?;
+        let places: Vec<String> = groups.values().map(|ids| ids.join("+")).collect();
+        let mut by_place: HashMap<String, Vec<TrendPoint>> = HashMap::new();
+        for (place, p) in ledger.trends(site, &places, &from, &day_name(day)).await? {
+            by_place.entry(place).or_default().push(p);
+        }
+        for place in places {
+            let h = by_place.remove(&place).unwrap_or_default();
             inputs.trends.push((place, h));
         }
+        tracing::debug!(
+            site,
+            probes = probes.len(),
+            values_ms,
+            parse_ms = events_ms,
+            epods_ms,
+            "reconciliation inputs"
+        );
         Ok(inputs)
     }
 

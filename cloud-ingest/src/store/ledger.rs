@@ -255,14 +255,14 @@ pub trait Ledger: Send + Sync {
         date: &str,
         kind: Option<&str>,
     ) -> Result<Vec<VarianceRow>, StoreError>;
-    /// The meter-trend points of a place at a site on dates in `[from, to)`.
-    async fn trend(
+    /// The meter-trend points of these places at a site on dates in `[from, to)`, by place.
+    async fn trends(
         &self,
         site: &str,
-        place: &str,
+        places: &[String],
         from_date: &str,
         to_date: &str,
-    ) -> Result<Vec<TrendPoint>, StoreError>;
+    ) -> Result<Vec<(String, TrendPoint)>, StoreError>;
     /// Make the open alerts of `kinds` exactly `found` (all dates); returns (opened, closed).
     async fn sync_alerts(
         &self,

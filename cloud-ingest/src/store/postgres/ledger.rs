@@ -173,67 +173,86 @@ async fn epods_where<C: GenericClient + Sync>(
     let rows = c
         .query(
             &format!(
-                "SELECT e.id, e.trip, e.bol, e.truck, e.station, e.delivered, e.receiver, e.lat, e.lon,
-                        coalesce(array_agg(k.compartment ORDER BY k.compartment) FILTER (WHERE k.epod_id IS NOT NULL), '{{}}'),
-                        coalesce(array_agg(k.product ORDER BY k.compartment) FILTER (WHERE k.epod_id IS NOT NULL), '{{}}'),
-                        coalesce(array_agg(k.gross_l ORDER BY k.compartment) FILTER (WHERE k.epod_id IS NOT NULL), '{{}}'),
-                        coalesce(array_agg(k.net_l ORDER BY k.compartment) FILTER (WHERE k.epod_id IS NOT NULL), '{{}}')
-                 FROM flowsquare.epods e LEFT JOIN flowsquare.epod_compartments k ON k.epod_id = e.id
-                 WHERE {sql_where} GROUP BY e.id ORDER BY e.delivered, e.id"
+                "SELECT e.id, e.trip, e.bol, e.truck, e.station, e.delivered, e.receiver, e.lat, e.lon
+                 FROM flowsquare.epods e WHERE {sql_where} ORDER BY e.delivered, e.id"
             ),
             args,
         )
         .await
         .map_err(pg)?;
-    Ok(rows
+    let mut out: Vec<Epod> = rows
         .iter()
-        .map(|r| {
-            let no: Vec<i64> = r.get(9);
-            let product: Vec<String> = r.get(10);
-            let gross: Vec<f64> = r.get(11);
-            let net: Vec<Option<f64>> = r.get(12);
-            Epod {
-                id: r.get(0),
-                trip: r.get(1),
-                bol: r.get(2),
-                truck: r.get(3),
-                station: r.get(4),
-                delivered_ms: r.get::<_, Ts>(5).0,
-                receiver: r.get(6),
-                lat: r.get(7),
-                lon: r.get(8),
-                compartments: no
-                    .into_iter()
-                    .zip(product)
-                    .zip(gross)
-                    .zip(net)
-                    .map(
-                        |(((compartment, product), gross_l), net_l)| EpodCompartment {
-                            compartment,
-                            product,
-                            gross_l,
-                            net_l,
-                        },
-                    )
-                    .collect(),
-            }
+        .map(|r| Epod {
+            id: r.get(0),
+            trip: r.get(1),
+            bol: r.get(2),
+            truck: r.get(3),
+            station: r.get(4),
+            delivered_ms: r.get::<_, Ts>(5).0,
+            receiver: r.get(6),
+            lat: r.get(7),
+            lon: r.get(8),
+            compartments: Vec::new(),
         })
-        .collect())
+        .collect();
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let ids: Vec<i64> = out.iter().map(|e| e.id).collect();
+    let ks = c
+        .query(
+            "SELECT epod_id, compartment, product, gross_l, net_l FROM flowsquare.epod_compartments
+             WHERE epod_id = ANY($1) ORDER BY epod_id, compartment",
+            &[&ids],
+        )
+        .await
+        .map_err(pg)?;
+    let at: std::collections::HashMap<i64, usize> =
+        out.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
+    for k in &ks {
+        if let Some(&i) = at.get(&k.get::<_, i64>(0)) {
+            out[i].compartments.push(EpodCompartment {
+                compartment: k.get(1),
+                product: k.get(2),
+                gross_l: k.get(3),
+                net_l: k.get(4),
+            });
+        }
+    }
+    Ok(out)
 }
 
 async fn open_alerts<C: GenericClient + Sync>(
     c: &C,
     kinds: &[&str],
 ) -> Result<Vec<AlertRow>, StoreError> {
+    // Only what the sync compares (key and date): not the messages and details.
     let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
     let rows = c
         .query(
-            &format!("SELECT {ALERT_COLS} FROM flowsquare.alerts WHERE state = 'open' AND kind = ANY($1) ORDER BY id"),
+            "SELECT id, kind, site, place, date, opened FROM flowsquare.alerts WHERE state = 'open' AND kind = ANY($1) ORDER BY id",
             &[&kinds],
         )
         .await
         .map_err(pg)?;
-    Ok(rows.iter().map(alert_row).collect())
+    Ok(rows
+        .iter()
+        .map(|r| AlertRow {
+            id: r.get(0),
+            a: NewAlert {
+                kind: r.get(1),
+                site: r.get(2),
+                place: r.get(3),
+                date: r.get(4),
+                message: String::new(),
+                detail: serde_json::Value::Null,
+            },
+            state: "open".into(),
+            opened_ms: r.get::<_, Ts>(5).0,
+            closed_ms: None,
+            closed_reason: None,
+        })
+        .collect())
 }
 
 async fn apply_sync<C: GenericClient + Sync>(
@@ -245,10 +264,17 @@ async fn apply_sync<C: GenericClient + Sync>(
     reason: &str,
 ) -> Result<(i64, i64), StoreError> {
     let (to_open, to_close) = plan_sync(open, found, date);
-    for a in &to_open {
+    if !to_open.is_empty() {
+        let col =
+            |f: &dyn Fn(&NewAlert) -> String| to_open.iter().map(|a| f(a)).collect::<Vec<String>>();
+        let detail: Vec<serde_json::Value> = to_open.iter().map(|a| a.detail.clone()).collect();
         c.execute(
-            "INSERT INTO flowsquare.alerts (kind, site, place, date, message, detail, state, opened) VALUES ($1, $2, $3, $4, $5, $6, 'open', $7)",
-            &[&a.kind, &a.site, &a.place, &a.date, &a.message, &a.detail, &ts(now)],
+            "INSERT INTO flowsquare.alerts (kind, site, place, date, message, detail, state, opened)
+             SELECT k, s, p, d, m, x, 'open', $7 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[]) AS u(k, s, p, d, m, x)",
+            &[
+                &col(&|a| a.kind.clone()), &col(&|a| a.site.clone()), &col(&|a| a.place.clone()),
+                &col(&|a| a.date.clone()), &col(&|a| a.message.clone()), &detail, &ts(now),
+            ],
         )
         .await
         .map_err(pg)?;
@@ -610,28 +636,34 @@ impl Ledger for PgStore {
             .collect())
     }
 
-    async fn trend(
+    async fn trends(
         &self,
         site: &str,
-        place: &str,
+        places: &[String],
         from_date: &str,
         to_date: &str,
-    ) -> Result<Vec<TrendPoint>, StoreError> {
+    ) -> Result<Vec<(String, TrendPoint)>, StoreError> {
         let c = self.client().await?;
+        let places = places.to_vec();
         let rows = c
             .query(
-                "SELECT date, variance_pct, verdict FROM flowsquare.variances WHERE site = $1 AND kind = 'meter-trend' AND place = $2
-                 AND date >= $3 AND date < $4 AND variance_pct IS NOT NULL ORDER BY date",
-                &[&site, &place, &from_date, &to_date],
+                "SELECT place, date, variance_pct, verdict FROM flowsquare.variances WHERE site = $1 AND kind = 'meter-trend'
+                 AND place = ANY($2) AND date >= $3 AND date < $4 AND variance_pct IS NOT NULL ORDER BY place, date",
+                &[&site, &places, &from_date, &to_date],
             )
             .await
             .map_err(pg)?;
         Ok(rows
             .iter()
-            .map(|r| TrendPoint {
-                day: crate::reconcile::model::parse_day(r.get(0)).unwrap_or(i64::MIN),
-                pct: r.get(1),
-                usable: r.get::<_, &str>(2) == "ok",
+            .map(|r| {
+                (
+                    r.get(0),
+                    TrendPoint {
+                        day: crate::reconcile::model::parse_day(r.get(1)).unwrap_or(i64::MIN),
+                        pct: r.get(2),
+                        usable: r.get::<_, &str>(3) == "ok",
+                    },
+                )
             })
             .collect())
     }

@@ -530,16 +530,16 @@ impl Ledger for SqliteStore {
         .await
     }
 
-    async fn trend(
+    async fn trends(
         &self,
         site: &str,
-        place: &str,
+        places: &[String],
         from_date: &str,
         to_date: &str,
-    ) -> Result<Vec<TrendPoint>, StoreError> {
-        let (site, place, from, to) = (
+    ) -> Result<Vec<(String, TrendPoint)>, StoreError> {
+        let (site, places, from, to) = (
             site.to_owned(),
-            place.to_owned(),
+            places.to_vec(),
             from_date.to_owned(),
             to_date.to_owned(),
         );
@@ -548,18 +548,22 @@ impl Ledger for SqliteStore {
                 "SELECT date, variance_pct, verdict FROM variances WHERE site = ?1 AND kind = 'meter-trend' AND place = ?2
                  AND date >= ?3 AND date < ?4 AND variance_pct IS NOT NULL ORDER BY date",
             )?;
-            let rows = st
-                .query_map(params![site, place, from, to], |r| {
-                    let date: String = r.get(0)?;
-                    let verdict: String = r.get(2)?;
-                    Ok(TrendPoint {
-                        day: crate::reconcile::model::parse_day(&date).unwrap_or(i64::MIN),
-                        pct: r.get(1)?,
-                        usable: verdict == "ok",
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
-            Ok(rows)
+            let mut out = Vec::new();
+            for place in &places {
+                let rows: Vec<TrendPoint> = st
+                    .query_map(params![site, place, from, to], |r| {
+                        let date: String = r.get(0)?;
+                        let verdict: String = r.get(2)?;
+                        Ok(TrendPoint {
+                            day: crate::reconcile::model::parse_day(&date).unwrap_or(i64::MIN),
+                            pct: r.get(1)?,
+                            usable: verdict == "ok",
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                out.extend(rows.into_iter().map(|p| (place.clone(), p)));
+            }
+            Ok(out)
         })
         .await
     }
