@@ -24,6 +24,9 @@ pub struct IngestConfig {
     /// `[api]`: the HTTP API for cloud ops.
     #[serde(default)]
     pub api: crate::api::ApiConfig,
+    /// `[reconcile]`: the site model, tolerances and schedules of the reconciliation.
+    #[serde(default)]
+    pub reconcile: crate::reconcile::ReconcileConfig,
 }
 
 /// `[mqtt]`: where the agents' batches come from.

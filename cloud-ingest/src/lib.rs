@@ -11,11 +11,18 @@
 //!   manual MQTT acks after the database commit and end-to-end acks to the agents (`run.rs`);
 //! - `store/`: the `Store` trait and its backends (`postgres/`, `sqlite/`) with one shared test
 //!   suite (`store/suite.rs`);
-//! - (to come: `reconcile/` and the console).
+//! - `measure/`: petroleum measurement (pure): API 11.1 CTL/CPL, tank quantities, meter factor;
+//! - `reconcile/`: movements (discharges, tank stocks, gantry loadings, ePODs), the daily
+//!   reconciliation (chain, tank balances, trips, parcels) with tolerances, its run loop and the
+//!   simulated terminal (`sim.rs`); `analytics/`: stale tags, meter drift, GPS stops;
+//! - (to come: the console).
 
+pub mod analytics;
 pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consume;
+pub mod measure;
+pub mod reconcile;
 pub mod store;

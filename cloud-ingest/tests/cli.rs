@@ -1,5 +1,5 @@
 //! The `cloud-ingest` binary: check-config, migrate, and import of an export file (twice: stored
-//! once), on the embedded SQLite store.
+//! once), on the embedded SQLite store; `calc` (JSON lines through the real binary).
 
 use std::process::Command;
 
@@ -157,4 +157,155 @@ fn check_config_accepts_the_example_and_names_the_line_of_an_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2") && err.contains("brokr"), "{err}");
+}
+
+/// `cloud-ingest calc` streams JSON lines: one result per line in order, bad lines (invalid
+/// JSON, out-of-limit inputs) answered with `{"error": …}` and the following lines still
+/// computed; exit status 1 because some lines were errors.
+#[test]
+fn calc_answers_every_line_in_order_including_bad_ones() {
+    use std::io::Write;
+    let input = concat!(
+        r#"{"id":1,"group":"refined","base_temp_c":15,"density_base":865.6,"temp_c":87.32,"pressure":75,"pressure_unit":"kpa"}"#,
+        "\n",
+        "{not json\n",
+        r#"{"id":3,"group":"crude","base_temp_f":60,"density_base":100,"density_unit":"api","temp_f":-58.05}"#,
+        "\n",
+        "\n",
+        r#"{"id":5,"group":"crude","base_temp_f":60,"density_observed":823.7,"temp_f":80.3,"pressure":-5,"pressure_unit":"psi","mode":"table"}"#,
+        "\n",
+    );
+    let mut child = Command::new(BIN)
+        .arg("calc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn calc");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("calc");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<&str> = text.split_terminator('\n').collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).expect(s);
+    let first = json(lines[0]);
+    assert_eq!(first["id"], 1);
+    assert!(
+        (first["ctl"].as_f64().unwrap() - 0.940416747194).abs() < 1e-12,
+        "{first}"
+    );
+    assert!(
+        (first["cpl"].as_f64().unwrap() - 1.000078931033).abs() < 1e-12,
+        "{first}"
+    );
+    assert_eq!(first["density_base"], 865.6);
+    assert_eq!(first["group_used"], "fuel_oil");
+    assert!(json(lines[1])["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid JSON"));
+    let third = json(lines[2]);
+    assert_eq!(third["id"], 3);
+    assert_eq!(
+        third["error"],
+        "temp_f: temperature -58.05 °F is below the limit -58 °F"
+    );
+    assert_eq!(lines[3], "");
+    let fifth = json(lines[4]);
+    assert_eq!(fifth["id"], 5);
+    assert_eq!(fifth["ctl"], 0.98997);
+    assert_eq!(fifth["cpl"], 1.0);
+    assert_eq!(fifth["density_60f"], 832.0);
+    assert!(fifth.get("density_base").is_none());
+
+    // All good → exit 0; `--help` documents every field with an example.
+    let ok = Command::new(BIN)
+        .arg("calc")
+        .stdin(std::fs::File::open("/dev/null").expect("null"))
+        .output()
+        .expect("calc");
+    assert!(ok.status.success());
+    assert!(ok.stdout.is_empty());
+    let help = Command::new(BIN)
+        .args(["calc", "--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for field in [
+        "group",
+        "alpha60_per_f",
+        "base_temp_c",
+        "base_temp_f",
+        "density_base",
+        "density_observed",
+        "density_unit",
+        "temp_c",
+        "temp_f",
+        "pressure",
+        "pressure_unit",
+        "mode",
+        "ctl",
+        "cpl",
+        "ctpl",
+        "density_60f",
+        "group_used",
+        "gasoline",
+        "transition",
+        "jet",
+        "fuel_oil",
+        "Example",
+    ] {
+        assert!(help.contains(field), "--help lacks {field}:\n{help}");
+    }
+}
+
+/// `calc` answers each line as soon as it has it (no waiting for more input or end of input),
+/// so a script can keep one process open and ask line by line.
+#[test]
+fn calc_answers_interactively() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(BIN)
+        .arg("calc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn calc");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.expect("read")).is_err() {
+                return;
+            }
+        }
+    });
+    for (input, want) in [
+        (
+            r#"{"group":"crude","base_temp_f":60,"density_base":850,"temp_f":60}"#,
+            "\"ctl\":1",
+        ),
+        ("{oops", "\"error\":\"invalid JSON"),
+    ] {
+        writeln!(stdin, "{input}").expect("write");
+        stdin.flush().expect("flush");
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("an answer while stdin is still open");
+        assert!(got.contains(want), "{got}");
+    }
+    drop(stdin);
+    assert_eq!(child.wait().expect("wait").code(), Some(1));
+    reader.join().expect("reader");
 }

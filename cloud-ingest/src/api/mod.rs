@@ -15,6 +15,16 @@
 //! | GET    | `/api/v1/tags/{id}/series?from=&to=&step=` | viewer | buckets (min/max/avg/last/count/bad) |
 //! | GET    | `/api/v1/gaps?site=&from=&to=` | viewer  | gap records overlapping the range        |
 //! | GET    | `/api/v1/dead-letters?limit=` | auditor  | newest dead letters (no payloads)        |
+//! | GET    | `/api/v1/discharges?from=&to=` | viewer  | ship discharges overlapping the range    |
+//! | POST   | `/api/v1/discharges`         | operator  | open a discharge (vessel, parcel, B/L quantity, product, tanks) |
+//! | POST   | `/api/v1/discharges/{id}/close` | operator | close it (`closed_at`, ship's figure)  |
+//! | GET    | `/api/v1/epods?from=&to=`    | viewer    | ePODs delivered in the range             |
+//! | POST   | `/api/v1/epods`              | operator  | post an ePOD (validated; 201, 200 same again, 409 other content, 422) |
+//! | GET    | `/api/v1/reconciliation/runs?limit=` | viewer | runs, newest first                  |
+//! | POST   | `/api/v1/reconciliation/run?date=` | operator | reconcile a day now                   |
+//! | GET    | `/api/v1/reconciliation/{date}[.csv]` | viewer | chain per product and parcels (`?format=csv`) |
+//! | GET    | `/api/v1/reconciliation/{date}/tanks\|trips\|meters` | viewer | tank balances, trips, meter checks and trends |
+//! | GET    | `/api/v1/alerts?state=open\|closed&limit=` | viewer | alerts, newest first           |
 //!
 //! Parameters (`params.rs`): times are RFC 3339 or epoch milliseconds; `from` is inclusive, `to`
 //! exclusive and after `from`; `step` is an integer and a unit (`500ms`, `30s`, `5m`, `1h`,
@@ -35,7 +45,7 @@
 //! | auditor    | yes           | yes                           |
 //! | admin      | yes           | yes                           |
 //!
-//! (`operator` ⊇ viewer and is reserved for the operational actions to come; `admin` ⊇ all.)
+//! (`operator` ⊇ viewer, plus posting movements and starting runs; `admin` ⊇ all.)
 //!
 //! # Conventions
 //!
@@ -55,6 +65,7 @@ mod metrics;
 mod openapi;
 mod params;
 mod problem;
+mod recon;
 mod routes;
 
 #[cfg(test)]
@@ -84,13 +95,15 @@ pub struct ApiState {
     pub config: Arc<ApiConfig>,
     /// Set by the consumer while it is connected to the broker (for `/readyz`).
     pub ready: Arc<AtomicBool>,
+    /// The site model (`[reconcile]`), for validation and on-demand runs; None: not configured.
+    pub reconciler: Option<Arc<crate::reconcile::Reconciler>>,
 }
 
 /// The API's router, with its state.
 pub fn router(state: ApiState) -> Router {
     let tokens = Arc::new(auth::TokenTable::new(&state.config));
     let mut r = Router::new();
-    for (path, needs, handler) in routes::table() {
+    for (path, _method, needs, handler) in routes::table() {
         let handler = match needs {
             Some(needs) => handler.route_layer(from_fn_with_state(
                 auth::Guard {

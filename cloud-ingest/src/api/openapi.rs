@@ -10,7 +10,11 @@ use super::routes::{DEAD_LETTERS_DEFAULT, DEAD_LETTERS_MAX, MAX_BUCKETS, MAX_LAT
 /// The document (built once).
 pub fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(build)
+    DOC.get_or_init(|| {
+        let mut doc = build();
+        add_reconciliation(&mut doc);
+        doc
+    })
 }
 
 /// `{"data": [items]}`.
@@ -101,7 +105,9 @@ fn build() -> Value {
         "tags": [
             { "name": "probes", "description": "Open: liveness, readiness, metrics, this document." },
             { "name": "data", "description": "Stored data (viewer)." },
-            { "name": "audit", "description": "Audit routes (auditor or admin)." }
+            { "name": "audit", "description": "Audit routes (auditor or admin)." },
+            { "name": "movements", "description": "Ship discharges and ePODs (read: viewer; post: operator)." },
+            { "name": "reconciliation", "description": "Daily reconciliation runs, variance records (JSON or CSV) and alerts." }
         ],
         "paths": {
             "/healthz": { "get": {
@@ -167,7 +173,7 @@ fn build() -> Value {
                 "bearerAuth": { "type": "http", "scheme": "bearer", "description": "A token configured in `[[api.tokens]]` (by its SHA-256)." }
             },
             "parameters": {
-                "id": { "name": "id", "in": "path", "required": true, "description": "Tag id.", "schema": int64 },
+                "id": { "name": "id", "in": "path", "required": true, "description": "Tag id (series) or discharge id (close).", "schema": int64 },
                 "site": { "name": "site", "in": "query", "required": false, "description": "Only this site (empty = all).", "schema": { "type": "string" } },
                 "prefix": { "name": "prefix", "in": "query", "required": false, "description": "Only tags whose name starts with this (case-sensitive, no wildcards; empty = all).", "schema": { "type": "string" } },
                 "from": { "name": "from", "in": "query", "required": true, "description": "Start of the range (inclusive): RFC 3339 (`2026-01-01T00:00:00Z`) or epoch milliseconds.", "schema": { "type": "string" }, "example": "2026-01-01T00:00:00Z" },
@@ -201,12 +207,13 @@ fn build() -> Value {
                     "type": "object", "description": "RFC 7807 problem details.",
                     "required": ["type", "title", "status", "detail", "instance"],
                     "properties": {
-                        "type": { "type": "string", "description": "URI of the kind: urn:flowsquare:problem:{bad-parameter, unauthorized, forbidden, not-found, method-not-allowed, unavailable, internal}." },
+                        "type": { "type": "string", "description": "URI of the kind: urn:flowsquare:problem:{bad-parameter, unauthorized, forbidden, not-found, method-not-allowed, conflict, invalid-body, unavailable, internal}." },
                         "title": string("Summary of the kind."),
                         "status": { "type": "integer", "description": "HTTP status." },
                         "detail": string("What went wrong in this request."),
                         "instance": string("The request path."),
-                        "parameter": string("For 400: the parameter at fault.")
+                        "parameter": string("For 400: the parameter at fault."),
+                        "errors": { "type": "array", "items": { "type": "string" }, "description": "For 422: every problem with the request body." }
                     }
                 },
                 "Status": {
@@ -294,4 +301,180 @@ fn build() -> Value {
             }
         }
     })
+}
+
+/// The movements, reconciliation and alerts routes (added to the base document).
+fn add_reconciliation(doc: &mut Value) {
+    use super::recon::{LIST_DEFAULT, LIST_MAX};
+    let num = |d: &str| json!({ "type": "number", "format": "double", "description": d });
+    let nnum = |d: &str| json!({ "type": "number", "format": "double", "nullable": true, "description": d });
+    let s = |d: &str| json!({ "type": "string", "description": d });
+    let ms = |d: &str| json!({ "type": "integer", "format": "int64", "description": format!("{d} (UTC, epoch milliseconds)") });
+    let when = |d: &str| json!({ "oneOf": [ { "type": "string", "format": "date-time" }, { "type": "integer", "format": "int64" } ], "description": format!("{d}: RFC 3339 or epoch milliseconds") });
+    let body = |schema: &str| json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } });
+    let with = |mut r: Value, extra: &[(&str, Value)]| {
+        if let Value::Object(m) = &mut r {
+            for (k, v) in extra {
+                m.insert((*k).to_owned(), v.clone());
+            }
+        }
+        r
+    };
+    let problem = |d: &str| problem_response(d);
+    let csv_ok = |d: &str| {
+        let mut v = list_of("Variance", d);
+        v["content"]["text/csv"] = json!({ "schema": { "type": "string" }, "example": "date,site,kind,place,stage,product,reference_l,measured_l,variance_l,variance_pct,tolerance_pct,verdict,run_id,detail\r\n" });
+        v
+    };
+    let paths = json!({
+        "/api/v1/discharges": {
+            "get": {
+                "tags": ["movements"], "operationId": "listDischarges", "x-required-role": "viewer",
+                "summary": "Ship discharges overlapping [from, to) (open ones included).",
+                "parameters": [ param("from"), param("to") ],
+                "responses": responses(list_of("Discharge", "Discharges."), &["400", "403"])
+            },
+            "post": {
+                "tags": ["movements"], "operationId": "openDischarge", "x-required-role": "operator",
+                "summary": "Open a ship discharge: vessel, parcel/B-L number and quantity, product, receiving tanks, start.",
+                "requestBody": body("DischargeOpen"),
+                "responses": with(responses(list_of("Discharge", "Opened."), &["400", "403"]), &[("201", list_of("Discharge", "Opened.")), ("422", problem("Invalid body: every problem in `errors`."))])
+            }
+        },
+        "/api/v1/discharges/{id}/close": { "post": {
+            "tags": ["movements"], "operationId": "closeDischarge", "x-required-role": "operator",
+            "summary": "Close a discharge (end time, the ship's figure). Its quantity is the jetty meter totalizer delta over the window; the receipts are the receiving tanks' NSV change.",
+            "parameters": [ param("id") ],
+            "requestBody": body("DischargeClose"),
+            "responses": with(responses(list_of("Discharge", "Closed."), &["400", "403", "404"]), &[("409", problem("Already closed.")), ("422", problem("Invalid body."))])
+        } },
+        "/api/v1/epods": {
+            "get": {
+                "tags": ["movements"], "operationId": "listEpods", "x-required-role": "viewer",
+                "summary": "ePODs delivered in [from, to).",
+                "parameters": [ param("from"), param("to") ],
+                "responses": responses(list_of("Epod", "ePODs."), &["400", "403"])
+            },
+            "post": {
+                "tags": ["movements"], "operationId": "postEpod", "x-required-role": "operator",
+                "summary": "Post an electronic proof of delivery (validated: every problem is reported at once).",
+                "description": "201 when stored; 200 when the same ePOD is posted again (idempotent); 409 when the BOL already has another ePOD; 422 on invalid input (unknown station, position far from it, bad quantities, duplicate compartments, …).",
+                "requestBody": body("EpodPost"),
+                "responses": with(responses(list_of("Epod", "Posted again (same content)."), &["400", "403"]), &[("201", list_of("Epod", "Stored.")), ("409", problem("Another ePOD is stored for this BOL.")), ("422", problem("Invalid body: every problem in `errors`."))])
+            }
+        },
+        "/api/v1/reconciliation/runs": { "get": {
+            "tags": ["reconciliation"], "operationId": "listRuns", "x-required-role": "viewer",
+            "summary": "Reconciliation runs, newest first.",
+            "parameters": [ param("list_limit") ],
+            "responses": responses(list_of("Run", "Runs."), &["400", "403"])
+        } },
+        "/api/v1/reconciliation/run": { "post": {
+            "tags": ["reconciliation"], "operationId": "runReconciliation", "x-required-role": "operator",
+            "summary": "Reconcile a day now (replaces that day's results; alerts no longer found are closed).",
+            "parameters": [ param("date_query") ],
+            "responses": with(responses(list_of("Run", "The run."), &["400", "403"]), &[("409", problem("No [reconcile] site model configured."))])
+        } },
+        "/api/v1/reconciliation/{date}": { "get": {
+            "tags": ["reconciliation"], "operationId": "reconciliationChain", "x-required-role": "viewer",
+            "summary": "The chain per product (ship → jetty → tanks → gantry → stations, each stage against the previous) and the parcels of a day. `{date}.csv` or `?format=csv` for CSV.",
+            "parameters": [ param("date"), param("format") ],
+            "responses": responses(csv_ok("Chain and parcel records."), &["400", "403"])
+        } },
+        "/api/v1/reconciliation/{date}/tanks": { "get": {
+            "tags": ["reconciliation"], "operationId": "reconciliationTanks", "x-required-role": "viewer",
+            "summary": "Tank stock balances of a day (opening + receipts − loadings − closing).",
+            "parameters": [ param("date"), param("format") ],
+            "responses": responses(csv_ok("Tank records."), &["400", "403"])
+        } },
+        "/api/v1/reconciliation/{date}/trips": { "get": {
+            "tags": ["reconciliation"], "operationId": "reconciliationTrips", "x-required-role": "viewer",
+            "summary": "Trips loaded on a day: transit variance (loaded vs delivered), pending or missing ePODs.",
+            "parameters": [ param("date"), param("format") ],
+            "responses": responses(csv_ok("Trip records."), &["400", "403"])
+        } },
+        "/api/v1/reconciliation/{date}/meters": { "get": {
+            "tags": ["reconciliation"], "operationId": "reconciliationMeters", "x-required-role": "viewer",
+            "summary": "Gantry meters of a day: batch records against totalizers, and the meter-vs-tank trend point with its control limits.",
+            "parameters": [ param("date"), param("format") ],
+            "responses": responses(csv_ok("Meter records."), &["400", "403"])
+        } },
+        "/api/v1/alerts": { "get": {
+            "tags": ["reconciliation"], "operationId": "listAlerts", "x-required-role": "viewer",
+            "summary": "Alerts (reconciliation exceptions, meter drift, unscheduled stops, stale tags), newest first.",
+            "parameters": [ param("state"), param("list_limit") ],
+            "responses": responses(list_of("Alert", "Alerts."), &["400", "403"])
+        } }
+    });
+    let params = json!({
+        "date": { "name": "date", "in": "path", "required": true, "description": "Day (UTC) `YYYY-MM-DD`, optionally with `.csv`.", "schema": { "type": "string" }, "example": "2026-03-20" },
+        "date_query": { "name": "date", "in": "query", "required": true, "description": "Day (UTC) `YYYY-MM-DD`.", "schema": { "type": "string" }, "example": "2026-03-20" },
+        "format": { "name": "format", "in": "query", "required": false, "description": "`json` (default) or `csv`.", "schema": { "type": "string", "enum": ["json", "csv"] } },
+        "state": { "name": "state", "in": "query", "required": false, "description": "`open` or `closed` (default: both).", "schema": { "type": "string", "enum": ["open", "closed"] } },
+        "list_limit": { "name": "limit", "in": "query", "required": false, "description": format!("How many (default {LIST_DEFAULT})."), "schema": { "type": "integer", "minimum": 1, "maximum": LIST_MAX, "default": LIST_DEFAULT } }
+    });
+    let schemas = json!({
+        "DischargeOpen": { "type": "object", "required": ["site", "vessel", "parcel", "product", "bl_l", "tanks", "opened_at"], "properties": {
+            "site": s("Terminal site."), "vessel": s("Vessel."), "parcel": s("Parcel / B-L number."), "product": s("Product."),
+            "bl_l": num("B/L quantity, litres at the base temperature."),
+            "tanks": { "type": "array", "items": { "type": "string" }, "description": "Receiving tanks (site-model ids; same site and product)." },
+            "meters": { "type": "array", "items": { "type": "string" }, "description": "Jetty meters (default: every jetty meter of the site)." },
+            "opened_at": when("Start")
+        } },
+        "DischargeClose": { "type": "object", "required": ["closed_at"], "properties": {
+            "closed_at": when("End"), "ship_l": num("The ship's figure of what it discharged, litres.")
+        } },
+        "Discharge": { "type": "object", "required": ["id", "site", "vessel", "parcel", "product", "bl_l", "tanks", "meters", "opened_ms", "closed_ms", "ship_l"], "properties": {
+            "id": { "type": "integer", "format": "int64" }, "site": s("Site."), "vessel": s("Vessel."), "parcel": s("Parcel / B-L."), "product": s("Product."),
+            "bl_l": num("B/L quantity, litres."), "tanks": { "type": "array", "items": { "type": "string" } }, "meters": { "type": "array", "items": { "type": "string" } },
+            "opened_ms": ms("Start"), "closed_ms": { "type": "integer", "format": "int64", "nullable": true, "description": "End (null: open)." },
+            "ship_l": nnum("The ship's figure, litres.")
+        } },
+        "EpodCompartment": { "type": "object", "required": ["compartment", "product", "gross_l"], "properties": {
+            "compartment": { "type": "integer", "minimum": 1, "maximum": 99 }, "product": s("Product."),
+            "gross_l": num("Delivered gross volume, litres."), "net_l": nnum("Delivered net standard volume, litres (compared with the loaded NSV; without it gross is compared).")
+        } },
+        "EpodPost": { "type": "object", "required": ["trip", "bol", "truck", "station", "delivered_at", "receiver", "compartments"], "properties": {
+            "trip": s("Trip number."), "bol": s("BOL / load number (one ePOD per BOL)."), "truck": s("Truck."), "station": s("Station id (site model)."),
+            "delivered_at": when("Delivered"), "receiver": s("Who received."), "lat": nnum("Latitude of the delivery."), "lon": nnum("Longitude."),
+            "compartments": { "type": "array", "items": { "$ref": "#/components/schemas/EpodCompartment" } }
+        } },
+        "Epod": { "type": "object", "required": ["id", "trip", "bol", "truck", "station", "delivered_ms", "receiver", "lat", "lon", "compartments"], "properties": {
+            "id": { "type": "integer", "format": "int64" }, "trip": s("Trip."), "bol": s("BOL."), "truck": s("Truck."), "station": s("Station."),
+            "delivered_ms": ms("Delivered"), "receiver": s("Receiver."), "lat": nnum("Latitude."), "lon": nnum("Longitude."),
+            "compartments": { "type": "array", "items": { "$ref": "#/components/schemas/EpodCompartment" } }
+        } },
+        "Run": { "type": "object", "required": ["id", "date", "trigger", "started_ms", "finished_ms", "as_of_ms", "records", "exceptions", "alerts_opened", "alerts_closed"], "properties": {
+            "id": { "type": "integer", "format": "int64" }, "date": s("Day reconciled."), "trigger": s("`schedule`, `api` or `cli`."),
+            "started_ms": ms("Started"), "finished_ms": ms("Finished"), "as_of_ms": ms("The instant it looked from (ePOD grace periods)"),
+            "records": { "type": "integer", "format": "int64" }, "exceptions": { "type": "integer", "format": "int64" },
+            "alerts_opened": { "type": "integer", "format": "int64" }, "alerts_closed": { "type": "integer", "format": "int64" }
+        } },
+        "Variance": { "type": "object", "required": ["run_id", "date", "site", "kind", "place", "stage", "product", "reference_l", "measured_l", "variance_l", "variance_pct", "tolerance_pct", "verdict", "detail"], "properties": {
+            "run_id": { "type": "integer", "format": "int64" }, "date": s("Day."), "site": s("Terminal site."),
+            "kind": { "type": "string", "enum": ["chain", "parcel", "tank", "trip", "meter-check", "meter-trend"] },
+            "place": s("Product, parcel, tank, truck/BOL or meter."), "stage": s("Stage (ship, jetty, tanks, gantry, stations; balance; transit; totalizer; meter-vs-tank)."),
+            "product": s("Product."), "reference_l": nnum("Reference (previous stage), litres."), "measured_l": nnum("This stage, litres."),
+            "variance_l": nnum("measured − reference, litres (negative = loss)."), "variance_pct": nnum("Variance, % of the basis."),
+            "tolerance_pct": num("Tolerance applied, ± % (meter-trend: the control half-width)."),
+            "verdict": { "type": "string", "enum": ["ok", "exception", "pending", "no-data"] },
+            "detail": { "type": "object", "description": "Stage figures (opening, receipts, unconfirmed, control limits, …)." }
+        } },
+        "Alert": { "type": "object", "required": ["id", "kind", "site", "place", "date", "message", "detail", "state", "opened_ms", "closed_ms", "closed_reason"], "properties": {
+            "id": { "type": "integer", "format": "int64" },
+            "kind": s("tank-balance, chain-variance, parcel-variance, transit-loss, epod-missing, meter-check, meter-drift, unscheduled-stop, no-data, unknown-meter, stale-tag."),
+            "site": s("Site."), "place": s("Tank, meter, truck/BOL, product/stage, parcel/stage or agent/tag."), "date": s("Day."),
+            "message": s("What happened."), "detail": { "type": "object" }, "state": { "type": "string", "enum": ["open", "closed"] },
+            "opened_ms": ms("Opened"), "closed_ms": { "type": "integer", "format": "int64", "nullable": true }, "closed_reason": { "type": "string", "nullable": true }
+        } }
+    });
+    let merge = |doc: &mut Value, at: &str, add: Value| {
+        if let (Some(Value::Object(m)), Value::Object(a)) = (doc.pointer_mut(at), add) {
+            m.extend(a);
+        }
+    };
+    merge(doc, "/paths", paths);
+    merge(doc, "/components/parameters", params);
+    merge(doc, "/components/schemas", schemas);
+    merge(doc, "/components/responses", json!({}));
 }

@@ -13,6 +13,8 @@
 //! | 403    | `urn:flowsquare:problem:forbidden`      |
 //! | 404    | `urn:flowsquare:problem:not-found`      |
 //! | 405    | `urn:flowsquare:problem:method-not-allowed` |
+//! | 409    | `urn:flowsquare:problem:conflict`       |
+//! | 422    | `urn:flowsquare:problem:invalid-body` (+ `errors`: every problem with the body) |
 //! | 500    | `urn:flowsquare:problem:internal`       |
 //! | 503    | `urn:flowsquare:problem:unavailable`    |
 //! | other  | `about:blank` (title = the HTTP reason) |
@@ -58,6 +60,9 @@ struct Body7807 {
     /// For 400: the parameter at fault.
     #[serde(skip_serializing_if = "Option::is_none")]
     parameter: Option<String>,
+    /// For 422: every problem with the request body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<Vec<String>>,
     /// `WWW-Authenticate` challenge for 401.
     #[serde(skip)]
     challenge: Option<&'static str>,
@@ -72,6 +77,7 @@ impl Problem {
             detail: detail.into(),
             instance: None,
             parameter: None,
+            errors: None,
             challenge: None,
         }))
     }
@@ -121,6 +127,23 @@ impl Problem {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }
 
+    /// 409: the request conflicts with what is stored (or configured).
+    pub fn conflict(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+    }
+
+    /// 422: the JSON body is malformed or invalid; every problem is listed in `errors`.
+    pub fn invalid_body(errors: Vec<String>) -> Problem {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "Invalid request body",
+            errors.join("; "),
+        );
+        p.0.errors = Some(errors);
+        p
+    }
+
     /// 503: the database is unavailable (with `Retry-After`).
     pub fn unavailable(detail: impl Into<String>) -> Problem {
         Problem::new(
@@ -160,6 +183,7 @@ impl Problem {
                 detail,
                 instance: None,
                 parameter: None,
+                errors: None,
                 challenge: None,
             })),
         }
@@ -243,7 +267,8 @@ pub(crate) async fn finish(req: Request, next: Next) -> Response {
             } else if status == StatusCode::NOT_FOUND {
                 format!("no route {instance}; the routes are listed in /api/v1/openapi.json")
             } else if status == StatusCode::METHOD_NOT_ALLOWED {
-                "only GET (and HEAD) are served".to_owned()
+                "this method is not served on this path (the methods are in /api/v1/openapi.json)"
+                    .to_owned()
             } else {
                 status.canonical_reason().unwrap_or("error").to_owned()
             };

@@ -9,13 +9,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodRouter};
+use axum::routing::{get, post, MethodRouter};
 use serde::Serialize;
 
 use super::config::Role;
 use super::params::{self, Query};
 use super::problem::Problem;
-use super::{metrics, openapi, ApiState};
+use super::{metrics, openapi, recon, ApiState};
 use crate::store::StoreError;
 
 /// Longest wait for a data query before answering 503.
@@ -31,26 +31,96 @@ pub const DEAD_LETTERS_DEFAULT: i64 = 100;
 /// Largest `limit` of `/dead-letters`.
 pub const DEAD_LETTERS_MAX: i64 = 1_000;
 
-/// One route: path (axum/OpenAPI syntax), the role it needs (`None` = open), its handler.
-pub(crate) type Route = (&'static str, Option<Role>, MethodRouter<ApiState>);
+/// One route: path (axum/OpenAPI syntax), method (OpenAPI spelling), the role it needs
+/// (`None` = open), its handler. A path may appear once per method.
+pub(crate) type Route = (
+    &'static str,
+    &'static str,
+    Option<Role>,
+    MethodRouter<ApiState>,
+);
 
 /// Every route the router serves.
 pub(crate) fn table() -> Vec<Route> {
+    use Role::{Auditor, Operator, Viewer};
     vec![
-        ("/healthz", None, get(healthz)),
-        ("/readyz", None, get(readyz)),
-        ("/metrics", None, get(metrics_text)),
-        ("/api/v1/openapi.json", None, get(openapi_json)),
-        ("/api/v1/agents", Some(Role::Viewer), get(agents)),
-        ("/api/v1/tags", Some(Role::Viewer), get(tags)),
-        ("/api/v1/latest", Some(Role::Viewer), get(latest)),
-        ("/api/v1/tags/{id}/series", Some(Role::Viewer), get(series)),
-        ("/api/v1/gaps", Some(Role::Viewer), get(gaps)),
+        ("/healthz", "get", None, get(healthz)),
+        ("/readyz", "get", None, get(readyz)),
+        ("/metrics", "get", None, get(metrics_text)),
+        ("/api/v1/openapi.json", "get", None, get(openapi_json)),
+        ("/api/v1/agents", "get", Some(Viewer), get(agents)),
+        ("/api/v1/tags", "get", Some(Viewer), get(tags)),
+        ("/api/v1/latest", "get", Some(Viewer), get(latest)),
+        ("/api/v1/tags/{id}/series", "get", Some(Viewer), get(series)),
+        ("/api/v1/gaps", "get", Some(Viewer), get(gaps)),
         (
             "/api/v1/dead-letters",
-            Some(Role::Auditor),
+            "get",
+            Some(Auditor),
             get(dead_letters),
         ),
+        (
+            "/api/v1/discharges",
+            "get",
+            Some(Viewer),
+            get(recon::list_discharges),
+        ),
+        (
+            "/api/v1/discharges",
+            "post",
+            Some(Operator),
+            post(recon::open_discharge),
+        ),
+        (
+            "/api/v1/discharges/{id}/close",
+            "post",
+            Some(Operator),
+            post(recon::close_discharge),
+        ),
+        ("/api/v1/epods", "get", Some(Viewer), get(recon::list_epods)),
+        (
+            "/api/v1/epods",
+            "post",
+            Some(Operator),
+            post(recon::post_epod),
+        ),
+        (
+            "/api/v1/reconciliation/runs",
+            "get",
+            Some(Viewer),
+            get(recon::runs),
+        ),
+        (
+            "/api/v1/reconciliation/run",
+            "post",
+            Some(Operator),
+            post(recon::run_now),
+        ),
+        (
+            "/api/v1/reconciliation/{date}",
+            "get",
+            Some(Viewer),
+            get(recon::chain),
+        ),
+        (
+            "/api/v1/reconciliation/{date}/tanks",
+            "get",
+            Some(Viewer),
+            get(recon::tanks),
+        ),
+        (
+            "/api/v1/reconciliation/{date}/trips",
+            "get",
+            Some(Viewer),
+            get(recon::trips),
+        ),
+        (
+            "/api/v1/reconciliation/{date}/meters",
+            "get",
+            Some(Viewer),
+            get(recon::meters),
+        ),
+        ("/api/v1/alerts", "get", Some(Viewer), get(recon::alerts)),
     ]
 }
 
@@ -68,19 +138,26 @@ fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
 }
 
 /// The `/api/v1` convention: `{"data": [...]}`.
-fn data<T: Serialize>(rows: &[T]) -> Response {
+pub(super) fn data<T: Serialize>(rows: &[T]) -> Response {
+    data_with_status(StatusCode::OK, rows)
+}
+
+/// `{"data": [...]}` with another status (201 Created).
+pub(super) fn data_with_status<T: Serialize>(status: StatusCode, rows: &[T]) -> Response {
     #[derive(Serialize)]
     struct Data<'a, T> {
         data: &'a [T],
     }
-    let mut res = json(StatusCode::OK, &Data { data: rows });
+    let mut res = json(status, &Data { data: rows });
     res.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 
 /// A store query with a deadline; a query that does not answer in time is a 503.
-async fn call<T>(fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, Problem> {
+pub(super) async fn call<T>(
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, Problem> {
     match tokio::time::timeout(STORE_TIMEOUT, fut).await {
         Ok(r) => r.map_err(Problem::from),
         Err(_) => Err(Problem::unavailable(format!(

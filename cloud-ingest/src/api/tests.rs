@@ -78,6 +78,9 @@ impl Store for Faulty {
     ) -> Result<(), StoreError> {
         self.inner.heartbeat(site, agent, h, received_ms).await
     }
+    fn ledger(&self) -> &dyn crate::store::Ledger {
+        &self.inner
+    }
     async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         self.check()?;
         self.inner.agents().await
@@ -218,6 +221,7 @@ async fn fixture() -> Fixture {
         stats: Arc::new(ConsumerStats::default()),
         config: Arc::new(config),
         ready: Arc::new(AtomicBool::new(true)),
+        reconciler: None,
     };
     Fixture {
         app: router(state.clone()),
@@ -927,18 +931,18 @@ async fn openapi_lists_every_route() {
         .cloned()
         .collect();
     let table = routes::table();
-    let served: BTreeSet<String> = table.iter().map(|(p, _, _)| (*p).to_owned()).collect();
+    let served: BTreeSet<String> = table.iter().map(|(p, _, _, _)| (*p).to_owned()).collect();
     assert_eq!(
         documented, served,
         "the OpenAPI paths are the router's paths"
     );
-    for (path, needs, _) in &table {
-        let op = &doc["paths"][path]["get"];
-        assert!(op.is_object(), "{path}: only GET is served and documented");
+    for (path, method, needs, _) in &table {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{path}: {method} is served and documented");
         assert_eq!(
             doc["paths"][path].as_object().map(|m| m.len()),
-            Some(1),
-            "{path}"
+            Some(table.iter().filter(|(p, _, _, _)| p == path).count()),
+            "{path}: the documented methods are the served ones"
         );
         match needs {
             None => assert_eq!(op["security"], serde_json::json!([]), "{path} is open"),
@@ -967,7 +971,12 @@ async fn openapi_lists_every_route() {
             assert!(declared, "{path}: path parameter {name}");
         }
         // The router serves it (not the 404 fallback).
-        let concrete = path.replace("{id}", &f.level.to_string());
+        if *method != "get" {
+            continue;
+        }
+        let concrete = path
+            .replace("{id}", &f.level.to_string())
+            .replace("{date}", "2026-01-01");
         let res = get(&f.app, &concrete, Some(ADMIN)).await;
         assert_ne!(
             res.status,
@@ -1099,4 +1108,259 @@ async fn serves_on_a_real_listener_until_shutdown() {
         .expect("stops")
         .expect("task")
         .expect("serve");
+}
+
+/// A request with a JSON body.
+async fn send_json(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> Answer {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_string())).expect("request"))
+        .await
+        .expect("infallible");
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = axum::body::to_bytes(res.into_body(), 16 << 20)
+        .await
+        .expect("body");
+    Answer {
+        status,
+        headers,
+        text: String::from_utf8(bytes.to_vec()).expect("utf-8"),
+    }
+}
+
+/// The fixture's store with the simulated terminal's site model.
+fn with_site_model(f: &Fixture) -> Router {
+    let m = crate::reconcile::sim::site_model();
+    let tables: Vec<(String, String)> =
+        crate::reconcile::sim::generate(&crate::reconcile::sim::SimOptions {
+            days: 1,
+            ..Default::default()
+        })
+        .tables;
+    let r = crate::reconcile::Reconciler::with_tables(m, &tables).expect("site model");
+    router(ApiState {
+        reconciler: Some(Arc::new(r)),
+        ..f.state.clone()
+    })
+}
+
+#[tokio::test]
+async fn epods_are_validated_stored_once_and_listed() {
+    let f = fixture().await;
+    let app = with_site_model(&f);
+    let epod = serde_json::json!({
+        "trip": "TRIP-1", "bol": "BOL-1", "truck": "TRK-01", "station": "ST-KARIAKOO",
+        "delivered_at": "2026-01-01T10:00:00Z", "receiver": "J. Doe", "lat": -6.8161, "lon": 39.2804,
+        "compartments": [ { "compartment": 1, "product": "AGO", "gross_l": 9000.0, "net_l": 8950.5 } ]
+    });
+    // A viewer cannot post.
+    send_json(&app, Method::POST, "/api/v1/epods", Some(VIEWER), &epod)
+        .await
+        .problem(StatusCode::FORBIDDEN, "/api/v1/epods");
+    let a = send_json(&app, Method::POST, "/api/v1/epods", Some(OPERATOR), &epod).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let id = a.json()["data"][0]["id"].as_i64().expect("id");
+    // The same again: 200, same id.
+    let a = send_json(&app, Method::POST, "/api/v1/epods", Some(OPERATOR), &epod).await;
+    assert_eq!(a.data()[0]["id"], id);
+    // Other content for the BOL: 409.
+    let mut other = epod.clone();
+    other["compartments"][0]["net_l"] = serde_json::json!(8900.0);
+    let p = send_json(&app, Method::POST, "/api/v1/epods", Some(OPERATOR), &other)
+        .await
+        .problem(StatusCode::CONFLICT, "/api/v1/epods");
+    assert_eq!(p["type"], "urn:flowsquare:problem:conflict");
+    // Every problem at once.
+    let bad = serde_json::json!({
+        "trip": "", "bol": "BOL-2", "truck": "TRK-01", "station": "ST-NOWHERE",
+        "delivered_at": "yesterday", "receiver": "x", "lat": 95.0,
+        "compartments": [ { "compartment": 1, "product": "AGO", "gross_l": -1.0 },
+                          { "compartment": 1, "product": "AGO", "gross_l": 100.0 } ]
+    });
+    let p = send_json(&app, Method::POST, "/api/v1/epods", Some(OPERATOR), &bad)
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY, "/api/v1/epods");
+    let errors: Vec<String> = p["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e.as_str().unwrap_or_default().to_owned())
+        .collect();
+    for want in [
+        "trip",
+        "delivered_at",
+        "lat, lon",
+        "gross_l",
+        "given twice",
+        "ST-NOWHERE",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(want)),
+            "{want} not in {errors:?}"
+        );
+    }
+    // Unknown fields and broken JSON are 422 too.
+    let mut extra = epod.clone();
+    extra["colour"] = serde_json::json!("red");
+    send_json(&app, Method::POST, "/api/v1/epods", Some(OPERATOR), &extra)
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY, "/api/v1/epods");
+    let listed = get(
+        &app,
+        "/api/v1/epods?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z",
+        Some(VIEWER),
+    )
+    .await
+    .data();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["compartments"][0]["net_l"], 8950.5);
+}
+
+#[tokio::test]
+async fn discharges_open_close_and_reconciliation_routes() {
+    let f = fixture().await;
+    let app = with_site_model(&f);
+    let d = serde_json::json!({
+        "site": "dar-terminal", "vessel": "MT Kilimanjaro", "parcel": "BL-42", "product": "AGO",
+        "bl_l": 4_600_000.0, "tanks": ["T3", "T4"], "opened_at": "2026-01-01T10:00:00Z"
+    });
+    let a = send_json(&app, Method::POST, "/api/v1/discharges", Some(OPERATOR), &d).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let id = a.json()["data"][0]["id"].as_i64().expect("id");
+    // A tank of another product is refused.
+    let mut wrong = d.clone();
+    wrong["tanks"] = serde_json::json!(["T1", "T9"]);
+    let p = send_json(
+        &app,
+        Method::POST,
+        "/api/v1/discharges",
+        Some(OPERATOR),
+        &wrong,
+    )
+    .await
+    .problem(StatusCode::UNPROCESSABLE_ENTITY, "/api/v1/discharges");
+    assert_eq!(p["errors"].as_array().map(Vec::len), Some(2), "{p}");
+    let close = format!("/api/v1/discharges/{id}/close");
+    let early = serde_json::json!({ "closed_at": "2026-01-01T09:00:00Z" });
+    send_json(&app, Method::POST, &close, Some(OPERATOR), &early)
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY, &close);
+    let body = serde_json::json!({ "closed_at": "2026-01-02T04:00:00Z", "ship_l": 4_597_000.0 });
+    let a = send_json(&app, Method::POST, &close, Some(OPERATOR), &body).await;
+    assert_eq!(a.data()[0]["ship_l"], 4_597_000.0);
+    send_json(&app, Method::POST, &close, Some(OPERATOR), &body)
+        .await
+        .problem(StatusCode::CONFLICT, &close);
+    send_json(
+        &app,
+        Method::POST,
+        "/api/v1/discharges/999/close",
+        Some(OPERATOR),
+        &body,
+    )
+    .await
+    .problem(StatusCode::NOT_FOUND, "/api/v1/discharges/999/close");
+    let listed = get(
+        &app,
+        "/api/v1/discharges?from=2026-01-01T00:00:00Z&to=2026-01-03T00:00:00Z",
+        Some(VIEWER),
+    )
+    .await
+    .data();
+    assert_eq!(listed.len(), 1);
+
+    // Run a day on demand (no gauge data: no-data records and alerts, stored and served).
+    send(
+        &app,
+        Method::POST,
+        "/api/v1/reconciliation/run?date=2026-01-02",
+        Some(VIEWER),
+    )
+    .await
+    .problem(StatusCode::FORBIDDEN, "/api/v1/reconciliation/run");
+    let run = send(
+        &app,
+        Method::POST,
+        "/api/v1/reconciliation/run?date=2026-01-02",
+        Some(OPERATOR),
+    )
+    .await
+    .data();
+    assert_eq!(run[0]["date"], "2026-01-02");
+    let runs = get(&app, "/api/v1/reconciliation/runs", Some(VIEWER))
+        .await
+        .data();
+    assert_eq!(runs.len(), 1);
+    let tanks = get(
+        &app,
+        "/api/v1/reconciliation/2026-01-02/tanks",
+        Some(VIEWER),
+    )
+    .await
+    .data();
+    assert_eq!(tanks.len(), 4);
+    assert_eq!(tanks[0]["verdict"], "no-data");
+    let chain = get(&app, "/api/v1/reconciliation/2026-01-02", Some(VIEWER))
+        .await
+        .data();
+    assert!(
+        chain
+            .iter()
+            .any(|r| r["kind"] == "parcel" && r["place"] == "BL-42"),
+        "{chain:?}"
+    );
+    let csv = get(&app, "/api/v1/reconciliation/2026-01-02.csv", Some(VIEWER)).await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(csv.content_type().starts_with("text/csv"));
+    assert!(csv.text.starts_with("date,site,kind,place,stage"));
+    assert_eq!(csv.text.lines().count(), chain.len() + 1);
+    let csv2 = get(
+        &app,
+        "/api/v1/reconciliation/2026-01-02/tanks?format=csv",
+        Some(VIEWER),
+    )
+    .await;
+    assert_eq!(csv2.text.lines().count(), 5);
+    get(&app, "/api/v1/reconciliation/2026-13-02", Some(VIEWER))
+        .await
+        .bad_parameter("/api/v1/reconciliation/2026-13-02", "date");
+    let open = get(&app, "/api/v1/alerts?state=open", Some(VIEWER))
+        .await
+        .data();
+    assert!(open.iter().all(|a| a["state"] == "open"));
+    assert!(
+        open.iter()
+            .any(|a| a["kind"] == "no-data" && a["place"] == "T1"),
+        "{open:?}"
+    );
+    assert!(get(&app, "/api/v1/alerts?state=closed", Some(VIEWER))
+        .await
+        .data()
+        .is_empty());
+    get(&app, "/api/v1/alerts?state=maybe", Some(VIEWER))
+        .await
+        .bad_parameter("/api/v1/alerts", "state");
+    // Without a site model a run is a conflict.
+    send(
+        &f.app,
+        Method::POST,
+        "/api/v1/reconciliation/run?date=2026-01-02",
+        Some(OPERATOR),
+    )
+    .await
+    .problem(StatusCode::CONFLICT, "/api/v1/reconciliation/run");
 }

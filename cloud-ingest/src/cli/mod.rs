@@ -1,6 +1,8 @@
-//! The `cloud-ingest` command line: `serve`, `migrate`, `check-config`, `import`.
+//! The `cloud-ingest` command line: `serve`, `migrate`, `check-config`, `import`, `calc`, `reconcile`.
 
+pub mod calc;
 mod import;
+pub mod reconcile;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -59,6 +61,22 @@ pub enum Command {
         /// The export file.
         file: PathBuf,
     },
+    /// Volume correction factors (API MPMS 11.1-2004): JSON lines on stdin → JSON lines on
+    /// stdout, for checking tickets.
+    #[command(after_long_help = calc::HELP)]
+    Calc,
+    /// Reconcile days on demand with the [reconcile] site model: chain per product (ship → tanks
+    /// → gantry → stations), tank balances, parcels, trips, meter checks and trends. Results
+    /// replace the days' earlier ones; alerts are opened and closed. Progress on stderr, summary
+    /// on stdout. Exit status 0: no exception; 1: exceptions found; 2: error.
+    Reconcile {
+        /// Day (UTC) to reconcile, YYYY-MM-DD.
+        #[arg(long)]
+        date: String,
+        /// Last day of a range (inclusive; days are reconciled in order). Default: --date.
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 /// Load the configuration (defaults when no file is given).
@@ -113,6 +131,10 @@ pub async fn open_store(cfg: &IngestConfig) -> Result<Arc<dyn Store>, CliError> 
 
 /// Run the parsed command.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    if let Command::Calc = cli.command {
+        // Pure computation: no configuration, no database.
+        return Ok(calc::run());
+    }
     let cfg = load_config(cli.config.as_deref())?;
     match cli.command {
         Command::HashToken => {
@@ -130,6 +152,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             cfg.api
                 .validate()
                 .map_err(|e| CliError::Config(format!("[api]: {e}")))?;
+            let model = reconcile::reconciler(&cfg, cli.config.as_deref())?;
+            if let Some(r) = &model {
+                println!(
+                    "ok: [reconcile] {} tank(s) with strapping tables, {} meter(s), {} station(s), {} truck(s); daily run at {} UTC",
+                    r.tanks.len(),
+                    r.cfg.meters.len(),
+                    r.cfg.stations.len(),
+                    r.cfg.trucks.len(),
+                    r.cfg.run_at
+                );
+            }
             println!(
                 "ok: broker {}, topic root {}, group {:?}, database {}",
                 cfg.mqtt.broker,
@@ -152,16 +185,22 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let store = open_store(&cfg).await?;
             import::run(&file, &*store).await
         }
-        Command::Serve => serve(cfg).await,
+        Command::Reconcile { date, to } => {
+            let store = open_store(&cfg).await?;
+            reconcile::run(&cfg, cli.config.as_deref(), &*store, &date, to.as_deref()).await
+        }
+        Command::Serve => serve(cfg, cli.config.as_deref()).await,
+        Command::Calc => Ok(calc::run()),
     }
 }
 
-async fn serve(cfg: IngestConfig) -> Result<ExitCode, CliError> {
+async fn serve(cfg: IngestConfig, config_path: Option<&Path>) -> Result<ExitCode, CliError> {
     use tokio::signal::unix::{signal, SignalKind};
     if cfg.broker.embedded {
         crate::broker::start(&cfg.broker).map_err(CliError::Config)?;
         tracing::info!(listen = %cfg.broker.listen, "embedded MQTT broker started");
     }
+    let reconciler = reconcile::reconciler(&cfg, config_path)?;
     let store = open_store(&cfg).await?;
     let stats = Arc::new(crate::consume::ConsumerStats::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -183,6 +222,17 @@ async fn serve(cfg: IngestConfig) -> Result<ExitCode, CliError> {
         stats: stats.clone(),
         config: Arc::new(cfg.api.clone()),
         ready: ready.clone(),
+        reconciler: reconciler.clone(),
+    };
+    // The daily reconciliation and the 5-minute stale-tag check.
+    let scheduler = match &reconciler {
+        Some(r) if cfg.reconcile.enabled => {
+            tracing::info!(run_at = %cfg.reconcile.run_at, tanks = r.tanks.len(), "daily reconciliation scheduled (UTC)");
+            Some(tokio::spawn(
+                r.clone().schedule(store.clone(), stop_rx.clone()),
+            ))
+        }
+        _ => None,
     };
     let mut api_stop = stop_rx.clone();
     let api = tokio::spawn(crate::api::serve(listener, state, async move {
@@ -213,6 +263,9 @@ async fn serve(cfg: IngestConfig) -> Result<ExitCode, CliError> {
     let _ = stop_tx.send(true);
     let _ = api.await;
     let _ = upkeep.await;
+    if let Some(s) = scheduler {
+        let _ = s.await;
+    }
     match consumer.await {
         Ok(Err(e)) => return Err(CliError::Config(e)),
         Err(e) => tracing::error!(error = %e, "consumer task failed"),

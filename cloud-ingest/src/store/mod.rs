@@ -10,12 +10,14 @@
 //! readings, which would make bulk loading several times slower).
 
 pub mod error;
+pub mod ledger;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub mod suite;
 
 pub use error::StoreError;
+pub use ledger::Ledger;
 
 use async_trait::async_trait;
 use flowsquare_wire as wire;
@@ -229,6 +231,8 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<GapRow>, StoreError>;
     /// The newest dead letters.
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError>;
+    /// The reconciliation's storage (movements, runs, variance records, alerts).
+    fn ledger(&self) -> &dyn Ledger;
     /// Is the database reachable?
     async fn ping(&self) -> Result<(), StoreError>;
     /// Periodic upkeep (partitions ahead, retention, compression, aggregates); returns a one-line

@@ -52,6 +52,9 @@ impl<G: Send + Sync> Store for Guarded<G> {
     ) -> Result<(), StoreError> {
         self.store.heartbeat(site, agent, h, received_ms).await
     }
+    fn ledger(&self) -> &dyn super::Ledger {
+        self.store.ledger()
+    }
     async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         self.store.agents().await
     }

@@ -20,6 +20,8 @@
 //! events(site, agent, batch_id, source, kind, seq, ts, fields jsonb)  -- INDEX (site, agent, ts)
 //! gaps(id, site, agent, batch_id, tag_ids bigint[], from_ts, to_ts, count, reason, received)
 //! dead_letters(id, topic, payload bytea, reason, received)
+//! -- version 2, the reconciliation (`ledger.rs`; see `store::ledger`):
+//! discharges, epods (bol UNIQUE), epod_compartments, recon_runs, variances, alerts
 //! rollup_1m, rollup_1h(tag_id, bucket, n, bad, n_good, sum, min, max, last_ts, last)
 //!                                                                     -- PK (tag_id, bucket)
 //! ```
@@ -95,6 +97,7 @@
 //! the process. A commit interrupted by an outage either committed or not, atomically; the
 //! ledger makes the retry safe.
 
+mod ledger;
 mod partitions;
 mod read;
 mod rollup;
@@ -462,6 +465,10 @@ impl Store for PgStore {
 
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
         read::dead_letters(self, limit).await
+    }
+
+    fn ledger(&self) -> &dyn crate::store::Ledger {
+        self
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -19,6 +19,8 @@
 //! events(id, site, agent, source, kind, seq, ts_ms, fields JSON, batch_id)
 //! gaps(id, site, agent, batch_id, tag_ids JSON, from_ms, to_ms, count, reason)
 //! dead_letters(id, topic, payload BLOB, reason, received_ms)
+//! -- version 2, the reconciliation (`ledger.rs`; see `store::ledger`):
+//! discharges, epods (bol UNIQUE), epod_compartments, recon_runs, variances, alerts
 //! ```
 //!
 //! - A birth upserts its tags by `(site, agent, name)`: a tag keeps its id across configs, its
@@ -71,6 +73,7 @@
 //! mutex is recovered: a panic inside an operation unwinds through the open `Transaction`,
 //! which rolls back, leaving the connection usable.
 
+mod ledger;
 mod read;
 mod schema;
 mod write;
@@ -333,6 +336,10 @@ impl Store for SqliteStore {
 
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
         self.run(move |c| read::dead_letters(c, limit)).await
+    }
+
+    fn ledger(&self) -> &dyn super::Ledger {
+        self
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

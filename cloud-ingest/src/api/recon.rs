@@ -1,0 +1,576 @@
+//! Movements, reconciliation and alerts: `/api/v1/discharges`, `/api/v1/epods`,
+//! `/api/v1/reconciliation/...`, `/api/v1/alerts`. Bodies are JSON; every problem with a body is
+//! reported at once (422, `errors`).
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::params::{self, Query};
+use super::problem::Problem;
+use super::routes::{call, data, data_with_status};
+use super::ApiState;
+use crate::reconcile::model::{day_name, parse_day, Epod, EpodCompartment, RecordKind};
+use crate::reconcile::run::now_ms;
+use crate::store::ledger::{CloseOutcome, EpodOutcome, NewDischarge, VarianceRow};
+
+/// Default and largest `limit` of the runs and alerts lists.
+pub const LIST_DEFAULT: i64 = 100;
+/// Largest `limit`.
+pub const LIST_MAX: i64 = 10_000;
+
+/// A time in a body: RFC 3339 text or epoch milliseconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum When {
+    Ms(i64),
+    Text(String),
+}
+
+fn when(field: &str, w: &When, errors: &mut Vec<String>) -> i64 {
+    match w {
+        When::Ms(ms) => *ms,
+        When::Text(t) => match params::time_ms(field, t) {
+            Ok(ms) => ms,
+            Err(_) => {
+                errors.push(format!(
+                    "{field}: {t:?} is not an RFC 3339 time or epoch milliseconds"
+                ));
+                0
+            }
+        },
+    }
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
+    serde_json::from_slice(body).map_err(|e| Problem::invalid_body(vec![format!("body: {e}")]))
+}
+
+fn text(field: &str, v: &str, errors: &mut Vec<String>) {
+    if v.trim().is_empty() {
+        errors.push(format!("{field}: must not be empty"));
+    } else if v.len() > 200 {
+        errors.push(format!("{field}: at most 200 bytes"));
+    }
+}
+
+fn positive(field: &str, v: f64, errors: &mut Vec<String>) {
+    if !(v.is_finite() && v > 0.0) {
+        errors.push(format!("{field}: {v} must be a positive number of litres"));
+    }
+}
+
+fn limit(q: &Query) -> Result<i64, Problem> {
+    match q.opt("limit")? {
+        None => Ok(LIST_DEFAULT),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (1..=LIST_MAX).contains(&n) => Ok(n),
+            _ => Err(Problem::bad_parameter(
+                "limit",
+                format!("{v:?} is not an integer from 1 to {LIST_MAX}"),
+            )),
+        },
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DischargeBody {
+    site: String,
+    vessel: String,
+    parcel: String,
+    product: String,
+    bl_l: f64,
+    tanks: Vec<String>,
+    #[serde(default)]
+    meters: Vec<String>,
+    opened_at: When,
+}
+
+/// `POST /api/v1/discharges`: open a discharge.
+pub(super) async fn open_discharge(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    Query::parse(raw.as_deref(), &[])?;
+    let b: DischargeBody = parse_body(&body)?;
+    let mut e = Vec::new();
+    for (f, v) in [
+        ("site", &b.site),
+        ("vessel", &b.vessel),
+        ("parcel", &b.parcel),
+        ("product", &b.product),
+    ] {
+        text(f, v, &mut e);
+    }
+    positive("bl_l", b.bl_l, &mut e);
+    if b.tanks.is_empty() {
+        e.push("tanks: name at least one receiving tank".into());
+    }
+    let opened_ms = when("opened_at", &b.opened_at, &mut e);
+    if let Some(r) = &s.reconciler {
+        for t in &b.tanks {
+            match r.cfg.tanks.iter().find(|k| &k.id == t) {
+                None => e.push(format!("tanks: {t:?} is not a tank of the site model")),
+                Some(k) if k.site != b.site => e.push(format!(
+                    "tanks: {t:?} is at site {:?}, not {:?}",
+                    k.site, b.site
+                )),
+                Some(k) if k.product != b.product => e.push(format!(
+                    "tanks: {t:?} holds {:?}, not {:?}",
+                    k.product, b.product
+                )),
+                Some(_) => {}
+            }
+        }
+        for m in &b.meters {
+            if !r
+                .cfg
+                .meters
+                .iter()
+                .any(|k| &k.id == m && k.role == crate::reconcile::model::MeterRole::Jetty)
+            {
+                e.push(format!(
+                    "meters: {m:?} is not a jetty meter of the site model"
+                ));
+            }
+        }
+    }
+    if !e.is_empty() {
+        return Err(Problem::invalid_body(e));
+    }
+    let d = NewDischarge {
+        site: b.site,
+        vessel: b.vessel,
+        parcel: b.parcel,
+        product: b.product,
+        bl_l: b.bl_l,
+        tanks: b.tanks,
+        meters: b.meters,
+        opened_ms,
+    };
+    let row = call(s.store.ledger().open_discharge(&d)).await?;
+    Ok(data_with_status(StatusCode::CREATED, &[row]))
+}
+
+/// `GET /api/v1/discharges?from=&to=`.
+pub(super) async fn list_discharges(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = Query::parse(raw.as_deref(), &["from", "to"])?;
+    let (from, to) = params::range(&q)?;
+    Ok(data(&call(s.store.ledger().discharges(from, to)).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloseBody {
+    closed_at: When,
+    #[serde(default)]
+    ship_l: Option<f64>,
+}
+
+/// `POST /api/v1/discharges/{id}/close`.
+pub(super) async fn close_discharge(
+    State(s): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    Query::parse(raw.as_deref(), &[])?;
+    let id = match id {
+        Ok(Path(id)) => id.parse::<i64>().map_err(|_| {
+            Problem::bad_parameter("id", format!("{id:?} is not a discharge id (an integer)"))
+        })?,
+        Err(e) => return Err(Problem::bad_parameter("id", e.body_text())),
+    };
+    let b: CloseBody = parse_body(&body)?;
+    let mut e = Vec::new();
+    let closed_ms = when("closed_at", &b.closed_at, &mut e);
+    if let Some(x) = b.ship_l {
+        positive("ship_l", x, &mut e);
+    }
+    if !e.is_empty() {
+        return Err(Problem::invalid_body(e));
+    }
+    match call(s.store.ledger().close_discharge(id, closed_ms, b.ship_l)).await? {
+        CloseOutcome::Closed(row) => Ok(data(&[row])),
+        CloseOutcome::NotFound => Err(Problem::not_found(format!("no discharge {id}"))),
+        CloseOutcome::AlreadyClosed(row) => Err(Problem::conflict(format!(
+            "discharge {id} was already closed at {} ms",
+            row.closed_ms.unwrap_or(0)
+        ))),
+        CloseOutcome::BeforeOpen(row) => Err(Problem::invalid_body(vec![format!(
+            "closed_at: {closed_ms} ms is not after the discharge's opening ({} ms)",
+            row.d.opened_ms
+        )])),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompartmentBody {
+    compartment: i64,
+    product: String,
+    gross_l: f64,
+    #[serde(default)]
+    net_l: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EpodBody {
+    trip: String,
+    bol: String,
+    truck: String,
+    station: String,
+    delivered_at: When,
+    receiver: String,
+    #[serde(default)]
+    lat: Option<f64>,
+    #[serde(default)]
+    lon: Option<f64>,
+    compartments: Vec<CompartmentBody>,
+}
+
+/// Validate an ePOD body; every problem is listed.
+fn validate_epod(b: EpodBody, s: &ApiState) -> Result<Epod, Vec<String>> {
+    let mut e = Vec::new();
+    for (f, v) in [
+        ("trip", &b.trip),
+        ("bol", &b.bol),
+        ("truck", &b.truck),
+        ("station", &b.station),
+        ("receiver", &b.receiver),
+    ] {
+        text(f, v, &mut e);
+    }
+    let delivered_ms = when("delivered_at", &b.delivered_at, &mut e);
+    if delivered_ms > now_ms() + 3_600_000 {
+        e.push("delivered_at: more than an hour in the future".into());
+    }
+    match (b.lat, b.lon) {
+        (Some(la), Some(lo)) => {
+            if !(-90.0..=90.0).contains(&la) {
+                e.push(format!("lat: {la} is not a latitude"));
+            }
+            if !(-180.0..=180.0).contains(&lo) {
+                e.push(format!("lon: {lo} is not a longitude"));
+            }
+        }
+        (None, None) => {}
+        _ => e.push("lat, lon: give both or neither".into()),
+    }
+    if b.compartments.is_empty() {
+        e.push("compartments: at least one".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in b.compartments.iter().enumerate() {
+        if !seen.insert(c.compartment) {
+            e.push(format!(
+                "compartments[{i}]: compartment {} given twice",
+                c.compartment
+            ));
+        }
+        if !(1..=99).contains(&c.compartment) {
+            e.push(format!(
+                "compartments[{i}].compartment: {} is not 1–99",
+                c.compartment
+            ));
+        }
+        text(&format!("compartments[{i}].product"), &c.product, &mut e);
+        positive(&format!("compartments[{i}].gross_l"), c.gross_l, &mut e);
+        if let Some(n) = c.net_l {
+            positive(&format!("compartments[{i}].net_l"), n, &mut e);
+            if n.is_finite() && c.gross_l.is_finite() && (n - c.gross_l).abs() > 0.1 * c.gross_l {
+                e.push(format!(
+                    "compartments[{i}]: net_l {n} is more than 10 % from gross_l {}",
+                    c.gross_l
+                ));
+            }
+        }
+    }
+    if let Some(r) = &s.reconciler {
+        if let Some((la, lo)) = b.lat.zip(b.lon) {
+            if let Some(st) = r.cfg.stations.iter().find(|p| p.id == b.station) {
+                let d = crate::analytics::stops::distance_m(la, lo, st.lat, st.lon);
+                if d > st.radius_m * 10.0 {
+                    e.push(format!("lat, lon: {d:.0} m from station {:?}, which is farther than 10 × its radius", b.station));
+                }
+            }
+        }
+        if !r.cfg.stations.is_empty() && !r.cfg.stations.iter().any(|p| p.id == b.station) {
+            e.push(format!(
+                "station: {:?} is not a station of the site model",
+                b.station
+            ));
+        }
+    }
+    if !e.is_empty() {
+        return Err(e);
+    }
+    Ok(Epod {
+        id: 0,
+        trip: b.trip,
+        bol: b.bol,
+        truck: b.truck,
+        station: b.station,
+        delivered_ms,
+        receiver: b.receiver,
+        lat: b.lat,
+        lon: b.lon,
+        compartments: b
+            .compartments
+            .into_iter()
+            .map(|c| EpodCompartment {
+                compartment: c.compartment,
+                product: c.product,
+                gross_l: c.gross_l,
+                net_l: c.net_l,
+            })
+            .collect(),
+    })
+}
+
+/// `POST /api/v1/epods`: 201 stored, 200 the same ePOD again, 409 another for the BOL, 422.
+pub(super) async fn post_epod(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    Query::parse(raw.as_deref(), &[])?;
+    let b: EpodBody = parse_body(&body)?;
+    let mut epod = validate_epod(b, &s).map_err(Problem::invalid_body)?;
+    match call(s.store.ledger().post_epod(&epod, now_ms())).await? {
+        EpodOutcome::Created(id) => {
+            epod.id = id;
+            Ok(data_with_status(StatusCode::CREATED, &[epod]))
+        }
+        EpodOutcome::Same(id) => {
+            epod.id = id;
+            Ok(data(&[epod]))
+        }
+        EpodOutcome::Conflict(id) => Err(Problem::conflict(format!(
+            "ePOD {id} for BOL {:?} is already stored with other content",
+            epod.bol
+        ))),
+    }
+}
+
+/// `GET /api/v1/epods?from=&to=` (by delivery time).
+pub(super) async fn list_epods(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = Query::parse(raw.as_deref(), &["from", "to"])?;
+    let (from, to) = params::range(&q)?;
+    Ok(data(&call(s.store.ledger().epods(from, to)).await?))
+}
+
+/// `GET /api/v1/reconciliation/runs?limit=`.
+pub(super) async fn runs(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = Query::parse(raw.as_deref(), &["limit"])?;
+    Ok(data(&call(s.store.ledger().runs(limit(&q)?)).await?))
+}
+
+/// `POST /api/v1/reconciliation/run?date=YYYY-MM-DD` (operator): reconcile a day now.
+pub(super) async fn run_now(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = Query::parse(raw.as_deref(), &["date"])?;
+    let date = q.req("date")?;
+    let day = parse_day(date).map_err(|e| Problem::bad_parameter("date", e))?;
+    let Some(r) = s.reconciler.clone() else {
+        return Err(Problem::conflict(
+            "no [reconcile] site model is configured (tanks, meters): nothing to reconcile",
+        ));
+    };
+    let store = s.store.clone();
+    let report = tokio::time::timeout(std::time::Duration::from_secs(600), async move {
+        r.run_day(&*store, day, now_ms(), "api").await
+    })
+    .await
+    .map_err(|_| Problem::unavailable("the reconciliation did not finish within 600 s"))?
+    .map_err(|e| match e {
+        crate::reconcile::ReconcileError::Store(e) => Problem::from(e),
+        other => Problem::internal(other.to_string()),
+    })?;
+    Ok(data(&[report.run]))
+}
+
+/// The `{date}` of a reconciliation path, with `.csv` meaning CSV.
+fn date_param(p: Result<Path<String>, PathRejection>) -> Result<(String, bool), Problem> {
+    let raw = match p {
+        Ok(Path(d)) => d,
+        Err(e) => return Err(Problem::bad_parameter("date", e.body_text())),
+    };
+    let (d, csv) = match raw.strip_suffix(".csv") {
+        Some(d) => (d.to_owned(), true),
+        None => (raw, false),
+    };
+    let day = parse_day(&d).map_err(|e| Problem::bad_parameter("date", e))?;
+    Ok((day_name(day), csv))
+}
+
+fn wants_csv(q: &Query, suffix: bool) -> Result<bool, Problem> {
+    match q.opt("format")? {
+        None => Ok(suffix),
+        Some("csv") => Ok(true),
+        Some("json") => Ok(false),
+        Some(o) => Err(Problem::bad_parameter(
+            "format",
+            format!("{o:?}: use csv or json"),
+        )),
+    }
+}
+
+/// CSV of variance records (RFC 4180; `detail` as JSON in the last column).
+pub fn csv(rows: &[VarianceRow]) -> String {
+    fn field(s: &str) -> String {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_owned()
+        }
+    }
+    let num = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v}"));
+    let mut out = String::from("date,site,kind,place,stage,product,reference_l,measured_l,variance_l,variance_pct,tolerance_pct,verdict,run_id,detail\r\n");
+    for r in rows {
+        let v = &r.v;
+        out.push_str(
+            &[
+                field(&v.date),
+                field(&v.site),
+                v.kind.as_str().to_owned(),
+                field(&v.place),
+                field(&v.stage),
+                field(&v.product),
+                num(v.reference_l),
+                num(v.measured_l),
+                num(v.variance_l),
+                num(v.variance_pct),
+                format!("{}", v.tolerance_pct),
+                v.verdict.as_str().to_owned(),
+                r.run_id.to_string(),
+                field(&v.detail.to_string()),
+            ]
+            .join(","),
+        );
+        out.push_str("\r\n");
+    }
+    out
+}
+
+async fn records(
+    s: &ApiState,
+    raw: Option<&str>,
+    date: Result<Path<String>, PathRejection>,
+    kinds: &[RecordKind],
+    name: &str,
+) -> Result<Response, Problem> {
+    let q = Query::parse(raw, &["format"])?;
+    let (date, suffix) = date_param(date)?;
+    let csv_out = wants_csv(&q, suffix)?;
+    let all = call(s.store.ledger().variances(&date, None)).await?;
+    let rows: Vec<VarianceRow> = all
+        .into_iter()
+        .filter(|r| kinds.contains(&r.v.kind))
+        .collect();
+    if !csv_out {
+        return Ok(data(&rows));
+    }
+    let mut res = (StatusCode::OK, csv(&rows)).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"reconciliation-{date}-{name}.csv\""
+    )) {
+        h.insert(CONTENT_DISPOSITION, v);
+    }
+    Ok(res)
+}
+
+/// `GET /api/v1/reconciliation/{date}`: the chain per product and the parcels (`.csv` or `?format=csv`).
+pub(super) async fn chain(
+    State(s): State<ApiState>,
+    date: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    records(
+        &s,
+        raw.as_deref(),
+        date,
+        &[RecordKind::Chain, RecordKind::Parcel],
+        "chain",
+    )
+    .await
+}
+
+/// `GET /api/v1/reconciliation/{date}/tanks`.
+pub(super) async fn tanks(
+    State(s): State<ApiState>,
+    date: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    records(&s, raw.as_deref(), date, &[RecordKind::Tank], "tanks").await
+}
+
+/// `GET /api/v1/reconciliation/{date}/trips`.
+pub(super) async fn trips(
+    State(s): State<ApiState>,
+    date: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    records(&s, raw.as_deref(), date, &[RecordKind::Trip], "trips").await
+}
+
+/// `GET /api/v1/reconciliation/{date}/meters`.
+pub(super) async fn meters(
+    State(s): State<ApiState>,
+    date: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    records(
+        &s,
+        raw.as_deref(),
+        date,
+        &[RecordKind::MeterCheck, RecordKind::MeterTrend],
+        "meters",
+    )
+    .await
+}
+
+/// `GET /api/v1/alerts?state=open|closed&limit=`.
+pub(super) async fn alerts(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = Query::parse(raw.as_deref(), &["state", "limit"])?;
+    let state = match q.opt("state")? {
+        None => None,
+        Some(v @ ("open" | "closed")) => Some(v),
+        Some(o) => {
+            return Err(Problem::bad_parameter(
+                "state",
+                format!("{o:?}: use open or closed"),
+            ))
+        }
+    };
+    Ok(data(
+        &call(s.store.ledger().alerts(state, limit(&q)?)).await?,
+    ))
+}

@@ -1,0 +1,699 @@
+//! The pure reconciliation of one terminal site and one day: [`reconcile_day`] turns
+//! [`DayInputs`] into variance records and alerts. No I/O; unit-tested below.
+//!
+//! - **Tank balance** (per tank): `opening + receipts − dispatched − closing`, where receipts are
+//!   the NSV changes over the discharge windows and `dispatched` the NSV of the batch records of
+//!   the gantry meters drawing from the tank. Variance = closing − book closing (negative = loss),
+//!   in % of the tank's throughput (receipts + dispatched; the opening stock on a day without
+//!   movements).
+//! - **Meter check** (per gantry meter): Σ batch gross against the totalizer delta (missed or
+//!   invented batch records).
+//! - **Meter trend** (per gantry meter, or the group of meters of one tank): `(meter − tank) /
+//!   tank` on clean days (tank balance within tolerance), against control limits
+//!   ([`crate::analytics::drift`]).
+//! - **Chain** (per product): `gantry` = loaded (batch NSV) vs tank outflow (opening + receipts −
+//!   closing of the product's tanks); `stations` = delivered (ePODs) vs loaded for the confirmed
+//!   trips, with the unconfirmed quantity beside; `ship`, `jetty`, `tanks` for the parcels closed
+//!   that day (alerts for those are raised per parcel).
+//! - **Parcel** (per discharge closed that day): B/L → ship's figure → jetty meter → tank receipts.
+//! - **Trip** (per BOL): delivered vs loaded; no ePOD after the grace period = `epod-missing`;
+//!   stops outside known places during the loaded trip = `unscheduled-stop`; at a station with a
+//!   tank gauge, the gauge's delivery report (within ±3 h) against the ePOD (`station-gauge`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+
+use super::config::{DriftConfig, StopConfig, Tolerances};
+use super::model::*;
+use crate::analytics::{drift, stops};
+
+/// Settings of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Params<'a> {
+    /// Tolerances.
+    pub tolerances: &'a Tolerances,
+    /// ePOD grace period, ms.
+    pub grace_ms: i64,
+    /// Drift limits.
+    pub drift: &'a DriftConfig,
+    /// Stop detection.
+    pub stops: &'a StopConfig,
+}
+
+/// What a day's reconciliation produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DayResult {
+    /// Variance records.
+    pub variances: Vec<Variance>,
+    /// Alerts.
+    pub alerts: Vec<NewAlert>,
+}
+
+impl DayResult {
+    /// Records with verdict exception.
+    pub fn exceptions(&self) -> usize {
+        self.variances
+            .iter()
+            .filter(|v| v.verdict == Verdict::Exception)
+            .count()
+    }
+}
+
+/// Round to millilitres (stored figures stay readable).
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+struct Ctx<'a> {
+    inp: &'a DayInputs,
+    p: &'a Params<'a>,
+    date: String,
+    out: DayResult,
+}
+
+impl Ctx<'_> {
+    /// Add a record comparing `measured` with `reference` (variance % of `basis`).
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        kind: RecordKind,
+        place: &str,
+        stage: &str,
+        tol_stage: &str,
+        product: &str,
+        reference: Option<f64>,
+        measured: Option<f64>,
+        basis: Option<f64>,
+        detail: serde_json::Value,
+    ) -> Verdict {
+        let tolerance_pct = self.p.tolerances.pct(&self.inp.site, tol_stage);
+        let (variance_l, variance_pct, verdict) = match (reference, measured) {
+            (Some(r), Some(m)) => {
+                let v = m - r;
+                let basis = basis.unwrap_or(r);
+                let pct = (basis.abs() > 1e-9).then(|| v / basis * 100.0);
+                let verdict = match pct {
+                    Some(p) if p.abs() > tolerance_pct => Verdict::Exception,
+                    Some(_) => Verdict::Ok,
+                    // nothing moved: any variance at all is an exception
+                    None if v.abs() > 1.0 => Verdict::Exception,
+                    None => Verdict::Ok,
+                };
+                (Some(r3(v)), pct, verdict)
+            }
+            _ => (None, None, Verdict::NoData),
+        };
+        self.out.variances.push(Variance {
+            date: self.date.clone(),
+            site: self.inp.site.clone(),
+            kind,
+            place: place.to_owned(),
+            stage: stage.to_owned(),
+            product: product.to_owned(),
+            reference_l: reference.map(r3),
+            measured_l: measured.map(r3),
+            variance_l,
+            variance_pct,
+            tolerance_pct,
+            verdict,
+            detail,
+        });
+        verdict
+    }
+
+    fn alert(&mut self, kind: &str, place: &str, message: String, detail: serde_json::Value) {
+        self.out.alerts.push(NewAlert {
+            kind: kind.to_owned(),
+            site: self.inp.site.clone(),
+            place: place.to_owned(),
+            date: self.date.clone(),
+            message,
+            detail,
+        });
+    }
+
+    /// Alert text for the last record.
+    fn last_summary(&self) -> String {
+        match self.out.variances.last() {
+            Some(v) => format!(
+                "{} {} {}: measured {:.0} L against {:.0} L, variance {:+.0} L ({:+.3} %, tolerance ±{} %)",
+                v.date,
+                v.place,
+                v.stage,
+                v.measured_l.unwrap_or(f64::NAN),
+                v.reference_l.unwrap_or(f64::NAN),
+                v.variance_l.unwrap_or(f64::NAN),
+                v.variance_pct.unwrap_or(f64::NAN),
+                v.tolerance_pct
+            ),
+            None => String::new(),
+        }
+    }
+}
+
+/// Reconcile one site and day.
+pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
+    let mut cx = Ctx {
+        inp,
+        p,
+        date: day_name(inp.day),
+        out: DayResult::default(),
+    };
+    let meter_tank: BTreeMap<&str, Option<&str>> = inp
+        .meters
+        .iter()
+        .map(|m| (m.id.as_str(), m.tank.as_deref()))
+        .collect();
+
+    // Batch sums.
+    let mut by_meter: BTreeMap<&str, (f64, f64, usize)> = BTreeMap::new();
+    let mut by_tank: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut by_product: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut unknown_meters = BTreeSet::new();
+    for b in &inp.batches {
+        let e = by_meter.entry(&b.meter).or_default();
+        e.0 += b.gross_l;
+        e.1 += b.nsv_l;
+        e.2 += 1;
+        *by_product.entry(&b.product).or_default() += b.nsv_l;
+        match meter_tank.get(b.meter.as_str()) {
+            Some(Some(t)) => *by_tank.entry(t).or_default() += b.nsv_l,
+            Some(None) => {}
+            None => {
+                unknown_meters.insert(b.meter.clone());
+            }
+        }
+    }
+    for m in unknown_meters {
+        cx.alert(
+            "unknown-meter",
+            &m,
+            format!("batch records name meter {m:?}, which is not in the site model"),
+            json!({}),
+        );
+    }
+
+    // Tank balances.
+    let mut tank_out: BTreeMap<&str, Option<f64>> = BTreeMap::new();
+    let mut tank_ok: BTreeMap<&str, bool> = BTreeMap::new();
+    for t in &inp.tanks {
+        let receipts: Option<f64> = t
+            .receipts
+            .iter()
+            .map(|w| Some(w.end?.nsv_l - w.start?.nsv_l))
+            .sum();
+        let dispatched = by_tank.get(t.id.as_str()).copied().unwrap_or(0.0);
+        let (opening, closing) = (t.opening.map(|s| s.nsv_l), t.closing.map(|s| s.nsv_l));
+        let out = match (opening, receipts, closing) {
+            (Some(o), Some(r), Some(c)) => Some(o + r - c),
+            _ => None,
+        };
+        tank_out.insert(&t.id, out);
+        let book = match (opening, receipts) {
+            (Some(o), Some(r)) => Some(o + r - dispatched),
+            _ => None,
+        };
+        let through = receipts.map(|r| r.abs() + dispatched);
+        let basis = match through {
+            Some(x) if x > 1.0 => Some(x),
+            _ => opening,
+        };
+        let detail = json!({
+            "opening_l": opening.map(r3), "receipts_l": receipts.map(r3),
+            "dispatched_l": r3(dispatched), "closing_l": closing.map(r3),
+            "book_closing_l": book.map(r3), "tank_outflow_l": out.map(r3),
+        });
+        let v = cx.record(
+            RecordKind::Tank,
+            &t.id,
+            "balance",
+            "tank-balance",
+            &t.product,
+            book,
+            closing,
+            basis,
+            detail,
+        );
+        tank_ok.insert(&t.id, v == Verdict::Ok);
+        match v {
+            Verdict::Exception => {
+                let msg = format!("tank {} stock balance: {}", t.id, cx.last_summary());
+                cx.alert("tank-balance", &t.id, msg, json!({ "tank": t.id }));
+            }
+            Verdict::NoData => {
+                let msg = format!(
+                    "tank {}: no usable gauge data for the opening, closing or a receipt window",
+                    t.id
+                );
+                cx.alert("no-data", &t.id, msg, json!({ "tank": t.id }));
+            }
+            _ => {}
+        }
+    }
+
+    // Meter checks and trends.
+    let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for m in &inp.meters {
+        if m.role != MeterRole::Gantry {
+            continue;
+        }
+        if let Some(t) = m.tank.as_deref() {
+            groups.entry(t).or_default().push(&m.id);
+        }
+        let (gross, net, n) = by_meter.get(m.id.as_str()).copied().unwrap_or_default();
+        let counted = if m.gross { gross } else { net };
+        let v = cx.record(
+            RecordKind::MeterCheck,
+            &m.id,
+            "totalizer",
+            "meter-check",
+            &m.product,
+            m.delta_l,
+            Some(counted),
+            None,
+            json!({ "batches": n, "basis": if m.gross { "gross" } else { "net" },
+                    "totalizer_delta_l": m.delta_l.map(r3), "batch_gross_l": r3(gross), "batch_nsv_l": r3(net) }),
+        );
+        if v == Verdict::Exception {
+            let msg = format!(
+                "meter {}: batch records do not add up to the totalizer (missed or duplicated batches?): {}",
+                m.id,
+                cx.last_summary()
+            );
+            cx.alert("meter-check", &m.id, msg, json!({ "meter": m.id }));
+        }
+    }
+    for (tank, meters) in groups {
+        let place = meters.join("+");
+        let product = inp
+            .tanks
+            .iter()
+            .find(|t| t.id == tank)
+            .map(|t| t.product.clone())
+            .unwrap_or_default();
+        let measured = by_tank.get(tank).copied().unwrap_or(0.0);
+        let reference = tank_out.get(tank).copied().flatten();
+        let clean = tank_ok.get(tank).copied().unwrap_or(false);
+        let history = inp
+            .trends
+            .iter()
+            .find(|(p, _)| *p == place)
+            .map(|(_, h)| h.as_slice())
+            .unwrap_or(&[]);
+        let limits = drift::limits(history, inp.day, p.drift);
+        let pct = match reference {
+            Some(r) if r > 1.0 && clean && measured > 0.0 => Some((measured - r) / r * 100.0),
+            _ => None,
+        };
+        let verdict = match (pct, limits) {
+            (None, _) => Verdict::NoData,
+            (Some(_), None) => Verdict::Ok,
+            (Some(x), Some(l)) if l.contains(x) => Verdict::Ok,
+            _ => Verdict::Exception,
+        };
+        let half = limits.map_or(0.0, |l| l.ucl - l.mean);
+        cx.out.variances.push(Variance {
+            date: cx.date.clone(),
+            site: inp.site.clone(),
+            kind: RecordKind::MeterTrend,
+            place: place.clone(),
+            stage: "meter-vs-tank".into(),
+            product,
+            reference_l: reference.map(r3),
+            measured_l: Some(r3(measured)),
+            variance_l: reference.map(|r| r3(measured - r)),
+            variance_pct: pct,
+            tolerance_pct: half,
+            verdict,
+            detail: json!({
+                "tank": tank,
+                "clean_transfer": clean,
+                "mean_pct": limits.map(|l| l.mean), "sd_pct": limits.map(|l| l.sd),
+                "lcl_pct": limits.map(|l| l.lcl), "ucl_pct": limits.map(|l| l.ucl),
+                "baseline_points": limits.map_or(0, |l| l.points),
+            }),
+        });
+        if verdict == Verdict::Exception {
+            if let (Some(x), Some(l)) = (pct, limits) {
+                let msg = format!(
+                    "meter {place} (tank {tank}) drifts: meter vs tank {x:+.3} % on {}, outside the control limits {:+.3} … {:+.3} % (baseline mean {:+.3} %, {} days)",
+                    cx.date, l.lcl, l.ucl, l.mean, l.points
+                );
+                cx.alert(
+                    "meter-drift",
+                    &place,
+                    msg,
+                    json!({ "tank": tank, "pct": x, "lcl_pct": l.lcl, "ucl_pct": l.ucl }),
+                );
+            }
+        }
+    }
+
+    // Parcels closed today.
+    for d in &inp.discharges {
+        let place = d.parcel.clone();
+        let base = json!({ "discharge": d.id, "vessel": d.vessel });
+        let stages: [(&str, Option<f64>, Option<f64>); 3] = [
+            ("ship", Some(d.bl_l), d.ship_l),
+            ("jetty", d.ship_l.or(Some(d.bl_l)), d.jetty_l),
+            ("tanks", d.jetty_l.or(d.ship_l).or(Some(d.bl_l)), d.tanks_l),
+        ];
+        for (stage, reference, measured) in stages {
+            if stage == "ship" && measured.is_none() {
+                continue; // no ship's figure given: B/L goes straight to the jetty stage
+            }
+            let v = cx.record(
+                RecordKind::Parcel,
+                &place,
+                stage,
+                stage,
+                &d.product,
+                reference,
+                measured,
+                None,
+                base.clone(),
+            );
+            if v == Verdict::Exception {
+                let msg = format!(
+                    "vessel {} parcel {}: {}",
+                    d.vessel,
+                    d.parcel,
+                    cx.last_summary()
+                );
+                cx.alert(
+                    "parcel-variance",
+                    &format!("{place}/{stage}"),
+                    msg,
+                    base.clone(),
+                );
+            }
+        }
+    }
+
+    // Trips.
+    let mut trips: BTreeMap<&str, Vec<&BatchRecord>> = BTreeMap::new();
+    for b in &inp.batches {
+        trips.entry(&b.bol).or_default().push(b);
+    }
+    let epods: BTreeMap<&str, &Epod> = inp.epods.iter().map(|e| (e.bol.as_str(), e)).collect();
+    // per product: (loaded confirmed, delivered, unconfirmed, missing trips, pending trips)
+    let mut stations: BTreeMap<String, (f64, f64, f64, usize, usize)> = BTreeMap::new();
+    for (bol, batches) in &trips {
+        let truck = batches[0].truck.clone();
+        let place = format!("{truck}/{bol}");
+        let last_ms = batches.iter().map(|b| b.ts_ms).max().unwrap_or(0);
+        let loaded_nsv: f64 = batches.iter().map(|b| b.nsv_l).sum();
+        let loaded_gross: f64 = batches.iter().map(|b| b.gross_l).sum();
+        let mut products: BTreeMap<String, f64> = BTreeMap::new();
+        for b in batches {
+            *products.entry(b.product.clone()).or_default() += b.nsv_l;
+        }
+        let product = products.keys().cloned().collect::<Vec<_>>().join("+");
+        match epods.get(bol) {
+            Some(e) => {
+                let net_known = e.compartments.iter().all(|c| c.net_l.is_some());
+                let delivered: f64 = e
+                    .compartments
+                    .iter()
+                    .map(|c| {
+                        if net_known {
+                            c.net_l.unwrap_or(0.0)
+                        } else {
+                            c.gross_l
+                        }
+                    })
+                    .sum();
+                let loaded = if net_known { loaded_nsv } else { loaded_gross };
+                for (prod, l) in &products {
+                    let d: f64 = e
+                        .compartments
+                        .iter()
+                        .filter(|c| &c.product == prod)
+                        .map(|c| {
+                            if net_known {
+                                c.net_l.unwrap_or(0.0)
+                            } else {
+                                c.gross_l
+                            }
+                        })
+                        .sum();
+                    let s = stations.entry(prod.clone()).or_default();
+                    s.0 += if net_known {
+                        *l
+                    } else {
+                        l * loaded_gross / loaded_nsv.max(1e-9)
+                    };
+                    s.1 += d;
+                }
+                let v = cx.record(
+                    RecordKind::Trip,
+                    &place,
+                    "transit",
+                    "transit",
+                    &product,
+                    Some(loaded),
+                    Some(delivered),
+                    None,
+                    json!({ "bol": bol, "truck": truck, "station": e.station, "trip": e.trip,
+                            "basis": if net_known { "net" } else { "gross" },
+                            "delivered_ms": e.delivered_ms, "epod": e.id }),
+                );
+                if v == Verdict::Exception {
+                    let msg = format!(
+                        "truck {truck} trip {bol} to {}: {}",
+                        e.station,
+                        cx.last_summary()
+                    );
+                    cx.alert(
+                        "transit-loss",
+                        &place,
+                        msg,
+                        json!({ "bol": bol, "truck": truck, "station": e.station }),
+                    );
+                }
+                if inp.gauged_stations.contains(&e.station) {
+                    // The station's gauge report closest to the ePOD within ±3 h.
+                    let near = inp
+                        .gauge_deliveries
+                        .iter()
+                        .filter(|g| {
+                            g.station == e.station
+                                && (g.ts_ms - e.delivered_ms).abs() <= 3 * 3_600_000
+                        })
+                        .filter(|g| {
+                            g.product
+                                .as_deref()
+                                .is_none_or(|p| products.contains_key(p))
+                        })
+                        .min_by_key(|g| (g.ts_ms - e.delivered_ms).abs());
+                    let v = cx.record(
+                        RecordKind::Trip,
+                        &place,
+                        "station-gauge",
+                        "station-gauge",
+                        &product,
+                        Some(delivered),
+                        near.map(|g| g.delivered_l),
+                        None,
+                        json!({ "bol": bol, "truck": truck, "station": e.station, "gauge_ts_ms": near.map(|g| g.ts_ms) }),
+                    );
+                    if v == Verdict::Exception {
+                        let msg = format!(
+                            "station {} tank gauge against the ePOD of {bol}: {}",
+                            e.station,
+                            cx.last_summary()
+                        );
+                        cx.alert(
+                            "station-gauge-variance",
+                            &place,
+                            msg,
+                            json!({ "bol": bol, "station": e.station }),
+                        );
+                    }
+                }
+                if let Some(track) = inp.tracks.iter().find(|t| t.bol == *bol) {
+                    let fixes: Vec<Fix> = track
+                        .fixes
+                        .iter()
+                        .copied()
+                        .filter(|f| f.ts_ms >= last_ms && f.ts_ms <= e.delivered_ms)
+                        .collect();
+                    for s in stops::stops(&fixes, &inp.places, p.stops)
+                        .into_iter()
+                        .filter(|s| s.place.is_none())
+                    {
+                        let msg = format!(
+                            "truck {truck}, loaded with {bol}, stopped {:.0} min at {:.5}, {:.5}, outside every known site",
+                            s.minutes(), s.lat, s.lon
+                        );
+                        cx.alert(
+                            "unscheduled-stop",
+                            &place,
+                            msg,
+                            json!({ "bol": bol, "truck": truck, "stop": s }),
+                        );
+                    }
+                }
+            }
+            None => {
+                let overdue = inp.as_of_ms > last_ms + p.grace_ms;
+                for (prod, l) in &products {
+                    let s = stations.entry(prod.clone()).or_default();
+                    s.2 += l;
+                    if overdue {
+                        s.3 += 1;
+                    } else {
+                        s.4 += 1;
+                    }
+                }
+                let verdict = if overdue {
+                    Verdict::Exception
+                } else {
+                    Verdict::Pending
+                };
+                cx.out.variances.push(Variance {
+                    date: cx.date.clone(),
+                    site: inp.site.clone(),
+                    kind: RecordKind::Trip,
+                    place: place.clone(),
+                    stage: "transit".into(),
+                    product: product.clone(),
+                    reference_l: Some(r3(loaded_nsv)),
+                    measured_l: None,
+                    variance_l: None,
+                    variance_pct: None,
+                    tolerance_pct: p.tolerances.pct(&inp.site, "transit"),
+                    verdict,
+                    detail: json!({ "bol": bol, "truck": truck, "epod": null, "loaded_ms": last_ms }),
+                });
+                if overdue {
+                    let msg = format!(
+                        "truck {truck} loaded {bol} ({loaded_nsv:.0} L, {product}) on {} and no ePOD has been posted within {} h",
+                        cx.date,
+                        p.grace_ms / 3_600_000
+                    );
+                    cx.alert(
+                        "epod-missing",
+                        &place,
+                        msg,
+                        json!({ "bol": bol, "truck": truck, "loaded_l": r3(loaded_nsv) }),
+                    );
+                }
+            }
+        }
+    }
+
+    // Chain per product.
+    let mut products: BTreeSet<String> = BTreeSet::new();
+    products.extend(inp.tanks.iter().map(|t| t.product.clone()));
+    products.extend(by_product.keys().map(|p| (*p).to_owned()));
+    for product in products {
+        // Ship stages of the chain: the parcel records carry the verdicts and alerts.
+        let parcels: Vec<&DischargeDay> = inp
+            .discharges
+            .iter()
+            .filter(|d| d.product == product)
+            .collect();
+        if !parcels.is_empty() {
+            let sum = |f: &dyn Fn(&DischargeDay) -> Option<f64>| -> Option<f64> {
+                parcels.iter().map(|d| f(d)).sum()
+            };
+            let bl = sum(&|d| Some(d.bl_l));
+            let ship = sum(&|d| d.ship_l);
+            let jetty = sum(&|d| d.jetty_l);
+            let tanks = sum(&|d| d.tanks_l);
+            let ids: Vec<i64> = parcels.iter().map(|d| d.id).collect();
+            cx.record(
+                RecordKind::Chain,
+                &product,
+                "ship",
+                "ship",
+                &product,
+                bl,
+                ship.or(bl),
+                None,
+                json!({ "discharges": ids }),
+            );
+            cx.record(
+                RecordKind::Chain,
+                &product,
+                "jetty",
+                "jetty",
+                &product,
+                ship.or(bl),
+                jetty,
+                None,
+                json!({ "discharges": ids }),
+            );
+            cx.record(
+                RecordKind::Chain,
+                &product,
+                "tanks",
+                "tanks",
+                &product,
+                jetty.or(ship).or(bl),
+                tanks,
+                None,
+                json!({ "discharges": ids }),
+            );
+        }
+        let tanks: Vec<&TankDay> = inp.tanks.iter().filter(|t| t.product == product).collect();
+        let outflow: Option<f64> = tanks
+            .iter()
+            .map(|t| tank_out.get(t.id.as_str()).copied().flatten())
+            .sum();
+        let loaded = by_product.get(product.as_str()).copied().unwrap_or(0.0);
+        let tank_ids: Vec<&str> = tanks.iter().map(|t| t.id.as_str()).collect();
+        let v = cx.record(
+            RecordKind::Chain,
+            &product,
+            "gantry",
+            "gantry",
+            &product,
+            outflow,
+            Some(loaded),
+            None,
+            json!({ "tanks": tank_ids }),
+        );
+        if v == Verdict::Exception {
+            let msg = format!("product {product}, tanks → gantry: {}", cx.last_summary());
+            cx.alert(
+                "chain-variance",
+                &format!("{product}/gantry"),
+                msg,
+                json!({ "product": product, "stage": "gantry" }),
+            );
+        }
+        let (conf_loaded, delivered, unconfirmed, missing, pending) =
+            stations.get(&product).copied().unwrap_or_default();
+        let v = cx.record(
+            RecordKind::Chain,
+            &product,
+            "stations",
+            "stations",
+            &product,
+            Some(conf_loaded),
+            Some(delivered),
+            None,
+            json!({ "loaded_total_l": r3(loaded), "unconfirmed_l": r3(unconfirmed),
+                    "missing_epods": missing, "pending_epods": pending }),
+        );
+        if v == Verdict::Exception {
+            let msg = format!(
+                "product {product}, gantry → stations (confirmed trips): {}",
+                cx.last_summary()
+            );
+            cx.alert(
+                "chain-variance",
+                &format!("{product}/stations"),
+                msg,
+                json!({ "product": product, "stage": "stations" }),
+            );
+        }
+    }
+    cx.out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,601 @@
+//! [`Ledger`] on SQLite (schema version 2: `ledger_schema`).
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use super::{now_ms, SqliteStore};
+use crate::reconcile::model::{
+    Epod, EpodCompartment, NewAlert, RecordKind, TrendPoint, Variance, Verdict,
+};
+use crate::store::ledger::*;
+use crate::store::StoreError;
+
+/// Version 2: the reconciliation's tables.
+pub(super) const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS discharges (
+    id        INTEGER PRIMARY KEY,
+    site      TEXT NOT NULL,
+    vessel    TEXT NOT NULL,
+    parcel    TEXT NOT NULL,
+    product   TEXT NOT NULL,
+    bl_l      REAL NOT NULL,
+    tanks     TEXT NOT NULL,
+    meters    TEXT NOT NULL,
+    opened_ms INTEGER NOT NULL,
+    closed_ms INTEGER,
+    ship_l    REAL
+);
+CREATE TABLE IF NOT EXISTS epods (
+    id           INTEGER PRIMARY KEY,
+    trip         TEXT NOT NULL,
+    bol          TEXT NOT NULL UNIQUE,
+    truck        TEXT NOT NULL,
+    station      TEXT NOT NULL,
+    delivered_ms INTEGER NOT NULL,
+    receiver     TEXT NOT NULL,
+    lat          REAL,
+    lon          REAL,
+    posted_ms    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS epods_delivered ON epods (delivered_ms);
+CREATE TABLE IF NOT EXISTS epod_compartments (
+    epod_id     INTEGER NOT NULL REFERENCES epods (id),
+    compartment INTEGER NOT NULL,
+    product     TEXT NOT NULL,
+    gross_l     REAL NOT NULL,
+    net_l       REAL,
+    PRIMARY KEY (epod_id, compartment)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS recon_runs (
+    id            INTEGER PRIMARY KEY,
+    date          TEXT NOT NULL,
+    trigger       TEXT NOT NULL,
+    started_ms    INTEGER NOT NULL,
+    finished_ms   INTEGER NOT NULL,
+    as_of_ms      INTEGER NOT NULL,
+    records       INTEGER NOT NULL,
+    exceptions    INTEGER NOT NULL,
+    alerts_opened INTEGER NOT NULL,
+    alerts_closed INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS variances (
+    id            INTEGER PRIMARY KEY,
+    run_id        INTEGER NOT NULL,
+    date          TEXT NOT NULL,
+    site          TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    place         TEXT NOT NULL,
+    stage         TEXT NOT NULL,
+    product       TEXT NOT NULL,
+    reference_l   REAL,
+    measured_l    REAL,
+    variance_l    REAL,
+    variance_pct  REAL,
+    tolerance_pct REAL NOT NULL,
+    verdict       TEXT NOT NULL,
+    detail        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS variances_date ON variances (date, kind);
+CREATE INDEX IF NOT EXISTS variances_place ON variances (site, kind, place, date);
+CREATE TABLE IF NOT EXISTS alerts (
+    id            INTEGER PRIMARY KEY,
+    kind          TEXT NOT NULL,
+    site          TEXT NOT NULL,
+    place         TEXT NOT NULL,
+    date          TEXT NOT NULL,
+    message       TEXT NOT NULL,
+    detail        TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    opened_ms     INTEGER NOT NULL,
+    closed_ms     INTEGER,
+    closed_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state, kind);
+";
+
+fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+fn discharge_row(r: &Row<'_>) -> rusqlite::Result<DischargeRow> {
+    let tanks: String = r.get(6)?;
+    let meters: String = r.get(7)?;
+    Ok(DischargeRow {
+        id: r.get(0)?,
+        d: NewDischarge {
+            site: r.get(1)?,
+            vessel: r.get(2)?,
+            parcel: r.get(3)?,
+            product: r.get(4)?,
+            bl_l: r.get(5)?,
+            tanks: serde_json::from_str(&tanks).unwrap_or_default(),
+            meters: serde_json::from_str(&meters).unwrap_or_default(),
+            opened_ms: r.get(8)?,
+        },
+        closed_ms: r.get(9)?,
+        ship_l: r.get(10)?,
+    })
+}
+
+const DISCHARGE_COLS: &str =
+    "id, site, vessel, parcel, product, bl_l, tanks, meters, opened_ms, closed_ms, ship_l";
+
+fn discharge_by_id(c: &Connection, id: i64) -> Result<Option<DischargeRow>, StoreError> {
+    Ok(c.query_row(
+        &format!("SELECT {DISCHARGE_COLS} FROM discharges WHERE id = ?1"),
+        [id],
+        discharge_row,
+    )
+    .optional()?)
+}
+
+fn epods_where(
+    c: &Connection,
+    sql_where: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<Epod>, StoreError> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT id, trip, bol, truck, station, delivered_ms, receiver, lat, lon FROM epods WHERE {sql_where} ORDER BY delivered_ms, id"
+    ))?;
+    let mut out: Vec<Epod> = st
+        .query_map(args, |r| {
+            Ok(Epod {
+                id: r.get(0)?,
+                trip: r.get(1)?,
+                bol: r.get(2)?,
+                truck: r.get(3)?,
+                station: r.get(4)?,
+                delivered_ms: r.get(5)?,
+                receiver: r.get(6)?,
+                lat: r.get(7)?,
+                lon: r.get(8)?,
+                compartments: Vec::new(),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut cs = c.prepare_cached(
+        "SELECT compartment, product, gross_l, net_l FROM epod_compartments WHERE epod_id = ?1 ORDER BY compartment",
+    )?;
+    for e in &mut out {
+        e.compartments = cs
+            .query_map([e.id], |r| {
+                Ok(EpodCompartment {
+                    compartment: r.get(0)?,
+                    product: r.get(1)?,
+                    gross_l: r.get(2)?,
+                    net_l: r.get(3)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(out)
+}
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        date: r.get(1)?,
+        trigger: r.get(2)?,
+        started_ms: r.get(3)?,
+        finished_ms: r.get(4)?,
+        as_of_ms: r.get(5)?,
+        records: r.get(6)?,
+        exceptions: r.get(7)?,
+        alerts_opened: r.get(8)?,
+        alerts_closed: r.get(9)?,
+    })
+}
+
+fn alert_row(r: &Row<'_>) -> rusqlite::Result<AlertRow> {
+    let detail: String = r.get(6)?;
+    Ok(AlertRow {
+        id: r.get(0)?,
+        a: NewAlert {
+            kind: r.get(1)?,
+            site: r.get(2)?,
+            place: r.get(3)?,
+            date: r.get(4)?,
+            message: r.get(5)?,
+            detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+        },
+        state: r.get(7)?,
+        opened_ms: r.get(8)?,
+        closed_ms: r.get(9)?,
+        closed_reason: r.get(10)?,
+    })
+}
+
+const ALERT_COLS: &str =
+    "id, kind, site, place, date, message, detail, state, opened_ms, closed_ms, closed_reason";
+
+/// Open alerts of these kinds.
+fn open_alerts(c: &Connection, kinds: &[&str]) -> Result<Vec<AlertRow>, StoreError> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {ALERT_COLS} FROM alerts WHERE state = 'open' ORDER BY id"
+    ))?;
+    let all: Vec<AlertRow> = st.query_map([], alert_row)?.collect::<Result<_, _>>()?;
+    Ok(all
+        .into_iter()
+        .filter(|a| kinds.contains(&a.a.kind.as_str()))
+        .collect())
+}
+
+/// Apply a sync plan; returns (opened, closed).
+fn apply_sync(
+    c: &Connection,
+    open: &[AlertRow],
+    found: &[NewAlert],
+    date: Option<&str>,
+    now: i64,
+    reason: &str,
+) -> Result<(i64, i64), StoreError> {
+    let (to_open, to_close) = plan_sync(open, found, date);
+    let mut ins = c.prepare_cached(
+        "INSERT INTO alerts (kind, site, place, date, message, detail, state, opened_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7)",
+    )?;
+    for a in &to_open {
+        ins.execute(params![
+            a.kind,
+            a.site,
+            a.place,
+            a.date,
+            a.message,
+            a.detail.to_string(),
+            now
+        ])?;
+    }
+    let mut close = c.prepare_cached(
+        "UPDATE alerts SET state = 'closed', closed_ms = ?2, closed_reason = ?3 WHERE id = ?1",
+    )?;
+    for id in &to_close {
+        close.execute(params![id, now, reason])?;
+    }
+    Ok((to_open.len() as i64, to_close.len() as i64))
+}
+
+fn variance_row(r: &Row<'_>) -> rusqlite::Result<VarianceRow> {
+    let kind: String = r.get(2)?;
+    let verdict: String = r.get(12)?;
+    let detail: String = r.get(13)?;
+    Ok(VarianceRow {
+        run_id: r.get(0)?,
+        v: Variance {
+            date: r.get(1)?,
+            kind: RecordKind::parse(&kind).unwrap_or(RecordKind::Chain),
+            site: r.get(3)?,
+            place: r.get(4)?,
+            stage: r.get(5)?,
+            product: r.get(6)?,
+            reference_l: r.get(7)?,
+            measured_l: r.get(8)?,
+            variance_l: r.get(9)?,
+            variance_pct: r.get(10)?,
+            tolerance_pct: r.get(11)?,
+            verdict: Verdict::parse(&verdict),
+            detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+        },
+    })
+}
+
+#[async_trait]
+impl Ledger for SqliteStore {
+    async fn events(
+        &self,
+        site: &str,
+        kind: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let (site, kind) = (site.to_owned(), kind.to_owned());
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT site, agent, source, kind, seq, ts_ms, fields FROM events
+                 WHERE site = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND kind = ?4 ORDER BY ts_ms, id",
+            )?;
+            let rows = st
+                .query_map(params![site, from_ms, to_ms, kind], |r| {
+                    let f: String = r.get(6)?;
+                    Ok(EventRow {
+                        site: r.get(0)?,
+                        agent: r.get(1)?,
+                        source: r.get(2)?,
+                        kind: r.get(3)?,
+                        seq: r.get(4)?,
+                        ts_ms: r.get(5)?,
+                        fields: serde_json::from_str(&f).unwrap_or_default(),
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn values_at(
+        &self,
+        probes: &[(i64, i64)],
+        max_age_ms: i64,
+    ) -> Result<Vec<Option<(i64, f64)>>, StoreError> {
+        let probes = probes.to_vec();
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT ts_ms, value FROM readings WHERE tag_id = ?1 AND ts_ms <= ?2 AND ts_ms > ?3
+                 AND quality = 0 AND value IS NOT NULL ORDER BY ts_ms DESC LIMIT 1",
+            )?;
+            let mut out = Vec::with_capacity(probes.len());
+            for (tag, at) in probes {
+                out.push(
+                    st.query_row(params![tag, at, at - max_age_ms], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?,
+                );
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn track(
+        &self,
+        tag_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT ts_ms, value FROM readings WHERE tag_id = ?1 AND ts_ms >= ?2 AND ts_ms <= ?3
+                 AND quality = 0 AND value IS NOT NULL ORDER BY ts_ms",
+            )?;
+            let rows = st
+                .query_map(params![tag_id, from_ms, to_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn open_discharge(&self, d: &NewDischarge) -> Result<DischargeRow, StoreError> {
+        let d = d.clone();
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO discharges (site, vessel, parcel, product, bl_l, tanks, meters, opened_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![d.site, d.vessel, d.parcel, d.product, d.bl_l, json_list(&d.tanks), json_list(&d.meters), d.opened_ms],
+            )?;
+            Ok(DischargeRow { id: c.last_insert_rowid(), d, closed_ms: None, ship_l: None })
+        })
+        .await
+    }
+
+    async fn close_discharge(
+        &self,
+        id: i64,
+        closed_ms: i64,
+        ship_l: Option<f64>,
+    ) -> Result<CloseOutcome, StoreError> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = match discharge_by_id(&tx, id)? {
+                None => CloseOutcome::NotFound,
+                Some(row) if row.closed_ms.is_some() => CloseOutcome::AlreadyClosed(row),
+                Some(row) if closed_ms <= row.d.opened_ms => CloseOutcome::BeforeOpen(row),
+                Some(mut row) => {
+                    tx.execute(
+                        "UPDATE discharges SET closed_ms = ?2, ship_l = ?3 WHERE id = ?1",
+                        params![id, closed_ms, ship_l],
+                    )?;
+                    row.closed_ms = Some(closed_ms);
+                    row.ship_l = ship_l;
+                    CloseOutcome::Closed(row)
+                }
+            };
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn discharges(&self, from_ms: i64, to_ms: i64) -> Result<Vec<DischargeRow>, StoreError> {
+        self.run(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {DISCHARGE_COLS} FROM discharges WHERE opened_ms < ?2 AND (closed_ms IS NULL OR closed_ms >= ?1) ORDER BY opened_ms, id"
+            ))?;
+            let rows = st.query_map(params![from_ms, to_ms], discharge_row)?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn post_epod(&self, e: &Epod, posted_ms: i64) -> Result<EpodOutcome, StoreError> {
+        let e = e.clone();
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let existing = epods_where(&tx, "bol = ?1", &[&e.bol])?;
+            if let Some(old) = existing.into_iter().next() {
+                let same = Epod { id: old.id, ..e.clone() } == old;
+                return Ok(if same { EpodOutcome::Same(old.id) } else { EpodOutcome::Conflict(old.id) });
+            }
+            tx.execute(
+                "INSERT INTO epods (trip, bol, truck, station, delivered_ms, receiver, lat, lon, posted_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![e.trip, e.bol, e.truck, e.station, e.delivered_ms, e.receiver, e.lat, e.lon, posted_ms],
+            )?;
+            let id = tx.last_insert_rowid();
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO epod_compartments (epod_id, compartment, product, gross_l, net_l) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for k in &e.compartments {
+                    st.execute(params![id, k.compartment, k.product, k.gross_l, k.net_l])?;
+                }
+            }
+            tx.commit()?;
+            Ok(EpodOutcome::Created(id))
+        })
+        .await
+    }
+
+    async fn epods_for(&self, bols: &[String]) -> Result<Vec<Epod>, StoreError> {
+        let bols = bols.to_vec();
+        self.run(move |c| {
+            let mut out = Vec::new();
+            for b in &bols {
+                out.extend(epods_where(c, "bol = ?1", &[b])?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn epods(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Epod>, StoreError> {
+        self.run(move |c| {
+            epods_where(
+                c,
+                "delivered_ms >= ?1 AND delivered_ms < ?2",
+                &[&from_ms, &to_ms],
+            )
+        })
+        .await
+    }
+
+    async fn save_run(
+        &self,
+        run: &NewRun,
+        records: &[Variance],
+        alerts: &[NewAlert],
+    ) -> Result<RunRow, StoreError> {
+        let (run, records, alerts) = (run.clone(), records.to_vec(), alerts.to_vec());
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let exceptions = records.iter().filter(|v| v.verdict == Verdict::Exception).count() as i64;
+            tx.execute(
+                "INSERT INTO recon_runs (date, trigger, started_ms, finished_ms, as_of_ms, records, exceptions, alerts_opened, alerts_closed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0)",
+                params![run.date, run.trigger, run.started_ms, run.finished_ms, run.as_of_ms, records.len() as i64, exceptions],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.execute("DELETE FROM variances WHERE date = ?1", [&run.date])?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO variances (run_id, date, site, kind, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )?;
+                for v in &records {
+                    st.execute(params![
+                        id, v.date, v.site, v.kind.as_str(), v.place, v.stage, v.product, v.reference_l, v.measured_l,
+                        v.variance_l, v.variance_pct, v.tolerance_pct, v.verdict.as_str(), v.detail.to_string()
+                    ])?;
+                }
+            }
+            let open = open_alerts(&tx, &RUN_KINDS)?;
+            let (opened, closed) = apply_sync(&tx, &open, &alerts, Some(&run.date), now_ms(), &format!("not found again by run {id}"))?;
+            tx.execute("UPDATE recon_runs SET alerts_opened = ?2, alerts_closed = ?3 WHERE id = ?1", params![id, opened, closed])?;
+            let row = tx.query_row(
+                "SELECT id, date, trigger, started_ms, finished_ms, as_of_ms, records, exceptions, alerts_opened, alerts_closed FROM recon_runs WHERE id = ?1",
+                [id],
+                run_row,
+            )?;
+            tx.commit()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, date, trigger, started_ms, finished_ms, as_of_ms, records, exceptions, alerts_opened, alerts_closed FROM recon_runs ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = st.query_map([limit], run_row)?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn variances(
+        &self,
+        date: &str,
+        kind: Option<&str>,
+    ) -> Result<Vec<VarianceRow>, StoreError> {
+        let (date, kind) = (date.to_owned(), kind.map(str::to_owned));
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT run_id, date, kind, site, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail
+                 FROM variances WHERE date = ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id",
+            )?;
+            let rows = st.query_map(params![date, kind], variance_row)?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn trends(
+        &self,
+        site: &str,
+        places: &[String],
+        from_date: &str,
+        to_date: &str,
+    ) -> Result<Vec<(String, TrendPoint)>, StoreError> {
+        let (site, places, from, to) = (
+            site.to_owned(),
+            places.to_vec(),
+            from_date.to_owned(),
+            to_date.to_owned(),
+        );
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT date, variance_pct, verdict FROM variances WHERE site = ?1 AND kind = 'meter-trend' AND place = ?2
+                 AND date >= ?3 AND date < ?4 AND variance_pct IS NOT NULL ORDER BY date",
+            )?;
+            let mut out = Vec::new();
+            for place in &places {
+                let rows: Vec<TrendPoint> = st
+                    .query_map(params![site, place, from, to], |r| {
+                        let date: String = r.get(0)?;
+                        let verdict: String = r.get(2)?;
+                        Ok(TrendPoint {
+                            day: crate::reconcile::model::parse_day(&date).unwrap_or(i64::MIN),
+                            pct: r.get(1)?,
+                            usable: verdict == "ok",
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                out.extend(rows.into_iter().map(|p| (place.clone(), p)));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn sync_alerts(
+        &self,
+        kinds: &[&str],
+        found: &[NewAlert],
+        now_ms: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
+        let found = found.to_vec();
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let k: Vec<&str> = kinds.iter().map(String::as_str).collect();
+            let open = open_alerts(&tx, &k)?;
+            let r = apply_sync(&tx, &open, &found, None, now_ms, "no longer found")?;
+            tx.commit()?;
+            Ok(r)
+        })
+        .await
+    }
+
+    async fn alerts(&self, state: Option<&str>, limit: i64) -> Result<Vec<AlertRow>, StoreError> {
+        let state = state.map(str::to_owned);
+        self.run(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {ALERT_COLS} FROM alerts WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let rows = st.query_map(params![state, limit], alert_row)?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
