@@ -368,10 +368,9 @@ impl Telemetry {
             dev(&|s| s.skipped_cycles as f64),
         );
         // Protocol-specific figures, grouped by name across devices.
-        let mut extra: std::collections::BTreeMap<
-            &'static str,
-            (crate::drivers::stats::Figure, Vec<(String, f64)>),
-        > = std::collections::BTreeMap::new();
+        type ByDevice = (crate::drivers::stats::Figure, Vec<(String, f64)>);
+        let mut extra: std::collections::BTreeMap<&'static str, ByDevice> =
+            std::collections::BTreeMap::new();
         for (n, st) in &self.devices {
             for (name, fig) in st.extras() {
                 extra
