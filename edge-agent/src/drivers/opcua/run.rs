@@ -463,6 +463,7 @@ async fn subscribe(
     let (nodes, unresolved) = resolve_all(rt, s);
     let mut initial = unresolved;
     let mut created = 0usize;
+    let mut refused = 0usize;
     let ts = now_ms();
     for chunk in nodes.chunks(dev.max_nodes_per_request.max(1)) {
         let reqs: Vec<MonitoredItemCreateRequest> = chunk
@@ -488,7 +489,11 @@ async fn subscribe(
                 );
                 r.status = Some(status.bits());
                 stats.add(M_BAD_STATUS, "OPC UA values with a non-good status", 1.0);
-                tracing::warn!(device = %rt.name, tag = %t.name, node = %t.source.node.text, status = %status, "monitored item refused");
+                refused += 1;
+                // The first few by name; the rest in the summary below (no log flood).
+                if refused <= 10 {
+                    tracing::warn!(device = %rt.name, tag = %t.name, node = %t.source.node.text, status = %status, "monitored item refused");
+                }
                 initial.push(r);
             }
         }

@@ -132,6 +132,11 @@ impl OpcUaSession {
             .request_timeout(dev.request_timeout)
             .keep_alive_interval(keep_alive)
             .max_failed_keep_alive_count(3)
+            // A publish response carries one notification per changed item: the library's
+            // default limits (1,000 array elements) would drop a session of 5,000 items.
+            .max_array_length(1_000_000)
+            .max_message_size(64 * 1024 * 1024)
+            .max_chunk_count(4096)
             .session_name(session_name)
             .client()
             .map_err(|e| OpcUaError::Pki(e.join("; ")))?;
