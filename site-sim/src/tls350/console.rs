@@ -89,6 +89,11 @@ impl Console {
             .security_code
             .as_ref()
             .is_none_or(|c| cmd.get(..code_len) == Some(c.as_bytes()));
+        if !ok_code {
+            // "When a security code is enabled … it must be used in any commands …, or else the
+            // console will not respond" (Veeder-Root serial interface manual, §4).
+            return None;
+        }
         let cmd = cmd.get(code_len..).unwrap_or(&[]);
         let func = cmd
             .get(..4)
@@ -103,7 +108,7 @@ impl Console {
         let key = if known { func } else { "other" };
         *self.answered.entry(key.to_owned()).or_default() += 1;
         let unsupported = self.cfg.faults.unsupported.iter().any(|u| u == func);
-        let (Some(tank), true, true, false) = (tank, ok_code, known, unsupported) else {
+        let (Some(tank), true, false) = (tank, known, unsupported) else {
             return Some(UNSUPPORTED.to_vec());
         };
         self.replies += 1;
