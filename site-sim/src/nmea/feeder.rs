@@ -26,19 +26,18 @@ where
     let interval = cfg.interval.0;
     let io = |e| SimError::io("writing NMEA sentences", e);
     if let Some(path) = cfg.replay.clone() {
-        // Recorded files may hold bytes that are not UTF-8 (line noise): kept as read.
+        // Recorded files may hold bytes that are not UTF-8 (line noise): written as recorded.
         let raw = std::fs::read(&path)
             .map_err(|e| SimError::io(format!("reading {}", path.display()), e))?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
         loop {
-            for line in text.lines() {
-                let l = line.trim_end_matches(['\r', '\n']);
-                if l.starts_with('#') || l.is_empty() {
+            for line in raw.split(|&b| b == b'\n') {
+                let l = line.strip_suffix(b"\r").unwrap_or(line);
+                if l.starts_with(b"#") || l.is_empty() {
                     continue; // comments in recorded files
                 }
-                port.write_all(l.as_bytes()).await.map_err(io)?;
+                port.write_all(l).await.map_err(io)?;
                 port.write_all(b"\r\n").await.map_err(io)?;
-                if l.contains("RMC") {
+                if l.windows(3).any(|w| w == b"RMC") {
                     port.flush().await.map_err(io)?;
                     tokio::select! {
                         _ = tokio::time::sleep(interval) => {}
@@ -98,7 +97,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nmea-replay-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("r.nmea");
-        std::fs::write(&file, "# comment\n$GPRMC,1*00\r\n$GPGGA,2*00\n\n").expect("write");
+        std::fs::write(&file, b"# comment\n$GPRMC,1*00\r\n\xff$GPGGA,2*00\n\n").expect("write");
         let cfg = FeederConfig::from_toml_str(&format!(
             "interval = \"1ms\"\nreplay = \"{}\"\n",
             file.display()
@@ -108,9 +107,9 @@ mod tests {
         feed(w, cfg, std::future::pending::<()>())
             .await
             .expect("feed");
-        let mut out = String::new();
-        r.read_to_string(&mut out).await.expect("read");
-        assert_eq!(out, "$GPRMC,1*00\r\n$GPGGA,2*00\r\n");
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).await.expect("read");
+        assert_eq!(out, b"$GPRMC,1*00\r\n\xff$GPGGA,2*00\r\n");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
