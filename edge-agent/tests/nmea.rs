@@ -354,6 +354,24 @@ async fn gpsd_source_reads_the_real_gpsd() {
         "heading",
         "fix_quality",
     ];
+    let probe = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args([
+            "probe",
+            "gpsd",
+            "--port",
+            &port.to_string(),
+            "--seconds",
+            "2s",
+        ])
+        .output()
+        .await
+        .expect("probe gpsd");
+    let text = String::from_utf8_lossy(&probe.stdout);
+    assert!(probe.status.success(), "{text}");
+    assert!(
+        text.contains("\"class\":\"TPV\"") && text.contains("latitude -33."),
+        "{text}"
+    );
     let m = map(&agent_map(
         &format!("protocol = \"gpsd\"\nhost = \"127.0.0.1\"\nport = {port}"),
         &fields,

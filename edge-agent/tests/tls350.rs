@@ -153,6 +153,13 @@ async fn inventory_over_a_pty() {
 #[tokio::test]
 async fn inventory_over_tcp_with_a_security_code() {
     let sim = on_tcp(console("security_code = \"ABC123\"\n")).await;
+    // Without the code the console does not answer (as a real one): bad-communication.
+    let m = map(&agent_map(&sim.link, "delivery_interval = \"0s\"", None));
+    let rs = edge_agent::drivers::read_once(&m, None).await;
+    assert!(
+        rs.iter().all(|r| r.quality == Quality::BadCommunication),
+        "{rs:?}"
+    );
     let m = map(&agent_map(
         &sim.link,
         "delivery_interval = \"0s\"\nsecurity_code = \"ABC123\"",

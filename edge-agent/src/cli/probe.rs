@@ -70,6 +70,20 @@ pub enum ProbeProtocol {
         #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
         seconds: Duration,
     },
+    /// Watch gpsd and print every report with what the agent takes from it.
+    ///
+    /// Example: edge-agent probe gpsd --host 127.0.0.1 --seconds 10s
+    Gpsd {
+        /// gpsd host.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// gpsd port.
+        #[arg(long, default_value_t = 2947)]
+        port: u16,
+        /// How long to watch.
+        #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
+        seconds: Duration,
+    },
     /// Send one command to a Veeder-Root TLS-350 and print the raw reply, its checksum verdict
     /// and the decoded report (i201 inventory, i202 deliveries).
     ///
@@ -126,6 +140,11 @@ pub async fn run(p: ProbeProtocol) -> Result<ExitCode, CliError> {
             parity,
             seconds,
         } => return super::probe_serial::nmea(&serial, baud, &parity, seconds).await,
+        ProbeProtocol::Gpsd {
+            host,
+            port,
+            seconds,
+        } => return super::probe_serial::gpsd(&host, port, seconds).await,
         ProbeProtocol::Tls350 {
             serial,
             host,

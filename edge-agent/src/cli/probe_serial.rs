@@ -1,5 +1,6 @@
-//! `edge-agent probe nmea` and `probe tls350`: commissioning serial devices. NMEA: print every
-//! sentence as received and as decoded (or why it was dropped), then a summary. TLS-350: send one
+//! `edge-agent probe nmea`, `probe gpsd` and `probe tls350`: commissioning serial devices. NMEA:
+//! print every sentence as received and as decoded (or why it was dropped), then a summary; gpsd:
+//! the same for its JSON reports. TLS-350: send one
 //! command and print the raw reply, its checksum verdict and the decoded report.
 
 use std::fmt::Write as _;
@@ -125,6 +126,77 @@ pub async fn nmea(
         println!(
             "no valid sentence: check the port, the baud rate (4800, 9600, 38400…) and the wiring"
         );
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `probe gpsd`: watch gpsd's reports and print what the agent takes from each.
+pub async fn gpsd(host: &str, port: u16, seconds: Duration) -> Result<ExitCode, CliError> {
+    use crate::drivers::gps::gpsd as g;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .map_err(|_| {
+        CliError::Device(format!(
+            "cannot connect to gpsd at {host}:{port}: no answer within 5s"
+        ))
+    })?
+    .map_err(|e| CliError::Device(format!("cannot connect to gpsd at {host}:{port}: {e}")))?;
+    conn.write_all(g::WATCH.as_bytes()).await?;
+    println!(
+        "watching gpsd at {host}:{port} for {}…",
+        crate::config::duration::format(seconds)
+    );
+    let mut split = LineSplitter::new(64 * 1024);
+    let (mut used, mut bad) = (0u64, 0u64);
+    let deadline = Instant::now() + seconds;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = match tokio::time::timeout(left, conn.read(&mut buf)).await {
+            Err(_) | Ok(Ok(0)) => break,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(CliError::Io(e)),
+        };
+        let mut out = String::new();
+        bad += split.push(&buf[..n], |line| {
+            let text = String::from_utf8_lossy(line);
+            let short: String = text.chars().take(160).collect();
+            match g::parse_line(&text) {
+                Ok(Some(u)) => {
+                    used += 1;
+                    let vals: Vec<String> = u
+                        .values
+                        .iter()
+                        .map(|(f, v)| format!("{} {v}", f.as_str()))
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "{short}\n    {}{}",
+                        u.no_fix
+                            .as_deref()
+                            .map_or(String::new(), |r| format!("{r}; ")),
+                        vals.join(", ")
+                    );
+                }
+                Ok(None) => {
+                    let _ = writeln!(out, "{short}\n    (not used by the agent)");
+                }
+                Err(e) => {
+                    bad += 1;
+                    let _ = writeln!(out, "{short}\n    DROPPED: {e}");
+                }
+            }
+        });
+        print!("{out}");
+    }
+    println!("{used} report(s) used, {bad} dropped");
+    Ok(if used == 0 {
+        println!("no TPV/SKY report: is gpsd reading the receiver (gpsmon, cgps)?");
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

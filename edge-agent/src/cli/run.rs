@@ -130,12 +130,19 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
                 None => break,
             },
             _ = summary.tick() => {
-                for (d, s) in map.devices.iter().zip(&acq.stats) {
-                    let s = s.snapshot();
+                for (d, st) in map.devices.iter().zip(&acq.stats) {
+                    let s = st.snapshot();
+                    // Protocol-specific figures (NMEA checksum errors, GPS clock offset, …).
+                    let figures: Vec<String> = st
+                        .extras()
+                        .iter()
+                        .map(|(k, f)| format!("{k}={}", f.value))
+                        .collect();
                     tracing::info!(
                         device = %d.name, cycles = s.cycles, success_rate = s.success_rate(), rtt_ms = s.mean_rtt_ms(),
                         exceptions = s.exceptions, timeouts = s.timeouts, decode_errors = s.decode_errors,
-                        skipped_cycles = s.skipped_cycles, overruns = s.overruns, "device summary"
+                        skipped_cycles = s.skipped_cycles, overruns = s.overruns, figures = %figures.join(" "),
+                        "device summary"
                     );
                 }
             }

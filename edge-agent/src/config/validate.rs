@@ -36,6 +36,16 @@ pub(super) fn check(
     rtu_buses(devices, tags, device_spans, diags);
     serial_ports(devices, device_spans, diags);
     for (di, d) in devices.iter().enumerate() {
+        if d.driver.gps().is_some() && d.poll_interval < std::time::Duration::from_secs(1) {
+            diags.warning(
+                device_spans[di].of("poll_interval"),
+                format!("device '{}'", d.name),
+                format!(
+                    "poll_interval {} is below 1s: most receivers send one fix per second, so faster polls repeat the last fix with its GPS timestamp",
+                    duration::format(d.poll_interval)
+                ),
+            );
+        }
         if let Some(t) = d.driver.tls350() {
             if t.timeout > d.poll_interval {
                 diags.warning(

@@ -26,14 +26,18 @@ where
     let interval = cfg.interval.0;
     let io = |e| SimError::io("writing NMEA sentences", e);
     if let Some(path) = cfg.replay.clone() {
-        let text = std::fs::read_to_string(&path)
+        // Recorded files may hold bytes that are not UTF-8 (line noise): written as recorded.
+        let raw = std::fs::read(&path)
             .map_err(|e| SimError::io(format!("reading {}", path.display()), e))?;
         loop {
-            for line in text.lines() {
-                let l = line.trim_end_matches(['\r', '\n']);
-                port.write_all(l.as_bytes()).await.map_err(io)?;
+            for line in raw.split(|&b| b == b'\n') {
+                let l = line.strip_suffix(b"\r").unwrap_or(line);
+                if l.starts_with(b"#") || l.is_empty() {
+                    continue; // comments in recorded files
+                }
+                port.write_all(l).await.map_err(io)?;
                 port.write_all(b"\r\n").await.map_err(io)?;
-                if l.contains("RMC") {
+                if l.windows(3).any(|w| w == b"RMC") {
                     port.flush().await.map_err(io)?;
                     tokio::select! {
                         _ = tokio::time::sleep(interval) => {}
@@ -81,4 +85,31 @@ where
 {
     let port = open_serial(serial)?;
     feed(port, cfg, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn replays_a_recorded_file_without_its_comments() {
+        let dir = std::env::temp_dir().join(format!("nmea-replay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("r.nmea");
+        std::fs::write(&file, b"# comment\n$GPRMC,1*00\r\n\xff$GPGGA,2*00\n\n").expect("write");
+        let cfg = FeederConfig::from_toml_str(&format!(
+            "interval = \"1ms\"\nreplay = \"{}\"\n",
+            file.display()
+        ))
+        .expect("cfg");
+        let (w, mut r) = tokio::io::duplex(4096);
+        feed(w, cfg, std::future::pending::<()>())
+            .await
+            .expect("feed");
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).await.expect("read");
+        assert_eq!(out, b"$GPRMC,1*00\r\n\xff$GPGGA,2*00\r\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

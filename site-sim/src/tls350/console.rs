@@ -89,15 +89,26 @@ impl Console {
             .security_code
             .as_ref()
             .is_none_or(|c| cmd.get(..code_len) == Some(c.as_bytes()));
+        if !ok_code {
+            // "When a security code is enabled … it must be used in any commands …, or else the
+            // console will not respond" (Veeder-Root serial interface manual, §4).
+            return None;
+        }
         let cmd = cmd.get(code_len..).unwrap_or(&[]);
-        let text = String::from_utf8_lossy(cmd).into_owned();
-        let (func, tank) = text.split_at(text.len().min(4));
-        let tank: Option<u8> = tank.parse().ok().filter(|t| *t <= 99);
+        let func = cmd
+            .get(..4)
+            .and_then(|f| std::str::from_utf8(f).ok())
+            .unwrap_or("");
+        let tank: Option<u8> = cmd
+            .get(4..)
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .and_then(|t| t.parse().ok())
+            .filter(|t| *t <= 99);
         let known = matches!(func, "i201" | "i202");
         let key = if known { func } else { "other" };
         *self.answered.entry(key.to_owned()).or_default() += 1;
         let unsupported = self.cfg.faults.unsupported.iter().any(|u| u == func);
-        let (Some(tank), true, true, false) = (tank, ok_code, known, unsupported) else {
+        let (Some(tank), true, false) = (tank, known, unsupported) else {
             return Some(UNSUPPORTED.to_vec());
         };
         self.replies += 1;
@@ -199,5 +210,8 @@ volume = 50.5
         assert!(String::from_utf8_lossy(&d).contains("01101240323090024032309450A"));
         assert_eq!(c.answer(b"i10100", "x"), Some(UNSUPPORTED.to_vec()));
         assert_eq!(c.answer(b"i201zz", "x"), Some(UNSUPPORTED.to_vec()));
+        for junk in [&b"\xff\xfe\xfd\xfc\xfb\xfa"[..], b"\xe9i2010", b"", b"i2"] {
+            assert_eq!(c.answer(junk, "x"), Some(UNSUPPORTED.to_vec()));
+        }
     }
 }

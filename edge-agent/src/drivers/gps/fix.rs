@@ -7,7 +7,10 @@
 //! bad (`bad-device`, "no fix"); fix quality and satellites stay good: "0 satellites" is true.
 //!
 //! GPS time: RMC carries the date, GGA and RMC the time of day; a GGA just after midnight is
-//! put on the next day relative to the last RMC. The gateway clock offset is system time at
+//! put on the next day relative to the last RMC. Readings carry the GPS time of the fix they
+//! report (the instant the position was measured), so polls faster than the receiver's fix rate
+//! repeat it (`check` warns below 1 s); before the first RMC (no date yet) they carry system
+//! time and no clock offset is reported. The gateway clock offset is system time at
 //! reception minus GPS time (it includes the receiver's output latency, typically < 1 s).
 
 use std::time::{Duration, Instant};
@@ -231,8 +234,9 @@ impl FixState {
                             field.as_str(),
                             match field {
                                 GpsField::Altitude | GpsField::Hdop | GpsField::Satellites =>
-                                    " (needs GGA sentences)",
-                                GpsField::Speed | GpsField::Heading => " (needs RMC or VTG)",
+                                    " (NMEA: needs GGA sentences; gpsd: needs a 3D fix / SKY reports)",
+                                GpsField::Speed | GpsField::Heading =>
+                                    " (NMEA: needs RMC or VTG; gpsd: needs TPV speed/track)",
                                 _ => "",
                             }
                         ),

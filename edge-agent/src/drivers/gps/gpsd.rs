@@ -128,6 +128,29 @@ mod tests {
     }
 
     #[test]
+    fn random_and_truncated_reports_never_panic() {
+        let tpv = r#"{"class":"TPV","mode":3,"time":"2024-03-23T12:35:19.000Z","lat":-33.857,"lon":-151.2,"altMSL":12.5,"speed":10.0,"track":84.4}"#;
+        for cut in 0..tpv.len() {
+            let _ = parse_line(&tpv[..cut]);
+        }
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        for _ in 0..5_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut s = tpv.as_bytes().to_vec();
+            let i = (x % s.len() as u64) as usize;
+            s[i] = b"{}[]\":,0123456789.-eE"[(x >> 32) as usize % 21];
+            let _ = parse_line(&String::from_utf8_lossy(&s));
+        }
+        // Wrong types are ignored, not trusted.
+        let u = parse_line(r#"{"class":"TPV","mode":"3","lat":"x"}"#)
+            .expect("ok")
+            .expect("u");
+        assert!(u.no_fix.is_some());
+    }
+
+    #[test]
     fn garbage_is_an_error() {
         for l in [
             "",

@@ -250,7 +250,9 @@ async fn reader(
             }
         }
         if started.elapsed() > Duration::from_secs(30) {
+            // The link worked for a while: the next failure is news again.
             backoff.reset();
+            last_error.clear();
         }
         let delay = backoff.next_delay(rand::random::<f64>());
         tokio::select! {

@@ -1,5 +1,11 @@
 //! Veeder-Root TLS-350 keys of a tag map: the `tls-350` device keys (serial port or TCP) and the
 //! `tank` / `field` keys of an inventory tag.
+//!
+//! Serial defaults are 9600 baud, 7 data bits, odd parity, 1 stop bit: the port settings shown
+//! in Veeder-Root's serial interface manuals (e.g. TLS2 manual 577013-767, function 881 example);
+//! they must match the console's RS-232 setup. With a security code enabled on the port, a
+//! command without it is not answered at all (manual §4), so a wrong or missing
+//! `security_code` shows as timeouts.
 
 use serde::Deserialize;
 use std::time::Duration;

@@ -20,7 +20,7 @@
 //!
 //! # i202 — delivery report
 //! Per tank: `TT` tank, `p` product code, `dd` number of deliveries that follow (the console
-//! keeps the last ten per tank), then per delivery: `YYMMDDHHmm` start, `YYMMDDHHmm` end, `NN`
+//! keeps a fixed number of recent deliveries per tank), then per delivery: `YYMMDDHHmm` start, `YYMMDDHHmm` end, `NN`
 //! number of floats (hex), then NN floats: 1 starting volume, 2 starting TC volume,
 //! 3 starting water, 4 starting temperature, 5 ending volume, 6 ending TC volume, 7 ending water,
 //! 8 ending temperature, 9 starting height, 10 ending height.
@@ -31,8 +31,9 @@
 //! as in the published TLS-4/TLS-450 manual 577013-950 for the neighbouring reports). Not
 //! confirmed against the manual's own i202 page: whether `dd` is decimal or hex (the library
 //! reads it as decimal, which this decoder follows; a count with hex letters A–F is read as
-//! hex) and which fields consoles with newer software append
-//! after the tenth (extra floats are kept in `Delivery::values` and ignored by name).
+//! hex), how many deliveries a console keeps per tank (the missed-delivery check in
+//! `tracker.rs` assumes ten), and which fields consoles with newer software append after the
+//! tenth float (extra floats are kept in `Delivery::values` and ignored by name).
 
 use super::error::FrameError;
 

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::frame::{ConsoleTime, Delivery};
 
-/// Deliveries a TLS-350 keeps per tank.
+/// Deliveries a TLS-350 keeps per tank (assumed: not confirmed from the manual; see
+/// `frame.rs`). Only the missed-delivery gap depends on it.
 pub const CONSOLE_DELIVERIES_PER_TANK: usize = 10;
 
 /// What has been reported.
