@@ -484,3 +484,61 @@ async fn no_watchdog_pings_when_the_watchdog_belongs_to_another_process() {
     let (code, _, log) = agent.stop();
     assert_eq!(code, 0, "{log}");
 }
+
+/// Metric names in a source or document text.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("flowsquare_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = tail[..end].trim_end_matches('_');
+        // Crate paths (flowsquare_wire::…, flowsquare_tests) are not metrics.
+        if !tail[end..].starts_with("::") && name.matches('_').count() >= 2 {
+            out.insert(name.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn the_field_guide_explains_every_metric_and_the_alerts_use_only_real_ones() {
+    let root = flowsquare_tests::workspace_root();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).expect(p);
+    let exported: BTreeSet<String> = metric_names(&read("edge-agent/src/metrics/mod.rs"))
+        .into_iter()
+        .chain(metric_names(&read("cloud-ingest/src/api/metrics.rs")))
+        .filter(|m| m != "flowsquare_device" && m != "flowsquare_ingest")
+        .collect();
+    assert!(exported.len() >= 30, "{exported:?}");
+    let guide = read("docs/field-guide.md");
+    let missing: Vec<_> = exported
+        .iter()
+        .filter(|m| !guide.contains(&format!("`{m}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in docs/field-guide.md: {missing:?}"
+    );
+    let alerts = read("config/prometheus/flowsquare-alerts.yml");
+    let unknown: Vec<_> = metric_names(&alerts)
+        .into_iter()
+        .filter(|m| !exported.contains(m))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "alerts on metrics that do not exist: {unknown:?}"
+    );
+    for line in alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            guide.contains(&format!("`{line}`")),
+            "alert {line} not explained in the guide"
+        );
+    }
+}
