@@ -400,10 +400,9 @@ impl Telemetry {
             dev(&|s| s.skipped_cycles as f64),
         );
         // Protocol-specific figures, grouped by name across devices.
-        let mut extra: std::collections::BTreeMap<
-            &'static str,
-            (crate::drivers::stats::Figure, Vec<(String, f64)>),
-        > = std::collections::BTreeMap::new();
+        type Series = (crate::drivers::stats::Figure, Vec<(String, f64)>);
+        let mut extra: std::collections::BTreeMap<&'static str, Series> =
+            std::collections::BTreeMap::new();
         for (n, st) in &devices {
             for (name, fig) in st.extras() {
                 extra
