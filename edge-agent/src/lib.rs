@@ -10,7 +10,10 @@
 //!   `drivers/stats.rs` (per-device counters);
 //! - `sink/`: printing readings (JSON lines, tables) until the buffer stage exists;
 //! - `model.rs`: `Reading`, `Value`, `Quality`, shared by every stage;
-//! - `cli/`: the `edge-agent` subcommands; `main.rs` only parses and dispatches.
+//! - `cli/`: the `edge-agent` subcommands; `cli/run.rs` is the service: the pipeline, the
+//!   ordered shutdown, live reload on SIGHUP and the systemd notifications (crate
+//!   `flowsquare-service`); `main.rs` only parses, sets up logging (journal fields under
+//!   systemd) and dispatches.
 
 pub mod buffer;
 pub mod cli;

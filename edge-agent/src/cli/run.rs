@@ -398,8 +398,16 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
     }
     notifier.stopping("stopping: committing the last readings, draining the uplink");
 
-    // 1. Drivers stop (each finishes its current request).
-    acq.stop().await;
+    // 1. Drivers stop (each finishes its current request); what they send meanwhile is taken,
+    //    so none of them waits on a full channel.
+    let stop = acq.stop();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(o) = rx.recv() => { let _ = pipe.hand_over(o, &buffer).await; }
+        }
+    }
     // 2. What they produced is filtered and committed.
     while let Ok(o) = rx.try_recv() {
         let _ = pipe.hand_over(o, &buffer).await;
