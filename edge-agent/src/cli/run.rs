@@ -554,3 +554,40 @@ async fn reload(
     );
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Quality, Value};
+
+    #[test]
+    fn older_generation_ids_are_translated_and_untranslatable_readings_become_a_gap() {
+        let table = vec![Some(5), None, Some(0)];
+        let out = Output::Readings(vec![
+            Reading::good(0, 100, Value::UInt(1), 0),
+            Reading::bad(1, 110, Quality::BadCommunication, "x"),
+            Reading::good(2, 120, Value::UInt(3), 0),
+        ]);
+        let (out, gap) = translate_output(Some(&table), out);
+        let Output::Readings(rs) = out else {
+            panic!("readings")
+        };
+        assert_eq!(rs.iter().map(|r| r.tag).collect::<Vec<_>>(), vec![5, 0]);
+        let gap = gap.expect("one reading had no tag in the new map");
+        assert_eq!((gap.count, gap.range.clone()), (1, 110..111));
+        assert_eq!(gap.reason, "reload-unmapped");
+        // Gaps of events keep only the tags that still exist.
+        let ev = Output::Events {
+            events: Vec::new(),
+            gaps: vec![GapRow {
+                tags: vec![0, 1],
+                range: 0..1,
+                count: 2,
+                reason: "missed-event".into(),
+            }],
+        };
+        let (ev, none) = translate_output(Some(&table), ev);
+        assert!(none.is_none());
+        assert!(matches!(ev, Output::Events { gaps, .. } if gaps[0].tags == vec![5]));
+    }
+}
