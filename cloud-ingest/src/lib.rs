@@ -6,7 +6,8 @@
 //! - `config.rs`: the service configuration (TOML);
 //! - `broker.rs`: the optional embedded MQTT broker (rumqttd) for single-box sites and the demo;
 //! - `api/`: the HTTP API for cloud ops (bearer roles, problem+json, OpenAPI);
-//! - `cli/`: `serve`, `migrate`, `check-config`, `import`, `hash-token`;
+//! - `cli/`: `serve` (with the systemd readiness/watchdog supervision), `migrate`,
+//!   `check-config`, `import`, `hash-token`;
 //! - `consume/`: MQTT consumer — classification of messages (pure, `state.rs`) and the loop with
 //!   manual MQTT acks after the database commit and end-to-end acks to the agents (`run.rs`);
 //! - `store/`: the `Store` trait and its backends (`postgres/`, `sqlite/`) with one shared test

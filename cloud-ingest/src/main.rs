@@ -6,15 +6,33 @@ use clap::Parser;
 use cloud_ingest::cli::{self, Cli};
 
 fn main() -> anyhow::Result<ExitCode> {
+    use tracing_subscriber::prelude::*;
     let args = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_new(&args.log_level)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let journal = std::env::var_os("JOURNAL_STREAM")
+        .is_some()
+        .then(tracing_journald::layer)
+        .and_then(Result::ok);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
-        .with_ansi(tty)
-        .init();
+        .with_ansi(tty);
+    match journal {
+        // Under systemd: native journal protocol, tracing fields become journal fields
+        // (SITE=, AGENT=, BATCH_ID=, ERROR=…), the level becomes PRIORITY.
+        Some(layer) => tracing_subscriber::registry()
+            .with(filter())
+            .with(layer.with_field_prefix(None))
+            .init(),
+        None if std::env::var_os("JOURNAL_STREAM").is_some() => {
+            builder.without_time().with_ansi(false).init()
+        }
+        None => builder.init(),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -961,9 +961,10 @@ async fn drain_run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let cpu0 = Cpu::now();
     let t0 = Instant::now();
+    // The map never changes here (no reload): the watch sender can go right away.
     let uplink = tokio::spawn(edge_agent::uplink::run(
         ucfg,
-        map.clone(),
+        tokio::sync::watch::channel(map.clone()).1,
         buffer.clone(),
         telemetry.clone(),
         stop_rx,

@@ -18,7 +18,9 @@
 //! - `sink/`: printing readings (JSON lines, tables) until the buffer stage exists;
 //! - `model.rs`: `Reading`, `Value`, `Quality`, shared by every stage;
 //! - `cli/`: the `edge-agent` subcommands (`probe_serial.rs`: `probe nmea` / `probe tls350`);
-//!   `main.rs` only parses and dispatches.
+//!   `cli/run.rs` is the service: the pipeline, the ordered shutdown, live reload on SIGHUP and
+//!   the systemd notifications (crate `flowsquare-service`); `main.rs` only parses, sets up
+//!   logging (journal fields under systemd) and dispatches.
 
 pub mod buffer;
 pub mod cli;

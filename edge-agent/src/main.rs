@@ -6,15 +6,31 @@ use clap::Parser;
 use edge_agent::cli::{self, Cli};
 
 fn init_logging(level: &str, format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_new(level)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    // Under systemd (JOURNAL_STREAM set, the journal socket reachable): the native journal
+    // protocol, so every tracing field is a journal field (DEVICE=, TAG=, ERROR=, CONFIG_HASH=…;
+    // `journalctl -u edge-agent DEVICE=tank-gauge-1`), with the level as PRIORITY.
+    if std::env::var_os("JOURNAL_STREAM").is_some() && format != "json" {
+        if let Ok(layer) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(filter())
+                .with(layer.with_field_prefix(None))
+                .init();
+            return;
+        }
+    }
+    let filter = filter();
     // Colours only on a terminal: logs redirected to files or journald stay plain text.
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(tty);
-    // Under systemd (JOURNAL_STREAM set) journald adds its own timestamps.
+    // Journal socket unreachable under systemd: plain text, journald adds its own timestamps.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     match (format, journald) {
         ("json", _) => builder.json().init(),

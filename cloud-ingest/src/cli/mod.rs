@@ -194,6 +194,89 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
+/// Watchdog window: the broker event loop turns at least every keep-alive (30 s) or every
+/// reconnect attempt; a database operation retries at least every 5 s while the database is down.
+const WATCHDOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Talk to systemd (`Type=notify`) until `until` completes: `READY=1` once the broker has
+/// confirmed the subscriptions (the database was migrated before), `WATCHDOG=1` while the
+/// consumer loop turns and the commit task is idle or making database attempts, `STATUS=` with
+/// the counters, `STOPPING=1` at the end. Without `$NOTIFY_SOCKET` this only waits.
+async fn supervise(
+    stats: &crate::consume::ConsumerStats,
+    ready: &std::sync::atomic::AtomicBool,
+    cfg: &IngestConfig,
+    until: impl std::future::Future<Output = ()>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::{Duration, Instant};
+    let notifier = flowsquare_service::Notifier::from_env();
+    let period = notifier.watchdog_period();
+    let started = Instant::now();
+    let mut progress = flowsquare_service::Progress::new();
+    let consumer = progress.add("the broker consumer loop", WATCHDOG_WINDOW, started);
+    let database = progress.add("the database commit", WATCHDOG_WINDOW, started);
+    let mut tick = tokio::time::interval(
+        period.map_or(Duration::from_secs(1), |p| p.min(Duration::from_secs(1))),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut is_ready, mut last_ping, mut last_status, mut stalled) =
+        (false, None::<Instant>, started, false);
+    let status = || {
+        format!(
+            "broker {} ({}); {} batches stored, {} readings, {} dead letters, {} commit errors",
+            cfg.mqtt.broker,
+            if ready.load(Relaxed) {
+                "subscribed"
+            } else {
+                "not connected"
+            },
+            stats.stored_batches.load(Relaxed),
+            stats.stored_readings.load(Relaxed),
+            stats.dead_letters.load(Relaxed),
+            stats.commit_errors.load(Relaxed),
+        )
+    };
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            _ = &mut until => break,
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if !is_ready && ready.load(Relaxed) {
+                    is_ready = true;
+                    notifier.ready(&status());
+                }
+                progress.observe(consumer, stats.loop_events.load(Relaxed), false, now);
+                progress.observe(database, stats.db_attempts.load(Relaxed), !stats.committing.load(Relaxed), now);
+                match progress.stalled(now) {
+                    Some(s) => {
+                        if !stalled {
+                            tracing::error!(stall = %s, "watchdog: not pinging systemd (it restarts the service when WatchdogSec passes)");
+                            notifier.status(&format!("stalled: {s}"));
+                            stalled = true;
+                        }
+                    }
+                    None => {
+                        stalled = false;
+                        if let Some(p) = period {
+                            if last_ping.is_none_or(|t| now.duration_since(t) >= p) {
+                                notifier.watchdog();
+                                last_ping = Some(now);
+                            }
+                        }
+                        if is_ready && now.duration_since(last_status) >= Duration::from_secs(10) {
+                            notifier.status(&status());
+                            last_status = now;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    notifier.stopping("stopping: finishing the current commit");
+}
+
 async fn serve(cfg: IngestConfig, config_path: Option<&Path>) -> Result<ExitCode, CliError> {
     use tokio::signal::unix::{signal, SignalKind};
     if cfg.broker.embedded {
@@ -256,10 +339,13 @@ async fn serve(cfg: IngestConfig, config_path: Option<&Path>) -> Result<ExitCode
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-    }
+    supervise(&stats, &ready, &cfg, async {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    })
+    .await;
     let _ = stop_tx.send(true);
     let _ = api.await;
     let _ = upkeep.await;

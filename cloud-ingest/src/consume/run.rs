@@ -40,6 +40,12 @@ pub struct ConsumerStats {
     pub commit_errors: AtomicU64,
     /// End-to-end acknowledgements published (batch ids).
     pub acked_batches: AtomicU64,
+    /// Turns of the broker event loop (watchdog progress: events, keep-alives, retries).
+    pub loop_events: AtomicU64,
+    /// Database operations attempted by the commit task, successful or retried (watchdog).
+    pub db_attempts: AtomicU64,
+    /// Is the commit task working on a group (not waiting for messages)?
+    pub committing: std::sync::atomic::AtomicBool,
 }
 
 fn now_ms() -> i64 {
@@ -64,6 +70,7 @@ where
     let mut delay = Duration::from_millis(200);
     let mut logged = false;
     loop {
+        stats.db_attempts.fetch_add(1, Relaxed);
         match op().await {
             Ok(v) => {
                 if logged {
@@ -136,6 +143,7 @@ pub async fn run(
     ));
     let mut last_error: Option<String> = None;
     loop {
+        stats.loop_events.fetch_add(1, Relaxed);
         tokio::select! {
             ev = events.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -212,7 +220,12 @@ async fn commit_task(
 ) {
     let root = cfg.mqtt.topic_root.clone();
     let max = cfg.ingest.max_batches_per_commit.max(1);
-    while let Some(first) = rx.recv().await {
+    loop {
+        stats.committing.store(false, Relaxed);
+        let Some(first) = rx.recv().await else {
+            break;
+        };
+        stats.committing.store(true, Relaxed);
         let mut group = vec![first];
         while group.len() < max {
             match rx.try_recv() {

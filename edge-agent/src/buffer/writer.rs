@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::codec::{self, Identity};
 use super::config::BufferConfig;
 use super::error::BufferError;
-use super::store::{Class, GapRow, LeaseRequest, Store, StoreFigures};
+use super::store::{Class, GapRow, LeaseRequest, NewSegment, Store, StoreFigures};
 use crate::config::{Priority, TagMap};
 use crate::drivers::events::{digest, Cursor};
 use crate::model::Reading;
@@ -73,6 +73,30 @@ enum Cmd {
     Ack(u64, oneshot::Sender<Result<u64, BufferError>>),
     Figures(oneshot::Sender<Result<StoreFigures, BufferError>>),
     Compact(oneshot::Sender<usize>),
+    Reconfigure(
+        Identity,
+        Vec<Class>,
+        oneshot::Sender<Result<(), BufferError>>,
+    ),
+}
+
+fn classes_of(map: &TagMap) -> Vec<Class> {
+    map.tags
+        .iter()
+        .map(|t| match t.priority {
+            Priority::High => Class::High,
+            Priority::Normal => Class::Normal,
+            Priority::Low => Class::Low,
+        })
+        .collect()
+}
+
+fn identity_of(map: &TagMap) -> Identity {
+    Identity {
+        site: map.agent.site.clone(),
+        agent: map.agent.id.clone(),
+        config_hash: map.hash.clone(),
+    }
 }
 
 /// Handle to the buffer task (cheap to clone).
@@ -167,20 +191,8 @@ impl Buffer {
         if quarantined.is_some() {
             stats.quarantined.fetch_add(1, Relaxed);
         }
-        let classes: Vec<Class> = map
-            .tags
-            .iter()
-            .map(|t| match t.priority {
-                Priority::High => Class::High,
-                Priority::Normal => Class::Normal,
-                Priority::Low => Class::Low,
-            })
-            .collect();
-        let id = Identity {
-            site: map.agent.site.clone(),
-            agent: map.agent.id.clone(),
-            config_hash: map.hash.clone(),
-        };
+        let classes = classes_of(map);
+        let id = identity_of(map);
         let (tx, rx) = mpsc::channel(1024);
         let rt = tokio::runtime::Handle::current();
         let st = stats.clone();
@@ -197,6 +209,8 @@ impl Buffer {
                     board: bd,
                     pending: BTreeMap::new(),
                     pending_n: 0,
+                    sealed: Vec::new(),
+                    sealed_n: 0,
                 }
                 .run(rt, rx, interval, max_pending)
             })
@@ -290,6 +304,14 @@ impl Buffer {
         self.call(Cmd::Figures).await
     }
 
+    /// Switch to a reloaded tag map: what was handed over before is committed under the old
+    /// map's hash (its segments keep it and travel in batches of their own), what comes after
+    /// under the new one.
+    pub async fn reconfigure(&self, map: &TagMap) -> Result<(), BufferError> {
+        let (id, classes) = (identity_of(map), classes_of(map));
+        self.call(|tx| Cmd::Reconfigure(id, classes, tx)).await
+    }
+
     /// Merge small segments now (the buffer thread also does it every 30 s); returns the
     /// number of segments merged away.
     pub async fn compact(&self) -> Result<usize, BufferError> {
@@ -310,6 +332,9 @@ struct Worker {
     board: Arc<CursorBoard>,
     pending: BTreeMap<Class, Vec<Reading>>,
     pending_n: usize,
+    /// Readings of a previous tag map, already encoded, waiting for the next commit.
+    sealed: Vec<NewSegment>,
+    sealed_n: usize,
 }
 
 impl Worker {
@@ -401,6 +426,22 @@ impl Worker {
                     let res = self.store.ack(id);
                     if let Ok(n) = &res {
                         self.stats.acked.fetch_add(*n, Relaxed);
+                    }
+                    let _ = reply.send(res);
+                }
+                Ok(Some(Cmd::Reconfigure(id, classes, reply))) => {
+                    // Pending readings are encoded under the old map now (they carry its tag
+                    // ids) and committed with the next group, or right here.
+                    // (A failed commit keeps them sealed in memory and retries like any commit.)
+                    let res = self.seal();
+                    if res.is_ok() {
+                        self.id = id;
+                        self.classes = classes;
+                        if self.commit().is_ok() {
+                            first_pending = None;
+                        } else {
+                            first_pending = Some(Instant::now());
+                        }
                     }
                     let _ = reply.send(res);
                 }
@@ -518,13 +559,29 @@ impl Worker {
         }
     }
 
+    /// Encode the pending readings under the current identity and set them aside for the next
+    /// commit (before the identity changes).
+    fn seal(&mut self) -> Result<(), BufferError> {
+        let mut segs = Vec::new();
+        for (class, rs) in &self.pending {
+            for chunk in rs.chunks(SEGMENT_READINGS) {
+                segs.push(codec::encode_segment(*class, &self.id, chunk)?);
+            }
+        }
+        self.pending.clear();
+        self.sealed.extend(segs);
+        self.sealed_n += self.pending_n;
+        self.pending_n = 0;
+        Ok(())
+    }
+
     /// Commit pending readings: one segment per class (split at SEGMENT_READINGS), one
     /// transaction. On failure the readings stay pending and are retried at the next commit.
     fn commit(&mut self) -> Result<(), BufferError> {
-        if self.pending_n == 0 {
+        if self.pending_n == 0 && self.sealed.is_empty() {
             return Ok(());
         }
-        let mut segs = Vec::new();
+        let mut segs = self.sealed.clone();
         for (class, rs) in &self.pending {
             for chunk in rs.chunks(SEGMENT_READINGS) {
                 segs.push(codec::encode_segment(*class, &self.id, chunk)?);
@@ -534,7 +591,9 @@ impl Worker {
             Ok(ev) => {
                 self.stats
                     .committed
-                    .fetch_add(self.pending_n as u64, Relaxed);
+                    .fetch_add((self.pending_n + self.sealed_n) as u64, Relaxed);
+                self.sealed.clear();
+                self.sealed_n = 0;
                 self.stats.commits.fetch_add(1, Relaxed);
                 self.stats.dropped_full.fetch_add(ev.full, Relaxed);
                 self.stats.dropped_age.fetch_add(ev.age, Relaxed);

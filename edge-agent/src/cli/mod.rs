@@ -124,7 +124,10 @@ pub enum Command {
         command: buffer::BufferCommand,
     },
     /// Poll continuously: readings go through the deadband filter into the SQLite buffer and,
-    /// with an [uplink], to the cloud over MQTT. Stops cleanly on SIGINT/SIGTERM.
+    /// with an [uplink], to the cloud over MQTT. Stops cleanly on SIGINT/SIGTERM. SIGHUP
+    /// (systemctl reload) reloads the tag map: validated first (errors logged, the old map kept),
+    /// then only changed devices restart. Under systemd (Type=notify) it reports readiness and
+    /// pings the watchdog while polling makes progress.
     Run {
         /// Tag map (TOML).
         #[arg(long, short)]

@@ -24,6 +24,22 @@ impl TagFilter {
         }
     }
 
+    /// The state for a reloaded tag map with `n` tags: `translate[old id]` is the tag's id in
+    /// the new map; tags that kept their id mapping keep their state (no spurious report after a
+    /// reload), new and changed tags start fresh.
+    pub fn remap(&self, translate: &[Option<crate::model::TagId>], n: usize) -> TagFilter {
+        let mut states = vec![TagState::default(); n];
+        for (old, new) in translate.iter().enumerate() {
+            if let (Some(st), Some(slot)) = (
+                self.states.get(old),
+                new.and_then(|t| states.get_mut(t as usize)),
+            ) {
+                *slot = st.clone();
+            }
+        }
+        TagFilter { states }
+    }
+
     /// Process one reading of `tag`: annotate counter events, and return it if it must be
     /// reported (quality changed, value left the deadband, heartbeat due, counter event).
     pub fn process(&mut self, tag: &Tag, mut r: Reading) -> Option<Reading> {
@@ -131,6 +147,21 @@ mod tests {
             f.process(&t, good(12_000, 10.6)).is_some(),
             "heartbeat after max_silence"
         );
+    }
+
+    #[test]
+    fn remap_keeps_the_state_of_translated_tags_only() {
+        let t = tag(TagKind::Gauge, Some(Deadband::Absolute(0.5)), None);
+        let mut f = TagFilter::new(2);
+        assert!(f.process(&t, good(0, 10.0)).is_some());
+        // Old tag 0 is new tag 1; new tag 0 is new.
+        let mut g = f.remap(&[Some(1), None], 2);
+        let t1 = Tag { id: 1, ..t.clone() };
+        assert!(
+            g.process(&t1, good(1000, 10.1)).is_none(),
+            "state carried over"
+        );
+        assert!(g.process(&t, good(1000, 10.1)).is_some(), "fresh state");
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! `Acquisition::stop` signals the tasks and waits for them (drivers stop first in the ordered
 //! shutdown). `read_once` polls every device once and `read_events_once` reads every event
 //! definition's trigger and record once, for `edge-agent read --once`.
+//!
+//! Live reload works per *unit* (`unit_key`: a device, or all units of one RTU bus): units whose
+//! devices and tags are unchanged keep running, the others are stopped and started again with
+//! the new map. `spawn_unit` is the one place that starts a unit's tasks per protocol.
 
 pub mod events;
 pub mod filter;
@@ -26,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::buffer::GapRow;
-use crate::config::{DeviceDriver, TagMap};
+use crate::config::{Device, DeviceDriver, Tag, TagMap};
 use crate::model::{Reading, TagId};
 use modbus::config::Link;
 use stats::DeviceStats;
@@ -49,11 +53,269 @@ pub enum Output {
 /// The sending side of the acquisition channel.
 pub type OutputTx = mpsc::Sender<Output>;
 
-/// Running acquisition tasks.
-pub struct Acquisition {
+/// A driver output with the tag-map generation whose tag ids it carries (live reload: units
+/// that keep running across a reload still use the ids of the map they were started with).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tagged {
+    /// Generation of the tag map the output's tag ids refer to (0: the map loaded at start).
+    pub generation: u64,
+    /// What the driver produced.
+    pub output: Output,
+}
+
+/// The key of a *unit*: the devices polled by one set of tasks, started, stopped and restarted
+/// together — a device, or every device on one shared RTU bus.
+pub fn unit_key(d: &Device) -> String {
+    match &d.driver {
+        DeviceDriver::Modbus(m) => match &m.link {
+            Link::Rtu(s) => format!("bus {}", s.path),
+            Link::Tcp { .. } => format!("device {}", d.name),
+        },
+        DeviceDriver::Gps(_) | DeviceDriver::Tls350(_) | DeviceDriver::OpcUa(_) => {
+            format!("device {}", d.name)
+        }
+    }
+}
+
+/// The devices of every unit of `map`, in tag-map order.
+fn units_of(map: &TagMap) -> BTreeMap<String, Vec<usize>> {
+    let mut units: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, d) in map.devices.iter().enumerate() {
+        units.entry(unit_key(d)).or_default().push(i);
+    }
+    units
+}
+
+/// What a unit polls, independent of tag ids and device indexes: equal fingerprints mean the
+/// unit can keep running across a reload.
+fn fingerprint(map: &TagMap, devices: &[usize]) -> Vec<(Device, Vec<Tag>)> {
+    devices
+        .iter()
+        .map(|&i| {
+            let d = &map.devices[i];
+            let tags = d
+                .tags
+                .iter()
+                .map(|&t| Tag {
+                    id: 0,
+                    device: 0,
+                    ..map.tags[t as usize].clone()
+                })
+                .collect();
+            (
+                Device {
+                    tags: Vec::new(),
+                    ..d.clone()
+                },
+                tags,
+            )
+        })
+        .collect()
+}
+
+/// Spawn the tasks of one unit (`devices`: one device, or the devices of one RTU bus), sending
+/// their outputs to `out` and stopping when `shutdown` turns true. The unit's event definitions
+/// run with `event_opts` (on TCP one task per definition; on a bus inside the bus task).
+fn spawn_unit(
+    map: &TagMap,
+    devices: &[usize],
+    stats: &[Arc<DeviceStats>],
+    out: &OutputTx,
+    shutdown: &watch::Receiver<bool>,
+    event_opts: &events::EventOptions,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let mut bus: Option<(modbus::config::SerialSettings, Vec<_>)> = None;
+    let mut bus_events: Vec<modbus::poller::BusEvent> = Vec::new();
+    for &i in devices {
+        match &map.devices[i].driver {
+            DeviceDriver::Modbus(m) => {
+                if let Some(rt) = modbus::DeviceRuntime::new(map, i, None) {
+                    match &m.link {
+                        Link::Tcp { .. } => {
+                            tasks.push(tokio::spawn(modbus::run_tcp(
+                                rt,
+                                out.clone(),
+                                shutdown.clone(),
+                                stats[i].clone(),
+                            )));
+                        }
+                        Link::Rtu(s) => {
+                            bus.get_or_insert_with(|| (s.clone(), Vec::new()))
+                                .1
+                                .push((rt, stats[i].clone()));
+                        }
+                    }
+                }
+                for def in &map.devices[i].events {
+                    let Some(ev) = modbus::events::ModbusEvent::new(def, m, stats[i].clone())
+                    else {
+                        continue;
+                    };
+                    let runner = events::Runner::new(
+                        def.clone(),
+                        out.clone(),
+                        event_opts.clone(),
+                        stats[i].clone(),
+                        shutdown.clone(),
+                    );
+                    match &m.link {
+                        Link::Tcp { .. } => tasks.push(tokio::spawn(events::run(
+                            runner,
+                            ev.own_link(),
+                            shutdown.clone(),
+                        ))),
+                        Link::Rtu(s) => {
+                            bus.get_or_insert_with(|| (s.clone(), Vec::new()));
+                            bus_events.push(modbus::poller::BusEvent {
+                                device: i,
+                                ev,
+                                runner,
+                            });
+                        }
+                    }
+                }
+            }
+            DeviceDriver::Gps(_) => {
+                if let Some(rt) = gps::GpsRuntime::new(map, i, None) {
+                    tasks.push(tokio::spawn(gps::run(
+                        rt,
+                        out.clone(),
+                        shutdown.clone(),
+                        stats[i].clone(),
+                    )));
+                }
+            }
+            DeviceDriver::Tls350(_) => {
+                if let Some(rt) = tls350::TlsRuntime::new(map, i, None) {
+                    tasks.push(tokio::spawn(tls350::run(
+                        rt,
+                        out.clone(),
+                        shutdown.clone(),
+                        stats[i].clone(),
+                    )));
+                }
+            }
+            DeviceDriver::OpcUa(_) => {
+                if let Some(rt) = opcua::DeviceRuntime::new(map, i, None) {
+                    tasks.push(tokio::spawn(opcua::run(
+                        rt,
+                        out.clone(),
+                        shutdown.clone(),
+                        stats[i].clone(),
+                    )));
+                }
+            }
+        }
+    }
+    if let Some((serial, units)) = bus {
+        tasks.push(tokio::spawn(modbus::run_rtu_bus(
+            serial,
+            units,
+            bus_events,
+            out.clone(),
+            shutdown.clone(),
+        )));
+    }
+    tasks
+}
+
+/// Where units send their outputs.
+#[derive(Clone)]
+enum Sink {
+    /// Straight to the caller's channel (no reload: `read`, tests).
+    Direct(OutputTx),
+    /// Through a per-unit forwarder that tags each output with the unit's generation.
+    Tagged(mpsc::Sender<Tagged>),
+}
+
+/// The running tasks of one unit.
+struct Unit {
+    fingerprint: Vec<(Device, Vec<Tag>)>,
+    generation: u64,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    /// Counters per device, indexed like `TagMap::devices`.
+}
+
+impl Unit {
+    fn start(
+        map: &TagMap,
+        devices: &[usize],
+        stats: &[Arc<DeviceStats>],
+        sink: &Sink,
+        generation: u64,
+        event_opts: &events::EventOptions,
+    ) -> Unit {
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        match sink {
+            Sink::Direct(out) => {
+                tasks.extend(spawn_unit(map, devices, stats, out, &rx, event_opts))
+            }
+            Sink::Tagged(out) => {
+                let (tx, mut unit_rx) = mpsc::channel::<Output>(16);
+                tasks.extend(spawn_unit(map, devices, stats, &tx, &rx, event_opts));
+                let out = out.clone();
+                // Ends when the unit's tasks have ended (their senders dropped) and everything
+                // they sent is forwarded.
+                tasks.push(tokio::spawn(async move {
+                    while let Some(output) = unit_rx.recv().await {
+                        if out.send(Tagged { generation, output }).await.is_err() {
+                            return;
+                        }
+                    }
+                }));
+            }
+        }
+        Unit {
+            fingerprint: fingerprint(map, devices),
+            generation,
+            shutdown,
+            tasks,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "driver task ended abnormally");
+            }
+        }
+    }
+}
+
+/// What a reload changes, by unit key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// Units whose devices and tags are identical: they keep polling.
+    pub keep: Vec<String>,
+    /// Units that changed: stopped and started again with the new map.
+    pub restart: Vec<String>,
+    /// Units only in the new map.
+    pub add: Vec<String>,
+    /// Units only in the old map.
+    pub remove: Vec<String>,
+}
+
+/// Units being stopped for a reload; `join` waits until their tasks have ended and every output
+/// they produced is in the acquisition channel (keep receiving from it meanwhile).
+pub struct Stopping(Vec<Unit>);
+
+impl Stopping {
+    /// Wait for the stopped units.
+    pub async fn join(self) {
+        futures::future::join_all(self.0.into_iter().map(Unit::stop)).await;
+    }
+}
+
+/// Running acquisition tasks.
+pub struct Acquisition {
+    units: BTreeMap<String, Unit>,
+    sink: Sink,
+    event_opts: events::EventOptions,
+    generation: u64,
+    /// Counters per device, indexed like `TagMap::devices` of the current map.
     pub stats: Vec<Arc<DeviceStats>>,
 }
 
@@ -69,124 +331,133 @@ impl Acquisition {
     /// (`run`), definitions resume after their persisted cursor and write a handshake only once
     /// the buffer committed the record; `read` writes no handshake at all.
     pub fn start_with(map: &TagMap, out: OutputTx, event_opts: events::EventOptions) -> Self {
-        let (shutdown, rx) = watch::channel(false);
+        Self::start_sink(map, Sink::Direct(out), event_opts)
+    }
+
+    /// Like `start_with`, with outputs tagged by tag-map generation so the map can be reloaded
+    /// (`plan_reload`, `stop_for_reload`, `start_reloaded`).
+    pub fn start_tagged(
+        map: &TagMap,
+        out: mpsc::Sender<Tagged>,
+        event_opts: events::EventOptions,
+    ) -> Self {
+        Self::start_sink(map, Sink::Tagged(out), event_opts)
+    }
+
+    fn start_sink(map: &TagMap, sink: Sink, event_opts: events::EventOptions) -> Self {
         let stats: Vec<Arc<DeviceStats>> = map.devices.iter().map(|_| Arc::default()).collect();
-        let mut tasks = Vec::new();
-        let mut buses: BTreeMap<String, (modbus::config::SerialSettings, Vec<_>)> = BTreeMap::new();
-        for (i, d) in map.devices.iter().enumerate() {
-            match &d.driver {
-                DeviceDriver::Modbus(m) => {
-                    let Some(rt) = modbus::DeviceRuntime::new(map, i, None) else {
-                        continue;
-                    };
-                    match &m.link {
-                        Link::Tcp { .. } => {
-                            tasks.push(tokio::spawn(modbus::run_tcp(
-                                rt,
-                                out.clone(),
-                                rx.clone(),
-                                stats[i].clone(),
-                            )));
-                        }
-                        Link::Rtu(s) => {
-                            buses
-                                .entry(s.path.clone())
-                                .or_insert_with(|| (s.clone(), Vec::new()))
-                                .1
-                                .push((rt, stats[i].clone()));
-                        }
-                    }
-                }
-                DeviceDriver::Gps(_) => {
-                    if let Some(rt) = gps::GpsRuntime::new(map, i, None) {
-                        tasks.push(tokio::spawn(gps::run(
-                            rt,
-                            out.clone(),
-                            rx.clone(),
-                            stats[i].clone(),
-                        )));
-                    }
-                }
-                DeviceDriver::Tls350(_) => {
-                    if let Some(rt) = tls350::TlsRuntime::new(map, i, None) {
-                        tasks.push(tokio::spawn(tls350::run(
-                            rt,
-                            out.clone(),
-                            rx.clone(),
-                            stats[i].clone(),
-                        )));
-                    }
-                }
-                DeviceDriver::OpcUa(_) => {
-                    let Some(rt) = opcua::DeviceRuntime::new(map, i, None) else {
-                        continue;
-                    };
-                    tasks.push(tokio::spawn(opcua::run(
-                        rt,
-                        out.clone(),
-                        rx.clone(),
-                        stats[i].clone(),
-                    )));
-                }
-            }
-        }
-        let mut bus_events: BTreeMap<String, Vec<modbus::poller::BusEvent>> = BTreeMap::new();
-        for (i, def) in map.events() {
-            let Some(m) = map.devices[i].driver.modbus() else {
-                continue;
-            };
-            let Some(ev) = modbus::events::ModbusEvent::new(def, m, stats[i].clone()) else {
-                continue;
-            };
-            let runner = events::Runner::new(
-                def.clone(),
-                out.clone(),
-                event_opts.clone(),
-                stats[i].clone(),
-                rx.clone(),
-            );
-            match &m.link {
-                Link::Tcp { .. } => {
-                    tasks.push(tokio::spawn(events::run(runner, ev.own_link(), rx.clone())));
-                }
-                Link::Rtu(s) => {
-                    bus_events
-                        .entry(s.path.clone())
-                        .or_default()
-                        .push(modbus::poller::BusEvent {
-                            device: i,
-                            ev,
-                            runner,
-                        });
-                }
-            }
-        }
-        for (path, (serial, units)) in buses {
-            let evs = bus_events.remove(&path).unwrap_or_default();
-            tasks.push(tokio::spawn(modbus::run_rtu_bus(
-                serial,
-                units,
-                evs,
-                out.clone(),
-                rx.clone(),
-            )));
-        }
+        let units = units_of(map)
+            .into_iter()
+            .map(|(k, devs)| (k, Unit::start(map, &devs, &stats, &sink, 0, &event_opts)))
+            .collect();
         Acquisition {
-            shutdown,
-            tasks,
+            units,
+            sink,
+            event_opts,
+            generation: 0,
             stats,
         }
     }
 
-    /// Stop every driver task and wait for it to finish its current request.
-    pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            if let Err(e) = t.await {
-                tracing::error!(error = %e, "driver task ended abnormally");
+    /// The generation of the current map (0 at start, +1 per reload).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Generations still used by running units (older ones need no id translation any more).
+    pub fn live_generations(&self) -> std::collections::BTreeSet<u64> {
+        self.units.values().map(|u| u.generation).collect()
+    }
+
+    /// Compare the running units with those of `new`.
+    pub fn plan_reload(&self, new: &TagMap) -> ReloadPlan {
+        let mut plan = ReloadPlan::default();
+        let next = units_of(new);
+        for (k, devs) in &next {
+            match self.units.get(k) {
+                Some(u) if u.fingerprint == fingerprint(new, devs) => plan.keep.push(k.clone()),
+                Some(_) => plan.restart.push(k.clone()),
+                None => plan.add.push(k.clone()),
             }
         }
+        plan.remove = self
+            .units
+            .keys()
+            .filter(|k| !next.contains_key(*k))
+            .cloned()
+            .collect();
+        plan
     }
+
+    /// Signal the units `plan` restarts or removes to stop; `join` the result while receiving.
+    pub fn stop_for_reload(&mut self, plan: &ReloadPlan) -> Stopping {
+        let mut out = Vec::new();
+        for k in plan.restart.iter().chain(&plan.remove) {
+            if let Some(u) = self.units.remove(k) {
+                let _ = u.shutdown.send(true);
+                out.push(u);
+            }
+        }
+        Stopping(out)
+    }
+
+    /// Switch to `new` (after `stop_for_reload` was joined): start the restarted and added units
+    /// under the next generation; device counters carry over by device name.
+    pub fn start_reloaded(&mut self, old: &TagMap, new: &TagMap, plan: &ReloadPlan) {
+        self.generation += 1;
+        let by_name: std::collections::HashMap<&str, &Arc<DeviceStats>> = old
+            .devices
+            .iter()
+            .zip(&self.stats)
+            .map(|(d, s)| (d.name.as_str(), s))
+            .collect();
+        let stats: Vec<Arc<DeviceStats>> = new
+            .devices
+            .iter()
+            .map(|d| {
+                by_name
+                    .get(d.name.as_str())
+                    .map(|s| (*s).clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let next = units_of(new);
+        for k in plan.restart.iter().chain(&plan.add) {
+            if let Some(devs) = next.get(k) {
+                let u = Unit::start(
+                    new,
+                    devs,
+                    &stats,
+                    &self.sink,
+                    self.generation,
+                    &self.event_opts,
+                );
+                self.units.insert(k.clone(), u);
+            }
+        }
+        self.stats = stats;
+    }
+
+    /// Stop every driver task and wait for it to finish its current request.
+    pub async fn stop(self) {
+        Stopping(self.units.into_values().collect()).join().await;
+    }
+}
+
+/// Tag ids of `old` → ids of the same tag (device and tag name) in `new`, indexed by old id.
+pub fn translate_ids(old: &TagMap, new: &TagMap) -> Vec<Option<TagId>> {
+    let ids: std::collections::HashMap<(&str, &str), TagId> = new
+        .tags
+        .iter()
+        .map(|t| ((new.devices[t.device].name.as_str(), t.name.as_str()), t.id))
+        .collect();
+    old.tags
+        .iter()
+        .map(|t| {
+            ids.get(&(old.devices[t.device].name.as_str(), t.name.as_str()))
+                .copied()
+        })
+        .collect()
 }
 
 /// Read the trigger and the record on display of every event definition once (for
@@ -300,4 +571,64 @@ pub async fn read_once(map: &TagMap, only: Option<&[TagId]>) -> Vec<Reading> {
     }
     out.sort_by_key(|r| r.tag);
     out
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(devices: &str) -> TagMap {
+        let text = format!("[agent]\nsite = \"s\"\nid = \"a\"\n{devices}");
+        match crate::config::parse_str("t.toml", &text) {
+            Ok((m, _)) => m,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn tcp(name: &str, tags: &[(&str, u16)]) -> String {
+        let mut s = format!(
+            "[[device]]\nname = \"{name}\"\nprotocol = \"modbus-tcp\"\nhost = \"127.0.0.1\"\nport = 1\npoll_interval = \"1s\"\n"
+        );
+        for (t, a) in tags {
+            s += &format!("  [[device.tag]]\n  name = \"{t}\"\n  register = \"holding\"\n  address = {a}\n  type = \"u16\"\n");
+        }
+        s
+    }
+
+    fn rtu(name: &str, unit: u8, tag: &str) -> String {
+        format!(
+            "[[device]]\nname = \"{name}\"\nprotocol = \"modbus-rtu\"\nserial = \"/dev/ttyUSB9\"\nbaud = 19200\nunit = {unit}\npoll_interval = \"1s\"\n  [[device.tag]]\n  name = \"{tag}\"\n  register = \"holding\"\n  address = 0\n  type = \"u16\"\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_reload_plan_keeps_identical_units_and_restarts_a_shared_bus_as_one() {
+        let old = map(&(tcp("a", &[("a/x", 0)])
+            + &tcp("b", &[("b/x", 0)])
+            + &tcp("gone", &[("g/x", 0)])
+            + &rtu("r1", 1, "r1/x")
+            + &rtu("r2", 2, "r2/x")));
+        // b gets a tag, r2 changes (so the whole bus restarts), c is new, "gone" is removed; a is
+        // identical although every tag id after it moved.
+        let new = map(&(tcp("c", &[("c/x", 0)])
+            + &tcp("a", &[("a/x", 0)])
+            + &tcp("b", &[("b/x", 0), ("b/y", 1)])
+            + &rtu("r1", 1, "r1/x")
+            + &rtu("r2", 2, "r2/renamed")));
+        let (tx, _rx) = mpsc::channel(16);
+        let acq = Acquisition::start_tagged(&old, tx, events::EventOptions::default());
+        let plan = acq.plan_reload(&new);
+        assert_eq!(plan.keep, vec!["device a"]);
+        assert_eq!(plan.restart, vec!["bus /dev/ttyUSB9", "device b"]);
+        assert_eq!(plan.add, vec!["device c"]);
+        assert_eq!(plan.remove, vec!["device gone"]);
+        acq.stop().await;
+    }
+
+    #[test]
+    fn tag_ids_translate_by_device_and_tag_name() {
+        let old = map(&(tcp("a", &[("x", 0), ("y", 1)]) + &tcp("b", &[("z", 0)])));
+        let new = map(&(tcp("b", &[("z", 0)]) + &tcp("a", &[("y", 1)])));
+        // old: a/x=0, a/y=1, b/z=2; new: b/z=0, a/y=1.
+        assert_eq!(translate_ids(&old, &new), vec![None, Some(1), Some(0)]);
+    }
 }

@@ -40,6 +40,8 @@ pub struct UplinkShared {
     pub malformed_messages: AtomicU64,
     /// Batches in flight now.
     pub in_flight_batches: AtomicU64,
+    /// Turns of the uplink send loop (watchdog progress).
+    pub loop_ticks: AtomicU64,
     /// Readings in flight now.
     pub in_flight_readings: AtomicU64,
 }
@@ -53,8 +55,8 @@ struct Drain {
 /// Everything the operator figures are made of.
 pub struct Telemetry {
     started: Instant,
-    /// Devices and their counters.
-    pub devices: Vec<(String, Arc<DeviceStats>)>,
+    /// Devices and their counters (replaced on a live reload).
+    devices: std::sync::RwLock<Vec<(String, Arc<DeviceStats>)>>,
     /// Buffer counters.
     pub buffer: Arc<BufferStats>,
     /// Uplink counters.
@@ -63,6 +65,10 @@ pub struct Telemetry {
     pub polled: AtomicU64,
     /// Readings reported after deadband/heartbeat filtering (handed to the buffer).
     pub reported: AtomicU64,
+    /// Live reloads applied.
+    pub reloads_ok: AtomicU64,
+    /// Live reloads refused (invalid tag map, or a change that needs a restart).
+    pub reloads_refused: AtomicU64,
     figures: Mutex<(StoreFigures, Drain)>,
 }
 
@@ -71,13 +77,29 @@ impl Telemetry {
     pub fn new(devices: Vec<(String, Arc<DeviceStats>)>, buffer: Arc<BufferStats>) -> Self {
         Telemetry {
             started: Instant::now(),
-            devices,
+            devices: std::sync::RwLock::new(devices),
             buffer,
             uplink: Arc::default(),
             polled: AtomicU64::new(0),
             reported: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_refused: AtomicU64::new(0),
             figures: Mutex::new((StoreFigures::default(), Drain::default())),
         }
+    }
+
+    /// The devices and their counters now.
+    pub fn devices(&self) -> Vec<(String, Arc<DeviceStats>)> {
+        // A poisoned lock only means a panic elsewhere while replacing the list: use it as is.
+        self.devices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replace the device list (after a live reload).
+    pub fn set_devices(&self, devices: Vec<(String, Arc<DeviceStats>)>) {
+        *self.devices.write().unwrap_or_else(|e| e.into_inner()) = devices;
     }
 
     /// Refresh the buffer figures and the drain rate (acked readings per second, smoothed).
@@ -134,7 +156,7 @@ impl Telemetry {
             },
             counters,
             devices: self
-                .devices
+                .devices()
                 .iter()
                 .map(|(n, s)| {
                     let s = s.snapshot();
@@ -174,6 +196,7 @@ impl Telemetry {
     pub fn render(&self) -> String {
         let (f, rate) = self.snapshot();
         let u = &self.uplink;
+        let devices = self.devices();
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, f64)>| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -217,6 +240,15 @@ impl Telemetry {
             "counter",
             "Readings dropped from the buffer, by reason (each drop is reported to the cloud as a gap).",
             vec![("{reason=\"buffer-full\"}".into(), f.dropped_full as f64), ("{reason=\"buffer-age\"}".into(), f.dropped_age as f64)],
+        );
+        metric(
+            "flowsquare_config_reloads_total",
+            "counter",
+            "Tag-map reloads (SIGHUP, systemctl reload): applied, or refused with the old map kept.",
+            vec![
+                ("{result=\"applied\"}".into(), self.reloads_ok.load(Relaxed) as f64),
+                ("{result=\"refused\"}".into(), self.reloads_refused.load(Relaxed) as f64),
+            ],
         );
         metric(
             "flowsquare_buffer_readings",
@@ -309,7 +341,7 @@ impl Telemetry {
             one(u.malformed_messages.load(Relaxed)),
         );
         let dev = |f: &dyn Fn(&crate::drivers::stats::StatsSnapshot) -> f64| -> Vec<(String, f64)> {
-            self.devices
+            devices
                 .iter()
                 .map(|(n, s)| {
                     (
@@ -371,7 +403,7 @@ impl Telemetry {
         type PerDevice = (crate::drivers::stats::Figure, Vec<(String, f64)>);
         let mut extra: std::collections::BTreeMap<&'static str, PerDevice> =
             std::collections::BTreeMap::new();
-        for (n, st) in &self.devices {
+        for (n, st) in &devices {
             for (name, fig) in st.extras() {
                 extra
                     .entry(name)

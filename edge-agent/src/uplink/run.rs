@@ -132,11 +132,12 @@ pub(super) fn tls_config(cfg: &UplinkConfig) -> Result<rustls::ClientConfig, Upl
 /// the acknowledgements, up to `drain_timeout`) and disconnect with a retained offline status.
 pub async fn run(
     cfg: UplinkConfig,
-    map: Arc<TagMap>,
+    mut maps: watch::Receiver<Arc<TagMap>>,
     buffer: Buffer,
     telemetry: Arc<Telemetry>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), UplinkError> {
+    let map = maps.borrow_and_update().clone();
     let topics = wire::Topics::new(
         cfg.topic_root.clone(),
         map.agent.site.clone(),
@@ -160,7 +161,7 @@ pub async fn run(
             "re-sending batches leased before the restart (same batch ids)"
         );
     }
-    let birth = birth(&map).encode();
+    let mut birth = birth(&map).encode();
     let data_topic = topics.data();
     let ack_topic = topics.ack();
     let live_window = i64::try_from(cfg.live_window.as_millis()).unwrap_or(10_000);
@@ -174,6 +175,7 @@ pub async fn run(
     let mut draining: Option<Instant> = None;
 
     loop {
+        republish_birth(&mut maps, &mut birth, &client, &topics, state.connected());
         let deadline_passed = draining.is_some_and(|t| t.elapsed() >= cfg.drain_timeout);
         if draining.is_some()
             && ((state.in_flight() == 0 && state.exhausted())
@@ -254,6 +256,10 @@ pub async fn run(
                 }
             },
             _ = tick.tick() => {
+                up.loop_ticks.fetch_add(1, Relaxed);
+                // A reload may have switched the map since the top of the loop: announce it
+                // before leasing batches written under it.
+                republish_birth(&mut maps, &mut birth, &client, &topics, state.connected());
                 if draining.is_none() || !state.exhausted() || state.in_flight() > 0 {
                     state.tick();
                 }
@@ -330,6 +336,26 @@ pub async fn run(
     }
     up.connected.store(false, Relaxed);
     Ok(())
+}
+
+/// After a live reload: a new birth (new catalog and config hash), retained, published before
+/// any batch written under the new map (those carry its hash; older batches keep theirs).
+fn republish_birth(
+    maps: &mut watch::Receiver<Arc<TagMap>>,
+    birth_payload: &mut Vec<u8>,
+    client: &Client,
+    topics: &wire::Topics,
+    connected: bool,
+) {
+    if !maps.has_changed().unwrap_or(false) {
+        return;
+    }
+    let map = maps.borrow_and_update().clone();
+    *birth_payload = birth(&map).encode();
+    tracing::info!(config_hash = %map.hash, tags = map.tags.len(), "tag map reloaded: publishing a new birth");
+    if connected {
+        client.publish(topics.birth(), true, true, birth_payload.clone());
+    }
 }
 
 fn publish_new(
