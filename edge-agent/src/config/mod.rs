@@ -211,7 +211,8 @@ impl TagSource {
                 mb::DataType::U64 => Some(u64::MAX),
                 _ => None,
             },
-            TagSource::Gps(_) | TagSource::Tls350(_) | TagSource::OpcUa(_) => None,
+            TagSource::OpcUa(o) => o.unsigned_max,
+            TagSource::Gps(_) | TagSource::Tls350(_) => None,
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! `Acquisition::start` spawns the driver tasks (one per Modbus TCP device, one per RTU bus, one
 //! per GPS receiver, one per TLS-350 console, one per OPC UA device, one per event definition of
-//! a TCP device — RTU event definitions run in their bus task);
+//! a TCP or OPC UA device — RTU event definitions run in their bus task);
 //! every cycle a driver sends an [`Output`] on the channel it was given: the cycle's readings
 //! (one per tag, good or bad), or business events it captured with any gaps it detected.
 //! `Acquisition::stop` signals the tasks and waits for them (drivers stop first in the ordered
@@ -132,6 +132,21 @@ impl Acquisition {
         }
         let mut bus_events: BTreeMap<String, Vec<modbus::poller::BusEvent>> = BTreeMap::new();
         for (i, def) in map.events() {
+            if let Some(o) = map.devices[i].driver.opcua() {
+                let pki = opcua::pki::dir_for(map, i);
+                let Some(ev) = opcua::events::OpcUaEvent::new(def, o, pki, stats[i].clone()) else {
+                    continue;
+                };
+                let runner = events::Runner::new(
+                    def.clone(),
+                    out.clone(),
+                    event_opts.clone(),
+                    stats[i].clone(),
+                    rx.clone(),
+                );
+                tasks.push(tokio::spawn(events::run(runner, ev, rx.clone())));
+                continue;
+            }
             let Some(m) = map.devices[i].driver.modbus() else {
                 continue;
             };
@@ -199,6 +214,14 @@ pub async fn read_events_once(
 )> {
     let mut out = Vec::new();
     for (i, def) in map.events() {
+        if let Some(o) = map.devices[i].driver.opcua() {
+            let pki = opcua::pki::dir_for(map, i);
+            let stats = Arc::new(DeviceStats::default());
+            if let Some(mut io) = opcua::events::OpcUaEvent::new(def, o, pki, stats) {
+                out.push((def.name.clone(), events::run::read_once(def, &mut io).await));
+            }
+            continue;
+        }
         let Some(m) = map.devices[i].driver.modbus() else {
             continue;
         };
