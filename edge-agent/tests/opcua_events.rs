@@ -177,3 +177,54 @@ async fn opcua_handshake_is_written_and_seen_by_the_server() {
     run.stop().await;
     assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_capture_resumes_after_the_server_restarts() {
+    let Bay { _dir, sim, gantry } = Bay::start(OpcUaGantryConfig {
+        start_seq: 10,
+        ..OpcUaGantryConfig::default()
+    })
+    .await;
+    gantry.next_batch(); // 11
+    let bay = Bay { _dir, sim, gantry };
+    let mut run = Running::start(&map(&bay.tag_map(true)));
+    assert!(run.until_events(WAIT, |e, _| has_seq(e, 11)).await);
+    assert!(bay.gantry.wait_for_ack(WAIT).await);
+    // The server goes away (the session breaks) and comes back on the same port, the PLC
+    // having completed the next record meanwhile.
+    let Bay { _dir, sim, .. } = bay;
+    let addr = sim.addr;
+    sim.stop().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let l = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            // The port is free again as soon as the old listener is gone.
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("rebind {addr}: {e}"),
+        }
+    };
+    let c = OpcUaSimConfig::new(_dir.path().join("server-pki"), Duration::from_secs(3600));
+    let sim = OpcUaSim::start(c, l).await.expect("opcua sim again");
+    let gantry = sim.gantry(OpcUaGantryConfig {
+        start_seq: 11,
+        ..OpcUaGantryConfig::default()
+    });
+    gantry.next_batch(); // 12
+    assert!(
+        run.until_events(WAIT, |e, _| has_seq(e, 12)).await,
+        "record 12 after the reconnect"
+    );
+    assert!(
+        gantry.wait_for_ack(WAIT).await,
+        "acknowledged on the new session"
+    );
+    let (evs, gaps) = run.captured();
+    run.stop().await;
+    sim.stop().await;
+    assert!(gaps.is_empty(), "{gaps:?}");
+    assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![11, 12]);
+}
