@@ -1,7 +1,8 @@
 //! Event capture on an OPC UA device, against the site simulator's async-opcua server
 //! (in-process, real sockets) and its gantry batch-record table: records with their fields,
 //! rollover 9999 → 0 without a gap, a skipped record reported as a missed-event gap of 1, and
-//! the handshake written to the server's `Ack` node.
+//! the handshake written to the server's `Ack` node, capture resumed after a server restart, and
+//! `read --once` (no handshake).
 
 mod common;
 
@@ -227,4 +228,23 @@ async fn opcua_capture_resumes_after_the_server_restarts() {
     sim.stop().await;
     assert!(gaps.is_empty(), "{gaps:?}");
     assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![11, 12]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_read_once_shows_the_record_on_display_and_writes_no_handshake() {
+    let bay = Bay::start(OpcUaGantryConfig {
+        start_seq: 41,
+        ..OpcUaGantryConfig::default()
+    })
+    .await;
+    let r = bay.gantry.next_batch(); // 42
+    let m = map(&bay.tag_map(true));
+    let out = edge_agent::drivers::read_events_once(&m).await;
+    assert_eq!(out.len(), 1);
+    let (name, res) = &out[0];
+    assert_eq!(name, "bay1-batch");
+    let (trigger, e) = res.as_ref().expect("read");
+    assert_eq!(*trigger, 42);
+    assert_eq!(field(e, "bol"), &WireValue::Text(r.bol));
+    assert_eq!(bay.gantry.ack(), Some(0), "read --once never acknowledges");
 }

@@ -4,7 +4,8 @@
 //! the Value attribute, in the Variant type the node holds (read once per session). Each event
 //! definition has its own task and session, so the tag subscription is not affected; a broken
 //! session is a link error (the run loop closes it and connects again with backoff), a bad
-//! status of a node is a device error.
+//! status of a node is a device error. A failed connect is retried after `reconnect_min`,
+//! doubling up to `reconnect_max` (the loop's polls in between fail at once, without a request).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -32,6 +33,10 @@ pub struct OpcUaEvent {
     handshake: Option<(OpcUaTag, HandshakeValue)>,
     stats: Arc<DeviceStats>,
     link: Option<Link>,
+    /// Reconnect backoff: no connect attempt before this instant.
+    retry_at: Option<Instant>,
+    /// The next backoff delay (`reconnect_min`, doubling up to `reconnect_max`).
+    backoff: std::time::Duration,
 }
 
 /// A session with the definition's nodes resolved against it.
@@ -71,16 +76,32 @@ impl OpcUaEvent {
             handshake,
             stats,
             link: None,
+            retry_at: None,
+            backoff: dev.reconnect_min,
         })
     }
 
     async fn link(&mut self) -> Result<&mut Link, IoError> {
         if self.link.is_none() {
+            if let Some(at) = self.retry_at {
+                if Instant::now() < at {
+                    return Err(IoError::Link(format!(
+                        "reconnecting (backoff up to {:?})",
+                        self.dev.reconnect_max
+                    )));
+                }
+            }
             let name = format!("flowsquare event {}", self.name);
             let session = match OpcUaSession::connect(&self.dev, &self.pki, &name).await {
-                Ok(s) => s,
+                Ok(s) => {
+                    self.retry_at = None;
+                    self.backoff = self.dev.reconnect_min;
+                    s
+                }
                 Err(e) => {
                     DeviceStats::inc(&self.stats.link_errors);
+                    self.retry_at = Some(Instant::now() + self.backoff);
+                    self.backoff = (self.backoff * 2).min(self.dev.reconnect_max);
                     return Err(IoError::Link(e.to_string()));
                 }
             };
