@@ -9,7 +9,7 @@
 //!   the Modbus event binding), `drivers/events/` (protocol-generic event capture: gantry batch
 //!   records; pure sequence/flag bookkeeping and the capture loop),
 //!   `drivers/opcua/` (session with security/identity/PKI, status and value mapping, the
-//!   subscription/polling run loop with reconnect),
+//!   subscription/polling run loop with reconnect, the OPC UA event binding),
 //!   `drivers/gps/` (NMEA 0183 and gpsd: sentence/report parsers, the merged fix, run loop),
 //!   `drivers/tls350/` (Veeder-Root TLS-350: frames and checksum, i201/i202 decoding, delivery
 //!   tracker, run loop), `drivers/health.rs` (backoff, unit skipping), `drivers/filter.rs`

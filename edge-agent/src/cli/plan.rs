@@ -326,6 +326,55 @@ fn deadband_text(map: &TagMap, id: crate::model::TagId) -> String {
     }
 }
 
+/// The nodes of one OPC UA event definition: (trigger, fields, handshake).
+fn opcua_event_nodes(
+    e: &crate::config::EventDef,
+) -> (String, Vec<(String, String)>, Option<String>) {
+    let node =
+        |s: &crate::config::TagSource| s.opcua().map(|t| t.node.text.clone()).unwrap_or_default();
+    (
+        node(&e.trigger.source),
+        e.fields
+            .iter()
+            .map(|f| (f.name.clone(), node(&f.source)))
+            .collect(),
+        e.handshake.as_ref().map(|h| node(&h.target)),
+    )
+}
+
+/// The event definitions of an OPC UA device (each has its own session).
+fn opcua_events_text(out: &mut String, d: &crate::config::Device, o: &OpcUaDevice) {
+    use std::fmt::Write as _;
+    for e in &d.events {
+        let (trigger, fields, handshake) = opcua_event_nodes(e);
+        let _ = writeln!(
+            out,
+            "  event {} ({} trigger, read every {} on its own session; the fields only when it fires):",
+            e.name,
+            e.trigger.mode.as_str(),
+            duration::format(e.poll_interval)
+        );
+        let _ = writeln!(out, "       Read 1 node  {trigger}  trigger");
+        let _ = writeln!(
+            out,
+            "       Read {} node(s) in {} request(s)  {}",
+            fields.len(),
+            opcua_requests(fields.len(), o),
+            fields
+                .iter()
+                .map(|(n, node)| format!("{n}={node}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Some(h) = handshake {
+            let _ = writeln!(
+                out,
+                "       Write {h}  handshake after the record is committed"
+            );
+        }
+    }
+}
+
 /// Text plan of an OPC UA device; returns its requests per cycle.
 fn opcua_text(out: &mut String, map: &TagMap, di: usize, o: &OpcUaDevice) -> usize {
     use std::fmt::Write as _;
@@ -355,6 +404,7 @@ fn opcua_text(out: &mut String, map: &TagMap, di: usize, o: &OpcUaDevice) -> usi
                     map.tags[id as usize].name
                 );
             }
+            opcua_events_text(out, d, o);
             let _ = writeln!(
                 out,
                 "  1 subscription, {n} monitored item(s) created in {reqs} CreateMonitoredItems request(s) at each (re)connect; no requests per cycle\n"
@@ -375,6 +425,7 @@ fn opcua_text(out: &mut String, map: &TagMap, di: usize, o: &OpcUaDevice) -> usi
                     map.tags[id as usize].name
                 );
             }
+            opcua_events_text(out, d, o);
             let _ = writeln!(
                 out,
                 "  {reqs} Read request(s) of at most {} node(s) per cycle for {n} tag(s)\n",
@@ -416,6 +467,16 @@ fn opcua_json(map: &TagMap, di: usize, o: &OpcUaDevice) -> serde_json::Value {
         "mode": o.mode.as_str(),
         "poll_interval_ms": d.poll_interval.as_millis() as u64,
         "publishing_interval_ms": o.publishing_interval.as_millis() as u64,
+        "events": d.events.iter().map(|e| {
+            let (trigger, fields, handshake) = opcua_event_nodes(e);
+            serde_json::json!({
+                "event": e.name,
+                "poll_interval_ms": e.poll_interval.as_millis() as u64,
+                "trigger": trigger,
+                "fields": fields.into_iter().map(|(n, node)| serde_json::json!({"name": n, "node": node})).collect::<Vec<_>>(),
+                "handshake": handshake,
+            })
+        }).collect::<Vec<_>>(),
         "create_monitored_items_requests": if o.mode == Mode::Subscription { reqs } else { 0 },
         "items": items,
         "requests": requests,

@@ -211,7 +211,8 @@ impl TagSource {
                 mb::DataType::U64 => Some(u64::MAX),
                 _ => None,
             },
-            TagSource::Gps(_) | TagSource::Tls350(_) | TagSource::OpcUa(_) => None,
+            TagSource::OpcUa(o) => o.unsigned_max,
+            TagSource::Gps(_) | TagSource::Tls350(_) => None,
         }
     }
 
@@ -676,6 +677,49 @@ fn check_tag_semantics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An OPC UA `[[device.event]]`: locations parsed like OPC UA tags, the trigger's `u16`
+    /// width is the default rollover, a `u32` one too, `integer` has none.
+    #[test]
+    fn opcua_event_definitions_load_with_the_type_width_as_rollover() {
+        let text = |ty: &str, extra: &str| {
+            format!(
+                r#"[agent]
+site = "t"
+id = "gw"
+
+[[device]]
+name = "ua"
+protocol = "opcua"
+endpoint = "opc.tcp://127.0.0.1:4840/"
+
+  [[device.event]]
+  name = "bay1"
+  trigger = {{ node = "ns=2;s=Seq", type = "{ty}" }}
+  {extra}
+  handshake = {{ node = "ns=2;s=Ack", type = "u16", value = "seq" }}
+  fields = [{{ name = "bol", node = "ns=2;s=Bol", type = "string" }}]
+"#
+            )
+        };
+        let (m, _) = parse_str("a.toml", &text("u16", "")).expect("loads");
+        let (_, def) = m.events().next().expect("one definition");
+        assert_eq!(def.seq_rollover, 65_535);
+        assert!(def.handshake.is_some());
+        assert_eq!(
+            def.fields[0].source.opcua().map(|t| t.node.text.as_str()),
+            Some("ns=2;s=Bol")
+        );
+        let (m, _) = parse_str("a.toml", &text("uint32", "")).expect("loads");
+        assert_eq!(
+            m.events().next().map(|(_, d)| d.seq_rollover),
+            Some(u64::from(u32::MAX))
+        );
+        let (m, _) = parse_str("a.toml", &text("integer", "seq_rollover = 9999")).expect("loads");
+        assert_eq!(m.events().next().map(|(_, d)| d.seq_rollover), Some(9999));
+        // Above the width's maximum: refused with the key's position.
+        assert!(parse_str("a.toml", &text("u16", "seq_rollover = 70000")).is_err());
+    }
 
     /// The shipped example is the documentation: it must load without errors.
     #[test]

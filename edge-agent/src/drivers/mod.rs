@@ -2,7 +2,7 @@
 //!
 //! `Acquisition::start` spawns the driver tasks (one per Modbus TCP device, one per RTU bus, one
 //! per GPS receiver, one per TLS-350 console, one per OPC UA device, one per event definition of
-//! a TCP device — RTU event definitions run in their bus task);
+//! a TCP or OPC UA device — RTU event definitions run in their bus task);
 //! every cycle a driver sends an [`Output`] on the channel it was given: the cycle's readings
 //! (one per tag, good or bad), or business events it captured with any gaps it detected.
 //! `Acquisition::stop` signals the tasks and waits for them (drivers stop first in the ordered
@@ -196,7 +196,7 @@ fn spawn_unit(
                     )));
                 }
             }
-            DeviceDriver::OpcUa(_) => {
+            DeviceDriver::OpcUa(o) => {
                 if let Some(rt) = opcua::DeviceRuntime::new(map, i, None) {
                     tasks.push(tokio::spawn(opcua::run(
                         rt,
@@ -204,6 +204,22 @@ fn spawn_unit(
                         shutdown.clone(),
                         stats[i].clone(),
                     )));
+                }
+                // One task and one session per event definition.
+                for def in &map.devices[i].events {
+                    let pki = opcua::pki::dir_for(map, i);
+                    let Some(ev) = opcua::events::OpcUaEvent::new(def, o, pki, stats[i].clone())
+                    else {
+                        continue;
+                    };
+                    let runner = events::Runner::new(
+                        def.clone(),
+                        out.clone(),
+                        event_opts.clone(),
+                        stats[i].clone(),
+                        shutdown.clone(),
+                    );
+                    tasks.push(tokio::spawn(events::run(runner, ev, shutdown.clone())));
                 }
             }
         }
@@ -470,6 +486,14 @@ pub async fn read_events_once(
 )> {
     let mut out = Vec::new();
     for (i, def) in map.events() {
+        if let Some(o) = map.devices[i].driver.opcua() {
+            let pki = opcua::pki::dir_for(map, i);
+            let stats = Arc::new(DeviceStats::default());
+            if let Some(mut io) = opcua::events::OpcUaEvent::new(def, o, pki, stats) {
+                out.push((def.name.clone(), events::run::read_once(def, &mut io).await));
+            }
+            continue;
+        }
         let Some(m) = map.devices[i].driver.modbus() else {
             continue;
         };

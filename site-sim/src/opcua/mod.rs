@@ -14,7 +14,12 @@
 //! | `Counter` | UInt32 | n |
 //! | `Gantry.Setpoint` | Double | writable by clients, not changed by the simulator |
 //! | `Bad.Text` | String | always `n/a` (for type-mismatch tests) |
+//! | `Gantry.Bay1.*` | | the batch-record table of `gantry.rs` ([`OpcUaSim::gantry`]) |
 //! | `Bench.<k>` (k < bench) | Double | n + k/1000 (in folder Objects/FlowSquare/Bench) |
+
+pub mod gantry;
+
+pub use gantry::{OpcUaBatch, OpcUaGantry, OpcUaGantryConfig};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -248,6 +253,11 @@ impl OpcUaSim {
         format!("ns={};s={name}", self.ns)
     }
 
+    /// The gantry batch-record table, its sequence number set to `cfg.start_seq`.
+    pub fn gantry(&self, cfg: OpcUaGantryConfig) -> Arc<OpcUaGantry> {
+        OpcUaGantry::new(self.manager.clone(), self.handle.clone(), self.ns, cfg)
+    }
+
     /// Set a variable now (tests: bad values, status codes).
     pub fn set(&self, name: &str, value: DataValue) {
         let id = NodeId::new(self.ns, name);
@@ -331,6 +341,7 @@ fn populate(m: &SimpleNodeManager, ns: u16, bench: usize) {
         }
         vb.insert(&mut *space);
     }
+    gantry::populate(&mut space, ns, &root);
     if bench > 0 {
         let folder = NodeId::new(ns, "Bench");
         space.add_folder(&folder, "Bench", "Bench", &root);

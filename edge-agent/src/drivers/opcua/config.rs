@@ -195,6 +195,33 @@ impl OpcType {
     }
 }
 
+/// A tag's `type` as written: the type, and the largest value of an unsigned width
+/// (`u16` → 65535), which an event trigger uses as its default rollover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TypeSpelling {
+    /// The type values are converted to.
+    pub ty: OpcType,
+    /// Largest value of an unsigned width (`u8`/`byte`, `u16`, `u32`, `u64`).
+    pub unsigned_max: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for TypeSpelling {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::IntoDeserializer;
+        let text = String::deserialize(d)?;
+        let ty = OpcType::deserialize(text.as_str().into_deserializer())
+            .map_err(|e: serde::de::value::Error| serde::de::Error::custom(e))?;
+        let unsigned_max = match text.as_str() {
+            "u8" | "byte" => Some(u64::from(u8::MAX)),
+            "u16" | "uint16" => Some(u64::from(u16::MAX)),
+            "u32" | "uint32" => Some(u64::from(u32::MAX)),
+            "u64" | "uint64" => Some(u64::MAX),
+            _ => None,
+        };
+        Ok(TypeSpelling { ty, unsigned_max })
+    }
+}
+
 /// Keys of a `protocol = "opcua"` device.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -282,9 +309,10 @@ pub struct RawOpcUaTag {
     /// NodeId, e.g. `ns=2;s=Tank101.Level`, or `nsu=<namespace URI>;s=…` (resolved again at
     /// every connect, so a server that renumbers its namespaces is still read right).
     pub node: String,
-    /// Expected type: `auto`, `bool`, `integer`, `float` or `string`.
+    /// Expected type: `auto`, `bool`, `integer`, `float` or `string` (or a width such as
+    /// `u16`, `u32`: an integer whose unsigned width sets the default event `seq_rollover`).
     #[serde(default, rename = "type")]
-    pub data_type: OpcType,
+    pub data_type: TypeSpelling,
     /// Sampling interval asked of the server (subscription mode); default: the publishing
     /// interval.
     #[serde(default, deserialize_with = "duration::de_opt")]
@@ -404,6 +432,8 @@ pub struct OpcUaTag {
     pub node: NodeRef,
     /// Expected type.
     pub data_type: OpcType,
+    /// Largest value of the declared unsigned width (`type = "u16"` → 65535), if any.
+    pub unsigned_max: Option<u64>,
     /// Sampling interval (subscription mode).
     pub sampling_interval: Option<Duration>,
     /// Monitored item queue size (subscription mode).
@@ -607,7 +637,8 @@ pub fn resolve_tag(
     }
     Some(OpcUaTag {
         node,
-        data_type: r.data_type,
+        data_type: r.data_type.ty,
+        unsigned_max: r.data_type.unsigned_max,
         sampling_interval: r.sampling_interval,
         queue_size: r.queue_size,
     })
@@ -619,6 +650,10 @@ pub struct Protocol;
 impl crate::config::protocol::ProtocolConfig for Protocol {
     fn device_keys(&self, _protocol: &str) -> Vec<&'static [&'static str]> {
         vec![crate::config::parse::fields_of::<RawOpcUaDevice>()]
+    }
+
+    fn device_subtables(&self) -> &'static [&'static str] {
+        &["event"]
     }
 
     fn tag_keys(&self, _dev: &crate::config::DeviceDriver) -> Vec<&'static [&'static str]> {
@@ -712,6 +747,7 @@ mod tests {
         let tag = OpcUaTag {
             node: NodeRef::parse("i=1").unwrap(),
             data_type: OpcType::Auto,
+            unsigned_max: None,
             sampling_interval: Some(Duration::from_millis(250)),
             queue_size: None,
         };

@@ -6,11 +6,14 @@
 //!   features reuse;
 //! - `pki.rs`: the agent's certificate (made once, reused) and the trusted/rejected server
 //!   certificates;
+//! - `events.rs`: the event-capture binding (gantry batch records: trigger, field block and
+//!   handshake over Read/Write, one session per definition);
 //! - `run.rs`: the run loop (subscription or polling, reconnect with backoff);
 //! - `error.rs`: link/session errors.
 
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod pki;
 pub mod run;
 pub mod session;

@@ -611,6 +611,7 @@ mod tests {
             source: OpcUaTag {
                 node: NodeRef::parse("ns=2;s=x").unwrap(),
                 data_type: OpcType::Auto,
+                unsigned_max: None,
                 sampling_interval: None,
                 queue_size: None,
             },
