@@ -1,7 +1,7 @@
 //! FlowSquare edge agent.
 //!
 //! # Layout
-//! The pipeline is the layout: `config → drivers → (buffer → uplink, in later stages) → sink`.
+//! The pipeline is the layout: `config → drivers → filter → buffer → uplink` (+ `sink` for printing).
 //!
 //! - `config/`: tag maps (TOML): loading with file:line:column diagnostics, validation, the
 //!   resolved `TagMap` every stage runs from (tags and `[[device.event]]` definitions);
