@@ -127,6 +127,16 @@ fn spawn_unit(
     let mut tasks = Vec::new();
     let mut bus: Option<(modbus::config::SerialSettings, Vec<_>)> = None;
     let mut bus_events: Vec<modbus::poller::BusEvent> = Vec::new();
+    // The capture loop of one event definition of device `i` (any protocol).
+    let new_runner = |def: &crate::config::EventDef, i: usize| {
+        events::Runner::new(
+            def.clone(),
+            out.clone(),
+            event_opts.clone(),
+            stats[i].clone(),
+            shutdown.clone(),
+        )
+    };
     for &i in devices {
         match &map.devices[i].driver {
             DeviceDriver::Modbus(m) => {
@@ -152,13 +162,7 @@ fn spawn_unit(
                     else {
                         continue;
                     };
-                    let runner = events::Runner::new(
-                        def.clone(),
-                        out.clone(),
-                        event_opts.clone(),
-                        stats[i].clone(),
-                        shutdown.clone(),
-                    );
+                    let runner = new_runner(def, i);
                     match &m.link {
                         Link::Tcp { .. } => tasks.push(tokio::spawn(events::run(
                             runner,
@@ -212,13 +216,7 @@ fn spawn_unit(
                     else {
                         continue;
                     };
-                    let runner = events::Runner::new(
-                        def.clone(),
-                        out.clone(),
-                        event_opts.clone(),
-                        stats[i].clone(),
-                        shutdown.clone(),
-                    );
+                    let runner = new_runner(def, i);
                     tasks.push(tokio::spawn(events::run(runner, ev, shutdown.clone())));
                 }
             }
