@@ -120,31 +120,18 @@ pub enum ProbeProtocol {
 }
 
 pub async fn run(p: ProbeProtocol) -> Result<ExitCode, CliError> {
-    let (
-        host,
-        port,
-        serial,
-        baud,
-        parity,
-        data_bits,
-        stop_bits,
-        unit,
-        register,
-        count,
-        address_base,
-        timeout,
-    ) = match p {
+    match p {
         ProbeProtocol::Nmea {
             serial,
             baud,
             parity,
             seconds,
-        } => return super::probe_serial::nmea(&serial, baud, &parity, seconds).await,
+        } => super::probe_serial::nmea(&serial, baud, &parity, seconds).await,
         ProbeProtocol::Gpsd {
             host,
             port,
             seconds,
-        } => return super::probe_serial::gpsd(&host, port, seconds).await,
+        } => super::probe_serial::gpsd(&host, port, seconds).await,
         ProbeProtocol::Tls350 {
             serial,
             host,
@@ -156,7 +143,7 @@ pub async fn run(p: ProbeProtocol) -> Result<ExitCode, CliError> {
             security_code,
             timeout,
         } => {
-            return super::probe_serial::tls350(
+            super::probe_serial::tls350(
                 serial,
                 host,
                 port,
@@ -169,33 +156,28 @@ pub async fn run(p: ProbeProtocol) -> Result<ExitCode, CliError> {
             )
             .await
         }
-        ProbeProtocol::Modbus {
-            host,
-            port,
-            serial,
-            baud,
-            parity,
-            data_bits,
-            stop_bits,
-            unit,
-            register,
-            count,
-            address_base,
-            timeout,
-        } => (
-            host,
-            port,
-            serial,
-            baud,
-            parity,
-            data_bits,
-            stop_bits,
-            unit,
-            register,
-            count,
-            address_base,
-            timeout,
-        ),
+        m @ ProbeProtocol::Modbus { .. } => modbus(m).await,
+    }
+}
+
+/// `probe modbus`: raw registers decoded every way.
+async fn modbus(p: ProbeProtocol) -> Result<ExitCode, CliError> {
+    let ProbeProtocol::Modbus {
+        host,
+        port,
+        serial,
+        baud,
+        parity,
+        data_bits,
+        stop_bits,
+        unit,
+        register,
+        count,
+        address_base,
+        timeout,
+    } = p
+    else {
+        return Err(CliError::Usage("not a Modbus probe".into()));
     };
     let (kind, addr) = register
         .split_once(':')
