@@ -95,13 +95,22 @@ pub fn http(
     }
     s.write_all(&bytes)
         .map_err(|e| format!("{method} {url}: {e}"))?;
+    // Read the header, then exactly the body it announces (servers may keep the connection
+    // open despite `Connection: close`).
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("{method} {url}: no complete header in the answer"))?;
+    let mut buf = [0u8; 16384];
+    let split = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s
+            .read(&mut buf)
+            .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
+        if n == 0 {
+            return Err(format!("{method} {url}: connection closed before the header"));
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status: u16 = lines
@@ -113,12 +122,29 @@ pub fn http(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    let value = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let chunked = value("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let length: Option<usize> = value("content-length").and_then(|v| v.parse().ok());
     let mut body = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let complete = |b: &[u8]| match (chunked, length) {
+        (true, _) => dechunk(b).is_some(),
+        (false, Some(n)) => b.len() >= n,
+        (false, None) => false,
+    };
+    let no_body = method == "HEAD" || status == 204 || status == 304;
+    while !no_body && !complete(&body) {
+        let n = s
+            .read(&mut buf)
+            .map_err(|e| format!("{method} {url}: reading the body: {e}"))?;
+        if n == 0 {
+            break; // closed: the body is what arrived
+        }
+        body.extend_from_slice(&buf[..n]);
+    }
     if chunked {
         body = dechunk(&body).ok_or_else(|| format!("{method} {url}: bad chunked body"))?;
+    } else if let Some(n) = length {
+        body.truncate(n);
     }
     Ok(Answer {
         status,
@@ -472,7 +498,13 @@ fn load_page(
 ) -> Result<PageReport, String> {
     let page = route.trim_start_matches("#/").split('/').next().unwrap_or("");
     let t = Instant::now();
-    s.execute("document.body.dataset.state = 'loading'; location.hash = arguments[0]; return true", &[json!(route)])?;
+    s.execute(
+        "document.body.dataset.state = 'loading';
+         if (location.hash === arguments[0]) window.dispatchEvent(new HashChangeEvent('hashchange'));
+         else location.hash = arguments[0];
+         return true",
+        &[json!(route)],
+    )?;
     s.wait_for(
         &format!("return document.body.dataset.page === {page:?} && document.body.dataset.state !== 'loading'"),
         Duration::from_secs(30),

@@ -279,7 +279,7 @@ fn the_console_shows_every_page_with_data_and_hides_what_a_role_cannot_see() {
     let has_dead_letters = |token: &str| -> bool {
         browser::login(&session, &srv.base, token).expect("sign in");
         session
-            .execute("location.hash = '#/freshness'; return true", &[])
+            .execute("document.body.dataset.state = 'loading'; location.hash = '#/freshness'; return true", &[])
             .expect("go");
         session
             .wait_for("return document.body.dataset.page === 'freshness' && document.body.dataset.state === 'ready'", Duration::from_secs(30))
@@ -322,7 +322,7 @@ fn every_page_says_no_data_yet_on_an_empty_database() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.pages.len(), browser::PAGES.len());
     for page in ["fleet", "tags", "recon", "trucks", "kpis", "alerts"] {
-        session.execute("location.hash = arguments[0]; return true", &[serde_json::json!(format!("#/{page}"))]).expect("go");
+        session.execute("document.body.dataset.state = 'loading'; if (location.hash === arguments[0]) window.dispatchEvent(new HashChangeEvent('hashchange')); else location.hash = arguments[0]; return true", &[serde_json::json!(format!("#/{page}"))]).expect("go");
         session
             .wait_for(&format!("return document.body.dataset.page === '{page}' && document.body.dataset.state === 'ready'"), Duration::from_secs(20))
             .expect("ready");

@@ -79,6 +79,8 @@ pub(crate) fn routes() -> Vec<(&'static str, MethodRouter<ApiState>)> {
         ("/console", get(index)),
         ("/console/", get(index)),
         ("/console/{*file}", get(asset)),
+        // Browsers ask for it on any page of the origin (e.g. a raw JSON answer).
+        ("/favicon.ico", get(favicon)),
     ]
 }
 
@@ -105,6 +107,11 @@ fn serve(name: &str) -> Response {
 /// `GET /`: the console's page.
 async fn index() -> Response {
     serve("index.html")
+}
+
+/// `GET /favicon.ico`: the console's icon.
+async fn favicon() -> Response {
+    serve("favicon.svg")
 }
 
 /// `GET /console/{file}`.

@@ -25,7 +25,7 @@ export function token() {
 
 /** The server's time now (ms): every age is computed from it, never from the browser's clock. */
 export function serverNow() {
-  return Date.now() + clockOffset;
+  return Math.round(Date.now() + clockOffset);
 }
 
 /** Raised on 401: the page is left for the login form (not reported as an error). */
