@@ -76,8 +76,10 @@ pub fn http(
         None => (rest, "/"),
     };
     let mut s = TcpStream::connect(authority).map_err(|e| format!("connect {authority}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -107,7 +109,9 @@ pub fn http(
             .read(&mut buf)
             .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
         if n == 0 {
-            return Err(format!("{method} {url}: connection closed before the header"));
+            return Err(format!(
+                "{method} {url}: connection closed before the header"
+            ));
         }
         raw.extend_from_slice(&buf[..n]);
     };
@@ -122,7 +126,12 @@ pub fn http(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let value = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     let chunked = value("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     let length: Option<usize> = value("content-length").and_then(|v| v.parse().ok());
     let mut body = raw[split + 4..].to_vec();
@@ -211,12 +220,20 @@ impl Driver {
             chromium: chromium.to_owned(),
         };
         let ready = crate::wait_until(Duration::from_secs(20), || {
-            http("GET", &format!("{}/status", d.url), &[], None, Duration::from_secs(2))
-                .map(|a| a.json()["value"]["ready"] == json!(true))
-                .unwrap_or(false)
+            http(
+                "GET",
+                &format!("{}/status", d.url),
+                &[],
+                None,
+                Duration::from_secs(2),
+            )
+            .map(|a| a.json()["value"]["ready"] == json!(true))
+            .unwrap_or(false)
         });
         if !ready {
-            return Err(format!("chromedriver on port {port} did not become ready in 20 s"));
+            return Err(format!(
+                "chromedriver on port {port} did not become ready in 20 s"
+            ));
         }
         Ok(d)
     }
@@ -279,7 +296,13 @@ pub struct Session {
 impl Session {
     /// Load a URL (waits for the load event).
     pub fn navigate(&self, url: &str) -> Result<(), String> {
-        call(&format!("{}/url", self.url), "POST", Some(&json!({ "url": url })), 60).map(|_| ())
+        call(
+            &format!("{}/url", self.url),
+            "POST",
+            Some(&json!({ "url": url })),
+            60,
+        )
+        .map(|_| ())
     }
 
     /// Run a script (`return …` gives the value).
@@ -407,8 +430,8 @@ pub const PAGES: [(&str, bool); 7] = [
 
 /// Start ChromeDriver and a session, sign in and check every page: see [`check_with`].
 pub fn check_console(c: &ConsoleCheck) -> Result<ConsoleReport, String> {
-    let (chromium, chromedriver) =
-        find().ok_or("chromium and chromedriver are not installed (Debian: chromium chromium-driver)")?;
+    let (chromium, chromedriver) = find()
+        .ok_or("chromium and chromedriver are not installed (Debian: chromium chromium-driver)")?;
     let driver = Driver::start(&chromium, &chromedriver)?;
     let s = driver.session(1440, 1000)?;
     check_with(&s, c)
@@ -422,21 +445,47 @@ pub fn check_with(s: &Session, c: &ConsoleCheck) -> Result<ConsoleReport, String
     let base = c.base_url.trim_end_matches('/');
     login(s, base, &c.token)?;
     let role = s
-        .execute("return document.getElementById('who-role').textContent", &[])?
+        .execute(
+            "return document.getElementById('who-role').textContent",
+            &[],
+        )?
         .as_str()
         .unwrap_or("")
         .to_owned();
     let mut pages = Vec::new();
     for (name, chart) in PAGES {
-        pages.push(load_page(s, name, &format!("#/{name}"), chart && c.expect_data, c)?);
+        pages.push(load_page(
+            s,
+            name,
+            &format!("#/{name}"),
+            chart && c.expect_data,
+            c,
+        )?);
         if name == "recon" && c.expect_data {
-            let date = s.execute("const e = document.querySelector('select.date'); return e ? e.value : null", &[])?;
-            let date = date.as_str().ok_or("reconciliation page: no day to drill down into")?.to_owned();
+            let date = s.execute(
+                "const e = document.querySelector('select.date'); return e ? e.value : null",
+                &[],
+            )?;
+            let date = date
+                .as_str()
+                .ok_or("reconciliation page: no day to drill down into")?
+                .to_owned();
             for view in ["tanks", "meters", "trips"] {
-                pages.push(load_page(s, &format!("recon-{view}"), &format!("#/recon/{date}/{view}"), false, c)?);
-                let rows = s.execute("return document.querySelectorAll('#page table tbody tr').length", &[])?;
+                pages.push(load_page(
+                    s,
+                    &format!("recon-{view}"),
+                    &format!("#/recon/{date}/{view}"),
+                    false,
+                    c,
+                )?);
+                let rows = s.execute(
+                    "return document.querySelectorAll('#page table tbody tr').length",
+                    &[],
+                )?;
                 if rows.as_u64().unwrap_or(0) == 0 {
-                    return Err(format!("reconciliation {date} {view}: no rows in the drill-down"));
+                    return Err(format!(
+                        "reconciliation {date} {view}: no rows in the drill-down"
+                    ));
                 }
             }
         }
@@ -450,7 +499,13 @@ pub fn login(s: &Session, base: &str, token: &str) -> Result<(), String> {
     s.navigate(&format!("{base}/console/favicon.svg"))?;
     s.execute("sessionStorage.clear(); return true", &[])?;
     // A new query string: a fresh page load, not just a fragment change.
-    s.navigate(&format!("{base}/?signin={}#/fleet", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)))?;
+    s.navigate(&format!(
+        "{base}/?signin={}#/fleet",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ))?;
     s.wait_for(
         "return document.body.dataset.state === 'ready' && document.body.dataset.page === 'login'",
         Duration::from_secs(20),
@@ -469,7 +524,10 @@ pub fn login(s: &Session, base: &str, token: &str) -> Result<(), String> {
 
 /// Fail on script errors recorded by the page's hook or SEVERE browser log entries.
 pub fn errors_of(s: &Session, what: &str) -> Result<(), String> {
-    let hooked = s.execute("const e = window.__consoleErrors || []; const out = e.slice(); e.length = 0; return out", &[])?;
+    let hooked = s.execute(
+        "const e = window.__consoleErrors || []; const out = e.slice(); e.length = 0; return out",
+        &[],
+    )?;
     let mut errs: Vec<String> = hooked
         .as_array()
         .into_iter()
@@ -496,7 +554,11 @@ fn load_page(
     chart: bool,
     c: &ConsoleCheck,
 ) -> Result<PageReport, String> {
-    let page = route.trim_start_matches("#/").split('/').next().unwrap_or("");
+    let page = route
+        .trim_start_matches("#/")
+        .split('/')
+        .next()
+        .unwrap_or("");
     let t = Instant::now();
     s.execute(
         "document.body.dataset.state = 'loading';
@@ -512,7 +574,10 @@ fn load_page(
     .map_err(|e| format!("page {name}: {e}"))?;
     let load_ms = t.elapsed().as_millis();
     let state = s.execute("return document.body.dataset.state", &[])?;
-    let text = s.execute("return document.getElementById('page').innerText.slice(0, 600)", &[])?;
+    let text = s.execute(
+        "return document.getElementById('page').innerText.slice(0, 600)",
+        &[],
+    )?;
     if state != json!("ready") {
         return Err(format!("page {name}: state {state}: {text}"));
     }
@@ -525,11 +590,16 @@ fn load_page(
         .filter_map(Value::as_u64)
         .collect();
     if chart && (points.is_empty() || points.contains(&0)) {
-        return Err(format!("page {name}: a chart is missing or empty (points {points:?}): {text}"));
+        return Err(format!(
+            "page {name}: a chart is missing or empty (points {points:?}): {text}"
+        ));
     }
     // Fit the window to the page for a full screenshot (at most 4000 px).
     let height = s
-        .execute("return Math.ceil(document.documentElement.scrollHeight)", &[])?
+        .execute(
+            "return Math.ceil(document.documentElement.scrollHeight)",
+            &[],
+        )?
         .as_u64()
         .unwrap_or(1000)
         .clamp(700, 4000);

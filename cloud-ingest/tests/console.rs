@@ -97,7 +97,11 @@ async fn seed(db: &Path, month: &SimMonth) {
     store.migrate().await.expect("migrate");
     let t = Instant::now();
     month.load(&*store).await.expect("load the month");
-    eprintln!("seeded {} batches in {:?}", month.batches.len(), t.elapsed());
+    eprintln!(
+        "seeded {} batches in {:?}",
+        month.batches.len(),
+        t.elapsed()
+    );
     let r = Reconciler::with_tables(month.config.clone(), &month.tables).expect("site model");
     let t = Instant::now();
     let (from, to) = (
@@ -110,7 +114,12 @@ async fn seed(db: &Path, month: &SimMonth) {
     eprintln!("reconciled {} days in {:?}", to - from + 1, t.elapsed());
     let now = cloud_ingest::reconcile::run::now_ms();
     store
-        .status(sim::SITE, sim::AGENT, &wire::Status::online(now - 60_000, "0.1.0"), now - 60_000)
+        .status(
+            sim::SITE,
+            sim::AGENT,
+            &wire::Status::online(now - 60_000, "0.1.0"),
+            now - 60_000,
+        )
         .await
         .expect("status");
     let hb: wire::Heartbeat = serde_json::from_value(serde_json::json!({
@@ -197,7 +206,11 @@ fn serve(dir: &Path, reconcile: &str) -> Serve {
             None => false,
         }
     });
-    assert!(found, "serve did not start: {}", std::fs::read_to_string(&s.log).unwrap_or_default());
+    assert!(
+        found,
+        "serve did not start: {}",
+        std::fs::read_to_string(&s.log).unwrap_or_default()
+    );
     s
 }
 
@@ -228,33 +241,74 @@ fn the_console_shows_every_page_with_data_and_hides_what_a_role_cannot_see() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(seed(&dir.path().join("ingest.db"), &month));
     let srv = serve(dir.path(), &reconcile_toml(&month.config));
-    eprintln!("cloud-ingest serving at {} after {:?}", srv.base, started.elapsed());
+    eprintln!(
+        "cloud-ingest serving at {} after {:?}",
+        srv.base,
+        started.elapsed()
+    );
 
     // Without a token: the console's files load, data calls are 401 problem+json.
     let t = Duration::from_secs(10);
     let index = http("GET", &format!("{}/", srv.base), &[], None, t).expect("GET /");
     assert_eq!(index.status, 200);
-    assert_eq!(index.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        index.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     let csp = index.header("content-security-policy").unwrap_or("");
-    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
-    for (file, ctype) in [("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")] {
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    for (file, ctype) in [
+        ("app.js", "text/javascript"),
+        ("style.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ] {
         let a = http("GET", &format!("{}/console/{file}", srv.base), &[], None, t).expect("asset");
         assert_eq!(a.status, 200, "{file}");
-        assert!(a.header("content-type").unwrap_or("").starts_with(ctype), "{file}: {:?}", a.header("content-type"));
+        assert!(
+            a.header("content-type").unwrap_or("").starts_with(ctype),
+            "{file}: {:?}",
+            a.header("content-type")
+        );
     }
-    let missing = http("GET", &format!("{}/console/nope.js", srv.base), &[], None, t).expect("404");
+    let missing = http(
+        "GET",
+        &format!("{}/console/nope.js", srv.base),
+        &[],
+        None,
+        t,
+    )
+    .expect("404");
     assert_eq!(missing.status, 404);
     for path in ["/api/v1/whoami", "/api/v1/kpis", "/api/v1/agents"] {
         let a = http("GET", &format!("{}{path}", srv.base), &[], None, t).expect("401");
         assert_eq!(a.status, 401, "{path}");
-        assert_eq!(a.header("content-type"), Some("application/problem+json"), "{path}");
+        assert_eq!(
+            a.header("content-type"),
+            Some("application/problem+json"),
+            "{path}"
+        );
         assert_eq!(a.json()["status"], 401, "{path}");
     }
-    let kpis = http("GET", &format!("{}/api/v1/kpis", srv.base), &[("Authorization", &format!("Bearer {VIEWER}"))], None, t).expect("kpis");
+    let kpis = http(
+        "GET",
+        &format!("{}/api/v1/kpis", srv.base),
+        &[("Authorization", &format!("Bearer {VIEWER}"))],
+        None,
+        t,
+    )
+    .expect("kpis");
     assert_eq!(kpis.status, 200, "{}", kpis.text());
     let k = &kpis.json()["data"][0];
     assert_eq!(k["tanks"].as_array().map(Vec::len), Some(4), "{k}");
-    assert!(k["products"][0]["endurance_days"].as_f64().is_some_and(|d| d > 0.0), "{k}");
+    assert!(
+        k["products"][0]["endurance_days"]
+            .as_f64()
+            .is_some_and(|d| d > 0.0),
+        "{k}"
+    );
 
     // Every page, as admin.
     let driver = browser::Driver::start(&chromium, &chromedriver).expect("chromedriver");
@@ -268,10 +322,21 @@ fn the_console_shows_every_page_with_data_and_hides_what_a_role_cannot_see() {
             expect_data: true,
         },
     )
-    .unwrap_or_else(|e| panic!("{e}\nserve log:\n{}", std::fs::read_to_string(&srv.log).unwrap_or_default()));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nserve log:\n{}",
+            std::fs::read_to_string(&srv.log).unwrap_or_default()
+        )
+    });
     assert_eq!(report.role, "admin");
     for p in &report.pages {
-        eprintln!("page {:<12} {:>5} ms  charts {:?}  {}", p.name, p.load_ms, p.chart_points, p.screenshot.display());
+        eprintln!(
+            "page {:<12} {:>5} ms  charts {:?}  {}",
+            p.name,
+            p.load_ms,
+            p.chart_points,
+            p.screenshot.display()
+        );
     }
     assert_eq!(report.pages.len(), browser::PAGES.len() + 3);
 
@@ -286,14 +351,23 @@ fn the_console_shows_every_page_with_data_and_hides_what_a_role_cannot_see() {
             .expect("freshness page");
         browser::errors_of(&session, "freshness").expect("no console errors");
         session
-            .execute("return document.getElementById('dead-letters') !== null", &[])
+            .execute(
+                "return document.getElementById('dead-letters') !== null",
+                &[],
+            )
             .expect("query")
             == serde_json::json!(true)
     };
-    assert!(!has_dead_letters(VIEWER), "a viewer must not see dead letters");
+    assert!(
+        !has_dead_letters(VIEWER),
+        "a viewer must not see dead letters"
+    );
     assert!(has_dead_letters(AUDITOR), "an auditor sees dead letters");
     let role = session
-        .execute("return document.getElementById('who-role').textContent", &[])
+        .execute(
+            "return document.getElementById('who-role').textContent",
+            &[],
+        )
         .expect("role");
     assert_eq!(role, "auditor");
     eprintln!("console test done in {:?}", started.elapsed());
@@ -327,8 +401,15 @@ fn every_page_says_no_data_yet_on_an_empty_database() {
             .wait_for(&format!("return document.body.dataset.page === '{page}' && document.body.dataset.state === 'ready'"), Duration::from_secs(20))
             .expect("ready");
         let empty = session
-            .execute("return document.querySelector('#page .empty') !== null", &[])
+            .execute(
+                "return document.querySelector('#page .empty') !== null",
+                &[],
+            )
             .expect("query");
-        assert_eq!(empty, serde_json::json!(true), "{page}: an empty-state message");
+        assert_eq!(
+            empty,
+            serde_json::json!(true),
+            "{page}: an empty-state message"
+        );
     }
 }

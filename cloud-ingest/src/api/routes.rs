@@ -127,14 +127,24 @@ pub(crate) fn table() -> Vec<Route> {
             Some(Viewer),
             get(console::data::whoami),
         ),
-        ("/api/v1/kpis", "get", Some(Viewer), get(console::kpis::kpis)),
+        (
+            "/api/v1/kpis",
+            "get",
+            Some(Viewer),
+            get(console::kpis::kpis),
+        ),
         (
             "/api/v1/site-model",
             "get",
             Some(Viewer),
             get(console::data::site_model),
         ),
-        ("/api/v1/track", "get", Some(Viewer), get(console::data::track)),
+        (
+            "/api/v1/track",
+            "get",
+            Some(Viewer),
+            get(console::data::track),
+        ),
     ]
 }
 

@@ -1411,7 +1411,9 @@ async fn the_console_is_served_open_with_a_strict_policy_and_its_routes_need_a_t
         let a = get(&f.app, path, None).await;
         assert_eq!(a.status, StatusCode::OK, "{path}");
         assert_eq!(a.headers["content-type"], ctype, "{path}");
-        let csp = a.headers["content-security-policy"].to_str().expect("ascii");
+        let csp = a.headers["content-security-policy"]
+            .to_str()
+            .expect("ascii");
         assert!(csp.starts_with("default-src 'none'"), "{csp}");
         assert!(!csp.contains("unsafe"), "{csp}");
         assert_eq!(a.headers["x-content-type-options"], "nosniff");
@@ -1426,13 +1428,29 @@ async fn the_console_is_served_open_with_a_strict_policy_and_its_routes_need_a_t
     assert_eq!(me["can_audit"], false);
     assert!(me["now_ms"].as_i64().is_some_and(|t| t > 1_700_000_000_000));
     let me = get(&f.app, "/api/v1/whoami", Some(ADMIN)).await.data()[0].clone();
-    assert_eq!((me["can_audit"].clone(), me["can_operate"].clone()), (serde_json::json!(true), serde_json::json!(true)));
+    assert_eq!(
+        (me["can_audit"].clone(), me["can_operate"].clone()),
+        (serde_json::json!(true), serde_json::json!(true))
+    );
     // Without a site model: empty lists, not errors.
-    assert_eq!(get(&f.app, "/api/v1/kpis", Some(VIEWER)).await.data().len(), 0);
-    assert_eq!(get(&f.app, "/api/v1/site-model", Some(VIEWER)).await.data().len(), 0);
-    get(&f.app, "/api/v1/track?truck=TRK-01&from=0&to=1000", Some(VIEWER))
-        .await
-        .problem(StatusCode::NOT_FOUND, "/api/v1/track");
+    assert_eq!(
+        get(&f.app, "/api/v1/kpis", Some(VIEWER)).await.data().len(),
+        0
+    );
+    assert_eq!(
+        get(&f.app, "/api/v1/site-model", Some(VIEWER))
+            .await
+            .data()
+            .len(),
+        0
+    );
+    get(
+        &f.app,
+        "/api/v1/track?truck=TRK-01&from=0&to=1000",
+        Some(VIEWER),
+    )
+    .await
+    .problem(StatusCode::NOT_FOUND, "/api/v1/track");
     // With the simulated terminal's model: its tanks, no gauge data yet.
     let app = with_site_model(&f);
     let k = get(&app, "/api/v1/kpis", Some(VIEWER)).await.data()[0].clone();
@@ -1440,9 +1458,20 @@ async fn the_console_is_served_open_with_a_strict_policy_and_its_routes_need_a_t
     assert_eq!(k["tanks"][0]["status"], "no-data");
     let m = get(&app, "/api/v1/site-model", Some(VIEWER)).await.data()[0].clone();
     assert!(m["places"].as_array().is_some_and(|p| !p.is_empty()), "{m}");
-    let t = get(&app, "/api/v1/track?truck=TRK-01&from=0&to=1000", Some(VIEWER)).await.data()[0].clone();
+    let t = get(
+        &app,
+        "/api/v1/track?truck=TRK-01&from=0&to=1000",
+        Some(VIEWER),
+    )
+    .await
+    .data()[0]
+        .clone();
     assert_eq!(t["fixes"], serde_json::json!([]));
-    get(&app, &format!("/api/v1/track?truck=TRK-01&from=0&to={}", 3 * 86_400_000), Some(VIEWER))
-        .await
-        .bad_parameter("/api/v1/track", "to");
+    get(
+        &app,
+        &format!("/api/v1/track?truck=TRK-01&from=0&to={}", 3 * 86_400_000),
+        Some(VIEWER),
+    )
+    .await
+    .bad_parameter("/api/v1/track", "to");
 }

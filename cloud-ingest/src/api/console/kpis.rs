@@ -223,7 +223,9 @@ pub(crate) async fn kpis(
     for tt in &tags {
         probes.extend(tt.iter().flatten().map(|id| (*id, now)));
     }
-    let mut found = call(ledger.values_at(&probes, LOOKBACK_MS)).await?.into_iter();
+    let mut found = call(ledger.values_at(&probes, LOOKBACK_MS))
+        .await?
+        .into_iter();
     let open = call(ledger.discharges(now, now + 1)).await?;
     let mut inputs = Vec::new();
     for (t, tt) in r.tanks.iter().zip(&tags) {

@@ -87,10 +87,8 @@ pub(crate) fn routes() -> Vec<(&'static str, MethodRouter<ApiState>)> {
 /// One embedded file with the console's headers.
 fn serve(name: &str) -> Response {
     let Some((_, ctype, body)) = ASSETS.iter().find(|(n, _, _)| *n == name) else {
-        return Problem::not_found(format!(
-            "no console file {name:?}; the console starts at /"
-        ))
-        .into_response();
+        return Problem::not_found(format!("no console file {name:?}; the console starts at /"))
+            .into_response();
     };
     let mut res = (StatusCode::OK, *body).into_response();
     let h = res.headers_mut();
@@ -129,7 +127,9 @@ mod tests {
         for (name, _, body) in ASSETS {
             assert!(!body.is_empty(), "{name}");
             if *name != "index.html" {
-                let used = ASSETS.iter().any(|(_, _, b)| b.contains(&format!("/console/{name}")) || b.contains(&format!("./{name}")));
+                let used = ASSETS.iter().any(|(_, _, b)| {
+                    b.contains(&format!("/console/{name}")) || b.contains(&format!("./{name}"))
+                });
                 assert!(used, "{name} is referenced");
             }
         }

@@ -208,7 +208,7 @@ async function render() {
     const ctx = { me, args, query, root, stale: () => gen !== generation };
     const content = await page.render(ctx);
     if (gen !== generation) return;
-    root.replaceChildren(h('h1', {}, page.title), ...[content].flat());
+    root.replaceChildren(h('h1', {}, page.title), ...[content].flat(Infinity));
     document.body.dataset.state = 'ready';
   } catch (e) {
     if (gen !== generation || e instanceof Unauthorized) return;

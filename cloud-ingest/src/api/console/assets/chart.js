@@ -220,7 +220,7 @@ export function trackPlot(track, places) {
 
 /** Horizontal bars: rows [{label, values: [{v, cls, title}]}], drawn on one scale. */
 export function bars(rows, { unit = '', max } = {}) {
-  const W = 960, rowH = 30, L = 110, R = 130, T = 8;
+  const W = 1320, rowH = 30, L = 120, R = 260, T = 8;
   const H = T + rows.length * rowH + 8;
   const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'bars', role: 'img', 'aria-label': 'bar chart' });
   const all = rows.flatMap((r) => r.values.map((v) => v.v)).filter((v) => Number.isFinite(v));

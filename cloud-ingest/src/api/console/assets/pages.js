@@ -312,14 +312,14 @@ const trucks = {
     }
     const unscheduled = track ? track.stops.filter((s) => !s.place) : [];
     const list = table([
-      { label: 'Truck / BOL', value: (r) => h('a', { href: `#/trucks/${date}/${encodeURIComponent(r.detail.bol)}`, class: r === trip ? 'active' : '' }, r.place) },
+      { label: 'Trip', value: (r) => h('a', { href: `#/trucks/${date}/${encodeURIComponent(r.detail.bol)}`, class: 'trip-link' }, h('strong', {}, r.detail.truck), h('br'), h('span', { class: 'muted' }, r.detail.bol)) },
       { label: 'Station', value: (r) => r.detail.station || '—' },
       { label: 'Transit', class: 'num', value: (r) => h('span', { class: `v ${varClass(r)}` }, pct(r.variance_pct)) },
       { label: '', value: (r) => verdictPill(r.verdict) },
     ], trips, { rowClass: (r) => (r === trip ? 'selected' : '') });
     return [
       h('div', { class: 'toolbar' }, h('label', {}, 'Day (UTC) ', picker), h('span', { class: 'muted' }, `${trips.length} trips`)),
-      h('div', { class: 'split' },
+      h('div', { class: 'split wide-side' },
         h('aside', { class: 'card side trips' }, list),
         h('div', { class: 'main-col' },
           card(`${d.truck} · ${d.bol}${d.station ? ` → ${d.station}` : ''}`,
