@@ -142,6 +142,37 @@ async fn seed(db: &Path, month: &SimMonth) {
         .expect("dead letter");
 }
 
+/// On the terminal's last day: 12:00–12:30 every reading is bad (no answer), and 12:30–12:45 is
+/// lost at the edge and reported as a gap (so the charts mark bad quality and the freshness page
+/// lists a gap; every removed reading is counted in it).
+fn degrade_last_day(month: &mut SimMonth) {
+    let last = month
+        .batches
+        .iter_mut()
+        .rev()
+        .find(|b| b.site == sim::SITE && b.agent == sim::AGENT && !b.readings.is_empty())
+        .expect("a terminal batch");
+    let day = last.readings.iter().map(|r| r.ts_ms).min().unwrap_or(0) / 86_400_000;
+    let noon = day * 86_400_000 + 12 * 3_600_000;
+    for r in last.readings.iter_mut() {
+        if (noon..noon + 1_800_000).contains(&r.ts_ms) {
+            r.quality = wire::Quality::BadCommunication;
+            r.value = None;
+            r.error = Some("timeout".into());
+        }
+    }
+    let before = last.readings.len();
+    last.readings
+        .retain(|r| !(noon + 1_800_000..noon + 2_700_000).contains(&r.ts_ms));
+    last.gaps.push(wire::Gap {
+        tags: Vec::new(),
+        from_ms: noon + 1_800_000,
+        to_ms: noon + 2_700_000,
+        count: (before - last.readings.len()) as u64,
+        reason: wire::GapReason::BufferFull,
+    });
+}
+
 struct Serve {
     child: std::process::Child,
     base: String,
@@ -234,6 +265,8 @@ fn the_console_shows_every_page_with_data_and_hides_what_a_role_cannot_see() {
         },
         ..SimOptions::default()
     });
+    let mut month = month;
+    degrade_last_day(&mut month);
     std::fs::create_dir_all(dir.path().join("tables")).expect("tables dir");
     for (id, csv) in &month.tables {
         std::fs::write(dir.path().join(format!("tables/{id}.csv")), csv).expect("table");
@@ -339,6 +372,42 @@ fn the_console_shows_every_page_with_data_and_hides_what_a_role_cannot_see() {
         );
     }
     assert_eq!(report.pages.len(), browser::PAGES.len() + 3);
+    let tags = report
+        .pages
+        .iter()
+        .find(|p| p.name == "tags")
+        .expect("tags page");
+    assert!(
+        tags.chart_points[0] > 200,
+        "a day of 5-minute buckets: {:?}",
+        tags.chart_points
+    );
+    // Quality is shown: the degraded half hour is marked on the tags page's chart.
+    session
+        .execute(
+            "document.body.dataset.state = 'loading'; location.hash = '#/tags'; return true",
+            &[],
+        )
+        .expect("go");
+    session
+        .wait_for("return document.body.dataset.page === 'tags' && document.body.dataset.state === 'ready'", Duration::from_secs(30))
+        .expect("tags page");
+    let bad = session
+        .execute(
+            "return Number(document.querySelector('#page svg.chart').dataset.bad)",
+            &[],
+        )
+        .expect("bad buckets");
+    assert!(
+        bad.as_u64().is_some_and(|n| n >= 6),
+        "bad-quality buckets marked: {bad}"
+    );
+    let gaps = session
+        .execute("document.body.dataset.state = 'loading'; location.hash = '#/freshness'; return true", &[])
+        .and_then(|_| session.wait_for("return document.body.dataset.page === 'freshness' && document.body.dataset.state === 'ready'", Duration::from_secs(30)))
+        .and_then(|_| session.execute("return document.body.innerText.includes('buffer-full')", &[]))
+        .expect("freshness page");
+    assert_eq!(gaps, serde_json::json!(true), "the gap is listed");
 
     // Role hiding: a viewer sees no dead letters (and never asks for them); an auditor does.
     let has_dead_letters = |token: &str| -> bool {
