@@ -134,7 +134,9 @@ export function card(title, ...body) {
 // ---- formatting ------------------------------------------------------------------------------
 const nf = (d) => new Intl.NumberFormat('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
 export function num(x, digits = 0) {
-  return x === null || x === undefined || Number.isNaN(x) ? '—' : nf(digits).format(x);
+  if (x === null || x === undefined || Number.isNaN(x)) return '—';
+  // No "-0" for a value that rounds to zero.
+  return nf(digits).format(Math.abs(x) < 0.5 * 10 ** -digits ? 0 : x);
 }
 export function litres(x) {
   return x === null || x === undefined ? '—' : `${num(x)} L`;
