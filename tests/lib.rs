@@ -5,8 +5,10 @@
 //! - `PtyPair`: two linked pseudo-terminals (socat), for serial protocols;
 //! - `wait_until`: wait on a condition with a deadline (no fixed sleeps in tests);
 //! - `external`: find third-party servers (the pymodbus virtualenv) or decide to skip;
-//! - `mqtt`: a private Mosquitto per test and a consumer that acknowledges like cloud-ingest.
+//! - `mqtt`: a private Mosquitto per test and a consumer that acknowledges like cloud-ingest;
+//! - `browser`: a WebDriver client for headless Chromium (ChromeDriver) and the console check.
 
+pub mod browser;
 pub mod mqtt;
 
 use std::io::{BufRead, BufReader};
