@@ -46,12 +46,10 @@ pub struct RunReport {
     pub result: DayResult,
 }
 
-/// Now, UTC ms.
+/// Now, UTC ms, on the data clock (`flowsquare_service::clock`: the real clock, or the shared
+/// simulated one of `FLOWSQUARE_CLOCK`), so the daily run and the stale check follow sim time.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    flowsquare_service::clock::now_ms()
 }
 
 fn spec_of(t: &TankConfig) -> Result<TankSpec, String> {
@@ -654,8 +652,10 @@ impl Reconciler {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let run_at = self.cfg.run_at_minutes().unwrap_or(120);
-        let mut stale = tokio::time::interval(std::time::Duration::from_secs(
-            self.cfg.stale.interval_s.max(1),
+        // Sleeps are in data-clock time: under a simulated clock they are scaled by its speed.
+        let clock = flowsquare_service::clock::clock();
+        let mut stale = tokio::time::interval(clock.real_duration(
+            std::time::Duration::from_secs(self.cfg.stale.interval_s.max(1)),
         ));
         loop {
             let now = now_ms();
@@ -664,10 +664,13 @@ impl Reconciler {
             if next <= now {
                 next += DAY_MS;
             }
-            let wait = std::time::Duration::from_millis(u64::try_from(next - now).unwrap_or(0));
+            let wait = clock.real_duration(std::time::Duration::from_millis(
+                u64::try_from(next - now).unwrap_or(0),
+            ));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {
-                    let today = day_of(now_ms());
+                    // The day of the run time itself (a scaled sleep may end a few ms early).
+                    let today = day_of(next.max(now_ms()));
                     let back = i64::from(self.cfg.lookback_days.max(1));
                     match self.run_range(&*store, today - back, today - 1, now_ms(), "schedule", |r| {
                         tracing::info!(date = %r.run.date, records = r.run.records, exceptions = r.run.exceptions,
