@@ -57,6 +57,17 @@ enum Command {
     ///
     /// Example: flowsquare-sim opcua --listen 127.0.0.1:0 --interval 1s --bench 5000
     Opcua(OpcUaArgs),
+    /// Run the coherent simulated terminal: tanks, jetty meter, vessel discharges, gantry bays,
+    /// trucks with NMEA ptys, a station TLS-350, an MQTT relay, ePODs posted to cloud-ingest.
+    ///
+    /// Prints `clock FLOWSQUARE_CLOCK=…` (export it to every agent and cloud-ingest) and one
+    /// line `listening <modbus|opcua|tls350|mqtt-relay|pty> ADDR` per endpoint; runs until
+    /// SIGINT/SIGTERM.
+    ///
+    /// Example: flowsquare-sim terminal --config config/sim/terminal.toml --speed 600
+    /// --run-dir /tmp/fs-term --write-maps /tmp/fs-term/maps --epod-url http://127.0.0.1:8080
+    /// --token demo-operator-token
+    Terminal(TerminalArgs),
     /// Print a generated benchmark register map (or, with --agent-tags, the matching edge-agent
     /// devices and tags) to stdout.
     ///
@@ -96,6 +107,56 @@ struct ModbusArgs {
     /// every listener is bound).
     #[arg(long, value_name = "FILE")]
     ports_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TerminalArgs {
+    /// Terminal file (TOML); see config/sim/terminal.toml for every key.
+    #[arg(long, value_name = "FILE", default_value = "config/sim/terminal.toml")]
+    config: PathBuf,
+    /// Sim seconds per real second.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Sim time origin, RFC 3339 UTC midnight (default: the file's `start`).
+    #[arg(long, value_name = "TIME")]
+    start: Option<String>,
+    /// Join a clock another process started (a FLOWSQUARE_CLOCK value); overrides --speed and
+    /// --start.
+    #[arg(long, env = "FLOWSQUARE_CLOCK", value_name = "CLOCK")]
+    clock: Option<String>,
+    /// Modbus TCP address (tank PLC unit 1, bays units 10+n); port 0 = a free port.
+    #[arg(long, default_value = "127.0.0.1:5502")]
+    modbus: String,
+    /// OPC UA address.
+    #[arg(long, default_value = "127.0.0.1:4855")]
+    opcua: String,
+    /// TLS-350 console address.
+    #[arg(long, default_value = "127.0.0.1:10001")]
+    tls350: String,
+    /// MQTT relay address (the agents' broker).
+    #[arg(long, default_value = "127.0.0.1:1884")]
+    mqtt_listen: String,
+    /// The broker the relay forwards to.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// Directory of the pty links (<id>.tty) and the OPC UA PKI.
+    #[arg(long, default_value = "/tmp/flowsquare-terminal")]
+    run_dir: PathBuf,
+    /// Write the agent tag maps with the bound addresses into DIR.
+    #[arg(long, value_name = "DIR")]
+    write_maps: Option<PathBuf>,
+    /// cloud-ingest base URL for discharges and ePODs (absent: not posted).
+    #[arg(long, value_name = "URL")]
+    epod_url: Option<String>,
+    /// Bearer token (operator role) for --epod-url.
+    #[arg(long, env = "FLOWSQUARE_TOKEN", value_name = "TOKEN")]
+    token: Option<String>,
+    /// Real time between model steps.
+    #[arg(long, default_value = "50ms", value_parser = site_sim::duration::parse_duration)]
+    tick: std::time::Duration,
+    /// Real time between NMEA fixes per truck.
+    #[arg(long, default_value = "100ms", value_parser = site_sim::duration::parse_duration)]
+    nmea_interval: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -215,6 +276,10 @@ fn run(cli: Cli) -> Result<()> {
                 .write_all(text.as_bytes())
                 .context("writing to stdout")?;
             Ok(())
+        }
+        Command::Terminal(a) => {
+            init_logging();
+            runtime()?.block_on(run_terminal(a))
         }
         Command::Nmea(a) => {
             init_logging();
@@ -397,6 +462,68 @@ fn announce(lines: &str) -> Result<()> {
     out.write_all(lines.as_bytes())
         .context("writing to stdout")?;
     out.flush().context("flushing stdout")
+}
+
+async fn run_terminal(a: TerminalArgs) -> Result<()> {
+    use flowsquare_service::clock::{self, Clock};
+    use site_sim::terminal;
+    let cfg = terminal::TerminalConfig::load(&a.config)?;
+    let c = match &a.clock {
+        Some(v) if !v.is_empty() => Clock::parse(v)?,
+        _ => {
+            let start = match &a.start {
+                Some(s) => terminal::config::parse_time_ms(s)
+                    .filter(|ms| ms % 86_400_000 == 0)
+                    .with_context(|| format!("--start {s}: expected an RFC 3339 UTC midnight"))?,
+                None => cfg.start_ms(),
+            };
+            if !(a.speed > 0.0 && a.speed <= clock::MAX_SPEED) {
+                bail!("--speed {}: expected 0 < N ≤ {}", a.speed, clock::MAX_SPEED);
+            }
+            Clock::sim_starting_now(start, a.speed)
+        }
+    };
+    if clock::install(c).is_err() {
+        bail!("the process clock was already set");
+    }
+    if let Some(w) = clock::warning(&c) {
+        tracing::warn!("{w}");
+    }
+    let opts = terminal::Options {
+        config_path: a.config.clone(),
+        clock: c,
+        modbus: resolve(&a.modbus).await?,
+        opcua: resolve(&a.opcua).await?,
+        tls350: resolve(&a.tls350).await?,
+        mqtt_listen: resolve(&a.mqtt_listen).await?,
+        broker: a.broker.clone(),
+        run_dir: a.run_dir.clone(),
+        write_maps: a.write_maps.clone(),
+        epod_url: a.epod_url.clone(),
+        token: a.token.clone(),
+        tick: a.tick,
+        nmea_interval: a.nmea_interval,
+    };
+    let env = c.env_value();
+    terminal::run(
+        opts,
+        |eps| {
+            let mut s = format!("clock FLOWSQUARE_CLOCK={env}\n");
+            for e in eps {
+                s.push_str(&format!("listening {} {}\n", e.what, e.addr));
+            }
+            if let Err(e) = announce(&s) {
+                tracing::error!(error = %e, "writing the endpoints");
+            }
+        },
+        async {
+            if let Err(e) = wait_for_signal().await {
+                tracing::error!(error = %e, "signal handler");
+            }
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 async fn run_nmea(a: NmeaArgs) -> Result<()> {
