@@ -654,9 +654,9 @@ impl Reconciler {
         let run_at = self.cfg.run_at_minutes().unwrap_or(120);
         // Sleeps are in data-clock time: under a simulated clock they are scaled by its speed.
         let clock = flowsquare_service::clock::clock();
-        let mut stale = tokio::time::interval(clock.real_duration(
-            std::time::Duration::from_secs(self.cfg.stale.interval_s.max(1)),
-        ));
+        let mut stale = tokio::time::interval(clock.real_duration(std::time::Duration::from_secs(
+            self.cfg.stale.interval_s.max(1),
+        )));
         loop {
             let now = now_ms();
             let today = day_of(now);

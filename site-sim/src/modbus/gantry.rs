@@ -398,8 +398,14 @@ impl Gantry {
         ] {
             u(off, words(DataType::U32, &Value::Int(i64::from(v)), 0));
         }
-        u(37, words(DataType::String, &Value::Text(r.truck.clone()), 16));
-        u(45, words(DataType::String, &Value::Text(r.meter.clone()), 8));
+        u(
+            37,
+            words(DataType::String, &Value::Text(r.truck.clone()), 16),
+        );
+        u(
+            45,
+            words(DataType::String, &Value::Text(r.meter.clone()), 8),
+        );
         // Last: the new sequence number makes the record visible.
         u(0, vec![r.seq]);
     }

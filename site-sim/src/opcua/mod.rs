@@ -347,11 +347,15 @@ fn populate(m: &SimpleNodeManager, ns: u16, bench: usize, extra: &[String]) {
     }
     gantry::populate(&mut space, ns, &root);
     for name in extra {
-        VariableBuilder::new(&NodeId::new(ns, name.as_str()), name.as_str(), name.as_str())
-            .data_type(DataTypeId::Double)
-            .value(0.0)
-            .organized_by(root.clone())
-            .insert(&mut *space);
+        VariableBuilder::new(
+            &NodeId::new(ns, name.as_str()),
+            name.as_str(),
+            name.as_str(),
+        )
+        .data_type(DataTypeId::Double)
+        .value(0.0)
+        .organized_by(root.clone())
+        .insert(&mut *space);
     }
     if bench > 0 {
         let folder = NodeId::new(ns, "Bench");

@@ -537,7 +537,13 @@ impl TerminalConfig {
         if !self.bays.is_empty() && (self.trucks.is_empty() || self.stations.is_empty()) {
             e.push("bays need at least one [[truck]] and one [[station]]".into());
         }
-        if self.stations.iter().filter(|s| s.tls_tank.is_some()).count() > 1 {
+        if self
+            .stations
+            .iter()
+            .filter(|s| s.tls_tank.is_some())
+            .count()
+            > 1
+        {
             e.push("station: at most one station has a tls_tank".into());
         }
         let f = &self.faults;
@@ -551,7 +557,10 @@ impl TerminalConfig {
         }
         for x in &f.meter_drift {
             if !self.bays.iter().any(|b| b.meter == x.meter) {
-                e.push(format!("faults.meter_drift: {:?} is no bay's meter", x.meter));
+                e.push(format!(
+                    "faults.meter_drift: {:?} is no bay's meter",
+                    x.meter
+                ));
             }
         }
         for x in &f.transit_loss {
@@ -562,12 +571,11 @@ impl TerminalConfig {
                 e.push("faults.transit_loss: fraction must be in [0, 1)".into());
             }
         }
-        for (what, at) in f
-            .silent
-            .iter()
-            .map(|s| ("faults.silent", &s.at))
-            .chain(f.broker_outage.iter().map(|o| ("faults.broker_outage", &o.at)))
-        {
+        for (what, at) in f.silent.iter().map(|s| ("faults.silent", &s.at)).chain(
+            f.broker_outage
+                .iter()
+                .map(|o| ("faults.broker_outage", &o.at)),
+        ) {
             if minutes_of(at).is_none() {
                 e.push(format!("{what}: at {at:?} is not HH:MM"));
             }

@@ -26,7 +26,8 @@ pub struct Active {
 impl Windows {
     /// The windows of `cfg` for a sim start at `start_ms`.
     pub fn new(cfg: &TerminalConfig, start_ms: i64) -> Windows {
-        let at = |day: i64, hhmm: &str| start_ms + day * DAY_MS + minutes_of(hhmm).unwrap_or(0) * 60_000;
+        let at =
+            |day: i64, hhmm: &str| start_ms + day * DAY_MS + minutes_of(hhmm).unwrap_or(0) * 60_000;
         Windows {
             silent: cfg
                 .faults

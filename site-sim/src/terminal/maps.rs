@@ -41,7 +41,13 @@ fn header(out: &mut String, site: &str, id: &str, descr: &str, mqtt: SocketAddr)
 /// The gateway's map.
 pub fn gateway(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> String {
     let mut s = String::new();
-    header(&mut s, &cfg.site, &cfg.agent, "Terminal gateway (simulated)", a.mqtt);
+    header(
+        &mut s,
+        &cfg.site,
+        &cfg.agent,
+        "Terminal gateway (simulated)",
+        a.mqtt,
+    );
     let (host, port) = (a.modbus.ip(), a.modbus.port());
     let _ = write!(
         s,
@@ -49,7 +55,12 @@ pub fn gateway(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> String {
     );
     let mut j = 0u16;
     for t in cfg.tanks.iter().filter(|t| t.server == Server::Modbus) {
-        for (off, f, unit) in [(0, "level_mm", "mm"), (4, "temp_c", "degC"), (8, "density_kgm3", "kg/m3"), (12, "water_mm", "mm")] {
+        for (off, f, unit) in [
+            (0, "level_mm", "mm"),
+            (4, "temp_c", "degC"),
+            (8, "density_kgm3", "kg/m3"),
+            (12, "water_mm", "mm"),
+        ] {
             let _ = write!(
                 s,
                 "  [[device.tag]]\n  name = \"tanks/{}/{f}\"\n  register = \"holding\"\n  address = {}\n  type = \"f64\"\n  unit = \"{unit}\"\n\n",
@@ -94,7 +105,12 @@ pub fn gateway(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> String {
             a.opcua
         );
         for t in cfg.tanks.iter().filter(|t| t.server == Server::Opcua) {
-            for (f, node, unit) in [("level_mm", "Level", "mm"), ("temp_c", "Temperature", "degC"), ("density_kgm3", "Density", "kg/m3"), ("water_mm", "Water", "mm")] {
+            for (f, node, unit) in [
+                ("level_mm", "Level", "mm"),
+                ("temp_c", "Temperature", "degC"),
+                ("density_kgm3", "Density", "kg/m3"),
+                ("water_mm", "Water", "mm"),
+            ] {
                 let _ = write!(
                     s,
                     "  [[device.tag]]\n  name = \"tanks/{id}/{f}\"\n  node = \"nsu=urn:flowsquare:site-sim;s={id}.{node}\"\n  type = \"float\"\n  unit = \"{unit}\"\n\n",
@@ -112,7 +128,13 @@ pub fn station(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> Option<(String, S
     let tank = st.tls_tank.unwrap_or(1);
     let site = st.id.to_lowercase();
     let mut s = String::new();
-    header(&mut s, &site, "atg-1", "Station tank gauge (simulated)", a.mqtt);
+    header(
+        &mut s,
+        &site,
+        "atg-1",
+        "Station tank gauge (simulated)",
+        a.mqtt,
+    );
     let _ = write!(
         s,
         "[[device]]\nname = \"station-atg\"\nprotocol = \"tls-350\"\nhost = \"{}\"\nport = {}\npoll_interval = \"{poll}\"\ndelivery_interval = \"{poll}\"\ntimeout = \"2s\"\n\n\
@@ -127,7 +149,13 @@ pub fn station(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> Option<(String, S
 pub fn truck(cfg: &TerminalConfig, id: &str, a: &Addrs, poll: &str) -> String {
     let mut s = String::new();
     let agent = id.to_lowercase();
-    header(&mut s, &cfg.fleet_site, &agent, "Truck GPS (simulated)", a.mqtt);
+    header(
+        &mut s,
+        &cfg.fleet_site,
+        &agent,
+        "Truck GPS (simulated)",
+        a.mqtt,
+    );
     let _ = write!(
         s,
         "[[device]]\nname = \"gps\"\nprotocol = \"nmea\"\nserial = \"{}\"\nbaud = 9600\nmax_age = \"5s\"\npoll_interval = \"{poll}\"\n\n\
@@ -145,7 +173,10 @@ pub fn all(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> Vec<(String, String)>
         v.push((format!("{site}.toml"), text));
     }
     for t in &cfg.trucks {
-        v.push((format!("{}.toml", t.id.to_lowercase()), truck(cfg, &t.id, a, poll)));
+        v.push((
+            format!("{}.toml", t.id.to_lowercase()),
+            truck(cfg, &t.id, a, poll),
+        ));
     }
     v
 }

@@ -41,7 +41,8 @@ pub fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 
 /// Deterministic noise in [-1, 1) from a seed and two keys.
 fn noise(seed: u64, a: u64, b: u64) -> f64 {
-    let mut x = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let mut x =
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     x ^= x >> 33;
     x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
     x ^= x >> 33;
@@ -182,13 +183,26 @@ enum Phase {
     /// Loading trip `trip` (index into `trips`).
     Loading,
     /// Waiting at the terminal until `until`.
-    Waiting { until: i64 },
+    Waiting {
+        until: i64,
+    },
     /// Driving from the terminal to the station.
-    Outbound { dep: i64, arr: i64, stop_at: i64, stop_ms: i64 },
+    Outbound {
+        dep: i64,
+        arr: i64,
+        stop_at: i64,
+        stop_ms: i64,
+    },
     /// Unloading until `until`.
-    Unloading { since: i64, until: i64 },
+    Unloading {
+        since: i64,
+        until: i64,
+    },
     /// Driving back.
-    Return { dep: i64, arr: i64 },
+    Return {
+        dep: i64,
+        arr: i64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -706,14 +720,12 @@ impl Model {
                 let delivered = self.trucks[j].cargo_l;
                 self.trucks[j].cargo_l = 0.0;
                 self.totals.delivered_l += delivered;
-                let product = self.cfg.tanks[self
-                    .tank_index(&self.cfg.bays[trip.bay].tank)
-                    .unwrap_or(0)]
+                let product = self.cfg.tanks
+                    [self.tank_index(&self.cfg.bays[trip.bay].tank).unwrap_or(0)]
                 .product
                 .clone();
-                let rho15 = self.cfg.tanks[self
-                    .tank_index(&self.cfg.bays[trip.bay].tank)
-                    .unwrap_or(0)]
+                let rho15 = self.cfg.tanks
+                    [self.tank_index(&self.cfg.bays[trip.bay].tank).unwrap_or(0)]
                 .density_15c;
                 let loaded: f64 = trip.comp_true.iter().sum();
                 let c30 = ctl(rho15, 30.0);
@@ -786,7 +798,11 @@ impl Model {
         }
         for x in &f.transit_loss {
             v.push(("transit-loss".into(), format!("{}/", x.truck), day(x.day)));
-            v.push(("unscheduled-stop".into(), format!("{}/", x.truck), day(x.day)));
+            v.push((
+                "unscheduled-stop".into(),
+                format!("{}/", x.truck),
+                day(x.day),
+            ));
         }
         v
     }

@@ -68,12 +68,6 @@ impl Pty {
     /// Write what fits now; the rest is dropped.
     pub fn write_nonblocking(&self, bytes: &[u8]) {
         // SAFETY: writing from a valid buffer of `bytes.len()` bytes to an open fd.
-        let _ = unsafe {
-            libc::write(
-                self.master.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-            )
-        };
+        let _ = unsafe { libc::write(self.master.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
     }
 }

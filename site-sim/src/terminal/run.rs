@@ -138,7 +138,8 @@ pub async fn run(
             b.number
         ));
     }
-    let sim = Arc::new(Simulator::from_toml_str(&map).map_err(|e| server("modbus")(e.to_string()))?);
+    let sim =
+        Arc::new(Simulator::from_toml_str(&map).map_err(|e| server("modbus")(e.to_string()))?);
     let plc = sim
         .unit(1)
         .cloned()
@@ -299,7 +300,15 @@ pub async fn run(
         plc.faults().set_silent(active.tank_plc_silent);
         lock(&console).config_mut().faults.silent = active.tls350_silent;
         if *down_tx.borrow() != active.broker_down {
-            tracing::warn!(down = active.broker_down, "fault: mqtt relay {}", if active.broker_down { "cut" } else { "restored" });
+            tracing::warn!(
+                down = active.broker_down,
+                "fault: mqtt relay {}",
+                if active.broker_down {
+                    "cut"
+                } else {
+                    "restored"
+                }
+            );
             let _ = down_tx.send(active.broker_down);
         }
         let records = {
@@ -313,25 +322,45 @@ pub async fn run(
             for (j, &i) in modbus_tanks.iter().enumerate() {
                 let g = m.gauge(i);
                 let base = TANK_STRIDE * j as u16;
-                for (off, v) in [(0, g.level_mm), (4, g.temp_c), (8, g.density_kgm3), (12, g.water_mm)] {
+                for (off, v) in [
+                    (0, g.level_mm),
+                    (4, g.temp_c),
+                    (8, g.density_kgm3),
+                    (12, g.water_mm),
+                ] {
                     let _ = plc.set_words(RegisterKind::Holding, base + off, &f64_words(v));
                 }
             }
-            let _ = plc.set_words(RegisterKind::Holding, JETTY_REGISTER, &f64_words(m.jetty_total_l()));
+            let _ = plc.set_words(
+                RegisterKind::Holding,
+                JETTY_REGISTER,
+                &f64_words(m.jetty_total_l()),
+            );
             for (b, st) in bays.iter().enumerate() {
-                let _ = st.unit.set_words(RegisterKind::Holding, BAY_TOTAL_REGISTER, &f64_words(m.meter_total_l(b)));
+                let _ = st.unit.set_words(
+                    RegisterKind::Holding,
+                    BAY_TOTAL_REGISTER,
+                    &f64_words(m.meter_total_l(b)),
+                );
             }
             let ts = DateTime::from((now + 11_644_473_600_000) * 10_000);
             for &i in &opc_tanks {
                 let g = m.gauge(i);
-                for (f, v) in OPC_FIELDS.iter().zip([g.level_mm, g.temp_c, g.density_kgm3, g.water_mm]) {
-                    opc.set(&format!("{}.{f}", cfg.tanks[i].id), DataValue {
-                        value: Some(Variant::Double(v)),
-                        status: Some(StatusCode::Good),
-                        source_timestamp: Some(ts),
-                        server_timestamp: Some(ts),
-                        ..Default::default()
-                    });
+                for (f, v) in
+                    OPC_FIELDS
+                        .iter()
+                        .zip([g.level_mm, g.temp_c, g.density_kgm3, g.water_mm])
+                {
+                    opc.set(
+                        &format!("{}.{f}", cfg.tanks[i].id),
+                        DataValue {
+                            value: Some(Variant::Double(v)),
+                            status: Some(StatusCode::Good),
+                            source_timestamp: Some(ts),
+                            server_timestamp: Some(ts),
+                            ..Default::default()
+                        },
+                    );
                 }
             }
             m.drain()
@@ -348,20 +377,23 @@ pub async fn run(
                     let before = c.config().tanks.first().map_or(0.0, |t| t.volume);
                     let after = before + d.gross_l as f32;
                     let code = |ms: i64| crate::tls350::console_time(ms, 0);
-                    c.add_delivery(d.tank, DeliveryConfig {
-                        start: code(d.start_ms),
-                        end: code(d.end_ms),
-                        start_volume: before,
-                        end_volume: after,
-                        start_tc_volume: Some(before * 0.995),
-                        end_tc_volume: Some(before * 0.995 + d.net_l as f32),
-                        start_water: 0.0,
-                        end_water: 0.0,
-                        start_temperature: 30.0,
-                        end_temperature: 30.0,
-                        start_height: 0.0,
-                        end_height: 0.0,
-                    });
+                    c.add_delivery(
+                        d.tank,
+                        DeliveryConfig {
+                            start: code(d.start_ms),
+                            end: code(d.end_ms),
+                            start_volume: before,
+                            end_volume: after,
+                            start_tc_volume: Some(before * 0.995),
+                            end_tc_volume: Some(before * 0.995 + d.net_l as f32),
+                            start_water: 0.0,
+                            end_water: 0.0,
+                            start_temperature: 30.0,
+                            end_temperature: 30.0,
+                            start_height: 0.0,
+                            end_height: 0.0,
+                        },
+                    );
                     // The station sells it on: keep the tank from overflowing.
                     if let Some(t) = c.config_mut().tanks.first_mut() {
                         t.volume = 20_000.0;
@@ -458,7 +490,12 @@ pub fn nmea_fix(ms: i64, lat: f64, lon: f64, knots: f64, course: f64) -> String 
         t.second(),
         ms.rem_euclid(1000) / 10
     );
-    let date = format!("{:02}{:02}{:02}", t.day(), u8::from(t.month()), t.year() % 100);
+    let date = format!(
+        "{:02}{:02}{:02}",
+        t.day(),
+        u8::from(t.month()),
+        t.year() % 100
+    );
     let (la, ns) = dm(lat, true);
     let (lo, ew) = dm(lon, false);
     let mut s = sentence(&format!(
@@ -574,8 +611,16 @@ async fn post(url: &str, path: &str, token: &str, body: &str) -> Result<(u16, St
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("no HTTP status in {:?}", text.chars().take(80).collect::<String>()))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        .ok_or_else(|| {
+            format!(
+                "no HTTP status in {:?}",
+                text.chars().take(80).collect::<String>()
+            )
+        })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -585,18 +630,32 @@ async fn post_until_done(url: &str, path: &str, token: &str, body: &str) -> Opti
         match post(url, path, token, body).await {
             Ok((s, b)) if (200..300).contains(&s) => return Some(b),
             Ok((409, _)) => return None,
-            Ok((s, b)) if (400..500).contains(&s) && s != 401 && s != 403 && s != 404 && s != 408 && s != 429 => {
+            Ok((s, b))
+                if (400..500).contains(&s)
+                    && s != 401
+                    && s != 403
+                    && s != 404
+                    && s != 408
+                    && s != 429 =>
+            {
                 tracing::error!(status = s, %path, body = %b, "cloud-ingest refused a record; not retried");
                 return None;
             }
-            Ok((s, b)) => tracing::warn!(status = s, %path, body = %b, "cloud-ingest did not accept; retrying"),
+            Ok((s, b)) => {
+                tracing::warn!(status = s, %path, body = %b, "cloud-ingest did not accept; retrying")
+            }
             Err(e) => tracing::warn!(error = %e, %path, "cloud-ingest unreachable; retrying"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-async fn poster(url: String, token: String, cfg: TerminalConfig, mut rx: mpsc::UnboundedReceiver<Record>) {
+async fn poster(
+    url: String,
+    token: String,
+    cfg: TerminalConfig,
+    mut rx: mpsc::UnboundedReceiver<Record>,
+) {
     let mut ids: Vec<Option<i64>> = vec![None; cfg.discharges.len()];
     while let Some(r) = rx.recv().await {
         match r {
@@ -606,20 +665,32 @@ async fn poster(url: String, token: String, cfg: TerminalConfig, mut rx: mpsc::U
                     "site": cfg.site, "vessel": d.vessel, "parcel": d.parcel, "product": d.product,
                     "bl_l": bl_l, "tanks": d.tanks, "meters": [cfg.jetty.meter], "opened_at": at_ms,
                 });
-                if let Some(b) = post_until_done(&url, "/api/v1/discharges", &token, &body.to_string()).await {
+                if let Some(b) =
+                    post_until_done(&url, "/api/v1/discharges", &token, &body.to_string()).await
+                {
                     ids[index] = serde_json::from_str::<serde_json::Value>(&b)
                         .ok()
                         .and_then(|v| v["data"][0]["id"].as_i64());
                     tracing::info!(parcel = %d.parcel, id = ?ids[index], "discharge opened");
                 }
             }
-            Record::DischargeClosed { index, at_ms, ship_l } => {
+            Record::DischargeClosed {
+                index,
+                at_ms,
+                ship_l,
+            } => {
                 let Some(id) = ids[index] else {
                     tracing::warn!(parcel = %cfg.discharges[index].parcel, "discharge not opened in cloud-ingest; not closed");
                     continue;
                 };
                 let body = serde_json::json!({ "closed_at": at_ms, "ship_l": ship_l });
-                post_until_done(&url, &format!("/api/v1/discharges/{id}/close"), &token, &body.to_string()).await;
+                post_until_done(
+                    &url,
+                    &format!("/api/v1/discharges/{id}/close"),
+                    &token,
+                    &body.to_string(),
+                )
+                .await;
             }
             Record::Epod(e) => {
                 let body = serde_json::json!({

@@ -3,7 +3,10 @@ use crate::terminal::config::TerminalConfig;
 use std::path::Path;
 
 fn config(extra: &str) -> TerminalConfig {
-    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/sim/terminal.toml"));
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/sim/terminal.toml"
+    ));
     let text = std::fs::read_to_string(path).expect("terminal.toml");
     TerminalConfig::from_toml_str(&format!("{text}\n{extra}"), path).expect("config")
 }
@@ -35,7 +38,10 @@ fn balance(m: &Model) {
     let stock_change = m.stock_l() - m.opening_l();
     let lhs = t.discharged_l;
     let rhs = stock_change + t.dispatched_l + t.leaked_l;
-    assert!((lhs - rhs).abs() < 1e-3, "in {lhs} vs change+out+leak {rhs}");
+    assert!(
+        (lhs - rhs).abs() < 1e-3,
+        "in {lhs} vs change+out+leak {rhs}"
+    );
     let trucks = t.delivered_l + t.transit_lost_l + m.in_trucks_l();
     assert!(
         (t.dispatched_l - trucks).abs() < 1e-3,
@@ -98,7 +104,11 @@ fn records_match_the_physics() {
         .collect();
     // Every load has four compartments and (apart from the last trips) an ePOD.
     assert_eq!(batches.len() % 4, 0);
-    assert!(epods.len() * 4 + 8 >= batches.len(), "{} epods", epods.len());
+    assert!(
+        epods.len() * 4 + 8 >= batches.len(),
+        "{} epods",
+        epods.len()
+    );
     // Meter totalizer deltas equal the batch records of the meter.
     for (b, bay) in m.config().bays.iter().enumerate() {
         let sum: f64 = batches.iter().filter(|x| x.bay == b).map(|x| x.nsv_l).sum();
@@ -125,10 +135,19 @@ fn records_match_the_physics() {
         .map(|b| b.nsv_l)
         .sum();
     let got: f64 = first.compartments.iter().map(|c| c.net_l).sum();
-    assert!(((loaded - got) / loaded - 0.02).abs() < 1e-3, "{loaded} {got}");
+    assert!(
+        ((loaded - got) / loaded - 0.02).abs() < 1e-3,
+        "{loaded} {got}"
+    );
     // Discharge paperwork: open and close for both parcels.
-    let opened = recs.iter().filter(|r| matches!(r, Record::DischargeOpened { .. })).count();
-    let closed = recs.iter().filter(|r| matches!(r, Record::DischargeClosed { .. })).count();
+    let opened = recs
+        .iter()
+        .filter(|r| matches!(r, Record::DischargeOpened { .. }))
+        .count();
+    let closed = recs
+        .iter()
+        .filter(|r| matches!(r, Record::DischargeClosed { .. }))
+        .count();
     assert_eq!((opened, closed), (2, 2));
     assert_eq!(m.expected_alerts().len(), 4);
 }
