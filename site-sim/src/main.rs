@@ -60,14 +60,14 @@ enum Command {
     /// Run the coherent simulated terminal: tanks, jetty meter, vessel discharges, gantry bays,
     /// trucks with NMEA ptys, a station TLS-350, an MQTT relay, ePODs posted to cloud-ingest.
     ///
-    /// Prints `clock FLOWSQUARE_CLOCK=…` (export it to every agent and cloud-ingest) and one
-    /// line `listening <modbus|opcua|tls350|mqtt-relay|pty> ADDR` per endpoint; runs until
-    /// SIGINT/SIGTERM.
+    /// Prints `clock <VALUE>` (export FLOWSQUARE_CLOCK=<VALUE> to every agent and to
+    /// cloud-ingest), one line `listening <modbus|opcua|tls350|mqtt-relay|pty> ADDR` per
+    /// endpoint and, with --write-maps, `maps written DIR`; runs until SIGINT/SIGTERM.
     ///
     /// Example: flowsquare-sim terminal --config config/sim/terminal.toml --speed 600
-    /// --run-dir /tmp/fs-term --write-maps /tmp/fs-term/maps --epod-url http://127.0.0.1:8080
-    /// --token demo-operator-token
-    Terminal(TerminalArgs),
+    /// --run-dir /tmp/fs-term --write-maps /tmp/fs-term/maps --mqtt-upstream 127.0.0.1:1883
+    /// --epod-url http://127.0.0.1:8080/api/v1/epods --token demo-operator
+    Terminal(Box<TerminalArgs>),
     /// Print a generated benchmark register map (or, with --agent-tags, the matching edge-agent
     /// devices and tags) to stdout.
     ///
@@ -124,28 +124,35 @@ struct TerminalArgs {
     /// --start.
     #[arg(long, env = "FLOWSQUARE_CLOCK", value_name = "CLOCK")]
     clock: Option<String>,
-    /// Modbus TCP address (tank PLC unit 1, bays units 10+n); port 0 = a free port.
-    #[arg(long, default_value = "127.0.0.1:5502")]
+    /// Modbus TCP address (tank PLC unit 1, bays units 10+n). Port 0 (the default) = a free
+    /// port; the bound addresses are printed and written into the --write-maps maps.
+    #[arg(long, default_value = "127.0.0.1:0")]
     modbus: String,
     /// OPC UA address.
-    #[arg(long, default_value = "127.0.0.1:4855")]
+    #[arg(long, default_value = "127.0.0.1:0")]
     opcua: String,
     /// TLS-350 console address.
-    #[arg(long, default_value = "127.0.0.1:10001")]
+    #[arg(long, default_value = "127.0.0.1:0")]
     tls350: String,
-    /// MQTT relay address (the agents' broker).
-    #[arg(long, default_value = "127.0.0.1:1884")]
+    /// MQTT relay address (the agents' broker; the broker-outage fault cuts it).
+    #[arg(long, default_value = "127.0.0.1:0")]
     mqtt_listen: String,
-    /// The broker the relay forwards to.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    broker: String,
+    /// The MQTT broker (HOST:PORT) the relay forwards to: cloud-ingest's.
+    #[arg(
+        long,
+        alias = "broker",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:1883"
+    )]
+    mqtt_upstream: String,
     /// Directory of the pty links (<id>.tty) and the OPC UA PKI.
     #[arg(long, default_value = "/tmp/flowsquare-terminal")]
     run_dir: PathBuf,
     /// Write the agent tag maps with the bound addresses into DIR.
     #[arg(long, value_name = "DIR")]
     write_maps: Option<PathBuf>,
-    /// cloud-ingest base URL for discharges and ePODs (absent: not posted).
+    /// cloud-ingest's ePOD endpoint, `http://HOST:PORT/api/v1/epods`; discharges go to
+    /// `…/api/v1/discharges` beside it (absent: no paperwork is posted).
     #[arg(long, value_name = "URL")]
     epod_url: Option<String>,
     /// Bearer token (operator role) for --epod-url.
@@ -279,7 +286,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Terminal(a) => {
             init_logging();
-            runtime()?.block_on(run_terminal(a))
+            runtime()?.block_on(run_terminal(*a))
         }
         Command::Nmea(a) => {
             init_logging();
@@ -496,7 +503,7 @@ async fn run_terminal(a: TerminalArgs) -> Result<()> {
         opcua: resolve(&a.opcua).await?,
         tls350: resolve(&a.tls350).await?,
         mqtt_listen: resolve(&a.mqtt_listen).await?,
-        broker: a.broker.clone(),
+        broker: a.mqtt_upstream.clone(),
         run_dir: a.run_dir.clone(),
         write_maps: a.write_maps.clone(),
         epod_url: a.epod_url.clone(),
@@ -505,12 +512,16 @@ async fn run_terminal(a: TerminalArgs) -> Result<()> {
         nmea_interval: a.nmea_interval,
     };
     let env = c.env_value();
+    let maps_dir = a.write_maps.clone();
     terminal::run(
         opts,
         |eps| {
-            let mut s = format!("clock FLOWSQUARE_CLOCK={env}\n");
+            let mut s = format!("clock {env}\n");
             for e in eps {
                 s.push_str(&format!("listening {} {}\n", e.what, e.addr));
+            }
+            if let Some(d) = &maps_dir {
+                s.push_str(&format!("maps written {}\n", d.display()));
             }
             if let Err(e) = announce(&s) {
                 tracing::error!(error = %e, "writing the endpoints");

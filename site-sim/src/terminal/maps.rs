@@ -1,7 +1,7 @@
 //! The edge-agent tag maps matching a terminal and the addresses it is bound to: the gateway
 //! (`gw-1`: Modbus tank PLC and gantry bays with their batch-record events, OPC UA tanks), the
-//! station (TLS-350) and one per truck (NMEA on its pty). `config/demo/` holds them for the
-//! default addresses; `--write-maps DIR` writes them with the actual ones.
+//! station (TLS-350) and one per truck (NMEA on its pty). `--write-maps DIR` writes them with
+//! the addresses the simulator bound.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -53,8 +53,13 @@ pub fn gateway(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> String {
         s,
         "[[device]]\nname = \"tank-farm-plc\"\nprotocol = \"modbus-tcp\"\nhost = \"{host}\"\nport = {port}\nunit = 1\npoll_interval = \"{poll}\"\ntimeout = \"500ms\"\n\n"
     );
-    let mut j = 0u16;
-    for t in cfg.tanks.iter().filter(|t| t.server == Server::Modbus) {
+    for (j, t) in cfg
+        .tanks
+        .iter()
+        .filter(|t| t.server == Server::Modbus)
+        .enumerate()
+    {
+        let j = u16::try_from(j).unwrap_or(u16::MAX);
         for (off, f, unit) in [
             (0, "level_mm", "mm"),
             (4, "temp_c", "degC"),
@@ -65,10 +70,9 @@ pub fn gateway(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> String {
                 s,
                 "  [[device.tag]]\n  name = \"tanks/{}/{f}\"\n  register = \"holding\"\n  address = {}\n  type = \"f64\"\n  unit = \"{unit}\"\n\n",
                 t.id,
-                TANK_STRIDE * j + off
+                TANK_STRIDE.saturating_mul(j).saturating_add(off)
             );
         }
-        j += 1;
     }
     let _ = write!(
         s,

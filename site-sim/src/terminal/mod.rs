@@ -19,7 +19,7 @@ mod error;
 pub mod faults;
 pub mod maps;
 pub mod model;
-mod pty;
+pub mod pty;
 pub mod run;
 
 pub use config::TerminalConfig;

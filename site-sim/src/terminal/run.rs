@@ -22,8 +22,8 @@ use super::faults::Windows;
 use super::maps;
 use super::model::{Batch, Model, Record};
 use crate::modbus::{
-    self, encode, Ack, BatchRecord, DataType, Gantry, GantryConfig, RegisterKind, Simulator, Value,
-    WordOrder,
+    self, values::encode, Ack, BatchRecord, DataType, Gantry, GantryConfig, RegisterKind,
+    Simulator, Value, WordOrder,
 };
 use crate::opcua::{OpcUaSim, OpcUaSimConfig};
 use crate::tls350::{Console, ConsoleConfig, DeliveryConfig, SharedConsole};
@@ -60,7 +60,8 @@ pub struct Options {
     pub run_dir: PathBuf,
     /// Write the agent maps (with the bound addresses) here.
     pub write_maps: Option<PathBuf>,
-    /// cloud-ingest base URL (`http://HOST:PORT`) for discharges and ePODs.
+    /// cloud-ingest's ePOD endpoint (`http://HOST:PORT/api/v1/epods`); discharges are posted
+    /// beside it (`…/api/v1/discharges`).
     pub epod_url: Option<String>,
     /// Bearer token (operator) for it.
     pub token: Option<String>,
@@ -271,8 +272,12 @@ pub async fn run(
     // Paperwork to cloud-ingest.
     let (paper_tx, paper_rx) = mpsc::unbounded_channel::<Record>();
     if let Some(url) = &opts.epod_url {
+        let api = Api::parse(url).map_err(|message| TerminalError::Server {
+            what: "--epod-url".into(),
+            message,
+        })?;
         tokio::spawn(poster(
-            url.clone(),
+            api,
             opts.token.clone().unwrap_or_default(),
             cfg.clone(),
             paper_rx,
@@ -586,12 +591,48 @@ async fn relay(l: TcpListener, broker: String, down: watch::Receiver<bool>) {
     }
 }
 
+/// Where the paperwork goes: `http://HOST:PORT/PREFIX/epods` and `…/PREFIX/discharges`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Api {
+    /// HOST:PORT.
+    pub host: String,
+    /// Path of the ePOD endpoint (`/api/v1/epods`).
+    pub epods: String,
+    /// Path of the discharge endpoint beside it (`/api/v1/discharges`).
+    pub discharges: String,
+}
+
+impl Api {
+    /// From the ePOD endpoint URL; a bare `http://HOST:PORT` means `/api/v1/epods`.
+    pub fn parse(url: &str) -> Result<Api, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url:?}: expected http://HOST:PORT/api/v1/epods"))?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if host.is_empty() || !host.contains(':') {
+            return Err(format!("{url:?}: expected http://HOST:PORT/api/v1/epods"));
+        }
+        let path = if path.is_empty() {
+            "/api/v1/epods"
+        } else {
+            path
+        };
+        let prefix = path
+            .strip_suffix("/epods")
+            .ok_or_else(|| format!("{url:?}: the path must end in /epods (e.g. /api/v1/epods)"))?;
+        Ok(Api {
+            host: host.to_owned(),
+            epods: path.to_owned(),
+            discharges: format!("{prefix}/discharges"),
+        })
+    }
+}
+
 /// Minimal HTTP/1.1 POST; returns (status, body).
-async fn post(url: &str, path: &str, token: &str, body: &str) -> Result<(u16, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs"))?;
-    let host = rest.trim_end_matches('/');
+async fn post(host: &str, path: &str, token: &str, body: &str) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(host)
         .await
         .map_err(|e| format!("connecting to {host}: {e}"))?;
@@ -625,9 +666,9 @@ async fn post(url: &str, path: &str, token: &str, body: &str) -> Result<(u16, St
 }
 
 /// POST until accepted (2xx) or a duplicate (409); other answers are retried every second.
-async fn post_until_done(url: &str, path: &str, token: &str, body: &str) -> Option<String> {
+async fn post_until_done(host: &str, path: &str, token: &str, body: &str) -> Option<String> {
     loop {
-        match post(url, path, token, body).await {
+        match post(host, path, token, body).await {
             Ok((s, b)) if (200..300).contains(&s) => return Some(b),
             Ok((409, _)) => return None,
             Ok((s, b))
@@ -651,7 +692,7 @@ async fn post_until_done(url: &str, path: &str, token: &str, body: &str) -> Opti
 }
 
 async fn poster(
-    url: String,
+    api: Api,
     token: String,
     cfg: TerminalConfig,
     mut rx: mpsc::UnboundedReceiver<Record>,
@@ -666,7 +707,7 @@ async fn poster(
                     "bl_l": bl_l, "tanks": d.tanks, "meters": [cfg.jetty.meter], "opened_at": at_ms,
                 });
                 if let Some(b) =
-                    post_until_done(&url, "/api/v1/discharges", &token, &body.to_string()).await
+                    post_until_done(&api.host, &api.discharges, &token, &body.to_string()).await
                 {
                     ids[index] = serde_json::from_str::<serde_json::Value>(&b)
                         .ok()
@@ -685,8 +726,8 @@ async fn poster(
                 };
                 let body = serde_json::json!({ "closed_at": at_ms, "ship_l": ship_l });
                 post_until_done(
-                    &url,
-                    &format!("/api/v1/discharges/{id}/close"),
+                    &api.host,
+                    &format!("{}/{id}/close", api.discharges),
                     &token,
                     &body.to_string(),
                 )
@@ -700,7 +741,7 @@ async fn poster(
                         "compartment": c.compartment, "product": c.product, "gross_l": c.gross_l, "net_l": c.net_l,
                     })).collect::<Vec<_>>(),
                 });
-                post_until_done(&url, "/api/v1/epods", &token, &body.to_string()).await;
+                post_until_done(&api.host, &api.epods, &token, &body.to_string()).await;
                 tracing::info!(bol = %e.bol, truck = %e.truck, "epod posted");
             }
             Record::Batch(_) | Record::StationDelivery(_) => {}

@@ -175,11 +175,12 @@ fn the_gauge_gives_the_truth_back_through_the_strapping_table_and_api_11_1() {
 fn trucks_drive_to_the_station_and_back() {
     let mut m = model("");
     let start = m.now_ms();
-    // The first load starts 05:00 with TRK-01: loading 20 min, wait 5, then out.
+    // The first load starts 05:00 with TRK-01: loading 20 min, wait 5, then out to
+    // ST-KARIAKOO (≈ 1.45 km, under 2 min at 50 km/h).
     m.advance_to(start + 5 * 3_600_000 + 10 * 60_000);
     let (la, lo, kn, _) = m.truck_fix(0);
     assert_eq!((la, lo, kn), (m.config().lat, m.config().lon, 0.0));
-    m.advance_to(start + 5 * 3_600_000 + 30 * 60_000);
+    m.advance_to(start + 5 * 3_600_000 + 25 * 60_000 + 60_000);
     let (la, lo, kn, _) = m.truck_fix(0);
     assert!(kn > 0.0);
     assert!(distance_m(la, lo, m.config().lat, m.config().lon) > 100.0);
