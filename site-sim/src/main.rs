@@ -120,8 +120,12 @@ struct TerminalArgs {
     /// Sim time origin, RFC 3339 UTC midnight (default: the file's `start`).
     #[arg(long, value_name = "TIME")]
     start: Option<String>,
-    /// Join a clock another process started (a FLOWSQUARE_CLOCK value); overrides --speed and
-    /// --start.
+    /// Real time from now until the sim clock starts at --start (the terminal is still until
+    /// then), so the agents started after the simulator see day 0 from its midnight.
+    #[arg(long, default_value = "3s", value_parser = site_sim::duration::parse_duration)]
+    lead_in: std::time::Duration,
+    /// Join a clock another process started (a FLOWSQUARE_CLOCK value); overrides --speed,
+    /// --start and --lead-in.
     #[arg(long, env = "FLOWSQUARE_CLOCK", value_name = "CLOCK")]
     clock: Option<String>,
     /// Modbus TCP address (tank PLC unit 1, bays units 10+n). Port 0 (the default) = a free
@@ -164,6 +168,10 @@ struct TerminalArgs {
     /// Real time between NMEA fixes per truck.
     #[arg(long, default_value = "100ms", value_parser = site_sim::duration::parse_duration)]
     nmea_interval: std::time::Duration,
+    /// The agents' poll interval (real time) written into the --write-maps maps. At --speed N
+    /// a reading covers N × this of sim time.
+    #[arg(long, default_value = "200ms", value_parser = site_sim::duration::parse_duration)]
+    poll: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -487,7 +495,14 @@ async fn run_terminal(a: TerminalArgs) -> Result<()> {
             if !(a.speed > 0.0 && a.speed <= clock::MAX_SPEED) {
                 bail!("--speed {}: expected 0 < N ≤ {}", a.speed, clock::MAX_SPEED);
             }
-            Clock::sim_starting_now(start, a.speed)
+            // The sim origin a lead-in from now, so agents started after the simulator see day
+            // 0 from its midnight.
+            let lead = i64::try_from(a.lead_in.as_millis()).unwrap_or(0);
+            Clock::Sim {
+                sim_start_ms: start,
+                real_start_ms: clock::real_now_ms() + lead,
+                speed: a.speed,
+            }
         }
     };
     if clock::install(c).is_err() {
@@ -510,6 +525,7 @@ async fn run_terminal(a: TerminalArgs) -> Result<()> {
         token: a.token.clone(),
         tick: a.tick,
         nmea_interval: a.nmea_interval,
+        poll: format!("{}ms", a.poll.as_millis().max(1)),
     };
     let env = c.env_value();
     let maps_dir = a.write_maps.clone();

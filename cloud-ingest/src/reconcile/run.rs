@@ -518,14 +518,24 @@ impl Reconciler {
                 .await?
             {
                 let f = |k: &str| ev.fields.get(k).and_then(serde_json::Value::as_f64);
-                if let Some(l) = f("volume_tc_l").or_else(|| f("volume_l")) {
+                // The edge-agent's TLS-350 `delivery` events carry `tc_volume` (temperature
+                // compensated) and `volume`; `volume_tc_l`/`volume_l` are the older names.
+                let litres = f("tc_volume")
+                    .or_else(|| f("volume_tc_l"))
+                    .or_else(|| f("volume"))
+                    .or_else(|| f("volume_l"));
+                if let Some(l) = litres {
+                    // A console reports its own product code ("1"), not the site's product
+                    // name: only a known product name narrows the match.
+                    let product = ev
+                        .fields
+                        .get("product")
+                        .and_then(|v| v.as_str())
+                        .filter(|p| self.cfg.tanks.iter().any(|t| t.product == *p))
+                        .map(str::to_owned);
                     inputs.gauge_deliveries.push(GaugeDelivery {
                         station: st.id.clone(),
-                        product: ev
-                            .fields
-                            .get("product")
-                            .and_then(|v| v.as_str())
-                            .map(str::to_owned),
+                        product,
                         ts_ms: ev.ts_ms,
                         delivered_l: l,
                     });
@@ -708,7 +718,14 @@ pub fn batch_of(e: &EventRow) -> Option<BatchRecord> {
         product: s("product")?,
         gross_l: f("gross_l")?,
         nsv_l: f("nsv_l")?,
-        ts_ms: e.ts_ms,
+        // The batch end: the record's own `end_time` (Unix s) when the map captures it, else
+        // the capture time (a record waiting for its handshake is captured late).
+        ts_ms: e
+            .fields
+            .get("end_time")
+            .and_then(serde_json::Value::as_i64)
+            .filter(|s| *s > 0)
+            .map_or(e.ts_ms, |s| s.saturating_mul(1000)),
     })
 }
 

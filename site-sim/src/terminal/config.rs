@@ -503,8 +503,8 @@ impl TerminalConfig {
             }
             match minutes_of(&d.start) {
                 None => e.push(format!("discharge {}: start {:?} is not HH:MM", d.parcel, d.start)),
-                Some(m) if m as f64 + d.hours * 60.0 > 1440.0 || d.hours <= 0.0 => e.push(format!(
-                    "discharge {}: start + hours must end within the day (the gauges are still at midnight)",
+                Some(m) if m < 30 || m as f64 + d.hours * 60.0 > 1410.0 || d.hours <= 0.0 => e.push(format!(
+                    "discharge {}: from 30 min before start to 30 min after start + hours (the paperwork) must lie within the day (the gauges are still at midnight)",
                     d.parcel
                 )),
                 Some(_) => {}

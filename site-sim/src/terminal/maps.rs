@@ -33,7 +33,8 @@ fn header(out: &mut String, site: &str, id: &str, descr: &str, mqtt: SocketAddr)
          # is documented in config/agent.example.toml. Poll intervals are real time; under the sim clock\n\
          # (FLOWSQUARE_CLOCK) readings are stamped in sim time, so live_window is in sim time too.\n\n\
          [agent]\nsite = \"{site}\"\nid = \"{id}\"\ndescription = \"{descr}\"\nmetrics = \"off\"\n\n\
-         [buffer]\ncommit_interval = \"50ms\"\n\n\
+         [buffer]\n# Relative to the working directory: run each agent in its own state directory.\n\
+         path = \"buffer.db\"\ncommit_interval = \"50ms\"\n\n\
          [uplink]\nbroker = \"mqtt://{mqtt}\"\nlive_window = \"7d\"\nbacklog_rate = 1000000\n\n"
     );
 }
@@ -96,6 +97,7 @@ pub fn gateway(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> String {
              \x20   {{ name = \"density_15c\", register = \"holding\", address = 125, type = \"f32\", unit = \"kg/m3\" }},\n\
              \x20   {{ name = \"truck\", register = \"holding\", address = 137, type = \"string\", length = 16 }},\n\
              \x20   {{ name = \"meter\", register = \"holding\", address = 145, type = \"string\", length = 8 }},\n\
+             \x20   {{ name = \"end_time\", register = \"holding\", address = 131, type = \"u32\", unit = \"s\" }},\n\
              \x20 ]\n\n",
             n = b.number,
             u = bay_unit(b.number),
@@ -186,12 +188,17 @@ pub fn all(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> Vec<(String, String)>
 }
 
 /// Write every map into `dir`.
-pub fn write_all(cfg: &TerminalConfig, a: &Addrs, dir: &Path) -> Result<(), TerminalError> {
+pub fn write_all(
+    cfg: &TerminalConfig,
+    a: &Addrs,
+    dir: &Path,
+    poll: &str,
+) -> Result<(), TerminalError> {
     std::fs::create_dir_all(dir).map_err(|e| TerminalError::Io {
         what: format!("creating {}", dir.display()),
         source: e,
     })?;
-    for (name, text) in all(cfg, a, "200ms") {
+    for (name, text) in all(cfg, a, poll) {
         let p = dir.join(name);
         std::fs::write(&p, text).map_err(|e| TerminalError::Io {
             what: format!("writing {}", p.display()),

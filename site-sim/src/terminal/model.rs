@@ -22,6 +22,11 @@ pub const DAY_MS: i64 = 86_400_000;
 const MIN_MS: i64 = 60_000;
 /// Largest integration step.
 const STEP_MS: i64 = 30_000;
+/// The discharge paperwork is opened this long before the flow starts and closed this long
+/// after it ends (hoses connected / disconnected), so the cloud's stock and meter probes at those
+/// instants see the tanks and the jetty meter still — whatever the agents' poll interval in sim
+/// time, up to this. No truck loads from a receiving tank within the window.
+pub const PAPER_MS: i64 = 30 * 60_000;
 
 /// CTL from 15 °C to `t` (refined products); 1 outside the standard's range.
 pub fn ctl(rho15: f64, t: f64) -> f64 {
@@ -457,7 +462,7 @@ impl Model {
         self.cfg.discharges.iter().any(|d| {
             let s = self.at(d.day, &d.start);
             let e = s + (d.hours * 3_600_000.0) as i64;
-            d.tanks.contains(id) && a < e && b > s
+            d.tanks.contains(id) && a < e + PAPER_MS && b > s - PAPER_MS
         })
     }
 
@@ -490,7 +495,8 @@ impl Model {
             let tank = self.tank_index(&self.cfg.bays[bay].tank).unwrap_or(0);
             if !self.receiving(tank, start, start + self.load_ms() + 5 * MIN_MS) {
                 self.trips.push(Trip {
-                    bol: format!("BOL-{date}-{k:02}"),
+                    // 11 characters: the gantry record's BOL field holds 16.
+                    bol: format!("BOL{}{k:02}", date.replace('-', "").get(2..).unwrap_or("")),
                     bay,
                     truck: usize::MAX,
                     station: ((k + day) % ns) as usize,
@@ -526,11 +532,11 @@ impl Model {
         for (i, d) in self.cfg.discharges.clone().iter().enumerate() {
             let s = self.at(d.day, &d.start);
             let e = s + (d.hours * 3_600_000.0) as i64;
-            if !self.opened[i] && b > s {
+            if !self.opened[i] && b > s - PAPER_MS {
                 self.opened[i] = true;
                 self.out.push_back(Record::DischargeOpened {
                     index: i,
-                    at_ms: s,
+                    at_ms: s - PAPER_MS,
                     bl_l: (d.volume_l * (1.0 + d.bl_excess)).round(),
                 });
             }
@@ -546,11 +552,11 @@ impl Model {
                 self.totals.discharged_l += q;
                 self.jetty_total_l += q * (1.0 + self.cfg.jetty.bias);
             }
-            if !self.closed[i] && b >= e {
+            if !self.closed[i] && b >= e + PAPER_MS {
                 self.closed[i] = true;
                 self.out.push_back(Record::DischargeClosed {
                     index: i,
-                    at_ms: e,
+                    at_ms: e + PAPER_MS,
                     ship_l: (d.volume_l * (1.0 + d.ship_excess)).round(),
                 });
             }

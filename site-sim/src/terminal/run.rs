@@ -69,6 +69,8 @@ pub struct Options {
     pub tick: Duration,
     /// Real time between NMEA fixes on each pty.
     pub nmea_interval: Duration,
+    /// The agents' poll interval written into the maps (real time, e.g. `200ms`).
+    pub poll: String,
 }
 
 /// One bound endpoint, printed as `listening <what> <addr>`.
@@ -121,7 +123,13 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), TerminalError> {
     let clock = opts.clock;
-    let start_ms = clock.now_ms();
+    // Day 0 is a UTC midnight: the shared clock's origin (a process joining late replays the
+    // physics from there), or under the real clock today's midnight. Before the origin (a
+    // lead-in) the terminal is still.
+    let start_ms = match clock {
+        Clock::Sim { sim_start_ms, .. } => sim_start_ms,
+        Clock::Real => clock.now_ms().div_euclid(super::model::DAY_MS) * super::model::DAY_MS,
+    };
     let model = build_model(&opts.config_path, start_ms)?;
     let cfg = model.config().clone();
     let windows = Windows::new(&cfg, start_ms);
@@ -266,7 +274,7 @@ pub async fn run(
             mqtt: relay_addr,
             run_dir: opts.run_dir.clone(),
         };
-        maps::write_all(&cfg, &addrs, dir)?;
+        maps::write_all(&cfg, &addrs, dir, &opts.poll)?;
     }
 
     // Paperwork to cloud-ingest.
