@@ -126,7 +126,10 @@ fn records_match_the_physics() {
     // The lossy trip delivers 2 % less than it loaded.
     let lossy: Vec<&&Epod> = epods
         .iter()
-        .filter(|e| e.truck == "TRK-02" && e.bol.contains(&day_label(start + 2 * DAY_MS)))
+        .filter(|e| {
+            let yymmdd = day_label(start + 2 * DAY_MS).replace('-', "");
+            e.truck == "TRK-02" && e.bol.starts_with(&format!("BOL{}", &yymmdd[2..]))
+        })
         .collect();
     let first = lossy.first().expect("a TRK-02 trip on day 2");
     let loaded: f64 = batches
