@@ -12,7 +12,8 @@
 //!   manual MQTT acks after the database commit and end-to-end acks to the agents (`run.rs`);
 //! - `store/`: the `Store` trait and its backends (`postgres/`, `sqlite/`) with one shared test
 //!   suite (`store/suite.rs`);
-//! - `measure/`: petroleum measurement (pure): API 11.1 CTL/CPL, tank quantities, meter factor;
+//! - `measure`: re-export of the `flowsquare-measure` crate (`measure/` in the workspace):
+//!   petroleum measurement (pure): API 11.1 CTL/CPL, tank quantities, meter factor;
 //! - `reconcile/`: movements (discharges, tank stocks, gantry loadings, ePODs), the daily
 //!   reconciliation (chain, tank balances, trips, parcels) with tolerances, its run loop and the
 //!   simulated terminal (`sim.rs`); `analytics/`: stale tags, meter drift, GPS stops;
@@ -24,6 +25,9 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consume;
-pub mod measure;
 pub mod reconcile;
 pub mod store;
+
+/// Petroleum measurement lives in its own crate (the site simulator needs it too); every
+/// `cloud_ingest::measure::…` path keeps working through this re-export.
+pub use flowsquare_measure as measure;

@@ -33,6 +33,18 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         None => builder.init(),
     }
+    // The data clock: a bad FLOWSQUARE_CLOCK is an error; a simulated one is announced loudly.
+    match flowsquare_service::clock::init() {
+        Ok(c) => {
+            if let Some(w) = flowsquare_service::clock::warning(&c) {
+                tracing::warn!("{w}");
+            }
+        }
+        Err(e) => {
+            eprintln!("cloud-ingest: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

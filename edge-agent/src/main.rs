@@ -42,6 +42,18 @@ fn init_logging(level: &str, format: &str) {
 fn main() -> anyhow::Result<ExitCode> {
     let args = Cli::parse();
     init_logging(&args.log_level, &args.log_format);
+    // The data clock: a bad FLOWSQUARE_CLOCK is an error; a simulated one is announced loudly.
+    match flowsquare_service::clock::init() {
+        Ok(c) => {
+            if let Some(w) = flowsquare_service::clock::warning(&c) {
+                tracing::warn!("{w}");
+            }
+        }
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -134,13 +134,11 @@ impl Reading {
     }
 }
 
-/// Current UTC time in milliseconds since the Unix epoch.
+/// Current UTC time in milliseconds since the Unix epoch, on the data clock: the system clock,
+/// or the simulated clock shared through `FLOWSQUARE_CLOCK` (`flowsquare_service::clock`;
+/// every reading, event and gap timestamp is taken here). A clock before 1970 reads 0.
 pub fn now_ms() -> i64 {
-    // A clock before 1970 is reported as 0 rather than panicking.
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    flowsquare_service::clock::now_ms()
 }
 
 /// RFC 3339 rendering of a millisecond timestamp (UTC, millisecond precision).

@@ -1,12 +1,16 @@
-//! Running under systemd as a `Type=notify` service, without linking libsystemd.
+//! Running under systemd as a `Type=notify` service, without linking libsystemd; and the
+//! shared data clock.
 //!
 //! # Layout
+//! - `clock.rs`: the data clock — real, or a simulated clock shared by several processes through
+//!   `FLOWSQUARE_CLOCK=sim:<sim_start_ms>:<real_start_ms>:<speed>` (`clock::now_ms()`);
 //! - `notify.rs`: the `sd_notify` datagram protocol over `$NOTIFY_SOCKET` (path or abstract
 //!   `@name` socket): `READY=1`, `RELOADING=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=…`; the
 //!   watchdog period from `$WATCHDOG_USEC`/`$WATCHDOG_PID`. Outside systemd every call is a no-op.
 //! - `watchdog.rs`: pure progress bookkeeping: the service pings the watchdog only while every
 //!   loop it depends on shows progress, so a wedged process is restarted by systemd.
 
+pub mod clock;
 mod notify;
 mod watchdog;
 

@@ -22,6 +22,7 @@
 //! | [`modbus::error`] | [`modbus::SimError`] |
 //! | [`nmea`] | NMEA 0183 feeder: a truck on a route (fix loss, bad checksums, partial lines) or a replayed file |
 //! | [`tls350`] | Veeder-Root TLS-350 console: i201 inventory, i202 deliveries, 9999FF1B, bad-checksum fault |
+//! | [`terminal`] | the coherent simulated terminal: pure model (tanks, meters, trips, faults) exposed over the servers above, NMEA ptys, an MQTT relay, ePODs |
 //! | [`opcua`] | simulated OPC UA server (async-opcua): changing variables, optional security, bench items, a gantry batch-record table (`opcua::gantry`) |
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library.
@@ -31,4 +32,5 @@ pub mod duration;
 pub mod modbus;
 pub mod nmea;
 pub mod opcua;
+pub mod terminal;
 pub mod tls350;

@@ -57,6 +57,17 @@ enum Command {
     ///
     /// Example: flowsquare-sim opcua --listen 127.0.0.1:0 --interval 1s --bench 5000
     Opcua(OpcUaArgs),
+    /// Run the coherent simulated terminal: tanks, jetty meter, vessel discharges, gantry bays,
+    /// trucks with NMEA ptys, a station TLS-350, an MQTT relay, ePODs posted to cloud-ingest.
+    ///
+    /// Prints `clock <VALUE>` (export FLOWSQUARE_CLOCK=<VALUE> to every agent and to
+    /// cloud-ingest), one line `listening <modbus|opcua|tls350|mqtt-relay|pty> ADDR` per
+    /// endpoint and, with --write-maps, `maps written DIR`; runs until SIGINT/SIGTERM.
+    ///
+    /// Example: flowsquare-sim terminal --config config/sim/terminal.toml --speed 600
+    /// --run-dir /tmp/fs-term --write-maps /tmp/fs-term/maps --mqtt-upstream 127.0.0.1:1883
+    /// --epod-url http://127.0.0.1:8080/api/v1/epods --token demo-operator
+    Terminal(Box<TerminalArgs>),
     /// Print a generated benchmark register map (or, with --agent-tags, the matching edge-agent
     /// devices and tags) to stdout.
     ///
@@ -96,6 +107,71 @@ struct ModbusArgs {
     /// every listener is bound).
     #[arg(long, value_name = "FILE")]
     ports_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TerminalArgs {
+    /// Terminal file (TOML); see config/sim/terminal.toml for every key.
+    #[arg(long, value_name = "FILE", default_value = "config/sim/terminal.toml")]
+    config: PathBuf,
+    /// Sim seconds per real second.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Sim time origin, RFC 3339 UTC midnight (default: the file's `start`).
+    #[arg(long, value_name = "TIME")]
+    start: Option<String>,
+    /// Real time from now until the sim clock starts at --start (the terminal is still until
+    /// then), so the agents started after the simulator see day 0 from its midnight.
+    #[arg(long, default_value = "3s", value_parser = site_sim::duration::parse_duration)]
+    lead_in: std::time::Duration,
+    /// Join a clock another process started (a FLOWSQUARE_CLOCK value); overrides --speed,
+    /// --start and --lead-in.
+    #[arg(long, env = "FLOWSQUARE_CLOCK", value_name = "CLOCK")]
+    clock: Option<String>,
+    /// Modbus TCP address (tank PLC unit 1, bays units 10+n). Port 0 (the default) = a free
+    /// port; the bound addresses are printed and written into the --write-maps maps.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    modbus: String,
+    /// OPC UA address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    opcua: String,
+    /// TLS-350 console address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    tls350: String,
+    /// MQTT relay address (the agents' broker; the broker-outage fault cuts it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    mqtt_listen: String,
+    /// The MQTT broker (HOST:PORT) the relay forwards to: cloud-ingest's.
+    #[arg(
+        long,
+        alias = "broker",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:1883"
+    )]
+    mqtt_upstream: String,
+    /// Directory of the pty links (<id>.tty) and the OPC UA PKI.
+    #[arg(long, default_value = "/tmp/flowsquare-terminal")]
+    run_dir: PathBuf,
+    /// Write the agent tag maps with the bound addresses into DIR.
+    #[arg(long, value_name = "DIR")]
+    write_maps: Option<PathBuf>,
+    /// cloud-ingest's ePOD endpoint, `http://HOST:PORT/api/v1/epods`; discharges go to
+    /// `…/api/v1/discharges` beside it (absent: no paperwork is posted).
+    #[arg(long, value_name = "URL")]
+    epod_url: Option<String>,
+    /// Bearer token (operator role) for --epod-url.
+    #[arg(long, env = "FLOWSQUARE_TOKEN", value_name = "TOKEN")]
+    token: Option<String>,
+    /// Real time between model steps.
+    #[arg(long, default_value = "50ms", value_parser = site_sim::duration::parse_duration)]
+    tick: std::time::Duration,
+    /// Real time between NMEA fixes per truck.
+    #[arg(long, default_value = "100ms", value_parser = site_sim::duration::parse_duration)]
+    nmea_interval: std::time::Duration,
+    /// The agents' poll interval (real time) written into the --write-maps maps. At --speed N
+    /// a reading covers N × this of sim time.
+    #[arg(long, default_value = "200ms", value_parser = site_sim::duration::parse_duration)]
+    poll: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -215,6 +291,10 @@ fn run(cli: Cli) -> Result<()> {
                 .write_all(text.as_bytes())
                 .context("writing to stdout")?;
             Ok(())
+        }
+        Command::Terminal(a) => {
+            init_logging();
+            runtime()?.block_on(run_terminal(*a))
         }
         Command::Nmea(a) => {
             init_logging();
@@ -397,6 +477,80 @@ fn announce(lines: &str) -> Result<()> {
     out.write_all(lines.as_bytes())
         .context("writing to stdout")?;
     out.flush().context("flushing stdout")
+}
+
+async fn run_terminal(a: TerminalArgs) -> Result<()> {
+    use flowsquare_service::clock::{self, Clock};
+    use site_sim::terminal;
+    let cfg = terminal::TerminalConfig::load(&a.config)?;
+    let c = match &a.clock {
+        Some(v) if !v.is_empty() => Clock::parse(v)?,
+        _ => {
+            let start = match &a.start {
+                Some(s) => terminal::config::parse_time_ms(s)
+                    .filter(|ms| ms % 86_400_000 == 0)
+                    .with_context(|| format!("--start {s}: expected an RFC 3339 UTC midnight"))?,
+                None => cfg.start_ms(),
+            };
+            if !(a.speed > 0.0 && a.speed <= clock::MAX_SPEED) {
+                bail!("--speed {}: expected 0 < N ≤ {}", a.speed, clock::MAX_SPEED);
+            }
+            // The sim origin a lead-in from now, so agents started after the simulator see day
+            // 0 from its midnight.
+            let lead = i64::try_from(a.lead_in.as_millis()).unwrap_or(0);
+            Clock::Sim {
+                sim_start_ms: start,
+                real_start_ms: clock::real_now_ms() + lead,
+                speed: a.speed,
+            }
+        }
+    };
+    if clock::install(c).is_err() {
+        bail!("the process clock was already set");
+    }
+    if let Some(w) = clock::warning(&c) {
+        tracing::warn!("{w}");
+    }
+    let opts = terminal::Options {
+        config_path: a.config.clone(),
+        clock: c,
+        modbus: resolve(&a.modbus).await?,
+        opcua: resolve(&a.opcua).await?,
+        tls350: resolve(&a.tls350).await?,
+        mqtt_listen: resolve(&a.mqtt_listen).await?,
+        broker: a.mqtt_upstream.clone(),
+        run_dir: a.run_dir.clone(),
+        write_maps: a.write_maps.clone(),
+        epod_url: a.epod_url.clone(),
+        token: a.token.clone(),
+        tick: a.tick,
+        nmea_interval: a.nmea_interval,
+        poll: format!("{}ms", a.poll.as_millis().max(1)),
+    };
+    let env = c.env_value();
+    let maps_dir = a.write_maps.clone();
+    terminal::run(
+        opts,
+        |eps| {
+            let mut s = format!("clock {env}\n");
+            for e in eps {
+                s.push_str(&format!("listening {} {}\n", e.what, e.addr));
+            }
+            if let Some(d) = &maps_dir {
+                s.push_str(&format!("maps written {}\n", d.display()));
+            }
+            if let Err(e) = announce(&s) {
+                tracing::error!(error = %e, "writing the endpoints");
+            }
+        },
+        async {
+            if let Err(e) = wait_for_signal().await {
+                tracing::error!(error = %e, "signal handler");
+            }
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 async fn run_nmea(a: NmeaArgs) -> Result<()> {

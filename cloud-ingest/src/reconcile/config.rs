@@ -45,7 +45,8 @@ pub struct ReconcileConfig {
     /// Event kind of the edge's gantry batch records. Default `gantry-batch`.
     #[serde(default = "default_batch_kind")]
     pub batch_event_kind: String,
-    /// Event kind of TLS-350 delivery reports. Default `tls-delivery`.
+    /// Event kind of TLS-350 delivery reports (the edge-agent's TLS-350 driver emits
+    /// `delivery`). Default `delivery`.
     #[serde(default = "default_tls_kind")]
     pub tls_event_kind: String,
     /// `[reconcile.tolerances]`.
@@ -119,7 +120,7 @@ fn default_batch_kind() -> String {
     "gantry-batch".into()
 }
 fn default_tls_kind() -> String {
-    "tls-delivery".into()
+    "delivery".into()
 }
 
 /// `[reconcile.tolerances]`.
@@ -419,7 +420,7 @@ pub struct PlaceConfig {
     /// Radius, metres. Default 300.
     #[serde(default = "default_radius")]
     pub radius_m: f64,
-    /// Stations with a TLS-350 gauge: the site of its agent's `tls-delivery` events.
+    /// Stations with a TLS-350 gauge: the site of its agent's TLS-350 `delivery` events.
     #[serde(default)]
     pub gauge_site: Option<String>,
 }

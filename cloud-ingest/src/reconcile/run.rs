@@ -46,12 +46,10 @@ pub struct RunReport {
     pub result: DayResult,
 }
 
-/// Now, UTC ms.
+/// Now, UTC ms, on the data clock (`flowsquare_service::clock`: the real clock, or the shared
+/// simulated one of `FLOWSQUARE_CLOCK`), so the daily run and the stale check follow sim time.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    flowsquare_service::clock::now_ms()
 }
 
 fn spec_of(t: &TankConfig) -> Result<TankSpec, String> {
@@ -520,14 +518,24 @@ impl Reconciler {
                 .await?
             {
                 let f = |k: &str| ev.fields.get(k).and_then(serde_json::Value::as_f64);
-                if let Some(l) = f("volume_tc_l").or_else(|| f("volume_l")) {
+                // The edge-agent's TLS-350 `delivery` events carry `tc_volume` (temperature
+                // compensated) and `volume`; `volume_tc_l`/`volume_l` are the older names.
+                let litres = f("tc_volume")
+                    .or_else(|| f("volume_tc_l"))
+                    .or_else(|| f("volume"))
+                    .or_else(|| f("volume_l"));
+                if let Some(l) = litres {
+                    // A console reports its own product code ("1"), not the site's product
+                    // name: only a known product name narrows the match.
+                    let product = ev
+                        .fields
+                        .get("product")
+                        .and_then(|v| v.as_str())
+                        .filter(|p| self.cfg.tanks.iter().any(|t| t.product == *p))
+                        .map(str::to_owned);
                     inputs.gauge_deliveries.push(GaugeDelivery {
                         station: st.id.clone(),
-                        product: ev
-                            .fields
-                            .get("product")
-                            .and_then(|v| v.as_str())
-                            .map(str::to_owned),
+                        product,
                         ts_ms: ev.ts_ms,
                         delivered_l: l,
                     });
@@ -654,9 +662,11 @@ impl Reconciler {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let run_at = self.cfg.run_at_minutes().unwrap_or(120);
-        let mut stale = tokio::time::interval(std::time::Duration::from_secs(
+        // Sleeps are in data-clock time: under a simulated clock they are scaled by its speed.
+        let clock = flowsquare_service::clock::clock();
+        let mut stale = tokio::time::interval(clock.real_duration(std::time::Duration::from_secs(
             self.cfg.stale.interval_s.max(1),
-        ));
+        )));
         loop {
             let now = now_ms();
             let today = day_of(now);
@@ -664,10 +674,13 @@ impl Reconciler {
             if next <= now {
                 next += DAY_MS;
             }
-            let wait = std::time::Duration::from_millis(u64::try_from(next - now).unwrap_or(0));
+            let wait = clock.real_duration(std::time::Duration::from_millis(
+                u64::try_from(next - now).unwrap_or(0),
+            ));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {
-                    let today = day_of(now_ms());
+                    // The day of the run time itself (a scaled sleep may end a few ms early).
+                    let today = day_of(next.max(now_ms()));
                     let back = i64::from(self.cfg.lookback_days.max(1));
                     match self.run_range(&*store, today - back, today - 1, now_ms(), "schedule", |r| {
                         tracing::info!(date = %r.run.date, records = r.run.records, exceptions = r.run.exceptions,
@@ -705,7 +718,14 @@ pub fn batch_of(e: &EventRow) -> Option<BatchRecord> {
         product: s("product")?,
         gross_l: f("gross_l")?,
         nsv_l: f("nsv_l")?,
-        ts_ms: e.ts_ms,
+        // The batch end: the record's own `end_time` (Unix s) when the map captures it, else
+        // the capture time (a record waiting for its handshake is captured late).
+        ts_ms: e
+            .fields
+            .get("end_time")
+            .and_then(serde_json::Value::as_i64)
+            .filter(|s| *s > 0)
+            .map_or(e.ts_ms, |s| s.saturating_mul(1000)),
     })
 }
 

@@ -24,6 +24,11 @@
 //! | 27 | meter factor | f32 | |
 //! | 29 / 31 | start / end time | u32 | Unix s |
 //! | 33 / 35 | start / end totalizer | u32 | L |
+//! | 37–44 | truck | string, 16 bytes | |
+//! | 45–48 | meter | string, 8 bytes | |
+//!
+//! (The truck and meter fields are blank unless the record was [`Gantry::publish`]ed by a
+//! caller that knows them, as the simulated terminal does.)
 //!
 //! All values are big-endian (ABCD). [`Gantry::agent_event_toml`] prints the matching edge-agent
 //! `[[device.event]]`.
@@ -43,7 +48,7 @@ use crate::duration::HumanDuration;
 /// Offset of the first record register after the sequence number.
 pub const BLOCK_START: u16 = 2;
 /// Registers of the record block from `base` (sequence number included).
-pub const BLOCK_LEN: u16 = 37;
+pub const BLOCK_LEN: u16 = 49;
 
 /// How the controller waits for the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -162,6 +167,10 @@ pub struct BatchRecord {
     pub start_total: u32,
     /// Totalizer at end, L.
     pub end_total: u32,
+    /// Truck (blank when unknown).
+    pub truck: String,
+    /// Meter id (blank when unknown).
+    pub meter: String,
 }
 
 #[derive(Debug)]
@@ -329,7 +338,29 @@ impl Gantry {
             end_time: clock_s + 420 + batch % 60,
             start_total: total,
             end_total: total + gross_l,
+            truck: String::new(),
+            meter: String::new(),
         }
+    }
+
+    /// Show a record the caller made (a simulated terminal that knows its trucks and meters):
+    /// it gets the next sequence number (returned), is written, then the number is shown.
+    pub fn publish(&self, mut rec: BatchRecord) -> u16 {
+        let seq = match self.state.lock() {
+            Ok(mut s) => {
+                let seq = self.next_seq(s.seq, 1);
+                s.batches += 1;
+                s.seq = seq;
+                s.total = rec.end_total;
+                seq
+            }
+            // A panicking thread poisoned it; nothing sensible to show.
+            Err(_) => return 0,
+        };
+        rec.seq = seq;
+        rec.bay = self.cfg.bay;
+        self.write_record(&rec);
+        seq
     }
 
     fn write_record(&self, r: &BatchRecord) {
@@ -367,6 +398,14 @@ impl Gantry {
         ] {
             u(off, words(DataType::U32, &Value::Int(i64::from(v)), 0));
         }
+        u(
+            37,
+            words(DataType::String, &Value::Text(r.truck.clone()), 16),
+        );
+        u(
+            45,
+            words(DataType::String, &Value::Text(r.meter.clone()), 8),
+        );
         // Last: the new sequence number makes the record visible.
         u(0, vec![r.seq]);
     }

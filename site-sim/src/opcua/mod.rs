@@ -64,6 +64,9 @@ pub struct OpcUaSimConfig {
     pub trust_clients: bool,
     /// User name / password pairs accepted (anonymous is always accepted).
     pub users: Vec<(String, String)>,
+    /// More `Double` variables (initially 0) under the FlowSquare folder, set by the caller
+    /// with [`OpcUaSim::set`] (the simulated terminal's tanks).
+    pub extra: Vec<String>,
 }
 
 impl OpcUaSimConfig {
@@ -76,6 +79,7 @@ impl OpcUaSimConfig {
             secure: false,
             trust_clients: true,
             users: Vec::new(),
+            extra: Vec::new(),
         }
     }
 }
@@ -216,7 +220,7 @@ impl OpcUaSim {
         let ns = handle
             .get_namespace_index(NAMESPACE_URI)
             .ok_or_else(|| OpcUaSimError::Build("namespace not registered".into()))?;
-        populate(&manager, ns, cfg.bench);
+        populate(&manager, ns, cfg.bench, &cfg.extra);
         let server = tokio::spawn(async move {
             if let Err(e) = server.run_with(listener).await {
                 tracing::error!(error = %e, "OPC UA simulator stopped");
@@ -310,7 +314,7 @@ impl Drop for OpcUaSim {
     }
 }
 
-fn populate(m: &SimpleNodeManager, ns: u16, bench: usize) {
+fn populate(m: &SimpleNodeManager, ns: u16, bench: usize, extra: &[String]) {
     let mut space = m.address_space().write();
     let root = NodeId::new(ns, "FlowSquare");
     space.add_folder(
@@ -342,6 +346,17 @@ fn populate(m: &SimpleNodeManager, ns: u16, bench: usize) {
         vb.insert(&mut *space);
     }
     gantry::populate(&mut space, ns, &root);
+    for name in extra {
+        VariableBuilder::new(
+            &NodeId::new(ns, name.as_str()),
+            name.as_str(),
+            name.as_str(),
+        )
+        .data_type(DataTypeId::Double)
+        .value(0.0)
+        .organized_by(root.clone())
+        .insert(&mut *space);
+    }
     if bench > 0 {
         let folder = NodeId::new(ns, "Bench");
         space.add_folder(&folder, "Bench", "Bench", &root);

@@ -12,4 +12,4 @@ pub mod server;
 
 pub use config::{ConsoleConfig, DeliveryConfig};
 pub use console::Console;
-pub use server::{serve_serial, serve_stream, serve_tcp, SharedConsole};
+pub use server::{console_now, console_time, serve_serial, serve_stream, serve_tcp, SharedConsole};

@@ -13,9 +13,29 @@ use crate::modbus::{open_serial, SerialConfig, SimError};
 /// A console shared by its connections and the test or CLI that changes it.
 pub type SharedConsole = Arc<Mutex<Console>>;
 
-/// Console time (`YYMMDDHHmm`) now, at `offset_minutes` from UTC.
+/// Console time (`YYMMDDHHmm`) of the Unix ms instant `ms` at `offset_minutes` from UTC.
+pub fn console_time(ms: i64, offset_minutes: i32) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        + time::Duration::minutes(i64::from(offset_minutes));
+    format!(
+        "{:02}{:02}{:02}{:02}{:02}",
+        t.year() % 100,
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}
+
+/// Console time (`YYMMDDHHmm`) now on the data clock (`flowsquare_service::clock`: real, or the
+/// shared simulated clock), at `offset_minutes` from UTC.
 pub fn console_now(offset_minutes: i32) -> String {
-    let t = time::OffsetDateTime::now_utc() + time::Duration::minutes(i64::from(offset_minutes));
+    let now = time::OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(flowsquare_service::clock::now_ms()) * 1_000_000,
+    )
+    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t = now + time::Duration::minutes(i64::from(offset_minutes));
     format!(
         "{:02}{:02}{:02}{:02}{:02}",
         t.year() % 100,
