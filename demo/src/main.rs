@@ -227,6 +227,14 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let broker_port = free_port()?;
     let base = format!("http://127.0.0.1:{api_port}");
+    // One simulated clock for every process: day 0 is today's UTC midnight, starting 3 s from
+    // now (the simulator's lead-in), running --speed times real time.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_millis() as i64;
+    let midnight_ms = now_ms - now_ms.rem_euclid(86_400_000);
+    let clock = format!("sim:{midnight_ms}:{}:{}", now_ms + 3_000, cli.speed);
 
     println!(
         "[1/3] cloud-ingest: SQLite in {}, embedded MQTT broker on 127.0.0.1:{broker_port}",
@@ -252,7 +260,7 @@ async fn run(cli: Cli) -> Result<()> {
         ],
         &dir,
         &logs,
-        &[],
+        &[("FLOWSQUARE_CLOCK", clock.as_str())],
     )?;
     wait_http_ok(
         &format!("{base}/readyz"),
@@ -274,18 +282,13 @@ async fn run(cli: Cli) -> Result<()> {
         format!("{base}/api/v1/epods"),
         "--token".into(),
         "demo-operator".into(),
-        "--speed".into(),
-        cli.speed.to_string(),
+        "--clock".into(),
+        clock.clone(),
         "--run-dir".into(),
         dir.join("sim").display().to_string(),
     ];
     sim_args.extend(cli.sim_args.iter().cloned());
     let mut sim = Child::spawn("flowsquare-sim", &sim_bin, &sim_args, &dir, &logs, &[])?;
-    let clock = sim
-        .wait_line("clock ", Duration::from_secs(60))
-        .await
-        .context("the simulator did not start")?;
-    let clock = clock.trim_start_matches("clock ").trim().to_string();
     sim.wait_line("maps written", Duration::from_secs(60))
         .await
         .context("the simulator did not write the tag maps")?;
@@ -336,6 +339,30 @@ async fn run(cli: Cli) -> Result<()> {
     println!("  Ctrl-C stops everything.");
     println!();
 
+    // Progress: say when the first readings are committed (what the console's charts show).
+    let first = async {
+        loop {
+            if first_reading(&base).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(60), first)
+        .await
+        .is_ok()
+    {
+        println!(
+            "  first readings committed {:.1} s after start: the console has data.",
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!(
+            "  no readings committed after 60 s: see the logs in {}",
+            logs.display()
+        );
+    }
+
     let outcome = supervise(&mut ingest, &mut sim, &mut agents, cli.stop_after).await;
 
     println!("stopping: edge agents (draining buffers)…");
@@ -348,6 +375,35 @@ async fn run(cli: Cli) -> Result<()> {
     ingest.stop(Duration::from_secs(20)).await;
     println!("stopped.");
     outcome
+}
+
+/// Whether cloud-ingest has committed a reading of any tag (what a console chart shows).
+async fn first_reading(base: &str) -> bool {
+    let Some((200, body)) =
+        proc::http_get(&format!("{base}/api/v1/tags"), Some("demo-viewer")).await
+    else {
+        return false;
+    };
+    let Ok(tags) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return false;
+    };
+    let list = tags.get("data").unwrap_or(&tags);
+    let ids: Vec<String> = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.get("id").and_then(|i| i.as_i64()))
+                .take(100)
+                .map(|i| i.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return false;
+    }
+    let url = format!("{base}/api/v1/latest?tag_id={}", ids.join(","));
+    matches!(proc::http_get(&url, Some("demo-viewer")).await,
+        Some((200, body)) if body.contains("\"value\""))
 }
 
 /// Wait for Ctrl-C / SIGTERM / --stop-after, or for a child to exit on its own (an error).

@@ -119,26 +119,37 @@ impl Child {
 
 /// GET `url` (plain HTTP on 127.0.0.1) and tell whether it answered 200.
 pub async fn http_get_ok(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
+    http_get(url, None)
+        .await
+        .is_some_and(|(status, _)| status == 200)
+}
+
+/// GET `url` (plain HTTP/1.0 on 127.0.0.1, optionally with a bearer token): status and body.
+pub async fn http_get(url: &str, token: Option<&str>) -> Option<(u16, String)> {
+    use tokio::io::AsyncReadExt as _;
+    let rest = url.strip_prefix("http://")?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let Ok(Ok(mut stream)) =
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(host)).await
-    else {
-        return false;
+    let io = async {
+        let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n");
+        stream.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((status, body))
     };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut reader = BufReader::new(stream);
-    let mut status = String::new();
-    match tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut status)).await {
-        Ok(Ok(_)) => status.split_whitespace().nth(1) == Some("200"),
-        _ => false,
-    }
+    tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .ok()?
 }
