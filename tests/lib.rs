@@ -5,6 +5,8 @@
 //! - `PtyPair`: two linked pseudo-terminals (socat), for serial protocols;
 //! - `wait_until`: wait on a condition with a deadline (no fixed sleeps in tests);
 //! - `external`: find third-party servers (the pymodbus virtualenv) or decide to skip;
+//! - `workspace_bin`: the workspace's own binaries (edge-agent, cloud-ingest, flowsquare-sim) for
+//!   tests outside the crates that own them (built once per test process, current sources);
 //! - `mqtt`: a private Mosquitto per test and a consumer that acknowledges like cloud-ingest.
 
 pub mod mqtt;
@@ -21,6 +23,65 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
+}
+
+/// Path of a binary of this workspace (`edge-agent`, `cloud-ingest`, `flowsquare-sim`), for tests
+/// in crates that do not own it (`env!("CARGO_BIN_EXE_…")` exists only in the owning crate).
+///
+/// `$FLOWSQUARE_BIN_DIR` names a directory of prebuilt binaries. Otherwise, once per test process,
+/// `cargo build --bins -p edge-agent -p cloud-ingest -p site-sim` runs with the cargo that runs
+/// the tests (`$CARGO`), in the profile of the test binary (release when it lives under
+/// `target/release`), so the binaries are those of the current sources: a no-op when `cargo
+/// test --workspace` has just built them, a build otherwise. Its output goes to stderr; a failed
+/// build panics with cargo's message (this is test support).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    use std::sync::OnceLock;
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("FLOWSQUARE_BIN_DIR") {
+            return Ok(PathBuf::from(d));
+        }
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // target/<profile>/deps/<test>-<hash>: the binaries are uplifted to target/<profile>/.
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .ok_or("test binary has no target directory")?;
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "--bins",
+            "-p",
+            "edge-agent",
+            "-p",
+            "cloud-ingest",
+            "-p",
+            "site-sim",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        eprintln!("building the workspace binaries: {cmd:?}");
+        let st = cmd
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("{cmd:?}: {e}"))?;
+        if !st.success() {
+            return Err(format!("{cmd:?} failed: {st}"));
+        }
+        Ok(dir)
+    });
+    match dir {
+        Ok(d) => {
+            let p = d.join(name);
+            assert!(p.exists(), "{} does not exist", p.display());
+            p
+        }
+        Err(e) => panic!("workspace binaries: {e}"),
+    }
 }
 
 /// Poll `cond` every few milliseconds until it holds or `timeout` passes; returns whether it held.
