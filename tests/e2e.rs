@@ -34,7 +34,10 @@ use flowsquare_tests::{wait_until, workspace_bin, Proc, PtyPair};
 const WAIT: Duration = Duration::from_secs(60);
 
 fn say(what: &str) {
-    eprintln!("[e2e {:?}] {what}", std::thread::current().name().unwrap_or("?"));
+    eprintln!(
+        "[e2e {:?}] {what}",
+        std::thread::current().name().unwrap_or("?")
+    );
 }
 
 fn uniq() -> String {
@@ -77,7 +80,11 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     let code = body.split_whitespace().nth(1)?.parse().ok()?;
@@ -169,10 +176,7 @@ impl Db {
     async fn bring_back(&self) {
         let Db::Pg(p) = self else { return };
         p.admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-                p.name
-            ))
+            .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", p.name))
             .await
             .expect("alter");
     }
@@ -280,7 +284,9 @@ impl Db {
             Db::Sqlite(path) => {
                 let c = sqlite(path).expect("open the ingest's SQLite database");
                 let mut q = c
-                    .prepare("SELECT t.name, r.ts_ms FROM readings r JOIN tags t ON t.id = r.tag_id")
+                    .prepare(
+                        "SELECT t.name, r.ts_ms FROM readings r JOIN tags t ON t.id = r.tag_id",
+                    )
                     .expect("prepare");
                 let rows = q
                     .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
@@ -288,7 +294,9 @@ impl Db {
                 for k in rows.flatten() {
                     *s.readings.entry(k).or_default() += 1;
                 }
-                let mut q = c.prepare("SELECT source, seq FROM events").expect("prepare");
+                let mut q = c
+                    .prepare("SELECT source, seq FROM events")
+                    .expect("prepare");
                 let rows = q
                     .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
                     .expect("events");
@@ -326,7 +334,8 @@ impl Drop for PgDb {
                 return;
             };
             rt.block_on(async move {
-                if let Ok((c, conn)) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
+                if let Ok((c, conn)) =
+                    tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
                 {
                     tokio::spawn(conn);
                     let _ = c
@@ -520,7 +529,11 @@ impl Agent {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{k} in {line}"))
         };
-        let counters = (field("polled"), field("reported"), field("buffered_readings"));
+        let counters = (
+            field("polled"),
+            field("reported"),
+            field("buffered_readings"),
+        );
         Run {
             out: self.finish(),
             counters: Some(counters),
@@ -631,7 +644,8 @@ impl Site {
         let map = dir.path().join("sim.toml");
         std::fs::write(&map, SIM_MAP).expect("map");
         let mut cmd = Command::new(workspace_bin("flowsquare-sim"));
-        cmd.args(["modbus", "--map"])
+        cmd.env("RUST_LOG", "warn")
+            .args(["modbus", "--map"])
             .arg(&map)
             .args(["--tcp", "127.0.0.1:0"]);
         let sim = Proc::spawn(cmd, 1, WAIT).expect("flowsquare-sim modbus");
@@ -639,7 +653,8 @@ impl Site {
         let nmea_cfg = dir.path().join("nmea.toml");
         std::fs::write(&nmea_cfg, NMEA).expect("nmea");
         let mut cmd = Command::new(workspace_bin("flowsquare-sim"));
-        cmd.args(["nmea", "--config"])
+        cmd.env("RUST_LOG", "warn")
+            .args(["nmea", "--config"])
             .arg(&nmea_cfg)
             .arg("--serial")
             .arg(&pty.a)
@@ -847,7 +862,12 @@ poll_interval = "500ms"
             .filter(|g| g.0 == "unclean-shutdown")
             .collect();
         let kills = runs.iter().filter(|r| r.counters.is_none()).count();
-        assert_eq!(crash.len(), kills, "one unclean-shutdown gap per SIGKILL: {:?}", s.gaps);
+        assert_eq!(
+            crash.len(),
+            kills,
+            "one unclean-shutdown gap per SIGKILL: {:?}",
+            s.gaps
+        );
         let mut lost = 0usize;
         for (i, r) in runs.iter().enumerate() {
             for k in &r.out.readings {
@@ -877,8 +897,10 @@ poll_interval = "500ms"
             "stored + gap counts + crash-window losses = polled"
         );
         // 4. Events: the agent's captures, once each, and the PLC's sequence without a hole.
-        let captured: std::collections::BTreeSet<_> =
-            runs.iter().flat_map(|r| r.out.events.iter().cloned()).collect();
+        let captured: std::collections::BTreeSet<_> = runs
+            .iter()
+            .flat_map(|r| r.out.events.iter().cloned())
+            .collect();
         let stored_ev: std::collections::BTreeSet<_> = s.events.keys().cloned().collect();
         assert_eq!(
             stored_ev, captured,
@@ -938,7 +960,8 @@ fn postgres_exact_count_through_a_broker_restart_and_a_database_outage() {
             "the agent polls on while the broker is down"
         );
         site.broker.restart().expect("restart mosquitto");
-        site.grows(300, 2, "data flows after the broker restart").await;
+        site.grows(300, 2, "data flows after the broker restart")
+            .await;
 
         say("database: ALLOW_CONNECTIONS false + pg_terminate_backend");
         site.db.take_down().await;

@@ -652,7 +652,9 @@ impl Worker {
         }
         // A crash after this commit loses only readings handed over later: none older than the
         // floor as it stands once these are committed.
-        let res = self.store.append_with_floor(&segs, self.floor.after_commit());
+        let res = self
+            .store
+            .append_with_floor(&segs, self.floor.after_commit());
         if res.is_ok() {
             self.floor.committed();
         }
