@@ -13,6 +13,15 @@
 
 mod proc;
 
+/// `println!` that never panics: the demo keeps stopping its children in order even when its
+/// own standard output is gone (a closed pipe, a closed terminal).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -236,7 +245,7 @@ async fn run(cli: Cli) -> Result<()> {
     let midnight_ms = now_ms - now_ms.rem_euclid(86_400_000);
     let clock = format!("sim:{midnight_ms}:{}:{}", now_ms + 3_000, cli.speed);
 
-    println!(
+    say!(
         "[1/3] cloud-ingest: SQLite in {}, embedded MQTT broker on 127.0.0.1:{broker_port}",
         dir.display()
     );
@@ -269,7 +278,7 @@ async fn run(cli: Cli) -> Result<()> {
     )
     .await?;
 
-    println!("[2/3] simulated terminal at {}x real time", cli.speed);
+    say!("[2/3] simulated terminal at {}x real time", cli.speed);
     let mut sim_args = vec![
         "terminal".to_string(),
         "--config".into(),
@@ -301,7 +310,7 @@ async fn run(cli: Cli) -> Result<()> {
     if map_files.is_empty() {
         bail!("the simulator wrote no tag maps into {}", maps.display());
     }
-    println!("[3/3] {} edge agents ({})", map_files.len(), maps.display());
+    say!("[3/3] {} edge agents ({})", map_files.len(), maps.display());
     let mut agents = Vec::new();
     for map in &map_files {
         let name = map
@@ -321,12 +330,12 @@ async fn run(cli: Cli) -> Result<()> {
         agents.push(child);
     }
 
-    println!();
-    println!(
+    say!();
+    say!(
         "  Console:  {base}/   (ready after {:.1} s)",
         started.elapsed().as_secs_f64()
     );
-    println!(
+    say!(
         "  Tokens:   {}",
         TOKENS
             .iter()
@@ -334,10 +343,10 @@ async fn run(cli: Cli) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("  API:      {base}/api/v1/openapi.json");
-    println!("  Logs:     {}", logs.display());
-    println!("  Ctrl-C stops everything.");
-    println!();
+    say!("  API:      {base}/api/v1/openapi.json");
+    say!("  Logs:     {}", logs.display());
+    say!("  Ctrl-C stops everything.");
+    say!();
 
     // Progress: say when the first readings are committed (what the console's charts show).
     let first = async {
@@ -352,12 +361,12 @@ async fn run(cli: Cli) -> Result<()> {
         .await
         .is_ok()
     {
-        println!(
+        say!(
             "  first readings committed {:.1} s after start: the console has data.",
             started.elapsed().as_secs_f64()
         );
     } else {
-        println!(
+        say!(
             "  no readings committed after 60 s: see the logs in {}",
             logs.display()
         );
@@ -365,15 +374,15 @@ async fn run(cli: Cli) -> Result<()> {
 
     let outcome = supervise(&mut ingest, &mut sim, &mut agents, cli.stop_after).await;
 
-    println!("stopping: edge agents (draining buffers)…");
+    say!("stopping: edge agents (draining buffers)…");
     for a in &mut agents {
         a.stop(Duration::from_secs(20)).await;
     }
-    println!("stopping: simulator…");
+    say!("stopping: simulator…");
     sim.stop(Duration::from_secs(10)).await;
-    println!("stopping: cloud-ingest…");
+    say!("stopping: cloud-ingest…");
     ingest.stop(Duration::from_secs(20)).await;
-    println!("stopped.");
+    say!("stopped.");
     outcome
 }
 
@@ -421,7 +430,7 @@ async fn supervise(
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
-            _ = int.recv() => { println!(); return Ok(()) }
+            _ = int.recv() => { say!(); return Ok(()) }
             _ = tick.tick() => {}
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {

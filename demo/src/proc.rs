@@ -110,7 +110,14 @@ impl Child {
         match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(Ok(status)) => self.exited = Some(status),
             _ => {
-                eprintln!("{} did not stop within {grace:?}: killing it", self.name);
+                {
+                    use std::io::Write as _;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "{} did not stop within {grace:?}: killing it",
+                        self.name
+                    );
+                }
                 let _ = self.child.kill().await;
             }
         }

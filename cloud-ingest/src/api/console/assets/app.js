@@ -154,7 +154,8 @@ export function duration(ms) {
   const neg = ms < 0;
   let s = Math.round(Math.abs(ms) / 1000);
   let out;
-  if (s < 60) out = `${s} s`;
+  if (Math.abs(ms) < 1000) out = `${Math.round(Math.abs(ms))} ms`;
+  else if (s < 60) out = `${s} s`;
   else if (s < 3600) out = `${Math.floor(s / 60)} min ${s % 60 ? `${s % 60} s` : ''}`.trim();
   else if (s < 86400) out = `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
   else out = `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
