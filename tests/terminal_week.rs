@@ -338,8 +338,12 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
     let dir = tmp.path();
     let (api, broker) = (free_port(), free_port());
     let icfg = ingest_config(dir, api, broker);
-    // The clock starts 6 s from now: every process is up before day 0's midnight.
-    let real_start = real_now_ms() + 6000;
+    // Built (or found) first; then the clock starts 8 s from now: every process is up before
+    // day 0's midnight.
+    for b in ["cloud-ingest", "flowsquare-sim", "edge-agent"] {
+        bin(b);
+    }
+    let real_start = real_now_ms() + 8000;
     let clock = format!("sim:{START_MS}:{real_start}:{speed}");
     let sim_now = || START_MS + (real_now_ms() - real_start) * speed;
 
