@@ -6,6 +6,8 @@
 //!
 //! - `demo_config_checks_and_written_maps_load`: the demo ingest config passes `check-config`
 //!   and every map `--write-maps` writes passes `edge-agent check`.
+//! - `four_days_without_faults_reconcile_without_an_exception`: both discharges and four days
+//!   of loading and deliveries, every day's run without an exception and no alert at all.
 //! - `a_week_of_faults_is_found_where_and_when_it_happened`: a simulated week with a tank leak,
 //!   a drifting gantry meter, a truck losing product on a stop, a silent tank PLC and a broker
 //!   outage; every complete day is reconciled through the API and the alerts must be exactly the
@@ -329,10 +331,10 @@ fn day(d: i64) -> String {
     format!("{y:04}-{m:02}-{dd:02}")
 }
 
-#[test]
-fn a_week_of_faults_is_found_where_and_when_it_happened() {
+/// Run the terminal with `faults` for `days` sim days through the real binaries, reconcile each
+/// day through the API; → (the alerts list, the exceptions count of each day's run).
+fn run_terminal(days: i64, faults: &str) -> (serde_json::Value, Vec<i64>) {
     let t0 = Instant::now();
-    let days = 7;
     let speed: i64 = 6000;
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
@@ -366,7 +368,7 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
         }),
         "cloud-ingest not ready"
     );
-    let cfg = terminal_config(dir, WEEK_FAULTS);
+    let cfg = terminal_config(dir, faults);
     let _sim = start_sim(
         dir,
         &cfg,
@@ -449,6 +451,7 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
     assert!(drained, "not every tag caught up: {last}");
 
     // Reconcile each complete day (the daily schedule did too; a re-run is idempotent).
+    let mut exceptions = Vec::new();
     for d in 0..days {
         let v = json(
             api,
@@ -456,6 +459,7 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
             &format!("/api/v1/reconciliation/run?date={}", day(d)),
         );
         eprintln!("reconciled {}: {}", day(d), v["data"]);
+        exceptions.push(v["data"][0]["exceptions"].as_i64().unwrap_or(-1));
         let recs = json(api, "GET", &format!("/api/v1/reconciliation/{}", day(d)));
         for r in recs["data"].as_array().cloned().unwrap_or_default() {
             if r["verdict"].as_str() != Some("ok") {
@@ -463,7 +467,37 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
             }
         }
     }
-    let v = json(api, "GET", "/api/v1/alerts?limit=10000");
+    let alerts = json(api, "GET", "/api/v1/alerts?limit=10000");
+    eprintln!(
+        "{days} sim days run and reconciled in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    (alerts, exceptions)
+}
+
+#[test]
+fn four_days_without_faults_reconcile_without_an_exception() {
+    // Day 1 discharges PMS, day 3 AGO: every stage of the chain is exercised.
+    let (alerts, exceptions) = run_terminal(4, "");
+    assert_eq!(exceptions, [0, 0, 0, 0], "alerts: {alerts}");
+    let since_start: Vec<_> = alerts["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a["date"].as_str().is_some_and(|d| d >= day(0).as_str()))
+        .collect();
+    assert!(
+        since_start.is_empty(),
+        "alerts without a fault: {since_start:?}"
+    );
+}
+
+#[test]
+fn a_week_of_faults_is_found_where_and_when_it_happened() {
+    let t0 = Instant::now();
+    let (v, _) = run_terminal(7, WEEK_FAULTS);
+
     let mut found: Vec<(String, String, String)> = v["data"]
         .as_array()
         .cloned()
