@@ -5,8 +5,13 @@
 //! - `PtyPair`: two linked pseudo-terminals (socat), for serial protocols;
 //! - `wait_until`: wait on a condition with a deadline (no fixed sleeps in tests);
 //! - `external`: find third-party servers (the pymodbus virtualenv) or decide to skip;
-//! - `mqtt`: a private Mosquitto per test and a consumer that acknowledges like cloud-ingest.
+//! - `mqtt`: a private Mosquitto per test and a consumer that acknowledges like cloud-ingest;
+//! - `browser`: a WebDriver client for headless Chromium (ChromeDriver) and the console check;
+//! - `workspace_bin`: the workspace's own binaries (edge-agent, cloud-ingest, flowsquare-sim,
+//!   flowsquare-demo) for tests outside the crates that own them (built once per test process,
+//!   current sources).
 
+pub mod browser;
 pub mod mqtt;
 
 use std::io::{BufRead, BufReader};
@@ -21,6 +26,109 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
+}
+
+/// Path of a binary of this workspace (`edge-agent`, `cloud-ingest`, `flowsquare-sim`), for tests
+/// in crates that do not own it (`env!("CARGO_BIN_EXE_…")` exists only in the owning crate).
+///
+/// `$FLOWSQUARE_BIN_DIR` names a directory of prebuilt binaries. Otherwise they are taken from
+/// the test binary's own target directory (`target/<profile>/`) when all three are newer than
+/// every source file of the crates they are built from (as after `cargo test --workspace`,
+/// which builds them for the owning crates' tests); if not, once per test process, `cargo build
+/// --bins -p edge-agent -p cloud-ingest -p site-sim` runs with the cargo that runs the tests
+/// (`$CARGO`), in the test binary's profile. A failed build panics with cargo's message (this
+/// is test support).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    use std::sync::OnceLock;
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("FLOWSQUARE_BIN_DIR") {
+            return Ok(PathBuf::from(d));
+        }
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // target/<profile>/deps/<test>-<hash>: the binaries are uplifted to target/<profile>/.
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .ok_or("test binary has no target directory")?;
+        let sources = newest_source(&workspace_root());
+        let fresh = ["edge-agent", "cloud-ingest", "flowsquare-sim"]
+            .iter()
+            .all(|b| {
+                std::fs::metadata(dir.join(b))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| sources.is_some_and(|s| t > s))
+            });
+        if fresh {
+            return Ok(dir);
+        }
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "--bins",
+            "-p",
+            "edge-agent",
+            "-p",
+            "cloud-ingest",
+            "-p",
+            "site-sim",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        eprintln!("building the workspace binaries: {cmd:?}");
+        let st = cmd
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("{cmd:?}: {e}"))?;
+        if !st.success() {
+            return Err(format!("{cmd:?} failed: {st}"));
+        }
+        Ok(dir)
+    });
+    match dir {
+        Ok(d) => {
+            let p = d.join(name);
+            assert!(p.exists(), "{} does not exist", p.display());
+            p
+        }
+        Err(e) => panic!("workspace binaries: {e}"),
+    }
+}
+
+/// Newest modification time of the sources the binaries are built from (the product crates'
+/// `src/` trees and `Cargo.toml`s, the workspace's `Cargo.toml` and `Cargo.lock`).
+fn newest_source(root: &Path) -> Option<std::time::SystemTime> {
+    fn walk(p: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(rd) = std::fs::read_dir(p) else { return };
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "target") {
+                    walk(&path, newest);
+                }
+            } else if path.extension().is_some_and(|x| x == "rs" || x == "toml") {
+                if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                    *newest = Some(newest.map_or(t, |n| n.max(t)));
+                }
+            }
+        }
+    }
+    let mut newest = std::fs::metadata(root.join("Cargo.lock"))
+        .and_then(|m| m.modified())
+        .ok();
+    for c in ["edge-agent", "cloud-ingest", "site-sim", "wire", "service"] {
+        walk(&root.join(c).join("src"), &mut newest);
+        for f in [root.join(c).join("Cargo.toml"), root.join("Cargo.toml")] {
+            if let Ok(t) = std::fs::metadata(f).and_then(|m| m.modified()) {
+                newest = Some(newest.map_or(t, |n| n.max(t)));
+            }
+        }
+    }
+    newest
 }
 
 /// Poll `cond` every few milliseconds until it holds or `timeout` passes; returns whether it held.

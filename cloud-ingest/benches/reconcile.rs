@@ -90,6 +90,7 @@ fn model() -> (ReconcileConfig, Vec<(String, String)>) {
             insulated: true,
             sw_pct: 0.0,
             floating_roof_adjust_m3: 0.0,
+            min_operating_level_mm: 0.0,
         });
         tables.push((id.clone(), table_csv()));
         cfg.meters.push(MeterConfig {

@@ -17,7 +17,7 @@
 //! - `reconcile/`: movements (discharges, tank stocks, gantry loadings, ePODs), the daily
 //!   reconciliation (chain, tank balances, trips, parcels) with tolerances, its run loop and the
 //!   simulated terminal (`sim.rs`); `analytics/`: stale tags, meter drift, GPS stops;
-//! - (to come: the console).
+//! - `api/console/`: the ops console (embedded HTML/CSS/JS) and its KPI, site-model and track routes.
 
 pub mod analytics;
 pub mod api;

@@ -39,6 +39,7 @@ pub fn render(stats: &ConsumerStats, ready: &AtomicBool) -> String {
         "1 when the consumer is connected to the broker.",
         u64::from(ready.load(Relaxed)),
     );
+    stats.poll_to_commit.render(&mut s);
     s
 }
 
@@ -54,9 +55,15 @@ mod tests {
         assert!(text.contains("\nflowsquare_ingest_stored_readings_total 1234\n"));
         assert!(text.contains("\nflowsquare_ingest_consumer_connected 1\n"));
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(samples.len(), 9);
+        // 9 counters and gauges, the latency histogram's buckets (+Inf), sum and count.
+        let buckets = crate::consume::latency::BUCKETS_S.len() + 1;
+        assert_eq!(samples.len(), 9 + buckets + 2);
         for l in samples {
-            let name = l.split(' ').next().unwrap_or_default();
+            let name = l.split([' ', '{']).next().unwrap_or_default();
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|n| n.ends_with("_seconds")))
+                .unwrap_or(name);
             assert!(name.starts_with("flowsquare_ingest_"), "{l}");
             assert!(
                 text.contains(&format!("# HELP {name} "))

@@ -25,6 +25,11 @@
 //! | GET    | `/api/v1/reconciliation/{date}[.csv]` | viewer | chain per product and parcels (`?format=csv`) |
 //! | GET    | `/api/v1/reconciliation/{date}/tanks\|trips\|meters` | viewer | tank balances, trips, meter checks and trends |
 //! | GET    | `/api/v1/alerts?state=open\|closed&limit=` | viewer | alerts, newest first           |
+//! | GET    | `/api/v1/whoami`             | viewer    | the token's name and role, what it may see, the server's time |
+//! | GET    | `/api/v1/kpis`               | viewer    | gross/net/ready stock per tank and product, endurance days |
+//! | GET    | `/api/v1/site-model`         | viewer    | the `[reconcile]` tanks, meters, stations, places, trucks |
+//! | GET    | `/api/v1/track?truck=&from=&to=` | viewer | a truck's GPS fixes and stops (≤ 2 days) |
+//! | GET    | `/`, `/console/{file}`       | open      | the ops console (embedded HTML/CSS/JS, strict CSP; see `console/`) |
 //!
 //! Parameters (`params.rs`): times are RFC 3339 or epoch milliseconds; `from` is inclusive, `to`
 //! exclusive and after `from`; `step` is an integer and a unit (`500ms`, `30s`, `5m`, `1h`,
@@ -61,6 +66,7 @@
 
 mod auth;
 mod config;
+mod console;
 mod metrics;
 mod openapi;
 mod params;
@@ -114,6 +120,9 @@ pub fn router(state: ApiState) -> Router {
             )),
             None => handler,
         };
+        r = r.route(path, handler);
+    }
+    for (path, handler) in console::routes() {
         r = r.route(path, handler);
     }
     r.fallback(routes::not_found)

@@ -13,6 +13,7 @@ pub fn document() -> &'static Value {
     DOC.get_or_init(|| {
         let mut doc = build();
         add_reconciliation(&mut doc);
+        add_console(&mut doc);
         doc
     })
 }
@@ -477,4 +478,97 @@ fn add_reconciliation(doc: &mut Value) {
     merge(doc, "/components/parameters", params);
     merge(doc, "/components/schemas", schemas);
     merge(doc, "/components/responses", json!({}));
+}
+
+/// The routes the console needs: who am I, KPIs, the site model, truck tracks.
+fn add_console(doc: &mut Value) {
+    let num = |d: &str| json!({ "type": "number", "format": "double", "description": d });
+    let nnum = |d: &str| json!({ "type": "number", "format": "double", "nullable": true, "description": d });
+    let s = |d: &str| json!({ "type": "string", "description": d });
+    let ms = |d: &str| json!({ "type": "integer", "format": "int64", "description": format!("{d} (UTC, epoch milliseconds)") });
+    let nms = |d: &str| json!({ "type": "integer", "format": "int64", "nullable": true, "description": format!("{d} (UTC, epoch milliseconds)") });
+    let b = |d: &str| json!({ "type": "boolean", "description": d });
+    let strings = json!({ "type": "array", "items": { "type": "string" } });
+    let paths = json!({
+        "/api/v1/whoami": { "get": {
+            "tags": ["data"], "operationId": "whoAmI", "x-required-role": "viewer",
+            "summary": "The token's name and role, what it may see, and the server's clock (the console computes ages from `now_ms`).",
+            "responses": responses(list_of("WhoAmI", "One entry."), &["400", "403"])
+        } },
+        "/api/v1/kpis": { "get": {
+            "tags": ["data"], "operationId": "terminalKpis", "x-required-role": "viewer",
+            "summary": "Terminal KPIs now: gross (GOV), net (NSV) and ready stock per tank and product, days of endurance at the last 7 days' loading rate.",
+            "description": "Stock: the latest good reading of each gauge tag through the tank's strapping table and API MPMS 11.1 (as the reconciliation computes a stock); readings older than `gauge_max_age_s` mark the tank stale. Ready stock: NSV above the tank's `min_operating_level_mm` (NSV at the gauged level − NSV at that level with the same temperature and density), 0 while a discharge into the tank is open. Endurance: ready stock of the product ÷ (NSV of its gantry batch records over the last 7 days ÷ 7). `{\"data\": []}` without a `[reconcile]` site model.",
+            "responses": responses(list_of("Kpis", "One report (none without a site model)."), &["400", "403"])
+        } },
+        "/api/v1/site-model": { "get": {
+            "tags": ["data"], "operationId": "siteModel", "x-required-role": "viewer",
+            "summary": "The `[reconcile]` site model without file paths: tanks, meters, stations and places, trucks, tolerances. `{\"data\": []}` without one.",
+            "responses": responses(list_of("SiteModel", "One model (none when not configured)."), &["400", "403"])
+        } },
+        "/api/v1/track": { "get": {
+            "tags": ["data"], "operationId": "truckTrack", "x-required-role": "viewer",
+            "summary": "A truck's GPS fixes in [from, to) (at most 2 days) and its stops by `[reconcile.stops]` (place null = outside every known place).",
+            "parameters": [ param("truck"), param("from"), param("to") ],
+            "responses": responses(list_of("TruckTrack", "One track."), &["400", "403", "404"])
+        } }
+    });
+    let params = json!({
+        "truck": { "name": "truck", "in": "query", "required": true, "description": "Truck id of the site model.", "schema": { "type": "string" } }
+    });
+    let schemas = json!({
+        "WhoAmI": { "type": "object", "required": ["name", "role", "can_audit", "can_operate", "now_ms"], "properties": {
+            "name": s("The token's configured name."), "role": { "type": "string", "enum": ["viewer", "operator", "auditor", "admin"] },
+            "can_audit": b("May read the auditor routes (dead letters)."), "can_operate": b("May post movements and start runs."),
+            "now_ms": ms("The server's time")
+        } },
+        "TankKpi": { "type": "object", "required": ["tank", "site", "product", "level_mm", "reading_ms", "stale", "gov_l", "nsv_l", "min_operating_level_mm", "ready_l", "receiving", "status"], "properties": {
+            "tank": s("Tank id."), "site": s("Site."), "product": s("Product."), "level_mm": nnum("Gauged level, mm."),
+            "reading_ms": nms("Oldest gauge reading used"), "stale": b("Readings older than gauge_max_age_s."),
+            "gov_l": nnum("Gross observed volume, litres."), "nsv_l": nnum("Net standard volume, litres."),
+            "min_operating_level_mm": num("Minimum operating level, mm."), "ready_l": nnum("NSV above the minimum operating level (0 while receiving), litres."),
+            "receiving": b("A discharge into the tank is open."), "status": { "type": "string", "enum": ["ok", "stale", "receiving", "no-data"] }
+        } },
+        "ProductKpi": { "type": "object", "required": ["product", "tanks", "gov_l", "nsv_l", "ready_l", "tanks_without_data", "loaded_l", "daily_rate_l", "endurance_days"], "properties": {
+            "product": s("Product."), "tanks": strings.clone(), "gov_l": num("Sum of GOV, litres."), "nsv_l": num("Sum of NSV, litres."),
+            "ready_l": num("Sum of ready stock, litres."), "tanks_without_data": { "type": "integer", "description": "Tanks left out of the sums (no usable stock)." },
+            "loaded_l": num("NSV loaded at the gantry over the rate window, litres."), "daily_rate_l": num("loaded_l ÷ rate_days, litres/day."),
+            "endurance_days": nnum("ready_l ÷ daily_rate_l, days (null: nothing loaded).")
+        } },
+        "Kpis": { "type": "object", "required": ["now_ms", "rate_days", "gauge_max_age_s", "tanks", "products"], "properties": {
+            "now_ms": ms("The server's time the figures are for"), "rate_days": { "type": "integer", "description": "Days the loading rate averages (7)." },
+            "gauge_max_age_s": { "type": "integer", "description": "Older readings are stale, s." },
+            "tanks": { "type": "array", "items": { "$ref": "#/components/schemas/TankKpi" } },
+            "products": { "type": "array", "items": { "$ref": "#/components/schemas/ProductKpi" } }
+        } },
+        "SiteModel": { "type": "object", "required": ["sites", "tanks", "meters", "places", "trucks", "default_tolerance_pct", "gauge_max_age_s", "stale_factor", "stale_min_age_s"], "properties": {
+            "sites": strings.clone(),
+            "tanks": { "type": "array", "items": { "type": "object", "required": ["id", "site", "agent", "product", "level_tag", "min_operating_level_mm"], "properties": {
+                "id": s("Tank."), "site": s("Site."), "agent": s("Agent."), "product": s("Product."), "level_tag": s("Level tag."), "min_operating_level_mm": num("mm.") } } },
+            "meters": { "type": "array", "items": { "type": "object", "required": ["id", "site", "role", "product", "tank"], "properties": {
+                "id": s("Meter."), "site": s("Site."), "role": { "type": "string", "enum": ["jetty", "gantry"] }, "product": s("Product."),
+                "tank": { "type": "string", "nullable": true } } } },
+            "places": { "type": "array", "items": { "type": "object", "required": ["id", "lat", "lon", "radius_m", "kind"], "properties": {
+                "id": s("Id."), "lat": num("Latitude."), "lon": num("Longitude."), "radius_m": num("Radius, m."), "kind": { "type": "string", "enum": ["station", "place"] } } } },
+            "trucks": { "type": "array", "items": { "type": "object", "required": ["id", "site", "agent"], "properties": {
+                "id": s("Truck."), "site": s("Site."), "agent": s("Agent.") } } },
+            "default_tolerance_pct": num("Default tolerance, ± %."), "gauge_max_age_s": { "type": "integer" },
+            "stale_factor": num("Stale: older than this many poll intervals …"), "stale_min_age_s": { "type": "integer", "description": "… and than this, s." }
+        } },
+        "TruckTrack": { "type": "object", "required": ["truck", "fixes", "stops"], "properties": {
+            "truck": s("Truck."),
+            "fixes": { "type": "array", "description": "`[ts_ms, lat, lon]`, by time.", "items": { "type": "array", "items": { "type": "number" }, "minItems": 3, "maxItems": 3 } },
+            "stops": { "type": "array", "items": { "type": "object", "required": ["from_ms", "to_ms", "lat", "lon", "place", "minutes"], "properties": {
+                "from_ms": ms("First fix"), "to_ms": ms("Last fix"), "lat": num("Mean latitude."), "lon": num("Mean longitude."),
+                "place": { "type": "string", "nullable": true, "description": "Known place; null = unscheduled stop." }, "minutes": num("Duration, minutes.") } } }
+        } }
+    });
+    let merge = |doc: &mut Value, at: &str, add: Value| {
+        if let (Some(Value::Object(m)), Value::Object(a)) = (doc.pointer_mut(at), add) {
+            m.extend(a);
+        }
+    };
+    merge(doc, "/paths", paths);
+    merge(doc, "/components/parameters", params);
+    merge(doc, "/components/schemas", schemas);
 }

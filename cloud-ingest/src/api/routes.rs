@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::config::Role;
 use super::params::{self, Query};
 use super::problem::Problem;
-use super::{metrics, openapi, recon, ApiState};
+use super::{console, metrics, openapi, recon, ApiState};
 use crate::store::StoreError;
 
 /// Longest wait for a data query before answering 503.
@@ -121,6 +121,30 @@ pub(crate) fn table() -> Vec<Route> {
             get(recon::meters),
         ),
         ("/api/v1/alerts", "get", Some(Viewer), get(recon::alerts)),
+        (
+            "/api/v1/whoami",
+            "get",
+            Some(Viewer),
+            get(console::data::whoami),
+        ),
+        (
+            "/api/v1/kpis",
+            "get",
+            Some(Viewer),
+            get(console::kpis::kpis),
+        ),
+        (
+            "/api/v1/site-model",
+            "get",
+            Some(Viewer),
+            get(console::data::site_model),
+        ),
+        (
+            "/api/v1/track",
+            "get",
+            Some(Viewer),
+            get(console::data::track),
+        ),
     ]
 }
 

@@ -784,9 +784,12 @@ async fn unknown_routes_and_methods_are_problems() {
         .await
         .problem(StatusCode::NOT_FOUND, "/api/v1/nothing");
     assert_eq!(p["type"], "urn:flowsquare:problem:not-found");
-    get(&f.app, "/", None)
+    get(&f.app, "/index.php", None)
         .await
-        .problem(StatusCode::NOT_FOUND, "/");
+        .problem(StatusCode::NOT_FOUND, "/index.php");
+    get(&f.app, "/console/nothing.js", None)
+        .await
+        .problem(StatusCode::NOT_FOUND, "/console/nothing.js");
     get(&f.app, "/api/v1/agents/", Some(VIEWER))
         .await
         .problem(StatusCode::NOT_FOUND, "/api/v1/agents/");
@@ -1051,6 +1054,38 @@ async fn openapi_lists_every_route() {
                 .clone(),
         ),
         ("Problem", get(&f.app, "/api/v1/agents", None).await.json()),
+        (
+            "WhoAmI",
+            get(&f.app, "/api/v1/whoami", Some(ADMIN)).await.data()[0].clone(),
+        ),
+        (
+            "Kpis",
+            get(&with_site_model(&f), "/api/v1/kpis", Some(ADMIN))
+                .await
+                .data()[0]
+                .clone(),
+        ),
+        (
+            "TankKpi",
+            get(&with_site_model(&f), "/api/v1/kpis", Some(ADMIN))
+                .await
+                .data()[0]["tanks"][0]
+                .clone(),
+        ),
+        (
+            "ProductKpi",
+            get(&with_site_model(&f), "/api/v1/kpis", Some(ADMIN))
+                .await
+                .data()[0]["products"][0]
+                .clone(),
+        ),
+        (
+            "SiteModel",
+            get(&with_site_model(&f), "/api/v1/site-model", Some(ADMIN))
+                .await
+                .data()[0]
+                .clone(),
+        ),
     ];
     for (name, row) in rows {
         let schema = &doc["components"]["schemas"][name];
@@ -1363,4 +1398,80 @@ async fn discharges_open_close_and_reconciliation_routes() {
     )
     .await
     .problem(StatusCode::CONFLICT, "/api/v1/reconciliation/run");
+}
+
+#[tokio::test]
+async fn the_console_is_served_open_with_a_strict_policy_and_its_routes_need_a_token() {
+    let f = fixture().await;
+    for (path, ctype) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/console/app.js", "text/javascript; charset=utf-8"),
+        ("/console/style.css", "text/css; charset=utf-8"),
+    ] {
+        let a = get(&f.app, path, None).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+        assert_eq!(a.headers["content-type"], ctype, "{path}");
+        let csp = a.headers["content-security-policy"]
+            .to_str()
+            .expect("ascii");
+        assert!(csp.starts_with("default-src 'none'"), "{csp}");
+        assert!(!csp.contains("unsafe"), "{csp}");
+        assert_eq!(a.headers["x-content-type-options"], "nosniff");
+    }
+    for path in ["/api/v1/whoami", "/api/v1/kpis", "/api/v1/site-model"] {
+        get(&f.app, path, None)
+            .await
+            .problem(StatusCode::UNAUTHORIZED, path);
+    }
+    let me = get(&f.app, "/api/v1/whoami", Some(VIEWER)).await.data()[0].clone();
+    assert_eq!(me["role"], "viewer");
+    assert_eq!(me["can_audit"], false);
+    assert!(me["now_ms"].as_i64().is_some_and(|t| t > 1_700_000_000_000));
+    let me = get(&f.app, "/api/v1/whoami", Some(ADMIN)).await.data()[0].clone();
+    assert_eq!(
+        (me["can_audit"].clone(), me["can_operate"].clone()),
+        (serde_json::json!(true), serde_json::json!(true))
+    );
+    // Without a site model: empty lists, not errors.
+    assert_eq!(
+        get(&f.app, "/api/v1/kpis", Some(VIEWER)).await.data().len(),
+        0
+    );
+    assert_eq!(
+        get(&f.app, "/api/v1/site-model", Some(VIEWER))
+            .await
+            .data()
+            .len(),
+        0
+    );
+    get(
+        &f.app,
+        "/api/v1/track?truck=TRK-01&from=0&to=1000",
+        Some(VIEWER),
+    )
+    .await
+    .problem(StatusCode::NOT_FOUND, "/api/v1/track");
+    // With the simulated terminal's model: its tanks, no gauge data yet.
+    let app = with_site_model(&f);
+    let k = get(&app, "/api/v1/kpis", Some(VIEWER)).await.data()[0].clone();
+    assert_eq!(k["tanks"].as_array().map(Vec::len), Some(4), "{k}");
+    assert_eq!(k["tanks"][0]["status"], "no-data");
+    let m = get(&app, "/api/v1/site-model", Some(VIEWER)).await.data()[0].clone();
+    assert!(m["places"].as_array().is_some_and(|p| !p.is_empty()), "{m}");
+    let t = get(
+        &app,
+        "/api/v1/track?truck=TRK-01&from=0&to=1000",
+        Some(VIEWER),
+    )
+    .await
+    .data()[0]
+        .clone();
+    assert_eq!(t["fixes"], serde_json::json!([]));
+    get(
+        &app,
+        &format!("/api/v1/track?truck=TRK-01&from=0&to={}", 3 * 86_400_000),
+        Some(VIEWER),
+    )
+    .await
+    .bad_parameter("/api/v1/track", "to");
 }

@@ -46,6 +46,8 @@ pub struct ConsumerStats {
     pub db_attempts: AtomicU64,
     /// Is the commit task working on a group (not waiting for messages)?
     pub committing: std::sync::atomic::AtomicBool,
+    /// Poll-to-commit latency of every reading stored (`latency.rs`).
+    pub poll_to_commit: super::latency::LatencyHistogram,
 }
 
 fn now_ms() -> i64 {
@@ -355,11 +357,16 @@ async fn commit_task(
         if !ok {
             return;
         }
+        // The rows are committed now: each stored reading's poll-to-commit latency.
+        let committed_ms = now_ms();
         for (b, o) in batches.iter().zip(&outcomes) {
             match o {
                 CommitOutcome::Stored { readings, .. } => {
                     stats.stored_batches.fetch_add(1, Relaxed);
                     stats.stored_readings.fetch_add(*readings, Relaxed);
+                    stats
+                        .poll_to_commit
+                        .observe(committed_ms, b.readings.iter().map(|r| r.ts_ms));
                 }
                 CommitOutcome::Duplicate => {
                     stats.duplicates.fetch_add(1, Relaxed);

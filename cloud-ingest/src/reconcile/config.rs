@@ -348,6 +348,11 @@ pub struct TankConfig {
     /// Floating-roof adjustment, m³ (subtracted). Default 0.
     #[serde(default)]
     pub floating_roof_adjust_m3: f64,
+    /// Minimum operating level, mm: the product below it cannot be pumped out (suction, roof
+    /// legs), so the console's *ready stock* is the net standard volume above this level.
+    /// Default 0 (the whole stock is ready).
+    #[serde(default)]
+    pub min_operating_level_mm: f64,
 }
 
 fn default_table_unit() -> f64 {
@@ -596,6 +601,12 @@ impl ReconcileConfig {
             }
             if !gt(t.table_unit_l, 0.0) {
                 e.push(format!("{at}: table_unit_l must be > 0"));
+            }
+            if !(ge(t.min_operating_level_mm, 0.0) && t.min_operating_level_mm.is_finite()) {
+                e.push(format!(
+                    "{at}: min_operating_level_mm {} must be a level ≥ 0 mm",
+                    t.min_operating_level_mm
+                ));
             }
         }
         for m in &self.meters {

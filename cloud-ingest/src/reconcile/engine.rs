@@ -457,7 +457,7 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                     None,
                     json!({ "bol": bol, "truck": truck, "station": e.station, "trip": e.trip,
                             "basis": if net_known { "net" } else { "gross" },
-                            "delivered_ms": e.delivered_ms, "epod": e.id }),
+                            "loaded_ms": last_ms, "delivered_ms": e.delivered_ms, "epod": e.id }),
                 );
                 if v == Verdict::Exception {
                     let msg = format!(

@@ -197,7 +197,7 @@ impl Reconciler {
     /// Stock of a tank at `at` from the probed values (level, temp, density, [density temp],
     /// [water], [ambient]); `None` if a required tag has no good reading or the measurement
     /// rejects the inputs.
-    fn stock(&self, t: &TankModel, v: &[Option<f64>]) -> Option<Stock> {
+    pub(crate) fn stock(&self, t: &TankModel, v: &[Option<f64>]) -> Option<Stock> {
         let (level, temp, dens) = (v[0]?, v[1]?, v[2]?);
         let g = TankGauge {
             level_mm: level,
@@ -233,7 +233,7 @@ impl Reconciler {
     }
 
     /// The tags of a tank, in the order [`Reconciler::stock`] reads them (absent ones: None).
-    fn tank_tags(&self, reg: &Registry, t: &TankConfig) -> [Option<i64>; 6] {
+    pub(crate) fn tank_tags(&self, reg: &Registry, t: &TankConfig) -> [Option<i64>; 6] {
         let id = |n: &str| reg.id(&t.site, &t.agent, n);
         let opt = |n: &Option<String>| n.as_deref().and_then(id);
         [

@@ -222,6 +222,7 @@ pub fn site_model() -> ReconcileConfig {
             insulated: true,
             sw_pct: 0.0,
             floating_roof_adjust_m3: 0.0,
+            min_operating_level_mm: 800.0,
         });
     }
     cfg.meters.push(MeterConfig {

@@ -59,8 +59,10 @@
 //! on restart); a crash after ack leaves nothing to re-send. Readings handed to the writer but
 //! not yet committed (at most one group-commit interval) die with the process: `meta.clean` is 0
 //! while the agent runs and 1 after an orderly close, so on the next start after a crash a gap
-//! row (`reason = "unclean-shutdown"`, all tags, from the last commit to the restart, count 0 =
-//! unknown) tells the cloud exactly which window may be missing. A database that cannot be opened or
+//! row (`reason = "unclean-shutdown"`, all tags, count 0 = unknown) tells the cloud which window
+//! may be missing: from `meta.last_commit_ms` — the last commit's time, or earlier, the oldest
+//! timestamp a reading handed over after it can carry (readings are stamped at the poll, GPS
+//! readings with the fix time, and arrive later; `writer.rs` `CrashFloor`) — to the restart. A database that cannot be opened or
 //! fails `quick_check` is moved aside (`buffer.db.corrupt-<ms>`), reported and counted, and a
 //! fresh one is started: the agent never refuses to start because of its buffer.
 
@@ -444,7 +446,19 @@ impl Store {
 
     /// Append segments in one transaction, then enforce the bounds.
     pub fn append(&mut self, segs: &[NewSegment]) -> Result<Evicted, BufferError> {
+        self.append_with_floor(segs, None)
+    }
+
+    /// [`Store::append`], recording `floor` (the oldest timestamp a reading handed over after
+    /// this commit can have; see `writer.rs` `CrashFloor`) as where the window of a crash
+    /// starts; the commit time when it is later or absent.
+    pub fn append_with_floor(
+        &mut self,
+        segs: &[NewSegment],
+        floor: Option<i64>,
+    ) -> Result<Evicted, BufferError> {
         let now = now_ms();
+        let since = floor.map_or(now, |f| f.min(now));
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -471,7 +485,7 @@ impl Store {
         }
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'last_commit_ms'",
-            [now],
+            [since],
         )?;
         tx.commit()?;
         self.bytes += added;

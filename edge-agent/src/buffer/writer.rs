@@ -211,6 +211,7 @@ impl Buffer {
                     pending_n: 0,
                     sealed: Vec::new(),
                     sealed_n: 0,
+                    floor: CrashFloor::default(),
                 }
                 .run(rt, rx, interval, max_pending)
             })
@@ -335,6 +336,66 @@ struct Worker {
     /// Readings of a previous tag map, already encoded, waiting for the next commit.
     sealed: Vec<NewSegment>,
     sealed_n: usize,
+    /// Where the window a crash can lose starts (persisted with every commit).
+    floor: CrashFloor,
+}
+
+/// The oldest timestamp a reading that is not committed yet can have — where the
+/// `unclean-shutdown` gap of a crash must start (pure bookkeeping).
+///
+/// A tag's readings reach the buffer in timestamp order, so a reading of tag X lost in a crash
+/// is no older than X's last committed reading (or, before any commit of X, its first reading
+/// handed over). Readings are stamped when polled — GPS readings with the receiver's fix time —
+/// and handed over later, so the time of the last commit alone is not a bound: a reading
+/// stamped before that commit may have arrived just after it. The floor is the minimum over the
+/// tags seen; a map with slowly polled tags gets a wider (still true) window.
+#[derive(Debug, Default)]
+pub(crate) struct CrashFloor {
+    /// Per tag id: its last committed reading's ts, or its first handed-over one's.
+    floor: Vec<Option<i64>>,
+    /// Per tag id: the newest ts handed over and not yet committed.
+    pending: Vec<Option<i64>>,
+}
+
+impl CrashFloor {
+    /// A reading of `tag` stamped `ts` was handed over.
+    pub(crate) fn handed(&mut self, tag: u32, ts: i64) {
+        let t = tag as usize;
+        if self.floor.len() <= t {
+            self.floor.resize(t + 1, None);
+            self.pending.resize(t + 1, None);
+        }
+        self.floor[t].get_or_insert(ts);
+        self.pending[t] = Some(self.pending[t].map_or(ts, |p| p.max(ts)));
+    }
+
+    /// Everything handed over is committed.
+    pub(crate) fn committed(&mut self) {
+        for (f, p) in self.floor.iter_mut().zip(self.pending.iter_mut()) {
+            if let Some(p) = p.take() {
+                *f = Some(f.map_or(p, |f| f.max(p)));
+            }
+        }
+    }
+
+    /// The tag ids changed (live reload), after the old map's readings were committed: start
+    /// again from the new map's readings.
+    pub(crate) fn reset(&mut self) {
+        self.floor.clear();
+        self.pending.clear();
+    }
+
+    /// The floor once what is pending is committed (None: nothing seen).
+    pub(crate) fn after_commit(&self) -> Option<i64> {
+        self.floor
+            .iter()
+            .zip(&self.pending)
+            .filter_map(|(f, p)| match (f, p) {
+                (Some(f), Some(p)) => Some((*f).max(*p)),
+                (f, p) => f.or(*p),
+            })
+            .min()
+    }
 }
 
 impl Worker {
@@ -365,6 +426,7 @@ impl Worker {
                             .get(r.tag as usize)
                             .copied()
                             .unwrap_or(Class::Normal);
+                        self.floor.handed(r.tag, r.ts_ms);
                         self.pending.entry(class).or_default().push(r);
                         self.pending_n += 1;
                     }
@@ -438,6 +500,7 @@ impl Worker {
                         self.id = id;
                         self.classes = classes;
                         if self.commit().is_ok() {
+                            self.floor.reset();
                             first_pending = None;
                         } else {
                             first_pending = Some(Instant::now());
@@ -587,7 +650,15 @@ impl Worker {
                 segs.push(codec::encode_segment(*class, &self.id, chunk)?);
             }
         }
-        match self.store.append(&segs) {
+        // A crash after this commit loses only readings handed over later: none older than the
+        // floor as it stands once these are committed.
+        let res = self
+            .store
+            .append_with_floor(&segs, self.floor.after_commit());
+        if res.is_ok() {
+            self.floor.committed();
+        }
+        match res {
             Ok(ev) => {
                 self.stats
                     .committed
@@ -607,5 +678,36 @@ impl Worker {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod crash_floor_tests {
+    use super::CrashFloor;
+
+    #[test]
+    fn the_floor_is_the_oldest_last_committed_reading_of_any_tag() {
+        let mut f = CrashFloor::default();
+        assert_eq!(f.after_commit(), None);
+        // A GPS reading stamped with a fix 400 ms old and a Modbus reading, both committed.
+        f.handed(0, 1_000);
+        f.handed(1, 1_350);
+        assert_eq!(f.after_commit(), Some(1_000));
+        f.committed();
+        // Later readings of tag 1 only: tag 0's next reading (not handed over yet) can still be
+        // stamped just after 1_000, so the floor stays there.
+        f.handed(1, 1_450);
+        f.handed(1, 1_550);
+        assert_eq!(f.after_commit(), Some(1_000));
+        f.committed();
+        f.handed(0, 1_500);
+        assert_eq!(f.after_commit(), Some(1_500), "tag 0 committed up to 1_500");
+        // Two hand-overs before one commit: the newest pending reading of each tag counts.
+        f.handed(0, 1_600);
+        f.handed(1, 1_650);
+        assert_eq!(f.after_commit(), Some(1_600));
+        f.committed();
+        f.reset();
+        assert_eq!(f.after_commit(), None);
     }
 }

@@ -1,0 +1,1072 @@
+//! End to end, every part a real process: `flowsquare-sim` (a Modbus TCP device with a tag unit
+//! and a gantry batch controller, plus an NMEA feeder on a socat pty pair) → the `edge-agent`
+//! binary → a private Mosquitto → the `cloud-ingest` binary → PostgreSQL (a database of its own
+//! per test) or the embedded SQLite default.
+//!
+//! The count is exact. The agent's own record of what it polled is its `--output jsonl` stream
+//! (one line per reading handed to the buffer, per event captured, per gap detected) and, for a
+//! run stopped in order (SIGTERM, which drains), its `polled` / `reported` counters in the
+//! `edge-agent stopped` line, which must agree with the stream. The database must then hold
+//! exactly: every reading the agent reported, minus the readings counted in gap rows, minus — for
+//! a run ended by SIGKILL, whose counters die with it — readings of that run inside the
+//! `unclean-shutdown` window the next start reports (count unknown by design). No reading key
+//! (tag, ts) and no event key (source, seq) is stored more often than the agent produced it, and
+//! the gantry's sequence numbers are covered without a hole: events stored + missed-event gap
+//! counts = the whole range.
+//!
+//! Outages are real: Mosquitto killed and restarted on its port; the test's PostgreSQL database
+//! closed (`ALTER DATABASE … ALLOW_CONNECTIONS false` and `pg_terminate_backend` of its sessions,
+//! so the ingest's pool loses its connections and new ones are refused, while other tests'
+//! databases stay up — the same mechanism as `cloud-ingest/tests/ingest.rs`); SIGKILL of the
+//! agent (restarted on the same buffer) and of the ingest (restarted).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flowsquare_tests::mqtt::Mosquitto;
+use flowsquare_tests::{wait_until, workspace_bin, Proc, PtyPair};
+
+/// Longest wait for any one condition.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn say(what: &str) {
+    eprintln!(
+        "[e2e {:?}] {what}",
+        std::thread::current().name().unwrap_or("?")
+    );
+}
+
+fn uniq() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}_{n}", std::process::id())
+}
+
+fn rfc3339_to_ms(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let mut code = None;
+    wait_until(timeout, || match child.try_wait() {
+        Ok(Some(s)) => {
+            code = Some(s.code().unwrap_or(-9));
+            true
+        }
+        _ => false,
+    });
+    if code.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    code
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let code = body.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body))
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The database under test.
+
+/// A PostgreSQL database of this test's own, dropped at the end.
+struct PgDb {
+    name: String,
+    admin: tokio_postgres::Client,
+}
+
+enum Db {
+    Pg(PgDb),
+    Sqlite(PathBuf),
+}
+
+/// What the database holds, as keys.
+#[derive(Debug, Default)]
+struct Stored {
+    /// (tag name, ts ms) → rows.
+    readings: BTreeMap<(String, i64), usize>,
+    /// (source, seq) → rows.
+    events: BTreeMap<(String, i64), usize>,
+    /// (reason, from ms, to ms, count).
+    gaps: Vec<(String, i64, i64, i64)>,
+}
+
+impl Stored {
+    fn readings(&self) -> usize {
+        self.readings.values().sum()
+    }
+}
+
+const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+
+impl Db {
+    /// A fresh database; None (the test is skipped) when the server is unreachable, unless
+    /// `FLOWSQUARE_REQUIRE_ALL` is set (scripts/test sets it, so CI never skips silently).
+    async fn pg() -> Option<Db> {
+        let Ok((admin, conn)) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
+        else {
+            flowsquare_tests::external::missing("PostgreSQL on 127.0.0.1:5432");
+            return None;
+        };
+        tokio::spawn(conn);
+        let name = format!("fs_e2e_{}", uniq());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        Some(Db::Pg(PgDb { name, admin }))
+    }
+
+    /// The `[database]` table of the ingest config.
+    fn config(&self) -> String {
+        match self {
+            Db::Pg(p) => format!(
+                "url = \"host=127.0.0.1 port=5432 user=postgres dbname={}\"\ntimescale = \"off\"\n",
+                p.name
+            ),
+            Db::Sqlite(path) => format!("sqlite_path = \"{}\"\n", path.display()),
+        }
+    }
+
+    /// Close the database: refuse new connections, cut the existing ones.
+    async fn take_down(&self) {
+        let Db::Pg(p) = self else { return };
+        p.admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+                p.name
+            ))
+            .await
+            .expect("alter");
+        p.admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&p.name],
+            )
+            .await
+            .expect("terminate");
+    }
+
+    async fn bring_back(&self) {
+        let Db::Pg(p) = self else { return };
+        p.admin
+            .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", p.name))
+            .await
+            .expect("alter");
+    }
+
+    /// Readings stored so far (0 while the schema does not exist yet).
+    async fn count(&self) -> usize {
+        match self {
+            Db::Pg(p) => {
+                let Ok((c, conn)) = tokio_postgres::connect(
+                    &format!("host=127.0.0.1 port=5432 user=postgres dbname={}", p.name),
+                    tokio_postgres::NoTls,
+                )
+                .await
+                else {
+                    return 0;
+                };
+                tokio::spawn(conn);
+                c.query_one("SELECT count(*) FROM flowsquare.readings", &[])
+                    .await
+                    .map(|r| r.get::<_, i64>(0) as usize)
+                    .unwrap_or(0)
+            }
+            Db::Sqlite(path) => sqlite(path)
+                .and_then(|c| {
+                    c.query_row("SELECT count(*) FROM readings", [], |r| r.get::<_, i64>(0))
+                        .ok()
+                })
+                .unwrap_or(0) as usize,
+        }
+    }
+
+    async fn events(&self) -> usize {
+        match self {
+            Db::Pg(p) => {
+                let Ok((c, conn)) = tokio_postgres::connect(
+                    &format!("host=127.0.0.1 port=5432 user=postgres dbname={}", p.name),
+                    tokio_postgres::NoTls,
+                )
+                .await
+                else {
+                    return 0;
+                };
+                tokio::spawn(conn);
+                c.query_one("SELECT count(*) FROM flowsquare.events", &[])
+                    .await
+                    .map(|r| r.get::<_, i64>(0) as usize)
+                    .unwrap_or(0)
+            }
+            Db::Sqlite(path) => sqlite(path)
+                .and_then(|c| {
+                    c.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
+                        .ok()
+                })
+                .unwrap_or(0) as usize,
+        }
+    }
+
+    async fn stored(&self) -> Stored {
+        let mut s = Stored::default();
+        match self {
+            Db::Pg(p) => {
+                let (c, conn) = tokio_postgres::connect(
+                    &format!("host=127.0.0.1 port=5432 user=postgres dbname={}", p.name),
+                    tokio_postgres::NoTls,
+                )
+                .await
+                .expect("connect");
+                tokio::spawn(conn);
+                let ms = |col: &str| format!("round(extract(epoch FROM {col}) * 1000)::bigint");
+                for r in c
+                    .query(
+                        &format!(
+                            "SELECT t.name, {} FROM flowsquare.readings r JOIN flowsquare.tags t ON t.id = r.tag_id",
+                            ms("r.ts")
+                        ),
+                        &[],
+                    )
+                    .await
+                    .expect("readings")
+                {
+                    *s.readings.entry((r.get(0), r.get(1))).or_default() += 1;
+                }
+                for r in c
+                    .query("SELECT source, seq FROM flowsquare.events", &[])
+                    .await
+                    .expect("events")
+                {
+                    *s.events.entry((r.get(0), r.get(1))).or_default() += 1;
+                }
+                for r in c
+                    .query(
+                        &format!(
+                            "SELECT reason, {}, {}, count FROM flowsquare.gaps",
+                            ms("from_ts"),
+                            ms("to_ts")
+                        ),
+                        &[],
+                    )
+                    .await
+                    .expect("gaps")
+                {
+                    s.gaps.push((r.get(0), r.get(1), r.get(2), r.get(3)));
+                }
+            }
+            Db::Sqlite(path) => {
+                let c = sqlite(path).expect("open the ingest's SQLite database");
+                let mut q = c
+                    .prepare(
+                        "SELECT t.name, r.ts_ms FROM readings r JOIN tags t ON t.id = r.tag_id",
+                    )
+                    .expect("prepare");
+                let rows = q
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .expect("readings");
+                for k in rows.flatten() {
+                    *s.readings.entry(k).or_default() += 1;
+                }
+                let mut q = c
+                    .prepare("SELECT source, seq FROM events")
+                    .expect("prepare");
+                let rows = q
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .expect("events");
+                for k in rows.flatten() {
+                    *s.events.entry(k).or_default() += 1;
+                }
+                let mut q = c
+                    .prepare("SELECT reason, from_ms, to_ms, count FROM gaps")
+                    .expect("prepare");
+                let rows = q
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .expect("gaps");
+                s.gaps.extend(rows.flatten());
+            }
+        }
+        s
+    }
+}
+
+fn sqlite(path: &Path) -> Option<rusqlite::Connection> {
+    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .ok()?;
+    c.busy_timeout(Duration::from_secs(5)).ok()?;
+    Some(c)
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok((c, conn)) =
+                    tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The processes.
+
+/// The Modbus device: tag registers on unit 1, a gantry bay on unit 2 that waits for the agent's
+/// ack coil and skips a sequence number every 4th batch (a record the agent never sees).
+const SIM_MAP: &str = r#"
+[[unit]]
+id = 1
+name = "tank-farm"
+[[unit.register]]
+kind = "holding"
+address = 0
+type = "f32"
+generator = { kind = "sine", amplitude = 1.5, period = "20s", offset = 6.0 }
+[[unit.register]]
+kind = "holding"
+address = 2
+type = "u32"
+generator = { kind = "counter", rate_per_s = 25.0 }
+[[unit.register]]
+kind = "holding"
+address = 4
+type = "f32"
+generator = { kind = "random_walk", step = 0.5, min = 800.0, max = 900.0, every = "200ms", start = 850.0 }
+[[unit.register]]
+kind = "input"
+address = 0
+type = "i16"
+generator = { kind = "random_walk", step = 2.0, min = 150.0, max = 250.0, seed = 7, every = "300ms", start = 200.0 }
+
+[[unit]]
+id = 2
+name = "bay1"
+[unit.gantry]
+base = 100
+bay = 1
+arms = 2
+seq_rollover = 9999
+start_seq = 9990
+ack = "coil"
+ack_address = 100
+batch_interval = "250ms"
+skip_every = 4
+"#;
+
+const NMEA: &str = r#"
+talker = "GN"
+interval = "100ms"
+sentences = ["RMC", "GGA", "VTG"]
+[truck]
+speed_kmh = 60.0
+route = [[-33.9530, 151.2045], [-33.9100, 151.1800]]
+"#;
+
+/// The event definition matching the simulated gantry (as `site_sim::modbus::Gantry` writes it).
+fn gantry_event() -> String {
+    let b = 100;
+    let mut s = format!(
+        "[[device.event]]\nname = \"bay1-batch\"\nkind = \"gantry-batch\"\nseq_rollover = 9999\n\
+         trigger = {{ register = \"holding\", address = {b}, type = \"u16\", mode = \"sequence\" }}\n\
+         handshake = {{ register = \"coil\", address = 100, value = true }}\nfields = [\n"
+    );
+    for (n, off, ty, extra) in [
+        ("bay", 2, "u16", ""),
+        ("arm", 3, "u16", ""),
+        ("bol", 9, "string", ", length = 16"),
+        ("preset", 17, "u32", ""),
+        ("gross_volume", 19, "f32", ""),
+        ("net_standard_volume", 21, "f32", ""),
+    ] {
+        s.push_str(&format!(
+            "  {{ name = \"{n}\", register = \"holding\", address = {}, type = \"{ty}\"{extra} }},\n",
+            b + off
+        ));
+    }
+    s.push_str("]\n");
+    s
+}
+
+/// What one agent run printed (`--output jsonl`).
+#[derive(Debug, Default)]
+struct AgentOut {
+    readings: Vec<(String, i64)>,
+    events: Vec<(String, i64)>,
+    /// (reason, count).
+    gaps: Vec<(String, i64)>,
+}
+
+/// One finished agent run.
+#[derive(Debug)]
+struct Run {
+    out: AgentOut,
+    /// (polled, reported, buffered_readings) of an orderly stop; None after SIGKILL.
+    counters: Option<(u64, u64, u64)>,
+}
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+    out: Arc<Mutex<AgentOut>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Agent {
+    fn start(config: &Path, n: usize) -> Agent {
+        let log = config.with_file_name(format!("agent-{n}.log"));
+        let mut child = Command::new(workspace_bin("edge-agent"))
+            .args(["run", "--config"])
+            .arg(config)
+            .args(["--output", "jsonl"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn edge-agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let out = Arc::new(Mutex::new(AgentOut::default()));
+        let o = out.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let ts = v["ts"].as_str().and_then(rfc3339_to_ms);
+                let Ok(mut g) = o.lock() else { return };
+                if let (Some(tag), Some(ts)) = (v["tag"].as_str(), ts) {
+                    g.readings.push((tag.to_owned(), ts));
+                } else if let (Some(src), Some(seq)) = (v["source"].as_str(), v["seq"].as_i64()) {
+                    g.events.push((src.to_owned(), seq));
+                } else if let Some(reason) = v["gap"].as_str() {
+                    g.gaps
+                        .push((reason.to_owned(), v["count"].as_i64().unwrap_or(0)));
+                }
+            }
+        });
+        Agent {
+            child,
+            log,
+            out,
+            reader: Some(reader),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> Option<String> {
+        let log = self.log();
+        let i = log.find("metrics at http://")? + "metrics at http://".len();
+        let addr = log[i..].split('/').next()?.to_owned();
+        http_get(&addr, "/metrics").map(|(_, b)| b)
+    }
+
+    fn finish(mut self) -> AgentOut {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        std::mem::take(&mut *self.out.lock().expect("lock"))
+    }
+
+    /// SIGTERM: the agent commits what it polled, drains the uplink, and exits 0.
+    fn stop(mut self) -> Run {
+        say("agent: SIGTERM (orderly stop, drain)");
+        signal(self.child.id(), "TERM");
+        let code = wait_exit(&mut self.child, WAIT);
+        let log = self.log();
+        assert_eq!(code, Some(0), "agent exit code; log:\n{log}");
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("edge-agent stopped"))
+            .unwrap_or_else(|| panic!("no 'edge-agent stopped' line:\n{log}"))
+            .to_owned();
+        let field = |k: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{k} in {line}"))
+        };
+        let counters = (
+            field("polled"),
+            field("reported"),
+            field("buffered_readings"),
+        );
+        Run {
+            out: self.finish(),
+            counters: Some(counters),
+        }
+    }
+
+    fn kill9(mut self) -> Run {
+        say("agent: SIGKILL");
+        signal(self.child.id(), "KILL");
+        wait_exit(&mut self.child, WAIT);
+        Run {
+            out: self.finish(),
+            counters: None,
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Ingest {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Ingest {
+    fn start(config: &Path, n: usize) -> Ingest {
+        let log = config.with_file_name(format!("ingest-{n}.log"));
+        let child = Command::new(workspace_bin("cloud-ingest"))
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .current_dir(config.parent().expect("dir"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn cloud-ingest");
+        let mut i = Ingest { child, log };
+        say("waiting for cloud-ingest /readyz (subscribed, database answers)");
+        let ready = wait_until(WAIT, || {
+            i.api()
+                .and_then(|a| http_get(&a, "/readyz"))
+                .is_some_and(|(c, _)| c == 200)
+        });
+        assert!(ready, "cloud-ingest ready; log:\n{}", i.log_text());
+        let _ = i.child.try_wait();
+        i
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn api(&self) -> Option<String> {
+        let log = self.log_text();
+        let i = log.find("HTTP API at http://")? + "HTTP API at http://".len();
+        Some(log[i..].split('/').next()?.to_owned())
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = http_get(&self.api()?, "/metrics")?;
+        metric(&body, name)
+    }
+
+    fn kill9(mut self) {
+        say("cloud-ingest: SIGKILL");
+        signal(self.child.id(), "KILL");
+        wait_exit(&mut self.child, WAIT);
+    }
+
+    fn stop(mut self) {
+        signal(self.child.id(), "TERM");
+        let code = wait_exit(&mut self.child, WAIT);
+        assert_eq!(code, Some(0), "ingest exit; log:\n{}", self.log_text());
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One site: simulator processes, broker, database, and the agent and ingest configs.
+struct Site {
+    dir: tempfile::TempDir,
+    _sim: Proc,
+    _nmea: Proc,
+    _pty: PtyPair,
+    broker: Mosquitto,
+    db: Db,
+    agent_cfg: PathBuf,
+    ingest_cfg: PathBuf,
+    runs: Vec<Run>,
+    agents: usize,
+    ingests: usize,
+}
+
+impl Site {
+    /// None: PostgreSQL wanted and unreachable (skipped).
+    async fn new(pg: bool) -> Option<Site> {
+        let db = if pg { Some(Db::pg().await?) } else { None };
+        let dir = tempfile::tempdir().expect("tmp");
+        let map = dir.path().join("sim.toml");
+        std::fs::write(&map, SIM_MAP).expect("map");
+        let mut cmd = Command::new(workspace_bin("flowsquare-sim"));
+        cmd.env("RUST_LOG", "warn")
+            .args(["modbus", "--map"])
+            .arg(&map)
+            .args(["--tcp", "127.0.0.1:0"]);
+        let sim = Proc::spawn(cmd, 1, WAIT).expect("flowsquare-sim modbus");
+        let pty = PtyPair::new().expect("pty pair (socat)");
+        let nmea_cfg = dir.path().join("nmea.toml");
+        std::fs::write(&nmea_cfg, NMEA).expect("nmea");
+        let mut cmd = Command::new(workspace_bin("flowsquare-sim"));
+        cmd.env("RUST_LOG", "warn")
+            .args(["nmea", "--config"])
+            .arg(&nmea_cfg)
+            .arg("--serial")
+            .arg(&pty.a)
+            .args(["--baud", "115200"]);
+        let nmea = Proc::spawn(cmd, 0, WAIT).expect("flowsquare-sim nmea");
+        let broker = Mosquitto::start().expect("mosquitto");
+        let root = format!("e2e{}/fs", broker.port);
+        let db = db.unwrap_or_else(|| Db::Sqlite(dir.path().join("ingest.db")));
+        let port = sim.listening[0]
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("sim port");
+        let agent_cfg = dir.path().join("agent.toml");
+        std::fs::write(
+            &agent_cfg,
+            format!(
+                r#"[agent]
+site = "e2e"
+id = "gw"
+metrics = "127.0.0.1:0"
+
+[buffer]
+path = "{dir}/buffer.db"
+commit_interval = "50ms"
+
+[uplink]
+broker = "{broker}"
+topic_root = "{root}"
+ack_timeout = "2s"
+live_window = "2s"
+heartbeat = "1s"
+drain_timeout = "30s"
+batch_readings = 200
+
+[[device]]
+name = "plc"
+protocol = "modbus-tcp"
+host = "127.0.0.1"
+port = {port}
+unit = 1
+poll_interval = "100ms"
+timeout = "1s"
+  [[device.tag]]
+  name = "tank/level"
+  register = "holding"
+  address = 0
+  type = "f32"
+  [[device.tag]]
+  name = "meter/total"
+  register = "holding"
+  address = 2
+  type = "u32"
+  kind = "totalizer"
+  [[device.tag]]
+  name = "tank/density"
+  register = "holding"
+  address = 4
+  type = "f32"
+  [[device.tag]]
+  name = "tank/temperature"
+  register = "input"
+  address = 0
+  type = "i16"
+  scale = 0.1
+  priority = "low"
+
+[[device]]
+name = "bay1"
+protocol = "modbus-tcp"
+host = "127.0.0.1"
+port = {port}
+unit = 2
+poll_interval = "50ms"
+timeout = "1s"
+{event}
+[[device]]
+name = "truck-gps"
+protocol = "nmea"
+serial = "{gps}"
+baud = 115200
+max_age = "5s"
+poll_interval = "500ms"
+  [[device.tag]]
+  name = "truck/latitude"
+  field = "latitude"
+  [[device.tag]]
+  name = "truck/longitude"
+  field = "longitude"
+  [[device.tag]]
+  name = "truck/fix"
+  field = "fix_quality"
+"#,
+                dir = dir.path().display(),
+                broker = broker.url(),
+                event = gantry_event(),
+                gps = pty.b.display(),
+            ),
+        )
+        .expect("agent config");
+        let ingest_cfg = dir.path().join("ingest.toml");
+        std::fs::write(
+            &ingest_cfg,
+            format!(
+                "[mqtt]\nbroker = \"{}\"\ntopic_root = \"{root}\"\ngroup = \"\"\nclient_id = \"ingest-{}\"\n[database]\n{}[ingest]\nmax_batches_per_commit = 16\n[api]\nlisten = \"127.0.0.1:0\"\n[reconcile]\nenabled = false\n",
+                broker.url(),
+                broker.port,
+                db.config()
+            ),
+        )
+        .expect("ingest config");
+        Some(Site {
+            dir,
+            _sim: sim,
+            _nmea: nmea,
+            _pty: pty,
+            broker,
+            db,
+            agent_cfg,
+            ingest_cfg,
+            runs: Vec::new(),
+            agents: 0,
+            ingests: 0,
+        })
+    }
+
+    fn agent(&mut self) -> Agent {
+        self.agents += 1;
+        say(&format!("starting edge-agent (run {})", self.agents));
+        Agent::start(&self.agent_cfg, self.agents)
+    }
+
+    fn ingest(&mut self) -> Ingest {
+        self.ingests += 1;
+        say(&format!("starting cloud-ingest (run {})", self.ingests));
+        Ingest::start(&self.ingest_cfg, self.ingests)
+    }
+
+    /// Wait until the database holds `more` readings and `events` more events than now.
+    async fn grows(&self, more: usize, events: usize, why: &str) {
+        let (r0, e0) = (self.db.count().await, self.db.events().await);
+        say(&format!(
+            "waiting for {more} more readings and {events} more events in the database ({why}; now {r0}/{e0})"
+        ));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (r, e) = (self.db.count().await, self.db.events().await);
+            if r >= r0 + more && e >= e0 + events {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{why}: only {r}/{e} readings/events stored (from {r0}/{e0}); agent logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The exact count (see the module doc).
+    async fn verify(&self) {
+        let s = self.db.stored().await;
+        let runs = &self.runs;
+        // 1. The agent's two records of an orderly run agree (no deadband in this map: every
+        //    polled reading is reported), and the drain left nothing behind.
+        let mut produced: BTreeMap<(String, i64), usize> = BTreeMap::new();
+        for (i, r) in runs.iter().enumerate() {
+            if let Some((polled, reported, held)) = r.counters {
+                assert_eq!(polled, reported, "run {i}: polled = reported");
+                assert_eq!(
+                    r.out.readings.len() as u64,
+                    reported,
+                    "run {i}: its output lists every reported reading"
+                );
+                assert_eq!(held, 0, "run {i}: drained, nothing left in the buffer");
+            }
+            for k in &r.out.readings {
+                *produced.entry(k.clone()).or_default() += 1;
+            }
+        }
+        let polled: usize = produced.values().sum();
+        // 2. Nothing invented, nothing stored twice.
+        for (k, n) in &s.readings {
+            let p = produced.get(k).copied().unwrap_or(0);
+            assert!(p > 0, "a reading nobody polled was stored: {k:?}");
+            assert!(*n <= p, "{k:?} stored {n} times, polled {p} times");
+        }
+        for (k, n) in &s.events {
+            assert_eq!(*n, 1, "event {k:?} stored {n} times");
+        }
+        // 3. Nothing lost: every missing reading lies in a reported window.
+        let counted_gaps: i64 = s
+            .gaps
+            .iter()
+            .filter(|g| g.0 != "missed-event")
+            .map(|g| g.3)
+            .sum();
+        let crash: Vec<_> = s
+            .gaps
+            .iter()
+            .filter(|g| g.0 == "unclean-shutdown")
+            .collect();
+        let kills = runs.iter().filter(|r| r.counters.is_none()).count();
+        assert_eq!(
+            crash.len(),
+            kills,
+            "one unclean-shutdown gap per SIGKILL: {:?}",
+            s.gaps
+        );
+        let mut lost = 0usize;
+        for (i, r) in runs.iter().enumerate() {
+            for k in &r.out.readings {
+                if s.readings.contains_key(k) {
+                    continue;
+                }
+                assert!(
+                    r.counters.is_none(),
+                    "run {i} (orderly) lost {k:?}; gaps {:?}",
+                    s.gaps
+                );
+                assert!(
+                    crash.iter().any(|g| k.1 >= g.1 && k.1 <= g.2),
+                    "run {i}: {k:?} lost outside every reported window {crash:?}"
+                );
+                lost += 1;
+            }
+        }
+        let stored = s.readings();
+        say(&format!(
+            "count: agent polled {polled} readings over {} runs; stored {stored}; counted in gaps {counted_gaps}; lost in SIGKILL windows {lost} (reported, count unknown by design)",
+            runs.len()
+        ));
+        assert_eq!(
+            stored + counted_gaps as usize + lost,
+            polled,
+            "stored + gap counts + crash-window losses = polled"
+        );
+        // 4. Events: the agent's captures, once each, and the PLC's sequence without a hole.
+        let captured: std::collections::BTreeSet<_> = runs
+            .iter()
+            .flat_map(|r| r.out.events.iter().cloned())
+            .collect();
+        let stored_ev: std::collections::BTreeSet<_> = s.events.keys().cloned().collect();
+        assert_eq!(
+            stored_ev, captured,
+            "stored events = the events the agent captured"
+        );
+        let missed: i64 = s
+            .gaps
+            .iter()
+            .filter(|g| g.0 == "missed-event")
+            .map(|g| g.3)
+            .sum();
+        let seqs: Vec<i64> = stored_ev.iter().map(|k| k.1).collect();
+        let (lo, hi) = (
+            seqs.first().copied().unwrap_or(0),
+            seqs.last().copied().unwrap_or(-1),
+        );
+        say(&format!(
+            "events: {} stored, seq {lo}..={hi}, {missed} reported missed (skipped by the PLC)",
+            seqs.len()
+        ));
+        assert!(missed > 0, "the simulated PLC skips numbers: gaps arrive");
+        assert_eq!(
+            (hi - lo + 1),
+            seqs.len() as i64 + missed,
+            "every sequence number is an event or in a missed-event gap"
+        );
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// PostgreSQL: Mosquitto killed and restarted, then the database closed for a while.
+#[test]
+fn postgres_exact_count_through_a_broker_restart_and_a_database_outage() {
+    let t0 = Instant::now();
+    runtime().block_on(async {
+        let Some(mut site) = Site::new(true).await else {
+            return;
+        };
+        let ingest = site.ingest();
+        let agent = site.agent();
+        site.grows(200, 2, "data flows").await;
+
+        say("broker: kill -9, then restart on its port");
+        site.broker.stop();
+        let m0 = agent.metrics().unwrap_or_default();
+        let polled0 = metric(&m0, "flowsquare_readings_polled_total").unwrap_or(0.0);
+        assert!(
+            wait_until(WAIT, || agent
+                .metrics()
+                .and_then(|m| metric(&m, "flowsquare_readings_polled_total"))
+                .is_some_and(|p| p >= polled0 + 100.0)),
+            "the agent polls on while the broker is down"
+        );
+        site.broker.restart().expect("restart mosquitto");
+        site.grows(300, 2, "data flows after the broker restart")
+            .await;
+
+        say("database: ALLOW_CONNECTIONS false + pg_terminate_backend");
+        site.db.take_down().await;
+        assert!(
+            wait_until(WAIT, || ingest
+                .metric("flowsquare_ingest_commit_errors_total")
+                .is_some_and(|v| v > 0.0)),
+            "the ingest hits the outage"
+        );
+        assert!(
+            wait_until(WAIT, || agent
+                .metrics()
+                .and_then(|m| metric(&m, "flowsquare_buffer_readings"))
+                .is_some_and(|v| v >= 150.0)),
+            "the agent keeps what the cloud cannot commit"
+        );
+        site.db.bring_back().await;
+        site.grows(300, 2, "the backlog is committed after the outage")
+            .await;
+
+        let run = agent.stop();
+        site.runs.push(run);
+        site.verify().await;
+        ingest.stop();
+    });
+    say(&format!("took {:.1} s", t0.elapsed().as_secs_f64()));
+}
+
+/// PostgreSQL: SIGKILL of the agent (restarted on the same buffer), then of the ingest.
+#[test]
+fn postgres_exact_count_through_sigkill_of_the_agent_and_of_the_ingest() {
+    let t0 = Instant::now();
+    runtime().block_on(async {
+        let Some(mut site) = Site::new(true).await else {
+            return;
+        };
+        let ingest = site.ingest();
+        let agent = site.agent();
+        site.grows(200, 2, "data flows").await;
+        let run = agent.kill9();
+        site.runs.push(run);
+        let agent = site.agent();
+        site.grows(200, 2, "data flows after the agent restart")
+            .await;
+
+        ingest.kill9();
+        let m0 = agent.metrics().unwrap_or_default();
+        let polled0 = metric(&m0, "flowsquare_readings_polled_total").unwrap_or(0.0);
+        assert!(
+            wait_until(WAIT, || agent
+                .metrics()
+                .and_then(|m| metric(&m, "flowsquare_readings_polled_total"))
+                .is_some_and(|p| p >= polled0 + 100.0)),
+            "the agent polls on while the ingest is down"
+        );
+        let ingest = site.ingest();
+        site.grows(300, 2, "data flows after the ingest restart")
+            .await;
+
+        let run = agent.stop();
+        site.runs.push(run);
+        site.verify().await;
+        ingest.stop();
+    });
+    say(&format!("took {:.1} s", t0.elapsed().as_secs_f64()));
+}
+
+/// The embedded SQLite store (the default without a database URL): a broker restart, SIGKILL
+/// of the ingest and of the agent.
+#[test]
+fn sqlite_exact_count_through_a_broker_restart_and_sigkill_of_both() {
+    let t0 = Instant::now();
+    runtime().block_on(async {
+        let Some(mut site) = Site::new(false).await else {
+            return;
+        };
+        let ingest = site.ingest();
+        let agent = site.agent();
+        site.grows(200, 2, "data flows").await;
+
+        say("broker: kill -9, then restart on its port");
+        site.broker.stop();
+        site.broker.restart().expect("restart mosquitto");
+        site.grows(200, 2, "data flows after the broker restart")
+            .await;
+
+        ingest.kill9();
+        let ingest = site.ingest();
+        site.grows(200, 2, "data flows after the ingest restart")
+            .await;
+
+        let run = agent.kill9();
+        site.runs.push(run);
+        let agent = site.agent();
+        site.grows(200, 2, "data flows after the agent restart")
+            .await;
+
+        let run = agent.stop();
+        site.runs.push(run);
+        site.verify().await;
+        ingest.stop();
+    });
+    say(&format!("took {:.1} s", t0.elapsed().as_secs_f64()));
+}
