@@ -15,69 +15,24 @@
 //!   the silent device and the outage raise no reconciliation exception (a `stale-tag` alert for
 //!   the silent PLC is a true finding and allowed).
 //!
-//! Binaries: `$FLOWSQUARE_BIN_DIR`, else `cargo build --bins` of the three crates once per test
-//! process (a no-op right after `cargo test --workspace`).
+//! Binaries: `flowsquare_tests::workspace_bin` (`$FLOWSQUARE_BIN_DIR`, the fresh ones of the
+//! target dir after `cargo test --workspace`, else built once per test process).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flowsquare_tests::{wait_until, workspace_root, Proc};
+use flowsquare_tests::{wait_until, workspace_bin, workspace_root, Proc};
 
 /// Sim start of config/sim/terminal.toml: 2026-03-02T00:00:00Z.
 const START_MS: i64 = 1_772_409_600_000;
 const DAY_MS: i64 = 86_400_000;
 
-/// The workspace binaries of the test's profile, built once per test process.
+/// A workspace binary ([`workspace_bin`]: fresh ones of the target dir, or built once).
 fn bin(name: &str) -> PathBuf {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        if let Some(d) = std::env::var_os("FLOWSQUARE_BIN_DIR") {
-            return Ok(PathBuf::from(d));
-        }
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        // target/<profile>/deps/<test>-<hash>: the binaries are in target/<profile>/.
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .ok_or("test binary has no target directory")?;
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root()).args([
-            "build",
-            "--bins",
-            "-p",
-            "edge-agent",
-            "-p",
-            "cloud-ingest",
-            "-p",
-            "site-sim",
-        ]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        eprintln!("building the workspace binaries: {cmd:?}");
-        let st = cmd
-            .stdout(Stdio::null())
-            .status()
-            .map_err(|e| format!("{cmd:?}: {e}"))?;
-        if !st.success() {
-            return Err(format!("{cmd:?} failed: {st}"));
-        }
-        Ok(dir)
-    });
-    match dir {
-        Ok(d) => {
-            let p = d.join(name);
-            assert!(p.exists(), "{} does not exist", p.display());
-            p
-        }
-        Err(e) => panic!("workspace binaries: {e}"),
-    }
+    workspace_bin(name)
 }
 
 fn free_port() -> u16 {
