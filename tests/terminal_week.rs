@@ -6,6 +6,8 @@
 //!
 //! - `demo_config_checks_and_written_maps_load`: the demo ingest config passes `check-config`
 //!   and every map `--write-maps` writes passes `edge-agent check`.
+//! - `four_days_without_faults_reconcile_without_an_exception`: both discharges and four days
+//!   of loading and deliveries, every day's run without an exception and no alert at all.
 //! - `a_week_of_faults_is_found_where_and_when_it_happened`: a simulated week with a tank leak,
 //!   a drifting gantry meter, a truck losing product on a stop, a silent tank PLC and a broker
 //!   outage; every complete day is reconciled through the API and the alerts must be exactly the
@@ -13,69 +15,24 @@
 //!   the silent device and the outage raise no reconciliation exception (a `stale-tag` alert for
 //!   the silent PLC is a true finding and allowed).
 //!
-//! Binaries: `$FLOWSQUARE_BIN_DIR`, else `cargo build --bins` of the three crates once per test
-//! process (a no-op right after `cargo test --workspace`).
+//! Binaries: `flowsquare_tests::workspace_bin` (`$FLOWSQUARE_BIN_DIR`, the fresh ones of the
+//! target dir after `cargo test --workspace`, else built once per test process).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flowsquare_tests::{wait_until, workspace_root, Proc};
+use flowsquare_tests::{wait_until, workspace_bin, workspace_root, Proc};
 
 /// Sim start of config/sim/terminal.toml: 2026-03-02T00:00:00Z.
 const START_MS: i64 = 1_772_409_600_000;
 const DAY_MS: i64 = 86_400_000;
 
-/// The workspace binaries of the test's profile, built once per test process.
+/// A workspace binary ([`workspace_bin`]: fresh ones of the target dir, or built once).
 fn bin(name: &str) -> PathBuf {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        if let Some(d) = std::env::var_os("FLOWSQUARE_BIN_DIR") {
-            return Ok(PathBuf::from(d));
-        }
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        // target/<profile>/deps/<test>-<hash>: the binaries are in target/<profile>/.
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .ok_or("test binary has no target directory")?;
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root()).args([
-            "build",
-            "--bins",
-            "-p",
-            "edge-agent",
-            "-p",
-            "cloud-ingest",
-            "-p",
-            "site-sim",
-        ]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        eprintln!("building the workspace binaries: {cmd:?}");
-        let st = cmd
-            .stdout(Stdio::null())
-            .status()
-            .map_err(|e| format!("{cmd:?}: {e}"))?;
-        if !st.success() {
-            return Err(format!("{cmd:?} failed: {st}"));
-        }
-        Ok(dir)
-    });
-    match dir {
-        Ok(d) => {
-            let p = d.join(name);
-            assert!(p.exists(), "{} does not exist", p.display());
-            p
-        }
-        Err(e) => panic!("workspace binaries: {e}"),
-    }
+    workspace_bin(name)
 }
 
 fn free_port() -> u16 {
@@ -223,6 +180,15 @@ fn maps(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// A log file for a child's output under `dir/logs`.
+fn log(dir: &Path, name: &str) -> Stdio {
+    let d = dir.join("logs");
+    std::fs::create_dir_all(&d).expect("logs dir");
+    std::fs::File::create(d.join(format!("{name}.log")))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
 /// A child killed on drop (the agents and cloud-ingest print nothing to wait for).
 struct Child(std::process::Child);
 impl Drop for Child {
@@ -320,17 +286,21 @@ fn day(d: i64) -> String {
     format!("{y:04}-{m:02}-{dd:02}")
 }
 
-#[test]
-fn a_week_of_faults_is_found_where_and_when_it_happened() {
+/// Run the terminal with `faults` for `days` sim days through the real binaries, reconcile each
+/// day through the API; → (the alerts list, the exceptions count of each day's run).
+fn run_terminal(days: i64, faults: &str) -> (serde_json::Value, Vec<i64>) {
     let t0 = Instant::now();
-    let days = 7;
-    let speed: i64 = 5000;
+    let speed: i64 = 6000;
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
     let (api, broker) = (free_port(), free_port());
     let icfg = ingest_config(dir, api, broker);
-    // The clock starts 6 s from now: every process is up before day 0's midnight.
-    let real_start = real_now_ms() + 6000;
+    // Built (or found) first; then the clock starts 8 s from now: every process is up before
+    // day 0's midnight.
+    for b in ["cloud-ingest", "flowsquare-sim", "edge-agent"] {
+        bin(b);
+    }
+    let real_start = real_now_ms() + 8000;
     let clock = format!("sim:{START_MS}:{real_start}:{speed}");
     let sim_now = || START_MS + (real_now_ms() - real_start) * speed;
 
@@ -340,8 +310,9 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
             .arg(&icfg)
             .arg("serve")
             .env("FLOWSQUARE_CLOCK", &clock)
-            .env("RUST_LOG", "warn")
             .current_dir(dir)
+            .stdout(log(dir, "cloud-ingest"))
+            .stderr(log(dir, "cloud-ingest.err"))
             .spawn()
             .expect("cloud-ingest"),
     );
@@ -352,7 +323,7 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
         }),
         "cloud-ingest not ready"
     );
-    let cfg = terminal_config(dir, WEEK_FAULTS);
+    let cfg = terminal_config(dir, faults);
     let _sim = start_sim(
         dir,
         &cfg,
@@ -381,8 +352,9 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
                 .args(["run", "--config"])
                 .arg(&m)
                 .env("FLOWSQUARE_CLOCK", &clock)
-                .env("RUST_LOG", "warn")
                 .current_dir(&state)
+                .stdout(log(dir, &name))
+                .stderr(log(dir, &format!("{name}.err")))
                 .spawn()
                 .expect("edge-agent"),
         ));
@@ -396,22 +368,45 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
         t0.elapsed().as_secs_f64()
     );
 
-    // Past the last day's midnight plus an hour, and every agent's backlog delivered.
-    let end = START_MS + days * DAY_MS + 3_600_000;
+    // Past the last day's midnight plus three hours, and every tag's latest reading in the
+    // database at least that recent (the agents' buffers delivered, the broker outage long over).
+    let end = START_MS + days * DAY_MS + 3 * 3_600_000;
     let real_wait = Duration::from_millis(u64::try_from((end - sim_now()) / speed).unwrap_or(0));
-    eprintln!("waiting {real_wait:?} for sim day {days} 01:00");
-    std::thread::sleep(real_wait);
-    eprintln!("waiting for the agents' backlogs to drain");
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            let v = json(api, "GET", "/api/v1/agents");
-            let a = v["data"].as_array().cloned().unwrap_or_default();
-            a.len() == 5 && a.iter().all(|x| x["backlog_readings"].as_i64() == Some(0))
-        }),
-        "backlogs did not drain"
+    eprintln!(
+        "waiting {real_wait:?} for sim day {days} 03:00 (logs in {})",
+        dir.display()
     );
+    std::thread::sleep(real_wait);
+    let tags = json(api, "GET", "/api/v1/tags");
+    let ids: Vec<String> = tags["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| t["id"].as_i64().map(|i| i.to_string()))
+        .collect();
+    assert!(ids.len() >= 28, "tags: {tags}");
+    eprintln!(
+        "waiting for every one of {} tags to have a reading at or after sim day {days} 03:00",
+        ids.len()
+    );
+    let mut last = serde_json::Value::Null;
+    let drained = wait_until(Duration::from_secs(30), || {
+        last = json(
+            api,
+            "GET",
+            &format!("/api/v1/latest?tag_id={}", ids.join(",")),
+        );
+        let rows = last["data"].as_array().cloned().unwrap_or_default();
+        rows.len() == ids.len()
+            && rows
+                .iter()
+                .all(|r| r["ts_ms"].as_i64().is_some_and(|t| t >= end))
+    });
+    assert!(drained, "not every tag caught up: {last}");
 
     // Reconcile each complete day (the daily schedule did too; a re-run is idempotent).
+    let mut exceptions = Vec::new();
     for d in 0..days {
         let v = json(
             api,
@@ -419,8 +414,45 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
             &format!("/api/v1/reconciliation/run?date={}", day(d)),
         );
         eprintln!("reconciled {}: {}", day(d), v["data"]);
+        exceptions.push(v["data"][0]["exceptions"].as_i64().unwrap_or(-1));
+        let recs = json(api, "GET", &format!("/api/v1/reconciliation/{}", day(d)));
+        for r in recs["data"].as_array().cloned().unwrap_or_default() {
+            if r["verdict"].as_str() != Some("ok") {
+                eprintln!("  {} record: {r}", r["verdict"]);
+            }
+        }
     }
-    let v = json(api, "GET", "/api/v1/alerts?limit=10000");
+    let alerts = json(api, "GET", "/api/v1/alerts?limit=10000");
+    eprintln!(
+        "{days} sim days run and reconciled in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    (alerts, exceptions)
+}
+
+#[test]
+fn four_days_without_faults_reconcile_without_an_exception() {
+    // Day 1 discharges PMS, day 3 AGO: every stage of the chain is exercised.
+    let (alerts, exceptions) = run_terminal(4, "");
+    assert_eq!(exceptions, [0, 0, 0, 0], "alerts: {alerts}");
+    let since_start: Vec<_> = alerts["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a["date"].as_str().is_some_and(|d| d >= day(0).as_str()))
+        .collect();
+    assert!(
+        since_start.is_empty(),
+        "alerts without a fault: {since_start:?}"
+    );
+}
+
+#[test]
+fn a_week_of_faults_is_found_where_and_when_it_happened() {
+    let t0 = Instant::now();
+    let (v, _) = run_terminal(7, WEEK_FAULTS);
+
     let mut found: Vec<(String, String, String)> = v["data"]
         .as_array()
         .cloned()
@@ -440,6 +472,14 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
     for f in &found {
         eprintln!("alert {f:?}");
     }
+    let open_stale: Vec<String> = v["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|a| a["kind"] == "stale-tag" && a["state"] == "open")
+        .map(|a| a["place"].to_string())
+        .collect();
     // (kind, place prefix, day) the faults must raise, and what else a fault may also raise.
     let expected: [(&str, &str, i64); 4] = [
         ("transit-loss", "TRK-02/", 2),
@@ -448,8 +488,10 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
         ("meter-drift", "M2", 5),
     ];
     let also_ok = |(k, p, d): &(String, String, String)| {
-        // The silent tank PLC (T1, T2, JM1 tags) is really silent for two sim hours.
-        (k == "stale-tag" && *d == day(3))
+        // The broker outage (day 2) and the silent tank PLC (day 3) really stop data arriving
+        // for sim hours (the agents' reconnect and skip backoffs are real time): stale tags,
+        // closed once data flows again (checked below), never a reconciliation exception.
+        (k == "stale-tag" && (*d == day(2) || *d == day(3)))
             // The leak also shows in the AGO chain (tank outflow vs loaded) that day.
             || (k == "chain-variance" && p.starts_with("AGO") && *d == day(4))
             // An open drift alert continues; the station gauge sees the lossy trip's ePOD.
@@ -474,5 +516,9 @@ fn a_week_of_faults_is_found_where_and_when_it_happened() {
         })
         .collect();
     assert!(unexpected.is_empty(), "false alerts: {unexpected:?}");
+    assert!(
+        open_stale.is_empty(),
+        "stale tags still open after data flowed again: {open_stale:?}"
+    );
     eprintln!("week test done in {:.1} s", t0.elapsed().as_secs_f64());
 }

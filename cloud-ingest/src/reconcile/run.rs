@@ -517,28 +517,8 @@ impl Reconciler {
                 )
                 .await?
             {
-                let f = |k: &str| ev.fields.get(k).and_then(serde_json::Value::as_f64);
-                // The edge-agent's TLS-350 `delivery` events carry `tc_volume` (temperature
-                // compensated) and `volume`; `volume_tc_l`/`volume_l` are the older names.
-                let litres = f("tc_volume")
-                    .or_else(|| f("volume_tc_l"))
-                    .or_else(|| f("volume"))
-                    .or_else(|| f("volume_l"));
-                if let Some(l) = litres {
-                    // A console reports its own product code ("1"), not the site's product
-                    // name: only a known product name narrows the match.
-                    let product = ev
-                        .fields
-                        .get("product")
-                        .and_then(|v| v.as_str())
-                        .filter(|p| self.cfg.tanks.iter().any(|t| t.product == *p))
-                        .map(str::to_owned);
-                    inputs.gauge_deliveries.push(GaugeDelivery {
-                        station: st.id.clone(),
-                        product,
-                        ts_ms: ev.ts_ms,
-                        delivered_l: l,
-                    });
+                if let Some(g) = gauge_delivery_of(&ev, &st.id, &self.cfg.tanks) {
+                    inputs.gauge_deliveries.push(g);
                 }
             }
         }
@@ -729,6 +709,34 @@ pub fn batch_of(e: &EventRow) -> Option<BatchRecord> {
     })
 }
 
+/// A station gauge's delivery report from a TLS-350 `delivery` event: the edge-agent's fields
+/// `tc_volume` (temperature compensated) or `volume`, the older `volume_tc_l`/`volume_l` as a
+/// fallback. A console reports its own product code ("1"), not the site's product name: only a
+/// product name of `tanks` narrows the match. None without a volume.
+pub fn gauge_delivery_of(
+    ev: &EventRow,
+    station: &str,
+    tanks: &[TankConfig],
+) -> Option<GaugeDelivery> {
+    let f = |k: &str| ev.fields.get(k).and_then(serde_json::Value::as_f64);
+    let litres = f("tc_volume")
+        .or_else(|| f("volume_tc_l"))
+        .or_else(|| f("volume"))
+        .or_else(|| f("volume_l"))?;
+    let product = ev
+        .fields
+        .get("product")
+        .and_then(|v| v.as_str())
+        .filter(|p| tanks.iter().any(|t| t.product == *p))
+        .map(str::to_owned);
+    Some(GaugeDelivery {
+        station: station.to_owned(),
+        product,
+        ts_ms: ev.ts_ms,
+        delivered_l: litres,
+    })
+}
+
 /// The tag registry by (site, agent, name).
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -751,5 +759,79 @@ impl Registry {
         self.by_name
             .get(&(site.to_owned(), agent.to_owned(), name.to_owned()))
             .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, fields: serde_json::Value) -> EventRow {
+        EventRow {
+            site: "s".into(),
+            agent: "a".into(),
+            source: "src".into(),
+            kind: kind.into(),
+            seq: 1,
+            ts_ms: 5_000_000,
+            fields: fields.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn tls_delivery_events_of_the_agent_and_the_old_names() {
+        let tanks: Vec<TankConfig> = Vec::new();
+        // The edge-agent's TLS-350 event: tc_volume wins over volume; the console's product
+        // code is not a product name.
+        let ev = event(
+            "delivery",
+            serde_json::json!({"volume": 36000.5, "tc_volume": 35500.25, "product": "1"}),
+        );
+        let g = gauge_delivery_of(&ev, "ST", &tanks).expect("delivery");
+        assert_eq!(
+            (g.delivered_l, g.product, g.ts_ms),
+            (35500.25, None, 5_000_000)
+        );
+        let ev = event("delivery", serde_json::json!({"volume": 36000.5}));
+        assert_eq!(
+            gauge_delivery_of(&ev, "ST", &tanks).map(|g| g.delivered_l),
+            Some(36000.5)
+        );
+        let ev = event(
+            "tls-delivery",
+            serde_json::json!({"volume_tc_l": 10.0, "volume_l": 11.0}),
+        );
+        assert_eq!(
+            gauge_delivery_of(&ev, "ST", &tanks).map(|g| g.delivered_l),
+            Some(10.0)
+        );
+        let ev = event("delivery", serde_json::json!({"volume_l": 11.0}));
+        assert_eq!(
+            gauge_delivery_of(&ev, "ST", &tanks).map(|g| g.delivered_l),
+            Some(11.0)
+        );
+        assert!(
+            gauge_delivery_of(&event("delivery", serde_json::json!({})), "ST", &tanks).is_none()
+        );
+    }
+
+    #[test]
+    fn a_batch_ends_at_its_own_end_time_when_captured() {
+        let f = serde_json::json!({"bol": "B1", "truck": "T", "meter": "M1", "compartment": 2,
+            "product": "AGO", "gross_l": 9000.0, "nsv_l": 8880.5});
+        let b = batch_of(&event("gantry-batch", f.clone())).expect("batch");
+        assert_eq!((b.ts_ms, b.compartment, b.nsv_l), (5_000_000, 2, 8880.5));
+        let mut g = f.clone();
+        g["end_time"] = serde_json::json!(4_000);
+        assert_eq!(
+            batch_of(&event("gantry-batch", g)).map(|b| b.ts_ms),
+            Some(4_000_000)
+        );
+        let mut h = f;
+        h["end_time"] = serde_json::json!(0);
+        assert_eq!(
+            batch_of(&event("gantry-batch", h)).map(|b| b.ts_ms),
+            Some(5_000_000)
+        );
     }
 }

@@ -70,7 +70,7 @@ fn every_litre_in_is_stock_change_plus_out_plus_losses() {
             balance(&m);
         }
         let tot = m.totals();
-        assert!((tot.discharged_l - 6_000_000.0).abs() < 1e-3, "{tot:?}");
+        assert!((tot.discharged_l - 3_000_000.0).abs() < 1e-3, "{tot:?}");
         assert!(tot.dispatched_l > 1_000_000.0, "{tot:?}");
         if extra.is_empty() {
             assert_eq!(tot.leaked_l, 0.0);
