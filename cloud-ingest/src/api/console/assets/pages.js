@@ -274,6 +274,7 @@ const recon = {
     } else {
       body = card('Trips loaded this day', table([
         { label: 'Truck / BOL', value: (r) => h('a', { href: `#/trucks/${date}/${encodeURIComponent(r.detail.bol)}` }, r.place) },
+        { label: 'Check', value: (r) => (r.stage === 'station-gauge' ? 'station gauge (TLS-350 vs ePOD)' : r.stage) },
         { label: 'Station', value: (r) => r.detail.station || '—' },
         { label: 'Product', value: (r) => r.product },
         { label: 'Delivered', value: (r) => utc(r.detail.delivered_ms) },
@@ -294,7 +295,7 @@ const trucks = {
     const dates = [...new Set(runs.map((r) => r.date))].sort().reverse();
     if (!dates.length) return card(null, h('p', { class: 'empty' }, `No trips yet: ${model.trucks.length} truck(s) configured; trips appear once a day is reconciled.`));
     const date = dates.includes(ctx.args[0]) ? ctx.args[0] : dates[0];
-    const trips = (await api(`/api/v1/reconciliation/${date}/trips`)).filter((r) => r.detail && r.detail.bol);
+    const trips = (await api(`/api/v1/reconciliation/${date}/trips`)).filter((r) => r.stage === 'transit' && r.detail && r.detail.bol);
     const picker = h('select', { class: 'date', 'aria-label': 'day', onchange: (e) => go('trucks', [e.target.value]) }, dates.map((d) => h('option', { value: d, selected: d === date }, d)));
     if (!trips.length) return [h('div', { class: 'toolbar' }, h('label', {}, 'Day (UTC) ', picker)), card(null, h('p', { class: 'empty' }, 'No trips on this day.'))];
     const bol = ctx.args[1];
