@@ -120,7 +120,14 @@ fn newest_source(root: &Path) -> Option<std::time::SystemTime> {
     let mut newest = std::fs::metadata(root.join("Cargo.lock"))
         .and_then(|m| m.modified())
         .ok();
-    for c in ["edge-agent", "cloud-ingest", "site-sim", "measure", "wire", "service"] {
+    for c in [
+        "edge-agent",
+        "cloud-ingest",
+        "site-sim",
+        "measure",
+        "wire",
+        "service",
+    ] {
         walk(&root.join(c).join("src"), &mut newest);
         for f in [root.join(c).join("Cargo.toml"), root.join("Cargo.toml")] {
             if let Ok(t) = std::fs::metadata(f).and_then(|m| m.modified()) {

@@ -185,9 +185,10 @@ async fn wait_http_ok(url: &str, timeout: Duration, child: &mut Child) -> Result
         }
         if let Some(status) = child.try_exited() {
             bail!(
-                "{} exited ({status}) before {url} answered; see {}",
+                "{} exited ({status}) before {url} answered; see {}{}",
                 child.name,
-                child.log.display()
+                child.log.display(),
+                child.log_tail()
             );
         }
         if Instant::now() > deadline {
@@ -442,9 +443,10 @@ async fn supervise(
         {
             if let Some(status) = c.try_exited() {
                 bail!(
-                    "{} exited on its own ({status}); see {}",
+                    "{} exited on its own ({status}); see {}{}",
                     c.name,
-                    c.log.display()
+                    c.log.display(),
+                    c.log_tail()
                 );
             }
         }

@@ -74,9 +74,10 @@ impl Child {
                 Ok(Some(line)) if line.starts_with(prefix) => return Ok(line),
                 Ok(Some(_)) => continue,
                 Ok(None) => anyhow::bail!(
-                    "{} closed its output (exited?) before printing \"{prefix}…\"; see {}",
+                    "{} closed its output (exited?) before printing \"{prefix}…\"; see {}{}",
                     self.name,
-                    self.log.display()
+                    self.log.display(),
+                    self.log_tail()
                 ),
                 Err(_) => anyhow::bail!(
                     "{} printed no \"{prefix}…\" line within {timeout:?}; see {}",
@@ -85,6 +86,17 @@ impl Child {
                 ),
             }
         }
+    }
+
+    /// The last lines of its log, indented, for an error message ("" if none).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(8)..];
+        if tail.is_empty() {
+            return String::new();
+        }
+        format!(":\n    {}", tail.join("\n    "))
     }
 
     /// Its exit status if it has exited.

@@ -114,6 +114,14 @@ struct TerminalArgs {
     /// Terminal file (TOML); see config/sim/terminal.toml for every key.
     #[arg(long, value_name = "FILE", default_value = "config/sim/terminal.toml")]
     config: PathBuf,
+    /// Inject a fault in addition to the file's [faults] (repeatable), with the keys of the
+    /// file's `[[faults.KIND]]`: tank_leak:tank=T3,day=1,at=12:00,hours=2,litres=4000 ·
+    /// meter_drift:meter=M2,from_day=1,fraction=0.003 ·
+    /// transit_loss:truck=TRK-02,day=0,fraction=0.02,stop_min=40 ·
+    /// silent:device=tank-plc,day=0,at=08:00,minutes=240 (device tank-plc or tls350) ·
+    /// broker_outage:day=0,at=10:00,minutes=180. Days count from day 0 (the clock's origin).
+    #[arg(long, value_name = "KIND:KEY=VALUE,…")]
+    fault: Vec<String>,
     /// Sim seconds per real second.
     #[arg(long, default_value_t = 1.0)]
     speed: f64,
@@ -482,7 +490,7 @@ fn announce(lines: &str) -> Result<()> {
 async fn run_terminal(a: TerminalArgs) -> Result<()> {
     use flowsquare_service::clock::{self, Clock};
     use site_sim::terminal;
-    let cfg = terminal::TerminalConfig::load(&a.config)?;
+    let cfg = terminal::TerminalConfig::load_with_faults(&a.config, &a.fault)?;
     let c = match &a.clock {
         Some(v) if !v.is_empty() => Clock::parse(v)?,
         _ => {
@@ -513,6 +521,7 @@ async fn run_terminal(a: TerminalArgs) -> Result<()> {
     }
     let opts = terminal::Options {
         config_path: a.config.clone(),
+        faults: a.fault.clone(),
         clock: c,
         modbus: resolve(&a.modbus).await?,
         opcua: resolve(&a.opcua).await?,

@@ -420,6 +420,51 @@ fn default_stop() -> i64 {
     40
 }
 
+/// The fault kinds of `[faults]`, as `--fault KIND:…` names them.
+pub const FAULT_KINDS: &[&str] = &[
+    "tank_leak",
+    "meter_drift",
+    "transit_loss",
+    "silent",
+    "broker_outage",
+];
+
+/// A `--fault KIND:key=value,key=value` flag as the TOML of one `[[faults.KIND]]` entry, with
+/// the same keys as the file (e.g. `tank_leak:tank=T3,day=1,at=12:00,hours=2,litres=4000`).
+/// Values that read as numbers or booleans stay so; the rest become strings.
+pub fn fault_flag_toml(flag: &str) -> Result<String, String> {
+    let (kind, rest) = flag.split_once(':').ok_or_else(|| {
+        format!(
+            "expected KIND:key=value,…; KIND is one of {}",
+            FAULT_KINDS.join(", ")
+        )
+    })?;
+    let kind = kind.trim();
+    if !FAULT_KINDS.contains(&kind) {
+        return Err(format!(
+            "unknown fault kind {kind:?}; one of {}",
+            FAULT_KINDS.join(", ")
+        ));
+    }
+    let mut out = format!("[[faults.{kind}]]\n");
+    for kv in rest.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("{kv:?}: expected key=value"))?;
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("{k:?} is not a key name"));
+        }
+        let literal = if v.parse::<f64>().is_ok() || v == "true" || v == "false" {
+            v.to_string()
+        } else {
+            toml::Value::String(v.to_string()).to_string()
+        };
+        out.push_str(&format!("{k} = {literal}\n"));
+    }
+    Ok(out)
+}
+
 /// "HH:MM" → minutes after midnight.
 pub fn minutes_of(hhmm: &str) -> Option<i64> {
     let (h, m) = hhmm.split_once(':')?;
@@ -449,10 +494,27 @@ impl TerminalConfig {
 
     /// Read, parse and validate a file.
     pub fn load(path: &Path) -> Result<TerminalConfig, TerminalError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TerminalError::Io {
+        Self::load_with_faults(path, &[])
+    }
+
+    /// [`TerminalConfig::load`] with faults given on the command line added to the file's
+    /// `[faults]` (see [`fault_flag_toml`]); they are validated like the file's own.
+    pub fn load_with_faults(
+        path: &Path,
+        faults: &[String],
+    ) -> Result<TerminalConfig, TerminalError> {
+        let mut text = std::fs::read_to_string(path).map_err(|e| TerminalError::Io {
             what: format!("reading {}", path.display()),
             source: e,
         })?;
+        for f in faults {
+            let t = fault_flag_toml(f).map_err(|message| TerminalError::Config {
+                file: PathBuf::from(format!("--fault {f}")),
+                message,
+            })?;
+            text.push('\n');
+            text.push_str(&t);
+        }
         Self::from_toml_str(&text, path)
     }
 
@@ -598,5 +660,63 @@ impl TerminalConfig {
             Some(dir) if t.strapping_table.is_relative() => dir.join(&t.strapping_table),
             _ => t.strapping_table.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/sim/terminal.toml")
+    }
+
+    #[test]
+    fn a_fault_flag_adds_an_entry_with_typed_values() {
+        let t = fault_flag_toml("tank_leak:tank=T3,day=1,at=12:00,hours=2,litres=4000").unwrap();
+        assert_eq!(
+            t,
+            "[[faults.tank_leak]]\ntank = \"T3\"\nday = 1\nat = \"12:00\"\nhours = 2\nlitres = 4000\n"
+        );
+        let cfg = TerminalConfig::load_with_faults(
+            &example(),
+            &[
+                "tank_leak:tank=T3,day=1,at=12:00,hours=2,litres=4000".into(),
+                "broker_outage:day=0,at=10:00,minutes=30".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.faults.tank_leak.len(), 1);
+        assert_eq!(cfg.faults.tank_leak[0].tank, "T3");
+        assert_eq!(cfg.faults.broker_outage.len(), 1);
+    }
+
+    #[test]
+    fn bad_fault_flags_say_what_is_wrong() {
+        let e = fault_flag_toml("leak:tank=T3").unwrap_err();
+        assert!(
+            e.contains("unknown fault kind") && e.contains("tank_leak"),
+            "{e}"
+        );
+        assert!(fault_flag_toml("tank_leak")
+            .unwrap_err()
+            .contains("KIND:key=value"));
+        assert!(fault_flag_toml("tank_leak:tank")
+            .unwrap_err()
+            .contains("key=value"));
+        // An unknown tank is caught by the same validation as the file's own faults.
+        let e = TerminalConfig::load_with_faults(
+            &example(),
+            &["tank_leak:tank=T9,day=1,at=12:00,hours=2,litres=4000".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown tank"), "{e}");
+        // A misspelt key is refused (deny_unknown_fields), not ignored.
+        assert!(TerminalConfig::load_with_faults(
+            &example(),
+            &["tank_leak:tnk=T3,day=1,at=12:00,hours=2,litres=4000".into()],
+        )
+        .is_err());
     }
 }

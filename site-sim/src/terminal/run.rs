@@ -44,6 +44,8 @@ pub fn bay_unit(n: u16) -> u8 {
 pub struct Options {
     /// The terminal file.
     pub config_path: PathBuf,
+    /// Faults added on the command line (`--fault KIND:key=value,…`).
+    pub faults: Vec<String>,
     /// The clock (sim start and speed).
     pub clock: Clock,
     /// Modbus TCP listen address.
@@ -103,8 +105,8 @@ fn f64_words(x: f64) -> Vec<u16> {
 }
 
 /// Load the config and its strapping tables and build the model at the clock's start.
-pub fn build_model(path: &Path, start_ms: i64) -> Result<Model, TerminalError> {
-    let cfg = TerminalConfig::load(path)?;
+pub fn build_model(path: &Path, faults: &[String], start_ms: i64) -> Result<Model, TerminalError> {
+    let cfg = TerminalConfig::load_with_faults(path, faults)?;
     let mut tables = Vec::new();
     for t in &cfg.tanks {
         let p = cfg.table_path(path, t);
@@ -130,7 +132,7 @@ pub async fn run(
         Clock::Sim { sim_start_ms, .. } => sim_start_ms,
         Clock::Real => clock.now_ms().div_euclid(super::model::DAY_MS) * super::model::DAY_MS,
     };
-    let model = build_model(&opts.config_path, start_ms)?;
+    let model = build_model(&opts.config_path, &opts.faults, start_ms)?;
     let cfg = model.config().clone();
     let windows = Windows::new(&cfg, start_ms);
     std::fs::create_dir_all(&opts.run_dir)
