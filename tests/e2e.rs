@@ -187,32 +187,16 @@ impl Db {
 
     /// Readings stored so far (0 while the schema does not exist yet).
     async fn count(&self) -> usize {
-        match self {
-            Db::Pg(p) => {
-                let Ok((c, conn)) = tokio_postgres::connect(
-                    &format!("host=127.0.0.1 port=5432 user=postgres dbname={}", p.name),
-                    tokio_postgres::NoTls,
-                )
-                .await
-                else {
-                    return 0;
-                };
-                tokio::spawn(conn);
-                c.query_one("SELECT count(*) FROM flowsquare.readings", &[])
-                    .await
-                    .map(|r| r.get::<_, i64>(0) as usize)
-                    .unwrap_or(0)
-            }
-            Db::Sqlite(path) => sqlite(path)
-                .and_then(|c| {
-                    c.query_row("SELECT count(*) FROM readings", [], |r| r.get::<_, i64>(0))
-                        .ok()
-                })
-                .unwrap_or(0) as usize,
-        }
+        self.rows("readings").await
     }
 
+    /// Events stored so far.
     async fn events(&self) -> usize {
+        self.rows("events").await
+    }
+
+    /// Rows of `table` (0 while the schema does not exist yet).
+    async fn rows(&self, table: &str) -> usize {
         match self {
             Db::Pg(p) => {
                 let Ok((c, conn)) = tokio_postgres::connect(
@@ -224,15 +208,17 @@ impl Db {
                     return 0;
                 };
                 tokio::spawn(conn);
-                c.query_one("SELECT count(*) FROM flowsquare.events", &[])
+                c.query_one(&format!("SELECT count(*) FROM flowsquare.{table}"), &[])
                     .await
                     .map(|r| r.get::<_, i64>(0) as usize)
                     .unwrap_or(0)
             }
             Db::Sqlite(path) => sqlite(path)
                 .and_then(|c| {
-                    c.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
-                        .ok()
+                    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .ok()
                 })
                 .unwrap_or(0) as usize,
         }

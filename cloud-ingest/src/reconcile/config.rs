@@ -456,6 +456,20 @@ fn ge(x: f64, min: f64) -> bool {
 }
 
 impl ReconcileConfig {
+    /// Every station and known place, as the stop analysis sees them.
+    pub fn known_places(&self) -> Vec<super::model::Place> {
+        self.stations
+            .iter()
+            .chain(&self.places)
+            .map(|p| super::model::Place {
+                id: p.id.clone(),
+                lat: p.lat,
+                lon: p.lon,
+                radius_m: p.radius_m,
+            })
+            .collect()
+    }
+
     /// The daily run time as minutes after midnight UTC.
     pub fn run_at_minutes(&self) -> Result<u32, String> {
         let bad = || format!("run_at {:?}: use HH:MM (UTC), e.g. \"02:00\"", self.run_at);

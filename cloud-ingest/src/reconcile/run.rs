@@ -488,18 +488,7 @@ impl Reconciler {
                 });
             }
         }
-        inputs.places = self
-            .cfg
-            .stations
-            .iter()
-            .chain(&self.cfg.places)
-            .map(|p| Place {
-                id: p.id.clone(),
-                lat: p.lat,
-                lon: p.lon,
-                radius_m: p.radius_m,
-            })
-            .collect();
+        inputs.places = self.cfg.known_places();
 
         // Delivery reports of the stations with a tank gauge (TLS-350).
         let grace = (self.cfg.epod_grace_hours * 3_600_000.0) as i64;

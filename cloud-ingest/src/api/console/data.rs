@@ -15,7 +15,7 @@ use crate::api::params::{self, Query};
 use crate::api::problem::Problem;
 use crate::api::routes::{call, data};
 use crate::api::ApiState;
-use crate::reconcile::model::{Fix, Place};
+use crate::reconcile::model::Fix;
 use crate::reconcile::run::{now_ms, Registry};
 
 /// Longest range of one track request (two days).
@@ -274,18 +274,7 @@ pub(crate) async fn track(
         .iter()
         .map(|&(ts_ms, lat, lon)| Fix { ts_ms, lat, lon })
         .collect();
-    let places: Vec<Place> = r
-        .cfg
-        .stations
-        .iter()
-        .chain(&r.cfg.places)
-        .map(|p| Place {
-            id: p.id.clone(),
-            lat: p.lat,
-            lon: p.lon,
-            radius_m: p.radius_m,
-        })
-        .collect();
+    let places = r.cfg.known_places();
     out.stops = stops::stops(&fixes, &places, &r.cfg.stops)
         .into_iter()
         .map(|s| TrackStop {
