@@ -81,6 +81,7 @@ fn birth(site: &str, names: &[String]) -> wire::Birth {
             })
             .collect(),
         events: Vec::new(),
+        buffer: None,
     }
 }
 

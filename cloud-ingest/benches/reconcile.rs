@@ -254,6 +254,7 @@ async fn load(store: &PgStore, db: &str, full_days: i64) -> Res<()> {
             })
             .collect(),
         events: Vec::new(),
+        buffer: None,
     };
     store.birth(&birth, day_start_ms(START_DAY)).await?;
     // Discharges every 3 days into tanks (2k, 2k+1), 10:00 → 04:00 next day.

@@ -40,6 +40,7 @@ fn birth() -> wire::Birth {
             })
             .collect(),
         events: Vec::new(),
+        buffer: None,
     }
 }
 

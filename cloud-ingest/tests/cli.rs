@@ -31,6 +31,7 @@ fn export_file(path: &std::path::Path, batches: u64, per: i64) {
             poll_interval_ms: 1000,
         }],
         events: Vec::new(),
+        buffer: None,
     };
     let mut out = b"FLOWSQUARE-EXPORT 1\n".to_vec();
     let mut frame = |bytes: Vec<u8>| {

@@ -169,6 +169,7 @@ fn degrade_last_day(month: &mut SimMonth) {
         from_ms: noon + 1_800_000,
         to_ms: noon + 2_700_000,
         count: (before - last.readings.len()) as u64,
+        count_known: true,
         reason: wire::GapReason::BufferFull,
     });
 }

@@ -295,6 +295,7 @@ impl FakeAgent {
                 })
                 .collect(),
             events: Vec::new(),
+            buffer: None,
         };
         self.client
             .publish(self.topics.birth(), QoS::AtLeastOnce, true, b.encode())

@@ -1,7 +1,7 @@
 //! The data batch (`{root}/v1/{site}/{agent}/data`): readings, business events and reported
 //! gaps, in a compact columnar binary format.
 //!
-//! # Frame (version 1)
+//! # Frame (version 2; version 1 is still read)
 //!
 //! Integers are unsigned LEB128 varints (`varint`) or zigzag varints (`zz`); strings are a varint
 //! byte length then UTF-8; fixed-width numbers are big-endian.
@@ -13,14 +13,20 @@
 //! site             string (1-64 id chars)
 //! agent            string (1-64 id chars)
 //! batch_id         varint
+//! buffer_epoch     varint          version 2 only: the identity of the agent's buffer database
+//!                                  (random, 1..2^53, made when the database is created); version 1
+//!                                  frames read as epoch 0
 //! body_len         varint          uncompressed body length, ≤ MAX_BODY_BYTES (16 MiB)
 //! payload_len      varint
 //! payload          payload_len bytes: the body, zstd-compressed if flag bit 0
 //! crc32c           u32 BE          CRC-32C of every byte before it
 //! ```
 //!
-//! The identity (site, agent, batch id) is outside the compressed body, so the ingest can
-//! de-duplicate or dead-letter a batch with [`peek_header`] without decompressing it.
+//! The identity (site, agent, buffer epoch, batch id) is outside the compressed body, so the
+//! ingest can de-duplicate or dead-letter a batch with [`peek_header`] without decompressing it.
+//! Batch ids restart at 1 in a new buffer database (reinstall, quarantined buffer, a spare
+//! gateway with the same ids); the epoch tells such batches apart from the old ones, so the
+//! cloud never takes a new batch for a re-send of an old one.
 //!
 //! # Body (columnar)
 //!
@@ -53,7 +59,8 @@
 //!         float 8 bytes BE, text string)
 //! GAPS    varint count; each: varint n_tags, tags varint each, from zz (vs created_ms),
 //!         to zz (vs from), count varint, reason u8 (0 buffer-full, 1 buffer-age,
-//!         2 missed-event, 3 other + string)
+//!         2 missed-event, 3 other + string; version 2: bit 7 set = the count is unknown,
+//!         `count` is then 0 — version 1 frames read count 0 of `unclean-shutdown` as unknown)
 //! ```
 //!
 //! The body must be consumed exactly. Floats are carried bit-exactly (NaN payloads and −0.0
@@ -68,8 +75,12 @@ use crate::topics::{validate_id, MAX_ID_LEN};
 
 /// The 3-byte magic that starts every batch.
 pub const MAGIC: [u8; 3] = *b"FSB";
-/// The batch format version this build writes (and the only one it reads).
-pub const FORMAT_VERSION: u8 = 1;
+/// The batch format version this build writes.
+pub const FORMAT_VERSION: u8 = 2;
+/// The oldest format version this build reads (version 1: no buffer epoch).
+pub const MIN_FORMAT_VERSION: u8 = 1;
+/// Gap reason byte, version 2: the count is unknown.
+const GAP_COUNT_UNKNOWN: u8 = 0x80;
 /// Header flag: the payload is zstd-compressed.
 pub const FLAG_ZSTD: u8 = 0x01;
 /// Largest uncompressed body, on encode and decode (16 MiB).
@@ -118,16 +129,22 @@ pub enum Quality {
     BadDecode = 3,
     /// 4: the tag was not read this cycle (its unit is being skipped).
     Stale = 4,
+    /// 5: the value is the device's, but the source's own timestamp (GPS, OPC UA source time)
+    /// was further from the gateway clock than the configured bound, so the reading carries the
+    /// gateway's time instead; the source time is kept in [`WireReading::error`]. Not `good`:
+    /// aggregates and freshness leave it out, and it shows.
+    TimeSubstituted = 5,
 }
 
 impl Quality {
     /// Every quality, by code.
-    pub const ALL: [Quality; 5] = [
+    pub const ALL: [Quality; 6] = [
         Quality::Good,
         Quality::BadCommunication,
         Quality::BadDevice,
         Quality::BadDecode,
         Quality::Stale,
+        Quality::TimeSubstituted,
     ];
 
     /// The wire code.
@@ -141,7 +158,7 @@ impl Quality {
     }
 
     /// The spelling shared with the agent's CLI and the database (`good`, `bad-communication`,
-    /// `bad-device`, `bad-decode`, `stale`).
+    /// `bad-device`, `bad-decode`, `stale`, `time-substituted`).
     pub fn as_str(self) -> &'static str {
         match self {
             Quality::Good => "good",
@@ -149,6 +166,7 @@ impl Quality {
             Quality::BadDevice => "bad-device",
             Quality::BadDecode => "bad-decode",
             Quality::Stale => "stale",
+            Quality::TimeSubstituted => "time-substituted",
         }
     }
 
@@ -245,10 +263,40 @@ pub struct Gap {
     pub from_ms: i64,
     /// End of the lost interval, UTC ms.
     pub to_ms: i64,
-    /// How many readings (or events) were lost.
+    /// How many readings (or events) were lost (0 when [`Gap::count_known`] is false).
     pub count: u64,
+    /// Whether `count` is known. A crash window whose readings the agent could not count, or
+    /// a buffer that vanished, is reported with an unknown count: a span to look at, not a
+    /// number to add.
+    pub count_known: bool,
     /// Why.
     pub reason: GapReason,
+}
+
+impl Gap {
+    /// A gap of `count` known readings.
+    pub fn counted(tags: Vec<u32>, from_ms: i64, to_ms: i64, count: u64, reason: GapReason) -> Gap {
+        Gap {
+            tags,
+            from_ms,
+            to_ms,
+            count,
+            count_known: true,
+            reason,
+        }
+    }
+
+    /// A gap whose count is unknown.
+    pub fn uncounted(tags: Vec<u32>, from_ms: i64, to_ms: i64, reason: GapReason) -> Gap {
+        Gap {
+            tags,
+            from_ms,
+            to_ms,
+            count: 0,
+            count_known: false,
+            reason,
+        }
+    }
 }
 
 /// One data batch: what one `data` message carries.
@@ -258,9 +306,12 @@ pub struct Batch {
     pub site: String,
     /// Agent id (topic rules).
     pub agent: String,
-    /// Per agent, persistent, never reused: a re-send carries the same id, and the cloud
-    /// de-duplicates on (site, agent, batch_id).
+    /// Per buffer database, persistent, never reused: a re-send carries the same id, and the
+    /// cloud de-duplicates on (site, agent, buffer_epoch, batch_id).
     pub batch_id: u64,
+    /// The identity of the buffer database the batch comes from (0: a version 1 frame, or a
+    /// sender without one). [`Batch::new`] leaves it 0.
+    pub buffer_epoch: u64,
     /// Hash of the configuration whose birth catalog gives the tag ids.
     pub config_hash: String,
     /// When the batch was made, UTC ms.
@@ -287,6 +338,7 @@ impl Batch {
             site: site.into(),
             agent: agent.into(),
             batch_id,
+            buffer_epoch: 0,
             config_hash: config_hash.into(),
             created_ms,
             readings: Vec::new(),
@@ -298,6 +350,119 @@ impl Batch {
     /// Sort the readings the way [`decode`] returns them: by (tag, ts_ms), stable.
     pub fn sort_readings(&mut self) {
         self.readings.sort_by_key(|r| (r.tag, r.ts_ms));
+    }
+
+    /// A digest of what the batch carries (tag map hash, readings, events, gaps), not of how or
+    /// when it was framed (identity, created time, compression): a re-send of the same lease has
+    /// the same digest, a different batch under a reused identity almost surely not. The cloud
+    /// keeps it in its ledger and never acknowledges a batch as a duplicate when it differs.
+    /// FNV-1a 64 over a canonical byte form, readings taken in (tag, ts_ms) order (stable), as
+    /// [`decode`] returns them.
+    pub fn content_digest(&self) -> u64 {
+        let mut h = Fnv64::new();
+        h.str(&self.config_hash);
+        let mut order: Vec<&WireReading> = self.readings.iter().collect();
+        order.sort_by_key(|r| (r.tag, r.ts_ms));
+        h.u64(order.len() as u64);
+        for r in order {
+            h.u64(u64::from(r.tag));
+            h.u64(r.ts_ms as u64);
+            h.bytes(&[r.quality.code()]);
+            h.value(r.value.as_ref());
+            h.u64(r.status.map_or(u64::MAX, u64::from));
+            match &r.error {
+                Some(e) => h.str(e),
+                None => h.bytes(&[0xff]),
+            }
+            match r.counter {
+                None => h.bytes(&[0]),
+                Some(Counter::Rollover { delta }) => {
+                    h.bytes(&[1]);
+                    h.u64(delta.to_bits());
+                }
+                Some(Counter::Reset { previous }) => {
+                    h.bytes(&[2]);
+                    h.u64(previous.to_bits());
+                }
+            }
+        }
+        h.u64(self.events.len() as u64);
+        for e in &self.events {
+            h.str(&e.source);
+            h.str(&e.kind);
+            h.u64(e.seq);
+            h.u64(e.ts_ms as u64);
+            h.u64(e.fields.len() as u64);
+            for (name, v) in &e.fields {
+                h.str(name);
+                h.value(Some(v));
+            }
+        }
+        h.u64(self.gaps.len() as u64);
+        for g in &self.gaps {
+            h.u64(g.tags.len() as u64);
+            for t in &g.tags {
+                h.u64(u64::from(*t));
+            }
+            h.u64(g.from_ms as u64);
+            h.u64(g.to_ms as u64);
+            h.u64(g.count);
+            h.bytes(&[u8::from(g.count_known)]);
+            match &g.reason {
+                GapReason::BufferFull => h.bytes(&[0]),
+                GapReason::BufferAge => h.bytes(&[1]),
+                GapReason::MissedEvent => h.bytes(&[2]),
+                GapReason::Other(s) => {
+                    h.bytes(&[3]);
+                    h.str(s);
+                }
+            }
+        }
+        h.0
+    }
+}
+
+/// FNV-1a, 64 bits (for [`Batch::content_digest`]; not a defence against a forger).
+struct Fnv64(u64);
+
+impl Fnv64 {
+    fn new() -> Fnv64 {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        self.u64(s.len() as u64);
+        self.bytes(s.as_bytes());
+    }
+    fn value(&mut self, v: Option<&WireValue>) {
+        match v {
+            None => self.bytes(&[0]),
+            Some(WireValue::Bool(b)) => self.bytes(&[1, u8::from(*b)]),
+            Some(WireValue::Int(i)) => {
+                self.bytes(&[3]);
+                self.u64(*i as u64);
+            }
+            Some(WireValue::UInt(u)) => {
+                self.bytes(&[4]);
+                self.u64(*u);
+            }
+            Some(WireValue::Float(f)) => {
+                self.bytes(&[5]);
+                self.u64(f.to_bits());
+            }
+            Some(WireValue::Text(t)) => {
+                self.bytes(&[6]);
+                self.str(t);
+            }
+        }
     }
 }
 
@@ -323,6 +488,8 @@ pub struct BatchHeader {
     pub agent: String,
     /// Batch id.
     pub batch_id: u64,
+    /// Buffer epoch (0 for version 1 frames).
+    pub buffer_epoch: u64,
     /// Uncompressed body length.
     pub body_len: usize,
     /// Payload length on the wire.
@@ -364,7 +531,7 @@ pub fn encode_with(batch: &Batch, compression: Compression) -> Result<Vec<u8>, W
         flags,
         &batch.site,
         &batch.agent,
-        batch.batch_id,
+        (batch.buffer_epoch, batch.batch_id),
         body.len(),
         payload,
     ))
@@ -375,7 +542,7 @@ fn frame(
     flags: u8,
     site: &str,
     agent: &str,
-    batch_id: u64,
+    (buffer_epoch, batch_id): (u64, u64),
     body_len: usize,
     payload: &[u8],
 ) -> Vec<u8> {
@@ -386,6 +553,7 @@ fn frame(
     put_str(&mut out, site);
     put_str(&mut out, agent);
     put_varint(&mut out, batch_id);
+    put_varint(&mut out, buffer_epoch);
     put_varint(&mut out, body_len as u64);
     put_varint(&mut out, payload.len() as u64);
     out.extend_from_slice(payload);
@@ -403,7 +571,7 @@ fn parse_frame(bytes: &[u8]) -> Result<(BatchHeader, &[u8]), WireError> {
     let mut r = Reader::new(bytes);
     r.bytes(MAGIC.len(), "magic")?;
     let version = r.u8("format version")?;
-    if version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(WireError::UnsupportedVersion(version));
     }
     let flags = r.u8("flags")?;
@@ -412,6 +580,11 @@ fn parse_frame(bytes: &[u8]) -> Result<(BatchHeader, &[u8]), WireError> {
     let agent_len = r.len("agent", MAX_ID_LEN)?;
     let agent = r.bytes(agent_len, "agent")?;
     let batch_id = r.varint("batch id")?;
+    let buffer_epoch = if version >= 2 {
+        r.varint("buffer epoch")?
+    } else {
+        0
+    };
     let body_len = r.len("batch body", MAX_BODY_BYTES)?;
     let payload_len = r.len("payload", MAX_BODY_BYTES)?;
     let payload = r.bytes(payload_len, "payload")?;
@@ -447,6 +620,7 @@ fn parse_frame(bytes: &[u8]) -> Result<(BatchHeader, &[u8]), WireError> {
         site: id(site, "site")?,
         agent: id(agent, "agent")?,
         batch_id,
+        buffer_epoch,
         body_len,
         payload_len,
     };
@@ -458,8 +632,8 @@ pub fn peek_header(bytes: &[u8]) -> Result<BatchHeader, WireError> {
     parse_frame(bytes).map(|(h, _)| h)
 }
 
-/// (site, agent, batch id) of a batch, checksum verified, without decompressing the body: what
-/// the ingest needs to de-duplicate or dead-letter it.
+/// (site, agent, batch id) of a batch, checksum verified, without decompressing the body. The
+/// de-duplication key also needs the buffer epoch: [`peek_header`] has it.
 pub fn decode_identity(bytes: &[u8]) -> Result<(String, String, u64), WireError> {
     let h = peek_header(bytes)?;
     Ok((h.site, h.agent, h.batch_id))
@@ -773,14 +947,15 @@ fn encode_body(b: &Batch) -> Result<Vec<u8>, WireError> {
         }
         put_zigzag(&mut out, g.from_ms.wrapping_sub(b.created_ms));
         put_zigzag(&mut out, g.to_ms.wrapping_sub(g.from_ms));
-        put_varint(&mut out, g.count);
+        let unknown = if g.count_known { 0 } else { GAP_COUNT_UNKNOWN };
+        put_varint(&mut out, if g.count_known { g.count } else { 0 });
         match &g.reason {
-            GapReason::BufferFull => out.push(0),
-            GapReason::BufferAge => out.push(1),
-            GapReason::MissedEvent => out.push(2),
+            GapReason::BufferFull => out.push(unknown),
+            GapReason::BufferAge => out.push(1 | unknown),
+            GapReason::MissedEvent => out.push(2 | unknown),
             GapReason::Other(s) => {
                 check_str(s, "gap reason")?;
-                out.push(3);
+                out.push(3 | unknown);
                 put_str(&mut out, s);
             }
         }
@@ -1033,18 +1208,32 @@ fn decode_body(body: &[u8], h: BatchHeader) -> Result<Batch, WireError> {
         let from_ms = created_ms.wrapping_add(r.zigzag("gap from")?);
         let to_ms = from_ms.wrapping_add(r.zigzag("gap to")?);
         let count = r.varint("gap count")?;
-        let reason = match r.u8("gap reason")? {
+        let code = r.u8("gap reason")?;
+        let (code, unknown) = if h.version >= 2 {
+            (code & !GAP_COUNT_UNKNOWN, code & GAP_COUNT_UNKNOWN != 0)
+        } else {
+            (code, false)
+        };
+        let reason = match code {
             0 => GapReason::BufferFull,
             1 => GapReason::BufferAge,
             2 => GapReason::MissedEvent,
             3 => GapReason::Other(r.str("gap reason", MAX_STRING_BYTES)?),
             other => return Err(corrupt(format!("gap reason code {other}"))),
         };
+        if unknown && count != 0 {
+            return Err(corrupt(format!("gap of unknown count with count {count}")));
+        }
+        // Version 1 agents reported a crash window's unknown count as 0.
+        let legacy_unknown = h.version < 2
+            && count == 0
+            && matches!(&reason, GapReason::Other(s) if s == "unclean-shutdown");
         gaps.push(Gap {
             tags,
             from_ms,
             to_ms,
             count,
+            count_known: !(unknown || legacy_unknown),
             reason,
         });
     }
@@ -1059,6 +1248,7 @@ fn decode_body(body: &[u8], h: BatchHeader) -> Result<Batch, WireError> {
         site: h.site,
         agent: h.agent,
         batch_id: h.batch_id,
+        buffer_epoch: h.buffer_epoch,
         config_hash,
         created_ms,
         readings,

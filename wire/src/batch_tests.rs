@@ -142,6 +142,7 @@ fn sample() -> Batch {
             from_ms: t0 - 60_000,
             to_ms: t0 - 1_000,
             count: 600,
+            count_known: true,
             reason: GapReason::BufferFull,
         },
         Gap {
@@ -149,6 +150,7 @@ fn sample() -> Batch {
             from_ms: t0 - 1_000,
             to_ms: t0,
             count: 2,
+            count_known: true,
             reason: GapReason::Other("operator purge".into()),
         },
     ];
@@ -285,7 +287,7 @@ fn qualities_and_optional_columns_round_trip() {
             counter: None,
         });
     }
-    assert_eq!(Quality::from_code(5), None);
+    assert_eq!(Quality::from_code(6), None);
     // Only one optional column present.
     let mut only_counters = empty();
     only_counters.readings = vec![
@@ -368,6 +370,7 @@ fn events_and_gaps_round_trip() {
             from_ms: i64::MIN,
             to_ms: i64::MAX,
             count: u64::MAX,
+            count_known: true,
             reason: GapReason::BufferAge,
         },
         Gap {
@@ -375,6 +378,7 @@ fn events_and_gaps_round_trip() {
             from_ms: 5,
             to_ms: 1,
             count: 0,
+            count_known: true,
             reason: GapReason::MissedEvent,
         },
         Gap {
@@ -382,6 +386,7 @@ fn events_and_gaps_round_trip() {
             from_ms: 0,
             to_ms: 0,
             count: 1,
+            count_known: true,
             reason: GapReason::BufferFull,
         },
         Gap {
@@ -389,6 +394,7 @@ fn events_and_gaps_round_trip() {
             from_ms: 0,
             to_ms: 0,
             count: 1,
+            count_known: true,
             reason: GapReason::Other(String::new()),
         },
     ];
@@ -457,6 +463,7 @@ fn golden_batch() -> Batch {
         from_ms: 15,
         to_ms: 16,
         count: 3,
+        count_known: true,
         reason: GapReason::Other(" ".into()),
     }];
     b
@@ -473,13 +480,99 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// Version 1 (no buffer epoch) frames keep decoding, as epoch 0.
 #[test]
-fn golden_bytes_of_a_small_batch() {
-    let bytes = encode_with(&golden_batch(), Compression::None).unwrap();
-    assert_eq!(hex(&bytes), GOLDEN_RAW);
+fn golden_bytes_of_a_small_version_1_batch() {
     let mut expected = golden_batch();
     expected.sort_readings();
     assert_eq!(decode(&unhex(GOLDEN_RAW)).unwrap(), expected);
+    assert_eq!(peek_header(&unhex(GOLDEN_RAW)).unwrap().buffer_epoch, 0);
+}
+
+/// `golden_batch()` with buffer epoch 300 and a second gap of unknown count, as version 2.
+const GOLDEN_RAW_V2: &str = "46534202000273310267310bac0247470263311e04020103040108000c1000030101130203010001f2c001020b02080174010165016b050000020000020303012000000a008310756e636c65616e2d73687574646f776e27e98361";
+
+fn golden_batch_v2() -> Batch {
+    let mut b = golden_batch();
+    b.buffer_epoch = 300;
+    b.gaps.push(Gap::uncounted(
+        vec![],
+        15,
+        20,
+        GapReason::Other("unclean-shutdown".into()),
+    ));
+    b
+}
+
+#[test]
+fn golden_bytes_of_a_small_batch() {
+    let bytes = encode_with(&golden_batch_v2(), Compression::None).unwrap();
+    assert_eq!(hex(&bytes), GOLDEN_RAW_V2);
+    let mut expected = golden_batch_v2();
+    expected.sort_readings();
+    let back = decode(&unhex(GOLDEN_RAW_V2)).unwrap();
+    assert_eq!(back, expected);
+    assert_eq!(peek_header(&bytes).unwrap().buffer_epoch, 300);
+}
+
+#[test]
+fn version_1_unclean_shutdown_with_count_0_reads_as_unknown() {
+    // A version 1 frame: the golden batch with its gap renamed; count 0 meant "unknown".
+    let mut v1 = golden_batch();
+    v1.gaps[0].count = 0;
+    v1.gaps[0].reason = GapReason::Other("unclean-shutdown".into());
+    let mut bytes = encode_with(&v1, Compression::None).unwrap();
+    // Rewrite as version 1: drop the epoch varint (0 → one byte) after the batch id.
+    let epoch_at = 3 + 1 + 1 + 3 + 3 + 1;
+    assert_eq!(bytes[epoch_at], 0);
+    bytes.remove(epoch_at);
+    bytes[3] = 1;
+    let n = bytes.len() - 4;
+    let crc = crate::codec::crc32c(&bytes[..n]).to_be_bytes();
+    bytes[n..].copy_from_slice(&crc);
+    let back = decode(&bytes).unwrap();
+    assert!(!back.gaps[0].count_known);
+}
+
+#[test]
+fn unknown_count_with_a_count_is_corrupt() {
+    let mut b = golden_batch();
+    b.gaps[0].count_known = false; // count stays 3: the encoder writes 0, so forge the bytes
+    let mut bytes = encode_with(&b, Compression::None).unwrap();
+    let good = encode_with(&golden_batch(), Compression::None).unwrap();
+    // The two frames differ only in the gap's reason byte (0x83 vs 0x03) and count (0 vs 3).
+    let diff: Vec<usize> = (0..bytes.len() - 4)
+        .filter(|&i| bytes[i] != good[i])
+        .collect();
+    assert_eq!(diff.len(), 2, "{diff:?}");
+    bytes[diff[0]] = 3;
+    let n = bytes.len() - 4;
+    let crc = crate::codec::crc32c(&bytes[..n]).to_be_bytes();
+    bytes[n..].copy_from_slice(&crc);
+    assert!(matches!(decode(&bytes), Err(WireError::Corrupt(_))));
+}
+
+#[test]
+fn content_digest_ignores_framing_and_sees_content() {
+    let a = sample();
+    let mut b = sample();
+    b.created_ms += 1000;
+    b.batch_id += 1;
+    b.buffer_epoch = 99;
+    b.readings.reverse();
+    assert_eq!(a.content_digest(), b.content_digest());
+    let back = decode(&encode(&a).unwrap()).unwrap();
+    assert_eq!(back.content_digest(), a.content_digest());
+    let mut c = sample();
+    if let Some(WireValue::Float(f)) = c.readings[0].value.as_mut() {
+        *f += 1.0;
+    } else {
+        c.readings[0].ts_ms += 1;
+    }
+    assert_ne!(a.content_digest(), c.content_digest());
+    let mut d = sample();
+    d.gaps.clear();
+    assert_ne!(a.content_digest(), d.content_digest());
 }
 
 /// A zstd-compressed batch as version 1 wrote it: must keep decoding.
@@ -511,9 +604,9 @@ fn golden_compressed_batch_decodes() {
 #[test]
 fn unsupported_version_and_bad_magic() {
     let mut bytes = encode(&sample()).unwrap();
-    bytes[3] = 2;
-    assert_eq!(decode(&bytes), Err(WireError::UnsupportedVersion(2)));
-    assert_eq!(peek_header(&bytes), Err(WireError::UnsupportedVersion(2)));
+    bytes[3] = 3;
+    assert_eq!(decode(&bytes), Err(WireError::UnsupportedVersion(3)));
+    assert_eq!(peek_header(&bytes), Err(WireError::UnsupportedVersion(3)));
     bytes[3] = 0;
     assert_eq!(decode(&bytes), Err(WireError::UnsupportedVersion(0)));
     for bad in [&b"FSX\x01"[..], b"{\"v\":1}", b"x"] {
@@ -556,7 +649,16 @@ fn every_single_bit_flip_is_an_error() {
 fn damaged_bodies_with_valid_checksums_never_panic() {
     let b = sample();
     let body = encode_body(&b).unwrap();
-    let wrap = |body: &[u8]| frame(0, &b.site, &b.agent, b.batch_id, body.len(), body);
+    let wrap = |body: &[u8]| {
+        frame(
+            0,
+            &b.site,
+            &b.agent,
+            (b.buffer_epoch, b.batch_id),
+            body.len(),
+            body,
+        )
+    };
     assert!(decode(&wrap(&body)).is_ok());
     for len in 0..body.len() {
         assert!(decode(&wrap(&body[..len])).is_err(), "body prefix {len}");
@@ -575,7 +677,7 @@ fn damaged_bodies_with_valid_checksums_never_panic() {
     }
     // The same through zstd.
     let z = zstd::bulk::compress(&body, 3).unwrap();
-    let zframe = |z: &[u8], len: usize| frame(FLAG_ZSTD, "s", "a", 1, len, z);
+    let zframe = |z: &[u8], len: usize| frame(FLAG_ZSTD, "s", "a", (0, 1), len, z);
     assert!(decode(&zframe(&z, body.len())).is_ok());
     assert!(matches!(
         decode(&zframe(&z, body.len() - 1)),
@@ -604,9 +706,9 @@ fn random_garbage_never_panics() {
         }
         assert!(decode(&g).is_err());
         // Garbage bodies with a valid frame, raw and through zstd.
-        let _ = decode(&frame(0, "s", "a", 1, g.len(), &g));
+        let _ = decode(&frame(0, "s", "a", (0, 1), g.len(), &g));
         if let Ok(z) = zstd::bulk::compress(&g, 1) {
-            let _ = decode(&frame(FLAG_ZSTD, "s", "a", 1, g.len(), &z));
+            let _ = decode(&frame(FLAG_ZSTD, "s", "a", (0, 1), g.len(), &z));
         }
     }
 }
@@ -632,7 +734,7 @@ fn huge_claimed_lengths_are_refused_before_allocating() {
     assert!(bomb.len() < 4096);
     for claimed in [1024, MAX_BODY_BYTES] {
         assert!(matches!(
-            decode(&frame(FLAG_ZSTD, "s", "a", 1, claimed, &bomb)),
+            decode(&frame(FLAG_ZSTD, "s", "a", (0, 1), claimed, &bomb)),
             Err(WireError::Decompress(_))
         ));
     }
@@ -642,7 +744,7 @@ fn huge_claimed_lengths_are_refused_before_allocating() {
     put_zigzag(&mut body, 0);
     put_varint(&mut body, MAX_READINGS as u64);
     assert!(matches!(
-        decode(&frame(0, "s", "a", 1, body.len(), &body)),
+        decode(&frame(0, "s", "a", (0, 1), body.len(), &body)),
         Err(WireError::Truncated { .. })
     ));
     put_varint(&mut body, u64::MAX);
@@ -651,14 +753,14 @@ fn huge_claimed_lengths_are_refused_before_allocating() {
     put_zigzag(&mut body2, 0);
     put_varint(&mut body2, MAX_READINGS as u64 + 1);
     assert!(matches!(
-        decode(&frame(0, "s", "a", 1, body2.len(), &body2)),
+        decode(&frame(0, "s", "a", (0, 1), body2.len(), &body2)),
         Err(WireError::TooLarge { .. })
     ));
     // A string length of 2^63.
     let mut body = Vec::new();
     put_varint(&mut body, 1 << 63);
     assert!(matches!(
-        decode(&frame(0, "s", "a", 1, body.len(), &body)),
+        decode(&frame(0, "s", "a", (0, 1), body.len(), &body)),
         Err(WireError::TooLarge {
             what: "config hash",
             ..

@@ -102,6 +102,12 @@ pub struct Ack {
     /// Why, for `rejected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The buffer epoch of the batches (from their frames; absent for version 1 frames and
+    /// from older clouds). An agent ignores an ack that names another epoch than its buffer's:
+    /// batch ids restart in a new buffer database, and an ack meant for the old one must not
+    /// delete the new one's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_epoch: Option<u64>,
 }
 
 impl Message for Ack {
@@ -122,6 +128,7 @@ impl Ack {
             batch_ids,
             status: AckStatus::Committed,
             reason: None,
+            buffer_epoch: None,
         }
     }
 
@@ -132,7 +139,20 @@ impl Ack {
             batch_ids,
             status: AckStatus::Rejected,
             reason: Some(reason.into()),
+            buffer_epoch: None,
         }
+    }
+
+    /// The same ack, naming the buffer epoch of its batches (0 = none: version 1 frames).
+    pub fn for_epoch(mut self, epoch: u64) -> Ack {
+        self.buffer_epoch = (epoch != 0).then_some(epoch);
+        self
+    }
+
+    /// Whether this ack is meant for a buffer of `epoch` (an ack without an epoch is taken as
+    /// meant for any: it comes from an older cloud).
+    pub fn is_for_epoch(&self, epoch: u64) -> bool {
+        self.buffer_epoch.is_none_or(|e| e == epoch)
     }
 
     /// Check the rules [`Ack::decode`] enforces (at least one batch id).
@@ -248,6 +268,28 @@ pub struct Birth {
     /// Event definitions (absent in births of agents without event capture).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventInfo>,
+    /// The agent's buffer database (absent from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<BufferIdentity>,
+}
+
+/// Which buffer database an agent sends from: a new epoch means batch ids started again, and
+/// whatever the old buffer held and had not delivered is gone unless `salvaged` says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufferIdentity {
+    /// Random, 1..2^53 (exact in JSON and JavaScript), made when the database was created.
+    pub epoch: u64,
+    /// When the database was created, UTC ms.
+    pub created_ms: i64,
+    /// Why this database was created: `new` (no database was there: first start, reinstall,
+    /// deleted state, a spare gateway), `replaced-corrupt` (the previous one was damaged and
+    /// moved aside), `replaced-empty` (a zero-byte or unreadable file was found), or `existing`
+    /// for a database that was already there at this start.
+    pub origin: String,
+    /// For a replaced database: what was recovered from the old one and what was reported as
+    /// lost, in words (for the console and the log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Message for Birth {
@@ -569,6 +611,7 @@ mod tests {
                 },
             ],
             events: Vec::new(),
+            buffer: None,
         }
     }
 

@@ -170,6 +170,7 @@ async fn fixture() -> Fixture {
         from_ms: T0 - 60_000,
         to_ms: T0,
         count: 60,
+        count_known: true,
         reason: wire::GapReason::BufferFull,
     });
     assert_eq!(

@@ -312,6 +312,7 @@ fn birth(agent: &str, site: &str, tags: Vec<wire::TagInfo>, t0: i64) -> wire::Bi
         }],
         events: Vec::new(),
         tags,
+        buffer: None,
     }
 }
 

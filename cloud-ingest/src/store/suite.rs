@@ -136,6 +136,7 @@ pub fn birth(site: &str, agent: &str, hash: &str, names: &[&str]) -> wire::Birth
             })
             .collect(),
         events: Vec::new(),
+        buffer: None,
     }
 }
 
@@ -349,6 +350,7 @@ pub async fn gaps_and_events_are_stored(s: &dyn Store) {
         from_ms: T0,
         to_ms: T0 + 60_000,
         count: 60,
+        count_known: true,
         reason: wire::GapReason::BufferFull,
     });
     b.gaps.push(wire::Gap {
@@ -356,6 +358,7 @@ pub async fn gaps_and_events_are_stored(s: &dyn Store) {
         from_ms: T0 + 100_000,
         to_ms: T0 + 101_000,
         count: 0,
+        count_known: true,
         reason: wire::GapReason::Other("unclean-shutdown".into()),
     });
     b.events.push(wire::Event {

@@ -101,6 +101,7 @@ fn gap_to_wire(g: &GapRow) -> wire::Gap {
         from_ms: g.range.start,
         to_ms: g.range.end,
         count: g.count,
+        count_known: true,
         reason: match g.reason.as_str() {
             "buffer-full" => wire::GapReason::BufferFull,
             "buffer-age" => wire::GapReason::BufferAge,

@@ -80,6 +80,7 @@ pub fn birth(map: &TagMap) -> wire::Birth {
                     .collect(),
             })
             .collect(),
+        buffer: None,
     }
 }
 

@@ -776,6 +776,7 @@ async fn a_bad_tag_index_fails_the_call_and_stores_nothing() {
         from_ms: T0,
         to_ms: T0,
         count: 1,
+        count_known: true,
         reason: wire::GapReason::BufferAge,
     });
     assert!(matches!(
@@ -818,6 +819,7 @@ async fn details_round_trip() {
         from_ms: T0,
         to_ms: T0 + 1,
         count: 3,
+        count_known: true,
         reason: wire::GapReason::MissedEvent,
     });
     assert_eq!(

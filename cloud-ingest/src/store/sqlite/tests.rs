@@ -51,6 +51,7 @@ async fn reopening_the_file_keeps_everything() {
         from_ms: T0,
         to_ms: T0 + 1000,
         count: 1,
+        count_known: true,
         reason: wire::GapReason::BufferAge,
     });
     let (level, total) = {
@@ -244,6 +245,7 @@ async fn a_bad_tag_index_rolls_back_the_whole_call() {
         from_ms: T0,
         to_ms: T0,
         count: 1,
+        count_known: true,
         reason: wire::GapReason::BufferFull,
     });
     for b in [bad, bad_gap] {
