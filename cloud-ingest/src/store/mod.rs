@@ -19,6 +19,14 @@ pub mod suite;
 pub use error::StoreError;
 pub use ledger::Ledger;
 
+/// How far back a stored event is looked for when a batch brings a record with the very same
+/// source, kind and fields (the PLC's own sequence number, BOL and totals among them): 7 days.
+/// Such a record is the same one captured again by an agent whose buffer database — and with it
+/// its event cursors — was replaced (reinstall, quarantined buffer, a spare gateway): the PLC
+/// still shows it. It is skipped and logged, never stored twice. A record re-read after a
+/// longer idle spell of its source would be stored again (documented limit).
+pub const RECAPTURE_WINDOW_MS: i64 = 7 * 24 * 3_600_000;
+
 use async_trait::async_trait;
 use flowsquare_wire as wire;
 

@@ -152,6 +152,7 @@ const EVENTS_COLUMNS: &str = "(
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS readings_tag_ts ON flowsquare.readings (tag_id, ts);
 CREATE INDEX IF NOT EXISTS events_agent_ts ON flowsquare.events (site, agent, ts);
+CREATE INDEX IF NOT EXISTS events_source_ts ON flowsquare.events (site, agent, source, ts);
 ";
 
 /// The layout recorded in `flowsquare.meta`, if the schema exists.

@@ -903,3 +903,11 @@ async fn details_round_trip() {
         .get(0);
     assert_eq!(id, -1, "u64::MAX stored bit for bit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recaptured_event_is_stored_once() {
+    let Some(t) = make_with(native()).await else {
+        return;
+    };
+    crate::store::suite::a_recaptured_event_is_stored_once(&t.pg, &t.pg).await;
+}

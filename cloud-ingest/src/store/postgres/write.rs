@@ -334,16 +334,31 @@ async fn insert_events(
         .prepare_cached(
             "INSERT INTO flowsquare.events (site, agent, batch_id, source, kind, seq, ts, fields)
              SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[],
-                                  $7::timestamptz[], $8::jsonb[])",
+                                  $7::timestamptz[], $8::jsonb[]) AS n (site, agent, batch_id, source, kind, seq, ts, fields)
+             WHERE NOT EXISTS (SELECT 1 FROM flowsquare.events e
+                               WHERE e.site = n.site AND e.agent = n.agent AND e.source = n.source
+                                 AND e.ts >= n.ts - make_interval(secs => $9::float8 / 1000)
+                                 AND e.kind = n.kind AND e.fields = n.fields)",
         )
         .await
         .map_err(pg)?;
-    tx.execute(
-        &st,
-        &[&site, &agent, &batch, &source, &kind, &seq, &ts, &fields],
-    )
-    .await
-    .map_err(pg)?;
+    // See `RECAPTURE_WINDOW_MS`: a record stored before with the very same fields is skipped.
+    let window = crate::store::RECAPTURE_WINDOW_MS as f64;
+    let inserted = tx
+        .execute(
+            &st,
+            &[
+                &site, &agent, &batch, &source, &kind, &seq, &ts, &fields, &window,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    if inserted < n as u64 {
+        tracing::warn!(
+            skipped = n as u64 - inserted,
+            "events already stored with the same fields (captured again by a new buffer): skipped"
+        );
+    }
     Ok(())
 }
 

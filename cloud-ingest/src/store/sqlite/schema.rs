@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS events (
     batch_id INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_site_ts ON events (site, ts_ms);
+CREATE INDEX IF NOT EXISTS events_source_ts ON events (site, agent, source, ts_ms);
 
 CREATE TABLE IF NOT EXISTS gaps (
     id       INTEGER PRIMARY KEY,

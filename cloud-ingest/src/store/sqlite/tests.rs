@@ -510,3 +510,10 @@ async fn a_full_disk_is_transient_and_stores_nothing() {
         "nothing of the failed attempt was left in the ledger"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recaptured_event_is_stored_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = open(dir.path()).await;
+    crate::store::suite::a_recaptured_event_is_stored_once(&s, &s).await;
+}

@@ -257,12 +257,17 @@ fn insert_events(tx: &Transaction<'_>, b: &wire::Batch) -> Result<(), StoreError
     if b.events.is_empty() {
         return Ok(());
     }
+    // A record already stored with the very same fields (the PLC's own sequence number among
+    // them) is the same record captured again by an agent that lost its event cursors (a new
+    // buffer database): skipped, not stored twice (see `RECAPTURE_WINDOW_MS`).
     let mut st = tx.prepare_cached(
         "INSERT INTO events (site, agent, source, kind, seq, ts_ms, fields, batch_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+         WHERE NOT EXISTS (SELECT 1 FROM events WHERE site = ?1 AND agent = ?2 AND source = ?3
+                           AND ts_ms >= ?6 - ?9 AND kind = ?4 AND fields = ?7)",
     )?;
     for e in &b.events {
-        st.execute(params![
+        let n = st.execute(params![
             b.site,
             b.agent,
             e.source,
@@ -270,8 +275,13 @@ fn insert_events(tx: &Transaction<'_>, b: &wire::Batch) -> Result<(), StoreError
             bits(e.seq),
             e.ts_ms,
             fields_json(&e.fields),
-            bits(b.batch_id)
+            bits(b.batch_id),
+            crate::store::RECAPTURE_WINDOW_MS
         ])?;
+        if n == 0 {
+            tracing::warn!(site = %b.site, agent = %b.agent, source = %e.source, seq = e.seq,
+                "event already stored with the same fields (captured again by a new buffer): skipped");
+        }
     }
     Ok(())
 }
