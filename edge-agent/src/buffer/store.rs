@@ -69,9 +69,11 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use flowsquare_wire::messages::BufferIdentity;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::error::BufferError;
+use super::inflight::{self, Inflight};
 
 /// Priority class of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -174,10 +176,31 @@ pub struct GapRow {
     pub tags: Vec<u32>,
     /// Time range of the lost readings.
     pub range: Range<i64>,
-    /// Readings lost.
+    /// Readings lost ([`GapRow::UNKNOWN_COUNT`]: not known, see [`GapRow::uncounted`]).
     pub count: u64,
     /// Why.
     pub reason: String,
+}
+
+impl GapRow {
+    /// `count` of a gap whose number of readings is not known (stored as -1; sent as a gap of
+    /// unknown count, `wire::Gap::uncounted`). Never add it up: use [`GapRow::known_count`].
+    pub const UNKNOWN_COUNT: u64 = u64::MAX;
+
+    /// A loss over `range` whose count is not known.
+    pub fn uncounted(tags: Vec<u32>, range: Range<i64>, reason: &str) -> GapRow {
+        GapRow {
+            tags,
+            range,
+            count: Self::UNKNOWN_COUNT,
+            reason: reason.into(),
+        }
+    }
+
+    /// The count, when known.
+    pub fn known_count(&self) -> Option<u64> {
+        (self.count != Self::UNKNOWN_COUNT).then_some(self.count)
+    }
 }
 
 /// A leased batch: segments and gap rows under one batch id.
@@ -185,6 +208,8 @@ pub struct GapRow {
 pub struct Leased {
     /// The batch id (persisted).
     pub batch_id: u64,
+    /// The buffer epoch the id belongs to (the database's identity).
+    pub epoch: u64,
     /// Its segments, in append order.
     pub segments: Vec<Segment>,
     /// Its gap rows.
@@ -243,6 +268,17 @@ pub struct StoreFigures {
     pub quarantined: u64,
     /// Next batch id.
     pub next_batch_id: u64,
+    /// The buffer's identity (random, made when the database was created).
+    pub epoch: u64,
+    /// Readings recovered from damaged databases into this one.
+    pub salvaged_readings: u64,
+    /// Readings of damaged databases or records reported as lost (`buffer-damaged` gaps).
+    pub damaged_readings: u64,
+    /// Parts of damaged databases whose readings could not be counted (rows or whole tables
+    /// unreadable), reported as gaps of unknown count.
+    pub damaged_uncounted: u64,
+    /// Stored records that could not be decoded, moved to `bad_segment`.
+    pub bad_segments: u64,
 }
 
 /// What eviction removed (for counters and logs).
@@ -256,13 +292,17 @@ pub struct Evicted {
 
 /// The segment store. Not `Sync`: one thread owns it (the buffer actor).
 pub struct Store {
-    conn: Connection,
+    pub(super) conn: Connection,
     path: PathBuf,
     bounds: Bounds,
-    bytes: u64,
-    segments: u64,
-    readings: u64,
+    pub(super) bytes: u64,
+    pub(super) segments: u64,
+    pub(super) readings: u64,
     age_checked_ms: i64,
+    identity: BufferIdentity,
+    /// An epoch was assigned at this open (the database had none).
+    epoch_assigned: bool,
+    inflight: Option<std::sync::Arc<Inflight>>,
 }
 
 const SCHEMA: &str = "
@@ -291,6 +331,20 @@ CREATE TABLE IF NOT EXISTS gap(
     reason TEXT NOT NULL,
     batch_id INTEGER);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS bad_segment(
+    id INTEGER PRIMARY KEY,
+    class INTEGER NOT NULL,
+    first_ts INTEGER NOT NULL,
+    last_ts INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    tags BLOB NOT NULL,
+    config TEXT NOT NULL,
+    batch_id INTEGER,
+    blob BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    moved_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS event_cursor(
     source TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -298,14 +352,28 @@ CREATE TABLE IF NOT EXISTS event_cursor(
     ts_ms INTEGER NOT NULL,
     acked INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_batch_id', 1), ('dropped_full', 0), ('dropped_age', 0), ('quarantined', 0),
-    ('last_commit_ms', 0), ('clean', 1);
+    ('last_commit_ms', 0), ('clean', 1), ('committed_total', 0), ('salvaged_readings', 0),
+    ('damaged_readings', 0), ('damaged_uncounted', 0), ('bad_segments', 0);
 ";
 
-fn tags_blob(tags: &[u32]) -> Vec<u8> {
+pub(super) fn tags_blob(tags: &[u32]) -> Vec<u8> {
     tags.iter().flat_map(|t| t.to_le_bytes()).collect()
 }
 
-fn tags_from_blob(b: &[u8]) -> Vec<u32> {
+/// A gap count in SQLite: -1 for an unknown count.
+pub(super) fn count_sql(count: u64) -> i64 {
+    if count == GapRow::UNKNOWN_COUNT {
+        -1
+    } else {
+        i64::try_from(count).unwrap_or(i64::MAX)
+    }
+}
+
+pub(super) fn count_from_sql(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(GapRow::UNKNOWN_COUNT)
+}
+
+pub(super) fn tags_from_blob(b: &[u8]) -> Vec<u32> {
     b.chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
@@ -315,9 +383,57 @@ fn now_ms() -> i64 {
     crate::model::now_ms()
 }
 
+/// A new buffer epoch: random in 1..2^53 (exact in JSON and JavaScript).
+fn new_epoch() -> u64 {
+    use rand::Rng;
+    rand::thread_rng().gen_range(1..(1u64 << 53))
+}
+
+/// What was at the database path before opening.
+enum Prior {
+    Missing,
+    /// A zero-byte file (and no write-ahead log with content).
+    Empty,
+    Present,
+}
+
+fn probe(path: &Path) -> Prior {
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len());
+    match len(path) {
+        Err(_) => Prior::Missing,
+        Ok(0) if len(Path::new(&format!("{}-wal", path.display()))).unwrap_or(0) == 0 => {
+            Prior::Empty
+        }
+        Ok(_) => Prior::Present,
+    }
+}
+
+/// The gap of a crash: from `last` (where the window of readings a crash can lose starts, see
+/// `writer.rs` `CrashFloor`) to `now`, counted when the in-flight side file can tell.
+pub(super) fn crash_gap(
+    last: i64,
+    now: i64,
+    side: Option<(u64, u64)>,
+    epoch: u64,
+    committed: u64,
+) -> GapRow {
+    let range = last..now.max(last);
+    match inflight::lost(side, epoch, committed) {
+        Some(n) => GapRow {
+            tags: Vec::new(),
+            range,
+            count: n,
+            reason: "unclean-shutdown".into(),
+        },
+        None => GapRow::uncounted(Vec::new(), range, "unclean-shutdown"),
+    }
+}
+
 impl Store {
-    /// Open (or create) the store at `path`. A corrupt database is moved aside and a fresh one
-    /// created; the returned path says where the corrupt one went.
+    /// Open (or create) the store at `path`. The agent never refuses to start because of its
+    /// buffer: a damaged database is salvaged into a fresh one (what can be read is kept, what
+    /// cannot is reported as gaps) and moved aside; a zero-byte file is moved aside and replaced.
+    /// The returned path says where a replaced file went; [`Store::identity`] says what happened.
     pub fn open(
         path: &Path,
         durability: Durability,
@@ -331,21 +447,86 @@ impl Store {
                 })?;
             }
         }
-        match Self::try_open(path, durability, bounds) {
-            Ok(s) => Ok((s, None)),
-            Err(e) if e.is_corruption() => {
-                let moved = quarantine(path)?;
-                tracing::error!(path = %path.display(), moved_to = %moved.display(), error = %e,
-                    "buffer database is corrupt: moved aside, starting a fresh one");
-                let mut s = Self::try_open(path, durability, bounds)?;
-                s.bump("quarantined", 1)?;
-                Ok((s, Some(moved)))
+        let side_path = inflight::side_path(path);
+        let side = inflight::read(&side_path);
+        let tmp = super::salvage::tmp_path(path);
+        super::salvage::finish_interrupted(path, &tmp)?;
+        let (mut s, moved) = match probe(path) {
+            Prior::Missing => {
+                let mut s = Self::try_open(path, durability, bounds, side)?;
+                s.identity.origin = "new".into();
+                if side_path.exists() {
+                    let note = "no buffer database was found, but the in-flight counter of an earlier one was: the earlier database was deleted (its unsent readings, if any, are lost; count unknown)";
+                    tracing::error!(path = %path.display(), "{note}");
+                    s.identity.note = Some(note.into());
+                }
+                (s, None)
             }
-            Err(e) => Err(e),
+            Prior::Empty => {
+                let moved = quarantine(path)?;
+                let note = "the buffer database file was empty (zero bytes): moved aside, a fresh one started (whatever it held is lost; count unknown)";
+                tracing::error!(path = %path.display(), moved_to = %moved.display(), "{note}");
+                let mut s = Self::try_open(path, durability, bounds, None)?;
+                s.bump("quarantined", 1)?;
+                s.identity.origin = "replaced-empty".into();
+                s.identity.note = Some(note.into());
+                (s, Some(moved))
+            }
+            Prior::Present => match Self::try_open(path, durability, bounds, side) {
+                Ok(mut s) => {
+                    s.identity.origin = "existing".into();
+                    if s.epoch_assigned {
+                        s.identity.note = Some(format!(
+                            "an existing buffer database without an identity was given epoch {}; the batches it sent before were epoch 0",
+                            s.identity.epoch
+                        ));
+                    }
+                    (s, None)
+                }
+                Err(e) if e.is_corruption() => {
+                    let report = super::salvage::salvage(path, &tmp, durability, bounds, side)?;
+                    let moved = quarantine(path)?;
+                    std::fs::rename(&tmp, path).map_err(|e| BufferError::Io {
+                        path: tmp.clone(),
+                        source: e,
+                    })?;
+                    tracing::error!(path = %path.display(), moved_to = %moved.display(), error = %e,
+                        salvaged_segments = report.salvaged_segments, salvaged_readings = report.salvaged_readings,
+                        damaged_readings = report.damaged_readings, unreadable_rows = report.unreadable_rows,
+                        "buffer database is corrupt: moved aside, starting a fresh one; {}", report.note());
+                    let mut s = Self::try_open(path, durability, bounds, None)?;
+                    s.identity.origin = "replaced-corrupt".into();
+                    s.identity.note = Some(report.note());
+                    (s, Some(moved))
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let committed = s.meta("committed_total")? as u64;
+        match Inflight::create(&side_path, s.identity.epoch, committed) {
+            Ok(f) => s.inflight = Some(std::sync::Arc::new(f)),
+            Err(e) => tracing::error!(path = %side_path.display(), error = %e,
+                "cannot write the buffer's in-flight counter; a crash window will be reported with an unknown count"),
         }
+        Ok((s, moved))
     }
 
-    fn try_open(path: &Path, durability: Durability, bounds: Bounds) -> Result<Store, BufferError> {
+    /// The buffer's identity: epoch, creation time, and how this open found it.
+    pub fn identity(&self) -> &BufferIdentity {
+        &self.identity
+    }
+
+    /// The in-flight counter the run loop writes (see `inflight.rs`).
+    pub fn inflight(&self) -> Option<std::sync::Arc<Inflight>> {
+        self.inflight.clone()
+    }
+
+    pub(super) fn try_open(
+        path: &Path,
+        durability: Durability,
+        bounds: Bounds,
+        side: Option<(u64, u64)>,
+    ) -> Result<Store, BufferError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -376,24 +557,66 @@ impl Store {
             segments: segments as u64,
             readings: readings as u64,
             age_checked_ms: 0,
+            identity: BufferIdentity {
+                epoch: 0,
+                created_ms: 0,
+                origin: "existing".into(),
+                note: None,
+            },
+            epoch_assigned: false,
+            inflight: None,
         };
+        s.ensure_epoch()?;
         let (clean, last) = (s.meta("clean")?, s.meta("last_commit_ms")?);
         if clean == 0 && last > 0 {
-            let now = now_ms();
+            let committed = s.meta("committed_total")? as u64;
+            let gap = crash_gap(last, now_ms(), side, s.identity.epoch, committed);
             tracing::warn!(
                 since_ms = last,
-                "the agent did not stop cleanly: readings after the last commit may be missing; reporting the window as a gap"
+                lost = gap.known_count().map_or("unknown".to_string(), |n| n.to_string()),
+                "the agent did not stop cleanly: readings handed over after the last commit are missing; reporting the window as a gap"
             );
-            s.add_gap(&GapRow {
-                tags: Vec::new(),
-                range: last..now,
-                count: 0,
-                reason: "unclean-shutdown".into(),
-            })?;
+            s.add_gap(&gap)?;
         }
         s.conn
             .execute("UPDATE meta SET value = 0 WHERE key = 'clean'", [])?;
         Ok(s)
+    }
+
+    /// Read the epoch from `meta`, or make one (a new database, or one from before epochs).
+    fn ensure_epoch(&mut self) -> Result<(), BufferError> {
+        let epoch = self.meta("epoch")?;
+        if epoch > 0 {
+            self.identity.epoch = epoch as u64;
+            self.identity.created_ms = self.meta("created_ms")?;
+            return Ok(());
+        }
+        let epoch = new_epoch();
+        let now = now_ms();
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('epoch', ?1), ('created_ms', ?2)",
+            params![epoch as i64, now],
+        )?;
+        self.identity.epoch = epoch;
+        self.identity.created_ms = now;
+        self.epoch_assigned = true;
+        Ok(())
+    }
+
+    /// Take over an older database's identity (salvage: the same logical buffer).
+    pub(super) fn adopt_identity(
+        &mut self,
+        epoch: u64,
+        created_ms: i64,
+        next_batch_id: i64,
+    ) -> Result<(), BufferError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('epoch', ?1), ('created_ms', ?2), ('next_batch_id', ?3)",
+            params![epoch as i64, created_ms, next_batch_id],
+        )?;
+        self.identity.epoch = epoch;
+        self.identity.created_ms = created_ms;
+        Ok(())
     }
 
     /// Figures of the database at `path`, opened read-only (safe while the agent runs; changes
@@ -412,6 +635,14 @@ impl Store {
             segments: 0,
             readings: 0,
             age_checked_ms: 0,
+            identity: BufferIdentity {
+                epoch: 0,
+                created_ms: 0,
+                origin: "existing".into(),
+                note: None,
+            },
+            epoch_assigned: false,
+            inflight: None,
         };
         s.figures_scan()
     }
@@ -428,7 +659,7 @@ impl Store {
         &self.path
     }
 
-    fn meta(&self, key: &str) -> Result<i64, BufferError> {
+    pub(super) fn meta(&self, key: &str) -> Result<i64, BufferError> {
         Ok(self
             .conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
@@ -436,7 +667,7 @@ impl Store {
             .unwrap_or(0))
     }
 
-    fn bump(&mut self, key: &str, by: i64) -> Result<(), BufferError> {
+    pub(super) fn bump(&mut self, key: &str, by: i64) -> Result<(), BufferError> {
         self.conn.execute(
             "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = value + ?2",
             params![key, by],
@@ -486,6 +717,13 @@ impl Store {
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'last_commit_ms'",
             [since],
+        )?;
+        // The committed total, in the counter space of the in-flight side file (see
+        // `inflight.rs`): after a crash, handed − committed readings were lost.
+        let n: i64 = segs.iter().map(|s| i64::from(s.count)).sum();
+        tx.execute(
+            "UPDATE meta SET value = value + ?1 WHERE key = 'committed_total'",
+            [n],
         )?;
         tx.commit()?;
         self.bytes += added;
@@ -730,7 +968,7 @@ impl Store {
                     tags_blob(&gap.tags),
                     gap.range.start,
                     gap.range.end,
-                    gap.count as i64,
+                    count_sql(gap.count),
                     gap.reason
                 ],
             )?;
@@ -789,7 +1027,7 @@ impl Store {
                 tags_blob(&gap.tags),
                 gap.range.start,
                 gap.range.end,
-                gap.count as i64,
+                count_sql(gap.count),
                 gap.reason
             ],
         )?;
@@ -893,6 +1131,7 @@ impl Store {
         segments.sort_by_key(|s| s.id);
         Ok(Some(Leased {
             batch_id: batch_id as u64,
+            epoch: self.identity.epoch,
             segments,
             gaps,
         }))
@@ -907,7 +1146,7 @@ impl Store {
             Ok(GapRow {
                 tags: tags_from_blob(&tags),
                 range: r.get(1)?..r.get(2)?,
-                count: r.get::<_, i64>(3)? as u64,
+                count: count_from_sql(r.get(3)?),
                 reason: r.get(4)?,
             })
         })?;
@@ -942,11 +1181,81 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             out.push(Leased {
                 batch_id: id as u64,
+                epoch: self.identity.epoch,
                 segments,
                 gaps: Self::gaps_of(&self.conn, id)?,
             });
         }
         Ok(out)
+    }
+
+    /// One leased batch, as it stands now (after [`Store::quarantine_segment`] changed it).
+    pub fn leased_batch(&self, batch_id: u64) -> Result<Leased, BufferError> {
+        let id = batch_id as i64;
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, class, count, blob FROM segment WHERE batch_id = ?1 ORDER BY id",
+        )?;
+        let segments = st
+            .query_map([id], |r| {
+                Ok(Segment {
+                    id: r.get(0)?,
+                    class: Class::from_i64(r.get(1)?),
+                    count: r.get(2)?,
+                    blob: r.get(3)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Leased {
+            batch_id,
+            epoch: self.identity.epoch,
+            segments,
+            gaps: Self::gaps_of(&self.conn, id)?,
+        })
+    }
+
+    /// A stored segment cannot be decoded: move it alone to `bad_segment` (kept for the
+    /// post-mortem) and report its readings as a `buffer-damaged` gap with its tags, time range
+    /// and count, under the batch id it was leased under (if any), in one transaction. The
+    /// batch goes on without it. Returns the readings reported lost (0 if the row is gone).
+    pub fn quarantine_segment(&mut self, id: i64, why: &str) -> Result<u64, BufferError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        type Row = (i64, i64, i64, i64, Vec<u8>, Option<i64>);
+        let row: Option<Row> = tx
+            .query_row(
+                "SELECT first_ts, last_ts, count, bytes, tags, batch_id FROM segment WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()?;
+        let Some((first, last, count, bytes, tags, batch_id)) = row else {
+            return Ok(0);
+        };
+        tx.execute(
+            "INSERT OR REPLACE INTO bad_segment SELECT id, class, first_ts, last_ts, count, bytes, created_ms, tags, config, batch_id, blob, ?2, ?3 FROM segment WHERE id = ?1",
+            params![id, why, now_ms()],
+        )?;
+        tx.execute("DELETE FROM segment WHERE id = ?1", [id])?;
+        tx.execute(
+            "INSERT INTO gap(tags, from_ms, to_ms, count, reason, batch_id) VALUES (?1, ?2, ?3, ?4, 'buffer-damaged', ?5)",
+            params![tags, first, last, count, batch_id],
+        )?;
+        tx.execute(
+            "UPDATE meta SET value = value + ?1 WHERE key = 'damaged_readings'",
+            [count],
+        )?;
+        tx.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'bad_segments'",
+            [],
+        )?;
+        tx.commit()?;
+        self.bytes = self.bytes.saturating_sub(bytes as u64);
+        self.segments = self.segments.saturating_sub(1);
+        self.readings = self.readings.saturating_sub(count as u64);
+        tracing::error!(segment = id, readings = count, from_ms = first, to_ms = last, batch_id, reason = why,
+            "a stored record cannot be read: moved to bad_segment and reported as a buffer-damaged gap; the uplink goes on");
+        Ok(count as u64)
     }
 
     /// The cloud committed `batch_id`: delete what was leased under it. Returns the readings
@@ -1015,6 +1324,11 @@ impl Store {
             dropped_age: self.meta("dropped_age")? as u64,
             quarantined: self.meta("quarantined")? as u64,
             next_batch_id: self.meta("next_batch_id")? as u64,
+            epoch: self.meta("epoch")? as u64,
+            salvaged_readings: self.meta("salvaged_readings")? as u64,
+            damaged_readings: self.meta("damaged_readings")? as u64,
+            damaged_uncounted: self.meta("damaged_uncounted")? as u64,
+            bad_segments: self.meta("bad_segments")? as u64,
         })
     }
 }
