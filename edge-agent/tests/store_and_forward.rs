@@ -398,7 +398,7 @@ async fn sigkill_mid_stream_then_restart_resends_the_same_ids_and_reports_the_cr
         .expect("lock")
         .batches
         .keys()
-        .map(|k| k.2)
+        .map(|k| k.3)
         .collect();
     let polled_1 = agent.kill9();
     // The cloud is back: it acknowledges from now on.

@@ -130,6 +130,10 @@ fn open_ro(p: &Path) -> rusqlite::Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     c.busy_timeout(std::time::Duration::from_secs(1))?;
+    // A truncated file is shorter than its header says: SQLite refuses it as corrupt unless
+    // the schema is "writable", when it reads what the file holds (the connection stays
+    // read-only).
+    let _ = c.pragma_update(None, "writable_schema", "ON");
     Ok(c)
 }
 

@@ -1674,4 +1674,244 @@ mod tests {
         let f = s.figures().expect("figures");
         assert_eq!((f.readings, f.quarantined), (0, 1));
     }
+
+    fn real_seg(ts: i64, n: usize) -> NewSegment {
+        use crate::model::{Reading, Value};
+        let id = super::super::codec::Identity {
+            site: "s".into(),
+            agent: "a".into(),
+            config_hash: "c1".into(),
+        };
+        // Noisy values: blobs of a few KiB, spread over several pages.
+        let rs: Vec<Reading> = (0..n)
+            .map(|i| {
+                let v = ((ts as u64 + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64;
+                Reading::good((i % 3) as u32, ts + i as i64, Value::Float(v), 0)
+            })
+            .collect();
+        super::super::codec::encode_segment(Class::Normal, &id, &rs).expect("encode")
+    }
+
+    fn bounds() -> Bounds {
+        Bounds {
+            max_bytes: u64::MAX,
+            max_age_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_epoch_is_made_once_kept_across_reopens_and_carried_by_leases() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = open(d.path(), u64::MAX);
+        let id = s.identity().clone();
+        assert_eq!(id.origin, "new");
+        assert!(id.epoch >= 1 && id.epoch < 1 << 53);
+        s.append(&[seg(Class::Normal, 0, 1, 10)]).expect("append");
+        assert_eq!(s.lease(&all(10)).expect("lease").expect("some").epoch, id.epoch);
+        s.close().expect("close");
+        let s = open(d.path(), u64::MAX);
+        assert_eq!(s.identity().epoch, id.epoch);
+        assert_eq!(s.identity().created_ms, id.created_ms);
+        assert_eq!(s.identity().origin, "existing");
+        assert_eq!(s.figures().expect("figures").epoch, id.epoch);
+        // Another database gets another epoch.
+        let other = tempfile::tempdir().expect("tmp");
+        assert_ne!(open(other.path(), u64::MAX).identity().epoch, id.epoch);
+    }
+
+    #[test]
+    fn an_existing_database_without_an_epoch_gets_one_and_says_so() {
+        let d = tempfile::tempdir().expect("tmp");
+        let s = open(d.path(), u64::MAX);
+        s.conn
+            .execute("DELETE FROM meta WHERE key IN ('epoch', 'created_ms')", [])
+            .expect("forget");
+        s.close().expect("close");
+        let s = open(d.path(), u64::MAX);
+        assert_eq!(s.identity().origin, "existing");
+        assert!(s.identity().note.as_deref().unwrap_or("").contains("epoch 0"));
+    }
+
+    #[test]
+    fn a_crash_window_counts_the_readings_handed_over_and_not_committed() {
+        let d = tempfile::tempdir().expect("tmp");
+        {
+            let mut s = open(d.path(), u64::MAX);
+            let f = s.inflight().expect("side file");
+            f.add(30);
+            s.append(&[seg(Class::Normal, 0, 10, 10)]).expect("append");
+            std::mem::forget(s);
+        }
+        let mut s = open(d.path(), u64::MAX);
+        let l = s.lease(&all(100)).expect("lease").expect("some");
+        assert_eq!(l.gaps.len(), 1);
+        assert_eq!(l.gaps[0].reason, "unclean-shutdown");
+        assert_eq!(l.gaps[0].known_count(), Some(20), "handed 30, committed 10");
+        // Without the side file the count is unknown.
+        let side = inflight::side_path(&d.path().join("buffer.db"));
+        s.inflight().expect("side file").add(5);
+        std::mem::forget(s);
+        std::fs::remove_file(&side).expect("rm");
+        let mut s = open(d.path(), u64::MAX);
+        let l = s.lease(&all(100)).expect("lease").expect("some");
+        assert_eq!(l.gaps.len(), 1);
+        assert_eq!(l.gaps[0].known_count(), None);
+        // An orderly close: no gap, the counter goes on.
+        s.inflight().expect("side file").add(3);
+        s.append(&[seg(Class::Normal, 0, 3, 10)]).expect("append");
+        s.close().expect("close");
+        let s = open(d.path(), u64::MAX);
+        assert_eq!(s.figures().expect("figures").pending_gaps, 0);
+    }
+
+    #[test]
+    fn salvage_keeps_the_epoch_and_batch_ids_and_reports_an_unreadable_blob_as_a_counted_gap() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("buffer.db");
+        let (epoch, leased_id) = {
+            let mut s = open(d.path(), u64::MAX);
+            s.append(&[real_seg(0, 50), real_seg(1000, 60), real_seg(2000, 70)])
+                .expect("append");
+            let l = s.lease(&all(50)).expect("lease").expect("some");
+            s.conn
+                .execute("UPDATE segment SET blob = x'00112233' WHERE id = 2", [])
+                .expect("damage");
+            let e = s.identity().epoch;
+            s.close().expect("close");
+            (e, l.batch_id)
+        };
+        let tmp = super::super::salvage::tmp_path(&path);
+        let r = super::super::salvage::salvage(&path, &tmp, Durability::CrashSafe, bounds(), None)
+            .expect("salvage");
+        assert_eq!((r.salvaged_segments, r.salvaged_readings), (2, 120));
+        assert_eq!((r.damaged_segments, r.damaged_readings), (1, 60));
+        assert!(r.epoch_kept && !r.incomplete && r.unreadable_rows == 0, "{r:?}");
+        let mut s = Store::try_open(&tmp, Durability::CrashSafe, bounds(), None).expect("open");
+        assert_eq!(s.identity().epoch, epoch, "the same logical buffer");
+        let leased = s.leased().expect("leased");
+        assert_eq!(leased.len(), 1);
+        assert_eq!((leased[0].batch_id, leased[0].count()), (leased_id, 50));
+        let l = s.lease(&all(1000)).expect("lease").expect("some");
+        assert_eq!(l.batch_id, leased_id + 1, "batch ids continue");
+        assert_eq!(l.count(), 70);
+        let damaged: Vec<_> = l.gaps.iter().filter(|g| g.reason == "buffer-damaged").collect();
+        assert_eq!(damaged.len(), 1);
+        assert_eq!((damaged[0].known_count(), damaged[0].range.clone()), (Some(60), 1000..1059));
+        assert_eq!(damaged[0].tags, vec![0, 1, 2]);
+        let f = s.figures().expect("figures");
+        assert_eq!((f.salvaged_readings, f.damaged_readings, f.quarantined), (120, 60, 1));
+    }
+
+    #[test]
+    fn a_truncated_database_is_salvaged_as_far_as_it_can_be_read() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("buffer.db");
+        let total: u64 = {
+            let mut s = open(d.path(), u64::MAX);
+            for i in 0..200 {
+                s.append(&[real_seg(i * 1000, 300)]).expect("append");
+            }
+            s.close().expect("close");
+            200 * 300
+        };
+        let len = std::fs::metadata(&path).expect("meta").len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        f.set_len(len * 6 / 10).expect("truncate");
+        drop(f);
+        let (mut s, moved) = Store::open(&path, Durability::CrashSafe, bounds()).expect("open");
+        assert!(moved.is_some());
+        assert_eq!(s.identity().origin, "replaced-corrupt");
+        let note = s.identity().note.clone().unwrap_or_default();
+        let f = s.figures().expect("figures");
+        assert!(f.salvaged_readings > 0, "{note}");
+        assert!(f.salvaged_readings + f.damaged_readings <= total, "{f:?}");
+        assert_eq!(f.readings, f.salvaged_readings);
+        let l = s.lease(&all(u64::MAX)).expect("lease").expect("some");
+        if f.salvaged_readings + f.damaged_readings < total {
+            assert!(
+                l.gaps.iter().any(|g| g.known_count().is_none() && g.reason == "buffer-damaged"),
+                "what could not be read is a gap of unknown count: {:?} {note}",
+                l.gaps
+            );
+        }
+    }
+
+    #[test]
+    fn a_zero_byte_file_is_replaced_and_reported() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("buffer.db");
+        std::fs::write(&path, b"").expect("write");
+        let (s, moved) = Store::open(&path, Durability::CrashSafe, bounds()).expect("open");
+        assert!(moved.is_some());
+        assert_eq!(s.identity().origin, "replaced-empty");
+        assert!(s.identity().note.is_some());
+        assert_eq!(s.figures().expect("figures").quarantined, 1);
+    }
+
+    #[test]
+    fn an_interrupted_salvage_is_finished_at_the_next_start() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("buffer.db");
+        {
+            let mut s = open(d.path(), u64::MAX);
+            s.append(&[real_seg(0, 10)]).expect("append");
+            s.close().expect("close");
+        }
+        let tmp = super::super::salvage::tmp_path(&path);
+        super::super::salvage::salvage(&path, &tmp, Durability::CrashSafe, bounds(), None)
+            .expect("salvage");
+        // Crash after the damaged file was moved aside, before the fresh one took its place.
+        std::fs::rename(&path, d.path().join("buffer.db.corrupt-1")).expect("mv");
+        let s = open(d.path(), u64::MAX);
+        assert_eq!(s.figures().expect("figures").readings, 10);
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn an_undecodable_segment_is_quarantined_alone_and_its_batch_goes_on() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = open(d.path(), u64::MAX);
+        s.append(&[real_seg(0, 50), real_seg(1000, 60), real_seg(2000, 70)])
+            .expect("append");
+        // Eight flipped bytes inside one stored blob: SQLite's quick_check still says ok.
+        let mut blob: Vec<u8> = s
+            .conn
+            .query_row("SELECT blob FROM segment WHERE id = 2", [], |r| r.get(0))
+            .expect("blob");
+        let mid = blob.len() / 2;
+        for b in &mut blob[mid..mid + 8] {
+            *b ^= 0xff;
+        }
+        s.conn
+            .execute("UPDATE segment SET blob = ?1 WHERE id = 2", [blob])
+            .expect("flip");
+        let check: String = s
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .expect("check");
+        assert_eq!(check, "ok");
+        let id = super::super::codec::Identity {
+            site: "s".into(),
+            agent: "a".into(),
+            config_hash: "c1".into(),
+        };
+        let l = s.lease(&all(1000)).expect("lease").expect("some");
+        let (b, lost) = super::super::writer::build_checked(&mut s, &id, l).expect("built");
+        assert_eq!(lost, 60);
+        let batch = flowsquare_wire::decode(&b.payload).expect("decode");
+        assert_eq!(batch.readings.len(), 120);
+        assert_eq!(batch.buffer_epoch, s.identity().epoch);
+        assert_eq!(batch.gaps.len(), 1);
+        assert_eq!((batch.gaps[0].count, batch.gaps[0].count_known), (60, true));
+        let f = s.figures().expect("figures");
+        assert_eq!((f.bad_segments, f.damaged_readings, f.readings), (1, 60, 120));
+        let kept: i64 = s
+            .conn
+            .query_row("SELECT COUNT(*) FROM bad_segment", [], |r| r.get(0))
+            .expect("bad");
+        assert_eq!(kept, 1, "kept for the post-mortem");
+        // The acknowledgement deletes the rest of the batch and its gap.
+        assert_eq!(s.ack(b.batch_id).expect("ack"), 120);
+        assert_eq!(s.figures().expect("figures").pending_gaps, 0);
+    }
 }
