@@ -883,7 +883,12 @@ async fn a_garbage_buffer_is_replaced_and_reported() {
 /// both runs, what the consumer received, and the second run's log.
 async fn held_then_damaged(
     damage: impl FnOnce(&Path),
-) -> (Vec<(String, String)>, Vec<(String, String)>, Received, String) {
+) -> (
+    Vec<(String, String)>,
+    Vec<(String, String)>,
+    Received,
+    String,
+) {
     let s = Setup::new().await;
     let consumer = s
         .consumer(ConsumerOptions {
@@ -921,8 +926,8 @@ async fn held_then_damaged(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_flipped_record_is_quarantined_alone_reported_as_a_counted_gap_and_the_uplink_goes_on(
-) {
+async fn one_flipped_record_is_quarantined_alone_reported_as_a_counted_gap_and_the_uplink_goes_on()
+{
     let (p1, p2, r, log) = held_then_damaged(|db| {
         let c = rusqlite::Connection::open(db).expect("open");
         let (id, mut blob): (i64, Vec<u8>) = c
@@ -965,22 +970,34 @@ async fn one_flipped_record_is_quarantined_alone_reported_as_a_counted_gap_and_t
         polled.len() as u64,
         "stored readings + gap counts = readings polled"
     );
-    assert!(p2.iter().all(|k| got.contains(k)), "the second run's readings all arrive");
+    assert!(
+        p2.iter().all(|k| got.contains(k)),
+        "the second run's readings all arrive"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_buffer_is_salvaged_and_what_is_lost_is_reported() {
     let (p1, p2, r, log) = held_then_damaged(|db| {
         let len = std::fs::metadata(db).expect("db").len();
-        let f = std::fs::OpenOptions::new().write(true).open(db).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(db)
+            .expect("open");
         f.set_len(len * 6 / 10).expect("truncate");
     })
     .await;
-    assert!(log.contains("buffer database is corrupt: moved aside"), "{log}");
+    assert!(
+        log.contains("buffer database is corrupt: moved aside"),
+        "{log}"
+    );
     let ids = buffer_births(&r);
     let last = ids.last().expect("birth");
     assert_eq!(last.origin, "replaced-corrupt", "{last:?}");
-    assert!(last.note.as_deref().unwrap_or("").contains("salvaged"), "{last:?}");
+    assert!(
+        last.note.as_deref().unwrap_or("").contains("salvaged"),
+        "{last:?}"
+    );
     let polled: BTreeSet<_> = p1.iter().chain(&p2).cloned().collect();
     let keys = received_keys(&r);
     let got: BTreeSet<_> = keys.iter().cloned().collect();
@@ -990,7 +1007,10 @@ async fn a_truncated_buffer_is_salvaged_and_what_is_lost_is_reported() {
         got.len() as u64 + r.gap_counts() <= polled.len() as u64,
         "nothing counted twice"
     );
-    assert!(p2.iter().all(|k| got.contains(k)), "the second run's readings all arrive");
+    assert!(
+        p2.iter().all(|k| got.contains(k)),
+        "the second run's readings all arrive"
+    );
     // Every reading of the first run not stored lies in a reported gap.
     let gaps = r.gaps();
     let missing: Vec<_> = p1
@@ -1003,7 +1023,10 @@ async fn a_truncated_buffer_is_salvaged_and_what_is_lost_is_reported() {
         })
         .take(5)
         .collect();
-    assert!(missing.is_empty(), "lost outside every gap: {missing:?} {gaps:?}");
+    assert!(
+        missing.is_empty(),
+        "lost outside every gap: {missing:?} {gaps:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1097,10 +1120,16 @@ async fn a_returning_broker_is_used_within_the_reconnect_cap() {
     flowsquare_tests::wait_until(Duration::from_secs(10), || agent.metrics_addr().is_some());
     let metrics = agent.metrics_addr().expect("metrics");
     let connected = || scrape(&metrics, "flowsquare_mqtt_connected") == Some(1.0);
-    assert!(flowsquare_tests::wait_until(Duration::from_secs(20), connected));
+    assert!(flowsquare_tests::wait_until(
+        Duration::from_secs(20),
+        connected
+    ));
     s.broker.stop();
     let down = std::time::Instant::now();
-    assert!(flowsquare_tests::wait_until(Duration::from_secs(20), || !connected()));
+    assert!(flowsquare_tests::wait_until(
+        Duration::from_secs(20),
+        || !connected()
+    ));
     // Down long enough for the backoff to reach its cap (0.5 s doubling: 10 s after ~20 s).
     let unit = s.sim.sim.unit(1).expect("unit").clone();
     while down.elapsed() < Duration::from_secs(22) {

@@ -126,8 +126,16 @@ mod tests {
         assert_eq!(decode(&[0u8; LEN]), None, "zeroed");
         assert_eq!(decode(&b[..20]), None, "short");
         assert_eq!(lost(Some((7, 1234)), 7, 1200), Some(34));
-        assert_eq!(lost(Some((7, 1234)), 8, 1200), None, "another buffer's file");
-        assert_eq!(lost(Some((7, 1000)), 7, 1200), None, "behind the committed total");
+        assert_eq!(
+            lost(Some((7, 1234)), 8, 1200),
+            None,
+            "another buffer's file"
+        );
+        assert_eq!(
+            lost(Some((7, 1000)), 7, 1200),
+            None,
+            "behind the committed total"
+        );
         assert_eq!(lost(None, 7, 0), None);
     }
 

@@ -13,8 +13,10 @@
 //! - A segment whose blob decodes is copied as it is; one whose metadata is readable but whose
 //!   blob is not becomes a `buffer-damaged` gap with its tags, time range and count.
 //! - What cannot be read at all (rows, or the rest of a table after a broken page) becomes one
-//!   `buffer-damaged` gap of unknown count over the time range that is known (readable
-//!   metadata, `last_commit_ms`, the file's mtime).
+//!   `buffer-damaged` gap of unknown count over the time range that is known: from the
+//!   database's creation (`meta.created_ms`; unreadable rows may be older than every readable
+//!   one), or the oldest readable reading, but not before the age bound, to the last commit or
+//!   the file's mtime.
 //! - The old database's own crash window (`clean` = 0) is reported like any unclean shutdown.
 
 use std::ops::Range;
@@ -72,7 +74,11 @@ impl Report {
                 Some(r) => s.push_str(&format!(
                     "; {} unreadable rows{} reported as a gap of unknown count from {} to {}",
                     self.unreadable_rows,
-                    if self.incomplete { " and unreadable table parts" } else { "" },
+                    if self.incomplete {
+                        " and unreadable table parts"
+                    } else {
+                        ""
+                    },
                     crate::model::rfc3339_ms(r.start),
                     crate::model::rfc3339_ms(r.end)
                 )),
@@ -180,8 +186,7 @@ fn row_ids(c: &Connection, table: &str) -> (Vec<i64>, bool) {
 
 /// Does a stored blob decode to `count` readings and events?
 fn decodes(blob: &[u8], count: i64) -> bool {
-    flowsquare_wire::decode(blob)
-        .is_ok_and(|b| (b.readings.len() + b.events.len()) as i64 == count)
+    flowsquare_wire::decode(blob).is_ok_and(|b| (b.readings.len() + b.events.len()) as i64 == count)
 }
 
 /// Known time range of what was read (for the gap of unknown count).
@@ -258,7 +263,16 @@ impl Copier<'_> {
             let row: rusqlite::Result<Row> = self.old.query_row(
                 "SELECT tags, from_ms, to_ms, count, reason, batch_id FROM gap WHERE id = ?1",
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             );
             let Ok((tags, from, to, count, reason, batch_id)) = row else {
                 self.report.unreadable_rows += 1;
@@ -331,7 +345,9 @@ pub fn salvage(
     let mut span = Span::default();
     if let Some(c) = &conn {
         report.readable = c
-            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .is_ok();
         let mut cp = Copier {
             old: c,
@@ -363,11 +379,19 @@ pub fn salvage(
     }
     // What could not be read at all: one gap of unknown count over the known range.
     if report.unreadable_rows > 0 || report.incomplete || !report.readable {
-        if let Some(t) = last_commit {
+        // Unreadable rows may be older than every readable one: the range starts at the
+        // database's creation (nothing in it was committed earlier), or at the age bound.
+        for t in [last_commit, m("created_ms").filter(|t| *t > 0)]
+            .into_iter()
+            .flatten()
+        {
             span.add(t, t);
         }
         if let (Some((lo, hi)), Some(mt)) = (span.0, mtime) {
             span.add(lo, hi.max(mt));
+        }
+        if let (Some((lo, hi)), true) = (span.0, bounds.max_age_ms > 0) {
+            span.0 = Some((lo.max(now - bounds.max_age_ms).min(hi), hi));
         }
         if let Some((lo, hi)) = span.0 {
             let g = super::GapRow::uncounted(Vec::new(), lo..hi.max(lo), "buffer-damaged");
@@ -383,11 +407,16 @@ pub fn salvage(
             [],
             |r| r.get(0),
         )?;
-        fresh.adopt_identity(e as u64, m("created_ms").unwrap_or(now), n.max(max_batch + 1))?;
+        fresh.adopt_identity(
+            e as u64,
+            m("created_ms").unwrap_or(now),
+            n.max(max_batch + 1),
+        )?;
     }
-    fresh
-        .conn
-        .execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('salvage_complete', 1)", [])?;
+    fresh.conn.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES ('salvage_complete', 1)",
+        [],
+    )?;
     fresh.close()?;
     Ok(report)
 }
@@ -419,8 +448,14 @@ fn finish_meta(
         ("dropped_full", old("dropped_full")),
         ("dropped_age", old("dropped_age")),
         ("quarantined", old("quarantined") + 1),
-        ("salvaged_readings", old("salvaged_readings") + r.salvaged_readings as i64),
-        ("damaged_readings", old("damaged_readings") + r.damaged_readings as i64),
+        (
+            "salvaged_readings",
+            old("salvaged_readings") + r.salvaged_readings as i64,
+        ),
+        (
+            "damaged_readings",
+            old("damaged_readings") + r.damaged_readings as i64,
+        ),
         ("damaged_uncounted", old("damaged_uncounted") + uncounted),
         ("bad_segments", old("bad_segments")),
         (

@@ -52,6 +52,16 @@
 //! `nack` is not a store operation: the batch keeps its id and stays leased; the uplink re-sends
 //! it. On start, `leased()` lists batches leased before a crash so they are re-sent first.
 //!
+//! ## Identity
+//! `meta.epoch` (random, 1..2^53) and `meta.created_ms` are made when the database is created
+//! (an existing database without them gets them at its next open: it is new to the cloud's
+//! ledger only in that the batches it sent before were epoch 0). Every batch carries the epoch
+//! (`Leased::epoch` → `wire::Batch::buffer_epoch`); the cloud's ledger keys on (site, agent,
+//! epoch, batch id), so a fresh database, whose batch ids start at 1 again, is never taken for
+//! a duplicate. The birth names the buffer (`wire::BufferIdentity`: epoch, created, origin
+//! `new` | `existing` | `replaced-corrupt` | `replaced-empty`, a note); the agent ignores (and
+//! counts) acks that name another epoch.
+//!
 //! ## Crash behaviour
 //! Every operation is one SQLite transaction. `synchronous=NORMAL` (default) survives a process
 //! crash (SIGKILL) with every committed transaction intact; `synchronous=FULL` also survives
@@ -59,12 +69,47 @@
 //! on restart); a crash after ack leaves nothing to re-send. Readings handed to the writer but
 //! not yet committed (at most one group-commit interval) die with the process: `meta.clean` is 0
 //! while the agent runs and 1 after an orderly close, so on the next start after a crash a gap
-//! row (`reason = "unclean-shutdown"`, all tags, count 0 = unknown) tells the cloud which window
-//! may be missing: from `meta.last_commit_ms` — the last commit's time, or earlier, the oldest
-//! timestamp a reading handed over after it can carry (readings are stamped at the poll, GPS
-//! readings with the fix time, and arrive later; `writer.rs` `CrashFloor`) — to the restart. A database that cannot be opened or
-//! fails `quick_check` is moved aside (`buffer.db.corrupt-<ms>`), reported and counted, and a
-//! fresh one is started: the agent never refuses to start because of its buffer.
+//! row (`reason = "unclean-shutdown"`, all tags) tells the cloud which window is missing: from
+//! `meta.last_commit_ms` — the last commit's time, or earlier, the oldest timestamp a reading
+//! handed over after it can carry (readings are stamped at the poll, GPS readings with the fix
+//! time, and arrive later; `writer.rs` `CrashFloor`) — to the restart. Its count is known from
+//! the in-flight side file (`buffer.db.inflight`, `inflight.rs`): the run loop `pwrite`s the
+//! running total of readings handed to the writer (no fsync: the page cache survives a process
+//! crash), the writer adds what it commits to `meta.committed_total` in each commit
+//! transaction; lost = handed − committed. A missing, damaged or stale side file (power loss,
+//! another epoch, behind the committed total) gives a gap of unknown count (-1 in the `count`
+//! column, `GapRow::UNKNOWN_COUNT`, `wire::Gap::uncounted`), never a wrong number.
+//!
+//! ## Damage
+//! The agent never refuses to start, and its uplink never stops, because of its buffer:
+//! - a database that fails to open or `quick_check` is salvaged (`salvage.rs`): read-only,
+//!   piece by piece, into a fresh database that keeps the epoch and the batch ids when the old
+//!   meta is readable; segments whose blob does not decode become counted `buffer-damaged` gaps
+//!   (tags, range, count); unreadable rows one gap of unknown count over the known range. The
+//!   old file is moved aside (`buffer.db.corrupt-<ms>`), the salvage is logged in one line,
+//!   counted in `meta` (`quarantined`, `salvaged_readings`, `damaged_readings`,
+//!   `damaged_uncounted`) and told in the birth (`replaced-corrupt`, note);
+//! - a zero-byte file is moved aside and logged (`replaced-empty`); a missing database whose
+//!   side file remains was deleted (birth note);
+//! - a stored record that does not decode (SQLite sees nothing wrong) is moved alone to
+//!   `bad_segment` when a lease, a compaction or an export meets it, and reported as a
+//!   `buffer-damaged` gap under the same batch id (`quarantine_segment`,
+//!   `writer::build_checked`); the batch goes on without it.
+//!
+//! Tests: crash windows — `crash_after_append_commit_keeps_every_committed_segment`,
+//! `crash_between_lease_and_ack_resends_the_same_batch_id`, `crash_after_ack_does_not_resend`,
+//! `an_orderly_close_reports_no_gap_and_a_crash_reports_its_window`,
+//! `a_crash_window_counts_the_readings_handed_over_and_not_committed` (here);
+//! `sigkill_mid_stream_then_restart_resends_the_same_ids_and_reports_the_crash_window` (the
+//! count equals the readings lost) and
+//! `sigkill_without_the_side_file_reports_a_crash_window_of_unknown_count`
+//! (`tests/store_and_forward.rs`). Damage — `salvage_keeps_the_epoch_and_batch_ids_and_reports_an_unreadable_blob_as_a_counted_gap`,
+//! `a_truncated_database_is_salvaged_as_far_as_it_can_be_read`,
+//! `a_zero_byte_file_is_replaced_and_reported`,
+//! `an_interrupted_salvage_is_finished_at_the_next_start`,
+//! `an_undecodable_segment_is_quarantined_alone_and_its_batch_goes_on` (here); one end-to-end
+//! test per damage case in `tests/store_and_forward.rs` (deleted, zero bytes, garbage,
+//! truncated, one flipped record).
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -1226,7 +1271,16 @@ impl Store {
             .query_row(
                 "SELECT first_ts, last_ts, count, bytes, tags, batch_id FROM segment WHERE id = ?1",
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             )
             .optional()?;
         let Some((first, last, count, bytes, tags, batch_id)) = row else {
@@ -1707,7 +1761,10 @@ mod tests {
         assert_eq!(id.origin, "new");
         assert!(id.epoch >= 1 && id.epoch < 1 << 53);
         s.append(&[seg(Class::Normal, 0, 1, 10)]).expect("append");
-        assert_eq!(s.lease(&all(10)).expect("lease").expect("some").epoch, id.epoch);
+        assert_eq!(
+            s.lease(&all(10)).expect("lease").expect("some").epoch,
+            id.epoch
+        );
         s.close().expect("close");
         let s = open(d.path(), u64::MAX);
         assert_eq!(s.identity().epoch, id.epoch);
@@ -1729,7 +1786,12 @@ mod tests {
         s.close().expect("close");
         let s = open(d.path(), u64::MAX);
         assert_eq!(s.identity().origin, "existing");
-        assert!(s.identity().note.as_deref().unwrap_or("").contains("epoch 0"));
+        assert!(s
+            .identity()
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("epoch 0"));
     }
 
     #[test]
@@ -1785,7 +1847,10 @@ mod tests {
             .expect("salvage");
         assert_eq!((r.salvaged_segments, r.salvaged_readings), (2, 120));
         assert_eq!((r.damaged_segments, r.damaged_readings), (1, 60));
-        assert!(r.epoch_kept && !r.incomplete && r.unreadable_rows == 0, "{r:?}");
+        assert!(
+            r.epoch_kept && !r.incomplete && r.unreadable_rows == 0,
+            "{r:?}"
+        );
         let mut s = Store::try_open(&tmp, Durability::CrashSafe, bounds(), None).expect("open");
         assert_eq!(s.identity().epoch, epoch, "the same logical buffer");
         let leased = s.leased().expect("leased");
@@ -1794,12 +1859,22 @@ mod tests {
         let l = s.lease(&all(1000)).expect("lease").expect("some");
         assert_eq!(l.batch_id, leased_id + 1, "batch ids continue");
         assert_eq!(l.count(), 70);
-        let damaged: Vec<_> = l.gaps.iter().filter(|g| g.reason == "buffer-damaged").collect();
+        let damaged: Vec<_> = l
+            .gaps
+            .iter()
+            .filter(|g| g.reason == "buffer-damaged")
+            .collect();
         assert_eq!(damaged.len(), 1);
-        assert_eq!((damaged[0].known_count(), damaged[0].range.clone()), (Some(60), 1000..1059));
+        assert_eq!(
+            (damaged[0].known_count(), damaged[0].range.clone()),
+            (Some(60), 1000..1059)
+        );
         assert_eq!(damaged[0].tags, vec![0, 1, 2]);
         let f = s.figures().expect("figures");
-        assert_eq!((f.salvaged_readings, f.damaged_readings, f.quarantined), (120, 60, 1));
+        assert_eq!(
+            (f.salvaged_readings, f.damaged_readings, f.quarantined),
+            (120, 60, 1)
+        );
     }
 
     #[test]
@@ -1815,7 +1890,10 @@ mod tests {
             200 * 300
         };
         let len = std::fs::metadata(&path).expect("meta").len();
-        let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
         f.set_len(len * 6 / 10).expect("truncate");
         drop(f);
         let (mut s, moved) = Store::open(&path, Durability::CrashSafe, bounds()).expect("open");
@@ -1829,7 +1907,9 @@ mod tests {
         let l = s.lease(&all(u64::MAX)).expect("lease").expect("some");
         if f.salvaged_readings + f.damaged_readings < total {
             assert!(
-                l.gaps.iter().any(|g| g.known_count().is_none() && g.reason == "buffer-damaged"),
+                l.gaps
+                    .iter()
+                    .any(|g| g.known_count().is_none() && g.reason == "buffer-damaged"),
                 "what could not be read is a gap of unknown count: {:?} {note}",
                 l.gaps
             );
@@ -1904,7 +1984,10 @@ mod tests {
         assert_eq!(batch.gaps.len(), 1);
         assert_eq!((batch.gaps[0].count, batch.gaps[0].count_known), (60, true));
         let f = s.figures().expect("figures");
-        assert_eq!((f.bad_segments, f.damaged_readings, f.readings), (1, 60, 120));
+        assert_eq!(
+            (f.bad_segments, f.damaged_readings, f.readings),
+            (1, 60, 120)
+        );
         let kept: i64 = s
             .conn
             .query_row("SELECT COUNT(*) FROM bad_segment", [], |r| r.get(0))
@@ -1913,5 +1996,42 @@ mod tests {
         // The acknowledgement deletes the rest of the batch and its gap.
         assert_eq!(s.ack(b.batch_id).expect("ack"), 120);
         assert_eq!(s.figures().expect("figures").pending_gaps, 0);
+    }
+
+    /// Cost of counting crash losses (run: `cargo test -p edge-agent --lib -- --ignored
+    /// crash_counter_cost --nocapture`): the `pwrite` per hand-over and the extra `UPDATE` per
+    /// commit, against a live agent's commit (one 20-reading segment).
+    #[test]
+    #[ignore]
+    fn crash_counter_cost() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = open(d.path(), u64::MAX);
+        let f = s.inflight().expect("side file");
+        let n = 200_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            f.add(20);
+        }
+        let pwrite_ns = t.elapsed().as_nanos() as f64 / n as f64;
+        let segs: Vec<NewSegment> = (0..2000).map(|i| real_seg(i * 20, 20)).collect();
+        let t = std::time::Instant::now();
+        for sg in &segs {
+            s.append(std::slice::from_ref(sg)).expect("append");
+        }
+        let commit_us = t.elapsed().as_secs_f64() * 1e6 / segs.len() as f64;
+        let tx = s.conn.transaction().expect("tx");
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            tx.execute(
+                "UPDATE meta SET value = value + ?1 WHERE key = 'committed_total'",
+                [20],
+            )
+            .expect("update");
+        }
+        let update_ns = t.elapsed().as_nanos() as f64 / n as f64;
+        tx.commit().expect("commit");
+        println!(
+            "in-flight pwrite {pwrite_ns:.0} ns per hand-over; committed_total UPDATE {update_ns:.0} ns per commit; a 20-reading commit {commit_us:.0} us"
+        );
     }
 }

@@ -625,7 +625,9 @@ impl Worker {
                         Ok(n) => {
                             self.stats.damaged.fetch_add(n, Relaxed);
                         }
-                        Err(e) => tracing::error!(error = %e, segment = id, "cannot quarantine a damaged segment"),
+                        Err(e) => {
+                            tracing::error!(error = %e, segment = id, "cannot quarantine a damaged segment")
+                        }
                     }
                 }
                 Err(e) => {

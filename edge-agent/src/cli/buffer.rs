@@ -202,7 +202,9 @@ fn export(
     let tmp = out.with_extension("partial");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
     file.write_all(EXPORT_MAGIC)?;
-    let birth = crate::uplink::birth(&map).encode();
+    let mut birth = crate::uplink::birth(&map);
+    birth.buffer = Some(store.identity().clone());
+    let birth = birth.encode();
     file.write_all(&(birth.len() as u32).to_be_bytes())?;
     file.write_all(&birth)?;
     let (mut batches, mut readings, mut skipped) = (0u64, 0u64, 0u64);

@@ -219,3 +219,28 @@ impl UplinkConfig {
         Ok(Some((user, pass)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reconnect_cap_is_documented_in_the_example_defaults_to_10_s_and_is_bounded() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.example.toml");
+        let (map, _) = crate::config::load(std::path::Path::new(path)).expect("example loads");
+        let u = map.uplink.expect("the example has an [uplink]");
+        assert_eq!(u.reconnect_max, Duration::from_secs(10));
+        let text = std::fs::read_to_string(path).expect("example");
+        assert!(text.contains("\nreconnect_max = "), "documented by example");
+
+        let parse = |extra: &str| -> UplinkConfig {
+            toml::from_str(&format!("broker = \"mqtt://h\"\n{extra}")).expect("parses")
+        };
+        assert_eq!(parse("").reconnect_max, DEFAULT_RECONNECT_MAX);
+        let c = parse("reconnect_max = \"3s\"");
+        assert_eq!(c.reconnect_max, Duration::from_secs(3));
+        assert!(c.validate().is_empty());
+        let bad = parse("reconnect_max = \"100ms\"");
+        assert!(bad.validate().iter().any(|(k, _)| *k == "reconnect_max"));
+    }
+}

@@ -239,7 +239,14 @@ pub async fn run(
     let mut draining: Option<Instant> = shutdown.borrow_and_update().then(Instant::now);
 
     loop {
-        republish_birth(&mut maps, &mut birth, &identity, &client, &topics, state.connected());
+        republish_birth(
+            &mut maps,
+            &mut birth,
+            &identity,
+            &client,
+            &topics,
+            state.connected(),
+        );
         let deadline_passed = draining.is_some_and(|t| t.elapsed() >= cfg.drain_timeout);
         if draining.is_some()
             && ((state.in_flight() == 0 && state.exhausted())
