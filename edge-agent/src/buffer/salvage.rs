@@ -444,7 +444,7 @@ fn finish_meta(
 ) -> Result<(), BufferError> {
     let old = |k: &str| m(k).unwrap_or(0).max(0);
     let uncounted = i64::from(r.unreadable_rows > 0 || r.incomplete || !r.readable);
-    let values: [(&str, i64); 8] = [
+    let values: [(&str, i64); 9] = [
         ("dropped_full", old("dropped_full")),
         ("dropped_age", old("dropped_age")),
         ("quarantined", old("quarantined") + 1),
@@ -458,6 +458,7 @@ fn finish_meta(
         ),
         ("damaged_uncounted", old("damaged_uncounted") + uncounted),
         ("bad_segments", old("bad_segments")),
+        ("epoch0_below", if keep { old("epoch0_below") } else { 0 }),
         (
             "committed_total",
             if keep { old("committed_total") } else { 0 },

@@ -55,7 +55,8 @@
 //! ## Identity
 //! `meta.epoch` (random, 1..2^53) and `meta.created_ms` are made when the database is created
 //! (an existing database without them gets them at its next open: it is new to the cloud's
-//! ledger only in that the batches it sent before were epoch 0). Every batch carries the epoch
+//! ledger only in that the batches it sent before were epoch 0; `meta.epoch0_below` keeps
+//! the batches leased then on epoch 0 when they are re-sent, so the cloud stores them once). Every batch carries the epoch
 //! (`Leased::epoch` → `wire::Batch::buffer_epoch`); the cloud's ledger keys on (site, agent,
 //! epoch, batch id), so a fresh database, whose batch ids start at 1 again, is never taken for
 //! a duplicate. The birth names the buffer (`wire::BufferIdentity`: epoch, created, origin
@@ -347,6 +348,9 @@ pub struct Store {
     identity: BufferIdentity,
     /// An epoch was assigned at this open (the database had none).
     epoch_assigned: bool,
+    /// Batch ids below this were leased before the database had an epoch: they were sent as
+    /// epoch 0 and are re-sent as epoch 0 (`meta.epoch0_below`; 0 = none).
+    epoch0_below: u64,
     inflight: Option<std::sync::Arc<Inflight>>,
 }
 
@@ -556,6 +560,16 @@ impl Store {
         Ok((s, moved))
     }
 
+    /// The epoch batch `batch_id` is sent under (0 for batches leased before the database had
+    /// an epoch).
+    fn epoch_of(&self, batch_id: u64) -> u64 {
+        if batch_id < self.epoch0_below {
+            0
+        } else {
+            self.identity.epoch
+        }
+    }
+
     /// The buffer's identity: epoch, creation time, and how this open found it.
     pub fn identity(&self) -> &BufferIdentity {
         &self.identity
@@ -609,6 +623,7 @@ impl Store {
                 note: None,
             },
             epoch_assigned: false,
+            epoch0_below: 0,
             inflight: None,
         };
         s.ensure_epoch()?;
@@ -634,14 +649,19 @@ impl Store {
         if epoch > 0 {
             self.identity.epoch = epoch as u64;
             self.identity.created_ms = self.meta("created_ms")?;
+            self.epoch0_below = self.meta("epoch0_below")?.max(0) as u64;
             return Ok(());
         }
         let epoch = new_epoch();
         let now = now_ms();
+        // Batches leased before (an older agent's database) were sent as epoch 0: their
+        // re-sends keep it, so the cloud stores them once.
+        let below = self.meta("next_batch_id")?.max(1);
         self.conn.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('epoch', ?1), ('created_ms', ?2)",
-            params![epoch as i64, now],
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('epoch', ?1), ('created_ms', ?2), ('epoch0_below', ?3)",
+            params![epoch as i64, now, below],
         )?;
+        self.epoch0_below = below as u64;
         self.identity.epoch = epoch;
         self.identity.created_ms = now;
         self.epoch_assigned = true;
@@ -687,6 +707,7 @@ impl Store {
                 note: None,
             },
             epoch_assigned: false,
+            epoch0_below: 0,
             inflight: None,
         };
         s.figures_scan()
@@ -1176,7 +1197,7 @@ impl Store {
         segments.sort_by_key(|s| s.id);
         Ok(Some(Leased {
             batch_id: batch_id as u64,
-            epoch: self.identity.epoch,
+            epoch: self.epoch_of(batch_id as u64),
             segments,
             gaps,
         }))
@@ -1226,7 +1247,7 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             out.push(Leased {
                 batch_id: id as u64,
-                epoch: self.identity.epoch,
+                epoch: self.epoch_of(id as u64),
                 segments,
                 gaps: Self::gaps_of(&self.conn, id)?,
             });
@@ -1252,7 +1273,7 @@ impl Store {
             .collect::<Result<_, _>>()?;
         Ok(Leased {
             batch_id,
-            epoch: self.identity.epoch,
+            epoch: self.epoch_of(batch_id),
             segments,
             gaps: Self::gaps_of(&self.conn, id)?,
         })
@@ -1779,12 +1800,17 @@ mod tests {
     #[test]
     fn an_existing_database_without_an_epoch_gets_one_and_says_so() {
         let d = tempfile::tempdir().expect("tmp");
-        let s = open(d.path(), u64::MAX);
+        let mut s = open(d.path(), u64::MAX);
+        s.append(&[seg(Class::Normal, 0, 1, 10)]).expect("append");
+        s.lease(&all(10)).expect("lease").expect("some");
         s.conn
-            .execute("DELETE FROM meta WHERE key IN ('epoch', 'created_ms')", [])
+            .execute(
+                "DELETE FROM meta WHERE key IN ('epoch', 'created_ms', 'epoch0_below')",
+                [],
+            )
             .expect("forget");
         s.close().expect("close");
-        let s = open(d.path(), u64::MAX);
+        let mut s = open(d.path(), u64::MAX);
         assert_eq!(s.identity().origin, "existing");
         assert!(s
             .identity()
@@ -1792,6 +1818,15 @@ mod tests {
             .as_deref()
             .unwrap_or("")
             .contains("epoch 0"));
+        // A batch leased before the epoch existed is re-sent as epoch 0, new ones are not.
+        let old = s.leased().expect("leased");
+        assert_eq!((old.len(), old[0].epoch), (1, 0));
+        s.append(&[seg(Class::Normal, 0, 1, 10)]).expect("append");
+        let new = s.lease(&all(10)).expect("lease").expect("some");
+        assert_eq!(new.epoch, s.identity().epoch);
+        s.close().expect("close");
+        let s = open(d.path(), u64::MAX);
+        assert_eq!(s.leased().expect("leased")[0].epoch, 0, "kept across opens");
     }
 
     #[test]
