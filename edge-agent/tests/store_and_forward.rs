@@ -442,6 +442,11 @@ async fn sigkill_mid_stream_then_restart_resends_the_same_ids_and_reports_the_cr
     // The in-flight side file makes the count known: exactly the readings lost.
     assert!(crash[0].count_known, "{crash:?}");
     assert_eq!(crash[0].count, lost.len() as u64, "{crash:?} {lost:?}");
+    eprintln!(
+        "crash window: {} readings lost, counted {}",
+        lost.len(),
+        crash[0].count
+    );
     let all: BTreeSet<_> = polled_1.iter().chain(&polled_2).cloned().collect();
     assert!(got.is_subset(&all), "nothing invented");
     assert_eq!(received_keys(&r).len(), got.len(), "nothing stored twice");
@@ -1181,4 +1186,54 @@ async fn a_failing_uplink_is_restarted_counted_and_shown_as_down() {
     let (code, _, log) = agent.stop();
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("uplink stopped; restarting it"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_a_long_commit_window_counts_exactly_the_readings_lost() {
+    let s = Setup::new().await;
+    let consumer = s.consumer(ConsumerOptions::default()).await;
+    let cfg = s.config("", "");
+    // A 2 s group commit: a kill half a second after a commit loses the readings of ~5 polls.
+    let text = std::fs::read_to_string(&cfg)
+        .expect("cfg")
+        .replace("commit_interval = \"50ms\"", "commit_interval = \"2s\"");
+    std::fs::write(&cfg, text).expect("cfg");
+    let agent = Agent::start(&cfg);
+    assert!(received_at_least(&consumer, 1).await, "{}", agent.log());
+    let n = consumer.received.lock().expect("lock").readings();
+    assert!(
+        received_at_least(&consumer, n + 1).await,
+        "a commit just happened"
+    );
+    let unit = s.sim.sim.unit(1).expect("unit").clone();
+    let r = unit.requests();
+    assert!(unit.wait_for_requests(r + 5, Duration::from_secs(10)).await);
+    let polled_1 = agent.kill9();
+    let agent = Agent::start(&cfg);
+    assert!(
+        consumer
+            .until(Duration::from_secs(30), |r| !r.gaps().is_empty())
+            .await,
+        "{}",
+        agent.log()
+    );
+    let (code, polled_2, log) = agent.stop();
+    assert_eq!(code, 0, "{log}");
+    let r = consumer.received.lock().expect("lock");
+    let got: BTreeSet<_> = received_keys(&r).into_iter().collect();
+    let lost = polled_1.iter().filter(|k| !got.contains(*k)).count() as u64;
+    let gaps = r.gaps();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert!(lost > 0, "the kill fell inside a commit window");
+    assert!(gaps[0].count_known, "{gaps:?}");
+    assert_eq!(
+        gaps[0].count, lost,
+        "the gap counts exactly the readings lost"
+    );
+    assert!(polled_2.iter().all(|k| got.contains(k)));
+    assert_eq!(
+        got.len() as u64 + r.gap_counts(),
+        (polled_1.len() + polled_2.len()) as u64,
+        "stored + counted = polled"
+    );
 }

@@ -101,8 +101,9 @@
 //! `crash_between_lease_and_ack_resends_the_same_batch_id`, `crash_after_ack_does_not_resend`,
 //! `an_orderly_close_reports_no_gap_and_a_crash_reports_its_window`,
 //! `a_crash_window_counts_the_readings_handed_over_and_not_committed` (here);
-//! `sigkill_mid_stream_then_restart_resends_the_same_ids_and_reports_the_crash_window` (the
-//! count equals the readings lost) and
+//! `sigkill_mid_stream_then_restart_resends_the_same_ids_and_reports_the_crash_window` and
+//! `sigkill_in_a_long_commit_window_counts_exactly_the_readings_lost` (the count equals the
+//! readings lost; stored + counted = polled) and
 //! `sigkill_without_the_side_file_reports_a_crash_window_of_unknown_count`
 //! (`tests/store_and_forward.rs`). Damage — `salvage_keeps_the_epoch_and_batch_ids_and_reports_an_unreadable_blob_as_a_counted_gap`,
 //! `a_truncated_database_is_salvaged_as_far_as_it_can_be_read`,
