@@ -107,12 +107,15 @@ impl Drop for Mosquitto {
 /// What the test consumer has seen.
 #[derive(Debug, Default)]
 pub struct Received {
-    /// Batches stored, by (site, agent, batch id) — de-duplicated like the ingest's ledger.
-    pub batches: BTreeMap<(String, String, u64), wire::Batch>,
+    /// Batches stored, by (site, agent, buffer epoch, batch id) — de-duplicated like the
+    /// ingest's ledger (a new buffer database restarts batch ids under a new epoch).
+    pub batches: BTreeMap<(String, String, u64, u64), wire::Batch>,
     /// Deliveries of a batch id already stored (re-sends).
     pub duplicates: u64,
     /// Every batch id delivered, in order, with repeats.
     pub deliveries: Vec<u64>,
+    /// Every (buffer epoch, batch id) delivered, in order, with repeats.
+    pub epoch_deliveries: Vec<(u64, u64)>,
     /// Payloads that failed to decode.
     pub undecodable: u64,
     /// Acks deliberately not sent.
@@ -145,6 +148,26 @@ impl Received {
     /// Gap records received.
     pub fn gaps(&self) -> Vec<wire::Gap> {
         self.batches.values().flat_map(|b| b.gaps.clone()).collect()
+    }
+
+    /// Readings in gap records of known count.
+    pub fn gap_counts(&self) -> u64 {
+        self.gaps()
+            .iter()
+            .filter(|g| g.count_known)
+            .map(|g| g.count)
+            .sum()
+    }
+
+    /// Buffer epochs seen in batches, in order of first appearance.
+    pub fn epochs(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (e, _) in &self.epoch_deliveries {
+            if !out.contains(e) {
+                out.push(*e);
+            }
+        }
+        out
     }
 
     /// Events received.
@@ -217,11 +240,12 @@ impl TestConsumer {
                                     r.lock().map(|mut g| g.undecodable += 1).ok();
                                     continue;
                                 };
-                                let id = b.batch_id;
+                                let (id, epoch) = (b.batch_id, b.buffer_epoch);
                                 let send_ack = {
                                     let Ok(mut g) = r.lock() else { continue };
                                     g.deliveries.push(id);
-                                    let key = (site.clone(), agent.clone(), id);
+                                    g.epoch_deliveries.push((epoch, id));
+                                    let key = (site.clone(), agent.clone(), epoch, id);
                                     match g.batches.entry(key) {
                                         std::collections::btree_map::Entry::Occupied(_) => {
                                             g.duplicates += 1
@@ -248,7 +272,9 @@ impl TestConsumer {
                                                 t.ack(),
                                                 QoS::AtLeastOnce,
                                                 false,
-                                                wire::Ack::committed(vec![id]).encode(),
+                                                wire::Ack::committed(vec![id])
+                                                    .for_epoch(epoch)
+                                                    .encode(),
                                             )
                                             .await;
                                     }

@@ -397,3 +397,88 @@ async fn small_segments_are_merged_without_changing_a_reading() {
 fn decode_all(b: &wire::Batch) -> Vec<(u32, i64)> {
     b.readings.iter().map(|r| (r.tag, r.ts_ms)).collect()
 }
+
+#[tokio::test]
+async fn export_skips_an_unreadable_record_reports_it_and_exports_the_rest() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, map_text(dir.path(), "")).expect("cfg");
+    let m = map(dir.path(), "");
+    let (buf, th) = Buffer::start(&m, &m.buffer).expect("start");
+    let epoch = buf.identity().epoch;
+    for k in 0..3 {
+        buf.append(readings(1000, t0() + k * 1_000_000))
+            .await
+            .expect("append");
+        buf.flush().await.expect("flush");
+    }
+    drop(buf);
+    tokio::task::spawn_blocking(move || th.join())
+        .await
+        .expect("join");
+    // Eight flipped bytes inside the second stored record; SQLite sees nothing wrong.
+    let bad: u64 = {
+        let c = rusqlite::Connection::open(dir.path().join("buffer.db")).expect("open");
+        let (id, count, mut blob): (i64, i64, Vec<u8>) = c
+            .query_row(
+                "SELECT id, count, blob FROM segment ORDER BY id LIMIT 1 OFFSET 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("segment");
+        let mid = blob.len() / 2;
+        for b in &mut blob[mid..mid + 8] {
+            *b ^= 0xff;
+        }
+        c.execute(
+            "UPDATE segment SET blob = ?1 WHERE id = ?2",
+            rusqlite::params![blob, id],
+        )
+        .expect("flip");
+        count as u64
+    };
+    let file = dir.path().join("x.fsx");
+    let out = Command::new(BIN)
+        .args(["buffer", "export", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{bad} readings in unreadable records were skipped"
+        )),
+        "{stderr}"
+    );
+    let bytes = std::fs::read(&file).expect("export file");
+    let mut pos = 20;
+    let mut frames = Vec::new();
+    while pos + 4 <= bytes.len() {
+        let n = u32::from_be_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
+            as usize;
+        frames.push(bytes[pos + 4..pos + 4 + n].to_vec());
+        pos += 4 + n;
+    }
+    let birth = wire::Birth::decode(&frames[0]).expect("birth");
+    assert_eq!(birth.buffer.map(|b| b.epoch), Some(epoch));
+    let batches: Vec<wire::Batch> = frames[1..]
+        .iter()
+        .map(|f| wire::decode(f).expect("batch"))
+        .collect();
+    assert!(batches.iter().all(|b| b.buffer_epoch == epoch));
+    let readings: usize = batches.iter().map(|b| b.readings.len()).sum();
+    let lost: u64 = batches
+        .iter()
+        .flat_map(|b| &b.gaps)
+        .filter(|g| g.reason == wire::GapReason::Other("buffer-damaged".into()) && g.count_known)
+        .map(|g| g.count)
+        .sum();
+    assert_eq!(
+        (readings as u64, lost),
+        (3000 - bad, bad),
+        "the rest exported, the skipped record a gap"
+    );
+}

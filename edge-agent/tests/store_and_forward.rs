@@ -398,7 +398,7 @@ async fn sigkill_mid_stream_then_restart_resends_the_same_ids_and_reports_the_cr
         .expect("lock")
         .batches
         .keys()
-        .map(|k| k.2)
+        .map(|k| k.3)
         .collect();
     let polled_1 = agent.kill9();
     // The cloud is back: it acknowledges from now on.
@@ -438,6 +438,14 @@ async fn sigkill_mid_stream_then_restart_resends_the_same_ids_and_reports_the_cr
         lost.len() <= 3 * 10,
         "at most about one commit interval lost: {}",
         lost.len()
+    );
+    // The in-flight side file makes the count known: exactly the readings lost.
+    assert!(crash[0].count_known, "{crash:?}");
+    assert_eq!(crash[0].count, lost.len() as u64, "{crash:?} {lost:?}");
+    eprintln!(
+        "crash window: {} readings lost, counted {}",
+        lost.len(),
+        crash[0].count
     );
     let all: BTreeSet<_> = polled_1.iter().chain(&polled_2).cloned().collect();
     assert!(got.is_subset(&all), "nothing invented");
@@ -781,4 +789,451 @@ async fn tls_with_a_private_ca() {
     assert!(connected, "connected over TLS and sending: {log}");
     assert_eq!(code, 0);
     assert!(!log.contains("broker connection failed"), "{log}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 13: buffer identity, damaged buffers, crash counts, reconnect cap, uplink restarts.
+
+/// The agent's config with a short drain (for runs whose cloud does not acknowledge).
+fn short_drain(cfg: &Path) {
+    let text = std::fs::read_to_string(cfg)
+        .expect("cfg")
+        .replace("drain_timeout = \"15s\"", "drain_timeout = \"1s\"");
+    std::fs::write(cfg, text).expect("cfg");
+}
+
+/// The buffer identities announced in births, in order.
+fn buffer_births(r: &Received) -> Vec<flowsquare_wire::messages::BufferIdentity> {
+    r.births.iter().filter_map(|b| b.buffer.clone()).collect()
+}
+
+fn remove_db(path: &Path) {
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
+
+/// Run the agent (every batch acknowledged), stop it, damage the buffer file with `damage`,
+/// run it again: every reading polled in both runs is stored exactly once (the second buffer's
+/// batch ids restart under a new epoch and are not taken for duplicates), and the second birth
+/// says how the buffer was found.
+async fn damage_between_runs(damage: fn(&Path), origin: &str) -> Received {
+    let s = Setup::new().await;
+    let consumer = s.consumer(ConsumerOptions::default()).await;
+    let cfg = s.config("", "");
+    let db = s.dir.path().join("buffer.db");
+    let agent = Agent::start(&cfg);
+    assert!(received_at_least(&consumer, 30).await, "{}", agent.log());
+    let (code, polled_1, log) = agent.stop();
+    assert_eq!(code, 0, "{log}");
+    damage(&db);
+    let agent = Agent::start(&cfg);
+    let n = consumer.received.lock().expect("lock").readings();
+    assert!(
+        received_at_least(&consumer, n + 30).await,
+        "the uplink keeps sending: {}",
+        agent.log()
+    );
+    let (code, polled_2, log) = agent.stop();
+    assert_eq!(code, 0, "{log}");
+    let r = std::mem::take(&mut *consumer.received.lock().expect("lock"));
+    let polled: Vec<_> = polled_1.iter().chain(&polled_2).cloned().collect();
+    assert_exactly_once(&polled, &r);
+    assert_eq!(r.gap_counts(), 0, "nothing was lost: {:?}", r.gaps());
+    let ids = buffer_births(&r);
+    let (first, last) = (ids.first().expect("birth"), ids.last().expect("birth"));
+    assert_eq!(first.origin, "new");
+    assert_eq!(last.origin, origin, "{last:?}\n{log}");
+    assert_ne!(first.epoch, last.epoch, "a new buffer, a new epoch");
+    assert_eq!(r.epochs(), vec![first.epoch, last.epoch]);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_buffer_starts_a_new_epoch_and_nothing_is_taken_for_a_duplicate() {
+    let r = damage_between_runs(remove_db, "new").await;
+    let last = buffer_births(&r).pop().expect("birth");
+    assert!(
+        last.note.as_deref().unwrap_or("").contains("deleted"),
+        "the side file tells a deleted database from a first start: {last:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_byte_buffer_is_replaced_and_reported() {
+    damage_between_runs(
+        |db| {
+            remove_db(db);
+            std::fs::write(db, b"").expect("zero bytes");
+        },
+        "replaced-empty",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_buffer_is_replaced_and_reported() {
+    damage_between_runs(
+        |db| {
+            remove_db(db);
+            std::fs::write(db, vec![0x5a; 8192]).expect("garbage");
+        },
+        "replaced-corrupt",
+    )
+    .await;
+}
+
+/// Run the agent with a cloud that does not acknowledge (its readings stay in the buffer),
+/// stop it, damage the buffer, run it again with the cloud back. Returns what was polled in
+/// both runs, what the consumer received, and the second run's log.
+async fn held_then_damaged(
+    damage: impl FnOnce(&Path),
+) -> (
+    Vec<(String, String)>,
+    Vec<(String, String)>,
+    Received,
+    String,
+) {
+    let s = Setup::new().await;
+    let consumer = s
+        .consumer(ConsumerOptions {
+            never_ack: true,
+            ..Default::default()
+        })
+        .await;
+    let cfg = s.config("", "");
+    short_drain(&cfg);
+    let agent = Agent::start(&cfg);
+    let unit = s.sim.sim.unit(1).expect("unit").clone();
+    assert!(
+        unit.wait_for_requests(80, Duration::from_secs(30)).await,
+        "{}",
+        agent.log()
+    );
+    let (code, polled_1, log) = agent.stop();
+    assert_eq!(code, 0, "{log}");
+    damage(&s.dir.path().join("buffer.db"));
+    consumer.options.lock().expect("lock").never_ack = false;
+    let agent = Agent::start(&cfg);
+    let n1 = polled_1.len() as u64;
+    // Everything of the first run is stored or counted, and the second run's data flow.
+    let ok = consumer
+        .until(Duration::from_secs(40), |r| {
+            r.readings() as u64 + r.gap_counts() >= n1 + 30
+                || r.gaps().iter().any(|g| !g.count_known) && r.readings() as u64 >= 60
+        })
+        .await;
+    assert!(ok, "{}", agent.log());
+    let (code, polled_2, log) = agent.stop();
+    assert_eq!(code, 0, "{log}");
+    let r = std::mem::take(&mut *consumer.received.lock().expect("lock"));
+    (polled_1, polled_2, r, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_flipped_record_is_quarantined_alone_reported_as_a_counted_gap_and_the_uplink_goes_on()
+{
+    let (p1, p2, r, log) = held_then_damaged(|db| {
+        let c = rusqlite::Connection::open(db).expect("open");
+        let (id, mut blob): (i64, Vec<u8>) = c
+            .query_row(
+                "SELECT id, blob FROM segment WHERE batch_id IS NULL ORDER BY count DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("an unsent segment");
+        let mid = blob.len() / 2;
+        for b in &mut blob[mid..mid + 8] {
+            *b ^= 0xff;
+        }
+        c.execute(
+            "UPDATE segment SET blob = ?1 WHERE id = ?2",
+            rusqlite::params![blob, id],
+        )
+        .expect("flip");
+        let check: String = c
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .expect("quick_check");
+        assert_eq!(check, "ok", "SQLite sees nothing wrong");
+    })
+    .await;
+    assert!(log.contains("moved to bad_segment"), "{log}");
+    assert!(!log.contains("uplink stopped"), "{log}");
+    let polled: BTreeSet<_> = p1.iter().chain(&p2).cloned().collect();
+    let got: BTreeSet<_> = received_keys(&r).into_iter().collect();
+    assert_eq!(received_keys(&r).len(), got.len(), "nothing stored twice");
+    assert!(got.is_subset(&polled), "nothing invented");
+    let damaged: Vec<_> = r
+        .gaps()
+        .into_iter()
+        .filter(|g| g.reason == flowsquare_wire::GapReason::Other("buffer-damaged".into()))
+        .collect();
+    assert_eq!(damaged.len(), 1, "{:?}", r.gaps());
+    assert!(damaged[0].count_known && damaged[0].count > 0);
+    assert_eq!(
+        got.len() as u64 + r.gap_counts(),
+        polled.len() as u64,
+        "stored readings + gap counts = readings polled"
+    );
+    assert!(
+        p2.iter().all(|k| got.contains(k)),
+        "the second run's readings all arrive"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_buffer_is_salvaged_and_what_is_lost_is_reported() {
+    let (p1, p2, r, log) = held_then_damaged(|db| {
+        let len = std::fs::metadata(db).expect("db").len();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(db)
+            .expect("open");
+        f.set_len(len * 6 / 10).expect("truncate");
+    })
+    .await;
+    assert!(
+        log.contains("buffer database is corrupt: moved aside"),
+        "{log}"
+    );
+    let ids = buffer_births(&r);
+    let last = ids.last().expect("birth");
+    assert_eq!(last.origin, "replaced-corrupt", "{last:?}");
+    assert!(
+        last.note.as_deref().unwrap_or("").contains("salvaged"),
+        "{last:?}"
+    );
+    let polled: BTreeSet<_> = p1.iter().chain(&p2).cloned().collect();
+    let keys = received_keys(&r);
+    let got: BTreeSet<_> = keys.iter().cloned().collect();
+    assert_eq!(keys.len(), got.len(), "nothing stored twice");
+    assert!(got.is_subset(&polled), "nothing invented");
+    assert!(
+        got.len() as u64 + r.gap_counts() <= polled.len() as u64,
+        "nothing counted twice"
+    );
+    assert!(
+        p2.iter().all(|k| got.contains(k)),
+        "the second run's readings all arrive"
+    );
+    // Every reading of the first run not stored lies in a reported gap.
+    let gaps = r.gaps();
+    let missing: Vec<_> = p1
+        .iter()
+        .filter(|k| !got.contains(*k))
+        .filter(|(_, ts)| {
+            !gaps
+                .iter()
+                .any(|g| *ts >= rfc3339_ms(g.from_ms) && *ts <= rfc3339_ms(g.to_ms))
+        })
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost outside every gap: {missing:?} {gaps:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_without_the_side_file_reports_a_crash_window_of_unknown_count() {
+    let s = Setup::new().await;
+    let consumer = s.consumer(ConsumerOptions::default()).await;
+    let cfg = s.config("", "");
+    let agent = Agent::start(&cfg);
+    assert!(received_at_least(&consumer, 30).await, "{}", agent.log());
+    agent.kill9();
+    std::fs::remove_file(s.dir.path().join("buffer.db.inflight")).expect("side file");
+    let agent = Agent::start(&cfg);
+    assert!(
+        consumer
+            .until(Duration::from_secs(30), |r| !r.gaps().is_empty())
+            .await,
+        "{}",
+        agent.log()
+    );
+    let (code, _, log) = agent.stop();
+    assert_eq!(code, 0, "{log}");
+    let gaps = consumer.received.lock().expect("lock").gaps();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert!(!gaps[0].count_known, "{gaps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_for_another_buffer_epoch_deletes_nothing() {
+    let s = Setup::new().await;
+    let consumer = s
+        .consumer(ConsumerOptions {
+            never_ack: true,
+            ..Default::default()
+        })
+        .await;
+    let agent = Agent::start(&s.config("", ""));
+    assert!(
+        consumer
+            .until(Duration::from_secs(30), |r| r.batches.len() >= 3)
+            .await,
+        "{}",
+        agent.log()
+    );
+    let (epoch, ids): (u64, Vec<u64>) = {
+        let r = consumer.received.lock().expect("lock");
+        (r.epochs()[0], r.batches.keys().map(|k| k.3).collect())
+    };
+    let topics = flowsquare_wire::Topics::new(s.root.clone(), "sf", "gw").expect("topics");
+    let mut o = rumqttc::MqttOptions::new("other-cloud", "127.0.0.1", s.broker.port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut ev) = rumqttc::AsyncClient::new(o, 10);
+    let t = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    client
+        .publish(
+            topics.ack(),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            flowsquare_wire::Ack::committed(ids.clone())
+                .for_epoch(epoch + 1)
+                .encode(),
+        )
+        .await
+        .expect("publish");
+    let metrics = agent.metrics_addr().expect("metrics");
+    assert!(
+        flowsquare_tests::wait_until(Duration::from_secs(20), || {
+            scrape(&metrics, "flowsquare_acks_foreign_epoch_total").unwrap_or(0.0) >= 1.0
+        }),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        scrape(&metrics, "flowsquare_readings_acked_total"),
+        Some(0.0),
+        "nothing deleted"
+    );
+    t.abort();
+    // The real cloud acknowledges: the batches it never stored are still there and arrive.
+    consumer.options.lock().expect("lock").never_ack = false;
+    let n = consumer.received.lock().expect("lock").readings();
+    assert!(received_at_least(&consumer, n + 30).await);
+    let (code, polled, log) = agent.stop();
+    assert_eq!(code, 0, "{log}");
+    assert_exactly_once(&polled, &consumer.received.lock().expect("lock"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_broker_is_used_within_the_reconnect_cap() {
+    let mut s = Setup::new().await;
+    let agent = Agent::start(&s.config("", ""));
+    flowsquare_tests::wait_until(Duration::from_secs(10), || agent.metrics_addr().is_some());
+    let metrics = agent.metrics_addr().expect("metrics");
+    let connected = || scrape(&metrics, "flowsquare_mqtt_connected") == Some(1.0);
+    assert!(flowsquare_tests::wait_until(
+        Duration::from_secs(20),
+        connected
+    ));
+    s.broker.stop();
+    let down = std::time::Instant::now();
+    assert!(flowsquare_tests::wait_until(
+        Duration::from_secs(20),
+        || !connected()
+    ));
+    // Down long enough for the backoff to reach its cap (0.5 s doubling: 10 s after ~20 s).
+    let unit = s.sim.sim.unit(1).expect("unit").clone();
+    while down.elapsed() < Duration::from_secs(22) {
+        let n = unit.requests();
+        unit.wait_for_requests(n + 5, Duration::from_secs(5)).await;
+    }
+    s.broker.restart().expect("restart");
+    let back = std::time::Instant::now();
+    assert!(
+        flowsquare_tests::wait_until(Duration::from_secs(30), connected),
+        "{}",
+        agent.log()
+    );
+    let took = back.elapsed();
+    assert!(
+        took <= Duration::from_secs(10 + 4),
+        "reconnected {took:?} after the broker came back (cap 10 s)"
+    );
+    let (code, _, log) = agent.stop();
+    assert_eq!(code, 0, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_uplink_is_restarted_counted_and_shown_as_down() {
+    let s = Setup::new().await;
+    let cfg = s.config("", "ca_file = \"/nonexistent/ca.pem\"");
+    let text = std::fs::read_to_string(&cfg)
+        .expect("cfg")
+        .replace("mqtt://", "mqtts://")
+        .replace("drain_timeout = \"15s\"", "drain_timeout = \"1s\"");
+    std::fs::write(&cfg, text).expect("cfg");
+    let agent = Agent::start(&cfg);
+    flowsquare_tests::wait_until(Duration::from_secs(10), || agent.metrics_addr().is_some());
+    let metrics = agent.metrics_addr().expect("metrics");
+    assert!(
+        flowsquare_tests::wait_until(Duration::from_secs(20), || {
+            scrape(&metrics, "flowsquare_uplink_restarts_total").unwrap_or(0.0) >= 2.0
+        }),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(scrape(&metrics, "flowsquare_mqtt_connected"), Some(0.0));
+    assert!(
+        flowsquare_tests::wait_until(Duration::from_secs(5), || {
+            scrape(&metrics, "flowsquare_uplink_running") == Some(0.0)
+        }),
+        "shown as down between restarts"
+    );
+    let (code, _, log) = agent.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("uplink stopped; restarting it"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_a_long_commit_window_counts_exactly_the_readings_lost() {
+    let s = Setup::new().await;
+    let consumer = s.consumer(ConsumerOptions::default()).await;
+    let cfg = s.config("", "");
+    // A 2 s group commit: a kill half a second after a commit loses the readings of ~5 polls.
+    let text = std::fs::read_to_string(&cfg)
+        .expect("cfg")
+        .replace("commit_interval = \"50ms\"", "commit_interval = \"2s\"");
+    std::fs::write(&cfg, text).expect("cfg");
+    let agent = Agent::start(&cfg);
+    assert!(received_at_least(&consumer, 1).await, "{}", agent.log());
+    let n = consumer.received.lock().expect("lock").readings();
+    assert!(
+        received_at_least(&consumer, n + 1).await,
+        "a commit just happened"
+    );
+    let unit = s.sim.sim.unit(1).expect("unit").clone();
+    let r = unit.requests();
+    assert!(unit.wait_for_requests(r + 5, Duration::from_secs(10)).await);
+    let polled_1 = agent.kill9();
+    let agent = Agent::start(&cfg);
+    assert!(
+        consumer
+            .until(Duration::from_secs(30), |r| !r.gaps().is_empty())
+            .await,
+        "{}",
+        agent.log()
+    );
+    let (code, polled_2, log) = agent.stop();
+    assert_eq!(code, 0, "{log}");
+    let r = consumer.received.lock().expect("lock");
+    let got: BTreeSet<_> = received_keys(&r).into_iter().collect();
+    let lost = polled_1.iter().filter(|k| !got.contains(*k)).count() as u64;
+    let gaps = r.gaps();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert!(lost > 0, "the kill fell inside a commit window");
+    assert!(gaps[0].count_known, "{gaps:?}");
+    assert_eq!(
+        gaps[0].count, lost,
+        "the gap counts exactly the readings lost"
+    );
+    assert!(polled_2.iter().all(|k| got.contains(k)));
+    assert_eq!(
+        got.len() as u64 + r.gap_counts(),
+        (polled_1.len() + polled_2.len()) as u64,
+        "stored + counted = polled"
+    );
 }

@@ -96,22 +96,21 @@ pub fn encode_events(id: &Identity, events: Vec<wire::Event>) -> Result<NewSegme
 }
 
 fn gap_to_wire(g: &GapRow) -> wire::Gap {
-    wire::Gap {
-        tags: g.tags.clone(),
-        from_ms: g.range.start,
-        to_ms: g.range.end,
-        count: g.count,
-        count_known: true,
-        reason: match g.reason.as_str() {
-            "buffer-full" => wire::GapReason::BufferFull,
-            "buffer-age" => wire::GapReason::BufferAge,
-            "missed-event" => wire::GapReason::MissedEvent,
-            other => wire::GapReason::Other(other.to_owned()),
-        },
+    let reason = match g.reason.as_str() {
+        "buffer-full" => wire::GapReason::BufferFull,
+        "buffer-age" => wire::GapReason::BufferAge,
+        "missed-event" => wire::GapReason::MissedEvent,
+        other => wire::GapReason::Other(other.to_owned()),
+    };
+    match g.known_count() {
+        Some(n) => wire::Gap::counted(g.tags.clone(), g.range.start, g.range.end, n, reason),
+        None => wire::Gap::uncounted(g.tags.clone(), g.range.start, g.range.end, reason),
     }
 }
 
-/// Build the wire batch of a lease: its segments merged, its gap rows, the batch identity.
+/// Build the wire batch of a lease: its segments merged, its gap rows, the batch identity
+/// (site, agent, buffer epoch, batch id). A segment that does not decode fails the build with
+/// `BufferError::Segment { id }` (the caller quarantines it and builds again).
 pub fn build_batch(id: &Identity, leased: &Leased) -> Result<Vec<u8>, BufferError> {
     let mut out = wire::Batch::new(
         &id.site,
@@ -120,11 +119,22 @@ pub fn build_batch(id: &Identity, leased: &Leased) -> Result<Vec<u8>, BufferErro
         &id.config_hash,
         crate::model::now_ms(),
     );
+    out.buffer_epoch = leased.epoch;
     for s in &leased.segments {
         let b = wire::decode(&s.blob).map_err(|e| BufferError::Segment {
             id: s.id,
             reason: e.to_string(),
         })?;
+        if (b.readings.len() + b.events.len()) as u64 != u64::from(s.count) {
+            return Err(BufferError::Segment {
+                id: s.id,
+                reason: format!(
+                    "holds {} readings and events, its row says {}",
+                    b.readings.len() + b.events.len(),
+                    s.count
+                ),
+            });
+        }
         // Segments carry the hash of the tag map they were written under (one per batch).
         out.config_hash = b.config_hash;
         out.readings.extend(b.readings);

@@ -5,12 +5,16 @@
 //!   behaviour);
 //! - `codec.rs`: readings ↔ segments ↔ wire batches;
 //! - `writer.rs`: the buffer thread (group commit, lease, ack) and its async handle;
+//! - `salvage.rs`: recovery of a damaged database into a fresh one;
+//! - `inflight.rs`: the in-flight counter side file (how many readings a crash lost);
 //! - `config.rs`: `[buffer]`;
 //! - `error.rs`: `BufferError`.
 
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod inflight;
+pub mod salvage;
 pub mod store;
 pub mod writer;
 

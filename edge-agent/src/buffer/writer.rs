@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::codec::{self, Identity};
 use super::config::BufferConfig;
 use super::error::BufferError;
-use super::store::{Class, GapRow, LeaseRequest, NewSegment, Store, StoreFigures};
+use super::inflight::Inflight;
+use super::store::{Class, GapRow, LeaseRequest, Leased, NewSegment, Store, StoreFigures};
 use crate::config::{Priority, TagMap};
 use crate::drivers::events::{digest, Cursor};
 use crate::model::Reading;
@@ -57,6 +58,8 @@ pub struct BufferStats {
     pub write_errors: AtomicU64,
     /// Corrupt databases quarantined at start.
     pub quarantined: AtomicU64,
+    /// Readings of stored records found undecodable in this run (reported as gaps).
+    pub damaged: AtomicU64,
 }
 
 enum Cmd {
@@ -106,6 +109,41 @@ pub struct Buffer {
     /// Counters.
     pub stats: Arc<BufferStats>,
     board: Arc<CursorBoard>,
+    identity: Arc<flowsquare_wire::messages::BufferIdentity>,
+    inflight: Option<Arc<Inflight>>,
+}
+
+/// Build the wire batch of a lease. A stored segment that cannot be decoded is quarantined
+/// alone (`Store::quarantine_segment`: moved to `bad_segment`, reported as a `buffer-damaged`
+/// gap under the same batch id) and the batch is built again without it, so a bad record never
+/// blocks the uplink or an export. Returns the batch and the readings reported lost.
+pub fn build_checked(
+    store: &mut Store,
+    id: &Identity,
+    mut leased: Leased,
+) -> Result<(OutBatch, u64), BufferError> {
+    let mut lost = 0;
+    loop {
+        match codec::build_batch(id, &leased) {
+            Ok(payload) => {
+                return Ok((
+                    OutBatch {
+                        batch_id: leased.batch_id,
+                        readings: leased.count(),
+                        payload,
+                    },
+                    lost,
+                ))
+            }
+            Err(BufferError::Segment { id: seg, reason })
+                if leased.segments.iter().any(|s| s.id == seg) =>
+            {
+                lost += store.quarantine_segment(seg, &reason)?;
+                leased = store.leased_batch(leased.batch_id)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The committed cursor of every event definition: loaded from the database at start, updated
@@ -191,6 +229,10 @@ impl Buffer {
         if quarantined.is_some() {
             stats.quarantined.fetch_add(1, Relaxed);
         }
+        let identity = Arc::new(store.identity().clone());
+        let inflight = store.inflight();
+        tracing::info!(epoch = identity.epoch, created_ms = identity.created_ms, origin = %identity.origin,
+            note = identity.note.as_deref().unwrap_or(""), "buffer open");
         let classes = classes_of(map);
         let id = identity_of(map);
         let (tx, rx) = mpsc::channel(1024);
@@ -216,7 +258,21 @@ impl Buffer {
                 .run(rt, rx, interval, max_pending)
             })
             .map_err(|e| BufferError::Io { path, source: e })?;
-        Ok((Buffer { tx, stats, board }, BufferThread(th)))
+        Ok((
+            Buffer {
+                tx,
+                stats,
+                board,
+                identity,
+                inflight,
+            },
+            BufferThread(th),
+        ))
+    }
+
+    /// The buffer database's identity (epoch, creation, how it was found at start).
+    pub fn identity(&self) -> &flowsquare_wire::messages::BufferIdentity {
+        &self.identity
     }
 
     /// Hand readings over; they are committed within the group-commit interval.
@@ -224,6 +280,10 @@ impl Buffer {
         self.stats
             .received
             .fetch_add(readings.len() as u64, Relaxed);
+        // Before the writer can commit them: the side file is never behind the committed total.
+        if let Some(f) = &self.inflight {
+            f.add(readings.len() as u64);
+        }
         self.tx
             .send(Cmd::Append(readings))
             .await
@@ -461,27 +521,16 @@ impl Worker {
                 }
                 Ok(Some(Cmd::Lease(req, reply))) => {
                     let res = self.store.lease(&req).and_then(|l| match l {
-                        Some(l) => Ok(Some(OutBatch {
-                            batch_id: l.batch_id,
-                            readings: l.count(),
-                            payload: codec::build_batch(&self.id, &l)?,
-                        })),
+                        Some(l) => self.build(l).map(Some),
                         None => Ok(None),
                     });
                     let _ = reply.send(res);
                 }
                 Ok(Some(Cmd::Leased(reply))) => {
-                    let res = self.store.leased().and_then(|ls| {
-                        ls.iter()
-                            .map(|l| {
-                                Ok(OutBatch {
-                                    batch_id: l.batch_id,
-                                    readings: l.count(),
-                                    payload: codec::build_batch(&self.id, l)?,
-                                })
-                            })
-                            .collect()
-                    });
+                    let res = self
+                        .store
+                        .leased()
+                        .and_then(|ls| ls.into_iter().map(|l| self.build(l)).collect());
                     let _ = reply.send(res);
                 }
                 Ok(Some(Cmd::Ack(id, reply))) => {
@@ -536,6 +585,15 @@ impl Worker {
         }
     }
 
+    /// Build a leased batch, quarantining undecodable segments (see [`build_checked`]).
+    fn build(&mut self, l: Leased) -> Result<OutBatch, BufferError> {
+        let (b, lost) = build_checked(&mut self.store, &self.id, l)?;
+        if lost > 0 {
+            self.stats.damaged.fetch_add(lost, Relaxed);
+        }
+        Ok(b)
+    }
+
     /// Merge runs of small unleased segments (bounded work per call; errors are logged, the
     /// segments stay as they are).
     fn compact(&mut self) -> usize {
@@ -561,6 +619,17 @@ impl Worker {
                     after += a;
                 }
                 Ok((false, _, _)) => {}
+                Err(BufferError::Segment { id, reason }) if ids.contains(&id) => {
+                    // An undecodable segment: quarantined alone; the rest merges next time.
+                    match self.store.quarantine_segment(id, &reason) {
+                        Ok(n) => {
+                            self.stats.damaged.fetch_add(n, Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, segment = id, "cannot quarantine a damaged segment")
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "buffer compaction of a run failed; left as is")
                 }

@@ -7,9 +7,13 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::CliError;
-use crate::buffer::codec::{build_batch, Identity};
+use crate::buffer::codec::Identity;
+use crate::buffer::writer::build_checked;
 use crate::buffer::{LeaseOrder, LeaseRequest, Store};
 use crate::model::{now_ms, rfc3339_ms};
+
+/// Exit status of `buffer export` when unreadable records were skipped (the rest exported).
+pub const EXPORT_SKIPPED: u8 = 3;
 
 /// Magic line at the start of an export file.
 pub const EXPORT_MAGIC: &[u8] = b"FLOWSQUARE-EXPORT 1\n";
@@ -28,7 +32,11 @@ pub enum BufferCommand {
     },
     /// Write unsent data to a portable file for sneakernet recovery (`cloud-ingest import FILE`).
     /// The data are leased under persisted batch ids: if the site comes back online later, the
-    /// same ids are sent and the cloud stores them once.
+    /// same ids are sent and the cloud stores them once. A stored record that cannot be read is
+    /// skipped (moved to the bad_segment table and exported as a `buffer-damaged` gap with its
+    /// tags, time range and count), reported on stderr, and the rest is exported. Exit status:
+    /// 0 everything exported; 3 exported, but records were skipped as unreadable (see stderr);
+    /// 2 usage or I/O error (nothing exported).
     Export {
         /// Tag map (TOML) of the agent.
         #[arg(long, short)]
@@ -107,6 +115,9 @@ fn status(config: &Path, format: &str) -> Result<ExitCode, CliError> {
                 "oldest_unsent": f.oldest_ts.map(rfc3339_ms), "oldest_unsent_age_s": age_s,
                 "dropped": { "buffer-full": f.dropped_full, "buffer-age": f.dropped_age },
                 "quarantined": f.quarantined, "next_batch_id": f.next_batch_id,
+                "epoch": f.epoch, "salvaged_readings": f.salvaged_readings,
+                "damaged_readings": f.damaged_readings, "damaged_uncounted": f.damaged_uncounted,
+                "bad_segments": f.bad_segments,
                 "drain_rate_per_s": rate, "eta_s": eta,
             })
         );
@@ -152,6 +163,11 @@ fn status(config: &Path, format: &str) -> Result<ExitCode, CliError> {
     );
     println!("  gaps to report    {}", f.pending_gaps);
     println!("  quarantined dbs   {}", f.quarantined);
+    println!("  buffer epoch      {}", f.epoch);
+    println!(
+        "  damage            {} readings salvaged, {} reported lost (buffer-damaged gaps), {} parts of unknown count, {} unreadable records moved to bad_segment",
+        f.salvaged_readings, f.damaged_readings, f.damaged_uncounted, f.bad_segments
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -165,8 +181,15 @@ fn export(
     let lo = since.map(parse_time).transpose()?.unwrap_or(i64::MIN);
     let hi = until.map(parse_time).transpose()?.unwrap_or(i64::MAX);
     let path = map.buffer.effective_path();
-    let (mut store, _) = Store::open(&path, map.buffer.durability(), map.buffer.bounds())
+    let (mut store, moved) = Store::open(&path, map.buffer.durability(), map.buffer.bounds())
         .map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(m) = moved {
+        eprintln!(
+            "the buffer database was damaged and moved to {}: {}",
+            m.display(),
+            store.identity().note.as_deref().unwrap_or("")
+        );
+    }
     let total = store
         .figures()
         .map_err(|e| CliError::Usage(e.to_string()))?
@@ -179,10 +202,12 @@ fn export(
     let tmp = out.with_extension("partial");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
     file.write_all(EXPORT_MAGIC)?;
-    let birth = crate::uplink::birth(&map).encode();
+    let mut birth = crate::uplink::birth(&map);
+    birth.buffer = Some(store.identity().clone());
+    let birth = birth.encode();
     file.write_all(&(birth.len() as u32).to_be_bytes())?;
     file.write_all(&birth)?;
-    let (mut batches, mut readings) = (0u64, 0u64);
+    let (mut batches, mut readings, mut skipped) = (0u64, 0u64, 0u64);
     // Batches leased before (sent but unacknowledged) go first, with their ids.
     let mut pending: Vec<crate::buffer::Leased> =
         store.leased().map_err(|e| CliError::Usage(e.to_string()))?;
@@ -199,11 +224,19 @@ fn export(
                 .map_err(|e| CliError::Usage(e.to_string()))?,
         };
         let Some(l) = next else { break };
-        let payload = build_batch(&id, &l).map_err(|e| CliError::Usage(e.to_string()))?;
-        file.write_all(&(payload.len() as u32).to_be_bytes())?;
-        file.write_all(&payload)?;
+        let (b, lost) =
+            build_checked(&mut store, &id, l).map_err(|e| CliError::Usage(e.to_string()))?;
+        if lost > 0 {
+            eprintln!(
+                "\nbatch {}: an unreadable record of {lost} readings skipped (exported as a buffer-damaged gap)",
+                b.batch_id
+            );
+            skipped += lost;
+        }
+        file.write_all(&(b.payload.len() as u32).to_be_bytes())?;
+        file.write_all(&b.payload)?;
         batches += 1;
-        readings += l.count();
+        readings += b.readings;
         eprint!("\rexported {batches} batches, {readings} of {total} readings");
     }
     file.flush()?;
@@ -216,5 +249,9 @@ fn export(
         out.display(),
         out.display()
     );
+    if skipped > 0 {
+        eprintln!("{skipped} readings in unreadable records were skipped and exported as buffer-damaged gaps (exit status {EXPORT_SKIPPED})");
+        return Ok(ExitCode::from(EXPORT_SKIPPED));
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -263,7 +263,7 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
     }
     let has_uplink = map.uplink.is_some();
     let mut uplink = map.uplink.clone().map(|u| {
-        tokio::spawn(crate::uplink::run(
+        tokio::spawn(crate::uplink::supervise(
             u,
             map_rx.clone(),
             buffer.clone(),
@@ -382,11 +382,10 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
                 }
             }
             r = async { match &mut uplink { Some(h) => h.await, None => std::future::pending().await } }, if !uplink_failed => {
+                // `supervise` restarts a failed uplink and returns only at shutdown.
                 uplink_failed = true;
-                match r {
-                    Ok(Err(e)) => tracing::error!(error = %e, "uplink stopped; readings keep being buffered"),
-                    Ok(Ok(())) => {}
-                    Err(e) => tracing::error!(error = %e, "uplink task failed; readings keep being buffered"),
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "uplink supervisor failed; readings keep being buffered");
                 }
                 uplink = None;
             }
@@ -438,10 +437,8 @@ pub async fn run(path: &Path, output: &str, stats_every: Duration) -> Result<Exi
     // 3. The uplink drains what it can within its deadline; background tasks stop.
     let _ = stop_tx.send(true);
     if let Some(h) = uplink {
-        match h.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "uplink ended with an error"),
-            Err(e) => tracing::error!(error = %e, "uplink task failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = h.await {
+            tracing::error!(error = %e, "uplink task failed");
         }
     }
     for t in tasks {

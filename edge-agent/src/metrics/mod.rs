@@ -44,6 +44,12 @@ pub struct UplinkShared {
     pub loop_ticks: AtomicU64,
     /// Readings in flight now.
     pub in_flight_readings: AtomicU64,
+    /// The uplink task is running (false while it is restarted after a failure).
+    pub running: AtomicBool,
+    /// Restarts of the uplink task after a failure.
+    pub restarts: AtomicU64,
+    /// Acknowledgements naming another buffer epoch (ignored).
+    pub foreign_epoch_acks: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -189,6 +195,11 @@ impl Telemetry {
                 self.buffer.write_errors.load(Relaxed),
             ),
             ("buffer_quarantined", f.quarantined),
+            ("buffer_salvaged_readings", f.salvaged_readings),
+            ("buffer_damaged_readings", f.damaged_readings),
+            ("buffer_bad_segments", f.bad_segments),
+            ("uplink_restarts", u.restarts.load(Relaxed)),
+            ("foreign_epoch_acks", u.foreign_epoch_acks.load(Relaxed)),
         ]
     }
 
@@ -299,6 +310,36 @@ impl Telemetry {
             one(f.quarantined),
         );
         metric(
+            "flowsquare_buffer_epoch",
+            "gauge",
+            "Identity of the buffer database (random, made when it was created; changes when it is replaced).",
+            one(f.epoch),
+        );
+        metric(
+            "flowsquare_buffer_salvaged_readings_total",
+            "counter",
+            "Readings recovered from damaged buffer databases.",
+            one(f.salvaged_readings),
+        );
+        metric(
+            "flowsquare_buffer_damaged_readings_total",
+            "counter",
+            "Readings of damaged buffer databases or records that could not be read (reported to the cloud as buffer-damaged gaps).",
+            one(f.damaged_readings),
+        );
+        metric(
+            "flowsquare_buffer_damaged_uncounted_total",
+            "counter",
+            "Damaged buffer databases with parts whose readings could not be counted (reported as gaps of unknown count).",
+            one(f.damaged_uncounted),
+        );
+        metric(
+            "flowsquare_buffer_bad_segments_total",
+            "counter",
+            "Stored records that could not be decoded, moved to the bad_segment table.",
+            one(f.bad_segments),
+        );
+        metric(
             "flowsquare_buffer_write_errors_total",
             "counter",
             "Failed buffer commits (retried).",
@@ -309,6 +350,24 @@ impl Telemetry {
             "gauge",
             "1 when connected to the broker.",
             one(u64::from(u.connected.load(Relaxed))),
+        );
+        metric(
+            "flowsquare_uplink_running",
+            "gauge",
+            "1 while the uplink task runs (0 while it is restarted after a failure).",
+            one(u64::from(u.running.load(Relaxed))),
+        );
+        metric(
+            "flowsquare_uplink_restarts_total",
+            "counter",
+            "Restarts of the uplink task after a failure.",
+            one(u.restarts.load(Relaxed)),
+        );
+        metric(
+            "flowsquare_acks_foreign_epoch_total",
+            "counter",
+            "Acknowledgements naming another buffer epoch than this buffer's (ignored).",
+            one(u.foreign_epoch_acks.load(Relaxed)),
         );
         metric(
             "flowsquare_mqtt_connect_errors_total",

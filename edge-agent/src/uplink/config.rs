@@ -61,6 +61,10 @@ pub struct UplinkConfig {
     /// On shutdown, how long to wait for acknowledgements of batches already sent.
     #[serde(default = "default_drain_timeout", deserialize_with = "duration::de")]
     pub drain_timeout: Duration,
+    /// Longest wait between broker connection attempts (backoff from 0.5 s doubling up to
+    /// this, jittered): a broker that comes back is used within about this long.
+    #[serde(default = "default_reconnect_max", deserialize_with = "duration::de")]
+    pub reconnect_max: Duration,
 }
 
 fn default_protocol() -> String {
@@ -92,6 +96,11 @@ fn default_heartbeat() -> Duration {
 }
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
+}
+/// Default cap of the reconnect backoff.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(10);
+fn default_reconnect_max() -> Duration {
+    DEFAULT_RECONNECT_MAX
 }
 
 /// A parsed broker address.
@@ -160,6 +169,14 @@ impl UplinkConfig {
         if self.inflight == 0 || self.inflight > 100 {
             p.push(("inflight", "inflight must be between 1 and 100".into()));
         }
+        if self.reconnect_max < Duration::from_millis(500)
+            || self.reconnect_max > Duration::from_secs(600)
+        {
+            p.push((
+                "reconnect_max",
+                "reconnect_max must be between 500ms and 10min".into(),
+            ));
+        }
         if self.batch_readings == 0 {
             p.push(("batch_readings", "batch_readings must be at least 1".into()));
         }
@@ -200,5 +217,30 @@ impl UplinkConfig {
             ));
         }
         Ok(Some((user, pass)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reconnect_cap_is_documented_in_the_example_defaults_to_10_s_and_is_bounded() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.example.toml");
+        let (map, _) = crate::config::load(std::path::Path::new(path)).expect("example loads");
+        let u = map.uplink.expect("the example has an [uplink]");
+        assert_eq!(u.reconnect_max, Duration::from_secs(10));
+        let text = std::fs::read_to_string(path).expect("example");
+        assert!(text.contains("\nreconnect_max = "), "documented by example");
+
+        let parse = |extra: &str| -> UplinkConfig {
+            toml::from_str(&format!("broker = \"mqtt://h\"\n{extra}")).expect("parses")
+        };
+        assert_eq!(parse("").reconnect_max, DEFAULT_RECONNECT_MAX);
+        let c = parse("reconnect_max = \"3s\"");
+        assert_eq!(c.reconnect_max, Duration::from_secs(3));
+        assert!(c.validate().is_empty());
+        let bad = parse("reconnect_max = \"100ms\"");
+        assert!(bad.validate().iter().any(|(k, _)| *k == "reconnect_max"));
     }
 }

@@ -15,4 +15,4 @@ pub mod state;
 
 pub use config::UplinkConfig;
 pub use error::UplinkError;
-pub use run::{birth, run};
+pub use run::{birth, run, supervise};

@@ -84,6 +84,64 @@ pub fn birth(map: &TagMap) -> wire::Birth {
     }
 }
 
+/// The encoded birth of `map`, naming the buffer it sends from.
+fn birth_of(map: &TagMap, identity: &wire::messages::BufferIdentity) -> Vec<u8> {
+    let mut b = birth(map);
+    b.buffer = Some(identity.clone());
+    b.encode()
+}
+
+/// Run the uplink for as long as the process lives: a failed uplink task (an error or a panic)
+/// is logged, counted (`flowsquare_uplink_restarts_total`) and started again with backoff
+/// (1 s doubling to 30 s, back to 1 s after a minute of running). While it is down,
+/// `flowsquare_uplink_running` and `flowsquare_mqtt_connected` are 0 and the uplink feeds no
+/// watchdog progress. Returns after `shutdown` (the uplink drained as in [`run`]).
+pub async fn supervise(
+    cfg: UplinkConfig,
+    maps: watch::Receiver<Arc<TagMap>>,
+    buffer: Buffer,
+    telemetry: Arc<Telemetry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let up = telemetry.uplink.clone();
+    let mut backoff =
+        crate::drivers::health::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let started = Instant::now();
+        up.running.store(true, Relaxed);
+        let task = tokio::spawn(run(
+            cfg.clone(),
+            maps.clone(),
+            buffer.clone(),
+            telemetry.clone(),
+            shutdown.clone(),
+        ));
+        let res = task.await;
+        up.running.store(false, Relaxed);
+        up.connected.store(false, Relaxed);
+        let why = match res {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the uplink task failed: {e}"),
+        };
+        if *shutdown.borrow() {
+            tracing::error!(error = %why, "uplink stopped during shutdown");
+            return;
+        }
+        if started.elapsed() >= Duration::from_secs(60) {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay(rand::random::<f64>());
+        let n = up.restarts.fetch_add(1, Relaxed) + 1;
+        tracing::error!(error = %why, retry_in_ms = delay.as_millis() as u64, restarts = n,
+            "uplink stopped; restarting it (readings keep being buffered)");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 pub(super) fn tls_config(cfg: &UplinkConfig) -> Result<rustls::ClientConfig, UplinkError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |p: &std::path::Path| {
@@ -162,7 +220,9 @@ pub async fn run(
             "re-sending batches leased before the restart (same batch ids)"
         );
     }
-    let mut birth = birth(&map).encode();
+    let identity = buffer.identity().clone();
+    let epoch = identity.epoch;
+    let mut birth = birth_of(&map, &identity);
     let data_topic = topics.data();
     let ack_topic = topics.ack();
     let live_window = i64::try_from(cfg.live_window.as_millis()).unwrap_or(10_000);
@@ -171,12 +231,22 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(cfg.heartbeat.max(Duration::from_secs(1)));
     let mut last_error: Option<String> = None;
-    let mut backoff =
-        crate::drivers::health::Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-    let mut draining: Option<Instant> = None;
+    let mut backoff = crate::drivers::health::Backoff::new(
+        Duration::from_millis(500),
+        cfg.reconnect_max.max(Duration::from_millis(500)),
+    );
+    // A restart (by `supervise`) after shutdown was asked for: drain and stop.
+    let mut draining: Option<Instant> = shutdown.borrow_and_update().then(Instant::now);
 
     loop {
-        republish_birth(&mut maps, &mut birth, &client, &topics, state.connected());
+        republish_birth(
+            &mut maps,
+            &mut birth,
+            &identity,
+            &client,
+            &topics,
+            state.connected(),
+        );
         let deadline_passed = draining.is_some_and(|t| t.elapsed() >= cfg.drain_timeout);
         if draining.is_some()
             && ((state.in_flight() == 0 && state.exhausted())
@@ -207,6 +277,13 @@ pub async fn run(
                         continue;
                     }
                     match wire::Ack::decode(&payload) {
+                        Ok(ack) if !ack.is_for_epoch(epoch) => {
+                            // Meant for another buffer database (batch ids restart in a new one):
+                            // acting on it could delete data the cloud never stored.
+                            up.foreign_epoch_acks.fetch_add(1, Relaxed);
+                            tracing::debug!(ack_epoch = ack.buffer_epoch, buffer_epoch = epoch, batch_ids = ?ack.batch_ids,
+                                "acknowledgement for another buffer epoch ignored");
+                        }
                         Ok(ack) => {
                             for id in ack.batch_ids {
                                 if ack.status == wire::AckStatus::Rejected {
@@ -260,7 +337,7 @@ pub async fn run(
                 up.loop_ticks.fetch_add(1, Relaxed);
                 // A reload may have switched the map since the top of the loop: announce it
                 // before leasing batches written under it.
-                republish_birth(&mut maps, &mut birth, &client, &topics, state.connected());
+                republish_birth(&mut maps, &mut birth, &identity, &client, &topics, state.connected());
                 if draining.is_none() || !state.exhausted() || state.in_flight() > 0 {
                     state.tick();
                 }
@@ -344,6 +421,7 @@ pub async fn run(
 fn republish_birth(
     maps: &mut watch::Receiver<Arc<TagMap>>,
     birth_payload: &mut Vec<u8>,
+    identity: &wire::messages::BufferIdentity,
     client: &Client,
     topics: &wire::Topics,
     connected: bool,
@@ -352,7 +430,7 @@ fn republish_birth(
         return;
     }
     let map = maps.borrow_and_update().clone();
-    *birth_payload = birth(&map).encode();
+    *birth_payload = birth_of(&map, identity);
     tracing::info!(config_hash = %map.hash, tags = map.tags.len(), "tag map reloaded: publishing a new birth");
     if connected {
         client.publish(topics.birth(), true, true, birth_payload.clone());
