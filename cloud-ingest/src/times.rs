@@ -64,8 +64,18 @@ mod tests {
     fn event_times() {
         assert_eq!(check_event(NOW, NOW), Ok(NOW));
         assert_eq!(check_event(EVENT_MIN_MS, NOW), Ok(EVENT_MIN_MS));
-        assert_eq!(check_event(NOW + EVENT_AHEAD_MS, NOW), Ok(NOW + EVENT_AHEAD_MS));
-        for bad in [-1, 0, EVENT_MIN_MS - 1, NOW + EVENT_AHEAD_MS + 1, i64::MAX, i64::MIN] {
+        assert_eq!(
+            check_event(NOW + EVENT_AHEAD_MS, NOW),
+            Ok(NOW + EVENT_AHEAD_MS)
+        );
+        for bad in [
+            -1,
+            0,
+            EVENT_MIN_MS - 1,
+            NOW + EVENT_AHEAD_MS + 1,
+            i64::MAX,
+            i64::MIN,
+        ] {
             assert!(check_event(bad, NOW).is_err(), "{bad}");
         }
         assert!(check_event(i64::MAX, i64::MAX).is_ok());

@@ -409,7 +409,11 @@ async fn keep_and_reject(
     key: BatchKey,
     rejects: &mut Vec<(BatchKey, String)>,
 ) -> Option<()> {
-    match retry("dead letter", stats, shutdown, || store.dead_letter(&letter)).await? {
+    match retry("dead letter", stats, shutdown, || {
+        store.dead_letter(&letter)
+    })
+    .await?
+    {
         Ok(()) => {
             stats.dead_letters.fetch_add(1, Relaxed);
             rejects.push((key, letter.reason));

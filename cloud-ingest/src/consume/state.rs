@@ -289,7 +289,11 @@ mod tests {
         let acks = acks_for(&bs, &os);
         assert_eq!(
             acks,
-            vec![g("a", 0, vec![1, 4]), g("b", 0, vec![2]), g("a", 77, vec![5])]
+            vec![
+                g("a", 0, vec![1, 4]),
+                g("b", 0, vec![2]),
+                g("a", 77, vec![5])
+            ]
         );
         assert_eq!(acks[2].committed().buffer_epoch, Some(77));
         assert_eq!(acks[0].committed().buffer_epoch, None);

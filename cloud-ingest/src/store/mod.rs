@@ -226,7 +226,12 @@ pub fn check_gaps(b: &wire::Batch, tag_count: usize, now_ms: i64) -> Result<(), 
             }
         }
         if g.count_known {
-            let tags = if g.tags.is_empty() { tag_count } else { g.tags.len() }.max(1);
+            let tags = if g.tags.is_empty() {
+                tag_count
+            } else {
+                g.tags.len()
+            }
+            .max(1);
             let span = i128::from(g.to_ms) - i128::from(g.from_ms) + 1;
             let possible = span * tags as i128 * 1000;
             if g.count > MAX_GAP_COUNT || i128::from(g.count) > possible {

@@ -5,7 +5,9 @@ use tokio_postgres::types::ToSql;
 use super::rollup::{HOUR_MS, MINUTE_MS};
 use super::types::{quality_name, Ts, MAX_TS_MS, MIN_TS_MS};
 use super::{pg, PgStore};
-use crate::store::{AgentRow, BufferRow, Bucket, DeadLetterRow, GapRow, LatestRow, StoreError, TagRow};
+use crate::store::{
+    AgentRow, Bucket, BufferRow, DeadLetterRow, GapRow, LatestRow, StoreError, TagRow,
+};
 
 /// Most buckets one `series` call may ask for.
 pub const MAX_BUCKETS: i64 = 1_000_000;

@@ -101,7 +101,12 @@ async fn commit_once(
         };
         check(b, &cat, now)?;
         let digest = b.content_digest();
-        match seen.entry((b.site.as_str(), b.agent.as_str(), b.buffer_epoch, b.batch_id)) {
+        match seen.entry((
+            b.site.as_str(),
+            b.agent.as_str(),
+            b.buffer_epoch,
+            b.batch_id,
+        )) {
             std::collections::hash_map::Entry::Occupied(e) => {
                 plans.push(Plan::Repeat(*e.get() != digest));
                 continue;

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use flowsquare_wire as wire;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::store::{AgentRow, BufferRow, Bucket, DeadLetterRow, GapRow, LatestRow, StoreError, TagRow};
+use crate::store::{
+    AgentRow, Bucket, BufferRow, DeadLetterRow, GapRow, LatestRow, StoreError, TagRow,
+};
 
 /// The spelling of a stored quality code.
 fn quality_name(code: i64) -> String {

@@ -120,6 +120,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_received ON dead_letters (received_ms);
 ";
 
+/// Version 1, for tests that build an older database.
+#[cfg(test)]
+pub(super) const SCHEMA_V1_FOR_TESTS: &str = SCHEMA_V1;
+
 /// Version 3, the tables and columns that need no check.
 const SCHEMA_V3: &str = "
 CREATE TABLE IF NOT EXISTS agent_buffers (

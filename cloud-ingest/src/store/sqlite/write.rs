@@ -452,7 +452,9 @@ fn record_buffer(
     received_ms: i64,
 ) -> Result<(), StoreError> {
     let known = tx
-        .prepare_cached("SELECT 1 FROM agent_buffers WHERE site = ?1 AND agent = ?2 AND epoch = ?3")?
+        .prepare_cached(
+            "SELECT 1 FROM agent_buffers WHERE site = ?1 AND agent = ?2 AND epoch = ?3",
+        )?
         .query_row(params![b.site, b.agent, bits(buf.epoch)], |_| Ok(()))
         .optional()?
         .is_some();
