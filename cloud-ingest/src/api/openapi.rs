@@ -223,7 +223,7 @@ fn build() -> Value {
                 },
                 "Agent": {
                     "type": "object",
-                    "required": ["site", "agent", "online", "last_seen_ms", "version", "config_hash", "backlog_readings", "oldest_unsent_ms"],
+                    "required": ["site", "agent", "online", "last_seen_ms", "version", "config_hash", "backlog_readings", "oldest_unsent_ms", "buffer", "buffer_replaced_ms"],
                     "properties": {
                         "site": string("Site id."),
                         "agent": string("Agent id."),
@@ -232,7 +232,20 @@ fn build() -> Value {
                         "version": nullable(string("Agent version from birth/status.")),
                         "config_hash": nullable(string("Current config hash (latest birth).")),
                         "backlog_readings": { "type": "integer", "format": "int64", "minimum": 0, "nullable": true, "description": "Readings held in its buffer at the last heartbeat." },
-                        "oldest_unsent_ms": nullable(ms("Oldest unsent reading at the last heartbeat"))
+                        "oldest_unsent_ms": nullable(ms("Oldest unsent reading at the last heartbeat")),
+                        "buffer": {
+                            "type": "object", "nullable": true,
+                            "description": "The buffer database the agent sends from (its latest birth that named one; null for agents that do not report it).",
+                            "required": ["epoch", "created_ms", "origin", "note", "first_seen_ms"],
+                            "properties": {
+                                "epoch": { "type": "integer", "format": "int64", "minimum": 1, "description": "Identity of the buffer database (random; batch ids are per epoch)." },
+                                "created_ms": ms("When the agent created it (agent clock)"),
+                                "origin": { "type": "string", "enum": ["new", "existing", "replaced-corrupt", "replaced-empty"], "description": "Why it was created." },
+                                "note": nullable(string("What the agent says about a replacement (salvaged, lost).")),
+                                "first_seen_ms": ms("When the cloud first saw it")
+                            }
+                        },
+                        "buffer_replaced_ms": nullable(ms("When a birth last brought a replacement buffer (first seen); a `buffer-replaced` gap of unknown count covers the data between the agent's last stored reading and the new buffer's creation"))
                     }
                 },
                 "Tag": {
@@ -276,16 +289,18 @@ fn build() -> Value {
                 },
                 "Gap": {
                     "type": "object",
-                    "required": ["site", "agent", "batch_id", "tag_ids", "from_ms", "to_ms", "count", "reason"],
+                    "required": ["site", "agent", "batch_id", "tag_ids", "from_ms", "to_ms", "count", "count_known", "reason", "detail"],
                     "properties": {
                         "site": string("Site."),
                         "agent": string("Agent."),
-                        "batch_id": { "type": "integer", "format": "int64", "description": "Batch that reported it." },
+                        "batch_id": { "type": "integer", "format": "int64", "description": "Batch that reported it (0: recorded by the cloud, e.g. `buffer-replaced`)." },
                         "tag_ids": { "type": "array", "items": int64, "description": "Tag ids concerned (empty = all tags of the agent)." },
                         "from_ms": ms("Start of the missing range"),
                         "to_ms": ms("End of the missing range"),
-                        "count": { "type": "integer", "format": "int64", "description": "Readings lost (0 = unknown)." },
-                        "reason": string("Why (`buffer-full`, `buffer-age`, `missed-event`, or free text).")
+                        "count": { "type": "integer", "format": "int64", "nullable": true, "description": "Readings lost; null when unknown (a crash window, a vanished buffer): a span to look at, not a number to add." },
+                        "count_known": { "type": "boolean", "description": "Whether `count` is known." },
+                        "reason": string("Why (`buffer-full`, `buffer-age`, `missed-event`, `unclean-shutdown`, `buffer-replaced`, or free text)."),
+                        "detail": nullable(string("More about it (a replaced buffer: its epoch, origin and the agent's note)."))
                     }
                 },
                 "DeadLetter": {

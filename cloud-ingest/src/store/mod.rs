@@ -91,7 +91,8 @@ pub struct AgentRow {
     pub oldest_unsent_ms: Option<i64>,
     /// The buffer database it sends from (latest birth that named one).
     pub buffer: Option<BufferRow>,
-    /// When a birth last brought a new buffer epoch after another one (first seen, UTC ms).
+    /// When a birth last brought a buffer that replaced another, or followed stored data of the
+    /// agent (first seen, UTC ms): the moment a `buffer-replaced` gap may have been recorded.
     pub buffer_replaced_ms: Option<i64>,
 }
 
@@ -167,8 +168,8 @@ pub struct Bucket {
     pub bad: i64,
 }
 
-/// A stored gap record.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// A stored gap record. Serialized with `count: null` when the count is unknown.
+#[derive(Debug, Clone, PartialEq)]
 pub struct GapRow {
     /// Site.
     pub site: String,
@@ -190,6 +191,24 @@ pub struct GapRow {
     pub reason: String,
     /// More about it (a replaced buffer: origin and the agent's note).
     pub detail: Option<String>,
+}
+
+impl serde::Serialize for GapRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut m = s.serialize_struct("GapRow", 10)?;
+        m.serialize_field("site", &self.site)?;
+        m.serialize_field("agent", &self.agent)?;
+        m.serialize_field("batch_id", &self.batch_id)?;
+        m.serialize_field("tag_ids", &self.tag_ids)?;
+        m.serialize_field("from_ms", &self.from_ms)?;
+        m.serialize_field("to_ms", &self.to_ms)?;
+        m.serialize_field("count", &self.count_known.then_some(self.count))?;
+        m.serialize_field("count_known", &self.count_known)?;
+        m.serialize_field("reason", &self.reason)?;
+        m.serialize_field("detail", &self.detail)?;
+        m.end()
+    }
 }
 
 /// The largest gap count that can be true: 10^12 (a thousand readings a second of a thousand

@@ -24,10 +24,7 @@ pub(super) async fn agents(store: &PgStore) -> Result<Vec<AgentRow>, StoreError>
             "SELECT a.site, a.agent, a.online, a.last_seen, a.version, a.config_hash, a.backlog_readings,
                     a.oldest_unsent, b.epoch, b.created, b.origin, b.note, b.first_seen,
                     (SELECT max(r.first_seen) FROM flowsquare.agent_buffers r
-                     WHERE r.site = a.site AND r.agent = a.agent
-                       AND (r.origin LIKE 'replaced%'
-                            OR r.first_seen > (SELECT min(f.first_seen) FROM flowsquare.agent_buffers f
-                                               WHERE f.site = a.site AND f.agent = a.agent)))
+                     WHERE r.site = a.site AND r.agent = a.agent AND r.replaced)
              FROM flowsquare.agents a
              LEFT JOIN LATERAL (SELECT * FROM flowsquare.agent_buffers c
                                 WHERE c.site = a.site AND c.agent = a.agent

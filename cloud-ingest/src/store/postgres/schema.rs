@@ -157,6 +157,7 @@ CREATE TABLE IF NOT EXISTS flowsquare.agent_buffers (
     note text,
     first_seen timestamptz NOT NULL,
     last_seen timestamptz NOT NULL,
+    replaced boolean NOT NULL,
     PRIMARY KEY (site, agent, epoch)
 );
 ";

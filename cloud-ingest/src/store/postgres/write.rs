@@ -736,13 +736,15 @@ async fn record_buffer(
         .map_err(pg)?
         .get(0);
     let created = Ts(buf.created_ms.clamp(MIN_TS_MS, MAX_TS_MS - 1));
+    let gap = buffer_replaced_gap(buf, previous.map(|t| t.0), last_data.map(|t| t.0));
+    let replaced = previous.is_some() || gap.is_some() || buf.origin.starts_with("replaced");
     let inserted = tx
         .query_opt(
-            "INSERT INTO flowsquare.agent_buffers AS x (site, agent, epoch, created, origin, note, first_seen, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+            "INSERT INTO flowsquare.agent_buffers AS x (site, agent, epoch, created, origin, note, first_seen, last_seen, replaced)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
              ON CONFLICT (site, agent, epoch) DO UPDATE SET last_seen = greatest(x.last_seen, excluded.last_seen)
              RETURNING (xmax = 0)",
-            &[&b.site, &b.agent, &epoch, &created, &buf.origin, &buf.note, &received],
+            &[&b.site, &b.agent, &epoch, &created, &buf.origin, &buf.note, &received, &replaced],
         )
         .await
         .map_err(pg)?
@@ -750,7 +752,6 @@ async fn record_buffer(
     if !inserted {
         return Ok(());
     }
-    let gap = buffer_replaced_gap(buf, previous.map(|t| t.0), last_data.map(|t| t.0));
     if let Some((from, to, detail)) = gap {
         tracing::warn!(site = %b.site, agent = %b.agent, epoch = buf.epoch, origin = %buf.origin, from, to,
             "the agent's buffer was replaced: recording a gap of unknown count");

@@ -22,10 +22,8 @@ pub(super) fn agents(conn: &mut Connection) -> Result<Vec<AgentRow>, StoreError>
     let mut st = conn.prepare_cached(
         "SELECT a.site, a.agent, a.online, a.last_seen_ms, a.version, a.config_hash, a.backlog_readings,
                 a.oldest_unsent_ms, b.epoch, b.created_ms, b.origin, b.note, b.first_seen_ms,
-                (SELECT max(r.first_seen_ms) FROM agent_buffers r WHERE r.site = a.site AND r.agent = a.agent
-                   AND (r.origin LIKE 'replaced%'
-                        OR r.first_seen_ms > (SELECT min(f.first_seen_ms) FROM agent_buffers f
-                                              WHERE f.site = a.site AND f.agent = a.agent)))
+                (SELECT max(r.first_seen_ms) FROM agent_buffers r
+                 WHERE r.site = a.site AND r.agent = a.agent AND r.replaced)
          FROM agents a
          LEFT JOIN agent_buffers b ON b.site = a.site AND b.agent = a.agent AND b.epoch =
              (SELECT c.epoch FROM agent_buffers c WHERE c.site = a.site AND c.agent = a.agent

@@ -135,6 +135,7 @@ CREATE TABLE IF NOT EXISTS agent_buffers (
     note          TEXT,
     first_seen_ms INTEGER NOT NULL,
     last_seen_ms  INTEGER NOT NULL,
+    replaced      INTEGER NOT NULL,
     PRIMARY KEY (site, agent, epoch)
 ) WITHOUT ROWID;
 ";

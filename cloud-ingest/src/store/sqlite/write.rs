@@ -478,9 +478,11 @@ fn record_buffer(
              WHERE t.site = ?1 AND t.agent = ?2",
         )?
         .query_row(params![b.site, b.agent], |r| r.get(0))?;
+    let gap = buffer_replaced_gap(buf, previous, last_data);
+    let replaced = previous.is_some() || gap.is_some() || buf.origin.starts_with("replaced");
     tx.prepare_cached(
-        "INSERT INTO agent_buffers (site, agent, epoch, created_ms, origin, note, first_seen_ms, last_seen_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        "INSERT INTO agent_buffers (site, agent, epoch, created_ms, origin, note, first_seen_ms, last_seen_ms, replaced)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
     )?
     .execute(params![
         b.site,
@@ -489,9 +491,10 @@ fn record_buffer(
         buf.created_ms,
         buf.origin,
         buf.note,
-        received_ms
+        received_ms,
+        replaced
     ])?;
-    if let Some((from, to, detail)) = buffer_replaced_gap(buf, previous, last_data) {
+    if let Some((from, to, detail)) = gap {
         tracing::warn!(site = %b.site, agent = %b.agent, epoch = buf.epoch, origin = %buf.origin, from, to,
             "the agent's buffer was replaced: recording a gap of unknown count");
         tx.prepare_cached(
