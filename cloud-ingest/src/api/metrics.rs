@@ -27,6 +27,7 @@ pub fn render(stats: &ConsumerStats, ready: &AtomicBool) -> String {
             &stats.unknown_catalog,
         ),
         ("flowsquare_ingest_dead_letters_total", "Messages kept in the dead-letter table.", &stats.dead_letters),
+        ("flowsquare_ingest_batch_conflicts_total", "Batches whose (site, agent, buffer epoch, batch id) was already stored with other content: dead-lettered, rejected, alerted.", &stats.conflicts),
         ("flowsquare_ingest_commit_errors_total", "Failed database commits (retried).", &stats.commit_errors),
         ("flowsquare_ingest_acked_batches_total", "End-to-end acknowledgements published to the agents (batch ids).", &stats.acked_batches),
     ];
