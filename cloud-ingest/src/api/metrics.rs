@@ -56,9 +56,9 @@ mod tests {
         assert!(text.contains("\nflowsquare_ingest_stored_readings_total 1234\n"));
         assert!(text.contains("\nflowsquare_ingest_consumer_connected 1\n"));
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        // 9 counters and gauges, the latency histogram's buckets (+Inf), sum and count.
+        // 10 counters and gauges, the latency histogram's buckets (+Inf), sum and count.
         let buckets = crate::consume::latency::BUCKETS_S.len() + 1;
-        assert_eq!(samples.len(), 9 + buckets + 2);
+        assert_eq!(samples.len(), 10 + buckets + 2);
         for l in samples {
             let name = l.split([' ', '{']).next().unwrap_or_default();
             let name = ["_bucket", "_sum", "_count"]

@@ -177,8 +177,8 @@ fn build() -> Value {
                 "id": { "name": "id", "in": "path", "required": true, "description": "Tag id (series) or discharge id (close).", "schema": int64 },
                 "site": { "name": "site", "in": "query", "required": false, "description": "Only this site (empty = all).", "schema": { "type": "string" } },
                 "prefix": { "name": "prefix", "in": "query", "required": false, "description": "Only tags whose name starts with this (case-sensitive, no wildcards; empty = all).", "schema": { "type": "string" } },
-                "from": { "name": "from", "in": "query", "required": true, "description": "Start of the range (inclusive): RFC 3339 (`2026-01-01T00:00:00Z`) or epoch milliseconds.", "schema": { "type": "string" }, "example": "2026-01-01T00:00:00Z" },
-                "to": { "name": "to", "in": "query", "required": true, "description": "End of the range (exclusive), after `from`: RFC 3339 or epoch milliseconds.", "schema": { "type": "string" }, "example": "1767229200000" },
+                "from": { "name": "from", "in": "query", "required": true, "description": "Start of the range (inclusive): RFC 3339 (`2026-01-01T00:00:00Z`) or epoch milliseconds, 1970-01-01 .. 9999-12-31 (else 400 naming it).", "schema": { "type": "string" }, "example": "2026-01-01T00:00:00Z" },
+                "to": { "name": "to", "in": "query", "required": true, "description": "End of the range (exclusive), after `from`: RFC 3339 or epoch milliseconds, 1970-01-01 .. 9999-12-31.", "schema": { "type": "string" }, "example": "1767229200000" },
                 "step": { "name": "step", "in": "query", "required": true, "description": "Bucket width: a positive integer and a unit, ms, s, m, h or d.", "schema": { "type": "string", "pattern": "^[0-9]+(ms|s|m|h|d)$" }, "example": "5m" },
                 "tag_id": {
                     "name": "tag_id", "in": "query", "required": true, "style": "form", "explode": true,
@@ -326,7 +326,7 @@ fn add_reconciliation(doc: &mut Value) {
     let nnum = |d: &str| json!({ "type": "number", "format": "double", "nullable": true, "description": d });
     let s = |d: &str| json!({ "type": "string", "description": d });
     let ms = |d: &str| json!({ "type": "integer", "format": "int64", "description": format!("{d} (UTC, epoch milliseconds)") });
-    let when = |d: &str| json!({ "oneOf": [ { "type": "string", "format": "date-time" }, { "type": "integer", "format": "int64" } ], "description": format!("{d}: RFC 3339 or epoch milliseconds") });
+    let when = |d: &str| json!({ "oneOf": [ { "type": "string", "format": "date-time" }, { "type": "integer", "format": "int64" } ], "description": format!("{d}: RFC 3339 or epoch milliseconds, from 2000-01-01 to one day after now (the data clock); anything else is a 422 naming the field") });
     let body = |schema: &str| json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } });
     let with = |mut r: Value, extra: &[(&str, Value)]| {
         if let Value::Object(m) = &mut r {
@@ -423,8 +423,8 @@ fn add_reconciliation(doc: &mut Value) {
         } }
     });
     let params = json!({
-        "date": { "name": "date", "in": "path", "required": true, "description": "Day (UTC) `YYYY-MM-DD`, optionally with `.csv`.", "schema": { "type": "string" }, "example": "2026-03-20" },
-        "date_query": { "name": "date", "in": "query", "required": true, "description": "Day (UTC) `YYYY-MM-DD`.", "schema": { "type": "string" }, "example": "2026-03-20" },
+        "date": { "name": "date", "in": "path", "required": true, "description": "Day (UTC) `YYYY-MM-DD` (1970 .. 9999), optionally with `.csv`.", "schema": { "type": "string" }, "example": "2026-03-20" },
+        "date_query": { "name": "date", "in": "query", "required": true, "description": "Day (UTC) `YYYY-MM-DD` (1970 .. 9999).", "schema": { "type": "string" }, "example": "2026-03-20" },
         "format": { "name": "format", "in": "query", "required": false, "description": "`json` (default) or `csv`.", "schema": { "type": "string", "enum": ["json", "csv"] } },
         "state": { "name": "state", "in": "query", "required": false, "description": "`open` or `closed` (default: both).", "schema": { "type": "string", "enum": ["open", "closed"] } },
         "list_limit": { "name": "limit", "in": "query", "required": false, "description": format!("How many (default {LIST_DEFAULT})."), "schema": { "type": "integer", "minimum": 1, "maximum": LIST_MAX, "default": LIST_DEFAULT } }
