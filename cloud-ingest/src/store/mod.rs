@@ -217,12 +217,17 @@ pub const MAX_GAP_COUNT: u64 = 1_000_000_000_000;
 
 /// Check the gap records of a batch before anything is stored: a gap that ends before it
 /// starts, has a time outside the plausible range ([`crate::times::check_event`], against the
-/// later of `now_ms` and the batch's creation, which a simulated clock may put ahead), or a
+/// latest of `now_ms`, the data clock and the batch's creation: a simulated clock may run
+/// ahead), or a
 /// count above what its span can hold (1,000 readings per ms per tag, or
 /// [`MAX_GAP_COUNT`]) makes the batch a dead letter. `tag_count` is the size of the batch's
 /// catalog (a gap without tags concerns all of them). The error names the gap.
 pub fn check_gaps(b: &wire::Batch, tag_count: usize, now_ms: i64) -> Result<(), String> {
-    let now = now_ms.max(b.created_ms);
+    // The data clock (a simulated one runs ahead of the wall clock in the demo) and the batch's
+    // creation (the agent's clock) may both be later than `now_ms`: the latest of the three.
+    let now = now_ms
+        .max(b.created_ms)
+        .max(flowsquare_service::clock::now_ms());
     for (i, g) in b.gaps.iter().enumerate() {
         let name = || {
             format!(
