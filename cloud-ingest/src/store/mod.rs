@@ -446,3 +446,66 @@ pub trait Store: Send + Sync {
         Ok("nothing to do".into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buf(origin: &str, created_ms: i64) -> wire::messages::BufferIdentity {
+        wire::messages::BufferIdentity {
+            epoch: 9,
+            created_ms,
+            origin: origin.into(),
+            note: Some("3 batches salvaged".into()),
+        }
+    }
+
+    #[test]
+    fn when_a_new_buffer_is_a_gap() {
+        // First buffer, no data: nothing lost.
+        assert_eq!(buffer_replaced_gap(&buf("new", 100), None, None), None);
+        // An upgraded agent names its existing database: nothing lost.
+        assert_eq!(
+            buffer_replaced_gap(&buf("existing", 100), None, Some(50)),
+            None
+        );
+        // Data stored before, then a new database: from the last reading to its creation.
+        let (from, to, detail) =
+            buffer_replaced_gap(&buf("new", 100), None, Some(50)).expect("gap");
+        assert_eq!((from, to), (51, 100));
+        assert!(
+            detail.contains("buffer 9 (new): 3 batches salvaged"),
+            "{detail}"
+        );
+        // Another buffer before, no data: from its creation.
+        assert_eq!(
+            buffer_replaced_gap(&buf("replaced-empty", 100), Some(20), None).map(|g| (g.0, g.1)),
+            Some((20, 100))
+        );
+        // Nothing between the last reading and the new buffer: no gap.
+        assert_eq!(
+            buffer_replaced_gap(&buf("new", 100), Some(20), Some(100)),
+            None
+        );
+        // A creation time no query can name: no gap (the birth is still recorded).
+        assert_eq!(
+            buffer_replaced_gap(&buf("new", i64::MAX), Some(20), Some(30)),
+            None
+        );
+    }
+
+    #[test]
+    fn gaps_of_unknown_count_are_not_held_to_a_count() {
+        let now = 1_767_225_600_000;
+        let mut b = wire::Batch::new("s", "a", 1, "h", now);
+        b.gaps.push(wire::Gap::uncounted(
+            vec![],
+            now - 86_400_000,
+            now,
+            wire::GapReason::Other("unclean-shutdown".into()),
+        ));
+        assert_eq!(check_gaps(&b, 3, now), Ok(()));
+        b.gaps[0].from_ms = now + 1;
+        assert!(check_gaps(&b, 3, now).unwrap_err().contains("gap 0"));
+    }
+}
