@@ -218,10 +218,10 @@ pub const MAX_GAP_COUNT: u64 = 1_000_000_000_000;
 /// Check the gap records of a batch before anything is stored: a gap that ends before it
 /// starts, has a time outside the plausible range ([`crate::times::check_event`], against the
 /// latest of `now_ms`, the data clock and the batch's creation: a simulated clock may run
-/// ahead), or a
-/// count above what its span can hold (1,000 readings per ms per tag, or
-/// [`MAX_GAP_COUNT`]) makes the batch a dead letter. `tag_count` is the size of the batch's
-/// catalog (a gap without tags concerns all of them). The error names the gap.
+/// ahead), or has a count above what its span can hold (1,000 readings per ms per tag; for
+/// `missed-event` records only the absolute bound) or above [`MAX_GAP_COUNT`], makes the batch
+/// a dead letter. `tag_count` is the size of the batch's catalog (a gap without tags concerns
+/// all of them). The error names the gap.
 pub fn check_gaps(b: &wire::Batch, tag_count: usize, now_ms: i64) -> Result<(), String> {
     // The data clock (a simulated one runs ahead of the wall clock in the demo) and the batch's
     // creation (the agent's clock) may both be later than `now_ms`: the latest of the three.
@@ -257,7 +257,13 @@ pub fn check_gaps(b: &wire::Batch, tag_count: usize, now_ms: i64) -> Result<(), 
             }
             .max(1);
             let span = i128::from(g.to_ms) - i128::from(g.from_ms) + 1;
-            let possible = span * tags as i128 * 1000;
+            // Missed records are counted in sequence numbers, not readings: only the absolute
+            // bound holds for them (a counter may jump thousands at one instant).
+            let possible = if g.reason == wire::GapReason::MissedEvent {
+                i128::from(MAX_GAP_COUNT)
+            } else {
+                span * tags as i128 * 1000
+            };
             if g.count > MAX_GAP_COUNT || i128::from(g.count) > possible {
                 return Err(format!(
                     "{}: count {} is more than its span can hold ({} tags over {} ms; at most {})",
@@ -507,5 +513,10 @@ mod tests {
         assert_eq!(check_gaps(&b, 3, now), Ok(()));
         b.gaps[0].from_ms = now + 1;
         assert!(check_gaps(&b, 3, now).unwrap_err().contains("gap 0"));
+        // Missed records at one instant: counted in sequence numbers, only the absolute bound.
+        b.gaps[0] = wire::Gap::counted(vec![], now, now, 30_000, wire::GapReason::MissedEvent);
+        assert_eq!(check_gaps(&b, 0, now), Ok(()));
+        b.gaps[0].count = MAX_GAP_COUNT + 1;
+        assert!(check_gaps(&b, 0, now).is_err());
     }
 }
