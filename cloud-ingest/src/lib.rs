@@ -17,7 +17,8 @@
 //! - `reconcile/`: movements (discharges, tank stocks, gantry loadings, ePODs), the daily
 //!   reconciliation (chain, tank balances, trips, parcels) with tolerances, its run loop and the
 //!   simulated terminal (`sim.rs`); `analytics/`: stale tags, meter drift, GPS stops;
-//! - `api/console/`: the ops console (embedded HTML/CSS/JS) and its KPI, site-model and track routes.
+//! - `api/console/`: the ops console (embedded HTML/CSS/JS) and its KPI, site-model and track routes;
+//! - `times.rs`: time sanity, the one range check of every time the API or a gap record gives.
 
 pub mod analytics;
 pub mod api;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod consume;
 pub mod reconcile;
 pub mod store;
+pub mod times;
 
 /// Petroleum measurement lives in its own crate (the site simulator needs it too); every
 /// `cloud_ingest::measure::…` path keeps working through this re-export.

@@ -186,6 +186,8 @@ struct FakeAgent {
     topics: wire::Topics,
     acked: Arc<Mutex<Vec<u64>>>,
     rejected: Arc<Mutex<Vec<u64>>>,
+    /// Every acknowledgement received, in order.
+    acks: Arc<Mutex<Vec<wire::Ack>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -223,11 +225,13 @@ impl FakeAgent {
             Arc::new(Mutex::new(Vec::new())),
             Arc::new(Mutex::new(Vec::new())),
         );
-        let (a, r, ack_topic, c) = (
+        let acks: Arc<Mutex<Vec<wire::Ack>>> = Arc::default();
+        let (a, r, ack_topic, c, all) = (
             acked.clone(),
             rejected.clone(),
             topics.ack(),
             client.clone(),
+            acks.clone(),
         );
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mut ready_tx = Some(ready_tx);
@@ -244,6 +248,7 @@ impl FakeAgent {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if let Ok(ack) = wire::Ack::decode(&p.payload) {
+                            all.lock().map(|mut g| g.push(ack.clone())).ok();
                             let target = if ack.status == wire::AckStatus::Committed {
                                 &a
                             } else {
@@ -263,6 +268,7 @@ impl FakeAgent {
             topics,
             acked,
             rejected,
+            acks,
             _task: task,
         }
     }
@@ -395,6 +401,151 @@ async fn stored_once_and_acked(store: Arc<dyn Store>) {
         .await
     );
     ingest.stop().await;
+}
+
+/// The acks received so far that name `id`.
+fn acks_of(agent: &FakeAgent, id: u64) -> Vec<wire::Ack> {
+    agent
+        .acks
+        .lock()
+        .map(|g| {
+            g.iter()
+                .filter(|a| a.batch_ids.contains(&id))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every ack names the buffer epoch of its batches; a version 1 frame and a version 2 frame
+/// with the same batch id are two batches; the same key with other content is rejected (kept
+/// as a dead letter, alerted, nothing stored); a batch with a nonsense gap record is rejected
+/// with a dead letter naming the gap.
+async fn epochs_conflicts_and_bad_gaps(store: Arc<dyn Store>) {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let root = root(&broker);
+    let ingest = start_ingest(&broker, &root, "g", store.clone(), "ingest-1").await;
+    let agent = FakeAgent::start(&broker, &root, "s1", "gw", None).await;
+    agent.birth(&["tank/level"]).await;
+    registered(&*store, 1).await;
+    let v2 = |id: u64, n: i64, base: f64| {
+        let mut b = wire::decode(&agent.batch(id, n)).expect("decode");
+        b.buffer_epoch = 42;
+        for r in &mut b.readings {
+            r.value = r.value.clone().map(|v| match v {
+                wire::WireValue::Float(f) => wire::WireValue::Float(f + base),
+                v => v,
+            });
+        }
+        b
+    };
+    agent.send(1, 10).await; // version 1 frame: epoch 0
+    agent
+        .send_raw(wire::encode(&v2(1, 10, 0.0)).expect("encode"))
+        .await;
+    assert!(
+        until(Duration::from_secs(20), || acks_of(&agent, 1).len() == 2).await,
+        "{:?}",
+        acks_of(&agent, 1)
+    );
+    let epochs: BTreeSet<Option<u64>> = acks_of(&agent, 1).iter().map(|a| a.buffer_epoch).collect();
+    assert_eq!(epochs, BTreeSet::from([None, Some(42)]));
+    assert!(acks_of(&agent, 1)
+        .iter()
+        .all(|a| a.status == wire::AckStatus::Committed));
+    assert_eq!(
+        store
+            .count_readings(None, 0, i64::MAX)
+            .await
+            .expect("count"),
+        20
+    );
+
+    // Same key (epoch 42, batch 1), other values: rejected, never acked as a duplicate.
+    agent
+        .send_raw(wire::encode(&v2(1, 10, 100.0)).expect("encode"))
+        .await;
+    assert!(until(Duration::from_secs(20), || acks_of(&agent, 1).len() == 3).await);
+    let last = acks_of(&agent, 1).pop().expect("third ack");
+    assert_eq!(last.status, wire::AckStatus::Rejected);
+    assert_eq!(last.buffer_epoch, Some(42));
+    assert!(
+        last.reason.as_deref().unwrap_or("").contains("conflict"),
+        "{last:?}"
+    );
+    assert_eq!(
+        store
+            .count_readings(None, 0, i64::MAX)
+            .await
+            .expect("count"),
+        20
+    );
+    let dl = store.dead_letters(10).await.expect("dead letters");
+    assert!(
+        dl.iter().any(|d| d.reason.contains("batch conflict")),
+        "{dl:?}"
+    );
+    let alerts = store
+        .ledger()
+        .alerts(Some("open"), 10)
+        .await
+        .expect("alerts");
+    assert!(
+        alerts.iter().any(|a| a.a.kind == "batch-conflict"),
+        "{alerts:?}"
+    );
+
+    // A gap that ends before it starts: rejected, the dead letter names the gap.
+    let mut bad = v2(2, 5, 0.0);
+    bad.gaps.push(wire::Gap::counted(
+        vec![],
+        T0 + 10_000,
+        T0,
+        3,
+        wire::GapReason::BufferFull,
+    ));
+    agent.send_raw(wire::encode(&bad).expect("encode")).await;
+    assert!(until(Duration::from_secs(20), || !acks_of(&agent, 2).is_empty()).await);
+    let ack = acks_of(&agent, 2).pop().expect("ack");
+    assert_eq!(
+        (ack.status, ack.buffer_epoch),
+        (wire::AckStatus::Rejected, Some(42))
+    );
+    let dl = store.dead_letters(10).await.expect("dead letters");
+    assert!(
+        dl.iter()
+            .any(|d| d.reason.contains("gap 0") && d.reason.contains("ends before it starts")),
+        "{dl:?}"
+    );
+    assert_eq!(
+        store
+            .count_readings(None, 0, i64::MAX)
+            .await
+            .expect("count"),
+        20
+    );
+    assert_eq!(
+        ingest
+            .stats
+            .conflicts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_acks_name_the_epoch_and_conflicts_and_bad_gaps_are_rejected() {
+    let dir = tempfile::tempdir().expect("tmp");
+    epochs_conflicts_and_bad_gaps(sqlite_store(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_acks_name_the_epoch_and_conflicts_and_bad_gaps_are_rejected() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    epochs_conflicts_and_bad_gaps(pg_store(&db).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

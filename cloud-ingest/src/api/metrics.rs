@@ -27,6 +27,7 @@ pub fn render(stats: &ConsumerStats, ready: &AtomicBool) -> String {
             &stats.unknown_catalog,
         ),
         ("flowsquare_ingest_dead_letters_total", "Messages kept in the dead-letter table.", &stats.dead_letters),
+        ("flowsquare_ingest_batch_conflicts_total", "Batches whose (site, agent, buffer epoch, batch id) was already stored with other content: dead-lettered, rejected, alerted.", &stats.conflicts),
         ("flowsquare_ingest_commit_errors_total", "Failed database commits (retried).", &stats.commit_errors),
         ("flowsquare_ingest_acked_batches_total", "End-to-end acknowledgements published to the agents (batch ids).", &stats.acked_batches),
     ];
@@ -55,9 +56,9 @@ mod tests {
         assert!(text.contains("\nflowsquare_ingest_stored_readings_total 1234\n"));
         assert!(text.contains("\nflowsquare_ingest_consumer_connected 1\n"));
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        // 9 counters and gauges, the latency histogram's buckets (+Inf), sum and count.
+        // 10 counters and gauges, the latency histogram's buckets (+Inf), sum and count.
         let buckets = crate::consume::latency::BUCKETS_S.len() + 1;
-        assert_eq!(samples.len(), 9 + buckets + 2);
+        assert_eq!(samples.len(), 10 + buckets + 2);
         for l in samples {
             let name = l.split([' ', '{']).next().unwrap_or_default();
             let name = ["_bucket", "_sum", "_count"]

@@ -177,8 +177,8 @@ fn build() -> Value {
                 "id": { "name": "id", "in": "path", "required": true, "description": "Tag id (series) or discharge id (close).", "schema": int64 },
                 "site": { "name": "site", "in": "query", "required": false, "description": "Only this site (empty = all).", "schema": { "type": "string" } },
                 "prefix": { "name": "prefix", "in": "query", "required": false, "description": "Only tags whose name starts with this (case-sensitive, no wildcards; empty = all).", "schema": { "type": "string" } },
-                "from": { "name": "from", "in": "query", "required": true, "description": "Start of the range (inclusive): RFC 3339 (`2026-01-01T00:00:00Z`) or epoch milliseconds.", "schema": { "type": "string" }, "example": "2026-01-01T00:00:00Z" },
-                "to": { "name": "to", "in": "query", "required": true, "description": "End of the range (exclusive), after `from`: RFC 3339 or epoch milliseconds.", "schema": { "type": "string" }, "example": "1767229200000" },
+                "from": { "name": "from", "in": "query", "required": true, "description": "Start of the range (inclusive): RFC 3339 (`2026-01-01T00:00:00Z`) or epoch milliseconds, 1970-01-01 .. 9999-12-31 (else 400 naming it).", "schema": { "type": "string" }, "example": "2026-01-01T00:00:00Z" },
+                "to": { "name": "to", "in": "query", "required": true, "description": "End of the range (exclusive), after `from`: RFC 3339 or epoch milliseconds, 1970-01-01 .. 9999-12-31.", "schema": { "type": "string" }, "example": "1767229200000" },
                 "step": { "name": "step", "in": "query", "required": true, "description": "Bucket width: a positive integer and a unit, ms, s, m, h or d.", "schema": { "type": "string", "pattern": "^[0-9]+(ms|s|m|h|d)$" }, "example": "5m" },
                 "tag_id": {
                     "name": "tag_id", "in": "query", "required": true, "style": "form", "explode": true,
@@ -223,7 +223,7 @@ fn build() -> Value {
                 },
                 "Agent": {
                     "type": "object",
-                    "required": ["site", "agent", "online", "last_seen_ms", "version", "config_hash", "backlog_readings", "oldest_unsent_ms"],
+                    "required": ["site", "agent", "online", "last_seen_ms", "version", "config_hash", "backlog_readings", "oldest_unsent_ms", "buffer", "buffer_replaced_ms"],
                     "properties": {
                         "site": string("Site id."),
                         "agent": string("Agent id."),
@@ -232,7 +232,20 @@ fn build() -> Value {
                         "version": nullable(string("Agent version from birth/status.")),
                         "config_hash": nullable(string("Current config hash (latest birth).")),
                         "backlog_readings": { "type": "integer", "format": "int64", "minimum": 0, "nullable": true, "description": "Readings held in its buffer at the last heartbeat." },
-                        "oldest_unsent_ms": nullable(ms("Oldest unsent reading at the last heartbeat"))
+                        "oldest_unsent_ms": nullable(ms("Oldest unsent reading at the last heartbeat")),
+                        "buffer": {
+                            "type": "object", "nullable": true,
+                            "description": "The buffer database the agent sends from (its latest birth that named one; null for agents that do not report it).",
+                            "required": ["epoch", "created_ms", "origin", "note", "first_seen_ms"],
+                            "properties": {
+                                "epoch": { "type": "integer", "format": "int64", "minimum": 1, "description": "Identity of the buffer database (random; batch ids are per epoch)." },
+                                "created_ms": ms("When the agent created it (agent clock)"),
+                                "origin": { "type": "string", "enum": ["new", "existing", "replaced-corrupt", "replaced-empty"], "description": "Why it was created." },
+                                "note": nullable(string("What the agent says about a replacement (salvaged, lost).")),
+                                "first_seen_ms": ms("When the cloud first saw it")
+                            }
+                        },
+                        "buffer_replaced_ms": nullable(ms("When a birth last brought a replacement buffer (first seen); a `buffer-replaced` gap of unknown count covers the data between the agent's last stored reading and the new buffer's creation"))
                     }
                 },
                 "Tag": {
@@ -276,16 +289,18 @@ fn build() -> Value {
                 },
                 "Gap": {
                     "type": "object",
-                    "required": ["site", "agent", "batch_id", "tag_ids", "from_ms", "to_ms", "count", "reason"],
+                    "required": ["site", "agent", "batch_id", "tag_ids", "from_ms", "to_ms", "count", "count_known", "reason", "detail"],
                     "properties": {
                         "site": string("Site."),
                         "agent": string("Agent."),
-                        "batch_id": { "type": "integer", "format": "int64", "description": "Batch that reported it." },
+                        "batch_id": { "type": "integer", "format": "int64", "description": "Batch that reported it (0: recorded by the cloud, e.g. `buffer-replaced`)." },
                         "tag_ids": { "type": "array", "items": int64, "description": "Tag ids concerned (empty = all tags of the agent)." },
                         "from_ms": ms("Start of the missing range"),
                         "to_ms": ms("End of the missing range"),
-                        "count": { "type": "integer", "format": "int64", "description": "Readings lost (0 = unknown)." },
-                        "reason": string("Why (`buffer-full`, `buffer-age`, `missed-event`, or free text).")
+                        "count": { "type": "integer", "format": "int64", "nullable": true, "description": "Readings lost; null when unknown (a crash window, a vanished buffer): a span to look at, not a number to add." },
+                        "count_known": { "type": "boolean", "description": "Whether `count` is known." },
+                        "reason": string("Why (`buffer-full`, `buffer-age`, `missed-event`, `unclean-shutdown`, `buffer-replaced`, or free text)."),
+                        "detail": nullable(string("More about it (a replaced buffer: its epoch, origin and the agent's note)."))
                     }
                 },
                 "DeadLetter": {
@@ -311,7 +326,7 @@ fn add_reconciliation(doc: &mut Value) {
     let nnum = |d: &str| json!({ "type": "number", "format": "double", "nullable": true, "description": d });
     let s = |d: &str| json!({ "type": "string", "description": d });
     let ms = |d: &str| json!({ "type": "integer", "format": "int64", "description": format!("{d} (UTC, epoch milliseconds)") });
-    let when = |d: &str| json!({ "oneOf": [ { "type": "string", "format": "date-time" }, { "type": "integer", "format": "int64" } ], "description": format!("{d}: RFC 3339 or epoch milliseconds") });
+    let when = |d: &str| json!({ "oneOf": [ { "type": "string", "format": "date-time" }, { "type": "integer", "format": "int64" } ], "description": format!("{d}: RFC 3339 or epoch milliseconds, from 2000-01-01 to one day after now (the data clock); anything else is a 422 naming the field") });
     let body = |schema: &str| json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } });
     let with = |mut r: Value, extra: &[(&str, Value)]| {
         if let Value::Object(m) = &mut r {
@@ -408,8 +423,8 @@ fn add_reconciliation(doc: &mut Value) {
         } }
     });
     let params = json!({
-        "date": { "name": "date", "in": "path", "required": true, "description": "Day (UTC) `YYYY-MM-DD`, optionally with `.csv`.", "schema": { "type": "string" }, "example": "2026-03-20" },
-        "date_query": { "name": "date", "in": "query", "required": true, "description": "Day (UTC) `YYYY-MM-DD`.", "schema": { "type": "string" }, "example": "2026-03-20" },
+        "date": { "name": "date", "in": "path", "required": true, "description": "Day (UTC) `YYYY-MM-DD` (1970 .. 9999), optionally with `.csv`.", "schema": { "type": "string" }, "example": "2026-03-20" },
+        "date_query": { "name": "date", "in": "query", "required": true, "description": "Day (UTC) `YYYY-MM-DD` (1970 .. 9999).", "schema": { "type": "string" }, "example": "2026-03-20" },
         "format": { "name": "format", "in": "query", "required": false, "description": "`json` (default) or `csv`.", "schema": { "type": "string", "enum": ["json", "csv"] } },
         "state": { "name": "state", "in": "query", "required": false, "description": "`open` or `closed` (default: both).", "schema": { "type": "string", "enum": ["open", "closed"] } },
         "list_limit": { "name": "limit", "in": "query", "required": false, "description": format!("How many (default {LIST_DEFAULT})."), "schema": { "type": "integer", "minimum": 1, "maximum": LIST_MAX, "default": LIST_DEFAULT } }

@@ -3,7 +3,10 @@
 //! - Unknown parameters are rejected (a misspelt `tag_ids` is an error, not an ignored filter).
 //! - A single-valued parameter given twice is rejected; an empty value counts as absent.
 //! - Times: RFC 3339 (`2026-01-01T00:00:00Z`, any offset) or integer epoch milliseconds (UTC),
-//!   from 1970 to 9999.
+//!   from 1970 to 9999 in queries; event times in bodies (a discharge opened or closed, a
+//!   delivery) from 2000-01-01 to a day after now. Every time the API accepts, number or text,
+//!   query or body, is checked here through [`crate::times`], and an error names the field.
+//! - Dates: `YYYY-MM-DD`, years 1970 to 9999.
 //! - Steps: a positive integer and a unit, `ms`, `s`, `m`, `h` or `d` (`500ms`, `30s`, `5m`,
 //!   `1h`, `1d`).
 
@@ -13,7 +16,7 @@ use time::OffsetDateTime;
 use super::problem::Problem;
 
 /// Latest representable time accepted (9999-12-31T23:59:59.999Z), epoch ms.
-const MAX_TIME_MS: i64 = 253_402_300_799_999;
+const MAX_TIME_MS: i64 = crate::times::QUERY_MAX_MS;
 
 /// The decoded query string of a request.
 #[derive(Debug, Default)]
@@ -68,31 +71,50 @@ impl Query {
     }
 }
 
-/// A time: RFC 3339 or epoch milliseconds.
+/// A time in a query: RFC 3339 or epoch milliseconds, 1970 to 9999.
 pub(crate) fn time_ms(name: &str, v: &str) -> Result<i64, Problem> {
+    let ms = parse_time(v).map_err(|e| Problem::bad_parameter(name, e))?;
+    crate::times::check_query(ms).map_err(|_| {
+        Problem::bad_parameter(name, format!("{v:?} is outside 1970-01-01 .. 9999-12-31"))
+    })
+}
+
+/// An event time given as a number of epoch milliseconds (in a body): 2000-01-01 to a day
+/// after `now_ms`. The error starts with the field's name.
+pub(crate) fn event_ms(field: &str, ms: i64, now_ms: i64) -> Result<i64, String> {
+    crate::times::check_event(ms, now_ms).map_err(|e| format!("{field}: {e}"))
+}
+
+/// An event time given as text (in a body): RFC 3339 or epoch milliseconds, then as
+/// [`event_ms`].
+pub(crate) fn event_text(field: &str, v: &str, now_ms: i64) -> Result<i64, String> {
+    let ms = parse_time(v.trim()).map_err(|e| format!("{field}: {e}"))?;
+    event_ms(field, ms, now_ms)
+}
+
+/// A day `YYYY-MM-DD` (years 1970 to 9999), as days since the epoch.
+pub(crate) fn day(name: &str, v: &str) -> Result<i64, Problem> {
+    let day = crate::reconcile::model::parse_day(v).map_err(|e| Problem::bad_parameter(name, e))?;
+    crate::times::check_query(day.saturating_mul(86_400_000)).map_err(|_| {
+        Problem::bad_parameter(name, format!("{v:?} is outside 1970-01-01 .. 9999-12-31"))
+    })?;
+    Ok(day)
+}
+
+/// RFC 3339 or (signed) integer epoch milliseconds, not yet range-checked.
+fn parse_time(v: &str) -> Result<i64, String> {
     let ms = if v.bytes().all(|b| b.is_ascii_digit())
         || (v.starts_with('-') && v.len() > 1 && v[1..].bytes().all(|b| b.is_ascii_digit()))
     {
         v.parse::<i64>()
-            .map_err(|_| Problem::bad_parameter(name, format!("{v:?} is out of range")))?
+            .map_err(|_| format!("{v:?} is out of range"))?
     } else {
         let t = OffsetDateTime::parse(v, &Rfc3339).map_err(|e| {
-            Problem::bad_parameter(
-                name,
-                format!(
-                    "{v:?} is neither RFC 3339 (2026-01-01T00:00:00Z) nor epoch milliseconds ({e})"
-                ),
-            )
+            format!("{v:?} is neither RFC 3339 (2026-01-01T00:00:00Z) nor epoch milliseconds ({e})")
         })?;
         i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-            .map_err(|_| Problem::bad_parameter(name, format!("{v:?} is out of range")))?
+            .map_err(|_| format!("{v:?} is out of range"))?
     };
-    if !(0..=MAX_TIME_MS).contains(&ms) {
-        return Err(Problem::bad_parameter(
-            name,
-            format!("{v:?} is outside 1970-01-01 .. 9999-12-31"),
-        ));
-    }
     Ok(ms)
 }
 
@@ -221,6 +243,47 @@ mod tests {
             range(&q("from=1&to=10", &["from", "to"])).expect("range"),
             (1, 10)
         );
+    }
+
+    #[test]
+    fn event_times_and_days() {
+        const NOW: i64 = 1_767_225_600_000;
+        assert_eq!(event_ms("opened_at", NOW, NOW), Ok(NOW));
+        assert_eq!(
+            event_text("opened_at", "2026-01-01T00:00:00Z", NOW),
+            Ok(NOW)
+        );
+        assert_eq!(event_text("opened_at", " 1767225600000 ", NOW), Ok(NOW));
+        for (field, ms) in [
+            ("delivered_at", -1),
+            ("opened_at", i64::MAX),
+            ("closed_at", 0),
+        ] {
+            let e = event_ms(field, ms, NOW).unwrap_err();
+            assert!(e.starts_with(&format!("{field}: ")), "{e}");
+        }
+        for t in [
+            "1969-12-31T23:59:59Z",
+            "1994-06-01T00:00:00Z",
+            "9999-12-31T00:00:00Z",
+            "-1",
+            "x",
+        ] {
+            assert!(
+                event_text("delivered_at", t, NOW)
+                    .unwrap_err()
+                    .starts_with("delivered_at: "),
+                "{t}"
+            );
+        }
+        assert_eq!(day("date", "1970-01-02").expect("day"), 1);
+        for bad in ["1969-12-31", "0001-01-01", "2026-02-30", "20260101"] {
+            assert_eq!(
+                day("date", bad).unwrap_err().parameter(),
+                Some("date"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

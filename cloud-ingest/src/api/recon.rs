@@ -14,7 +14,7 @@ use super::params::{self, Query};
 use super::problem::Problem;
 use super::routes::{call, data, data_with_status};
 use super::ApiState;
-use crate::reconcile::model::{day_name, parse_day, Epod, EpodCompartment, RecordKind};
+use crate::reconcile::model::{day_name, Epod, EpodCompartment, RecordKind};
 use crate::reconcile::run::now_ms;
 use crate::store::ledger::{CloseOutcome, EpodOutcome, NewDischarge, VarianceRow};
 
@@ -23,27 +23,28 @@ pub const LIST_DEFAULT: i64 = 100;
 /// Largest `limit`.
 pub const LIST_MAX: i64 = 10_000;
 
-/// A time in a body: RFC 3339 text or epoch milliseconds.
+/// A time in a body: RFC 3339 text or epoch milliseconds (anything else is named as wrong).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum When {
     Ms(i64),
     Text(String),
+    Other(serde_json::Value),
 }
 
+/// An event time of a body, range-checked like every time the API takes ([`params::event_ms`]).
 fn when(field: &str, w: &When, errors: &mut Vec<String>) -> i64 {
-    match w {
-        When::Ms(ms) => *ms,
-        When::Text(t) => match params::time_ms(field, t) {
-            Ok(ms) => ms,
-            Err(_) => {
-                errors.push(format!(
-                    "{field}: {t:?} is not an RFC 3339 time or epoch milliseconds"
-                ));
-                0
-            }
-        },
-    }
+    let r = match w {
+        When::Ms(ms) => params::event_ms(field, *ms, now_ms()),
+        When::Text(t) => params::event_text(field, t, now_ms()),
+        When::Other(v) => Err(format!(
+            "{field}: {v} is neither an RFC 3339 time nor integer epoch milliseconds"
+        )),
+    };
+    r.unwrap_or_else(|e| {
+        errors.push(e);
+        0
+    })
 }
 
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
@@ -389,7 +390,7 @@ pub(super) async fn run_now(
 ) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["date"])?;
     let date = q.req("date")?;
-    let day = parse_day(date).map_err(|e| Problem::bad_parameter("date", e))?;
+    let day = params::day("date", date)?;
     let Some(r) = s.reconciler.clone() else {
         return Err(Problem::conflict(
             "no [reconcile] site model is configured (tanks, meters): nothing to reconcile",
@@ -418,7 +419,7 @@ fn date_param(p: Result<Path<String>, PathRejection>) -> Result<(String, bool), 
         Some(d) => (d.to_owned(), true),
         None => (raw, false),
     };
-    let day = parse_day(&d).map_err(|e| Problem::bad_parameter("date", e))?;
+    let day = params::day("date", &d)?;
     Ok((day_name(day), csv))
 }
 

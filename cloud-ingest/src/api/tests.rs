@@ -1476,3 +1476,182 @@ async fn the_console_is_served_open_with_a_strict_policy_and_its_routes_need_a_t
     .await
     .bad_parameter("/api/v1/track", "to");
 }
+
+/// Every bad time of issue 13 gets a 4xx problem+json naming the field: numeric and text event
+/// times in bodies (an ePOD delivered at -1 or in 1969, a discharge opened at i64::MAX or
+/// closed in 1994, a number that is not an integer), query times and dates out of 1970..9999.
+#[tokio::test]
+async fn every_bad_time_is_a_problem_naming_its_field() {
+    let f = fixture().await;
+    let app = with_site_model(&f);
+    let epod = |at: Value| {
+        serde_json::json!({
+            "trip": "TRIP-9", "bol": "BOL-9", "truck": "TRK-01", "station": "ST-KARIAKOO",
+            "delivered_at": at, "receiver": "J. Doe",
+            "compartments": [ { "compartment": 1, "product": "AGO", "gross_l": 9000.0 } ]
+        })
+    };
+    let errors = |p: &Value| -> Vec<String> {
+        p["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .map(|e| e.as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    for at in [
+        serde_json::json!(-1),
+        serde_json::json!("-1"),
+        serde_json::json!("1969-12-31T23:59:59Z"),
+        serde_json::json!(i64::MAX),
+        serde_json::json!(1.5e12),
+        serde_json::json!(u64::MAX),
+        serde_json::json!("9999-12-31T00:00:00Z"),
+    ] {
+        let p = send_json(
+            &app,
+            Method::POST,
+            "/api/v1/epods",
+            Some(OPERATOR),
+            &epod(at.clone()),
+        )
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY, "/api/v1/epods");
+        let e = errors(&p);
+        assert!(
+            e.iter().any(|e| e.starts_with("delivered_at: ")),
+            "{at}: {e:?}"
+        );
+    }
+    let discharge = |at: Value| {
+        serde_json::json!({
+            "site": "dar-terminal", "vessel": "MT Kilimanjaro", "parcel": "BL-43", "product": "AGO",
+            "bl_l": 4_600_000.0, "tanks": ["T3"], "opened_at": at
+        })
+    };
+    for at in [
+        serde_json::json!(i64::MAX),
+        serde_json::json!(-1),
+        serde_json::json!("1994-01-01T00:00:00Z"),
+    ] {
+        let p = send_json(
+            &app,
+            Method::POST,
+            "/api/v1/discharges",
+            Some(OPERATOR),
+            &discharge(at.clone()),
+        )
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY, "/api/v1/discharges");
+        assert!(
+            errors(&p).iter().any(|e| e.starts_with("opened_at: ")),
+            "{at}: {p}"
+        );
+    }
+    let a = send_json(
+        &app,
+        Method::POST,
+        "/api/v1/discharges",
+        Some(OPERATOR),
+        &discharge(serde_json::json!("2026-01-01T10:00:00Z")),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let id = a.json()["data"][0]["id"].as_i64().expect("id");
+    let close = format!("/api/v1/discharges/{id}/close");
+    for at in [
+        serde_json::json!(i64::MAX),
+        serde_json::json!("1994-01-01T00:00:00Z"),
+    ] {
+        let p = send_json(
+            &app,
+            Method::POST,
+            &close,
+            Some(OPERATOR),
+            &serde_json::json!({ "closed_at": at }),
+        )
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY, &close);
+        assert!(
+            errors(&p).iter().any(|e| e.starts_with("closed_at: ")),
+            "{at}: {p}"
+        );
+    }
+    // Query times and dates.
+    for (uri, field) in [
+        ("/api/v1/gaps?from=-1&to=10", "from"),
+        ("/api/v1/gaps?from=0&to=99999999999999999", "to"),
+        ("/api/v1/gaps?from=10&to=5", "to"),
+        (
+            "/api/v1/epods?from=1969-12-31T00:00:00Z&to=2026-01-01T00:00:00Z",
+            "from",
+        ),
+        ("/api/v1/discharges?from=0&to=10000-01-01T00:00:00Z", "to"),
+        ("/api/v1/reconciliation/0001-01-01", "date"),
+        ("/api/v1/reconciliation/1969-12-31/tanks", "date"),
+    ] {
+        let path = uri.split('?').next().unwrap_or(uri);
+        let p = get(&app, uri, Some(VIEWER))
+            .await
+            .problem(StatusCode::BAD_REQUEST, path);
+        assert_eq!(p["parameter"], field, "{uri}: {p}");
+    }
+    let run = "/api/v1/reconciliation/run?date=1969-12-31";
+    let p = send_json(
+        &app,
+        Method::POST,
+        run,
+        Some(OPERATOR),
+        &serde_json::json!({}),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST, "/api/v1/reconciliation/run");
+    assert_eq!(p["parameter"], "date", "{p}");
+}
+
+/// `/api/v1/gaps` shows an unknown count as `null` with `count_known: false`; `/api/v1/agents`
+/// shows the current buffer and when it was replaced.
+#[tokio::test]
+async fn gaps_of_unknown_count_and_agent_buffers_are_shown() {
+    let f = fixture().await;
+    let mut b = birth("s1", "a1", "h1", &["tank/level", "tank/temp"]);
+    b.buffer = Some(wire::messages::BufferIdentity {
+        epoch: 99,
+        created_ms: T0 + 600_000,
+        origin: "new".into(),
+        note: None,
+    });
+    f.store.birth(&b, T0 + 601_000).await.expect("birth");
+    let gaps = get(
+        &f.app,
+        &format!("/api/v1/gaps?from={}&to={}", T0 - 120_000, T0 + 700_000),
+        Some(VIEWER),
+    )
+    .await
+    .data();
+    assert_eq!(gaps.len(), 2, "{gaps:?}");
+    let known = gaps
+        .iter()
+        .find(|g| g["reason"] == "buffer-full")
+        .expect("buffer-full");
+    assert_eq!(
+        (known["count"].as_i64(), known["count_known"].as_bool()),
+        (Some(60), Some(true))
+    );
+    let replaced = gaps
+        .iter()
+        .find(|g| g["reason"] == "buffer-replaced")
+        .expect("buffer-replaced");
+    assert!(replaced["count"].is_null(), "{replaced}");
+    assert_eq!(replaced["count_known"], false);
+    assert_eq!(replaced["from_ms"], T0 + 119_001);
+    assert_eq!(replaced["to_ms"], T0 + 600_000);
+    let agents = get(&f.app, "/api/v1/agents", Some(VIEWER)).await.data();
+    let a1 = agents.iter().find(|a| a["agent"] == "a1").expect("a1");
+    assert_eq!(a1["buffer"]["epoch"], 99);
+    assert_eq!(a1["buffer"]["origin"], "new");
+    // Its first buffer, but data was stored before: a replacement (the old one is gone).
+    assert_eq!(a1["buffer_replaced_ms"], T0 + 601_000);
+    let a9 = agents.iter().find(|a| a["agent"] == "a9").expect("a9");
+    assert!(a9["buffer"].is_null());
+}

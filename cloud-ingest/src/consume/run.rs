@@ -17,9 +17,9 @@ use tokio::sync::{mpsc, watch};
 
 use flowsquare_wire as wire;
 
-use super::state::{acks_for, classify, Incoming};
+use super::state::{acks_for, classify, conflicts, BatchKey, Incoming};
 use crate::config::IngestConfig;
-use crate::store::{CommitOutcome, Store, StoreError};
+use crate::store::{CommitOutcome, DeadLetter, Store, StoreError};
 
 /// Counters of the consumer.
 #[derive(Debug, Default)]
@@ -36,6 +36,8 @@ pub struct ConsumerStats {
     pub unknown_catalog: AtomicU64,
     /// Messages kept in the dead-letter table.
     pub dead_letters: AtomicU64,
+    /// Batches whose key was stored with other content (dead-lettered, rejected, alerted).
+    pub conflicts: AtomicU64,
     /// Failed commits (retried).
     pub commit_errors: AtomicU64,
     /// End-to-end acknowledgements published (batch ids).
@@ -241,7 +243,9 @@ async fn commit_task(
             .map(|p| classify(&root, &p.topic, &p.payload, now))
             .collect();
         let mut batches = Vec::new();
-        let mut rejects = Vec::new();
+        // The topic and raw payload of each batch, for a dead letter.
+        let mut sources: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut rejects: Vec<(BatchKey, String)> = Vec::new();
         let mut ok = true;
         // Births first: a batch in this group may need the catalog a birth in it brings.
         for inc in &classified {
@@ -252,10 +256,11 @@ async fn commit_task(
                 );
             }
         }
-        for inc in classified {
+        for (inc, p) in classified.into_iter().zip(&group) {
             let r = match inc {
                 Incoming::Batch(b) => {
                     batches.push(*b);
+                    sources.push((p.topic.clone(), p.payload.to_vec()));
                     continue;
                 }
                 Incoming::Status {
@@ -301,111 +306,174 @@ async fn commit_task(
                 Some(Ok(())) => {}
             }
         }
-        let outcomes = if batches.is_empty() {
-            Some(Ok(Vec::new()))
-        } else {
-            retry("commit", &stats, &mut shutdown, || store.commit(&batches)).await
-        };
-        let outcomes = match outcomes {
-            // Shutdown while the database was down: nothing acknowledged; the agents re-send.
-            None => return,
-            Some(Err(e)) => {
-                // A permanent error for the group: find the batch(es) that cause it by committing
-                // one at a time. A batch that still fails is kept whole in the dead-letter table
-                // and only then rejected; if even that cannot be written, nothing is acknowledged
-                // and the agent keeps its copy.
-                tracing::error!(error = %e, batches = batches.len(), "group commit failed; committing batch by batch");
-                let mut outs = Vec::with_capacity(batches.len());
-                for b in &batches {
-                    match retry("commit", &stats, &mut shutdown, || {
-                        store.commit(std::slice::from_ref(b))
-                    })
-                    .await
-                    {
-                        None => return,
-                        Some(Ok(mut o)) => {
-                            outs.push(o.pop().unwrap_or(CommitOutcome::UnknownCatalog))
-                        }
-                        Some(Err(e)) => {
-                            let letter = crate::store::DeadLetter {
-                                topic: format!("{root}/v1/{}/{}/data", b.site, b.agent),
-                                payload: wire::encode(b).unwrap_or_default(),
-                                reason: format!("commit failed: {e}"),
-                                received_ms: now,
-                            };
-                            match store.dead_letter(&letter).await {
-                                Ok(()) => {
-                                    stats.dead_letters.fetch_add(1, Relaxed);
-                                    rejects.push((
-                                        (b.site.clone(), b.agent.clone(), b.batch_id),
-                                        letter.reason,
-                                    ));
-                                }
-                                Err(e2) => {
-                                    tracing::error!(error = %e2, batch_id = b.batch_id, "cannot keep the batch as a dead letter either; not acknowledged")
-                                }
-                            }
-                            // Neither stored nor acknowledged as committed.
-                            outs.push(CommitOutcome::UnknownCatalog);
-                        }
-                    }
-                }
-                outs
-            }
-            Some(Ok(o)) => o,
+        let Some(outcomes) = commit_batches(
+            &store,
+            &stats,
+            &mut shutdown,
+            &batches,
+            &sources,
+            now,
+            &mut rejects,
+        )
+        .await
+        else {
+            return;
         };
         if !ok {
             return;
         }
-        // The rows are committed now: each stored reading's poll-to-commit latency.
-        let committed_ms = now_ms();
-        for (b, o) in batches.iter().zip(&outcomes) {
-            match o {
-                CommitOutcome::Stored { readings, .. } => {
-                    stats.stored_batches.fetch_add(1, Relaxed);
-                    stats.stored_readings.fetch_add(*readings, Relaxed);
-                    stats
-                        .poll_to_commit
-                        .observe(committed_ms, b.readings.iter().map(|r| r.ts_ms));
-                }
-                CommitOutcome::Duplicate => {
-                    stats.duplicates.fetch_add(1, Relaxed);
-                }
-                CommitOutcome::UnknownCatalog => {
-                    stats.unknown_catalog.fetch_add(1, Relaxed);
-                    tracing::debug!(site = %b.site, agent = %b.agent, config_hash = %b.config_hash, "batch before its birth: not acknowledged, the agent re-sends");
-                }
-            }
-        }
-        // End-to-end acknowledgements, after the commit.
-        for (site, agent, ids) in acks_for(&batches, &outcomes) {
-            if let Ok(t) = wire::Topics::new(root.clone(), site, agent) {
-                stats.acked_batches.fetch_add(ids.len() as u64, Relaxed);
-                let _ = client
-                    .publish(
-                        t.ack(),
-                        QoS::AtLeastOnce,
-                        false,
-                        wire::Ack::committed(ids).encode(),
-                    )
-                    .await;
-            }
-        }
-        for ((site, agent, id), reason) in rejects {
-            if let Ok(t) = wire::Topics::new(root.clone(), site, agent) {
-                let _ = client
-                    .publish(
-                        t.ack(),
-                        QoS::AtLeastOnce,
-                        false,
-                        wire::Ack::rejected(vec![id], reason).encode(),
-                    )
-                    .await;
-            }
-        }
+        count_outcomes(&stats, &batches, &outcomes);
+        publish_acks(&client, &root, &stats, &batches, &outcomes, rejects).await;
         // MQTT acknowledgements, in arrival order, only now.
         for p in &group {
             let _ = client.ack(p).await;
+        }
+    }
+}
+
+/// Commit the batches of a group (one call; after a permanent failure, one batch at a time, a
+/// batch that still fails kept as a dead letter). Conflicting batches are kept as dead letters.
+/// Every batch kept as a dead letter is added to `rejects` (and counts as not acknowledged).
+/// `None`: shutdown came first, nothing may be acknowledged.
+async fn commit_batches(
+    store: &Arc<dyn Store>,
+    stats: &ConsumerStats,
+    shutdown: &mut watch::Receiver<bool>,
+    batches: &[wire::Batch],
+    sources: &[(String, Vec<u8>)],
+    now: i64,
+    rejects: &mut Vec<(BatchKey, String)>,
+) -> Option<Vec<CommitOutcome>> {
+    let outcomes = if batches.is_empty() {
+        Some(Ok(Vec::new()))
+    } else {
+        retry("commit", stats, shutdown, || store.commit(batches)).await
+    };
+    let outcomes = match outcomes? {
+        Ok(o) => o,
+        Err(e) => {
+            // A permanent error for the group: find the batch(es) that cause it by committing
+            // one at a time. A batch that still fails is kept whole in the dead-letter table
+            // and only then rejected; if even that cannot be written, nothing is acknowledged
+            // and the agent keeps its copy.
+            tracing::error!(error = %e, batches = batches.len(), "group commit failed; committing batch by batch");
+            let mut outs = Vec::with_capacity(batches.len());
+            for (b, (topic, payload)) in batches.iter().zip(sources) {
+                match retry("commit", stats, shutdown, || {
+                    store.commit(std::slice::from_ref(b))
+                })
+                .await?
+                {
+                    Ok(mut o) => outs.push(o.pop().unwrap_or(CommitOutcome::UnknownCatalog)),
+                    Err(e) => {
+                        let letter = DeadLetter {
+                            topic: topic.clone(),
+                            payload: payload.clone(),
+                            reason: format!("commit failed: {e}"),
+                            received_ms: now,
+                        };
+                        keep_and_reject(store, stats, shutdown, letter, BatchKey::of(b), rejects)
+                            .await?;
+                        // Neither stored nor acknowledged as committed.
+                        outs.push(CommitOutcome::UnknownCatalog);
+                    }
+                }
+            }
+            outs
+        }
+    };
+    // Same key, other content: never a duplicate; kept, then rejected.
+    for (i, key, reason) in conflicts(batches, &outcomes) {
+        tracing::error!(site = %key.site, agent = %key.agent, epoch = key.epoch, batch_id = key.batch_id,
+            "batch conflict: its key is stored with other content; dead-lettered and rejected");
+        let (topic, payload) = &sources[i];
+        let letter = DeadLetter {
+            topic: topic.clone(),
+            payload: payload.clone(),
+            reason,
+            received_ms: now,
+        };
+        keep_and_reject(store, stats, shutdown, letter, key, rejects).await?;
+        stats.conflicts.fetch_add(1, Relaxed);
+    }
+    Some(outcomes)
+}
+
+/// Keep a batch as a dead letter; once kept, reject it (the agent then deletes its copy); if it
+/// cannot be kept, nothing is acknowledged and the agent re-sends. `None`: shutdown.
+async fn keep_and_reject(
+    store: &Arc<dyn Store>,
+    stats: &ConsumerStats,
+    shutdown: &mut watch::Receiver<bool>,
+    letter: DeadLetter,
+    key: BatchKey,
+    rejects: &mut Vec<(BatchKey, String)>,
+) -> Option<()> {
+    match retry("dead letter", stats, shutdown, || {
+        store.dead_letter(&letter)
+    })
+    .await?
+    {
+        Ok(()) => {
+            stats.dead_letters.fetch_add(1, Relaxed);
+            rejects.push((key, letter.reason));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, batch_id = key.batch_id, "cannot keep the batch as a dead letter; not acknowledged")
+        }
+    }
+    Some(())
+}
+
+/// Count what a commit did (and each stored reading's poll-to-commit latency).
+fn count_outcomes(stats: &ConsumerStats, batches: &[wire::Batch], outcomes: &[CommitOutcome]) {
+    let committed_ms = now_ms();
+    for (b, o) in batches.iter().zip(outcomes) {
+        match o {
+            CommitOutcome::Stored { readings, .. } => {
+                stats.stored_batches.fetch_add(1, Relaxed);
+                stats.stored_readings.fetch_add(*readings, Relaxed);
+                stats
+                    .poll_to_commit
+                    .observe(committed_ms, b.readings.iter().map(|r| r.ts_ms));
+            }
+            CommitOutcome::Duplicate => {
+                stats.duplicates.fetch_add(1, Relaxed);
+            }
+            CommitOutcome::UnknownCatalog => {
+                stats.unknown_catalog.fetch_add(1, Relaxed);
+                tracing::debug!(site = %b.site, agent = %b.agent, config_hash = %b.config_hash, "batch before its birth: not acknowledged, the agent re-sends");
+            }
+            // Kept as a dead letter and rejected by `commit_batches`.
+            CommitOutcome::Conflict { .. } => {}
+        }
+    }
+}
+
+/// The end-to-end acknowledgements, after the commit: committed per (site, agent, epoch), and
+/// each rejection, every one naming the buffer epoch of its batches.
+async fn publish_acks(
+    client: &AsyncClient,
+    root: &str,
+    stats: &ConsumerStats,
+    batches: &[wire::Batch],
+    outcomes: &[CommitOutcome],
+    rejects: Vec<(BatchKey, String)>,
+) {
+    for g in acks_for(batches, outcomes) {
+        if let Ok(t) = wire::Topics::new(root.to_owned(), g.site.clone(), g.agent.clone()) {
+            stats.acked_batches.fetch_add(g.ids.len() as u64, Relaxed);
+            let _ = client
+                .publish(t.ack(), QoS::AtLeastOnce, false, g.committed().encode())
+                .await;
+        }
+    }
+    for (key, reason) in rejects {
+        if let Ok(t) = wire::Topics::new(root.to_owned(), key.site, key.agent) {
+            let ack = wire::Ack::rejected(vec![key.batch_id], reason).for_epoch(key.epoch);
+            let _ = client
+                .publish(t.ack(), QoS::AtLeastOnce, false, ack.encode())
+                .await;
         }
     }
 }

@@ -36,11 +36,36 @@ pub enum Incoming {
     Dead {
         /// What to keep.
         letter: DeadLetter,
-        /// (site, agent, batch id) to reject, if known.
-        reject: Option<(String, String, u64)>,
+        /// The batch to reject, if known.
+        reject: Option<BatchKey>,
     },
     /// Not ours (another kind of topic): acknowledge and ignore.
     Ignore,
+}
+
+/// The ledger identity of a batch: (site, agent, buffer epoch, batch id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchKey {
+    /// Site.
+    pub site: String,
+    /// Agent.
+    pub agent: String,
+    /// Buffer epoch (0: version 1 frame).
+    pub epoch: u64,
+    /// Batch id.
+    pub batch_id: u64,
+}
+
+impl BatchKey {
+    /// The key of a decoded batch.
+    pub fn of(b: &wire::Batch) -> BatchKey {
+        BatchKey {
+            site: b.site.clone(),
+            agent: b.agent.clone(),
+            epoch: b.buffer_epoch,
+            batch_id: b.batch_id,
+        }
+    }
 }
 
 /// Classify a message received on `topic` under `root`.
@@ -65,14 +90,26 @@ pub fn classify(root: &str, topic: &str, payload: &[u8], received_ms: i64) -> In
                     "identity mismatch: payload names {}/{} but was published on {}/{}'s topic",
                     b.site, b.agent, site, agent
                 );
-                dead(reason, Some((site, agent, b.batch_id)))
+                let key = BatchKey {
+                    site,
+                    agent,
+                    epoch: b.buffer_epoch,
+                    batch_id: b.batch_id,
+                };
+                dead(reason, Some(key))
             }
             Ok(b) => Incoming::Batch(Box::new(b)),
             Err(e) => {
                 // The identity is only trusted when the frame is intact (checksum verified).
-                let reject = wire::decode_identity(payload)
+                let reject = wire::peek_header(payload)
                     .ok()
-                    .filter(|(s, a, _)| *s == site && *a == agent);
+                    .filter(|h| h.site == site && h.agent == agent)
+                    .map(|h| BatchKey {
+                        site: h.site,
+                        agent: h.agent,
+                        epoch: h.buffer_epoch,
+                        batch_id: h.batch_id,
+                    });
                 dead(format!("undecodable batch: {e}"), reject)
             }
         },
@@ -103,26 +140,67 @@ pub fn classify(root: &str, topic: &str, payload: &[u8], received_ms: i64) -> In
     }
 }
 
-/// The end-to-end acknowledgements owed after a commit: per (site, agent), the batch ids to
-/// acknowledge as committed (stored now or already stored). `UnknownCatalog` batches get none.
-pub fn acks_for(
-    batches: &[wire::Batch],
-    outcomes: &[CommitOutcome],
-) -> Vec<(String, String, Vec<u64>)> {
-    let mut out: Vec<(String, String, Vec<u64>)> = Vec::new();
+/// One acknowledgement to publish: to (site, agent), naming the buffer epoch of its batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckGroup {
+    /// Site.
+    pub site: String,
+    /// Agent.
+    pub agent: String,
+    /// Buffer epoch of the batches (0: version 1 frames; the ack then names none).
+    pub epoch: u64,
+    /// Batch ids.
+    pub ids: Vec<u64>,
+}
+
+impl AckGroup {
+    /// The ack message: committed.
+    pub fn committed(&self) -> wire::Ack {
+        wire::Ack::committed(self.ids.clone()).for_epoch(self.epoch)
+    }
+}
+
+/// The end-to-end acknowledgements owed after a commit: per (site, agent, buffer epoch), the
+/// batch ids to acknowledge as committed (stored now or already stored with the same content).
+/// `UnknownCatalog` batches get none; `Conflict` ones are rejected (see [`conflicts`]), never
+/// acknowledged as committed.
+pub fn acks_for(batches: &[wire::Batch], outcomes: &[CommitOutcome]) -> Vec<AckGroup> {
+    let mut out: Vec<AckGroup> = Vec::new();
     for (b, o) in batches.iter().zip(outcomes) {
-        if matches!(o, CommitOutcome::UnknownCatalog) {
+        if !matches!(o, CommitOutcome::Stored { .. } | CommitOutcome::Duplicate) {
             continue;
         }
         match out
             .iter_mut()
-            .find(|(s, a, _)| *s == b.site && *a == b.agent)
+            .find(|g| g.site == b.site && g.agent == b.agent && g.epoch == b.buffer_epoch)
         {
-            Some((_, _, ids)) => ids.push(b.batch_id),
-            None => out.push((b.site.clone(), b.agent.clone(), vec![b.batch_id])),
+            Some(g) => g.ids.push(b.batch_id),
+            None => out.push(AckGroup {
+                site: b.site.clone(),
+                agent: b.agent.clone(),
+                epoch: b.buffer_epoch,
+                ids: vec![b.batch_id],
+            }),
         }
     }
     out
+}
+
+/// The batches the store found in conflict (their key stored with other content): index in
+/// the slice, key and reason. Each is kept as a dead letter and then rejected.
+pub fn conflicts(
+    batches: &[wire::Batch],
+    outcomes: &[CommitOutcome],
+) -> Vec<(usize, BatchKey, String)> {
+    batches
+        .iter()
+        .zip(outcomes)
+        .enumerate()
+        .filter_map(|(i, (b, o))| match o {
+            CommitOutcome::Conflict { reason } => Some((i, BatchKey::of(b), reason.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -148,7 +226,15 @@ mod tests {
         match classify("fs", "fs/v1/s/a/data", &p, 0) {
             Incoming::Dead { letter, reject } => {
                 assert!(letter.reason.contains("identity mismatch"));
-                assert_eq!(reject, Some(("s".into(), "a".into(), 9)));
+                assert_eq!(
+                    reject,
+                    Some(BatchKey {
+                        site: "s".into(),
+                        agent: "a".into(),
+                        epoch: 0,
+                        batch_id: 9
+                    })
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -168,33 +254,63 @@ mod tests {
     }
 
     #[test]
-    fn acks_group_per_agent_and_skip_unknown_catalogs() {
+    fn acks_group_per_agent_and_epoch_and_skip_unknown_catalogs_and_conflicts() {
+        let mut v2 = batch("s", "a", 5);
+        v2.buffer_epoch = 77;
         let bs = [
             batch("s", "a", 1),
             batch("s", "b", 2),
             batch("s", "a", 3),
             batch("s", "a", 4),
+            v2.clone(),
+            batch("s", "a", 6),
         ];
+        let stored = CommitOutcome::Stored {
+            readings: 1,
+            events: 0,
+            gaps: 0,
+        };
         let os = [
-            CommitOutcome::Stored {
-                readings: 1,
-                events: 0,
-                gaps: 0,
-            },
+            stored.clone(),
             CommitOutcome::Duplicate,
             CommitOutcome::UnknownCatalog,
-            CommitOutcome::Stored {
-                readings: 1,
-                events: 0,
-                gaps: 0,
+            stored.clone(),
+            stored,
+            CommitOutcome::Conflict {
+                reason: "other content".into(),
             },
         ];
+        let g = |agent: &str, epoch, ids: Vec<u64>| AckGroup {
+            site: "s".into(),
+            agent: agent.into(),
+            epoch,
+            ids,
+        };
+        let acks = acks_for(&bs, &os);
         assert_eq!(
-            acks_for(&bs, &os),
+            acks,
             vec![
-                ("s".into(), "a".into(), vec![1, 4]),
-                ("s".into(), "b".into(), vec![2])
+                g("a", 0, vec![1, 4]),
+                g("b", 0, vec![2]),
+                g("a", 77, vec![5])
             ]
         );
+        assert_eq!(acks[2].committed().buffer_epoch, Some(77));
+        assert_eq!(acks[0].committed().buffer_epoch, None);
+        assert_eq!(
+            conflicts(&bs, &os),
+            vec![(5, BatchKey::of(&bs[5]), "other content".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_rejected_v2_frame_names_its_epoch() {
+        let mut b = batch("s", "b", 9);
+        b.buffer_epoch = 1234;
+        let p = wire::encode(&b).expect("encode");
+        match classify("fs", "fs/v1/s/a/data", &p, 0) {
+            Incoming::Dead { reject, .. } => assert_eq!(reject.map(|k| k.epoch), Some(1234)),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -5,9 +5,17 @@
 //! - `sqlite/`: the embedded default for single-host sites and the demo;
 //! - `suite.rs`: the behaviour both must show (run by each backend's tests).
 //!
-//! Idempotency: every batch is recorded in a per-agent ledger `(site, agent, batch_id)` in the
-//! same transaction as its rows, so a re-sent batch is stored once (no row-level unique index on
-//! readings, which would make bulk loading several times slower).
+//! Idempotency: every batch is recorded in a per-agent ledger `(site, agent, buffer_epoch,
+//! batch_id)` with the digest of its content ([`wire::Batch::content_digest`]) in the same
+//! transaction as its rows, so a re-sent batch is stored once (no row-level unique index on
+//! readings, which would make bulk loading several times slower). A batch whose key is in the
+//! ledger with another digest is a [`CommitOutcome::Conflict`]: nothing stored, a
+//! `batch-conflict` alert opened, never acknowledged as a duplicate. Version 1 frames have epoch
+//! 0 (and so do the ledger rows from before the epoch existed).
+//!
+//! Buffer identity: a birth naming a buffer epoch is kept in `agent_buffers`; a new epoch for an
+//! agent that had another (or had stored data) records a `buffer-replaced` gap of unknown count
+//! from its last stored reading to the new buffer's creation ([`buffer_replaced_gap`]).
 
 pub mod error;
 pub mod ledger;
@@ -42,8 +50,16 @@ pub enum CommitOutcome {
         /// Gap records inserted.
         gaps: u64,
     },
-    /// Already in the ledger: nothing stored again (acknowledge it again).
+    /// Already in the ledger with the same content digest: nothing stored again (acknowledge
+    /// it again).
     Duplicate,
+    /// Its key (site, agent, buffer epoch, batch id) is in the ledger with another content
+    /// digest: nothing stored, a `batch-conflict` alert is open (written in the same
+    /// transaction). The consumer keeps it as a dead letter and rejects it; never a duplicate.
+    Conflict {
+        /// What conflicts, for the dead letter and the rejection.
+        reason: String,
+    },
     /// The batch refers to a tag catalog (config hash) whose birth message has not arrived yet:
     /// nothing stored, do not acknowledge (the agent re-sends; the retained birth arrives first).
     UnknownCatalog,
@@ -81,6 +97,26 @@ pub struct AgentRow {
     pub backlog_readings: Option<u64>,
     /// Oldest unsent reading at the last heartbeat (UTC ms).
     pub oldest_unsent_ms: Option<i64>,
+    /// The buffer database it sends from (latest birth that named one).
+    pub buffer: Option<BufferRow>,
+    /// When a birth last brought a buffer that replaced another, or followed stored data of the
+    /// agent (first seen, UTC ms): the moment a `buffer-replaced` gap may have been recorded.
+    pub buffer_replaced_ms: Option<i64>,
+}
+
+/// An agent's buffer database as its birth named it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BufferRow {
+    /// The epoch (identity of the buffer database).
+    pub epoch: u64,
+    /// When the agent created it (UTC ms, agent clock).
+    pub created_ms: i64,
+    /// `new`, `existing`, `replaced-corrupt`, `replaced-empty`.
+    pub origin: String,
+    /// What the agent says about a replacement.
+    pub note: Option<String>,
+    /// When the cloud first saw it (UTC ms).
+    pub first_seen_ms: i64,
 }
 
 /// A tag in the registry.
@@ -140,8 +176,8 @@ pub struct Bucket {
     pub bad: i64,
 }
 
-/// A stored gap record.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// A stored gap record. Serialized with `count: null` when the count is unknown.
+#[derive(Debug, Clone, PartialEq)]
 pub struct GapRow {
     /// Site.
     pub site: String,
@@ -155,10 +191,185 @@ pub struct GapRow {
     pub from_ms: i64,
     /// End of the missing range (UTC ms).
     pub to_ms: i64,
-    /// Readings lost (0 = unknown).
+    /// Readings lost (0 when `count_known` is false; the API then shows `null`).
     pub count: i64,
+    /// Whether `count` is known (a crash window or a vanished buffer: a span, not a number).
+    pub count_known: bool,
     /// Why.
     pub reason: String,
+    /// More about it (a replaced buffer: origin and the agent's note).
+    pub detail: Option<String>,
+}
+
+impl serde::Serialize for GapRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut m = s.serialize_struct("GapRow", 10)?;
+        m.serialize_field("site", &self.site)?;
+        m.serialize_field("agent", &self.agent)?;
+        m.serialize_field("batch_id", &self.batch_id)?;
+        m.serialize_field("tag_ids", &self.tag_ids)?;
+        m.serialize_field("from_ms", &self.from_ms)?;
+        m.serialize_field("to_ms", &self.to_ms)?;
+        m.serialize_field("count", &self.count_known.then_some(self.count))?;
+        m.serialize_field("count_known", &self.count_known)?;
+        m.serialize_field("reason", &self.reason)?;
+        m.serialize_field("detail", &self.detail)?;
+        m.end()
+    }
+}
+
+/// The largest gap count that can be true: 10^12 (a thousand readings a second of a thousand
+/// tags for over eleven days).
+pub const MAX_GAP_COUNT: u64 = 1_000_000_000_000;
+
+/// Check the gap records of a batch before anything is stored: a gap that ends before it
+/// starts, has a time outside the plausible range ([`crate::times::check_event`], against the
+/// latest of `now_ms`, the data clock and the batch's creation: a simulated clock may run
+/// ahead), or has a count above what its span can hold (1,000 readings per ms per tag; for
+/// `missed-event` records only the absolute bound) or above [`MAX_GAP_COUNT`], makes the batch
+/// a dead letter. `tag_count` is the size of the batch's catalog (a gap without tags concerns
+/// all of them). The error names the gap.
+pub fn check_gaps(b: &wire::Batch, tag_count: usize, now_ms: i64) -> Result<(), String> {
+    // The data clock (a simulated one runs ahead of the wall clock in the demo) and the batch's
+    // creation (the agent's clock) may both be later than `now_ms`: the latest of the three.
+    let now = now_ms
+        .max(b.created_ms)
+        .max(flowsquare_service::clock::now_ms());
+    for (i, g) in b.gaps.iter().enumerate() {
+        let name = || {
+            format!(
+                "batch {}/{}/{}#{}: gap {i} ({}, {} .. {})",
+                b.site,
+                b.agent,
+                b.buffer_epoch,
+                b.batch_id,
+                gap_reason_name(&g.reason),
+                g.from_ms,
+                g.to_ms
+            )
+        };
+        if g.to_ms < g.from_ms {
+            return Err(format!("{}: ends before it starts", name()));
+        }
+        for (end, t) in [("start", g.from_ms), ("end", g.to_ms)] {
+            if let Err(e) = crate::times::check_event(t, now) {
+                return Err(format!("{}: {end} {e}", name()));
+            }
+        }
+        if g.count_known {
+            let tags = if g.tags.is_empty() {
+                tag_count
+            } else {
+                g.tags.len()
+            }
+            .max(1);
+            let span = i128::from(g.to_ms) - i128::from(g.from_ms) + 1;
+            // Missed records are counted in sequence numbers, not readings: only the absolute
+            // bound holds for them (a counter may jump thousands at one instant).
+            let possible = if g.reason == wire::GapReason::MissedEvent {
+                i128::from(MAX_GAP_COUNT)
+            } else {
+                span * tags as i128 * 1000
+            };
+            if g.count > MAX_GAP_COUNT || i128::from(g.count) > possible {
+                return Err(format!(
+                    "{}: count {} is more than its span can hold ({} tags over {} ms; at most {})",
+                    name(),
+                    g.count,
+                    tags,
+                    span,
+                    possible.min(i128::from(MAX_GAP_COUNT))
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The stored spelling of a gap reason (the wire's names).
+pub fn gap_reason_name(r: &wire::GapReason) -> &str {
+    match r {
+        wire::GapReason::BufferFull => "buffer-full",
+        wire::GapReason::BufferAge => "buffer-age",
+        wire::GapReason::MissedEvent => "missed-event",
+        wire::GapReason::Other(s) => s,
+    }
+}
+
+/// The reason of the gap the cloud records when an agent's buffer was replaced.
+pub const BUFFER_REPLACED: &str = "buffer-replaced";
+
+/// The gap to record when a birth brings buffer `new`, not seen before, for an agent: `None`
+/// when it is the agent's first buffer and nothing was stored before,
+/// when an `existing` database is merely named for the first time (an upgraded agent), or when
+/// the window between the last stored reading (`last_data_ms`, else the previous buffer's
+/// creation `previous_created_ms`) and the new buffer's creation is empty. Otherwise
+/// (from, to, detail): every tag, count unknown.
+pub fn buffer_replaced_gap(
+    new: &wire::messages::BufferIdentity,
+    previous_created_ms: Option<i64>,
+    last_data_ms: Option<i64>,
+) -> Option<(i64, i64, String)> {
+    if previous_created_ms.is_none() && (new.origin == "existing" || last_data_ms.is_none()) {
+        return None;
+    }
+    let from = match last_data_ms {
+        Some(t) => t.saturating_add(1),
+        None => previous_created_ms?,
+    };
+    let to = new.created_ms;
+    if to < from || crate::times::check_query(to).is_err() {
+        return None;
+    }
+    let mut detail = format!("buffer {} ({})", new.epoch, new.origin);
+    if let Some(n) = &new.note {
+        detail.push_str(": ");
+        detail.push_str(n);
+    }
+    Some((from, to, detail))
+}
+
+/// The alert kind opened when a batch key comes again with other content.
+pub const BATCH_CONFLICT: &str = "batch-conflict";
+
+/// A `batch-conflict` alert: (place, date, message, detail). One stays open per (site, agent):
+/// a backend opens it only when none is open.
+pub fn conflict_alert(
+    b: &wire::Batch,
+    stored_digest: i64,
+    now_ms: i64,
+) -> (String, String, String, serde_json::Value) {
+    let date = time::OffsetDateTime::from_unix_timestamp(now_ms.div_euclid(1000))
+        .map(|t| {
+            let d = t.date();
+            format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+        })
+        .unwrap_or_else(|_| "1970-01-01".into());
+    let message = format!(
+        "{}: batch {} of buffer {} came again with other content; kept as a dead letter, not stored",
+        b.agent, b.batch_id, b.buffer_epoch
+    );
+    let detail = serde_json::json!({
+        "agent": b.agent,
+        "buffer_epoch": b.buffer_epoch,
+        "batch_id": b.batch_id,
+        "digest": format!("{:016x}", b.content_digest()),
+        "stored_digest": format!("{:016x}", stored_digest as u64),
+    });
+    (b.agent.clone(), date, message, detail)
+}
+
+/// The reason given for a conflicting batch (dead letter and rejection).
+pub fn conflict_reason(b: &wire::Batch) -> String {
+    format!(
+        "batch conflict: {}/{} buffer {} batch {} is already stored with other content (digest {:016x} differs); not stored",
+        b.site,
+        b.agent,
+        b.buffer_epoch,
+        b.batch_id,
+        b.content_digest()
+    )
 }
 
 /// A stored dead letter.
@@ -247,5 +458,73 @@ pub trait Store: Send + Sync {
     /// summary. The service calls it hourly; backends with nothing to do keep the default.
     async fn maintain(&self) -> Result<String, StoreError> {
         Ok("nothing to do".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buf(origin: &str, created_ms: i64) -> wire::messages::BufferIdentity {
+        wire::messages::BufferIdentity {
+            epoch: 9,
+            created_ms,
+            origin: origin.into(),
+            note: Some("3 batches salvaged".into()),
+        }
+    }
+
+    #[test]
+    fn when_a_new_buffer_is_a_gap() {
+        // First buffer, no data: nothing lost.
+        assert_eq!(buffer_replaced_gap(&buf("new", 100), None, None), None);
+        // An upgraded agent names its existing database: nothing lost.
+        assert_eq!(
+            buffer_replaced_gap(&buf("existing", 100), None, Some(50)),
+            None
+        );
+        // Data stored before, then a new database: from the last reading to its creation.
+        let (from, to, detail) =
+            buffer_replaced_gap(&buf("new", 100), None, Some(50)).expect("gap");
+        assert_eq!((from, to), (51, 100));
+        assert!(
+            detail.contains("buffer 9 (new): 3 batches salvaged"),
+            "{detail}"
+        );
+        // Another buffer before, no data: from its creation.
+        assert_eq!(
+            buffer_replaced_gap(&buf("replaced-empty", 100), Some(20), None).map(|g| (g.0, g.1)),
+            Some((20, 100))
+        );
+        // Nothing between the last reading and the new buffer: no gap.
+        assert_eq!(
+            buffer_replaced_gap(&buf("new", 100), Some(20), Some(100)),
+            None
+        );
+        // A creation time no query can name: no gap (the birth is still recorded).
+        assert_eq!(
+            buffer_replaced_gap(&buf("new", i64::MAX), Some(20), Some(30)),
+            None
+        );
+    }
+
+    #[test]
+    fn gaps_of_unknown_count_are_not_held_to_a_count() {
+        let now = 1_767_225_600_000;
+        let mut b = wire::Batch::new("s", "a", 1, "h", now);
+        b.gaps.push(wire::Gap::uncounted(
+            vec![],
+            now - 86_400_000,
+            now,
+            wire::GapReason::Other("unclean-shutdown".into()),
+        ));
+        assert_eq!(check_gaps(&b, 3, now), Ok(()));
+        b.gaps[0].from_ms = now + 1;
+        assert!(check_gaps(&b, 3, now).unwrap_err().contains("gap 0"));
+        // Missed records at one instant: counted in sequence numbers, only the absolute bound.
+        b.gaps[0] = wire::Gap::counted(vec![], now, now, 30_000, wire::GapReason::MissedEvent);
+        assert_eq!(check_gaps(&b, 0, now), Ok(()));
+        b.gaps[0].count = MAX_GAP_COUNT + 1;
+        assert!(check_gaps(&b, 0, now).is_err());
     }
 }

@@ -358,7 +358,7 @@ pub async fn gaps_and_events_are_stored(s: &dyn Store) {
         from_ms: T0 + 100_000,
         to_ms: T0 + 101_000,
         count: 0,
-        count_known: true,
+        count_known: false,
         reason: wire::GapReason::Other("unclean-shutdown".into()),
     });
     b.events.push(wire::Event {
@@ -387,9 +387,11 @@ pub async fn gaps_and_events_are_stored(s: &dyn Store) {
         .find(|g| g.reason == "buffer-full")
         .expect("buffer-full gap");
     assert_eq!((full.tag_ids.clone(), full.count), (vec![g_b], 60));
-    assert!(gaps
-        .iter()
-        .any(|g| g.reason == "unclean-shutdown" && g.tag_ids.is_empty()));
+    assert!(full.count_known);
+    assert!(gaps.iter().any(|g| g.reason == "unclean-shutdown"
+        && g.tag_ids.is_empty()
+        && !g.count_known
+        && g.count == 0));
     assert!(s
         .gaps(Some("s5"), T0 + 500_000, T0 + 600_000)
         .await
@@ -530,13 +532,270 @@ pub async fn dead_letters_are_kept(s: &dyn Store) {
     assert_eq!((dl[0].reason.as_str(), dl[0].bytes), ("bad 2", 12));
 }
 
+/// `b` with the buffer epoch `epoch`.
+fn in_epoch(mut b: wire::Batch, epoch: u64) -> wire::Batch {
+    b.buffer_epoch = epoch;
+    b
+}
+
+/// The open `batch-conflict` alerts.
+async fn conflict_alerts(s: &dyn Store) -> Vec<super::ledger::AlertRow> {
+    s.ledger()
+        .alerts(Some("open"), 100)
+        .await
+        .expect("alerts")
+        .into_iter()
+        .filter(|a| a.a.kind == super::BATCH_CONFLICT)
+        .collect()
+}
+
+/// A re-sent batch (same key, same content, framed later) is stored once and is a duplicate; the
+/// same key with other content is a conflict: nothing stored, one open `batch-conflict` alert
+/// (however often it comes), never a duplicate — also within one commit call.
+pub async fn a_conflicting_batch_is_never_a_duplicate(s: &dyn Store) {
+    s.birth(&birth("c1", "a1", "h1", &["c/x"]), T0)
+        .await
+        .expect("birth");
+    let b = in_epoch(batch("c1", "a1", "h1", 1, 1, 10, T0, 1.0), 7);
+    let mut resent = b.clone();
+    resent.created_ms += 5_000;
+    let other = in_epoch(batch("c1", "a1", "h1", 1, 1, 10, T0 + 60_000, 1.0), 7);
+    let stored = CommitOutcome::Stored {
+        readings: 10,
+        events: 0,
+        gaps: 0,
+    };
+    assert_eq!(s.commit(&[b]).await.expect("commit"), vec![stored]);
+    assert_eq!(
+        s.commit(&[resent]).await.expect("re-send"),
+        vec![CommitOutcome::Duplicate]
+    );
+    for _ in 0..2 {
+        let out = s
+            .commit(std::slice::from_ref(&other))
+            .await
+            .expect("conflict");
+        match &out[..] {
+            [CommitOutcome::Conflict { reason }] => {
+                assert!(reason.contains("other content"), "{reason}")
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+    let x = tag_id(s, "c/x").await;
+    assert_eq!(
+        s.count_readings(Some(x), 0, i64::MAX / 2)
+            .await
+            .expect("count"),
+        10
+    );
+    let alerts = conflict_alerts(s).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        (alerts[0].a.site.as_str(), alerts[0].a.place.as_str()),
+        ("c1", "a1")
+    );
+    // In one call: a new batch and a conflicting copy of it.
+    let fresh = in_epoch(batch("c1", "a1", "h1", 2, 1, 5, T0 + 100_000, 1.0), 7);
+    let clash = in_epoch(batch("c1", "a1", "h1", 2, 1, 5, T0 + 200_000, 1.0), 7);
+    let out = s
+        .commit(&[fresh.clone(), clash, fresh])
+        .await
+        .expect("slice");
+    assert!(
+        matches!(out[0], CommitOutcome::Stored { readings: 5, .. }),
+        "{out:?}"
+    );
+    assert!(matches!(out[1], CommitOutcome::Conflict { .. }), "{out:?}");
+    assert_eq!(out[2], CommitOutcome::Duplicate, "{out:?}");
+    assert_eq!(
+        s.count_readings(Some(x), 0, i64::MAX / 2)
+            .await
+            .expect("count"),
+        15
+    );
+}
+
+/// A version 1 frame (epoch 0) and frames of two buffers with the same batch id are three
+/// batches: all stored.
+pub async fn epochs_keep_batch_ids_apart(s: &dyn Store) {
+    s.birth(&birth("c2", "a1", "h1", &["e/x"]), T0)
+        .await
+        .expect("birth");
+    let v1 = batch("c2", "a1", "h1", 1, 1, 10, T0, 1.0);
+    let e1 = in_epoch(batch("c2", "a1", "h1", 1, 1, 10, T0 + 60_000, 1.0), 11);
+    let e2 = in_epoch(batch("c2", "a1", "h1", 1, 1, 10, T0 + 120_000, 1.0), 12);
+    let out = s.commit(&[v1, e1.clone(), e2]).await.expect("commit");
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, CommitOutcome::Stored { .. })),
+        "{out:?}"
+    );
+    assert_eq!(
+        s.commit(&[e1]).await.expect("again"),
+        vec![CommitOutcome::Duplicate]
+    );
+    let x = tag_id(s, "e/x").await;
+    assert_eq!(
+        s.count_readings(Some(x), 0, i64::MAX / 2)
+            .await
+            .expect("count"),
+        30
+    );
+    assert!(conflict_alerts(s).await.is_empty());
+}
+
+fn buffer(
+    epoch: u64,
+    created_ms: i64,
+    origin: &str,
+    note: Option<&str>,
+) -> wire::messages::BufferIdentity {
+    wire::messages::BufferIdentity {
+        epoch,
+        created_ms,
+        origin: origin.into(),
+        note: note.map(Into::into),
+    }
+}
+
+/// A birth with a new buffer epoch for an agent that had another records a `buffer-replaced`
+/// gap of unknown count from its last stored reading to the new buffer's creation, once; the
+/// agent list shows the current buffer and when it was replaced. An agent's first buffer, and
+/// an `existing` database first named by an upgraded agent, record none.
+pub async fn a_replaced_buffer_is_a_gap_of_unknown_count(s: &dyn Store) {
+    let mut b = birth("c3", "a1", "h1", &["r/x", "r/y"]);
+    b.buffer = Some(buffer(1, T0 - 1_000, "new", None));
+    s.birth(&b, T0).await.expect("first birth");
+    let data = in_epoch(batch("c3", "a1", "h1", 1, 2, 10, T0, 1.0), 1);
+    s.commit(&[data]).await.expect("commit");
+    s.birth(&b, T0 + 20_000).await.expect("same buffer again");
+    assert!(s
+        .gaps(Some("c3"), 0, i64::MAX / 2)
+        .await
+        .expect("gaps")
+        .is_empty());
+    let created = T0 + 60_000;
+    b.buffer = Some(buffer(
+        2,
+        created,
+        "replaced-corrupt",
+        Some("12 batches salvaged"),
+    ));
+    for at in [created + 1_000, created + 2_000] {
+        s.birth(&b, at).await.expect("new buffer");
+    }
+    let gaps = s.gaps(Some("c3"), 0, i64::MAX / 2).await.expect("gaps");
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let g = &gaps[0];
+    assert_eq!(g.reason, super::BUFFER_REPLACED);
+    assert_eq!((g.from_ms, g.to_ms), (T0 + 9_001, created));
+    assert!(!g.count_known);
+    assert_eq!(g.count, 0);
+    assert!(g.tag_ids.is_empty());
+    let detail = g.detail.clone().expect("detail");
+    assert!(
+        detail.contains("replaced-corrupt") && detail.contains("12 batches salvaged"),
+        "{detail}"
+    );
+    let agents = s.agents().await.expect("agents");
+    let a = agents
+        .iter()
+        .find(|a| a.agent == "a1" && a.site == "c3")
+        .expect("agent");
+    let buf = a.buffer.clone().expect("buffer");
+    assert_eq!(
+        (buf.epoch, buf.created_ms, buf.origin.as_str()),
+        (2, created, "replaced-corrupt")
+    );
+    assert_eq!(a.buffer_replaced_ms, Some(created + 1_000));
+
+    // An upgraded agent names its existing database for the first time: not a replacement.
+    let mut u = birth("c3", "a2", "h2", &["u/x"]);
+    s.birth(&u, T0).await.expect("v1 birth");
+    s.commit(&[batch("c3", "a2", "h2", 1, 1, 10, T0, 1.0)])
+        .await
+        .expect("v1 data");
+    u.buffer = Some(buffer(5, T0 + 30_000, "existing", None));
+    s.birth(&u, T0 + 40_000).await.expect("upgrade");
+    // A fresh install without data: nothing either.
+    let mut f = birth("c3", "a3", "h3", &["f/x"]);
+    f.buffer = Some(buffer(6, T0, "new", None));
+    s.birth(&f, T0).await.expect("fresh");
+    let gaps = s.gaps(Some("c3"), 0, i64::MAX / 2).await.expect("gaps");
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let agents = s.agents().await.expect("agents");
+    let a2 = agents.iter().find(|a| a.agent == "a2").expect("a2");
+    assert_eq!(a2.buffer.as_ref().map(|b| b.epoch), Some(5));
+    assert_eq!(a2.buffer_replaced_ms, None);
+}
+
+/// Gap records that make no sense fail the commit with an error naming the gap (the consumer
+/// then keeps the batch as a dead letter); nothing of the batch is stored.
+pub async fn nonsense_gaps_are_refused(s: &dyn Store) {
+    s.birth(&birth("c4", "a1", "h1", &["n/x", "n/y"]), T0)
+        .await
+        .expect("birth");
+    let gap = |from_ms, to_ms, count| wire::Gap {
+        tags: vec![],
+        from_ms,
+        to_ms,
+        count,
+        count_known: true,
+        reason: wire::GapReason::BufferFull,
+    };
+    let y1994 = 757_382_400_000;
+    for (g, why) in [
+        (gap(T0 + 1_000, T0, 1), "ends before it starts"),
+        (gap(T0, T0 + 1_000, u64::MAX), "more than its span can hold"),
+        (
+            gap(T0, T0 + 10, 2 * 11 * 1000 + 1),
+            "more than its span can hold",
+        ),
+        (gap(y1994, y1994 + 1_000, 5), "before 2000-01-01"),
+        (gap(T0, T0 + 3_650 * 86_400_000, 5), "more than a day after"),
+    ] {
+        let mut b = batch("c4", "a1", "h1", 1, 2, 5, T0, 1.0);
+        b.gaps.push(gap(T0, T0 + 5_000, 3));
+        b.gaps.push(g);
+        match s.commit(&[b]).await {
+            Err(StoreError::Invalid(m)) => {
+                assert!(m.contains("gap 1") && m.contains(why), "{m}")
+            }
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    let mut edge = batch("c4", "a1", "h1", 1, 2, 5, T0, 1.0);
+    edge.gaps.push(gap(T0, T0 + 10, 2 * 11 * 1000));
+    edge.gaps.push(wire::Gap::uncounted(
+        vec![],
+        T0,
+        T0,
+        wire::GapReason::Other("unclean-shutdown".into()),
+    ));
+    assert!(matches!(
+        s.commit(&[edge])
+            .await
+            .expect("the largest possible count is taken")[..],
+        [CommitOutcome::Stored { gaps: 2, .. }]
+    ));
+    assert_eq!(
+        s.count_readings(None, 0, i64::MAX / 2)
+            .await
+            .expect("count"),
+        10
+    );
+}
+
 /// Instantiate the whole suite for a backend: `store_suite!(async { make().await });`
 #[macro_export]
 macro_rules! store_suite {
     ($make:expr) => {
         $crate::store_suite!(@t $make; migrate_is_idempotent, birth_registers_agent_and_tags, a_batch_is_stored_once,
             an_unknown_catalog_is_not_stored, one_commit_call_reports_each_batch, gaps_and_events_are_stored,
-            series_are_bucketed, every_value_kind_is_kept, status_and_heartbeat_update_the_agent, dead_letters_are_kept);
+            series_are_bucketed, every_value_kind_is_kept, status_and_heartbeat_update_the_agent, dead_letters_are_kept,
+            a_conflicting_batch_is_never_a_duplicate, epochs_keep_batch_ids_apart,
+            a_replaced_buffer_is_a_gap_of_unknown_count, nonsense_gaps_are_refused);
     };
     (@t $make:expr; $($name:ident),*) => {
         $(

@@ -5,7 +5,9 @@ use tokio_postgres::types::ToSql;
 use super::rollup::{HOUR_MS, MINUTE_MS};
 use super::types::{quality_name, Ts, MAX_TS_MS, MIN_TS_MS};
 use super::{pg, PgStore};
-use crate::store::{AgentRow, Bucket, DeadLetterRow, GapRow, LatestRow, StoreError, TagRow};
+use crate::store::{
+    AgentRow, Bucket, BufferRow, DeadLetterRow, GapRow, LatestRow, StoreError, TagRow,
+};
 
 /// Most buckets one `series` call may ask for.
 pub const MAX_BUCKETS: i64 = 1_000_000;
@@ -19,8 +21,15 @@ pub(super) async fn agents(store: &PgStore) -> Result<Vec<AgentRow>, StoreError>
     let client = store.client().await?;
     let rows = client
         .query(
-            "SELECT site, agent, online, last_seen, version, config_hash, backlog_readings, oldest_unsent
-             FROM flowsquare.agents ORDER BY site, agent",
+            "SELECT a.site, a.agent, a.online, a.last_seen, a.version, a.config_hash, a.backlog_readings,
+                    a.oldest_unsent, b.epoch, b.created, b.origin, b.note, b.first_seen,
+                    (SELECT max(r.first_seen) FROM flowsquare.agent_buffers r
+                     WHERE r.site = a.site AND r.agent = a.agent AND r.replaced)
+             FROM flowsquare.agents a
+             LEFT JOIN LATERAL (SELECT * FROM flowsquare.agent_buffers c
+                                WHERE c.site = a.site AND c.agent = a.agent
+                                ORDER BY c.last_seen DESC, c.first_seen DESC LIMIT 1) b ON true
+             ORDER BY a.site, a.agent",
             &[],
         )
         .await
@@ -38,6 +47,14 @@ pub(super) async fn agents(store: &PgStore) -> Result<Vec<AgentRow>, StoreError>
                 .get::<_, Option<i64>>(6)
                 .and_then(|n| u64::try_from(n).ok()),
             oldest_unsent_ms: r.get::<_, Option<Ts>>(7).map(|t| t.0),
+            buffer: r.get::<_, Option<i64>>(8).map(|epoch| BufferRow {
+                epoch: epoch as u64,
+                created_ms: r.get::<_, Ts>(9).0,
+                origin: r.get(10),
+                note: r.get(11),
+                first_seen_ms: r.get::<_, Ts>(12).0,
+            }),
+            buffer_replaced_ms: r.get::<_, Option<Ts>>(13).map(|t| t.0),
         })
         .collect())
 }
@@ -262,7 +279,7 @@ pub(super) async fn gaps(
     let client = store.client().await?;
     let rows = client
         .query(
-            "SELECT site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason FROM flowsquare.gaps
+            "SELECT site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason, count_known, detail FROM flowsquare.gaps
              WHERE ($1::text IS NULL OR site = $1) AND from_ts < $3 AND to_ts >= $2
              ORDER BY from_ts, id",
             &[&site, &bound(from_ms), &bound(to_ms)],
@@ -280,6 +297,8 @@ pub(super) async fn gaps(
             to_ms: r.get::<_, Ts>(5).0,
             count: r.get(6),
             reason: r.get(7),
+            count_known: r.get(8),
+            detail: r.get(9),
         })
         .collect())
 }

@@ -7,7 +7,7 @@ use super::{partitions, pg, Layout, PgStore, TimescaleMode};
 use crate::store::StoreError;
 
 /// Schema version written to `flowsquare.meta`.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 /// Advisory lock key serialising migrations ("FlSq" + 1).
 const MIGRATE_LOCK: i64 = 0x466c_5371_0001;
 
@@ -121,6 +121,45 @@ CREATE TABLE IF NOT EXISTS flowsquare.rollup_1m (
     PRIMARY KEY (tag_id, bucket)
 ) WITH (fillfactor = 80);
 CREATE TABLE IF NOT EXISTS flowsquare.rollup_1h (LIKE flowsquare.rollup_1m INCLUDING ALL) WITH (fillfactor = 80);
+";
+
+/// Version 3 (idempotent): the ledger keyed on (site, agent, buffer_epoch, batch_id) with the
+/// content digest (existing rows: epoch 0, digest unknown); the buffers agents' births name;
+/// gaps with `count_known` (version 1 `unclean-shutdown` gaps of count 0 meant "unknown") and
+/// `detail`.
+const SCHEMA_V3: &str = "
+ALTER TABLE flowsquare.batches ADD COLUMN IF NOT EXISTS buffer_epoch bigint NOT NULL DEFAULT 0;
+ALTER TABLE flowsquare.batches ADD COLUMN IF NOT EXISTS digest bigint;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                   WHERE conrelid = 'flowsquare.batches'::regclass AND conname = 'batches_epoch_pkey') THEN
+        ALTER TABLE flowsquare.batches DROP CONSTRAINT IF EXISTS batches_pkey;
+        ALTER TABLE flowsquare.batches
+            ADD CONSTRAINT batches_epoch_pkey PRIMARY KEY (site, agent, buffer_epoch, batch_id);
+    END IF;
+END $$;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = 'flowsquare' AND table_name = 'gaps' AND column_name = 'count_known') THEN
+        ALTER TABLE flowsquare.gaps ADD COLUMN count_known boolean NOT NULL DEFAULT true;
+        UPDATE flowsquare.gaps SET count_known = false WHERE reason = 'unclean-shutdown' AND count = 0;
+    END IF;
+END $$;
+ALTER TABLE flowsquare.gaps ADD COLUMN IF NOT EXISTS detail text;
+CREATE TABLE IF NOT EXISTS flowsquare.agent_buffers (
+    site text NOT NULL,
+    agent text NOT NULL,
+    epoch bigint NOT NULL,
+    created timestamptz NOT NULL,
+    origin text NOT NULL,
+    note text,
+    first_seen timestamptz NOT NULL,
+    last_seen timestamptz NOT NULL,
+    replaced boolean NOT NULL,
+    PRIMARY KEY (site, agent, epoch)
+);
 ";
 
 /// Columns of `readings` (see the module doc).
@@ -251,6 +290,7 @@ pub(super) async fn migrate(store: &PgStore) -> Result<String, StoreError> {
     tx.batch_execute(super::ledger::LEDGER_SCHEMA)
         .await
         .map_err(pg)?;
+    tx.batch_execute(SCHEMA_V3).await.map_err(pg)?;
     match layout {
         Layout::Native => {
             tx.batch_execute(&format!(

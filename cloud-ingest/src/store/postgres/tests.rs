@@ -911,3 +911,74 @@ async fn a_recaptured_event_is_stored_once() {
     };
     crate::store::suite::a_recaptured_event_is_stored_once(&t.pg, &t.pg).await;
 }
+
+/// Schema step 3 on a database of step 2: ledger rows get epoch 0 and no digest (a re-send of
+/// such a batch is still a duplicate), the new key is the primary key, an old `unclean-shutdown`
+/// gap of count 0 becomes one of unknown count; running it again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_3_migrates_a_step_2_database() {
+    let Some(s) = make_with(native()).await else {
+        return;
+    };
+    s.pg.birth(&suite::birth("m3", "a", "h", &["x"]), T0)
+        .await
+        .expect("birth");
+    let old = suite::batch("m3", "a", "h", 1, 1, 10, T0, 0.0);
+    s.pg.commit(std::slice::from_ref(&old))
+        .await
+        .expect("commit");
+    let client = s.pg.client().await.expect("client");
+    // Back to step 2's shape, with a version 1 crash-window gap.
+    client
+        .batch_execute(
+            "ALTER TABLE flowsquare.batches DROP CONSTRAINT batches_epoch_pkey;
+             ALTER TABLE flowsquare.batches DROP COLUMN buffer_epoch, DROP COLUMN digest;
+             ALTER TABLE flowsquare.batches ADD PRIMARY KEY (site, agent, batch_id);
+             ALTER TABLE flowsquare.gaps DROP COLUMN count_known, DROP COLUMN detail;
+             DROP TABLE flowsquare.agent_buffers;
+             INSERT INTO flowsquare.gaps (site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason)
+             VALUES ('m3', 'a', 1, '{}', '2026-01-01', '2026-01-01 00:01', 0, 'unclean-shutdown'),
+                    ('m3', 'a', 1, '{}', '2026-01-01', '2026-01-01 00:01', 7, 'buffer-full');
+             UPDATE flowsquare.meta SET value = '2' WHERE key = 'schema_version';",
+        )
+        .await
+        .expect("step 2 shape");
+    drop(client);
+    for _ in 0..2 {
+        s.pg.migrate().await.expect("migrate");
+    }
+    let client = s.pg.client().await.expect("client");
+    let row = client
+        .query_one(
+            "SELECT buffer_epoch, digest IS NULL FROM flowsquare.batches WHERE site = 'm3'",
+            &[],
+        )
+        .await
+        .expect("ledger row");
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, bool>(1)), (0, true));
+    let pk: String = client
+        .query_one(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE conrelid = 'flowsquare.batches'::regclass AND contype = 'p'",
+            &[],
+        )
+        .await
+        .expect("pk")
+        .get(0);
+    assert_eq!(pk, "PRIMARY KEY (site, agent, buffer_epoch, batch_id)");
+    drop(client);
+    assert_eq!(
+        s.pg.commit(&[old]).await.expect("re-send"),
+        vec![CommitOutcome::Duplicate]
+    );
+    let gaps = s.pg.gaps(Some("m3"), 0, i64::MAX / 2).await.expect("gaps");
+    let known: Vec<(String, bool)> = gaps
+        .iter()
+        .map(|g| (g.reason.clone(), g.count_known))
+        .collect();
+    assert!(
+        known.contains(&("unclean-shutdown".into(), false)),
+        "{known:?}"
+    );
+    assert!(known.contains(&("buffer-full".into(), true)), "{known:?}");
+}

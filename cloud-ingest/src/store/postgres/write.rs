@@ -15,7 +15,10 @@ use super::types::{
     MAX_TS_MS, MIN_TS_MS,
 };
 use super::{partitions, pg, rollup, Catalog, Layout, PgStore};
-use crate::store::{CommitOutcome, DeadLetter, StoreError};
+use crate::store::{
+    buffer_replaced_gap, check_gaps, conflict_alert, conflict_reason, CommitOutcome, DeadLetter,
+    StoreError, BATCH_CONFLICT, BUFFER_REPLACED,
+};
 
 /// Column types of the readings COPY, in `COPY_READINGS` order.
 const READING_TYPES: [Type; 9] = [
@@ -47,8 +50,9 @@ fn ts_checked(ms: i64, what: &str) -> Result<Ts, StoreError> {
 enum Plan {
     /// Its config hash has no birth yet.
     Unknown,
-    /// The same (site, agent, batch id) appears earlier in the slice.
-    Repeat,
+    /// The same (site, agent, buffer epoch, batch id) appears earlier in the slice; `true` when
+    /// with other content (a conflict).
+    Repeat(bool),
     /// To be offered to the ledger.
     Candidate(Catalog),
 }
@@ -87,17 +91,29 @@ async fn commit_once(
 
     // 1. Catalogs and checks, before anything is written.
     let mut plans = Vec::with_capacity(batches.len());
-    let mut seen = HashSet::new();
+    let mut seen = HashMap::new();
+    let now = now_ms();
     let mut days = BTreeSet::new();
     for b in batches {
         let Some(cat) = catalog(store, &client, &b.site, &b.agent, &b.config_hash).await? else {
             plans.push(Plan::Unknown);
             continue;
         };
-        check(b, &cat)?;
-        if !seen.insert((b.site.as_str(), b.agent.as_str(), b.batch_id)) {
-            plans.push(Plan::Repeat);
-            continue;
+        check(b, &cat, now)?;
+        let digest = b.content_digest();
+        match seen.entry((
+            b.site.as_str(),
+            b.agent.as_str(),
+            b.buffer_epoch,
+            b.batch_id,
+        )) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                plans.push(Plan::Repeat(*e.get() != digest));
+                continue;
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(digest);
+            }
         }
         if layout == Layout::Native {
             let mut last = None;
@@ -126,8 +142,12 @@ async fn commit_once(
     let tx = client.transaction().await.map_err(pg)?;
     let mut outcomes: Vec<CommitOutcome> = plans
         .iter()
-        .map(|p| match p {
+        .zip(batches)
+        .map(|(p, b)| match p {
             Plan::Unknown => CommitOutcome::UnknownCatalog,
+            Plan::Repeat(true) => CommitOutcome::Conflict {
+                reason: conflict_reason(b),
+            },
             _ => CommitOutcome::Duplicate,
         })
         .collect();
@@ -145,12 +165,24 @@ async fn commit_once(
         return Ok(outcomes);
     }
     let new = ledger(&tx, &candidates).await?;
-    let stored: Vec<(usize, &wire::Batch, &Catalog)> = candidates
+    let (stored, known): (Vec<_>, Vec<_>) = candidates
         .into_iter()
-        .filter(|(_, b, _)| {
-            new.contains(&(b.site.as_str(), b.agent.as_str(), u64_bits(b.batch_id)))
-        })
-        .collect();
+        .partition(|(_, b, _)| new.contains(&key(b)));
+    for (i, b, d) in conflicts(&tx, &known).await? {
+        open_conflict_alert(&tx, b, d, now).await?;
+        outcomes[i] = CommitOutcome::Conflict {
+            reason: conflict_reason(b),
+        };
+    }
+    // A repeat in the slice of a conflicting batch conflicts too.
+    for i in 0..batches.len() {
+        if matches!(plans[i], Plan::Repeat(false)) {
+            let k = key(&batches[i]);
+            if let Some(j) = (0..i).find(|&j| key(&batches[j]) == k) {
+                outcomes[i] = outcomes[j].clone();
+            }
+        }
+    }
 
     let mut minutes = Rollup::new(MINUTE_MS);
     let mut hours = Rollup::new(HOUR_MS);
@@ -207,8 +239,95 @@ async fn commit_once(
     Ok(outcomes)
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The ledger key of a batch as stored.
+fn key(b: &wire::Batch) -> (&str, &str, i64, i64) {
+    (
+        b.site.as_str(),
+        b.agent.as_str(),
+        u64_bits(b.buffer_epoch),
+        u64_bits(b.batch_id),
+    )
+}
+
+/// Of the batches whose key was already in the ledger, those stored with another digest (a row
+/// without a digest, from before digests were kept, counts as the same): (index, batch, stored
+/// digest).
+async fn conflicts<'b>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    known: &[(usize, &'b wire::Batch, &Catalog)],
+) -> Result<Vec<(usize, &'b wire::Batch, i64)>, StoreError> {
+    if known.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut site, mut agent, mut epoch, mut id) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (_, b, _) in known {
+        let (s, a, e, i) = key(b);
+        site.push(s);
+        agent.push(a);
+        epoch.push(e);
+        id.push(i);
+    }
+    let rows = tx
+        .query(
+            "SELECT b.site, b.agent, b.buffer_epoch, b.batch_id, b.digest
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS k (site, agent, buffer_epoch, batch_id)
+             JOIN flowsquare.batches b USING (site, agent, buffer_epoch, batch_id)
+             WHERE b.digest IS NOT NULL",
+            &[&site, &agent, &epoch, &id],
+        )
+        .await
+        .map_err(pg)?;
+    let stored: HashMap<(String, String, i64, i64), i64> = rows
+        .into_iter()
+        .map(|r| ((r.get(0), r.get(1), r.get(2), r.get(3)), r.get(4)))
+        .collect();
+    Ok(known
+        .iter()
+        .filter_map(|(i, b, _)| {
+            let (s, a, e, n) = key(b);
+            let d = *stored.get(&(s.to_owned(), a.to_owned(), e, n))?;
+            (d != u64_bits(b.content_digest())).then_some((*i, *b, d))
+        })
+        .collect())
+}
+
+/// Open a `batch-conflict` alert for the batch's agent unless one is open.
+async fn open_conflict_alert(
+    tx: &deadpool_postgres::Transaction<'_>,
+    b: &wire::Batch,
+    stored_digest: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    let (place, date, message, detail) = conflict_alert(b, stored_digest, now);
+    tx.execute(
+        "INSERT INTO flowsquare.alerts (kind, site, place, date, message, detail, state, opened)
+         SELECT $1, $2, $3, $4, $5, $6, 'open', $7
+         WHERE NOT EXISTS (SELECT 1 FROM flowsquare.alerts
+                           WHERE kind = $1 AND site = $2 AND place = $3 AND state = 'open')",
+        &[
+            &BATCH_CONFLICT,
+            &b.site,
+            &place,
+            &date,
+            &message,
+            &detail,
+            &ts_checked(now, "now")?,
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
 /// Refuse a batch that cannot be stored as it is (whole call fails, nothing stored).
-fn check(b: &wire::Batch, cat: &Catalog) -> Result<(), StoreError> {
+fn check(b: &wire::Batch, cat: &Catalog, now: i64) -> Result<(), StoreError> {
     let what = || format!("batch {}/{}/{}", b.site, b.agent, b.batch_id);
     for r in &b.readings {
         if r.tag as usize >= cat.len() {
@@ -237,15 +356,16 @@ fn check(b: &wire::Batch, cat: &Catalog) -> Result<(), StoreError> {
         ts_checked(g.from_ms, &what())?;
         ts_checked(g.to_ms, &what())?;
     }
-    Ok(())
+    check_gaps(b, cat.len(), now).map_err(StoreError::Invalid)
 }
 
 /// Insert the ledger rows; returns the keys that were new.
 async fn ledger<'b>(
     tx: &deadpool_postgres::Transaction<'_>,
     candidates: &[(usize, &'b wire::Batch, &Catalog)],
-) -> Result<HashSet<(&'b str, &'b str, i64)>, StoreError> {
+) -> Result<HashSet<(&'b str, &'b str, i64, i64)>, StoreError> {
     let n = candidates.len();
+    let (mut epoch, mut digest) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut site, mut agent, mut id, mut hash, mut created) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -262,6 +382,8 @@ async fn ledger<'b>(
         site.push(b.site.as_str());
         agent.push(b.agent.as_str());
         id.push(u64_bits(b.batch_id));
+        epoch.push(u64_bits(b.buffer_epoch));
+        digest.push(u64_bits(b.content_digest()));
         hash.push(b.config_hash.as_str());
         created.push(ts_checked(b.created_ms, "").ok());
         readings.push(b.readings.len() as i64);
@@ -270,11 +392,12 @@ async fn ledger<'b>(
     }
     let st = tx
         .prepare_cached(
-            "INSERT INTO flowsquare.batches (site, agent, batch_id, config_hash, created, readings, events, gaps)
+            "INSERT INTO flowsquare.batches (site, agent, batch_id, config_hash, created, readings, events, gaps,
+                                             buffer_epoch, digest)
              SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::timestamptz[],
-                                  $6::int8[], $7::int8[], $8::int8[])
-             ON CONFLICT (site, agent, batch_id) DO NOTHING
-             RETURNING site, agent, batch_id",
+                                  $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[])
+             ON CONFLICT (site, agent, buffer_epoch, batch_id) DO NOTHING
+             RETURNING site, agent, buffer_epoch, batch_id",
         )
         .await
         .map_err(pg)?;
@@ -282,19 +405,19 @@ async fn ledger<'b>(
         .query(
             &st,
             &[
-                &site, &agent, &id, &hash, &created, &readings, &events, &gaps,
+                &site, &agent, &id, &hash, &created, &readings, &events, &gaps, &epoch, &digest,
             ],
         )
         .await
         .map_err(pg)?;
-    let returned: HashSet<(String, String, i64)> = rows
+    let returned: HashSet<(String, String, i64, i64)> = rows
         .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
     Ok(candidates
         .iter()
-        .map(|(_, b, _)| (b.site.as_str(), b.agent.as_str(), u64_bits(b.batch_id)))
-        .filter(|(s, a, i)| returned.contains(&(s.to_string(), a.to_string(), *i)))
+        .map(|(_, b, _)| key(b))
+        .filter(|(s, a, e, i)| returned.contains(&(s.to_string(), a.to_string(), *e, *i)))
         .collect())
 }
 
@@ -376,6 +499,7 @@ async fn insert_gaps(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut known = Vec::with_capacity(n);
     let (mut from, mut to, mut count, mut reason) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -393,7 +517,8 @@ async fn insert_gaps(
             batch.push(u64_bits(b.batch_id));
             from.push(Ts(g.from_ms));
             to.push(Ts(g.to_ms));
-            count.push(u64_sat(g.count));
+            count.push(if g.count_known { u64_sat(g.count) } else { 0 });
+            known.push(g.count_known);
             reason.push(gap_reason(&g.reason));
             for t in &g.tags {
                 tag_gap.push(i);
@@ -410,10 +535,10 @@ async fn insert_gaps(
                  FROM unnest($9::int4[], $10::int8[]) WITH ORDINALITY AS t (gap, tag, ord)
                  GROUP BY gap
              )
-             INSERT INTO flowsquare.gaps (site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason)
-             SELECT g.site, g.agent, g.batch_id, coalesce(t.tags, '{}'), g.from_ts, g.to_ts, g.count, g.reason
+             INSERT INTO flowsquare.gaps (site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason, count_known)
+             SELECT g.site, g.agent, g.batch_id, coalesce(t.tags, '{}'), g.from_ts, g.to_ts, g.count, g.reason, g.known
              FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[], $6::timestamptz[],
-                         $7::int8[], $8::text[]) AS g (i, site, agent, batch_id, from_ts, to_ts, count, reason)
+                         $7::int8[], $8::text[], $11::bool[]) AS g (i, site, agent, batch_id, from_ts, to_ts, count, reason, known)
              LEFT JOIN t ON t.gap = g.i
              ORDER BY g.i",
         )
@@ -422,7 +547,7 @@ async fn insert_gaps(
     tx.execute(
         &st,
         &[
-            &idx, &site, &agent, &batch, &from, &to, &count, &reason, &tag_gap, &tag_id,
+            &idx, &site, &agent, &batch, &from, &to, &count, &reason, &tag_gap, &tag_id, &known,
         ],
     )
     .await
@@ -585,11 +710,81 @@ pub(super) async fn birth(
     )
     .await
     .map_err(pg)?;
+    if let Some(buf) = &b.buffer {
+        record_buffer(&tx, b, buf, received).await?;
+    }
     tx.commit().await.map_err(pg)?;
     store.catalogs().insert(
         (b.site.clone(), b.agent.clone(), b.config_hash.clone()),
         Arc::from(cat),
     );
+    Ok(())
+}
+
+/// Keep the buffer a birth names; a new epoch after another (or after stored data) records a
+/// `buffer-replaced` gap of unknown count ([`buffer_replaced_gap`]). Of several instances
+/// receiving the same birth, only the one whose insert of the epoch succeeds records the gap.
+async fn record_buffer(
+    tx: &deadpool_postgres::Transaction<'_>,
+    b: &wire::Birth,
+    buf: &wire::messages::BufferIdentity,
+    received: Ts,
+) -> Result<(), StoreError> {
+    let epoch = u64_bits(buf.epoch);
+    let previous: Option<Ts> = tx
+        .query_opt(
+            "SELECT created FROM flowsquare.agent_buffers WHERE site = $1 AND agent = $2 AND epoch <> $3
+             ORDER BY last_seen DESC LIMIT 1",
+            &[&b.site, &b.agent, &epoch],
+        )
+        .await
+        .map_err(pg)?
+        .map(|r| r.get(0));
+    // Newest reading of each of the agent's tags (one index probe per tag), then the newest.
+    let last_data: Option<Ts> = tx
+        .query_one(
+            "SELECT max((SELECT max(r.ts) FROM flowsquare.readings r WHERE r.tag_id = t.id))
+             FROM flowsquare.tags t WHERE t.site = $1 AND t.agent = $2",
+            &[&b.site, &b.agent],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    let created = Ts(buf.created_ms.clamp(MIN_TS_MS, MAX_TS_MS - 1));
+    let gap = buffer_replaced_gap(buf, previous.map(|t| t.0), last_data.map(|t| t.0));
+    let replaced = previous.is_some() || gap.is_some() || buf.origin.starts_with("replaced");
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO flowsquare.agent_buffers AS x (site, agent, epoch, created, origin, note, first_seen, last_seen, replaced)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
+             ON CONFLICT (site, agent, epoch) DO UPDATE SET last_seen = greatest(x.last_seen, excluded.last_seen)
+             RETURNING (xmax = 0)",
+            &[&b.site, &b.agent, &epoch, &created, &buf.origin, &buf.note, &received, &replaced],
+        )
+        .await
+        .map_err(pg)?
+        .is_some_and(|r| r.get::<_, bool>(0));
+    if !inserted {
+        return Ok(());
+    }
+    if let Some((from, to, detail)) = gap {
+        tracing::warn!(site = %b.site, agent = %b.agent, epoch = buf.epoch, origin = %buf.origin, from, to,
+            "the agent's buffer was replaced: recording a gap of unknown count");
+        tx.execute(
+            "INSERT INTO flowsquare.gaps (site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason, count_known, detail)
+             VALUES ($1, $2, 0, '{}', $3, $4, 0, $5, false, $6)",
+            &[
+                &b.site,
+                &b.agent,
+                &ts_checked(from, "buffer-replaced gap")?,
+                &ts_checked(to, "buffer-replaced gap")?,
+                &BUFFER_REPLACED,
+                &detail,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    }
     Ok(())
 }
 

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use flowsquare_wire as wire;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::store::{AgentRow, Bucket, DeadLetterRow, GapRow, LatestRow, StoreError, TagRow};
+use crate::store::{
+    AgentRow, Bucket, BufferRow, DeadLetterRow, GapRow, LatestRow, StoreError, TagRow,
+};
 
 /// The spelling of a stored quality code.
 fn quality_name(code: i64) -> String {
@@ -18,8 +20,15 @@ fn quality_name(code: i64) -> String {
 /// Agents, by site and agent.
 pub(super) fn agents(conn: &mut Connection) -> Result<Vec<AgentRow>, StoreError> {
     let mut st = conn.prepare_cached(
-        "SELECT site, agent, online, last_seen_ms, version, config_hash, backlog_readings, oldest_unsent_ms
-         FROM agents ORDER BY site, agent",
+        "SELECT a.site, a.agent, a.online, a.last_seen_ms, a.version, a.config_hash, a.backlog_readings,
+                a.oldest_unsent_ms, b.epoch, b.created_ms, b.origin, b.note, b.first_seen_ms,
+                (SELECT max(r.first_seen_ms) FROM agent_buffers r
+                 WHERE r.site = a.site AND r.agent = a.agent AND r.replaced)
+         FROM agents a
+         LEFT JOIN agent_buffers b ON b.site = a.site AND b.agent = a.agent AND b.epoch =
+             (SELECT c.epoch FROM agent_buffers c WHERE c.site = a.site AND c.agent = a.agent
+              ORDER BY c.last_seen_ms DESC, c.first_seen_ms DESC LIMIT 1)
+         ORDER BY a.site, a.agent",
     )?;
     let rows = st.query_map([], |r| {
         Ok(AgentRow {
@@ -33,6 +42,17 @@ pub(super) fn agents(conn: &mut Connection) -> Result<Vec<AgentRow>, StoreError>
                 .get::<_, Option<i64>>(6)?
                 .map(|v| u64::try_from(v).unwrap_or(0)),
             oldest_unsent_ms: r.get(7)?,
+            buffer: match r.get::<_, Option<i64>>(8)? {
+                None => None,
+                Some(epoch) => Some(BufferRow {
+                    epoch: epoch as u64,
+                    created_ms: r.get(9)?,
+                    origin: r.get(10)?,
+                    note: r.get(11)?,
+                    first_seen_ms: r.get(12)?,
+                }),
+            },
+            buffer_replaced_ms: r.get(13)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -193,7 +213,7 @@ pub(super) fn gaps(
     to_ms: i64,
 ) -> Result<Vec<GapRow>, StoreError> {
     let mut st = conn.prepare_cached(
-        "SELECT site, agent, batch_id, tag_ids, from_ms, to_ms, count, reason FROM gaps
+        "SELECT site, agent, batch_id, tag_ids, from_ms, to_ms, count, reason, count_known, detail FROM gaps
          WHERE (?1 IS NULL OR site = ?1) AND from_ms < ?3 AND to_ms >= ?2
          ORDER BY from_ms, id",
     )?;
@@ -212,6 +232,8 @@ pub(super) fn gaps(
             to_ms: r.get(5)?,
             count: r.get(6)?,
             reason: r.get(7)?,
+            count_known: r.get(8)?,
+            detail: r.get(9)?,
         });
     }
     Ok(out)

@@ -6,7 +6,7 @@ use crate::store::StoreError;
 
 /// The schema version this build creates (`PRAGMA user_version`). A database with a newer one
 /// is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Version 1. Every statement is `IF NOT EXISTS`, so running it again is harmless.
 const SCHEMA_V1: &str = "
@@ -121,6 +121,77 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_received ON dead_letters (received_ms);
 ";
 
+/// Version 1, for tests that build an older database.
+#[cfg(test)]
+pub(super) const SCHEMA_V1_FOR_TESTS: &str = SCHEMA_V1;
+
+/// Version 3, the tables and columns that need no check.
+const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS agent_buffers (
+    site          TEXT NOT NULL,
+    agent         TEXT NOT NULL,
+    epoch         INTEGER NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    origin        TEXT NOT NULL,
+    note          TEXT,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms  INTEGER NOT NULL,
+    replaced      INTEGER NOT NULL,
+    PRIMARY KEY (site, agent, epoch)
+) WITHOUT ROWID;
+";
+
+/// The ledger keyed on (site, agent, buffer_epoch, batch_id) with the content digest.
+const BATCHES_V3: &str = "
+CREATE TABLE batches_v3 (
+    site         TEXT NOT NULL,
+    agent        TEXT NOT NULL,
+    buffer_epoch INTEGER NOT NULL DEFAULT 0,
+    batch_id     INTEGER NOT NULL,
+    received_ms  INTEGER NOT NULL,
+    config_hash  TEXT NOT NULL,
+    readings     INTEGER NOT NULL,
+    events       INTEGER NOT NULL,
+    gaps         INTEGER NOT NULL,
+    digest       INTEGER,
+    PRIMARY KEY (site, agent, buffer_epoch, batch_id)
+) WITHOUT ROWID;
+INSERT INTO batches_v3 (site, agent, buffer_epoch, batch_id, received_ms, config_hash, readings, events, gaps)
+    SELECT site, agent, 0, batch_id, received_ms, config_hash, readings, events, gaps FROM batches;
+DROP TABLE batches;
+ALTER TABLE batches_v3 RENAME TO batches;
+";
+
+fn has_column(tx: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+    let n: i64 = tx.query_row(
+        &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+        [column],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// Version 3, each part guarded so that running it again changes nothing: the ledger gets the
+/// buffer epoch in its key (existing rows: epoch 0) and the digest (existing rows: unknown), by
+/// copying it into a new table; gaps get `count_known` (version 1 `unclean-shutdown` gaps of
+/// count 0 meant "unknown") and `detail`.
+fn migrate_v3(tx: &Connection) -> Result<(), StoreError> {
+    tx.execute_batch(SCHEMA_V3)?;
+    if !has_column(tx, "batches", "buffer_epoch")? {
+        tx.execute_batch(BATCHES_V3)?;
+    }
+    if !has_column(tx, "gaps", "count_known")? {
+        tx.execute_batch(
+            "ALTER TABLE gaps ADD COLUMN count_known INTEGER NOT NULL DEFAULT 1;
+             UPDATE gaps SET count_known = 0 WHERE reason = 'unclean-shutdown' AND count = 0;",
+        )?;
+    }
+    if !has_column(tx, "gaps", "detail")? {
+        tx.execute_batch("ALTER TABLE gaps ADD COLUMN detail TEXT;")?;
+    }
+    Ok(())
+}
+
 /// Create or upgrade the schema; returns e.g. `sqlite 3.50.2 (embedded)`.
 pub(super) fn migrate(conn: &mut Connection) -> Result<String, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -133,6 +204,8 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<String, StoreError> {
     tx.execute_batch(SCHEMA_V1)?;
     // Version 2: the reconciliation's tables (idempotent, like every later step).
     tx.execute_batch(super::ledger::SCHEMA_V2)?;
+    // Version 3: batch identity (buffer epoch + content digest), buffers, gaps of unknown count.
+    migrate_v3(&tx)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(format!("sqlite {} (embedded)", rusqlite::version()))

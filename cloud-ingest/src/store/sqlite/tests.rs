@@ -202,6 +202,7 @@ async fn concurrent_commits_store_each_batch_once() {
                         }
                         CommitOutcome::Duplicate => {}
                         CommitOutcome::UnknownCatalog => panic!("catalog is known"),
+                        CommitOutcome::Conflict { reason } => panic!("same content: {reason}"),
                     }
                 }
             }
@@ -516,4 +517,55 @@ async fn a_recaptured_event_is_stored_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let s = open(dir.path()).await;
     crate::store::suite::a_recaptured_event_is_stored_once(&s, &s).await;
+}
+
+/// Schema step 3 on a database of step 2: the ledger is copied into its new table (epoch 0, no
+/// digest; a re-send is still a duplicate), an old `unclean-shutdown` gap of count 0 becomes one
+/// of unknown count; running it again changes nothing.
+#[tokio::test]
+async fn step_3_migrates_a_step_2_database() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ingest.db");
+    {
+        let c = rusqlite::Connection::open(&path).expect("open");
+        c.execute_batch(&format!(
+            "{}{}PRAGMA user_version = 2;",
+            super::schema::SCHEMA_V1_FOR_TESTS,
+            super::ledger::SCHEMA_V2
+        ))
+        .expect("step 2 schema");
+        c.execute_batch(
+            "INSERT INTO batches VALUES ('m', 'a', 1, 0, 'h', 10, 0, 0);
+             INSERT INTO gaps (site, agent, batch_id, tag_ids, from_ms, to_ms, count, reason)
+             VALUES ('m', 'a', 1, '[]', 0, 60000, 0, 'unclean-shutdown'),
+                    ('m', 'a', 1, '[]', 0, 60000, 7, 'buffer-full');",
+        )
+        .expect("step 2 rows");
+    }
+    let s = open(dir.path()).await;
+    s.migrate().await.expect("again");
+    s.birth(&birth("m", "a", "h", &["x"]), T0)
+        .await
+        .expect("birth");
+    let old = batch("m", "a", "h", 1, 1, 10, T0, 0.0);
+    assert_eq!(
+        s.commit(std::slice::from_ref(&old)).await.expect("re-send"),
+        vec![CommitOutcome::Duplicate]
+    );
+    let mut v2 = old;
+    v2.buffer_epoch = 3;
+    assert!(matches!(
+        s.commit(&[v2]).await.expect("other epoch")[..],
+        [CommitOutcome::Stored { readings: 10, .. }]
+    ));
+    let gaps = s.gaps(Some("m"), 0, i64::MAX / 2).await.expect("gaps");
+    let known: Vec<(String, bool)> = gaps
+        .iter()
+        .map(|g| (g.reason.clone(), g.count_known))
+        .collect();
+    assert!(
+        known.contains(&("unclean-shutdown".into(), false)),
+        "{known:?}"
+    );
+    assert!(known.contains(&("buffer-full".into(), true)), "{known:?}");
 }

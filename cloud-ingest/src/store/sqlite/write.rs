@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use flowsquare_wire as wire;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use crate::store::{CommitOutcome, DeadLetter, StoreError};
+use crate::store::{
+    buffer_replaced_gap, check_gaps, conflict_alert, conflict_reason, CommitOutcome, DeadLetter,
+    StoreError, BATCH_CONFLICT, BUFFER_REPLACED,
+};
 
 /// `u64` → SQLite integer, saturating (counts and figures).
 fn sat(v: u64) -> i64 {
@@ -70,12 +73,7 @@ pub(super) fn fields_json(fields: &[(String, wire::WireValue)]) -> String {
 
 /// The stored spelling of a gap reason (the wire's names).
 pub(super) fn gap_reason(r: &wire::GapReason) -> &str {
-    match r {
-        wire::GapReason::BufferFull => "buffer-full",
-        wire::GapReason::BufferAge => "buffer-age",
-        wire::GapReason::MissedEvent => "missed-event",
-        wire::GapReason::Other(s) => s,
-    }
+    crate::store::gap_reason_name(r)
 }
 
 /// Tag ids of a config's catalog by index, or `None` when the config hash is unknown.
@@ -145,28 +143,32 @@ pub(super) fn commit(
             out.push(CommitOutcome::UnknownCatalog);
             continue;
         };
+        check_gaps(b, catalog.len(), received_ms).map_err(StoreError::Invalid)?;
         let (readings, events, gaps) = (
             b.readings.len() as u64,
             b.events.len() as u64,
             b.gaps.len() as u64,
         );
+        let digest = bits(b.content_digest());
         let new = tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO batches (site, agent, batch_id, received_ms, config_hash, readings, events, gaps)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR IGNORE INTO batches (site, agent, buffer_epoch, batch_id, received_ms, config_hash, readings, events, gaps, digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 b.site,
                 b.agent,
+                bits(b.buffer_epoch),
                 bits(b.batch_id),
                 received_ms,
                 b.config_hash,
                 sat(readings),
                 sat(events),
-                sat(gaps)
+                sat(gaps),
+                digest
             ])?;
         if new == 0 {
-            out.push(CommitOutcome::Duplicate);
+            out.push(duplicate_or_conflict(&tx, b, digest, received_ms)?);
         } else {
             insert_readings(&tx, b, catalog)?;
             insert_events(&tx, b)?;
@@ -185,6 +187,48 @@ pub(super) fn commit(
     }
     tx.commit()?;
     Ok(out)
+}
+
+/// A batch whose key is in the ledger: a duplicate when the stored digest is the same (or
+/// unknown: a row from before digests were kept), else a conflict, with its alert opened here
+/// (one open per agent).
+fn duplicate_or_conflict(
+    tx: &Transaction<'_>,
+    b: &wire::Batch,
+    digest: i64,
+    now_ms: i64,
+) -> Result<CommitOutcome, StoreError> {
+    let stored: Option<i64> = tx
+        .prepare_cached(
+            "SELECT digest FROM batches WHERE site = ?1 AND agent = ?2 AND buffer_epoch = ?3 AND batch_id = ?4",
+        )?
+        .query_row(
+            params![b.site, b.agent, bits(b.buffer_epoch), bits(b.batch_id)],
+            |r| r.get(0),
+        )?;
+    match stored {
+        Some(d) if d != digest => {
+            let (place, date, message, detail) = conflict_alert(b, d, now_ms);
+            tx.prepare_cached(
+                "INSERT INTO alerts (kind, site, place, date, message, detail, state, opened_ms)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7
+                 WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE kind = ?1 AND site = ?2 AND place = ?3 AND state = 'open')",
+            )?
+            .execute(params![
+                BATCH_CONFLICT,
+                b.site,
+                place,
+                date,
+                message,
+                detail.to_string(),
+                now_ms
+            ])?;
+            Ok(CommitOutcome::Conflict {
+                reason: conflict_reason(b),
+            })
+        }
+        _ => Ok(CommitOutcome::Duplicate),
+    }
 }
 
 fn insert_readings(
@@ -291,8 +335,8 @@ fn insert_gaps(tx: &Transaction<'_>, b: &wire::Batch, catalog: &[i64]) -> Result
         return Ok(());
     }
     let mut st = tx.prepare_cached(
-        "INSERT INTO gaps (site, agent, batch_id, tag_ids, from_ms, to_ms, count, reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO gaps (site, agent, batch_id, tag_ids, from_ms, to_ms, count, reason, count_known)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     for g in &b.gaps {
         let ids = g
@@ -307,8 +351,9 @@ fn insert_gaps(tx: &Transaction<'_>, b: &wire::Batch, catalog: &[i64]) -> Result
             serde_json::Value::from(ids).to_string(),
             g.from_ms,
             g.to_ms,
-            sat(g.count),
-            gap_reason(&g.reason)
+            if g.count_known { sat(g.count) } else { 0 },
+            gap_reason(&g.reason),
+            g.count_known
         ])?;
     }
     Ok(())
@@ -329,6 +374,9 @@ pub(super) fn birth(
              config_hash = excluded.config_hash",
         params![b.site, b.agent, received_ms, b.agent_version, b.config_hash],
     )?;
+    if let Some(buf) = &b.buffer {
+        record_buffer(&tx, b, buf, received_ms)?;
+    }
     let devices = serde_json::to_string(&b.devices)
         .map_err(|e| StoreError::Invalid(format!("birth devices: {e}")))?;
     tx.execute(
@@ -402,6 +450,69 @@ pub(super) fn birth(
             "a birth changed the tag catalog of a known config hash; later batches use the new one");
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// Keep the buffer a birth names; a new epoch after another (or after stored data) records a
+/// `buffer-replaced` gap of unknown count ([`buffer_replaced_gap`]).
+fn record_buffer(
+    tx: &Transaction<'_>,
+    b: &wire::Birth,
+    buf: &wire::messages::BufferIdentity,
+    received_ms: i64,
+) -> Result<(), StoreError> {
+    let known = tx
+        .prepare_cached(
+            "SELECT 1 FROM agent_buffers WHERE site = ?1 AND agent = ?2 AND epoch = ?3",
+        )?
+        .query_row(params![b.site, b.agent, bits(buf.epoch)], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if known {
+        tx.prepare_cached(
+            "UPDATE agent_buffers SET last_seen_ms = max(last_seen_ms, ?4) WHERE site = ?1 AND agent = ?2 AND epoch = ?3",
+        )?
+        .execute(params![b.site, b.agent, bits(buf.epoch), received_ms])?;
+        return Ok(());
+    }
+    let previous: Option<i64> = tx
+        .prepare_cached(
+            "SELECT created_ms FROM agent_buffers WHERE site = ?1 AND agent = ?2 ORDER BY last_seen_ms DESC LIMIT 1",
+        )?
+        .query_row(params![b.site, b.agent], |r| r.get(0))
+        .optional()?;
+    // Newest reading of each of the agent's tags (one index probe per tag), then the newest.
+    let last_data: Option<i64> = tx
+        .prepare_cached(
+            "SELECT max((SELECT max(ts_ms) FROM readings r WHERE r.tag_id = t.id)) FROM tags t
+             WHERE t.site = ?1 AND t.agent = ?2",
+        )?
+        .query_row(params![b.site, b.agent], |r| r.get(0))?;
+    let gap = buffer_replaced_gap(buf, previous, last_data);
+    let replaced = previous.is_some() || gap.is_some() || buf.origin.starts_with("replaced");
+    tx.prepare_cached(
+        "INSERT INTO agent_buffers (site, agent, epoch, created_ms, origin, note, first_seen_ms, last_seen_ms, replaced)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+    )?
+    .execute(params![
+        b.site,
+        b.agent,
+        bits(buf.epoch),
+        buf.created_ms,
+        buf.origin,
+        buf.note,
+        received_ms,
+        replaced
+    ])?;
+    if let Some((from, to, detail)) = gap {
+        tracing::warn!(site = %b.site, agent = %b.agent, epoch = buf.epoch, origin = %buf.origin, from, to,
+            "the agent's buffer was replaced: recording a gap of unknown count");
+        tx.prepare_cached(
+            "INSERT INTO gaps (site, agent, batch_id, tag_ids, from_ms, to_ms, count, reason, count_known, detail)
+             VALUES (?1, ?2, 0, '[]', ?3, ?4, 0, ?5, 0, ?6)",
+        )?
+        .execute(params![b.site, b.agent, from, to, BUFFER_REPLACED, detail])?;
+    }
     Ok(())
 }
 

@@ -46,6 +46,8 @@ const fleet = {
         { label: 'Oldest unsent', value: (a) => (a.oldest_unsent_ms ? h('span', { title: utc(a.oldest_unsent_ms) }, duration(serverNow() - a.oldest_unsent_ms)) : '—') },
         { label: 'Version', value: (a) => a.version || '—' },
         { label: 'Config hash', value: (a) => (a.config_hash ? h('code', { title: a.config_hash }, a.config_hash.slice(0, 12)) : '—') },
+        { label: 'Buffer', value: (a) => (a.buffer ? h('span', { title: `epoch ${a.buffer.epoch}, created ${utc(a.buffer.created_ms, { seconds: true })}${a.buffer.note ? ` — ${a.buffer.note}` : ''}` }, `${a.buffer.origin}, created ${age(a.buffer.created_ms)}`) : '—') },
+        { label: 'Buffer replaced', value: (a) => (a.buffer_replaced_ms ? pill(`replaced ${age(a.buffer_replaced_ms)}`, 'warn') : '—') },
       ], agents, { empty: 'No agents yet: they appear with their first birth message.' })),
       h('p', { class: 'muted' }, 'Online/offline is the agent\'s retained status (its Last Will when the connection is lost); backlog and oldest unsent come from its last heartbeat.'),
     ];
@@ -139,12 +141,13 @@ const freshness = {
     });
     const stale = rows.filter((r) => r.stale).sort((a, b) => (b.ageMs ?? Infinity) - (a.ageMs ?? Infinity));
     const gaps = await api(`/api/v1/gaps?from=${now - 30 * DAY}&to=${now + 1}`);
+    const uncounted = gaps.filter((g) => g.count === null).length;
     const out = [
       h('div', { class: 'stats' },
         stat('tags', num(all.length)),
         stat('fresh', num(rows.length - stale.length), null, 'good'),
         stat('stale or silent', num(stale.length), `older than max(${factor} × poll interval, ${minAge / 1000} s)`, stale.length ? 'warn' : ''),
-        stat('gap records, 30 days', num(gaps.length), `${num(gaps.reduce((s, g) => s + g.count, 0))} readings reported missing`, gaps.length ? 'warn' : '')),
+        stat('gap records, 30 days', num(gaps.length), `${num(gaps.reduce((s, g) => s + (g.count ?? 0), 0))} readings reported missing${uncounted ? `, plus ${num(uncounted)} gap${uncounted > 1 ? 's' : ''} of unknown count` : ''}`, gaps.length ? 'warn' : '')),
       card('Stale tags', table([
         { label: 'Site', value: (r) => r.t.site },
         { label: 'Tag', value: (r) => h('a', { href: `#/tags/${r.t.id}` }, `${r.t.agent}/${r.t.name}`) },
@@ -158,8 +161,8 @@ const freshness = {
         { label: 'From', value: (g) => utc(g.from_ms, { seconds: true }) },
         { label: 'Duration', value: (g) => duration(g.to_ms - g.from_ms) },
         { label: 'Tags', class: 'num', value: (g) => num(g.tag_ids.length) },
-        { label: 'Readings', class: 'num', value: (g) => num(g.count) },
-        { label: 'Reason', value: (g) => pill(g.reason, 'warn') },
+        { label: 'Readings', class: 'num', value: (g) => (g.count === null ? h('span', { title: 'the agent could not count them' }, 'unknown') : num(g.count)) },
+        { label: 'Reason', value: (g) => h('span', { title: g.detail || '' }, pill(g.reason, 'warn')) },
       ], gaps.slice().sort((a, b) => b.from_ms - a.from_ms).slice(0, 200), { empty: 'No gaps reported: every polled reading arrived.' })),
     ];
     if (ctx.me.can_audit) {
