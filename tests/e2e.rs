@@ -117,8 +117,10 @@ struct Stored {
     readings: BTreeMap<(String, i64), usize>,
     /// (source, seq) → rows.
     events: BTreeMap<(String, i64), usize>,
-    /// (reason, from ms, to ms, count).
-    gaps: Vec<(String, i64, i64, i64)>,
+    /// (source, the PLC's own sequence number) → rows.
+    plc_events: BTreeMap<(String, i64), usize>,
+    /// (reason, from ms, to ms, count; None = unknown).
+    gaps: Vec<(String, i64, i64, Option<i64>)>,
 }
 
 impl Stored {
@@ -250,11 +252,17 @@ impl Db {
                     *s.readings.entry((r.get(0), r.get(1))).or_default() += 1;
                 }
                 for r in c
-                    .query("SELECT source, seq FROM flowsquare.events", &[])
+                    .query(
+                        "SELECT source, seq, (fields->>'plc_seq')::bigint FROM flowsquare.events",
+                        &[],
+                    )
                     .await
                     .expect("events")
                 {
                     *s.events.entry((r.get(0), r.get(1))).or_default() += 1;
+                    if let Some(p) = r.get::<_, Option<i64>>(2) {
+                        *s.plc_events.entry((r.get(0), p)).or_default() += 1;
+                    }
                 }
                 for r in c
                     .query(
@@ -285,13 +293,22 @@ impl Db {
                     *s.readings.entry(k).or_default() += 1;
                 }
                 let mut q = c
-                    .prepare("SELECT source, seq FROM events")
+                    .prepare("SELECT source, seq, json_extract(fields, '$.plc_seq') FROM events")
                     .expect("prepare");
                 let rows = q
-                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<i64>>(2)?,
+                        ))
+                    })
                     .expect("events");
-                for k in rows.flatten() {
-                    *s.events.entry(k).or_default() += 1;
+                for (src, seq, plc) in rows.flatten() {
+                    *s.events.entry((src.clone(), seq)).or_default() += 1;
+                    if let Some(p) = plc {
+                        *s.plc_events.entry((src, p)).or_default() += 1;
+                    }
                 }
                 let mut q = c
                     .prepare("SELECT reason, from_ms, to_ms, count FROM gaps")
@@ -422,6 +439,8 @@ fn gantry_event() -> String {
 struct AgentOut {
     readings: Vec<(String, i64)>,
     events: Vec<(String, i64)>,
+    /// (source, the PLC's own sequence number) of each captured event.
+    plc_events: Vec<(String, i64)>,
     /// (reason, count).
     gaps: Vec<(String, i64)>,
 }
@@ -468,6 +487,9 @@ impl Agent {
                     g.readings.push((tag.to_owned(), ts));
                 } else if let (Some(src), Some(seq)) = (v["source"].as_str(), v["seq"].as_i64()) {
                     g.events.push((src.to_owned(), seq));
+                    if let Some(p) = v["fields"]["plc_seq"].as_i64() {
+                        g.plc_events.push((src.to_owned(), p));
+                    }
                 } else if let Some(reason) = v["gap"].as_str() {
                     g.gaps
                         .push((reason.to_owned(), v["count"].as_i64().unwrap_or(0)));
@@ -842,7 +864,7 @@ poll_interval = "500ms"
             .gaps
             .iter()
             .filter(|g| g.0 != "missed-event")
-            .map(|g| g.3)
+            .filter_map(|g| g.3)
             .sum();
         let crash: Vec<_> = s
             .gaps
@@ -898,7 +920,7 @@ poll_interval = "500ms"
             .gaps
             .iter()
             .filter(|g| g.0 == "missed-event")
-            .map(|g| g.3)
+            .filter_map(|g| g.3)
             .sum();
         let seqs: Vec<i64> = stored_ev.iter().map(|k| k.1).collect();
         let (lo, hi) = (
@@ -1052,6 +1074,238 @@ fn sqlite_exact_count_through_a_broker_restart_and_sigkill_of_both() {
         let run = agent.stop();
         site.runs.push(run);
         site.verify().await;
+        ingest.stop();
+    });
+    say(&format!("took {:.1} s", t0.elapsed().as_secs_f64()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Custody across replaced buffers (issue 13): a buffer deleted between runs, a corrupt one
+// quarantined, and a spare gateway taking over with the same site and agent ids. Batch ids
+// restart at 1 in every new buffer database; the buffer epoch in each frame keeps them apart in
+// the cloud's ledger, so nothing is taken for a re-send and dropped.
+
+impl Site {
+    /// The agent config with its buffer in the state directory `name` (another gateway with the
+    /// same ids, or the same one after its state was wiped).
+    fn gateway(&self, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(&self.agent_cfg).expect("agent config");
+        let state = self.dir.path().join(name);
+        std::fs::create_dir_all(&state).expect("state dir");
+        let text = text.replace(
+            &format!("path = \"{}/buffer.db\"", self.dir.path().display()),
+            &format!("path = \"{}/buffer.db\"", state.display()),
+        );
+        let path = self.dir.path().join(format!("agent-{name}.toml"));
+        std::fs::write(&path, text).expect("gateway config");
+        path
+    }
+
+    fn agent_on(&mut self, config: &Path) -> Agent {
+        self.agents += 1;
+        say(&format!(
+            "starting edge-agent (run {}) with {}",
+            self.agents,
+            config.display()
+        ));
+        Agent::start(config, self.agents)
+    }
+
+    /// The exact count when buffers were replaced between runs: stored readings + known gap
+    /// counts = every reading the runs polled; every reading not stored lies in a reported gap;
+    /// nothing stored twice or invented; every captured record stored once (by the PLC's own
+    /// sequence number: a new buffer numbers its events afresh, and the record on display at its
+    /// start is captured again and recognised by the cloud).
+    async fn verify_exact(&self) {
+        let s = self.db.stored().await;
+        let mut produced: BTreeMap<(String, i64), usize> = BTreeMap::new();
+        for r in &self.runs {
+            for k in &r.out.readings {
+                *produced.entry(k.clone()).or_default() += 1;
+            }
+        }
+        let polled: usize = produced.values().sum();
+        for (k, n) in &s.readings {
+            let p = produced.get(k).copied().unwrap_or(0);
+            assert!(p > 0, "a reading nobody polled was stored: {k:?}");
+            assert!(*n <= p, "{k:?} stored {n} times, polled {p} times");
+        }
+        let windows: Vec<_> = s.gaps.iter().filter(|g| g.0 != "missed-event").collect();
+        let mut lost = 0usize;
+        for (k, p) in &produced {
+            let n = s.readings.get(k).copied().unwrap_or(0);
+            if n < *p {
+                assert!(
+                    windows.iter().any(|g| k.1 >= g.1 && k.1 <= g.2),
+                    "{k:?} lost outside every reported window {windows:?}"
+                );
+                lost += p - n;
+            }
+        }
+        let counted: i64 = windows.iter().filter_map(|g| g.3).sum();
+        let stored = s.readings();
+        say(&format!(
+            "count: polled {polled}, stored {stored}, lost {lost}, counted in gaps {counted}; gaps {:?}",
+            s.gaps
+        ));
+        assert_eq!(
+            stored + counted as usize,
+            polled,
+            "stored + gap counts = polled, exactly"
+        );
+        let captured: std::collections::BTreeSet<_> = self
+            .runs
+            .iter()
+            .flat_map(|r| r.out.plc_events.iter().cloned())
+            .collect();
+        for (k, n) in &s.plc_events {
+            assert_eq!(*n, 1, "record {k:?} stored {n} times");
+        }
+        let stored_ev: std::collections::BTreeSet<_> = s.plc_events.keys().cloned().collect();
+        assert_eq!(stored_ev, captured, "every captured record, once");
+    }
+}
+
+/// The buffer's files (database, WAL, shared memory and side files) in `dir`.
+fn buffer_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("buffer.db"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Damage the buffer so that SQLite's `quick_check` fails while every row of the segment table
+/// can still be read: the root page of an index is overwritten with garbage. The agent must
+/// quarantine the file and salvage all of it.
+fn break_an_index(db: &Path) {
+    let (root, page) = {
+        let c = rusqlite::Connection::open(db).expect("open buffer");
+        c.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+            .expect("checkpoint");
+        let root: i64 = c
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = 'segment' ORDER BY name LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .expect("an index on segment");
+        let page: i64 = c
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .expect("page size");
+        (root, page)
+    };
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(db)
+        .expect("open for damage");
+    f.seek(SeekFrom::Start(((root - 1) * page) as u64))
+        .expect("seek");
+    f.write_all(&vec![0xA5; page as usize]).expect("damage");
+    say(&format!(
+        "buffer damaged: index root page {root} overwritten"
+    ));
+}
+
+/// PostgreSQL: the agent's buffer deleted between two runs, then a corrupt buffer (holding
+/// unsent data of a run killed while the broker was down) quarantined and salvaged.
+#[test]
+fn postgres_exact_count_with_a_deleted_and_a_corrupt_buffer() {
+    let t0 = Instant::now();
+    runtime().block_on(async {
+        let Some(mut site) = Site::new(true).await else {
+            return;
+        };
+        let state = site.dir.path().to_path_buf();
+        let ingest = site.ingest();
+        let agent = site.agent();
+        site.grows(200, 2, "data flows").await;
+        let run = agent.stop();
+        site.runs.push(run);
+
+        for f in buffer_files(&state) {
+            std::fs::remove_file(&f).expect("delete buffer file");
+        }
+        say("buffer deleted: the next run starts a new buffer (batch ids from 1 again)");
+        let agent = site.agent();
+        site.grows(
+            200,
+            2,
+            "the new buffer's batches are stored, not taken for re-sends",
+        )
+        .await;
+        let run = agent.stop();
+        site.runs.push(run);
+
+        say("broker down; the agent buffers, then dies with unsent data");
+        site.broker.stop();
+        let agent = site.agent();
+        assert!(
+            wait_until(WAIT, || agent
+                .metrics()
+                .and_then(|m| metric(&m, "flowsquare_buffer_readings"))
+                .is_some_and(|v| v >= 150.0)),
+            "the agent buffers while the broker is down"
+        );
+        let run = agent.kill9();
+        site.runs.push(run);
+        break_an_index(&state.join("buffer.db"));
+        site.broker.restart().expect("restart mosquitto");
+        let agent = site.agent();
+        site.grows(200, 2, "salvaged and new data flow").await;
+        assert!(
+            agent.log().contains("salvag"),
+            "the agent says what it salvaged:\n{}",
+            agent.log()
+        );
+        let run = agent.stop();
+        site.runs.push(run);
+        site.verify_exact().await;
+        ingest.stop();
+    });
+    say(&format!("took {:.1} s", t0.elapsed().as_secs_f64()));
+}
+
+/// SQLite store: a spare gateway takes over the site and agent ids of a broken one, three
+/// times, each with its own buffer; the broken one is killed once with data in flight and comes
+/// back later with its old buffer.
+#[test]
+fn sqlite_exact_count_across_three_spare_gateway_takeovers() {
+    let t0 = Instant::now();
+    runtime().block_on(async {
+        let Some(mut site) = Site::new(false).await else {
+            return;
+        };
+        let ingest = site.ingest();
+        let (a, b) = (site.gateway("gw-a"), site.gateway("gw-b"));
+        let agent = site.agent_on(&a);
+        site.grows(200, 2, "gateway A").await;
+        let run = agent.kill9();
+        site.runs.push(run);
+        for (i, cfg) in [&b, &a, &b].into_iter().enumerate() {
+            let agent = site.agent_on(cfg);
+            site.grows(200, 2, &format!("takeover {}", i + 1)).await;
+            let run = agent.stop();
+            site.runs.push(run);
+        }
+        site.verify_exact().await;
+        let replaced = site
+            .db
+            .stored()
+            .await
+            .gaps
+            .iter()
+            .filter(|g| g.0 == "buffer-replaced")
+            .count();
+        assert!(replaced >= 1, "the cloud records the buffer replacement");
         ingest.stop();
     });
     say(&format!("took {:.1} s", t0.elapsed().as_secs_f64()));
