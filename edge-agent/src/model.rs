@@ -250,7 +250,13 @@ impl TimePolicy {
     /// polling); such a reading gets the gateway's time and keeps its quality, the old source
     /// time noted in `error`. A source time ahead of the gateway by more than the bound is
     /// always a clock error.
-    pub fn stamp(&self, r: &mut Reading, source_ms: i64, gateway_ms: i64, may_lag: bool) -> Stamped {
+    pub fn stamp(
+        &self,
+        r: &mut Reading,
+        source_ms: i64,
+        gateway_ms: i64,
+        may_lag: bool,
+    ) -> Stamped {
         let skew = source_ms.saturating_sub(gateway_ms);
         let bound = i64::try_from(self.max_skew.as_millis()).unwrap_or(i64::MAX);
         let out = skew.unsigned_abs() > bound.unsigned_abs();
@@ -341,7 +347,10 @@ mod tests {
         let p = TimePolicy::default();
         let mut r = good();
         assert_eq!(p.stamp(&mut r, NOW - 4 * MIN, NOW, false), Stamped::Source);
-        assert_eq!((r.ts_ms, r.quality, r.error), (NOW - 4 * MIN, Quality::Good, None));
+        assert_eq!(
+            (r.ts_ms, r.quality, r.error),
+            (NOW - 4 * MIN, Quality::Good, None)
+        );
         let mut r = good();
         assert_eq!(p.stamp(&mut r, NOW + 4 * MIN, NOW, false), Stamped::Source);
         assert_eq!(r.ts_ms, NOW + 4 * MIN);
@@ -358,17 +367,32 @@ mod tests {
         assert_eq!(r.quality, Quality::TimeSubstituted);
         assert!(r.value.is_some());
         let e = r.error.unwrap_or_default();
-        assert!(e.starts_with("source time 1994-03-01T10:00:00.000Z (skew -"), "{e}");
+        assert!(
+            e.starts_with("source time 1994-03-01T10:00:00.000Z (skew -"),
+            "{e}"
+        );
         assert!(e.ends_with(" d)"), "{e}");
         // Ahead of the gateway: the same, also for an unchanged OPC UA value.
         let mut r = good();
-        assert_eq!(p.stamp(&mut r, NOW + 6 * MIN, NOW, true), Stamped::Substituted);
-        assert_eq!(r.error.as_deref(), Some("source time 2026-11-30T00:59:20.000Z (skew +6.0 min)"));
+        assert_eq!(
+            p.stamp(&mut r, NOW + 6 * MIN, NOW, true),
+            Stamped::Substituted
+        );
+        assert_eq!(
+            r.error.as_deref(),
+            Some("source time 2026-11-30T00:59:20.000Z (skew +6.0 min)")
+        );
         // A bad reading keeps its quality; the note is added to its reason.
         let mut r = Reading::bad(1, 0, Quality::BadDevice, "no fix");
-        assert_eq!(p.stamp(&mut r, NOW - 10 * MIN, NOW, false), Stamped::Substituted);
+        assert_eq!(
+            p.stamp(&mut r, NOW - 10 * MIN, NOW, false),
+            Stamped::Substituted
+        );
         assert_eq!(r.quality, Quality::BadDevice);
-        assert!(r.error.unwrap_or_default().starts_with("no fix; source time "));
+        assert!(r
+            .error
+            .unwrap_or_default()
+            .starts_with("no fix; source time "));
     }
 
     #[test]
@@ -386,7 +410,10 @@ mod tests {
         assert!(r.error.unwrap_or_default().starts_with("source time "));
         let p = TimePolicy::default();
         let mut r = good();
-        assert_eq!(p.stamp(&mut r, NOW - 3 * 86_400_000, NOW, true), Stamped::Gateway);
+        assert_eq!(
+            p.stamp(&mut r, NOW - 3 * 86_400_000, NOW, true),
+            Stamped::Gateway
+        );
         assert_eq!((r.ts_ms, r.quality), (NOW, Quality::Good));
         assert!(r
             .error

@@ -289,7 +289,10 @@ async fn receiver_in_1994(device_extra: &str) -> (Vec<Reading>, f64, i64, i64) {
     let pty = PtyPair::new().expect("pty pair (socat)");
     let _stop = feeder(
         &pty,
-        &format!("interval = \"100ms\"\ntime_offset_ms = {}\n", offset_to_1994()),
+        &format!(
+            "interval = \"100ms\"\ntime_offset_ms = {}\n",
+            offset_to_1994()
+        ),
     );
     let m = map(&agent_map(
         &format!(
@@ -302,7 +305,10 @@ async fn receiver_in_1994(device_extra: &str) -> (Vec<Reading>, f64, i64, i64) {
     let mut run = Running::start(&m);
     let ok = run
         .until(Duration::from_secs(20), |rs| {
-            rs.iter().filter(|r| r.tag == 1 && r.value.is_some()).count() >= 5
+            rs.iter()
+                .filter(|r| r.tag == 1 && r.value.is_some())
+                .count()
+                >= 5
         })
         .await;
     let substituted = extra(&run, "time_substituted");
@@ -328,7 +334,11 @@ async fn a_receiver_reporting_1994_gets_the_gateway_time_and_says_so() {
         assert!(e.starts_with("source time 1994-03-01T"), "{e}");
         assert!(e.contains(" d)"), "{e}");
     }
-    assert!(substituted >= rs.len() as f64, "{substituted} < {}", rs.len());
+    assert!(
+        substituted >= rs.len() as f64,
+        "{substituted} < {}",
+        rs.len()
+    );
 }
 
 #[tokio::test]
@@ -338,7 +348,10 @@ async fn timestamps_gateway_stamps_the_gateway_time_and_keeps_readings_good() {
         assert_eq!(r.quality, Quality::Good, "{r:?}");
         assert!((started..=ended).contains(&r.ts_ms), "gateway time: {r:?}");
         assert!(
-            r.error.as_deref().unwrap_or("").starts_with("source time 1994-03-01T"),
+            r.error
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("source time 1994-03-01T"),
             "{r:?}"
         );
     }

@@ -531,15 +531,22 @@ async fn server_clock_off(offset_ms: i64, extra_device: &str) -> (Vec<Reading>, 
     let counter = tag_id(&m, "tank/counter");
     let started = edge_agent::model::now_ms();
     let mut run = Running::start(&m);
-    let ok = run
-        .until(WAIT, |seen| of(seen, counter).len() >= 5)
-        .await;
+    let ok = run.until(WAIT, |seen| of(seen, counter).len() >= 5).await;
     let stats = run.acq.as_ref().expect("running").stats[0].clone();
     run.stop().await;
     s.stop().await;
-    assert!(ok, "readings seen: {:?}", run.seen.iter().take(20).collect::<Vec<_>>());
+    assert!(
+        ok,
+        "readings seen: {:?}",
+        run.seen.iter().take(20).collect::<Vec<_>>()
+    );
     let ended = edge_agent::model::now_ms();
-    let seen: Vec<Reading> = run.seen.iter().filter(|r| r.tag == counter).cloned().collect();
+    let seen: Vec<Reading> = run
+        .seen
+        .iter()
+        .filter(|r| r.tag == counter)
+        .cloned()
+        .collect();
     for r in &seen {
         assert!(
             (started..=ended).contains(&r.ts_ms),
@@ -569,7 +576,10 @@ async fn a_server_clock_ten_days_behind_gives_time_substituted_readings() {
         assert_eq!(r.quality, Quality::TimeSubstituted, "{r:?}");
         assert!(r.value.is_some());
         let e = r.error.as_deref().unwrap_or("");
-        assert!(e.starts_with("source time ") && e.contains("(skew -10 d)"), "{e}");
+        assert!(
+            e.starts_with("source time ") && e.contains("(skew -10 d)"),
+            "{e}"
+        );
     }
     assert!(substituted >= (seen.len() - 1) as f64, "{substituted}");
 }
@@ -579,18 +589,27 @@ async fn a_server_clock_ahead_is_substituted_from_the_first_value() {
     let (seen, substituted, _) = server_clock_off(20 * 60_000, "").await;
     for r in &seen {
         assert_eq!(r.quality, Quality::TimeSubstituted, "{r:?}");
-        assert!(r.error.as_deref().unwrap_or("").contains("(skew +20 min)"), "{r:?}");
+        assert!(
+            r.error.as_deref().unwrap_or("").contains("(skew +20 min)"),
+            "{r:?}"
+        );
     }
     assert!(substituted >= seen.len() as f64);
 }
 
 #[tokio::test]
 async fn timestamps_gateway_keeps_readings_good_and_notes_the_server_time() {
-    let (seen, substituted, _) =
-        server_clock_off(-10 * 86_400_000, "timestamps = \"gateway\"\nmax_clock_skew = \"1m\"").await;
+    let (seen, substituted, _) = server_clock_off(
+        -10 * 86_400_000,
+        "timestamps = \"gateway\"\nmax_clock_skew = \"1m\"",
+    )
+    .await;
     for r in &seen {
         assert_eq!(r.quality, Quality::Good, "{r:?}");
-        assert!(r.error.as_deref().unwrap_or("").contains("(skew -10 d)"), "{r:?}");
+        assert!(
+            r.error.as_deref().unwrap_or("").contains("(skew -10 d)"),
+            "{r:?}"
+        );
     }
     assert_eq!(substituted, 0.0);
 }

@@ -194,7 +194,9 @@ fn status(config: &Path, format: &str) -> Result<ExitCode, CliError> {
             );
         }
         Some(_) => println!("  time-substituted  0"),
-        None => println!("  time-substituted  unknown (agent not running, or [agent] metrics = \"off\")"),
+        None => println!(
+            "  time-substituted  unknown (agent not running, or [agent] metrics = \"off\")"
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -272,7 +272,12 @@ impl Runner {
             }
         }
         self.blank_at = None;
-        if is_blank(self.def.trigger.mode, value, &rec.fields, !rec.bad.is_empty()) {
+        if is_blank(
+            self.def.trigger.mode,
+            value,
+            &rec.fields,
+            !rec.bad.is_empty(),
+        ) {
             tracing::debug!(event = %self.def.name, "the record on display is blank (sequence 0, every field zero or empty): not an event");
             self.stats.add(
                 "events_blank_skipped",

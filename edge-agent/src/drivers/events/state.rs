@@ -197,7 +197,12 @@ impl Tracker {
 /// field zero, false or empty (no field undecodable)? A PLC shows such a record after a
 /// power-up or a program download, before its first batch; it is not an event (capturing it
 /// gave an "unknown meter" alert and a "/" trip in the cloud), and skipping it is no gap.
-pub fn is_blank(mode: TriggerMode, trigger: u64, fields: &[(String, WireValue)], bad: bool) -> bool {
+pub fn is_blank(
+    mode: TriggerMode,
+    trigger: u64,
+    fields: &[(String, WireValue)],
+    bad: bool,
+) -> bool {
     mode == TriggerMode::Sequence
         && trigger == 0
         && !bad
@@ -206,7 +211,9 @@ pub fn is_blank(mode: TriggerMode, trigger: u64, fields: &[(String, WireValue)],
             WireValue::Int(i) => *i == 0,
             WireValue::UInt(u) => *u == 0,
             WireValue::Float(f) => *f == 0.0,
-            WireValue::Text(t) => t.trim_matches(|c: char| c == '\0' || c.is_whitespace()).is_empty(),
+            WireValue::Text(t) => t
+                .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                .is_empty(),
         })
 }
 

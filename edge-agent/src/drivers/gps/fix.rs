@@ -397,7 +397,10 @@ mod tests {
             .iter()
             .all(|r| r.ts_ms == sys && r.quality == Quality::TimeSubstituted && r.value.is_some()));
         let e = rs[0].error.clone().unwrap_or_default();
-        assert!(e.starts_with("source time 1994-03-01T10:00:00.000Z (skew -"), "{e}");
+        assert!(
+            e.starts_with("source time 1994-03-01T10:00:00.000Z (skew -"),
+            "{e}"
+        );
         // gateway mode: gateway time, value good, GPS time noted.
         let policy = TimePolicy {
             mode: crate::model::TimestampMode::Gateway,
@@ -405,7 +408,9 @@ mod tests {
         };
         let (rs, n) = st.stamped_readings(tags, t0, sys, Duration::from_secs(5), &policy);
         assert_eq!(n, 0);
-        assert!(rs.iter().all(|r| r.ts_ms == sys && r.quality == Quality::Good));
+        assert!(rs
+            .iter()
+            .all(|r| r.ts_ms == sys && r.quality == Quality::Good));
         // A receiver on time keeps its GPS time.
         let gps = 1_711_197_319_000;
         feed(
@@ -414,10 +419,17 @@ mod tests {
             t0,
             gps + 250,
         );
-        let (rs, n) =
-            st.stamped_readings(tags, t0, gps + 400, Duration::from_secs(5), &TimePolicy::default());
+        let (rs, n) = st.stamped_readings(
+            tags,
+            t0,
+            gps + 400,
+            Duration::from_secs(5),
+            &TimePolicy::default(),
+        );
         assert_eq!(n, 0);
-        assert!(rs.iter().all(|r| r.ts_ms == gps && r.quality == Quality::Good));
+        assert!(rs
+            .iter()
+            .all(|r| r.ts_ms == gps && r.quality == Quality::Good));
     }
 
     #[test]
