@@ -64,17 +64,19 @@ fn scrape(addr: &str, metric: &str) -> Option<f64> {
 
 /// Per-device values of a `flowsquare_device_…{device="…"}` metric of the running agent.
 fn scrape_per_device(addr: &str, metric: &str) -> Option<Vec<(String, f64)>> {
-    let body = metrics_body(addr)?;
+    Some(per_device(&metrics_body(addr)?, metric))
+}
+
+/// The `metric{device="…"} value` lines of a Prometheus text body.
+fn per_device(body: &str, metric: &str) -> Vec<(String, f64)> {
     let prefix = format!("{metric}{{device=\"");
-    Some(
-        body.lines()
-            .filter_map(|l| {
-                let rest = l.strip_prefix(prefix.as_str())?;
-                let (device, value) = rest.split_once("\"}")?;
-                Some((device.to_owned(), value.trim().parse().ok()?))
-            })
-            .collect(),
-    )
+    body.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(prefix.as_str())?;
+            let (device, value) = rest.split_once("\"}")?;
+            Some((device.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// The running agent's `/metrics` text.
@@ -263,4 +265,23 @@ fn export(
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_device;
+
+    #[test]
+    fn per_device_figures_are_read_from_the_metrics_text() {
+        let body = "# HELP flowsquare_device_time_substituted_total readings …\n\
+            # TYPE flowsquare_device_time_substituted_total counter\n\
+            flowsquare_device_time_substituted_total{device=\"truck-gps\"} 42\n\
+            flowsquare_device_time_substituted_total{device=\"dcs\"} 3\n\
+            flowsquare_device_time_substituted_totally{device=\"x\"} 9\n\
+            flowsquare_device_rtt_ms{device=\"dcs\"} 1.5\n";
+        assert_eq!(
+            per_device(body, "flowsquare_device_time_substituted_total"),
+            vec![("truck-gps".to_owned(), 42.0), ("dcs".to_owned(), 3.0)]
+        );
+    }
 }
