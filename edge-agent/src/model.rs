@@ -196,6 +196,20 @@ impl Default for TimePolicy {
     }
 }
 
+/// A clock-skew bound in milliseconds of the data clock. Under a simulated clock running
+/// `speed` times real time (`FLOWSQUARE_CLOCK`), a real latency of one second is `speed`
+/// seconds of data time, so the bound is scaled by the speed (never below the bound itself);
+/// on the real clock it is the bound as configured.
+pub fn data_clock_bound_ms(bound: std::time::Duration) -> i64 {
+    let speed = flowsquare_service::clock::clock().speed().max(1.0);
+    let ms = bound.as_millis() as f64 * speed;
+    if ms >= i64::MAX as f64 {
+        i64::MAX
+    } else {
+        ms as i64
+    }
+}
+
 /// What [`TimePolicy::stamp`] did to a reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stamped {
@@ -258,7 +272,7 @@ impl TimePolicy {
         may_lag: bool,
     ) -> Stamped {
         let skew = source_ms.saturating_sub(gateway_ms);
-        let bound = i64::try_from(self.max_skew.as_millis()).unwrap_or(i64::MAX);
+        let bound = data_clock_bound_ms(self.max_skew);
         let out = skew.unsigned_abs() > bound.unsigned_abs();
         let note = |what: &str| {
             format!(

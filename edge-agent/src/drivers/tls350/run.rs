@@ -496,7 +496,7 @@ async fn poll_deliveries(
 /// (its `end` field keeps it too). An old end time is normal (deliveries are reported after
 /// they end, or after an outage). Returns true when the time was replaced.
 pub fn bound_event_time(e: &mut Event, gateway_ms: i64, max_skew: Duration) -> bool {
-    let bound = i64::try_from(max_skew.as_millis()).unwrap_or(i64::MAX);
+    let bound = crate::model::data_clock_bound_ms(max_skew);
     let skew = e.ts_ms.saturating_sub(gateway_ms);
     if e.ts_ms > 0 && skew <= bound {
         return false;
