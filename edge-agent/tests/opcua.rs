@@ -519,12 +519,20 @@ async fn reads_and_subscribes_to_the_python_asyncua_server() {
 /// a monitored item (whose old source time only says the value has not changed) keeps its
 /// quality; `timestamps = "gateway"` stamps everything with the gateway's time, quality good.
 async fn server_clock_off(offset_ms: i64, extra_device: &str) -> (Vec<Reading>, f64, u32) {
+    server_clock_off_in(offset_ms, "subscription", extra_device).await
+}
+
+async fn server_clock_off_in(
+    offset_ms: i64,
+    mode: &str,
+    extra_device: &str,
+) -> (Vec<Reading>, f64, u32) {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = sim(dir.path(), |c| c.clock_offset_ms = offset_ms).await;
     let m = map(&agent_map(
         &s.endpoint,
         dir.path(),
-        "subscription",
+        mode,
         extra_device,
         &demo_tags(s.ns),
     ));
@@ -608,6 +616,28 @@ async fn timestamps_gateway_keeps_readings_good_and_notes_the_server_time() {
         assert_eq!(r.quality, Quality::Good, "{r:?}");
         assert!(
             r.error.as_deref().unwrap_or("").contains("(skew -10 d)"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(substituted, 0.0);
+}
+
+#[tokio::test]
+async fn polling_stamps_the_request_time_and_notes_a_server_clock_ahead() {
+    let (seen, substituted, _) = server_clock_off_in(20 * 60_000, "polling", "").await;
+    for r in &seen {
+        assert_eq!(r.quality, Quality::Good, "{r:?}");
+        assert!(
+            r.error.as_deref().unwrap_or("").contains("(skew +20 min)"),
+            "{r:?}"
+        );
+    }
+    // Behind: an old source time only says the value has not changed; nothing to note.
+    let (seen, _, _) = server_clock_off_in(-10 * 86_400_000, "polling", "").await;
+    for r in &seen {
+        assert_eq!(
+            (r.quality, r.error.as_deref()),
+            (Quality::Good, None),
             "{r:?}"
         );
     }

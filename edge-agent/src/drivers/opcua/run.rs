@@ -363,7 +363,7 @@ async fn poll_session(
             // time far ahead of it is a clock error worth noting (an old one only says the value
             // has not changed).
             r.ts_ms = ts;
-            if let Some(src) = source_ms(dv) {
+            if let Some(src) = source_ms(dv).filter(|src| *src > ts) {
                 let gateway = TimePolicy {
                     mode: TimestampMode::Gateway,
                     ..rt.dev.time
