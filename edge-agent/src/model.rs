@@ -52,6 +52,10 @@ pub enum Quality {
     BadDecode,
     /// The tag was not read this cycle (its unit is being skipped after repeated failures).
     Stale,
+    /// The value is the device's, but the device's own time (GPS fix time, OPC UA source
+    /// timestamp) was further from the gateway clock than the device's `max_clock_skew`: the
+    /// reading carries the gateway's time and the source time is kept in `error`.
+    TimeSubstituted,
 }
 
 impl Quality {
@@ -63,7 +67,14 @@ impl Quality {
             Quality::BadDevice => "bad-device",
             Quality::BadDecode => "bad-decode",
             Quality::Stale => "stale",
+            Quality::TimeSubstituted => "time-substituted",
         }
+    }
+
+    /// Does a reading of this quality carry the device's value (good, or good with the
+    /// gateway's time)?
+    pub fn has_value(self) -> bool {
+        matches!(self, Quality::Good | Quality::TimeSubstituted)
     }
 }
 
@@ -134,6 +145,179 @@ impl Reading {
     }
 }
 
+/// Which clock a device's readings are stamped with (tag map `timestamps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestampMode {
+    /// The device's own time (GPS fix time, OPC UA source timestamp) while it is within
+    /// `max_clock_skew` of the gateway clock; beyond it the gateway's time, quality
+    /// `time-substituted`.
+    #[default]
+    Source,
+    /// Always the gateway's time; a source time beyond the bound is noted in `error`.
+    Gateway,
+}
+
+impl TimestampMode {
+    /// Tag-map spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimestampMode::Source => "source",
+            TimestampMode::Gateway => "gateway",
+        }
+    }
+}
+
+/// Per-device counter of readings whose source time was replaced by the gateway's
+/// (`flowsquare_device_time_substituted_total`, through `DeviceStats::add`).
+pub const M_TIME_SUBSTITUTED: &str = "time_substituted";
+/// Its help text.
+pub const M_TIME_SUBSTITUTED_HELP: &str =
+    "readings stamped with the gateway's time because the device's own time was out of bounds";
+
+/// Default `max_clock_skew`: how far a device's own time may be from the gateway clock.
+pub const DEFAULT_MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Time sanity of one device: which clock stamps its readings and how far its own may drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimePolicy {
+    /// `source` or `gateway`.
+    pub mode: TimestampMode,
+    /// Largest accepted |gateway − source| difference.
+    pub max_skew: std::time::Duration,
+}
+
+impl Default for TimePolicy {
+    fn default() -> Self {
+        TimePolicy {
+            mode: TimestampMode::Source,
+            max_skew: DEFAULT_MAX_CLOCK_SKEW,
+        }
+    }
+}
+
+/// A clock-skew bound in milliseconds of the data clock. Under a simulated clock running
+/// `speed` times real time (`FLOWSQUARE_CLOCK`), a real latency of one second is `speed`
+/// seconds of data time, so the bound is scaled by the speed (never below the bound itself);
+/// on the real clock it is the bound as configured.
+pub fn data_clock_bound_ms(bound: std::time::Duration) -> i64 {
+    let speed = flowsquare_service::clock::clock().speed().max(1.0);
+    let ms = bound.as_millis() as f64 * speed;
+    if ms >= i64::MAX as f64 {
+        i64::MAX
+    } else {
+        ms as i64
+    }
+}
+
+/// What [`TimePolicy::stamp`] did to a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamped {
+    /// The source time was used (within the bound).
+    Source,
+    /// The gateway time was used as configured (or for an unchanged value's old source time).
+    Gateway,
+    /// The source time was out of bounds and replaced by the gateway's (count it).
+    Substituted,
+}
+
+/// One `plan` line on how a device's readings are stamped (`what`: "GPS time", …).
+pub fn describe_time_policy(p: &TimePolicy, what: &str) -> String {
+    let bound = format_skew(i64::try_from(p.max_skew.as_millis()).unwrap_or(i64::MAX));
+    let bound = bound.trim_start_matches('+');
+    match p.mode {
+        TimestampMode::Source => format!(
+            "timestamps = \"source\": readings carry {what} while it is within {bound} of the gateway clock, else the gateway's time (quality time-substituted)"
+        ),
+        TimestampMode::Gateway => format!(
+            "timestamps = \"gateway\": readings carry the gateway's time ({what} noted when more than {bound} off)"
+        ),
+    }
+}
+
+/// `-1021 d`, `+3.5 h`, `-42 s`: a signed clock difference for people.
+pub fn format_skew(ms: i64) -> String {
+    let sign = if ms < 0 { '-' } else { '+' };
+    let a = ms.unsigned_abs() as f64 / 1000.0;
+    let (v, unit) = if a >= 86_400.0 {
+        (a / 86_400.0, "d")
+    } else if a >= 3_600.0 {
+        (a / 3_600.0, "h")
+    } else if a >= 60.0 {
+        (a / 60.0, "min")
+    } else {
+        (a, "s")
+    };
+    if v >= 10.0 {
+        format!("{sign}{v:.0} {unit}")
+    } else {
+        format!("{sign}{v:.1} {unit}")
+    }
+}
+
+impl TimePolicy {
+    /// Stamp `r` (a reading whose device says it was taken at `source_ms`, received at
+    /// `gateway_ms`). The skew is source − gateway (negative: the source clock is behind).
+    ///
+    /// `may_lag`: the source time may rightly be older than the bound because it says when an
+    /// unchanged value last changed (an OPC UA value delivered at subscription or read by
+    /// polling); such a reading gets the gateway's time and keeps its quality, the old source
+    /// time noted in `error`. A source time ahead of the gateway by more than the bound is
+    /// always a clock error.
+    pub fn stamp(
+        &self,
+        r: &mut Reading,
+        source_ms: i64,
+        gateway_ms: i64,
+        may_lag: bool,
+    ) -> Stamped {
+        let skew = source_ms.saturating_sub(gateway_ms);
+        let bound = data_clock_bound_ms(self.max_skew);
+        let out = skew.unsigned_abs() > bound.unsigned_abs();
+        let note = |what: &str| {
+            format!(
+                "{what} {} (skew {})",
+                rfc3339_ms(source_ms),
+                format_skew(skew)
+            )
+        };
+        let add_note = |r: &mut Reading, n: String| {
+            r.error = Some(match r.error.take() {
+                Some(e) if !e.is_empty() => format!("{e}; {n}"),
+                _ => n,
+            });
+        };
+        if !out {
+            r.ts_ms = match self.mode {
+                TimestampMode::Source => source_ms,
+                TimestampMode::Gateway => gateway_ms,
+            };
+            return match self.mode {
+                TimestampMode::Source => Stamped::Source,
+                TimestampMode::Gateway => Stamped::Gateway,
+            };
+        }
+        r.ts_ms = gateway_ms;
+        if may_lag && skew < 0 {
+            add_note(r, note("unchanged since source time"));
+            return Stamped::Gateway;
+        }
+        match self.mode {
+            TimestampMode::Gateway => {
+                add_note(r, note("source time"));
+                Stamped::Gateway
+            }
+            TimestampMode::Source => {
+                add_note(r, note("source time"));
+                if r.quality == Quality::Good {
+                    r.quality = Quality::TimeSubstituted;
+                }
+                Stamped::Substituted
+            }
+        }
+    }
+}
+
 /// Current UTC time in milliseconds since the Unix epoch, on the data clock: the system clock,
 /// or the simulated clock shared through `FLOWSQUARE_CLOCK` (`flowsquare_service::clock`;
 /// every reading, event and gap timestamp is taken here). A clock before 1970 reads 0.
@@ -163,5 +347,98 @@ mod tests {
     fn rfc3339_renders_utc_milliseconds() {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    const NOW: i64 = 1_796_000_000_000;
+    const MIN: i64 = 60_000;
+
+    fn good() -> Reading {
+        Reading::good(1, 0, Value::Float(1.5), 0)
+    }
+
+    #[test]
+    fn a_source_time_within_the_bound_is_kept() {
+        let p = TimePolicy::default();
+        let mut r = good();
+        assert_eq!(p.stamp(&mut r, NOW - 4 * MIN, NOW, false), Stamped::Source);
+        assert_eq!(
+            (r.ts_ms, r.quality, r.error),
+            (NOW - 4 * MIN, Quality::Good, None)
+        );
+        let mut r = good();
+        assert_eq!(p.stamp(&mut r, NOW + 4 * MIN, NOW, false), Stamped::Source);
+        assert_eq!(r.ts_ms, NOW + 4 * MIN);
+    }
+
+    #[test]
+    fn a_source_time_out_of_bounds_is_replaced_and_kept_in_error() {
+        let p = TimePolicy::default();
+        // A receiver in 1994 (GPS week rollover).
+        let src = 762_516_000_000; // 1994-03-01T10:00:00Z
+        let mut r = good();
+        assert_eq!(p.stamp(&mut r, src, NOW, false), Stamped::Substituted);
+        assert_eq!(r.ts_ms, NOW);
+        assert_eq!(r.quality, Quality::TimeSubstituted);
+        assert!(r.value.is_some());
+        let e = r.error.unwrap_or_default();
+        assert!(
+            e.starts_with("source time 1994-03-01T10:00:00.000Z (skew -"),
+            "{e}"
+        );
+        assert!(e.ends_with(" d)"), "{e}");
+        // Ahead of the gateway: the same, also for an unchanged OPC UA value.
+        let mut r = good();
+        assert_eq!(
+            p.stamp(&mut r, NOW + 6 * MIN, NOW, true),
+            Stamped::Substituted
+        );
+        assert_eq!(
+            r.error.as_deref(),
+            Some("source time 2026-11-30T00:59:20.000Z (skew +6.0 min)")
+        );
+        // A bad reading keeps its quality; the note is added to its reason.
+        let mut r = Reading::bad(1, 0, Quality::BadDevice, "no fix");
+        assert_eq!(
+            p.stamp(&mut r, NOW - 10 * MIN, NOW, false),
+            Stamped::Substituted
+        );
+        assert_eq!(r.quality, Quality::BadDevice);
+        assert!(r
+            .error
+            .unwrap_or_default()
+            .starts_with("no fix; source time "));
+    }
+
+    #[test]
+    fn gateway_mode_and_unchanged_values_keep_their_quality() {
+        let p = TimePolicy {
+            mode: TimestampMode::Gateway,
+            max_skew: std::time::Duration::from_secs(60),
+        };
+        let mut r = good();
+        assert_eq!(p.stamp(&mut r, NOW - 30_000, NOW, false), Stamped::Gateway);
+        assert_eq!((r.ts_ms, r.quality, r.error), (NOW, Quality::Good, None));
+        let mut r = good();
+        assert_eq!(p.stamp(&mut r, NOW - 2 * MIN, NOW, false), Stamped::Gateway);
+        assert_eq!((r.ts_ms, r.quality), (NOW, Quality::Good));
+        assert!(r.error.unwrap_or_default().starts_with("source time "));
+        let p = TimePolicy::default();
+        let mut r = good();
+        assert_eq!(
+            p.stamp(&mut r, NOW - 3 * 86_400_000, NOW, true),
+            Stamped::Gateway
+        );
+        assert_eq!((r.ts_ms, r.quality), (NOW, Quality::Good));
+        assert!(r
+            .error
+            .unwrap_or_default()
+            .starts_with("unchanged since source time "));
+    }
+
+    #[test]
+    fn skews_read_in_the_largest_unit() {
+        assert_eq!(format_skew(-1021 * 86_400_000), "-1021 d");
+        assert_eq!(format_skew(90 * 60_000), "+1.5 h");
+        assert_eq!(format_skew(-42_000), "-42 s");
     }
 }

@@ -425,3 +425,34 @@ timeout = "300ms"
     );
     assert_eq!(field(&evs[1], "bol"), &WireValue::Text("BOL-000002".into()));
 }
+
+/// A controller just powered up shows a blank record (sequence 0, every register zero): it is
+/// not an event and no gap; it is counted; the first real batch is captured as seq 1 without a
+/// gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blank_record_at_start_is_not_an_event() {
+    let bay = Bay::start(GantryConfig::default()).await;
+    assert_eq!(bay.gantry.seq(), 0);
+    let mut run = Running::start(&map(&bay.tag_map()));
+    bay.polls(20).await;
+    let blank = |run: &Running| {
+        run.acq
+            .as_ref()
+            .map(|a| a.stats[0].extras())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|(n, _)| *n == "events_blank_skipped")
+            .map_or(0.0, |(_, f)| f.value)
+    };
+    assert_eq!(blank(&run), 1.0, "skipped once, not at every poll");
+    let (evs, gaps) = run.captured();
+    assert!(evs.is_empty(), "{evs:?}");
+    assert!(gaps.is_empty(), "{gaps:?}");
+    bay.gantry.complete_batch();
+    assert!(run.until_events(WAIT, |e, _| has_seq(e, 1)).await);
+    bay.polls(10).await;
+    let (evs, gaps) = run.captured();
+    run.stop().await;
+    assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
+    assert!(gaps.is_empty(), "{gaps:?}");
+}

@@ -95,9 +95,10 @@ fn extra(run: &Running, name: &str) -> f64 {
 #[tokio::test]
 async fn recorded_sentences_with_faults_and_fix_loss_over_a_pty() {
     let pty = PtyPair::new().expect("pty pair (socat)");
+    // The recording is from 2024: its GPS time is kept only with a bound that wide.
     let m = map(&agent_map(
         &format!(
-            "protocol = \"nmea\"\nserial = \"{}\"\nbaud = 9600",
+            "protocol = \"nmea\"\nserial = \"{}\"\nbaud = 9600\nmax_clock_skew = \"3650d\"",
             pty.b.display()
         ),
         &FIELDS,
@@ -274,6 +275,87 @@ async fn the_moving_truck_feeder_with_a_clock_offset_and_corrupt_sentences() {
     assert!(cs >= 1.0, "corrupted sentences counted");
     // Gateway ahead of GPS by 1.5 s, plus pty latency.
     assert!((1400.0..3000.0).contains(&offset), "clock offset {offset}");
+}
+
+/// 1994-03-01T10:00:00Z minus the gateway clock now: the feeder's receiver lives in 1994.
+fn offset_to_1994() -> i64 {
+    762_516_000_000 - edge_agent::model::now_ms()
+}
+
+/// A receiver reporting 1994 (a GPS week-number rollover): readings carry the gateway's time,
+/// quality `time-substituted`, the GPS time kept in `error`, counted per device; with
+/// `timestamps = "gateway"` they are good, stamped with the gateway's time, GPS time noted.
+async fn receiver_in_1994(device_extra: &str) -> (Vec<Reading>, f64, i64, i64) {
+    let pty = PtyPair::new().expect("pty pair (socat)");
+    let _stop = feeder(
+        &pty,
+        &format!(
+            "interval = \"100ms\"\ntime_offset_ms = {}\n",
+            offset_to_1994()
+        ),
+    );
+    let m = map(&agent_map(
+        &format!(
+            "protocol = \"nmea\"\nserial = \"{}\"\nbaud = 9600\n{device_extra}",
+            pty.b.display()
+        ),
+        &FIELDS[..2],
+    ));
+    let started = edge_agent::model::now_ms();
+    let mut run = Running::start(&m);
+    let ok = run
+        .until(Duration::from_secs(20), |rs| {
+            rs.iter()
+                .filter(|r| r.tag == 1 && r.value.is_some())
+                .count()
+                >= 5
+        })
+        .await;
+    let substituted = extra(&run, "time_substituted");
+    run.stop().await;
+    assert!(ok, "positions: {:?}", run.seen.last());
+    let ended = edge_agent::model::now_ms();
+    let with_value: Vec<Reading> = run
+        .seen
+        .iter()
+        .filter(|r| r.value.is_some())
+        .cloned()
+        .collect();
+    (with_value, substituted, started, ended)
+}
+
+#[tokio::test]
+async fn a_receiver_reporting_1994_gets_the_gateway_time_and_says_so() {
+    let (rs, substituted, started, ended) = receiver_in_1994("").await;
+    for r in &rs {
+        assert_eq!(r.quality, Quality::TimeSubstituted, "{r:?}");
+        assert!((started..=ended).contains(&r.ts_ms), "gateway time: {r:?}");
+        let e = r.error.as_deref().unwrap_or("");
+        assert!(e.starts_with("source time 1994-03-01T"), "{e}");
+        assert!(e.contains(" d)"), "{e}");
+    }
+    assert!(
+        substituted >= rs.len() as f64,
+        "{substituted} < {}",
+        rs.len()
+    );
+}
+
+#[tokio::test]
+async fn timestamps_gateway_stamps_the_gateway_time_and_keeps_readings_good() {
+    let (rs, substituted, started, ended) = receiver_in_1994("timestamps = \"gateway\"").await;
+    for r in &rs {
+        assert_eq!(r.quality, Quality::Good, "{r:?}");
+        assert!((started..=ended).contains(&r.ts_ms), "gateway time: {r:?}");
+        assert!(
+            r.error
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("source time 1994-03-01T"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(substituted, 0.0);
 }
 
 #[tokio::test]

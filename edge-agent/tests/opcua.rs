@@ -513,3 +513,133 @@ async fn reads_and_subscribes_to_the_python_asyncua_server() {
     }
     drop(server);
 }
+
+/// A server whose clock is far off: subscription readings carry the gateway's time, quality
+/// `time-substituted`, the server's time in `error`, counted per device; the initial value of
+/// a monitored item (whose old source time only says the value has not changed) keeps its
+/// quality; `timestamps = "gateway"` stamps everything with the gateway's time, quality good.
+async fn server_clock_off(offset_ms: i64, extra_device: &str) -> (Vec<Reading>, f64, u32) {
+    server_clock_off_in(offset_ms, "subscription", extra_device).await
+}
+
+async fn server_clock_off_in(
+    offset_ms: i64,
+    mode: &str,
+    extra_device: &str,
+) -> (Vec<Reading>, f64, u32) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = sim(dir.path(), |c| c.clock_offset_ms = offset_ms).await;
+    let m = map(&agent_map(
+        &s.endpoint,
+        dir.path(),
+        mode,
+        extra_device,
+        &demo_tags(s.ns),
+    ));
+    let counter = tag_id(&m, "tank/counter");
+    let started = edge_agent::model::now_ms();
+    let mut run = Running::start(&m);
+    let ok = run.until(WAIT, |seen| of(seen, counter).len() >= 5).await;
+    let stats = run.acq.as_ref().expect("running").stats[0].clone();
+    run.stop().await;
+    s.stop().await;
+    assert!(
+        ok,
+        "readings seen: {:?}",
+        run.seen.iter().take(20).collect::<Vec<_>>()
+    );
+    let ended = edge_agent::model::now_ms();
+    let seen: Vec<Reading> = run
+        .seen
+        .iter()
+        .filter(|r| r.tag == counter)
+        .cloned()
+        .collect();
+    for r in &seen {
+        assert!(
+            (started..=ended).contains(&r.ts_ms),
+            "stamped with the gateway's time: {r:?}"
+        );
+    }
+    let substituted = stats
+        .extras()
+        .iter()
+        .find(|(k, _)| *k == "time_substituted")
+        .map_or(0.0, |(_, f)| f.value);
+    (seen, substituted, counter)
+}
+
+#[tokio::test]
+async fn a_server_clock_ten_days_behind_gives_time_substituted_readings() {
+    let (seen, substituted, _) = server_clock_off(-10 * 86_400_000, "").await;
+    // The first value is the monitored item's initial one: the gateway's time, quality kept.
+    assert_eq!(seen[0].quality, Quality::Good, "{:?}", seen[0]);
+    assert!(seen[0]
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .starts_with("unchanged since source time "));
+    // Every change after it: the server's clock is wrong.
+    for r in &seen[1..] {
+        assert_eq!(r.quality, Quality::TimeSubstituted, "{r:?}");
+        assert!(r.value.is_some());
+        let e = r.error.as_deref().unwrap_or("");
+        assert!(
+            e.starts_with("source time ") && e.contains("(skew -10 d)"),
+            "{e}"
+        );
+    }
+    assert!(substituted >= (seen.len() - 1) as f64, "{substituted}");
+}
+
+#[tokio::test]
+async fn a_server_clock_ahead_is_substituted_from_the_first_value() {
+    let (seen, substituted, _) = server_clock_off(20 * 60_000, "").await;
+    for r in &seen {
+        assert_eq!(r.quality, Quality::TimeSubstituted, "{r:?}");
+        assert!(
+            r.error.as_deref().unwrap_or("").contains("(skew +20 min)"),
+            "{r:?}"
+        );
+    }
+    assert!(substituted >= seen.len() as f64);
+}
+
+#[tokio::test]
+async fn timestamps_gateway_keeps_readings_good_and_notes_the_server_time() {
+    let (seen, substituted, _) = server_clock_off(
+        -10 * 86_400_000,
+        "timestamps = \"gateway\"\nmax_clock_skew = \"1m\"",
+    )
+    .await;
+    for r in &seen {
+        assert_eq!(r.quality, Quality::Good, "{r:?}");
+        assert!(
+            r.error.as_deref().unwrap_or("").contains("(skew -10 d)"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(substituted, 0.0);
+}
+
+#[tokio::test]
+async fn polling_stamps_the_request_time_and_notes_a_server_clock_ahead() {
+    let (seen, substituted, _) = server_clock_off_in(20 * 60_000, "polling", "").await;
+    for r in &seen {
+        assert_eq!(r.quality, Quality::Good, "{r:?}");
+        assert!(
+            r.error.as_deref().unwrap_or("").contains("(skew +20 min)"),
+            "{r:?}"
+        );
+    }
+    // Behind: an old source time only says the value has not changed; nothing to note.
+    let (seen, _, _) = server_clock_off_in(-10 * 86_400_000, "polling", "").await;
+    for r in &seen {
+        assert_eq!(
+            (r.quality, r.error.as_deref()),
+            (Quality::Good, None),
+            "{r:?}"
+        );
+    }
+    assert_eq!(substituted, 0.0);
+}

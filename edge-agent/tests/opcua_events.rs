@@ -248,3 +248,35 @@ async fn opcua_read_once_shows_the_record_on_display_and_writes_no_handshake() {
     assert_eq!(field(e, "bol"), &WireValue::Text(r.bol));
     assert_eq!(bay.gantry.ack(), Some(0), "read --once never acknowledges");
 }
+
+/// A batch table just populated (sequence 0, every field zero or empty) shows no record: the
+/// agent skips it (counted once), reports no gap, and captures the first real batch as seq 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_blank_record_at_start_is_not_an_event() {
+    let bay = Bay::start(OpcUaGantryConfig::default()).await;
+    let mut run = Running::start(&map(&bay.tag_map(false)));
+    let blank = |run: &Running| {
+        run.acq
+            .as_ref()
+            .map(|a| a.stats[0].extras())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|(n, _)| *n == "events_blank_skipped")
+            .map_or(0.0, |(_, f)| f.value)
+    };
+    assert!(
+        run.wait_for(WAIT, |run| blank(run) >= 1.0).await,
+        "blank record seen"
+    );
+    let (evs, gaps) = run.captured();
+    assert!(evs.is_empty(), "{evs:?}");
+    assert!(gaps.is_empty(), "{gaps:?}");
+    bay.gantry.next_batch();
+    assert!(run.until_events(WAIT, |e, _| has_seq(e, 1)).await);
+    let (evs, gaps) = run.captured();
+    let skipped = blank(&run);
+    run.stop().await;
+    assert_eq!(skipped, 1.0, "skipped once, not at every poll");
+    assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
+    assert!(gaps.is_empty(), "{gaps:?}");
+}

@@ -36,6 +36,7 @@ pub fn to_wire(r: &Reading) -> wire::WireReading {
             Quality::BadDevice => wire::Quality::BadDevice,
             Quality::BadDecode => wire::Quality::BadDecode,
             Quality::Stale => wire::Quality::Stale,
+            Quality::TimeSubstituted => wire::Quality::TimeSubstituted,
         },
         status: r.status,
         error: r.error.clone(),

@@ -65,6 +65,30 @@ pub fn parse_time(s: &str) -> Result<i64, CliError> {
 
 /// Ask the running agent's metrics endpoint for a gauge.
 fn scrape(addr: &str, metric: &str) -> Option<f64> {
+    metrics_body(addr)?
+        .lines()
+        .find_map(|l| l.strip_prefix(metric).and_then(|v| v.trim().parse().ok()))
+}
+
+/// Per-device values of a `flowsquare_device_…{device="…"}` metric of the running agent.
+fn scrape_per_device(addr: &str, metric: &str) -> Option<Vec<(String, f64)>> {
+    Some(per_device(&metrics_body(addr)?, metric))
+}
+
+/// The `metric{device="…"} value` lines of a Prometheus text body.
+fn per_device(body: &str, metric: &str) -> Vec<(String, f64)> {
+    let prefix = format!("{metric}{{device=\"");
+    body.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(prefix.as_str())?;
+            let (device, value) = rest.split_once("\"}")?;
+            Some((device.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The running agent's `/metrics` text.
+fn metrics_body(addr: &str) -> Option<String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
@@ -73,8 +97,7 @@ fn scrape(addr: &str, metric: &str) -> Option<f64> {
         .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(metric).and_then(|v| v.trim().parse().ok()))
+    Some(body)
 }
 
 pub fn run(cmd: BufferCommand) -> Result<ExitCode, CliError> {
@@ -102,6 +125,15 @@ fn status(config: &Path, format: &str) -> Result<ExitCode, CliError> {
     let rate = (map.agent.metrics != "off")
         .then(|| scrape(&map.agent.metrics, "flowsquare_buffer_drain_rate "))
         .flatten();
+    // Readings stamped with the gateway's time because a device's clock was out of bounds.
+    let substituted = (map.agent.metrics != "off")
+        .then(|| {
+            scrape_per_device(
+                &map.agent.metrics,
+                "flowsquare_device_time_substituted_total",
+            )
+        })
+        .flatten();
     let unsent = f.readings;
     let eta = rate.filter(|r| *r > 0.0).map(|r| unsent as f64 / r);
     let age_s = f.oldest_ts.map(|t| (now_ms() - t).max(0) as f64 / 1000.0);
@@ -119,6 +151,9 @@ fn status(config: &Path, format: &str) -> Result<ExitCode, CliError> {
                 "damaged_readings": f.damaged_readings, "damaged_uncounted": f.damaged_uncounted,
                 "bad_segments": f.bad_segments,
                 "drain_rate_per_s": rate, "eta_s": eta,
+                "time_substituted": substituted.as_ref().map(|v| v.iter()
+                    .map(|(d, n)| (d.clone(), serde_json::json!(n)))
+                    .collect::<serde_json::Map<_, _>>()),
             })
         );
         return Ok(ExitCode::SUCCESS);
@@ -168,6 +203,19 @@ fn status(config: &Path, format: &str) -> Result<ExitCode, CliError> {
         "  damage            {} readings salvaged, {} reported lost (buffer-damaged gaps), {} parts of unknown count, {} unreadable records moved to bad_segment",
         f.salvaged_readings, f.damaged_readings, f.damaged_uncounted, f.bad_segments
     );
+    match &substituted {
+        Some(v) if !v.is_empty() => {
+            let list: Vec<String> = v.iter().map(|(d, n)| format!("{d} {n:.0}")).collect();
+            println!(
+                "  time-substituted  {} (readings stamped with the gateway's time: device clock out of bounds)",
+                list.join(", ")
+            );
+        }
+        Some(_) => println!("  time-substituted  0"),
+        None => println!(
+            "  time-substituted  unknown (agent not running, or [agent] metrics = \"off\")"
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -254,4 +302,23 @@ fn export(
         return Ok(ExitCode::from(EXPORT_SKIPPED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_device;
+
+    #[test]
+    fn per_device_figures_are_read_from_the_metrics_text() {
+        let body = "# HELP flowsquare_device_time_substituted_total readings …\n\
+            # TYPE flowsquare_device_time_substituted_total counter\n\
+            flowsquare_device_time_substituted_total{device=\"truck-gps\"} 42\n\
+            flowsquare_device_time_substituted_total{device=\"dcs\"} 3\n\
+            flowsquare_device_time_substituted_totally{device=\"x\"} 9\n\
+            flowsquare_device_rtt_ms{device=\"dcs\"} 1.5\n";
+        assert_eq!(
+            per_device(body, "flowsquare_device_time_substituted_total"),
+            vec![("truck-gps".to_owned(), 42.0), ("dcs".to_owned(), 3.0)]
+        );
+    }
 }

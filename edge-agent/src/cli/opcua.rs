@@ -168,6 +168,7 @@ pub async fn browse(p: BrowseProtocol) -> Result<ExitCode, CliError> {
         max_nodes_per_request: 1000,
         pki_dir: None,
         verify_server_certificate: false,
+        time: crate::model::TimePolicy::default(),
     };
     let s = OpcUaSession::connect(&dev, &pki_dir, "flowsquare browse")
         .await

@@ -46,7 +46,7 @@ impl TagFilter {
         let Some(st) = self.states.get_mut(tag.id as usize) else {
             return Some(r);
         };
-        if tag.kind == TagKind::Totalizer && r.quality == Quality::Good {
+        if tag.kind == TagKind::Totalizer && r.quality.has_value() {
             if let Some(v) = r.value.as_ref().and_then(Value::as_f64) {
                 if let Some(prev) = st.last_total {
                     if v < prev {

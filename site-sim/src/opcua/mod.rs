@@ -67,6 +67,9 @@ pub struct OpcUaSimConfig {
     /// More `Double` variables (initially 0) under the FlowSquare folder, set by the caller
     /// with [`OpcUaSim::set`] (the simulated terminal's tanks).
     pub extra: Vec<String>,
+    /// Added to the source and server timestamps of the changing variables, ms (a server whose
+    /// clock is wrong: tests of the agent's time sanity).
+    pub clock_offset_ms: i64,
 }
 
 impl OpcUaSimConfig {
@@ -80,6 +83,7 @@ impl OpcUaSimConfig {
             trust_clients: true,
             users: Vec::new(),
             extra: Vec::new(),
+            clock_offset_ms: 0,
         }
     }
 }
@@ -227,7 +231,7 @@ impl OpcUaSim {
             }
         });
         let (m, h) = (manager.clone(), handle.clone());
-        let (interval, bench) = (cfg.interval, cfg.bench);
+        let (interval, bench, offset) = (cfg.interval, cfg.bench, cfg.clock_offset_ms);
         let updater = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,7 +242,7 @@ impl OpcUaSim {
             loop {
                 tick.tick().await;
                 n += 1;
-                update(&m, &h, ns, n, &bench_ids);
+                update(&m, &h, ns, n, &bench_ids, offset);
             }
         });
         Ok(OpcUaSim {
@@ -375,8 +379,19 @@ fn populate(m: &SimpleNodeManager, ns: u16, bench: usize, extra: &[String]) {
     }
 }
 
-fn update(m: &SimpleNodeManager, h: &ServerHandle, ns: u16, n: u64, bench: &[NodeId]) {
-    let now = DateTime::now();
+fn update(
+    m: &SimpleNodeManager,
+    h: &ServerHandle,
+    ns: u16,
+    n: u64,
+    bench: &[NodeId],
+    offset_ms: i64,
+) {
+    let now = if offset_ms == 0 {
+        DateTime::now()
+    } else {
+        DateTime::from(DateTime::now().checked_ticks() + offset_ms * 10_000)
+    };
     let dv = |v: Variant| DataValue {
         value: Some(v),
         status: Some(opcua::types::StatusCode::Good),

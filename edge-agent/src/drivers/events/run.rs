@@ -10,7 +10,7 @@ use flowsquare_wire::{Event, WireValue};
 use tokio::sync::watch;
 
 use super::error::IoError;
-use super::state::{digest, Cursor, Missed, Step, Tracker};
+use super::state::{digest, is_blank, Cursor, Missed, Step, Tracker};
 use crate::buffer::{EventLedger, GapRow};
 use crate::config::{EventDef, TriggerMode};
 use crate::drivers::stats::DeviceStats;
@@ -112,6 +112,8 @@ pub struct Runner {
     failing: bool,
     failed_now: bool,
     handshake_failing: bool,
+    /// Trigger value at which a blank record was skipped: not read again while it stays.
+    blank_at: Option<u64>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -148,6 +150,7 @@ impl Runner {
             failing: false,
             failed_now: false,
             handshake_failing: false,
+            blank_at: None,
             shutdown,
         }
     }
@@ -225,6 +228,7 @@ impl Runner {
                 }
                 Ok(false)
             }
+            Step::Capture { .. } if self.blank_at == Some(value) => Ok(false),
             Step::Capture { seq, missed } => self.capture(io, value, seq, missed, None).await,
             Step::Verify { seq, digest } => {
                 self.capture(io, value, seq, Missed::None, Some(digest))
@@ -266,6 +270,22 @@ impl Runner {
                 self.fail("trigger re-read", &e);
                 return Ok(false);
             }
+        }
+        self.blank_at = None;
+        if is_blank(
+            self.def.trigger.mode,
+            value,
+            &rec.fields,
+            !rec.bad.is_empty(),
+        ) {
+            tracing::debug!(event = %self.def.name, "the record on display is blank (sequence 0, every field zero or empty): not an event");
+            self.stats.add(
+                "events_blank_skipped",
+                "blank records (sequence 0, every field zero or empty) not captured",
+                1.0,
+            );
+            self.blank_at = Some(value);
+            return Ok(false);
         }
         if !rec.bad.is_empty() {
             self.stats.add(

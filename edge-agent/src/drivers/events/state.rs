@@ -193,6 +193,30 @@ impl Tracker {
     }
 }
 
+/// Is the record on display a blank one: sequence mode, the PLC's sequence number 0 and every
+/// field zero, false or empty (no field undecodable)? A PLC shows such a record after a
+/// power-up or a program download, before its first batch; it is not an event (capturing it
+/// gave an "unknown meter" alert and a "/" trip in the cloud), and skipping it is no gap.
+pub fn is_blank(
+    mode: TriggerMode,
+    trigger: u64,
+    fields: &[(String, WireValue)],
+    bad: bool,
+) -> bool {
+    mode == TriggerMode::Sequence
+        && trigger == 0
+        && !bad
+        && fields.iter().all(|(_, v)| match v {
+            WireValue::Bool(b) => !b,
+            WireValue::Int(i) => *i == 0,
+            WireValue::UInt(u) => *u == 0,
+            WireValue::Float(f) => *f == 0.0,
+            WireValue::Text(t) => t
+                .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                .is_empty(),
+        })
+}
+
 /// A stable digest of a record's fields (64-bit FNV-1a over names, type tags and values).
 pub fn digest(fields: &[(String, WireValue)]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -245,6 +269,40 @@ mod tests {
 
     fn seq_tracker(last: Option<u64>) -> Tracker {
         Tracker::new(TriggerMode::Sequence, 9999, last.map(cur))
+    }
+
+    #[test]
+    fn a_blank_record_with_sequence_zero_is_not_an_event() {
+        let blank = vec![
+            ("truck".to_owned(), WireValue::Text("  \0\0".into())),
+            ("meter".to_owned(), WireValue::Int(0)),
+            ("gross_l".to_owned(), WireValue::Float(0.0)),
+            ("net_l".to_owned(), WireValue::Float(-0.0)),
+            ("end_time".to_owned(), WireValue::UInt(0)),
+            ("ok".to_owned(), WireValue::Bool(false)),
+        ];
+        assert!(is_blank(TriggerMode::Sequence, 0, &blank, false));
+        // Any field set, a sequence number, an undecodable field, or a flag trigger: an event.
+        let mut one = blank.clone();
+        one[1].1 = WireValue::Int(3);
+        assert!(!is_blank(TriggerMode::Sequence, 0, &one, false));
+        let mut named = blank.clone();
+        named[0].1 = WireValue::Text("T-17".into());
+        assert!(!is_blank(TriggerMode::Sequence, 0, &named, false));
+        assert!(!is_blank(TriggerMode::Sequence, 1, &blank, false));
+        assert!(!is_blank(TriggerMode::Sequence, 0, &blank, true));
+        assert!(!is_blank(TriggerMode::Flag, 0, &blank, false));
+        // After the blank one is skipped (no state change), the first real record is captured
+        // without a gap.
+        let mut t = seq_tracker(None);
+        assert!(matches!(t.observe(0), Step::Capture { seq: 0, .. }));
+        assert_eq!(
+            t.observe(1),
+            Step::Capture {
+                seq: 1,
+                missed: Missed::None
+            }
+        );
     }
 
     #[test]

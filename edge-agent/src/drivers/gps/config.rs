@@ -8,6 +8,7 @@ use crate::config::duration;
 use crate::config::parse::{fields_of, part, STable, Spans};
 use crate::config::{DeviceDriver, Diagnostics, TagSource};
 use crate::drivers::modbus::config::Parity;
+use crate::model::{TimePolicy, TimestampMode, DEFAULT_MAX_CLOCK_SKEW};
 
 /// Default NMEA 0183 baud rate (the standard's 4800; many receivers are set to 9600 or more).
 pub const DEFAULT_NMEA_BAUD: u32 = 4800;
@@ -37,6 +38,14 @@ pub struct RawNmeaDevice {
     /// A fix older than this (no sentence with a position) is reported with bad quality.
     #[serde(default = "default_max_age", deserialize_with = "duration::de")]
     pub max_age: Duration,
+    /// `source` (readings carry the fix's GPS time while it is within `max_clock_skew` of the
+    /// gateway clock) or `gateway` (always the gateway's time).
+    #[serde(default)]
+    pub timestamps: TimestampMode,
+    /// Largest accepted difference between GPS time and the gateway clock; beyond it readings
+    /// get the gateway's time and quality `time-substituted`.
+    #[serde(default = "default_max_clock_skew", deserialize_with = "duration::de")]
+    pub max_clock_skew: Duration,
 }
 
 /// Keys of a `protocol = "gpsd"` device.
@@ -52,6 +61,14 @@ pub struct RawGpsdDevice {
     /// A fix older than this is reported with bad quality.
     #[serde(default = "default_max_age", deserialize_with = "duration::de")]
     pub max_age: Duration,
+    /// `source` (readings carry the fix's GPS time while it is within `max_clock_skew` of the
+    /// gateway clock) or `gateway` (always the gateway's time).
+    #[serde(default)]
+    pub timestamps: TimestampMode,
+    /// Largest accepted difference between GPS time and the gateway clock; beyond it readings
+    /// get the gateway's time and quality `time-substituted`.
+    #[serde(default = "default_max_clock_skew", deserialize_with = "duration::de")]
+    pub max_clock_skew: Duration,
 }
 
 fn default_nmea_baud() -> u32 {
@@ -65,6 +82,9 @@ fn default_stop_bits() -> u8 {
 }
 fn default_max_age() -> Duration {
     DEFAULT_MAX_AGE
+}
+fn default_max_clock_skew() -> Duration {
+    DEFAULT_MAX_CLOCK_SKEW
 }
 fn default_gpsd_host() -> String {
     "127.0.0.1".into()
@@ -151,6 +171,8 @@ pub struct GpsDevice {
     pub link: GpsLink,
     /// Oldest fix reported as good.
     pub max_age: Duration,
+    /// Which clock stamps the readings, and the bound on GPS time vs the gateway clock.
+    pub time: TimePolicy,
 }
 
 /// A resolved GPS tag.
@@ -205,17 +227,27 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         let mut problems = Vec::new();
         let dev = if protocol == "gpsd" {
             let r = part::<RawGpsdDevice>(table, subject, diags);
-            let (host, port, max_age) = r.map(|r| (r.host, r.port, r.max_age)).unwrap_or((
-                default_gpsd_host(),
-                DEFAULT_GPSD_PORT,
-                DEFAULT_MAX_AGE,
-            ));
+            let (host, port, max_age, time) = r
+                .map(|r| {
+                    let time = TimePolicy {
+                        mode: r.timestamps,
+                        max_skew: r.max_clock_skew,
+                    };
+                    (r.host, r.port, r.max_age, time)
+                })
+                .unwrap_or((
+                    default_gpsd_host(),
+                    DEFAULT_GPSD_PORT,
+                    DEFAULT_MAX_AGE,
+                    TimePolicy::default(),
+                ));
             if host.trim().is_empty() {
                 problems.push(("host", "host must not be empty".to_owned()));
             }
             GpsDevice {
                 link: GpsLink::Gpsd { host, port },
                 max_age,
+                time,
             }
         } else {
             let r = part::<RawNmeaDevice>(table, subject, diags);
@@ -226,6 +258,8 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
                 data_bits: 8,
                 stop_bits: 1,
                 max_age: DEFAULT_MAX_AGE,
+                timestamps: TimestampMode::Source,
+                max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
             });
             serial_problems(r.baud, r.data_bits, r.stop_bits, &mut problems);
             GpsDevice {
@@ -237,10 +271,21 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
                     stop_bits: r.stop_bits,
                 }),
                 max_age: r.max_age,
+                time: TimePolicy {
+                    mode: r.timestamps,
+                    max_skew: r.max_clock_skew,
+                },
             }
         };
         if dev.max_age.is_zero() {
             problems.push(("max_age", "max_age must be greater than zero".into()));
+        }
+        if dev.time.max_skew.is_zero() {
+            problems.push((
+                "max_clock_skew",
+                "max_clock_skew must be greater than zero (every reading would be time-substituted)"
+                    .into(),
+            ));
         }
         for (key, msg) in problems {
             diags.error(spans.of(key), subject, msg);
@@ -282,9 +327,10 @@ impl GpsDevice {
         vec![
             source.to_owned(),
             format!(
-                "each poll reports the current fix, stamped with GPS time; a figure older than max_age {} is reported bad",
+                "each poll reports the current fix; a figure older than max_age {} is reported bad",
                 crate::config::duration::format(self.max_age)
             ),
+            crate::model::describe_time_policy(&self.time, "GPS time"),
         ]
     }
 }

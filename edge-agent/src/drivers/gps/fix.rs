@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::config::GpsField;
 use super::nmea::{Date, Sentence, TimeOfDayMs};
-use crate::model::{Quality, Reading, TagId, Value};
+use crate::model::{Quality, Reading, Stamped, TagId, TimePolicy, Value};
 
 const DAY_MS: i64 = 86_400_000;
 const FIELDS: usize = 8;
@@ -170,6 +170,33 @@ impl FixState {
         if let Some(ms) = u.gps_time_ms {
             self.stamp(ms, system_ms);
         }
+    }
+
+    /// [`FixState::readings`], stamped by the device's time policy: readings of a current fix
+    /// carry its GPS time while it is within the bound of the gateway clock (`system_ms`), else
+    /// the gateway's (quality `time-substituted`, GPS time in `error`). Also returns how many
+    /// were substituted.
+    pub fn stamped_readings(
+        &self,
+        tags: &[(TagId, GpsField)],
+        now: Instant,
+        system_ms: i64,
+        max_age: Duration,
+        policy: &TimePolicy,
+    ) -> (Vec<Reading>, u64) {
+        let mut rs = self.readings(tags, now, system_ms, max_age);
+        let input_fresh = self
+            .last_input
+            .is_some_and(|at| now.saturating_duration_since(at) <= max_age);
+        let mut substituted = 0;
+        if let (Some(gps), true) = (self.gps_time_ms, input_fresh) {
+            for r in &mut rs {
+                if policy.stamp(r, gps, system_ms, false) == Stamped::Substituted {
+                    substituted += 1;
+                }
+            }
+        }
+        (rs, substituted)
     }
 
     /// One reading per tag at `now`. Readings of a current fix carry its GPS time; others the
@@ -348,6 +375,61 @@ mod tests {
         let later = t0 + Duration::from_secs(6);
         let rs = st.readings(&TAGS, later, 0, Duration::from_secs(5));
         assert!(rs.iter().all(|r| r.quality == Quality::BadCommunication));
+    }
+
+    #[test]
+    fn a_receiver_in_1994_is_stamped_with_the_gateway_time() {
+        let t0 = Instant::now();
+        let mut st = FixState::default();
+        let sys = 1_796_000_000_000;
+        // 1994-03-01 10:00:00 UTC
+        feed(
+            &mut st,
+            "GPRMC,100000,A,4807.038,N,01131.000,E,022.4,084.4,010394,,",
+            t0,
+            sys,
+        );
+        let policy = TimePolicy::default();
+        let tags = &TAGS[..2];
+        let (rs, n) = st.stamped_readings(tags, t0, sys, Duration::from_secs(5), &policy);
+        assert_eq!(n, 2);
+        assert!(rs
+            .iter()
+            .all(|r| r.ts_ms == sys && r.quality == Quality::TimeSubstituted && r.value.is_some()));
+        let e = rs[0].error.clone().unwrap_or_default();
+        assert!(
+            e.starts_with("source time 1994-03-01T10:00:00.000Z (skew -"),
+            "{e}"
+        );
+        // gateway mode: gateway time, value good, GPS time noted.
+        let policy = TimePolicy {
+            mode: crate::model::TimestampMode::Gateway,
+            ..TimePolicy::default()
+        };
+        let (rs, n) = st.stamped_readings(tags, t0, sys, Duration::from_secs(5), &policy);
+        assert_eq!(n, 0);
+        assert!(rs
+            .iter()
+            .all(|r| r.ts_ms == sys && r.quality == Quality::Good));
+        // A receiver on time keeps its GPS time.
+        let gps = 1_711_197_319_000;
+        feed(
+            &mut st,
+            "GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230324,003.1,W",
+            t0,
+            gps + 250,
+        );
+        let (rs, n) = st.stamped_readings(
+            tags,
+            t0,
+            gps + 400,
+            Duration::from_secs(5),
+            &TimePolicy::default(),
+        );
+        assert_eq!(n, 0);
+        assert!(rs
+            .iter()
+            .all(|r| r.ts_ms == gps && r.quality == Quality::Good));
     }
 
     #[test]

@@ -279,7 +279,14 @@ fn poll(rt: &GpsRuntime, shared: &Shared, stats: &DeviceStats) -> Vec<Reading> {
             off as f64,
         );
     }
-    let rs = f.readings(&rt.tags, now, sys, rt.dev.max_age);
+    let (rs, substituted) = f.stamped_readings(&rt.tags, now, sys, rt.dev.max_age, &rt.dev.time);
+    if substituted > 0 {
+        stats.add(
+            crate::model::M_TIME_SUBSTITUTED,
+            crate::model::M_TIME_SUBSTITUTED_HELP,
+            substituted as f64,
+        );
+    }
     stats
         .readings
         .fetch_add(rs.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -350,7 +357,7 @@ pub async fn read_once(rt: GpsRuntime) -> Vec<Reading> {
         let all_good = shared.fix.lock().is_ok_and(|f| {
             f.readings(&rt.tags, Instant::now(), now_ms(), rt.dev.max_age)
                 .iter()
-                .all(|r| r.quality == crate::model::Quality::Good)
+                .all(|r| r.quality.has_value())
         });
         if all_good {
             break;

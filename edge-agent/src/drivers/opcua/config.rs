@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::config::duration;
 use crate::config::parse::Spans;
+use crate::model::{TimePolicy, TimestampMode, DEFAULT_MAX_CLOCK_SKEW};
 
 /// Default publishing interval of the subscription.
 pub const DEFAULT_PUBLISHING_INTERVAL: Duration = Duration::from_secs(1);
@@ -281,8 +282,20 @@ pub struct RawOpcUaDevice {
     /// certificate must be trusted in any case).
     #[serde(default)]
     pub verify_server_certificate: bool,
+    /// `source` (subscription readings carry the server's source timestamp while it is within
+    /// `max_clock_skew` of the gateway clock) or `gateway` (always the gateway's time). Polling
+    /// always stamps the request's time.
+    #[serde(default)]
+    pub timestamps: TimestampMode,
+    /// Largest accepted difference between a source timestamp and the gateway clock; beyond it
+    /// readings get the gateway's time and quality `time-substituted`.
+    #[serde(default = "default_max_clock_skew", deserialize_with = "duration::de")]
+    pub max_clock_skew: Duration,
 }
 
+fn default_max_clock_skew() -> Duration {
+    DEFAULT_MAX_CLOCK_SKEW
+}
 fn default_publishing() -> Duration {
     DEFAULT_PUBLISHING_INTERVAL
 }
@@ -379,6 +392,8 @@ pub struct OpcUaDevice {
     pub pki_dir: Option<PathBuf>,
     /// Verify host name / URI / dates of the server certificate.
     pub verify_server_certificate: bool,
+    /// Which clock stamps the readings, and the bound on source timestamps.
+    pub time: TimePolicy,
 }
 
 /// A tag's node reference: a NodeId, or a namespace URI plus identifier.
@@ -582,6 +597,13 @@ pub fn resolve_device(
             "need 0 < reconnect_min <= reconnect_max".into(),
         ));
     }
+    if r.max_clock_skew.is_zero() {
+        problems.push((
+            "max_clock_skew",
+            "max_clock_skew must be greater than zero (every reading would be time-substituted)"
+                .into(),
+        ));
+    }
     if r.max_nodes_per_request == 0 {
         problems.push((
             "max_nodes_per_request",
@@ -602,6 +624,10 @@ pub fn resolve_device(
         max_nodes_per_request: r.max_nodes_per_request,
         pki_dir: r.pki_dir,
         verify_server_certificate: r.verify_server_certificate,
+        time: TimePolicy {
+            mode: r.timestamps,
+            max_skew: r.max_clock_skew,
+        },
     }
 }
 
@@ -692,6 +718,8 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
                     max_nodes_per_request: DEFAULT_MAX_NODES_PER_REQUEST,
                     pki_dir: None,
                     verify_server_certificate: false,
+                    timestamps: TimestampMode::Source,
+                    max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
                 },
                 &mut Vec::new(),
             ),

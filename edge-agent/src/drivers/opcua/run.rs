@@ -18,12 +18,15 @@ use tokio::sync::{mpsc, watch};
 use super::config::{Mode, OpcUaDevice, OpcUaTag};
 use super::error::{OpcUaError, OpcUaResult};
 use super::session::OpcUaSession;
-use super::status::{reading_of, status_name, Outcome};
+use super::status::{reading_of, source_ms, status_name, Outcome};
 use crate::config::{Deadband, TagMap};
 use crate::drivers::health::Backoff;
 use crate::drivers::stats::DeviceStats;
 use crate::drivers::Output;
-use crate::model::{now_ms, Quality, Reading, TagId};
+use crate::model::{
+    now_ms, Quality, Reading, Stamped, TagId, TimePolicy, TimestampMode, M_TIME_SUBSTITUTED,
+    M_TIME_SUBSTITUTED_HELP,
+};
 
 /// Metric: sessions re-established after a loss.
 pub const M_RECONNECTS: &str = "opcua_reconnects";
@@ -168,6 +171,12 @@ impl TagBook {
             }
         }
         out
+    }
+
+    /// Has tag index `i` had a reading in this session? (Its first one is the initial value of
+    /// its monitored item, whose source time may be old: the value has not changed since.)
+    pub fn seen(&self, i: usize) -> bool {
+        self.last.get(i).is_some_and(Option::is_some)
     }
 
     /// Forget everything (new session: the server sends initial values again).
@@ -350,8 +359,17 @@ async fn poll_session(
         for ((i, _), dv) in nodes.iter().zip(values.iter()) {
             let t = &rt.tags[*i];
             let (mut r, outcome) = reading_of(t.id, dv, t.source.data_type, ts);
-            // Polling: the reading's time is the request's, like every other driver.
+            // Polling: the reading's time is the request's, like every other driver. A source
+            // time far ahead of it is a clock error worth noting (an old one only says the value
+            // has not changed).
             r.ts_ms = ts;
+            if let Some(src) = source_ms(dv).filter(|src| *src > ts) {
+                let gateway = TimePolicy {
+                    mode: TimestampMode::Gateway,
+                    ..rt.dev.time
+                };
+                gateway.stamp(&mut r, src, ts, true);
+            }
             r.rtt_us = rtt;
             account(rt, stats, book, *i, &r, &outcome, ts);
             readings.push(r);
@@ -580,7 +598,12 @@ fn handle_message(
                         continue;
                     };
                     let dv: DataValue = item.value;
-                    let (r, outcome) = reading_of(t.id, &dv, t.source.data_type, now);
+                    let (mut r, outcome) = reading_of(t.id, &dv, t.source.data_type, now);
+                    if let Some(src) = source_ms(&dv) {
+                        if rt.dev.time.stamp(&mut r, src, now, !book.seen(i)) == Stamped::Substituted {
+                            stats.add(M_TIME_SUBSTITUTED, M_TIME_SUBSTITUTED_HELP, 1.0);
+                        }
+                    }
                     account(rt, stats, book, i, &r, &outcome, now);
                     readings.push(r);
                 }

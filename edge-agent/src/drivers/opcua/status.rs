@@ -148,15 +148,19 @@ pub enum Outcome {
     BadValue,
 }
 
-/// Turn a DataValue of `tag` into a reading; `fallback_ts` is used when the server gave no
-/// source or server timestamp.
-pub fn reading_of(tag: TagId, dv: &DataValue, ty: OpcType, fallback_ts: i64) -> (Reading, Outcome) {
-    let ts = dv
-        .source_timestamp
+/// The device's time of a DataValue, UTC ms: its source timestamp, else its server timestamp
+/// (`None` when neither is given or after 1970).
+pub fn source_ms(dv: &DataValue) -> Option<i64> {
+    dv.source_timestamp
         .or(dv.server_timestamp)
         .map(|d| d.as_chrono().timestamp_millis())
         .filter(|t| *t > 0)
-        .unwrap_or(fallback_ts);
+}
+
+/// Turn a DataValue of `tag` into a reading; `fallback_ts` is used when the server gave no
+/// source or server timestamp.
+pub fn reading_of(tag: TagId, dv: &DataValue, ty: OpcType, fallback_ts: i64) -> (Reading, Outcome) {
+    let ts = source_ms(dv).unwrap_or(fallback_ts);
     let status = dv.status.unwrap_or(StatusCode::Good);
     if !status.is_good() {
         let mut r = Reading::bad(tag, ts, quality_of(status), status_name(status));

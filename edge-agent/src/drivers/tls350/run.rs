@@ -471,12 +471,49 @@ async fn poll_deliveries(
     for n in &o.new {
         tracing::info!(device = %rt.name, tank = n.delivery.tank, seq = n.seq, start = %n.delivery.start.code(), end = %n.delivery.end.code(), "delivery captured");
     }
+    let gateway = now_ms();
     let events = o
         .new
         .iter()
-        .map(|n| delivery_event(&rt.name, n.seq, &n.delivery, off))
+        .map(|n| {
+            let mut e = delivery_event(&rt.name, n.seq, &n.delivery, off);
+            if bound_event_time(&mut e, gateway, crate::model::DEFAULT_MAX_CLOCK_SKEW) {
+                stats.add(
+                    crate::model::M_TIME_SUBSTITUTED,
+                    crate::model::M_TIME_SUBSTITUTED_HELP,
+                    1.0,
+                );
+            }
+            e
+        })
         .collect();
     Some(Output::Events { events, gaps })
+}
+
+/// A delivery's time is the console's end time. One that is unreadable or ahead of the
+/// gateway clock by more than `max_skew` (a console clock set wrong: a delivery cannot end in
+/// the future) gets the gateway's time and a `time_substituted` field naming the console's
+/// (its `end` field keeps it too). An old end time is normal (deliveries are reported after
+/// they end, or after an outage). Returns true when the time was replaced.
+pub fn bound_event_time(e: &mut Event, gateway_ms: i64, max_skew: Duration) -> bool {
+    let bound = crate::model::data_clock_bound_ms(max_skew);
+    let skew = e.ts_ms.saturating_sub(gateway_ms);
+    if e.ts_ms > 0 && skew <= bound {
+        return false;
+    }
+    let note = if e.ts_ms > 0 {
+        format!(
+            "console end time {} (skew {})",
+            rfc3339_ms(e.ts_ms),
+            crate::model::format_skew(skew)
+        )
+    } else {
+        "console end time unreadable".to_owned()
+    };
+    e.fields
+        .push(("time_substituted".to_owned(), WireValue::Text(note)));
+    e.ts_ms = gateway_ms;
+    true
 }
 
 /// Run loop of one console until `shutdown` turns true.
@@ -614,6 +651,33 @@ pub async fn read_once(rt: TlsRuntime) -> Vec<Reading> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_ending_in_the_future_gets_the_gateway_time() {
+        let ev = |ts_ms| Event {
+            source: "atg".into(),
+            kind: "delivery".into(),
+            seq: 1,
+            ts_ms,
+            fields: Vec::new(),
+        };
+        let now = 1_796_000_000_000;
+        let bound = Duration::from_secs(300);
+        // Ended an hour ago (reported late): kept.
+        let mut e = ev(now - 3_600_000);
+        assert!(!bound_event_time(&mut e, now, bound));
+        assert_eq!(e.ts_ms, now - 3_600_000);
+        // Ends tomorrow: the console's clock is wrong.
+        let mut e = ev(now + 86_400_000);
+        assert!(bound_event_time(&mut e, now, bound));
+        assert_eq!(e.ts_ms, now);
+        assert!(
+            matches!(&e.fields[0], (n, WireValue::Text(t)) if n == "time_substituted" && t.ends_with("(skew +1.0 d)"))
+        );
+        let mut e = ev(0);
+        assert!(bound_event_time(&mut e, now, bound));
+        assert_eq!(e.ts_ms, now);
+    }
 
     #[test]
     fn widen_keeps_the_decimal() {
