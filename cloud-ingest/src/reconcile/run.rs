@@ -649,6 +649,47 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Run again each of the last `recheck_days` days (before `now`'s) whose last run left
+    /// incomplete records, once more of their missing data has arrived (a backfill, an import,
+    /// a late batch). Cheap when nothing arrived: a minute-bucket count per incomplete input.
+    pub async fn recheck_incomplete(
+        &self,
+        store: &dyn Store,
+        now: i64,
+    ) -> Result<Vec<RunReport>, ReconcileError> {
+        let today = day_of(now);
+        let back = i64::from(self.cfg.recheck_days);
+        let mut reg: Option<Registry> = None;
+        let mut out = Vec::new();
+        for day in (today - back).max(0)..today {
+            let records = store.ledger().variances(&day_name(day), None).await?;
+            let mut seen = std::collections::BTreeSet::new();
+            let mut arrived = false;
+            'records: for r in records
+                .iter()
+                .filter(|r| r.v.verdict == Verdict::Incomplete)
+            {
+                for i in r.v.coverage.iter().flat_map(|c| &c.inputs) {
+                    if !seen.insert((r.v.site.clone(), i.tag.clone(), i.from_ms, i.to_ms)) {
+                        continue;
+                    }
+                    if reg.is_none() {
+                        reg = Some(Registry::new(store.tags(None, None).await?));
+                    }
+                    let Some(reg) = reg.as_ref() else { continue };
+                    if self.data_arrived(store, reg, &r.v.site, i).await? {
+                        arrived = true;
+                        break 'records;
+                    }
+                }
+            }
+            if arrived {
+                out.push(self.run_day(store, day, now, "late-data").await?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Reconcile the days `from..=to` in order (trends need the earlier days), reporting each.
     pub async fn run_range(
         &self,
@@ -769,11 +810,21 @@ impl Reconciler {
                         Err(e) => tracing::error!(error = %e, "daily reconciliation failed; next attempt at the next run time"),
                     }
                 }
-                _ = stale.tick() => match self.check_stale(&*store, now_ms()).await {
-                    Ok((n, o, c)) if o > 0 || c > 0 => tracing::info!(stale = n, opened = o, closed = c, "stale-tag check"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "stale-tag check failed"),
-                },
+                _ = stale.tick() => {
+                    match self.check_stale(&*store, now_ms()).await {
+                        Ok((n, o, c)) if o > 0 || c > 0 => tracing::info!(stale = n, opened = o, closed = c, "stale-tag check"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "stale-tag check failed"),
+                    }
+                    // Days left incomplete are run again once their missing data has arrived.
+                    match self.recheck_incomplete(&*store, now_ms()).await {
+                        Ok(runs) => for r in runs {
+                            tracing::info!(date = %r.run.date, records = r.run.records, exceptions = r.run.exceptions,
+                                opened = r.run.alerts_opened, closed = r.run.alerts_closed, "reconciliation run again: late data arrived");
+                        },
+                        Err(e) => tracing::warn!(error = %e, "re-check of incomplete days failed"),
+                    }
+                }
                 _ = stop.changed() => return,
             }
         }

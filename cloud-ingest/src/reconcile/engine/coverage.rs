@@ -59,7 +59,8 @@ pub struct TagWindow<'a> {
     pub boundaries: Vec<i64>,
 }
 
-fn good_in(minutes: &[(i64, i64)], from: i64, to: i64) -> i64 {
+/// Good readings of the minute buckets overlapping `[from, to)` (how `present` is counted).
+pub fn good_in(minutes: &[(i64, i64)], from: i64, to: i64) -> i64 {
     minutes
         .iter()
         .filter(|(b, n)| *n > 0 && b + MINUTE_MS > from && *b < to)

@@ -7,10 +7,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::{Reconciler, Registry};
 use crate::analytics::stale;
-use crate::reconcile::engine::coverage::{judge, tag_coverage, TagWindow, MINUTE_MS};
+use crate::reconcile::engine::coverage::{good_in, judge, tag_coverage, TagWindow, MINUTE_MS};
 use crate::reconcile::engine::totalizer::{window_quantity, CounterMark};
 use crate::reconcile::error::ReconcileError;
-use crate::reconcile::model::{Coverage, GapSpan, DAY_MS};
+use crate::reconcile::model::{Coverage, GapSpan, TagCoverage, DAY_MS};
 use crate::store::{GapRow, Store};
 
 /// One figure's input tags over its window `[from_ms, to_ms)`, and the instants it reads them at.
@@ -160,5 +160,35 @@ impl Reconciler {
             })
             .collect();
         Ok(window_quantity(x, y, &marks))
+    }
+
+    /// Has data of an incomplete input arrived since its run counted it (more good readings
+    /// in its window than it had)? `site` is the record's; inputs are `agent/name`.
+    pub(crate) async fn data_arrived(
+        &self,
+        store: &dyn Store,
+        reg: &Registry,
+        site: &str,
+        input: &TagCoverage,
+    ) -> Result<bool, ReconcileError> {
+        let complete = input.gaps.iter().all(|g| g.filled)
+            && input.stale.is_empty()
+            && input.present >= input.expected;
+        if complete || input.to_ms <= input.from_ms {
+            return Ok(false);
+        }
+        let Some((agent, name)) = input.tag.split_once('/') else {
+            return Ok(false);
+        };
+        let Some(id) = reg.id(site, agent, name) else {
+            return Ok(false);
+        };
+        let minutes: Vec<(i64, i64)> = store
+            .series(id, input.from_ms, input.to_ms, MINUTE_MS)
+            .await?
+            .into_iter()
+            .map(|b| (b.ts_ms, b.count - b.bad))
+            .collect();
+        Ok(good_in(&minutes, input.from_ms, input.to_ms) > input.present)
     }
 }
