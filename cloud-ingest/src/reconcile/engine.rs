@@ -65,6 +65,9 @@ impl DayResult {
     }
 }
 
+/// A parcel stage: name, reference, measured, the data behind it.
+type Stage<'a> = (&'a str, Option<f64>, Option<f64>, Option<Coverage>);
+
 /// Round to millilitres (stored figures stay readable).
 fn r3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
@@ -426,7 +429,7 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
         } else {
             d.tanks_coverage.clone()
         };
-        let stages: [(&str, Option<f64>, Option<f64>, Option<Coverage>); 3] = [
+        let stages: [Stage<'_>; 3] = [
             ("ship", Some(d.bl_l), d.ship_l, None),
             (
                 "jetty",
