@@ -54,6 +54,10 @@ pub struct Faults {
     /// (meter, day, hour): the meter's totalizer wraps at that hour; the agent marks the first
     /// reading after the wrap with a rollover and the quantity counted across it.
     pub rollover: Option<(String, i64, i64)>,
+    /// (meter, day, hour): the meter's totalizer is reset to 0 at that hour (choose an hour
+    /// without loading: the agent's reset marker names the total of the reading before); the
+    /// agent marks the first reading after the reset with the total before it.
+    pub reset: Option<(String, i64, i64)>,
 }
 
 impl Faults {
@@ -776,7 +780,45 @@ fn meter_tag_of(id: &str, jetty_tag: u32, meter_tag0: u32) -> Option<u32> {
     (1..=4).contains(&k).then(|| meter_tag0 + k - 1)
 }
 
-/// Apply the data faults (outage, stale gauge, rollover) to the terminal's batches; returns the
+/// A totalizer's wrap (`rollover`) or reset to 0 at the first reading at or after `at`: every
+/// later value drops by the modulus (a wrap between the two readings) or by the value at the
+/// reset, and that reading carries the agent's marker.
+fn counter_fault(batches: &mut [wire::Batch], tag: u32, at: i64, rollover: bool) {
+    let mut series: Vec<&mut wire::WireReading> = batches
+        .iter_mut()
+        .filter(|b| b.site == SITE && b.agent == AGENT)
+        .flat_map(|b| b.readings.iter_mut())
+        .filter(|r| r.tag == tag)
+        .collect();
+    series.sort_by_key(|r| r.ts_ms);
+    let value = |r: &wire::WireReading| match r.value {
+        Some(wire::WireValue::Float(v)) => v,
+        _ => 0.0,
+    };
+    let Some(i) = series.iter().position(|r| r.ts_ms >= at).filter(|i| *i > 0) else {
+        return;
+    };
+    let (before, after) = (value(series[i - 1]), value(series[i]));
+    // A wrap: the modulus lies between the two readings. A reset: back to 0 at the reading.
+    let drop = if rollover {
+        ((before + after) / 2.0).floor()
+    } else {
+        after
+    };
+    for r in series.iter_mut().skip(i) {
+        let v = value(r);
+        r.value = Some(wire::WireValue::Float(v - drop));
+    }
+    series[i].counter = Some(if rollover {
+        wire::Counter::Rollover {
+            delta: after - before,
+        }
+    } else {
+        wire::Counter::Reset { previous: before }
+    });
+}
+
+/// Apply the data faults (outage, stale gauge, rollover, reset) to the terminal's batches; returns the
 /// held-back data (one batch) and the `data-missing` alerts expected until it arrives.
 fn data_faults(
     opts: &SimOptions,
@@ -846,34 +888,12 @@ fn data_faults(
     }
     if let Some((meter, day, hour)) = &f.rollover {
         if let Some(tag) = meter_tag_of(meter, jetty_tag, meter_tag0) {
-            let wrap_at = at(*day, *hour);
-            let mut series: Vec<&mut wire::WireReading> = batches
-                .iter_mut()
-                .filter(|b| terminal(b))
-                .flat_map(|b| b.readings.iter_mut())
-                .filter(|r| r.tag == tag)
-                .collect();
-            series.sort_by_key(|r| r.ts_ms);
-            let value = |r: &wire::WireReading| match r.value {
-                Some(wire::WireValue::Float(v)) => v,
-                _ => 0.0,
-            };
-            if let Some(i) = series
-                .iter()
-                .position(|r| r.ts_ms >= wrap_at)
-                .filter(|i| *i > 0)
-            {
-                let (before, after) = (value(series[i - 1]), value(series[i]));
-                // The counter's modulus lies between the two readings: it wraps in between.
-                let modulus = ((before + after) / 2.0).floor();
-                for r in series.iter_mut().skip(i) {
-                    let v = value(r);
-                    r.value = Some(wire::WireValue::Float(v - modulus));
-                }
-                series[i].counter = Some(wire::Counter::Rollover {
-                    delta: after - before,
-                });
-            }
+            counter_fault(batches, tag, at(*day, *hour), true);
+        }
+    }
+    if let Some((meter, day, hour)) = &f.reset {
+        if let Some(tag) = meter_tag_of(meter, jetty_tag, meter_tag0) {
+            counter_fault(batches, tag, at(*day, *hour), false);
         }
     }
     if held.is_empty() {

@@ -208,7 +208,7 @@ async fn postgres_each_fault_is_found_where_and_when_it_happened() {
 }
 
 /// A 2 h jetty-meter outage (readings missing, a gap record), a 6 h stale tank gauge (bad
-/// quality only) and a totalizer rollover mid-day: no false loss alert; the stages involved are
+/// quality only), a totalizer rollover mid-day and a totalizer reset: no false loss alert; the stages involved are
 /// `incomplete` with what is missing, until the backfill arrives and the re-check runs those
 /// days again, which then reconcile clean.
 async fn missing_data_is_incomplete_until_backfilled(store: &dyn Store) {
@@ -216,6 +216,7 @@ async fn missing_data_is_incomplete_until_backfilled(store: &dyn Store) {
         meter_outage: Some(("JM1".into(), 14, 12, 2)),
         stale_gauge: Some(("T3".into(), 16, 6, 6)),
         rollover: Some(("M1".into(), 10, 12)),
+        reset: Some(("M3".into(), 10, 2)),
         ..Faults::default()
     };
     let m = generate(&SimOptions {
@@ -332,6 +333,16 @@ async fn missing_data_is_incomplete_until_backfilled(store: &dyn Store) {
     let (v, cov) = verdict(&day10, RecordKind::MeterCheck, "M1", "totalizer");
     assert_eq!(v, Verdict::Ok, "the rollover is counted across");
     assert!(cov.expect("coverage").complete);
+    let m3 = day10
+        .iter()
+        .find(|v| v.v.kind == RecordKind::MeterCheck && v.v.place == "M3")
+        .expect("M3");
+    assert_eq!(
+        m3.v.verdict,
+        Verdict::Ok,
+        "the reset splits the window: {m3:?}"
+    );
+    assert!(m3.v.measured_l.is_some_and(|x| x > 100_000.0), "{m3:?}");
 
     // Nothing arrived: the re-check runs nothing.
     let again = r
