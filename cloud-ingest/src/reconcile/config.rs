@@ -55,6 +55,12 @@ pub struct ReconcileConfig {
     /// `incomplete`. Default 0.98.
     #[serde(default = "default_min_coverage")]
     pub min_coverage: f64,
+    /// Readings are expected at most this often, data-time seconds, whatever a tag's birth
+    /// catalog says (its poll interval). Under a simulated clock the catalogs state real-time
+    /// poll intervals, far shorter than the data time between two readings. Default 0 (the
+    /// catalog's interval).
+    #[serde(default)]
+    pub expected_interval_min_s: u64,
     /// A dead-lettered data batch of an input's agent received in a figure's window makes the
     /// figure incomplete. Default true.
     #[serde(default = "yes")]
@@ -104,6 +110,7 @@ impl Default for ReconcileConfig {
             batch_event_kind: default_batch_kind(),
             tls_event_kind: default_tls_kind(),
             min_coverage: default_min_coverage(),
+            expected_interval_min_s: 0,
             dead_letters_incomplete: true,
             recheck_days: default_recheck_days(),
             tolerances: Tolerances::default(),

@@ -101,9 +101,11 @@ impl Reconciler {
                     filled: false,
                 })
                 .collect();
+            let floor_ms = i64::try_from(self.cfg.expected_interval_min_s.saturating_mul(1000))
+                .unwrap_or(i64::MAX);
             let w = TagWindow {
                 tag: format!("{}/{}", tag.agent, tag.name),
-                interval_ms: tag.interval_ms,
+                interval_ms: tag.interval_ms.max(floor_ms),
                 stale_limit_ms: limit,
                 from_ms: from,
                 to_ms: to,
