@@ -31,13 +31,18 @@ pub struct Stale {
     pub limit_ms: i64,
 }
 
+/// A tag's stale limit: `factor` × its poll interval, at least `min_age_s` (also the limit of
+/// the reconciliation's stale spans).
+pub fn limit_ms(interval_ms: i64, cfg: &StaleConfig) -> i64 {
+    let min_ms = i64::try_from(cfg.min_age_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    (((interval_ms.max(1) as f64) * cfg.factor) as i64).max(min_ms)
+}
+
 /// The stale tags at `now_ms`.
 pub fn stale_tags(tags: &[TagAge], now_ms: i64, cfg: &StaleConfig) -> Vec<Stale> {
-    let min_ms = i64::try_from(cfg.min_age_s.saturating_mul(1000)).unwrap_or(i64::MAX);
     tags.iter()
         .filter_map(|t| {
-            let limit_ms = ((t.interval_ms.max(1) as f64) * cfg.factor) as i64;
-            let limit_ms = limit_ms.max(min_ms);
+            let limit_ms = limit_ms(t.interval_ms, cfg);
             let since = t.latest_ms.unwrap_or(t.since_ms);
             (now_ms - since > limit_ms).then(|| Stale {
                 tag: t.clone(),

@@ -326,6 +326,7 @@ fn add_reconciliation(doc: &mut Value) {
     let nnum = |d: &str| json!({ "type": "number", "format": "double", "nullable": true, "description": d });
     let s = |d: &str| json!({ "type": "string", "description": d });
     let ms = |d: &str| json!({ "type": "integer", "format": "int64", "description": format!("{d} (UTC, epoch milliseconds)") });
+    let b = |d: &str| json!({ "type": "boolean", "description": d });
     let when = |d: &str| json!({ "oneOf": [ { "type": "string", "format": "date-time" }, { "type": "integer", "format": "int64" } ], "description": format!("{d}: RFC 3339 or epoch milliseconds, from 2000-01-01 to one day after now (the data clock); anything else is a 422 naming the field") });
     let body = |schema: &str| json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } });
     let with = |mut r: Value, extra: &[(&str, Value)]| {
@@ -339,7 +340,7 @@ fn add_reconciliation(doc: &mut Value) {
     let problem = |d: &str| problem_response(d);
     let csv_ok = |d: &str| {
         let mut v = list_of("Variance", d);
-        v["content"]["text/csv"] = json!({ "schema": { "type": "string" }, "example": "date,site,kind,place,stage,product,reference_l,measured_l,variance_l,variance_pct,tolerance_pct,verdict,run_id,detail\r\n" });
+        v["content"]["text/csv"] = json!({ "schema": { "type": "string" }, "example": "date,site,kind,place,stage,product,reference_l,measured_l,variance_l,variance_pct,tolerance_pct,verdict,run_id,coverage_pct,data_complete,missing,detail\r\n" });
         v
     };
     let paths = json!({
@@ -429,6 +430,22 @@ fn add_reconciliation(doc: &mut Value) {
         "state": { "name": "state", "in": "query", "required": false, "description": "`open` or `closed` (default: both).", "schema": { "type": "string", "enum": ["open", "closed"] } },
         "list_limit": { "name": "limit", "in": "query", "required": false, "description": format!("How many (default {LIST_DEFAULT})."), "schema": { "type": "integer", "minimum": 1, "maximum": LIST_MAX, "default": LIST_DEFAULT } }
     });
+    let coverage = json!({ "type": "object", "required": ["ratio", "complete", "inputs", "dead_letters", "missing"], "properties": {
+            "ratio": num("The weakest input's good readings / expected readings, 0…1."),
+            "complete": b("Every input ≥ min_coverage, no unfilled gap or stale span at an instant the figure reads, no dead-lettered batch of its agents in the window."),
+            "dead_letters": { "type": "integer", "format": "int64", "description": "Dead-lettered data batches of the inputs' agents received in the window." },
+            "missing": { "type": "array", "items": { "type": "string" }, "description": "What is missing, for people (\"data missing for gw-1/jetty/JM1/net_total_l 2026-03-15 12:00–14:00 (gap: …)\")." },
+            "inputs": { "type": "array", "items": { "type": "object", "required": ["tag", "from_ms", "to_ms", "expected", "present", "gaps", "stale", "boundaries_missing"], "properties": {
+                "tag": s("agent/name."), "from_ms": ms("Window start"), "to_ms": ms("Window end (exclusive)"),
+                "expected": { "type": "integer", "format": "int64", "description": "Readings expected (window / poll interval, from the tag's first reading)." },
+                "present": { "type": "integer", "format": "int64", "description": "Good readings present." },
+                "gaps": { "type": "array", "items": { "type": "object", "properties": {
+                    "from_ms": ms("Start"), "to_ms": ms("End"), "count": { "type": "integer", "format": "int64", "nullable": true, "description": "Readings lost; null: unknown." },
+                    "reason": s("Why."), "filled": b("Its data has arrived since (backfill, import).") } } },
+                "stale": { "type": "array", "items": { "type": "object", "properties": { "from_ms": ms("Start"), "to_ms": ms("End") } }, "description": "Spans without a good reading for longer than the tag's stale limit." },
+                "boundaries_missing": { "type": "array", "items": { "type": "integer", "format": "int64" }, "description": "Instants the figure reads the tag at that fall in an unfilled gap or a stale span." }
+            } } }
+        } });
     let schemas = json!({
         "DischargeOpen": { "type": "object", "required": ["site", "vessel", "parcel", "product", "bl_l", "tanks", "opened_at"], "properties": {
             "site": s("Terminal site."), "vessel": s("Vessel."), "parcel": s("Parcel / B-L number."), "product": s("Product."),
@@ -473,12 +490,14 @@ fn add_reconciliation(doc: &mut Value) {
             "product": s("Product."), "reference_l": nnum("Reference (previous stage), litres."), "measured_l": nnum("This stage, litres."),
             "variance_l": nnum("measured − reference, litres (negative = loss)."), "variance_pct": nnum("Variance, % of the basis."),
             "tolerance_pct": num("Tolerance applied, ± % (meter-trend: the control half-width)."),
-            "verdict": { "type": "string", "enum": ["ok", "exception", "pending", "no-data"] },
-            "detail": { "type": "object", "description": "Stage figures (opening, receipts, unconfirmed, control limits, …)." }
+            "verdict": { "type": "string", "enum": ["ok", "exception", "pending", "no-data", "incomplete"], "description": "incomplete: some input data of the figure is missing (see coverage); not judged, run again when the data arrives." },
+            "detail": { "type": "object", "description": "Stage figures (opening, receipts, unconfirmed, control limits, …)." },
+            "coverage": { "nullable": true, "allOf": [{ "$ref": "#/components/schemas/Coverage" }], "description": "The data behind the figure; null for figures without tag inputs (trips, stations)." }
         } },
+        "Coverage": coverage,
         "Alert": { "type": "object", "required": ["id", "kind", "site", "place", "date", "message", "detail", "state", "opened_ms", "closed_ms", "closed_reason"], "properties": {
             "id": { "type": "integer", "format": "int64" },
-            "kind": s("tank-balance, chain-variance, parcel-variance, transit-loss, epod-missing, meter-check, meter-drift, unscheduled-stop, no-data, unknown-meter, stale-tag."),
+            "kind": s("tank-balance, chain-variance, parcel-variance, transit-loss, epod-missing, meter-check, meter-drift, unscheduled-stop, no-data, unknown-meter, stale-tag, data-missing (a figure's input data is missing: not judged until it arrives)."),
             "site": s("Site."), "place": s("Tank, meter, truck/BOL, product/stage, parcel/stage or agent/tag."), "date": s("Day."),
             "message": s("What happened."), "detail": { "type": "object" }, "state": { "type": "string", "enum": ["open", "closed"] },
             "opened_ms": ms("Opened"), "closed_ms": { "type": "integer", "format": "int64", "nullable": true }, "closed_reason": { "type": "string", "nullable": true }

@@ -435,7 +435,9 @@ fn wants_csv(q: &Query, suffix: bool) -> Result<bool, Problem> {
     }
 }
 
-/// CSV of variance records (RFC 4180; `detail` as JSON in the last column).
+/// CSV of variance records (RFC 4180; the coverage as `coverage_pct` (the weakest input's share
+/// of its expected readings), `data_complete` and `missing` (what is missing, `; `-separated),
+/// empty for records without tag inputs; `detail` as JSON in the last column).
 pub fn csv(rows: &[VarianceRow]) -> String {
     fn field(s: &str) -> String {
         if s.contains([',', '"', '\n', '\r']) {
@@ -445,7 +447,7 @@ pub fn csv(rows: &[VarianceRow]) -> String {
         }
     }
     let num = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v}"));
-    let mut out = String::from("date,site,kind,place,stage,product,reference_l,measured_l,variance_l,variance_pct,tolerance_pct,verdict,run_id,detail\r\n");
+    let mut out = String::from("date,site,kind,place,stage,product,reference_l,measured_l,variance_l,variance_pct,tolerance_pct,verdict,run_id,coverage_pct,data_complete,missing,detail\r\n");
     for r in rows {
         let v = &r.v;
         out.push_str(
@@ -463,6 +465,18 @@ pub fn csv(rows: &[VarianceRow]) -> String {
                 format!("{}", v.tolerance_pct),
                 v.verdict.as_str().to_owned(),
                 r.run_id.to_string(),
+                num(v
+                    .coverage
+                    .as_ref()
+                    .map(|c| (c.ratio * 10_000.0).round() / 100.0)),
+                v.coverage
+                    .as_ref()
+                    .map_or(String::new(), |c| c.complete.to_string()),
+                field(
+                    &v.coverage
+                        .as_ref()
+                        .map_or(String::new(), |c| c.missing.join("; ")),
+                ),
                 field(&v.detail.to_string()),
             ]
             .join(","),

@@ -1402,6 +1402,109 @@ async fn discharges_open_close_and_reconciliation_routes() {
 }
 
 #[tokio::test]
+async fn reconciliation_records_carry_their_coverage_in_json_and_csv() {
+    use crate::reconcile::sim;
+    let f = fixture().await;
+    let app = with_site_model(&f);
+    // Three simulated days; T1's level gauge answers bad quality only for 6 h on the second.
+    let m = sim::generate(&sim::SimOptions {
+        days: 3,
+        faults: sim::Faults {
+            stale_gauge: Some(("T1".into(), 1, 6, 6)),
+            ..sim::Faults::default()
+        },
+        ..sim::SimOptions::default()
+    });
+    m.load(&*f.store).await.expect("load");
+    let day = crate::reconcile::model::day_name(m.opts.start_day + 1);
+    let run = send(
+        &app,
+        Method::POST,
+        &format!("/api/v1/reconciliation/run?date={day}"),
+        Some(OPERATOR),
+    )
+    .await
+    .data();
+    assert_eq!(run[0]["date"], day.as_str());
+    let tanks = get(
+        &app,
+        &format!("/api/v1/reconciliation/{day}/tanks"),
+        Some(VIEWER),
+    )
+    .await
+    .data();
+    let t1 = tanks.iter().find(|t| t["place"] == "T1").expect("T1");
+    assert_eq!(t1["verdict"], "incomplete", "{t1}");
+    let c = &t1["coverage"];
+    assert_eq!(c["complete"], false);
+    assert_eq!(c["ratio"], 0.75);
+    let level = c["inputs"]
+        .as_array()
+        .and_then(|i| i.iter().find(|i| i["tag"] == "gw-1/tanks/T1/level_mm"))
+        .expect("level input");
+    assert_eq!(
+        (level["expected"].as_i64(), level["present"].as_i64()),
+        (Some(288), Some(216))
+    );
+    assert_eq!(level["stale"].as_array().map(Vec::len), Some(1));
+    let missing = c["missing"][0].as_str().unwrap_or_default();
+    assert!(
+        missing.starts_with(&format!(
+            "data missing for gw-1/tanks/T1/level_mm {day} 06:"
+        )),
+        "{missing}"
+    );
+    // The other tanks are complete and judged.
+    let t2 = tanks.iter().find(|t| t["place"] == "T2").expect("T2");
+    assert_eq!(
+        (t2["verdict"].clone(), t2["coverage"]["complete"].clone()),
+        (serde_json::json!("ok"), serde_json::json!(true))
+    );
+    // CSV: coverage %, complete, what is missing.
+    let csv = get(
+        &app,
+        &format!("/api/v1/reconciliation/{day}/tanks?format=csv"),
+        Some(VIEWER),
+    )
+    .await;
+    assert!(
+        csv.text
+            .starts_with("date,site,kind,place,stage,product,reference_l,measured_l,variance_l,variance_pct,tolerance_pct,verdict,run_id,coverage_pct,data_complete,missing,detail\r\n"),
+        "{}",
+        csv.text
+    );
+    let row = csv
+        .text
+        .lines()
+        .find(|l| l.contains(",T1,"))
+        .expect("T1 row");
+    assert!(
+        row.contains(",incomplete,")
+            && row.contains(",75,false,")
+            && row.contains("data missing for gw-1/tanks/T1/level_mm"),
+        "{row}"
+    );
+    // The alert says what is missing rather than a loss.
+    let open = get(&app, "/api/v1/alerts?state=open", Some(VIEWER))
+        .await
+        .data();
+    let kinds: Vec<(String, String)> = open
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap_or_default().to_owned(),
+                a["place"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("data-missing".to_owned(), "T1".to_owned())],
+        "{open:?}"
+    );
+}
+
+#[tokio::test]
 async fn the_console_is_served_open_with_a_strict_policy_and_its_routes_need_a_token() {
     let f = fixture().await;
     for (path, ctype) in [

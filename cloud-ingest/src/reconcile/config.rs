@@ -49,6 +49,27 @@ pub struct ReconcileConfig {
     /// `delivery`). Default `delivery`.
     #[serde(default = "default_tls_kind")]
     pub tls_event_kind: String,
+    /// A figure is complete when every input tag has at least this share of its expected
+    /// readings (good ones) over the figure's window, 0…1; below it, or with a gap or stale span
+    /// at an instant the figure reads (opening, closing, window ends), the record is
+    /// `incomplete`. Default 0.98.
+    #[serde(default = "default_min_coverage")]
+    pub min_coverage: f64,
+    /// Readings are expected at most this often, data-time seconds, whatever a tag's birth
+    /// catalog says (its poll interval). Under a simulated clock the catalogs state real-time
+    /// poll intervals, far shorter than the data time between two readings. Default 0 (the
+    /// catalog's interval).
+    #[serde(default)]
+    pub expected_interval_min_s: u64,
+    /// A dead-lettered data batch of an input's agent received in a figure's window makes the
+    /// figure incomplete. Default true.
+    #[serde(default = "yes")]
+    pub dead_letters_incomplete: bool,
+    /// Days back (yesterday included) that `serve` watches for late data: a day whose last run
+    /// has incomplete records is run again when more of their missing data has arrived
+    /// (checked with the stale-tag check). Default 7.
+    #[serde(default = "default_recheck_days")]
+    pub recheck_days: u32,
     /// `[reconcile.tolerances]`.
     #[serde(default)]
     pub tolerances: Tolerances,
@@ -88,6 +109,10 @@ impl Default for ReconcileConfig {
             gauge_max_age_s: default_gauge_age(),
             batch_event_kind: default_batch_kind(),
             tls_event_kind: default_tls_kind(),
+            min_coverage: default_min_coverage(),
+            expected_interval_min_s: 0,
+            dead_letters_incomplete: true,
+            recheck_days: default_recheck_days(),
             tolerances: Tolerances::default(),
             stale: StaleConfig::default(),
             drift: DriftConfig::default(),
@@ -103,6 +128,12 @@ impl Default for ReconcileConfig {
 
 fn yes() -> bool {
     true
+}
+fn default_min_coverage() -> f64 {
+    0.98
+}
+fn default_recheck_days() -> u32 {
+    7
 }
 fn default_run_at() -> String {
     "02:00".into()
@@ -456,6 +487,14 @@ fn ge(x: f64, min: f64) -> bool {
 }
 
 impl ReconcileConfig {
+    /// The coverage rule of `min_coverage` and `dead_letters_incomplete`.
+    pub fn coverage_rule(&self) -> super::engine::coverage::CoverageRule {
+        super::engine::coverage::CoverageRule {
+            min_coverage: self.min_coverage,
+            dead_letters_incomplete: self.dead_letters_incomplete,
+        }
+    }
+
     /// Every station and known place, as the stop analysis sees them.
     pub fn known_places(&self) -> Vec<super::model::Place> {
         self.stations
@@ -513,6 +552,12 @@ impl ReconcileConfig {
             e.push(format!(
                 "epod_grace_hours {} must be ≥ 0",
                 self.epod_grace_hours
+            ));
+        }
+        if !(ge(self.min_coverage, 0.0) && self.min_coverage <= 1.0) {
+            e.push(format!(
+                "min_coverage {} must be between 0 and 1 (a share of the expected readings)",
+                self.min_coverage
             ));
         }
         let tol = |e: &mut Vec<String>, key: String, v: f64| {

@@ -28,6 +28,11 @@ use super::config::{DriftConfig, StopConfig, Tolerances};
 use super::model::*;
 use crate::analytics::{drift, stops};
 
+pub mod coverage;
+pub mod totalizer;
+
+use coverage::merge;
+
 /// Settings of a run.
 #[derive(Debug, Clone, Copy)]
 pub struct Params<'a> {
@@ -59,6 +64,9 @@ impl DayResult {
             .count()
     }
 }
+
+/// A parcel stage: name, reference, measured, the data behind it.
+type Stage<'a> = (&'a str, Option<f64>, Option<f64>, Option<Coverage>);
 
 /// Round to millilitres (stored figures stay readable).
 fn r3(x: f64) -> f64 {
@@ -118,8 +126,49 @@ impl Ctx<'_> {
             tolerance_pct,
             verdict,
             detail,
+            coverage: None,
         });
         verdict
+    }
+
+    /// Attach the data behind the last record; an incomplete coverage makes it `incomplete`
+    /// (not judged). Returns the record's verdict.
+    fn cover(&mut self, coverage: Option<Coverage>) -> Verdict {
+        let Some(v) = self.out.variances.last_mut() else {
+            return Verdict::NoData;
+        };
+        if coverage.as_ref().is_some_and(|c| !c.complete) {
+            v.verdict = Verdict::Incomplete;
+        }
+        v.coverage = coverage;
+        v.verdict
+    }
+
+    /// The `data-missing` alert of the last record (raised instead of a loss).
+    fn missing_alert(&mut self, place: &str) {
+        let Some(v) = self.out.variances.last() else {
+            return;
+        };
+        let missing = v
+            .coverage
+            .as_ref()
+            .map(|c| c.missing.clone())
+            .unwrap_or_default();
+        let head = if missing.is_empty() {
+            "data missing".to_owned()
+        } else {
+            missing.join("; ")
+        };
+        let msg = format!(
+            "{head}: {} {} {} on {} is not judged until the data arrives",
+            v.kind.as_str(),
+            v.place,
+            v.stage,
+            v.date
+        );
+        let detail = json!({ "kind": v.kind.as_str(), "place": v.place, "stage": v.stage,
+                             "ratio": v.coverage.as_ref().map(|c| c.ratio), "missing": missing });
+        self.alert("data-missing", place, msg, detail);
     }
 
     fn alert(&mut self, kind: &str, place: &str, message: String, detail: serde_json::Value) {
@@ -197,6 +246,7 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
     // Tank balances.
     let mut tank_out: BTreeMap<&str, Option<f64>> = BTreeMap::new();
     let mut tank_ok: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut tank_cov: BTreeMap<&str, Option<&Coverage>> = BTreeMap::new();
     for t in &inp.tanks {
         let receipts: Option<f64> = t
             .receipts
@@ -224,7 +274,7 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
             "dispatched_l": r3(dispatched), "closing_l": closing.map(r3),
             "book_closing_l": book.map(r3), "tank_outflow_l": out.map(r3),
         });
-        let v = cx.record(
+        cx.record(
             RecordKind::Tank,
             &t.id,
             "balance",
@@ -235,12 +285,15 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
             basis,
             detail,
         );
+        let v = cx.cover(t.coverage.clone());
+        tank_cov.insert(&t.id, t.coverage.as_ref());
         tank_ok.insert(&t.id, v == Verdict::Ok);
         match v {
             Verdict::Exception => {
                 let msg = format!("tank {} stock balance: {}", t.id, cx.last_summary());
                 cx.alert("tank-balance", &t.id, msg, json!({ "tank": t.id }));
             }
+            Verdict::Incomplete => cx.missing_alert(&t.id),
             Verdict::NoData => {
                 let msg = format!(
                     "tank {}: no usable gauge data for the opening, closing or a receipt window",
@@ -263,7 +316,7 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
         }
         let (gross, net, n) = by_meter.get(m.id.as_str()).copied().unwrap_or_default();
         let counted = if m.gross { gross } else { net };
-        let v = cx.record(
+        cx.record(
             RecordKind::MeterCheck,
             &m.id,
             "totalizer",
@@ -275,6 +328,10 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
             json!({ "batches": n, "basis": if m.gross { "gross" } else { "net" },
                     "totalizer_delta_l": m.delta_l.map(r3), "batch_gross_l": r3(gross), "batch_nsv_l": r3(net) }),
         );
+        let v = cx.cover(m.coverage.clone());
+        if v == Verdict::Incomplete {
+            cx.missing_alert(&m.id);
+        }
         if v == Verdict::Exception {
             let msg = format!(
                 "meter {}: batch records do not add up to the totalizer (missed or duplicated batches?): {}",
@@ -333,7 +390,17 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                 "lcl_pct": limits.map(|l| l.lcl), "ucl_pct": limits.map(|l| l.ucl),
                 "baseline_points": limits.map_or(0, |l| l.points),
             }),
+            coverage: None,
         });
+        let group_cov = merge(
+            std::iter::once(tank_cov.get(tank).copied().flatten()).chain(
+                inp.meters
+                    .iter()
+                    .filter(|m| meters.contains(&m.id.as_str()))
+                    .map(|m| m.coverage.as_ref()),
+            ),
+        );
+        let verdict = cx.cover(group_cov);
         if verdict == Verdict::Exception {
             if let (Some(x), Some(l)) = (pct, limits) {
                 let msg = format!(
@@ -354,16 +421,34 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
     for d in &inp.discharges {
         let place = d.parcel.clone();
         let base = json!({ "discharge": d.id, "vessel": d.vessel });
-        let stages: [(&str, Option<f64>, Option<f64>); 3] = [
-            ("ship", Some(d.bl_l), d.ship_l),
-            ("jetty", d.ship_l.or(Some(d.bl_l)), d.jetty_l),
-            ("tanks", d.jetty_l.or(d.ship_l).or(Some(d.bl_l)), d.tanks_l),
+        // An incomplete jetty figure is no reference for the tanks: the ship's figure is.
+        let jetty_ok = d.jetty_coverage.as_ref().is_none_or(|c| c.complete);
+        let jetty_ref = d.jetty_l.filter(|_| jetty_ok);
+        let tanks_cov = if jetty_ref.is_some() {
+            merge([d.jetty_coverage.as_ref(), d.tanks_coverage.as_ref()])
+        } else {
+            d.tanks_coverage.clone()
+        };
+        let stages: [Stage<'_>; 3] = [
+            ("ship", Some(d.bl_l), d.ship_l, None),
+            (
+                "jetty",
+                d.ship_l.or(Some(d.bl_l)),
+                d.jetty_l,
+                d.jetty_coverage.clone(),
+            ),
+            (
+                "tanks",
+                jetty_ref.or(d.ship_l).or(Some(d.bl_l)),
+                d.tanks_l,
+                tanks_cov,
+            ),
         ];
-        for (stage, reference, measured) in stages {
+        for (stage, reference, measured, coverage) in stages {
             if stage == "ship" && measured.is_none() {
                 continue; // no ship's figure given: B/L goes straight to the jetty stage
             }
-            let v = cx.record(
+            cx.record(
                 RecordKind::Parcel,
                 &place,
                 stage,
@@ -374,6 +459,10 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                 None,
                 base.clone(),
             );
+            let v = cx.cover(coverage);
+            if v == Verdict::Incomplete {
+                cx.missing_alert(&format!("{place}/{stage}"));
+            }
             if v == Verdict::Exception {
                 let msg = format!(
                     "vessel {} parcel {}: {}",
@@ -566,6 +655,7 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                     tolerance_pct: p.tolerances.pct(&inp.site, "transit"),
                     verdict,
                     detail: json!({ "bol": bol, "truck": truck, "epod": null, "loaded_ms": last_ms }),
+                    coverage: None,
                 });
                 if overdue {
                     let msg = format!(
@@ -604,6 +694,12 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
             let jetty = sum(&|d| d.jetty_l);
             let tanks = sum(&|d| d.tanks_l);
             let ids: Vec<i64> = parcels.iter().map(|d| d.id).collect();
+            let jetty_cov = merge(parcels.iter().map(|d| d.jetty_coverage.as_ref()));
+            let tanks_cov = merge(
+                parcels
+                    .iter()
+                    .flat_map(|d| [d.jetty_coverage.as_ref(), d.tanks_coverage.as_ref()]),
+            );
             cx.record(
                 RecordKind::Chain,
                 &product,
@@ -626,6 +722,7 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                 None,
                 json!({ "discharges": ids }),
             );
+            cx.cover(jetty_cov);
             cx.record(
                 RecordKind::Chain,
                 &product,
@@ -637,6 +734,7 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
                 None,
                 json!({ "discharges": ids }),
             );
+            cx.cover(tanks_cov);
         }
         let tanks: Vec<&TankDay> = inp.tanks.iter().filter(|t| t.product == product).collect();
         let outflow: Option<f64> = tanks
@@ -645,7 +743,7 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
             .sum();
         let loaded = by_product.get(product.as_str()).copied().unwrap_or(0.0);
         let tank_ids: Vec<&str> = tanks.iter().map(|t| t.id.as_str()).collect();
-        let v = cx.record(
+        cx.record(
             RecordKind::Chain,
             &product,
             "gantry",
@@ -656,6 +754,12 @@ pub fn reconcile_day(inp: &DayInputs, p: &Params<'_>) -> DayResult {
             None,
             json!({ "tanks": tank_ids }),
         );
+        // Incomplete: the tanks' own data-missing alerts say what is missing.
+        let v = cx.cover(merge(
+            tanks
+                .iter()
+                .map(|t| tank_cov.get(t.id.as_str()).copied().flatten()),
+        ));
         if v == Verdict::Exception {
             let msg = format!("product {product}, tanks → gantry: {}", cx.last_summary());
             cx.alert(

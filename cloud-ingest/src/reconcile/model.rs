@@ -78,6 +78,9 @@ pub struct TankDay {
     pub closing: Option<Stock>,
     /// Receipts during the day.
     pub receipts: Vec<ReceiptWindow>,
+    /// The data behind the day's figures (gauge tags over the day; boundaries: 00:00, 24:00
+    /// and the receipt windows' ends). None: not measured (engine tests).
+    pub coverage: Option<Coverage>,
 }
 
 /// What a meter is for.
@@ -105,6 +108,8 @@ pub struct MeterDay {
     pub delta_l: Option<f64>,
     /// The totalizer counts gross volume (else net standard volume).
     pub gross: bool,
+    /// The data behind `delta_l` (the totalizer tag over the day).
+    pub coverage: Option<Coverage>,
 }
 
 /// A gantry batch record (one compartment of one load).
@@ -186,6 +191,10 @@ pub struct DischargeDay {
     pub jetty_l: Option<f64>,
     /// Σ over the receiving tanks of NSV(close) − NSV(open), litres (None: missing gauge data).
     pub tanks_l: Option<f64>,
+    /// The data behind `jetty_l` (jetty totalizer tags over the discharge window).
+    pub jetty_coverage: Option<Coverage>,
+    /// The data behind `tanks_l` (receiving tanks' gauge tags over the discharge window).
+    pub tanks_coverage: Option<Coverage>,
 }
 
 /// A GPS fix.
@@ -334,6 +343,9 @@ pub enum Verdict {
     Pending,
     /// Inputs missing (no gauge data, no meter data): reported, not judged.
     NoData,
+    /// Some input data of the figure is missing (a gap, a stale span, too few readings):
+    /// reported with its coverage, not judged; re-run when the data arrives.
+    Incomplete,
 }
 
 impl Verdict {
@@ -344,6 +356,7 @@ impl Verdict {
             Verdict::Exception => "exception",
             Verdict::Pending => "pending",
             Verdict::NoData => "no-data",
+            Verdict::Incomplete => "incomplete",
         }
     }
 
@@ -353,6 +366,7 @@ impl Verdict {
             "ok" => Verdict::Ok,
             "exception" => Verdict::Exception,
             "pending" => Verdict::Pending,
+            "incomplete" => Verdict::Incomplete,
             _ => Verdict::NoData,
         }
     }
@@ -387,6 +401,92 @@ pub struct Variance {
     pub verdict: Verdict,
     /// Stage-specific figures (opening, receipts, control limits, unconfirmed quantity, …).
     pub detail: serde_json::Value,
+    /// The data behind the figure (None: the figure has no tag inputs, e.g. trips and the
+    /// stations stage, which compare documents).
+    #[serde(default)]
+    pub coverage: Option<Coverage>,
+}
+
+/// A span of time, epoch ms, `[from_ms, to_ms]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// Start.
+    pub from_ms: i64,
+    /// End.
+    pub to_ms: i64,
+}
+
+impl Span {
+    /// Does it contain the instant `t`?
+    pub fn contains(&self, t: i64) -> bool {
+        self.from_ms <= t && t <= self.to_ms
+    }
+}
+
+/// A reported gap (cloud `gaps` table) overlapping an input's window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GapSpan {
+    /// Start, ms.
+    pub from_ms: i64,
+    /// End, ms.
+    pub to_ms: i64,
+    /// Readings lost as reported (None: unknown count).
+    pub count: Option<i64>,
+    /// Why (the agent's reason).
+    pub reason: String,
+    /// The data of the span has arrived since (a backfill or an import): it no longer counts.
+    pub filled: bool,
+}
+
+/// One input tag of a figure over the figure's window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TagCoverage {
+    /// `agent/name`.
+    pub tag: String,
+    /// Window start, ms.
+    pub from_ms: i64,
+    /// Window end, ms (exclusive).
+    pub to_ms: i64,
+    /// Readings expected in the window (its length over the tag's poll interval, counted from
+    /// the tag's first reading).
+    pub expected: i64,
+    /// Good readings present in the window.
+    pub present: i64,
+    /// Reported gaps overlapping the window.
+    pub gaps: Vec<GapSpan>,
+    /// Spans without a good reading for longer than the tag's stale limit (bad quality counts as
+    /// missing), clipped to the window.
+    pub stale: Vec<Span>,
+    /// Instants the figure reads the tag at (opening, closing, window ends) that fall in an
+    /// unfilled gap or a stale span.
+    pub boundaries_missing: Vec<i64>,
+}
+
+impl TagCoverage {
+    /// present / expected, at most 1 (1 when nothing is expected).
+    pub fn ratio(&self) -> f64 {
+        if self.expected <= 0 {
+            1.0
+        } else {
+            (self.present as f64 / self.expected as f64).min(1.0)
+        }
+    }
+}
+
+/// The data behind a figure: its input tags, the agents' dead letters in the window, and the
+/// verdict on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// The weakest input's present / expected (1 without inputs).
+    pub ratio: f64,
+    /// Whether the figure's data is complete (see [`crate::reconcile::engine::coverage`]).
+    pub complete: bool,
+    /// Per input tag and window.
+    pub inputs: Vec<TagCoverage>,
+    /// Dead-lettered data batches of the inputs' agents received in the window.
+    pub dead_letters: i64,
+    /// What is missing, for people ("data missing for gw-1/JM1.total 2026-03-05 10:00–12:00").
+    pub missing: Vec<String>,
 }
 
 /// An alert the engine or the analytics raise.

@@ -44,6 +44,20 @@ pub struct Faults {
     pub transit_loss: Option<(String, i64, f64)>,
     /// (truck, day): its first trip that day gets no ePOD.
     pub missing_epod: Option<(String, i64)>,
+    /// (meter, day, first hour, hours): the meter's totalizer readings of the span are missing
+    /// (a communication outage the agent reports as a gap of unknown count); they come later,
+    /// in [`SimMonth::backfill`].
+    pub meter_outage: Option<(String, i64, i64, i64)>,
+    /// (tank, day, first hour, hours): the tank's level gauge answers bad quality only over the
+    /// span; its good readings come later, in [`SimMonth::backfill`] (the gauge's own log).
+    pub stale_gauge: Option<(String, i64, i64, i64)>,
+    /// (meter, day, hour): the meter's totalizer wraps at that hour; the agent marks the first
+    /// reading after the wrap with a rollover and the quantity counted across it.
+    pub rollover: Option<(String, i64, i64)>,
+    /// (meter, day, hour): the meter's totalizer is reset to 0 at that hour (choose an hour
+    /// without loading: the agent's reset marker names the total of the reading before); the
+    /// agent marks the first reading after the reset with the total before it.
+    pub reset: Option<(String, i64, i64)>,
 }
 
 impl Faults {
@@ -55,6 +69,7 @@ impl Faults {
             meter_drift: Some(("M2".into(), 12, 0.003)),
             transit_loss: Some(("TRK-07".into(), 8, 0.02)),
             missing_epod: Some(("TRK-03".into(), 22)),
+            ..Faults::default()
         }
     }
 }
@@ -119,6 +134,10 @@ pub struct SimMonth {
     pub epods: Vec<Epod>,
     /// The alerts the faults must raise: (kind, place, date).
     pub expected: Vec<(String, String, String)>,
+    /// The data the outage and stale-gauge faults held back, to commit later (a backfill).
+    pub backfill: Vec<wire::Batch>,
+    /// The `data-missing` alerts the held-back data raises until it is backfilled.
+    pub expected_missing: Vec<(String, String, String)>,
 }
 
 /// xorshift64* noise in [-1, 1).
@@ -710,6 +729,8 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
     for b in &mut batches {
         b.sort_readings();
     }
+    let (backfill, expected_missing) =
+        data_faults(opts, &mut batches, jetty_tag, meter_tag0, &discharges);
     // Truck GPS: one batch per truck and day.
     for (k, fixes) in gps.iter().enumerate() {
         let agent = truck_id(k).to_lowercase();
@@ -745,7 +766,144 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
         discharges,
         epods,
         expected,
+        backfill,
+        expected_missing,
     }
+}
+
+/// The tag index of a meter id (`JM1`, `M1`…`M4`).
+fn meter_tag_of(id: &str, jetty_tag: u32, meter_tag0: u32) -> Option<u32> {
+    if id == "JM1" {
+        return Some(jetty_tag);
+    }
+    let k: u32 = id.strip_prefix('M')?.parse().ok()?;
+    (1..=4).contains(&k).then(|| meter_tag0 + k - 1)
+}
+
+/// A totalizer's wrap (`rollover`) or reset to 0 at the first reading at or after `at`: every
+/// later value drops by the modulus (a wrap between the two readings) or by the value at the
+/// reset, and that reading carries the agent's marker.
+fn counter_fault(batches: &mut [wire::Batch], tag: u32, at: i64, rollover: bool) {
+    let mut series: Vec<&mut wire::WireReading> = batches
+        .iter_mut()
+        .filter(|b| b.site == SITE && b.agent == AGENT)
+        .flat_map(|b| b.readings.iter_mut())
+        .filter(|r| r.tag == tag)
+        .collect();
+    series.sort_by_key(|r| r.ts_ms);
+    let value = |r: &wire::WireReading| match r.value {
+        Some(wire::WireValue::Float(v)) => v,
+        _ => 0.0,
+    };
+    let Some(i) = series.iter().position(|r| r.ts_ms >= at).filter(|i| *i > 0) else {
+        return;
+    };
+    let (before, after) = (value(series[i - 1]), value(series[i]));
+    // A wrap: the modulus lies between the two readings. A reset: back to 0 at the reading.
+    let drop = if rollover {
+        ((before + after) / 2.0).floor()
+    } else {
+        after
+    };
+    for r in series.iter_mut().skip(i) {
+        let v = value(r);
+        r.value = Some(wire::WireValue::Float(v - drop));
+    }
+    series[i].counter = Some(if rollover {
+        wire::Counter::Rollover {
+            delta: after - before,
+        }
+    } else {
+        wire::Counter::Reset { previous: before }
+    });
+}
+
+/// Apply the data faults (outage, stale gauge, rollover, reset) to the terminal's batches; returns the
+/// held-back data (one batch) and the `data-missing` alerts expected until it arrives.
+fn data_faults(
+    opts: &SimOptions,
+    batches: &mut [wire::Batch],
+    jetty_tag: u32,
+    meter_tag0: u32,
+    discharges: &[SimDischarge],
+) -> (Vec<wire::Batch>, Vec<(String, String, String)>) {
+    let f = &opts.faults;
+    let at = |day: i64, hour: i64| day_start_ms(opts.start_day + day) + hour * 3_600_000;
+    let mut held: Vec<wire::WireReading> = Vec::new();
+    let mut expected = Vec::new();
+    let terminal = |b: &wire::Batch| b.site == SITE && b.agent == AGENT;
+    if let Some((meter, day, hour, hours)) = &f.meter_outage {
+        if let Some(tag) = meter_tag_of(meter, jetty_tag, meter_tag0) {
+            let (s, e) = (at(*day, *hour), at(*day, hour + hours));
+            for b in batches.iter_mut().filter(|b| terminal(b)) {
+                let (out, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut b.readings)
+                    .into_iter()
+                    .partition(|r| r.tag == tag && r.ts_ms >= s && r.ts_ms < e);
+                b.readings = keep;
+                if !out.is_empty() {
+                    b.gaps.push(wire::Gap::uncounted(
+                        vec![tag],
+                        s,
+                        e,
+                        wire::GapReason::Other("device timeout".into()),
+                    ));
+                }
+                held.extend(out);
+            }
+            // A jetty outage leaves the parcel discharging through it incomplete on its close
+            // day; a gantry meter's check on its day.
+            if tag == jetty_tag {
+                for d in discharges
+                    .iter()
+                    .filter(|d| d.open.opened_ms < e && d.closed_ms > s)
+                {
+                    expected.push((
+                        "data-missing".to_owned(),
+                        format!("{}/jetty", d.open.parcel),
+                        day_name(day_of(d.closed_ms)),
+                    ));
+                }
+            } else {
+                expected.push(("data-missing".into(), meter.clone(), day_name(day_of(s))));
+            }
+        }
+    }
+    if let Some((tank, day, hour, hours)) = &f.stale_gauge {
+        if let Some(k) = TANKS.iter().position(|t| t.0 == tank) {
+            let tag = (k * 4) as u32;
+            let (s, e) = (at(*day, *hour), at(*day, hour + hours));
+            for r in batches
+                .iter_mut()
+                .filter(|b| terminal(b))
+                .flat_map(|b| b.readings.iter_mut())
+                .filter(|r| r.tag == tag && r.ts_ms >= s && r.ts_ms < e)
+            {
+                held.push(r.clone());
+                r.value = None;
+                r.quality = wire::Quality::BadCommunication;
+                r.error = Some("no response".into());
+            }
+            expected.push(("data-missing".into(), tank.clone(), day_name(day_of(s))));
+        }
+    }
+    if let Some((meter, day, hour)) = &f.rollover {
+        if let Some(tag) = meter_tag_of(meter, jetty_tag, meter_tag0) {
+            counter_fault(batches, tag, at(*day, *hour), true);
+        }
+    }
+    if let Some((meter, day, hour)) = &f.reset {
+        if let Some(tag) = meter_tag_of(meter, jetty_tag, meter_tag0) {
+            counter_fault(batches, tag, at(*day, *hour), false);
+        }
+    }
+    if held.is_empty() {
+        return (Vec::new(), expected);
+    }
+    let created = held.iter().map(|r| r.ts_ms).max().unwrap_or(0);
+    let mut b = wire::Batch::new(SITE, AGENT, 1_000_000, format!("sim-{AGENT}"), created);
+    b.readings = held;
+    b.sort_readings();
+    (vec![b], expected)
 }
 
 impl SimMonth {

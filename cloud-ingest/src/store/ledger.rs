@@ -272,10 +272,30 @@ pub trait Ledger: Send + Sync {
     ) -> Result<(i64, i64), StoreError>;
     /// Alerts (`open`, `closed` or all), newest first.
     async fn alerts(&self, state: Option<&str>, limit: i64) -> Result<Vec<AlertRow>, StoreError>;
+    /// Dead-lettered data batches (topic `…/{site}/{agent}/data`) received in
+    /// `[from_ms, to_ms)` (the reconciliation's coverage).
+    async fn dead_letter_count(
+        &self,
+        site: &str,
+        agent: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<i64, StoreError>;
+    /// The time of each tag's first stored reading (any quality; None: none), in input order.
+    async fn first_readings(&self, tag_ids: &[i64]) -> Result<Vec<Option<i64>>, StoreError>;
+    /// A tag's good readings in `(from_ms, to_ms]` carrying a totalizer marker, by time:
+    /// `(ts_ms, value, counter_kind, counter_value)` (0 = rollover with its delta, 1 = reset with
+    /// the total before it).
+    async fn counter_marks(
+        &self,
+        tag_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, f64, i64, f64)>, StoreError>;
 }
 
 /// The reconciliation alert kinds (everything a run raises).
-pub const RUN_KINDS: [&str; 11] = [
+pub const RUN_KINDS: [&str; 12] = [
     "tank-balance",
     "chain-variance",
     "parcel-variance",
@@ -287,6 +307,7 @@ pub const RUN_KINDS: [&str; 11] = [
     "no-data",
     "unknown-meter",
     "station-gauge-variance",
+    "data-missing",
 ];
 
 #[cfg(test)]

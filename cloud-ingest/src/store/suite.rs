@@ -787,6 +787,127 @@ pub async fn nonsense_gaps_are_refused(s: &dyn Store) {
     );
 }
 
+/// The reconciliation's coverage inputs: dead letters of an agent's data topic in a window, the
+/// first reading of each tag, the totalizer markers (good readings only), and the coverage of a
+/// variance record kept as it was saved.
+pub async fn coverage_inputs_are_read(s: &dyn Store) {
+    use crate::reconcile::model::{Coverage, RecordKind, TagCoverage, Variance, Verdict};
+    use crate::store::ledger::NewRun;
+    for (i, topic) in [
+        "fs/v1/s/a/data",
+        "fs/v1/s/a/status",
+        "fs/v1/s/ab/data",
+        "fs/v1/s/a/data",
+    ]
+    .iter()
+    .enumerate()
+    {
+        s.dead_letter(&DeadLetter {
+            topic: (*topic).into(),
+            payload: vec![1],
+            reason: "bad".into(),
+            received_ms: T0 + i as i64 * 1000,
+        })
+        .await
+        .expect("dead letter");
+    }
+    let l = s.ledger();
+    assert_eq!(
+        l.dead_letter_count("s", "a", T0, T0 + 10_000)
+            .await
+            .expect("count"),
+        2
+    );
+    assert_eq!(
+        l.dead_letter_count("s", "a", T0 + 1, T0 + 10_000)
+            .await
+            .expect("count"),
+        1
+    );
+    assert_eq!(
+        l.dead_letter_count("s", "ab", T0, T0 + 10_000)
+            .await
+            .expect("count"),
+        1
+    );
+
+    s.birth(&birth("s", "a", "h", &["m/total", "m/other"]), T0)
+        .await
+        .expect("birth");
+    let mut b = batch("s", "a", "h", 1, 1, 10, T0, 100.0);
+    b.readings[4].counter = Some(wire::Counter::Rollover { delta: 7.5 });
+    b.readings[6].counter = Some(wire::Counter::Reset { previous: 105.0 });
+    b.readings[8].counter = Some(wire::Counter::Reset { previous: 1.0 });
+    b.readings[8].quality = wire::Quality::BadDevice;
+    b.readings[8].value = None;
+    s.commit(&[b]).await.expect("commit");
+    let (total, other) = (tag_id(s, "m/total").await, tag_id(s, "m/other").await);
+    assert_eq!(
+        l.first_readings(&[total, other, 999]).await.expect("first"),
+        vec![Some(T0), None, None]
+    );
+    assert!(l.first_readings(&[]).await.expect("first").is_empty());
+    let marks = l.counter_marks(total, T0, T0 + 9_000).await.expect("marks");
+    assert_eq!(
+        marks,
+        vec![(T0 + 4_000, 104.0, 0, 7.5), (T0 + 6_000, 106.0, 1, 105.0)]
+    );
+    assert_eq!(
+        l.counter_marks(total, T0 + 4_000, T0 + 5_000)
+            .await
+            .expect("marks"),
+        vec![]
+    );
+
+    let coverage = Coverage {
+        ratio: 0.5,
+        complete: false,
+        inputs: vec![TagCoverage {
+            tag: "a/m/total".into(),
+            from_ms: T0,
+            to_ms: T0 + 20_000,
+            expected: 20,
+            present: 10,
+            gaps: vec![],
+            stale: vec![],
+            boundaries_missing: vec![T0 + 20_000],
+        }],
+        dead_letters: 2,
+        missing: vec!["data missing for a/m/total".into()],
+    };
+    let v = |coverage: Option<Coverage>| Variance {
+        date: "2026-01-01".into(),
+        site: "s".into(),
+        kind: RecordKind::MeterCheck,
+        place: "M1".into(),
+        stage: "totalizer".into(),
+        product: "AGO".into(),
+        reference_l: None,
+        measured_l: Some(1.0),
+        variance_l: None,
+        variance_pct: None,
+        tolerance_pct: 0.2,
+        verdict: Verdict::Incomplete,
+        detail: serde_json::json!({}),
+        coverage,
+    };
+    let run = NewRun {
+        date: "2026-01-01".into(),
+        trigger: "test".into(),
+        started_ms: T0,
+        finished_ms: T0,
+        as_of_ms: T0,
+    };
+    l.save_run(&run, &[v(Some(coverage.clone())), v(None)], &[])
+        .await
+        .expect("save");
+    let rows = l.variances("2026-01-01", None).await.expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].v.coverage.as_ref(), Some(&coverage));
+    assert_eq!(rows[0].v.verdict, Verdict::Incomplete);
+    assert_eq!(rows[1].v.coverage, None);
+}
+
 /// Instantiate the whole suite for a backend: `store_suite!(async { make().await });`
 #[macro_export]
 macro_rules! store_suite {
@@ -795,7 +916,7 @@ macro_rules! store_suite {
             an_unknown_catalog_is_not_stored, one_commit_call_reports_each_batch, gaps_and_events_are_stored,
             series_are_bucketed, every_value_kind_is_kept, status_and_heartbeat_update_the_agent, dead_letters_are_kept,
             a_conflicting_batch_is_never_a_duplicate, epochs_keep_batch_ids_apart,
-            a_replaced_buffer_is_a_gap_of_unknown_count, nonsense_gaps_are_refused);
+            a_replaced_buffer_is_a_gap_of_unknown_count, nonsense_gaps_are_refused, coverage_inputs_are_read);
     };
     (@t $make:expr; $($name:ident),*) => {
         $(

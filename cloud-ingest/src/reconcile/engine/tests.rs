@@ -55,6 +55,7 @@ fn day() -> DayInputs {
             opening: stock(1_000_000.0),
             closing: stock(940_000.0),
             receipts: vec![],
+            coverage: None,
         }],
         meters: vec![MeterDay {
             id: "M1".into(),
@@ -63,6 +64,7 @@ fn day() -> DayInputs {
             tank: Some("T1".into()),
             delta_l: Some(60_000.0),
             gross: false,
+            coverage: None,
         }],
         batches: vec![
             batch("B1", "TRK-1", "M1", "AGO", 30_000.0, t0 + 3_600_000),
@@ -248,6 +250,8 @@ fn a_parcel_goes_from_bl_to_tanks() {
         ship_l: Some(9_985_000.0),
         jetty_l: Some(9_980_000.0),
         tanks_l: Some(9_700_000.0),
+        jetty_coverage: None,
+        tanks_coverage: None,
     }];
     let r = run(&d);
     let kinds: Vec<(&str, &str)> = r
@@ -372,5 +376,108 @@ fn a_station_gauge_report_is_checked_against_the_epod() {
         vec![("station-gauge-variance", "TRK-2/B2")],
         "{:#?}",
         r.alerts
+    );
+}
+
+/// A coverage of one input, complete or with a two-hour hole.
+fn cov(complete: bool) -> Option<Coverage> {
+    use super::coverage::{judge, CoverageRule};
+    let t0 = day_start_ms(DAY);
+    let input = TagCoverage {
+        tag: "gw-1/JM1.total".into(),
+        from_ms: t0,
+        to_ms: t0 + DAY_MS,
+        expected: 288,
+        present: if complete { 288 } else { 264 },
+        gaps: vec![],
+        stale: if complete {
+            vec![]
+        } else {
+            vec![Span {
+                from_ms: t0 + 10 * 3_600_000,
+                to_ms: t0 + 12 * 3_600_000,
+            }]
+        },
+        boundaries_missing: vec![],
+    };
+    Some(judge(vec![input], 0, &CoverageRule::default()))
+}
+
+#[test]
+fn an_incomplete_tank_is_not_judged_and_says_what_is_missing() {
+    let mut d = day();
+    // A "loss" of 10,000 L that is really missing gauge data.
+    d.tanks[0].closing = stock(930_000.0);
+    d.tanks[0].coverage = cov(false);
+    let r = run(&d);
+    let t = find(&r, RecordKind::Tank, "T1", "balance");
+    assert_eq!(t.verdict, Verdict::Incomplete);
+    assert!((t.coverage.as_ref().expect("coverage").ratio - 264.0 / 288.0).abs() < 1e-9);
+    let kinds: Vec<(&str, &str)> = r
+        .alerts
+        .iter()
+        .map(|a| (a.kind.as_str(), a.place.as_str()))
+        .collect();
+    assert_eq!(kinds, vec![("data-missing", "T1")], "{:#?}", r.alerts);
+    assert!(
+        r.alerts[0]
+            .message
+            .starts_with("data missing for gw-1/JM1.total"),
+        "{}",
+        r.alerts[0].message
+    );
+    // The chain stage built on the tank is incomplete too (without another alert), and the
+    // meter trend has no clean transfer.
+    assert_eq!(
+        find(&r, RecordKind::Chain, "AGO", "gantry").verdict,
+        Verdict::Incomplete
+    );
+    // Complete: judged as before (a loss).
+    d.tanks[0].coverage = cov(true);
+    let r = run(&d);
+    assert_eq!(
+        find(&r, RecordKind::Tank, "T1", "balance").verdict,
+        Verdict::Exception
+    );
+}
+
+#[test]
+fn an_incomplete_jetty_meter_is_no_reference_for_the_tanks() {
+    let mut d = day();
+    d.discharges = vec![DischargeDay {
+        id: 7,
+        vessel: "MT Kilimanjaro".into(),
+        parcel: "BL-42".into(),
+        product: "AGO".into(),
+        bl_l: 10_000_000.0,
+        ship_l: Some(9_985_000.0),
+        // two hours of the meter missing: it looks like a 10 % loss
+        jetty_l: Some(8_900_000.0),
+        tanks_l: Some(9_980_000.0),
+        jetty_coverage: cov(false),
+        tanks_coverage: cov(true),
+    }];
+    let r = run(&d);
+    assert_eq!(
+        find(&r, RecordKind::Parcel, "BL-42", "jetty").verdict,
+        Verdict::Incomplete
+    );
+    let tanks = find(&r, RecordKind::Parcel, "BL-42", "tanks");
+    assert_eq!(tanks.verdict, Verdict::Ok);
+    assert_eq!(tanks.reference_l, Some(9_985_000.0));
+    let kinds: Vec<(&str, &str)> = r
+        .alerts
+        .iter()
+        .map(|a| (a.kind.as_str(), a.place.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("data-missing", "BL-42/jetty")],
+        "{:#?}",
+        r.alerts
+    );
+    assert_eq!(
+        find(&r, RecordKind::Chain, "AGO", "jetty").verdict,
+        Verdict::Incomplete
     );
 }

@@ -95,6 +95,11 @@ CREATE TABLE IF NOT EXISTS flowsquare.alerts (
 CREATE INDEX IF NOT EXISTS alerts_state ON flowsquare.alerts (state, kind);
 ";
 
+/// Version 4: the coverage of each variance record (NULL: no tag inputs).
+pub(super) const SCHEMA_V4: &str = "
+ALTER TABLE flowsquare.variances ADD COLUMN IF NOT EXISTS coverage jsonb;
+";
+
 fn ts(ms: i64) -> Ts {
     Ts(ms.clamp(MIN_TS_MS, MAX_TS_MS))
 }
@@ -552,16 +557,24 @@ impl Ledger for PgStore {
             records.iter().map(f).collect::<Vec<Option<f64>>>()
         };
         let detail: Vec<serde_json::Value> = records.iter().map(|v| v.detail.clone()).collect();
+        let coverage: Vec<Option<serde_json::Value>> = records
+            .iter()
+            .map(|v| {
+                v.coverage
+                    .as_ref()
+                    .and_then(|c| serde_json::to_value(c).ok())
+            })
+            .collect();
         let tol: Vec<f64> = records.iter().map(|v| v.tolerance_pct).collect();
         tx.execute(
-            "INSERT INTO flowsquare.variances (run_id, date, site, kind, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail)
-             SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::float8[], $12::float8[], $13::text[], $14::jsonb[])",
+            "INSERT INTO flowsquare.variances (run_id, date, site, kind, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail, coverage)
+             SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::float8[], $12::float8[], $13::text[], $14::jsonb[], $15::jsonb[])",
             &[
                 &id, &run.date,
                 &col(&|v| v.site.clone()), &col(&|v| v.kind.as_str().to_owned()), &col(&|v| v.place.clone()),
                 &col(&|v| v.stage.clone()), &col(&|v| v.product.clone()),
                 &colf(&|v| v.reference_l), &colf(&|v| v.measured_l), &colf(&|v| v.variance_l), &colf(&|v| v.variance_pct),
-                &tol, &col(&|v| v.verdict.as_str().to_owned()), &detail,
+                &tol, &col(&|v| v.verdict.as_str().to_owned()), &detail, &coverage,
             ],
         )
         .await
@@ -607,7 +620,7 @@ impl Ledger for PgStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT run_id, date, kind, site, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail
+                "SELECT run_id, date, kind, site, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail, coverage
                  FROM flowsquare.variances WHERE date = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY id",
                 &[&date, &kind],
             )
@@ -631,6 +644,9 @@ impl Ledger for PgStore {
                     tolerance_pct: r.get(11),
                     verdict: Verdict::parse(r.get(12)),
                     detail: r.get(13),
+                    coverage: r
+                        .get::<_, Option<serde_json::Value>>(14)
+                        .and_then(|c| serde_json::from_value(c).ok()),
                 },
             })
             .collect())
@@ -698,5 +714,83 @@ impl Ledger for PgStore {
             .await
             .map_err(pg)?;
         Ok(rows.iter().map(alert_row).collect())
+    }
+
+    async fn dead_letter_count(
+        &self,
+        site: &str,
+        agent: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let c = self.client().await?;
+        let suffix = format!("/{site}/{agent}/data");
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM flowsquare.dead_letters WHERE received >= $1 AND received < $2
+                 AND right(topic, length($3)) = $3",
+                &[&ts(from_ms), &ts(to_ms), &suffix],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        Ok(n)
+    }
+
+    async fn first_readings(&self, tag_ids: &[i64]) -> Result<Vec<Option<i64>>, StoreError> {
+        if tag_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT p.i, r.ts
+                 FROM unnest($1::bigint[]) WITH ORDINALITY AS p(tag, i)
+                 LEFT JOIN LATERAL (
+                     SELECT ts FROM flowsquare.readings WHERE tag_id = p.tag ORDER BY ts LIMIT 1
+                 ) r ON true",
+                &[&tag_ids],
+            )
+            .await
+            .map_err(pg)?;
+        let mut out = vec![None; tag_ids.len()];
+        for r in &rows {
+            let i: i64 = r.get(0);
+            if let Some(t) = r.get::<_, Option<Ts>>(1) {
+                if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
+                    *slot = Some(t.0);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn counter_marks(
+        &self,
+        tag_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, f64, i64, f64)>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT ts, value, counter_kind, counter_value FROM flowsquare.readings
+                 WHERE tag_id = $1 AND ts > $2 AND ts <= $3 AND counter_kind IS NOT NULL
+                 AND counter_value IS NOT NULL AND quality = 0 AND value IS NOT NULL ORDER BY ts",
+                &[&tag_id, &ts(from_ms), &ts(to_ms)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, Ts>(0).0,
+                    r.get(1),
+                    i64::from(r.get::<_, i16>(2)),
+                    r.get(3),
+                )
+            })
+            .collect())
     }
 }

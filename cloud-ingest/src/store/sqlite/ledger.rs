@@ -10,6 +10,18 @@ use crate::reconcile::model::{
 use crate::store::ledger::*;
 use crate::store::StoreError;
 
+/// Version 4: the coverage of each variance record (JSON, NULL: no tag inputs). SQLite has no
+/// `ADD COLUMN IF NOT EXISTS`: added when `table_info` does not list it.
+pub(super) fn migrate_v4(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let has: bool = tx
+        .prepare("SELECT 1 FROM pragma_table_info('variances') WHERE name = 'coverage'")?
+        .exists([])?;
+    if !has {
+        tx.execute_batch("ALTER TABLE variances ADD COLUMN coverage TEXT")?;
+    }
+    Ok(())
+}
+
 /// Version 2: the reconciliation's tables.
 pub(super) const SCHEMA_V2: &str = "
 CREATE TABLE IF NOT EXISTS discharges (
@@ -257,6 +269,7 @@ fn variance_row(r: &Row<'_>) -> rusqlite::Result<VarianceRow> {
     let kind: String = r.get(2)?;
     let verdict: String = r.get(12)?;
     let detail: String = r.get(13)?;
+    let coverage: Option<String> = r.get(14)?;
     Ok(VarianceRow {
         run_id: r.get(0)?,
         v: Variance {
@@ -273,8 +286,16 @@ fn variance_row(r: &Row<'_>) -> rusqlite::Result<VarianceRow> {
             tolerance_pct: r.get(11)?,
             verdict: Verdict::parse(&verdict),
             detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+            coverage: coverage.and_then(|c| serde_json::from_str(&c).ok()),
         },
     })
+}
+
+/// The stored form of a record's coverage.
+fn coverage_json(v: &Variance) -> Option<String> {
+    v.coverage
+        .as_ref()
+        .and_then(|c| serde_json::to_string(c).ok())
 }
 
 #[async_trait]
@@ -478,13 +499,14 @@ impl Ledger for SqliteStore {
             tx.execute("DELETE FROM variances WHERE date = ?1", [&run.date])?;
             {
                 let mut st = tx.prepare_cached(
-                    "INSERT INTO variances (run_id, date, site, kind, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    "INSERT INTO variances (run_id, date, site, kind, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail, coverage)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 )?;
                 for v in &records {
                     st.execute(params![
                         id, v.date, v.site, v.kind.as_str(), v.place, v.stage, v.product, v.reference_l, v.measured_l,
-                        v.variance_l, v.variance_pct, v.tolerance_pct, v.verdict.as_str(), v.detail.to_string()
+                        v.variance_l, v.variance_pct, v.tolerance_pct, v.verdict.as_str(), v.detail.to_string(),
+                        coverage_json(v)
                     ])?;
                 }
             }
@@ -521,7 +543,7 @@ impl Ledger for SqliteStore {
         let (date, kind) = (date.to_owned(), kind.map(str::to_owned));
         self.run(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT run_id, date, kind, site, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail
+                "SELECT run_id, date, kind, site, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail, coverage
                  FROM variances WHERE date = ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id",
             )?;
             let rows = st.query_map(params![date, kind], variance_row)?.collect::<Result<_, _>>()?;
@@ -594,6 +616,61 @@ impl Ledger for SqliteStore {
                 "SELECT {ALERT_COLS} FROM alerts WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
             ))?;
             let rows = st.query_map(params![state, limit], alert_row)?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn dead_letter_count(
+        &self,
+        site: &str,
+        agent: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let suffix = format!("/{site}/{agent}/data");
+        self.run(move |c| {
+            let n = c
+                .prepare_cached(
+                    "SELECT count(*) FROM dead_letters WHERE received_ms >= ?1 AND received_ms < ?2
+                     AND substr(topic, -length(?3)) = ?3",
+                )?
+                .query_row(params![from_ms, to_ms, suffix], |r| r.get(0))?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn first_readings(&self, tag_ids: &[i64]) -> Result<Vec<Option<i64>>, StoreError> {
+        let ids = tag_ids.to_vec();
+        self.run(move |c| {
+            let mut st = c.prepare_cached("SELECT min(ts_ms) FROM readings WHERE tag_id = ?1")?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(st.query_row([id], |r| r.get::<_, Option<i64>>(0))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn counter_marks(
+        &self,
+        tag_id: i64,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, f64, i64, f64)>, StoreError> {
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT ts_ms, value, counter_kind, counter_value FROM readings
+                 WHERE tag_id = ?1 AND ts_ms > ?2 AND ts_ms <= ?3 AND counter_kind IS NOT NULL
+                 AND counter_value IS NOT NULL AND quality = 0 AND value IS NOT NULL ORDER BY ts_ms, rowid",
+            )?;
+            let rows = st
+                .query_map(params![tag_id, from_ms, to_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
             Ok(rows)
         })
         .await

@@ -10,7 +10,7 @@ function pill(text, cls) {
   return h('span', { class: `pill ${cls}` }, text);
 }
 function verdictPill(v) {
-  return pill(v, { ok: 'good', exception: 'bad', pending: 'warn', 'no-data': 'muted' }[v] || 'muted');
+  return pill(v, { ok: 'good', exception: 'bad', pending: 'warn', 'no-data': 'muted', incomplete: 'incomplete' }[v] || 'muted');
 }
 function stat(label, value, note, cls) {
   return h('div', { class: `stat ${cls || ''}` }, h('div', { class: 'stat-value' }, value), h('div', { class: 'stat-label' }, label), note ? h('div', { class: 'stat-note' }, note) : null);
@@ -185,6 +185,7 @@ const STAGE_LABEL = { ship: 'Ship', jetty: 'Jetty meter', tanks: 'Shore tanks', 
 /** good within half the tolerance, warn within it, bad beyond. */
 function varClass(v) {
   if (v.verdict === 'no-data') return 'muted';
+  if (v.verdict === 'incomplete') return 'incomplete';
   if (v.verdict === 'pending') return 'warn';
   if (v.variance_pct === null || v.variance_pct === undefined) return v.verdict === 'exception' ? 'bad' : 'muted';
   const r = Math.abs(v.variance_pct) / v.tolerance_pct;
@@ -202,16 +203,29 @@ function chainRow(product, recs) {
     const r = by[st];
     if (!r) continue;
     boxes.push(h('div', { class: 'arrow' }, '→'));
-    boxes.push(h('div', { class: `node ${varClass(r)}`, title: `reference ${litres(r.reference_l)} · measured ${litres(r.measured_l)} · tolerance ±${r.tolerance_pct} %` },
+    const missing = r.coverage && r.coverage.missing.length ? `\n${r.coverage.missing.join('\n')}` : '';
+    boxes.push(h('div', { class: `node ${varClass(r)}`, title: `reference ${litres(r.reference_l)} · measured ${litres(r.measured_l)} · tolerance ±${r.tolerance_pct} %${r.coverage ? ` · data ${coveragePct(r)}` : ''}${missing}` },
       h('div', { class: 'node-title' }, STAGE_LABEL[st]),
       h('div', { class: 'node-q' }, litres(r.measured_l)),
-      h('div', { class: 'node-v' }, r.variance_l !== null ? `${r.variance_l > 0 ? '+' : ''}${num(r.variance_l)} L · ${pct(r.variance_pct)}` : r.verdict),
+      h('div', { class: 'node-v' }, r.verdict === 'incomplete' ? `incomplete · ${coveragePct(r)} data` : r.variance_l !== null ? `${r.variance_l > 0 ? '+' : ''}${num(r.variance_l)} L · ${pct(r.variance_pct)}` : r.verdict),
       h('div', { class: 'node-tol' }, `tolerance ±${r.tolerance_pct} %`)));
   }
   if (boxes[0] && boxes[0].className === 'arrow') boxes.shift();
   const st = by.stations;
   return h('div', { class: 'chain' }, h('div', { class: 'chain-product' }, product), h('div', { class: 'chain-nodes' }, boxes),
     st && st.detail ? h('div', { class: 'chain-note muted' }, `loaded in total ${litres(st.detail.loaded_total_l)}; stations compare confirmed trips only — unconfirmed ${litres(st.detail.unconfirmed_l)}, ${st.detail.pending_epods} ePOD(s) pending, ${st.detail.missing_epods} missing`) : null);
+}
+
+/** The data behind a record: share of the expected readings present and what is missing. */
+function coveragePct(r) {
+  return r.coverage ? `${num(r.coverage.ratio * 100, 1)} %` : '—';
+}
+function coverageCell(r) {
+  const c = r.coverage;
+  if (!c) return h('span', { class: 'muted', title: 'No tag inputs (documents only)' }, '—');
+  const label = h('span', { class: `v ${c.complete ? 'good' : 'incomplete'}`, title: c.inputs.map((i) => `${i.tag}: ${i.present}/${i.expected} readings`).join('\n') }, `${coveragePct(r)} data`);
+  if (!c.missing.length) return label;
+  return h('div', {}, label, h('ul', { class: 'coverage-missing' }, c.missing.map((m) => h('li', {}, m))));
 }
 
 const varianceCols = [
@@ -221,6 +235,7 @@ const varianceCols = [
   { label: '%', class: 'num', value: (r) => h('span', { class: `v ${varClass(r)}` }, pct(r.variance_pct)) },
   { label: 'Tol. ±%', class: 'num', value: (r) => num(r.tolerance_pct, 2) },
   { label: 'Verdict', value: (r) => verdictPill(r.verdict) },
+  { label: 'Data', value: coverageCell },
 ];
 
 const recon = {
@@ -236,10 +251,12 @@ const recon = {
     const tabs = h('div', { class: 'tabs' }, ['chain', 'tanks', 'meters', 'trips'].map((v) => h('a', { href: `#/recon/${date}/${v}`, class: v === view ? 'tab active' : 'tab' }, { chain: 'Chain per product', tanks: 'Tank balances', meters: 'Meters', trips: 'Trips' }[v])));
     const csvName = view === 'chain' ? '' : `/${view}`;
     const csv = h('button', { type: 'button', class: 'secondary', onclick: () => download(`/api/v1/reconciliation/${date}${csvName}?format=csv`, `reconciliation-${date}-${view}.csv`) }, `Export ${view} CSV`);
-    const head = h('div', { class: 'toolbar' }, h('label', {}, 'Day (UTC) ', picker), tabs, h('span', { class: 'spacer' }), csv,
-      h('span', { class: 'muted' }, `run #${run.id} (${run.trigger}) at ${utc(run.finished_ms)}: ${run.records} records, ${run.exceptions} exceptions`));
     const path = view === 'chain' ? '' : `/${view}`;
     const recs = await api(`/api/v1/reconciliation/${date}${path}`);
+    const incomplete = recs.filter((r) => r.verdict === 'incomplete').length;
+    const head = h('div', { class: 'toolbar' }, h('label', {}, 'Day (UTC) ', picker), tabs, h('span', { class: 'spacer' }), csv,
+      h('span', { class: 'muted' }, `run #${run.id} (${run.trigger}) at ${utc(run.finished_ms)}: ${run.records} records, ${run.exceptions} exceptions`),
+      incomplete ? pill(`${incomplete} incomplete here: data missing, run again when it arrives`, 'incomplete') : null);
     let body;
     if (view === 'chain') {
       const chain = recs.filter((r) => r.kind === 'chain');
@@ -247,7 +264,7 @@ const recon = {
       const parcels = recs.filter((r) => r.kind === 'parcel');
       body = [
         card('Ship → tanks → gantry → stations, per product', products.length ? products.map((p) => chainRow(p, chain.filter((r) => r.product === p))) : h('p', { class: 'empty' }, 'No chain records for this day.'),
-          h('p', { class: 'legend' }, pill('within ½ tolerance', 'good'), ' ', pill('within tolerance', 'warn'), ' ', pill('outside tolerance', 'bad'), ' ', pill('no data / pending', 'muted'))),
+          h('p', { class: 'legend' }, pill('within ½ tolerance', 'good'), ' ', pill('within tolerance', 'warn'), ' ', pill('outside tolerance', 'bad'), ' ', pill('incomplete data: not judged', 'incomplete'), ' ', pill('no data / pending', 'muted'))),
         card('Parcels closed this day', table([
           { label: 'Parcel', value: (r) => r.place },
           { label: 'Vessel', value: (r) => r.detail.vessel || '—' },
