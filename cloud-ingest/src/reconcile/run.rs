@@ -145,8 +145,8 @@ impl Reconciler {
         }
     }
 
-    /// Reconcile `day` (all terminal sites of the model), store the results (replacing the
-    /// date's earlier ones) and synchronise the date's alerts.
+    /// Reconcile `day` (all terminal sites of the model), store the results as the date's new
+    /// current run (the earlier runs and their records stay) and synchronise the date's alerts.
     pub async fn run_day(
         &self,
         store: &dyn Store,
@@ -181,7 +181,7 @@ impl Reconciler {
         };
         let run = store
             .ledger()
-            .save_run(&run, &all.variances, &all.alerts)
+            .save_run(&run, &all.variances, &all.alerts, now_ms())
             .await?;
         tracing::debug!(
             date = %run.date,

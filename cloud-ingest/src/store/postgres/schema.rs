@@ -7,7 +7,7 @@ use super::{partitions, pg, Layout, PgStore, TimescaleMode};
 use crate::store::StoreError;
 
 /// Schema version written to `flowsquare.meta`.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 5;
 /// Advisory lock key serialising migrations ("FlSq" + 1).
 const MIGRATE_LOCK: i64 = 0x466c_5371_0001;
 
@@ -248,6 +248,10 @@ pub(super) async fn migrate(store: &PgStore) -> Result<String, StoreError> {
     };
     tx.batch_execute(COMMON).await.map_err(pg)?;
     tx.batch_execute(super::ledger::LEDGER_SCHEMA)
+        .await
+        .map_err(pg)?;
+    // Step 5: run history, amendments, audit log.
+    tx.batch_execute(super::ledger::SCHEMA_V5)
         .await
         .map_err(pg)?;
     match layout {
