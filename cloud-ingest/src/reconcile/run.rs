@@ -580,21 +580,23 @@ impl Reconciler {
             tags.iter().filter(|t| ids.contains(&t.id)).collect()
         };
         let ids: Vec<i64> = wanted.iter().map(|t| t.id).collect();
-        let latest: HashMap<i64, i64> = store
-            .latest(&ids)
-            .await?
-            .into_iter()
-            .map(|l| (l.tag_id, l.ts_ms))
-            .collect();
+        // Fresh means a *good* reading within the limit: bad-quality spans count as silent.
+        let good = store
+            .ledger()
+            .last_good(&ids, now - crate::analytics::stale::LOOKBACK_MS)
+            .await?;
         let ages: Vec<TagAge> = wanted
             .iter()
-            .map(|t| TagAge {
-                id: t.id,
-                site: t.site.clone(),
-                name: format!("{}/{}", t.agent, t.name),
-                interval_ms: t.interval_ms,
-                latest_ms: latest.get(&t.id).copied(),
-                since_ms: now,
+            .zip(good)
+            .map(|(t, g)| {
+                crate::analytics::stale::age_of(
+                    t.id,
+                    &t.site,
+                    format!("{}/{}", t.agent, t.name),
+                    t.interval_ms,
+                    g,
+                    now,
+                )
             })
             .collect();
         let stale = stale_tags(&ages, now, &self.cfg.stale);
@@ -606,7 +608,7 @@ impl Reconciler {
                 place: s.tag.name.clone(),
                 date: day_name(day_of(s.silent_since_ms)),
                 message: format!(
-                    "tag {} at {} has not reported for {:.0} s (expected every {} ms; limit {} s)",
+                    "tag {} at {} has had no good reading for {:.0} s (expected every {} ms; limit {} s)",
                     s.tag.name,
                     s.tag.site,
                     (now - s.silent_since_ms) as f64 / 1000.0,

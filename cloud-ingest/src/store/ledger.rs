@@ -143,6 +143,15 @@ pub const ORIGINAL_ACTOR: &str = "original";
 /// The reason of version 1.
 pub const ORIGINAL_REASON: &str = "as first posted";
 
+/// A tag's readings since an instant (freshness).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GoodSince {
+    /// The newest reading of good quality, ms.
+    pub last_good_ms: Option<i64>,
+    /// The first reading of any quality, ms.
+    pub first_ms: Option<i64>,
+}
+
 /// Which run of a date to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunPick {
@@ -388,13 +397,13 @@ pub trait Ledger: Send + Sync {
     async fn audit(&self, e: &NewAudit) -> Result<i64, StoreError>;
     /// Read the audit log, newest first.
     async fn audit_log(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError>;
-    /// For each tag: the time of its newest reading of good quality after `after_ms` (None:
-    /// none since then).
+    /// For each tag, its readings after `after_ms`: the time of the newest of good quality and
+    /// the time of the first of any quality (None: none).
     async fn last_good(
         &self,
         tag_ids: &[i64],
         after_ms: i64,
-    ) -> Result<Vec<Option<i64>>, StoreError>;
+    ) -> Result<Vec<GoodSince>, StoreError>;
     /// The variance records of a date's current run (optionally of one kind).
     async fn variances(
         &self,

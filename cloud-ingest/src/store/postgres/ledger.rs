@@ -934,7 +934,7 @@ impl Ledger for PgStore {
         &self,
         tag_ids: &[i64],
         after_ms: i64,
-    ) -> Result<Vec<Option<i64>>, StoreError> {
+    ) -> Result<Vec<GoodSince>, StoreError> {
         if tag_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -942,24 +942,30 @@ impl Ledger for PgStore {
         let ids = tag_ids.to_vec();
         let rows = c
             .query(
-                "SELECT p.i, r.ts
+                "SELECT p.i, g.ts, f.ts
                  FROM unnest($1::bigint[]) WITH ORDINALITY AS p(tag, i)
                  LEFT JOIN LATERAL (
                      SELECT ts FROM flowsquare.readings
                      WHERE tag_id = p.tag AND ts > $2 AND quality = 0
                      ORDER BY ts DESC LIMIT 1
-                 ) r ON true",
+                 ) g ON true
+                 LEFT JOIN LATERAL (
+                     SELECT ts FROM flowsquare.readings
+                     WHERE tag_id = p.tag AND ts > $2
+                     ORDER BY ts LIMIT 1
+                 ) f ON true",
                 &[&ids, &ts(after_ms)],
             )
             .await
             .map_err(pg)?;
-        let mut out = vec![None; ids.len()];
+        let mut out = vec![GoodSince::default(); ids.len()];
         for r in &rows {
             let i: i64 = r.get(0);
-            if let Some(t) = r.get::<_, Option<Ts>>(1) {
-                if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
-                    *slot = Some(t.0);
-                }
+            if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
+                *slot = GoodSince {
+                    last_good_ms: r.get::<_, Option<Ts>>(1).map(|t| t.0),
+                    first_ms: r.get::<_, Option<Ts>>(2).map(|t| t.0),
+                };
             }
         }
         Ok(out)

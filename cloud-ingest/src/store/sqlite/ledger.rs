@@ -797,15 +797,21 @@ impl Ledger for SqliteStore {
         &self,
         tag_ids: &[i64],
         after_ms: i64,
-    ) -> Result<Vec<Option<i64>>, StoreError> {
+    ) -> Result<Vec<GoodSince>, StoreError> {
         let ids = tag_ids.to_vec();
         self.run(move |c| {
-            let mut st = c.prepare_cached(
+            let mut good = c.prepare_cached(
                 "SELECT ts_ms FROM readings WHERE tag_id = ?1 AND ts_ms > ?2 AND quality = 0 ORDER BY ts_ms DESC LIMIT 1",
+            )?;
+            let mut first = c.prepare_cached(
+                "SELECT ts_ms FROM readings WHERE tag_id = ?1 AND ts_ms > ?2 ORDER BY ts_ms LIMIT 1",
             )?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                out.push(st.query_row(params![id, after_ms], |r| r.get(0)).optional()?);
+                out.push(GoodSince {
+                    last_good_ms: good.query_row(params![id, after_ms], |r| r.get(0)).optional()?,
+                    first_ms: first.query_row(params![id, after_ms], |r| r.get(0)).optional()?,
+                });
             }
             Ok(out)
         })
