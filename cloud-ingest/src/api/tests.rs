@@ -982,9 +982,8 @@ async fn openapi_lists_every_route() {
             .replace("{id}", &f.level.to_string())
             .replace("{date}", "2026-01-01");
         let res = get(&f.app, &concrete, Some(ADMIN)).await;
-        assert_ne!(
-            res.status,
-            StatusCode::NOT_FOUND,
+        assert!(
+            !(res.status == StatusCode::NOT_FOUND && res.text.contains("no route")),
             "{concrete}: {}",
             res.text
         );
