@@ -85,6 +85,8 @@ mod routes;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_history;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
