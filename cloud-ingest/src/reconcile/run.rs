@@ -171,6 +171,8 @@ impl Reconciler {
             all.variances.extend(r.variances);
             all.alerts.extend(r.alerts);
         }
+        self.drop_before_first_data(store, &registry, day, &mut all.alerts)
+            .await?;
         let save = std::time::Instant::now();
         let run = NewRun {
             date: day_name(day),
@@ -192,6 +194,43 @@ impl Reconciler {
             "reconciliation run phases"
         );
         Ok(RunReport { run, result: all })
+    }
+
+    /// No "no-data" alert for a day that ends before the tank's agent first reported (the day
+    /// before a site came online is not missing data); the records keep their `no-data`
+    /// verdict. Returns how many alerts were left out (logged).
+    async fn drop_before_first_data(
+        &self,
+        store: &dyn Store,
+        registry: &Registry,
+        day: i64,
+        alerts: &mut Vec<NewAlert>,
+    ) -> Result<usize, ReconcileError> {
+        let day_end = day_start_ms(day + 1);
+        let mut before: Vec<String> = Vec::new();
+        for t in &self.cfg.tanks {
+            if !alerts.iter().any(|a| a.kind == "no-data" && a.place == t.id && a.site == t.site) {
+                continue;
+            }
+            let ids: Vec<i64> = self.tank_tags(registry, t).into_iter().flatten().collect();
+            let first = store
+                .ledger()
+                .last_good(&ids, i64::MIN)
+                .await?
+                .into_iter()
+                .filter_map(|g| g.first_ms)
+                .min();
+            if first.is_none_or(|f| f >= day_end) {
+                before.push(t.id.clone());
+            }
+        }
+        let n = alerts.len();
+        alerts.retain(|a| !(a.kind == "no-data" && before.contains(&a.place)));
+        let dropped = n - alerts.len();
+        if dropped > 0 {
+            tracing::info!(date = %day_name(day), tanks = ?before, "no-data alerts left out: the day ends before the first data of these tanks' agents");
+        }
+        Ok(dropped)
     }
 
     /// Stock of a tank at `at` from the probed values (level, temp, density, [density temp],
