@@ -712,9 +712,17 @@ impl Reconciler {
 }
 
 /// Parse a gantry batch record's fields (`bol`, `truck`, `meter`, `compartment`, `product`,
-/// `gross_l`, `nsv_l`); its time is the event's.
+/// `gross_l`, `nsv_l`); its time is the event's. None without them — a blank text counts as
+/// absent, so a blank record (read at agent start) is no trip and no "unknown meter" (the
+/// caller counts and logs what it leaves out).
 pub fn batch_of(e: &EventRow) -> Option<BatchRecord> {
-    let s = |k: &str| e.fields.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let s = |k: &str| {
+        e.fields
+            .get(k)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.trim().is_empty())
+            .map(str::to_owned)
+    };
     let f = |k: &str| e.fields.get(k).and_then(serde_json::Value::as_f64);
     Some(BatchRecord {
         bol: s("bol")?,
@@ -843,6 +851,14 @@ mod tests {
         assert!(
             gauge_delivery_of(&event("delivery", serde_json::json!({})), "ST", &tanks).is_none()
         );
+    }
+
+    #[test]
+    fn a_blank_batch_record_is_no_trip() {
+        let blank = serde_json::json!({ "bol": "", "truck": "", "meter": " ", "compartment": 0, "product": "", "gross_l": 0.0, "nsv_l": 0.0 });
+        assert_eq!(batch_of(&event("gantry-batch", blank)), None);
+        let no_bol = serde_json::json!({ "bol": "", "meter": "M1", "product": "AGO", "gross_l": 10.0, "nsv_l": 10.0 });
+        assert_eq!(batch_of(&event("gantry-batch", no_bol)), None);
     }
 
     #[test]
