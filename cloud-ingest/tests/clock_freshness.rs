@@ -142,11 +142,23 @@ async fn bad_quality_only_is_stale_and_every_time_is_on_the_simulated_clock() {
         .await
         .expect("stale check");
     assert_eq!((stale, opened), (1, 1));
-    let alerts = store.ledger().alerts(Some("open"), 10).await.expect("alerts");
+    let alerts = store
+        .ledger()
+        .alerts(Some("open"), 10)
+        .await
+        .expect("alerts");
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].a.place, "tankfarm/silent/level");
-    assert!(alerts[0].a.message.contains("no good reading"), "{}", alerts[0].a.message);
-    assert!(on_sim_clock(alerts[0].opened_ms), "opened {}", alerts[0].opened_ms);
+    assert!(
+        alerts[0].a.message.contains("no good reading"),
+        "{}",
+        alerts[0].a.message
+    );
+    assert!(
+        on_sim_clock(alerts[0].opened_ms),
+        "opened {}",
+        alerts[0].opened_ms
+    );
     assert_eq!(
         alerts[0].a.detail["silent_since_ms"],
         SIM_NOW - 4 * HOUR,
@@ -172,7 +184,10 @@ async fn bad_quality_only_is_stale_and_every_time_is_on_the_simulated_clock() {
     let me = get(&app, "/api/v1/whoami").await;
     assert_eq!(me[0]["clock"], "simulated");
     assert_eq!(me[0]["clock_speed"], 2.0);
-    assert!(on_sim_clock(me[0]["now_ms"].as_i64().unwrap_or_default()), "{me:?}");
+    assert!(
+        on_sim_clock(me[0]["now_ms"].as_i64().unwrap_or_default()),
+        "{me:?}"
+    );
     let fresh = get(&app, "/api/v1/freshness").await;
     assert_eq!(fresh.len(), 2);
     let by = |name: &str| {
@@ -193,5 +208,7 @@ async fn bad_quality_only_is_stale_and_every_time_is_on_the_simulated_clock() {
     assert_eq!(healthy["stale"], false, "{healthy}");
     // The alerts list shows the same clock.
     let listed = get(&app, "/api/v1/alerts?state=open").await;
-    assert!(on_sim_clock(listed[0]["opened_ms"].as_i64().unwrap_or_default()));
+    assert!(on_sim_clock(
+        listed[0]["opened_ms"].as_i64().unwrap_or_default()
+    ));
 }

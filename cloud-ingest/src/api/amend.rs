@@ -136,7 +136,7 @@ pub(super) async fn amend_epod(
     new.id = id;
     if new == old {
         return Err(Problem::invalid_body(vec![
-            "body: the amendment changes nothing".into()
+            "body: the amendment changes nothing".into(),
         ]));
     }
     let by = amendment(&who, reason);
@@ -147,7 +147,15 @@ pub(super) async fn amend_epod(
                 o.insert("version".into(), Value::from(version));
                 o.insert("reason".into(), Value::from(by.reason.clone()));
             }
-            audit::record(&s, &who, "epod.amend", format!("epod/{id}"), json(&old), after).await?;
+            audit::record(
+                &s,
+                &who,
+                "epod.amend",
+                format!("epod/{id}"),
+                json(&old),
+                after,
+            )
+            .await?;
             let versions = call(s.store.ledger().versions("epod", id)).await?;
             Ok(data(&[with_history(json(&e), versions)]))
         }
@@ -203,7 +211,10 @@ fn validate_amended(merged: Value, s: &ApiState, id: i64) -> Result<DischargeRow
     .map_err(|e| Problem::invalid_body(vec![format!("body: {e}")]))?;
     let mut errors = Vec::new();
     let d = validate_discharge(base, s);
-    let closed_ms = b.closed_at.as_ref().map(|w| when("closed_at", w, &mut errors));
+    let closed_ms = b
+        .closed_at
+        .as_ref()
+        .map(|w| when("closed_at", w, &mut errors));
     if let Some(x) = b.ship_l {
         positive("ship_l", x, &mut errors);
     }
@@ -268,7 +279,7 @@ pub(super) async fn amend_discharge(
     let new = validate_amended(merged, &s, id)?;
     if new == old {
         return Err(Problem::invalid_body(vec![
-            "body: the amendment changes nothing".into()
+            "body: the amendment changes nothing".into(),
         ]));
     }
     let by = amendment(&who, reason);

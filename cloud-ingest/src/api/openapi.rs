@@ -560,7 +560,8 @@ fn add_history_schemas(schemas: &mut Value) {
     };
     let amend = |base: &Value| {
         let mut v = base.clone();
-        v["properties"]["reason"] = json!({ "type": "string", "description": "Why the record is amended (mandatory)." });
+        v["properties"]["reason"] =
+            json!({ "type": "string", "description": "Why the record is amended (mandatory)." });
         v["required"] = json!(["reason"]);
         v
     };
@@ -568,7 +569,8 @@ fn add_history_schemas(schemas: &mut Value) {
     let discharge_h = with_history(&schemas["Discharge"]);
     let epod_a = amend(&schemas["EpodPost"]);
     let mut discharge_a = amend(&schemas["DischargeOpen"]);
-    discharge_a["properties"]["closed_at"] = schemas["DischargeClose"]["properties"]["closed_at"].clone();
+    discharge_a["properties"]["closed_at"] =
+        schemas["DischargeClose"]["properties"]["closed_at"].clone();
     discharge_a["properties"]["ship_l"] = schemas["DischargeClose"]["properties"]["ship_l"].clone();
     let add = json!({
         "EpodHistory": epod_h, "DischargeHistory": discharge_h, "EpodAmend": epod_a, "DischargeAmend": discharge_a,

@@ -97,7 +97,10 @@ pub(super) struct DischargeBody {
 }
 
 /// Validate a discharge body; every problem is listed.
-pub(super) fn validate_discharge(b: DischargeBody, s: &ApiState) -> Result<NewDischarge, Vec<String>> {
+pub(super) fn validate_discharge(
+    b: DischargeBody,
+    s: &ApiState,
+) -> Result<NewDischarge, Vec<String>> {
     let mut e = Vec::new();
     for (f, v) in [
         ("site", &b.site),
@@ -566,7 +569,9 @@ async fn records(
         None if pick == RunPick::Latest => Vec::new(),
         None => {
             return Err(Problem::not_found(match pick {
-                RunPick::Id(id) => format!("no run {id} of {date}; the runs are listed at /api/v1/reconciliation/runs"),
+                RunPick::Id(id) => format!(
+                    "no run {id} of {date}; the runs are listed at /api/v1/reconciliation/runs"
+                ),
                 _ => format!("no run of {date} had finished at that `as_of`"),
             }))
         }

@@ -96,7 +96,12 @@ pub(crate) fn table() -> Vec<Route> {
             Some(Operator),
             post(recon::post_epod),
         ),
-        ("/api/v1/epods/{id}", "get", Some(Viewer), get(amend::get_epod)),
+        (
+            "/api/v1/epods/{id}",
+            "get",
+            Some(Viewer),
+            get(amend::get_epod),
+        ),
         (
             "/api/v1/epods/{id}/amend",
             "post",
@@ -147,7 +152,12 @@ pub(crate) fn table() -> Vec<Route> {
             get(freshness::freshness),
         ),
         ("/api/v1/audit", "get", Some(Auditor), get(audit::audit)),
-        ("/api/v1/audit.csv", "get", Some(Auditor), get(audit::audit_csv)),
+        (
+            "/api/v1/audit.csv",
+            "get",
+            Some(Auditor),
+            get(audit::audit_csv),
+        ),
         (
             "/api/v1/whoami",
             "get",

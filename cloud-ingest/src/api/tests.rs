@@ -1379,10 +1379,7 @@ async fn discharges_open_close_and_reconciliation_routes() {
     assert!(open.iter().all(|a| a["state"] == "open"));
     // The tanks' agent has never reported: the day is before its first data, so its no-data
     // records raise no alert.
-    assert!(
-        !open.iter().any(|a| a["kind"] == "no-data"),
-        "{open:?}"
-    );
+    assert!(!open.iter().any(|a| a["kind"] == "no-data"), "{open:?}");
     assert!(get(&app, "/api/v1/alerts?state=closed", Some(VIEWER))
         .await
         .data()

@@ -41,7 +41,10 @@ async fn an_epod_amendment_keeps_the_original_and_its_history() {
     let p = send_json(&app, Method::POST, &path, Some(OPERATOR), &fix)
         .await
         .problem(StatusCode::UNPROCESSABLE_ENTITY, &path);
-    assert!(p["errors"][0].as_str().unwrap_or_default().contains("reason"));
+    assert!(p["errors"][0]
+        .as_str()
+        .unwrap_or_default()
+        .contains("reason"));
     let mut body = fix.clone();
     body["reason"] = json!("receiver's meter ticket re-read: 8,900 L net");
     send_json(&app, Method::POST, &path, Some(VIEWER), &body)
@@ -91,9 +94,15 @@ async fn an_epod_amendment_keeps_the_original_and_its_history() {
     get(&app, "/api/v1/epods/999", Some(VIEWER))
         .await
         .problem(StatusCode::NOT_FOUND, "/api/v1/epods/999");
-    send_json(&app, Method::POST, "/api/v1/epods/999/amend", Some(OPERATOR), &body)
-        .await
-        .problem(StatusCode::NOT_FOUND, "/api/v1/epods/999/amend");
+    send_json(
+        &app,
+        Method::POST,
+        "/api/v1/epods/999/amend",
+        Some(OPERATOR),
+        &body,
+    )
+    .await
+    .problem(StatusCode::NOT_FOUND, "/api/v1/epods/999/amend");
 }
 
 #[tokio::test]
@@ -140,10 +149,19 @@ async fn a_rerun_supersedes_and_keeps_the_previous_figures_and_every_write_is_au
     let run1 = run(app.clone()).await;
     // The ship's figure is corrected by an amendment; the day is run again.
     let path = format!("/api/v1/discharges/{id}/amend");
-    let p = send_json(&app, Method::POST, &path, Some(OPERATOR), &json!({ "ship_l": 4_590_000.0 }))
-        .await
-        .problem(StatusCode::UNPROCESSABLE_ENTITY, &path);
-    assert!(p["errors"][0].as_str().unwrap_or_default().contains("reason"));
+    let p = send_json(
+        &app,
+        Method::POST,
+        &path,
+        Some(OPERATOR),
+        &json!({ "ship_l": 4_590_000.0 }),
+    )
+    .await
+    .problem(StatusCode::UNPROCESSABLE_ENTITY, &path);
+    assert!(p["errors"][0]
+        .as_str()
+        .unwrap_or_default()
+        .contains("reason"));
     let amended = send_json(
         &app,
         Method::POST,
@@ -155,7 +173,10 @@ async fn a_rerun_supersedes_and_keeps_the_previous_figures_and_every_write_is_au
     .data();
     assert_eq!(amended[0]["version"], 2);
     assert_eq!(amended[0]["ship_l"], 4_590_000.0);
-    assert_eq!(amended[0]["closed_ms"], 1_767_326_400_000_i64, "fields not given are kept");
+    assert_eq!(
+        amended[0]["closed_ms"], 1_767_326_400_000_i64,
+        "fields not given are kept"
+    );
     let run2 = run(app.clone()).await;
     assert_eq!(run2["supersedes"], run1["id"]);
 
@@ -195,12 +216,20 @@ async fn a_rerun_supersedes_and_keeps_the_previous_figures_and_every_write_is_au
     assert_eq!(tanks1.len(), 4);
     assert!(tanks1.iter().all(|r| r["run_id"] == run1["id"]));
     // Bad or unknown picks.
-    get(&app, "/api/v1/reconciliation/2026-01-02?run=999999", Some(VIEWER))
-        .await
-        .problem(StatusCode::NOT_FOUND, "/api/v1/reconciliation/2026-01-02");
-    get(&app, "/api/v1/reconciliation/2026-01-02?as_of=0", Some(VIEWER))
-        .await
-        .problem(StatusCode::NOT_FOUND, "/api/v1/reconciliation/2026-01-02");
+    get(
+        &app,
+        "/api/v1/reconciliation/2026-01-02?run=999999",
+        Some(VIEWER),
+    )
+    .await
+    .problem(StatusCode::NOT_FOUND, "/api/v1/reconciliation/2026-01-02");
+    get(
+        &app,
+        "/api/v1/reconciliation/2026-01-02?as_of=0",
+        Some(VIEWER),
+    )
+    .await
+    .problem(StatusCode::NOT_FOUND, "/api/v1/reconciliation/2026-01-02");
     get(
         &app,
         &format!("/api/v1/reconciliation/2026-01-02?run={r1}&as_of={as_of}"),
@@ -208,9 +237,13 @@ async fn a_rerun_supersedes_and_keeps_the_previous_figures_and_every_write_is_au
     )
     .await
     .bad_parameter("/api/v1/reconciliation/2026-01-02", "as_of");
-    get(&app, "/api/v1/reconciliation/2026-01-02?run=x", Some(VIEWER))
-        .await
-        .bad_parameter("/api/v1/reconciliation/2026-01-02", "run");
+    get(
+        &app,
+        "/api/v1/reconciliation/2026-01-02?run=x",
+        Some(VIEWER),
+    )
+    .await
+    .bad_parameter("/api/v1/reconciliation/2026-01-02", "run");
     // The runs list says which superseded which.
     let runs = get(&app, "/api/v1/reconciliation/runs", Some(VIEWER))
         .await
@@ -257,9 +290,19 @@ async fn a_rerun_supersedes_and_keeps_the_previous_figures_and_every_write_is_au
             ("discharge.open", "ops", "operator", did.as_str()),
             ("discharge.close", "ops", "operator", did.as_str()),
             ("epod.post", "root", "admin", actions[2].3),
-            ("reconciliation.run", "ops", "operator", "reconciliation/2026-01-02"),
+            (
+                "reconciliation.run",
+                "ops",
+                "operator",
+                "reconciliation/2026-01-02"
+            ),
             ("discharge.amend", "ops", "operator", did.as_str()),
-            ("reconciliation.run", "ops", "operator", "reconciliation/2026-01-02"),
+            (
+                "reconciliation.run",
+                "ops",
+                "operator",
+                "reconciliation/2026-01-02"
+            ),
         ],
         "every write of the test, in order (refused writes are not writes)"
     );
@@ -270,7 +313,10 @@ async fn a_rerun_supersedes_and_keeps_the_previous_figures_and_every_write_is_au
         .expect("amend entry");
     assert_eq!(amend["before"]["ship_l"], 4_597_000.0);
     assert_eq!(amend["after"]["ship_l"], 4_590_000.0);
-    assert_eq!(amend["after"]["reason"], "ullage report corrected by the surveyor");
+    assert_eq!(
+        amend["after"]["reason"],
+        "ullage report corrected by the surveyor"
+    );
     let rerun = &log[0];
     assert_eq!(rerun["before"]["id"], run1["id"]);
     assert_eq!(rerun["after"]["id"], run2["id"]);
@@ -303,7 +349,9 @@ async fn a_rerun_supersedes_and_keeps_the_previous_figures_and_every_write_is_au
         let csv = get(&app, path, Some(AUDITOR)).await;
         assert_eq!(csv.status, StatusCode::OK, "{}", csv.text);
         assert!(csv.content_type().starts_with("text/csv"));
-        assert!(csv.text.starts_with("id,at_ms,actor,role,action,target,before,after"));
+        assert!(csv
+            .text
+            .starts_with("id,at_ms,actor,role,action,target,before,after"));
         assert_eq!(csv.text.lines().count(), log.len() + 1);
     }
     get(&app, "/api/v1/audit.csv", Some(VIEWER))

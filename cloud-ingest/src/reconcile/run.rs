@@ -209,7 +209,10 @@ impl Reconciler {
         let day_end = day_start_ms(day + 1);
         let mut before: Vec<String> = Vec::new();
         for t in &self.cfg.tanks {
-            if !alerts.iter().any(|a| a.kind == "no-data" && a.place == t.id && a.site == t.site) {
+            if !alerts
+                .iter()
+                .any(|a| a.kind == "no-data" && a.place == t.id && a.site == t.site)
+            {
                 continue;
             }
             let ids: Vec<i64> = self.tank_tags(registry, t).into_iter().flatten().collect();

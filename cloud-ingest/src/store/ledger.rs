@@ -399,11 +399,8 @@ pub trait Ledger: Send + Sync {
     async fn audit_log(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError>;
     /// For each tag, its readings after `after_ms`: the time of the newest of good quality and
     /// the time of the first of any quality (None: none).
-    async fn last_good(
-        &self,
-        tag_ids: &[i64],
-        after_ms: i64,
-    ) -> Result<Vec<GoodSince>, StoreError>;
+    async fn last_good(&self, tag_ids: &[i64], after_ms: i64)
+        -> Result<Vec<GoodSince>, StoreError>;
     /// The variance records of a date's current run (optionally of one kind).
     async fn variances(
         &self,

@@ -766,7 +766,10 @@ impl Ledger for PgStore {
 
     async fn epod(&self, id: i64) -> Result<Option<Epod>, StoreError> {
         let c = self.client().await?;
-        Ok(epods_where(&c, "e.id = $1", &[&id]).await?.into_iter().next())
+        Ok(epods_where(&c, "e.id = $1", &[&id])
+            .await?
+            .into_iter()
+            .next())
     }
 
     async fn amend_discharge(
@@ -779,7 +782,9 @@ impl Ledger for PgStore {
         let tx = c.transaction().await.map_err(pg)?;
         let old = tx
             .query_opt(
-                &format!("SELECT {DISCHARGE_COLS} FROM flowsquare.discharges WHERE id = $1 FOR UPDATE"),
+                &format!(
+                    "SELECT {DISCHARGE_COLS} FROM flowsquare.discharges WHERE id = $1 FOR UPDATE"
+                ),
                 &[&id],
             )
             .await
@@ -833,7 +838,11 @@ impl Ledger for PgStore {
         {
             return Ok(AmendOutcome::BolTaken(other.id));
         }
-        let Some(old) = epods_where(&tx, "e.id = $1", &[&id]).await?.into_iter().next() else {
+        let Some(old) = epods_where(&tx, "e.id = $1", &[&id])
+            .await?
+            .into_iter()
+            .next()
+        else {
             return Ok(AmendOutcome::NotFound);
         };
         let original = serde_json::to_value(&old).unwrap_or_default();
