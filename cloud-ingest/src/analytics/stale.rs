@@ -37,23 +37,24 @@ pub struct Stale {
 pub const LOOKBACK_MS: i64 = 7 * 86_400_000;
 
 /// A tag's age from its readings since `now − LOOKBACK_MS` (`good`, see
-/// [`crate::store::ledger::GoodSince`]): a tag with readings but no good one is without good
-/// data since its first reading in the window; a tag without any reading since `registered_ms`.
+/// [`crate::store::ledger::GoodSince`]) and its newest reading of any quality (`latest_ms`): a
+/// tag with readings in the window but no good one is without good data since its first
+/// reading in the window; one whose newest reading is older than the window, since that
+/// reading; one that never reported, since `registered_ms`.
 pub fn age_of(
-    id: i64,
-    site: &str,
-    name: String,
-    interval_ms: i64,
+    tag: (i64, &str, String, i64),
     good: crate::store::ledger::GoodSince,
+    latest_ms: Option<i64>,
     registered_ms: i64,
 ) -> TagAge {
+    let (id, site, name, interval_ms) = tag;
     TagAge {
         id,
         site: site.to_owned(),
         name,
         interval_ms,
         latest_good_ms: good.last_good_ms,
-        since_ms: good.first_ms.unwrap_or(registered_ms),
+        since_ms: good.first_ms.or(latest_ms).unwrap_or(registered_ms),
     }
 }
 
@@ -91,6 +92,29 @@ mod tests {
             latest_good_ms,
             since_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_tag_silent_for_longer_than_the_window_is_stale_since_its_last_reading() {
+        use crate::store::ledger::GoodSince;
+        let cfg = StaleConfig::default();
+        let now = 30 * 86_400_000;
+        let t = age_of(
+            (1, "s", "a/t".into(), 1000),
+            GoodSince::default(),
+            Some(1000),
+            now,
+        );
+        let s = stale_tags(&[t], now, &cfg);
+        assert_eq!(s[0].silent_since_ms, 1000);
+        // Never reported: not stale (registered now).
+        let t = age_of(
+            (1, "s", "a/t".into(), 1000),
+            GoodSince::default(),
+            None,
+            now,
+        );
+        assert!(stale_tags(&[t], now, &cfg).is_empty());
     }
 
     #[test]

@@ -66,17 +66,20 @@ pub(super) async fn freshness(
             .collect();
         let good = call(s.store.ledger().last_good(chunk_ids, now - LOOKBACK_MS)).await?;
         for (t, g) in chunk_tags.iter().zip(good) {
+            let l = latest.get(&t.id);
             let age = age_of(
-                t.id,
-                &t.site,
-                format!("{}/{}", t.agent, t.name),
-                t.interval_ms,
+                (
+                    t.id,
+                    &t.site,
+                    format!("{}/{}", t.agent, t.name),
+                    t.interval_ms,
+                ),
                 g,
+                l.map(|x| x.0),
                 now,
             );
             let st = stale_tags(std::slice::from_ref(&age), now, &cfg);
             let limit_ms = limit_ms(t.interval_ms, &cfg);
-            let l = latest.get(&t.id);
             out.push(Freshness {
                 tag_id: t.id,
                 site: t.site.clone(),

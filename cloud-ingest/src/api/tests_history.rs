@@ -358,3 +358,104 @@ async fn a_rerun_supersedes_and_keeps_the_previous_figures_and_every_write_is_au
         .await
         .problem(StatusCode::FORBIDDEN, "/api/v1/audit.csv");
 }
+
+#[tokio::test]
+async fn freshness_and_the_new_rows_match_their_openapi_schemas() {
+    let f = fixture().await;
+    let app = with_site_model(&f);
+    let id = send_json(&app, Method::POST, "/api/v1/epods", Some(OPERATOR), &epod())
+        .await
+        .json()["data"][0]["id"]
+        .as_i64()
+        .expect("id");
+    let fix = json!({ "receiver": "M. Roe", "reason": "wrong receiver name" });
+    send_json(
+        &app,
+        Method::POST,
+        &format!("/api/v1/epods/{id}/amend"),
+        Some(OPERATOR),
+        &fix,
+    )
+    .await
+    .data();
+    let d = json!({
+        "site": "dar-terminal", "vessel": "MT Kilimanjaro", "parcel": "BL-42", "product": "AGO",
+        "bl_l": 4_600_000.0, "tanks": ["T3", "T4"], "opened_at": "2026-01-01T10:00:00Z"
+    });
+    let did = send_json(&app, Method::POST, "/api/v1/discharges", Some(OPERATOR), &d)
+        .await
+        .json()["data"][0]["id"]
+        .as_i64()
+        .expect("id");
+    send(
+        &app,
+        Method::POST,
+        "/api/v1/reconciliation/run?date=2026-01-02",
+        Some(OPERATOR),
+    )
+    .await
+    .data();
+
+    // The fixture's tags last reported on 2026-01-01 (long before "now"): stale since then,
+    // although their newest readings are good; the site without readings is silent.
+    let fresh = get(&app, "/api/v1/freshness", Some(VIEWER)).await.data();
+    assert_eq!(fresh.len(), 3);
+    assert!(fresh.iter().all(|r| r["stale"] == true), "{fresh:?}");
+    let level = fresh
+        .iter()
+        .find(|r| r["tag_id"] == f.level)
+        .expect("level");
+    assert_eq!(level["latest_quality"], "good");
+    assert_eq!(level["stale_since_ms"], level["latest_ms"]);
+    let s2 = get(&app, "/api/v1/freshness?site=s2", Some(VIEWER))
+        .await
+        .data();
+    assert_eq!(s2.len(), 1);
+    assert_eq!(s2[0]["latest_ms"], Value::Null);
+
+    let doc = get(&app, "/api/v1/openapi.json", None).await.json();
+    let epod_h = get(&app, &format!("/api/v1/epods/{id}"), Some(VIEWER))
+        .await
+        .data()[0]
+        .clone();
+    let rows = vec![
+        ("EpodHistory", epod_h.clone()),
+        ("Version", epod_h["versions"][1].clone()),
+        (
+            "DischargeHistory",
+            get(&app, &format!("/api/v1/discharges/{did}"), Some(VIEWER))
+                .await
+                .data()[0]
+                .clone(),
+        ),
+        (
+            "AuditEntry",
+            get(&app, "/api/v1/audit", Some(AUDITOR)).await.data()[0].clone(),
+        ),
+        (
+            "Run",
+            get(&app, "/api/v1/reconciliation/runs", Some(VIEWER))
+                .await
+                .data()[0]
+                .clone(),
+        ),
+        ("Freshness", level.clone()),
+    ];
+    for (name, row) in rows {
+        let schema = &doc["components"]["schemas"][name];
+        let props: std::collections::BTreeSet<&String> = schema["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .collect();
+        let keys: std::collections::BTreeSet<&String> =
+            row.as_object().expect("object").keys().collect();
+        assert_eq!(props, keys, "{name}");
+        for k in schema["required"].as_array().expect("required") {
+            assert!(
+                row.get(k.as_str().unwrap_or_default()).is_some(),
+                "{name}: {k}"
+            );
+        }
+    }
+}

@@ -627,16 +627,25 @@ impl Reconciler {
             .ledger()
             .last_good(&ids, now - crate::analytics::stale::LOOKBACK_MS)
             .await?;
+        let latest: HashMap<i64, i64> = store
+            .latest(&ids)
+            .await?
+            .into_iter()
+            .map(|l| (l.tag_id, l.ts_ms))
+            .collect();
         let ages: Vec<TagAge> = wanted
             .iter()
             .zip(good)
             .map(|(t, g)| {
                 crate::analytics::stale::age_of(
-                    t.id,
-                    &t.site,
-                    format!("{}/{}", t.agent, t.name),
-                    t.interval_ms,
+                    (
+                        t.id,
+                        &t.site,
+                        format!("{}/{}", t.agent, t.name),
+                        t.interval_ms,
+                    ),
                     g,
+                    latest.get(&t.id).copied(),
                     now,
                 )
             })
