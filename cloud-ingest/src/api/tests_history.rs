@@ -459,3 +459,102 @@ async fn freshness_and_the_new_rows_match_their_openapi_schemas() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_epod_amendment_is_used_by_the_next_run_and_the_previous_figures_stay() {
+    use crate::store::suite::{birth, T0};
+    use flowsquare_wire as wire;
+    let f = fixture().await;
+    let app = with_site_model(&f);
+    // A loading at the gantry on 2026-01-02 (meter M3, AGO), confirmed by an ePOD.
+    let store = f.state.store.clone();
+    store
+        .birth(&birth("dar-terminal", "gw-1", "hg", &["x"]), T0)
+        .await
+        .expect("birth");
+    let mut b = wire::Batch::new("dar-terminal", "gw-1", 1, "hg", T0);
+    let text = |s: &str| wire::WireValue::Text(s.into());
+    b.events.push(wire::Event {
+        source: "bay-3".into(),
+        kind: "gantry-batch".into(),
+        seq: 1,
+        ts_ms: T0 + 86_400_000 + 8 * 3_600_000,
+        fields: vec![
+            ("bol".into(), text("BOL-1")),
+            ("truck".into(), text("TRK-01")),
+            ("meter".into(), text("M3")),
+            ("compartment".into(), wire::WireValue::Int(1)),
+            ("product".into(), text("AGO")),
+            ("gross_l".into(), wire::WireValue::Float(9000.0)),
+            ("nsv_l".into(), wire::WireValue::Float(8950.0)),
+        ],
+    });
+    store.commit(&[b]).await.expect("commit");
+    let mut e = epod();
+    e["delivered_at"] = json!("2026-01-02T10:00:00Z");
+    let id = send_json(&app, Method::POST, "/api/v1/epods", Some(OPERATOR), &e)
+        .await
+        .json()["data"][0]["id"]
+        .as_i64()
+        .expect("id");
+    let run = || async {
+        send(
+            &app,
+            Method::POST,
+            "/api/v1/reconciliation/run?date=2026-01-02",
+            Some(OPERATOR),
+        )
+        .await
+        .data()[0]["id"]
+            .as_i64()
+            .expect("run id")
+    };
+    let delivered = |q: String| {
+        let app = app.clone();
+        async move {
+            let trips = get(
+                &app,
+                &format!("/api/v1/reconciliation/2026-01-02/trips{q}"),
+                Some(VIEWER),
+            )
+            .await
+            .data();
+            let t = trips
+                .iter()
+                .find(|r| r["stage"] == "transit")
+                .unwrap_or_else(|| panic!("no transit record: {trips:?}"))
+                .clone();
+            (t["reference_l"].clone(), t["measured_l"].clone())
+        }
+    };
+    let r1 = run().await;
+    assert_eq!(
+        delivered(String::new()).await,
+        (json!(8950.0), json!(8950.5))
+    );
+    let fix = json!({
+        "compartments": [ { "compartment": 1, "product": "AGO", "gross_l": 9000.0, "net_l": 8900.0 } ],
+        "reason": "receiver's net figure re-read"
+    });
+    send_json(
+        &app,
+        Method::POST,
+        &format!("/api/v1/epods/{id}/amend"),
+        Some(OPERATOR),
+        &fix,
+    )
+    .await
+    .data();
+    let r2 = run().await;
+    assert_ne!(r1, r2);
+    assert_eq!(
+        delivered(String::new()).await.1,
+        json!(8900.0),
+        "the run used the latest version"
+    );
+    assert_eq!(
+        delivered(format!("?run={r1}")).await.1,
+        json!(8950.5),
+        "the first run's figure stays"
+    );
+}
