@@ -98,6 +98,28 @@ fn importing_an_export_twice_stores_it_once() {
         out.contains("0 batches stored (0 readings), 12 already present"),
         "{out}"
     );
+    // Both imports are in the audit log with the CLI's actor and what they stored.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let log = rt.block_on(async {
+        use cloud_ingest::store::Store;
+        let s = cloud_ingest::store::sqlite::SqliteStore::open(&dir.path().join("ingest.db"))
+            .expect("open");
+        s.ledger()
+            .audit_log(&cloud_ingest::store::ledger::AuditFilter {
+                action: Some("cli.import".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("audit log")
+    });
+    assert_eq!(log.len(), 2);
+    assert!(log[0].e.actor.starts_with("cli:") && log[0].e.role == "cli");
+    assert_eq!(log[1].e.after["batches_stored"], 12);
+    assert_eq!(log[0].e.after["already_present"], 12);
 }
 
 #[test]

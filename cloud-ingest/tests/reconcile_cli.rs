@@ -32,16 +32,53 @@ fn reconcile_reports_progress_and_a_summary_and_missing_data_is_not_an_exception
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    // No gauge data for T1 yet: "no-data" records and a no-data alert, but no exception, so the
-    // exit status is 0 (1 would mean exceptions were found; the simulated-month tests cover those).
+    // No gauge data for T1 yet: "no-data" records but no exception, so the exit status is 0 (1
+    // would mean exceptions were found; the simulated-month tests cover those). No alert either:
+    // the days end before the tank's agent first reported.
     assert!(
         stderr.contains("[1/2] 2026-03-01") && stderr.contains("[2/2] 2026-03-02"),
         "{stderr}"
     );
     assert!(stdout.contains("2 day(s) reconciled"), "{stdout}");
-    assert!(stdout.contains("no-data dar-terminal T1"), "{stdout}");
+    assert!(!stdout.contains("no-data dar-terminal T1"), "{stdout}");
+    assert!(stdout.contains("2026-03-01 run 1:"), "{stdout}");
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(dir.path().join("flowsquare-ingest.db").exists());
+    // Each day's run is in the audit log with the CLI's actor.
+    let log = audit_log(&dir.path().join("flowsquare-ingest.db"));
+    let runs: Vec<&str> = log
+        .iter()
+        .rev()
+        .filter(|e| e.e.action == "cli.reconcile")
+        .map(|e| e.e.target.as_str())
+        .collect();
+    assert_eq!(
+        runs,
+        ["reconciliation/2026-03-01", "reconciliation/2026-03-02"]
+    );
+    assert!(log
+        .iter()
+        .all(|e| e.e.actor.starts_with("cli:") && e.e.role == "cli"));
+}
+
+/// The audit log of a SQLite database, newest first.
+fn audit_log(db: &std::path::Path) -> Vec<cloud_ingest::store::ledger::AuditRow> {
+    use cloud_ingest::store::Store;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let s = cloud_ingest::store::sqlite::SqliteStore::open(db).expect("open");
+        s.migrate().await.expect("migrate");
+        s.ledger()
+            .audit_log(&cloud_ingest::store::ledger::AuditFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .expect("audit log")
+    })
 }
 
 #[test]

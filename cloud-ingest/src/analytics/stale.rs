@@ -1,5 +1,6 @@
-//! Stale tags: a tag whose newest reading is older than `factor` × its poll interval (from the
-//! birth catalog) and older than `min_age_s`.
+//! Stale tags: a tag whose newest reading *of good quality* is older than `factor` × its poll
+//! interval (from the birth catalog) and older than `min_age_s`. A span of bad-quality readings
+//! counts like a silent span: a PLC answering only bad readings is stale.
 
 use crate::reconcile::config::StaleConfig;
 
@@ -14,9 +15,10 @@ pub struct TagAge {
     pub name: String,
     /// Expected interval, ms.
     pub interval_ms: i64,
-    /// Newest reading (any quality), ms; None: never reported.
-    pub latest_ms: Option<i64>,
-    /// When the tag was registered (birth), ms: a tag that never reported is stale from then.
+    /// Newest reading of good quality, ms; None: none (in the window looked at).
+    pub latest_good_ms: Option<i64>,
+    /// Since when the tag has had no good reading when `latest_good_ms` is None, ms (its first
+    /// reading of any quality, or its registration): it is stale from then.
     pub since_ms: i64,
 }
 
@@ -25,14 +27,38 @@ pub struct TagAge {
 pub struct Stale {
     /// The tag.
     pub tag: TagAge,
-    /// Silent since (newest reading, or registration), ms.
+    /// Without a good reading since (newest good reading, or `since_ms`), ms.
     pub silent_since_ms: i64,
     /// The age limit it exceeded, ms.
     pub limit_ms: i64,
 }
 
-/// A tag's stale limit: `factor` × its poll interval, at least `min_age_s` (also the limit of
-/// the reconciliation's stale spans).
+/// Where freshness looks for a tag's last good reading (older ones count as "none").
+pub const LOOKBACK_MS: i64 = 7 * 86_400_000;
+
+/// A tag's age from its readings since `now − LOOKBACK_MS` (`good`, see
+/// [`crate::store::ledger::GoodSince`]) and its newest reading of any quality (`latest_ms`): a
+/// tag with readings in the window but no good one is without good data since its first
+/// reading in the window; one whose newest reading is older than the window, since that
+/// reading; one that never reported, since `registered_ms`.
+pub fn age_of(
+    tag: (i64, &str, String, i64),
+    good: crate::store::ledger::GoodSince,
+    latest_ms: Option<i64>,
+    registered_ms: i64,
+) -> TagAge {
+    let (id, site, name, interval_ms) = tag;
+    TagAge {
+        id,
+        site: site.to_owned(),
+        name,
+        interval_ms,
+        latest_good_ms: good.last_good_ms,
+        since_ms: good.first_ms.or(latest_ms).unwrap_or(registered_ms),
+    }
+}
+
+/// A tag's age limit: max(factor × poll interval, min age), ms.
 pub fn limit_ms(interval_ms: i64, cfg: &StaleConfig) -> i64 {
     let min_ms = i64::try_from(cfg.min_age_s.saturating_mul(1000)).unwrap_or(i64::MAX);
     (((interval_ms.max(1) as f64) * cfg.factor) as i64).max(min_ms)
@@ -43,7 +69,7 @@ pub fn stale_tags(tags: &[TagAge], now_ms: i64, cfg: &StaleConfig) -> Vec<Stale>
     tags.iter()
         .filter_map(|t| {
             let limit_ms = limit_ms(t.interval_ms, cfg);
-            let since = t.latest_ms.unwrap_or(t.since_ms);
+            let since = t.latest_good_ms.unwrap_or(t.since_ms);
             (now_ms - since > limit_ms).then(|| Stale {
                 tag: t.clone(),
                 silent_since_ms: since,
@@ -57,15 +83,52 @@ pub fn stale_tags(tags: &[TagAge], now_ms: i64, cfg: &StaleConfig) -> Vec<Stale>
 mod tests {
     use super::*;
 
-    fn tag(interval_ms: i64, latest_ms: Option<i64>) -> TagAge {
+    fn tag(interval_ms: i64, latest_good_ms: Option<i64>) -> TagAge {
         TagAge {
             id: 1,
             site: "s".into(),
             name: "a/t".into(),
             interval_ms,
-            latest_ms,
+            latest_good_ms,
             since_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_tag_silent_for_longer_than_the_window_is_stale_since_its_last_reading() {
+        use crate::store::ledger::GoodSince;
+        let cfg = StaleConfig::default();
+        let now = 30 * 86_400_000;
+        let t = age_of(
+            (1, "s", "a/t".into(), 1000),
+            GoodSince::default(),
+            Some(1000),
+            now,
+        );
+        let s = stale_tags(&[t], now, &cfg);
+        assert_eq!(s[0].silent_since_ms, 1000);
+        // Never reported: not stale (registered now).
+        let t = age_of(
+            (1, "s", "a/t".into(), 1000),
+            GoodSince::default(),
+            None,
+            now,
+        );
+        assert!(stale_tags(&[t], now, &cfg).is_empty());
+    }
+
+    #[test]
+    fn bad_quality_only_is_stale_from_its_first_reading() {
+        let cfg = StaleConfig::default();
+        let now = 4 * 3_600_000;
+        // No good reading; bad readings from t=0 until now (every second).
+        let t = TagAge {
+            since_ms: 0,
+            ..tag(1000, None)
+        };
+        let s = stale_tags(&[t], now, &cfg);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].silent_since_ms, 0);
     }
 
     #[test]

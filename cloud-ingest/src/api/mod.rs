@@ -18,14 +18,20 @@
 //! | GET    | `/api/v1/discharges?from=&to=` | viewer  | ship discharges overlapping the range    |
 //! | POST   | `/api/v1/discharges`         | operator  | open a discharge (vessel, parcel, B/L quantity, product, tanks) |
 //! | POST   | `/api/v1/discharges/{id}/close` | operator | close it (`closed_at`, ship's figure)  |
+//! | GET    | `/api/v1/discharges/{id}`    | viewer    | a discharge with its versions (amendments) |
+//! | POST   | `/api/v1/discharges/{id}/amend` | operator | correct it: changed fields + `reason`; a new version |
 //! | GET    | `/api/v1/epods?from=&to=`    | viewer    | ePODs delivered in the range             |
-//! | POST   | `/api/v1/epods`              | operator  | post an ePOD (validated; 201, 200 same again, 409 other content, 422) |
-//! | GET    | `/api/v1/reconciliation/runs?limit=` | viewer | runs, newest first                  |
+//! | POST   | `/api/v1/epods`              | operator  | post an ePOD (validated; 201, 200 same again, 409 other content: amend it, 422) |
+//! | GET    | `/api/v1/epods/{id}`         | viewer    | an ePOD with its versions (amendments)   |
+//! | POST   | `/api/v1/epods/{id}/amend`   | operator  | correct it: changed fields + `reason`; a new version |
+//! | GET    | `/api/v1/reconciliation/runs?limit=` | viewer | runs, newest first, with which run superseded which |
 //! | POST   | `/api/v1/reconciliation/run?date=` | operator | reconcile a day now                   |
-//! | GET    | `/api/v1/reconciliation/{date}[.csv]` | viewer | chain per product and parcels (`?format=csv`) |
-//! | GET    | `/api/v1/reconciliation/{date}/tanks\|trips\|meters` | viewer | tank balances, trips, meter checks and trends |
+//! | GET    | `/api/v1/reconciliation/{date}[.csv]` | viewer | chain per product and parcels (`?format=csv`; current run, or `?run=ID` / `?as_of=TIME`) |
+//! | GET    | `/api/v1/reconciliation/{date}/tanks\|trips\|meters` | viewer | tank balances, trips, meter checks and trends (same `run` / `as_of`) |
 //! | GET    | `/api/v1/alerts?state=open\|closed&limit=` | viewer | alerts, newest first           |
-//! | GET    | `/api/v1/whoami`             | viewer    | the token's name and role, what it may see, the server's time |
+//! | GET    | `/api/v1/freshness?site=`    | viewer    | per tag: latest reading, last good reading, limit, stale (bad quality counts as silent) |
+//! | GET    | `/api/v1/audit[.csv]?from=&to=&actor=&action=&target=&limit=` | auditor | the audit log of every write, newest first (`?format=csv`) |
+//! | GET    | `/api/v1/whoami`             | viewer    | the token's name and role, what it may see, the server's (data) clock |
 //! | GET    | `/api/v1/kpis`               | viewer    | gross/net/ready stock per tank and product, endurance days |
 //! | GET    | `/api/v1/site-model`         | viewer    | the `[reconcile]` tanks, meters, stations, places, trucks |
 //! | GET    | `/api/v1/track?truck=&from=&to=` | viewer | a truck's GPS fixes and stops (≤ 2 days) |
@@ -43,7 +49,7 @@
 //! `/api/v1` data routes need `Authorization: Bearer <token>`; the configuration holds only the
 //! token's SHA-256 ([`hash_token`]), compared in constant time. The roles ([`Role`]):
 //!
-//! | token role | viewer routes | auditor routes (dead letters) |
+//! | token role | viewer routes | auditor routes (dead letters, audit log) |
 //! |------------|---------------|-------------------------------|
 //! | viewer     | yes           | 403                           |
 //! | operator   | yes           | 403                           |
@@ -64,9 +70,12 @@
 //!   `Retry-After`), 500 otherwise. Handlers run in their own task: a panic is a 500, not a
 //!   dropped connection.
 
+mod amend;
+mod audit;
 mod auth;
 mod config;
 mod console;
+mod freshness;
 mod metrics;
 mod openapi;
 mod params;
@@ -76,6 +85,8 @@ mod routes;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_history;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;

@@ -99,7 +99,7 @@ fn build() -> Value {
                 "(`type`, `title`, `status`, `detail`, `instance`, and `parameter` for 400). Times are UTC epoch milliseconds in bodies; ",
                 "query parameters take RFC 3339 or epoch milliseconds. Unknown query parameters are rejected with 400.\n\n",
                 "Authentication: `Authorization: Bearer <token>` on `/api/v1` data routes. Roles: viewer (read data); operator ⊇ viewer; ",
-                "auditor ⊇ viewer (plus audit routes: dead letters); admin ⊇ all. Each operation states its role in `x-required-role`."
+                "auditor ⊇ viewer (plus audit routes: dead letters, the audit log); admin ⊇ all. Each operation states its role in `x-required-role`."
             )
         },
         "security": [ { "bearerAuth": [] } ],
@@ -174,7 +174,7 @@ fn build() -> Value {
                 "bearerAuth": { "type": "http", "scheme": "bearer", "description": "A token configured in `[[api.tokens]]` (by its SHA-256)." }
             },
             "parameters": {
-                "id": { "name": "id", "in": "path", "required": true, "description": "Tag id (series) or discharge id (close).", "schema": int64 },
+                "id": { "name": "id", "in": "path", "required": true, "description": "Tag id (series), discharge id or ePOD id.", "schema": int64 },
                 "site": { "name": "site", "in": "query", "required": false, "description": "Only this site (empty = all).", "schema": { "type": "string" } },
                 "prefix": { "name": "prefix", "in": "query", "required": false, "description": "Only tags whose name starts with this (case-sensitive, no wildcards; empty = all).", "schema": { "type": "string" } },
                 "from": { "name": "from", "in": "query", "required": true, "description": "Start of the range (inclusive): RFC 3339 (`2026-01-01T00:00:00Z`) or epoch milliseconds, 1970-01-01 .. 9999-12-31 (else 400 naming it).", "schema": { "type": "string" }, "example": "2026-01-01T00:00:00Z" },
@@ -321,6 +321,7 @@ fn build() -> Value {
 
 /// The movements, reconciliation and alerts routes (added to the base document).
 fn add_reconciliation(doc: &mut Value) {
+    use super::audit::{AUDIT_DEFAULT, AUDIT_MAX};
     use super::recon::{LIST_DEFAULT, LIST_MAX};
     let num = |d: &str| json!({ "type": "number", "format": "double", "description": d });
     let nnum = |d: &str| json!({ "type": "number", "format": "double", "nullable": true, "description": d });
@@ -341,6 +342,11 @@ fn add_reconciliation(doc: &mut Value) {
     let csv_ok = |d: &str| {
         let mut v = list_of("Variance", d);
         v["content"]["text/csv"] = json!({ "schema": { "type": "string" }, "example": "date,site,kind,place,stage,product,reference_l,measured_l,variance_l,variance_pct,tolerance_pct,verdict,run_id,coverage_pct,data_complete,missing,detail\r\n" });
+        v
+    };
+    let audit_ok = |d: &str| {
+        let mut v = list_of("AuditEntry", d);
+        v["content"]["text/csv"] = json!({ "schema": { "type": "string" }, "example": "id,at_ms,actor,role,action,target,before,after\r\n" });
         v
     };
     let paths = json!({
@@ -365,6 +371,50 @@ fn add_reconciliation(doc: &mut Value) {
             "requestBody": body("DischargeClose"),
             "responses": with(responses(list_of("Discharge", "Closed."), &["400", "403", "404"]), &[("409", problem("Already closed.")), ("422", problem("Invalid body."))])
         } },
+        "/api/v1/discharges/{id}": { "get": {
+            "tags": ["movements"], "operationId": "getDischarge", "x-required-role": "viewer",
+            "summary": "A discharge as it stands (its latest version) with its history: `version` and `versions` (every version, the original first, with who, when and why; empty when never amended).",
+            "parameters": [ param("id") ],
+            "responses": responses(list_of("DischargeHistory", "One discharge."), &["400", "403", "404"])
+        } },
+        "/api/v1/discharges/{id}/amend": { "post": {
+            "tags": ["movements"], "operationId": "amendDischarge", "x-required-role": "operator",
+            "summary": "Correct a discharge: the corrected fields (any of the open body's, `closed_at`, `ship_l`) and a mandatory `reason`. A new version is stored; the original and every earlier version are kept; the reconciliation uses the latest. Audited.",
+            "parameters": [ param("id") ],
+            "requestBody": body("DischargeAmend"),
+            "responses": with(responses(list_of("DischargeHistory", "Amended."), &["400", "403", "404"]), &[("422", problem("Invalid body (no reason, nothing changed, invalid corrected fields)."))])
+        } },
+        "/api/v1/epods/{id}": { "get": {
+            "tags": ["movements"], "operationId": "getEpod", "x-required-role": "viewer",
+            "summary": "An ePOD as it stands (its latest version) with its history: `version` and `versions` (every version, the original first, with who, when and why; empty when never amended).",
+            "parameters": [ param("id") ],
+            "responses": responses(list_of("EpodHistory", "One ePOD."), &["400", "403", "404"])
+        } },
+        "/api/v1/epods/{id}/amend": { "post": {
+            "tags": ["movements"], "operationId": "amendEpod", "x-required-role": "operator",
+            "summary": "Correct an ePOD: the corrected fields (any of the post body's) and a mandatory `reason`. A new version is stored; the original and every earlier version are kept; the reconciliation uses the latest. Audited.",
+            "parameters": [ param("id") ],
+            "requestBody": body("EpodAmend"),
+            "responses": with(responses(list_of("EpodHistory", "Amended."), &["400", "403", "404"]), &[("409", problem("The corrected BOL belongs to another ePOD.")), ("422", problem("Invalid body (no reason, nothing changed, invalid corrected fields)."))])
+        } },
+        "/api/v1/freshness": { "get": {
+            "tags": ["data"], "operationId": "freshness", "x-required-role": "viewer",
+            "summary": "Every tag's freshness by the stale-tag check's rule and clock: fresh only with a good reading within max(factor × poll interval, min age); bad-quality readings count as silence.",
+            "parameters": [ param("site") ],
+            "responses": responses(list_of("Freshness", "One row per tag."), &["400", "403"])
+        } },
+        "/api/v1/audit": { "get": {
+            "tags": ["audit"], "operationId": "auditLog", "x-required-role": "auditor",
+            "summary": "The audit log, newest first: every write through the API and CLI (discharge open/close/amend, ePOD post/amend, reconciliation runs, CLI reconcile and import) with actor (token name and role; `cli:<user>`), time (data clock), action, target and the record before and after. `?format=csv` for CSV.",
+            "parameters": [ param("audit_from"), param("audit_to"), param("actor"), param("action"), param("target"), param("audit_limit"), param("format") ],
+            "responses": responses(audit_ok("Audit entries."), &["400", "403"])
+        } },
+        "/api/v1/audit.csv": { "get": {
+            "tags": ["audit"], "operationId": "auditLogCsv", "x-required-role": "auditor",
+            "summary": "The audit log as CSV (same filters as /api/v1/audit).",
+            "parameters": [ param("audit_from"), param("audit_to"), param("actor"), param("action"), param("target"), param("audit_limit") ],
+            "responses": responses(audit_ok("Audit entries (text/csv)."), &["400", "403"])
+        } },
         "/api/v1/epods": {
             "get": {
                 "tags": ["movements"], "operationId": "listEpods", "x-required-role": "viewer",
@@ -375,45 +425,45 @@ fn add_reconciliation(doc: &mut Value) {
             "post": {
                 "tags": ["movements"], "operationId": "postEpod", "x-required-role": "operator",
                 "summary": "Post an electronic proof of delivery (validated: every problem is reported at once).",
-                "description": "201 when stored; 200 when the same ePOD is posted again (idempotent); 409 when the BOL already has another ePOD; 422 on invalid input (unknown station, position far from it, bad quantities, duplicate compartments, …).",
+                "description": "201 when stored; 200 when the same ePOD is posted again (idempotent); 409 when the BOL already has another ePOD (the problem names it: correct it with POST /api/v1/epods/{id}/amend); 422 on invalid input (unknown station, position far from it, bad quantities, duplicate compartments, …).",
                 "requestBody": body("EpodPost"),
                 "responses": with(responses(list_of("Epod", "Posted again (same content)."), &["400", "403"]), &[("201", list_of("Epod", "Stored.")), ("409", problem("Another ePOD is stored for this BOL.")), ("422", problem("Invalid body: every problem in `errors`."))])
             }
         },
         "/api/v1/reconciliation/runs": { "get": {
             "tags": ["reconciliation"], "operationId": "listRuns", "x-required-role": "viewer",
-            "summary": "Reconciliation runs, newest first.",
+            "summary": "Reconciliation runs, newest first. A re-run of a date supersedes its previous run (`supersedes`, `superseded_by`); the superseded run's records stay readable with `?run=ID` or `?as_of=TIME`.",
             "parameters": [ param("list_limit") ],
             "responses": responses(list_of("Run", "Runs."), &["400", "403"])
         } },
         "/api/v1/reconciliation/run": { "post": {
             "tags": ["reconciliation"], "operationId": "runReconciliation", "x-required-role": "operator",
-            "summary": "Reconcile a day now (replaces that day's results; alerts no longer found are closed).",
+            "summary": "Reconcile a day now (the new run supersedes the day's previous one, whose records stay; alerts no longer found are closed). Audited.",
             "parameters": [ param("date_query") ],
             "responses": with(responses(list_of("Run", "The run."), &["400", "403"]), &[("409", problem("No [reconcile] site model configured."))])
         } },
         "/api/v1/reconciliation/{date}": { "get": {
             "tags": ["reconciliation"], "operationId": "reconciliationChain", "x-required-role": "viewer",
             "summary": "The chain per product (ship → jetty → tanks → gantry → stations, each stage against the previous) and the parcels of a day. `{date}.csv` or `?format=csv` for CSV.",
-            "parameters": [ param("date"), param("format") ],
+            "parameters": [ param("date"), param("format"), param("run"), param("as_of") ],
             "responses": responses(csv_ok("Chain and parcel records."), &["400", "403"])
         } },
         "/api/v1/reconciliation/{date}/tanks": { "get": {
             "tags": ["reconciliation"], "operationId": "reconciliationTanks", "x-required-role": "viewer",
             "summary": "Tank stock balances of a day (opening + receipts − loadings − closing).",
-            "parameters": [ param("date"), param("format") ],
+            "parameters": [ param("date"), param("format"), param("run"), param("as_of") ],
             "responses": responses(csv_ok("Tank records."), &["400", "403"])
         } },
         "/api/v1/reconciliation/{date}/trips": { "get": {
             "tags": ["reconciliation"], "operationId": "reconciliationTrips", "x-required-role": "viewer",
             "summary": "Trips loaded on a day: transit variance (loaded vs delivered), pending or missing ePODs.",
-            "parameters": [ param("date"), param("format") ],
+            "parameters": [ param("date"), param("format"), param("run"), param("as_of") ],
             "responses": responses(csv_ok("Trip records."), &["400", "403"])
         } },
         "/api/v1/reconciliation/{date}/meters": { "get": {
             "tags": ["reconciliation"], "operationId": "reconciliationMeters", "x-required-role": "viewer",
             "summary": "Gantry meters of a day: batch records against totalizers, and the meter-vs-tank trend point with its control limits.",
-            "parameters": [ param("date"), param("format") ],
+            "parameters": [ param("date"), param("format"), param("run"), param("as_of") ],
             "responses": responses(csv_ok("Meter records."), &["400", "403"])
         } },
         "/api/v1/alerts": { "get": {
@@ -428,7 +478,16 @@ fn add_reconciliation(doc: &mut Value) {
         "date_query": { "name": "date", "in": "query", "required": true, "description": "Day (UTC) `YYYY-MM-DD` (1970 .. 9999).", "schema": { "type": "string" }, "example": "2026-03-20" },
         "format": { "name": "format", "in": "query", "required": false, "description": "`json` (default) or `csv`.", "schema": { "type": "string", "enum": ["json", "csv"] } },
         "state": { "name": "state", "in": "query", "required": false, "description": "`open` or `closed` (default: both).", "schema": { "type": "string", "enum": ["open", "closed"] } },
-        "list_limit": { "name": "limit", "in": "query", "required": false, "description": format!("How many (default {LIST_DEFAULT})."), "schema": { "type": "integer", "minimum": 1, "maximum": LIST_MAX, "default": LIST_DEFAULT } }
+        "list_limit": { "name": "limit", "in": "query", "required": false, "description": format!("How many (default {LIST_DEFAULT})."), "schema": { "type": "integer", "minimum": 1, "maximum": LIST_MAX, "default": LIST_DEFAULT } },
+        "run": { "name": "run", "in": "query", "required": false, "description": "Read this run of the date (default: the current one). Not with `as_of`.", "schema": { "type": "integer", "format": "int64" } },
+        "as_of": { "name": "as_of", "in": "query", "required": false, "description": "Read the run of the date that was current at this time (the newest finished by then): RFC 3339 or epoch ms. Not with `run`.", "schema": { "type": "string" } },
+        "site": { "name": "site", "in": "query", "required": false, "description": "Only this site.", "schema": { "type": "string" } },
+        "audit_from": { "name": "from", "in": "query", "required": false, "description": "At or after (RFC 3339 or epoch ms).", "schema": { "type": "string" } },
+        "audit_to": { "name": "to", "in": "query", "required": false, "description": "Before (RFC 3339 or epoch ms).", "schema": { "type": "string" } },
+        "actor": { "name": "actor", "in": "query", "required": false, "description": "Exactly this actor (token name, or `cli:<user>`).", "schema": { "type": "string" } },
+        "action": { "name": "action", "in": "query", "required": false, "description": "Exactly this action (`discharge.open`, `discharge.close`, `discharge.amend`, `epod.post`, `epod.amend`, `reconciliation.run`, `cli.reconcile`, `cli.import`).", "schema": { "type": "string" } },
+        "target": { "name": "target", "in": "query", "required": false, "description": "Exactly this target (`discharge/12`, `epod/7`, `reconciliation/2026-03-20`, …).", "schema": { "type": "string" } },
+        "audit_limit": { "name": "limit", "in": "query", "required": false, "description": format!("How many, newest first (default {AUDIT_DEFAULT})."), "schema": { "type": "integer", "minimum": 1, "maximum": AUDIT_MAX, "default": AUDIT_DEFAULT } }
     });
     let coverage = json!({ "type": "object", "required": ["ratio", "complete", "inputs", "dead_letters", "missing"], "properties": {
             "ratio": num("The weakest input's good readings / expected readings, 0…1."),
@@ -477,7 +536,9 @@ fn add_reconciliation(doc: &mut Value) {
             "delivered_ms": ms("Delivered"), "receiver": s("Receiver."), "lat": nnum("Latitude."), "lon": nnum("Longitude."),
             "compartments": { "type": "array", "items": { "$ref": "#/components/schemas/EpodCompartment" } }
         } },
-        "Run": { "type": "object", "required": ["id", "date", "trigger", "started_ms", "finished_ms", "as_of_ms", "records", "exceptions", "alerts_opened", "alerts_closed"], "properties": {
+        "Run": { "type": "object", "required": ["id", "date", "trigger", "started_ms", "finished_ms", "as_of_ms", "records", "exceptions", "alerts_opened", "alerts_closed", "supersedes", "superseded_by"], "properties": {
+            "supersedes": { "type": "integer", "format": "int64", "nullable": true, "description": "The previous run of the date, which this one replaced as the current figures." },
+            "superseded_by": { "type": "integer", "format": "int64", "nullable": true, "description": "The later run of the date that replaced this one (null: current)." },
             "id": { "type": "integer", "format": "int64" }, "date": s("Day reconciled."), "trigger": s("`schedule`, `api` or `cli`."),
             "started_ms": ms("Started"), "finished_ms": ms("Finished"), "as_of_ms": ms("The instant it looked from (ePOD grace periods)"),
             "records": { "type": "integer", "format": "int64" }, "exceptions": { "type": "integer", "format": "int64" },
@@ -503,6 +564,8 @@ fn add_reconciliation(doc: &mut Value) {
             "opened_ms": ms("Opened"), "closed_ms": { "type": "integer", "format": "int64", "nullable": true }, "closed_reason": { "type": "string", "nullable": true }
         } }
     });
+    let mut schemas = schemas;
+    add_history_schemas(&mut schemas);
     let merge = |doc: &mut Value, at: &str, add: Value| {
         if let (Some(Value::Object(m)), Value::Object(a)) = (doc.pointer_mut(at), add) {
             m.extend(a);
@@ -512,6 +575,62 @@ fn add_reconciliation(doc: &mut Value) {
     merge(doc, "/components/parameters", params);
     merge(doc, "/components/schemas", schemas);
     merge(doc, "/components/responses", json!({}));
+}
+
+/// Amendments, versions, the audit log and freshness.
+fn add_history_schemas(schemas: &mut Value) {
+    let s = |d: &str| json!({ "type": "string", "description": d });
+    let ms = |d: &str| json!({ "type": "integer", "format": "int64", "description": format!("{d} (UTC, epoch milliseconds)") });
+    let nms = |d: &str| json!({ "type": "integer", "format": "int64", "nullable": true, "description": format!("{d} (UTC, epoch milliseconds)") });
+    let with_history = |base: &Value| {
+        let mut v = base.clone();
+        v["properties"]["version"] = json!({ "type": "integer", "format": "int64", "description": "Current version (1: never amended)." });
+        v["properties"]["versions"] = json!({ "type": "array", "items": { "$ref": "#/components/schemas/Version" }, "description": "Every version, the original first (empty: never amended)." });
+        if let Some(Value::Array(r)) = v.get_mut("required") {
+            r.push(json!("version"));
+            r.push(json!("versions"));
+        }
+        v
+    };
+    let amend = |base: &Value| {
+        let mut v = base.clone();
+        v["properties"]["reason"] =
+            json!({ "type": "string", "description": "Why the record is amended (mandatory)." });
+        v["required"] = json!(["reason"]);
+        v
+    };
+    let epod_h = with_history(&schemas["Epod"]);
+    let discharge_h = with_history(&schemas["Discharge"]);
+    let epod_a = amend(&schemas["EpodPost"]);
+    let mut discharge_a = amend(&schemas["DischargeOpen"]);
+    discharge_a["properties"]["closed_at"] =
+        schemas["DischargeClose"]["properties"]["closed_at"].clone();
+    discharge_a["properties"]["ship_l"] = schemas["DischargeClose"]["properties"]["ship_l"].clone();
+    let add = json!({
+        "EpodHistory": epod_h, "DischargeHistory": discharge_h, "EpodAmend": epod_a, "DischargeAmend": discharge_a,
+        "Version": { "type": "object", "required": ["version", "actor", "role", "at_ms", "reason", "record"], "properties": {
+            "version": { "type": "integer", "format": "int64", "description": "1 = as first posted." },
+            "actor": s("Who (token name; `original` for version 1)."), "role": s("Its role."), "at_ms": ms("When (data clock)"),
+            "reason": s("Why."), "record": { "type": "object", "description": "The record's content in this version." }
+        } },
+        "AuditEntry": { "type": "object", "required": ["id", "actor", "role", "at_ms", "action", "target", "before", "after"], "properties": {
+            "id": { "type": "integer", "format": "int64" }, "actor": s("Token name, or `cli:<user>`."), "role": s("Its role (`cli` for the command line)."),
+            "at_ms": ms("When (data clock)"), "action": s("What."), "target": s("On what."),
+            "before": { "type": "object", "nullable": true, "description": "The record before (null: none)." },
+            "after": { "type": "object", "nullable": true, "description": "The record after." }
+        } },
+        "Freshness": { "type": "object", "required": ["tag_id", "site", "agent", "name", "interval_ms", "latest_ms", "latest_quality", "last_good_ms", "limit_ms", "stale", "stale_since_ms", "now_ms"], "properties": {
+            "tag_id": { "type": "integer", "format": "int64" }, "site": s("Site."), "agent": s("Agent."), "name": s("Tag."),
+            "interval_ms": { "type": "integer", "format": "int64", "description": "Poll interval, ms." },
+            "latest_ms": nms("Newest reading of any quality"), "latest_quality": { "type": "string", "nullable": true },
+            "last_good_ms": nms("Newest good reading (within 7 days)"), "limit_ms": { "type": "integer", "format": "int64", "description": "Age limit, ms." },
+            "stale": { "type": "boolean", "description": "No good reading within the limit." },
+            "stale_since_ms": nms("Without a good reading since"), "now_ms": ms("The server's data clock")
+        } }
+    });
+    if let (Value::Object(m), Value::Object(a)) = (schemas, add) {
+        m.extend(a);
+    }
 }
 
 /// The routes the console needs: who am I, KPIs, the site model, truck tracks.
@@ -551,10 +670,12 @@ fn add_console(doc: &mut Value) {
         "truck": { "name": "truck", "in": "query", "required": true, "description": "Truck id of the site model.", "schema": { "type": "string" } }
     });
     let schemas = json!({
-        "WhoAmI": { "type": "object", "required": ["name", "role", "can_audit", "can_operate", "now_ms"], "properties": {
+        "WhoAmI": { "type": "object", "required": ["name", "role", "can_audit", "can_operate", "now_ms", "clock", "clock_speed"], "properties": {
+            "clock": { "type": "string", "enum": ["real", "simulated"], "description": "The server's data clock: `simulated` when FLOWSQUARE_CLOCK runs sim time (the demo); every time shown comes from it." },
+            "clock_speed": num("Data-clock seconds per real second (1 for the real clock)."),
             "name": s("The token's configured name."), "role": { "type": "string", "enum": ["viewer", "operator", "auditor", "admin"] },
-            "can_audit": b("May read the auditor routes (dead letters)."), "can_operate": b("May post movements and start runs."),
-            "now_ms": ms("The server's time")
+            "can_audit": b("May read the auditor routes (dead letters, audit log)."), "can_operate": b("May post movements and start runs."),
+            "now_ms": ms("The server's data clock now")
         } },
         "TankKpi": { "type": "object", "required": ["tank", "site", "product", "level_mm", "reading_ms", "stale", "gov_l", "nsv_l", "min_operating_level_mm", "ready_l", "receiving", "status"], "properties": {
             "tank": s("Tank id."), "site": s("Site."), "product": s("Product."), "level_mm": nnum("Gauged level, mm."),

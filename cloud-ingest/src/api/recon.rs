@@ -8,15 +8,20 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Deserialize;
 
+use super::audit::{self, json};
+use super::auth::Principal;
 use super::params::{self, Query};
 use super::problem::Problem;
 use super::routes::{call, data, data_with_status};
 use super::ApiState;
 use crate::reconcile::model::{day_name, Epod, EpodCompartment, RecordKind};
 use crate::reconcile::run::now_ms;
-use crate::store::ledger::{CloseOutcome, EpodOutcome, NewDischarge, VarianceRow};
+use crate::store::ledger::{
+    CloseOutcome, DischargeRow, EpodOutcome, NewDischarge, RunPick, VarianceRow,
+};
 
 /// Default and largest `limit` of the runs and alerts lists.
 pub const LIST_DEFAULT: i64 = 100;
@@ -26,14 +31,14 @@ pub const LIST_MAX: i64 = 10_000;
 /// A time in a body: RFC 3339 text or epoch milliseconds (anything else is named as wrong).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum When {
+pub(super) enum When {
     Ms(i64),
     Text(String),
     Other(serde_json::Value),
 }
 
 /// An event time of a body, range-checked like every time the API takes ([`params::event_ms`]).
-fn when(field: &str, w: &When, errors: &mut Vec<String>) -> i64 {
+pub(super) fn when(field: &str, w: &When, errors: &mut Vec<String>) -> i64 {
     let r = match w {
         When::Ms(ms) => params::event_ms(field, *ms, now_ms()),
         When::Text(t) => params::event_text(field, t, now_ms()),
@@ -47,7 +52,7 @@ fn when(field: &str, w: &When, errors: &mut Vec<String>) -> i64 {
     })
 }
 
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
+pub(super) fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
     serde_json::from_slice(body).map_err(|e| Problem::invalid_body(vec![format!("body: {e}")]))
 }
 
@@ -59,7 +64,7 @@ fn text(field: &str, v: &str, errors: &mut Vec<String>) {
     }
 }
 
-fn positive(field: &str, v: f64, errors: &mut Vec<String>) {
+pub(super) fn positive(field: &str, v: f64, errors: &mut Vec<String>) {
     if !(v.is_finite() && v > 0.0) {
         errors.push(format!("{field}: {v} must be a positive number of litres"));
     }
@@ -80,7 +85,7 @@ fn limit(q: &Query) -> Result<i64, Problem> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DischargeBody {
+pub(super) struct DischargeBody {
     site: String,
     vessel: String,
     parcel: String,
@@ -92,14 +97,11 @@ struct DischargeBody {
     opened_at: When,
 }
 
-/// `POST /api/v1/discharges`: open a discharge.
-pub(super) async fn open_discharge(
-    State(s): State<ApiState>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Result<Response, Problem> {
-    Query::parse(raw.as_deref(), &[])?;
-    let b: DischargeBody = parse_body(&body)?;
+/// Validate a discharge body; every problem is listed.
+pub(super) fn validate_discharge(
+    b: DischargeBody,
+    s: &ApiState,
+) -> Result<NewDischarge, Vec<String>> {
     let mut e = Vec::new();
     for (f, v) in [
         ("site", &b.site),
@@ -143,9 +145,9 @@ pub(super) async fn open_discharge(
         }
     }
     if !e.is_empty() {
-        return Err(Problem::invalid_body(e));
+        return Err(e);
     }
-    let d = NewDischarge {
+    Ok(NewDischarge {
         site: b.site,
         vessel: b.vessel,
         parcel: b.parcel,
@@ -154,8 +156,29 @@ pub(super) async fn open_discharge(
         tanks: b.tanks,
         meters: b.meters,
         opened_ms,
-    };
+    })
+}
+
+/// `POST /api/v1/discharges`: open a discharge.
+pub(super) async fn open_discharge(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    Query::parse(raw.as_deref(), &[])?;
+    let b: DischargeBody = parse_body(&body)?;
+    let d = validate_discharge(b, &s).map_err(Problem::invalid_body)?;
     let row = call(s.store.ledger().open_discharge(&d)).await?;
+    audit::record(
+        &s,
+        &who,
+        "discharge.open",
+        format!("discharge/{}", row.id),
+        serde_json::Value::Null,
+        json(&row),
+    )
+    .await?;
     Ok(data_with_status(StatusCode::CREATED, &[row]))
 }
 
@@ -180,17 +203,13 @@ struct CloseBody {
 /// `POST /api/v1/discharges/{id}/close`.
 pub(super) async fn close_discharge(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, Problem> {
     Query::parse(raw.as_deref(), &[])?;
-    let id = match id {
-        Ok(Path(id)) => id.parse::<i64>().map_err(|_| {
-            Problem::bad_parameter("id", format!("{id:?} is not a discharge id (an integer)"))
-        })?,
-        Err(e) => return Err(Problem::bad_parameter("id", e.body_text())),
-    };
+    let id = id_param(id, "discharge")?;
     let b: CloseBody = parse_body(&body)?;
     let mut e = Vec::new();
     let closed_ms = when("closed_at", &b.closed_at, &mut e);
@@ -201,7 +220,23 @@ pub(super) async fn close_discharge(
         return Err(Problem::invalid_body(e));
     }
     match call(s.store.ledger().close_discharge(id, closed_ms, b.ship_l)).await? {
-        CloseOutcome::Closed(row) => Ok(data(&[row])),
+        CloseOutcome::Closed(row) => {
+            let before = DischargeRow {
+                closed_ms: None,
+                ship_l: None,
+                ..row.clone()
+            };
+            audit::record(
+                &s,
+                &who,
+                "discharge.close",
+                format!("discharge/{id}"),
+                json(&before),
+                json(&row),
+            )
+            .await?;
+            Ok(data(&[row]))
+        }
         CloseOutcome::NotFound => Err(Problem::not_found(format!("no discharge {id}"))),
         CloseOutcome::AlreadyClosed(row) => Err(Problem::conflict(format!(
             "discharge {id} was already closed at {} ms",
@@ -226,7 +261,7 @@ struct CompartmentBody {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EpodBody {
+pub(super) struct EpodBody {
     trip: String,
     bol: String,
     truck: String,
@@ -241,7 +276,7 @@ struct EpodBody {
 }
 
 /// Validate an ePOD body; every problem is listed.
-fn validate_epod(b: EpodBody, s: &ApiState) -> Result<Epod, Vec<String>> {
+pub(super) fn validate_epod(b: EpodBody, s: &ApiState) -> Result<Epod, Vec<String>> {
     let mut e = Vec::new();
     for (f, v) in [
         ("trip", &b.trip),
@@ -342,6 +377,7 @@ fn validate_epod(b: EpodBody, s: &ApiState) -> Result<Epod, Vec<String>> {
 /// `POST /api/v1/epods`: 201 stored, 200 the same ePOD again, 409 another for the BOL, 422.
 pub(super) async fn post_epod(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, Problem> {
@@ -351,6 +387,15 @@ pub(super) async fn post_epod(
     match call(s.store.ledger().post_epod(&epod, now_ms())).await? {
         EpodOutcome::Created(id) => {
             epod.id = id;
+            audit::record(
+                &s,
+                &who,
+                "epod.post",
+                format!("epod/{id}"),
+                serde_json::Value::Null,
+                json(&epod),
+            )
+            .await?;
             Ok(data_with_status(StatusCode::CREATED, &[epod]))
         }
         EpodOutcome::Same(id) => {
@@ -358,7 +403,8 @@ pub(super) async fn post_epod(
             Ok(data(&[epod]))
         }
         EpodOutcome::Conflict(id) => Err(Problem::conflict(format!(
-            "ePOD {id} for BOL {:?} is already stored with other content",
+            "ePOD {id} for BOL {:?} is already stored with other content; to correct it, amend it: \
+             POST /api/v1/epods/{id}/amend with the corrected fields and a `reason` (the original is kept)",
             epod.bol
         ))),
     }
@@ -386,6 +432,7 @@ pub(super) async fn runs(
 /// `POST /api/v1/reconciliation/run?date=YYYY-MM-DD` (operator): reconcile a day now.
 pub(super) async fn run_now(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["date"])?;
@@ -397,6 +444,7 @@ pub(super) async fn run_now(
         ));
     };
     let store = s.store.clone();
+    let before = call(s.store.ledger().run_of(&day_name(day), RunPick::Latest)).await?;
     let report = tokio::time::timeout(std::time::Duration::from_secs(600), async move {
         r.run_day(&*store, day, now_ms(), "api").await
     })
@@ -406,7 +454,41 @@ pub(super) async fn run_now(
         crate::reconcile::ReconcileError::Store(e) => Problem::from(e),
         other => Problem::internal(other.to_string()),
     })?;
+    audit::record(
+        &s,
+        &who,
+        "reconciliation.run",
+        format!("reconciliation/{}", report.run.date),
+        json(&before),
+        json(&report.run),
+    )
+    .await?;
     Ok(data(&[report.run]))
+}
+
+/// `run=ID` or `as_of=TIME` (not both); neither: the current run.
+fn run_pick(q: &Query) -> Result<RunPick, Problem> {
+    match (q.opt("run")?, q.opt("as_of")?) {
+        (Some(_), Some(_)) => Err(Problem::bad_parameter(
+            "as_of",
+            "give `run` or `as_of`, not both",
+        )),
+        (Some(r), None) => r.parse::<i64>().map(RunPick::Id).map_err(|_| {
+            Problem::bad_parameter("run", format!("{r:?} is not a run id (an integer)"))
+        }),
+        (None, Some(t)) => Ok(RunPick::AsOf(params::time_ms("as_of", t)?)),
+        (None, None) => Ok(RunPick::Latest),
+    }
+}
+
+/// The integer `{id}` of a path.
+pub(super) fn id_param(p: Result<Path<String>, PathRejection>, what: &str) -> Result<i64, Problem> {
+    match p {
+        Ok(Path(id)) => id.parse::<i64>().map_err(|_| {
+            Problem::bad_parameter("id", format!("{id:?} is not a {what} id (an integer)"))
+        }),
+        Err(e) => Err(Problem::bad_parameter("id", e.body_text())),
+    }
 }
 
 /// The `{date}` of a reconciliation path, with `.csv` meaning CSV.
@@ -493,10 +575,22 @@ async fn records(
     kinds: &[RecordKind],
     name: &str,
 ) -> Result<Response, Problem> {
-    let q = Query::parse(raw, &["format"])?;
+    let q = Query::parse(raw, &["format", "run", "as_of"])?;
     let (date, suffix) = date_param(date)?;
     let csv_out = wants_csv(&q, suffix)?;
-    let all = call(s.store.ledger().variances(&date, None)).await?;
+    let pick = run_pick(&q)?;
+    let all = match call(s.store.ledger().run_of(&date, pick)).await? {
+        Some(run) => call(s.store.ledger().run_variances(run.id, None)).await?,
+        None if pick == RunPick::Latest => Vec::new(),
+        None => {
+            return Err(Problem::not_found(match pick {
+                RunPick::Id(id) => format!(
+                    "no run {id} of {date}; the runs are listed at /api/v1/reconciliation/runs"
+                ),
+                _ => format!("no run of {date} had finished at that `as_of`"),
+            }))
+        }
+    };
     let rows: Vec<VarianceRow> = all
         .into_iter()
         .filter(|r| kinds.contains(&r.v.kind))

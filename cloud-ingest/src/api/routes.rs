@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::config::Role;
 use super::params::{self, Query};
 use super::problem::Problem;
-use super::{console, metrics, openapi, recon, ApiState};
+use super::{amend, audit, console, freshness, metrics, openapi, recon, ApiState};
 use crate::store::StoreError;
 
 /// Longest wait for a data query before answering 503.
@@ -77,12 +77,36 @@ pub(crate) fn table() -> Vec<Route> {
             Some(Operator),
             post(recon::close_discharge),
         ),
+        (
+            "/api/v1/discharges/{id}",
+            "get",
+            Some(Viewer),
+            get(amend::get_discharge),
+        ),
+        (
+            "/api/v1/discharges/{id}/amend",
+            "post",
+            Some(Operator),
+            post(amend::amend_discharge),
+        ),
         ("/api/v1/epods", "get", Some(Viewer), get(recon::list_epods)),
         (
             "/api/v1/epods",
             "post",
             Some(Operator),
             post(recon::post_epod),
+        ),
+        (
+            "/api/v1/epods/{id}",
+            "get",
+            Some(Viewer),
+            get(amend::get_epod),
+        ),
+        (
+            "/api/v1/epods/{id}/amend",
+            "post",
+            Some(Operator),
+            post(amend::amend_epod),
         ),
         (
             "/api/v1/reconciliation/runs",
@@ -121,6 +145,19 @@ pub(crate) fn table() -> Vec<Route> {
             get(recon::meters),
         ),
         ("/api/v1/alerts", "get", Some(Viewer), get(recon::alerts)),
+        (
+            "/api/v1/freshness",
+            "get",
+            Some(Viewer),
+            get(freshness::freshness),
+        ),
+        ("/api/v1/audit", "get", Some(Auditor), get(audit::audit)),
+        (
+            "/api/v1/audit.csv",
+            "get",
+            Some(Auditor),
+            get(audit::audit_csv),
+        ),
         (
             "/api/v1/whoami",
             "get",

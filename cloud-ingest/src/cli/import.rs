@@ -46,15 +46,7 @@ pub async fn run(path: &Path, store: &dyn Store) -> Result<ExitCode, CliError> {
         .ok_or_else(|| CliError::Config(format!("{}: empty export", path.display())))?;
     let birth = wire::Birth::decode(birth)
         .map_err(|e| CliError::Config(format!("{}: birth: {e}", path.display())))?;
-    store
-        .birth(
-            &birth,
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
-        )
-        .await?;
+    store.birth(&birth, crate::reconcile::run::now_ms()).await?;
     let tty = std::io::stderr().is_terminal();
     let total = batches.len();
     let (mut stored, mut dup, mut readings, mut bad) = (0u64, 0u64, 0u64, 0u64);
@@ -105,6 +97,17 @@ pub async fn run(path: &Path, store: &dyn Store) -> Result<ExitCode, CliError> {
         birth.site,
         birth.agent
     );
+    super::reconcile::audit(
+        store,
+        "cli.import",
+        format!("import/{}/{}", birth.site, birth.agent),
+        serde_json::Value::Null,
+        serde_json::json!({
+            "file": path.display().to_string(), "batches_stored": stored, "readings_stored": readings,
+            "already_present": dup, "not_usable": bad,
+        }),
+    )
+    .await?;
     Ok(if bad > 0 {
         ExitCode::FAILURE
     } else {

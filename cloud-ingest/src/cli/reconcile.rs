@@ -10,7 +10,39 @@ use crate::config::IngestConfig;
 use crate::reconcile::model::{day_name, parse_day, Verdict};
 use crate::reconcile::run::now_ms;
 use crate::reconcile::Reconciler;
+use crate::store::ledger::{NewAudit, RunPick};
 use crate::store::Store;
+
+/// The CLI's actor in the audit log: `cli:<user>` (the login name from `USER`/`LOGNAME`).
+pub fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+/// Append a CLI write to the audit log (role `cli`, data clock).
+pub async fn audit(
+    store: &dyn Store,
+    action: &str,
+    target: String,
+    before: serde_json::Value,
+    after: serde_json::Value,
+) -> Result<(), CliError> {
+    store
+        .ledger()
+        .audit(&NewAudit {
+            actor: cli_actor(),
+            role: "cli".into(),
+            at_ms: now_ms(),
+            action: action.into(),
+            target,
+            before,
+            after,
+        })
+        .await?;
+    Ok(())
+}
 
 /// The site model of the configuration (tables relative to the config file), or None when no
 /// tanks or meters are configured.
@@ -77,6 +109,24 @@ pub async fn run(
             other => CliError::Config(other.to_string()),
         })?;
     for rep in &reports {
+        let before = match rep.run.supersedes {
+            Some(id) => store
+                .ledger()
+                .run_of(&rep.run.date, RunPick::Id(id))
+                .await?
+                .map_or(serde_json::Value::Null, |r| {
+                    serde_json::to_value(r).unwrap_or_default()
+                }),
+            None => serde_json::Value::Null,
+        };
+        audit(
+            store,
+            "cli.reconcile",
+            format!("reconciliation/{}", rep.run.date),
+            before,
+            serde_json::to_value(&rep.run).unwrap_or_default(),
+        )
+        .await?;
         exceptions += rep.run.exceptions;
         println!(
             "{} run {}: {} records, {} exceptions",

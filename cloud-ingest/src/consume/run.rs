@@ -52,11 +52,10 @@ pub struct ConsumerStats {
     pub poll_to_commit: super::latency::LatencyHistogram,
 }
 
+/// Now on the data clock (`flowsquare_service::clock`, the simulator's when simulated): receive
+/// times, last-seen times and the poll-to-commit latency compare with the data's own times.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    flowsquare_service::clock::now_ms()
 }
 
 /// Run an operation until it succeeds, retrying transient failures with backoff (and giving up

@@ -219,7 +219,7 @@ pub struct StaleConfig {
     /// Seconds between checks. Default 300.
     #[serde(default = "default_stale_every")]
     pub interval_s: u64,
-    /// A tag is stale when its newest reading is older than this many of its poll intervals
+    /// A tag is stale when its newest *good* reading is older than this many of its poll intervals
     /// (from the birth catalog). Default 3.
     #[serde(default = "default_stale_factor")]
     pub factor: f64,

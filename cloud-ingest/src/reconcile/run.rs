@@ -147,8 +147,8 @@ impl Reconciler {
         }
     }
 
-    /// Reconcile `day` (all terminal sites of the model), store the results (replacing the
-    /// date's earlier ones) and synchronise the date's alerts.
+    /// Reconcile `day` (all terminal sites of the model), store the results as the date's new
+    /// current run (the earlier runs and their records stay) and synchronise the date's alerts.
     pub async fn run_day(
         &self,
         store: &dyn Store,
@@ -173,6 +173,8 @@ impl Reconciler {
             all.variances.extend(r.variances);
             all.alerts.extend(r.alerts);
         }
+        self.drop_before_first_data(store, &registry, day, &mut all.alerts)
+            .await?;
         let save = std::time::Instant::now();
         let run = NewRun {
             date: day_name(day),
@@ -183,7 +185,7 @@ impl Reconciler {
         };
         let run = store
             .ledger()
-            .save_run(&run, &all.variances, &all.alerts)
+            .save_run(&run, &all.variances, &all.alerts, now_ms())
             .await?;
         tracing::debug!(
             date = %run.date,
@@ -194,6 +196,46 @@ impl Reconciler {
             "reconciliation run phases"
         );
         Ok(RunReport { run, result: all })
+    }
+
+    /// No "no-data" alert for a day that ends before the tank's agent first reported (the day
+    /// before a site came online is not missing data); the records keep their `no-data`
+    /// verdict. Returns how many alerts were left out (logged).
+    async fn drop_before_first_data(
+        &self,
+        store: &dyn Store,
+        registry: &Registry,
+        day: i64,
+        alerts: &mut Vec<NewAlert>,
+    ) -> Result<usize, ReconcileError> {
+        let day_end = day_start_ms(day + 1);
+        let mut before: Vec<String> = Vec::new();
+        for t in &self.cfg.tanks {
+            if !alerts
+                .iter()
+                .any(|a| a.kind == "no-data" && a.place == t.id && a.site == t.site)
+            {
+                continue;
+            }
+            let ids: Vec<i64> = self.tank_tags(registry, t).into_iter().flatten().collect();
+            let first = store
+                .ledger()
+                .last_good(&ids, i64::MIN)
+                .await?
+                .into_iter()
+                .filter_map(|g| g.first_ms)
+                .min();
+            if first.is_none_or(|f| f >= day_end) {
+                before.push(t.id.clone());
+            }
+        }
+        let n = alerts.len();
+        alerts.retain(|a| !(a.kind == "no-data" && before.contains(&a.place)));
+        let dropped = n - alerts.len();
+        if dropped > 0 {
+            tracing::info!(date = %day_name(day), tanks = ?before, "no-data alerts left out: the day ends before the first data of these tanks' agents");
+        }
+        Ok(dropped)
     }
 
     /// Stock of a tank at `at` from the probed values (level, temp, density, [density temp],
@@ -731,6 +773,11 @@ impl Reconciler {
             tags.iter().filter(|t| ids.contains(&t.id)).collect()
         };
         let ids: Vec<i64> = wanted.iter().map(|t| t.id).collect();
+        // Fresh means a *good* reading within the limit: bad-quality spans count as silent.
+        let good = store
+            .ledger()
+            .last_good(&ids, now - crate::analytics::stale::LOOKBACK_MS)
+            .await?;
         let latest: HashMap<i64, i64> = store
             .latest(&ids)
             .await?
@@ -739,13 +786,19 @@ impl Reconciler {
             .collect();
         let ages: Vec<TagAge> = wanted
             .iter()
-            .map(|t| TagAge {
-                id: t.id,
-                site: t.site.clone(),
-                name: format!("{}/{}", t.agent, t.name),
-                interval_ms: t.interval_ms,
-                latest_ms: latest.get(&t.id).copied(),
-                since_ms: now,
+            .zip(good)
+            .map(|(t, g)| {
+                crate::analytics::stale::age_of(
+                    (
+                        t.id,
+                        &t.site,
+                        format!("{}/{}", t.agent, t.name),
+                        t.interval_ms,
+                    ),
+                    g,
+                    latest.get(&t.id).copied(),
+                    now,
+                )
             })
             .collect();
         let stale = stale_tags(&ages, now, &self.cfg.stale);
@@ -757,7 +810,7 @@ impl Reconciler {
                 place: s.tag.name.clone(),
                 date: day_name(day_of(s.silent_since_ms)),
                 message: format!(
-                    "tag {} at {} has not reported for {:.0} s (expected every {} ms; limit {} s)",
+                    "tag {} at {} has had no good reading for {:.0} s (expected every {} ms; limit {} s)",
                     s.tag.name,
                     s.tag.site,
                     (now - s.silent_since_ms) as f64 / 1000.0,
@@ -832,9 +885,17 @@ impl Reconciler {
 }
 
 /// Parse a gantry batch record's fields (`bol`, `truck`, `meter`, `compartment`, `product`,
-/// `gross_l`, `nsv_l`); its time is the event's.
+/// `gross_l`, `nsv_l`); its time is the event's. None without them — a blank text counts as
+/// absent, so a blank record (read at agent start) is no trip and no "unknown meter" (the
+/// caller counts and logs what it leaves out).
 pub fn batch_of(e: &EventRow) -> Option<BatchRecord> {
-    let s = |k: &str| e.fields.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let s = |k: &str| {
+        e.fields
+            .get(k)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.trim().is_empty())
+            .map(str::to_owned)
+    };
     let f = |k: &str| e.fields.get(k).and_then(serde_json::Value::as_f64);
     Some(BatchRecord {
         bol: s("bol")?,
@@ -970,6 +1031,14 @@ mod tests {
         assert!(
             gauge_delivery_of(&event("delivery", serde_json::json!({})), "ST", &tanks).is_none()
         );
+    }
+
+    #[test]
+    fn a_blank_batch_record_is_no_trip() {
+        let blank = serde_json::json!({ "bol": "", "truck": "", "meter": " ", "compartment": 0, "product": "", "gross_l": 0.0, "nsv_l": 0.0 });
+        assert_eq!(batch_of(&event("gantry-batch", blank)), None);
+        let no_bol = serde_json::json!({ "bol": "", "meter": "M1", "product": "AGO", "gross_l": 10.0, "nsv_l": 10.0 });
+        assert_eq!(batch_of(&event("gantry-batch", no_bol)), None);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! and the movement records, runs, variance records and alerts.
 //!
 //! Tables (both backends): `discharges`, `epods` + `epod_compartments` (BOL unique),
-//! `recon_runs`, `variances` (replaced per date: re-running a date is idempotent) and `alerts`
-//! (open/closed; one open alert per (site, kind, place, date)).
+//! `recon_runs`, `variances` (kept per run: a re-run of a date supersedes the previous run,
+//! whose records stay queryable by run id or `as_of`), `alerts` (open/closed; one open alert
+//! per (site, kind, place, date)), `amendments` (every version of an amended ePOD or
+//! discharge, the original included) and `audit_log` (every write through the API and CLI).
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -130,6 +132,117 @@ pub struct RunRow {
     pub alerts_opened: i64,
     /// Alerts closed (no longer found).
     pub alerts_closed: i64,
+    /// The earlier run of the same date this one replaced as the current figures.
+    pub supersedes: Option<i64>,
+    /// The later run of the same date that replaced this one (None: the current run).
+    pub superseded_by: Option<i64>,
+}
+
+/// The actor of version 1 of an amended record (the original post).
+pub const ORIGINAL_ACTOR: &str = "original";
+/// The reason of version 1.
+pub const ORIGINAL_REASON: &str = "as first posted";
+
+/// A tag's readings since an instant (freshness).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GoodSince {
+    /// The newest reading of good quality, ms.
+    pub last_good_ms: Option<i64>,
+    /// The first reading of any quality, ms.
+    pub first_ms: Option<i64>,
+}
+
+/// Which run of a date to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunPick {
+    /// The current (newest) run.
+    Latest,
+    /// This run (must be of the date).
+    Id(i64),
+    /// The newest run finished at or before this instant, ms (what was known then).
+    AsOf(i64),
+}
+
+/// Who made a change, when and why (an amendment).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Amendment {
+    /// Actor: the token's name (`cli:<user>` from the CLI).
+    pub actor: String,
+    /// Its role.
+    pub role: String,
+    /// When, ms (data clock).
+    pub at_ms: i64,
+    /// Why (mandatory).
+    pub reason: String,
+}
+
+/// One version of an amended record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionRow {
+    /// Version number (1 = as first posted).
+    pub version: i64,
+    /// Who, when, why (version 1: the original post).
+    #[serde(flatten)]
+    pub by: Amendment,
+    /// The record's content in this version.
+    pub record: serde_json::Value,
+}
+
+/// What amending a record did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AmendOutcome<T> {
+    /// Amended: the new content and its version number.
+    Amended(T, i64),
+    /// No such record.
+    NotFound,
+    /// Another ePOD already holds the BOL the amendment gives.
+    BolTaken(i64),
+}
+
+/// One entry of the audit log, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewAudit {
+    /// Actor: the token's name, or `cli:<user>`.
+    pub actor: String,
+    /// Its role (`cli` for the command line).
+    pub role: String,
+    /// When, ms (data clock).
+    pub at_ms: i64,
+    /// What (`discharge.open`, `epod.amend`, `reconciliation.run`, …).
+    pub action: String,
+    /// On what (`discharge/12`, `epod/BOL-7`, `reconciliation/2025-11-08`, …).
+    pub target: String,
+    /// Before the change (null: nothing before).
+    pub before: serde_json::Value,
+    /// After it.
+    pub after: serde_json::Value,
+}
+
+/// A stored audit entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRow {
+    /// Id (in write order).
+    pub id: i64,
+    /// The entry.
+    #[serde(flatten)]
+    pub e: NewAudit,
+}
+
+/// A filter on the audit log (all given conditions hold).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditFilter {
+    /// At or after, ms.
+    pub from_ms: Option<i64>,
+    /// Before, ms.
+    pub to_ms: Option<i64>,
+    /// Exactly this actor.
+    pub actor: Option<String>,
+    /// Exactly this action.
+    pub action: Option<String>,
+    /// Exactly this target.
+    pub target: Option<String>,
+    /// At most this many, newest first.
+    pub limit: i64,
 }
 
 /// A stored variance record.
@@ -239,17 +352,56 @@ pub trait Ledger: Send + Sync {
     async fn epods_for(&self, bols: &[String]) -> Result<Vec<Epod>, StoreError>;
     /// ePODs delivered in `[from_ms, to_ms)`, by delivery time.
     async fn epods(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Epod>, StoreError>;
-    /// Save a run of `date`: its records replace the date's earlier ones, and the date's
-    /// reconciliation alerts are synchronised with `alerts` ([`plan_sync`]); one transaction.
+    /// Save a run of `date`: it supersedes the date's current run (whose records stay, under
+    /// its run id), and the date's reconciliation alerts are synchronised with `alerts`
+    /// ([`plan_sync`]) at `now_ms`; one transaction.
     async fn save_run(
         &self,
         run: &NewRun,
         records: &[Variance],
         alerts: &[NewAlert],
+        now_ms: i64,
     ) -> Result<RunRow, StoreError>;
     /// The newest runs first.
     async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, StoreError>;
-    /// The variance records of a date (optionally of one kind).
+    /// One run of a date (None: no such run of the date).
+    async fn run_of(&self, date: &str, pick: RunPick) -> Result<Option<RunRow>, StoreError>;
+    /// The variance records of one run (optionally of one kind).
+    async fn run_variances(
+        &self,
+        run_id: i64,
+        kind: Option<&str>,
+    ) -> Result<Vec<VarianceRow>, StoreError>;
+    /// One discharge.
+    async fn discharge(&self, id: i64) -> Result<Option<DischargeRow>, StoreError>;
+    /// One ePOD.
+    async fn epod(&self, id: i64) -> Result<Option<Epod>, StoreError>;
+    /// Replace a discharge's content with `d` (validated by the caller), keeping every version.
+    async fn amend_discharge(
+        &self,
+        id: i64,
+        d: &DischargeRow,
+        by: &Amendment,
+    ) -> Result<AmendOutcome<DischargeRow>, StoreError>;
+    /// Replace an ePOD's content with `e` (validated by the caller), keeping every version.
+    async fn amend_epod(
+        &self,
+        id: i64,
+        e: &Epod,
+        by: &Amendment,
+    ) -> Result<AmendOutcome<Epod>, StoreError>;
+    /// The versions of an amended record (`entity` `epod` or `discharge`), oldest first; empty
+    /// for a record never amended.
+    async fn versions(&self, entity: &str, id: i64) -> Result<Vec<VersionRow>, StoreError>;
+    /// Append to the audit log.
+    async fn audit(&self, e: &NewAudit) -> Result<i64, StoreError>;
+    /// Read the audit log, newest first.
+    async fn audit_log(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError>;
+    /// For each tag, its readings after `after_ms`: the time of the newest of good quality and
+    /// the time of the first of any quality (None: none).
+    async fn last_good(&self, tag_ids: &[i64], after_ms: i64)
+        -> Result<Vec<GoodSince>, StoreError>;
+    /// The variance records of a date's current run (optionally of one kind).
     async fn variances(
         &self,
         date: &str,

@@ -898,7 +898,7 @@ pub async fn coverage_inputs_are_read(s: &dyn Store) {
         finished_ms: T0,
         as_of_ms: T0,
     };
-    l.save_run(&run, &[v(Some(coverage.clone())), v(None)], &[])
+    l.save_run(&run, &[v(Some(coverage.clone())), v(None)], &[], T0)
         .await
         .expect("save");
     let rows = l.variances("2026-01-01", None).await.expect("rows");
@@ -906,6 +906,270 @@ pub async fn coverage_inputs_are_read(s: &dyn Store) {
     assert_eq!(rows[0].v.coverage.as_ref(), Some(&coverage));
     assert_eq!(rows[0].v.verdict, Verdict::Incomplete);
     assert_eq!(rows[1].v.coverage, None);
+}
+
+/// A variance record for the history test.
+fn variance(date: &str, measured: f64) -> crate::reconcile::model::Variance {
+    use crate::reconcile::model::{RecordKind, Variance, Verdict};
+    Variance {
+        date: date.into(),
+        kind: RecordKind::Tank,
+        site: "s".into(),
+        place: "T1".into(),
+        stage: "balance".into(),
+        product: "AGO".into(),
+        reference_l: Some(1000.0),
+        measured_l: Some(measured),
+        variance_l: Some(measured - 1000.0),
+        variance_pct: Some((measured - 1000.0) / 10.0),
+        tolerance_pct: 0.5,
+        verdict: Verdict::Ok,
+        detail: serde_json::json!({}),
+        coverage: None,
+    }
+}
+
+/// Run history (a re-run supersedes; both runs' records stay), amendments with versions, the
+/// audit log and the last good reading per tag.
+pub async fn ledger_history_amendments_and_audit(s: &dyn Store) {
+    use crate::reconcile::model::{Epod, EpodCompartment};
+    use crate::store::ledger::*;
+    let l = s.ledger();
+    let run = |finished_ms| NewRun {
+        date: "2026-01-02".into(),
+        trigger: "api".into(),
+        started_ms: finished_ms - 10,
+        finished_ms,
+        as_of_ms: finished_ms,
+    };
+    let r1 = l
+        .save_run(&run(T0 + 1_000), &[variance("2026-01-02", 1001.0)], &[], T0)
+        .await
+        .expect("run 1");
+    let r2 = l
+        .save_run(&run(T0 + 2_000), &[variance("2026-01-02", 1002.0)], &[], T0)
+        .await
+        .expect("run 2");
+    assert_eq!(r2.supersedes, Some(r1.id));
+    let cur = l.variances("2026-01-02", None).await.expect("current");
+    assert_eq!(cur.len(), 1);
+    assert_eq!(cur[0].v.measured_l, Some(1002.0));
+    let old = l.run_variances(r1.id, None).await.expect("run 1 records");
+    assert_eq!(old[0].v.measured_l, Some(1001.0));
+    let pick = |p| l.run_of("2026-01-02", p);
+    assert_eq!(
+        pick(RunPick::Latest).await.expect("latest").map(|r| r.id),
+        Some(r2.id)
+    );
+    assert_eq!(
+        pick(RunPick::Id(r1.id))
+            .await
+            .expect("id")
+            .map(|r| r.superseded_by),
+        Some(Some(r2.id))
+    );
+    assert_eq!(
+        pick(RunPick::AsOf(T0 + 1_500))
+            .await
+            .expect("as of")
+            .map(|r| r.id),
+        Some(r1.id)
+    );
+    assert_eq!(pick(RunPick::AsOf(T0)).await.expect("before"), None);
+    assert_eq!(
+        l.run_of("2026-01-03", RunPick::Id(r1.id))
+            .await
+            .expect("other date"),
+        None
+    );
+
+    // Amendments: the original is version 1, the correction version 2.
+    let e = Epod {
+        id: 0,
+        trip: "t".into(),
+        bol: "B1".into(),
+        truck: "k".into(),
+        station: "st".into(),
+        delivered_ms: T0,
+        receiver: "r".into(),
+        lat: None,
+        lon: None,
+        compartments: vec![EpodCompartment {
+            compartment: 1,
+            product: "AGO".into(),
+            gross_l: 100.0,
+            net_l: None,
+        }],
+    };
+    let EpodOutcome::Created(id) = l.post_epod(&e, T0).await.expect("post") else {
+        panic!("not created")
+    };
+    let by = Amendment {
+        actor: "ops".into(),
+        role: "operator".into(),
+        at_ms: T0 + 5,
+        reason: "typo".into(),
+    };
+    let mut fixed = e.clone();
+    fixed.compartments[0].gross_l = 99.0;
+    let AmendOutcome::Amended(new, 2) = l.amend_epod(id, &fixed, &by).await.expect("amend") else {
+        panic!("not amended to version 2")
+    };
+    assert_eq!(new.id, id);
+    assert_eq!(
+        l.epod(id)
+            .await
+            .expect("epod")
+            .map(|e| e.compartments[0].gross_l),
+        Some(99.0)
+    );
+    let v = l.versions("epod", id).await.expect("versions");
+    assert_eq!(v.len(), 2);
+    assert_eq!(
+        (v[0].version, v[0].by.actor.as_str(), v[0].by.at_ms),
+        (1, ORIGINAL_ACTOR, T0)
+    );
+    assert_eq!(v[0].record["compartments"][0]["gross_l"], 100.0);
+    assert_eq!(
+        (
+            v[1].by.reason.as_str(),
+            v[1].record["compartments"][0]["gross_l"].as_f64()
+        ),
+        ("typo", Some(99.0))
+    );
+    assert_eq!(
+        l.amend_epod(id + 100, &fixed, &by).await.expect("missing"),
+        AmendOutcome::NotFound
+    );
+    let mut other = e.clone();
+    other.bol = "B2".into();
+    let EpodOutcome::Created(id2) = l.post_epod(&other, T0).await.expect("post 2") else {
+        panic!("not created")
+    };
+    assert_eq!(
+        l.amend_epod(id2, &fixed, &by).await.expect("taken"),
+        AmendOutcome::BolTaken(id)
+    );
+    let d = l
+        .open_discharge(&NewDischarge {
+            site: "s".into(),
+            vessel: "v".into(),
+            parcel: "p".into(),
+            product: "AGO".into(),
+            bl_l: 10.0,
+            tanks: vec!["T1".into()],
+            meters: vec![],
+            opened_ms: T0,
+        })
+        .await
+        .expect("discharge");
+    let mut d2 = d.clone();
+    d2.d.bl_l = 11.0;
+    d2.closed_ms = Some(T0 + 10);
+    assert!(matches!(
+        l.amend_discharge(d.id, &d2, &by).await.expect("amend"),
+        AmendOutcome::Amended(_, 2)
+    ));
+    assert_eq!(l.discharge(d.id).await.expect("get"), Some(d2));
+    assert_eq!(l.versions("discharge", d.id).await.expect("v").len(), 2);
+
+    // The audit log, newest first, filtered.
+    for (i, action) in ["epod.post", "epod.amend", "discharge.open"]
+        .iter()
+        .enumerate()
+    {
+        l.audit(&NewAudit {
+            actor: if i == 2 {
+                "cli:ops".into()
+            } else {
+                "ops".into()
+            },
+            role: "operator".into(),
+            at_ms: T0 + i as i64,
+            action: (*action).into(),
+            target: format!("x/{i}"),
+            before: serde_json::Value::Null,
+            after: serde_json::json!({ "i": i }),
+        })
+        .await
+        .expect("audit");
+    }
+    let all = l
+        .audit_log(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("log");
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].e.action, "discharge.open");
+    assert_eq!(all[2].e.after["i"], 0);
+    let f = |f: AuditFilter| async move {
+        l.audit_log(&AuditFilter { limit: 10, ..f })
+            .await
+            .expect("log")
+            .len()
+    };
+    assert_eq!(
+        f(AuditFilter {
+            actor: Some("ops".into()),
+            ..Default::default()
+        })
+        .await,
+        2
+    );
+    assert_eq!(
+        f(AuditFilter {
+            action: Some("epod.amend".into()),
+            ..Default::default()
+        })
+        .await,
+        1
+    );
+    assert_eq!(
+        f(AuditFilter {
+            target: Some("x/2".into()),
+            ..Default::default()
+        })
+        .await,
+        1
+    );
+    assert_eq!(
+        f(AuditFilter {
+            from_ms: Some(T0 + 1),
+            to_ms: Some(T0 + 2),
+            ..Default::default()
+        })
+        .await,
+        1
+    );
+
+    // Last good reading: a tag whose later readings are bad.
+    s.birth(&birth("g", "a", "h", &["x"]), T0)
+        .await
+        .expect("birth");
+    let mut b = batch("g", "a", "h", 1, 1, 10, T0, 0.0);
+    for r in &mut b.readings[5..] {
+        r.quality = wire::Quality::BadCommunication;
+    }
+    s.commit(&[b]).await.expect("commit");
+    let tag = tag_id(s, "x").await;
+    let g = l.last_good(&[tag], T0 - 1).await.expect("last good");
+    assert_eq!(
+        g,
+        vec![GoodSince {
+            last_good_ms: Some(T0 + 4_000),
+            first_ms: Some(T0)
+        }]
+    );
+    let g = l.last_good(&[tag], T0 + 4_500).await.expect("last good");
+    assert_eq!(
+        g,
+        vec![GoodSince {
+            last_good_ms: None,
+            first_ms: Some(T0 + 5_000)
+        }]
+    );
 }
 
 /// Instantiate the whole suite for a backend: `store_suite!(async { make().await });`
@@ -916,7 +1180,8 @@ macro_rules! store_suite {
             an_unknown_catalog_is_not_stored, one_commit_call_reports_each_batch, gaps_and_events_are_stored,
             series_are_bucketed, every_value_kind_is_kept, status_and_heartbeat_update_the_agent, dead_letters_are_kept,
             a_conflicting_batch_is_never_a_duplicate, epochs_keep_batch_ids_apart,
-            a_replaced_buffer_is_a_gap_of_unknown_count, nonsense_gaps_are_refused, coverage_inputs_are_read);
+            a_replaced_buffer_is_a_gap_of_unknown_count, nonsense_gaps_are_refused, coverage_inputs_are_read,
+            ledger_history_amendments_and_audit);
     };
     (@t $make:expr; $($name:ident),*) => {
         $(

@@ -32,8 +32,12 @@ pub struct WhoAmI {
     pub can_audit: bool,
     /// May it post movements and start runs?
     pub can_operate: bool,
-    /// The server's time (UTC ms): the console computes every age from it.
+    /// The server's data clock (UTC ms): the console computes every age from it.
     pub now_ms: i64,
+    /// `real`, or `simulated` when `FLOWSQUARE_CLOCK` runs sim time (the demo).
+    pub clock: &'static str,
+    /// Data-clock seconds per real second (1 for the real clock).
+    pub clock_speed: f64,
 }
 
 /// `GET /api/v1/whoami`.
@@ -42,12 +46,15 @@ pub(crate) async fn whoami(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     Query::parse(raw.as_deref(), &[])?;
+    let clock = flowsquare_service::clock::clock();
     Ok(data(&[WhoAmI {
         can_audit: p.role.grants(Role::Auditor),
         can_operate: p.role.grants(Role::Operator),
         name: p.name,
         role: p.role,
         now_ms: now_ms(),
+        clock: if clock.is_sim() { "simulated" } else { "real" },
+        clock_speed: clock.speed(),
     }]))
 }
 

@@ -100,15 +100,43 @@ pub(super) const SCHEMA_V4: &str = "
 ALTER TABLE flowsquare.variances ADD COLUMN IF NOT EXISTS coverage jsonb;
 ";
 
+/// Schema step 5 (idempotent): append-only run history (a re-run supersedes the date's run,
+/// records stay; runs saved before this step are marked superseded by the next run of their
+/// date), amendments (every version of an ePOD or discharge) and the audit log.
+pub(super) const SCHEMA_V5: &str = "
+ALTER TABLE flowsquare.recon_runs ADD COLUMN IF NOT EXISTS supersedes bigint;
+ALTER TABLE flowsquare.recon_runs ADD COLUMN IF NOT EXISTS superseded_by bigint;
+CREATE INDEX IF NOT EXISTS recon_runs_date ON flowsquare.recon_runs (date, id);
+CREATE INDEX IF NOT EXISTS variances_run ON flowsquare.variances (run_id, kind);
+UPDATE flowsquare.recon_runs r SET superseded_by = (SELECT min(n.id) FROM flowsquare.recon_runs n WHERE n.date = r.date AND n.id > r.id)
+    WHERE r.superseded_by IS NULL;
+CREATE TABLE IF NOT EXISTS flowsquare.amendments (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    entity text NOT NULL,
+    entity_id bigint NOT NULL,
+    version bigint NOT NULL,
+    actor text NOT NULL,
+    role text NOT NULL,
+    at timestamptz NOT NULL,
+    reason text NOT NULL,
+    record jsonb NOT NULL,
+    UNIQUE (entity, entity_id, version)
+);
+CREATE TABLE IF NOT EXISTS flowsquare.audit_log (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    actor text NOT NULL,
+    role text NOT NULL,
+    at timestamptz NOT NULL,
+    action text NOT NULL,
+    target text NOT NULL,
+    before jsonb NOT NULL,
+    after jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_at ON flowsquare.audit_log (at);
+";
+
 fn ts(ms: i64) -> Ts {
     Ts(ms.clamp(MIN_TS_MS, MAX_TS_MS))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 const DISCHARGE_COLS: &str =
@@ -132,7 +160,81 @@ fn discharge_row(r: &Row) -> DischargeRow {
     }
 }
 
-const RUN_COLS: &str = "id, date, trigger, started, finished, as_of, records, exceptions, alerts_opened, alerts_closed";
+const RUN_COLS: &str = "id, date, trigger, started, finished, as_of, records, exceptions, alerts_opened, alerts_closed, supersedes, superseded_by";
+
+const VARIANCE_COLS: &str = "run_id, date, kind, site, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail, coverage";
+
+fn variance_row(r: &Row) -> VarianceRow {
+    VarianceRow {
+        run_id: r.get(0),
+        v: Variance {
+            date: r.get(1),
+            kind: RecordKind::parse(r.get(2)).unwrap_or(RecordKind::Chain),
+            site: r.get(3),
+            place: r.get(4),
+            stage: r.get(5),
+            product: r.get(6),
+            reference_l: r.get(7),
+            measured_l: r.get(8),
+            variance_l: r.get(9),
+            variance_pct: r.get(10),
+            tolerance_pct: r.get(11),
+            verdict: Verdict::parse(r.get(12)),
+            detail: r.get(13),
+            coverage: r
+                .get::<_, Option<serde_json::Value>>(14)
+                .and_then(|c| serde_json::from_value(c).ok()),
+        },
+    }
+}
+
+/// The next version number of a record; the original is stored as version 1 first when the
+/// record has none yet.
+async fn next_version<C: GenericClient + Sync>(
+    c: &C,
+    entity: &str,
+    id: i64,
+    original: &serde_json::Value,
+    posted_ms: i64,
+) -> Result<i64, StoreError> {
+    let last: Option<i64> = c
+        .query_one(
+            "SELECT max(version) FROM flowsquare.amendments WHERE entity = $1 AND entity_id = $2",
+            &[&entity, &id],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    match last {
+        Some(v) => Ok(v + 1),
+        None => {
+            c.execute(
+                "INSERT INTO flowsquare.amendments (entity, entity_id, version, actor, role, at, reason, record) VALUES ($1, $2, 1, $3, '', $4, $5, $6)",
+                &[&entity, &id, &ORIGINAL_ACTOR, &ts(posted_ms), &ORIGINAL_REASON, original],
+            )
+            .await
+            .map_err(pg)?;
+            Ok(2)
+        }
+    }
+}
+
+async fn insert_version<C: GenericClient + Sync>(
+    c: &C,
+    entity: &str,
+    id: i64,
+    version: i64,
+    by: &Amendment,
+    record: &serde_json::Value,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO flowsquare.amendments (entity, entity_id, version, actor, role, at, reason, record) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[&entity, &id, &version, &by.actor, &by.role, &ts(by.at_ms), &by.reason, record],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
 
 fn run_row(r: &Row) -> RunRow {
     RunRow {
@@ -146,6 +248,8 @@ fn run_row(r: &Row) -> RunRow {
         exceptions: r.get(7),
         alerts_opened: r.get(8),
         alerts_closed: r.get(9),
+        supersedes: r.get(10),
+        superseded_by: r.get(11),
     }
 }
 
@@ -522,6 +626,7 @@ impl Ledger for PgStore {
         run: &NewRun,
         records: &[Variance],
         alerts: &[NewAlert],
+        now_ms: i64,
     ) -> Result<RunRow, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
@@ -536,18 +641,27 @@ impl Ledger for PgStore {
             .iter()
             .filter(|v| v.verdict == Verdict::Exception)
             .count() as i64;
-        let id: i64 = tx
+        let previous: Option<i64> = tx
             .query_one(
-                "INSERT INTO flowsquare.recon_runs (date, trigger, started, finished, as_of, records, exceptions)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-                &[&run.date, &run.trigger, &ts(run.started_ms), &ts(run.finished_ms), &ts(run.as_of_ms), &(records.len() as i64), &exceptions],
+                "SELECT max(id) FROM flowsquare.recon_runs WHERE date = $1",
+                &[&run.date],
             )
             .await
             .map_err(pg)?
             .get(0);
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO flowsquare.recon_runs (date, trigger, started, finished, as_of, records, exceptions, supersedes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                &[&run.date, &run.trigger, &ts(run.started_ms), &ts(run.finished_ms), &ts(run.as_of_ms), &(records.len() as i64), &exceptions, &previous],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        // Append-only: the previous run keeps its records; it is only marked superseded.
         tx.execute(
-            "DELETE FROM flowsquare.variances WHERE date = $1",
-            &[&run.date],
+            "UPDATE flowsquare.recon_runs SET superseded_by = $1 WHERE date = $2 AND id <> $1 AND superseded_by IS NULL",
+            &[&id, &run.date],
         )
         .await
         .map_err(pg)?;
@@ -585,7 +699,7 @@ impl Ledger for PgStore {
             &open,
             alerts,
             Some(&run.date),
-            now_ms(),
+            now_ms,
             &format!("not found again by run {id}"),
         )
         .await?;
@@ -612,6 +726,276 @@ impl Ledger for PgStore {
         Ok(rows.iter().map(run_row).collect())
     }
 
+    async fn run_of(&self, date: &str, pick: RunPick) -> Result<Option<RunRow>, StoreError> {
+        let c = self.client().await?;
+        let row = match pick {
+            RunPick::Latest => c
+                .query_opt(
+                    &format!("SELECT {RUN_COLS} FROM flowsquare.recon_runs WHERE date = $1 ORDER BY id DESC LIMIT 1"),
+                    &[&date],
+                )
+                .await,
+            RunPick::Id(id) => c
+                .query_opt(
+                    &format!("SELECT {RUN_COLS} FROM flowsquare.recon_runs WHERE date = $1 AND id = $2"),
+                    &[&date, &id],
+                )
+                .await,
+            RunPick::AsOf(t) => c
+                .query_opt(
+                    &format!("SELECT {RUN_COLS} FROM flowsquare.recon_runs WHERE date = $1 AND finished <= $2 ORDER BY id DESC LIMIT 1"),
+                    &[&date, &ts(t)],
+                )
+                .await,
+        }
+        .map_err(pg)?;
+        Ok(row.as_ref().map(run_row))
+    }
+
+    async fn run_variances(
+        &self,
+        run_id: i64,
+        kind: Option<&str>,
+    ) -> Result<Vec<VarianceRow>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!("SELECT {VARIANCE_COLS} FROM flowsquare.variances WHERE run_id = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY id"),
+                &[&run_id, &kind],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(variance_row).collect())
+    }
+
+    async fn discharge(&self, id: i64) -> Result<Option<DischargeRow>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &format!("SELECT {DISCHARGE_COLS} FROM flowsquare.discharges WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.as_ref().map(discharge_row))
+    }
+
+    async fn epod(&self, id: i64) -> Result<Option<Epod>, StoreError> {
+        let c = self.client().await?;
+        Ok(epods_where(&c, "e.id = $1", &[&id])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn amend_discharge(
+        &self,
+        id: i64,
+        d: &DischargeRow,
+        by: &Amendment,
+    ) -> Result<AmendOutcome<DischargeRow>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let old = tx
+            .query_opt(
+                &format!(
+                    "SELECT {DISCHARGE_COLS} FROM flowsquare.discharges WHERE id = $1 FOR UPDATE"
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(pg)?
+            .map(|r| discharge_row(&r));
+        let Some(old) = old else {
+            return Ok(AmendOutcome::NotFound);
+        };
+        let original = serde_json::to_value(&old).unwrap_or_default();
+        let version = next_version(&tx, "discharge", id, &original, old.d.opened_ms).await?;
+        let new = DischargeRow { id, ..d.clone() };
+        tx.execute(
+            "UPDATE flowsquare.discharges SET site = $2, vessel = $3, parcel = $4, product = $5, bl_l = $6, tanks = $7, meters = $8, opened = $9, closed = $10, ship_l = $11 WHERE id = $1",
+            &[&id, &new.d.site, &new.d.vessel, &new.d.parcel, &new.d.product, &new.d.bl_l, &new.d.tanks, &new.d.meters, &ts(new.d.opened_ms), &new.closed_ms.map(ts), &new.ship_l],
+        )
+        .await
+        .map_err(pg)?;
+        let record = serde_json::to_value(&new).unwrap_or_default();
+        insert_version(&tx, "discharge", id, version, by, &record).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(AmendOutcome::Amended(new, version))
+    }
+
+    async fn amend_epod(
+        &self,
+        id: i64,
+        e: &Epod,
+        by: &Amendment,
+    ) -> Result<AmendOutcome<Epod>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // Serialise with posts of the same BOL (see post_epod).
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&e.bol])
+            .await
+            .map_err(pg)?;
+        let old = tx
+            .query_opt(
+                "SELECT posted FROM flowsquare.epods WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(pg)?;
+        let Some(old) = old else {
+            return Ok(AmendOutcome::NotFound);
+        };
+        let posted_ms = old.get::<_, Ts>(0).0;
+        if let Some(other) = epods_where(&tx, "e.bol = $1 AND e.id <> $2", &[&e.bol, &id])
+            .await?
+            .into_iter()
+            .next()
+        {
+            return Ok(AmendOutcome::BolTaken(other.id));
+        }
+        let Some(old) = epods_where(&tx, "e.id = $1", &[&id])
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(AmendOutcome::NotFound);
+        };
+        let original = serde_json::to_value(&old).unwrap_or_default();
+        let version = next_version(&tx, "epod", id, &original, posted_ms).await?;
+        let new = Epod { id, ..e.clone() };
+        tx.execute(
+            "UPDATE flowsquare.epods SET trip = $2, bol = $3, truck = $4, station = $5, delivered = $6, receiver = $7, lat = $8, lon = $9 WHERE id = $1",
+            &[&id, &new.trip, &new.bol, &new.truck, &new.station, &ts(new.delivered_ms), &new.receiver, &new.lat, &new.lon],
+        )
+        .await
+        .map_err(pg)?;
+        tx.execute(
+            "DELETE FROM flowsquare.epod_compartments WHERE epod_id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(pg)?;
+        for k in &new.compartments {
+            tx.execute(
+                "INSERT INTO flowsquare.epod_compartments (epod_id, compartment, product, gross_l, net_l) VALUES ($1, $2, $3, $4, $5)",
+                &[&id, &k.compartment, &k.product, &k.gross_l, &k.net_l],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        let record = serde_json::to_value(&new).unwrap_or_default();
+        insert_version(&tx, "epod", id, version, by, &record).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(AmendOutcome::Amended(new, version))
+    }
+
+    async fn versions(&self, entity: &str, id: i64) -> Result<Vec<VersionRow>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT version, actor, role, at, reason, record FROM flowsquare.amendments WHERE entity = $1 AND entity_id = $2 ORDER BY version",
+                &[&entity, &id],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| VersionRow {
+                version: r.get(0),
+                by: Amendment {
+                    actor: r.get(1),
+                    role: r.get(2),
+                    at_ms: r.get::<_, Ts>(3).0,
+                    reason: r.get(4),
+                },
+                record: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn audit(&self, e: &NewAudit) -> Result<i64, StoreError> {
+        let c = self.client().await?;
+        let r = c
+            .query_one(
+                "INSERT INTO flowsquare.audit_log (actor, role, at, action, target, before, after) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                &[&e.actor, &e.role, &ts(e.at_ms), &e.action, &e.target, &e.before, &e.after],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(r.get(0))
+    }
+
+    async fn audit_log(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT id, actor, role, at, action, target, before, after FROM flowsquare.audit_log
+                 WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at < $2)
+                   AND ($3::text IS NULL OR actor = $3) AND ($4::text IS NULL OR action = $4) AND ($5::text IS NULL OR target = $5)
+                 ORDER BY id DESC LIMIT $6",
+                &[&f.from_ms.map(ts), &f.to_ms.map(ts), &f.actor, &f.action, &f.target, &f.limit],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditRow {
+                id: r.get(0),
+                e: NewAudit {
+                    actor: r.get(1),
+                    role: r.get(2),
+                    at_ms: r.get::<_, Ts>(3).0,
+                    action: r.get(4),
+                    target: r.get(5),
+                    before: r.get(6),
+                    after: r.get(7),
+                },
+            })
+            .collect())
+    }
+
+    async fn last_good(
+        &self,
+        tag_ids: &[i64],
+        after_ms: i64,
+    ) -> Result<Vec<GoodSince>, StoreError> {
+        if tag_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let ids = tag_ids.to_vec();
+        let rows = c
+            .query(
+                "SELECT p.i, g.ts, f.ts
+                 FROM unnest($1::bigint[]) WITH ORDINALITY AS p(tag, i)
+                 LEFT JOIN LATERAL (
+                     SELECT ts FROM flowsquare.readings
+                     WHERE tag_id = p.tag AND ts > $2 AND quality = 0
+                     ORDER BY ts DESC LIMIT 1
+                 ) g ON true
+                 LEFT JOIN LATERAL (
+                     SELECT ts FROM flowsquare.readings
+                     WHERE tag_id = p.tag AND ts > $2
+                     ORDER BY ts LIMIT 1
+                 ) f ON true",
+                &[&ids, &ts(after_ms)],
+            )
+            .await
+            .map_err(pg)?;
+        let mut out = vec![GoodSince::default(); ids.len()];
+        for r in &rows {
+            let i: i64 = r.get(0);
+            if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
+                *slot = GoodSince {
+                    last_good_ms: r.get::<_, Option<Ts>>(1).map(|t| t.0),
+                    first_ms: r.get::<_, Option<Ts>>(2).map(|t| t.0),
+                };
+            }
+        }
+        Ok(out)
+    }
+
     async fn variances(
         &self,
         date: &str,
@@ -620,36 +1004,13 @@ impl Ledger for PgStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT run_id, date, kind, site, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail, coverage
-                 FROM flowsquare.variances WHERE date = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY id",
+                &format!("SELECT {VARIANCE_COLS} FROM flowsquare.variances WHERE date = $1 AND ($2::text IS NULL OR kind = $2)
+                 AND run_id = (SELECT max(id) FROM flowsquare.recon_runs WHERE date = $1) ORDER BY id"),
                 &[&date, &kind],
             )
             .await
             .map_err(pg)?;
-        Ok(rows
-            .iter()
-            .map(|r| VarianceRow {
-                run_id: r.get(0),
-                v: Variance {
-                    date: r.get(1),
-                    kind: RecordKind::parse(r.get(2)).unwrap_or(RecordKind::Chain),
-                    site: r.get(3),
-                    place: r.get(4),
-                    stage: r.get(5),
-                    product: r.get(6),
-                    reference_l: r.get(7),
-                    measured_l: r.get(8),
-                    variance_l: r.get(9),
-                    variance_pct: r.get(10),
-                    tolerance_pct: r.get(11),
-                    verdict: Verdict::parse(r.get(12)),
-                    detail: r.get(13),
-                    coverage: r
-                        .get::<_, Option<serde_json::Value>>(14)
-                        .and_then(|c| serde_json::from_value(c).ok()),
-                },
-            })
-            .collect())
+        Ok(rows.iter().map(variance_row).collect())
     }
 
     async fn trends(
@@ -664,7 +1025,8 @@ impl Ledger for PgStore {
         let rows = c
             .query(
                 "SELECT place, date, variance_pct, verdict FROM flowsquare.variances WHERE site = $1 AND kind = 'meter-trend'
-                 AND place = ANY($2) AND date >= $3 AND date < $4 AND variance_pct IS NOT NULL ORDER BY place, date",
+                 AND place = ANY($2) AND date >= $3 AND date < $4 AND variance_pct IS NOT NULL
+                 AND run_id = (SELECT max(r.id) FROM flowsquare.recon_runs r WHERE r.date = variances.date) ORDER BY place, date",
                 &[&site, &places, &from_date, &to_date],
             )
             .await

@@ -7,7 +7,7 @@ use super::{partitions, pg, Layout, PgStore, TimescaleMode};
 use crate::store::StoreError;
 
 /// Schema version written to `flowsquare.meta`.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 /// Advisory lock key serialising migrations ("FlSq" + 1).
 const MIGRATE_LOCK: i64 = 0x466c_5371_0001;
 
@@ -293,6 +293,10 @@ pub(super) async fn migrate(store: &PgStore) -> Result<String, StoreError> {
     tx.batch_execute(SCHEMA_V3).await.map_err(pg)?;
     // Version 4: coverage of the variance records (idempotent).
     tx.batch_execute(super::ledger::SCHEMA_V4)
+        .await
+        .map_err(pg)?;
+    // Step 5: run history, amendments, audit log.
+    tx.batch_execute(super::ledger::SCHEMA_V5)
         .await
         .map_err(pg)?;
     match layout {

@@ -1,9 +1,10 @@
-//! [`Ledger`] on SQLite (schema version 2: `ledger_schema`).
+//! [`Ledger`] on SQLite (schema version 2: the reconciliation's tables; version 5: run history,
+//! amendments, audit log).
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use super::{now_ms, SqliteStore};
+use super::SqliteStore;
 use crate::reconcile::model::{
     Epod, EpodCompartment, NewAlert, RecordKind, TrendPoint, Variance, Verdict,
 };
@@ -105,6 +106,58 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state, kind);
 ";
 
+/// Version 5: append-only run history (a re-run supersedes the date's run, records stay),
+/// amendments (every version of an ePOD or discharge) and the audit log. The two
+/// `recon_runs` columns are added by [`migrate_v5`] (SQLite has no `ADD COLUMN IF NOT EXISTS`).
+const SCHEMA_V5: &str = "
+CREATE INDEX IF NOT EXISTS variances_run ON variances (run_id, kind);
+CREATE INDEX IF NOT EXISTS recon_runs_date ON recon_runs (date, id);
+CREATE TABLE IF NOT EXISTS amendments (
+    id        INTEGER PRIMARY KEY,
+    entity    TEXT NOT NULL,
+    entity_id INTEGER NOT NULL,
+    version   INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    role      TEXT NOT NULL,
+    at_ms     INTEGER NOT NULL,
+    reason    TEXT NOT NULL,
+    record    TEXT NOT NULL,
+    UNIQUE (entity, entity_id, version)
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id     INTEGER PRIMARY KEY,
+    actor  TEXT NOT NULL,
+    role   TEXT NOT NULL,
+    at_ms  INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    before TEXT NOT NULL,
+    after  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log (at_ms);
+";
+
+/// Schema step 5 (idempotent): the tables above, the run-history columns, and the history of
+/// runs saved before it (each superseded by the next run of its date).
+pub(super) fn migrate_v5(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch(SCHEMA_V5)?;
+    for col in ["supersedes", "superseded_by"] {
+        let has: bool = c.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('recon_runs') WHERE name = ?1",
+            [col],
+            |r| r.get(0),
+        )?;
+        if !has {
+            c.execute_batch(&format!("ALTER TABLE recon_runs ADD COLUMN {col} INTEGER"))?;
+        }
+    }
+    c.execute_batch(
+        "UPDATE recon_runs SET superseded_by = (SELECT min(n.id) FROM recon_runs n WHERE n.date = recon_runs.date AND n.id > recon_runs.id)
+         WHERE superseded_by IS NULL;",
+    )?;
+    Ok(())
+}
+
 fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
@@ -195,6 +248,74 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         exceptions: r.get(7)?,
         alerts_opened: r.get(8)?,
         alerts_closed: r.get(9)?,
+        supersedes: r.get(10)?,
+        superseded_by: r.get(11)?,
+    })
+}
+
+const RUN_COLS: &str = "id, date, trigger, started_ms, finished_ms, as_of_ms, records, exceptions, alerts_opened, alerts_closed, supersedes, superseded_by";
+
+const VARIANCE_COLS: &str = "run_id, date, kind, site, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail, coverage";
+
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// The next version number of a record; the original is stored as version 1 first when the
+/// record has none yet.
+fn next_version(
+    c: &Connection,
+    entity: &str,
+    id: i64,
+    original: &serde_json::Value,
+    posted_ms: i64,
+) -> Result<i64, StoreError> {
+    let last: Option<i64> = c.query_row(
+        "SELECT max(version) FROM amendments WHERE entity = ?1 AND entity_id = ?2",
+        params![entity, id],
+        |r| r.get(0),
+    )?;
+    match last {
+        Some(v) => Ok(v + 1),
+        None => {
+            c.execute(
+                "INSERT INTO amendments (entity, entity_id, version, actor, role, at_ms, reason, record) VALUES (?1, ?2, 1, ?3, '', ?4, ?5, ?6)",
+                params![entity, id, ORIGINAL_ACTOR, posted_ms, ORIGINAL_REASON, original.to_string()],
+            )?;
+            Ok(2)
+        }
+    }
+}
+
+fn insert_version(
+    c: &Connection,
+    entity: &str,
+    id: i64,
+    version: i64,
+    by: &Amendment,
+    record: &serde_json::Value,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO amendments (entity, entity_id, version, actor, role, at_ms, reason, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![entity, id, version, by.actor, by.role, by.at_ms, by.reason, record.to_string()],
+    )?;
+    Ok(())
+}
+
+fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditRow> {
+    let before: String = r.get(6)?;
+    let after: String = r.get(7)?;
+    Ok(AuditRow {
+        id: r.get(0)?,
+        e: NewAudit {
+            actor: r.get(1)?,
+            role: r.get(2)?,
+            at_ms: r.get(3)?,
+            action: r.get(4)?,
+            target: r.get(5)?,
+            before: serde_json::from_str(&before).unwrap_or(serde_json::Value::Null),
+            after: serde_json::from_str(&after).unwrap_or(serde_json::Value::Null),
+        },
     })
 }
 
@@ -485,18 +606,25 @@ impl Ledger for SqliteStore {
         run: &NewRun,
         records: &[Variance],
         alerts: &[NewAlert],
+        now_ms: i64,
     ) -> Result<RunRow, StoreError> {
         let (run, records, alerts) = (run.clone(), records.to_vec(), alerts.to_vec());
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let exceptions = records.iter().filter(|v| v.verdict == Verdict::Exception).count() as i64;
+            let previous: Option<i64> = tx
+                .query_row("SELECT max(id) FROM recon_runs WHERE date = ?1", [&run.date], |r| r.get(0))?;
             tx.execute(
-                "INSERT INTO recon_runs (date, trigger, started_ms, finished_ms, as_of_ms, records, exceptions, alerts_opened, alerts_closed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0)",
-                params![run.date, run.trigger, run.started_ms, run.finished_ms, run.as_of_ms, records.len() as i64, exceptions],
+                "INSERT INTO recon_runs (date, trigger, started_ms, finished_ms, as_of_ms, records, exceptions, alerts_opened, alerts_closed, supersedes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8)",
+                params![run.date, run.trigger, run.started_ms, run.finished_ms, run.as_of_ms, records.len() as i64, exceptions, previous],
             )?;
             let id = tx.last_insert_rowid();
-            tx.execute("DELETE FROM variances WHERE date = ?1", [&run.date])?;
+            // Append-only: the previous run keeps its records; it is only marked superseded.
+            tx.execute(
+                "UPDATE recon_runs SET superseded_by = ?1 WHERE date = ?2 AND id <> ?1 AND superseded_by IS NULL",
+                params![id, run.date],
+            )?;
             {
                 let mut st = tx.prepare_cached(
                     "INSERT INTO variances (run_id, date, site, kind, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail, coverage)
@@ -511,13 +639,9 @@ impl Ledger for SqliteStore {
                 }
             }
             let open = open_alerts(&tx, &RUN_KINDS)?;
-            let (opened, closed) = apply_sync(&tx, &open, &alerts, Some(&run.date), now_ms(), &format!("not found again by run {id}"))?;
+            let (opened, closed) = apply_sync(&tx, &open, &alerts, Some(&run.date), now_ms, &format!("not found again by run {id}"))?;
             tx.execute("UPDATE recon_runs SET alerts_opened = ?2, alerts_closed = ?3 WHERE id = ?1", params![id, opened, closed])?;
-            let row = tx.query_row(
-                "SELECT id, date, trigger, started_ms, finished_ms, as_of_ms, records, exceptions, alerts_opened, alerts_closed FROM recon_runs WHERE id = ?1",
-                [id],
-                run_row,
-            )?;
+            let row = tx.query_row(&format!("SELECT {RUN_COLS} FROM recon_runs WHERE id = ?1"), [id], run_row)?;
             tx.commit()?;
             Ok(row)
         })
@@ -526,11 +650,192 @@ impl Ledger for SqliteStore {
 
     async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, StoreError> {
         self.run(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT id, date, trigger, started_ms, finished_ms, as_of_ms, records, exceptions, alerts_opened, alerts_closed FROM recon_runs ORDER BY id DESC LIMIT ?1",
-            )?;
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {RUN_COLS} FROM recon_runs ORDER BY id DESC LIMIT ?1"
+            ))?;
             let rows = st.query_map([limit], run_row)?.collect::<Result<_, _>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn run_of(&self, date: &str, pick: RunPick) -> Result<Option<RunRow>, StoreError> {
+        let date = date.to_owned();
+        self.run(move |c| {
+            let (cond, arg) = match pick {
+                RunPick::Latest => ("1 = 1 OR ?2 IS NULL", None),
+                RunPick::Id(id) => ("id = ?2", Some(id)),
+                RunPick::AsOf(t) => ("finished_ms <= ?2", Some(t)),
+            };
+            Ok(c.query_row(
+                &format!("SELECT {RUN_COLS} FROM recon_runs WHERE date = ?1 AND ({cond}) ORDER BY id DESC LIMIT 1"),
+                params![date, arg],
+                run_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn run_variances(
+        &self,
+        run_id: i64,
+        kind: Option<&str>,
+    ) -> Result<Vec<VarianceRow>, StoreError> {
+        let kind = kind.map(str::to_owned);
+        self.run(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {VARIANCE_COLS} FROM variances WHERE run_id = ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id"
+            ))?;
+            let rows = st.query_map(params![run_id, kind], variance_row)?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn discharge(&self, id: i64) -> Result<Option<DischargeRow>, StoreError> {
+        self.run(move |c| discharge_by_id(c, id)).await
+    }
+
+    async fn epod(&self, id: i64) -> Result<Option<Epod>, StoreError> {
+        self.run(move |c| Ok(epods_where(c, "id = ?1", &[&id])?.into_iter().next()))
+            .await
+    }
+
+    async fn amend_discharge(
+        &self,
+        id: i64,
+        d: &DischargeRow,
+        by: &Amendment,
+    ) -> Result<AmendOutcome<DischargeRow>, StoreError> {
+        let (d, by) = (d.clone(), by.clone());
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(old) = discharge_by_id(&tx, id)? else {
+                return Ok(AmendOutcome::NotFound);
+            };
+            let version = next_version(&tx, "discharge", id, &serde_json::to_value(&old).unwrap_or_default(), old.d.opened_ms)?;
+            let new = DischargeRow { id, ..d };
+            tx.execute(
+                "UPDATE discharges SET site = ?2, vessel = ?3, parcel = ?4, product = ?5, bl_l = ?6, tanks = ?7, meters = ?8, opened_ms = ?9, closed_ms = ?10, ship_l = ?11 WHERE id = ?1",
+                params![id, new.d.site, new.d.vessel, new.d.parcel, new.d.product, new.d.bl_l, json_list(&new.d.tanks), json_list(&new.d.meters), new.d.opened_ms, new.closed_ms, new.ship_l],
+            )?;
+            insert_version(&tx, "discharge", id, version, &by, &serde_json::to_value(&new).unwrap_or_default())?;
+            tx.commit()?;
+            Ok(AmendOutcome::Amended(new, version))
+        })
+        .await
+    }
+
+    async fn amend_epod(
+        &self,
+        id: i64,
+        e: &Epod,
+        by: &Amendment,
+    ) -> Result<AmendOutcome<Epod>, StoreError> {
+        let (e, by) = (e.clone(), by.clone());
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(old) = epods_where(&tx, "id = ?1", &[&id])?.into_iter().next() else {
+                return Ok(AmendOutcome::NotFound);
+            };
+            if let Some(other) = epods_where(&tx, "bol = ?1 AND id <> ?2", &[&e.bol, &id])?.into_iter().next() {
+                return Ok(AmendOutcome::BolTaken(other.id));
+            }
+            let posted_ms: i64 = tx.query_row("SELECT posted_ms FROM epods WHERE id = ?1", [id], |r| r.get(0))?;
+            let version = next_version(&tx, "epod", id, &serde_json::to_value(&old).unwrap_or_default(), posted_ms)?;
+            let new = Epod { id, ..e };
+            tx.execute(
+                "UPDATE epods SET trip = ?2, bol = ?3, truck = ?4, station = ?5, delivered_ms = ?6, receiver = ?7, lat = ?8, lon = ?9 WHERE id = ?1",
+                params![id, new.trip, new.bol, new.truck, new.station, new.delivered_ms, new.receiver, new.lat, new.lon],
+            )?;
+            tx.execute("DELETE FROM epod_compartments WHERE epod_id = ?1", [id])?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO epod_compartments (epod_id, compartment, product, gross_l, net_l) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for k in &new.compartments {
+                    st.execute(params![id, k.compartment, k.product, k.gross_l, k.net_l])?;
+                }
+            }
+            insert_version(&tx, "epod", id, version, &by, &serde_json::to_value(&new).unwrap_or_default())?;
+            tx.commit()?;
+            Ok(AmendOutcome::Amended(new, version))
+        })
+        .await
+    }
+
+    async fn versions(&self, entity: &str, id: i64) -> Result<Vec<VersionRow>, StoreError> {
+        let entity = entity.to_owned();
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT version, actor, role, at_ms, reason, record FROM amendments WHERE entity = ?1 AND entity_id = ?2 ORDER BY version",
+            )?;
+            let rows = st
+                .query_map(params![entity, id], |r| {
+                    let record: String = r.get(5)?;
+                    Ok(VersionRow {
+                        version: r.get(0)?,
+                        by: Amendment { actor: r.get(1)?, role: r.get(2)?, at_ms: r.get(3)?, reason: r.get(4)? },
+                        record: serde_json::from_str(&record).unwrap_or(serde_json::Value::Null),
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn audit(&self, e: &NewAudit) -> Result<i64, StoreError> {
+        let e = e.clone();
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO audit_log (actor, role, at_ms, action, target, before, after) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![e.actor, e.role, e.at_ms, e.action, e.target, json_text(&e.before), json_text(&e.after)],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn audit_log(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        let f = f.clone();
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, actor, role, at_ms, action, target, before, after FROM audit_log
+                 WHERE (?1 IS NULL OR at_ms >= ?1) AND (?2 IS NULL OR at_ms < ?2) AND (?3 IS NULL OR actor = ?3)
+                   AND (?4 IS NULL OR action = ?4) AND (?5 IS NULL OR target = ?5)
+                 ORDER BY id DESC LIMIT ?6",
+            )?;
+            let rows = st
+                .query_map(params![f.from_ms, f.to_ms, f.actor, f.action, f.target, f.limit], audit_row)?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn last_good(
+        &self,
+        tag_ids: &[i64],
+        after_ms: i64,
+    ) -> Result<Vec<GoodSince>, StoreError> {
+        let ids = tag_ids.to_vec();
+        self.run(move |c| {
+            let mut good = c.prepare_cached(
+                "SELECT ts_ms FROM readings WHERE tag_id = ?1 AND ts_ms > ?2 AND quality = 0 ORDER BY ts_ms DESC LIMIT 1",
+            )?;
+            let mut first = c.prepare_cached(
+                "SELECT ts_ms FROM readings WHERE tag_id = ?1 AND ts_ms > ?2 ORDER BY ts_ms LIMIT 1",
+            )?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(GoodSince {
+                    last_good_ms: good.query_row(params![id, after_ms], |r| r.get(0)).optional()?,
+                    first_ms: first.query_row(params![id, after_ms], |r| r.get(0)).optional()?,
+                });
+            }
+            Ok(out)
         })
         .await
     }
@@ -542,11 +847,13 @@ impl Ledger for SqliteStore {
     ) -> Result<Vec<VarianceRow>, StoreError> {
         let (date, kind) = (date.to_owned(), kind.map(str::to_owned));
         self.run(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT run_id, date, kind, site, place, stage, product, reference_l, measured_l, variance_l, variance_pct, tolerance_pct, verdict, detail, coverage
-                 FROM variances WHERE date = ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id",
-            )?;
-            let rows = st.query_map(params![date, kind], variance_row)?.collect::<Result<_, _>>()?;
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {VARIANCE_COLS} FROM variances WHERE date = ?1 AND (?2 IS NULL OR kind = ?2)
+                 AND run_id = (SELECT max(id) FROM recon_runs WHERE date = ?1) ORDER BY id"
+            ))?;
+            let rows = st
+                .query_map(params![date, kind], variance_row)?
+                .collect::<Result<_, _>>()?;
             Ok(rows)
         })
         .await
@@ -568,7 +875,8 @@ impl Ledger for SqliteStore {
         self.run(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT date, variance_pct, verdict FROM variances WHERE site = ?1 AND kind = 'meter-trend' AND place = ?2
-                 AND date >= ?3 AND date < ?4 AND variance_pct IS NOT NULL ORDER BY date",
+                 AND date >= ?3 AND date < ?4 AND variance_pct IS NOT NULL
+                 AND run_id = (SELECT max(r.id) FROM recon_runs r WHERE r.date = variances.date) ORDER BY date",
             )?;
             let mut out = Vec::new();
             for place in &places {

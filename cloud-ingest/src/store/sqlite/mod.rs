@@ -219,12 +219,10 @@ fn configure(conn: &Connection, file: bool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Now, UTC ms.
+/// Now, UTC ms, on the data clock (`flowsquare_service::clock`: simulated time in the demo), so
+/// receive times compare with the data's times.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    flowsquare_service::clock::now_ms()
 }
 
 #[async_trait]

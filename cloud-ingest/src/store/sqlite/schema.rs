@@ -6,7 +6,7 @@ use crate::store::StoreError;
 
 /// The schema version this build creates (`PRAGMA user_version`). A database with a newer one
 /// is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Version 1. Every statement is `IF NOT EXISTS`, so running it again is harmless.
 const SCHEMA_V1: &str = "
@@ -208,6 +208,8 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<String, StoreError> {
     migrate_v3(&tx)?;
     // Version 4: coverage of the variance records.
     super::ledger::migrate_v4(&tx)?;
+    // Version 5: run history, amendments, audit log.
+    super::ledger::migrate_v5(&tx)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(format!("sqlite {} (embedded)", rusqlite::version()))

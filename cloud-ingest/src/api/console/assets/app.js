@@ -16,16 +16,17 @@ import { pages } from './pages.js';
 
 // ---- session ---------------------------------------------------------------------------------
 const TOKEN_KEY = 'flowsquare.token';
-let me = null; // {name, role, can_audit, can_operate, now_ms}
-let clockOffset = 0; // server − browser, ms
+let me = null; // {name, role, can_audit, can_operate, now_ms, clock, clock_speed}
+let sync = { server: 0, browser: 0, speed: 1 }; // the server's data clock at a browser instant
 
 export function token() {
   return sessionStorage.getItem(TOKEN_KEY) || '';
 }
 
-/** The server's time now (ms): every age is computed from it, never from the browser's clock. */
+/** The server's data clock now (ms): every age is computed from it, never from the browser's
+ * clock. A simulated clock (the demo) runs `clock_speed` times faster than real time. */
 export function serverNow() {
-  return Math.round(Date.now() + clockOffset);
+  return Math.round(sync.server + (Date.now() - sync.browser) * sync.speed);
 }
 
 /** Raised on 401: the page is left for the login form (not reported as an error). */
@@ -70,7 +71,7 @@ async function refreshMe() {
   const t0 = Date.now();
   const [w] = await api('/api/v1/whoami');
   const t1 = Date.now();
-  clockOffset = w.now_ms - (t0 + t1) / 2;
+  sync = { server: w.now_ms, browser: (t0 + t1) / 2, speed: w.clock_speed > 0 ? w.clock_speed : 1 };
   me = w;
   return w;
 }
@@ -203,7 +204,11 @@ async function render() {
     for (const a of byId('nav').querySelectorAll('a')) {
       a.classList.toggle('active', a.dataset.page === document.body.dataset.page);
     }
-    byId('server-time').textContent = `Server time ${utc(me.now_ms)} · times are UTC · ages are from the server's clock`;
+    const st = byId('server-time');
+    st.textContent = me.clock === 'simulated'
+      ? `SIMULATED clock (×${me.clock_speed}): ${utc(me.now_ms)} · times are UTC · every time and age is on the simulator's clock`
+      : `Server time ${utc(me.now_ms)} · times are UTC · ages are from the server's clock`;
+    st.dataset.clock = me.clock || 'real';
     const root = h('div', { class: 'page', id: `page-${document.body.dataset.page}` });
     root.append(h('p', { class: 'loading' }, 'Loading…'));
     view.replaceChildren(root);

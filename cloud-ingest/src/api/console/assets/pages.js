@@ -125,20 +125,14 @@ const tags = {
 const freshness = {
   title: 'Data freshness',
   async render(ctx) {
-    const [all, model] = await Promise.all([api('/api/v1/tags'), siteModel()]);
+    const [fresh, model] = await Promise.all([api('/api/v1/freshness'), siteModel()]);
     const factor = model ? model.stale_factor : 3;
     const minAge = (model ? model.stale_min_age_s : 60) * 1000;
-    const latest = new Map();
-    for (let i = 0; i < all.length; i += 1000) {
-      const ids = all.slice(i, i + 1000).map((t) => t.id);
-      for (const l of await api(`/api/v1/latest?tag_id=${ids.join(',')}`)) latest.set(l.tag_id, l);
-    }
-    const now = serverNow();
-    const rows = all.map((t) => {
-      const l = latest.get(t.id);
-      const limit = Math.max(factor * t.interval_ms, minAge);
-      return { t, l, ageMs: l ? now - l.ts_ms : null, stale: !l || now - l.ts_ms > limit, limit };
-    });
+    // The server applies the stale-tag check's rule on its data clock: fresh = a GOOD reading
+    // within the limit (bad-quality readings count as silence).
+    const now = fresh.length ? fresh[0].now_ms : serverNow();
+    const all = fresh;
+    const rows = fresh.map((f) => ({ t: { id: f.tag_id, site: f.site, agent: f.agent, name: f.name }, f, ageMs: f.last_good_ms !== null ? now - f.last_good_ms : null, stale: f.stale, limit: f.limit_ms }));
     const stale = rows.filter((r) => r.stale).sort((a, b) => (b.ageMs ?? Infinity) - (a.ageMs ?? Infinity));
     const gaps = await api(`/api/v1/gaps?from=${now - 30 * DAY}&to=${now + 1}`);
     const uncounted = gaps.filter((g) => g.count === null).length;
@@ -146,15 +140,16 @@ const freshness = {
       h('div', { class: 'stats' },
         stat('tags', num(all.length)),
         stat('fresh', num(rows.length - stale.length), null, 'good'),
-        stat('stale or silent', num(stale.length), `older than max(${factor} × poll interval, ${minAge / 1000} s)`, stale.length ? 'warn' : ''),
+        stat('stale, silent or bad', num(stale.length), `no good reading within max(${factor} × poll interval, ${minAge / 1000} s)`, stale.length ? 'warn' : ''),
         stat('gap records, 30 days', num(gaps.length), `${num(gaps.reduce((s, g) => s + (g.count ?? 0), 0))} readings reported missing${uncounted ? `, plus ${num(uncounted)} gap${uncounted > 1 ? 's' : ''} of unknown count` : ''}`, gaps.length ? 'warn' : '')),
       card('Stale tags', table([
         { label: 'Site', value: (r) => r.t.site },
         { label: 'Tag', value: (r) => h('a', { href: `#/tags/${r.t.id}` }, `${r.t.agent}/${r.t.name}`) },
-        { label: 'Last reading', value: (r) => (r.l ? h('span', { title: utc(r.l.ts_ms, { seconds: true }) }, age(r.l.ts_ms)) : 'never') },
-        { label: 'Quality', value: (r) => (r.l ? pill(r.l.quality, r.l.quality === 'good' ? 'good' : 'bad') : '—') },
+        { label: 'Last good reading', value: (r) => (r.f.last_good_ms !== null ? h('span', { title: utc(r.f.last_good_ms, { seconds: true }) }, age(r.f.last_good_ms)) : 'none in 7 days') },
+        { label: 'Last reading', value: (r) => (r.f.latest_ms !== null ? h('span', { title: utc(r.f.latest_ms, { seconds: true }) }, age(r.f.latest_ms)) : 'never') },
+        { label: 'Quality', value: (r) => (r.f.latest_quality ? pill(r.f.latest_quality, r.f.latest_quality === 'good' ? 'good' : 'bad') : '—') },
         { label: 'Limit', value: (r) => duration(r.limit) },
-      ], stale.slice(0, 200), { empty: 'Every tag has reported within its limit.' }), stale.length > 200 ? h('p', { class: 'muted' }, `… and ${stale.length - 200} more.`) : null),
+      ], stale.slice(0, 200), { empty: 'Every tag has a good reading within its limit.' }), stale.length > 200 ? h('p', { class: 'muted' }, `… and ${stale.length - 200} more.`) : null),
       card('Gaps reported by the agents (last 30 days)', table([
         { label: 'Site', value: (g) => g.site },
         { label: 'Agent', value: (g) => g.agent },
@@ -166,6 +161,14 @@ const freshness = {
       ], gaps.slice().sort((a, b) => b.from_ms - a.from_ms).slice(0, 200), { empty: 'No gaps reported: every polled reading arrived.' })),
     ];
     if (ctx.me.can_audit) {
+      const log = await api('/api/v1/audit?limit=100');
+      out.push(h('div', { id: 'audit-log' }, card('Audit log (newest 100 writes)', h('div', { class: 'toolbar' }, h('button', { type: 'button', class: 'secondary', onclick: () => download('/api/v1/audit?format=csv', 'audit.csv') }, 'Export audit CSV')), table([
+        { label: 'When', value: (e) => h('span', { title: utc(e.at_ms, { seconds: true }) }, age(e.at_ms)) },
+        { label: 'Actor', value: (e) => `${e.actor} (${e.role})` },
+        { label: 'Action', value: (e) => h('code', {}, e.action) },
+        { label: 'Target', value: (e) => e.target },
+        { label: 'Reason', value: (e) => (e.after && e.after.reason) || '—' },
+      ], log, { empty: 'No writes yet.' }))));
       const dl = await api('/api/v1/dead-letters?limit=100');
       out.push(h('div', { id: 'dead-letters' }, card('Dead letters (newest 100)', table([
         { label: 'Received', value: (d) => h('span', { title: utc(d.received_ms, { seconds: true }) }, age(d.received_ms)) },
@@ -246,16 +249,22 @@ const recon = {
     const dates = [...new Set(runs.map((r) => r.date))].sort().reverse();
     const date = dates.includes(ctx.args[0]) ? ctx.args[0] : dates[0];
     const view = ['chain', 'tanks', 'meters', 'trips'].includes(ctx.args[1]) ? ctx.args[1] : 'chain';
-    const run = runs.find((r) => r.date === date);
+    const ofDay = runs.filter((r) => r.date === date);
+    const picked = Number(ctx.query.get('run'));
+    const run = ofDay.find((r) => r.id === picked) || ofDay[0];
+    const runQ = run.superseded_by !== null && run.superseded_by !== undefined ? `run=${run.id}` : '';
+    const runPicker = ofDay.length > 1 ? h('select', { class: 'date', 'aria-label': 'run', onchange: (e) => go('recon', [date, ctx.args[1] || 'chain'], e.target.value === String(ofDay[0].id) ? {} : { run: e.target.value }) },
+      ofDay.map((r) => h('option', { value: String(r.id), selected: r.id === run.id }, `run #${r.id}${r.superseded_by ? ` (superseded by #${r.superseded_by})` : ' (current)'}`))) : null;
     const picker = h('select', { class: 'date', 'aria-label': 'day', onchange: (e) => go('recon', [e.target.value, view]) }, dates.map((d) => h('option', { value: d, selected: d === date }, d)));
     const tabs = h('div', { class: 'tabs' }, ['chain', 'tanks', 'meters', 'trips'].map((v) => h('a', { href: `#/recon/${date}/${v}`, class: v === view ? 'tab active' : 'tab' }, { chain: 'Chain per product', tanks: 'Tank balances', meters: 'Meters', trips: 'Trips' }[v])));
     const csvName = view === 'chain' ? '' : `/${view}`;
-    const csv = h('button', { type: 'button', class: 'secondary', onclick: () => download(`/api/v1/reconciliation/${date}${csvName}?format=csv`, `reconciliation-${date}-${view}.csv`) }, `Export ${view} CSV`);
+    const csv = h('button', { type: 'button', class: 'secondary', onclick: () => download(`/api/v1/reconciliation/${date}${csvName}?format=csv${runQ ? `&${runQ}` : ''}`, `reconciliation-${date}-${view}${runQ ? `-run${run.id}` : ''}.csv`) }, `Export ${view} CSV`);
+    const history = run.superseded_by ? ` · superseded by run #${run.superseded_by}` : run.supersedes ? ` · supersedes run #${run.supersedes}` : '';
     const path = view === 'chain' ? '' : `/${view}`;
-    const recs = await api(`/api/v1/reconciliation/${date}${path}`);
+    const recs = await api(`/api/v1/reconciliation/${date}${path}${runQ ? `?${runQ}` : ''}`);
     const incomplete = recs.filter((r) => r.verdict === 'incomplete').length;
-    const head = h('div', { class: 'toolbar' }, h('label', {}, 'Day (UTC) ', picker), tabs, h('span', { class: 'spacer' }), csv,
-      h('span', { class: 'muted' }, `run #${run.id} (${run.trigger}) at ${utc(run.finished_ms)}: ${run.records} records, ${run.exceptions} exceptions`),
+    const head = h('div', { class: 'toolbar' }, h('label', {}, 'Day (UTC) ', picker), runPicker, tabs, h('span', { class: 'spacer' }), csv,
+      h('span', { class: 'muted' }, `run #${run.id} (${run.trigger}) at ${utc(run.finished_ms)}: ${run.records} records, ${run.exceptions} exceptions, ${run.alerts_opened} alerts opened, ${run.alerts_closed} closed${history}`),
       incomplete ? pill(`${incomplete} incomplete here: data missing, run again when it arrives`, 'incomplete') : null);
     let body;
     if (view === 'chain') {

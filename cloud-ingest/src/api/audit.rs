@@ -1,0 +1,161 @@
+//! The audit log: every write through the API lands in `audit_log` with its actor (the token's
+//! name and role), time (data clock), action, target and the record before and after; the CLI
+//! writes the same entries as `cli:<user>`. `GET /api/v1/audit` (auditor, admin) reads it,
+//! filtered by `from`, `to`, `actor`, `action`, `target`, as JSON or CSV (`.csv` /
+//! `?format=csv`).
+
+use axum::extract::{RawQuery, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::auth::Principal;
+use super::params::{self, Query};
+use super::problem::Problem;
+use super::routes::{call, data};
+use super::ApiState;
+use crate::reconcile::run::now_ms;
+use crate::store::ledger::{AuditFilter, AuditRow, NewAudit};
+
+/// Default `limit` of the audit list.
+pub const AUDIT_DEFAULT: i64 = 1_000;
+/// Largest `limit`.
+pub const AUDIT_MAX: i64 = 100_000;
+
+/// Append a write to the audit log (after the write itself succeeded).
+pub(super) async fn record(
+    s: &ApiState,
+    who: &Principal,
+    action: &str,
+    target: String,
+    before: serde_json::Value,
+    after: serde_json::Value,
+) -> Result<(), Problem> {
+    let e = NewAudit {
+        actor: who.name.clone(),
+        role: who.role.as_str().to_owned(),
+        at_ms: now_ms(),
+        action: action.to_owned(),
+        target,
+        before,
+        after,
+    };
+    call(s.store.ledger().audit(&e)).await.map(|_| ())
+}
+
+/// JSON of a value (null when it cannot be encoded, which the row types never are).
+pub(super) fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// CSV of audit entries (RFC 4180; before/after as JSON).
+pub fn csv(rows: &[AuditRow]) -> String {
+    fn field(s: &str) -> String {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_owned()
+        }
+    }
+    let mut out = String::from("id,at_ms,actor,role,action,target,before,after\r\n");
+    for r in rows {
+        let e = &r.e;
+        out.push_str(
+            &[
+                r.id.to_string(),
+                e.at_ms.to_string(),
+                field(&e.actor),
+                field(&e.role),
+                field(&e.action),
+                field(&e.target),
+                field(&e.before.to_string()),
+                field(&e.after.to_string()),
+            ]
+            .join(","),
+        );
+        out.push_str("\r\n");
+    }
+    out
+}
+
+fn filter(q: &Query) -> Result<AuditFilter, Problem> {
+    let time = |name: &str| -> Result<Option<i64>, Problem> {
+        q.opt(name)?.map(|v| params::time_ms(name, v)).transpose()
+    };
+    let (from_ms, to_ms) = (time("from")?, time("to")?);
+    if let (Some(f), Some(t)) = (from_ms, to_ms) {
+        if t <= f {
+            return Err(Problem::bad_parameter("to", "`to` must be after `from`"));
+        }
+    }
+    let limit = match q.opt("limit")? {
+        None => AUDIT_DEFAULT,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (1..=AUDIT_MAX).contains(&n) => n,
+            _ => {
+                return Err(Problem::bad_parameter(
+                    "limit",
+                    format!("{v:?} is not an integer from 1 to {AUDIT_MAX}"),
+                ))
+            }
+        },
+    };
+    Ok(AuditFilter {
+        from_ms,
+        to_ms,
+        actor: q.opt("actor")?.map(str::to_owned),
+        action: q.opt("action")?.map(str::to_owned),
+        target: q.opt("target")?.map(str::to_owned),
+        limit,
+    })
+}
+
+async fn list(s: &ApiState, raw: Option<&str>, suffix: bool) -> Result<Response, Problem> {
+    let q = Query::parse(
+        raw,
+        &["from", "to", "actor", "action", "target", "limit", "format"],
+    )?;
+    let csv_out = match q.opt("format")? {
+        None => suffix,
+        Some("csv") => true,
+        Some("json") => false,
+        Some(o) => {
+            return Err(Problem::bad_parameter(
+                "format",
+                format!("{o:?}: use csv or json"),
+            ))
+        }
+    };
+    let rows = call(s.store.ledger().audit_log(&filter(&q)?)).await?;
+    if !csv_out {
+        return Ok(data(&rows));
+    }
+    let mut res = (StatusCode::OK, csv(&rows)).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"audit.csv\""),
+    );
+    Ok(res)
+}
+
+/// `GET /api/v1/audit?from=&to=&actor=&action=&target=&limit=&format=` (auditor).
+pub(super) async fn audit(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    list(&s, raw.as_deref(), false).await
+}
+
+/// `GET /api/v1/audit.csv` (auditor).
+pub(super) async fn audit_csv(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    list(&s, raw.as_deref(), true).await
+}
