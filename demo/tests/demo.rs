@@ -134,6 +134,18 @@ fn the_demo_reaches_a_first_chart_and_every_console_page_loads_then_stops_cleanl
         "day 0 reconciled {:.1} s after the command",
         started.elapsed().as_secs_f64()
     );
+    // No fault is injected: the first simulated day (and the empty day before the simulation)
+    // must open no alert — no "no data" for days before the agents' first data, no alert from a
+    // blank batch record read at agent start, no stale tag.
+    let alerts = api_get(&base, "/api/v1/alerts?state=open");
+    let open = alerts
+        .as_ref()
+        .and_then(|v| v.get("data").unwrap_or(v).as_array().cloned())
+        .unwrap_or_default();
+    assert!(
+        alerts.is_some() && open.is_empty(),
+        "open alerts in a demo without faults: {alerts:#?}"
+    );
 
     let shots = workspace_root().join("target/console-screenshots/demo");
     let report = check_console(&ConsoleCheck {

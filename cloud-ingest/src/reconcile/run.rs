@@ -198,9 +198,10 @@ impl Reconciler {
         Ok(RunReport { run, result: all })
     }
 
-    /// No "no-data" alert for a day that ends before the tank's agent first reported (the day
-    /// before a site came online is not missing data); the records keep their `no-data`
-    /// verdict. Returns how many alerts were left out (logged).
+    /// No "no-data" alert for a day that began before the tank's agent first reported: the day
+    /// before a site came online, and the day it came online on (its opening stock predates
+    /// the first reading: not missing data, but data that never existed). The records keep
+    /// their `no-data` verdict. Returns how many alerts were left out (logged).
     async fn drop_before_first_data(
         &self,
         store: &dyn Store,
@@ -208,7 +209,7 @@ impl Reconciler {
         day: i64,
         alerts: &mut Vec<NewAlert>,
     ) -> Result<usize, ReconcileError> {
-        let day_end = day_start_ms(day + 1);
+        let day_start = day_start_ms(day);
         let mut before: Vec<String> = Vec::new();
         for t in &self.cfg.tanks {
             if !alerts
@@ -225,7 +226,7 @@ impl Reconciler {
                 .into_iter()
                 .filter_map(|g| g.first_ms)
                 .min();
-            if first.is_none_or(|f| f >= day_end) {
+            if first.is_none_or(|f| f > day_start) {
                 before.push(t.id.clone());
             }
         }
@@ -233,7 +234,7 @@ impl Reconciler {
         alerts.retain(|a| !(a.kind == "no-data" && before.contains(&a.place)));
         let dropped = n - alerts.len();
         if dropped > 0 {
-            tracing::info!(date = %day_name(day), tanks = ?before, "no-data alerts left out: the day ends before the first data of these tanks' agents");
+            tracing::info!(date = %day_name(day), tanks = ?before, "no-data alerts left out: the day began before the first data of these tanks' agents");
         }
         Ok(dropped)
     }
