@@ -2038,7 +2038,7 @@ mod tests {
     /// crash_counter_cost --nocapture`): the `pwrite` per hand-over and the extra `UPDATE` per
     /// commit, against a live agent's commit (one 20-reading segment).
     #[test]
-    #[ignore]
+    #[ignore = "a micro-benchmark, run on request (benches/README.md), not a check"]
     fn crash_counter_cost() {
         let d = tempfile::tempdir().expect("tmp");
         let mut s = open(d.path(), u64::MAX);
