@@ -188,6 +188,20 @@ fn variance_row(r: &Row) -> VarianceRow {
     }
 }
 
+/// A discharge, locked for the rest of the transaction (close and amend read-modify-write it).
+async fn discharge_for_update<C: GenericClient + Sync>(
+    c: &C,
+    id: i64,
+) -> Result<Option<DischargeRow>, StoreError> {
+    Ok(c.query_opt(
+        &format!("SELECT {DISCHARGE_COLS} FROM flowsquare.discharges WHERE id = $1 FOR UPDATE"),
+        &[&id],
+    )
+    .await
+    .map_err(pg)?
+    .map(|r| discharge_row(&r)))
+}
+
 /// The next version number of a record; the original is stored as version 1 first when the
 /// record has none yet.
 async fn next_version<C: GenericClient + Sync>(
@@ -518,16 +532,7 @@ impl Ledger for PgStore {
     ) -> Result<CloseOutcome, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
-        let row = tx
-            .query_opt(
-                &format!(
-                    "SELECT {DISCHARGE_COLS} FROM flowsquare.discharges WHERE id = $1 FOR UPDATE"
-                ),
-                &[&id],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| discharge_row(&r));
+        let row = discharge_for_update(&tx, id).await?;
         let out = match row {
             None => CloseOutcome::NotFound,
             Some(row) if row.closed_ms.is_some() => CloseOutcome::AlreadyClosed(row),
@@ -796,16 +801,7 @@ impl Ledger for PgStore {
     ) -> Result<AmendOutcome<DischargeRow>, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
-        let old = tx
-            .query_opt(
-                &format!(
-                    "SELECT {DISCHARGE_COLS} FROM flowsquare.discharges WHERE id = $1 FOR UPDATE"
-                ),
-                &[&id],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| discharge_row(&r));
+        let old = discharge_for_update(&tx, id).await?;
         let Some(old) = old else {
             return Ok(AmendOutcome::NotFound);
         };
