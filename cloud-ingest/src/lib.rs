@@ -15,8 +15,9 @@
 //! - `measure`: re-export of the `flowsquare-measure` crate (`measure/` in the workspace):
 //!   petroleum measurement (pure): API 11.1 CTL/CPL, tank quantities, meter factor;
 //! - `reconcile/`: movements (discharges, tank stocks, gantry loadings, ePODs), the daily
-//!   reconciliation (chain, tank balances, trips, parcels) with tolerances, its run loop and the
-//!   simulated terminal (`sim.rs`); `analytics/`: stale tags, meter drift, GPS stops;
+//!   reconciliation (chain, tank balances, trips, parcels) with tolerances and its run loop (the
+//!   simulated month the tests reconcile is the `flowsquare-sim-month` test-support crate, not
+//!   part of this library); `analytics/`: stale tags, meter drift, GPS stops;
 //! - `api/console/`: the ops console (embedded HTML/CSS/JS) and its KPI, site-model and track routes;
 //! - `times.rs`: time sanity, the one range check of every time the API or a gap record gives.
 

@@ -12,13 +12,13 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::{Request, StatusCode};
 use cloud_ingest::api::{hash_token, router, ApiConfig, ApiState, Role, TokenConfig};
 use cloud_ingest::consume::ConsumerStats;
-use cloud_ingest::reconcile::sim::{self, SimOptions};
 use cloud_ingest::reconcile::Reconciler;
 use cloud_ingest::store::sqlite::SqliteStore;
 use cloud_ingest::store::Store;
 use flowsquare_service::clock::{self, Clock};
 use flowsquare_wire as wire;
 use serde_json::Value;
+use sim_month::{self as sim, SimOptions};
 use tower::ServiceExt;
 
 /// 2026-01-01 12:00 UTC: the simulated "now" (the wall clock is elsewhere).

@@ -1,5 +1,5 @@
 //! The ops console in headless Chromium: `cloud-ingest serve` (SQLite, embedded broker, port 0)
-//! on a database seeded with the simulated terminal month (`reconcile::sim`) and reconciled, so
+//! on a database seeded with the simulated terminal month (`flowsquare-sim-month`) and reconciled, so
 //! every page has data. Signs in with a token, loads every page and the reconciliation
 //! drill-downs, fails on any browser console error or an empty chart, saves screenshots to
 //! `target/console-screenshots/<page>.png`; checks role hiding (viewer vs auditor) and that the
@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloud_ingest::reconcile::model::day_of;
-use cloud_ingest::reconcile::sim::{self, SimMonth, SimOptions};
 use cloud_ingest::reconcile::{ReconcileConfig, Reconciler};
 use cloud_ingest::store::{DeadLetter, Store};
 use flowsquare_tests::browser::{self, check_with, http, ConsoleCheck};
 use flowsquare_tests::{external, wait_until, workspace_root};
 use flowsquare_wire as wire;
+use sim_month::{self as sim, SimMonth, SimOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloud-ingest");
 const ADMIN: &str = "console-admin-token";

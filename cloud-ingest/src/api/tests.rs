@@ -1177,15 +1177,32 @@ pub(super) async fn send_json(
     }
 }
 
+/// The site model of the simulated terminal month (`config/sim/month-site.toml`, the
+/// `flowsquare-sim-month` test-support crate's) with its strapping tables (site-sim's terminal
+/// physics). Read here as data: that crate depends on this one, so a unit test cannot use it.
+pub(super) fn sim_site_model() -> (crate::reconcile::ReconcileConfig, Vec<(String, String)>) {
+    #[derive(serde::Deserialize)]
+    struct File {
+        reconcile: crate::reconcile::ReconcileConfig,
+    }
+    let file: File = toml::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/sim/month-site.toml"
+    )))
+    .expect("month-site.toml");
+    let tables = file
+        .reconcile
+        .tanks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.clone(), site_sim::terminal::physics::table_csv(i)))
+        .collect();
+    (file.reconcile, tables)
+}
+
 /// The fixture's store with the simulated terminal's site model.
 pub(super) fn with_site_model(f: &Fixture) -> Router {
-    let m = crate::reconcile::sim::site_model();
-    let tables: Vec<(String, String)> =
-        crate::reconcile::sim::generate(&crate::reconcile::sim::SimOptions {
-            days: 1,
-            ..Default::default()
-        })
-        .tables;
+    let (m, tables) = sim_site_model();
     let r = crate::reconcile::Reconciler::with_tables(m, &tables).expect("site model");
     router(ApiState {
         reconciler: Some(Arc::new(r)),
@@ -1396,109 +1413,6 @@ async fn discharges_open_close_and_reconciliation_routes() {
     )
     .await
     .problem(StatusCode::CONFLICT, "/api/v1/reconciliation/run");
-}
-
-#[tokio::test]
-async fn reconciliation_records_carry_their_coverage_in_json_and_csv() {
-    use crate::reconcile::sim;
-    let f = fixture().await;
-    let app = with_site_model(&f);
-    // Three simulated days; T1's level gauge answers bad quality only for 6 h on the second.
-    let m = sim::generate(&sim::SimOptions {
-        days: 3,
-        faults: sim::Faults {
-            stale_gauge: Some(("T1".into(), 1, 6, 6)),
-            ..sim::Faults::default()
-        },
-        ..sim::SimOptions::default()
-    });
-    m.load(&*f.store).await.expect("load");
-    let day = crate::reconcile::model::day_name(m.opts.start_day + 1);
-    let run = send(
-        &app,
-        Method::POST,
-        &format!("/api/v1/reconciliation/run?date={day}"),
-        Some(OPERATOR),
-    )
-    .await
-    .data();
-    assert_eq!(run[0]["date"], day.as_str());
-    let tanks = get(
-        &app,
-        &format!("/api/v1/reconciliation/{day}/tanks"),
-        Some(VIEWER),
-    )
-    .await
-    .data();
-    let t1 = tanks.iter().find(|t| t["place"] == "T1").expect("T1");
-    assert_eq!(t1["verdict"], "incomplete", "{t1}");
-    let c = &t1["coverage"];
-    assert_eq!(c["complete"], false);
-    assert_eq!(c["ratio"], 0.75);
-    let level = c["inputs"]
-        .as_array()
-        .and_then(|i| i.iter().find(|i| i["tag"] == "gw-1/tanks/T1/level_mm"))
-        .expect("level input");
-    assert_eq!(
-        (level["expected"].as_i64(), level["present"].as_i64()),
-        (Some(288), Some(216))
-    );
-    assert_eq!(level["stale"].as_array().map(Vec::len), Some(1));
-    let missing = c["missing"][0].as_str().unwrap_or_default();
-    assert!(
-        missing.starts_with(&format!(
-            "data missing for gw-1/tanks/T1/level_mm {day} 06:"
-        )),
-        "{missing}"
-    );
-    // The other tanks are complete and judged.
-    let t2 = tanks.iter().find(|t| t["place"] == "T2").expect("T2");
-    assert_eq!(
-        (t2["verdict"].clone(), t2["coverage"]["complete"].clone()),
-        (serde_json::json!("ok"), serde_json::json!(true))
-    );
-    // CSV: coverage %, complete, what is missing.
-    let csv = get(
-        &app,
-        &format!("/api/v1/reconciliation/{day}/tanks?format=csv"),
-        Some(VIEWER),
-    )
-    .await;
-    assert!(
-        csv.text
-            .starts_with("date,site,kind,place,stage,product,reference_l,measured_l,variance_l,variance_pct,tolerance_pct,verdict,run_id,coverage_pct,data_complete,missing,detail\r\n"),
-        "{}",
-        csv.text
-    );
-    let row = csv
-        .text
-        .lines()
-        .find(|l| l.contains(",T1,"))
-        .expect("T1 row");
-    assert!(
-        row.contains(",incomplete,")
-            && row.contains(",75,false,")
-            && row.contains("data missing for gw-1/tanks/T1/level_mm"),
-        "{row}"
-    );
-    // The alert says what is missing rather than a loss.
-    let open = get(&app, "/api/v1/alerts?state=open", Some(VIEWER))
-        .await
-        .data();
-    let kinds: Vec<(String, String)> = open
-        .iter()
-        .map(|a| {
-            (
-                a["kind"].as_str().unwrap_or_default().to_owned(),
-                a["place"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        kinds,
-        vec![("data-missing".to_owned(), "T1".to_owned())],
-        "{open:?}"
-    );
 }
 
 #[tokio::test]

@@ -9,16 +9,16 @@
 //! - `run.rs`: loading a day's inputs from the store (tank NSV from gauge tags and strapping
 //!   tables through [`crate::measure`]), running the engine, saving the results; the daily
 //!   schedule and the 5-minute stale-tag check;
-//! - `sim.rs`: a deterministic, physically consistent simulated terminal month (with optional
-//!   faults) for the tests, the benchmark and the demo;
 //! - `error.rs`.
+//!
+//! The simulated terminal month the tests reconcile is test support outside this library: the
+//! `flowsquare-sim-month` crate (`sim-month/`), built on site-sim's terminal physics.
 
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod model;
 pub mod run;
-pub mod sim;
 
 pub use config::ReconcileConfig;
 pub use engine::{reconcile_day, DayResult, Params};

@@ -8,6 +8,8 @@
 //!   stations, faults);
 //! - `model.rs`: the pure physics stepped by sim time (tank NSV, totalizers, trips, records;
 //!   unit-tested mass balance);
+//! - `physics.rs`: the pure physics shared with the generated month of `flowsquare-sim-month`
+//!   (CTL, gauge figures from the NSV truth, strapping tables, temperatures, distances);
 //! - `faults.rs`: the device/relay fault windows in sim time (pure);
 //! - `run.rs`: the run loop exposing the model over the Modbus, OPC UA, TLS-350 servers, NMEA
 //!   ptys, the MQTT relay and the cloud-ingest API (discharges, ePODs);
@@ -19,6 +21,7 @@ mod error;
 pub mod faults;
 pub mod maps;
 pub mod model;
+pub mod physics;
 pub mod pty;
 pub mod run;
 

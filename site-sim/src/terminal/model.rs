@@ -3,22 +3,22 @@
 //! devices and people produce (gantry batch records, ePODs, discharge paperwork, station
 //! deliveries), taken out with [`Model::drain`].
 //!
-//! Gauge figures are *derived* from the truth like cloud-ingest's `reconcile/sim.rs` does it:
-//! TOV = NSV / CTL / CTSh + free water, level = the strapping table's inverse at the TOV,
-//! observed density = ρ15 · CTL (API 11.1, refined products, 15 °C base). The cloud's
-//! reconciliation, running the same measurement code forwards, must find the litres again.
+//! Gauge figures are *derived* from the truth by [`super::physics`] (shared with the generated
+//! month of `flowsquare-sim-month`): TOV = NSV / CTL / CTSh + free water, level = the strapping
+//! table's inverse at the TOV, observed density = ρ15 · CTL (API 11.1, refined products, 15 °C
+//! base). The cloud's reconciliation, running the same measurement code forwards, must find the
+//! litres again.
 //!
 //! Mass balance (checked by the tests): discharged = Δ tank stock + dispatched + leaked, and
 //! dispatched = delivered + lost in transit + still in trucks.
 
 use std::collections::VecDeque;
 
-use flowsquare_measure::{self as measure, Base, Group, Mode, StrappingTable};
+use flowsquare_measure::StrappingTable;
 
 use super::config::{minutes_of, TerminalConfig};
-
-/// Milliseconds per day.
-pub const DAY_MS: i64 = 86_400_000;
+use super::physics;
+pub use super::physics::{ctl, distance_m, level_at, table_csv, DAY_MS};
 const MIN_MS: i64 = 60_000;
 /// Largest integration step.
 const STEP_MS: i64 = 30_000;
@@ -27,22 +27,6 @@ const STEP_MS: i64 = 30_000;
 /// instants see the tanks and the jetty meter still — whatever the agents' poll interval in sim
 /// time, up to this. No truck loads from a receiving tank within the window.
 pub const PAPER_MS: i64 = 30 * 60_000;
-
-/// CTL from 15 °C to `t` (refined products); 1 outside the standard's range.
-pub fn ctl(rho15: f64, t: f64) -> f64 {
-    measure::correct_from_base(Group::Refined, Base::C15, rho15, t, 0.0, Mode::Exact)
-        .map(|c| c.ctl)
-        .unwrap_or(1.0)
-}
-
-/// Great-circle distance, metres.
-pub fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let dp = p2 - p1;
-    let dl = (lon2 - lon1).to_radians();
-    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * 6_371_000.0 * a.sqrt().asin()
-}
 
 /// Deterministic noise in [-1, 1) from a seed and two keys.
 fn noise(seed: u64, a: u64, b: u64) -> f64 {
@@ -349,9 +333,7 @@ impl Model {
     /// Product temperature of tank `i` at `t` (a ±1.5 °C daily swing).
     pub fn temp_c(&self, i: usize, t: i64) -> f64 {
         let frac = (t - self.start_ms).rem_euclid(DAY_MS) as f64 / DAY_MS as f64;
-        self.cfg.tanks[i].temp_mean_c
-            + 0.2 * i as f64
-            + 1.5 * ((frac - 0.25) * std::f64::consts::TAU).sin()
+        physics::tank_temp_c(self.cfg.tanks[i].temp_mean_c, i, frac)
     }
 
     /// Tank `i`'s NSV now, litres (the truth).
@@ -395,17 +377,16 @@ impl Model {
         let spec = &self.cfg.tanks[i];
         let tank = &self.tanks[i];
         let temp = self.temp_c(i, t);
-        let c = ctl(spec.density_15c, temp);
-        let cs = measure::ctsh(1.12e-5, temp, 15.0);
         let fw = tank.table.volume_at(spec.water_mm).unwrap_or(0.0);
-        let tov = tank.nsv_l / 1000.0 / c / cs + fw;
+        let tov = physics::tov_m3(tank.nsv_l / 1000.0, spec.density_15c, temp, fw);
         let sec = (t / 1000) as u64;
         let level = level_at(&tank.rows, tov)
             + self.cfg.level_noise_mm * noise(self.cfg.seed, i as u64, sec);
         Gauge {
             level_mm: level,
             temp_c: temp + 0.02 * noise(self.cfg.seed, 100 + i as u64, sec),
-            density_kgm3: spec.density_15c * c + 0.02 * noise(self.cfg.seed, 200 + i as u64, sec),
+            density_kgm3: physics::observed_density(spec.density_15c, temp)
+                + 0.02 * noise(self.cfg.seed, 200 + i as u64, sec),
             water_mm: spec.water_mm,
         }
     }
@@ -827,30 +808,6 @@ fn bearing(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let y = dl.sin() * p2.cos();
     let x = p1.cos() * p2.sin() - p1.sin() * p2.cos() * dl.cos();
     (y.atan2(x).to_degrees() + 360.0) % 360.0
-}
-
-/// Level (mm) at volume (m³): the inverse of the table's linear interpolation.
-pub fn level_at(rows: &[(f64, f64)], vol: f64) -> f64 {
-    for w in rows.windows(2) {
-        let ((l0, v0), (l1, v1)) = (w[0], w[1]);
-        if vol <= v1 {
-            return l0 + (vol - v0) / (v1 - v0) * (l1 - l0);
-        }
-    }
-    rows.last().map_or(0.0, |r| r.0)
-}
-
-/// A capacity table like `reconcile/sim.rs`: 0–15,000 mm by 100 mm, ≈ 333 m³/m with ±0.2 %
-/// course variation (tank `i` varies differently).
-pub fn table_csv(i: usize) -> String {
-    let mut s = String::from("level_mm,volume_m3\n0.0,0.000000\n");
-    let mut v = 0.0;
-    for k in 1..=150 {
-        let area = 333.333 * (1.0 + 0.002 * ((k as f64) * 0.7 + i as f64).sin());
-        v += area * 0.1;
-        s.push_str(&format!("{:.1},{v:.6}\n", k as f64 * 100.0));
-    }
-    s
 }
 
 #[cfg(test)]

@@ -5,13 +5,32 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::*;
-use crate::reconcile::Reconciler;
-use crate::store::ledger::AlertRow;
-use crate::store::postgres::{PgOptions, PgStore};
-use crate::store::sqlite::SqliteStore;
+use cloud_ingest::reconcile::model::*;
+use cloud_ingest::reconcile::Reconciler;
+use cloud_ingest::store::ledger::AlertRow;
+use cloud_ingest::store::postgres::{PgOptions, PgStore};
+use cloud_ingest::store::sqlite::SqliteStore;
+use cloud_ingest::store::Store;
+use sim_month::*;
 
 type Key = (String, String, String);
+
+#[test]
+fn the_site_model_file_is_valid_and_matches_the_month() {
+    let m = site_model();
+    m.validate().expect("valid [reconcile]");
+    assert_eq!(
+        (
+            m.tanks.len(),
+            m.meters.len(),
+            m.stations.len(),
+            m.trucks.len()
+        ),
+        (4, 5, 6, 16)
+    );
+    assert!(m.tanks.iter().all(|t| t.site == SITE && t.agent == AGENT));
+    assert!(m.trucks.iter().all(|t| t.site == FLEET));
+}
 
 /// Load, reconcile every day in order, check stale tags at the end; the open alerts.
 async fn month(store: &dyn Store, faults: Faults) -> (SimMonth, Vec<AlertRow>) {
@@ -287,13 +306,15 @@ async fn missing_data_is_incomplete_until_backfilled(store: &dyn Store) {
         .variances(&day_name(first + 15), None)
         .await
         .expect("day 15");
-    let verdict =
-        |rows: &[crate::store::ledger::VarianceRow], kind: RecordKind, place: &str, stage: &str| {
-            rows.iter()
-                .find(|v| v.v.kind == kind && v.v.place == place && v.v.stage == stage)
-                .map(|v| (v.v.verdict, v.v.coverage.clone()))
-                .unwrap_or_else(|| panic!("{kind:?} {place} {stage}"))
-        };
+    let verdict = |rows: &[cloud_ingest::store::ledger::VarianceRow],
+                   kind: RecordKind,
+                   place: &str,
+                   stage: &str| {
+        rows.iter()
+            .find(|v| v.v.kind == kind && v.v.place == place && v.v.stage == stage)
+            .map(|v| (v.v.verdict, v.v.coverage.clone()))
+            .unwrap_or_else(|| panic!("{kind:?} {place} {stage}"))
+    };
     let (v, cov) = verdict(&day15, RecordKind::Parcel, &parcel, "jetty");
     assert_eq!(v, Verdict::Incomplete);
     let cov = cov.expect("coverage");

@@ -1,5 +1,5 @@
-//! A deterministic, physically consistent terminal month, with optional faults, for the tests,
-//! the benchmark and the demo.
+//! A deterministic, physically consistent terminal month, with optional faults, for
+//! cloud-ingest's tests (test support: never part of a production binary).
 //!
 //! The terminal `dar-terminal` (agent `gw-1`) has four 5,000 m³ tanks (T1, T2 gasoline "PMS",
 //! T3, T4 diesel "AGO") with level, temperature, observed density and free-water tags every
@@ -9,20 +9,32 @@
 //! an ePOD; trucks (site `fleet`, one agent each) report GPS fixes every minute during trips.
 //! A ship discharges 2 × 2,300 m³ into a product's two tanks every six days (10:00 → 04:00 the
 //! next day; no loading from the receiving tanks meanwhile). The truth is the NSV of each tank;
-//! gauge readings are derived from it through the strapping table and API 11.1 (with small
-//! gauge noise), so that the reconciliation must find no exception. Faults change the truth
-//! (a tank leak), a meter (over-reading), one trip (a loss and a stop on the way) or the
-//! paperwork (an ePOD not posted).
+//! gauge readings are derived from it by site-sim's terminal physics
+//! ([`site_sim::terminal::physics`], the same the live `flowsquare-sim terminal` uses: strapping
+//! table, API 11.1, with small gauge noise), so that the reconciliation must find no exception.
+//! Faults change the truth (a tank leak), a meter (over-reading), one trip (a loss and a stop on
+//! the way) or the paperwork (an ePOD not posted).
+//!
+//! Unlike the live terminal (stepped in sim time behind device servers), the month is generated
+//! at once as wire batches, discharges and ePODs and fed through the real [`Store`]
+//! ([`SimMonth::load`]). Its site model is `config/sim/month-site.toml` ([`site_model`]).
+//!
+//! This crate depends on cloud-ingest, so cloud-ingest uses it from its integration tests
+//! (`cloud-ingest/tests/`) only: a unit test in cloud-ingest's `src/` would see a second copy of
+//! cloud-ingest's types.
 
+use cloud_ingest::reconcile::config::ReconcileConfig;
+use cloud_ingest::reconcile::model::*;
+use cloud_ingest::store::ledger::{CloseOutcome, NewDischarge};
+use cloud_ingest::store::{Store, StoreError};
 use flowsquare_wire as wire;
+use site_sim::terminal::physics::{self, ctl, level_at, table_csv, table_rows};
 
-use super::config::{
-    MeterConfig, PlaceConfig, ReconcileConfig, TankConfig, Tolerances, TruckConfig,
-};
-use super::model::*;
-use crate::measure::{self, Base, Group, Mode};
-use crate::store::ledger::{CloseOutcome, NewDischarge};
-use crate::store::{Store, StoreError};
+/// The site model of the month, `[reconcile]` TOML (`config/sim/month-site.toml`).
+pub const SITE_MODEL_TOML: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../config/sim/month-site.toml"
+));
 
 /// The terminal's site id.
 pub const SITE: &str = "dar-terminal";
@@ -169,134 +181,20 @@ const STATIONS: [(&str, f64, f64); 6] = [
     ("ST-KIGAMBONI", -6.8600, 39.3200),
 ];
 const TRUCKS: usize = 16;
+/// The tanks' mean product temperature, °C.
+const TEMP_MEAN_C: f64 = 29.0;
 const DISCHARGE_L: f64 = 2_300_000.0;
 
-/// The capacity table of tank `i`: 0–15,000 mm by 100 mm, ≈ 333 m³/m with ±0.2 % course
-/// variation.
-fn table_rows(i: usize) -> Vec<(f64, f64)> {
-    let mut rows = vec![(0.0, 0.0)];
-    let mut v = 0.0;
-    for k in 1..=150 {
-        let area = 333.333 * (1.0 + 0.002 * ((k as f64) * 0.7 + i as f64).sin());
-        v += area * 0.1;
-        rows.push((k as f64 * 100.0, v));
-    }
-    rows
-}
-
-fn table_csv(rows: &[(f64, f64)]) -> String {
-    let mut s = String::from("level_mm,volume_m3\n");
-    for (l, v) in rows {
-        s.push_str(&format!("{l:.1},{v:.6}\n"));
-    }
-    s
-}
-
-/// Level (mm) at volume (m³): the inverse of the table's linear interpolation.
-fn level_at(rows: &[(f64, f64)], vol: f64) -> f64 {
-    for w in rows.windows(2) {
-        let ((l0, v0), (l1, v1)) = (w[0], w[1]);
-        if vol <= v1 {
-            return l0 + (vol - v0) / (v1 - v0) * (l1 - l0);
-        }
-    }
-    rows.last().map_or(0.0, |r| r.0)
-}
-
-/// CTL from 15 °C to `t` (refined products).
-fn ctl(rho15: f64, t: f64) -> f64 {
-    measure::correct_from_base(Group::Refined, Base::C15, rho15, t, 0.0, Mode::Exact)
-        .map(|c| c.ctl)
-        .unwrap_or(1.0)
-}
-
-/// The site model of the simulated terminal.
+/// The site model of the simulated terminal, parsed from [`SITE_MODEL_TOML`].
 pub fn site_model() -> ReconcileConfig {
-    let mut cfg = ReconcileConfig {
-        tolerances: Tolerances {
-            default_pct: 0.5,
-            ..Tolerances::default()
-        },
-        ..ReconcileConfig::default()
-    };
-    for (id, product, _, _) in TANKS {
-        cfg.tanks.push(TankConfig {
-            id: id.into(),
-            site: SITE.into(),
-            agent: AGENT.into(),
-            product: product.into(),
-            level_tag: format!("tanks/{id}/level_mm"),
-            temperature_tag: format!("tanks/{id}/temp_c"),
-            density_tag: format!("tanks/{id}/density_kgm3"),
-            density_temp_tag: None,
-            water_tag: Some(format!("tanks/{id}/water_mm")),
-            ambient_tag: None,
-            strapping_table: format!("tables/{id}.csv").into(),
-            table_unit_l: 1000.0,
-            group: "refined".into(),
-            alpha60_per_f: None,
-            base: "15C".into(),
-            shell_alpha_per_c: 1.12e-5,
-            shell_ref_temp_c: 15.0,
-            insulated: true,
-            sw_pct: 0.0,
-            floating_roof_adjust_m3: 0.0,
-            min_operating_level_mm: 800.0,
-        });
+    #[derive(serde::Deserialize)]
+    struct File {
+        reconcile: ReconcileConfig,
     }
-    cfg.meters.push(MeterConfig {
-        id: "JM1".into(),
-        site: SITE.into(),
-        agent: AGENT.into(),
-        role: MeterRole::Jetty,
-        product: "ALL".into(),
-        totalizer_tag: "jetty/JM1/net_total_l".into(),
-        gross_totalizer: false,
-        unit_l: 1.0,
-        meter_factor: 1.0,
-        tank: None,
-    });
-    for (i, (tank, product, _, _)) in TANKS.iter().enumerate() {
-        cfg.meters.push(MeterConfig {
-            id: format!("M{}", i + 1),
-            site: SITE.into(),
-            agent: AGENT.into(),
-            role: MeterRole::Gantry,
-            product: (*product).into(),
-            totalizer_tag: format!("gantry/M{}/net_total_l", i + 1),
-            gross_totalizer: false,
-            unit_l: 1.0,
-            meter_factor: 1.0,
-            tank: Some((*tank).into()),
-        });
-    }
-    for (id, lat, lon) in STATIONS {
-        cfg.stations.push(PlaceConfig {
-            id: id.into(),
-            lat,
-            lon,
-            radius_m: 300.0,
-            gauge_site: None,
-        });
-    }
-    cfg.places.push(PlaceConfig {
-        id: SITE.into(),
-        lat: TERMINAL.0,
-        lon: TERMINAL.1,
-        radius_m: 500.0,
-        gauge_site: None,
-    });
-    for k in 0..TRUCKS {
-        let id = truck_id(k);
-        cfg.trucks.push(TruckConfig {
-            id: id.clone(),
-            site: FLEET.into(),
-            agent: id.to_lowercase(),
-            lat_tag: "gps/lat".into(),
-            lon_tag: "gps/lon".into(),
-        });
-    }
-    cfg
+    // The file is compiled in, and `tests/month.rs` parses it: it cannot fail at run time.
+    toml::from_str::<File>(SITE_MODEL_TOML)
+        .map(|f| f.reconcile)
+        .expect("config/sim/month-site.toml is a valid [reconcile] section")
 }
 
 fn truck_id(k: usize) -> String {
@@ -505,12 +403,7 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
             Some((m, from, x)) if *m == meter && i >= *from => *x,
             _ => 0.0,
         };
-        let temp = 29.0
-            + 0.2 * trip.tank as f64
-            + 1.5
-                * (((trip.start_ms % DAY_MS) as f64 / DAY_MS as f64 - 0.25)
-                    * std::f64::consts::TAU)
-                    .sin();
+        let temp = physics::tank_temp_c(TEMP_MEAN_C, trip.tank, physics::day_frac(trip.start_ms));
         let c = ctl(rho15, temp);
         let mut true_nsv = 0.0;
         let mut loaded_nsv = 0.0;
@@ -560,7 +453,7 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
         let place = format!("{truck}/{}", trip.bol);
         // GPS: at the terminal, drive (50 km/h), [stop 30 min], at the station 30 min.
         let (slat, slon) = (STATIONS[trip.station].1, STATIONS[trip.station].2);
-        let dist = crate::analytics::stops::distance_m(TERMINAL.0, TERMINAL.1, slat, slon);
+        let dist = physics::distance_m(TERMINAL.0, TERMINAL.1, slat, slon);
         let drive_ms = ((dist / (50_000.0 / 3_600_000.0)) as i64).max(60_000);
         let leave = load_end + 5 * 60_000;
         let stop_ms = if lossy { 30 * 60_000 } else { 0 };
@@ -643,7 +536,7 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
     // Terminal readings, one batch per day (the last day's batch holds the closing sample too).
     let rows: Vec<Vec<(f64, f64)>> = (0..4).map(table_rows).collect();
     let tables = (0..4)
-        .map(|i| (TANKS[i].0.to_owned(), table_csv(&rows[i])))
+        .map(|i| (TANKS[i].0.to_owned(), table_csv(i)))
         .collect();
     let mut batches = Vec::new();
     let mut wptr = [0usize; 4];
@@ -679,18 +572,13 @@ pub fn generate(opts: &SimOptions) -> SimMonth {
                     nsv -= q;
                 }
             }
-            let temp = 29.0
-                + 0.2 * t as f64
-                + 1.5
-                    * (((ts % DAY_MS) as f64 / DAY_MS as f64 - 0.25) * std::f64::consts::TAU).sin();
-            let c = ctl(rho15, temp);
+            let temp = physics::tank_temp_c(TEMP_MEAN_C, t, physics::day_frac(ts));
             let water_mm = 25.0;
             let fw = rows[t][0].1 + (rows[t][1].1 - rows[t][0].1) * water_mm / 100.0;
-            let cs = measure::ctsh(1.12e-5, temp, 15.0);
-            let tov = nsv / c / cs + fw;
+            let tov = physics::tov_m3(nsv, rho15, temp, fw);
             let level = level_at(&rows[t], tov) + 0.2 * noise.next();
             let temp_r = temp + 0.02 * noise.next();
-            let dens = rho15 * c + 0.02 * noise.next();
+            let dens = physics::observed_density(rho15, temp) + 0.02 * noise.next();
             let base = (t * 4) as u32;
             b.readings.push(reading(base, ts, level));
             b.readings.push(reading(base + 1, ts, temp_r));
@@ -944,6 +832,3 @@ impl SimMonth {
         day_start_ms(self.opts.start_day + self.opts.days + 2)
     }
 }
-
-#[cfg(test)]
-mod tests;
