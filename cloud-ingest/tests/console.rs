@@ -112,7 +112,7 @@ async fn seed(db: &Path, month: &SimMonth) {
         .await
         .expect("reconcile");
     eprintln!("reconciled {} days in {:?}", to - from + 1, t.elapsed());
-    let now = cloud_ingest::reconcile::run::now_ms();
+    let now = flowsquare_service::clock::now_ms();
     store
         .status(
             sim::SITE,
@@ -255,7 +255,7 @@ fn the_console_shows_every_page_with_data_and_hides_what_a_role_cannot_see() {
     };
     let dir = tempfile::tempdir().expect("tmp");
     // The month that ends today at 00:00 UTC, with the faults (exceptions to show).
-    let today = day_of(cloud_ingest::reconcile::run::now_ms());
+    let today = day_of(flowsquare_service::clock::now_ms());
     let month = sim::generate(&SimOptions {
         start_day: today - 30,
         days: 30,

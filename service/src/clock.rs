@@ -17,6 +17,13 @@
 //! Only *data* time goes through this clock (reading and event timestamps, the reconciliation
 //! schedule, stale checks); network timeouts and backoffs stay in real time. Code that sleeps
 //! for a duration of *sim* time converts it with [`Clock::real_duration`].
+//!
+//! In cloud-ingest every time read is this clock's [`now_ms`]: receive, commit and last-seen
+//! stamps (both stores), alert and audit times, API "now", and the database upkeep too
+//! (partitions created ahead, retention, compression age, aggregate refresh), because
+//! partitions and chunks hold the *data's* days. What stays on the wall clock is only what
+//! measures real durations ([`std::time::Instant`]: phase timings, timeouts, backoffs) and
+//! [`real_now_ms`] where a test or the simulator must compare the two clocks.
 
 use std::fmt;
 use std::sync::OnceLock;

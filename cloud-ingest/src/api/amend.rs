@@ -24,8 +24,8 @@ use super::recon::{
 use super::routes::{call, data};
 use super::ApiState;
 use crate::reconcile::model::Epod;
-use crate::reconcile::run::now_ms;
 use crate::store::ledger::{AmendOutcome, Amendment, DischargeRow, VersionRow};
+use flowsquare_service::clock::now_ms;
 
 /// Longest `reason`, bytes.
 pub const MAX_REASON: usize = 1_000;

@@ -14,8 +14,8 @@ use super::params::{self, Query};
 use super::problem::Problem;
 use super::routes::{call, data};
 use super::ApiState;
-use crate::reconcile::run::now_ms;
 use crate::store::ledger::{AuditFilter, AuditRow, NewAudit};
+use flowsquare_service::clock::now_ms;
 
 /// Default `limit` of the audit list.
 pub const AUDIT_DEFAULT: i64 = 1_000;

@@ -12,7 +12,7 @@ use super::routes::{call, data};
 use super::ApiState;
 use crate::analytics::stale::{age_of, limit_ms, stale_tags, LOOKBACK_MS};
 use crate::reconcile::config::StaleConfig;
-use crate::reconcile::run::now_ms;
+use flowsquare_service::clock::now_ms;
 
 /// One tag's freshness.
 #[derive(Debug, Clone, Serialize)]

@@ -18,10 +18,10 @@ use super::problem::Problem;
 use super::routes::{call, data, data_with_status};
 use super::ApiState;
 use crate::reconcile::model::{day_name, Epod, EpodCompartment, RecordKind};
-use crate::reconcile::run::now_ms;
 use crate::store::ledger::{
     CloseOutcome, DischargeRow, EpodOutcome, NewDischarge, RunPick, VarianceRow,
 };
+use flowsquare_service::clock::now_ms;
 
 /// Default and largest `limit` of the runs and alerts lists.
 pub const LIST_DEFAULT: i64 = 100;

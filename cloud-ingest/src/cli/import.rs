@@ -46,7 +46,9 @@ pub async fn run(path: &Path, store: &dyn Store) -> Result<ExitCode, CliError> {
         .ok_or_else(|| CliError::Config(format!("{}: empty export", path.display())))?;
     let birth = wire::Birth::decode(birth)
         .map_err(|e| CliError::Config(format!("{}: birth: {e}", path.display())))?;
-    store.birth(&birth, crate::reconcile::run::now_ms()).await?;
+    store
+        .birth(&birth, flowsquare_service::clock::now_ms())
+        .await?;
     let tty = std::io::stderr().is_terminal();
     let total = batches.len();
     let (mut stored, mut dup, mut readings, mut bad) = (0u64, 0u64, 0u64, 0u64);

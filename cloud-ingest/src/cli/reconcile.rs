@@ -8,10 +8,10 @@ use std::sync::Arc;
 use super::CliError;
 use crate::config::IngestConfig;
 use crate::reconcile::model::{day_name, parse_day, Verdict};
-use crate::reconcile::run::now_ms;
 use crate::reconcile::Reconciler;
 use crate::store::ledger::{NewAudit, RunPick};
 use crate::store::Store;
+use flowsquare_service::clock::now_ms;
 
 /// The CLI's actor in the audit log: `cli:<user>` (the login name from `USER`/`LOGNAME`).
 pub fn cli_actor() -> String {

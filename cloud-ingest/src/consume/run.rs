@@ -15,6 +15,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 
+use flowsquare_service::clock;
 use flowsquare_wire as wire;
 
 use super::state::{acks_for, classify, conflicts, BatchKey, Incoming};
@@ -50,12 +51,6 @@ pub struct ConsumerStats {
     pub committing: std::sync::atomic::AtomicBool,
     /// Poll-to-commit latency of every reading stored (`latency.rs`).
     pub poll_to_commit: super::latency::LatencyHistogram,
-}
-
-/// Now on the data clock (`flowsquare_service::clock`, the simulator's when simulated): receive
-/// times, last-seen times and the poll-to-commit latency compare with the data's own times.
-fn now_ms() -> i64 {
-    flowsquare_service::clock::now_ms()
 }
 
 /// Run an operation until it succeeds, retrying transient failures with backoff (and giving up
@@ -236,7 +231,9 @@ async fn commit_task(
                 Err(_) => break,
             }
         }
-        let now = now_ms();
+        // Receive times, last-seen times and the poll-to-commit latency are on the data clock
+        // (the simulator's when simulated): they compare with the data's own times.
+        let now = clock::now_ms();
         let classified: Vec<Incoming> = group
             .iter()
             .map(|p| classify(&root, &p.topic, &p.payload, now))
@@ -426,7 +423,7 @@ async fn keep_and_reject(
 
 /// Count what a commit did (and each stored reading's poll-to-commit latency).
 fn count_outcomes(stats: &ConsumerStats, batches: &[wire::Batch], outcomes: &[CommitOutcome]) {
-    let committed_ms = now_ms();
+    let committed_ms = clock::now_ms();
     for (b, o) in batches.iter().zip(outcomes) {
         match o {
             CommitOutcome::Stored { readings, .. } => {

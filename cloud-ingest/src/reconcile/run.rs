@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use flowsquare_service::clock::now_ms;
+
 use crate::analytics::stale::{stale_tags, TagAge};
 use crate::measure::{self, StrappingTable, TankGauge, TankSpec};
 use crate::store::ledger::{EventRow, NewRun, RunRow};
@@ -47,12 +49,6 @@ pub struct RunReport {
     pub run: RunRow,
     /// Its records and alerts.
     pub result: DayResult,
-}
-
-/// Now, UTC ms, on the data clock (`flowsquare_service::clock`: the real clock, or the shared
-/// simulated one of `FLOWSQUARE_CLOCK`), so the daily run and the stale check follow sim time.
-pub fn now_ms() -> i64 {
-    flowsquare_service::clock::now_ms()
 }
 
 fn spec_of(t: &TankConfig) -> Result<TankSpec, String> {

@@ -16,7 +16,8 @@ use crate::api::problem::Problem;
 use crate::api::routes::{call, data};
 use crate::api::ApiState;
 use crate::reconcile::model::Fix;
-use crate::reconcile::run::{now_ms, Registry};
+use crate::reconcile::run::Registry;
+use flowsquare_service::clock::now_ms;
 
 /// Longest range of one track request (two days).
 pub const MAX_TRACK_MS: i64 = 2 * 86_400_000;

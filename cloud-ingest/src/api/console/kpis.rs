@@ -24,7 +24,8 @@ use crate::api::problem::Problem;
 use crate::api::routes::{call, data};
 use crate::api::ApiState;
 use crate::reconcile::model::{Stock, DAY_MS};
-use crate::reconcile::run::{batch_of, now_ms, Registry};
+use crate::reconcile::run::{batch_of, Registry};
+use flowsquare_service::clock::now_ms;
 
 /// Days of loading the endurance rate averages.
 pub const RATE_DAYS: i64 = 7;

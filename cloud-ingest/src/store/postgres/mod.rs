@@ -375,10 +375,8 @@ impl Store for PgStore {
             .await?;
         // TimescaleDB's own scheduled jobs may not run (they fail on PostgreSQL 15.20): refresh the
         // continuous aggregates over the last two days ourselves.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        // The aggregates are over the data's time: the last two days on the data clock.
+        let now = flowsquare_service::clock::now_ms();
         self.refresh_aggregates(now - 2 * 86_400_000, now).await?;
         Ok(format!("{created} partitions created ahead, {dropped} expired dropped, {compressed} chunks compressed"))
     }

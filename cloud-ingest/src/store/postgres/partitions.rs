@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::types::{day_name, parse_day_name, rfc3339, Ts, DAY_MS};
 use super::{pg, Layout, PgOptions, PgStore};
@@ -37,12 +37,10 @@ impl Known {
     }
 }
 
-/// Today, in days since the Unix epoch (UTC).
+/// Today, in days since the Unix epoch (UTC), on the data clock: partitions hold the data's
+/// days, so creating ahead and retention count in the data's time (simulated in the demo).
 fn today() -> i64 {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    ms.div_euclid(DAY_MS)
+    flowsquare_service::clock::now_ms().div_euclid(DAY_MS)
 }
 
 /// Make sure partitions of `readings` and `events` exist for these days (native layout).
@@ -225,10 +223,11 @@ impl PgStore {
         if self.layout().await? != Layout::Timescale {
             return Ok(0);
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let cutoff = i64::try_from(now_ms.saturating_sub(age.as_millis())).unwrap_or(0);
+        // Chunks hold the data's time: their age is on the data clock.
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = flowsquare_service::clock::now_ms()
+            .saturating_sub(age_ms)
+            .max(0);
         let client = self.client().await?;
         let n: i64 = client
             .query_one(

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use flowsquare_service::clock;
 use flowsquare_wire as wire;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -92,7 +93,8 @@ async fn commit_once(
     // 1. Catalogs and checks, before anything is written.
     let mut plans = Vec::with_capacity(batches.len());
     let mut seen = HashMap::new();
-    let now = now_ms();
+    // Received on the data clock, like the SQLite store (it was the wall clock here).
+    let now = clock::now_ms();
     let mut days = BTreeSet::new();
     for b in batches {
         let Some(cat) = catalog(store, &client, &b.site, &b.agent, &b.config_hash).await? else {
@@ -164,7 +166,7 @@ async fn commit_once(
         tx.commit().await.map_err(pg)?;
         return Ok(outcomes);
     }
-    let new = ledger(&tx, &candidates).await?;
+    let new = ledger(&tx, &candidates, now).await?;
     let (stored, known): (Vec<_>, Vec<_>) = candidates
         .into_iter()
         .partition(|(_, b, _)| new.contains(&key(b)));
@@ -224,7 +226,7 @@ async fn commit_once(
     let (minutes, hours) = (minutes.finish(), hours.finish());
     tokio::try_join!(
         insert_events(&tx, &stored),
-        insert_gaps(&tx, &stored),
+        insert_gaps(&tx, &stored, now),
         rollup::upsert(&tx, "rollup_1m", &minutes),
         rollup::upsert(&tx, "rollup_1h", &hours),
     )?;
@@ -237,13 +239,6 @@ async fn commit_once(
         };
     }
     Ok(outcomes)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The ledger key of a batch as stored.
@@ -363,6 +358,7 @@ fn check(b: &wire::Batch, cat: &Catalog, now: i64) -> Result<(), StoreError> {
 async fn ledger<'b>(
     tx: &deadpool_postgres::Transaction<'_>,
     candidates: &[(usize, &'b wire::Batch, &Catalog)],
+    received_ms: i64,
 ) -> Result<HashSet<(&'b str, &'b str, i64, i64)>, StoreError> {
     let n = candidates.len();
     let (mut epoch, mut digest) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -393,8 +389,8 @@ async fn ledger<'b>(
     let st = tx
         .prepare_cached(
             "INSERT INTO flowsquare.batches (site, agent, batch_id, config_hash, created, readings, events, gaps,
-                                             buffer_epoch, digest)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::timestamptz[],
+                                             buffer_epoch, digest, received)
+             SELECT *, $11::timestamptz FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::timestamptz[],
                                   $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[])
              ON CONFLICT (site, agent, buffer_epoch, batch_id) DO NOTHING
              RETURNING site, agent, buffer_epoch, batch_id",
@@ -405,7 +401,17 @@ async fn ledger<'b>(
         .query(
             &st,
             &[
-                &site, &agent, &id, &hash, &created, &readings, &events, &gaps, &epoch, &digest,
+                &site,
+                &agent,
+                &id,
+                &hash,
+                &created,
+                &readings,
+                &events,
+                &gaps,
+                &epoch,
+                &digest,
+                &Ts(received_ms),
             ],
         )
         .await
@@ -488,6 +494,7 @@ async fn insert_events(
 async fn insert_gaps(
     tx: &deadpool_postgres::Transaction<'_>,
     stored: &[(usize, &wire::Batch, &Catalog)],
+    received_ms: i64,
 ) -> Result<(), StoreError> {
     let n: usize = stored.iter().map(|(_, b, _)| b.gaps.len()).sum();
     if n == 0 {
@@ -535,8 +542,8 @@ async fn insert_gaps(
                  FROM unnest($9::int4[], $10::int8[]) WITH ORDINALITY AS t (gap, tag, ord)
                  GROUP BY gap
              )
-             INSERT INTO flowsquare.gaps (site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason, count_known)
-             SELECT g.site, g.agent, g.batch_id, coalesce(t.tags, '{}'), g.from_ts, g.to_ts, g.count, g.reason, g.known
+             INSERT INTO flowsquare.gaps (site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason, count_known, received)
+             SELECT g.site, g.agent, g.batch_id, coalesce(t.tags, '{}'), g.from_ts, g.to_ts, g.count, g.reason, g.known, $12::timestamptz
              FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[], $6::timestamptz[],
                          $7::int8[], $8::text[], $11::bool[]) AS g (i, site, agent, batch_id, from_ts, to_ts, count, reason, known)
              LEFT JOIN t ON t.gap = g.i
@@ -547,7 +554,18 @@ async fn insert_gaps(
     tx.execute(
         &st,
         &[
-            &idx, &site, &agent, &batch, &from, &to, &count, &reason, &tag_gap, &tag_id, &known,
+            &idx,
+            &site,
+            &agent,
+            &batch,
+            &from,
+            &to,
+            &count,
+            &reason,
+            &tag_gap,
+            &tag_id,
+            &known,
+            &Ts(received_ms),
         ],
     )
     .await
@@ -664,14 +682,17 @@ pub(super) async fn birth(
     .map_err(pg)?;
     let rows = tx
         .query(
-            "INSERT INTO flowsquare.tags AS t (site, agent, name, unit, kind, device, description, data_type, interval_ms)
-             SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int8[])
+            "INSERT INTO flowsquare.tags AS t (site, agent, name, unit, kind, device, description, data_type, interval_ms,
+                                               first_seen, updated)
+             SELECT $1, $2, *, $10, $10 FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int8[])
              ON CONFLICT (site, agent, name) DO UPDATE SET
                  unit = excluded.unit, kind = excluded.kind, device = excluded.device,
                  description = excluded.description, data_type = excluded.data_type,
-                 interval_ms = excluded.interval_ms, updated = now()
+                 interval_ms = excluded.interval_ms, updated = excluded.updated
              RETURNING name, id",
-            &[&b.site, &b.agent, &name, &unit, &kind, &device, &desc, &dtype, &interval],
+            &[
+                &b.site, &b.agent, &name, &unit, &kind, &device, &desc, &dtype, &interval, &received,
+            ],
         )
         .await
         .map_err(pg)?;
@@ -771,8 +792,8 @@ async fn record_buffer(
         tracing::warn!(site = %b.site, agent = %b.agent, epoch = buf.epoch, origin = %buf.origin, from, to,
             "the agent's buffer was replaced: recording a gap of unknown count");
         tx.execute(
-            "INSERT INTO flowsquare.gaps (site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason, count_known, detail)
-             VALUES ($1, $2, 0, '{}', $3, $4, 0, $5, false, $6)",
+            "INSERT INTO flowsquare.gaps (site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason, count_known, detail, received)
+             VALUES ($1, $2, 0, '{}', $3, $4, 0, $5, false, $6, $7)",
             &[
                 &b.site,
                 &b.agent,
@@ -780,6 +801,7 @@ async fn record_buffer(
                 &ts_checked(to, "buffer-replaced gap")?,
                 &BUFFER_REPLACED,
                 &detail,
+                &received,
             ],
         )
         .await

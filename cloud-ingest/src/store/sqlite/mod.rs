@@ -86,6 +86,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use flowsquare_service::clock;
 use flowsquare_wire as wire;
 use rusqlite::Connection;
 
@@ -219,12 +220,6 @@ fn configure(conn: &Connection, file: bool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Now, UTC ms, on the data clock (`flowsquare_service::clock`: simulated time in the demo), so
-/// receive times compare with the data's times.
-fn now_ms() -> i64 {
-    flowsquare_service::clock::now_ms()
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<String, StoreError> {
@@ -237,8 +232,9 @@ impl Store for SqliteStore {
         }
         // spawn_blocking needs owned data: the copy costs far less than the inserts.
         let batches = batches.to_vec();
-        self.run(move |c| write::commit(c, &batches, now_ms()))
-            .await
+        // Received on the data clock (simulated time in the demo): compares with the data's times.
+        let now = clock::now_ms();
+        self.run(move |c| write::commit(c, &batches, now)).await
     }
 
     async fn dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
