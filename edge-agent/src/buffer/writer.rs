@@ -13,10 +13,9 @@ use super::codec::{self, Identity};
 use super::config::BufferConfig;
 use super::error::BufferError;
 use super::inflight::Inflight;
-use super::store::{Class, GapRow, LeaseRequest, Leased, NewSegment, Store, StoreFigures};
+use super::store::{Class, LeaseRequest, Leased, NewSegment, Store, StoreFigures};
 use crate::config::{Priority, TagMap};
-use crate::drivers::events::{digest, Cursor};
-use crate::model::Reading;
+use crate::model::{digest, Cursor, EventLedger, GapRow, LedgerFuture, Reading, SharedLedger};
 
 /// Most readings in one segment.
 const SEGMENT_READINGS: usize = 10_000;
@@ -173,34 +172,43 @@ impl CursorBoard {
 /// that its records are committed (only then is the handshake written to the PLC), and a
 /// place to note the handshake.
 #[derive(Clone)]
-pub struct EventLedger {
+pub struct BufferLedger {
     buffer: Buffer,
 }
 
-impl EventLedger {
+impl EventLedger for BufferLedger {
     /// The last committed record of `source`.
-    pub fn cursor(&self, source: &str) -> Option<Cursor> {
+    fn cursor(&self, source: &str) -> Option<Cursor> {
         self.buffer.board.get(source)
     }
 
     /// Wait until `source`'s record `seq` is committed; false after `timeout` (the commit
     /// failed or the buffer is stuck: the driver re-reads the record).
-    pub async fn wait_committed(&self, source: &str, seq: u64, timeout: Duration) -> bool {
-        let mut rx = self.buffer.board.version.subscribe();
-        let board = self.buffer.board.clone();
-        let done = move || board.get(source).is_some_and(|c| c.seq >= seq);
-        tokio::time::timeout(timeout, rx.wait_for(|_| done()))
-            .await
-            .is_ok_and(|r| r.is_ok())
+    fn wait_committed<'a>(
+        &'a self,
+        source: &'a str,
+        seq: u64,
+        timeout: Duration,
+    ) -> LedgerFuture<'a, bool> {
+        Box::pin(async move {
+            let mut rx = self.buffer.board.version.subscribe();
+            let board = self.buffer.board.clone();
+            let done = move || board.get(source).is_some_and(|c| c.seq >= seq);
+            tokio::time::timeout(timeout, rx.wait_for(|_| done()))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        })
     }
 
     /// Note that the handshake of `source`'s record `seq` was written.
-    pub async fn mark_acked(&self, source: &str, seq: u64) {
-        let _ = self
-            .buffer
-            .tx
-            .send(Cmd::Acked(source.to_owned(), seq))
-            .await;
+    fn mark_acked<'a>(&'a self, source: &'a str, seq: u64) -> LedgerFuture<'a, ()> {
+        Box::pin(async move {
+            let _ = self
+                .buffer
+                .tx
+                .send(Cmd::Acked(source.to_owned(), seq))
+                .await;
+        })
     }
 }
 
@@ -314,10 +322,10 @@ impl Buffer {
     }
 
     /// The view of the buffer the event drivers use.
-    pub fn event_ledger(&self) -> EventLedger {
-        EventLedger {
+    pub fn event_ledger(&self) -> SharedLedger {
+        std::sync::Arc::new(BufferLedger {
             buffer: self.clone(),
-        }
+        })
     }
 
     /// Record a known loss to report.

@@ -146,7 +146,7 @@ fn translate_output(table: Option<&Vec<Option<TagId>>>, out: Output) -> (Output,
                 range: lost.iter().copied().min().unwrap_or(0)
                     ..lost.iter().copied().max().unwrap_or(0) + 1,
                 count: lost.len() as u64,
-                reason: "reload-unmapped".into(),
+                reason: crate::model::GapReason::ReloadUnmapped,
             });
             (Output::Readings(kept), gap)
         }
@@ -592,7 +592,7 @@ mod tests {
         assert_eq!(rs.iter().map(|r| r.tag).collect::<Vec<_>>(), vec![5, 0]);
         let gap = gap.expect("one reading had no tag in the new map");
         assert_eq!((gap.count, gap.range.clone()), (1, 110..111));
-        assert_eq!(gap.reason, "reload-unmapped");
+        assert_eq!(gap.reason, crate::model::GapReason::ReloadUnmapped);
         // Gaps of events keep only the tags that still exist.
         let ev = Output::Events {
             events: Vec::new(),
@@ -600,7 +600,7 @@ mod tests {
                 tags: vec![0, 1],
                 range: 0..1,
                 count: 2,
-                reason: "missed-event".into(),
+                reason: crate::model::GapReason::MissedEvent,
             }],
         };
         let (ev, none) = translate_output(Some(&table), ev);

@@ -29,9 +29,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::buffer::GapRow;
 use crate::config::{Device, DeviceDriver, Tag, TagMap};
-use crate::model::{Reading, TagId};
+use crate::model::{GapRow, Reading, TagId};
 use modbus::config::Link;
 use stats::DeviceStats;
 

@@ -16,14 +16,13 @@ use super::config::{TlsDevice, TlsLink, TlsTag};
 use super::error::{FrameError, TlsLinkError};
 use super::frame::{self, Delivery};
 use super::tracker::TrackerState;
-use crate::buffer::GapRow;
 use crate::config::TagMap;
 use crate::drivers::health::Health;
 use crate::drivers::lines::LogLimiter;
 use crate::drivers::modbus::config::{Parity, SerialSettings};
 use crate::drivers::stats::DeviceStats;
 use crate::drivers::Output;
-use crate::model::{now_ms, rfc3339_ms, Quality, Reading, TagId, Value};
+use crate::model::{now_ms, rfc3339_ms, GapRow, Quality, Reading, TagId, Value};
 use flowsquare_wire::{Event, WireValue};
 
 /// A byte stream to the console.
@@ -456,7 +455,7 @@ async fn poll_deliveries(
                 tags: Vec::new(),
                 range: from..to,
                 count: 0,
-                reason: "missed-event".into(),
+                reason: crate::model::GapReason::MissedEvent,
             }
         })
         .collect();

@@ -1,9 +1,17 @@
-//! The data model every stage shares: a tag's reading, its value and its quality.
+//! The data model every stage shares: a tag's reading, its value and its quality; known losses
+//! (`gap.rs`: gap rows with their reason); the event capture vocabulary (`event.rs`: cursor,
+//! digest, the ledger trait the buffer implements).
 //!
 //! A reading is produced for every tag on every poll, good or bad, so that "nothing lost, nothing
 //! invented" can be checked downstream: a bad reading carries no value, only the reason.
 
+pub mod event;
+pub mod gap;
+
 use serde::Serialize;
+
+pub use event::{digest, Cursor, EventLedger, LedgerFuture, SharedLedger};
+pub use gap::{GapReason, GapRow};
 
 /// Index of a tag in the loaded tag map (stable for the lifetime of one loaded config).
 pub type TagId = u32;
