@@ -19,7 +19,8 @@ pub mod store;
 pub mod writer;
 
 pub use crate::model::GapRow;
+pub use codec::Identity;
 pub use config::BufferConfig;
 pub use error::BufferError;
 pub use store::{Class, LeaseOrder, LeaseRequest, Leased, Store, StoreFigures};
-pub use writer::{Buffer, BufferLedger, BufferStats, BufferThread, OutBatch};
+pub use writer::{Buffer, BufferLedger, BufferStats, BufferThread, OutBatch, TagClasses};

@@ -14,7 +14,6 @@ use super::config::BufferConfig;
 use super::error::BufferError;
 use super::inflight::Inflight;
 use super::store::{Class, LeaseRequest, Leased, NewSegment, Store, StoreFigures};
-use crate::config::{Priority, TagMap};
 use crate::model::{digest, Cursor, EventLedger, GapRow, LedgerFuture, Reading, SharedLedger};
 
 /// Most readings in one segment.
@@ -82,23 +81,15 @@ enum Cmd {
     ),
 }
 
-fn classes_of(map: &TagMap) -> Vec<Class> {
-    map.tags
-        .iter()
-        .map(|t| match t.priority {
-            Priority::High => Class::High,
-            Priority::Normal => Class::Normal,
-            Priority::Low => Class::Low,
-        })
-        .collect()
-}
-
-fn identity_of(map: &TagMap) -> Identity {
-    Identity {
-        site: map.agent.site.clone(),
-        agent: map.agent.id.clone(),
-        config_hash: map.hash.clone(),
-    }
+/// What the buffer needs of a tag map: the identity its segments carry and each tag's class
+/// (indexed by tag id). `config/` builds it from a `TagMap` (`From<&TagMap>`), so
+/// `Buffer::start(&map, ..)` reads as before while the buffer never imports the tag map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagClasses {
+    /// Site, agent and tag-map hash.
+    pub identity: Identity,
+    /// Priority class of every tag, by tag id.
+    pub classes: Vec<Class>,
 }
 
 /// Handle to the buffer task (cheap to clone).
@@ -226,7 +217,14 @@ impl BufferThread {
 
 impl Buffer {
     /// Open the store and start the buffer thread.
-    pub fn start(map: &TagMap, cfg: &BufferConfig) -> Result<(Buffer, BufferThread), BufferError> {
+    pub fn start(
+        map: impl Into<TagClasses>,
+        cfg: &BufferConfig,
+    ) -> Result<(Buffer, BufferThread), BufferError> {
+        let TagClasses {
+            identity: id,
+            classes,
+        } = map.into();
         let path = cfg.effective_path();
         let (store, quarantined) = Store::open(&path, cfg.durability(), cfg.bounds())?;
         let stats = Arc::new(BufferStats::default());
@@ -241,8 +239,6 @@ impl Buffer {
         let inflight = store.inflight();
         tracing::info!(epoch = identity.epoch, created_ms = identity.created_ms, origin = %identity.origin,
             note = identity.note.as_deref().unwrap_or(""), "buffer open");
-        let classes = classes_of(map);
-        let id = identity_of(map);
         let (tx, rx) = mpsc::channel(1024);
         let rt = tokio::runtime::Handle::current();
         let st = stats.clone();
@@ -376,8 +372,11 @@ impl Buffer {
     /// Switch to a reloaded tag map: what was handed over before is committed under the old
     /// map's hash (its segments keep it and travel in batches of their own), what comes after
     /// under the new one.
-    pub async fn reconfigure(&self, map: &TagMap) -> Result<(), BufferError> {
-        let (id, classes) = (identity_of(map), classes_of(map));
+    pub async fn reconfigure(&self, map: impl Into<TagClasses>) -> Result<(), BufferError> {
+        let TagClasses {
+            identity: id,
+            classes,
+        } = map.into();
         self.call(|tx| Cmd::Reconfigure(id, classes, tx)).await
     }
 

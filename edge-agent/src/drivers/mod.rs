@@ -20,6 +20,7 @@ pub mod health;
 pub mod lines;
 pub mod modbus;
 pub mod opcua;
+pub mod serial;
 pub mod stats;
 pub mod tls350;
 

@@ -347,6 +347,17 @@ pub fn rfc3339_ms(ts_ms: i64) -> String {
     }
 }
 
+/// A decoded value on the wire (event record fields).
+pub fn wire_value(v: Value) -> flowsquare_wire::WireValue {
+    match v {
+        Value::Bool(b) => flowsquare_wire::WireValue::Bool(b),
+        Value::Int(i) => flowsquare_wire::WireValue::Int(i),
+        Value::UInt(u) => flowsquare_wire::WireValue::UInt(u),
+        Value::Float(f) => flowsquare_wire::WireValue::Float(f),
+        Value::Text(s) => flowsquare_wire::WireValue::Text(s),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
