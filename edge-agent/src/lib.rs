@@ -35,6 +35,7 @@ pub mod config;
 pub mod drivers;
 pub mod metrics;
 pub mod model;
+pub mod runtime;
 pub mod settings;
 pub mod sink;
 pub mod uplink;
