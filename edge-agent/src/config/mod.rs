@@ -5,9 +5,15 @@
 //! problem at once, each at file:line:column with the device or tag it concerns, and never panics.
 //!
 //! - `schema.rs`: the protocol-independent keys (agent, device and tag common keys);
-//! - `validate.rs`: checks across devices and tags (duplicates, overlaps, buses, cycle time);
-//! - `events.rs`: `[[device.event]]` event definitions (batch records), protocol-independent keys; The primitives (diagnostics, spanned parsing, durations) live
-//! in `settings/`, below the drivers that own their protocols' keys.
+//! - `protocol.rs`: the registry of protocols (`ProtocolConfig`, implemented by each driver's
+//!   `config.rs`), with each protocol's own cross-map checks;
+//! - `validate.rs`: checks across devices and tags (duplicates, serial ports, event names; then
+//!   each protocol's checks);
+//! - `events.rs`: `[[device.event]]` event definitions (batch records), protocol-independent keys;
+//! - `birth.rs`: the birth catalog, and the uplink's view of a tag map.
+//!
+//! The primitives (diagnostics, spanned parsing, durations) live in `settings/`, below the
+//! drivers that own their protocols' keys.
 
 pub mod birth;
 pub mod events;
