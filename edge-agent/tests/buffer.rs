@@ -201,7 +201,7 @@ async fn the_event_ledger_confirms_commits_drops_duplicates_and_keeps_the_cursor
         tags: vec![],
         range: t0()..t0() + 5,
         count: 1,
-        reason: "missed-event".into(),
+        reason: edge_agent::model::GapReason::MissedEvent,
     };
     buf.append_events_with_gaps(vec![event(5)], vec![gap.clone()])
         .await

@@ -193,7 +193,9 @@ async fn skipped_records_are_reported_as_missed_event_gaps_with_their_count() {
         vec![9991, 9993, 10_001]
     );
     assert_eq!(gaps.len(), 2, "{gaps:?}");
-    assert!(gaps.iter().all(|g| g.reason == "missed-event"));
+    assert!(gaps
+        .iter()
+        .all(|g| g.reason == edge_agent::model::GapReason::MissedEvent));
     assert_eq!(gaps.iter().map(|g| g.count).collect::<Vec<_>>(), vec![1, 7]);
     // The totalizers show the volume of the records never seen (measurement.md §3).
     let total = |e: &Event, name: &str| match field(e, name) {

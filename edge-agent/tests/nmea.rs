@@ -509,7 +509,7 @@ fn gps_and_tank_gauge_devices_are_in_the_birth_catalog() {
         "{}\n[[device]]\nname = \"atg\"\nprotocol = \"tls-350\"\nhost = \"10.0.0.2\"\n  [[device.tag]]\n  name = \"tank-1/volume\"\n  tank = 1\n  field = \"volume\"\n",
         agent_map("protocol = \"gpsd\"", &["latitude", "satellites"])
     ));
-    let b = edge_agent::uplink::birth(&m);
+    let b = edge_agent::config::birth(&m);
     let protocols: Vec<&str> = b.devices.iter().map(|d| d.protocol.as_str()).collect();
     assert_eq!(protocols, vec!["gpsd", "tls-350"]);
     let types: Vec<(&str, &str)> = b

@@ -157,7 +157,7 @@ async fn opcua_skipped_record_is_one_missed_event_gap() {
     run.stop().await;
     assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![41, 43]);
     assert_eq!(gaps.len(), 1, "{gaps:?}");
-    assert_eq!(gaps[0].reason, "missed-event");
+    assert_eq!(gaps[0].reason, edge_agent::model::GapReason::MissedEvent);
     assert_eq!(gaps[0].count, 1);
 }
 

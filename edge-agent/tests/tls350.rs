@@ -393,7 +393,7 @@ async fn deliveries_become_events_once_across_a_restart() {
         })
         .collect();
     assert_eq!(gaps.len(), 1, "{gaps:?}");
-    assert_eq!(gaps[0].reason, "missed-event");
+    assert_eq!(gaps[0].reason, edge_agent::model::GapReason::MissedEvent);
     // After 14:30 (UTC+2) on the 15th, before 16:00 on the 16th.
     assert_eq!(
         gaps[0].range,

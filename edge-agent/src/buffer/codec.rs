@@ -4,8 +4,8 @@
 use flowsquare_wire as wire;
 
 use super::error::BufferError;
-use super::store::{Class, GapRow, Leased, NewSegment};
-use crate::model::{CounterEvent, Quality, Reading, Value};
+use super::store::{Class, Leased, NewSegment};
+use crate::model::{CounterEvent, GapReason, GapRow, Quality, Reading, Value};
 
 /// Who the batches are from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,11 +97,11 @@ pub fn encode_events(id: &Identity, events: Vec<wire::Event>) -> Result<NewSegme
 }
 
 fn gap_to_wire(g: &GapRow) -> wire::Gap {
-    let reason = match g.reason.as_str() {
-        "buffer-full" => wire::GapReason::BufferFull,
-        "buffer-age" => wire::GapReason::BufferAge,
-        "missed-event" => wire::GapReason::MissedEvent,
-        other => wire::GapReason::Other(other.to_owned()),
+    let reason = match &g.reason {
+        GapReason::BufferFull => wire::GapReason::BufferFull,
+        GapReason::BufferAge => wire::GapReason::BufferAge,
+        GapReason::MissedEvent => wire::GapReason::MissedEvent,
+        other => wire::GapReason::Other(other.as_str().to_owned()),
     };
     match g.known_count() {
         Some(n) => wire::Gap::counted(g.tags.clone(), g.range.start, g.range.end, n, reason),

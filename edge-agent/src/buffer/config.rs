@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::store::{Bounds, Durability};
-use crate::config::duration;
+use crate::settings::duration;
 
 /// Default size bound: 1 GiB.
 pub const DEFAULT_MAX_SIZE: u64 = 1 << 30;

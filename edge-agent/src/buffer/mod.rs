@@ -18,7 +18,9 @@ pub mod salvage;
 pub mod store;
 pub mod writer;
 
+pub use crate::model::GapRow;
+pub use codec::Identity;
 pub use config::BufferConfig;
 pub use error::BufferError;
-pub use store::{Class, GapRow, LeaseOrder, LeaseRequest, Leased, Store, StoreFigures};
-pub use writer::{Buffer, BufferStats, BufferThread, EventLedger, OutBatch};
+pub use store::{Class, LeaseOrder, LeaseRequest, Leased, Store, StoreFigures};
+pub use writer::{Buffer, BufferLedger, BufferStats, BufferThread, OutBatch, TagClasses};

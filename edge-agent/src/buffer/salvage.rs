@@ -394,7 +394,11 @@ pub fn salvage(
             span.0 = Some((lo.max(now - bounds.max_age_ms).min(hi), hi));
         }
         if let Some((lo, hi)) = span.0 {
-            let g = super::GapRow::uncounted(Vec::new(), lo..hi.max(lo), "buffer-damaged");
+            let g = super::GapRow::uncounted(
+                Vec::new(),
+                lo..hi.max(lo),
+                crate::model::GapReason::BufferDamaged,
+            );
             insert_gap(&tx, &g)?;
             report.lost_range = Some(g.range);
         }
@@ -429,7 +433,7 @@ fn insert_gap(tx: &Transaction<'_>, g: &super::GapRow) -> Result<(), BufferError
             g.range.start,
             g.range.end,
             count_sql(g.count),
-            g.reason
+            g.reason.as_str()
         ],
     )?;
     Ok(())

@@ -123,6 +123,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::error::BufferError;
 use super::inflight::{self, Inflight};
+use crate::model::{GapReason, GapRow};
 
 /// Priority class of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -215,40 +216,6 @@ impl DropReason {
             DropReason::BufferFull => "buffer-full",
             DropReason::BufferAge => "buffer-age",
         }
-    }
-}
-
-/// A known loss, to be reported to the cloud.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GapRow {
-    /// Tag ids concerned.
-    pub tags: Vec<u32>,
-    /// Time range of the lost readings.
-    pub range: Range<i64>,
-    /// Readings lost ([`GapRow::UNKNOWN_COUNT`]: not known, see [`GapRow::uncounted`]).
-    pub count: u64,
-    /// Why.
-    pub reason: String,
-}
-
-impl GapRow {
-    /// `count` of a gap whose number of readings is not known (stored as -1; sent as a gap of
-    /// unknown count, `wire::Gap::uncounted`). Never add it up: use [`GapRow::known_count`].
-    pub const UNKNOWN_COUNT: u64 = u64::MAX;
-
-    /// A loss over `range` whose count is not known.
-    pub fn uncounted(tags: Vec<u32>, range: Range<i64>, reason: &str) -> GapRow {
-        GapRow {
-            tags,
-            range,
-            count: Self::UNKNOWN_COUNT,
-            reason: reason.into(),
-        }
-    }
-
-    /// The count, when known.
-    pub fn known_count(&self) -> Option<u64> {
-        (self.count != Self::UNKNOWN_COUNT).then_some(self.count)
     }
 }
 
@@ -475,9 +442,9 @@ pub(super) fn crash_gap(
             tags: Vec::new(),
             range,
             count: n,
-            reason: "unclean-shutdown".into(),
+            reason: crate::model::GapReason::UncleanShutdown,
         },
-        None => GapRow::uncounted(Vec::new(), range, "unclean-shutdown"),
+        None => GapRow::uncounted(Vec::new(), range, crate::model::GapReason::UncleanShutdown),
     }
 }
 
@@ -1007,7 +974,7 @@ impl Store {
         &mut self,
         seg: Option<&NewSegment>,
         gaps: &[GapRow],
-        cursors: &[(String, crate::drivers::events::Cursor)],
+        cursors: &[(String, crate::model::Cursor)],
     ) -> Result<(), BufferError> {
         let now = now_ms();
         let tx = self
@@ -1038,7 +1005,7 @@ impl Store {
                     gap.range.start,
                     gap.range.end,
                     count_sql(gap.count),
-                    gap.reason
+                    gap.reason.as_str()
                 ],
             )?;
         }
@@ -1068,16 +1035,14 @@ impl Store {
     }
 
     /// The cursor of every event definition that committed a record.
-    pub fn event_cursors(
-        &self,
-    ) -> Result<Vec<(String, crate::drivers::events::Cursor)>, BufferError> {
+    pub fn event_cursors(&self) -> Result<Vec<(String, crate::model::Cursor)>, BufferError> {
         let mut st = self.conn.prepare(
             "SELECT source, seq, digest, ts_ms, acked FROM event_cursor ORDER BY source",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                crate::drivers::events::Cursor {
+                crate::model::Cursor {
                     seq: r.get::<_, i64>(1)? as u64,
                     digest: r.get::<_, i64>(2)? as u64,
                     ts_ms: r.get(3)?,
@@ -1097,7 +1062,7 @@ impl Store {
                 gap.range.start,
                 gap.range.end,
                 count_sql(gap.count),
-                gap.reason
+                gap.reason.as_str()
             ],
         )?;
         Ok(())
@@ -1216,7 +1181,7 @@ impl Store {
                 tags: tags_from_blob(&tags),
                 range: r.get(1)?..r.get(2)?,
                 count: count_from_sql(r.get(3)?),
-                reason: r.get(4)?,
+                reason: GapReason::parse(&r.get::<_, String>(4)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -1468,7 +1433,7 @@ mod tests {
 
     #[test]
     fn event_cursors_are_committed_with_their_events_and_survive_a_reopen() {
-        use crate::drivers::events::Cursor;
+        use crate::model::Cursor;
         let d = tempfile::tempdir().expect("tmp");
         let mut s = open(d.path(), u64::MAX);
         assert!(s.event_cursors().expect("cursors").is_empty());
@@ -1482,7 +1447,7 @@ mod tests {
             tags: vec![],
             range: 1..5,
             count: 1,
-            reason: "missed-event".into(),
+            reason: crate::model::GapReason::MissedEvent,
         };
         s.append_events(
             Some(&seg(Class::Event, 0, 1, 10)),
@@ -1618,7 +1583,7 @@ mod tests {
         assert!(l
             .gaps
             .iter()
-            .all(|g| g.reason == "buffer-full" && g.tags == vec![1, 2]));
+            .all(|g| g.reason == crate::model::GapReason::BufferFull && g.tags == vec![1, 2]));
         assert_eq!(l.gaps.iter().map(|g| g.count).sum::<u64>(), f.dropped_full);
     }
 
@@ -1713,7 +1678,7 @@ mod tests {
         let mut s = open(d.path(), u64::MAX);
         let l = s.lease(&all(100)).expect("lease").expect("some");
         assert_eq!(l.gaps.len(), 1);
-        assert_eq!(l.gaps[0].reason, "unclean-shutdown");
+        assert_eq!(l.gaps[0].reason, crate::model::GapReason::UncleanShutdown);
         assert!(l.gaps[0].tags.is_empty(), "all tags");
     }
 
@@ -1845,7 +1810,7 @@ mod tests {
         let mut s = open(d.path(), u64::MAX);
         let l = s.lease(&all(100)).expect("lease").expect("some");
         assert_eq!(l.gaps.len(), 1);
-        assert_eq!(l.gaps[0].reason, "unclean-shutdown");
+        assert_eq!(l.gaps[0].reason, crate::model::GapReason::UncleanShutdown);
         assert_eq!(l.gaps[0].known_count(), Some(20), "handed 30, committed 10");
         // Without the side file the count is unknown.
         let side = inflight::side_path(&d.path().join("buffer.db"));
@@ -1900,7 +1865,7 @@ mod tests {
         let damaged: Vec<_> = l
             .gaps
             .iter()
-            .filter(|g| g.reason == "buffer-damaged")
+            .filter(|g| g.reason == crate::model::GapReason::BufferDamaged)
             .collect();
         assert_eq!(damaged.len(), 1);
         assert_eq!(
@@ -1945,9 +1910,8 @@ mod tests {
         let l = s.lease(&all(u64::MAX)).expect("lease").expect("some");
         if f.salvaged_readings + f.damaged_readings < total {
             assert!(
-                l.gaps
-                    .iter()
-                    .any(|g| g.known_count().is_none() && g.reason == "buffer-damaged"),
+                l.gaps.iter().any(|g| g.known_count().is_none()
+                    && g.reason == crate::model::GapReason::BufferDamaged),
                 "what could not be read is a gap of unknown count: {:?} {note}",
                 l.gaps
             );

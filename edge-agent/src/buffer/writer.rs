@@ -13,10 +13,8 @@ use super::codec::{self, Identity};
 use super::config::BufferConfig;
 use super::error::BufferError;
 use super::inflight::Inflight;
-use super::store::{Class, GapRow, LeaseRequest, Leased, NewSegment, Store, StoreFigures};
-use crate::config::{Priority, TagMap};
-use crate::drivers::events::{digest, Cursor};
-use crate::model::Reading;
+use super::store::{Class, LeaseRequest, Leased, NewSegment, Store, StoreFigures};
+use crate::model::{digest, Cursor, EventLedger, GapRow, LedgerFuture, Reading, SharedLedger};
 
 /// Most readings in one segment.
 const SEGMENT_READINGS: usize = 10_000;
@@ -83,23 +81,15 @@ enum Cmd {
     ),
 }
 
-fn classes_of(map: &TagMap) -> Vec<Class> {
-    map.tags
-        .iter()
-        .map(|t| match t.priority {
-            Priority::High => Class::High,
-            Priority::Normal => Class::Normal,
-            Priority::Low => Class::Low,
-        })
-        .collect()
-}
-
-fn identity_of(map: &TagMap) -> Identity {
-    Identity {
-        site: map.agent.site.clone(),
-        agent: map.agent.id.clone(),
-        config_hash: map.hash.clone(),
-    }
+/// What the buffer needs of a tag map: the identity its segments carry and each tag's class
+/// (indexed by tag id). `config/` builds it from a `TagMap` (`From<&TagMap>`), so
+/// `Buffer::start(&map, ..)` reads as before while the buffer never imports the tag map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagClasses {
+    /// Site, agent and tag-map hash.
+    pub identity: Identity,
+    /// Priority class of every tag, by tag id.
+    pub classes: Vec<Class>,
 }
 
 /// Handle to the buffer task (cheap to clone).
@@ -173,34 +163,43 @@ impl CursorBoard {
 /// that its records are committed (only then is the handshake written to the PLC), and a
 /// place to note the handshake.
 #[derive(Clone)]
-pub struct EventLedger {
+pub struct BufferLedger {
     buffer: Buffer,
 }
 
-impl EventLedger {
+impl EventLedger for BufferLedger {
     /// The last committed record of `source`.
-    pub fn cursor(&self, source: &str) -> Option<Cursor> {
+    fn cursor(&self, source: &str) -> Option<Cursor> {
         self.buffer.board.get(source)
     }
 
     /// Wait until `source`'s record `seq` is committed; false after `timeout` (the commit
     /// failed or the buffer is stuck: the driver re-reads the record).
-    pub async fn wait_committed(&self, source: &str, seq: u64, timeout: Duration) -> bool {
-        let mut rx = self.buffer.board.version.subscribe();
-        let board = self.buffer.board.clone();
-        let done = move || board.get(source).is_some_and(|c| c.seq >= seq);
-        tokio::time::timeout(timeout, rx.wait_for(|_| done()))
-            .await
-            .is_ok_and(|r| r.is_ok())
+    fn wait_committed<'a>(
+        &'a self,
+        source: &'a str,
+        seq: u64,
+        timeout: Duration,
+    ) -> LedgerFuture<'a, bool> {
+        Box::pin(async move {
+            let mut rx = self.buffer.board.version.subscribe();
+            let board = self.buffer.board.clone();
+            let done = move || board.get(source).is_some_and(|c| c.seq >= seq);
+            tokio::time::timeout(timeout, rx.wait_for(|_| done()))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        })
     }
 
     /// Note that the handshake of `source`'s record `seq` was written.
-    pub async fn mark_acked(&self, source: &str, seq: u64) {
-        let _ = self
-            .buffer
-            .tx
-            .send(Cmd::Acked(source.to_owned(), seq))
-            .await;
+    fn mark_acked<'a>(&'a self, source: &'a str, seq: u64) -> LedgerFuture<'a, ()> {
+        Box::pin(async move {
+            let _ = self
+                .buffer
+                .tx
+                .send(Cmd::Acked(source.to_owned(), seq))
+                .await;
+        })
     }
 }
 
@@ -218,7 +217,14 @@ impl BufferThread {
 
 impl Buffer {
     /// Open the store and start the buffer thread.
-    pub fn start(map: &TagMap, cfg: &BufferConfig) -> Result<(Buffer, BufferThread), BufferError> {
+    pub fn start(
+        map: impl Into<TagClasses>,
+        cfg: &BufferConfig,
+    ) -> Result<(Buffer, BufferThread), BufferError> {
+        let TagClasses {
+            identity: id,
+            classes,
+        } = map.into();
         let path = cfg.effective_path();
         let (store, quarantined) = Store::open(&path, cfg.durability(), cfg.bounds())?;
         let stats = Arc::new(BufferStats::default());
@@ -233,8 +239,6 @@ impl Buffer {
         let inflight = store.inflight();
         tracing::info!(epoch = identity.epoch, created_ms = identity.created_ms, origin = %identity.origin,
             note = identity.note.as_deref().unwrap_or(""), "buffer open");
-        let classes = classes_of(map);
-        let id = identity_of(map);
         let (tx, rx) = mpsc::channel(1024);
         let rt = tokio::runtime::Handle::current();
         let st = stats.clone();
@@ -314,10 +318,10 @@ impl Buffer {
     }
 
     /// The view of the buffer the event drivers use.
-    pub fn event_ledger(&self) -> EventLedger {
-        EventLedger {
+    pub fn event_ledger(&self) -> SharedLedger {
+        std::sync::Arc::new(BufferLedger {
             buffer: self.clone(),
-        }
+        })
     }
 
     /// Record a known loss to report.
@@ -368,8 +372,11 @@ impl Buffer {
     /// Switch to a reloaded tag map: what was handed over before is committed under the old
     /// map's hash (its segments keep it and travel in batches of their own), what comes after
     /// under the new one.
-    pub async fn reconfigure(&self, map: &TagMap) -> Result<(), BufferError> {
-        let (id, classes) = (identity_of(map), classes_of(map));
+    pub async fn reconfigure(&self, map: impl Into<TagClasses>) -> Result<(), BufferError> {
+        let TagClasses {
+            identity: id,
+            classes,
+        } = map.into();
         self.call(|tx| Cmd::Reconfigure(id, classes, tx)).await
     }
 

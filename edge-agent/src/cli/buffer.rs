@@ -55,7 +55,7 @@ pub enum BufferCommand {
 
 /// Parse an RFC 3339 time or a duration ago (`"2d"`, `"36h"`) into UTC ms.
 pub fn parse_time(s: &str) -> Result<i64, CliError> {
-    if let Ok(d) = crate::config::duration::parse(s) {
+    if let Ok(d) = crate::settings::duration::parse(s) {
         return Ok(now_ms() - d.as_millis() as i64);
     }
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
@@ -178,14 +178,14 @@ fn status(config: &Path, format: &str) -> Result<ExitCode, CliError> {
         (Some(t), Some(a)) => println!(
             "  oldest unsent     {} ({})",
             rfc3339_ms(t),
-            crate::config::duration::format(std::time::Duration::from_secs_f64(a))
+            crate::settings::duration::format(std::time::Duration::from_secs_f64(a))
         ),
         _ => println!("  oldest unsent     - (empty)"),
     }
     match (rate, eta) {
         (Some(r), Some(e)) => println!(
             "  drain rate        {r:.0} readings/s, empty in about {}",
-            crate::config::duration::format(std::time::Duration::from_secs_f64(e))
+            crate::settings::duration::format(std::time::Duration::from_secs_f64(e))
         ),
         (Some(r), None) => println!("  drain rate        {r:.0} readings/s"),
         (None, _) => println!(
@@ -250,7 +250,7 @@ fn export(
     let tmp = out.with_extension("partial");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
     file.write_all(EXPORT_MAGIC)?;
-    let mut birth = crate::uplink::birth(&map);
+    let mut birth = crate::config::birth(&map);
     birth.buffer = Some(store.identity().clone());
     let birth = birth.encode();
     file.write_all(&(birth.len() as u32).to_be_bytes())?;

@@ -143,7 +143,7 @@ pub enum Command {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    crate::config::duration::parse(s)
+    crate::settings::duration::parse(s)
 }
 
 /// Print diagnostics to stderr (errors and warnings); returns the error count.

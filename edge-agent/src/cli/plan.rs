@@ -4,10 +4,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::CliError;
-use crate::config::{duration, TagMap};
+use crate::config::TagMap;
 use crate::drivers::modbus::config::Link;
 use crate::drivers::modbus::plan;
 use crate::drivers::opcua::config::{Auth, Mode, OpcUaDevice};
+use crate::settings::duration;
 
 /// The Modbus read requests of one cycle of device `di` (`None`: not a Modbus device).
 fn requests(map: &TagMap, di: usize) -> Option<(Vec<plan::ReadRequest>, plan::CycleEstimate)> {

@@ -114,11 +114,11 @@ pub async fn nmea(
         data_bits: 8,
         stop_bits: 1,
     };
-    let port = crate::drivers::tls350::run::open_serial(&s)
+    let port = crate::drivers::serial::open_serial(&s)
         .map_err(|e| CliError::Device(format!("cannot open {serial}: {e}")))?;
     println!(
         "listening to {serial} at {baud} baud for {}…",
-        crate::config::duration::format(seconds)
+        crate::settings::duration::format(seconds)
     );
     let (good, bad) = listen(port, seconds).await?;
     println!("{good} sentence(s) decoded, {bad} dropped");
@@ -149,7 +149,7 @@ pub async fn gpsd(host: &str, port: u16, seconds: Duration) -> Result<ExitCode, 
     conn.write_all(g::WATCH.as_bytes()).await?;
     println!(
         "watching gpsd at {host}:{port} for {}…",
-        crate::config::duration::format(seconds)
+        crate::settings::duration::format(seconds)
     );
     let mut split = LineSplitter::new(64 * 1024);
     let (mut used, mut bad) = (0u64, 0u64);

@@ -9,10 +9,11 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use super::diag::Diagnostics;
-use super::parse::{self, as_table, as_table_array, part, report_unknown_keys, STable};
 use super::protocol::ProtocolConfig;
-use super::{duration, DeviceDriver, TagSource};
+use super::{DeviceDriver, TagSource};
+use crate::settings::diag::Diagnostics;
+use crate::settings::duration;
+use crate::settings::parse::{self, as_table, as_table_array, part, report_unknown_keys, STable};
 
 /// Default event kind.
 pub const DEFAULT_KIND: &str = "gantry-batch";

@@ -4,17 +4,19 @@
 //! tables. `config/agent.example.toml` documents every key by example. Loading reports every
 //! problem at once, each at file:line:column with the device or tag it concerns, and never panics.
 //!
-//! - `diag.rs`: diagnostics and their locations;
-//! - `parse.rs`: deserializing parts of spanned tables one struct at a time;
 //! - `schema.rs`: the protocol-independent keys (agent, device and tag common keys);
-//! - `validate.rs`: checks across devices and tags (duplicates, overlaps, buses, cycle time);
+//! - `protocol.rs`: the registry of protocols (`ProtocolConfig`, implemented by each driver's
+//!   `config.rs`), with each protocol's own cross-map checks;
+//! - `validate.rs`: checks across devices and tags (duplicates, serial ports, event names; then
+//!   each protocol's checks);
 //! - `events.rs`: `[[device.event]]` event definitions (batch records), protocol-independent keys;
-//! - `duration.rs`: `"500ms"`-style durations.
+//! - `birth.rs`: the birth catalog, and the uplink's view of a tag map.
+//!
+//! The primitives (diagnostics, spanned parsing, durations) live in `settings/`, below the
+//! drivers that own their protocols' keys.
 
-pub mod diag;
-pub mod duration;
+pub mod birth;
 pub mod events;
-pub mod parse;
 pub mod protocol;
 pub mod schema;
 mod validate;
@@ -22,14 +24,17 @@ mod validate;
 use std::path::Path;
 use std::time::Duration;
 
-pub use diag::{Diagnostic, Diagnostics, Severity};
+pub use crate::settings::diag::{Diagnostic, Diagnostics, Severity};
+pub use birth::birth;
 pub use events::{EventDef, EventField, Handshake, HandshakeValue, Trigger, TriggerMode};
 pub use schema::{AgentConfig, Deadband, Priority, TagKind};
 
 use crate::drivers::modbus::config as mb;
 use crate::drivers::opcua::config as ua;
 use crate::model::TagId;
-use parse::{as_table, as_table_array, part, report_unknown_keys, str_key, STable, Spans};
+use crate::settings::parse::{
+    self, as_table, as_table_array, part, report_unknown_keys, str_key, STable, Spans,
+};
 use schema::{DeviceCommon, TagCommon};
 
 /// Errors of the config stage.
@@ -306,6 +311,35 @@ impl TagMap {
     /// The tag called `name`.
     pub fn tag_by_name(&self, name: &str) -> Option<&Tag> {
         self.tags.iter().find(|t| t.name == name)
+    }
+}
+
+impl From<&TagMap> for crate::buffer::TagClasses {
+    /// The buffer's view of a tag map: its identity and each tag's priority class.
+    fn from(map: &TagMap) -> Self {
+        use crate::buffer::Class;
+        crate::buffer::TagClasses {
+            identity: crate::buffer::Identity {
+                site: map.agent.site.clone(),
+                agent: map.agent.id.clone(),
+                config_hash: map.hash.clone(),
+            },
+            classes: map
+                .tags
+                .iter()
+                .map(|t| match t.priority {
+                    Priority::High => Class::High,
+                    Priority::Normal => Class::Normal,
+                    Priority::Low => Class::Low,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&std::sync::Arc<TagMap>> for crate::buffer::TagClasses {
+    fn from(map: &std::sync::Arc<TagMap>) -> Self {
+        Self::from(&**map)
     }
 }
 

@@ -5,9 +5,9 @@
 //! and how a device or tag table becomes its resolved type. Adding a protocol is one
 //! implementation plus one line in [`for_protocol`] and [`PROTOCOLS`].
 
-use super::diag::Diagnostics;
-use super::parse::{STable, Spans};
-use super::{DeviceDriver, TagSource};
+use super::{Device, DeviceDriver, Tag, TagSource};
+use crate::settings::diag::Diagnostics;
+use crate::settings::parse::{STable, Spans};
 
 /// The protocols a device's `protocol` key may name, in the order error messages list them.
 pub const PROTOCOLS: &[&str] = &[
@@ -56,6 +56,28 @@ pub trait ProtocolConfig: Sync {
         subject: &str,
         diags: &mut Diagnostics,
     ) -> Option<TagSource>;
+
+    /// Checks of this protocol's devices and tags across the whole map, after every device and
+    /// tag was read (`devices`/`tags` hold every protocol's; spans index like them).
+    fn check(
+        &self,
+        _devices: &[Device],
+        _tags: &[Tag],
+        _device_spans: &[Spans],
+        _tag_spans: &[Spans],
+        _diags: &mut Diagnostics,
+    ) {
+    }
+}
+
+/// Every protocol's config part once, in registry order (cross-map checks run in this order).
+pub fn all() -> [&'static dyn ProtocolConfig; 4] {
+    [
+        &crate::drivers::modbus::config::Protocol,
+        &crate::drivers::opcua::config::Protocol,
+        &crate::drivers::gps::config::Protocol,
+        &crate::drivers::tls350::config::Protocol,
+    ]
 }
 
 /// The config part of the driver for `protocol`.

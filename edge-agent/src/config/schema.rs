@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use super::duration;
+use crate::settings::duration;
 
 /// Default poll interval of a device.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);

@@ -20,6 +20,7 @@ pub mod health;
 pub mod lines;
 pub mod modbus;
 pub mod opcua;
+pub mod serial;
 pub mod stats;
 pub mod tls350;
 
@@ -29,9 +30,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::buffer::GapRow;
 use crate::config::{Device, DeviceDriver, Tag, TagMap};
-use crate::model::{Reading, TagId};
+use crate::model::{GapRow, Reading, TagId};
 use modbus::config::Link;
 use stats::DeviceStats;
 

@@ -139,9 +139,9 @@ pub fn event_line(e: &flowsquare_wire::Event) -> String {
 
 /// One detected loss as a JSON line:
 /// `{"gap":"missed-event","from":"...","to":"...","count":N,"tags":[...]}`.
-pub fn gap_line(g: &crate::buffer::GapRow) -> String {
+pub fn gap_line(g: &crate::model::GapRow) -> String {
     serde_json::json!({
-        "gap": g.reason,
+        "gap": g.reason.as_str(),
         "from": rfc3339_ms(g.range.start),
         "to": rfc3339_ms(g.range.end),
         "count": g.count,

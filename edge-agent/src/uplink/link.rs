@@ -8,7 +8,7 @@ use rumqttc::{ConnectionError, Event, LastWill, MqttOptions, Packet, QoS};
 
 use super::config::UplinkConfig;
 use super::error::UplinkError;
-use crate::config::TagMap;
+use super::Catalog;
 use crate::model::now_ms;
 use flowsquare_wire as wire;
 
@@ -70,14 +70,14 @@ fn hint(refused_auth: bool) -> &'static str {
 /// Connect options for `cfg` (credentials, TLS, Last Will), for the configured protocol.
 pub fn open(
     cfg: &UplinkConfig,
-    map: &TagMap,
+    map: &impl Catalog,
     topics: &wire::Topics,
 ) -> Result<(Client, Events), UplinkError> {
     let addr = cfg.broker_addr().map_err(UplinkError::Config)?;
     let client_id = cfg
         .client_id
         .clone()
-        .unwrap_or_else(|| format!("fs-{}-{}", map.agent.site, map.agent.id));
+        .unwrap_or_else(|| format!("fs-{}-{}", map.site(), map.agent()));
     let creds = cfg.read_credentials().map_err(UplinkError::Config)?;
     let transport = if addr.tls {
         Some(rumqttc::Transport::tls_with_config(

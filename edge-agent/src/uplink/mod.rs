@@ -5,6 +5,7 @@
 //! - `run.rs`: the event loop around it (birth, status/Last Will, acks, heartbeat);
 //! - `link.rs`: MQTT 3.1.1 and 5 (rumqttc) behind one interface;
 //! - `config.rs`: `[uplink]`;
+//! - [`Catalog`]: what the uplink needs of a tag map (implemented in `config/birth.rs`);
 //! - `error.rs`: `UplinkError`.
 
 pub mod config;
@@ -15,4 +16,22 @@ pub mod state;
 
 pub use config::UplinkConfig;
 pub use error::UplinkError;
-pub use run::{birth, run, supervise};
+pub use run::{run, supervise};
+
+use flowsquare_wire as wire;
+
+/// What the uplink needs of a tag map: the identity it connects and publishes as, and the birth
+/// catalog it announces. `config/` implements it for `TagMap`, so the uplink never imports the
+/// tag map.
+pub trait Catalog: Send + Sync + 'static {
+    /// Site id.
+    fn site(&self) -> &str;
+    /// Agent id.
+    fn agent(&self) -> &str;
+    /// Hash of the tag map.
+    fn config_hash(&self) -> &str;
+    /// Number of tags.
+    fn tag_count(&self) -> usize;
+    /// The birth message (catalog of devices, tags and event definitions; no buffer identity).
+    fn birth(&self) -> wire::Birth;
+}

@@ -19,74 +19,17 @@ use flowsquare_wire as wire;
 use super::config::UplinkConfig;
 use super::error::UplinkError;
 use super::state::{Next, UplinkState};
+use super::Catalog;
 use crate::buffer::{Buffer, LeaseOrder, LeaseRequest};
-use crate::config::TagMap;
 use crate::metrics::Telemetry;
 use crate::model::now_ms;
 
 /// Tick of the send loop.
 const TICK: Duration = Duration::from_millis(50);
 
-/// The birth message of a tag map.
-pub fn birth(map: &TagMap) -> wire::Birth {
-    wire::Birth {
-        v: 1,
-        site: map.agent.site.clone(),
-        agent: map.agent.id.clone(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        config_hash: map.hash.clone(),
-        started_ms: now_ms(),
-        devices: map
-            .devices
-            .iter()
-            .map(|d| wire::DeviceInfo {
-                name: d.name.clone(),
-                protocol: d.driver.protocol().into(),
-                description: d.description.clone(),
-            })
-            .collect(),
-        tags: map
-            .tags
-            .iter()
-            .map(|t| wire::TagInfo {
-                id: t.id,
-                name: t.name.clone(),
-                unit: t.unit.clone(),
-                kind: t.kind.as_str().into(),
-                device: map.devices[t.device].name.clone(),
-                description: t.description.clone(),
-                data_type: t.source.data_type().into(),
-                poll_interval_ms: map.devices[t.device].poll_interval.as_millis() as u64,
-            })
-            .collect(),
-        events: map
-            .events()
-            .map(|(di, e)| wire::EventInfo {
-                name: e.name.clone(),
-                kind: e.kind.clone(),
-                device: map.devices[di].name.clone(),
-                description: e.description.clone(),
-                trigger: e.trigger.mode.as_str().into(),
-                seq_rollover: (e.trigger.mode == crate::config::TriggerMode::Sequence)
-                    .then_some(e.seq_rollover),
-                fields: e
-                    .fields
-                    .iter()
-                    .map(|f| wire::EventFieldInfo {
-                        name: f.name.clone(),
-                        data_type: f.source.data_type().into(),
-                        unit: f.unit.clone(),
-                    })
-                    .collect(),
-            })
-            .collect(),
-        buffer: None,
-    }
-}
-
 /// The encoded birth of `map`, naming the buffer it sends from.
-fn birth_of(map: &TagMap, identity: &wire::messages::BufferIdentity) -> Vec<u8> {
-    let mut b = birth(map);
+fn birth_of(map: &impl Catalog, identity: &wire::messages::BufferIdentity) -> Vec<u8> {
+    let mut b = map.birth();
     b.buffer = Some(identity.clone());
     b.encode()
 }
@@ -96,9 +39,9 @@ fn birth_of(map: &TagMap, identity: &wire::messages::BufferIdentity) -> Vec<u8> 
 /// (1 s doubling to 30 s, back to 1 s after a minute of running). While it is down,
 /// `flowsquare_uplink_running` and `flowsquare_mqtt_connected` are 0 and the uplink feeds no
 /// watchdog progress. Returns after `shutdown` (the uplink drained as in [`run`]).
-pub async fn supervise(
+pub async fn supervise<C: Catalog>(
     cfg: UplinkConfig,
-    maps: watch::Receiver<Arc<TagMap>>,
+    maps: watch::Receiver<Arc<C>>,
     buffer: Buffer,
     telemetry: Arc<Telemetry>,
     mut shutdown: watch::Receiver<bool>,
@@ -189,9 +132,9 @@ pub(super) fn tls_config(cfg: &UplinkConfig) -> Result<rustls::ClientConfig, Upl
 
 /// Run the uplink until `shutdown`; then drain (send what the buffer still holds and wait for
 /// the acknowledgements, up to `drain_timeout`) and disconnect with a retained offline status.
-pub async fn run(
+pub async fn run<C: Catalog>(
     cfg: UplinkConfig,
-    mut maps: watch::Receiver<Arc<TagMap>>,
+    mut maps: watch::Receiver<Arc<C>>,
     buffer: Buffer,
     telemetry: Arc<Telemetry>,
     mut shutdown: watch::Receiver<bool>,
@@ -199,10 +142,10 @@ pub async fn run(
     let map = maps.borrow_and_update().clone();
     let topics = wire::Topics::new(
         cfg.topic_root.clone(),
-        map.agent.site.clone(),
-        map.agent.id.clone(),
+        map.site().to_owned(),
+        map.agent().to_owned(),
     )?;
-    let (client, mut eventloop) = super::link::open(&cfg, &map, &topics)?;
+    let (client, mut eventloop) = super::link::open(&cfg, &*map, &topics)?;
     let mut state = UplinkState::new(
         usize::from(cfg.inflight),
         u64::from(cfg.batch_readings),
@@ -222,7 +165,7 @@ pub async fn run(
     }
     let identity = buffer.identity().clone();
     let epoch = identity.epoch;
-    let mut birth = birth_of(&map, &identity);
+    let mut birth = birth_of(&*map, &identity);
     let data_topic = topics.data();
     let ack_topic = topics.ack();
     let live_window = i64::try_from(cfg.live_window.as_millis()).unwrap_or(10_000);
@@ -418,8 +361,8 @@ pub async fn run(
 
 /// After a live reload: a new birth (new catalog and config hash), retained, published before
 /// any batch written under the new map (those carry its hash; older batches keep theirs).
-fn republish_birth(
-    maps: &mut watch::Receiver<Arc<TagMap>>,
+fn republish_birth<C: Catalog>(
+    maps: &mut watch::Receiver<Arc<C>>,
     birth_payload: &mut Vec<u8>,
     identity: &wire::messages::BufferIdentity,
     client: &Client,
@@ -430,8 +373,8 @@ fn republish_birth(
         return;
     }
     let map = maps.borrow_and_update().clone();
-    *birth_payload = birth_of(&map, identity);
-    tracing::info!(config_hash = %map.hash, tags = map.tags.len(), "tag map reloaded: publishing a new birth");
+    *birth_payload = birth_of(&*map, identity);
+    tracing::info!(config_hash = %map.config_hash(), tags = map.tag_count(), "tag map reloaded: publishing a new birth");
     if connected {
         client.publish(topics.birth(), true, true, birth_payload.clone());
     }

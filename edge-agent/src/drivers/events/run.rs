@@ -11,17 +11,14 @@ use tokio::sync::watch;
 
 use super::error::IoError;
 use super::state::{digest, is_blank, Cursor, Missed, Step, Tracker};
-use crate::buffer::{EventLedger, GapRow};
 use crate::config::{EventDef, TriggerMode};
 use crate::drivers::stats::DeviceStats;
 use crate::drivers::{Output, OutputTx};
 use crate::model::now_ms;
+use crate::model::{GapReason, GapRow, SharedLedger};
 
 /// Longest wait for the buffer to confirm a commit; past it the record is read again.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Gap reason of skipped sequence numbers (`buffer/codec.rs` maps it to the wire).
-pub const MISSED_EVENT: &str = "missed-event";
 
 /// The fields of one record as read.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -84,7 +81,7 @@ pub struct EventOptions {
     /// The buffer's commit confirmations and persisted cursors (`None`: nothing is persisted,
     /// e.g. tests reading the output channel; a record then counts as committed once handed
     /// over).
-    pub ledger: Option<EventLedger>,
+    pub ledger: Option<SharedLedger>,
     /// Write handshakes to the PLC (false for `edge-agent read`, which persists nothing: a PLC
     /// must never be told a record is safe when it is not).
     pub write_handshake: bool,
@@ -106,7 +103,7 @@ pub struct Runner {
     def: EventDef,
     tracker: Tracker,
     out: OutputTx,
-    ledger: Option<EventLedger>,
+    ledger: Option<SharedLedger>,
     acks: bool,
     stats: Arc<DeviceStats>,
     failing: bool,
@@ -324,7 +321,7 @@ impl Runner {
                 tags: Vec::new(),
                 range: from..ts_ms,
                 count: n,
-                reason: MISSED_EVENT.into(),
+                reason: GapReason::MissedEvent,
             });
         }
         let event = Event {

@@ -11,20 +11,7 @@
 use flowsquare_wire::WireValue;
 
 use crate::config::TriggerMode;
-
-/// The last committed record of a definition (persisted in the buffer's database).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    /// Extended sequence number.
-    pub seq: u64,
-    /// Digest of its fields ([`digest`]): recognises the same record after a restart when the
-    /// trigger cannot (a flag still high).
-    pub digest: u64,
-    /// When it was read, UTC ms.
-    pub ts_ms: i64,
-    /// Was its handshake written?
-    pub acked: bool,
-}
+pub use crate::model::event::{digest, Cursor};
 
 /// How many records were skipped before a new one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,43 +202,6 @@ pub fn is_blank(
                 .trim_matches(|c: char| c == '\0' || c.is_whitespace())
                 .is_empty(),
         })
-}
-
-/// A stable digest of a record's fields (64-bit FNV-1a over names, type tags and values).
-pub fn digest(fields: &[(String, WireValue)]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    for (name, v) in fields {
-        eat(name.as_bytes());
-        eat(&[0]);
-        match v {
-            WireValue::Bool(b) => eat(&[1, u8::from(*b)]),
-            WireValue::Int(i) => {
-                eat(&[2]);
-                eat(&i.to_be_bytes())
-            }
-            WireValue::UInt(u) => {
-                eat(&[3]);
-                eat(&u.to_be_bytes())
-            }
-            WireValue::Float(f) => {
-                eat(&[4]);
-                eat(&f.to_bits().to_be_bytes())
-            }
-            WireValue::Text(s) => {
-                eat(&[5]);
-                eat(s.as_bytes());
-                eat(&[0]);
-            }
-        }
-    }
-    // Never 0, so 0 can mean "unknown" in the database.
-    h.max(1)
 }
 
 #[cfg(test)]
@@ -503,13 +453,5 @@ mod tests {
                 missed: Missed::None
             }
         );
-    }
-
-    #[test]
-    fn digest_tells_records_apart() {
-        let a = vec![("bol".to_string(), WireValue::Text("B1".into()))];
-        let b = vec![("bol".to_string(), WireValue::Text("B2".into()))];
-        assert_eq!(digest(&a), digest(&a.clone()));
-        assert_ne!(digest(&a), digest(&b));
     }
 }

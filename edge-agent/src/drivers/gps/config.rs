@@ -4,11 +4,12 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use crate::config::duration;
-use crate::config::parse::{fields_of, part, STable, Spans};
-use crate::config::{DeviceDriver, Diagnostics, TagSource};
-use crate::drivers::modbus::config::Parity;
+use crate::config::{DeviceDriver, TagSource};
+use crate::drivers::serial::{serial_problems, Parity, SerialSettings};
 use crate::model::{TimePolicy, TimestampMode, DEFAULT_MAX_CLOCK_SKEW};
+use crate::settings::duration;
+use crate::settings::parse::{fields_of, part, STable, Spans};
+use crate::settings::Diagnostics;
 
 /// Default NMEA 0183 baud rate (the standard's 4800; many receivers are set to 9600 or more).
 pub const DEFAULT_NMEA_BAUD: u32 = 4800;
@@ -154,7 +155,7 @@ impl GpsField {
 #[derive(Debug, Clone, PartialEq)]
 pub enum GpsLink {
     /// NMEA 0183 sentences on a serial port.
-    Nmea(crate::drivers::modbus::config::SerialSettings),
+    Nmea(SerialSettings),
     /// gpsd's JSON protocol over TCP.
     Gpsd {
         /// Host.
@@ -185,25 +186,29 @@ pub struct GpsTag {
 /// The GPS part of the tag-map loader (`protocol = "nmea"` / `"gpsd"`).
 pub struct Protocol;
 
-/// Range checks of serial line settings, as `(key, message)`.
-pub(crate) fn serial_problems(
-    baud: u32,
-    data_bits: u8,
-    stop_bits: u8,
-    problems: &mut Vec<(&'static str, String)>,
-) {
-    if !(7..=8).contains(&data_bits) {
-        problems.push(("data_bits", format!("data_bits {data_bits} must be 7 or 8")));
-    }
-    if !(1..=2).contains(&stop_bits) {
-        problems.push(("stop_bits", format!("stop_bits {stop_bits} must be 1 or 2")));
-    }
-    if !(300..=4_000_000).contains(&baud) {
-        problems.push(("baud", format!("baud {baud} out of range 300..=4000000")));
-    }
-}
-
 impl crate::config::protocol::ProtocolConfig for Protocol {
+    fn check(
+        &self,
+        devices: &[crate::config::Device],
+        _tags: &[crate::config::Tag],
+        device_spans: &[crate::settings::parse::Spans],
+        _tag_spans: &[crate::settings::parse::Spans],
+        diags: &mut crate::settings::Diagnostics,
+    ) {
+        for (di, d) in devices.iter().enumerate() {
+            if d.driver.gps().is_some() && d.poll_interval < std::time::Duration::from_secs(1) {
+                diags.warning(
+                    device_spans[di].of("poll_interval"),
+                    format!("device '{}'", d.name),
+                    format!(
+                        "poll_interval {} is below 1s: most receivers send one fix per second, so faster polls repeat the last fix with its GPS timestamp",
+                        duration::format(d.poll_interval)
+                    ),
+                );
+            }
+        }
+    }
+
     fn device_keys(&self, protocol: &str) -> Vec<&'static [&'static str]> {
         if protocol == "gpsd" {
             vec![fields_of::<RawGpsdDevice>()]
@@ -263,7 +268,7 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
             });
             serial_problems(r.baud, r.data_bits, r.stop_bits, &mut problems);
             GpsDevice {
-                link: GpsLink::Nmea(crate::drivers::modbus::config::SerialSettings {
+                link: GpsLink::Nmea(SerialSettings {
                     path: r.serial,
                     baud: r.baud,
                     parity: r.parity,
@@ -328,7 +333,7 @@ impl GpsDevice {
             source.to_owned(),
             format!(
                 "each poll reports the current fix; a figure older than max_age {} is reported bad",
-                crate::config::duration::format(self.max_age)
+                crate::settings::duration::format(self.max_age)
             ),
             crate::model::describe_time_policy(&self.time, "GPS time"),
         ]

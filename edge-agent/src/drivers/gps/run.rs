@@ -190,11 +190,10 @@ async fn read_link(
 ) -> Result<(), GpsLinkError> {
     match &dev.link {
         GpsLink::Nmea(s) => {
-            let port =
-                crate::drivers::tls350::run::open_serial(s).map_err(|e| GpsLinkError::Open {
-                    target: s.path.clone(),
-                    reason: e.to_string(),
-                })?;
+            let port = crate::drivers::serial::open_serial(s).map_err(|e| GpsLinkError::Open {
+                target: s.path.clone(),
+                reason: e.to_string(),
+            })?;
             pump(port, name, false, shared, stats, limiter).await
         }
         GpsLink::Gpsd { host, port } => {

@@ -5,7 +5,8 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use crate::config::duration;
+pub use crate::drivers::serial::{Parity, SerialSettings};
+use crate::settings::duration;
 
 /// Default request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -192,19 +193,6 @@ impl Order {
     }
 }
 
-/// Serial parity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Parity {
-    /// No parity bit (8N1 is the most common field setting).
-    #[default]
-    None,
-    /// Even parity (the Modbus specification's default, 8E1).
-    Even,
-    /// Odd parity.
-    Odd,
-}
-
 /// Keys of a `protocol = "modbus-tcp"` device.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -346,36 +334,6 @@ fn default_scale() -> f64 {
     1.0
 }
 
-/// Serial line settings of an RTU bus.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SerialSettings {
-    /// Device path.
-    pub path: String,
-    /// Baud rate.
-    pub baud: u32,
-    /// Parity.
-    pub parity: Parity,
-    /// Data bits.
-    pub data_bits: u8,
-    /// Stop bits.
-    pub stop_bits: u8,
-}
-
-impl SerialSettings {
-    /// Bits on the wire per character (start + data + parity + stop).
-    pub fn bits_per_char(&self) -> u32 {
-        1 + u32::from(self.data_bits)
-            + u32::from(self.parity != Parity::None)
-            + u32::from(self.stop_bits)
-    }
-    /// Time to transmit `bytes` characters.
-    pub fn wire_time(&self, bytes: u32) -> Duration {
-        Duration::from_secs_f64(
-            f64::from(bytes * self.bits_per_char()) / f64::from(self.baud.max(1)),
-        )
-    }
-}
-
 /// How the device is reached.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Link {
@@ -443,7 +401,7 @@ impl ModbusTag {
     }
 }
 
-pub use crate::config::parse::Spans;
+pub use crate::settings::parse::Spans;
 
 /// Resolve a raw TCP or RTU device, reporting problems as `(span key, message)`.
 pub fn resolve_device(
@@ -650,8 +608,23 @@ pub fn resolve_tag(
 pub struct Protocol;
 
 impl crate::config::protocol::ProtocolConfig for Protocol {
+    fn check(
+        &self,
+        devices: &[crate::config::Device],
+        tags: &[crate::config::Tag],
+        device_spans: &[crate::settings::parse::Spans],
+        tag_spans: &[crate::settings::parse::Spans],
+        diags: &mut crate::settings::Diagnostics,
+    ) {
+        for (di, d) in devices.iter().enumerate() {
+            super::checks::overlaps(d, tags, tag_spans, diags);
+            super::checks::cycle_time(di, d, tags, device_spans, diags);
+        }
+        super::checks::rtu_buses(devices, tags, device_spans, diags);
+    }
+
     fn device_keys(&self, protocol: &str) -> Vec<&'static [&'static str]> {
-        use crate::config::parse::fields_of;
+        use crate::settings::parse::fields_of;
         let link = if protocol == "modbus-rtu" {
             fields_of::<RawRtuDevice>()
         } else {
@@ -665,18 +638,18 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
     }
 
     fn tag_keys(&self, _dev: &crate::config::DeviceDriver) -> Vec<&'static [&'static str]> {
-        vec![crate::config::parse::fields_of::<RawModbusTag>()]
+        vec![crate::settings::parse::fields_of::<RawModbusTag>()]
     }
 
     fn device(
         &self,
         protocol: &str,
-        table: &crate::config::parse::STable<'_, '_>,
+        table: &crate::settings::parse::STable<'_, '_>,
         spans: &Spans,
         subject: &str,
-        diags: &mut crate::config::Diagnostics,
+        diags: &mut crate::settings::Diagnostics,
     ) -> crate::config::DeviceDriver {
-        use crate::config::parse::part;
+        use crate::settings::parse::part;
         let shaping: Option<RawShaping> = part(table, subject, diags);
         let link_unit = if protocol == "modbus-tcp" {
             part::<RawTcpDevice>(table, subject, diags).map(|r| {
@@ -721,13 +694,13 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
     fn tag(
         &self,
         dev: &crate::config::DeviceDriver,
-        table: &crate::config::parse::STable<'_, '_>,
+        table: &crate::settings::parse::STable<'_, '_>,
         spans: &Spans,
         subject: &str,
-        diags: &mut crate::config::Diagnostics,
+        diags: &mut crate::settings::Diagnostics,
     ) -> Option<crate::config::TagSource> {
         let dev = dev.modbus()?;
-        let raw: RawModbusTag = crate::config::parse::part(table, subject, diags)?;
+        let raw: RawModbusTag = crate::settings::parse::part(table, subject, diags)?;
         let mut problems = Vec::new();
         let mt = resolve_tag(&raw, dev, &mut problems);
         for (key, msg) in problems {

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use flowsquare_wire::WireValue;
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::Slave;
@@ -22,7 +21,7 @@ use super::transport::{self, Words, Write};
 use crate::config::{EventDef, HandshakeValue};
 use crate::drivers::events::{IoError, Record};
 use crate::drivers::stats::DeviceStats;
-use crate::model::Value;
+use crate::model::{wire_value, Value};
 
 /// The Modbus requests of one event definition (for `plan` and the binding).
 #[derive(Debug, Clone)]
@@ -193,17 +192,6 @@ impl Bound<'_> {
         let r = transport::read(ctx, req, timeout).await;
         let what = format!("FC{} {}+{}", req.kind.function_code(), req.start, req.count);
         self.note(what, t0, r)
-    }
-}
-
-/// A decoded register value on the wire.
-pub fn wire_value(v: Value) -> WireValue {
-    match v {
-        Value::Bool(b) => WireValue::Bool(b),
-        Value::Int(i) => WireValue::Int(i),
-        Value::UInt(u) => WireValue::UInt(u),
-        Value::Float(f) => WireValue::Float(f),
-        Value::Text(s) => WireValue::Text(s),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `probe.rs`: raw register reads decoded every way, for commissioning;
 //! - `error.rs`: link errors vs device exceptions.
 
+pub mod checks;
 pub mod config;
 pub mod decode;
 pub mod error;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::Slave;
 
-use super::config::{Parity, RegisterKind, SerialSettings};
+use super::config::{RegisterKind, SerialSettings};
 use super::error::{Exception, LinkError, ModbusResult};
 use super::plan::ReadRequest;
 
@@ -50,28 +50,10 @@ pub async fn connect_tcp(
 
 /// Open a serial port for Modbus RTU.
 pub fn open_rtu(s: &SerialSettings, unit: u8) -> Result<Context, LinkError> {
-    use tokio_serial::SerialPortBuilderExt;
-    let port = tokio_serial::new(&s.path, s.baud)
-        .parity(match s.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Even => tokio_serial::Parity::Even,
-            Parity::Odd => tokio_serial::Parity::Odd,
-        })
-        .data_bits(if s.data_bits == 7 {
-            tokio_serial::DataBits::Seven
-        } else {
-            tokio_serial::DataBits::Eight
-        })
-        .stop_bits(if s.stop_bits == 2 {
-            tokio_serial::StopBits::Two
-        } else {
-            tokio_serial::StopBits::One
-        })
-        .open_native_async()
-        .map_err(|e| LinkError::Connect {
-            target: s.path.clone(),
-            reason: e.to_string(),
-        })?;
+    let port = crate::drivers::serial::open_serial(s).map_err(|e| LinkError::Connect {
+        target: s.path.clone(),
+        reason: e.to_string(),
+    })?;
     Ok(tokio_modbus::client::rtu::attach_slave(port, Slave(unit)))
 }
 

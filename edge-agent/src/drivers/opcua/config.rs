@@ -9,9 +9,9 @@ use std::time::Duration;
 use opcua::types::NodeId;
 use serde::Deserialize;
 
-use crate::config::duration;
-use crate::config::parse::Spans;
 use crate::model::{TimePolicy, TimestampMode, DEFAULT_MAX_CLOCK_SKEW};
+use crate::settings::duration;
+use crate::settings::parse::Spans;
 
 /// Default publishing interval of the subscription.
 pub const DEFAULT_PUBLISHING_INTERVAL: Duration = Duration::from_secs(1);
@@ -674,8 +674,21 @@ pub fn resolve_tag(
 pub struct Protocol;
 
 impl crate::config::protocol::ProtocolConfig for Protocol {
+    fn check(
+        &self,
+        devices: &[crate::config::Device],
+        tags: &[crate::config::Tag],
+        _device_spans: &[crate::settings::parse::Spans],
+        tag_spans: &[crate::settings::parse::Spans],
+        diags: &mut crate::settings::Diagnostics,
+    ) {
+        for d in devices {
+            super::checks::same_node(d, tags, tag_spans, diags);
+        }
+    }
+
     fn device_keys(&self, _protocol: &str) -> Vec<&'static [&'static str]> {
-        vec![crate::config::parse::fields_of::<RawOpcUaDevice>()]
+        vec![crate::settings::parse::fields_of::<RawOpcUaDevice>()]
     }
 
     fn device_subtables(&self) -> &'static [&'static str] {
@@ -683,18 +696,18 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
     }
 
     fn tag_keys(&self, _dev: &crate::config::DeviceDriver) -> Vec<&'static [&'static str]> {
-        vec![crate::config::parse::fields_of::<RawOpcUaTag>()]
+        vec![crate::settings::parse::fields_of::<RawOpcUaTag>()]
     }
 
     fn device(
         &self,
         _protocol: &str,
-        table: &crate::config::parse::STable<'_, '_>,
+        table: &crate::settings::parse::STable<'_, '_>,
         spans: &Spans,
         subject: &str,
-        diags: &mut crate::config::Diagnostics,
+        diags: &mut crate::settings::Diagnostics,
     ) -> crate::config::DeviceDriver {
-        let raw: Option<RawOpcUaDevice> = crate::config::parse::part(table, subject, diags);
+        let raw: Option<RawOpcUaDevice> = crate::settings::parse::part(table, subject, diags);
         let mut problems = Vec::new();
         let dev = match raw {
             Some(r) => resolve_device(r, &mut problems),
@@ -733,13 +746,13 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
     fn tag(
         &self,
         dev: &crate::config::DeviceDriver,
-        table: &crate::config::parse::STable<'_, '_>,
+        table: &crate::settings::parse::STable<'_, '_>,
         spans: &Spans,
         subject: &str,
-        diags: &mut crate::config::Diagnostics,
+        diags: &mut crate::settings::Diagnostics,
     ) -> Option<crate::config::TagSource> {
         let dev = dev.opcua()?;
-        let raw: RawOpcUaTag = crate::config::parse::part(table, subject, diags)?;
+        let raw: RawOpcUaTag = crate::settings::parse::part(table, subject, diags)?;
         let mut problems = Vec::new();
         let t = resolve_tag(&raw, dev, &mut problems);
         for (key, msg) in problems {

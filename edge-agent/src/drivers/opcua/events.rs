@@ -19,8 +19,8 @@ use super::session::OpcUaSession;
 use super::status::{status_name, value_of};
 use crate::config::{EventDef, HandshakeValue};
 use crate::drivers::events::{IoError, Record};
-use crate::drivers::modbus::events::wire_value;
 use crate::drivers::stats::DeviceStats;
+use crate::model::wire_value;
 use crate::model::Value;
 
 /// One event definition on an OPC UA device, with its own session (opened on demand).

@@ -11,6 +11,7 @@
 //! - `run.rs`: the run loop (subscription or polling, reconnect with backoff);
 //! - `error.rs`: link/session errors.
 
+pub mod checks;
 pub mod config;
 pub mod error;
 pub mod events;

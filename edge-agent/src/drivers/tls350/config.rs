@@ -10,10 +10,11 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use crate::config::duration;
-use crate::config::parse::{fields_of, part, STable, Spans};
-use crate::config::{DeviceDriver, Diagnostics, TagSource};
-use crate::drivers::modbus::config::{Parity, SerialSettings};
+use crate::config::{DeviceDriver, TagSource};
+use crate::drivers::serial::{serial_problems, Parity, SerialSettings};
+use crate::settings::duration;
+use crate::settings::parse::{fields_of, part, STable, Spans};
+use crate::settings::Diagnostics;
 
 /// Default TCP port of TLS-350 serial-to-Ethernet interfaces.
 pub const DEFAULT_PORT: u16 = 10001;
@@ -208,6 +209,31 @@ pub fn parse_utc_offset(s: &str) -> Option<i32> {
 pub struct Protocol;
 
 impl crate::config::protocol::ProtocolConfig for Protocol {
+    fn check(
+        &self,
+        devices: &[crate::config::Device],
+        _tags: &[crate::config::Tag],
+        device_spans: &[crate::settings::parse::Spans],
+        _tag_spans: &[crate::settings::parse::Spans],
+        diags: &mut crate::settings::Diagnostics,
+    ) {
+        for (di, d) in devices.iter().enumerate() {
+            if let Some(t) = d.driver.tls350() {
+                if t.timeout > d.poll_interval {
+                    diags.warning(
+                        device_spans[di].of("timeout"),
+                        format!("device '{}'", d.name),
+                        format!(
+                            "timeout {} is longer than poll_interval {}: a console that stops answering delays every cycle",
+                            duration::format(t.timeout),
+                            duration::format(d.poll_interval)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     fn device_keys(&self, _protocol: &str) -> Vec<&'static [&'static str]> {
         vec![fields_of::<RawTlsDevice>()]
     }
@@ -229,12 +255,7 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         let link = match &raw {
             Some(r) => match (&r.serial, &r.host) {
                 (Some(path), None) => {
-                    crate::drivers::gps::config::serial_problems(
-                        r.baud,
-                        r.data_bits,
-                        r.stop_bits,
-                        &mut problems,
-                    );
+                    serial_problems(r.baud, r.data_bits, r.stop_bits, &mut problems);
                     TlsLink::Serial(SerialSettings {
                         path: path.clone(),
                         baud: r.baud,
@@ -369,14 +390,14 @@ impl TlsDevice {
             } else {
                 tanks.join(", ")
             },
-            crate::config::duration::format(self.timeout)
+            crate::settings::duration::format(self.timeout)
         )];
         if self.delivery_interval.is_zero() {
             l.push("delivery capture off (delivery_interval = \"0s\")".into());
         } else {
             l.push(format!(
                 "i20200 delivery report every {}: new deliveries become `delivery` events",
-                crate::config::duration::format(self.delivery_interval)
+                crate::settings::duration::format(self.delivery_interval)
             ));
         }
         l

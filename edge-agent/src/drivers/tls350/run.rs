@@ -16,14 +16,13 @@ use super::config::{TlsDevice, TlsLink, TlsTag};
 use super::error::{FrameError, TlsLinkError};
 use super::frame::{self, Delivery};
 use super::tracker::TrackerState;
-use crate::buffer::GapRow;
 use crate::config::TagMap;
 use crate::drivers::health::Health;
 use crate::drivers::lines::LogLimiter;
-use crate::drivers::modbus::config::{Parity, SerialSettings};
+use crate::drivers::serial::open_serial;
 use crate::drivers::stats::DeviceStats;
 use crate::drivers::Output;
-use crate::model::{now_ms, rfc3339_ms, Quality, Reading, TagId, Value};
+use crate::model::{now_ms, rfc3339_ms, GapRow, Quality, Reading, TagId, Value};
 use flowsquare_wire::{Event, WireValue};
 
 /// A byte stream to the console.
@@ -34,28 +33,6 @@ pub type Link = Box<dyn Duplex>;
 
 /// Status of readings when the console answers 9999FF1B.
 pub const UNSUPPORTED_STATUS: u32 = 0x9999;
-
-/// Open a serial port with `s`'s line settings.
-pub fn open_serial(s: &SerialSettings) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
-    use tokio_serial::SerialPortBuilderExt;
-    tokio_serial::new(&s.path, s.baud)
-        .parity(match s.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Even => tokio_serial::Parity::Even,
-            Parity::Odd => tokio_serial::Parity::Odd,
-        })
-        .data_bits(if s.data_bits == 7 {
-            tokio_serial::DataBits::Seven
-        } else {
-            tokio_serial::DataBits::Eight
-        })
-        .stop_bits(if s.stop_bits == 2 {
-            tokio_serial::StopBits::Two
-        } else {
-            tokio_serial::StopBits::One
-        })
-        .open_native_async()
-}
 
 /// Open the console link.
 pub async fn connect(dev: &TlsDevice) -> Result<Link, TlsLinkError> {
@@ -456,7 +433,7 @@ async fn poll_deliveries(
                 tags: Vec::new(),
                 range: from..to,
                 count: 0,
-                reason: "missed-event".into(),
+                reason: crate::model::GapReason::MissedEvent,
             }
         })
         .collect();

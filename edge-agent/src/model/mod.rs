@@ -1,9 +1,17 @@
-//! The data model every stage shares: a tag's reading, its value and its quality.
+//! The data model every stage shares: a tag's reading, its value and its quality; known losses
+//! (`gap.rs`: gap rows with their reason); the event capture vocabulary (`event.rs`: cursor,
+//! digest, the ledger trait the buffer implements).
 //!
 //! A reading is produced for every tag on every poll, good or bad, so that "nothing lost, nothing
 //! invented" can be checked downstream: a bad reading carries no value, only the reason.
 
+pub mod event;
+pub mod gap;
+
 use serde::Serialize;
+
+pub use event::{digest, Cursor, EventLedger, LedgerFuture, SharedLedger};
+pub use gap::{GapReason, GapRow};
 
 /// Index of a tag in the loaded tag map (stable for the lifetime of one loaded config).
 pub type TagId = u32;
@@ -336,6 +344,17 @@ pub fn rfc3339_ms(ts_ms: i64) -> String {
             t.format(&fmt).unwrap_or_else(|_| ts_ms.to_string())
         }
         Err(_) => ts_ms.to_string(),
+    }
+}
+
+/// A decoded value on the wire (event record fields).
+pub fn wire_value(v: Value) -> flowsquare_wire::WireValue {
+    match v {
+        Value::Bool(b) => flowsquare_wire::WireValue::Bool(b),
+        Value::Int(i) => flowsquare_wire::WireValue::Int(i),
+        Value::UInt(u) => flowsquare_wire::WireValue::UInt(u),
+        Value::Float(f) => flowsquare_wire::WireValue::Float(f),
+        Value::Text(s) => flowsquare_wire::WireValue::Text(s),
     }
 }
 

@@ -267,9 +267,18 @@ pub fn str_key<'a>(table: &'a DeTable<'_>, key: &str) -> Option<&'a str> {
 mod tests {
     use super::*;
 
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Sample {
+        site: String,
+        id: String,
+        description: Option<String>,
+        metrics: Option<String>,
+    }
+
     #[test]
     fn captures_struct_fields() {
-        let f = fields_of::<crate::config::schema::AgentConfig>();
+        let f = fields_of::<Sample>();
         assert_eq!(f, &["site", "id", "description", "metrics"]);
     }
 
