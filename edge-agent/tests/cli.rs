@@ -358,3 +358,33 @@ async fn read_once_and_plan_show_event_definitions() {
         "the record block in one request"
     );
 }
+
+/// Every command's output into a pipe whose reader is already gone (`… | head` after `head`
+/// exited): exit status 0 and no panic message, never "failed printing to stdout: Broken pipe".
+/// Exit 0 rather than death by SIGPIPE, so `cmd | head` also succeeds under `set -o pipefail`.
+#[test]
+fn output_into_a_closed_pipe_exits_0_quietly() {
+    let example = workspace_root().join("config/agent.example.toml");
+    let example = example.to_str().expect("utf-8 path");
+    for args in [
+        vec!["plan", "--config", example],
+        vec!["plan", "--config", example, "--format", "json"],
+        vec!["--help"],
+        vec!["opcua", "--help"],
+    ] {
+        // The reader end is closed before the child starts: its first write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(BIN)
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .expect("run edge-agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
