@@ -43,12 +43,22 @@ fn set_keys(text: &str) -> Documented {
         let Some(d) = d.as_table() else { continue };
         let proto = d.get("protocol").and_then(|p| p.as_str()).unwrap_or("");
         add_keys(&mut doc, &format!("device:{proto}"), d);
-        for t in d.get("tag").and_then(|t| t.as_array()).into_iter().flatten() {
+        for t in d
+            .get("tag")
+            .and_then(|t| t.as_array())
+            .into_iter()
+            .flatten()
+        {
             if let Some(t) = t.as_table() {
                 add_keys(&mut doc, &format!("tag:{proto}"), t);
             }
         }
-        for e in d.get("event").and_then(|e| e.as_array()).into_iter().flatten() {
+        for e in d
+            .get("event")
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+        {
             let Some(e) = e.as_table() else { continue };
             add_keys(&mut doc, "event", e);
             for sub in ["trigger", "handshake"] {

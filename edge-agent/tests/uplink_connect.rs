@@ -144,7 +144,9 @@ async fn one_connection_per_start(delay: Duration) {
     // Several more ticks and a heartbeat's worth of time with the connection up: nothing more
     // may connect (a wait on a condition that must stay false, so it runs to its timeout).
     let extra = consumer
-        .until(Duration::from_secs(2), |r| r.statuses.iter().any(|s| !s.online))
+        .until(Duration::from_secs(2), |r| {
+            r.statuses.iter().any(|s| !s.online)
+        })
         .await;
     let n = connections.load(Ordering::SeqCst);
     let statuses = consumer
@@ -154,7 +156,10 @@ async fn one_connection_per_start(delay: Duration) {
         .unwrap_or_default();
     stop(child);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(up, "the agent never came online through the proxy; log:\n{log}");
+    assert!(
+        up,
+        "the agent never came online through the proxy; log:\n{log}"
+    );
     assert!(
         !extra && statuses.iter().all(|s| s.online),
         "an offline status (Last Will of an aborted connection) was published: {statuses:?}\nlog:\n{log}"

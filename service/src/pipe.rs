@@ -44,8 +44,12 @@ mod tests {
         assert!(is_stdout_broken_pipe(&format!(
             "failed printing to stdout: {e}"
         )));
-        assert!(!is_stdout_broken_pipe("failed printing to stderr: Broken pipe (os error 32)"));
-        assert!(!is_stdout_broken_pipe("failed printing to stdout: No space left on device"));
+        assert!(!is_stdout_broken_pipe(
+            "failed printing to stderr: Broken pipe (os error 32)"
+        ));
+        assert!(!is_stdout_broken_pipe(
+            "failed printing to stdout: No space left on device"
+        ));
         assert!(!is_stdout_broken_pipe("index out of bounds"));
     }
 }

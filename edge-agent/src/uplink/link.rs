@@ -245,8 +245,7 @@ pub struct Poller {
     state: PollState,
 }
 
-type PollFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (Events, LinkEvent)> + Send>>;
+type PollFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (Events, LinkEvent)> + Send>>;
 
 enum PollState {
     Idle(Events),
@@ -266,7 +265,9 @@ impl Poller {
     /// The next event. Cancel-safe: dropping the returned future keeps the poll in progress.
     pub async fn next(&mut self) -> LinkEvent {
         if let PollState::Idle(_) = self.state {
-            if let PollState::Idle(mut events) = std::mem::replace(&mut self.state, PollState::Moving) {
+            if let PollState::Idle(mut events) =
+                std::mem::replace(&mut self.state, PollState::Moving)
+            {
                 self.state = PollState::Polling(Box::pin(async move {
                     let ev = events.poll().await;
                     (events, ev)
