@@ -388,3 +388,24 @@ fn output_into_a_closed_pipe_exits_0_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// `read --once` when no device answers (nothing listens on the port): exit status 1, and the
+/// message names the error and says how to start the simulator the demo's tag map polls.
+#[test]
+fn read_once_with_no_device_answering_fails_and_says_how_to_start_the_simulator() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // A port nothing listens on: bound, then released.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let map = tag_map(dir.path(), addr);
+    let (code, _, err) = run(&["read", "--once", "--config", map.to_str().expect("utf8")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no device answered"), "{err}");
+    assert!(
+        err.contains(
+            "flowsquare-sim modbus --map config/sim/modbus-demo.toml --tcp 127.0.0.1:5020"
+        ),
+        "{err}"
+    );
+}
