@@ -18,7 +18,13 @@ use std::io::Write as _;
 pub fn exit_quietly_on_broken_pipe() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if info.payload_as_str().is_some_and(is_stdout_broken_pipe) {
+        // The payload of a formatted panic is a String, of a literal one a &str.
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        if msg.is_some_and(is_stdout_broken_pipe) {
             // Nothing more can be written: flushing the rest of stdout would fail the same way.
             let _ = std::io::stderr().flush();
             std::process::exit(0);
