@@ -6,6 +6,8 @@ use clap::Parser;
 use cloud_ingest::cli::{self, Cli};
 
 fn main() -> anyhow::Result<ExitCode> {
+    // `… | head`: a closed stdout ends the command quietly with status 0, never a panic.
+    flowsquare_service::pipe::exit_quietly_on_broken_pipe();
     use tracing_subscriber::prelude::*;
     let args = Cli::parse();
     let filter = || {

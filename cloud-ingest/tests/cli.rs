@@ -332,3 +332,30 @@ fn calc_answers_interactively() {
     assert_eq!(child.wait().expect("wait").code(), Some(1));
     reader.join().expect("reader");
 }
+
+/// Output into a pipe whose reader is gone (`cloud-ingest hash-token | head`): exit 0, no panic.
+// `std::io::pipe` is newer than the MSRV (1.87 > 1.85): the tests build with the
+// workspace toolchain; the binaries under test keep the MSRV.
+#[allow(clippy::incompatible_msrv)]
+#[test]
+fn output_into_a_closed_pipe_exits_0_quietly() {
+    use std::io::Write as _;
+    for (args, input) in [(vec!["hash-token"], "a-token\n"), (vec!["--help"], "")] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run cloud-ingest");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}

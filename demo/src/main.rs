@@ -52,12 +52,17 @@ const TOKENS: &[(&str, &str)] = &[
 #[command(name = "flowsquare-demo", version)]
 struct Cli {
     /// Working directory for the demo's state and logs. Default: target/demo under the
-    /// current directory. Its previous contents are removed unless --keep is given.
+    /// current directory. Its previous contents are DELETED at start unless --keep is given; a
+    /// non-empty directory that is not a previous demo directory (no `.flowsquare-demo` marker)
+    /// is refused unless --force.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Keep the previous run's databases and buffers in --dir (continue a demo).
     #[arg(long)]
     keep: bool,
+    /// Let --dir empty a non-empty directory that is not a previous demo directory.
+    #[arg(long)]
+    force: bool,
     /// Console/API port on 127.0.0.1. 0 picks a free one.
     #[arg(long, default_value_t = 8080)]
     port: u16,
@@ -97,6 +102,27 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The file that marks a directory as the demo's own (so the next run may empty it).
+const MARKER: &str = ".flowsquare-demo";
+
+/// May the demo empty `dir`? Yes when it is empty, was made by a previous demo run (it holds
+/// the marker), or `force`; otherwise an error that names the directory and the way out.
+fn may_clear(dir: &Path, force: bool) -> Result<()> {
+    if force || dir.join(MARKER).is_file() {
+        return Ok(());
+    }
+    let mut entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    bail!(
+        "{} is not empty and is not a previous demo directory: the demo empties --dir at start. \
+         Give another --dir, continue in it with --keep, or pass --force to delete its contents",
+        dir.display()
+    )
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the child binds it right after).
@@ -203,14 +229,17 @@ async fn wait_http_ok(url: &str, timeout: Duration, child: &mut Child) -> Result
 
 async fn run(cli: Cli) -> Result<()> {
     let started = Instant::now();
-    let bins = bin_dir()?;
-    let ingest_bin = find_bin(&bins, "cloud-ingest")?;
-    let sim_bin = find_bin(&bins, "flowsquare-sim")?;
-    let agent_bin = find_bin(&bins, "edge-agent")?;
     let dir = cli
         .dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("target/demo"));
+    if dir.exists() && !cli.keep {
+        may_clear(&dir, cli.force)?;
+    }
+    let bins = bin_dir()?;
+    let ingest_bin = find_bin(&bins, "cloud-ingest")?;
+    let sim_bin = find_bin(&bins, "flowsquare-sim")?;
+    let agent_bin = find_bin(&bins, "edge-agent")?;
     if dir.exists() && !cli.keep {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
@@ -219,6 +248,11 @@ async fn run(cli: Cli) -> Result<()> {
     for d in [&dir, &maps, &logs] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    std::fs::write(
+        dir.join(MARKER),
+        "flowsquare-demo working directory: emptied at each start\n",
+    )
+    .with_context(|| format!("writing {}", dir.join(MARKER).display()))?;
     let dir = std::fs::canonicalize(&dir)?;
     let config_dir = std::fs::canonicalize(&cli.config_dir).with_context(|| {
         format!(

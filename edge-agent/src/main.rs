@@ -40,6 +40,8 @@ fn init_logging(level: &str, format: &str) {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    // `… | head`: a closed stdout ends the command quietly with status 0, never a panic.
+    flowsquare_service::pipe::exit_quietly_on_broken_pipe();
     let args = Cli::parse();
     init_logging(&args.log_level, &args.log_format);
     // The data clock: a bad FLOWSQUARE_CLOCK is an error; a simulated one is announced loudly.

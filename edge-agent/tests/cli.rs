@@ -358,3 +358,57 @@ async fn read_once_and_plan_show_event_definitions() {
         "the record block in one request"
     );
 }
+
+/// Every command's output into a pipe whose reader is already gone (`… | head` after `head`
+/// exited): exit status 0 and no panic message, never "failed printing to stdout: Broken pipe".
+/// Exit 0 rather than death by SIGPIPE, so `cmd | head` also succeeds under `set -o pipefail`.
+// `std::io::pipe` is newer than the MSRV (1.87 > 1.85): the tests build with the
+// workspace toolchain; the binaries under test keep the MSRV.
+#[allow(clippy::incompatible_msrv)]
+#[test]
+fn output_into_a_closed_pipe_exits_0_quietly() {
+    let example = workspace_root().join("config/agent.example.toml");
+    let example = example.to_str().expect("utf-8 path");
+    for args in [
+        vec!["plan", "--config", example],
+        vec!["plan", "--config", example, "--format", "json"],
+        vec!["--help"],
+        vec!["opcua", "--help"],
+    ] {
+        // The reader end is closed before the child starts: its first write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(BIN)
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .expect("run edge-agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
+/// `read --once` when no device answers (nothing listens on the port): exit status 1, and the
+/// message names the error and says how to start the simulator the demo's tag map polls.
+#[test]
+fn read_once_with_no_device_answering_fails_and_says_how_to_start_the_simulator() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // A port nothing listens on: bound, then released.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let map = tag_map(dir.path(), addr);
+    let (code, _, err) = run(&["read", "--once", "--config", map.to_str().expect("utf8")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no device answered"), "{err}");
+    assert!(
+        err.contains(
+            "flowsquare-sim modbus --map config/sim/modbus-demo.toml --tcp 127.0.0.1:5020"
+        ),
+        "{err}"
+    );
+}

@@ -9,9 +9,12 @@
 //!   watchdog period from `$WATCHDOG_USEC`/`$WATCHDOG_PID`. Outside systemd every call is a no-op.
 //! - `watchdog.rs`: pure progress bookkeeping: the service pings the watchdog only while every
 //!   loop it depends on shows progress, so a wedged process is restarted by systemd.
+//! - `pipe.rs`: command-line output into a closed pipe (`… | head`) exits 0 quietly instead of
+//!   panicking with "Broken pipe".
 
 pub mod clock;
 mod notify;
+pub mod pipe;
 mod watchdog;
 
 pub use notify::{message, Notifier};

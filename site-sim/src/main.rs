@@ -263,14 +263,26 @@ struct GenMapArgs {
 }
 
 fn main() -> ExitCode {
+    // `… | head`: a closed stdout ends the command quietly with status 0, never a panic.
+    flowsquare_service::pipe::exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // Standard output's reader went away (`gen-map … | head`): stop quietly.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Did writing fail because the reader of a pipe is gone?
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The error and its causes, skipping causes whose text an outer message already includes

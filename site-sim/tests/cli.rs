@@ -186,3 +186,26 @@ fn bad_input_fails_cleanly() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Output into a pipe whose reader is gone (`flowsquare-sim gen-map … | head`): exit 0, no panic.
+// `std::io::pipe` is newer than the MSRV (1.87 > 1.85): the tests build with the
+// workspace toolchain; the binaries under test keep the MSRV.
+#[allow(clippy::incompatible_msrv)]
+#[test]
+fn output_into_a_closed_pipe_exits_0_quietly() {
+    for args in [
+        vec!["gen-map", "--units", "2", "--tags", "1000"],
+        vec!["--help"],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = std::process::Command::new(BIN)
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .expect("run flowsquare-sim");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}

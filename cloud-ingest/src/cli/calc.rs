@@ -408,7 +408,8 @@ pub fn run() -> ExitCode {
     match stream(&mut input, &mut output) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(2),
+        // The reader went away (`… | head`): stop quietly, like every other command.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cloud-ingest calc: {e}");
             ExitCode::from(2)

@@ -41,9 +41,15 @@ pub enum BrowseProtocol {
         /// File holding the password (first line).
         #[arg(long)]
         password_file: Option<PathBuf>,
-        /// PKI directory (the agent's certificate, trusted server certificates).
-        #[arg(long, default_value = "/var/lib/flowsquare/pki")]
-        pki_dir: PathBuf,
+        /// PKI directory to use read-only (the agent's certificate, trusted server
+        /// certificates), e.g. the installed agent's, for secure servers that trust it. Default:
+        /// a throw-away certificate in a temporary directory (browse writes no keys).
+        #[arg(long)]
+        pki_dir: Option<PathBuf>,
+        /// Also list the server's own namespace-0 nodes (the Server object, ~230 diagnostics and
+        /// capability nodes), hidden by default.
+        #[arg(long)]
+        server_nodes: bool,
         /// Time to wait for each answer.
         #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
         timeout: Duration,
@@ -144,6 +150,7 @@ pub async fn browse(p: BrowseProtocol) -> Result<ExitCode, CliError> {
         username,
         password_file,
         pki_dir,
+        server_nodes,
         timeout,
     } = p;
     let start = NodeRef::parse(&node).map_err(CliError::Usage)?;
@@ -170,19 +177,41 @@ pub async fn browse(p: BrowseProtocol) -> Result<ExitCode, CliError> {
         verify_server_certificate: false,
         time: crate::model::TimePolicy::default(),
     };
-    let s = OpcUaSession::connect(&dev, &pki_dir, "flowsquare browse")
+    // Browsing persists nothing: the session's certificate lives in a temporary copy.
+    let pki = pki::EphemeralPki::new(pki_dir.as_deref()).map_err(ua_err)?;
+    let s = OpcUaSession::connect(&dev, pki.path(), "flowsquare browse")
         .await
         .map_err(ua_err)?;
     let start = s.resolve(&start).map_err(CliError::Usage)?;
     for (i, ns) in s.namespaces().iter().enumerate() {
         println!("# ns={i} {ns}");
     }
-    println!("{:<48} {:<10} {:<10} VALUE", "NODE", "CLASS", "TYPE");
-    let mut count = 0usize;
-    walk(&s, &start, 0, depth, &mut count).await?;
-    eprintln!("{count} node(s)");
+    println!(
+        "{:<48} {:<28} {:<10} {:<14} VALUE",
+        "NODE", "NAME", "CLASS", "TYPE"
+    );
+    let mut w = Walk {
+        count: 0,
+        hidden: 0,
+        server_nodes,
+    };
+    walk(&s, &start, 0, depth, &mut w).await?;
+    eprintln!("{} node(s)", w.count);
+    if w.hidden > 0 {
+        eprintln!(
+            "{} server node(s) of namespace 0 hidden (--server-nodes lists them)",
+            w.hidden
+        );
+    }
     s.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a browse walk counts.
+struct Walk {
+    count: usize,
+    hidden: usize,
+    server_nodes: bool,
 }
 
 async fn walk(
@@ -190,9 +219,14 @@ async fn walk(
     node: &NodeId,
     level: u32,
     depth: u32,
-    count: &mut usize,
+    w: &mut Walk,
 ) -> Result<(), CliError> {
-    let refs = s.browse(node).await.map_err(ua_err)?;
+    let mut refs = s.browse(node).await.map_err(ua_err)?;
+    if !w.server_nodes {
+        let before = refs.len();
+        refs.retain(|r| r.node_id.node_id.namespace != 0);
+        w.hidden += before - refs.len();
+    }
     let vars: Vec<NodeId> = refs
         .iter()
         .filter(|r| r.node_class == NodeClass::Variable)
@@ -205,21 +239,23 @@ async fn walk(
     };
     let mut vi = values.iter();
     for r in &refs {
-        *count += 1;
+        w.count += 1;
         let indent = "  ".repeat(level as usize);
         let id = r.node_id.node_id.to_string();
         let class = format!("{:?}", r.node_class);
+        let name = r.display_name.text.as_ref().to_owned();
+        let name = if name.is_empty() {
+            r.browse_name.name.as_ref().to_owned()
+        } else {
+            name
+        };
         let (ty, value) = if r.node_class == NodeClass::Variable {
             match vi.next() {
                 Some(dv) => {
                     let status = dv.status.unwrap_or(StatusCode::Good);
-                    let ty = dv
-                        .value
-                        .as_ref()
-                        .map(|v| format!("{:?}", v.type_id()))
-                        .unwrap_or_default();
+                    let ty = dv.value.as_ref().map(type_name).unwrap_or_default();
                     let val = if status.is_good() {
-                        dv.value.as_ref().map(|v| v.to_string()).unwrap_or_default()
+                        dv.value.as_ref().map(value_text).unwrap_or_default()
                     } else {
                         status.to_string()
                     };
@@ -231,26 +267,51 @@ async fn walk(
             (String::new(), String::new())
         };
         println!(
-            "{:<48} {:<10} {:<10} {}",
+            "{:<48} {:<28} {:<10} {:<14} {}",
             format!("{indent}{id}"),
+            name,
             class,
-            short(&ty),
+            ty,
             value
         );
         if level < depth && r.node_class == NodeClass::Object {
-            Box::pin(walk(s, &r.node_id.node_id, level + 1, depth, count)).await?;
+            Box::pin(walk(s, &r.node_id.node_id, level + 1, depth, w)).await?;
         }
     }
     Ok(())
 }
 
-fn short(ty: &str) -> String {
-    ty.rsplit("::")
-        .next()
-        .unwrap_or(ty)
-        .chars()
-        .take(10)
-        .collect()
+/// The OPC UA type name of a value: `Double`, `Int32`, `String`; arrays as `Double[]`.
+fn type_name(v: &opcua::types::Variant) -> String {
+    use opcua::types::VariantTypeId;
+    match v.type_id() {
+        VariantTypeId::Empty => "Null".into(),
+        VariantTypeId::Scalar(t) => format!("{t:?}"),
+        VariantTypeId::Array(t, _) => format!("{t:?}[]"),
+    }
+}
+
+/// Most array elements shown.
+const ARRAY_SHOWN: usize = 8;
+
+/// A value as text; arrays as `[1.5, 2, 3]` (elements formatted like scalars, the first
+/// `ARRAY_SHOWN`, then `… (N)` with the count).
+fn value_text(v: &opcua::types::Variant) -> String {
+    match v {
+        opcua::types::Variant::Array(a) => {
+            let mut parts: Vec<String> = a
+                .values
+                .iter()
+                .take(ARRAY_SHOWN)
+                .map(|e| e.to_string())
+                .collect();
+            if a.values.len() > ARRAY_SHOWN {
+                parts.push(format!("… ({})", a.values.len()));
+            }
+            format!("[{}]", parts.join(", "))
+        }
+        v => v.to_string(),
+    }
 }
 
 /// `opcua certs …`.
@@ -302,5 +363,27 @@ fn print_list(dir: &Path) {
             c.common_name,
             c.subject
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opcua::types::Variant;
+
+    #[test]
+    fn type_names_and_arrays_read_like_values() {
+        assert_eq!(type_name(&Variant::Double(1.5)), "Double");
+        assert_eq!(type_name(&Variant::from("x")), "String");
+        let a = Variant::from(vec![1.5f64, 2.0, 3.25]);
+        assert_eq!(type_name(&a), "Double[]");
+        assert_eq!(value_text(&a), "[1.5, 2, 3.25]");
+        let long = Variant::from((0..20).map(f64::from).collect::<Vec<_>>());
+        assert!(
+            value_text(&long).ends_with(", … (20)]"),
+            "{}",
+            value_text(&long)
+        );
+        assert_eq!(value_text(&Variant::Double(2.5)), "2.5");
     }
 }

@@ -31,7 +31,10 @@ pub async fn run(
     once: bool,
     format: &str,
 ) -> Result<ExitCode, CliError> {
-    let map = super::load_map(path)?;
+    let mut map = super::load_map(path)?;
+    // `read` persists nothing: OPC UA sessions get a temporary copy of their PKI (no key is
+    // written into the configured directory, or into the working directory by default).
+    let _pki = ephemeral_pki(&mut map).map_err(|e| CliError::Usage(e.to_string()))?;
     let only: Option<Vec<TagId>> = if names.is_empty() {
         None
     } else {
@@ -52,6 +55,7 @@ pub async fn run(
     if once {
         let mut readings = drivers::read_once(&map, only.as_deref()).await;
         print(&map, &mut readings, format);
+        let unreachable = no_device_answered(&map, &readings);
         if only.is_none() {
             // Event definitions: the trigger value and the record on display.
             for (name, res) in drivers::read_events_once(&map).await {
@@ -71,6 +75,10 @@ pub async fn run(
                     Err(e) => println!("event {name}: cannot read: {e}"),
                 }
             }
+        }
+        if let Some(first_error) = unreachable {
+            eprintln!("{}", no_answer_hint(path, &first_error));
+            return Ok(ExitCode::from(1));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -110,4 +118,61 @@ pub async fn run(
     }
     acq.stop().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// When no device answered at all (every reading of every polled device is a communication
+/// failure): the first error, to report with [`no_answer_hint`].
+fn no_device_answered(map: &TagMap, readings: &[Reading]) -> Option<String> {
+    use crate::model::Quality;
+    if readings.is_empty()
+        || readings
+            .iter()
+            .any(|r| r.quality != Quality::BadCommunication)
+    {
+        return None;
+    }
+    let first = &readings[0];
+    let device = map
+        .tags
+        .get(first.tag as usize)
+        .and_then(|t| map.devices.get(t.device))
+        .map(|d| d.name.as_str())
+        .unwrap_or("?");
+    Some(format!(
+        "{device}: {}",
+        first.error.as_deref().unwrap_or("no answer")
+    ))
+}
+
+/// The message of a `read --once` in which no device answered: what failed and what to check,
+/// with the command that starts the simulator the demo's tag map polls.
+fn no_answer_hint(path: &Path, first_error: &str) -> String {
+    format!(
+        "edge-agent: no device answered ({first_error}). Is each device (or simulator) running and \
+         reachable at the host/port in {}? To try the demo's tag map (config/demo/agent.toml), start \
+         its simulator first, from the repository root:\n  \
+         flowsquare-sim modbus --map config/sim/modbus-demo.toml --tcp 127.0.0.1:5020\n\
+         (target/release/flowsquare-sim or target/debug/flowsquare-sim after a build; see README, \
+         \"Try read and browse against the simulator\").",
+        path.display()
+    )
+}
+
+/// Point every OPC UA device of `map` at one temporary PKI seeded from the first device's
+/// configured one (when it exists); kept alive by the caller, removed on drop.
+fn ephemeral_pki(
+    map: &mut TagMap,
+) -> Result<Option<crate::drivers::opcua::pki::EphemeralPki>, crate::drivers::opcua::OpcUaError> {
+    use crate::drivers::opcua::pki;
+    let Some(first) = map.devices.iter().position(|d| d.driver.opcua().is_some()) else {
+        return Ok(None);
+    };
+    let configured = pki::dir_for(map, first);
+    let tmp = pki::EphemeralPki::new(configured.is_dir().then_some(configured.as_path()))?;
+    for d in &mut map.devices {
+        if let crate::config::DeviceDriver::OpcUa(o) = &mut d.driver {
+            o.pki_dir = Some(tmp.path().to_path_buf());
+        }
+    }
+    Ok(Some(tmp))
 }

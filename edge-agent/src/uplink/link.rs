@@ -41,7 +41,8 @@ pub enum Client {
     V5(rumqttc::v5::AsyncClient),
 }
 
-/// The receiving half (drives the connection).
+/// The receiving half (drives the connection). Its `poll` is not cancel-safe while connecting
+/// (see [`Poller`]): poll it through a `Poller` wherever it races other futures.
 pub enum Events {
     /// MQTT 3.1.1.
     V4(Box<rumqttc::EventLoop>),
@@ -227,5 +228,63 @@ impl Client {
             Client::V4(c) => c.try_disconnect().is_ok(),
             Client::V5(c) => c.try_disconnect().is_ok(),
         };
+    }
+}
+
+/// A cancel-safe way to poll [`Events`] inside `tokio::select!`.
+///
+/// rumqttc's `EventLoop::poll` opens the connection (TCP, TLS, CONNECT, wait for CONNACK) inside
+/// the future it returns: dropping that future mid-handshake drops the half-open socket, the broker
+/// sees the client vanish and publishes its retained "offline" Last Will, and the next poll starts
+/// a second connection. The uplink loop races `poll` against a 50 ms tick, so any handshake slower
+/// than a tick (TLS, a distant broker) was cut and restarted, 2–3 connections per start. A
+/// `Poller` owns the event loop inside the poll in progress: when the future returned by
+/// [`Poller::next`] is dropped, the poll is kept and the next call resumes it, so a handshake runs
+/// to its end (or to rumqttc's own connection timeout) on one socket.
+pub struct Poller {
+    state: PollState,
+}
+
+type PollFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (Events, LinkEvent)> + Send>>;
+
+enum PollState {
+    Idle(Events),
+    Polling(PollFuture),
+    /// Only between taking the event loop out of `Idle` and storing the poll in `Polling`.
+    Moving,
+}
+
+impl Poller {
+    /// Poll `events` through this.
+    pub fn new(events: Events) -> Self {
+        Poller {
+            state: PollState::Idle(events),
+        }
+    }
+
+    /// The next event. Cancel-safe: dropping the returned future keeps the poll in progress.
+    pub async fn next(&mut self) -> LinkEvent {
+        if let PollState::Idle(_) = self.state {
+            if let PollState::Idle(mut events) =
+                std::mem::replace(&mut self.state, PollState::Moving)
+            {
+                self.state = PollState::Polling(Box::pin(async move {
+                    let ev = events.poll().await;
+                    (events, ev)
+                }));
+            }
+        }
+        match &mut self.state {
+            PollState::Polling(fut) => {
+                let (events, ev) = fut.await;
+                self.state = PollState::Idle(events);
+                ev
+            }
+            // Unreachable: `Idle` was turned into `Polling` just above and nothing in between
+            // can fail; kept total rather than panicking.
+            PollState::Idle(_) | PollState::Moving => {
+                LinkEvent::Failed("internal: the MQTT event loop is missing".into())
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::link::{Client, LinkEvent};
+use super::link::{Client, LinkEvent, Poller};
 use tokio::sync::watch;
 
 use flowsquare_wire as wire;
@@ -145,7 +145,9 @@ pub async fn run<C: Catalog>(
         map.site().to_owned(),
         map.agent().to_owned(),
     )?;
-    let (client, mut eventloop) = super::link::open(&cfg, &*map, &topics)?;
+    let (client, events) = super::link::open(&cfg, &*map, &topics)?;
+    // Polled through a `Poller`: the select below must never cut a connection handshake.
+    let mut eventloop = Poller::new(events);
     let mut state = UplinkState::new(
         usize::from(cfg.inflight),
         u64::from(cfg.batch_readings),
@@ -199,7 +201,7 @@ pub async fn run<C: Catalog>(
             break;
         }
         tokio::select! {
-            ev = eventloop.poll() => match ev {
+            ev = eventloop.next() => match ev {
                 LinkEvent::Connected => {
                     if last_error.take().is_some() {
                         tracing::info!(broker = %cfg.broker, "connected to the broker again");
@@ -346,7 +348,7 @@ pub async fn run<C: Catalog>(
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             loop {
                 if matches!(
-                    eventloop.poll().await,
+                    eventloop.next().await,
                     LinkEvent::DisconnectSent | LinkEvent::Failed(_)
                 ) {
                     break;

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::config::{Server, TerminalConfig};
 use super::error::TerminalError;
@@ -141,9 +142,12 @@ pub fn station(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> Option<(String, S
         "Station tank gauge (simulated)",
         a.mqtt,
     );
+    // A console that stops answering must not hold up the next cycle: the timeout is at most
+    // the poll interval (`edge-agent check` warns otherwise).
+    let timeout = at_most(poll, Duration::from_secs(2));
     let _ = write!(
         s,
-        "[[device]]\nname = \"station-atg\"\nprotocol = \"tls-350\"\nhost = \"{}\"\nport = {}\npoll_interval = \"{poll}\"\ndelivery_interval = \"{poll}\"\ntimeout = \"2s\"\n\n\
+        "[[device]]\nname = \"station-atg\"\nprotocol = \"tls-350\"\nhost = \"{}\"\nport = {}\npoll_interval = \"{poll}\"\ndelivery_interval = \"{poll}\"\ntimeout = \"{timeout}\"\n\n\
          \x20 [[device.tag]]\n  name = \"station/tank-{tank}/volume\"\n  tank = {tank}\n  field = \"volume\"\n  unit = \"L\"\n\n",
         a.tls350.ip(),
         a.tls350.port()
@@ -155,6 +159,9 @@ pub fn station(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> Option<(String, S
 pub fn truck(cfg: &TerminalConfig, id: &str, a: &Addrs, poll: &str) -> String {
     let mut s = String::new();
     let agent = id.to_lowercase();
+    // A receiver sends about one fix a second: polling faster repeats fixes (`edge-agent check`
+    // warns), so trucks poll at least every second whatever the gateway's interval.
+    let gps_poll = at_least(poll, Duration::from_secs(1));
     header(
         &mut s,
         &cfg.fleet_site,
@@ -164,12 +171,28 @@ pub fn truck(cfg: &TerminalConfig, id: &str, a: &Addrs, poll: &str) -> String {
     );
     let _ = write!(
         s,
-        "[[device]]\nname = \"gps\"\nprotocol = \"nmea\"\nserial = \"{}\"\nbaud = 9600\nmax_age = \"5s\"\npoll_interval = \"{poll}\"\n\n\
+        "[[device]]\nname = \"gps\"\nprotocol = \"nmea\"\nserial = \"{}\"\nbaud = 9600\nmax_age = \"5s\"\npoll_interval = \"{gps_poll}\"\n\n\
          \x20 [[device.tag]]\n  name = \"gps/lat\"\n  field = \"latitude\"\n  unit = \"deg\"\n\n\
          \x20 [[device.tag]]\n  name = \"gps/lon\"\n  field = \"longitude\"\n  unit = \"deg\"\n\n",
         a.run_dir.join(format!("{agent}.tty")).display()
     );
     s
+}
+
+/// `poll` (a duration string), or `cap` when `poll` is longer (or unreadable).
+fn at_most(poll: &str, cap: Duration) -> String {
+    match crate::duration::parse_duration(poll) {
+        Ok(d) if d <= cap => poll.to_owned(),
+        _ => crate::duration::format_duration(cap),
+    }
+}
+
+/// `poll` (a duration string), or `floor` when `poll` is shorter (or unreadable).
+fn at_least(poll: &str, floor: Duration) -> String {
+    match crate::duration::parse_duration(poll) {
+        Ok(d) if d >= floor => poll.to_owned(),
+        _ => crate::duration::format_duration(floor),
+    }
 }
 
 /// Every map as (file name, text), polling every `poll` (real time).

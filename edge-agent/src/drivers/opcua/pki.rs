@@ -90,6 +90,65 @@ pub fn ensure_own_certificate(pki: &Path) -> OpcUaResult<PathBuf> {
     }
 }
 
+/// A throw-away PKI directory for commands that persist nothing (`browse opcua`, `read`): a
+/// temporary directory, holding a copy of the configured PKI's own certificate, key and trusted
+/// server certificates when that PKI exists (so secure servers that trust the agent accept the
+/// session), else nothing (the client makes a certificate there). Removed on drop, so no key
+/// is left behind and the configured PKI is only read.
+pub struct EphemeralPki {
+    dir: PathBuf,
+}
+
+impl EphemeralPki {
+    /// A fresh temporary PKI, seeded from `configured` when it exists.
+    pub fn new(configured: Option<&Path>) -> OpcUaResult<Self> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "edge-agent-pki-{}-{}-{n}",
+            std::process::id(),
+            crate::model::now_ms()
+        ));
+        let me = EphemeralPki { dir };
+        ensure(&me.dir)?;
+        if let Some(src) = configured {
+            me.seed(src)?;
+        }
+        Ok(me)
+    }
+
+    fn seed(&self, src: &Path) -> OpcUaResult<()> {
+        let copy = |from: PathBuf, to: PathBuf| -> OpcUaResult<()> {
+            std::fs::copy(&from, &to)
+                .map(|_| ())
+                .map_err(|e| OpcUaError::Pki(format!("cannot copy {}: {e}", from.display())))
+        };
+        if own_cert_path(src).is_file() && own_key_path(src).is_file() {
+            copy(own_cert_path(src), own_cert_path(&self.dir))?;
+            copy(own_key_path(src), own_key_path(&self.dir))?;
+        }
+        if let Ok(rd) = std::fs::read_dir(src.join("trusted")) {
+            for e in rd.flatten() {
+                if e.path().is_file() {
+                    copy(e.path(), self.dir.join("trusted").join(e.file_name()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory to hand to the session.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for EphemeralPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Where a listed certificate sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertState {
