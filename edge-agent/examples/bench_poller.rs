@@ -27,19 +27,32 @@ async fn main() -> anyhow::Result<()> {
         .lines()
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let devices = plan["devices"].as_array().cloned().unwrap_or_default();
+    // (function code, start, count) of every request of each device's cycle; the plan itself
+    // (tag names and all) is dropped before polling starts.
+    let plans: Vec<Vec<(u64, u16, u16)>> = plan["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            d["requests"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    let n = |k: &str| r[k].as_u64().unwrap_or(0);
+                    (n("function"), n("start") as u16, n("count") as u16)
+                })
+                .collect()
+        })
+        .collect();
+    drop(plan);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let done = Arc::new(AtomicU64::new(0));
-    for (d, port) in devices.iter().zip(ports) {
-        // (function code, start, count) of every request of the device's cycle.
-        let reqs: Vec<(u64, u16, u16)> = d["requests"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                let n = |k: &str| r[k].as_u64().unwrap_or(0);
-                (n("function"), n("start") as u16, n("count") as u16)
-            })
-            .collect();
+    for (reqs, port) in plans.into_iter().zip(ports) {
         let addr = format!("{host}:{port}").parse()?;
         let done = done.clone();
         tokio::spawn(async move {

@@ -842,6 +842,93 @@ endpoint = "opc.tcp://127.0.0.1:4840/"
         assert!(parse_str("a.toml", &text("u16", "seq_rollover = 70000")).is_err());
     }
 
+    /// Loading part by part gives exactly what one whole parse gives (map and diagnostics),
+    /// for the shipped example and every fixture map (valid ones, and ones with errors and
+    /// warnings in several devices).
+    #[test]
+    fn parsing_by_parts_equals_the_whole_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tagmaps");
+        let mut files =
+            vec![concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.example.toml").to_owned()];
+        for e in std::fs::read_dir(dir).expect("fixtures") {
+            let p = e.expect("entry").path().join("agent.toml");
+            if p.exists() {
+                files.push(p.display().to_string());
+            }
+        }
+        assert!(files.len() > 10);
+        let show = |r: Result<(TagMap, Vec<Diagnostic>), ConfigError>| match r {
+            Ok((m, d)) => format!("{:?} {:?} {:?} {d:?}", m.devices, m.tags, m.agent),
+            Err(ConfigError::Invalid(d)) => format!("invalid {d:?}"),
+            Err(e) => format!("{e}"),
+        };
+        for f in files {
+            let text = std::fs::read_to_string(&f).expect("readable");
+            assert_eq!(
+                show(parse_str(&f, &text)),
+                show(parse_whole(&f, &text)),
+                "{f}"
+            );
+        }
+    }
+
+    /// A part that does not stand alone (a `[[device]]` line inside a multi-line string, a
+    /// top-level table after the devices) makes the whole document be parsed: same result.
+    #[test]
+    fn parts_that_do_not_stand_alone_fall_back_to_the_whole_parse() {
+        let head = "[agent]\nsite = \"s\"\nid = \"gw\"\n";
+        let dev = |n: u32| {
+            format!("\n[[device]]\nname = \"d{n}\"\nprotocol = \"modbus-tcp\"\nhost = \"127.0.0.1\"\n\n[[device.tag]]\nname = \"a/t{n}\"\nregister = \"holding\"\naddress = 0\n")
+        };
+        let cut_string = format!("{head}description = \"\"\"\n[[device]]\n\"\"\"\n{}", dev(1));
+        let table_after = format!(
+            "{head}{}{}\n[buffer]\ncommit_interval = \"1s\"\n",
+            dev(1),
+            dev(2)
+        );
+        let starts = |t: &str| device_parts(t).map(|p| p.len());
+        assert_eq!(starts(&cut_string), Some(2));
+        assert!(parse_parts(
+            "x.toml",
+            &cut_string,
+            &device_parts(&cut_string).unwrap_or_default()
+        )
+        .is_none());
+        let (m, _) = parse_str("x.toml", &cut_string).expect("valid as a whole");
+        assert_eq!(m.devices.len(), 1);
+        assert_eq!(m.agent.description.as_deref(), Some("[[device]]\n"));
+        assert!(parse_parts(
+            "x.toml",
+            &table_after,
+            &device_parts(&table_after).unwrap_or_default()
+        )
+        .is_none());
+        let (m, _) = parse_str("x.toml", &table_after).expect("valid as a whole");
+        assert_eq!(
+            (m.devices.len(), m.buffer.commit_interval),
+            (2, Duration::from_secs(1))
+        );
+        // A bad value in the second device is located in the file, not in its part.
+        let bad = format!(
+            "{head}{}{}",
+            dev(1),
+            dev(2).replace("address = 0", "address = -1")
+        );
+        let Err(ConfigError::Invalid(d)) = parse_str("x.toml", &bad) else {
+            panic!("address -1 must be refused")
+        };
+        let line = bad
+            .lines()
+            .position(|l| l == "address = -1")
+            .expect("present")
+            + 1;
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            (d[0].line, d[0].subject.as_str()),
+            (line, "device 'd2' tag 'a/t2'")
+        );
+    }
+
     /// The shipped example is the documentation: it must load without errors.
     #[test]
     fn example_config_parses() {

@@ -93,10 +93,11 @@ fn birth_without_tags(map: &TagMap) -> wire::Birth {
     }
 }
 
-/// The encoded birth of `map`, naming the buffer it sends from: the JSON of [`birth`] with
-/// `buffer` set, written tag by tag straight from the map (at 100,000 tags a whole
-/// `wire::Birth` would hold ~35 MB of strings at once beside the ~13 MB of JSON).
-fn birth_of(map: &TagMap, identity: &wire::messages::BufferIdentity) -> Vec<u8> {
+/// The encoded birth of `map` (made at `started_ms`), naming the buffer it sends from: the JSON
+/// of [`birth`] with `buffer` set, written tag by tag straight from the map (at 100,000 tags a
+/// whole `wire::Birth` would hold ~35 MB of strings at once beside the ~12 MB of JSON). It is
+/// made again for every connection rather than kept (the map is kept anyway).
+fn birth_of(map: &TagMap, started_ms: i64, identity: &wire::messages::BufferIdentity) -> Vec<u8> {
     use serde::ser::Serializer;
     /// The tags of the catalog, serialized one at a time.
     struct Tags<'a>(&'a TagMap);
@@ -127,7 +128,7 @@ fn birth_of(map: &TagMap, identity: &wire::messages::BufferIdentity) -> Vec<u8> 
         agent: &b.agent,
         agent_version: &b.agent_version,
         config_hash: &b.config_hash,
-        started_ms: b.started_ms,
+        started_ms,
         devices: &b.devices,
         tags: Tags(map),
         events: &b.events,
@@ -269,7 +270,8 @@ pub async fn run(
     }
     let identity = buffer.identity().clone();
     let epoch = identity.epoch;
-    let mut birth = birth_of(&map, &identity);
+    // The map and time of the birth to publish on every connection.
+    let mut birth = (map.clone(), now_ms());
     let data_topic = topics.data();
     let ack_topic = topics.ack();
     let live_window = i64::try_from(cfg.live_window.as_millis()).unwrap_or(10_000);
@@ -314,7 +316,7 @@ pub async fn run(
                     state.on_connected();
                     up.connected.store(true, Relaxed);
                     client.subscribe(ack_topic.clone());
-                    client.publish(topics.birth(), true, true, birth.clone());
+                    client.publish(topics.birth(), true, true, birth_of(&birth.0, birth.1, &identity));
                     client.publish(topics.status(), true, true, wire::Status::online(now_ms(), env!("CARGO_PKG_VERSION")).encode());
                 }
                 LinkEvent::Message { topic, payload } => {
@@ -467,7 +469,7 @@ pub async fn run(
 /// any batch written under the new map (those carry its hash; older batches keep theirs).
 fn republish_birth(
     maps: &mut watch::Receiver<Arc<TagMap>>,
-    birth_payload: &mut Vec<u8>,
+    birth: &mut (Arc<TagMap>, i64),
     identity: &wire::messages::BufferIdentity,
     client: &Client,
     topics: &wire::Topics,
@@ -477,10 +479,15 @@ fn republish_birth(
         return;
     }
     let map = maps.borrow_and_update().clone();
-    *birth_payload = birth_of(&map, identity);
+    *birth = (map.clone(), now_ms());
     tracing::info!(config_hash = %map.hash, tags = map.tags.len(), "tag map reloaded: publishing a new birth");
     if connected {
-        client.publish(topics.birth(), true, true, birth_payload.clone());
+        client.publish(
+            topics.birth(),
+            true,
+            true,
+            birth_of(&map, birth.1, identity),
+        );
     }
 }
 
@@ -521,11 +528,11 @@ mod tests {
             origin: "new".into(),
             note: None,
         };
-        let mut streamed = wire::Birth::decode(&birth_of(&map, &identity)).expect("decodes");
         let mut expected = birth(&map);
-        expected.buffer = Some(identity);
+        expected.buffer = Some(identity.clone());
+        let streamed =
+            wire::Birth::decode(&birth_of(&map, expected.started_ms, &identity)).expect("decodes");
         assert!(!expected.tags.is_empty() && !expected.events.is_empty());
-        streamed.started_ms = expected.started_ms;
         assert_eq!(streamed, expected);
     }
 }
