@@ -42,6 +42,7 @@ fn init_logging(level: &str, format: &str) {
 fn main() -> anyhow::Result<ExitCode> {
     // `… | head`: a closed stdout ends the command quietly with status 0, never a panic.
     flowsquare_service::pipe::exit_quietly_on_broken_pipe();
+    limit_malloc_arenas();
     let args = Cli::parse();
     init_logging(&args.log_level, &args.log_format);
     // The data clock: a bad FLOWSQUARE_CLOCK is an error; a simulated one is announced loudly.
@@ -56,8 +57,12 @@ fn main() -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
+    // One worker: the agent's tasks are I/O-bound and short (a poll, a decode, a hand-over), and
+    // with two workers most of the time went into waking and switching between them (issue 14,
+    // perf). Still a multi-thread runtime, so `spawn_blocking` and the buffer's own thread work
+    // as before and nothing blocking can stall the I/O driver's thread for good.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()?;
     match rt.block_on(cli::run(args)) {
@@ -68,3 +73,20 @@ fn main() -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// glibc gives each thread that allocates its own malloc arena (up to 8 per core), each keeping
+/// freed memory of its own: two arenas keep the agent's resident memory down (issue 14) without
+/// making its few threads contend for one lock. An environment `MALLOC_ARENA_MAX` still wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: called first thing in `main`, before any other thread exists; mallopt only
+        // sets an allocator parameter, and a refusal (return 0) leaves the default in place.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}

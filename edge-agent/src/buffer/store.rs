@@ -558,6 +558,9 @@ impl Store {
     ) -> Result<Store, BufferError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every repeated statement goes through `prepare_cached` (commit, lease, ack, eviction,
+        // compaction: about 40 distinct texts); rusqlite's default cache holds 16.
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
             None,
@@ -567,17 +570,19 @@ impl Store {
                 Durability::PowerLossSafe => "FULL",
             },
         )?;
-        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        let check: String = conn
+            .prepare_cached("PRAGMA quick_check")?
+            .query_row([], |r| r.get(0))?;
         if check != "ok" {
             return Err(BufferError::Corrupt(check));
         }
         conn.execute_batch(SCHEMA)?;
         // Running totals, kept in memory from here on (figures() must not scan the table).
-        let (segments, readings, bytes): (i64, i64, i64) = conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM segment",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let (segments, readings, bytes): (i64, i64, i64) = conn
+            .prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM segment",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         let mut s = Store {
             conn,
             path: path.to_path_buf(),
@@ -609,7 +614,8 @@ impl Store {
             s.add_gap(&gap)?;
         }
         s.conn
-            .execute("UPDATE meta SET value = 0 WHERE key = 'clean'", [])?;
+            .prepare_cached("UPDATE meta SET value = 0 WHERE key = 'clean'")?
+            .execute([])?;
         Ok(s)
     }
 
@@ -627,8 +633,7 @@ impl Store {
         // Batches leased before (an older agent's database) were sent as epoch 0: their
         // re-sends keep it, so the cloud stores them once.
         let below = self.meta("next_batch_id")?.max(1);
-        self.conn.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('epoch', ?1), ('created_ms', ?2), ('epoch0_below', ?3)",
+        self.conn.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES ('epoch', ?1), ('created_ms', ?2), ('epoch0_below', ?3)")?.execute(
             params![epoch as i64, now, below],
         )?;
         self.epoch0_below = below as u64;
@@ -645,8 +650,7 @@ impl Store {
         created_ms: i64,
         next_batch_id: i64,
     ) -> Result<(), BufferError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('epoch', ?1), ('created_ms', ?2), ('next_batch_id', ?3)",
+        self.conn.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES ('epoch', ?1), ('created_ms', ?2), ('next_batch_id', ?3)")?.execute(
             params![epoch as i64, created_ms, next_batch_id],
         )?;
         self.identity.epoch = epoch;
@@ -686,7 +690,8 @@ impl Store {
     /// Orderly close: everything handed over is committed; the next start is not a crash.
     pub fn close(self) -> Result<(), BufferError> {
         self.conn
-            .execute("UPDATE meta SET value = 1 WHERE key = 'clean'", [])?;
+            .prepare_cached("UPDATE meta SET value = 1 WHERE key = 'clean'")?
+            .execute([])?;
         self.conn.close().map_err(|(_, e)| BufferError::Sqlite(e))
     }
 
@@ -698,14 +703,14 @@ impl Store {
     pub(super) fn meta(&self, key: &str) -> Result<i64, BufferError> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
             .optional()?
             .unwrap_or(0))
     }
 
     pub(super) fn bump(&mut self, key: &str, by: i64) -> Result<(), BufferError> {
-        self.conn.execute(
-            "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = value + ?2",
+        self.conn.prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = value + ?2")?.execute(
             params![key, by],
         )?;
         Ok(())
@@ -750,17 +755,13 @@ impl Store {
                 added += s.blob.len() as u64;
             }
         }
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'last_commit_ms'",
-            [since],
-        )?;
+        tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'last_commit_ms'")?
+            .execute([since])?;
         // The committed total, in the counter space of the in-flight side file (see
         // `inflight.rs`): after a crash, handed − committed readings were lost.
         let n: i64 = segs.iter().map(|s| i64::from(s.count)).sum();
-        tx.execute(
-            "UPDATE meta SET value = value + ?1 WHERE key = 'committed_total'",
-            [n],
-        )?;
+        tx.prepare_cached("UPDATE meta SET value = value + ?1 WHERE key = 'committed_total'")?
+            .execute([n])?;
         tx.commit()?;
         self.bytes += added;
         self.segments += segs.len() as u64;
@@ -830,11 +831,12 @@ impl Store {
             if freed >= want_bytes {
                 break;
             }
-            tx.execute("DELETE FROM segment WHERE id = ?1", [id])?;
-            tx.execute(
+            tx.prepare_cached("DELETE FROM segment WHERE id = ?1")?
+                .execute([id])?;
+            tx.prepare_cached(
                 "INSERT INTO gap(tags, from_ms, to_ms, count, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![tags, first, last, count, reason.as_str()],
-            )?;
+            )?
+            .execute(params![tags, first, last, count, reason.as_str()])?;
             freed += bytes as u64;
             readings += count as u64;
             segments += 1;
@@ -843,10 +845,8 @@ impl Store {
             DropReason::BufferFull => "dropped_full",
             DropReason::BufferAge => "dropped_age",
         };
-        tx.execute(
-            "UPDATE meta SET value = value + ?1 WHERE key = ?2",
-            params![readings as i64, key],
-        )?;
+        tx.prepare_cached("UPDATE meta SET value = value + ?1 WHERE key = ?2")?
+            .execute(params![readings as i64, key])?;
         tx.commit()?;
         self.bytes = self.bytes.saturating_sub(freed);
         self.segments = self.segments.saturating_sub(segments);
@@ -920,9 +920,7 @@ impl Store {
         let mut old_count = 0i64;
         let mut created = i64::MAX;
         for id in ids {
-            let row: Option<(i64, i64, i64)> = tx
-                .query_row(
-                    "SELECT bytes, count, created_ms FROM segment WHERE id = ?1 AND batch_id IS NULL",
+            let row: Option<(i64, i64, i64)> = tx.prepare_cached("SELECT bytes, count, created_ms FROM segment WHERE id = ?1 AND batch_id IS NULL")?.query_row(
                     [id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
@@ -944,11 +942,11 @@ impl Store {
             });
         }
         for id in ids {
-            tx.execute("DELETE FROM segment WHERE id = ?1", [id])?;
+            tx.prepare_cached("DELETE FROM segment WHERE id = ?1")?
+                .execute([id])?;
         }
-        tx.execute(
-            "INSERT INTO segment(id, class, first_ts, last_ts, count, bytes, created_ms, tags, config, blob)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        tx.prepare_cached("INSERT INTO segment(id, class, first_ts, last_ts, count, bytes, created_ms, tags, config, blob)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")?.execute(
             params![
                 first,
                 merged.class as i64,
@@ -981,9 +979,8 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some(s) = seg {
-            tx.execute(
-                "INSERT INTO segment(class, first_ts, last_ts, count, bytes, created_ms, tags, config, blob)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            tx.prepare_cached("INSERT INTO segment(class, first_ts, last_ts, count, bytes, created_ms, tags, config, blob)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?.execute(
                 params![
                     s.class as i64,
                     s.first_ts,
@@ -998,21 +995,20 @@ impl Store {
             )?;
         }
         for gap in gaps {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO gap(tags, from_ms, to_ms, count, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    tags_blob(&gap.tags),
-                    gap.range.start,
-                    gap.range.end,
-                    count_sql(gap.count),
-                    gap.reason.as_str()
-                ],
-            )?;
+            )?
+            .execute(params![
+                tags_blob(&gap.tags),
+                gap.range.start,
+                gap.range.end,
+                count_sql(gap.count),
+                gap.reason.as_str()
+            ])?;
         }
         for (source, c) in cursors {
-            tx.execute(
-                "INSERT INTO event_cursor(source, seq, digest, ts_ms, acked) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(source) DO UPDATE SET seq = ?2, digest = ?3, ts_ms = ?4, acked = ?5",
+            tx.prepare_cached("INSERT INTO event_cursor(source, seq, digest, ts_ms, acked) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(source) DO UPDATE SET seq = ?2, digest = ?3, ts_ms = ?4, acked = ?5")?.execute(
                 params![source, c.seq as i64, c.digest as i64, c.ts_ms, c.acked],
             )?;
         }
@@ -1027,10 +1023,9 @@ impl Store {
 
     /// The handshake of `source`'s record `seq` was written.
     pub fn mark_acked(&mut self, source: &str, seq: u64) -> Result<(), BufferError> {
-        self.conn.execute(
-            "UPDATE event_cursor SET acked = 1 WHERE source = ?1 AND seq = ?2",
-            params![source, seq as i64],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE event_cursor SET acked = 1 WHERE source = ?1 AND seq = ?2")?
+            .execute(params![source, seq as i64])?;
         Ok(())
     }
 
@@ -1055,16 +1050,17 @@ impl Store {
 
     /// Record a known loss (e.g. a skipped event sequence number) to report to the cloud.
     pub fn add_gap(&mut self, gap: &GapRow) -> Result<(), BufferError> {
-        self.conn.execute(
-            "INSERT INTO gap(tags, from_ms, to_ms, count, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
+        self.conn
+            .prepare_cached(
+                "INSERT INTO gap(tags, from_ms, to_ms, count, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
                 tags_blob(&gap.tags),
                 gap.range.start,
                 gap.range.end,
                 count_sql(gap.count),
                 gap.reason.as_str()
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
@@ -1128,24 +1124,19 @@ impl Store {
             }
         }
         let pending_gaps: i64 = if with_gaps {
-            tx.query_row("SELECT COUNT(*) FROM gap WHERE batch_id IS NULL", [], |r| {
-                r.get(0)
-            })?
+            tx.prepare_cached("SELECT COUNT(*) FROM gap WHERE batch_id IS NULL")?
+                .query_row([], |r| r.get(0))?
         } else {
             0
         };
         if segments.is_empty() && pending_gaps == 0 {
             return Ok(None);
         }
-        let batch_id: i64 = tx.query_row(
-            "SELECT value FROM meta WHERE key = 'next_batch_id'",
-            [],
-            |r| r.get(0),
-        )?;
-        tx.execute(
-            "UPDATE meta SET value = value + 1 WHERE key = 'next_batch_id'",
-            [],
-        )?;
+        let batch_id: i64 = tx
+            .prepare_cached("SELECT value FROM meta WHERE key = 'next_batch_id'")?
+            .query_row([], |r| r.get(0))?;
+        tx.prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'next_batch_id'")?
+            .execute([])?;
         {
             let mut st = tx.prepare_cached("UPDATE segment SET batch_id = ?1 WHERE id = ?2")?;
             for s in &segments {
@@ -1153,10 +1144,8 @@ impl Store {
             }
         }
         let gaps = if pending_gaps > 0 {
-            tx.execute(
-                "UPDATE gap SET batch_id = ?1 WHERE batch_id IS NULL",
-                [batch_id],
-            )?;
+            tx.prepare_cached("UPDATE gap SET batch_id = ?1 WHERE batch_id IS NULL")?
+                .execute([batch_id])?;
             Self::gaps_of(&tx, batch_id)?
         } else {
             Vec::new()
@@ -1257,41 +1246,35 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         type Row = (i64, i64, i64, i64, Vec<u8>, Option<i64>);
         let row: Option<Row> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT first_ts, last_ts, count, bytes, tags, batch_id FROM segment WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                },
-            )
+            )?
+            .query_row([id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
             .optional()?;
         let Some((first, last, count, bytes, tags, batch_id)) = row else {
             return Ok(0);
         };
-        tx.execute(
-            "INSERT OR REPLACE INTO bad_segment SELECT id, class, first_ts, last_ts, count, bytes, created_ms, tags, config, batch_id, blob, ?2, ?3 FROM segment WHERE id = ?1",
+        tx.prepare_cached("INSERT OR REPLACE INTO bad_segment SELECT id, class, first_ts, last_ts, count, bytes, created_ms, tags, config, batch_id, blob, ?2, ?3 FROM segment WHERE id = ?1")?.execute(
             params![id, why, now_ms()],
         )?;
-        tx.execute("DELETE FROM segment WHERE id = ?1", [id])?;
-        tx.execute(
-            "INSERT INTO gap(tags, from_ms, to_ms, count, reason, batch_id) VALUES (?1, ?2, ?3, ?4, 'buffer-damaged', ?5)",
+        tx.prepare_cached("DELETE FROM segment WHERE id = ?1")?
+            .execute([id])?;
+        tx.prepare_cached("INSERT INTO gap(tags, from_ms, to_ms, count, reason, batch_id) VALUES (?1, ?2, ?3, ?4, 'buffer-damaged', ?5)")?.execute(
             params![tags, first, last, count, batch_id],
         )?;
-        tx.execute(
-            "UPDATE meta SET value = value + ?1 WHERE key = 'damaged_readings'",
-            [count],
-        )?;
-        tx.execute(
-            "UPDATE meta SET value = value + 1 WHERE key = 'bad_segments'",
-            [],
-        )?;
+        tx.prepare_cached("UPDATE meta SET value = value + ?1 WHERE key = 'damaged_readings'")?
+            .execute([count])?;
+        tx.prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'bad_segments'")?
+            .execute([])?;
         tx.commit()?;
         self.bytes = self.bytes.saturating_sub(bytes as u64);
         self.segments = self.segments.saturating_sub(1);
@@ -1307,13 +1290,14 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (n, count, bytes): (i64, i64, i64) = tx.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM segment WHERE batch_id = ?1",
+        let (n, count, bytes): (i64, i64, i64) = tx.prepare_cached("SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM segment WHERE batch_id = ?1")?.query_row(
             [batch_id as i64],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        tx.execute("DELETE FROM segment WHERE batch_id = ?1", [batch_id as i64])?;
-        tx.execute("DELETE FROM gap WHERE batch_id = ?1", [batch_id as i64])?;
+        tx.prepare_cached("DELETE FROM segment WHERE batch_id = ?1")?
+            .execute([batch_id as i64])?;
+        tx.prepare_cached("DELETE FROM gap WHERE batch_id = ?1")?
+            .execute([batch_id as i64])?;
         tx.commit()?;
         self.bytes = self.bytes.saturating_sub(bytes as u64);
         self.segments = self.segments.saturating_sub(n as u64);
@@ -1323,16 +1307,16 @@ impl Store {
 
     /// Current figures, from the running totals and indexed queries (cheap at any size).
     pub fn figures(&self) -> Result<StoreFigures, BufferError> {
-        let oldest: Option<i64> =
-            self.conn
-                .query_row("SELECT MIN(first_ts) FROM segment", [], |r| r.get(0))?;
+        let oldest: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(first_ts) FROM segment")?
+            .query_row([], |r| r.get(0))?;
         self.figures_with(self.segments, self.readings, self.bytes, oldest)
     }
 
     /// Figures computed by scanning the table (for read-only inspection).
     fn figures_scan(&self) -> Result<StoreFigures, BufferError> {
-        let (segments, readings, bytes, oldest): (i64, i64, i64, Option<i64>) = self.conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0), MIN(first_ts) FROM segment",
+        let (segments, readings, bytes, oldest): (i64, i64, i64, Option<i64>) = self.conn.prepare_cached("SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0), MIN(first_ts) FROM segment")?.query_row(
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
@@ -1346,16 +1330,16 @@ impl Store {
         bytes: u64,
         oldest: Option<i64>,
     ) -> Result<StoreFigures, BufferError> {
-        let leased: i64 = self.conn.query_row(
-            "SELECT COALESCE(SUM(count), 0) FROM segment WHERE batch_id IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )?;
-        let gaps: i64 =
-            self.conn
-                .query_row("SELECT COUNT(*) FROM gap WHERE batch_id IS NULL", [], |r| {
-                    r.get(0)
-                })?;
+        let leased: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(count), 0) FROM segment WHERE batch_id IS NOT NULL",
+            )?
+            .query_row([], |r| r.get(0))?;
+        let gaps: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM gap WHERE batch_id IS NULL")?
+            .query_row([], |r| r.get(0))?;
         Ok(StoreFigures {
             segments,
             readings,

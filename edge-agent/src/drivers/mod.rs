@@ -30,7 +30,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Device, DeviceDriver, Tag, TagMap};
+use crate::config::{Device, DeviceDriver, TagMap};
 use crate::model::{GapRow, Reading, TagId};
 use modbus::config::Link;
 use stats::DeviceStats;
@@ -87,30 +87,56 @@ fn units_of(map: &TagMap) -> BTreeMap<String, Vec<usize>> {
 }
 
 /// What a unit polls, independent of tag ids and device indexes: equal fingerprints mean the
-/// unit can keep running across a reload.
-fn fingerprint(map: &TagMap, devices: &[usize]) -> Vec<(Device, Vec<Tag>)> {
-    devices
-        .iter()
-        .map(|&i| {
-            let d = &map.devices[i];
-            let tags = d
-                .tags
-                .iter()
-                .map(|&t| Tag {
-                    id: 0,
-                    device: 0,
-                    ..map.tags[t as usize].clone()
-                })
-                .collect();
-            (
-                Device {
-                    tags: Vec::new(),
-                    ..d.clone()
-                },
-                tags,
-            )
-        })
-        .collect()
+/// unit can keep running across a reload. A 128-bit hash of the devices' and tags' settings (their
+/// `Debug` form, which shows every field, with ids and indexes zeroed) rather than a copy of them:
+/// a copy doubled the memory the tag map takes.
+fn fingerprint(map: &TagMap, devices: &[usize]) -> u128 {
+    use std::fmt::Write as _;
+    use std::hash::{DefaultHasher, Hasher};
+    /// Feeds formatted text to two hashers with different seeds.
+    struct Feed(DefaultHasher, DefaultHasher);
+    impl std::fmt::Write for Feed {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.write(s.as_bytes());
+            self.1.write(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut feed = Feed(DefaultHasher::new(), DefaultHasher::new());
+    feed.1.write_u64(0x9e37_79b9_7f4a_7c15);
+    for &i in devices {
+        let d = &map.devices[i];
+        // Writing to a hasher cannot fail.
+        let _ = write!(
+            feed,
+            "{:?}",
+            Device {
+                tags: Vec::new(),
+                events: Vec::new(),
+                ..d.clone()
+            }
+        );
+        let _ = write!(feed, "{:?}", d.events);
+        for &t in &d.tags {
+            let tag = &map.tags[t as usize];
+            let _ = write!(
+                feed,
+                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?};",
+                tag.name,
+                tag.unit,
+                tag.description,
+                tag.kind,
+                tag.deadband,
+                tag.max_silence,
+                tag.rollover,
+                tag.priority,
+                tag.source
+            );
+        }
+        feed.0.write_u8(0xff);
+        feed.1.write_u8(0xff);
+    }
+    (u128::from(feed.0.finish()) << 64) | u128::from(feed.1.finish())
 }
 
 /// Spawn the tasks of one unit (`devices`: one device, or the devices of one RTU bus), sending
@@ -245,7 +271,7 @@ enum Sink {
 
 /// The running tasks of one unit.
 struct Unit {
-    fingerprint: Vec<(Device, Vec<Tag>)>,
+    fingerprint: u128,
     generation: u64,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,

@@ -80,35 +80,63 @@ pub fn value_span(table: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
     table.get(key).map(|v| v.span())
 }
 
-/// Where a table and each of its keys' values are in the source.
+/// Where a table and each of its keys' values are in the source. Compact, because the loader
+/// keeps one per tag until the whole map is validated: the key names in one string, the value
+/// spans as `u32` offsets (a tag map is far below 4 GB; larger offsets saturate).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spans {
     /// The whole table (its first key).
     pub table: Range<usize>,
-    /// Value span of each key.
-    pub keys: Vec<(String, Range<usize>)>,
+    /// The key names, concatenated.
+    names: Box<str>,
+    /// Per key: end of its name in `names`, start and end of its value.
+    keys: Box<[(u32, u32, u32)]>,
+}
+
+fn offset32(x: usize) -> u32 {
+    u32::try_from(x).unwrap_or(u32::MAX)
 }
 
 impl Spans {
     /// Span of `key`'s value, or the table's.
     pub fn of(&self, key: &str) -> Range<usize> {
-        self.keys
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, s)| s.clone())
-            .unwrap_or_else(|| self.table.clone())
+        let mut from = 0;
+        for &(end, s, e) in self.keys.iter() {
+            let end = end as usize;
+            if self.names.get(from..end) == Some(key) {
+                return s as usize..e as usize;
+            }
+            from = end;
+        }
+        self.table.clone()
+    }
+
+    /// Move every span by `base` bytes (spans of a part of the text parsed alone, made absolute).
+    pub fn shift(&mut self, base: usize) {
+        self.table = self.table.start + base..self.table.end + base;
+        for k in self.keys.iter_mut() {
+            k.1 = offset32(k.1 as usize + base);
+            k.2 = offset32(k.2 as usize + base);
+        }
     }
 }
 
 /// Value spans of every key, for diagnostics after deserialization.
 pub fn key_spans(table: &STable<'_, '_>) -> Spans {
+    let mut names = String::new();
+    let keys = table
+        .get_ref()
+        .iter()
+        .map(|(k, v)| {
+            names.push_str(k.get_ref());
+            let sp = v.span();
+            (offset32(names.len()), offset32(sp.start), offset32(sp.end))
+        })
+        .collect();
     Spans {
         table: table.span(),
-        keys: table
-            .get_ref()
-            .iter()
-            .map(|(k, v)| (k.get_ref().to_string(), v.span()))
-            .collect(),
+        names: names.into_boxed_str(),
+        keys,
     }
 }
 

@@ -32,6 +32,7 @@ pub trait Catalog: Send + Sync + 'static {
     fn config_hash(&self) -> &str;
     /// Number of tags.
     fn tag_count(&self) -> usize;
-    /// The birth message (catalog of devices, tags and event definitions; no buffer identity).
-    fn birth(&self) -> wire::Birth;
+    /// The encoded birth message (catalog of devices, tags and event definitions), made at
+    /// `started_ms` and naming the buffer it sends from; written as it is encoded, not kept.
+    fn birth_json(&self, started_ms: i64, identity: &wire::messages::BufferIdentity) -> Vec<u8>;
 }

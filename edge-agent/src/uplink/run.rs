@@ -27,13 +27,6 @@ use crate::model::now_ms;
 /// Tick of the send loop.
 const TICK: Duration = Duration::from_millis(50);
 
-/// The encoded birth of `map`, naming the buffer it sends from.
-fn birth_of(map: &impl Catalog, identity: &wire::messages::BufferIdentity) -> Vec<u8> {
-    let mut b = map.birth();
-    b.buffer = Some(identity.clone());
-    b.encode()
-}
-
 /// Run the uplink for as long as the process lives: a failed uplink task (an error or a panic)
 /// is logged, counted (`flowsquare_uplink_restarts_total`) and started again with backoff
 /// (1 s doubling to 30 s, back to 1 s after a minute of running). While it is down,
@@ -167,7 +160,8 @@ pub async fn run<C: Catalog>(
     }
     let identity = buffer.identity().clone();
     let epoch = identity.epoch;
-    let mut birth = birth_of(&*map, &identity);
+    // The map and time of the birth to publish on every connection.
+    let mut birth = (map.clone(), now_ms());
     let data_topic = topics.data();
     let ack_topic = topics.ack();
     let live_window = i64::try_from(cfg.live_window.as_millis()).unwrap_or(10_000);
@@ -212,7 +206,7 @@ pub async fn run<C: Catalog>(
                     state.on_connected();
                     up.connected.store(true, Relaxed);
                     client.subscribe(ack_topic.clone());
-                    client.publish(topics.birth(), true, true, birth.clone());
+                    client.publish(topics.birth(), true, true, birth.0.birth_json(birth.1, &identity));
                     client.publish(topics.status(), true, true, wire::Status::online(now_ms(), env!("CARGO_PKG_VERSION")).encode());
                 }
                 LinkEvent::Message { topic, payload } => {
@@ -365,7 +359,7 @@ pub async fn run<C: Catalog>(
 /// any batch written under the new map (those carry its hash; older batches keep theirs).
 fn republish_birth<C: Catalog>(
     maps: &mut watch::Receiver<Arc<C>>,
-    birth_payload: &mut Vec<u8>,
+    birth: &mut (Arc<C>, i64),
     identity: &wire::messages::BufferIdentity,
     client: &Client,
     topics: &wire::Topics,
@@ -375,10 +369,15 @@ fn republish_birth<C: Catalog>(
         return;
     }
     let map = maps.borrow_and_update().clone();
-    *birth_payload = birth_of(&*map, identity);
+    *birth = (map.clone(), now_ms());
     tracing::info!(config_hash = %map.config_hash(), tags = map.tag_count(), "tag map reloaded: publishing a new birth");
     if connected {
-        client.publish(topics.birth(), true, true, birth_payload.clone());
+        client.publish(
+            topics.birth(),
+            true,
+            true,
+            map.birth_json(birth.1, identity),
+        );
     }
 }
 

@@ -1,7 +1,6 @@
 //! The Modbus run loops: one task per TCP device, one task per RTU bus serializing its units.
 //! The request/decode logic of one cycle (`poll_cycle`) is shared by both and by `read --once`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,7 +40,45 @@ pub struct DeviceRuntime {
     /// The planned requests of one cycle.
     pub requests: Vec<ReadRequest>,
     /// Modbus tags of the device.
-    pub tags: HashMap<TagId, ModbusTag>,
+    pub tags: TagTable,
+}
+
+/// The Modbus tags of a device by id: sorted by id and found by binary search (cheaper than
+/// hashing for every decoded value, and without a hash table's spare room).
+#[derive(Debug, Clone, Default)]
+pub struct TagTable(Vec<(TagId, ModbusTag)>);
+
+impl TagTable {
+    /// The tag with id `id`.
+    pub fn get(&self, id: &TagId) -> Option<&ModbusTag> {
+        self.0
+            .binary_search_by_key(id, |(t, _)| *t)
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// No tags?
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every tag, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&TagId, &ModbusTag)> {
+        self.0.iter().map(|(t, m)| (t, m))
+    }
+}
+
+impl FromIterator<(TagId, ModbusTag)> for TagTable {
+    fn from_iter<I: IntoIterator<Item = (TagId, ModbusTag)>>(iter: I) -> Self {
+        let mut v: Vec<(TagId, ModbusTag)> = iter.into_iter().collect();
+        v.sort_by_key(|(t, _)| *t);
+        // Like a map: one entry per id (the last one given).
+        v.reverse();
+        v.dedup_by_key(|(t, _)| *t);
+        v.reverse();
+        v.shrink_to_fit();
+        TagTable(v)
+    }
 }
 
 impl DeviceRuntime {
@@ -56,7 +93,7 @@ impl DeviceRuntime {
             .copied()
             .filter(|t| only.is_none_or(|o| o.contains(t)))
             .collect();
-        let tags: HashMap<TagId, ModbusTag> = ids
+        let tags: TagTable = ids
             .iter()
             .filter_map(|&id| Some((id, map.tags[id as usize].source.modbus()?.clone())))
             .collect();

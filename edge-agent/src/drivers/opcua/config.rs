@@ -758,7 +758,7 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         for (key, msg) in problems {
             diags.error(spans.of(key), subject, msg);
         }
-        t.map(crate::config::TagSource::OpcUa)
+        t.map(|t| crate::config::TagSource::OpcUa(Box::new(t)))
     }
 }
 
