@@ -239,6 +239,9 @@ fn the_demo_tag_maps_load_without_warnings() {
         tls350: "127.0.0.1:10001".parse().expect("addr"),
         mqtt: "127.0.0.1:1883".parse().expect("addr"),
         run_dir: run_dir.path().to_path_buf(),
+        // The simulator's default fix rate (`flowsquare-sim terminal --nmea-interval`), as the
+        // demo runs it: the truck maps declare it as their `fix_interval`.
+        nmea_interval: std::time::Duration::from_millis(100),
     };
     for poll in ["200ms", "1s", "2s"] {
         for (name, text) in site_sim::terminal::maps::all(&terminal, &addrs, poll) {

@@ -25,6 +25,9 @@ pub struct Addrs {
     pub mqtt: SocketAddr,
     /// Directory of the pty links.
     pub run_dir: PathBuf,
+    /// How often the simulated GPS receivers write a fix (real time): written into the truck
+    /// maps as the receiver's `fix_interval` (`edge-agent check` warns on polls faster than it).
+    pub nmea_interval: Duration,
 }
 
 fn header(out: &mut String, site: &str, id: &str, descr: &str, mqtt: SocketAddr) {
@@ -159,9 +162,9 @@ pub fn station(cfg: &TerminalConfig, a: &Addrs, poll: &str) -> Option<(String, S
 pub fn truck(cfg: &TerminalConfig, id: &str, a: &Addrs, poll: &str) -> String {
     let mut s = String::new();
     let agent = id.to_lowercase();
-    // A receiver sends about one fix a second: polling faster repeats fixes (`edge-agent check`
-    // warns), so trucks poll at least every second whatever the gateway's interval.
-    let gps_poll = at_least(poll, Duration::from_secs(1));
+    // The simulated receivers write a fix every `nmea_interval`: the map says so, so a poll as
+    // fast as the sim's does not warn (a real receiver's map leaves the default, 1 s).
+    let fix = crate::duration::format_duration(a.nmea_interval);
     header(
         &mut s,
         &cfg.fleet_site,
@@ -171,7 +174,7 @@ pub fn truck(cfg: &TerminalConfig, id: &str, a: &Addrs, poll: &str) -> String {
     );
     let _ = write!(
         s,
-        "[[device]]\nname = \"gps\"\nprotocol = \"nmea\"\nserial = \"{}\"\nbaud = 9600\nmax_age = \"5s\"\npoll_interval = \"{gps_poll}\"\n\n\
+        "[[device]]\nname = \"gps\"\nprotocol = \"nmea\"\nserial = \"{}\"\nbaud = 9600\nmax_age = \"5s\"\nfix_interval = \"{fix}\"\npoll_interval = \"{poll}\"\n\n\
          \x20 [[device.tag]]\n  name = \"gps/lat\"\n  field = \"latitude\"\n  unit = \"deg\"\n\n\
          \x20 [[device.tag]]\n  name = \"gps/lon\"\n  field = \"longitude\"\n  unit = \"deg\"\n\n",
         a.run_dir.join(format!("{agent}.tty")).display()
@@ -184,14 +187,6 @@ fn at_most(poll: &str, cap: Duration) -> String {
     match crate::duration::parse_duration(poll) {
         Ok(d) if d <= cap => poll.to_owned(),
         _ => crate::duration::format_duration(cap),
-    }
-}
-
-/// `poll` (a duration string), or `floor` when `poll` is shorter (or unreadable).
-fn at_least(poll: &str, floor: Duration) -> String {
-    match crate::duration::parse_duration(poll) {
-        Ok(d) if d >= floor => poll.to_owned(),
-        _ => crate::duration::format_duration(floor),
     }
 }
 

@@ -275,6 +275,7 @@ pub async fn run(
             tls350: tls_addr,
             mqtt: relay_addr,
             run_dir: opts.run_dir.clone(),
+            nmea_interval: opts.nmea_interval,
         };
         maps::write_all(&cfg, &addrs, dir, &opts.poll)?;
     }

@@ -39,6 +39,10 @@ pub struct RawNmeaDevice {
     /// A fix older than this (no sentence with a position) is reported with bad quality.
     #[serde(default = "default_max_age", deserialize_with = "duration::de")]
     pub max_age: Duration,
+    /// How often the receiver sends a fix (most send one a second; some 5 or 10 Hz). Polling
+    /// faster only repeats the last fix: `edge-agent check` warns when `poll_interval` is below it.
+    #[serde(default = "default_fix_interval", deserialize_with = "duration::de")]
+    pub fix_interval: Duration,
     /// `source` (readings carry the fix's GPS time while it is within `max_clock_skew` of the
     /// gateway clock) or `gateway` (always the gateway's time).
     #[serde(default)]
@@ -62,6 +66,10 @@ pub struct RawGpsdDevice {
     /// A fix older than this is reported with bad quality.
     #[serde(default = "default_max_age", deserialize_with = "duration::de")]
     pub max_age: Duration,
+    /// How often the receiver sends a fix (most send one a second; some 5 or 10 Hz). Polling
+    /// faster only repeats the last fix: `edge-agent check` warns when `poll_interval` is below it.
+    #[serde(default = "default_fix_interval", deserialize_with = "duration::de")]
+    pub fix_interval: Duration,
     /// `source` (readings carry the fix's GPS time while it is within `max_clock_skew` of the
     /// gateway clock) or `gateway` (always the gateway's time).
     #[serde(default)]
@@ -83,6 +91,9 @@ fn default_stop_bits() -> u8 {
 }
 fn default_max_age() -> Duration {
     DEFAULT_MAX_AGE
+}
+fn default_fix_interval() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_max_clock_skew() -> Duration {
     DEFAULT_MAX_CLOCK_SKEW
@@ -172,6 +183,8 @@ pub struct GpsDevice {
     pub link: GpsLink,
     /// Oldest fix reported as good.
     pub max_age: Duration,
+    /// How often the receiver sends a fix.
+    pub fix_interval: Duration,
     /// Which clock stamps the readings, and the bound on GPS time vs the gateway clock.
     pub time: TimePolicy,
 }
@@ -196,13 +209,15 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         diags: &mut crate::settings::Diagnostics,
     ) {
         for (di, d) in devices.iter().enumerate() {
-            if d.driver.gps().is_some() && d.poll_interval < std::time::Duration::from_secs(1) {
+            let Some(gps) = d.driver.gps() else { continue };
+            if d.poll_interval < gps.fix_interval {
                 diags.warning(
                     device_spans[di].of("poll_interval"),
                     format!("device '{}'", d.name),
                     format!(
-                        "poll_interval {} is below 1s: most receivers send one fix per second, so faster polls repeat the last fix with its GPS timestamp",
-                        duration::format(d.poll_interval)
+                        "poll_interval {} is below the receiver's fix_interval {} (default 1s: most receivers send one fix per second), so faster polls repeat the last fix with its GPS timestamp",
+                        duration::format(d.poll_interval),
+                        duration::format(gps.fix_interval)
                     ),
                 );
             }
@@ -232,18 +247,19 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         let mut problems = Vec::new();
         let dev = if protocol == "gpsd" {
             let r = part::<RawGpsdDevice>(table, subject, diags);
-            let (host, port, max_age, time) = r
+            let (host, port, max_age, fix_interval, time) = r
                 .map(|r| {
                     let time = TimePolicy {
                         mode: r.timestamps,
                         max_skew: r.max_clock_skew,
                     };
-                    (r.host, r.port, r.max_age, time)
+                    (r.host, r.port, r.max_age, r.fix_interval, time)
                 })
                 .unwrap_or((
                     default_gpsd_host(),
                     DEFAULT_GPSD_PORT,
                     DEFAULT_MAX_AGE,
+                    default_fix_interval(),
                     TimePolicy::default(),
                 ));
             if host.trim().is_empty() {
@@ -252,6 +268,7 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
             GpsDevice {
                 link: GpsLink::Gpsd { host, port },
                 max_age,
+                fix_interval,
                 time,
             }
         } else {
@@ -263,6 +280,7 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
                 data_bits: 8,
                 stop_bits: 1,
                 max_age: DEFAULT_MAX_AGE,
+                fix_interval: default_fix_interval(),
                 timestamps: TimestampMode::Source,
                 max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
             });
@@ -276,12 +294,19 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
                     stop_bits: r.stop_bits,
                 }),
                 max_age: r.max_age,
+                fix_interval: r.fix_interval,
                 time: TimePolicy {
                     mode: r.timestamps,
                     max_skew: r.max_clock_skew,
                 },
             }
         };
+        if dev.fix_interval.is_zero() {
+            problems.push((
+                "fix_interval",
+                "fix_interval must be greater than zero".into(),
+            ));
+        }
         if dev.max_age.is_zero() {
             problems.push(("max_age", "max_age must be greater than zero".into()));
         }
