@@ -212,7 +212,13 @@ fn spawn_unit(
                 // One task and one session per event definition.
                 for def in &map.devices[i].events {
                     let pki = opcua::pki::dir_for(map, i);
-                    let Some(ev) = opcua::events::OpcUaEvent::new(def, o, pki, stats[i].clone())
+                    let Some(ev) = opcua::events::OpcUaEvent::new(
+                        def,
+                        o,
+                        pki,
+                        opcua::pki::Identity::of(map),
+                        stats[i].clone(),
+                    )
                     else {
                         continue;
                     };
@@ -487,7 +493,13 @@ pub async fn read_events_once(
         if let Some(o) = map.devices[i].driver.opcua() {
             let pki = opcua::pki::dir_for(map, i);
             let stats = Arc::new(DeviceStats::default());
-            if let Some(mut io) = opcua::events::OpcUaEvent::new(def, o, pki, stats) {
+            if let Some(mut io) = opcua::events::OpcUaEvent::new(
+                def,
+                o,
+                pki,
+                opcua::pki::Identity::of(map),
+                stats,
+            ) {
                 out.push((def.name.clone(), events::run::read_once(def, &mut io).await));
             }
             continue;
