@@ -243,8 +243,8 @@ async fn read_once_and_the_session_api_read_and_write() {
         &pki::Identity::of(&m),
         "test",
     )
-        .await
-        .expect("session");
+    .await
+    .expect("session");
     let setpoint = NodeId::new(s.ns, "Gantry.Setpoint");
     let st = session
         .write_value(&setpoint, Variant::Double(42.5))

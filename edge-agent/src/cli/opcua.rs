@@ -200,8 +200,8 @@ pub async fn browse(p: BrowseProtocol) -> Result<ExitCode, CliError> {
         &pki::Identity::new("browse", "cli"),
         "flowsquare browse",
     )
-        .await
-        .map_err(ua_err)?;
+    .await
+    .map_err(ua_err)?;
     let start = s.resolve(&start).map_err(CliError::Usage)?;
     for (i, ns) in s.namespaces().iter().enumerate() {
         println!("# ns={i} {ns}");

@@ -218,8 +218,7 @@ fn spawn_unit(
                         pki,
                         opcua::pki::Identity::of(map),
                         stats[i].clone(),
-                    )
-                    else {
+                    ) else {
                         continue;
                     };
                     let runner = new_runner(def, i);
@@ -493,13 +492,9 @@ pub async fn read_events_once(
         if let Some(o) = map.devices[i].driver.opcua() {
             let pki = opcua::pki::dir_for(map, i);
             let stats = Arc::new(DeviceStats::default());
-            if let Some(mut io) = opcua::events::OpcUaEvent::new(
-                def,
-                o,
-                pki,
-                opcua::pki::Identity::of(map),
-                stats,
-            ) {
+            if let Some(mut io) =
+                opcua::events::OpcUaEvent::new(def, o, pki, opcua::pki::Identity::of(map), stats)
+            {
                 out.push((def.name.clone(), events::run::read_once(def, &mut io).await));
             }
             continue;

@@ -95,19 +95,20 @@ impl OpcUaEvent {
                 }
             }
             let name = format!("flowsquare event {}", self.name);
-            let session = match OpcUaSession::connect(&self.dev, &self.pki, &self.identity, &name).await {
-                Ok(s) => {
-                    self.retry_at = None;
-                    self.backoff = self.dev.reconnect_min;
-                    s
-                }
-                Err(e) => {
-                    DeviceStats::inc(&self.stats.link_errors);
-                    self.retry_at = Some(Instant::now() + self.backoff);
-                    self.backoff = (self.backoff * 2).min(self.dev.reconnect_max);
-                    return Err(IoError::Link(e.to_string()));
-                }
-            };
+            let session =
+                match OpcUaSession::connect(&self.dev, &self.pki, &self.identity, &name).await {
+                    Ok(s) => {
+                        self.retry_at = None;
+                        self.backoff = self.dev.reconnect_min;
+                        s
+                    }
+                    Err(e) => {
+                        DeviceStats::inc(&self.stats.link_errors);
+                        self.retry_at = Some(Instant::now() + self.backoff);
+                        self.backoff = (self.backoff * 2).min(self.dev.reconnect_max);
+                        return Err(IoError::Link(e.to_string()));
+                    }
+                };
             let resolve = |t: &OpcUaTag| {
                 session
                     .resolve(&t.node)

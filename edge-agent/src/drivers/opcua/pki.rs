@@ -134,10 +134,10 @@ impl Identity {
 
     /// Whether `cert` was made for this identity (common name and application URI).
     pub fn matches(&self, cert: &opcua::crypto::X509) -> bool {
-        cert.common_name().ok().as_deref() == Some(self.common_name().as_str())
-            && cert
-                .is_application_uri_valid(&self.application_uri())
-                .is_ok()
+        // Compared as text: the subject starts with the common name the agent writes.
+        cert.subject_name()
+            .starts_with(&format!("CN={},", self.common_name()))
+            && certificate_uri(cert).as_deref() == Some(self.application_uri().as_str())
     }
 }
 
@@ -500,7 +500,10 @@ mod tests {
             who.application_uri(),
             "urn:flowsquare:edge-agent:rotterdam-t2:gw-01"
         );
-        assert_eq!(who.common_name(), "flowsquare-edge-agent rotterdam-t2/gw-01");
+        assert_eq!(
+            who.common_name(),
+            "flowsquare-edge-agent rotterdam-t2/gw-01"
+        );
         let x = who.x509_data();
         assert_eq!(x.organization, "FlowSquare");
         assert_eq!(x.organizational_unit, "rotterdam-t2");
@@ -527,7 +530,11 @@ mod tests {
         let c = own_certificate(&pki, &who).expect("own");
         assert!(c.matches, "{c:?}");
         assert_eq!(c.application_uri, who.application_uri());
-        assert!(c.subject.contains("CN=flowsquare-edge-agent s1/a1"), "{}", c.subject);
+        assert!(
+            c.subject.contains("CN=flowsquare-edge-agent s1/a1"),
+            "{}",
+            c.subject
+        );
         assert!(c.subject.contains("O=FlowSquare"), "{}", c.subject);
         // Another identity: kept as it is (its own URI presented), flagged as not matching.
         let other = Identity::new("s2", "a1");
