@@ -237,9 +237,14 @@ async fn read_once_and_the_session_api_read_and_write() {
 
     // The API another feature (gantry event capture) binds to.
     let dev = m.devices[0].driver.opcua().expect("opcua").clone();
-    let session = OpcUaSession::connect(&dev, &dir.path().join("pki"), "test")
-        .await
-        .expect("session");
+    let session = OpcUaSession::connect(
+        &dev,
+        &dir.path().join("pki"),
+        &pki::Identity::of(&m),
+        "test",
+    )
+    .await
+    .expect("session");
     let setpoint = NodeId::new(s.ns, "Gantry.Setpoint");
     let st = session
         .write_value(&setpoint, Variant::Double(42.5))
@@ -262,16 +267,16 @@ async fn read_once_and_the_session_api_read_and_write() {
 
 /// Security Basic256Sha256 SignAndEncrypt with user/password: the server certificate is not
 /// trusted until the engineer trusts it with `edge-agent opcua certs trust`; then data flows
-/// without restarting the agent. The agent's certificate is made once and reused.
+/// without restarting the agent. The agent's certificate is made by `edge-agent opcua certs
+/// renew` for `[agent] site`/`id` (subject and application URI), is the one the session presents
+/// (the server trusts only it), and is reused.
 #[tokio::test]
 async fn sign_and_encrypt_needs_an_explicitly_trusted_server_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let agent_pki = dir.path().join("agent-pki");
-    let own = pki::ensure_own_certificate(&agent_pki).expect("own certificate");
-    let own_der = std::fs::read(&own).expect("read own cert");
-    // The server trusts only the agent's certificate.
+    let own = pki::own_cert_path(&agent_pki);
+    // The server's PKI is read when the simulator starts: trust the agent there after renew.
     let server_pki = dir.path().join("server-pki");
-    pki::trust_file(&server_pki, &own).expect("server trusts the agent");
     let s = sim(dir.path(), |c| {
         c.secure = true;
         c.trust_clients = false;
@@ -296,6 +301,41 @@ async fn sign_and_encrypt_needs_an_explicitly_trusted_server_certificate() {
         &extra,
         &tags,
     ));
+    let cfg = dir.path().join("secure.toml");
+    std::fs::write(
+        &cfg,
+        agent_map(&s.endpoint, dir.path(), "subscription", &extra, &tags),
+    )
+    .expect("write map");
+    let renew = Command::new(BIN)
+        .args(["opcua", "certs", "renew", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("certs renew");
+    let text = String::from_utf8_lossy(&renew.stdout).to_string();
+    assert!(
+        renew.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&renew.stderr)
+    );
+    let who = pki::Identity::of(&m);
+    let uri = who.application_uri();
+    assert!(text.contains(&format!("application uri {uri}")), "{text}");
+    assert!(text.contains("must trust"), "{text}");
+    let shown = Command::new(BIN)
+        .args(["opcua", "certs", "show", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("certs show");
+    let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+    assert!(
+        shown.contains(&format!("CN={}", who.common_name())) && shown.contains("O=FlowSquare"),
+        "{shown}"
+    );
+    assert!(shown.contains("matches [agent] site/id"), "{shown}");
+    let own_der = std::fs::read(&own).expect("read own cert");
+    // The server trusts only the agent's renewed certificate.
+    pki::trust_file(&server_pki, &own).expect("server trusts the agent");
     let counter = tag_id(&m, "tank/counter");
     let mut run = Running::start(&m);
     // Untrusted: bad-communication, and the server certificate waits under rejected/.
@@ -347,8 +387,11 @@ async fn sign_and_encrypt_needs_an_explicitly_trusted_server_certificate() {
     assert!(ok, "no good readings after trusting: {:?}", run.seen.last());
     // The agent's certificate was reused, not regenerated.
     assert_eq!(std::fs::read(&own).expect("own cert"), own_der);
-    let again = pki::ensure_own_certificate(&agent_pki).expect("own again");
-    assert_eq!(std::fs::read(again).expect("own cert"), own_der);
+    assert_eq!(
+        pki::ensure_own_certificate(&agent_pki, &who).expect("own again"),
+        uri
+    );
+    assert_eq!(std::fs::read(&own).expect("own cert"), own_der);
     s.stop().await;
 }
 

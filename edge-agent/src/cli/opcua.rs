@@ -90,6 +90,21 @@ pub enum CertsCommand {
         #[arg(long, conflicts_with = "thumbprint")]
         file: Option<PathBuf>,
     },
+    /// The agent's own certificate: subject, application URI, validity, thumbprint, file, and
+    /// whether it was made for the tag map's `[agent] site`/`id`.
+    Show {
+        /// Tag map (its `[agent]` and OPC UA PKI directory).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Make a new key and certificate for the tag map's `[agent] site`/`id` (valid 2 years); the
+    /// old pair is kept beside it with a timestamp. The OPC UA servers must then trust the new
+    /// certificate.
+    Renew {
+        /// Tag map (its `[agent]` and OPC UA PKI directory).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Withdraw trust from a server certificate (moved back to rejected/).
     Reject {
         #[command(flatten)]
@@ -179,9 +194,14 @@ pub async fn browse(p: BrowseProtocol) -> Result<ExitCode, CliError> {
     };
     // Browsing persists nothing: the session's certificate lives in a temporary copy.
     let pki = pki::EphemeralPki::new(pki_dir.as_deref()).map_err(ua_err)?;
-    let s = OpcUaSession::connect(&dev, pki.path(), "flowsquare browse")
-        .await
-        .map_err(ua_err)?;
+    let s = OpcUaSession::connect(
+        &dev,
+        pki.path(),
+        &pki::Identity::new("browse", "cli"),
+        "flowsquare browse",
+    )
+    .await
+    .map_err(ua_err)?;
     let start = s.resolve(&start).map_err(CliError::Usage)?;
     for (i, ns) in s.namespaces().iter().enumerate() {
         println!("# ns={i} {ns}");
@@ -320,8 +340,38 @@ pub fn run(c: OpcUaCommand) -> Result<ExitCode, CliError> {
     match command {
         CertsCommand::List { pki: p } => {
             let dir = p.dir()?;
-            pki::ensure_own_certificate(&dir).map_err(ua_err)?;
+            if !pki::own_cert_path(&dir).exists() {
+                // Without a tag map the identity is unknown: the pair is made by `certs renew`
+                // or the agent's first connection.
+                if let Some(cfg) = &p.config {
+                    let map = super::load_map(cfg)?;
+                    pki::ensure_own_certificate(&dir, &pki::Identity::of(&map)).map_err(ua_err)?;
+                }
+            }
             print_list(&dir);
+            Ok(ExitCode::SUCCESS)
+        }
+        CertsCommand::Show { config } => {
+            let (dir, who) = identity_of(&config)?;
+            let c = pki::own_certificate(&dir, &who).map_err(ua_err)?;
+            print_own(&c, &who);
+            Ok(ExitCode::SUCCESS)
+        }
+        CertsCommand::Renew { config } => {
+            let (dir, who) = identity_of(&config)?;
+            let backups = pki::renew(&dir, &who).map_err(ua_err)?;
+            for b in &backups {
+                println!("kept old {}", b.display());
+            }
+            let c = pki::own_certificate(&dir, &who).map_err(ua_err)?;
+            print_own(&c, &who);
+            println!(
+                "next: every OPC UA server with security (Sign / SignAndEncrypt) must trust this certificate \
+                 (copy {} into the server's trusted certificates, thumbprint {}) and may drop the old one; \
+                 restart the agent so new sessions use it",
+                c.path.display(),
+                c.thumbprint
+            );
             Ok(ExitCode::SUCCESS)
         }
         CertsCommand::Trust {
@@ -345,6 +395,35 @@ pub fn run(c: OpcUaCommand) -> Result<ExitCode, CliError> {
             println!("rejected {}", dest.display());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The PKI directory (as `PkiArg --config`) and `[agent]` identity of a tag map.
+fn identity_of(config: &Path) -> Result<(PathBuf, pki::Identity), CliError> {
+    let map = super::load_map(config)?;
+    let first = map.devices.iter().position(|d| d.driver.opcua().is_some());
+    let dir = match first {
+        Some(i) => pki::dir_for(&map, i),
+        None => pki::default_dir(&map),
+    };
+    Ok((dir, pki::Identity::of(&map)))
+}
+
+fn print_own(c: &pki::OwnCert, who: &pki::Identity) {
+    println!("file            {}", c.path.display());
+    println!("subject         {}", c.subject);
+    println!("application uri {}", c.application_uri);
+    println!("valid from      {}", c.not_before);
+    println!("valid until     {}", c.not_after);
+    println!("thumbprint      {}", c.thumbprint);
+    if c.matches {
+        println!("identity        matches [agent] site/id");
+    } else {
+        println!(
+            "identity        DOES NOT match [agent] site/id (expected CN={}, URI {}): run `edge-agent opcua certs renew`",
+            who.common_name(),
+            who.application_uri()
+        );
     }
 }
 

@@ -238,8 +238,13 @@ fn spawn_unit(
                 // One task and one session per event definition.
                 for def in &map.devices[i].events {
                     let pki = opcua::pki::dir_for(map, i);
-                    let Some(ev) = opcua::events::OpcUaEvent::new(def, o, pki, stats[i].clone())
-                    else {
+                    let Some(ev) = opcua::events::OpcUaEvent::new(
+                        def,
+                        o,
+                        pki,
+                        opcua::pki::Identity::of(map),
+                        stats[i].clone(),
+                    ) else {
                         continue;
                     };
                     let runner = new_runner(def, i);
@@ -513,7 +518,9 @@ pub async fn read_events_once(
         if let Some(o) = map.devices[i].driver.opcua() {
             let pki = opcua::pki::dir_for(map, i);
             let stats = Arc::new(DeviceStats::default());
-            if let Some(mut io) = opcua::events::OpcUaEvent::new(def, o, pki, stats) {
+            if let Some(mut io) =
+                opcua::events::OpcUaEvent::new(def, o, pki, opcua::pki::Identity::of(map), stats)
+            {
                 out.push((def.name.clone(), events::run::read_once(def, &mut io).await));
             }
             continue;

@@ -28,6 +28,7 @@ pub struct OpcUaEvent {
     name: String,
     dev: OpcUaDevice,
     pki: PathBuf,
+    identity: super::pki::Identity,
     trigger: OpcUaTag,
     fields: Vec<(String, OpcUaTag)>,
     handshake: Option<(OpcUaTag, HandshakeValue)>,
@@ -56,6 +57,7 @@ impl OpcUaEvent {
         def: &EventDef,
         dev: &OpcUaDevice,
         pki: PathBuf,
+        identity: super::pki::Identity,
         stats: Arc<DeviceStats>,
     ) -> Option<Self> {
         let fields = def
@@ -71,6 +73,7 @@ impl OpcUaEvent {
             name: def.name.clone(),
             dev: dev.clone(),
             pki,
+            identity,
             trigger: def.trigger.source.opcua()?.clone(),
             fields,
             handshake,
@@ -92,19 +95,20 @@ impl OpcUaEvent {
                 }
             }
             let name = format!("flowsquare event {}", self.name);
-            let session = match OpcUaSession::connect(&self.dev, &self.pki, &name).await {
-                Ok(s) => {
-                    self.retry_at = None;
-                    self.backoff = self.dev.reconnect_min;
-                    s
-                }
-                Err(e) => {
-                    DeviceStats::inc(&self.stats.link_errors);
-                    self.retry_at = Some(Instant::now() + self.backoff);
-                    self.backoff = (self.backoff * 2).min(self.dev.reconnect_max);
-                    return Err(IoError::Link(e.to_string()));
-                }
-            };
+            let session =
+                match OpcUaSession::connect(&self.dev, &self.pki, &self.identity, &name).await {
+                    Ok(s) => {
+                        self.retry_at = None;
+                        self.backoff = self.dev.reconnect_min;
+                        s
+                    }
+                    Err(e) => {
+                        DeviceStats::inc(&self.stats.link_errors);
+                        self.retry_at = Some(Instant::now() + self.backoff);
+                        self.backoff = (self.backoff * 2).min(self.dev.reconnect_max);
+                        return Err(IoError::Link(e.to_string()));
+                    }
+                };
             let resolve = |t: &OpcUaTag| {
                 session
                     .resolve(&t.node)

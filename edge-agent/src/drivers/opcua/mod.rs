@@ -28,8 +28,13 @@ use crate::model::{now_ms, Quality, Reading};
 
 /// Connect, read every tag once (Read service, whatever the mode), close.
 pub async fn read_once(rt: &DeviceRuntime) -> Vec<Reading> {
-    let s = match OpcUaSession::connect(&rt.dev, &rt.pki, &format!("flowsquare {} read", rt.name))
-        .await
+    let s = match OpcUaSession::connect(
+        &rt.dev,
+        &rt.pki,
+        &rt.identity,
+        &format!("flowsquare {} read", rt.name),
+    )
+    .await
     {
         Ok(s) => s,
         Err(e) => {

@@ -67,6 +67,8 @@ pub struct DeviceRuntime {
     pub tags: Vec<RtTag>,
     /// PKI directory.
     pub pki: PathBuf,
+    /// Who the agent is (its certificate's subject and URI).
+    pub identity: super::pki::Identity,
 }
 
 impl DeviceRuntime {
@@ -98,6 +100,7 @@ impl DeviceRuntime {
             poll_interval: d.poll_interval,
             tags,
             pki: super::pki::dir_for(map, index),
+            identity: super::pki::Identity::of(map),
         })
     }
 
@@ -206,7 +209,7 @@ pub async fn run(
         if *shutdown.borrow() {
             break;
         }
-        let connect = OpcUaSession::connect(&rt.dev, &rt.pki, &session_name);
+        let connect = OpcUaSession::connect(&rt.dev, &rt.pki, &rt.identity, &session_name);
         let result = tokio::select! {
             r = connect => r,
             _ = shutdown.changed() => break,

@@ -23,11 +23,6 @@ use tokio::sync::watch;
 use super::config::{Auth, NodeRef, OpcUaDevice, PasswordSource};
 use super::error::{OpcUaError, OpcUaResult};
 
-/// Application URI of the agent's client certificate.
-pub fn application_uri() -> String {
-    "urn:flowsquare:edge-agent".to_owned()
-}
-
 /// A connected session.
 pub struct OpcUaSession {
     session: Arc<Session>,
@@ -111,19 +106,25 @@ fn connect_error(dev: &OpcUaDevice, status: StatusCode, detail: String, pki: &Pa
 }
 
 impl OpcUaSession {
-    /// Open a session to `dev` with the agent's certificate in `pki` (created there on first use
-    /// and reused afterwards).
-    pub async fn connect(dev: &OpcUaDevice, pki: &Path, session_name: &str) -> OpcUaResult<Self> {
-        super::pki::ensure(pki)?;
+    /// Open a session to `dev` with the agent's certificate in `pki` (created there for
+    /// `who` on first use and reused afterwards; the client presents the certificate's
+    /// application URI).
+    pub async fn connect(
+        dev: &OpcUaDevice,
+        pki: &Path,
+        who: &super::pki::Identity,
+        session_name: &str,
+    ) -> OpcUaResult<Self> {
+        let uri = super::pki::ensure_own_certificate(pki, who)?;
         let token = identity(dev, pki)?;
         let keep_alive =
             (dev.session_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
         let mut client = ClientBuilder::new()
             .application_name("FlowSquare edge agent")
-            .application_uri(application_uri())
+            .application_uri(uri)
             .product_uri("urn:flowsquare:edge-agent")
             .pki_dir(pki)
-            .create_sample_keypair(true)
+            .create_sample_keypair(false)
             .trust_server_certs(false)
             .verify_server_certs(dev.verify_server_certificate)
             .session_retry_limit(0)
