@@ -65,11 +65,20 @@ fn main() -> anyhow::Result<ExitCode> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    match rt.block_on(cli::run(args)) {
-        Ok(code) => Ok(code),
-        Err(e) => {
+    // The command runs as a task on the worker, not as `block_on`'s own future on the main
+    // thread: the pipeline loop lives in it, and every hand-over between the drivers (on the
+    // worker) and the pipeline would otherwise wake a second thread (issue 14, perf).
+    let res = rt.block_on(async { tokio::spawn(cli::run(args)).await });
+    match res {
+        Ok(Ok(code)) => Ok(code),
+        Ok(Err(e)) => {
             eprintln!("edge-agent: {e}");
             Ok(ExitCode::from(2))
+        }
+        // The command's task panicked (the panic message is already on stderr).
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            Ok(ExitCode::from(101))
         }
     }
 }

@@ -519,8 +519,7 @@ pub fn encode_with(batch: &Batch, compression: Compression) -> Result<Vec<u8>, W
     let mut flags = 0;
     let mut compressed = None;
     if let Compression::Zstd(level) = compression {
-        let z =
-            zstd::bulk::compress(&body, level).map_err(|e| WireError::Compress(e.to_string()))?;
+        let z = zstd_compress(&body, level)?;
         if z.len() < body.len() {
             flags |= FLAG_ZSTD;
             compressed = Some(z);
@@ -535,6 +534,54 @@ pub fn encode_with(batch: &Batch, compression: Compression) -> Result<Vec<u8>, W
         body.len(),
         payload,
     ))
+}
+
+thread_local! {
+    /// One zstd compression context per thread, reused: creating one per batch (and zeroing its
+    /// tables) was a visible share of the agent's buffer thread (issue 14, perf).
+    static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    /// One zstd decompression context per thread, reused.
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `zstd::bulk::compress` with this thread's reused context.
+fn zstd_compress(body: &[u8], level: i32) -> Result<Vec<u8>, WireError> {
+    let err = |e: std::io::Error| WireError::Compress(e.to_string());
+    CCTX.with(|c| {
+        // Never re-entered (no callback runs inside), so the borrow cannot fail; if it ever
+        // did, a fresh context does the same work.
+        let Ok(mut slot) = c.try_borrow_mut() else {
+            return zstd::bulk::compress(body, level).map_err(err);
+        };
+        match slot.as_mut() {
+            Some((l, z)) if *l == level => z.compress(body).map_err(err),
+            _ => {
+                let mut z = zstd::bulk::Compressor::new(level).map_err(err)?;
+                let out = z.compress(body).map_err(err)?;
+                *slot = Some((level, z));
+                Ok(out)
+            }
+        }
+    })
+}
+
+/// `zstd::bulk::decompress` (at most `capacity` bytes) with this thread's reused context.
+fn zstd_decompress(payload: &[u8], capacity: usize) -> Result<Vec<u8>, WireError> {
+    let err = |e: std::io::Error| WireError::Decompress(e.to_string());
+    DCTX.with(|c| {
+        let Ok(mut slot) = c.try_borrow_mut() else {
+            return zstd::bulk::decompress(payload, capacity).map_err(err);
+        };
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(err)?);
+        }
+        match slot.as_mut() {
+            Some(z) => z.decompress(payload, capacity).map_err(err),
+            None => zstd::bulk::decompress(payload, capacity).map_err(err),
+        }
+    })
 }
 
 /// Wrap a payload in the frame (header and checksum); no checks.
@@ -645,8 +692,7 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
     let (h, payload) = parse_frame(bytes)?;
     if h.flags & FLAG_ZSTD != 0 {
         // Bounded: zstd fails rather than write past `body_len`, itself ≤ MAX_BODY_BYTES.
-        let body = zstd::bulk::decompress(payload, h.body_len)
-            .map_err(|e| WireError::Decompress(e.to_string()))?;
+        let body = zstd_decompress(payload, h.body_len)?;
         if body.len() != h.body_len {
             return Err(WireError::Corrupt(format!(
                 "body decompressed to {} bytes, header says {}",

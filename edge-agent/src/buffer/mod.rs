@@ -13,6 +13,7 @@
 pub mod codec;
 pub mod config;
 pub mod error;
+mod inbox;
 pub mod inflight;
 pub mod salvage;
 pub mod store;

@@ -230,6 +230,9 @@ pub struct Leased {
     pub segments: Vec<Segment>,
     /// Its gap rows.
     pub gaps: Vec<GapRow>,
+    /// Unleased segments of the lease's range were left behind (it stopped at `max_readings`
+    /// or at another tag map's segment); false = the range held no more when this was leased.
+    pub more: bool,
 }
 
 impl Leased {
@@ -1094,6 +1097,7 @@ impl Store {
             .map(|r| (r.start, r.end))
             .unwrap_or((i64::MIN, i64::MAX));
         let mut segments = Vec::new();
+        let mut more = false;
         {
             let sql = format!(
                 "SELECT id, class, count, blob, config FROM segment WHERE batch_id IS NULL AND last_ts >= ?1 AND first_ts <= ?2
@@ -1107,10 +1111,12 @@ impl Store {
                 let count: u32 = r.get(2)?;
                 let seg_config: String = r.get(4)?;
                 if !segments.is_empty() && total + u64::from(count) > max_readings {
+                    more = true;
                     break;
                 }
                 // A batch refers to one tag map: stop at a segment written under another one.
                 if config.as_ref().is_some_and(|c| *c != seg_config) {
+                    more = true;
                     break;
                 }
                 config = Some(seg_config);
@@ -1157,6 +1163,7 @@ impl Store {
             epoch: self.epoch_of(batch_id as u64),
             segments,
             gaps,
+            more,
         }))
     }
 
@@ -1207,6 +1214,8 @@ impl Store {
                 epoch: self.epoch_of(id as u64),
                 segments,
                 gaps: Self::gaps_of(&self.conn, id)?,
+                // Unknown here: the uplink asks again.
+                more: true,
             });
         }
         Ok(out)
@@ -1233,6 +1242,8 @@ impl Store {
             epoch: self.epoch_of(batch_id),
             segments,
             gaps: Self::gaps_of(&self.conn, id)?,
+            // Unknown here: the uplink asks again.
+            more: true,
         })
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::codec::{self, Identity};
 use super::config::BufferConfig;
 use super::error::BufferError;
+use super::inbox::Inbox;
 use super::inflight::Inflight;
 use super::store::{Class, LeaseRequest, Leased, NewSegment, Store, StoreFigures};
 use crate::model::{digest, Cursor, EventLedger, GapRow, LedgerFuture, Reading, SharedLedger};
@@ -35,6 +36,8 @@ pub struct OutBatch {
     pub payload: Vec<u8>,
     /// Readings and events inside.
     pub readings: u64,
+    /// The lease left unleased data of its range behind (see [`Leased::more`]).
+    pub more: bool,
 }
 
 /// Counters of the buffer stage.
@@ -61,7 +64,8 @@ pub struct BufferStats {
 }
 
 enum Cmd {
-    Append(Vec<Reading>),
+    /// Readings wait in the inbox (see `inbox.rs`): arm the group commit, or commit now.
+    Wake,
     Events(Vec<flowsquare_wire::Event>, Vec<GapRow>),
     Acked(String, u64),
     Gap(GapRow),
@@ -101,6 +105,24 @@ pub struct Buffer {
     board: Arc<CursorBoard>,
     identity: Arc<flowsquare_wire::messages::BufferIdentity>,
     inflight: Option<Arc<Inflight>>,
+    inbox: Arc<Inbox>,
+    ready: Arc<DataReady>,
+}
+
+/// Tells the uplink that something it may lease was stored (readings committed, events, a gap),
+/// so it leases right after a commit instead of asking the buffer thread on every tick.
+#[derive(Debug, Default)]
+struct DataReady {
+    /// Stores of leasable data so far.
+    changes: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl DataReady {
+    fn stored(&self) {
+        self.changes.fetch_add(1, Relaxed);
+        self.notify.notify_one();
+    }
 }
 
 /// Build the wire batch of a lease. A stored segment that cannot be decoded is quarantined
@@ -113,6 +135,7 @@ pub fn build_checked(
     mut leased: Leased,
 ) -> Result<(OutBatch, u64), BufferError> {
     let mut lost = 0;
+    let more = leased.more;
     loop {
         match codec::build_batch(id, &leased) {
             Ok(payload) => {
@@ -121,6 +144,7 @@ pub fn build_checked(
                         batch_id: leased.batch_id,
                         readings: leased.count(),
                         payload,
+                        more,
                     },
                     lost,
                 ))
@@ -244,6 +268,9 @@ impl Buffer {
         let st = stats.clone();
         let bd = board.clone();
         let (interval, max_pending) = (cfg.commit_interval, cfg.commit_readings as usize);
+        let inbox = Arc::new(Inbox::new(max_pending));
+        let ready = Arc::new(DataReady::default());
+        let (ib, rd) = (inbox.clone(), ready.clone());
         let th = std::thread::Builder::new()
             .name("buffer".into())
             .spawn(move || {
@@ -253,6 +280,8 @@ impl Buffer {
                     classes,
                     stats: st,
                     board: bd,
+                    inbox: ib,
+                    ready: rd,
                     pending: BTreeMap::new(),
                     pending_n: 0,
                     sealed: Vec::new(),
@@ -269,6 +298,8 @@ impl Buffer {
                 board,
                 identity,
                 inflight,
+                inbox,
+                ready,
             },
             BufferThread(th),
         ))
@@ -288,10 +319,29 @@ impl Buffer {
         if let Some(f) = &self.inflight {
             f.add(readings.len() as u64);
         }
-        self.tx
-            .send(Cmd::Append(readings))
-            .await
-            .map_err(|_| BufferError::Stopped)
+        if self.tx.is_closed() {
+            return Err(BufferError::Stopped);
+        }
+        // Most hand-overs only queue (see `inbox.rs`); the thread is woken when it must act.
+        if self.inbox.push(readings) {
+            self.tx
+                .send(Cmd::Wake)
+                .await
+                .map_err(|_| BufferError::Stopped)?;
+        }
+        Ok(())
+    }
+
+    /// Stores of leasable data (readings committed, events, gaps) so far: unchanged since a
+    /// lease found nothing means nothing new was stored.
+    pub fn changes(&self) -> u64 {
+        self.ready.changes.load(Relaxed)
+    }
+
+    /// Wait until leasable data is stored (returns at once if some was stored since the last
+    /// call returned).
+    pub async fn data_ready(&self) {
+        self.ready.notify.notified().await;
     }
 
     /// Hand business events over (never dropped for space).
@@ -398,6 +448,8 @@ struct Worker {
     classes: Vec<Class>,
     stats: Arc<BufferStats>,
     board: Arc<CursorBoard>,
+    inbox: Arc<Inbox>,
+    ready: Arc<DataReady>,
     pending: BTreeMap<Class, Vec<Reading>>,
     pending_n: usize,
     /// Readings of a previous tag map, already encoded, waiting for the next commit.
@@ -485,26 +537,22 @@ impl Worker {
                 .map(|t| interval.saturating_sub(t.elapsed()))
                 .unwrap_or(Duration::from_secs(3600));
             let cmd = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
+            // Readings handed over before this command come first (see `inbox.rs`).
+            if self.take_inbox(false) {
+                first_pending.get_or_insert_with(Instant::now);
+            }
             match cmd {
-                Ok(Some(Cmd::Append(rs))) => {
-                    for r in rs {
-                        let class = self
-                            .classes
-                            .get(r.tag as usize)
-                            .copied()
-                            .unwrap_or(Class::Normal);
-                        self.floor.handed(r.tag, r.ts_ms);
-                        self.pending.entry(class).or_default().push(r);
-                        self.pending_n += 1;
-                    }
-                    first_pending.get_or_insert_with(Instant::now);
-                    if self.pending_n >= max_pending && self.commit().is_ok() {
+                Ok(Some(Cmd::Wake)) => {
+                    if self.pending_n >= max_pending && self.commit_all().is_ok() {
                         first_pending = None;
                     }
                 }
                 Ok(Some(Cmd::Events(evs, gaps))) => {
                     // Events are committed at once: they are rare and must never wait.
                     let res = self.commit_events(evs, gaps);
+                    if res.is_ok() {
+                        self.ready.stored();
+                    }
                     self.note(res);
                 }
                 Ok(Some(Cmd::Acked(source, seq))) => {
@@ -519,10 +567,13 @@ impl Worker {
                 }
                 Ok(Some(Cmd::Gap(g))) => {
                     let res = self.store.add_gap(&g);
+                    if res.is_ok() {
+                        self.ready.stored();
+                    }
                     self.note(res);
                 }
                 Ok(Some(Cmd::Flush(reply))) => {
-                    let res = self.commit();
+                    let res = self.commit_all();
                     first_pending = None;
                     let _ = reply.send(res);
                 }
@@ -555,7 +606,9 @@ impl Worker {
                     if res.is_ok() {
                         self.id = id;
                         self.classes = classes;
-                        if self.commit().is_ok() {
+                        // (The inbox was emptied above: the pipeline waits for this reply
+                        // before it hands over readings of the new map. Disarmed with it.)
+                        if self.commit_all().is_ok() {
                             self.floor.reset();
                             first_pending = None;
                         } else {
@@ -572,7 +625,7 @@ impl Worker {
                 }
                 Ok(None) => {
                     // Every handle dropped: commit what is pending, close cleanly, stop.
-                    if self.commit().is_ok() {
+                    if self.commit_all().is_ok() {
                         if let Err(e) = self.store.close() {
                             tracing::error!(error = %e, "closing the buffer failed");
                         }
@@ -582,7 +635,7 @@ impl Worker {
                 Err(_) => {
                     // Group-commit interval elapsed. On failure the readings stay pending and
                     // the next interval retries.
-                    if self.commit().is_ok() {
+                    if self.commit_all().is_ok() {
                         first_pending = None;
                     } else {
                         first_pending = Some(Instant::now());
@@ -714,6 +767,30 @@ impl Worker {
         Ok(())
     }
 
+    /// Move the readings waiting in the inbox to `pending`; true when there were any.
+    /// `disarm`: a group commit follows (the next hand-over wakes the thread again).
+    fn take_inbox(&mut self, disarm: bool) -> bool {
+        let batches = self.inbox.take(disarm);
+        let any = !batches.is_empty();
+        for r in batches.into_iter().flatten() {
+            let class = self
+                .classes
+                .get(r.tag as usize)
+                .copied()
+                .unwrap_or(Class::Normal);
+            self.floor.handed(r.tag, r.ts_ms);
+            self.pending.entry(class).or_default().push(r);
+            self.pending_n += 1;
+        }
+        any
+    }
+
+    /// Group commit: everything handed over so far (inbox included).
+    fn commit_all(&mut self) -> Result<(), BufferError> {
+        self.take_inbox(true);
+        self.commit()
+    }
+
     /// Commit pending readings: one segment per class (split at SEGMENT_READINGS), one
     /// transaction. On failure the readings stay pending and are retried at the next commit.
     fn commit(&mut self) -> Result<(), BufferError> {
@@ -742,6 +819,7 @@ impl Worker {
                 self.sealed.clear();
                 self.sealed_n = 0;
                 self.stats.commits.fetch_add(1, Relaxed);
+                self.ready.stored();
                 self.stats.dropped_full.fetch_add(ev.full, Relaxed);
                 self.stats.dropped_age.fetch_add(ev.age, Relaxed);
                 self.pending.clear();

@@ -24,8 +24,12 @@ use crate::buffer::{Buffer, LeaseOrder, LeaseRequest};
 use crate::metrics::Telemetry;
 use crate::model::now_ms;
 
-/// Tick of the send loop.
-const TICK: Duration = Duration::from_millis(50);
+/// Tick of the send loop (re-sends, the backlog's rate). New batches do not wait for it: the
+/// buffer wakes the loop after each commit (`Buffer::data_ready`).
+const TICK: Duration = Duration::from_millis(250);
+/// How often both kinds of lease are asked again even when nothing new was committed (live
+/// readings age into the backlog; a gap may have been recorded).
+const RESCAN: Duration = Duration::from_secs(1);
 
 /// Run the uplink for as long as the process lives: a failed uplink task (an error or a panic)
 /// is logged, counted (`flowsquare_uplink_restarts_total`) and started again with backoff
@@ -176,6 +180,8 @@ pub async fn run<C: Catalog>(
     );
     // A restart (by `supervise`) after shutdown was asked for: drain and stop.
     let mut draining: Option<Instant> = shutdown.borrow_and_update().then(Instant::now);
+    // The buffer's store count when leases were last asked for, and when both kinds were.
+    let (mut seen_changes, mut last_rescan) = (buffer.changes(), Instant::now());
 
     loop {
         republish_birth(
@@ -204,6 +210,8 @@ pub async fn run<C: Catalog>(
                     }
                     backoff.reset();
                     state.on_connected();
+                    state.tick();
+                    tick.reset_immediately();
                     up.connected.store(true, Relaxed);
                     client.subscribe(ack_topic.clone());
                     client.publish(topics.birth(), true, true, birth.0.birth_json(birth.1, &identity));
@@ -277,9 +285,18 @@ pub async fn run<C: Catalog>(
                 // A reload may have switched the map since the top of the loop: announce it
                 // before leasing batches written under it.
                 republish_birth(&mut maps, &mut birth, &identity, &client, &topics, state.connected());
+                // Ask the buffer again only when it may hold something new: readings committed
+                // since (live), or a second passed (both kinds), or draining.
+                let changes = buffer.changes();
                 if draining.is_none() || !state.exhausted() || state.in_flight() > 0 {
-                    state.tick();
+                    if draining.is_some() || last_rescan.elapsed() >= RESCAN {
+                        state.tick();
+                        last_rescan = Instant::now();
+                    } else if changes != seen_changes {
+                        state.tick_live();
+                    }
                 }
+                seen_changes = changes;
                 let now = Instant::now();
                 for _ in 0..64 {
                     match state.next(now) {
@@ -314,6 +331,10 @@ pub async fn run<C: Catalog>(
                 up.resent_batches.store(c.resent_batches, Relaxed);
                 up.in_flight_batches.store(state.in_flight() as u64, Relaxed);
                 up.in_flight_readings.store(state.in_flight_readings(), Relaxed);
+            }
+            _ = buffer.data_ready() => {
+                // Something leasable was stored: lease now rather than at the next tick.
+                tick.reset_immediately();
             }
             _ = heartbeat.tick(), if state.connected() => {
                 let hb = telemetry.heartbeat(&buffer).await;
@@ -394,6 +415,9 @@ fn publish_new(
         None => state.leased(backlog, None, now),
         Some(b) => {
             state.leased(backlog, Some((b.batch_id, b.readings)), now);
+            if !b.more {
+                state.drained(backlog);
+            }
             if !client.publish(topic.to_owned(), true, false, b.payload.clone()) {
                 state.nack(b.batch_id);
             }

@@ -166,10 +166,27 @@ impl UplinkState {
         self.connected
     }
 
-    /// A new tick: new data may have been committed since the buffer last had none.
+    /// A new tick: new data may have been committed since the buffer last had none, and live
+    /// readings may have aged into the backlog.
     pub fn tick(&mut self) {
         self.live_exhausted = false;
         self.backlog_exhausted = false;
+    }
+
+    /// New readings were committed since the buffer last had no live ones (the backlog, which
+    /// only grows as readings age, is asked again at the next [`UplinkState::tick`]).
+    pub fn tick_live(&mut self) {
+        self.live_exhausted = false;
+    }
+
+    /// The last lease of this kind (`backlog` or live) took everything of its range: nothing of
+    /// that kind waits until new data is committed (saves asking the buffer for nothing).
+    pub fn drained(&mut self, backlog: bool) {
+        if backlog {
+            self.backlog_exhausted = true;
+        } else {
+            self.live_exhausted = true;
+        }
     }
 
     /// What to do next at `now`.
@@ -297,6 +314,28 @@ mod tests {
         let mut s = UplinkState::new(2, 100, Duration::from_secs(30), 0);
         s.on_connected();
         s
+    }
+
+    #[test]
+    fn a_drained_live_lease_waits_for_new_data_and_the_backlog_for_the_next_tick() {
+        let t = Instant::now();
+        let mut s = UplinkState::new(4, 100, Duration::from_secs(30), 0);
+        s.on_connected();
+        assert_eq!(s.next(t), Next::LeaseLive { max: 100 });
+        s.leased(false, Some((1, 40)), t);
+        s.drained(false);
+        assert_eq!(s.next(t), Next::LeaseBacklog { max: 100 });
+        s.leased(true, None, t);
+        assert_eq!(s.next(t), Next::Wait);
+        assert!(s.exhausted());
+        // New readings committed: only live is asked again.
+        s.tick_live();
+        assert_eq!(s.next(t), Next::LeaseLive { max: 100 });
+        s.leased(false, None, t);
+        assert_eq!(s.next(t), Next::Wait);
+        // The periodic tick asks both again.
+        s.tick();
+        assert_eq!(s.next(t), Next::LeaseLive { max: 100 });
     }
 
     #[test]
