@@ -4,8 +4,9 @@
 //! The allowed order, bottom to top (a folder may import only folders listed before it):
 //!
 //! ```text
-//! model     Reading, Value, Quality, time policy; gap rows (enum reason); event cursor, digest,
-//!           the EventLedger trait the buffer implements
+//! model     Reading, Value, Quality, time policy; the tag vocabulary (kind, deadband, priority);
+//!           gap rows (enum reason); event cursor, digest, trigger mode, handshake value, the
+//!           EventLedger trait the buffer implements
 //! settings  diagnostics with file:line:column, spanned TOML parsing, durations
 //! drivers   acquisition, each protocol with its own config; serial.rs for every serial driver
 //! buffer    the store-and-forward SQLite buffer (gets `TagClasses`, not the tag map)

@@ -11,34 +11,13 @@ use std::time::Duration;
 
 use super::protocol::ProtocolConfig;
 use super::{DeviceDriver, TagSource};
+pub use crate::model::{HandshakeValue, TriggerMode};
 use crate::settings::diag::Diagnostics;
 use crate::settings::duration;
 use crate::settings::parse::{self, as_table, as_table_array, part, report_unknown_keys, STable};
 
 /// Default event kind.
 pub const DEFAULT_KIND: &str = "gantry-batch";
-
-/// What makes an event definition fire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum TriggerMode {
-    /// A sequence-number register: a new record whenever it changes (skipped numbers are
-    /// reported as missed events; it wraps at `seq_rollover`).
-    #[default]
-    Sequence,
-    /// A flag (bit/coil/register ≠ 0): a new record on each rising edge.
-    Flag,
-}
-
-impl TriggerMode {
-    /// Tag-map spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TriggerMode::Sequence => "sequence",
-            TriggerMode::Flag => "flag",
-        }
-    }
-}
 
 /// The trigger of an event definition.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,17 +37,6 @@ pub struct EventField {
     pub unit: Option<String>,
     /// Where it is read.
     pub source: TagSource,
-}
-
-/// What the handshake writes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum HandshakeValue {
-    /// The record's own sequence number (as the PLC counts it).
-    Seq,
-    /// A constant bit (coil).
-    Bool(bool),
-    /// A constant register value.
-    Int(i64),
 }
 
 /// The optional acknowledgement written back to the PLC once a record is committed.

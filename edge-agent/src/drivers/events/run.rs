@@ -11,7 +11,8 @@ use tokio::sync::watch;
 
 use super::error::IoError;
 use super::state::{digest, is_blank, Cursor, Missed, Step, Tracker};
-use crate::config::{EventDef, TriggerMode};
+use crate::config::EventDef;
+use crate::model::TriggerMode;
 use crate::drivers::stats::DeviceStats;
 use crate::drivers::{Output, OutputTx};
 use crate::model::now_ms;

@@ -10,7 +10,7 @@
 
 use flowsquare_wire::WireValue;
 
-use crate::config::TriggerMode;
+use crate::model::TriggerMode;
 pub use crate::model::event::{digest, Cursor};
 
 /// How many records were skipped before a new one.
