@@ -8,11 +8,14 @@
 //!           gap rows (enum reason); event cursor, digest, trigger mode, handshake value, the
 //!           EventLedger trait the buffer implements
 //! settings  diagnostics with file:line:column, spanned TOML parsing, durations
-//! drivers   acquisition, each protocol with its own config; serial.rs for every serial driver
+//! drivers   acquisition, each protocol with its own config; the registry (the one match over
+//!           the protocols) and the resolved Device/Tag/EventDef it builds; serial.rs for every
+//!           serial driver
 //! buffer    the store-and-forward SQLite buffer (gets `TagClasses`, not the tag map)
 //! metrics   Prometheus/OpenMetrics exposition of buffer and driver figures
 //! uplink    MQTT to the cloud (gets a `Catalog`, implemented by config for `TagMap`)
-//! config    the tag-map assembler: one registry match over the protocols, `TagMap`
+//! config    the tag-map assembler: common keys, parsing through the drivers' registry,
+//!           validation, `TagMap`, the birth catalog
 //! sink      printing readings (JSON lines, tables)
 //! runtime   the service: pipeline stage, readiness/watchdog, live reload
 //! cli       the subcommands (wiring only)
@@ -24,10 +27,8 @@
 //!
 //! Edges still pointing up (work left, listed in [`REMAINING`]; each must still exist, so the
 //! list shrinks as they are removed):
-//! - `drivers -> config`: the drivers still read the resolved tag map's `Tag`, `Device`,
-//!   `DeviceDriver`/`TagSource` enums, `EventDef` and implement `config::protocol`; the next step
-//!   is moving the protocol-independent tag vocabulary to `model/` and giving each driver runtime
-//!   its own device and tags;
+//! - `drivers -> config`: the acquisition and the drivers' runtimes still take the whole
+//!   `TagMap`; the next step is giving each driver runtime its own device and tags;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-pub use crate::model::tag::{Deadband, Priority, TagKind};
+use crate::model::{Deadband, Priority, TagKind};
 use crate::settings::duration;
 
 /// Default poll interval of a device.

@@ -1,7 +1,7 @@
 //! Per-tag processing between a driver and the next stage: totalizer rollover/reset detection and
 //! report-by-exception (deadband with a heartbeat). Pure: it sees readings, not sockets.
 
-use crate::config::Tag;
+use crate::drivers::Tag;
 use crate::model::TagKind;
 use crate::model::{CounterEvent, Quality, Reading, Value};
 
@@ -92,7 +92,7 @@ impl TagFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TagSource;
+    use crate::drivers::TagSource;
     use crate::model::Deadband;
     use crate::drivers::modbus::config::{DataType, ModbusTag, Order, RegisterKind};
     use std::time::Duration;

@@ -13,6 +13,7 @@
 //! devices and tags are unchanged keep running, the others are stopped and started again with
 //! the new map. `spawn_unit` is the one place that starts a unit's tasks per protocol.
 
+pub mod device;
 pub mod events;
 pub mod filter;
 pub mod gps;
@@ -20,6 +21,7 @@ pub mod health;
 pub mod lines;
 pub mod modbus;
 pub mod opcua;
+pub mod registry;
 pub mod serial;
 pub mod stats;
 pub mod tls350;
@@ -30,7 +32,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Device, DeviceDriver, TagMap};
+pub use device::{Device, DeviceDriver, Tag, TagSource};
+
+use crate::config::TagMap;
 use crate::model::{GapRow, Reading, TagId};
 use modbus::config::Link;
 use stats::DeviceStats;
@@ -154,7 +158,7 @@ fn spawn_unit(
     let mut bus: Option<(modbus::config::SerialSettings, Vec<_>)> = None;
     let mut bus_events: Vec<modbus::poller::BusEvent> = Vec::new();
     // The capture loop of one event definition of device `i` (any protocol).
-    let new_runner = |def: &crate::config::EventDef, i: usize| {
+    let new_runner = |def: &events::EventDef, i: usize| {
         events::Runner::new(
             def.clone(),
             out.clone(),

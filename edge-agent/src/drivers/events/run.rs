@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::error::IoError;
 use super::state::{digest, is_blank, Cursor, Missed, Step, Tracker};
-use crate::config::EventDef;
+use super::def::EventDef;
 use crate::model::TriggerMode;
 use crate::drivers::stats::DeviceStats;
 use crate::drivers::{Output, OutputTx};

@@ -48,7 +48,7 @@ impl GpsRuntime {
             .iter()
             .filter(|t| only.is_none_or(|o| o.contains(t)))
             .filter_map(|&id| match &map.tags[id as usize].source {
-                crate::config::TagSource::Gps(g) => Some((id, g.field)),
+                crate::drivers::TagSource::Gps(g) => Some((id, g.field)),
                 _ => None,
             })
             .collect();

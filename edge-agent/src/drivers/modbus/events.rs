@@ -18,7 +18,7 @@ use super::decode;
 use super::error::LinkError;
 use super::plan::{self, ReadRequest};
 use super::transport::{self, Words, Write};
-use crate::config::EventDef;
+use crate::drivers::events::EventDef;
 use crate::model::HandshakeValue;
 use crate::drivers::events::{IoError, Record};
 use crate::drivers::stats::DeviceStats;

@@ -17,7 +17,7 @@ use opcua::types::{NodeId, StatusCode, Variant};
 use super::config::{OpcType, OpcUaDevice, OpcUaTag};
 use super::session::OpcUaSession;
 use super::status::{status_name, value_of};
-use crate::config::EventDef;
+use crate::drivers::events::EventDef;
 use crate::model::HandshakeValue;
 use crate::drivers::events::{IoError, Record};
 use crate::drivers::stats::DeviceStats;

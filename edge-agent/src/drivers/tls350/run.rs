@@ -130,7 +130,7 @@ impl TlsRuntime {
             .iter()
             .filter(|t| only.is_none_or(|o| o.contains(t)))
             .filter_map(|&id| match &map.tags[id as usize].source {
-                crate::config::TagSource::Tls350(t) => Some((id, *t)),
+                crate::drivers::TagSource::Tls350(t) => Some((id, *t)),
                 _ => None,
             })
             .collect();
