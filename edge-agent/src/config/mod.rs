@@ -26,11 +26,12 @@ mod validate;
 use std::path::Path;
 use std::time::Duration;
 
-pub use crate::settings::diag::{Diagnostic, Diagnostics, Severity};
-pub use birth::birth;
 pub use crate::drivers::events::{EventDef, EventField, Handshake, Trigger};
+use crate::drivers::{AgentContext, Plant};
 pub use crate::drivers::{Device, DeviceDriver, Tag, TagSource};
 pub use crate::model::{Deadband, HandshakeValue, Priority, TagKind, TriggerMode};
+pub use crate::settings::diag::{Diagnostic, Diagnostics, Severity};
+pub use birth::birth;
 pub use schema::AgentConfig;
 
 use crate::drivers::registry;
@@ -116,6 +117,38 @@ impl From<&TagMap> for crate::buffer::TagClasses {
 impl From<&std::sync::Arc<TagMap>> for crate::buffer::TagClasses {
     fn from(map: &std::sync::Arc<TagMap>) -> Self {
         Self::from(&**map)
+    }
+}
+
+impl TagMap {
+    /// What the drivers need of the agent besides its devices: identity and the buffer's path.
+    pub fn agent_context(&self) -> AgentContext {
+        AgentContext {
+            site: self.agent.site.clone(),
+            id: self.agent.id.clone(),
+            buffer_path: self.buffer.effective_path(),
+        }
+    }
+
+    /// The drivers' view of the map: its devices and tags, and the agent context.
+    pub fn plant(&self) -> Plant<'_> {
+        Plant {
+            devices: &self.devices,
+            tags: &self.tags,
+            agent: self.agent_context(),
+        }
+    }
+}
+
+impl<'a> From<&'a TagMap> for Plant<'a> {
+    fn from(map: &'a TagMap) -> Self {
+        map.plant()
+    }
+}
+
+impl<'a> From<&'a std::sync::Arc<TagMap>> for Plant<'a> {
+    fn from(map: &'a std::sync::Arc<TagMap>) -> Self {
+        map.plant()
     }
 }
 

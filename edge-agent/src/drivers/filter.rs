@@ -92,9 +92,9 @@ impl TagFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drivers::modbus::config::{DataType, ModbusTag, Order, RegisterKind};
     use crate::drivers::TagSource;
     use crate::model::Deadband;
-    use crate::drivers::modbus::config::{DataType, ModbusTag, Order, RegisterKind};
     use std::time::Duration;
 
     fn tag(kind: TagKind, deadband: Option<Deadband>, rollover: Option<f64>) -> Tag {

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use crate::drivers::{DeviceDriver, TagSource};
 use crate::drivers::serial::{serial_problems, Parity, SerialSettings};
+use crate::drivers::{DeviceDriver, TagSource};
 use crate::model::{TimePolicy, TimestampMode, DEFAULT_MAX_CLOCK_SKEW};
 use crate::settings::duration;
 use crate::settings::parse::{fields_of, part, STable, Spans};
