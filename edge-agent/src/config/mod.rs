@@ -6,10 +6,10 @@
 //!
 //! - `schema.rs`: the protocol-independent keys (agent, device and tag common keys);
 //! - the registry of protocols is the drivers' (`drivers/registry.rs`: `ProtocolConfig`,
-//!   implemented by each driver's `config.rs`, with each protocol's own cross-map checks), and so
-//!   are the resolved types it builds (`drivers/device.rs`: `Device`, `Tag`; `drivers/events/def.rs`:
-//!   `EventDef`), re-exported here; the tag vocabulary (`TagKind`, `Deadband`, `Priority`) is the
-//!   model's;
+//!   implemented by each driver's `config.rs`, with each protocol's own cross-map checks), and
+//!   so are the resolved types it builds (`drivers/device.rs`: `Device`, `Tag`;
+//!   `drivers/events/def.rs`: `EventDef`), re-exported here; the tag vocabulary (`TagKind`,
+//!   `Deadband`, `Priority`) is the model's; `TagMap::plant` is what the drivers run from;
 //! - `validate.rs`: checks across devices and tags (duplicates, serial ports, event names; then
 //!   each protocol's checks);
 //! - `events.rs`: `[[device.event]]` event definitions (batch records), protocol-independent keys;
@@ -27,14 +27,13 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use crate::drivers::events::{EventDef, EventField, Handshake, Trigger};
-use crate::drivers::{AgentContext, Plant};
 pub use crate::drivers::{Device, DeviceDriver, Tag, TagSource};
 pub use crate::model::{Deadband, HandshakeValue, Priority, TagKind, TriggerMode};
 pub use crate::settings::diag::{Diagnostic, Diagnostics, Severity};
 pub use birth::birth;
 pub use schema::AgentConfig;
 
-use crate::drivers::registry;
+use crate::drivers::{registry, AgentContext, Plant};
 use crate::model::TagId;
 use crate::settings::parse::{
     self, as_table, as_table_array, part, report_unknown_keys, str_key, STable, Spans,
