@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 use edge_agent::config::events::{RawEvent, RawField, RawHandshake, RawTrigger};
-use edge_agent::config::protocol::{for_protocol, PROTOCOLS};
 use edge_agent::config::schema::{AgentConfig, DEVICE_COMMON_KEYS, TAG_COMMON_KEYS};
+use edge_agent::drivers::registry::{for_protocol, PROTOCOLS};
 use edge_agent::settings::parse::fields_of;
 use flowsquare_tests::workspace_root;
 

@@ -240,7 +240,7 @@ async fn read_once_and_the_session_api_read_and_write() {
     let session = OpcUaSession::connect(
         &dev,
         &dir.path().join("pki"),
-        &pki::Identity::of(&m),
+        &pki::Identity::of(&m.agent_context()),
         "test",
     )
     .await
@@ -318,7 +318,7 @@ async fn sign_and_encrypt_needs_an_explicitly_trusted_server_certificate() {
         "{text}{}",
         String::from_utf8_lossy(&renew.stderr)
     );
-    let who = pki::Identity::of(&m);
+    let who = pki::Identity::of(&m.agent_context());
     let uri = who.application_uri();
     assert!(text.contains(&format!("application uri {uri}")), "{text}");
     assert!(text.contains("must trust"), "{text}");

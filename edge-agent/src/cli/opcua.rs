@@ -137,10 +137,11 @@ impl PkiArg {
             .as_deref()
             .ok_or_else(|| CliError::Usage("give --pki-dir or --config".into()))?;
         let map = super::load_map(path)?;
-        let first = map.devices.iter().position(|d| d.driver.opcua().is_some());
+        let agent = map.agent_context();
+        let first = map.devices.iter().find(|d| d.driver.opcua().is_some());
         Ok(match first {
-            Some(i) => pki::dir_for(&map, i),
-            None => pki::default_dir(&map),
+            Some(d) => pki::dir_for(d, &agent),
+            None => pki::default_dir(&agent),
         })
     }
 }
@@ -345,7 +346,8 @@ pub fn run(c: OpcUaCommand) -> Result<ExitCode, CliError> {
                 // or the agent's first connection.
                 if let Some(cfg) = &p.config {
                     let map = super::load_map(cfg)?;
-                    pki::ensure_own_certificate(&dir, &pki::Identity::of(&map)).map_err(ua_err)?;
+                    let who = pki::Identity::of(&map.agent_context());
+                    pki::ensure_own_certificate(&dir, &who).map_err(ua_err)?;
                 }
             }
             print_list(&dir);
@@ -401,12 +403,13 @@ pub fn run(c: OpcUaCommand) -> Result<ExitCode, CliError> {
 /// The PKI directory (as `PkiArg --config`) and `[agent]` identity of a tag map.
 fn identity_of(config: &Path) -> Result<(PathBuf, pki::Identity), CliError> {
     let map = super::load_map(config)?;
-    let first = map.devices.iter().position(|d| d.driver.opcua().is_some());
+    let agent = map.agent_context();
+    let first = map.devices.iter().find(|d| d.driver.opcua().is_some());
     let dir = match first {
-        Some(i) => pki::dir_for(&map, i),
-        None => pki::default_dir(&map),
+        Some(d) => pki::dir_for(d, &agent),
+        None => pki::default_dir(&agent),
     };
-    Ok((dir, pki::Identity::of(&map)))
+    Ok((dir, pki::Identity::of(&agent)))
 }
 
 fn print_own(c: &pki::OwnCert, who: &pki::Identity) {

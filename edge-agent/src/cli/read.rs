@@ -164,10 +164,10 @@ fn ephemeral_pki(
     map: &mut TagMap,
 ) -> Result<Option<crate::drivers::opcua::pki::EphemeralPki>, crate::drivers::opcua::OpcUaError> {
     use crate::drivers::opcua::pki;
-    let Some(first) = map.devices.iter().position(|d| d.driver.opcua().is_some()) else {
+    let Some(first) = map.devices.iter().find(|d| d.driver.opcua().is_some()) else {
         return Ok(None);
     };
-    let configured = pki::dir_for(map, first);
+    let configured = pki::dir_for(first, &map.agent_context());
     let tmp = pki::EphemeralPki::new(configured.is_dir().then_some(configured.as_path()))?;
     for d in &mut map.devices {
         if let crate::config::DeviceDriver::OpcUa(o) = &mut d.driver {

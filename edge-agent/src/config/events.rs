@@ -9,105 +9,16 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use super::protocol::ProtocolConfig;
-use super::{DeviceDriver, TagSource};
+use crate::drivers::events::{EventDef, EventField, Handshake, Trigger};
+use crate::drivers::registry::ProtocolConfig;
+use crate::drivers::DeviceDriver;
+use crate::model::{HandshakeValue, TriggerMode};
 use crate::settings::diag::Diagnostics;
 use crate::settings::duration;
 use crate::settings::parse::{self, as_table, as_table_array, part, report_unknown_keys, STable};
 
 /// Default event kind.
 pub const DEFAULT_KIND: &str = "gantry-batch";
-
-/// What makes an event definition fire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum TriggerMode {
-    /// A sequence-number register: a new record whenever it changes (skipped numbers are
-    /// reported as missed events; it wraps at `seq_rollover`).
-    #[default]
-    Sequence,
-    /// A flag (bit/coil/register ≠ 0): a new record on each rising edge.
-    Flag,
-}
-
-impl TriggerMode {
-    /// Tag-map spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TriggerMode::Sequence => "sequence",
-            TriggerMode::Flag => "flag",
-        }
-    }
-}
-
-/// The trigger of an event definition.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Trigger {
-    /// Sequence or flag.
-    pub mode: TriggerMode,
-    /// Where it is read.
-    pub source: TagSource,
-}
-
-/// One named field of a record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventField {
-    /// Field name (e.g. `bol`, `gross_volume`).
-    pub name: String,
-    /// Engineering unit.
-    pub unit: Option<String>,
-    /// Where it is read.
-    pub source: TagSource,
-}
-
-/// What the handshake writes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum HandshakeValue {
-    /// The record's own sequence number (as the PLC counts it).
-    Seq,
-    /// A constant bit (coil).
-    Bool(bool),
-    /// A constant register value.
-    Int(i64),
-}
-
-/// The optional acknowledgement written back to the PLC once a record is committed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Handshake {
-    /// Where it is written.
-    pub target: TagSource,
-    /// What.
-    pub value: HandshakeValue,
-}
-
-/// A loaded event definition.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventDef {
-    /// Unique name (across the tag map); the `source` of its events and the key of its
-    /// persisted cursor.
-    pub name: String,
-    /// Event kind, e.g. `gantry-batch`.
-    pub kind: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// How often the trigger is read.
-    pub poll_interval: Duration,
-    /// The trigger.
-    pub trigger: Trigger,
-    /// Sequence numbers count `0..=seq_rollover` then wrap to 0 (sequence mode).
-    pub seq_rollover: u64,
-    /// The fields read when it fires, in order.
-    pub fields: Vec<EventField>,
-    /// The acknowledgement, if any.
-    pub handshake: Option<Handshake>,
-}
-
-impl EventDef {
-    /// Sequence numbers per wrap (`seq_rollover + 1`).
-    pub fn modulus(&self) -> u64 {
-        self.seq_rollover.saturating_add(1)
-    }
-}
 
 /// Keys of `[[device.event]]` besides its sub-tables.
 #[derive(Debug, Clone, Deserialize)]

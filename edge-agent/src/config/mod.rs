@@ -5,8 +5,11 @@
 //! problem at once, each at file:line:column with the device or tag it concerns, and never panics.
 //!
 //! - `schema.rs`: the protocol-independent keys (agent, device and tag common keys);
-//! - `protocol.rs`: the registry of protocols (`ProtocolConfig`, implemented by each driver's
-//!   `config.rs`), with each protocol's own cross-map checks;
+//! - the registry of protocols is the drivers' (`drivers/registry.rs`: `ProtocolConfig`,
+//!   implemented by each driver's `config.rs`, with each protocol's own cross-map checks), and
+//!   so are the resolved types it builds (`drivers/device.rs`: `Device`, `Tag`;
+//!   `drivers/events/def.rs`: `EventDef`), re-exported here; the tag vocabulary (`TagKind`,
+//!   `Deadband`, `Priority`) is the model's; `TagMap::plant` is what the drivers run from;
 //! - `validate.rs`: checks across devices and tags (duplicates, serial ports, event names; then
 //!   each protocol's checks);
 //! - `events.rs`: `[[device.event]]` event definitions (batch records), protocol-independent keys;
@@ -17,20 +20,20 @@
 
 pub mod birth;
 pub mod events;
-pub mod protocol;
 pub mod schema;
 mod validate;
 
 use std::path::Path;
 use std::time::Duration;
 
+pub use crate::drivers::events::{EventDef, EventField, Handshake, Trigger};
+pub use crate::drivers::{Device, DeviceDriver, Tag, TagSource};
+pub use crate::model::{Deadband, HandshakeValue, Priority, TagKind, TriggerMode};
 pub use crate::settings::diag::{Diagnostic, Diagnostics, Severity};
 pub use birth::birth;
-pub use events::{EventDef, EventField, Handshake, HandshakeValue, Trigger, TriggerMode};
-pub use schema::{AgentConfig, Deadband, Priority, TagKind};
+pub use schema::AgentConfig;
 
-use crate::drivers::modbus::config as mb;
-use crate::drivers::opcua::config as ua;
+use crate::drivers::{registry, AgentContext, Plant};
 use crate::model::TagId;
 use crate::settings::parse::{
     self, as_table, as_table_array, part, report_unknown_keys, str_key, STable, Spans,
@@ -51,234 +54,6 @@ pub enum ConfigError {
     /// The tag map has errors (all of them, with warnings, in file order).
     #[error("tag map has {} error(s)", .0.iter().filter(|d| d.severity == Severity::Error).count())]
     Invalid(Vec<Diagnostic>),
-}
-
-/// Protocol-specific part of a device.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DeviceDriver {
-    /// Modbus TCP or RTU.
-    Modbus(mb::ModbusDevice),
-    /// GPS receiver: NMEA 0183 on a serial port, or gpsd.
-    Gps(crate::drivers::gps::config::GpsDevice),
-    /// Veeder-Root TLS-350 tank gauge console.
-    Tls350(crate::drivers::tls350::config::TlsDevice),
-    /// OPC UA client session.
-    OpcUa(ua::OpcUaDevice),
-}
-
-impl DeviceDriver {
-    /// The `protocol` key's spelling (also announced in the birth catalog).
-    pub fn protocol(&self) -> &'static str {
-        match self {
-            DeviceDriver::Modbus(m) => match m.link {
-                mb::Link::Tcp { .. } => "modbus-tcp",
-                mb::Link::Rtu(_) => "modbus-rtu",
-            },
-            DeviceDriver::Gps(g) => match g.link {
-                crate::drivers::gps::config::GpsLink::Nmea(_) => "nmea",
-                crate::drivers::gps::config::GpsLink::Gpsd { .. } => "gpsd",
-            },
-            DeviceDriver::Tls350(_) => "tls-350",
-            DeviceDriver::OpcUa(_) => "opcua",
-        }
-    }
-
-    /// The Modbus settings, if this is a Modbus device.
-    pub fn modbus(&self) -> Option<&mb::ModbusDevice> {
-        match self {
-            DeviceDriver::Modbus(m) => Some(m),
-            _ => None,
-        }
-    }
-
-    /// The GPS settings, if this is a GPS receiver.
-    pub fn gps(&self) -> Option<&crate::drivers::gps::config::GpsDevice> {
-        match self {
-            DeviceDriver::Gps(g) => Some(g),
-            _ => None,
-        }
-    }
-
-    /// The TLS-350 settings, if this is a tank gauge console.
-    pub fn tls350(&self) -> Option<&crate::drivers::tls350::config::TlsDevice> {
-        match self {
-            DeviceDriver::Tls350(t) => Some(t),
-            _ => None,
-        }
-    }
-
-    /// The OPC UA settings, if this is an OPC UA device.
-    pub fn opcua(&self) -> Option<&ua::OpcUaDevice> {
-        match self {
-            DeviceDriver::OpcUa(o) => Some(o),
-            _ => None,
-        }
-    }
-}
-
-/// A device of the loaded tag map.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Device {
-    /// Unique name.
-    pub name: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Poll interval.
-    pub poll_interval: Duration,
-    /// Protocol settings.
-    pub driver: DeviceDriver,
-    /// Its tags, in file order.
-    pub tags: Vec<TagId>,
-    /// Its event definitions (`[[device.event]]`), in file order.
-    pub events: Vec<EventDef>,
-}
-
-/// Protocol-specific part of a tag.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TagSource {
-    /// A Modbus register/bit.
-    Modbus(mb::ModbusTag),
-    /// A figure of the GPS fix.
-    Gps(crate::drivers::gps::config::GpsTag),
-    /// A figure of one tank's inventory.
-    Tls350(crate::drivers::tls350::config::TlsTag),
-    /// An OPC UA variable node (boxed: it is 5× the size of the others, and a tag map holds
-    /// one `TagSource` per tag).
-    OpcUa(Box<ua::OpcUaTag>),
-}
-
-impl TagSource {
-    /// The data type's spelling (birth catalog, diagnostics).
-    pub fn data_type(&self) -> &'static str {
-        match self {
-            TagSource::Modbus(m) => m.data_type.as_str(),
-            TagSource::Gps(g) if g.field.is_integer() => "i64",
-            TagSource::Gps(_) | TagSource::Tls350(_) => "f64",
-            TagSource::OpcUa(o) => o.data_type.as_str(),
-        }
-    }
-
-    /// Does the tag carry numbers (so deadbands and totalizers apply)?
-    pub fn is_numeric(&self) -> bool {
-        match self {
-            TagSource::Modbus(m) => m.data_type.is_numeric(),
-            TagSource::Gps(_) | TagSource::Tls350(_) => true,
-            TagSource::OpcUa(o) => o.data_type.is_numeric(),
-        }
-    }
-
-    /// The wrap value of a totalizer when the tag map gives none (unsigned integer types: the
-    /// type's range times the scale).
-    pub fn default_rollover(&self) -> Option<f64> {
-        match self {
-            TagSource::Modbus(m) => m.data_type.unsigned_range().map(|r| r * m.scale.abs()),
-            TagSource::Gps(_) | TagSource::Tls350(_) => None,
-            // OPC UA integers carry their own width; a totalizer needs an explicit rollover.
-            TagSource::OpcUa(_) => None,
-        }
-    }
-
-    /// Does it decode to an integer (event sequence numbers, handshake values)?
-    pub fn is_integer(&self) -> bool {
-        match self {
-            TagSource::Modbus(m) => {
-                matches!(
-                    m.data_type,
-                    mb::DataType::U16
-                        | mb::DataType::U32
-                        | mb::DataType::U64
-                        | mb::DataType::I16
-                        | mb::DataType::I32
-                        | mb::DataType::I64
-                ) && m.scale == 1.0
-                    && m.offset == 0.0
-            }
-            TagSource::Gps(g) => g.field.is_integer(),
-            TagSource::Tls350(_) => false,
-            TagSource::OpcUa(o) => o.data_type == ua::OpcType::Integer,
-        }
-    }
-
-    /// Does it decode to a bool?
-    pub fn is_boolean(&self) -> bool {
-        match self {
-            TagSource::Modbus(m) => matches!(m.data_type, mb::DataType::Bool | mb::DataType::Bit),
-            TagSource::Gps(_) | TagSource::Tls350(_) => false,
-            TagSource::OpcUa(o) => o.data_type == ua::OpcType::Bool,
-        }
-    }
-
-    /// Largest value of an unsigned integer type (default sequence rollover).
-    pub fn unsigned_max(&self) -> Option<u64> {
-        match self {
-            TagSource::Modbus(m) => match m.data_type {
-                mb::DataType::U16 => Some(u64::from(u16::MAX)),
-                mb::DataType::U32 => Some(u64::from(u32::MAX)),
-                mb::DataType::U64 => Some(u64::MAX),
-                _ => None,
-            },
-            TagSource::OpcUa(o) => o.unsigned_max,
-            TagSource::Gps(_) | TagSource::Tls350(_) => None,
-        }
-    }
-
-    /// Can the agent write it (event handshakes)?
-    pub fn is_writable(&self) -> bool {
-        match self {
-            TagSource::Modbus(m) => {
-                matches!(
-                    m.register,
-                    mb::RegisterKind::Coil | mb::RegisterKind::Holding
-                ) && m.data_type != mb::DataType::Bit
-                    && m.data_type != mb::DataType::String
-            }
-            TagSource::Gps(_) | TagSource::Tls350(_) => false,
-            TagSource::OpcUa(_) => true,
-        }
-    }
-
-    /// The Modbus register, if this is a Modbus tag.
-    pub fn modbus(&self) -> Option<&mb::ModbusTag> {
-        match self {
-            TagSource::Modbus(m) => Some(m),
-            _ => None,
-        }
-    }
-
-    /// The OPC UA node, if this is an OPC UA tag.
-    pub fn opcua(&self) -> Option<&ua::OpcUaTag> {
-        match self {
-            TagSource::OpcUa(o) => Some(o.as_ref()),
-            _ => None,
-        }
-    }
-}
-
-/// A tag of the loaded tag map.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tag {
-    /// Index in `TagMap::tags`.
-    pub id: TagId,
-    /// Index of its device in `TagMap::devices`.
-    pub device: usize,
-    /// Hierarchical name.
-    pub name: String,
-    /// Engineering unit.
-    pub unit: Option<String>,
-    /// Free text.
-    pub description: Option<String>,
-    /// Gauge, totalizer or state.
-    pub kind: TagKind,
-    /// Report-by-exception threshold.
-    pub deadband: Option<Deadband>,
-    /// Heartbeat: longest silence inside the deadband.
-    pub max_silence: Duration,
-    /// Totalizer wrap value (engineering units), if known.
-    pub rollover: Option<f64>,
-    /// Buffer priority.
-    pub priority: Priority,
-    /// Where the value comes from.
-    pub source: TagSource,
 }
 
 /// A loaded, valid tag map.
@@ -341,6 +116,38 @@ impl From<&TagMap> for crate::buffer::TagClasses {
 impl From<&std::sync::Arc<TagMap>> for crate::buffer::TagClasses {
     fn from(map: &std::sync::Arc<TagMap>) -> Self {
         Self::from(&**map)
+    }
+}
+
+impl TagMap {
+    /// What the drivers need of the agent besides its devices: identity and the buffer's path.
+    pub fn agent_context(&self) -> AgentContext {
+        AgentContext {
+            site: self.agent.site.clone(),
+            id: self.agent.id.clone(),
+            buffer_path: self.buffer.effective_path(),
+        }
+    }
+
+    /// The drivers' view of the map: its devices and tags, and the agent context.
+    pub fn plant(&self) -> Plant<'_> {
+        Plant {
+            devices: &self.devices,
+            tags: &self.tags,
+            agent: self.agent_context(),
+        }
+    }
+}
+
+impl<'a> From<&'a TagMap> for Plant<'a> {
+    fn from(map: &'a TagMap) -> Self {
+        map.plant()
+    }
+}
+
+impl<'a> From<&'a std::sync::Arc<TagMap>> for Plant<'a> {
+    fn from(map: &'a std::sync::Arc<TagMap>) -> Self {
+        map.plant()
     }
 }
 
@@ -727,9 +534,9 @@ fn protocol_of(
     spans: &Spans,
     subject: &str,
     diags: &mut Diagnostics,
-) -> Option<(String, &'static dyn protocol::ProtocolConfig)> {
+) -> Option<(String, &'static dyn registry::ProtocolConfig)> {
     match protocol {
-        Some(p) => match protocol::for_protocol(&p) {
+        Some(p) => match registry::for_protocol(&p) {
             Some(c) => Some((p, c)),
             None => {
                 diags.error(
@@ -737,7 +544,7 @@ fn protocol_of(
                     subject,
                     format!(
                         "unknown protocol {p:?}; supported: {}",
-                        protocol::supported_list()
+                        registry::supported_list()
                     ),
                 );
                 None
@@ -752,7 +559,7 @@ fn protocol_of(
             diags.error(
                 span,
                 subject,
-                format!("missing `protocol` ({})", protocol::supported_list()),
+                format!("missing `protocol` ({})", registry::supported_list()),
             );
             None
         }

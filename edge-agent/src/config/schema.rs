@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use std::time::Duration;
 
+use crate::model::{Deadband, Priority, TagKind};
 use crate::settings::duration;
 
 /// Default poll interval of a device.
@@ -56,51 +57,8 @@ fn default_poll_interval() -> Duration {
     DEFAULT_POLL_INTERVAL
 }
 
-/// What a tag's value means over time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum TagKind {
-    /// An instantaneous measurement (level, temperature, flow rate).
-    #[default]
-    Gauge,
-    /// A monotonic counter (meter totalizer): rollovers and resets are detected and reported.
-    Totalizer,
-    /// A discrete state (pump running, valve position, alarm).
-    State,
-}
-
-impl TagKind {
-    /// Spelling used in the tag map and the birth catalog.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TagKind::Gauge => "gauge",
-            TagKind::Totalizer => "totalizer",
-            TagKind::State => "state",
-        }
-    }
-}
-
-/// Buffer priority of a tag's readings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    /// Dropped last (custody totalizers).
-    High,
-    /// The default.
-    Normal,
-    /// Dropped first (diagnostics).
-    Low,
-}
-
-/// Report-by-exception threshold.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Deadband {
-    /// Report when the value moves by more than this many engineering units.
-    Absolute(f64),
-    /// Report when the value moves by more than this percentage of the last reported value.
-    Percent(f64),
-}
-
+/// A deadband as written: a number (absolute, engineering units) or a percentage string. The
+/// type is the model's; its spelling is the tag map's, so it is read here.
 impl<'de> Deserialize<'de> for Deadband {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -124,17 +82,6 @@ impl<'de> Deserialize<'de> for Deadband {
                     _ => Err(bad()),
                 }
             }
-        }
-    }
-}
-
-impl Deadband {
-    /// Does moving from `last` to `new` exceed the deadband?
-    pub fn exceeded(self, last: f64, new: f64) -> bool {
-        let d = (new - last).abs();
-        match self {
-            Deadband::Absolute(a) => d > a,
-            Deadband::Percent(p) => d > last.abs() * p / 100.0,
         }
     }
 }

@@ -29,7 +29,7 @@ pub(super) fn check(
     );
     // Each protocol's own checks (Modbus overlaps, cycle time and buses; OPC UA duplicate
     // nodes; GPS and TLS-350 intervals), in registry order.
-    for p in super::protocol::all() {
+    for p in crate::drivers::registry::all() {
         p.check(devices, tags, device_spans, tag_spans, diags);
     }
     serial_ports(devices, device_spans, diags);

@@ -1,7 +1,8 @@
 //! Per-tag processing between a driver and the next stage: totalizer rollover/reset detection and
 //! report-by-exception (deadband with a heartbeat). Pure: it sees readings, not sockets.
 
-use crate::config::{Tag, TagKind};
+use crate::drivers::Tag;
+use crate::model::TagKind;
 use crate::model::{CounterEvent, Quality, Reading, Value};
 
 #[derive(Debug, Clone, Default)]
@@ -91,8 +92,9 @@ impl TagFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Deadband, TagSource};
     use crate::drivers::modbus::config::{DataType, ModbusTag, Order, RegisterKind};
+    use crate::drivers::TagSource;
+    use crate::model::Deadband;
     use std::time::Duration;
 
     fn tag(kind: TagKind, deadband: Option<Deadband>, rollover: Option<f64>) -> Tag {
@@ -106,7 +108,7 @@ mod tests {
             deadband,
             max_silence: Duration::from_secs(10),
             rollover,
-            priority: crate::config::Priority::Normal,
+            priority: crate::model::Priority::Normal,
             source: TagSource::Modbus(ModbusTag {
                 register: RegisterKind::Holding,
                 address: 0,

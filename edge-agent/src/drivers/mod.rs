@@ -9,10 +9,15 @@
 //! shutdown). `read_once` polls every device once and `read_events_once` reads every event
 //! definition's trigger and record once, for `edge-agent read --once`.
 //!
+//! The drivers never see the tag map: the entry points take a [`Plant`] (`impl Into<Plant>`,
+//! which `config` implements for `&TagMap`: the devices and tags with the agent's site, id and
+//! buffer path) and each runtime is built from its own device's [`DeviceView`].
+//!
 //! Live reload works per *unit* (`unit_key`: a device, or all units of one RTU bus): units whose
 //! devices and tags are unchanged keep running, the others are stopped and started again with
 //! the new map. `spawn_unit` is the one place that starts a unit's tasks per protocol.
 
+pub mod device;
 pub mod events;
 pub mod filter;
 pub mod gps;
@@ -20,6 +25,8 @@ pub mod health;
 pub mod lines;
 pub mod modbus;
 pub mod opcua;
+pub mod plant;
+pub mod registry;
 pub mod serial;
 pub mod stats;
 pub mod tls350;
@@ -30,7 +37,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Device, DeviceDriver, TagMap};
+pub use device::{Device, DeviceDriver, Tag, TagSource};
+pub use plant::{AgentContext, DeviceView, Plant};
+
 use crate::model::{GapRow, Reading, TagId};
 use modbus::config::Link;
 use stats::DeviceStats;
@@ -77,10 +86,10 @@ pub fn unit_key(d: &Device) -> String {
     }
 }
 
-/// The devices of every unit of `map`, in tag-map order.
-fn units_of(map: &TagMap) -> BTreeMap<String, Vec<usize>> {
+/// The devices of every unit of `plant`, in tag-map order.
+fn units_of(plant: &Plant<'_>) -> BTreeMap<String, Vec<usize>> {
     let mut units: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, d) in map.devices.iter().enumerate() {
+    for (i, d) in plant.devices.iter().enumerate() {
         units.entry(unit_key(d)).or_default().push(i);
     }
     units
@@ -90,7 +99,7 @@ fn units_of(map: &TagMap) -> BTreeMap<String, Vec<usize>> {
 /// unit can keep running across a reload. A 128-bit hash of the devices' and tags' settings (their
 /// `Debug` form, which shows every field, with ids and indexes zeroed) rather than a copy of them:
 /// a copy doubled the memory the tag map takes.
-fn fingerprint(map: &TagMap, devices: &[usize]) -> u128 {
+fn fingerprint(plant: &Plant<'_>, devices: &[usize]) -> u128 {
     use std::fmt::Write as _;
     use std::hash::{DefaultHasher, Hasher};
     /// Feeds formatted text to two hashers with different seeds.
@@ -105,7 +114,7 @@ fn fingerprint(map: &TagMap, devices: &[usize]) -> u128 {
     let mut feed = Feed(DefaultHasher::new(), DefaultHasher::new());
     feed.1.write_u64(0x9e37_79b9_7f4a_7c15);
     for &i in devices {
-        let d = &map.devices[i];
+        let d = &plant.devices[i];
         // Writing to a hasher cannot fail.
         let _ = write!(
             feed,
@@ -118,7 +127,7 @@ fn fingerprint(map: &TagMap, devices: &[usize]) -> u128 {
         );
         let _ = write!(feed, "{:?}", d.events);
         for &t in &d.tags {
-            let tag = &map.tags[t as usize];
+            let tag = &plant.tags[t as usize];
             let _ = write!(
                 feed,
                 "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?};",
@@ -143,7 +152,7 @@ fn fingerprint(map: &TagMap, devices: &[usize]) -> u128 {
 /// their outputs to `out` and stopping when `shutdown` turns true. The unit's event definitions
 /// run with `event_opts` (on TCP one task per definition; on a bus inside the bus task).
 fn spawn_unit(
-    map: &TagMap,
+    plant: &Plant<'_>,
     devices: &[usize],
     stats: &[Arc<DeviceStats>],
     out: &OutputTx,
@@ -154,7 +163,7 @@ fn spawn_unit(
     let mut bus: Option<(modbus::config::SerialSettings, Vec<_>)> = None;
     let mut bus_events: Vec<modbus::poller::BusEvent> = Vec::new();
     // The capture loop of one event definition of device `i` (any protocol).
-    let new_runner = |def: &crate::config::EventDef, i: usize| {
+    let new_runner = |def: &events::EventDef, i: usize| {
         events::Runner::new(
             def.clone(),
             out.clone(),
@@ -164,9 +173,10 @@ fn spawn_unit(
         )
     };
     for &i in devices {
-        match &map.devices[i].driver {
+        let unit = plant.device(i);
+        match &unit.device.driver {
             DeviceDriver::Modbus(m) => {
-                if let Some(rt) = modbus::DeviceRuntime::new(map, i, None) {
+                if let Some(rt) = modbus::DeviceRuntime::new(&unit, None) {
                     match &m.link {
                         Link::Tcp { .. } => {
                             tasks.push(tokio::spawn(modbus::run_tcp(
@@ -183,7 +193,7 @@ fn spawn_unit(
                         }
                     }
                 }
-                for def in &map.devices[i].events {
+                for def in &unit.device.events {
                     let Some(ev) = modbus::events::ModbusEvent::new(def, m, stats[i].clone())
                     else {
                         continue;
@@ -207,7 +217,7 @@ fn spawn_unit(
                 }
             }
             DeviceDriver::Gps(_) => {
-                if let Some(rt) = gps::GpsRuntime::new(map, i, None) {
+                if let Some(rt) = gps::GpsRuntime::new(&unit, None) {
                     tasks.push(tokio::spawn(gps::run(
                         rt,
                         out.clone(),
@@ -217,7 +227,7 @@ fn spawn_unit(
                 }
             }
             DeviceDriver::Tls350(_) => {
-                if let Some(rt) = tls350::TlsRuntime::new(map, i, None) {
+                if let Some(rt) = tls350::TlsRuntime::new(&unit, None) {
                     tasks.push(tokio::spawn(tls350::run(
                         rt,
                         out.clone(),
@@ -227,7 +237,7 @@ fn spawn_unit(
                 }
             }
             DeviceDriver::OpcUa(o) => {
-                if let Some(rt) = opcua::DeviceRuntime::new(map, i, None) {
+                if let Some(rt) = opcua::DeviceRuntime::new(&unit, None) {
                     tasks.push(tokio::spawn(opcua::run(
                         rt,
                         out.clone(),
@@ -236,13 +246,13 @@ fn spawn_unit(
                     )));
                 }
                 // One task and one session per event definition.
-                for def in &map.devices[i].events {
-                    let pki = opcua::pki::dir_for(map, i);
+                for def in &unit.device.events {
+                    let pki = opcua::pki::dir_for(unit.device, unit.agent);
                     let Some(ev) = opcua::events::OpcUaEvent::new(
                         def,
                         o,
                         pki,
-                        opcua::pki::Identity::of(map),
+                        opcua::pki::Identity::of(unit.agent),
                         stats[i].clone(),
                     ) else {
                         continue;
@@ -284,7 +294,7 @@ struct Unit {
 
 impl Unit {
     fn start(
-        map: &TagMap,
+        plant: &Plant<'_>,
         devices: &[usize],
         stats: &[Arc<DeviceStats>],
         sink: &Sink,
@@ -295,11 +305,11 @@ impl Unit {
         let mut tasks = Vec::new();
         match sink {
             Sink::Direct(out) => {
-                tasks.extend(spawn_unit(map, devices, stats, out, &rx, event_opts))
+                tasks.extend(spawn_unit(plant, devices, stats, out, &rx, event_opts))
             }
             Sink::Tagged(out) => {
                 let (tx, mut unit_rx) = mpsc::channel::<Output>(16);
-                tasks.extend(spawn_unit(map, devices, stats, &tx, &rx, event_opts));
+                tasks.extend(spawn_unit(plant, devices, stats, &tx, &rx, event_opts));
                 let out = out.clone();
                 // Ends when the unit's tasks have ended (their senders dropped) and everything
                 // they sent is forwarded.
@@ -313,7 +323,7 @@ impl Unit {
             }
         }
         Unit {
-            fingerprint: fingerprint(map, devices),
+            fingerprint: fingerprint(plant, devices),
             generation,
             shutdown,
             tasks,
@@ -360,40 +370,44 @@ pub struct Acquisition {
     sink: Sink,
     event_opts: events::EventOptions,
     generation: u64,
-    /// Counters per device, indexed like `TagMap::devices` of the current map.
+    /// Counters per device, indexed like `Plant::devices` of the current map.
     pub stats: Vec<Arc<DeviceStats>>,
 }
 
 impl Acquisition {
-    /// Spawn the driver tasks for `map`, sending each cycle's readings to `out`. Event
-    /// definitions run too, with [`events::EventOptions::default`]: no ledger (a record counts
-    /// as committed once handed over), handshakes written.
-    pub fn start(map: &TagMap, out: OutputTx) -> Self {
+    /// Spawn the driver tasks for `map` (a tag map, or any [`Plant`]), sending each cycle's
+    /// readings to `out`. Event definitions run too, with [`events::EventOptions::default`]: no
+    /// ledger (a record counts as committed once handed over), handshakes written.
+    pub fn start<'a>(map: impl Into<Plant<'a>>, out: OutputTx) -> Self {
         Self::start_with(map, out, events::EventOptions::default())
     }
 
     /// Like [`Acquisition::start`], with explicit event options: with the buffer's ledger
     /// (`run`), definitions resume after their persisted cursor and write a handshake only once
     /// the buffer committed the record; `read` writes no handshake at all.
-    pub fn start_with(map: &TagMap, out: OutputTx, event_opts: events::EventOptions) -> Self {
-        Self::start_sink(map, Sink::Direct(out), event_opts)
+    pub fn start_with<'a>(
+        map: impl Into<Plant<'a>>,
+        out: OutputTx,
+        event_opts: events::EventOptions,
+    ) -> Self {
+        Self::start_sink(map.into(), Sink::Direct(out), event_opts)
     }
 
     /// Like `start_with`, with outputs tagged by tag-map generation so the map can be reloaded
     /// (`plan_reload`, `stop_for_reload`, `start_reloaded`).
-    pub fn start_tagged(
-        map: &TagMap,
+    pub fn start_tagged<'a>(
+        map: impl Into<Plant<'a>>,
         out: mpsc::Sender<Tagged>,
         event_opts: events::EventOptions,
     ) -> Self {
-        Self::start_sink(map, Sink::Tagged(out), event_opts)
+        Self::start_sink(map.into(), Sink::Tagged(out), event_opts)
     }
 
-    fn start_sink(map: &TagMap, sink: Sink, event_opts: events::EventOptions) -> Self {
-        let stats: Vec<Arc<DeviceStats>> = map.devices.iter().map(|_| Arc::default()).collect();
-        let units = units_of(map)
+    fn start_sink(plant: Plant<'_>, sink: Sink, event_opts: events::EventOptions) -> Self {
+        let stats: Vec<Arc<DeviceStats>> = plant.devices.iter().map(|_| Arc::default()).collect();
+        let units = units_of(&plant)
             .into_iter()
-            .map(|(k, devs)| (k, Unit::start(map, &devs, &stats, &sink, 0, &event_opts)))
+            .map(|(k, devs)| (k, Unit::start(&plant, &devs, &stats, &sink, 0, &event_opts)))
             .collect();
         Acquisition {
             units,
@@ -415,12 +429,13 @@ impl Acquisition {
     }
 
     /// Compare the running units with those of `new`.
-    pub fn plan_reload(&self, new: &TagMap) -> ReloadPlan {
+    pub fn plan_reload<'a>(&self, new: impl Into<Plant<'a>>) -> ReloadPlan {
+        let new = new.into();
         let mut plan = ReloadPlan::default();
-        let next = units_of(new);
+        let next = units_of(&new);
         for (k, devs) in &next {
             match self.units.get(k) {
-                Some(u) if u.fingerprint == fingerprint(new, devs) => plan.keep.push(k.clone()),
+                Some(u) if u.fingerprint == fingerprint(&new, devs) => plan.keep.push(k.clone()),
                 Some(_) => plan.restart.push(k.clone()),
                 None => plan.add.push(k.clone()),
             }
@@ -448,7 +463,13 @@ impl Acquisition {
 
     /// Switch to `new` (after `stop_for_reload` was joined): start the restarted and added units
     /// under the next generation; device counters carry over by device name.
-    pub fn start_reloaded(&mut self, old: &TagMap, new: &TagMap, plan: &ReloadPlan) {
+    pub fn start_reloaded<'a, 'b>(
+        &mut self,
+        old: impl Into<Plant<'a>>,
+        new: impl Into<Plant<'b>>,
+        plan: &ReloadPlan,
+    ) {
+        let (old, new) = (old.into(), new.into());
         self.generation += 1;
         let by_name: std::collections::HashMap<&str, &Arc<DeviceStats>> = old
             .devices
@@ -466,11 +487,11 @@ impl Acquisition {
                     .unwrap_or_default()
             })
             .collect();
-        let next = units_of(new);
+        let next = units_of(&new);
         for k in plan.restart.iter().chain(&plan.add) {
             if let Some(devs) = next.get(k) {
                 let u = Unit::start(
-                    new,
+                    &new,
                     devs,
                     &stats,
                     &self.sink,
@@ -490,7 +511,11 @@ impl Acquisition {
 }
 
 /// Tag ids of `old` → ids of the same tag (device and tag name) in `new`, indexed by old id.
-pub fn translate_ids(old: &TagMap, new: &TagMap) -> Vec<Option<TagId>> {
+pub fn translate_ids<'a, 'b>(
+    old: impl Into<Plant<'a>>,
+    new: impl Into<Plant<'b>>,
+) -> Vec<Option<TagId>> {
+    let (old, new) = (old.into(), new.into());
     let ids: std::collections::HashMap<(&str, &str), TagId> = new
         .tags
         .iter()
@@ -507,25 +532,26 @@ pub fn translate_ids(old: &TagMap, new: &TagMap) -> Vec<Option<TagId>> {
 
 /// Read the trigger and the record on display of every event definition once (for
 /// `read --once`): `(definition name, trigger value and record, or why not)`, in tag-map order.
-pub async fn read_events_once(
-    map: &TagMap,
+pub async fn read_events_once<'a>(
+    map: impl Into<Plant<'a>>,
 ) -> Vec<(
     String,
     Result<(u64, flowsquare_wire::Event), events::IoError>,
 )> {
+    let plant = map.into();
     let mut out = Vec::new();
-    for (i, def) in map.events() {
-        if let Some(o) = map.devices[i].driver.opcua() {
-            let pki = opcua::pki::dir_for(map, i);
+    for (i, def) in plant.events() {
+        let device = &plant.devices[i];
+        if let Some(o) = device.driver.opcua() {
+            let pki = opcua::pki::dir_for(device, &plant.agent);
+            let identity = opcua::pki::Identity::of(&plant.agent);
             let stats = Arc::new(DeviceStats::default());
-            if let Some(mut io) =
-                opcua::events::OpcUaEvent::new(def, o, pki, opcua::pki::Identity::of(map), stats)
-            {
+            if let Some(mut io) = opcua::events::OpcUaEvent::new(def, o, pki, identity, stats) {
                 out.push((def.name.clone(), events::run::read_once(def, &mut io).await));
             }
             continue;
         }
-        let Some(m) = map.devices[i].driver.modbus() else {
+        let Some(m) = device.driver.modbus() else {
             continue;
         };
         let Some(ev) = modbus::events::ModbusEvent::new(def, m, Arc::new(DeviceStats::default()))
@@ -540,29 +566,30 @@ pub async fn read_events_once(
 
 /// Poll every device (or only the tags in `only`) once; devices in parallel, units of one RTU bus
 /// one after another. Readings come back in tag-map order.
-pub async fn read_once(map: &TagMap, only: Option<&[TagId]>) -> Vec<Reading> {
+pub async fn read_once<'a>(map: impl Into<Plant<'a>>, only: Option<&[TagId]>) -> Vec<Reading> {
+    let plant = map.into();
     let mut handles = Vec::new();
     let mut buses: BTreeMap<String, Vec<modbus::DeviceRuntime>> = BTreeMap::new();
-    for (i, d) in map.devices.iter().enumerate() {
+    for (i, d) in plant.devices.iter().enumerate() {
+        let unit = plant.device(i);
         let m = match &d.driver {
             DeviceDriver::Modbus(m) => m,
             DeviceDriver::Gps(_) => {
-                if let Some(rt) = gps::GpsRuntime::new(map, i, only).filter(|r| !r.tags.is_empty())
-                {
+                if let Some(rt) = gps::GpsRuntime::new(&unit, only).filter(|r| !r.tags.is_empty()) {
                     handles.push(tokio::spawn(gps::read_once(rt)));
                 }
                 continue;
             }
             DeviceDriver::Tls350(_) => {
                 if let Some(rt) =
-                    tls350::TlsRuntime::new(map, i, only).filter(|r| !r.tags.is_empty())
+                    tls350::TlsRuntime::new(&unit, only).filter(|r| !r.tags.is_empty())
                 {
                     handles.push(tokio::spawn(tls350::read_once(rt)));
                 }
                 continue;
             }
             DeviceDriver::OpcUa(_) => {
-                if let Some(rt) = opcua::DeviceRuntime::new(map, i, only) {
+                if let Some(rt) = opcua::DeviceRuntime::new(&unit, only) {
                     if !rt.tags.is_empty() {
                         handles.push(tokio::spawn(async move { opcua::read_once(&rt).await }));
                     }
@@ -570,7 +597,7 @@ pub async fn read_once(map: &TagMap, only: Option<&[TagId]>) -> Vec<Reading> {
                 continue;
             }
         };
-        let Some(rt) = modbus::DeviceRuntime::new(map, i, only) else {
+        let Some(rt) = modbus::DeviceRuntime::new(&unit, only) else {
             continue;
         };
         if rt.requests.is_empty() {
@@ -626,64 +653,4 @@ pub async fn read_once(map: &TagMap, only: Option<&[TagId]>) -> Vec<Reading> {
     }
     out.sort_by_key(|r| r.tag);
     out
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn map(devices: &str) -> TagMap {
-        let text = format!("[agent]\nsite = \"s\"\nid = \"a\"\n{devices}");
-        match crate::config::parse_str("t.toml", &text) {
-            Ok((m, _)) => m,
-            Err(e) => panic!("{e:?}"),
-        }
-    }
-
-    fn tcp(name: &str, tags: &[(&str, u16)]) -> String {
-        let mut s = format!(
-            "[[device]]\nname = \"{name}\"\nprotocol = \"modbus-tcp\"\nhost = \"127.0.0.1\"\nport = 1\npoll_interval = \"1s\"\n"
-        );
-        for (t, a) in tags {
-            s += &format!("  [[device.tag]]\n  name = \"{t}\"\n  register = \"holding\"\n  address = {a}\n  type = \"u16\"\n");
-        }
-        s
-    }
-
-    fn rtu(name: &str, unit: u8, tag: &str) -> String {
-        format!(
-            "[[device]]\nname = \"{name}\"\nprotocol = \"modbus-rtu\"\nserial = \"/dev/ttyUSB9\"\nbaud = 19200\nunit = {unit}\npoll_interval = \"1s\"\n  [[device.tag]]\n  name = \"{tag}\"\n  register = \"holding\"\n  address = 0\n  type = \"u16\"\n"
-        )
-    }
-
-    #[tokio::test]
-    async fn a_reload_plan_keeps_identical_units_and_restarts_a_shared_bus_as_one() {
-        let old = map(&(tcp("a", &[("a/x", 0)])
-            + &tcp("b", &[("b/x", 0)])
-            + &tcp("gone", &[("g/x", 0)])
-            + &rtu("r1", 1, "r1/x")
-            + &rtu("r2", 2, "r2/x")));
-        // b gets a tag, r2 changes (so the whole bus restarts), c is new, "gone" is removed; a is
-        // identical although every tag id after it moved.
-        let new = map(&(tcp("c", &[("c/x", 0)])
-            + &tcp("a", &[("a/x", 0)])
-            + &tcp("b", &[("b/x", 0), ("b/y", 1)])
-            + &rtu("r1", 1, "r1/x")
-            + &rtu("r2", 2, "r2/renamed")));
-        let (tx, _rx) = mpsc::channel(16);
-        let acq = Acquisition::start_tagged(&old, tx, events::EventOptions::default());
-        let plan = acq.plan_reload(&new);
-        assert_eq!(plan.keep, vec!["device a"]);
-        assert_eq!(plan.restart, vec!["bus /dev/ttyUSB9", "device b"]);
-        assert_eq!(plan.add, vec!["device c"]);
-        assert_eq!(plan.remove, vec!["device gone"]);
-        acq.stop().await;
-    }
-
-    #[test]
-    fn tag_ids_translate_by_device_and_tag_name() {
-        let old = map(&(tcp("a", &[("x", 0), ("y", 1)]) + &tcp("b", &[("z", 0)])));
-        let new = map(&(tcp("b", &[("z", 0)]) + &tcp("a", &[("y", 1)])));
-        // old: a/x=0, a/y=1, b/z=2; new: b/z=0, a/y=1.
-        assert_eq!(translate_ids(&old, &new), vec![None, Some(1), Some(0)]);
-    }
 }

@@ -1,6 +1,7 @@
 //! Event capture vocabulary shared by the event drivers and the buffer: the cursor of a
 //! definition's last committed record, the digest that recognises a record, and the ledger
-//! (implemented by the buffer) that persists cursors and confirms commits.
+//! (implemented by the buffer) that persists cursors and confirms commits; what makes a
+//! definition fire (`TriggerMode`) and what its handshake writes (`HandshakeValue`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -85,6 +86,39 @@ pub trait EventLedger: Send + Sync {
 
 /// A shared ledger, as the event drivers hold it.
 pub type SharedLedger = Arc<dyn EventLedger>;
+
+/// What makes an event definition fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerMode {
+    /// A sequence-number register: a new record whenever it changes (skipped numbers are
+    /// reported as missed events; it wraps at `seq_rollover`).
+    #[default]
+    Sequence,
+    /// A flag (bit/coil/register ≠ 0): a new record on each rising edge.
+    Flag,
+}
+
+impl TriggerMode {
+    /// Tag-map spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerMode::Sequence => "sequence",
+            TriggerMode::Flag => "flag",
+        }
+    }
+}
+
+/// What the handshake writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HandshakeValue {
+    /// The record's own sequence number (as the PLC counts it).
+    Seq,
+    /// A constant bit (coil).
+    Bool(bool),
+    /// A constant register value.
+    Int(i64),
+}
 
 #[cfg(test)]
 mod tests {

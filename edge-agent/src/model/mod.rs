@@ -1,17 +1,22 @@
 //! The data model every stage shares: a tag's reading, its value and its quality; known losses
 //! (`gap.rs`: gap rows with their reason); the event capture vocabulary (`event.rs`: cursor,
-//! digest, the ledger trait the buffer implements).
+//! digest, the ledger trait the buffer implements, trigger modes and handshake values); the
+//! protocol-independent tag vocabulary (`tag.rs`: kind, deadband, priority).
 //!
 //! A reading is produced for every tag on every poll, good or bad, so that "nothing lost, nothing
 //! invented" can be checked downstream: a bad reading carries no value, only the reason.
 
 pub mod event;
 pub mod gap;
+pub mod tag;
 
 use serde::Serialize;
 
-pub use event::{digest, Cursor, EventLedger, LedgerFuture, SharedLedger};
+pub use event::{
+    digest, Cursor, EventLedger, HandshakeValue, LedgerFuture, SharedLedger, TriggerMode,
+};
 pub use gap::{GapReason, GapRow};
+pub use tag::{Deadband, Priority, TagKind};
 
 /// Index of a tag in the loaded tag map (stable for the lifetime of one loaded config).
 pub type TagId = u32;

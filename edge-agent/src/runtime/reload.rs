@@ -116,3 +116,65 @@ pub async fn reload(
     );
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::{events::EventOptions, translate_ids};
+
+    fn map(devices: &str) -> TagMap {
+        let text = format!("[agent]\nsite = \"s\"\nid = \"a\"\n{devices}");
+        match crate::config::parse_str("t.toml", &text) {
+            Ok((m, _)) => m,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn tcp(name: &str, tags: &[(&str, u16)]) -> String {
+        let mut s = format!(
+            "[[device]]\nname = \"{name}\"\nprotocol = \"modbus-tcp\"\nhost = \"127.0.0.1\"\nport = 1\npoll_interval = \"1s\"\n"
+        );
+        for (t, a) in tags {
+            s += &format!("  [[device.tag]]\n  name = \"{t}\"\n  register = \"holding\"\n  address = {a}\n  type = \"u16\"\n");
+        }
+        s
+    }
+
+    fn rtu(name: &str, unit: u8, tag: &str) -> String {
+        format!(
+            "[[device]]\nname = \"{name}\"\nprotocol = \"modbus-rtu\"\nserial = \"/dev/ttyUSB9\"\nbaud = 19200\nunit = {unit}\npoll_interval = \"1s\"\n  [[device.tag]]\n  name = \"{tag}\"\n  register = \"holding\"\n  address = 0\n  type = \"u16\"\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_reload_plan_keeps_identical_units_and_restarts_a_shared_bus_as_one() {
+        let old = map(&(tcp("a", &[("a/x", 0)])
+            + &tcp("b", &[("b/x", 0)])
+            + &tcp("gone", &[("g/x", 0)])
+            + &rtu("r1", 1, "r1/x")
+            + &rtu("r2", 2, "r2/x")));
+        // b gets a tag, r2 changes (so the whole bus restarts), c is new, "gone" is removed; a is
+        // identical although every tag id after it moved.
+        let new = map(&(tcp("c", &[("c/x", 0)])
+            + &tcp("a", &[("a/x", 0)])
+            + &tcp("b", &[("b/x", 0), ("b/y", 1)])
+            + &rtu("r1", 1, "r1/x")
+            + &rtu("r2", 2, "r2/renamed")));
+        let (tx, _rx) = mpsc::channel(16);
+        let acq = Acquisition::start_tagged(&old, tx, EventOptions::default());
+        let plan = acq.plan_reload(&new);
+        assert_eq!(plan.keep, vec!["device a"]);
+        assert_eq!(plan.restart, vec!["bus /dev/ttyUSB9", "device b"]);
+        assert_eq!(plan.add, vec!["device c"]);
+        assert_eq!(plan.remove, vec!["device gone"]);
+        acq.stop().await;
+    }
+
+    #[test]
+    fn tag_ids_translate_by_device_and_tag_name() {
+        let old = map(&(tcp("a", &[("x", 0), ("y", 1)]) + &tcp("b", &[("z", 0)])));
+        let new = map(&(tcp("b", &[("z", 0)]) + &tcp("a", &[("y", 1)])));
+        // old: a/x=0, a/y=1, b/z=2; new: b/z=0, a/y=1.
+        assert_eq!(translate_ids(&old, &new), vec![None, Some(1), Some(0)]);
+    }
+}

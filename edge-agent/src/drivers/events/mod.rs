@@ -1,5 +1,7 @@
 //! Event capture (gantry batch records and other transaction tables), protocol-generic.
 //!
+//! - `def.rs`: a loaded event definition (trigger, fields, handshake at the device's own
+//!   locations), read from the tag map by `config/events.rs`;
 //! - `state.rs`: the pure bookkeeping (sequence deltas across rollover, missed counts, flag
 //!   edges, handshake state), unit-tested without sockets;
 //! - `run.rs`: the run loop of one event definition over an [`EventIo`] binding;
@@ -13,10 +15,12 @@
 //! record at restart; a crash after it writes the handshake again (the cursor says it was not
 //! written).
 
+pub mod def;
 pub mod error;
 pub mod run;
 pub mod state;
 
+pub use def::{EventDef, EventField, Handshake, Trigger};
 pub use error::IoError;
 pub use run::{run, EventIo, EventOptions, Record, Runner, Stopped};
 pub use state::{digest, Cursor, Missed, Step, Tracker};

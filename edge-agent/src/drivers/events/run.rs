@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use flowsquare_wire::{Event, WireValue};
 use tokio::sync::watch;
 
+use super::def::EventDef;
 use super::error::IoError;
 use super::state::{digest, is_blank, Cursor, Missed, Step, Tracker};
-use crate::config::{EventDef, TriggerMode};
 use crate::drivers::stats::DeviceStats;
 use crate::drivers::{Output, OutputTx};
 use crate::model::now_ms;
+use crate::model::TriggerMode;
 use crate::model::{GapReason, GapRow, SharedLedger};
 
 /// Longest wait for the buffer to confirm a commit; past it the record is read again.

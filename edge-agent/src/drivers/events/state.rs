@@ -10,8 +10,8 @@
 
 use flowsquare_wire::WireValue;
 
-use crate::config::TriggerMode;
 pub use crate::model::event::{digest, Cursor};
+use crate::model::TriggerMode;
 
 /// How many records were skipped before a new one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

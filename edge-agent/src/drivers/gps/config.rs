@@ -4,8 +4,8 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use crate::config::{DeviceDriver, TagSource};
 use crate::drivers::serial::{serial_problems, Parity, SerialSettings};
+use crate::drivers::{DeviceDriver, TagSource};
 use crate::model::{TimePolicy, TimestampMode, DEFAULT_MAX_CLOCK_SKEW};
 use crate::settings::duration;
 use crate::settings::parse::{fields_of, part, STable, Spans};
@@ -199,11 +199,11 @@ pub struct GpsTag {
 /// The GPS part of the tag-map loader (`protocol = "nmea"` / `"gpsd"`).
 pub struct Protocol;
 
-impl crate::config::protocol::ProtocolConfig for Protocol {
+impl crate::drivers::registry::ProtocolConfig for Protocol {
     fn check(
         &self,
-        devices: &[crate::config::Device],
-        _tags: &[crate::config::Tag],
+        devices: &[crate::drivers::Device],
+        _tags: &[crate::drivers::Tag],
         device_spans: &[crate::settings::parse::Spans],
         _tag_spans: &[crate::settings::parse::Spans],
         diags: &mut crate::settings::Diagnostics,

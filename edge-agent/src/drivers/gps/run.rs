@@ -13,11 +13,10 @@ use super::config::{GpsDevice, GpsField, GpsLink};
 use super::error::{GpsLinkError, NmeaError};
 use super::fix::FixState;
 use super::{gpsd, nmea};
-use crate::config::TagMap;
 use crate::drivers::health::Backoff;
 use crate::drivers::lines::{LineSplitter, LogLimiter};
 use crate::drivers::stats::DeviceStats;
-use crate::drivers::Output;
+use crate::drivers::{DeviceView, Output, TagSource};
 use crate::model::{now_ms, Reading, TagId};
 
 /// Longest gpsd JSON line accepted (SKY reports with many satellites reach a few KiB).
@@ -39,16 +38,14 @@ pub struct GpsRuntime {
 }
 
 impl GpsRuntime {
-    /// The runtime of device `index` (`only`: these tags), `None` if it is not a GPS device.
-    pub fn new(map: &TagMap, index: usize, only: Option<&[TagId]>) -> Option<Self> {
-        let d = &map.devices[index];
+    /// The runtime of `unit`'s device (`only`: these tags), `None` if it is not a GPS device.
+    pub fn new(unit: &DeviceView<'_>, only: Option<&[TagId]>) -> Option<Self> {
+        let d = unit.device;
         let dev = d.driver.gps()?.clone();
-        let tags = d
-            .tags
-            .iter()
-            .filter(|t| only.is_none_or(|o| o.contains(t)))
-            .filter_map(|&id| match &map.tags[id as usize].source {
-                crate::config::TagSource::Gps(g) => Some((id, g.field)),
+        let tags = unit
+            .tags_in(only)
+            .filter_map(|t| match &t.source {
+                TagSource::Gps(g) => Some((t.id, g.field)),
                 _ => None,
             })
             .collect();

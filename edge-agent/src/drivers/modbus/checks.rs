@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::config::{Link, ModbusDevice};
 use super::plan;
-use crate::config::{Device, Tag};
+use crate::drivers::{Device, Tag};
 use crate::settings::duration;
 use crate::settings::parse::Spans;
 use crate::settings::Diagnostics;

@@ -607,11 +607,11 @@ pub fn resolve_tag(
 /// The Modbus part of the tag-map loader (`protocol = "modbus-tcp"` / `"modbus-rtu"`).
 pub struct Protocol;
 
-impl crate::config::protocol::ProtocolConfig for Protocol {
+impl crate::drivers::registry::ProtocolConfig for Protocol {
     fn check(
         &self,
-        devices: &[crate::config::Device],
-        tags: &[crate::config::Tag],
+        devices: &[crate::drivers::Device],
+        tags: &[crate::drivers::Tag],
         device_spans: &[crate::settings::parse::Spans],
         tag_spans: &[crate::settings::parse::Spans],
         diags: &mut crate::settings::Diagnostics,
@@ -637,7 +637,7 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         &["event"]
     }
 
-    fn tag_keys(&self, _dev: &crate::config::DeviceDriver) -> Vec<&'static [&'static str]> {
+    fn tag_keys(&self, _dev: &crate::drivers::DeviceDriver) -> Vec<&'static [&'static str]> {
         vec![crate::settings::parse::fields_of::<RawModbusTag>()]
     }
 
@@ -648,7 +648,7 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         spans: &Spans,
         subject: &str,
         diags: &mut crate::settings::Diagnostics,
-    ) -> crate::config::DeviceDriver {
+    ) -> crate::drivers::DeviceDriver {
         use crate::settings::parse::part;
         let shaping: Option<RawShaping> = part(table, subject, diags);
         let link_unit = if protocol == "modbus-tcp" {
@@ -688,17 +688,17 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         for (key, msg) in problems {
             diags.error(spans.of(key), subject, msg);
         }
-        crate::config::DeviceDriver::Modbus(dev)
+        crate::drivers::DeviceDriver::Modbus(dev)
     }
 
     fn tag(
         &self,
-        dev: &crate::config::DeviceDriver,
+        dev: &crate::drivers::DeviceDriver,
         table: &crate::settings::parse::STable<'_, '_>,
         spans: &Spans,
         subject: &str,
         diags: &mut crate::settings::Diagnostics,
-    ) -> Option<crate::config::TagSource> {
+    ) -> Option<crate::drivers::TagSource> {
         let dev = dev.modbus()?;
         let raw: RawModbusTag = crate::settings::parse::part(table, subject, diags)?;
         let mut problems = Vec::new();
@@ -706,6 +706,6 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         for (key, msg) in problems {
             diags.error(spans.of(key), subject, msg);
         }
-        Some(crate::config::TagSource::Modbus(mt))
+        Some(crate::drivers::TagSource::Modbus(mt))
     }
 }

@@ -18,9 +18,10 @@ use super::decode;
 use super::error::LinkError;
 use super::plan::{self, ReadRequest};
 use super::transport::{self, Words, Write};
-use crate::config::{EventDef, HandshakeValue};
+use crate::drivers::events::EventDef;
 use crate::drivers::events::{IoError, Record};
 use crate::drivers::stats::DeviceStats;
+use crate::model::HandshakeValue;
 use crate::model::{wire_value, Value};
 
 /// The Modbus requests of one event definition (for `plan` and the binding).

@@ -22,7 +22,7 @@ pub mod transport;
 pub use error::{Exception, LinkError, ModbusResult};
 pub use poller::{poll_cycle, run_rtu_bus, run_tcp, DeviceRuntime};
 
-use crate::config::{Device, Tag};
+use super::{Device, Tag};
 use crate::model::TagId;
 
 /// Planner items of some Modbus tags.

@@ -15,10 +15,9 @@ use super::decode;
 use super::error::LinkError;
 use super::plan::ReadRequest;
 use super::transport::{self, Words};
-use crate::config::TagMap;
 use crate::drivers::health::Health;
 use crate::drivers::stats::DeviceStats;
-use crate::drivers::Output;
+use crate::drivers::{DeviceView, Output};
 use crate::model::{now_ms, Quality, Reading, TagId, Value};
 
 /// First reconnect delay / unit skip after repeated failures.
@@ -82,25 +81,19 @@ impl FromIterator<(TagId, ModbusTag)> for TagTable {
 }
 
 impl DeviceRuntime {
-    /// Build the runtime of device `index` (`only`: restrict to these tags, for `read --tag`).
+    /// Build the runtime of `unit`'s device (`only`: restrict to these tags, for `read --tag`).
     /// `None` when the device is not a Modbus device.
-    pub fn new(map: &TagMap, index: usize, only: Option<&[TagId]>) -> Option<Self> {
-        let d = &map.devices[index];
+    pub fn new(unit: &DeviceView<'_>, only: Option<&[TagId]>) -> Option<Self> {
+        let d = unit.device;
         let dev = d.driver.modbus()?;
-        let ids: Vec<TagId> = d
-            .tags
-            .iter()
-            .copied()
-            .filter(|t| only.is_none_or(|o| o.contains(t)))
-            .collect();
-        let tags: TagTable = ids
-            .iter()
-            .filter_map(|&id| Some((id, map.tags[id as usize].source.modbus()?.clone())))
+        let tags: TagTable = unit
+            .tags_in(only)
+            .filter_map(|t| Some((t.id, t.source.modbus()?.clone())))
             .collect();
         let items = super::items_of(tags.iter().map(|(id, m)| (*id, m)));
         let requests = super::plan::plan(&items, &super::plan::Limits::from(dev));
         Some(DeviceRuntime {
-            index,
+            index: unit.index,
             name: d.name.clone(),
             dev: dev.clone(),
             poll_interval: d.poll_interval,

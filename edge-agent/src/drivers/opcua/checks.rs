@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::{Device, Tag};
+use crate::drivers::{Device, Tag};
 use crate::settings::parse::Spans;
 use crate::settings::Diagnostics;
 

@@ -673,11 +673,11 @@ pub fn resolve_tag(
 /// The OPC UA part of the tag-map loader.
 pub struct Protocol;
 
-impl crate::config::protocol::ProtocolConfig for Protocol {
+impl crate::drivers::registry::ProtocolConfig for Protocol {
     fn check(
         &self,
-        devices: &[crate::config::Device],
-        tags: &[crate::config::Tag],
+        devices: &[crate::drivers::Device],
+        tags: &[crate::drivers::Tag],
         _device_spans: &[crate::settings::parse::Spans],
         tag_spans: &[crate::settings::parse::Spans],
         diags: &mut crate::settings::Diagnostics,
@@ -695,7 +695,7 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         &["event"]
     }
 
-    fn tag_keys(&self, _dev: &crate::config::DeviceDriver) -> Vec<&'static [&'static str]> {
+    fn tag_keys(&self, _dev: &crate::drivers::DeviceDriver) -> Vec<&'static [&'static str]> {
         vec![crate::settings::parse::fields_of::<RawOpcUaTag>()]
     }
 
@@ -706,7 +706,7 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         spans: &Spans,
         subject: &str,
         diags: &mut crate::settings::Diagnostics,
-    ) -> crate::config::DeviceDriver {
+    ) -> crate::drivers::DeviceDriver {
         let raw: Option<RawOpcUaDevice> = crate::settings::parse::part(table, subject, diags);
         let mut problems = Vec::new();
         let dev = match raw {
@@ -740,17 +740,17 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         for (key, msg) in problems {
             diags.error(spans.of(key), subject, msg);
         }
-        crate::config::DeviceDriver::OpcUa(dev)
+        crate::drivers::DeviceDriver::OpcUa(dev)
     }
 
     fn tag(
         &self,
-        dev: &crate::config::DeviceDriver,
+        dev: &crate::drivers::DeviceDriver,
         table: &crate::settings::parse::STable<'_, '_>,
         spans: &Spans,
         subject: &str,
         diags: &mut crate::settings::Diagnostics,
-    ) -> Option<crate::config::TagSource> {
+    ) -> Option<crate::drivers::TagSource> {
         let dev = dev.opcua()?;
         let raw: RawOpcUaTag = crate::settings::parse::part(table, subject, diags)?;
         let mut problems = Vec::new();
@@ -758,7 +758,7 @@ impl crate::config::protocol::ProtocolConfig for Protocol {
         for (key, msg) in problems {
             diags.error(spans.of(key), subject, msg);
         }
-        t.map(|t| crate::config::TagSource::OpcUa(Box::new(t)))
+        t.map(|t| crate::drivers::TagSource::OpcUa(Box::new(t)))
     }
 }
 

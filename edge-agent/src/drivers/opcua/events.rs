@@ -17,10 +17,11 @@ use opcua::types::{NodeId, StatusCode, Variant};
 use super::config::{OpcType, OpcUaDevice, OpcUaTag};
 use super::session::OpcUaSession;
 use super::status::{status_name, value_of};
-use crate::config::{EventDef, HandshakeValue};
+use crate::drivers::events::EventDef;
 use crate::drivers::events::{IoError, Record};
 use crate::drivers::stats::DeviceStats;
 use crate::model::wire_value;
+use crate::model::HandshakeValue;
 use crate::model::Value;
 
 /// One event definition on an OPC UA device, with its own session (opened on demand).

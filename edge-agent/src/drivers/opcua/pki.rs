@@ -15,25 +15,21 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{OpcUaError, OpcUaResult};
-use crate::config::TagMap;
+use crate::drivers::{AgentContext, Device};
 
-/// The PKI directory of device `i` of `map`: its `pki_dir`, else `pki/` next to the buffer.
-pub fn dir_for(map: &TagMap, i: usize) -> PathBuf {
-    if let Some(p) = map
-        .devices
-        .get(i)
-        .and_then(|d| d.driver.opcua())
-        .and_then(|o| o.pki_dir.clone())
-    {
+/// The PKI directory of `device` (in `agent`): its `pki_dir`, else `pki/` next to the buffer.
+pub fn dir_for(device: &Device, agent: &AgentContext) -> PathBuf {
+    if let Some(p) = device.driver.opcua().and_then(|o| o.pki_dir.clone()) {
         return p;
     }
-    default_dir(map)
+    default_dir(agent)
 }
 
 /// `pki/` next to the buffer database.
-pub fn default_dir(map: &TagMap) -> PathBuf {
-    let db = map.buffer.effective_path();
-    db.parent()
+pub fn default_dir(agent: &AgentContext) -> PathBuf {
+    agent
+        .buffer_path
+        .parent()
         .map(|p| p.join("pki"))
         .unwrap_or_else(|| PathBuf::from("pki"))
 }
@@ -91,8 +87,8 @@ impl Identity {
     }
 
     /// The identity of the tag map's `[agent]`.
-    pub fn of(map: &TagMap) -> Self {
-        Identity::new(&map.agent.site, &map.agent.id)
+    pub fn of(agent: &AgentContext) -> Self {
+        Identity::new(&agent.site, &agent.id)
     }
 
     /// `urn:flowsquare:edge-agent:{site}:{id}` (characters outside letters, digits and `-._~`

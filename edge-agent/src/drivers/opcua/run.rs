@@ -19,10 +19,10 @@ use super::config::{Mode, OpcUaDevice, OpcUaTag};
 use super::error::{OpcUaError, OpcUaResult};
 use super::session::OpcUaSession;
 use super::status::{reading_of, source_ms, status_name, Outcome};
-use crate::config::{Deadband, TagMap};
 use crate::drivers::health::Backoff;
 use crate::drivers::stats::DeviceStats;
-use crate::drivers::Output;
+use crate::drivers::{DeviceView, Output};
+use crate::model::Deadband;
 use crate::model::{
     now_ms, Quality, Reading, Stamped, TagId, TimePolicy, TimestampMode, M_TIME_SUBSTITUTED,
     M_TIME_SUBSTITUTED_HELP,
@@ -72,18 +72,15 @@ pub struct DeviceRuntime {
 }
 
 impl DeviceRuntime {
-    /// The runtime of device `index` (`only`: restrict to these tags); `None` if not OPC UA.
-    pub fn new(map: &TagMap, index: usize, only: Option<&[TagId]>) -> Option<Self> {
-        let d = &map.devices[index];
+    /// The runtime of `unit`'s device (`only`: restrict to these tags); `None` if not OPC UA.
+    pub fn new(unit: &DeviceView<'_>, only: Option<&[TagId]>) -> Option<Self> {
+        let d = unit.device;
         let dev = d.driver.opcua()?.clone();
-        let tags = d
-            .tags
-            .iter()
-            .filter(|t| only.is_none_or(|o| o.contains(t)))
-            .filter_map(|&id| {
-                let t = &map.tags[id as usize];
+        let tags = unit
+            .tags_in(only)
+            .filter_map(|t| {
                 Some(RtTag {
-                    id,
+                    id: t.id,
                     name: t.name.clone(),
                     source: t.source.opcua()?.clone(),
                     abs_deadband: match t.deadband {
@@ -99,8 +96,8 @@ impl DeviceRuntime {
             dev,
             poll_interval: d.poll_interval,
             tags,
-            pki: super::pki::dir_for(map, index),
-            identity: super::pki::Identity::of(map),
+            pki: super::pki::dir_for(d, unit.agent),
+            identity: super::pki::Identity::of(unit.agent),
         })
     }
 

@@ -10,8 +10,8 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use crate::config::{DeviceDriver, TagSource};
 use crate::drivers::serial::{serial_problems, Parity, SerialSettings};
+use crate::drivers::{DeviceDriver, TagSource};
 use crate::settings::duration;
 use crate::settings::parse::{fields_of, part, STable, Spans};
 use crate::settings::Diagnostics;
@@ -208,11 +208,11 @@ pub fn parse_utc_offset(s: &str) -> Option<i32> {
 /// The TLS-350 part of the tag-map loader (`protocol = "tls-350"`).
 pub struct Protocol;
 
-impl crate::config::protocol::ProtocolConfig for Protocol {
+impl crate::drivers::registry::ProtocolConfig for Protocol {
     fn check(
         &self,
-        devices: &[crate::config::Device],
-        _tags: &[crate::config::Tag],
+        devices: &[crate::drivers::Device],
+        _tags: &[crate::drivers::Tag],
         device_spans: &[crate::settings::parse::Spans],
         _tag_spans: &[crate::settings::parse::Spans],
         diags: &mut crate::settings::Diagnostics,

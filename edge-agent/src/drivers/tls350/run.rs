@@ -16,12 +16,11 @@ use super::config::{TlsDevice, TlsLink, TlsTag};
 use super::error::{FrameError, TlsLinkError};
 use super::frame::{self, Delivery};
 use super::tracker::TrackerState;
-use crate::config::TagMap;
 use crate::drivers::health::Health;
 use crate::drivers::lines::LogLimiter;
 use crate::drivers::serial::open_serial;
 use crate::drivers::stats::DeviceStats;
-use crate::drivers::Output;
+use crate::drivers::{DeviceView, Output, TagSource};
 use crate::model::{now_ms, rfc3339_ms, GapRow, Quality, Reading, TagId, Value};
 use flowsquare_wire::{Event, WireValue};
 
@@ -121,16 +120,14 @@ pub struct TlsRuntime {
 }
 
 impl TlsRuntime {
-    /// The runtime of device `index` (`only`: these tags), `None` if it is not a TLS-350.
-    pub fn new(map: &TagMap, index: usize, only: Option<&[TagId]>) -> Option<Self> {
-        let d = &map.devices[index];
+    /// The runtime of `unit`'s device (`only`: these tags), `None` if it is not a TLS-350.
+    pub fn new(unit: &DeviceView<'_>, only: Option<&[TagId]>) -> Option<Self> {
+        let d = unit.device;
         let dev = d.driver.tls350()?.clone();
-        let tags = d
-            .tags
-            .iter()
-            .filter(|t| only.is_none_or(|o| o.contains(t)))
-            .filter_map(|&id| match &map.tags[id as usize].source {
-                crate::config::TagSource::Tls350(t) => Some((id, *t)),
+        let tags = unit
+            .tags_in(only)
+            .filter_map(|t| match &t.source {
+                TagSource::Tls350(s) => Some((t.id, *s)),
                 _ => None,
             })
             .collect();
@@ -139,7 +136,7 @@ impl TlsRuntime {
             dev,
             poll_interval: d.poll_interval,
             tags,
-            state_path: Some(state_path(&map.buffer.effective_path(), &d.name)),
+            state_path: Some(state_path(&unit.agent.buffer_path, &d.name)),
         })
     }
 }

@@ -1,9 +1,10 @@
-//! How a protocol plugs into the tag-map loader.
+//! The registry of protocols: how a protocol plugs into the tag-map loader.
 //!
-//! The loader (`config/mod.rs`) owns the keys every device and tag has (`schema.rs`); a driver's
-//! `config.rs` owns the rest through [`ProtocolConfig`]: which keys its devices and tags accept,
-//! and how a device or tag table becomes its resolved type. Adding a protocol is one
-//! implementation plus one line in [`for_protocol`] and [`PROTOCOLS`].
+//! The loader (`config/mod.rs`) owns the keys every device and tag has (`config/schema.rs`); a
+//! driver's `config.rs` owns the rest through [`ProtocolConfig`]: which keys its devices and tags
+//! accept, and how a device or tag table becomes its resolved type ([`DeviceDriver`],
+//! [`TagSource`]). This file holds the one match over the protocols: adding a protocol is one
+//! implementation plus one line in [`for_protocol`], [`all`] and [`PROTOCOLS`].
 
 use super::{Device, DeviceDriver, Tag, TagSource};
 use crate::settings::diag::Diagnostics;
@@ -21,11 +22,11 @@ pub const PROTOCOLS: &[&str] = &[
 
 /// The config part of one protocol's driver.
 pub trait ProtocolConfig: Sync {
-    /// Device keys this protocol accepts besides `schema::DEVICE_COMMON_KEYS`, as the field
+    /// Device keys this protocol accepts besides `config::schema::DEVICE_COMMON_KEYS`, as the field
     /// lists of its raw structs (`parse::fields_of::<Raw…>()`).
     fn device_keys(&self, protocol: &str) -> Vec<&'static [&'static str]>;
 
-    /// Tag keys this protocol accepts besides `schema::TAG_COMMON_KEYS`.
+    /// Tag keys this protocol accepts besides `config::schema::TAG_COMMON_KEYS`.
     fn tag_keys(&self, dev: &DeviceDriver) -> Vec<&'static [&'static str]>;
 
     /// Sub-tables of a device table besides `tag` that this protocol reads itself (e.g.
@@ -73,20 +74,20 @@ pub trait ProtocolConfig: Sync {
 /// Every protocol's config part once, in registry order (cross-map checks run in this order).
 pub fn all() -> [&'static dyn ProtocolConfig; 4] {
     [
-        &crate::drivers::modbus::config::Protocol,
-        &crate::drivers::opcua::config::Protocol,
-        &crate::drivers::gps::config::Protocol,
-        &crate::drivers::tls350::config::Protocol,
+        &super::modbus::config::Protocol,
+        &super::opcua::config::Protocol,
+        &super::gps::config::Protocol,
+        &super::tls350::config::Protocol,
     ]
 }
 
 /// The config part of the driver for `protocol`.
 pub fn for_protocol(protocol: &str) -> Option<&'static dyn ProtocolConfig> {
     match protocol {
-        "modbus-tcp" | "modbus-rtu" => Some(&crate::drivers::modbus::config::Protocol),
-        "nmea" | "gpsd" => Some(&crate::drivers::gps::config::Protocol),
-        "tls-350" => Some(&crate::drivers::tls350::config::Protocol),
-        "opcua" => Some(&crate::drivers::opcua::config::Protocol),
+        "modbus-tcp" | "modbus-rtu" => Some(&super::modbus::config::Protocol),
+        "nmea" | "gpsd" => Some(&super::gps::config::Protocol),
+        "tls-350" => Some(&super::tls350::config::Protocol),
+        "opcua" => Some(&super::opcua::config::Protocol),
         _ => None,
     }
 }
