@@ -674,6 +674,33 @@ fn parse_frame(bytes: &[u8]) -> Result<(BatchHeader, &[u8]), WireError> {
     Ok((header, payload))
 }
 
+/// The same batch under another identity: the frame of `bytes` (checksum verified) with `site`,
+/// `agent`, `batch_id` and `buffer_epoch` in its header, the (compressed) body untouched, so nothing is decoded or
+/// compressed again. The agent's buffer uses it to send a stored segment as a batch of its own.
+/// Frames of an older format version are refused ([`WireError::UnsupportedVersion`]): the caller
+/// decodes and encodes those.
+pub fn reframe(
+    bytes: &[u8],
+    (site, agent): (&str, &str),
+    batch_id: u64,
+    buffer_epoch: u64,
+) -> Result<Vec<u8>, WireError> {
+    validate_id(site)?;
+    validate_id(agent)?;
+    let (h, payload) = parse_frame(bytes)?;
+    if h.version != FORMAT_VERSION {
+        return Err(WireError::UnsupportedVersion(h.version));
+    }
+    Ok(frame(
+        h.flags,
+        site,
+        agent,
+        (buffer_epoch, batch_id),
+        h.body_len,
+        payload,
+    ))
+}
+
 /// Read the header of a batch (and verify its checksum) without decompressing the body.
 pub fn peek_header(bytes: &[u8]) -> Result<BatchHeader, WireError> {
     parse_frame(bytes).map(|(h, _)| h)

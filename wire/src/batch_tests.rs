@@ -844,3 +844,26 @@ fn decoded_reading_size() {
     let size = std::mem::size_of::<WireReading>();
     assert!((64..=112).contains(&size), "{size}");
 }
+
+#[test]
+fn reframe_changes_the_identity_and_keeps_the_body() {
+    let bytes = encode(&sample()).unwrap();
+    let out = reframe(&bytes, ("site-2", "agent-2"), 77, 9).unwrap();
+    let got = decode(&out).unwrap();
+    let mut want = decode(&bytes).unwrap();
+    want.site = "site-2".into();
+    want.agent = "agent-2".into();
+    want.batch_id = 77;
+    want.buffer_epoch = 9;
+    assert_eq!(canon(&got), canon(&want));
+    // The compressed body is the stored one, byte for byte.
+    let (h, p) = parse_frame(&bytes).unwrap();
+    let (h2, p2) = parse_frame(&out).unwrap();
+    assert_eq!((p, h.body_len, h.flags), (p2, h2.body_len, h2.flags));
+    // A damaged frame is refused, never re-signed; so is a bad id.
+    let mut bad = bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    assert!(reframe(&bad, ("s", "a"), 1, 1).is_err());
+    assert!(reframe(&bytes, ("", "a"), 1, 1).is_err());
+}

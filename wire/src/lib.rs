@@ -60,8 +60,8 @@ pub mod synth;
 pub mod topics;
 
 pub use batch::{
-    decode, decode_identity, encode, encode_with, peek_header, Batch, BatchHeader, Compression,
-    Counter, Event, Gap, GapReason, Quality, WireReading, WireValue,
+    decode, decode_identity, encode, encode_with, peek_header, reframe, Batch, BatchHeader,
+    Compression, Counter, Event, Gap, GapReason, Quality, WireReading, WireValue,
 };
 pub use error::WireError;
 pub use messages::{

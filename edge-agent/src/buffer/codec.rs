@@ -124,6 +124,20 @@ fn gap_to_wire(g: &GapRow) -> wire::Gap {
 /// (site, agent, buffer epoch, batch id). A segment that does not decode fails the build with
 /// `BufferError::Segment { id }` (the caller quarantines it and builds again).
 pub fn build_batch(id: &Identity, leased: &Leased) -> Result<Vec<u8>, BufferError> {
+    // One segment and no gaps (a live lease after each commit): the segment's own frame under
+    // the batch's identity, its compressed body as stored (its `created_ms` is when the
+    // segment was written). The frame's checksum is verified; a damaged one goes the long way
+    // below and is quarantined there.
+    if let ([s], []) = (leased.segments.as_slice(), leased.gaps.as_slice()) {
+        if let Ok(b) = wire::reframe(
+            &s.blob,
+            (&id.site, &id.agent),
+            leased.batch_id,
+            leased.epoch,
+        ) {
+            return Ok(b);
+        }
+    }
     let mut out = wire::Batch::new(
         &id.site,
         &id.agent,

@@ -179,11 +179,7 @@ pub fn load_map(path: &std::path::Path) -> Result<crate::config::TagMap, CliErro
 /// ~15 bytes of tokens per byte of TOML; glibc keeps freed heap mapped, which would count against
 /// the agent's resident memory for its whole life. musl and other allocators need nothing here.
 pub fn release_startup_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::runtime::memory::trim_heap();
 }
 
 /// Run the parsed command.

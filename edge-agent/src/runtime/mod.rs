@@ -5,8 +5,10 @@
 //! - `pipeline.rs`: the stage between the drivers and the buffer (tag ids of older map
 //!   generations translated, deadband filter, counting, printing);
 //! - `readiness.rs`: systemd readiness, watchdog on progress, status text;
-//! - `reload.rs`: live reload of the tag map on SIGHUP.
+//! - `reload.rs`: live reload of the tag map on SIGHUP;
+//! - `memory.rs`: start-up memory handed back once the agent runs.
 
+pub mod memory;
 pub mod pipeline;
 pub mod readiness;
 pub mod reload;

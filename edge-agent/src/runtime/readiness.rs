@@ -69,7 +69,13 @@ pub struct Readiness {
     /// A stall was logged (and not yet cleared).
     pub stall_logged: bool,
     has_uplink: bool,
+    /// When `READY=1` was sent, until the start-up memory is handed back.
+    ready_at: Option<Instant>,
 }
+
+/// How long after `READY=1` the start-up memory is handed back (`memory.rs`): the first
+/// connection's birth and the first commits have run by then.
+const RELEASE_AFTER_READY: Duration = Duration::from_secs(5);
 
 impl Readiness {
     /// Start watching `map`'s drivers (and the uplink, if there is one) from now.
@@ -92,6 +98,7 @@ impl Readiness {
             last_ping: None,
             stall_logged: false,
             has_uplink,
+            ready_at: None,
         }
     }
 
@@ -135,7 +142,15 @@ impl Readiness {
                 let status = status_line(&pipe.map, telemetry, has_uplink);
                 tracing::info!(config_hash = %pipe.map.hash, first_cycles_done = polled, uplink_attempted = tried, "ready");
                 notifier.ready(&status);
+                self.ready_at = Some(now);
             }
+        }
+        if self
+            .ready_at
+            .is_some_and(|t| now.duration_since(t) >= RELEASE_AFTER_READY)
+        {
+            self.ready_at = None;
+            super::memory::release_after_start();
         }
         self.progress.observe(
             self.drivers_src,
