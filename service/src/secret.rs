@@ -176,6 +176,34 @@ fn password_spans(text: &str) -> Vec<(usize, usize)> {
     spans
 }
 
+/// The warning for a secret written in a configuration file: the `key`, `what` secret it
+/// holds, and the keys that would read it from a file or a systemd credential `instead`.
+pub fn inline_warning(key: &str, what: &str, instead: &str) -> String {
+    format!(
+        "`{key}`: {what} is written in the configuration file (readable by anyone who can read the file, and copied wherever it goes): move it to a file or a systemd credential ({instead}; LoadCredential=NAME:/path in the unit)"
+    )
+}
+
+/// `%XX` escapes decoded (user info of a URL); invalid escapes are kept as written.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Why a secret could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretError {
@@ -393,6 +421,8 @@ mod tests {
         assert_eq!(format!("{u} {u:?}"), "host=h password=*** \"host=h password=***\"");
         assert!(!SecretUrl::from("mqtt://h:1883").has_password());
         assert_eq!(format!("{:?}", Secret::new("pw")), "***");
+        assert_eq!(percent_decode("p%40ss%2"), "p@ss%2");
+        assert_eq!(percent_decode("a%2Fb%zz"), "a/b%zz");
     }
 
     #[test]
