@@ -525,6 +525,12 @@ mod tests {
         );
         let c = own_certificate(&pki, &who).expect("own");
         assert!(c.matches, "{c:?}");
+        // Made by the agent: every PKI directory 0700, the private key 0600.
+        let mode = |p: &Path| flowsquare_service::private::mode_of(p).expect("mode");
+        for d in ["", "own", "private", "trusted", "rejected"] {
+            assert_eq!(mode(&pki.join(d)), 0o700, "{d}");
+        }
+        assert_eq!(mode(&own_key_path(&pki)), 0o600);
         assert_eq!(c.application_uri, who.application_uri());
         assert!(
             c.subject.contains("CN=flowsquare-edge-agent s1/a1"),
