@@ -202,8 +202,7 @@ impl IngestConfig {
 
     /// The password sources given together, refused.
     fn validate_secrets(&self) -> Result<(), String> {
-        if self.mqtt.credentials.is_some() && self.broker_parts().is_ok_and(|(u, _)| u.is_some())
-        {
+        if self.mqtt.credentials.is_some() && self.broker_parts().is_ok_and(|(u, _)| u.is_some()) {
             return Err("[mqtt]: the broker URL has a user name too: give the user and password in one place (credentials)".into());
         }
         if let Some(c) = &self.mqtt.credentials {
@@ -268,18 +267,31 @@ impl IngestConfig {
     pub fn secret_warnings(&self, text: &str) -> Vec<KeyWarning> {
         let mut w = Vec::new();
         if self.mqtt.broker.has_password() {
-            w.push(("mqtt", "broker", secret::inline_warning(
+            w.push((
+                "mqtt",
                 "broker",
-                "the broker password (in the URL)",
-                "credentials = \"systemd:NAME\" or \"file:/path\"",
-            )));
+                secret::inline_warning(
+                    "broker",
+                    "the broker password (in the URL)",
+                    "credentials = \"systemd:NAME\" or \"file:/path\"",
+                ),
+            ));
         }
-        if self.database.url.as_ref().is_some_and(SecretUrl::has_password) {
-            w.push(("database", "url", secret::inline_warning(
+        if self
+            .database
+            .url
+            .as_ref()
+            .is_some_and(SecretUrl::has_password)
+        {
+            w.push((
+                "database",
                 "url",
-                "the database password",
-                "password_credential = \"NAME\" or password_file = \"/path\"",
-            )));
+                secret::inline_warning(
+                    "url",
+                    "the database password",
+                    "password_credential = \"NAME\" or password_file = \"/path\"",
+                ),
+            ));
         }
         w.into_iter()
             .map(|(table, key, message)| {
@@ -325,14 +337,21 @@ mod tests {
         let (u, p) = cfg.mqtt_credentials().expect("ok").expect("from the URL");
         assert_eq!((u.as_str(), p.expose()), ("ingest", "mq@pw"));
         let shown = format!("{cfg:?} {} {:?}", cfg.mqtt.broker, cfg.database.url);
-        assert!(!shown.contains("mq%40pw") && !shown.contains("pgpw"), "{shown}");
+        assert!(
+            !shown.contains("mq%40pw") && !shown.contains("pgpw"),
+            "{shown}"
+        );
         let w = cfg.secret_warnings(text);
         let at: Vec<_> = w
             .iter()
             .map(|w| (w.key.as_str(), w.line, w.column))
             .collect();
         assert_eq!(at, [("mqtt.broker", 2, 10), ("database.url", 5, 7)]);
-        assert!(w[1].message.contains("password_credential"), "{}", w[1].message);
+        assert!(
+            w[1].message.contains("password_credential"),
+            "{}",
+            w[1].message
+        );
 
         let bad = "[database]\nurl = \"postgres://fs:pgpw@db/fs\" x\n";
         let e = IngestConfig::parse(bad).expect_err("syntax error");
@@ -357,7 +376,10 @@ mod tests {
         let e = cfg.database_password().expect_err("missing");
         assert!(e.contains(&f.display().to_string()), "{e}");
         std::fs::write(&f, "\n").expect("write");
-        assert!(cfg.database_password().expect_err("empty").contains("empty"));
+        assert!(cfg
+            .database_password()
+            .expect_err("empty")
+            .contains("empty"));
         std::fs::write(&f, "pg pw\n").expect("write");
         let p = cfg.database_password().expect("ok").expect("some");
         assert_eq!(p.expose(), "pg pw");

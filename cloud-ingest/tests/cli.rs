@@ -211,8 +211,18 @@ fn check_config_warns_about_passwords_in_urls_without_printing_them() {
     let (code, out, err) = check_config(&cfg);
     assert_eq!(code, Some(0), "{out}{err}");
     let p = cfg.display().to_string();
-    assert!(out.contains(&format!("{p}:2:10: warning: mqtt.broker: `broker`: the broker password")), "{out}");
-    assert!(out.contains(&format!("{p}:5:7: warning: database.url: `url`: the database password")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{p}:2:10: warning: mqtt.broker: `broker`: the broker password"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{p}:5:7: warning: database.url: `url`: the database password"
+        )),
+        "{out}"
+    );
     assert!(out.contains("mqtt://ingest:***@127.0.0.1:1883"), "{out}");
     for secret in ["Mq-S3cret", "Pg-S3cret"] {
         assert!(!out.contains(secret) && !err.contains(secret), "{out}{err}");
@@ -227,7 +237,10 @@ fn a_config_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
     std::fs::write(&cfg, b"[mqtt]\ntopic_root = \"fs\"\n# caf\xE9\n".as_slice()).expect("write");
     let (code, out, err) = check_config(&cfg);
     assert_eq!(code, Some(2), "{out}{err}");
-    assert!(err.contains("not UTF-8: byte 0xE9 at line 3, column 6"), "{err}");
+    assert!(
+        err.contains("not UTF-8: byte 0xE9 at line 3, column 6"),
+        "{err}"
+    );
 }
 
 /// `cloud-ingest calc` streams JSON lines: one result per line in order, bad lines (invalid

@@ -96,7 +96,10 @@ fn a_tag_map_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
     );
     let (code, out, err) = run(&["run", "--config", p]);
     assert_ne!(code, 0);
-    assert!(format!("{out}{err}").contains(":4:19: error: the tag map is not UTF-8"), "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains(":4:19: error: the tag map is not UTF-8"),
+        "{out}{err}"
+    );
 }
 
 fn tag_map(dir: &std::path::Path, addr: std::net::SocketAddr) -> std::path::PathBuf {

@@ -119,9 +119,13 @@ fn log_has(log: &Path, needle: &str) -> bool {
 /// A broker that knows the three users, anonymous access off.
 fn broker(dir: &Path) -> Mosquitto {
     let pw = dir.join("passwd");
-    for (i, (user, pass)) in [("gw-a", MQTT_URL_PW), ("gw-b", MQTT_CRED_PW), ("ingest", INGEST_PW)]
-        .iter()
-        .enumerate()
+    for (i, (user, pass)) in [
+        ("gw-a", MQTT_URL_PW),
+        ("gw-b", MQTT_CRED_PW),
+        ("ingest", INGEST_PW),
+    ]
+    .iter()
+    .enumerate()
     {
         let mut cmd = Command::new("mosquitto_passwd");
         cmd.arg("-b");
@@ -134,8 +138,11 @@ fn broker(dir: &Path) -> Mosquitto {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
     let _ = std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644));
-    Mosquitto::start_with(&format!("allow_anonymous false\npassword_file {}", pw.display()))
-        .expect("mosquitto")
+    Mosquitto::start_with(&format!(
+        "allow_anonymous false\npassword_file {}",
+        pw.display()
+    ))
+    .expect("mosquitto")
 }
 
 fn agent_map(dir: &Path, name: &str, uplink: &str, atg: &str) -> PathBuf {
@@ -204,7 +211,9 @@ async fn no_secret_reaches_any_output_and_created_files_are_private() {
     let map_a = agent_map(
         d,
         "a",
-        &format!("broker = \"mqtt://gw-a:{MQTT_URL_PW}@127.0.0.1:{port}\"\ntopic_root = \"{root}\""),
+        &format!(
+            "broker = \"mqtt://gw-a:{MQTT_URL_PW}@127.0.0.1:{port}\"\ntopic_root = \"{root}\""
+        ),
         &format!("host = \"127.0.0.1\"\nport = {atg_a}\nsecurity_code = \"{CODE_INLINE}\""),
     );
     let map_b = agent_map(
@@ -231,14 +240,30 @@ async fn no_secret_reaches_any_output_and_created_files_are_private() {
     // check: A is valid with two warnings (broker password, inline code) at their keys.
     let (code, out) = output(command(agent, &["check", "--config", a], None));
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains(&format!("{a}:9:10: warning: uplink: `broker`")), "{out}");
-    assert!(out.contains(&format!("{a}:19:17: warning: device 'atg': `security_code`")), "{out}");
+    assert!(
+        out.contains(&format!("{a}:9:10: warning: uplink: `broker`")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{a}:19:17: warning: device 'atg': `security_code`"
+        )),
+        "{out}"
+    );
     outputs.push(("check a".into(), out));
     let (code, out) = output(command(agent, &["check", "--config", b], None));
     assert_eq!(code, Some(0), "{out}");
     assert!(!out.contains(": warning: "), "{out}");
     outputs.push(("check b".into(), out));
-    let (code, out) = output(command(&ingest_bin, &["--config", ingest_cfg.to_str().expect("utf8"), "check-config"], None));
+    let (code, out) = output(command(
+        &ingest_bin,
+        &[
+            "--config",
+            ingest_cfg.to_str().expect("utf8"),
+            "check-config",
+        ],
+        None,
+    ));
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains(":2:10: warning: mqtt.broker"), "{out}");
     outputs.push(("check-config".into(), out));
@@ -254,13 +279,20 @@ async fn no_secret_reaches_any_output_and_created_files_are_private() {
     // The services: both agents deliver to cloud-ingest through the password-protected broker.
     let ingest_log = d.join("ingest.log");
     let ingest = spawn(
-        command(&ingest_bin, &["--config", ingest_cfg.to_str().expect("utf8"), "serve"], None),
+        command(
+            &ingest_bin,
+            &["--config", ingest_cfg.to_str().expect("utf8"), "serve"],
+            None,
+        ),
         &ingest_log,
     );
     let log_a = d.join("a.log");
     let log_b = d.join("b.log");
     let run_a = spawn(command(agent, &["run", "--config", a], None), &log_a);
-    let run_b = spawn(command(agent, &["run", "--config", b], Some(&creds)), &log_b);
+    let run_b = spawn(
+        command(agent, &["run", "--config", b], Some(&creds)),
+        &log_b,
+    );
     let connected = wait_until(Duration::from_secs(60), || {
         log_has(&log_a, "connected to the broker")
             && log_has(&log_b, "connected to the broker")
@@ -270,11 +302,16 @@ async fn no_secret_reaches_any_output_and_created_files_are_private() {
     stop(run_b);
     stop(ingest);
     for (name, log) in [("run a", &log_a), ("run b", &log_b), ("serve", &ingest_log)] {
-        outputs.push((name.into(), std::fs::read_to_string(log).unwrap_or_default()));
+        outputs.push((
+            name.into(),
+            std::fs::read_to_string(log).unwrap_or_default(),
+        ));
     }
     assert!(connected, "{outputs:#?}");
     assert!(
-        outputs[5].1.contains(&format!("mqtt://gw-a:***@127.0.0.1:{port}")),
+        outputs[5]
+            .1
+            .contains(&format!("mqtt://gw-a:***@127.0.0.1:{port}")),
         "the agent logs its broker redacted"
     );
 
@@ -288,7 +325,11 @@ async fn no_secret_reaches_any_output_and_created_files_are_private() {
     );
     let log_down = d.join("down.log");
     let down = spawn(
-        command(agent, &["run", "--config", map_down.to_str().expect("utf8")], None),
+        command(
+            agent,
+            &["run", "--config", map_down.to_str().expect("utf8")],
+            None,
+        ),
         &log_down,
     );
     let failed = wait_until(Duration::from_secs(30), || {
@@ -296,7 +337,10 @@ async fn no_secret_reaches_any_output_and_created_files_are_private() {
     });
     stop(down);
     let down_log = std::fs::read_to_string(&log_down).unwrap_or_default();
-    assert!(failed && down_log.contains("mqtt://gw-a:***@127.0.0.1:1"), "{down_log}");
+    assert!(
+        failed && down_log.contains("mqtt://gw-a:***@127.0.0.1:1"),
+        "{down_log}"
+    );
     outputs.push(("run down".into(), down_log));
 
     // PostgreSQL, password in the URL and from a file: the server may refuse or be absent; the
@@ -330,7 +374,11 @@ async fn no_secret_reaches_any_output_and_created_files_are_private() {
     for state in ["state-a", "state-b", "state-down", "state-ingest"] {
         assert!(assert_private(&d.join(state)) >= 1, "{state}");
     }
-    for db in ["state-a/buffer.db", "state-b/buffer.db", "state-ingest/ingest.db"] {
+    for db in [
+        "state-a/buffer.db",
+        "state-b/buffer.db",
+        "state-ingest/ingest.db",
+    ] {
         assert!(d.join(db).exists(), "{db}");
     }
 }

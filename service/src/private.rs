@@ -78,7 +78,11 @@ mod tests {
         std::fs::set_permissions(&base, Permissions::from_mode(0o755)).expect("chmod");
         let deep = base.join("a").join("b");
         create_dir_all(&deep).expect("create");
-        assert_eq!(mode_of(&base).expect("base"), 0o755, "an existing directory is kept");
+        assert_eq!(
+            mode_of(&base).expect("base"),
+            0o755,
+            "an existing directory is kept"
+        );
         assert_eq!(mode_of(&base.join("a")).expect("a"), 0o700);
         assert_eq!(mode_of(&deep).expect("b"), 0o700);
         create_dir_all(&deep).expect("again");

@@ -381,7 +381,10 @@ mod tests {
     #[test]
     fn urls_lose_their_password_and_nothing_else() {
         let r = |s: &str| redact(s).into_owned();
-        assert_eq!(r("mqtt://user:hunter2@host:1883"), "mqtt://user:***@host:1883");
+        assert_eq!(
+            r("mqtt://user:hunter2@host:1883"),
+            "mqtt://user:***@host:1883"
+        );
         assert_eq!(r("mqtts://u:p%40ss@h"), "mqtts://u:***@h");
         assert_eq!(r("mqtt://u:pa/ss@h:1"), "mqtt://u:***@h:1");
         assert_eq!(r("mqtt://u:p@ss@h"), "mqtt://u:***@h");
@@ -418,7 +421,10 @@ mod tests {
         assert_eq!(r("no_password=1"), "no_password=1");
         let u = SecretUrl::from("host=h password=pw");
         assert!(u.has_password());
-        assert_eq!(format!("{u} {u:?}"), "host=h password=*** \"host=h password=***\"");
+        assert_eq!(
+            format!("{u} {u:?}"),
+            "host=h password=*** \"host=h password=***\""
+        );
         assert!(!SecretUrl::from("mqtt://h:1883").has_password());
         assert_eq!(format!("{:?}", Secret::new("pw")), "***");
         assert_eq!(percent_decode("p%40ss%2"), "p@ss%2");
@@ -437,10 +443,19 @@ mod tests {
         assert_eq!(f("a", "pw\n").read().expect("a").expose(), "pw");
         assert_eq!(f("b", "pw\r\n").read().expect("b").expose(), "pw");
         assert_eq!(f("c", "pw").read().expect("c").expose(), "pw");
-        assert_eq!(f("d", " pw \n\n").read_text().expect("d").expose(), " pw \n");
+        assert_eq!(
+            f("d", " pw \n\n").read_text().expect("d").expose(),
+            " pw \n"
+        );
         assert!(matches!(f("e", "").read(), Err(SecretError::Empty { .. })));
-        assert!(matches!(f("g", "\n").read(), Err(SecretError::Empty { .. })));
-        assert!(matches!(f("h", "a\nb\n").read(), Err(SecretError::SeveralLines { .. })));
+        assert!(matches!(
+            f("g", "\n").read(),
+            Err(SecretError::Empty { .. })
+        ));
+        assert!(matches!(
+            f("h", "a\nb\n").read(),
+            Err(SecretError::SeveralLines { .. })
+        ));
         let missing = SecretSource::File(dir.join("missing"));
         let e = missing.read().expect_err("missing");
         assert!(e.to_string().contains("missing"), "{e}");

@@ -291,12 +291,18 @@ mod tests {
         let c = uplink("broker = \"mqtts://gw%2D1:p%40ss:w@broker.example:8884/\"");
         assert!(c.validate().is_empty(), "{:?}", c.validate());
         let a = c.broker_addr().expect("addr");
-        assert_eq!((a.host.as_str(), a.port, a.tls), ("broker.example", 8884, true));
+        assert_eq!(
+            (a.host.as_str(), a.port, a.tls),
+            ("broker.example", 8884, true)
+        );
         let (user, pass) = c.read_credentials().expect("ok").expect("some");
         assert_eq!((user.as_str(), pass.expose()), ("gw-1", "p@ss:w"));
         assert_eq!(c.secret_warnings().len(), 1);
         for shown in [format!("{c:?}"), c.broker.to_string()] {
-            assert!(!shown.contains("p%40ss") && shown.contains("gw%2D1:***@"), "{shown}");
+            assert!(
+                !shown.contains("p%40ss") && shown.contains("gw%2D1:***@"),
+                "{shown}"
+            );
         }
         // Without a port: the old parse took "PASS@host" for a port and printed it.
         let c = uplink("broker = \"mqtt://u:hunter2@host\"");
@@ -308,7 +314,9 @@ mod tests {
         let e = c.broker_addr().expect_err("scheme");
         assert!(!e.contains("hunter2"), "{e}");
         // A user without a password: no warning. Both places: refused.
-        assert!(uplink("broker = \"mqtt://u@h\"").secret_warnings().is_empty());
+        assert!(uplink("broker = \"mqtt://u@h\"")
+            .secret_warnings()
+            .is_empty());
         let both = uplink("broker = \"mqtt://u:p@h\"\ncredentials = \"file:/x\"");
         assert!(both.validate().iter().any(|(k, _)| *k == "credentials"));
     }

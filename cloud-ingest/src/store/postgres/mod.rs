@@ -232,10 +232,11 @@ impl PgStore {
     /// Like [`PgStore::connect`] without checking the server: the first operation connects.
     /// For a service that must start while the database is down.
     pub fn connect_lazy(url: &str, opts: PgOptions) -> Result<PgStore, StoreError> {
-        let mut cfg = tokio_postgres::Config::from_str(url)
-            .map_err(|e| {
-                StoreError::Invalid(flowsquare_service::secret::redact(&format!("database url: {e}")).into_owned())
-            })?;
+        let mut cfg = tokio_postgres::Config::from_str(url).map_err(|e| {
+            StoreError::Invalid(
+                flowsquare_service::secret::redact(&format!("database url: {e}")).into_owned(),
+            )
+        })?;
         if let Some(p) = &opts.password {
             cfg.password(p.expose());
         }

@@ -497,10 +497,13 @@ mod tests {
         let (m, warnings) = load("security_code = \"ABC123\"").expect("inline loads");
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert_eq!((warnings[0].line, warnings[0].column), (10, 17));
-        assert!(warnings[0]
-            .message
-            .contains("`security_code`: the console's security code is written in the configuration file"));
-        assert!(!format!("{:?}", m.devices).contains("ABC123"), "Debug hides it");
+        assert!(warnings[0].message.contains(
+            "`security_code`: the console's security code is written in the configuration file"
+        ));
+        assert!(
+            !format!("{:?}", m.devices).contains("ABC123"),
+            "Debug hides it"
+        );
         assert_eq!(code_of(&m), Some(Ok("ABC123".into())));
 
         let file = dir.path().join("code");
@@ -513,13 +516,18 @@ mod tests {
         let e = code_of(&m).and_then(Result::err).expect("bad code refused");
         assert!(e.contains("6 printable") && !e.contains("short"), "{e}");
         std::fs::remove_file(&file).expect("rm");
-        let e = code_of(&m).and_then(Result::err).expect("missing file refused");
+        let e = code_of(&m)
+            .and_then(Result::err)
+            .expect("missing file refused");
         assert!(e.contains("cannot read secret file"), "{e}");
 
         let (m, _) = load("").expect("no code");
         assert_eq!(code_of(&m), Some(Ok(String::new())));
         let both = format!("security_code = \"ABC123\"\n{keys}");
         assert!(load(&both).is_err(), "two sources refused");
-        assert!(load("security_code = \"123\"").is_err(), "a bad inline code is an error");
+        assert!(
+            load("security_code = \"123\"").is_err(),
+            "a bad inline code is an error"
+        );
     }
 }

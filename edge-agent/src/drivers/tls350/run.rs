@@ -13,7 +13,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::config::{TlsDevice, TlsLink, TlsTag};
-use flowsquare_service::secret::Secret;
 use super::error::{FrameError, TlsLinkError};
 use super::frame::{self, Delivery};
 use super::tracker::TrackerState;
@@ -23,6 +22,7 @@ use crate::drivers::serial::open_serial;
 use crate::drivers::stats::DeviceStats;
 use crate::drivers::{DeviceView, Output, TagSource};
 use crate::model::{now_ms, rfc3339_ms, GapRow, Quality, Reading, TagId, Value};
+use flowsquare_service::secret::Secret;
 use flowsquare_wire::{Event, WireValue};
 
 /// A byte stream to the console.
