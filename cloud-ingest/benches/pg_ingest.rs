@@ -313,7 +313,7 @@ async fn e2e(
 
     // The consumer.
     let mut cfg = IngestConfig::default();
-    cfg.mqtt.broker = format!("mqtt://127.0.0.1:{BROKER_PORT}");
+    cfg.mqtt.broker = format!("mqtt://127.0.0.1:{BROKER_PORT}").into();
     cfg.mqtt.topic_root = root.clone();
     cfg.mqtt.group = String::new();
     cfg.mqtt.client_id = Some(format!("bench-ingest-{}", nanos()));

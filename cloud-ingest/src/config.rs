@@ -2,6 +2,7 @@
 //! key; a test parses it. Every table is optional: no file at all means the embedded defaults
 //! (SQLite in the working directory, the local broker).
 
+use flowsquare_service::secret::{self, Secret, SecretSource, SecretUrl};
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -33,9 +34,10 @@ pub struct IngestConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// Broker URL, `mqtt://host:port`.
+    /// Broker URL, `mqtt://host:port`. `mqtt://user:password@host` works, with a
+    /// `check-config` warning; it is shown redacted everywhere.
     #[serde(default = "default_broker")]
-    pub broker: String,
+    pub broker: SecretUrl,
     /// Topic root the agents publish under (their `[uplink] topic_root`).
     #[serde(default = "default_root")]
     pub topic_root: String,
@@ -46,7 +48,8 @@ pub struct MqttConfig {
     /// MQTT client id (unique per replica). Default `cloud-ingest-{hostname}-{pid}`.
     #[serde(default)]
     pub client_id: Option<String>,
-    /// Username/password source, never inline: `file:/path` (two lines) or `systemd:NAME`.
+    /// Username/password source: `file:/path` (two lines: username, password) or
+    /// `systemd:NAME` (`$CREDENTIALS_DIRECTORY/NAME`, passed with `LoadCredential=`).
     #[serde(default)]
     pub credentials: Option<String>,
 }
@@ -68,9 +71,17 @@ impl Default for MqttConfig {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// PostgreSQL connection string (`host=… user=… dbname=…` or `postgres://…`). Absent: the
-    /// embedded SQLite database at `sqlite_path`.
+    /// embedded SQLite database at `sqlite_path`. A password in it works, with a `check-config`
+    /// warning (use `password_file` or `password_credential`); it is shown redacted everywhere.
     #[serde(default)]
-    pub url: Option<String>,
+    pub url: Option<SecretUrl>,
+    /// PostgreSQL: file holding the password (the password alone, one trailing newline
+    /// ignored); it takes the place of a password in `url`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PostgreSQL: systemd credential holding the password (`$CREDENTIALS_DIRECTORY/<name>`).
+    #[serde(default)]
+    pub password_credential: Option<String>,
     /// SQLite file when no `url` is given. Default `flowsquare-ingest.db`.
     #[serde(default)]
     pub sqlite_path: Option<PathBuf>,
@@ -90,6 +101,8 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: None,
+            password_file: None,
+            password_credential: None,
             sqlite_path: None,
             timescale: default_timescale(),
             retention_days: None,
@@ -122,7 +135,7 @@ impl Default for IngestTuning {
     }
 }
 
-fn default_broker() -> String {
+fn default_broker() -> SecretUrl {
     "mqtt://127.0.0.1:1883".into()
 }
 fn default_root() -> String {
@@ -135,20 +148,49 @@ fn default_group_commit() -> usize {
     64
 }
 
+/// A warning about the configuration file at a key: `[table] key` and its 1-based line and
+/// column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyWarning {
+    /// `table.key`.
+    pub key: String,
+    /// 1-based line of the key's value (0 when the key is not in the text).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
 impl IngestConfig {
-    /// Parse a config file's text; errors name line and column.
+    /// Parse a config file's text; errors name line and column (any password they quote is
+    /// redacted).
     pub fn parse(text: &str) -> Result<IngestConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let cfg: IngestConfig =
+            toml::from_str(text).map_err(|e| secret::redact(&e.to_string()).into_owned())?;
+        cfg.validate_secrets()?;
+        Ok(cfg)
+    }
+
+    /// The broker URL after `mqtt://`, split at its user info.
+    fn broker_parts(&self) -> Result<(Option<&str>, &str), String> {
+        let rest = self
+            .mqtt
+            .broker
+            .expose()
+            .strip_prefix("mqtt://")
+            .ok_or_else(|| format!("broker {:?} must start with mqtt://", self.mqtt.broker))?;
+        let rest = rest.trim_end_matches('/');
+        Ok(match rest.rsplit_once('@') {
+            Some((user_info, host_port)) => (Some(user_info), host_port),
+            None => (None, rest),
+        })
     }
 
     /// Broker host and port.
     pub fn broker_addr(&self) -> Result<(String, u16), String> {
-        let rest = self
-            .mqtt
-            .broker
-            .strip_prefix("mqtt://")
-            .ok_or_else(|| format!("broker {:?} must start with mqtt://", self.mqtt.broker))?;
-        match rest.trim_end_matches('/').rsplit_once(':') {
+        let (_, rest) = self.broker_parts()?;
+        match rest.rsplit_once(':') {
             Some((h, p)) => Ok((
                 h.to_owned(),
                 p.parse()
@@ -156,5 +198,198 @@ impl IngestConfig {
             )),
             None => Ok((rest.to_owned(), 1883)),
         }
+    }
+
+    /// The password sources given together, refused.
+    fn validate_secrets(&self) -> Result<(), String> {
+        if self.mqtt.credentials.is_some() && self.broker_parts().is_ok_and(|(u, _)| u.is_some()) {
+            return Err("[mqtt]: the broker URL has a user name too: give the user and password in one place (credentials)".into());
+        }
+        if let Some(c) = &self.mqtt.credentials {
+            SecretSource::from_spec(c).map_err(|e| format!("[mqtt] credentials: {e}"))?;
+        }
+        self.database_password_source()
+            .map_err(|e| format!("[database]: {e}"))?;
+        Ok(())
+    }
+
+    fn database_password_source(&self) -> Result<Option<SecretSource>, String> {
+        SecretSource::from_keys(
+            "password",
+            None,
+            self.database.password_file.clone(),
+            self.database.password_credential.clone(),
+        )
+        .map_err(|_| "give either password_file or password_credential, not both".to_owned())
+    }
+
+    /// The PostgreSQL password from `password_file` / `password_credential`, if given.
+    pub fn database_password(&self) -> Result<Option<Secret>, String> {
+        match self.database_password_source()? {
+            Some(src) => src
+                .read()
+                .map(Some)
+                .map_err(|e| format!("[database] password: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    /// The broker username and password: from where `credentials` points (two lines), else
+    /// from the broker URL's user info (percent-decoded); `None`: anonymous.
+    pub fn mqtt_credentials(&self) -> Result<Option<(String, Secret)>, String> {
+        let Some(spec) = &self.mqtt.credentials else {
+            let Some(info) = self.broker_parts()?.0 else {
+                return Ok(None);
+            };
+            let (u, p) = info.split_once(':').unwrap_or((info, ""));
+            return Ok(Some((
+                secret::percent_decode(u),
+                Secret::new(secret::percent_decode(p)),
+            )));
+        };
+        let src = SecretSource::from_spec(spec).map_err(|e| format!("[mqtt] credentials: {e}"))?;
+        let text = src
+            .read_text()
+            .map_err(|e| format!("[mqtt] credentials: {e}"))?;
+        let mut l = text.expose().lines();
+        let user = l.next().unwrap_or("").trim().to_owned();
+        let pass = l.next().unwrap_or("").trim_end_matches('\r').to_owned();
+        if user.is_empty() {
+            return Err(format!(
+                "[mqtt] credentials {spec:?}: the first line (username) is empty"
+            ));
+        }
+        Ok(Some((user, Secret::new(pass))))
+    }
+
+    /// Secrets written in the file (`text`, the file this configuration was parsed from): a
+    /// password in the broker URL or the database URL, each at its key.
+    pub fn secret_warnings(&self, text: &str) -> Vec<KeyWarning> {
+        let mut w = Vec::new();
+        if self.mqtt.broker.has_password() {
+            w.push((
+                "mqtt",
+                "broker",
+                secret::inline_warning(
+                    "broker",
+                    "the broker password (in the URL)",
+                    "credentials = \"systemd:NAME\" or \"file:/path\"",
+                ),
+            ));
+        }
+        if self
+            .database
+            .url
+            .as_ref()
+            .is_some_and(SecretUrl::has_password)
+        {
+            w.push((
+                "database",
+                "url",
+                secret::inline_warning(
+                    "url",
+                    "the database password",
+                    "password_credential = \"NAME\" or password_file = \"/path\"",
+                ),
+            ));
+        }
+        w.into_iter()
+            .map(|(table, key, message)| {
+                let (line, column) = locate(text, table, key).unwrap_or((0, 0));
+                KeyWarning {
+                    key: format!("{table}.{key}"),
+                    line,
+                    column,
+                    message,
+                }
+            })
+            .collect()
+    }
+}
+
+/// 1-based line and column of the value of `[table] key` in `text`.
+fn locate(text: &str, table: &str, key: &str) -> Option<(usize, usize)> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let t = doc.get_ref().get(table)?;
+    let toml::de::DeValue::Table(t) = t.get_ref() else {
+        return None;
+    };
+    let at = t.get(key)?.span().start;
+    let before = text.get(..at)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Some((
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Passwords in the broker and database URLs work, are warned about at their keys, and
+    /// never show in `Debug`, `Display` or a parse error.
+    #[test]
+    fn passwords_in_urls_work_warn_and_stay_hidden() {
+        let text = "[mqtt]\nbroker = \"mqtt://ingest:mq%40pw@broker:1884\"\n\n[database]\nurl = \"host=db user=fs password=pgpw dbname=fs\"\n";
+        let cfg = IngestConfig::parse(text).expect("parses");
+        assert_eq!(cfg.broker_addr(), Ok(("broker".into(), 1884)));
+        let (u, p) = cfg.mqtt_credentials().expect("ok").expect("from the URL");
+        assert_eq!((u.as_str(), p.expose()), ("ingest", "mq@pw"));
+        let shown = format!("{cfg:?} {} {:?}", cfg.mqtt.broker, cfg.database.url);
+        assert!(
+            !shown.contains("mq%40pw") && !shown.contains("pgpw"),
+            "{shown}"
+        );
+        let w = cfg.secret_warnings(text);
+        let at: Vec<_> = w
+            .iter()
+            .map(|w| (w.key.as_str(), w.line, w.column))
+            .collect();
+        assert_eq!(at, [("mqtt.broker", 2, 10), ("database.url", 5, 7)]);
+        assert!(
+            w[1].message.contains("password_credential"),
+            "{}",
+            w[1].message
+        );
+
+        let bad = "[database]\nurl = \"postgres://fs:pgpw@db/fs\" x\n";
+        let e = IngestConfig::parse(bad).expect_err("syntax error");
+        assert!(!e.contains("pgpw") && e.contains("fs:***@db"), "{e}");
+
+        let clean = IngestConfig::parse("[mqtt]\nbroker = \"mqtt://b:1883\"\n").expect("parses");
+        assert!(clean.secret_warnings("").is_empty());
+        assert_eq!(clean.mqtt_credentials(), Ok(None));
+    }
+
+    /// `password_file`: the password alone, one trailing newline stripped; missing or empty
+    /// files are errors naming the file; two sources are refused at load.
+    #[test]
+    fn the_database_password_comes_from_a_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("pg");
+        let cfg = IngestConfig::parse(&format!(
+            "[database]\nurl = \"host=db user=fs\"\npassword_file = {:?}\n",
+            f.display().to_string()
+        ))
+        .expect("parses");
+        let e = cfg.database_password().expect_err("missing");
+        assert!(e.contains(&f.display().to_string()), "{e}");
+        std::fs::write(&f, "\n").expect("write");
+        assert!(cfg
+            .database_password()
+            .expect_err("empty")
+            .contains("empty"));
+        std::fs::write(&f, "pg pw\n").expect("write");
+        let p = cfg.database_password().expect("ok").expect("some");
+        assert_eq!(p.expose(), "pg pw");
+        assert!(IngestConfig::parse(
+            "[database]\npassword_file = \"/a\"\npassword_credential = \"b\"\n"
+        )
+        .is_err());
+        assert!(IngestConfig::parse(
+            "[mqtt]\nbroker = \"mqtt://u:p@h\"\ncredentials = \"file:/x\"\n"
+        )
+        .is_err());
     }
 }

@@ -182,6 +182,67 @@ fn check_config_accepts_the_example_and_names_the_line_of_an_error() {
     assert!(err.contains("line 2") && err.contains("brokr"), "{err}");
 }
 
+fn check_config(path: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(path)
+        .arg("check-config")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Passwords in the broker and database URLs: `check-config` passes, warns at each key's
+/// file:line:column, and prints neither password.
+#[test]
+fn check_config_warns_about_passwords_in_urls_without_printing_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("ingest.toml");
+    std::fs::write(
+        &cfg,
+        "[mqtt]\nbroker = \"mqtt://ingest:Mq-S3cret@127.0.0.1:1883\"\n\n[database]\nurl = \"postgres://fs:Pg-S3cret@127.0.0.1/fs\"\n",
+    )
+    .expect("write");
+    let (code, out, err) = check_config(&cfg);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let p = cfg.display().to_string();
+    assert!(
+        out.contains(&format!(
+            "{p}:2:10: warning: mqtt.broker: `broker`: the broker password"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{p}:5:7: warning: database.url: `url`: the database password"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("mqtt://ingest:***@127.0.0.1:1883"), "{out}");
+    for secret in ["Mq-S3cret", "Pg-S3cret"] {
+        assert!(!out.contains(secret) && !err.contains(secret), "{out}{err}");
+    }
+}
+
+/// A configuration saved in Latin-1 is refused at its first bad byte's line and column.
+#[test]
+fn a_config_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("ingest.toml");
+    std::fs::write(&cfg, b"[mqtt]\ntopic_root = \"fs\"\n# caf\xE9\n".as_slice()).expect("write");
+    let (code, out, err) = check_config(&cfg);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains("not UTF-8: byte 0xE9 at line 3, column 6"),
+        "{err}"
+    );
+}
+
 /// `cloud-ingest calc` streams JSON lines: one result per line in order, bad lines (invalid
 /// JSON, out-of-limit inputs) answered with `{"error": …}` and the following lines still
 /// computed; exit status 1 because some lines were errors.

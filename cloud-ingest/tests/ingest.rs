@@ -143,7 +143,7 @@ async fn start_ingest(
     client_id: &str,
 ) -> Ingest {
     let mut cfg = IngestConfig::default();
-    cfg.mqtt.broker = broker.url();
+    cfg.mqtt.broker = broker.url().into();
     cfg.mqtt.topic_root = root.into();
     cfg.mqtt.group = group.into();
     cfg.mqtt.client_id = Some(client_id.into());
@@ -794,7 +794,7 @@ async fn with_the_shipped_acl_an_agent_cannot_publish_under_another_agents_topic
     let cred = dir.path().join("ingest.cred");
     std::fs::write(&cred, "cloud-ingest\ningest-pw\n").expect("cred");
     let mut cfg = IngestConfig::default();
-    cfg.mqtt.broker = broker.url();
+    cfg.mqtt.broker = broker.url().into();
     cfg.mqtt.topic_root = root.clone();
     cfg.mqtt.credentials = Some(format!("file:{}", cred.display()));
     let ingest = start_ingest_with(cfg, store.clone()).await;
@@ -845,7 +845,7 @@ async fn the_embedded_broker_carries_batches_to_the_store() {
     let dir = tempfile::tempdir().expect("tmp");
     let store = sqlite_store(dir.path());
     let mut cfg = IngestConfig::default();
-    cfg.mqtt.broker = format!("mqtt://127.0.0.1:{port}");
+    cfg.mqtt.broker = format!("mqtt://127.0.0.1:{port}").into();
     cfg.mqtt.topic_root = "emb/fs".into();
     cfg.mqtt.group = String::new();
     let ingest = start_ingest_with(cfg, store.clone()).await;

@@ -76,6 +76,32 @@ fn check_of_a_missing_file_is_a_clear_error_not_a_panic() {
     assert!(!err.contains("panicked"));
 }
 
+/// A tag map saved in Latin-1 (an "é" in a description) is refused at the first bad byte's
+/// line and column, by `check` and by `run` alike.
+#[test]
+fn a_tag_map_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("agent.toml");
+    let mut text = b"[agent]\nsite = \"s\"\nid = \"gw\"\ndescription = \"caf".to_vec();
+    text.extend_from_slice(b"\xE9 \xE9\"\n");
+    std::fs::write(&path, &text).expect("write");
+    let p = path.to_str().expect("utf8");
+    let (code, out, err) = run(&["check", "--config", p]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "{p}:4:19: error: the tag map is not UTF-8: byte 0xE9 here (save the file as UTF-8)"
+        )),
+        "{out}{err}"
+    );
+    let (code, out, err) = run(&["run", "--config", p]);
+    assert_ne!(code, 0);
+    assert!(
+        format!("{out}{err}").contains(":4:19: error: the tag map is not UTF-8"),
+        "{out}{err}"
+    );
+}
+
 fn tag_map(dir: &std::path::Path, addr: std::net::SocketAddr) -> std::path::PathBuf {
     let p = dir.join("agent.toml");
     std::fs::write(

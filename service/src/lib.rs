@@ -11,10 +11,19 @@
 //!   loop it depends on shows progress, so a wedged process is restarted by systemd.
 //! - `pipe.rs`: command-line output into a closed pipe (`… | head`) exits 0 quietly instead of
 //!   panicking with "Broken pipe".
+//! - `secret.rs`: secrets from a file or a systemd credential (`LoadCredential=`), inline ones
+//!   flagged; the one redaction of passwords in URLs and connection strings (`redact`,
+//!   `SecretUrl`), used wherever a URL is logged or printed.
+//! - `private.rs`: the files and directories the services create are 0600/0700 whatever the
+//!   umask.
+//! - `text.rs`: configuration files as UTF-8, or an error at the first bad byte's line:column.
 
 pub mod clock;
 mod notify;
 pub mod pipe;
+pub mod private;
+pub mod secret;
+pub mod text;
 mod watchdog;
 
 pub use notify::{message, Notifier};

@@ -81,14 +81,32 @@ pub enum Command {
 
 /// Load the configuration (defaults when no file is given).
 pub fn load_config(path: Option<&Path>) -> Result<IngestConfig, CliError> {
+    load_config_text(path).map(|(cfg, _)| cfg)
+}
+
+/// The configuration and the text it was parsed from (empty without a file). A file that is
+/// not UTF-8 is refused at its first bad byte's line and column.
+fn load_config_text(path: Option<&Path>) -> Result<(IngestConfig, String), CliError> {
     match path {
-        None => Ok(IngestConfig::default()),
+        None => Ok((IngestConfig::default(), String::new())),
         Some(p) => {
-            let text = std::fs::read_to_string(p)
+            let text = flowsquare_service::text::read(p)
                 .map_err(|e| CliError::Config(format!("{}: {e}", p.display())))?;
-            IngestConfig::parse(&text)
-                .map_err(|e| CliError::Config(format!("{}: {e}", p.display())))
+            let cfg = IngestConfig::parse(&text)
+                .map_err(|e| CliError::Config(format!("{}: {e}", p.display())))?;
+            Ok((cfg, text))
         }
+    }
+}
+
+/// `check-config`'s warnings, `file:line:column: warning: key: message`, on standard output.
+fn print_secret_warnings(cfg: &IngestConfig, path: Option<&Path>, text: &str) {
+    let file = path.map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string());
+    for w in cfg.secret_warnings(text) {
+        println!(
+            "{file}:{}:{}: warning: {}: {}",
+            w.line, w.column, w.key, w.message
+        );
     }
 }
 
@@ -111,9 +129,10 @@ pub async fn open_store(cfg: &IngestConfig) -> Result<Arc<dyn Store>, CliError> 
                 timescale,
                 retention_days: cfg.database.retention_days,
                 partitions_ahead_days: cfg.database.partitions_ahead_days,
+                password: cfg.database_password().map_err(CliError::Config)?,
                 ..PgOptions::default()
             };
-            Arc::new(PgStore::connect(url, opts).await?)
+            Arc::new(PgStore::connect(url.expose(), opts).await?)
         }
         None => {
             let path = cfg
@@ -135,7 +154,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         // Pure computation: no configuration, no database.
         return Ok(calc::run());
     }
-    let cfg = load_config(cli.config.as_deref())?;
+    let (cfg, text) = load_config_text(cli.config.as_deref())?;
     match cli.command {
         Command::HashToken => {
             let mut token = String::new();
@@ -149,6 +168,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::CheckConfig => {
             cfg.broker_addr().map_err(CliError::Config)?;
+            print_secret_warnings(&cfg, cli.config.as_deref(), &text);
             cfg.api
                 .validate()
                 .map_err(|e| CliError::Config(format!("[api]: {e}")))?;

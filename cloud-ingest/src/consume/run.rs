@@ -112,9 +112,8 @@ pub async fn run(
     o.set_clean_session(true);
     o.set_manual_acks(true);
     o.set_max_packet_size(64 * 1024 * 1024, 64 * 1024 * 1024);
-    if let Some(spec) = &cfg.mqtt.credentials {
-        let (u, p) = read_credentials(spec)?;
-        o.set_credentials(u, p);
+    if let Some((u, p)) = cfg.mqtt_credentials()? {
+        o.set_credentials(u, p.expose());
     }
     let (client, mut events) = AsyncClient::new(o, 4096);
     let root = cfg.mqtt.topic_root.clone();
@@ -185,27 +184,6 @@ pub async fn run(
     let _ = committer.await;
     let _ = client.try_disconnect();
     Ok(())
-}
-
-fn read_credentials(spec: &str) -> Result<(String, String), String> {
-    let path = if let Some(p) = spec.strip_prefix("file:") {
-        std::path::PathBuf::from(p)
-    } else if let Some(n) = spec.strip_prefix("systemd:") {
-        std::path::PathBuf::from(
-            std::env::var_os("CREDENTIALS_DIRECTORY").ok_or("CREDENTIALS_DIRECTORY is not set")?,
-        )
-        .join(n)
-    } else {
-        return Err(format!(
-            "credentials {spec:?}: expected file:/path or systemd:NAME"
-        ));
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut l = text.lines();
-    Ok((
-        l.next().unwrap_or("").trim().to_owned(),
-        l.next().unwrap_or("").to_owned(),
-    ))
 }
 
 async fn commit_task(

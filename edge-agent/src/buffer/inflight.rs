@@ -78,12 +78,13 @@ pub struct Inflight {
 impl Inflight {
     /// Create (or overwrite) the side file for `epoch`, starting at the committed total.
     pub fn create(path: &Path, epoch: u64, committed: u64) -> std::io::Result<Inflight> {
-        let file = std::fs::OpenOptions::new()
+        let file = flowsquare_service::private::open_options()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
             .open(path)?;
+        flowsquare_service::private::restrict_file(path)?;
         file.set_len(LEN as u64)?;
         file.write_all_at(&encode(epoch, committed), 0)?;
         Ok(Inflight {

@@ -451,6 +451,14 @@ pub(super) fn crash_gap(
     }
 }
 
+/// Make a buffer file 0600 (the readings are the site's data; nobody else needs them).
+fn restrict(path: &Path) -> Result<(), BufferError> {
+    flowsquare_service::private::restrict_file(path).map_err(|e| BufferError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
 impl Store {
     /// Open (or create) the store at `path`. The agent never refuses to start because of its
     /// buffer: a damaged database is salvaged into a fresh one (what can be read is kept, what
@@ -463,7 +471,7 @@ impl Store {
     ) -> Result<(Store, Option<PathBuf>), BufferError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| BufferError::Io {
+                flowsquare_service::private::create_dir_all(dir).map_err(|e| BufferError::Io {
                     path: dir.to_path_buf(),
                     source: e,
                 })?;
@@ -560,6 +568,9 @@ impl Store {
         side: Option<(u64, u64)>,
     ) -> Result<Store, BufferError> {
         let conn = Connection::open(path)?;
+        // 0600 before the first write: SQLite gives the -wal and -shm files the database's
+        // mode (both are made 0600 again below, for files left by an older version).
+        restrict(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Every repeated statement goes through `prepare_cached` (commit, lease, ack, eviction,
         // compaction: about 40 distinct texts); rusqlite's default cache holds 16.
@@ -584,6 +595,11 @@ impl Store {
             return Err(BufferError::Corrupt(check));
         }
         conn.execute_batch(SCHEMA)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            restrict(Path::new(&p))?;
+        }
         // Running totals, kept in memory from here on (figures() must not scan the table).
         let (segments, readings, bytes): (i64, i64, i64) = conn
             .prepare_cached(

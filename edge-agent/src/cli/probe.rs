@@ -110,9 +110,13 @@ pub enum ProbeProtocol {
         /// Function and tank: i20100 = inventory of all tanks, i20201 = deliveries of tank 1.
         #[arg(long, default_value = "i20100")]
         command: String,
-        /// The console's security code, if set.
+        /// The console's security code, if set (visible to other users in the process list:
+        /// prefer --security-code-file).
         #[arg(long, default_value = "")]
         security_code: String,
+        /// File holding the console's security code (one trailing newline ignored).
+        #[arg(long, conflicts_with = "security_code")]
+        security_code_file: Option<std::path::PathBuf>,
         /// Answer timeout.
         #[arg(long, default_value = "3s", value_parser = super::parse_duration)]
         timeout: Duration,
@@ -141,8 +145,17 @@ pub async fn run(p: ProbeProtocol) -> Result<ExitCode, CliError> {
             data_bits,
             command,
             security_code,
+            security_code_file,
             timeout,
         } => {
+            let security_code = match security_code_file {
+                Some(p) => flowsquare_service::secret::SecretSource::File(p)
+                    .read()
+                    .map_err(|e| CliError::Usage(e.to_string()))?
+                    .expose()
+                    .to_owned(),
+                None => security_code,
+            };
             super::probe_serial::tls350(
                 serial,
                 host,

@@ -248,7 +248,11 @@ pub async fn tls350(
     let dev = TlsDevice {
         link,
         timeout,
-        security_code: security_code.to_owned(),
+        security_code: (!security_code.is_empty()).then(|| {
+            flowsquare_service::secret::SecretSource::Inline(
+                flowsquare_service::secret::Secret::new(security_code),
+            )
+        }),
         delivery_interval: Duration::ZERO,
         utc_offset_minutes: 0,
     };

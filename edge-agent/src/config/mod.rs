@@ -152,12 +152,28 @@ impl<'a> From<&'a std::sync::Arc<TagMap>> for Plant<'a> {
 }
 
 /// Load and validate the tag map at `path`; warnings come back with the map.
+/// A file that is not UTF-8 is one error at its first bad byte's line and column.
 pub fn load(path: &Path) -> Result<(TagMap, Vec<Diagnostic>), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    parse_str(&path.display().to_string(), &text)
+    use flowsquare_service::text::{self, ReadError};
+    let file = path.display().to_string();
+    let text = match text::read(path) {
+        Ok(t) => t,
+        Err(ReadError::Io(source)) => return Err(ConfigError::Io { path: file, source }),
+        Err(ReadError::NotUtf8(e)) => {
+            return Err(ConfigError::Invalid(vec![Diagnostic {
+                severity: Severity::Error,
+                file,
+                line: e.line,
+                column: e.column,
+                subject: String::new(),
+                message: format!(
+                    "the tag map is not UTF-8: byte 0x{:02X} here (save the file as UTF-8)",
+                    e.byte
+                ),
+            }]))
+        }
+    };
+    parse_str(&file, &text)
 }
 
 /// 64-bit FNV-1a of the text, hex: a stable config hash without a crypto dependency.
@@ -293,9 +309,21 @@ fn load_head(
         diags,
     );
     let root = root.get_ref();
-    let buffer = section::<crate::buffer::BufferConfig>(root, "buffer", diags, |b| b.validate())
-        .unwrap_or_default();
-    let uplink = section::<crate::uplink::UplinkConfig>(root, "uplink", diags, |u| u.validate());
+    let buffer = section::<crate::buffer::BufferConfig>(
+        root,
+        "buffer",
+        diags,
+        |b| b.validate(),
+        |_| Vec::new(),
+    )
+    .unwrap_or_default();
+    let uplink = section::<crate::uplink::UplinkConfig>(
+        root,
+        "uplink",
+        diags,
+        |u| u.validate(),
+        |u| u.secret_warnings(),
+    );
     let agent = match root.get("agent") {
         Some(v) => as_table(v, "agent", "agent", diags).and_then(|t| load_agent(&t, diags)),
         None => {
@@ -377,12 +405,14 @@ fn finish(
     }
 }
 
-/// An optional single-table section (`[buffer]`, `[uplink]`), deserialized and validated.
+/// An optional single-table section (`[buffer]`, `[uplink]`), deserialized and validated:
+/// `validate` gives its errors, `warn` its warnings, each as `(key, message)`.
 fn section<T: serde::de::DeserializeOwned>(
     root: &toml::de::DeTable<'_>,
     key: &str,
     diags: &mut Diagnostics,
     validate: impl Fn(&T) -> Vec<(&'static str, String)>,
+    warn: impl Fn(&T) -> Vec<(&'static str, String)>,
 ) -> Option<T> {
     let v = root.get(key)?;
     let t = as_table(v, key, key, diags)?;
@@ -391,6 +421,9 @@ fn section<T: serde::de::DeserializeOwned>(
     let spans = parse::key_spans(&t);
     for (k, msg) in validate(&parsed) {
         diags.error(spans.of(k), key, msg);
+    }
+    for (k, msg) in warn(&parsed) {
+        diags.warning(spans.of(k), key, msg);
     }
     Some(parsed)
 }

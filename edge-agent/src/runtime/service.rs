@@ -71,7 +71,7 @@ pub async fn run(
     tracing::info!(
         site = %map.agent.site, agent = %map.agent.id, devices = map.devices.len(), tags = map.tags.len(),
         config_hash = %map.hash, buffer = %map.buffer.effective_path().display(),
-        uplink = map.uplink.as_ref().map(|u| u.broker.as_str()).unwrap_or("none (local buffering only)"),
+        uplink = %map.uplink.as_ref().map_or_else(|| "none (local buffering only)".to_owned(), |u| u.broker.to_string()),
         "edge-agent starting"
     );
     let mut agent = start(map, print).await?;

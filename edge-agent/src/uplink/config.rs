@@ -1,6 +1,7 @@
 //! `[uplink]`: the MQTT connection to the cloud. Without an `[uplink]` table the agent buffers
 //! readings locally only (bounded by `[buffer]`).
 
+use flowsquare_service::secret::{self, Secret, SecretSource, SecretUrl};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +13,9 @@ use crate::settings::duration;
 #[serde(deny_unknown_fields)]
 pub struct UplinkConfig {
     /// Broker URL: `mqtt://host:port` or `mqtts://host:port` (TLS). Default port 1883 / 8883.
-    pub broker: String,
+    /// `mqtt://user:password@host` works, with a `check` warning (use `credentials`); the
+    /// password is redacted wherever the URL is shown.
+    pub broker: SecretUrl,
     /// MQTT protocol version: `"3.1.1"` (default) or `"5"`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
@@ -22,9 +25,9 @@ pub struct UplinkConfig {
     /// MQTT client id. Default `fs-{site}-{agent}`.
     #[serde(default)]
     pub client_id: Option<String>,
-    /// Where the username and password come from — never inline: `file:/path` (first line
-    /// username, second line password; keep it mode 0600) or `systemd:NAME` (the credential NAME
-    /// passed with `LoadCredential=`, same two lines). Default: anonymous.
+    /// Where the username and password come from: `file:/path` (first line username, second
+    /// line password; keep it mode 0600) or `systemd:NAME` (the credential NAME passed with
+    /// `LoadCredential=`, same two lines). Default: anonymous (or the broker URL's user info).
     #[serde(default)]
     pub credentials: Option<String>,
     /// TLS: CA certificate(s) to trust, PEM. Default with `mqtts://`: the system's roots.
@@ -115,11 +118,12 @@ pub struct BrokerAddr {
 }
 
 impl UplinkConfig {
-    /// Parse `broker`.
-    pub fn broker_addr(&self) -> Result<BrokerAddr, String> {
-        let (tls, rest) = if let Some(r) = self.broker.strip_prefix("mqtts://") {
+    /// The broker URL after the scheme, split at its user info: `(user info, host:port)`.
+    fn broker_parts(&self) -> Result<(bool, Option<&str>, &str), String> {
+        let url = self.broker.expose();
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
             (true, r)
-        } else if let Some(r) = self.broker.strip_prefix("mqtt://") {
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
             (false, r)
         } else {
             return Err(format!(
@@ -128,6 +132,15 @@ impl UplinkConfig {
             ));
         };
         let rest = rest.trim_end_matches('/');
+        Ok(match rest.rsplit_once('@') {
+            Some((user_info, host_port)) => (tls, Some(user_info), host_port),
+            None => (tls, None, rest),
+        })
+    }
+
+    /// Parse `broker`.
+    pub fn broker_addr(&self) -> Result<BrokerAddr, String> {
+        let (tls, _, rest) = self.broker_parts()?;
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) => (
                 h,
@@ -146,6 +159,17 @@ impl UplinkConfig {
         })
     }
 
+    /// Username and password written in the broker URL (`mqtt://user:password@host`),
+    /// percent-decoded.
+    pub fn url_credentials(&self) -> Option<(String, Secret)> {
+        let (_, user_info, _) = self.broker_parts().ok()?;
+        let (user, pass) = user_info?.split_once(':').unwrap_or((user_info?, ""));
+        Some((
+            secret::percent_decode(user),
+            Secret::new(secret::percent_decode(pass)),
+        ))
+    }
+
     /// Problems as `(key, message)`.
     pub fn validate(&self) -> Vec<(&'static str, String)> {
         let mut p = Vec::new();
@@ -159,8 +183,13 @@ impl UplinkConfig {
             p.push(("broker", e));
         }
         if let Some(c) = &self.credentials {
-            if !(c.starts_with("file:") || c.starts_with("systemd:")) {
-                p.push(("credentials", "credentials must be \"file:/path\" or \"systemd:NAME\" (never the password itself)".into()));
+            if let Err(e) = SecretSource::from_spec(c) {
+                p.push(("credentials", format!("credentials: {e}")));
+            } else if self.url_credentials().is_some() {
+                p.push((
+                    "credentials",
+                    "the broker URL has a user name too: give the user and password in one place (credentials)".into(),
+                ));
             }
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
@@ -189,34 +218,39 @@ impl UplinkConfig {
         p
     }
 
-    /// Read the username and password from where `credentials` points.
-    pub fn read_credentials(&self) -> Result<Option<(String, String)>, String> {
-        let Some(spec) = &self.credentials else {
-            return Ok(None);
-        };
-        let path = if let Some(p) = spec.strip_prefix("file:") {
-            PathBuf::from(p)
-        } else if let Some(name) = spec.strip_prefix("systemd:") {
-            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
-                .ok_or_else(|| format!("credentials {spec:?}: CREDENTIALS_DIRECTORY is not set (use LoadCredential={name}:… in the unit)"))?;
-            PathBuf::from(dir).join(name)
+    /// Warnings as `(key, message)`: a password written in the broker URL.
+    pub fn secret_warnings(&self) -> Vec<(&'static str, String)> {
+        if self.url_credentials().is_some_and(|(_, p)| !p.is_empty()) {
+            vec![(
+                "broker",
+                secret::inline_warning(
+                    "broker",
+                    "the broker password (in the URL)",
+                    "credentials = \"systemd:NAME\" or \"file:/path\"",
+                ),
+            )]
         } else {
-            return Err(format!(
-                "credentials {spec:?}: expected file:/path or systemd:NAME"
-            ));
+            Vec::new()
+        }
+    }
+
+    /// The username and password: from where `credentials` points (two lines: username,
+    /// password), else from the broker URL's user info; `None`: anonymous.
+    pub fn read_credentials(&self) -> Result<Option<(String, Secret)>, String> {
+        let Some(spec) = &self.credentials else {
+            return Ok(self.url_credentials());
         };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("credentials file {}: {e}", path.display()))?;
-        let mut lines = text.lines();
+        let src = SecretSource::from_spec(spec).map_err(|e| format!("credentials: {e}"))?;
+        let text = src.read_text().map_err(|e| format!("credentials: {e}"))?;
+        let mut lines = text.expose().lines();
         let user = lines.next().unwrap_or("").trim().to_owned();
         let pass = lines.next().unwrap_or("").trim_end_matches('\r').to_owned();
         if user.is_empty() {
             return Err(format!(
-                "credentials file {}: first line (username) is empty",
-                path.display()
+                "credentials {spec:?}: the first line (username) is empty"
             ));
         }
-        Ok(Some((user, pass)))
+        Ok(Some((user, Secret::new(pass))))
     }
 }
 
@@ -245,5 +279,68 @@ mod tests {
         assert!(c.validate().is_empty());
         let bad = parse("reconnect_max = \"100ms\"");
         assert!(bad.validate().iter().any(|(k, _)| *k == "reconnect_max"));
+    }
+
+    fn uplink(text: &str) -> UplinkConfig {
+        toml::from_str(text).expect("parses")
+    }
+
+    /// A password in the broker URL is used (percent-decoded), warned about, never shown.
+    #[test]
+    fn a_password_in_the_broker_url_works_is_warned_about_and_is_redacted() {
+        let c = uplink("broker = \"mqtts://gw%2D1:p%40ss:w@broker.example:8884/\"");
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let a = c.broker_addr().expect("addr");
+        assert_eq!(
+            (a.host.as_str(), a.port, a.tls),
+            ("broker.example", 8884, true)
+        );
+        let (user, pass) = c.read_credentials().expect("ok").expect("some");
+        assert_eq!((user.as_str(), pass.expose()), ("gw-1", "p@ss:w"));
+        assert_eq!(c.secret_warnings().len(), 1);
+        for shown in [format!("{c:?}"), c.broker.to_string()] {
+            assert!(
+                !shown.contains("p%40ss") && shown.contains("gw%2D1:***@"),
+                "{shown}"
+            );
+        }
+        // Without a port: the old parse took "PASS@host" for a port and printed it.
+        let c = uplink("broker = \"mqtt://u:hunter2@host\"");
+        assert_eq!(c.broker_addr().expect("addr").port, 1883);
+        let c = uplink("broker = \"mqtt://u:hunter2@\"");
+        let e = c.broker_addr().expect_err("no host");
+        assert!(!e.contains("hunter2"), "{e}");
+        let c = uplink("broker = \"tcp://u:hunter2@h\"");
+        let e = c.broker_addr().expect_err("scheme");
+        assert!(!e.contains("hunter2"), "{e}");
+        // A user without a password: no warning. Both places: refused.
+        assert!(uplink("broker = \"mqtt://u@h\"")
+            .secret_warnings()
+            .is_empty());
+        let both = uplink("broker = \"mqtt://u:p@h\"\ncredentials = \"file:/x\"");
+        assert!(both.validate().iter().any(|(k, _)| *k == "credentials"));
+    }
+
+    /// `credentials`: the two-line file, trailing newline or not; missing and empty files
+    /// are errors naming the file.
+    #[test]
+    fn credentials_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("mqtt");
+        let c = uplink(&format!(
+            "broker = \"mqtt://h\"\ncredentials = \"file:{}\"",
+            f.display()
+        ));
+        let e = c.read_credentials().expect_err("missing");
+        assert!(e.contains(&f.display().to_string()), "{e}");
+        std::fs::write(&f, "").expect("write");
+        assert!(c.read_credentials().expect_err("empty").contains("empty"));
+        std::fs::write(&f, "gw\npw\n").expect("write");
+        let (u, p) = c.read_credentials().expect("ok").expect("some");
+        assert_eq!((u.as_str(), p.expose()), ("gw", "pw"));
+        std::fs::write(&f, "gw\r\npw").expect("write");
+        let (u, p) = c.read_credentials().expect("ok").expect("some");
+        assert_eq!((u.as_str(), p.expose()), ("gw", "pw"));
+        assert!(c.secret_warnings().is_empty());
     }
 }

@@ -103,7 +103,7 @@ pub fn open(
                 None,
             ));
             if let Some((u, p)) = creds {
-                o.set_credentials(u, p);
+                o.set_credentials(u, p.expose());
             }
             if let Some(t) = transport {
                 o.set_transport(t);
@@ -120,7 +120,7 @@ pub fn open(
             o.set_inflight(u16::max(cfg.inflight, 10) + 10);
             o.set_last_will(LastWill::new(topics.status(), will, QoS::AtLeastOnce, true));
             if let Some((u, p)) = creds {
-                o.set_credentials(u, p);
+                o.set_credentials(u, p.expose());
             }
             if let Some(t) = transport {
                 o.set_transport(t);

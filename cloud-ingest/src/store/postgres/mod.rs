@@ -156,6 +156,9 @@ pub struct PgOptions {
     pub partitions_ahead_days: u32,
     /// Most connections the pool opens (at least 1). Default 4.
     pub pool_size: usize,
+    /// Password (from `[database] password_file` / `password_credential`); replaces one in the
+    /// URL. `Debug` shows `***`.
+    pub password: Option<flowsquare_service::secret::Secret>,
 }
 
 impl Default for PgOptions {
@@ -165,6 +168,7 @@ impl Default for PgOptions {
             retention_days: None,
             partitions_ahead_days: 7,
             pool_size: 4,
+            password: None,
         }
     }
 }
@@ -228,8 +232,14 @@ impl PgStore {
     /// Like [`PgStore::connect`] without checking the server: the first operation connects.
     /// For a service that must start while the database is down.
     pub fn connect_lazy(url: &str, opts: PgOptions) -> Result<PgStore, StoreError> {
-        let mut cfg = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Invalid(format!("database url: {e}")))?;
+        let mut cfg = tokio_postgres::Config::from_str(url).map_err(|e| {
+            StoreError::Invalid(
+                flowsquare_service::secret::redact(&format!("database url: {e}")).into_owned(),
+            )
+        })?;
+        if let Some(p) = &opts.password {
+            cfg.password(p.expose());
+        }
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(CONNECT_TIMEOUT);
         }

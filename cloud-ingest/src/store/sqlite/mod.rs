@@ -122,13 +122,26 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
-                std::fs::create_dir_all(dir).map_err(|e| {
+                flowsquare_service::private::create_dir_all(dir).map_err(|e| {
                     StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
                 })?;
             }
         }
         let conn = Connection::open(path).map_err(|e| classify(e.into()))?;
+        // 0600 before WAL mode: SQLite gives -wal and -shm the database's mode (set again
+        // below for files an older version left).
+        let restrict = |p: &Path| {
+            flowsquare_service::private::restrict_file(p).map_err(|e| {
+                StoreError::Unavailable(format!("cannot restrict {}: {e}", p.display()))
+            })
+        };
+        restrict(path)?;
         configure(&conn, true).map_err(classify)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            restrict(Path::new(&p))?;
+        }
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: Some(path.to_path_buf()),

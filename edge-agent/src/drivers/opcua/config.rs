@@ -335,13 +335,24 @@ pub struct RawOpcUaTag {
     pub queue_size: Option<u32>,
 }
 
-/// Password of a `username` session: where to read it at connect time.
+/// Password of a `username` session: where to read it at connect time (never inline).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PasswordSource {
-    /// First line of this file.
+    /// This file (the password alone; one trailing newline ignored).
     File(PathBuf),
     /// systemd credential of this name.
     Credential(String),
+}
+
+impl PasswordSource {
+    /// The same place as the shared secret source (`flowsquare_service::secret`).
+    pub fn source(&self) -> flowsquare_service::secret::SecretSource {
+        use flowsquare_service::secret::SecretSource;
+        match self {
+            PasswordSource::File(p) => SecretSource::File(p.clone()),
+            PasswordSource::Credential(n) => SecretSource::Credential(n.clone()),
+        }
+    }
 }
 
 /// How the session authenticates.

@@ -44,19 +44,21 @@ pub fn own_key_path(pki: &Path) -> PathBuf {
     pki.join("private").join("private.pem")
 }
 
-/// Create the directory layout (the certificate itself is made by the client on first use).
+/// Create the directory layout (the certificate itself is made by the client on first use):
+/// the directories it creates are 0700, and `private/` is made 0700 even if it existed.
 pub fn ensure(pki: &Path) -> OpcUaResult<()> {
     for d in ["own", "private", "trusted", "rejected"] {
         let p = pki.join(d);
-        std::fs::create_dir_all(&p)
+        flowsquare_service::private::create_dir_all(&p)
             .map_err(|e| OpcUaError::Pki(format!("cannot create {}: {e}", p.display())))?;
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ =
-            std::fs::set_permissions(pki.join("private"), std::fs::Permissions::from_mode(0o700));
-    }
+    use std::os::unix::fs::PermissionsExt;
+    let private = pki.join("private");
+    std::fs::set_permissions(
+        &private,
+        std::fs::Permissions::from_mode(flowsquare_service::private::DIR_MODE),
+    )
+    .map_err(|e| OpcUaError::Pki(format!("cannot restrict {}: {e}", private.display())))?;
     Ok(())
 }
 
@@ -166,11 +168,9 @@ fn create_pair(pki: &Path, identity: &Identity) -> OpcUaResult<()> {
         &own_key_path(pki),
     )
     .map_err(|e| OpcUaError::Pki(format!("cannot create the agent's certificate: {e}")))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(own_key_path(pki), std::fs::Permissions::from_mode(0o600));
-    }
+    let key = own_key_path(pki);
+    flowsquare_service::private::restrict_file(&key)
+        .map_err(|e| OpcUaError::Pki(format!("cannot restrict {}: {e}", key.display())))?;
     Ok(())
 }
 
@@ -525,6 +525,12 @@ mod tests {
         );
         let c = own_certificate(&pki, &who).expect("own");
         assert!(c.matches, "{c:?}");
+        // Made by the agent: every PKI directory 0700, the private key 0600.
+        let mode = |p: &Path| flowsquare_service::private::mode_of(p).expect("mode");
+        for d in ["", "own", "private", "trusted", "rejected"] {
+            assert_eq!(mode(&pki.join(d)), 0o700, "{d}");
+        }
+        assert_eq!(mode(&own_key_path(&pki)), 0o600);
         assert_eq!(c.application_uri, who.application_uri());
         assert!(
             c.subject.contains("CN=flowsquare-edge-agent s1/a1"),

@@ -35,20 +35,10 @@ pub struct OpcUaSession {
 
 /// Read the password of a `username` device.
 pub fn read_password(src: &PasswordSource) -> OpcUaResult<String> {
-    let path = match src {
-        PasswordSource::File(p) => p.clone(),
-        PasswordSource::Credential(name) => {
-            let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                OpcUaError::Credentials(format!(
-                    "password_credential {name:?}: $CREDENTIALS_DIRECTORY is not set (LoadCredential= in the unit)"
-                ))
-            })?;
-            Path::new(&dir).join(name)
-        }
-    };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| OpcUaError::Credentials(format!("{}: {e}", path.display())))?;
-    Ok(text.lines().next().unwrap_or("").to_owned())
+    src.source()
+        .read()
+        .map(|p| p.expose().to_owned())
+        .map_err(|e| OpcUaError::Credentials(format!("password: {e}")))
 }
 
 fn identity(dev: &OpcUaDevice, pki: &Path) -> OpcUaResult<IdentityToken> {

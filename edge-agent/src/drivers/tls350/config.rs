@@ -7,6 +7,7 @@
 //! command without it is not answered at all (manual §4), so a wrong or missing
 //! `security_code` shows as timeouts.
 
+use flowsquare_service::secret::{self, Secret, SecretSource};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -51,9 +52,17 @@ pub struct RawTlsDevice {
     /// Time to wait for a complete answer.
     #[serde(default = "default_timeout", deserialize_with = "duration::de")]
     pub timeout: Duration,
-    /// The console's RS-232 security code (6 characters), if one is set.
+    /// The console's RS-232 security code (6 characters), if one is set. Written here it works,
+    /// with a `check` warning: prefer `security_code_file` or `security_code_credential`.
     #[serde(default)]
     pub security_code: Option<String>,
+    /// File holding the security code (the code alone; one trailing newline is ignored).
+    #[serde(default)]
+    pub security_code_file: Option<std::path::PathBuf>,
+    /// systemd credential holding the security code (`$CREDENTIALS_DIRECTORY/<name>`, passed
+    /// with `LoadCredential=`).
+    #[serde(default)]
+    pub security_code_credential: Option<String>,
     /// How often to read the `i202` delivery report; `"0s"` turns delivery capture off.
     #[serde(
         default = "default_delivery_interval",
@@ -172,12 +181,33 @@ pub struct TlsDevice {
     pub link: TlsLink,
     /// Answer timeout.
     pub timeout: Duration,
-    /// Security code prefixed to every command.
-    pub security_code: String,
+    /// Where the security code prefixed to every command comes from (`None`: no code). Read
+    /// when the device's runtime starts ([`TlsDevice::read_security_code`]).
+    pub security_code: Option<SecretSource>,
     /// `i202` poll interval; zero = off.
     pub delivery_interval: Duration,
     /// Console clock offset from UTC, minutes.
     pub utc_offset_minutes: i32,
+}
+
+impl TlsDevice {
+    /// The security code, read from its file or credential (empty: none).
+    pub fn read_security_code(&self) -> Result<Secret, String> {
+        let Some(src) = &self.security_code else {
+            return Ok(Secret::default());
+        };
+        let code = src.read().map_err(|e| format!("security_code: {e}"))?;
+        check_security_code(code.expose()).map_err(|e| format!("{e} ({src:?})"))?;
+        Ok(code)
+    }
+}
+
+/// A security code is 6 printable ASCII characters.
+fn check_security_code(code: &str) -> Result<(), &'static str> {
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("security_code must be 6 printable ASCII characters");
+    }
+    Ok(())
 }
 
 /// A resolved TLS-350 tag.
@@ -203,6 +233,44 @@ pub fn parse_utc_offset(s: &str) -> Option<i32> {
     let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
     let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
     (h <= 14 && (0..60).contains(&m)).then_some(sign * (h * 60 + m))
+}
+
+/// Where the security code comes from; an inline one is checked here and warned about.
+fn security_code(
+    r: &RawTlsDevice,
+    spans: &Spans,
+    subject: &str,
+    diags: &mut Diagnostics,
+    problems: &mut Vec<(&'static str, String)>,
+) -> Option<SecretSource> {
+    let inline = r.security_code.clone().filter(|c| !c.is_empty());
+    let src = match SecretSource::from_keys(
+        "security_code",
+        inline,
+        r.security_code_file.clone(),
+        r.security_code_credential.clone(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(("security_code", e));
+            return None;
+        }
+    };
+    if let Some(SecretSource::Inline(code)) = &src {
+        if let Err(e) = check_security_code(code.expose()) {
+            problems.push(("security_code", e.into()));
+        }
+        diags.warning(
+            spans.of("security_code"),
+            subject,
+            secret::inline_warning(
+                "security_code",
+                "the console's security code",
+                "security_code_file = \"/path\" or security_code_credential = \"NAME\"",
+            ),
+        );
+    }
+    src
 }
 
 /// The TLS-350 part of the tag-map loader (`protocol = "tls-350"`).
@@ -302,16 +370,7 @@ impl crate::drivers::registry::ProtocolConfig for Protocol {
         }
         let security_code = raw
             .as_ref()
-            .and_then(|r| r.security_code.clone())
-            .unwrap_or_default();
-        if !security_code.is_empty()
-            && (security_code.len() != 6 || !security_code.bytes().all(|b| b.is_ascii_graphic()))
-        {
-            problems.push((
-                "security_code",
-                "security_code must be 6 printable ASCII characters".into(),
-            ));
-        }
+            .and_then(|r| security_code(r, spans, subject, diags, &mut problems));
         let offset_text = raw
             .as_ref()
             .map_or_else(default_utc_offset, |r| r.utc_offset.clone());
@@ -416,5 +475,59 @@ mod tests {
         assert_eq!(parse_utc_offset("+2"), Some(120));
         assert_eq!(parse_utc_offset("2:00"), None);
         assert_eq!(parse_utc_offset("+99:00"), None);
+    }
+
+    /// The security code: inline (works, warned, checked at load), from a file (read and
+    /// checked when the runtime starts), never from two places at once.
+    #[test]
+    fn the_security_code_comes_inline_or_from_a_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let map = |keys: &str| {
+            format!(
+                "[agent]\nsite = \"s\"\nid = \"gw\"\n\n[[device]]\nname = \"atg\"\nprotocol = \"tls-350\"\npoll_interval = \"5s\"\nhost = \"127.0.0.1\"\n{keys}\n  [[device.tag]]\n  name = \"t1/volume\"\n  tank = 1\n  field = \"volume\"\n"
+            )
+        };
+        let load = |keys: &str| crate::config::parse_str("a.toml", &map(keys));
+        let code_of = |m: &crate::config::TagMap| {
+            m.devices[0]
+                .driver
+                .tls350()
+                .map(|t| t.read_security_code().map(|c| c.expose().to_owned()))
+        };
+        let (m, warnings) = load("security_code = \"ABC123\"").expect("inline loads");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!((warnings[0].line, warnings[0].column), (10, 17));
+        assert!(warnings[0].message.contains(
+            "`security_code`: the console's security code is written in the configuration file"
+        ));
+        assert!(
+            !format!("{:?}", m.devices).contains("ABC123"),
+            "Debug hides it"
+        );
+        assert_eq!(code_of(&m), Some(Ok("ABC123".into())));
+
+        let file = dir.path().join("code");
+        std::fs::write(&file, "XYZ789\n").expect("write");
+        let keys = format!("security_code_file = {:?}", file.display().to_string());
+        let (m, warnings) = load(&keys).expect("file loads");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(code_of(&m), Some(Ok("XYZ789".into())));
+        std::fs::write(&file, "short\n").expect("write");
+        let e = code_of(&m).and_then(Result::err).expect("bad code refused");
+        assert!(e.contains("6 printable") && !e.contains("short"), "{e}");
+        std::fs::remove_file(&file).expect("rm");
+        let e = code_of(&m)
+            .and_then(Result::err)
+            .expect("missing file refused");
+        assert!(e.contains("cannot read secret file"), "{e}");
+
+        let (m, _) = load("").expect("no code");
+        assert_eq!(code_of(&m), Some(Ok(String::new())));
+        let both = format!("security_code = \"ABC123\"\n{keys}");
+        assert!(load(&both).is_err(), "two sources refused");
+        assert!(
+            load("security_code = \"123\"").is_err(),
+            "a bad inline code is an error"
+        );
     }
 }

@@ -22,6 +22,7 @@ use crate::drivers::serial::open_serial;
 use crate::drivers::stats::DeviceStats;
 use crate::drivers::{DeviceView, Output, TagSource};
 use crate::model::{now_ms, rfc3339_ms, GapRow, Quality, Reading, TagId, Value};
+use flowsquare_service::secret::Secret;
 use flowsquare_wire::{Event, WireValue};
 
 /// A byte stream to the console.
@@ -117,6 +118,9 @@ pub struct TlsRuntime {
     pub tags: Vec<(TagId, TlsTag)>,
     /// Where the delivery tracker's state is kept (`None`: not persisted, e.g. `read`).
     pub state_path: Option<PathBuf>,
+    /// The security code, read when the runtime is made (a reload reads it again), or why it
+    /// could not be read (every poll then fails with that message).
+    pub code: Result<Secret, String>,
 }
 
 impl TlsRuntime {
@@ -131,8 +135,13 @@ impl TlsRuntime {
                 _ => None,
             })
             .collect();
+        let code = dev.read_security_code();
+        if let Err(e) = &code {
+            tracing::error!(device = %d.name, error = %e, "cannot read the console's security code; the device is not polled");
+        }
         Some(TlsRuntime {
             name: d.name.clone(),
+            code,
             dev,
             poll_interval: d.poll_interval,
             tags,
@@ -245,7 +254,11 @@ async fn poll_inventory(
             .map(|&(id, _)| Reading::bad(id, ts, q, msg))
             .collect()
     };
-    let cmd = frame::command(&rt.dev.security_code, "i201", 0);
+    let code = match &rt.code {
+        Ok(c) => c.expose(),
+        Err(e) => return (bad_all(Quality::BadCommunication, e), Some(e.clone())),
+    };
+    let cmd = frame::command(code, "i201", 0);
     let t0 = Instant::now();
     let res = match exchange(rt, link, &cmd, stats).await {
         Ok(f) => f,
@@ -373,10 +386,10 @@ pub fn load_state(path: &std::path::Path, name: &str) -> TrackerState {
 pub fn save_state(path: &std::path::Path, s: &TrackerState) -> std::io::Result<()> {
     use std::io::Write as _;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        flowsquare_service::private::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = flowsquare_service::private::create_file(&tmp)?;
     f.write_all(
         serde_json::to_string_pretty(s)
             .map_err(std::io::Error::other)?
@@ -394,7 +407,7 @@ async fn poll_deliveries(
     faults: &mut Faults,
     tracker: &mut TrackerState,
 ) -> Option<Output> {
-    let cmd = frame::command(&rt.dev.security_code, "i202", 0);
+    let cmd = frame::command(rt.code.as_ref().ok()?.expose(), "i202", 0);
     let reply = match exchange(rt, link, &cmd, stats).await {
         Ok(f) => f,
         Err(e) => {
