@@ -215,6 +215,7 @@ pub(super) async fn fixture() -> Fixture {
             tok("audit", Role::Auditor, AUDITOR),
             tok("root", Role::Admin, ADMIN),
         ],
+        ..ApiConfig::default()
     };
     config.validate().expect("valid config");
     let state = ApiState {
@@ -223,6 +224,7 @@ pub(super) async fn fixture() -> Fixture {
         config: Arc::new(config),
         ready: Arc::new(AtomicBool::new(true)),
         reconciler: None,
+        api_stats: Default::default(),
     };
     Fixture {
         app: router(state.clone()),
@@ -989,6 +991,26 @@ async fn openapi_lists_every_route() {
         );
     }
     check_refs(&doc, &doc);
+    // Every operation takes and answers X-Request-Id; all but the probes may answer 429.
+    for (path, method, _, _) in &table {
+        let op = &doc["paths"][path][method];
+        let params = op["parameters"].as_array().expect("parameters");
+        assert!(
+            params.contains(&serde_json::json!({ "$ref": "#/components/parameters/XRequestId" })),
+            "{path}"
+        );
+        let limited = !matches!(*path, "/healthz" | "/readyz");
+        assert_eq!(op["responses"]["429"].is_object(), limited, "{path}: 429");
+        assert!(
+            op["responses"]["200"]["headers"]["X-Request-Id"].is_object()
+                || op["responses"]["200"].get("$ref").is_some()
+                || op["responses"]["201"].is_object(),
+            "{path}"
+        );
+    }
+    assert!(
+        doc["components"]["responses"]["TooManyRequests"]["headers"]["Retry-After"].is_object()
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
         "bearer"

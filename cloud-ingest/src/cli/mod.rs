@@ -306,6 +306,7 @@ async fn serve(cfg: IngestConfig, config_path: Option<&Path>) -> Result<ExitCode
         config: Arc::new(cfg.api.clone()),
         ready: ready.clone(),
         reconciler: reconciler.clone(),
+        api_stats: Default::default(),
     };
     // The daily reconciliation and the 5-minute stale-tag check.
     let scheduler = match &reconciler {
