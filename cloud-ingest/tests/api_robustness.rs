@@ -48,7 +48,7 @@ impl Server {
         let store = SqliteStore::open(&dir.path().join("ingest.db")).expect("sqlite");
         rt.block_on(store.migrate()).expect("migrate");
         let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(cloud_ingest::api::bind("127.0.0.1:0"))
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stats = Arc::new(ApiStats::default());
@@ -226,19 +226,26 @@ fn slow_headers_cannot_starve_healthz_and_are_closed_after_the_header_timeout() 
     ));
     let t0 = Instant::now();
     let mut slow = Vec::with_capacity(SLOW);
-    // In batches the server has accepted, so the listen backlog never overflows (a dropped SYN
-    // costs the client a 1 s retransmission).
+    // In batches the server has accepted, so the listen backlog (api::BACKLOG) never overflows
+    // (a dropped SYN costs the client a 1 s retransmission).
     for batch in (0..SLOW).collect::<Vec<_>>().chunks(250) {
         for _ in batch {
             let mut s = srv.connect();
             s.write_all(SLOW_HEAD).expect("unfinished header line");
             slow.push((s, Instant::now()));
         }
-        assert!(wait_until(Duration::from_secs(10), || srv
-            .stats
-            .connections_open
-            .load(Relaxed)
-            >= slow.len() as u64));
+        assert!(
+            wait_until(Duration::from_secs(10), || srv
+                .stats
+                .connections_open
+                .load(Relaxed)
+                >= slow.len() as u64),
+            "{} connected after {:?}, {} open, {} timed out",
+            slow.len(),
+            t0.elapsed(),
+            srv.stats.connections_open.load(Relaxed),
+            srv.stats.header_timeouts.load(Relaxed)
+        );
     }
     assert!(
         wait_until(Duration::from_secs(10), || srv

@@ -16,7 +16,7 @@
 //!   closed (response first, then FIN, then the unread input is drained for a moment so the
 //!   client sees the answer rather than a reset).
 //! - **Graceful shutdown**: the listener closes, connections waiting for a head close at once,
-//!   requests in progress finish (keep-alive off), then [`serve`] returns.
+//!   requests in progress finish (then their connections close), then [`serve`] returns.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -40,7 +40,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use super::config::ApiConfig;
@@ -341,22 +341,7 @@ impl AsyncRead for Guarded {
                 return Poll::Ready(Ok(()));
             }
             let now = Instant::now();
-            if this.screen.at_head() {
-                // hyper asks for a head: it is between requests (half-close is on, so it does
-                // not read while a response is pending).
-                if let Some((_, flags)) = this.slot() {
-                    flags.waker.register(cx.waker());
-                    flags.waiting.store(true, Relaxed);
-                }
-                if let Some(why) = this.close_reason(now) {
-                    this.close(why);
-                    continue;
-                }
-            } else if this.deadline(now).is_some_and(|d| now >= d) {
-                // A stalled request body.
-                this.eof = true;
-                continue;
-            }
+            // Read what has arrived first: a close decision sees every byte already sent.
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(Ok(()));
             };
@@ -366,21 +351,42 @@ impl AsyncRead for Guarded {
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => {
                     // The client closed; a partial head is dropped.
                     this.eof = true;
+                    continue;
                 }
-                Poll::Ready(Ok(())) => this.screen(rb.filled(), now),
+                Poll::Ready(Ok(())) => {
+                    this.screen(rb.filled(), now);
+                    continue;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    if let Some(d) = this.deadline(now) {
-                        if this.sleep.deadline() != d {
-                            this.sleep.as_mut().reset(d);
-                        }
-                        if this.sleep.as_mut().poll(cx).is_ready() {
-                            continue;
-                        }
-                    }
-                    return Poll::Pending;
+                Poll::Pending => {}
+            }
+            if this.screen.at_head() {
+                // hyper asks for a head: it is between requests (half-close is on, so it does
+                // not read while a response is pending). Register before looking at the flags.
+                if let Some((_, flags)) = this.slot() {
+                    flags.waker.register(cx.waker());
+                    flags.waiting.store(true, Relaxed);
+                }
+                if let Some(why) = this.close_reason(now) {
+                    this.close(why);
+                    continue;
                 }
             }
+            let Some(d) = this.deadline(now) else {
+                return Poll::Pending;
+            };
+            if now >= d {
+                // A stalled request body.
+                this.eof = true;
+                continue;
+            }
+            if this.sleep.deadline() != d {
+                this.sleep.as_mut().reset(d);
+            }
+            if this.sleep.as_mut().poll(cx).is_ready() {
+                continue;
+            }
+            return Poll::Pending;
         }
     }
 }
@@ -474,6 +480,26 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     }
 }
 
+/// Listen backlog of [`bind`]: connections the kernel completes before they are accepted
+/// (tokio's `TcpListener::bind` uses 128, which a burst of connections overflows: a dropped
+/// SYN costs a client a 1 s retransmission, `/healthz` included).
+pub const BACKLOG: u32 = 1024;
+
+/// Bind the API's listener (`host:port`, the first address it resolves to) with [`BACKLOG`].
+pub async fn bind(addr: &str) -> io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: no address"))
+    })?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serve `app` on `listener` until `shutdown` completes, then finish the requests in progress.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -500,7 +526,6 @@ pub(crate) async fn serve(
         .keep_alive(true)
         .header_read_timeout(None);
     let http = Arc::new(http);
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -521,13 +546,12 @@ pub(crate) async fn serve(
                     continue;
                 };
                 let slot = shared.register(permit);
-                tasks.spawn(connection(sock, peer, slot, app.clone(), http.clone(), stop_rx.clone()));
+                tasks.spawn(connection(sock, peer, slot, app.clone(), http.clone()));
             }
         }
     }
     drop(listener);
     shared.stop();
-    let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
@@ -545,34 +569,23 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// One connection, until it closes or the server stops.
+/// One connection, until it closes. At shutdown the screen ends it when hyper next asks for a
+/// request head (at once when it is waiting for one; after the response in progress otherwise).
+/// hyper's own graceful shutdown is not used: it does not close a connection that has not
+/// completed a first request, and it would close one without the screen's answer.
 async fn connection(
     sock: TcpStream,
     peer: SocketAddr,
     slot: Slot,
     app: Router,
     http: Arc<http1::Builder>,
-    mut stop: watch::Receiver<bool>,
 ) {
     let _ = sock.set_nodelay(true);
     let conn = http.serve_connection(
         TokioIo::new(Guarded::new(sock, slot)),
         Service { app, peer },
     );
-    tokio::pin!(conn);
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "api: connection ended with an error");
-                }
-                return;
-            }
-            _ = stop.changed(), if !stopping => {
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "api: connection ended with an error");
     }
 }

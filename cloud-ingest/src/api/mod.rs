@@ -119,6 +119,7 @@ use axum::Router;
 
 pub use auth::hash_token;
 pub use config::{ApiConfig, Role, TokenConfig};
+pub use conn::{bind, BACKLOG};
 pub use head::{MAX_HEAD, MAX_HEADERS, MAX_URI};
 pub use limit::ApiStats;
 

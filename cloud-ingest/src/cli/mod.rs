@@ -298,7 +298,7 @@ async fn serve(cfg: IngestConfig, config_path: Option<&Path>) -> Result<ExitCode
         ready.clone(),
         stop_rx.clone(),
     ));
-    let listener = tokio::net::TcpListener::bind(&cfg.api.listen).await?;
+    let listener = crate::api::bind(&cfg.api.listen).await?;
     tracing::info!(address = %listener.local_addr()?, "HTTP API at http://{}/api/v1 (OpenAPI: /api/v1/openapi.json)", listener.local_addr()?);
     let state = crate::api::ApiState {
         store: store.clone(),
