@@ -180,6 +180,23 @@ fn check_config_accepts_the_example_and_names_the_line_of_an_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2") && err.contains("brokr"), "{err}");
+    // [api] robustness keys are validated too.
+    for (text, needle) in [
+        ("[api]\nheader_timeout_ms = 0\n", "header_timeout_ms"),
+        ("[api]\ncors_origins = [\"*\"]\n", "cors_origins"),
+        ("[api]\nrate_limit_per_ip = -1\n", "rate_limit_per_ip"),
+    ] {
+        std::fs::write(&bad, text).expect("write");
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&bad)
+            .arg("check-config")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("[api]") && err.contains(needle), "{err}");
+    }
 }
 
 fn check_config(path: &std::path::Path) -> (Option<i32>, String, String) {

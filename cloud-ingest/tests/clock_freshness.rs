@@ -173,6 +173,7 @@ async fn bad_quality_only_is_stale_and_every_time_is_on_the_simulated_clock() {
             role: Role::Admin,
             sha256: hash_token(TOKEN),
         }],
+        ..ApiConfig::default()
     };
     let app = router(ApiState {
         store: store.clone(),
@@ -180,6 +181,7 @@ async fn bad_quality_only_is_stale_and_every_time_is_on_the_simulated_clock() {
         config: Arc::new(config),
         ready: Arc::new(AtomicBool::new(true)),
         reconciler: Some(r),
+        api_stats: Default::default(),
     });
     let me = get(&app, "/api/v1/whoami").await;
     assert_eq!(me[0]["clock"], "simulated");

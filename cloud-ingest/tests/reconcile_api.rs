@@ -46,6 +46,7 @@ async fn app_with_sim_model() -> (Router, Arc<SqliteStore>, TempDir) {
             token("viewer", Role::Viewer, VIEWER),
             token("operator", Role::Operator, OPERATOR),
         ],
+        ..ApiConfig::default()
     };
     let app = router(ApiState {
         store: store.clone(),
@@ -53,6 +54,7 @@ async fn app_with_sim_model() -> (Router, Arc<SqliteStore>, TempDir) {
         config: Arc::new(config),
         ready: Arc::new(AtomicBool::new(true)),
         reconciler: Some(Arc::new(r)),
+        api_stats: Default::default(),
     });
     (app, store, dir)
 }

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::config::{ApiConfig, Role};
+use super::limit::Limits;
 use super::problem::Problem;
 
 /// Hex (lowercase) SHA-256 of a token: the value to put in `[[api.tokens]] sha256`.
@@ -84,6 +85,7 @@ impl TokenTable {
 #[derive(Clone)]
 pub(crate) struct Guard {
     pub(crate) tokens: Arc<TokenTable>,
+    pub(crate) limits: Arc<Limits>,
     pub(crate) needs: Role,
 }
 
@@ -99,8 +101,9 @@ fn bearer(req: &Request) -> Option<Result<&str, ()>> {
     Some(parsed.ok_or(()))
 }
 
-/// Middleware: 401 without a known bearer token, 403 when its role does not grant the route's;
-/// otherwise the request goes on with its [`Principal`] in the extensions.
+/// Middleware: 401 without a known bearer token, 429 when the token is over its rate limit,
+/// 403 when its role does not grant the route's; otherwise the request goes on with its
+/// [`Principal`] in the extensions.
 pub(crate) async fn require(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
     let principal = match bearer(&req) {
         None => {
@@ -122,6 +125,9 @@ pub(crate) async fn require(State(g): State<Guard>, mut req: Request, next: Next
             None => return Problem::unauthorized("unknown bearer token", true).into_response(),
         },
     };
+    if let Err(p) = g.limits.check_token(&principal.name) {
+        return p.into_response();
+    }
     if !principal.role.grants(g.needs) {
         let also = if g.needs == Role::Admin {
             String::new()

@@ -11,6 +11,20 @@
 //! # printf %s "$TOKEN" | sha256sum
 //! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! ```
+//!
+//! Robustness keys (defaults shown; `config/cloud-ingest.example.toml` documents them too):
+//!
+//! ```toml
+//! [api]
+//! header_timeout_ms = 10000     # a request head must arrive within this (else 408, closed)
+//! idle_timeout_ms = 60000       # a keep-alive connection without a request is closed after this
+//! max_connections = 1024        # open connections; more: the oldest idle one is closed
+//! cors_origins = []             # browser origins allowed cross-origin (none: CORS off)
+//! rate_limit_per_ip = 50.0      # requests per second per client address (0 = no limit)
+//! rate_limit_per_ip_burst = 200
+//! rate_limit_per_token = 25.0   # requests per second per bearer token (0 = no limit)
+//! rate_limit_per_token_burst = 200
+//! ```
 
 use std::collections::HashSet;
 use std::fmt;
@@ -29,6 +43,37 @@ pub struct ApiConfig {
     /// route answers 401 (the open probes `/healthz`, `/readyz`, `/metrics` still work).
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// Milliseconds a client has to send a whole request head once the server waits for one
+    /// (slow-header clients get a 408 problem and are closed). Default 10,000.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Milliseconds a keep-alive connection may wait for its next request (and a request body
+    /// may stall) before it is closed. Default 60,000.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Most open connections. At the limit a new connection closes the oldest one that is
+    /// waiting for a request head (idle or slow), so `/healthz` always gets through; when every
+    /// connection is busy with a request the new one waits up to 1 s, then is closed. Default 1,024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Browser origins (`https://ops.example.com`) allowed to call the API cross-origin: their
+    /// preflights are answered and their responses carry `Access-Control-Allow-Origin`. Empty
+    /// (default): CORS off, every preflight is refused (403).
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Requests per second per client address (IPv6: per /64), token bucket; 0 = no limit.
+    /// `/healthz` and `/readyz` are exempt. Default 50.
+    #[serde(default = "default_rate_ip")]
+    pub rate_limit_per_ip: f64,
+    /// Bucket size per client address (requests that may come at once). Default 200.
+    #[serde(default = "default_burst")]
+    pub rate_limit_per_ip_burst: u32,
+    /// Requests per second per bearer token (after authentication); 0 = no limit. Default 25.
+    #[serde(default = "default_rate_token")]
+    pub rate_limit_per_token: f64,
+    /// Bucket size per bearer token. Default 200.
+    #[serde(default = "default_burst")]
+    pub rate_limit_per_token_burst: u32,
 }
 
 impl Default for ApiConfig {
@@ -36,6 +81,14 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: default_listen(),
             tokens: Vec::new(),
+            header_timeout_ms: default_header_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_connections: default_max_connections(),
+            cors_origins: Vec::new(),
+            rate_limit_per_ip: default_rate_ip(),
+            rate_limit_per_ip_burst: default_burst(),
+            rate_limit_per_token: default_rate_token(),
+            rate_limit_per_token_burst: default_burst(),
         }
     }
 }
@@ -43,6 +96,31 @@ impl Default for ApiConfig {
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_rate_ip() -> f64 {
+    50.0
+}
+fn default_rate_token() -> f64 {
+    25.0
+}
+fn default_burst() -> u32 {
+    200
+}
+
+/// Shortest and longest `header_timeout_ms` / `idle_timeout_ms`.
+const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+/// Largest `max_connections`.
+const MAX_CONNECTIONS: usize = 1_000_000;
+/// Largest burst.
+const MAX_BURST: u32 = 1_000_000;
 
 /// `[[api.tokens]]`: one accepted bearer token.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -122,13 +200,72 @@ impl fmt::Display for Role {
 
 impl ApiConfig {
     /// Check what serde cannot: `listen` looks like `host:port`, every `sha256` is 64 hex digits,
-    /// token names and hashes are unique. Call at startup; a token whose hash is malformed is
-    /// otherwise never accepted (and logged once when the router is built).
+    /// token names and hashes are unique, timeouts, limits and origins are sane. Call at
+    /// startup; a token whose hash is malformed is otherwise never accepted (and logged once
+    /// when the router is built).
     pub fn validate(&self) -> Result<(), String> {
         match self.listen.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
             _ => return Err(format!("api.listen {:?} must be host:port", self.listen)),
         }
+        self.validate_tokens()?;
+        self.validate_limits()?;
+        let mut seen = HashSet::new();
+        for o in &self.cors_origins {
+            check_origin(o)?;
+            if !seen.insert(o.as_str()) {
+                return Err(format!("api.cors_origins: {o:?} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), String> {
+        for (key, v) in [
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if !TIMEOUT_MS.contains(&v) {
+                return Err(format!(
+                    "api.{key} = {v}: must be {} ..= {} (milliseconds)",
+                    TIMEOUT_MS.start(),
+                    TIMEOUT_MS.end()
+                ));
+            }
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(format!(
+                "api.max_connections = {}: must be 1 ..= {MAX_CONNECTIONS}",
+                self.max_connections
+            ));
+        }
+        for (key, rate, burst) in [
+            (
+                "per_ip",
+                self.rate_limit_per_ip,
+                self.rate_limit_per_ip_burst,
+            ),
+            (
+                "per_token",
+                self.rate_limit_per_token,
+                self.rate_limit_per_token_burst,
+            ),
+        ] {
+            if !rate.is_finite() || rate < 0.0 {
+                return Err(format!(
+                    "api.rate_limit_{key} = {rate}: requests per second, 0 (no limit) or more"
+                ));
+            }
+            if rate > 0.0 && !(1..=MAX_BURST).contains(&burst) {
+                return Err(format!(
+                    "api.rate_limit_{key}_burst = {burst}: must be 1 ..= {MAX_BURST}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tokens(&self) -> Result<(), String> {
         let mut names = HashSet::new();
         let mut hashes = HashSet::new();
         for t in &self.tokens {
@@ -153,6 +290,51 @@ impl ApiConfig {
         }
         Ok(())
     }
+}
+
+/// A CORS origin as browsers send it: `http(s)://host[:port]`, no path, no wildcard.
+fn check_origin(o: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "api.cors_origins: {o:?} {why} (an origin is scheme://host[:port], e.g. \"https://ops.example.com\")"
+        ))
+    };
+    let Some(rest) = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+    else {
+        return bad("must start with https:// or http://");
+    };
+    // `[v6]:port`, `host:port` or a bare host.
+    let split = match rest.find(']') {
+        Some(end) if rest.starts_with('[') => {
+            let (h, tail) = rest.split_at(end + 1);
+            (tail.is_empty() || tail.starts_with(':')).then(|| (h, tail.strip_prefix(':')))
+        }
+        _ => Some(match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }),
+    };
+    let Some((host, port)) = split else {
+        return bad("has an invalid host");
+    };
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b))
+    {
+        return bad("has no valid host (no path, wildcard or trailing slash)");
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return bad("must be lower case (browsers send origins lower case)");
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return bad("has an invalid port");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -193,7 +375,7 @@ mod tests {
         let h = super::super::hash_token("t");
         let mut c = ApiConfig {
             listen: "localhost".into(),
-            tokens: vec![],
+            ..ApiConfig::default()
         };
         assert!(c.validate().unwrap_err().contains("listen"));
         c.listen = "localhost:8080".into();
@@ -209,6 +391,59 @@ mod tests {
             !format!("{:?}", c.tokens[0]).contains(&h),
             "Debug leaves the hash out"
         );
+    }
+
+    #[test]
+    fn robustness_keys_parse_and_are_validated() {
+        let f: File = toml::from_str(
+            "[api]\nheader_timeout_ms = 500\nidle_timeout_ms = 1000\nmax_connections = 8\n\
+             cors_origins = [\"https://ops.example.com\", \"http://[::1]:8080\"]\n\
+             rate_limit_per_ip = 1\nrate_limit_per_ip_burst = 3\nrate_limit_per_token = 0.5\n",
+        )
+        .expect("parses (an integer rate is a number)");
+        assert_eq!(f.api.rate_limit_per_ip, 1.0);
+        assert_eq!(f.api.rate_limit_per_token, 0.5);
+        assert_eq!(f.api.rate_limit_per_token_burst, 200);
+        f.api.validate().expect("valid");
+        let bad = |edit: &dyn Fn(&mut ApiConfig), needle: &str| {
+            let mut c = ApiConfig::default();
+            edit(&mut c);
+            let e = c.validate().expect_err(needle);
+            assert!(e.contains(needle), "{e}");
+        };
+        bad(&|c| c.header_timeout_ms = 0, "header_timeout_ms");
+        bad(&|c| c.idle_timeout_ms = 10_000_000, "idle_timeout_ms");
+        bad(&|c| c.max_connections = 0, "max_connections");
+        bad(&|c| c.rate_limit_per_ip = -1.0, "rate_limit_per_ip");
+        bad(
+            &|c| c.rate_limit_per_token = f64::NAN,
+            "rate_limit_per_token",
+        );
+        bad(
+            &|c| c.rate_limit_per_ip_burst = 0,
+            "rate_limit_per_ip_burst",
+        );
+        for o in [
+            "*",
+            "ops.example.com",
+            "https://ops.example.com/",
+            "https://ops.example.com/console",
+            "https://OPS.example.com",
+            "https://ops.example.com:0",
+            "https://",
+        ] {
+            bad(&|c| c.cors_origins = vec![o.into()], "cors_origins");
+        }
+        bad(
+            &|c| c.cors_origins = vec!["https://a.example".into(), "https://a.example".into()],
+            "twice",
+        );
+        let off = ApiConfig {
+            rate_limit_per_ip: 0.0,
+            rate_limit_per_ip_burst: 0,
+            ..ApiConfig::default()
+        };
+        off.validate().expect("no limit needs no burst");
     }
 
     #[test]

@@ -1,16 +1,18 @@
-//! `GET /metrics`: the consumer's counters in the Prometheus text exposition format (0.0.4),
-//! as `flowsquare_ingest_*`, each with its `# HELP` and `# TYPE` lines.
+//! `GET /metrics`: the consumer's counters and the API's own (connections, rate limits) in the
+//! Prometheus text exposition format (0.0.4), as `flowsquare_ingest_*`, each with its `# HELP`
+//! and `# TYPE` lines.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
+use super::limit::ApiStats;
 use crate::consume::run::ConsumerStats;
 
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Render the exposition.
-pub fn render(stats: &ConsumerStats, ready: &AtomicBool) -> String {
+pub fn render(stats: &ConsumerStats, ready: &AtomicBool, api: &ApiStats) -> String {
     let mut s = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
         // Writing to a String cannot fail.
@@ -41,7 +43,38 @@ pub fn render(stats: &ConsumerStats, ready: &AtomicBool) -> String {
         u64::from(ready.load(Relaxed)),
     );
     stats.poll_to_commit.render(&mut s);
+    render_api(&mut s, api);
     s
+}
+
+/// The API's counters.
+fn render_api(s: &mut String, api: &ApiStats) {
+    let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+        // Writing to a String cannot fail.
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    };
+    metric(
+        "flowsquare_ingest_api_connections",
+        "gauge",
+        "HTTP API connections open now.",
+        api.connections_open.load(Relaxed),
+    );
+    let counters = [
+        ("flowsquare_ingest_api_connections_evicted_total", "Connections waiting for a request head closed at [api] max_connections to make room for a new one.", &api.connections_evicted),
+        ("flowsquare_ingest_api_connections_refused_total", "Connections refused at [api] max_connections (every connection busy).", &api.connections_refused),
+        ("flowsquare_ingest_api_header_timeouts_total", "Request heads not complete within [api] header_timeout_ms (408, closed).", &api.header_timeouts),
+        ("flowsquare_ingest_api_bad_requests_total", "Request heads refused before routing: malformed (400), URI too long (414), too large (431).", &api.bad_requests),
+    ];
+    for (name, help, c) in counters {
+        metric(name, "counter", help, c.load(Relaxed));
+    }
+    let name = "flowsquare_ingest_api_rate_limited_total";
+    let _ = writeln!(
+        s,
+        "# HELP {name} Requests answered 429 by a rate limit (scope: ip = per client address, token = per bearer token).\n# TYPE {name} counter\n{name}{{scope=\"ip\"}} {}\n{name}{{scope=\"token\"}} {}",
+        api.rate_limited_ip.load(Relaxed),
+        api.rate_limited_token.load(Relaxed)
+    );
 }
 
 #[cfg(test)]
@@ -52,13 +85,17 @@ mod tests {
     fn every_sample_has_help_and_type() {
         let stats = ConsumerStats::default();
         stats.stored_readings.fetch_add(1234, Relaxed);
-        let text = render(&stats, &AtomicBool::new(true));
+        let api = ApiStats::default();
+        api.rate_limited_token.fetch_add(3, Relaxed);
+        let text = render(&stats, &AtomicBool::new(true), &api);
         assert!(text.contains("\nflowsquare_ingest_stored_readings_total 1234\n"));
         assert!(text.contains("\nflowsquare_ingest_consumer_connected 1\n"));
+        assert!(text.contains("\nflowsquare_ingest_api_rate_limited_total{scope=\"token\"} 3\n"));
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        // 10 counters and gauges, the latency histogram's buckets (+Inf), sum and count.
+        // 10 counters and gauges, the latency histogram's buckets (+Inf), sum and count; the
+        // API's 5 counters and gauges and its rate-limit counter's 2 scopes.
         let buckets = crate::consume::latency::BUCKETS_S.len() + 1;
-        assert_eq!(samples.len(), 10 + buckets + 2);
+        assert_eq!(samples.len(), 10 + buckets + 2 + 5 + 2);
         for l in samples {
             let name = l.split([' ', '{']).next().unwrap_or_default();
             let name = ["_bucket", "_sum", "_count"]

@@ -68,19 +68,41 @@
 //!   (`WWW-Authenticate: Bearer`), 403 role too low (naming the role needed), 404 unknown route
 //!   or tag, 405 wrong method, 503 database unavailable (transient store errors, timeouts;
 //!   `Retry-After`), 500 otherwise. Handlers run in their own task: a panic is a 500, not a
-//!   dropped connection.
+//!   dropped connection. Errors hyper would answer itself before routing (malformed request
+//!   line or header 400, URI too long 414, head too large 431, head too slow 408) are answered
+//!   by the connection layer (`conn.rs`, `head.rs`) with the same problem bodies; 429 when a
+//!   rate limit is exhausted (`Retry-After`).
+//! - Every response carries `X-Request-Id` (the client's, when sane, else a new one), also in
+//!   problem bodies (`request_id`) and in the request's tracing span (`request_id.rs`).
+//!
+//! # Robustness (`[api]` keys)
+//!
+//! `conn.rs` serves HTTP/1.1 over its own accept loop: header timeout (`header_timeout_ms`,
+//! 408), idle keep-alive timeout (`idle_timeout_ms`), a connection limit (`max_connections`;
+//! at the limit the oldest connection waiting for a request head is closed, so slow clients
+//! cannot starve `/healthz`), graceful shutdown. `cors.rs`: CORS for `cors_origins` only (off by
+//! default). `limit.rs`: token-bucket rate limits per client address (before routing; the
+//! probes exempt) and per token (after authentication), bounded memory, counted on `/metrics`.
+//!
+//! Layers, outermost first: request id → problem finishing (`problem::finish`) → CORS → rate
+//! limit per address → routes (authentication → rate limit per token → handler).
 
 mod amend;
 mod audit;
 mod auth;
 mod config;
+mod conn;
 mod console;
+mod cors;
 mod freshness;
+mod head;
+mod limit;
 mod metrics;
 mod openapi;
 mod params;
 mod problem;
 mod recon;
+mod request_id;
 mod routes;
 
 #[cfg(test)]
@@ -97,6 +119,9 @@ use axum::Router;
 
 pub use auth::hash_token;
 pub use config::{ApiConfig, Role, TokenConfig};
+pub use conn::{bind, BACKLOG};
+pub use head::{MAX_HEAD, MAX_HEADERS, MAX_URI};
+pub use limit::ApiStats;
 
 use crate::consume::ConsumerStats;
 use crate::store::Store;
@@ -114,17 +139,22 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// The site model (`[reconcile]`), for validation and on-demand runs; None: not configured.
     pub reconciler: Option<Arc<crate::reconcile::Reconciler>>,
+    /// The API's own counters (connections, rate limits), for `/metrics`.
+    pub api_stats: Arc<ApiStats>,
 }
 
 /// The API's router, with its state.
 pub fn router(state: ApiState) -> Router {
     let tokens = Arc::new(auth::TokenTable::new(&state.config));
+    let limits = Arc::new(limit::Limits::new(&state.config, state.api_stats.clone()));
+    let cors = Arc::new(cors::Cors::new(&state.config.cors_origins));
     let mut r = Router::new();
     for (path, _method, needs, handler) in routes::table() {
         let handler = match needs {
             Some(needs) => handler.route_layer(from_fn_with_state(
                 auth::Guard {
                     tokens: tokens.clone(),
+                    limits: limits.clone(),
                     needs,
                 },
                 auth::require,
@@ -138,19 +168,31 @@ pub fn router(state: ApiState) -> Router {
     }
     r.fallback(routes::not_found)
         .with_state(state)
+        .layer(from_fn_with_state(limits, limit::per_ip))
+        .layer(from_fn_with_state(cors, cors::apply))
         .layer(from_fn(problem::finish))
+        .layer(from_fn(request_id::assign))
 }
 
-/// Serve the API on `listener` until `shutdown` completes (then finish the requests in progress).
+/// Serve the API on `listener` until `shutdown` completes (then finish the requests in
+/// progress), with the connection layer's timeouts and limits (`conn.rs`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, tokens = state.config.tokens.len(), "api listening");
+        let c = &state.config;
+        tracing::info!(
+            %addr,
+            tokens = c.tokens.len(),
+            max_connections = c.max_connections,
+            header_timeout_ms = c.header_timeout_ms,
+            cors_origins = c.cors_origins.len(),
+            "api listening"
+        );
     }
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let config = state.config.clone();
+    let stats = state.api_stats.clone();
+    conn::serve(listener, router(state), &config, stats, shutdown).await
 }

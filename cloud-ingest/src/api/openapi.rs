@@ -14,6 +14,7 @@ pub fn document() -> &'static Value {
         let mut doc = build();
         add_reconciliation(&mut doc);
         add_console(&mut doc);
+        add_robustness(&mut doc);
         doc
     })
 }
@@ -208,13 +209,14 @@ fn build() -> Value {
                     "type": "object", "description": "RFC 7807 problem details.",
                     "required": ["type", "title", "status", "detail", "instance"],
                     "properties": {
-                        "type": { "type": "string", "description": "URI of the kind: urn:flowsquare:problem:{bad-parameter, unauthorized, forbidden, not-found, method-not-allowed, conflict, invalid-body, unavailable, internal}." },
+                        "type": { "type": "string", "description": "URI of the kind: urn:flowsquare:problem:{bad-parameter, bad-request, unauthorized, forbidden, not-found, method-not-allowed, request-timeout, conflict, uri-too-long, invalid-body, rate-limited, headers-too-large, unavailable, internal}." },
                         "title": string("Summary of the kind."),
                         "status": { "type": "integer", "description": "HTTP status." },
                         "detail": string("What went wrong in this request."),
                         "instance": string("The request path."),
                         "parameter": string("For 400: the parameter at fault."),
-                        "errors": { "type": "array", "items": { "type": "string" }, "description": "For 422: every problem with the request body." }
+                        "errors": { "type": "array", "items": { "type": "string" }, "description": "For 422: every problem with the request body." },
+                        "request_id": string("The request's id, as in the `X-Request-Id` response header.")
                     }
                 },
                 "Status": {
@@ -726,4 +728,64 @@ fn add_console(doc: &mut Value) {
     merge(doc, "/paths", paths);
     merge(doc, "/components/parameters", params);
     merge(doc, "/components/schemas", schemas);
+}
+
+/// What every operation shares: the `X-Request-Id` request and response header, 429 on every
+/// rate-limited route (all but the probes), and the answers of the connection layer.
+fn add_robustness(doc: &mut Value) {
+    let id_header = json!({ "$ref": "#/components/headers/XRequestId" });
+    if let Some(Value::Object(paths)) = doc.get_mut("paths") {
+        for (path, item) in paths.iter_mut() {
+            let limited = !matches!(path.as_str(), "/healthz" | "/readyz");
+            let Value::Object(ops) = item else { continue };
+            for op in ops.values_mut() {
+                if let Value::Array(ps) = &mut op["parameters"] {
+                    ps.push(param("XRequestId"));
+                } else {
+                    op["parameters"] = json!([param("XRequestId")]);
+                }
+                let Some(Value::Object(responses)) = op.get_mut("responses") else {
+                    continue;
+                };
+                for r in responses.values_mut() {
+                    if r.get("$ref").is_none() {
+                        r["headers"]["X-Request-Id"] = id_header.clone();
+                    }
+                }
+                if limited {
+                    responses.insert(
+                        "429".into(),
+                        json!({ "$ref": "#/components/responses/TooManyRequests" }),
+                    );
+                }
+            }
+        }
+    }
+    doc["components"]["headers"] = json!({
+        "XRequestId": { "description": "The request's id: the client's `X-Request-Id` when sane, else a new one (32 hex digits); also in problem bodies and the service log.", "schema": { "type": "string" } },
+        "RetryAfter": { "description": "Seconds to wait.", "schema": { "type": "integer" } }
+    });
+    doc["components"]["parameters"]["XRequestId"] = json!({
+        "name": "X-Request-Id", "in": "header", "required": false,
+        "description": "An id for this request (1–128 of `A-Z a-z 0-9 - _ . : + / = @`); echoed in the response. Otherwise (or when not sane) the server makes one.",
+        "schema": { "type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9._:+/=@-]+$" }
+    });
+    doc["components"]["responses"]["TooManyRequests"] = json!({
+        "description": "A rate limit is exhausted (per client address, `[api] rate_limit_per_ip`; per token, `rate_limit_per_token`). Retry after `Retry-After` seconds.",
+        "headers": { "Retry-After": { "$ref": "#/components/headers/RetryAfter" } },
+        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+    });
+    if let Some(Value::Object(responses)) = doc.pointer_mut("/components/responses") {
+        for r in responses.values_mut() {
+            r["headers"]["X-Request-Id"] = id_header.clone();
+        }
+    }
+    if let Some(Value::String(d)) = doc.pointer_mut("/info/description") {
+        d.push_str(concat!(
+            "\n\nEvery response carries `X-Request-Id` (the client's when sane, else a new one); problem bodies repeat it in `request_id`. ",
+            "Before routing, the server answers problem+json itself: 400 (malformed request line or header), 408 (request head not complete within `[api] header_timeout_ms`), ",
+            "414 (request target over 8 KiB), 431 (head over 32 KiB or more than 64 header lines), 503 (closed at the connection limit or at shutdown), each with `Connection: close`. ",
+            "429: a rate limit (per client address or per token) is exhausted (`Retry-After`). CORS is answered only for `[api] cors_origins`."
+        ));
+    }
 }

@@ -3,21 +3,30 @@
 //! errors produced by axum itself (unknown route, wrong method, extractor rejections) are
 //! rewritten, and a panicking handler becomes a 500 instead of a dropped connection.
 //!
-//! Body: `{"type", "title", "status", "detail", "instance"}` plus, for 400, `"parameter"` (the
-//! query or path parameter at fault). `type` is a URN naming the kind of problem:
+//! Body: `{"type", "title", "status", "detail", "instance", "request_id"}` plus, for 400,
+//! `"parameter"` (the query or path parameter at fault). `request_id` is the request's
+//! `X-Request-Id` (`request_id.rs`). `type` is a URN naming the kind of problem:
 //!
 //! | status | `type`                                  |
 //! |--------|-----------------------------------------|
-//! | 400    | `urn:flowsquare:problem:bad-parameter`  |
+//! | 400    | `urn:flowsquare:problem:bad-parameter`; `bad-request` for a malformed request line or header (`conn.rs`) |
 //! | 401    | `urn:flowsquare:problem:unauthorized`   |
-//! | 403    | `urn:flowsquare:problem:forbidden`      |
+//! | 403    | `urn:flowsquare:problem:forbidden` (a role too low, a CORS origin not allowed) |
 //! | 404    | `urn:flowsquare:problem:not-found`      |
 //! | 405    | `urn:flowsquare:problem:method-not-allowed` |
+//! | 408    | `urn:flowsquare:problem:request-timeout` (the request head did not arrive in time) |
 //! | 409    | `urn:flowsquare:problem:conflict`       |
+//! | 414    | `urn:flowsquare:problem:uri-too-long`   |
 //! | 422    | `urn:flowsquare:problem:invalid-body` (+ `errors`: every problem with the body) |
+//! | 429    | `urn:flowsquare:problem:rate-limited` (`Retry-After`) |
+//! | 431    | `urn:flowsquare:problem:headers-too-large` |
 //! | 500    | `urn:flowsquare:problem:internal`       |
-//! | 503    | `urn:flowsquare:problem:unavailable`    |
+//! | 503    | `urn:flowsquare:problem:unavailable` (`Retry-After`) |
 //! | other  | `about:blank` (title = the HTTP reason) |
+//!
+//! Errors found before a request reaches the router (malformed or oversized heads, slow heads,
+//! connections closed at the connection limit) are answered by the connection layer with the
+//! same bodies ([`Problem::http1_response`]).
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -26,14 +35,16 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tracing::Instrument as _;
 
+use super::request_id::RequestId;
 use crate::store::StoreError;
 
 /// The media type of problem bodies.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Seconds a client should wait before retrying after a 503.
-const RETRY_AFTER_S: &str = "5";
+const RETRY_AFTER_S: u64 = 5;
 
 /// Largest body of a non-problem error response that is kept as the problem's detail.
 const MAX_DETAIL: usize = 1024;
@@ -63,9 +74,15 @@ struct Body7807 {
     /// For 422: every problem with the request body.
     #[serde(skip_serializing_if = "Option::is_none")]
     errors: Option<Vec<String>>,
+    /// The request's id (`X-Request-Id`; filled in by the outermost layer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
     /// `WWW-Authenticate` challenge for 401.
     #[serde(skip)]
     challenge: Option<&'static str>,
+    /// `Retry-After` seconds (429; 503 defaults to 5).
+    #[serde(skip)]
+    retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -78,7 +95,9 @@ impl Problem {
             instance: None,
             parameter: None,
             errors: None,
+            request_id: None,
             challenge: None,
+            retry_after: None,
         }))
     }
 
@@ -154,6 +173,70 @@ impl Problem {
         )
     }
 
+    /// 429: a rate limit is exhausted; retry after `retry_after_s` seconds (`Retry-After`).
+    pub fn too_many_requests(detail: impl Into<String>, retry_after_s: u64) -> Problem {
+        let mut p = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            detail,
+        );
+        p.0.retry_after = Some(retry_after_s.max(1));
+        p
+    }
+
+    /// A problem found by the connection layer before routing: 400 (malformed request line or
+    /// header), 408 (head too slow), 414, 431, 503 (connection limit, shutting down).
+    pub(crate) fn protocol(status: StatusCode, detail: impl Into<String>) -> Problem {
+        let (slug, title) = match status {
+            StatusCode::BAD_REQUEST => ("bad-request", "Malformed request"),
+            StatusCode::REQUEST_TIMEOUT => ("request-timeout", "Request head timeout"),
+            StatusCode::URI_TOO_LONG => ("uri-too-long", "URI too long"),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+                ("headers-too-large", "Request headers too large")
+            }
+            StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "Service unavailable"),
+            _ => return Problem::for_status(status, detail.into()),
+        };
+        Problem::new(status, slug, title, detail)
+    }
+
+    /// Set `instance` (the request path) and `request_id`.
+    pub(crate) fn at(mut self, instance: Option<String>, request_id: Option<String>) -> Problem {
+        self.0.instance = instance;
+        self.0.request_id = request_id;
+        self
+    }
+
+    /// The whole HTTP/1.1 response (head and body, `Connection: close`) for the connection
+    /// layer, which answers before any router exists.
+    pub(crate) fn http1_response(&self) -> Vec<u8> {
+        let status = self.status_code();
+        let body = serde_json::to_vec(&*self.0).unwrap_or_default();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: {PROBLEM_JSON}\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error"),
+            body.len()
+        );
+        if let Some(id) = &self.0.request_id {
+            head.push_str(&format!("{}: {id}\r\n", super::request_id::HEADER));
+        }
+        if let Some(s) = self.retry_after_s() {
+            head.push_str(&format!("retry-after: {s}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn retry_after_s(&self) -> Option<u64> {
+        self.0
+            .retry_after
+            .or((self.0.status == 503).then_some(RETRY_AFTER_S))
+    }
+
     /// 500.
     pub fn internal(detail: impl Into<String>) -> Problem {
         Problem::new(
@@ -184,7 +267,9 @@ impl Problem {
                 instance: None,
                 parameter: None,
                 errors: None,
+                request_id: None,
                 challenge: None,
+                retry_after: None,
             })),
         }
     }
@@ -232,8 +317,8 @@ impl IntoResponse for Problem {
         if let Some(c) = self.0.challenge {
             h.insert(WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
-        if self.0.status == 503 {
-            h.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+        if let Some(s) = self.retry_after_s() {
+            h.insert(RETRY_AFTER, HeaderValue::from(s));
         }
         // The outermost layer finds it here to add the `instance`.
         res.extensions_mut().insert(self);
@@ -241,11 +326,14 @@ impl IntoResponse for Problem {
     }
 }
 
-/// Outermost middleware: runs the request in its own task (a panic becomes a 500 problem), then
-/// gives every error response a complete problem body with `instance` = the request path.
+/// Outer middleware (inside the request id's): runs the request in its own task, in the
+/// request's span (a panic becomes a 500 problem), then gives every error response a complete
+/// problem body with `instance` = the request path and the request id.
 pub(crate) async fn finish(req: Request, next: Next) -> Response {
     let instance = req.uri().path().to_owned();
-    let res = match tokio::spawn(next.run(req)).await {
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let task = next.run(req).instrument(tracing::Span::current());
+    let res = match tokio::spawn(task).await {
         Ok(res) => res,
         Err(e) => {
             tracing::error!(path = %instance, error = %e, "api: handler failed");
@@ -272,8 +360,7 @@ pub(crate) async fn finish(req: Request, next: Next) -> Response {
             } else {
                 status.canonical_reason().unwrap_or("error").to_owned()
             };
-            let mut p = Problem::for_status(status, detail);
-            p.0.instance = Some(instance);
+            let p = Problem::for_status(status, detail).at(Some(instance), request_id);
             let mut out = p.into_response();
             // Keep what axum said beyond the body (e.g. `Allow` on 405).
             for (k, v) in parts.headers.iter() {
@@ -285,8 +372,7 @@ pub(crate) async fn finish(req: Request, next: Next) -> Response {
         }
         None => return res,
     };
-    let mut p = problem;
-    p.0.instance = Some(instance);
+    let p = problem.at(Some(instance), request_id);
     let (mut parts, _) = res.into_parts();
     parts.headers.remove(CONTENT_LENGTH);
     parts

@@ -259,7 +259,7 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 
 /// `GET /metrics`.
 async fn metrics_text(State(s): State<ApiState>) -> Response {
-    let mut res = metrics::render(&s.stats, &s.ready).into_response();
+    let mut res = metrics::render(&s.stats, &s.ready, &s.api_stats).into_response();
     res.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static(metrics::CONTENT_TYPE),

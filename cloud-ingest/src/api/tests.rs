@@ -215,6 +215,7 @@ pub(super) async fn fixture() -> Fixture {
             tok("audit", Role::Auditor, AUDITOR),
             tok("root", Role::Admin, ADMIN),
         ],
+        ..ApiConfig::default()
     };
     config.validate().expect("valid config");
     let state = ApiState {
@@ -223,6 +224,7 @@ pub(super) async fn fixture() -> Fixture {
         config: Arc::new(config),
         ready: Arc::new(AtomicBool::new(true)),
         reconciler: None,
+        api_stats: Default::default(),
     };
     Fixture {
         app: router(state.clone()),
@@ -989,6 +991,26 @@ async fn openapi_lists_every_route() {
         );
     }
     check_refs(&doc, &doc);
+    // Every operation takes and answers X-Request-Id; all but the probes may answer 429.
+    for (path, method, _, _) in &table {
+        let op = &doc["paths"][path][method];
+        let params = op["parameters"].as_array().expect("parameters");
+        assert!(
+            params.contains(&serde_json::json!({ "$ref": "#/components/parameters/XRequestId" })),
+            "{path}"
+        );
+        let limited = !matches!(*path, "/healthz" | "/readyz");
+        assert_eq!(op["responses"]["429"].is_object(), limited, "{path}: 429");
+        assert!(
+            op["responses"]["200"]["headers"]["X-Request-Id"].is_object()
+                || op["responses"]["200"].get("$ref").is_some()
+                || op["responses"]["201"].is_object(),
+            "{path}"
+        );
+    }
+    assert!(
+        doc["components"]["responses"]["TooManyRequests"]["headers"]["Retry-After"].is_object()
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
         "bearer"
@@ -1668,4 +1690,52 @@ async fn gaps_of_unknown_count_and_agent_buffers_are_shown() {
     assert_eq!(a1["buffer_replaced_ms"], T0 + 601_000);
     let a9 = agents.iter().find(|a| a["agent"] == "a9").expect("a9");
     assert!(a9["buffer"].is_null());
+}
+
+/// The request id names the request's span: every log line written while serving it carries it.
+#[tokio::test]
+async fn the_request_id_is_in_the_log_lines_of_the_request() {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let w = buf.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || w.clone())
+        .finish();
+    // This test's runtime is single-threaded: the handler's task logs on this thread too.
+    let _guard = tracing::subscriber::set_default(sub);
+    let f = fixture().await;
+    f.store.mode.store(1, Relaxed);
+    let req = Request::builder()
+        .uri("/api/v1/agents")
+        .header(AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .header("x-request-id", "log-test-7")
+        .body(Body::empty())
+        .expect("request");
+    let res = f.app.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["x-request-id"], "log-test-7");
+    let text = String::from_utf8(buf.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let warn = text
+        .lines()
+        .find(|l| l.contains("database unavailable"))
+        .unwrap_or_else(|| panic!("the handler's warning: {text}"));
+    assert!(warn.contains("request_id=log-test-7"), "{warn}");
+    assert!(
+        text.lines().any(|l| l.contains("api request")
+            && l.contains("request_id=log-test-7")
+            && l.contains("status=503")),
+        "{text}"
+    );
 }

@@ -318,7 +318,7 @@ async fn serve(cfg: IngestConfig, config_path: Option<&Path>) -> Result<ExitCode
         ready.clone(),
         stop_rx.clone(),
     ));
-    let listener = tokio::net::TcpListener::bind(&cfg.api.listen).await?;
+    let listener = crate::api::bind(&cfg.api.listen).await?;
     tracing::info!(address = %listener.local_addr()?, "HTTP API at http://{}/api/v1 (OpenAPI: /api/v1/openapi.json)", listener.local_addr()?);
     let state = crate::api::ApiState {
         store: store.clone(),
@@ -326,6 +326,7 @@ async fn serve(cfg: IngestConfig, config_path: Option<&Path>) -> Result<ExitCode
         config: Arc::new(cfg.api.clone()),
         ready: ready.clone(),
         reconciler: reconciler.clone(),
+        api_stats: Default::default(),
     };
     // The daily reconciliation and the 5-minute stale-tag check.
     let scheduler = match &reconciler {
