@@ -821,4 +821,58 @@ endpoint = "opc.tcp://127.0.0.1:4840/"
             ),
         }
     }
+
+    /// The security code: inline (works, warned, checked at load), from a file (read and
+    /// checked when the runtime starts), never from two places at once.
+    #[test]
+    fn the_security_code_comes_inline_or_from_a_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let map = |keys: &str| {
+            format!(
+                "[agent]\nsite = \"s\"\nid = \"gw\"\n\n[[device]]\nname = \"atg\"\nprotocol = \"tls-350\"\npoll_interval = \"5s\"\nhost = \"127.0.0.1\"\n{keys}\n  [[device.tag]]\n  name = \"t1/volume\"\n  tank = 1\n  field = \"volume\"\n"
+            )
+        };
+        let load = |keys: &str| parse_str("a.toml", &map(keys));
+        let code_of = |m: &TagMap| {
+            m.devices[0]
+                .driver
+                .tls350()
+                .map(|t| t.read_security_code().map(|c| c.expose().to_owned()))
+        };
+        let (m, warnings) = load("security_code = \"ABC123\"").expect("inline loads");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!((warnings[0].line, warnings[0].column), (10, 17));
+        assert!(warnings[0].message.contains(
+            "`security_code`: the console's security code is written in the configuration file"
+        ));
+        assert!(
+            !format!("{:?}", m.devices).contains("ABC123"),
+            "Debug hides it"
+        );
+        assert_eq!(code_of(&m), Some(Ok("ABC123".into())));
+
+        let file = dir.path().join("code");
+        std::fs::write(&file, "XYZ789\n").expect("write");
+        let keys = format!("security_code_file = {:?}", file.display().to_string());
+        let (m, warnings) = load(&keys).expect("file loads");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(code_of(&m), Some(Ok("XYZ789".into())));
+        std::fs::write(&file, "short\n").expect("write");
+        let e = code_of(&m).and_then(Result::err).expect("bad code refused");
+        assert!(e.contains("6 printable") && !e.contains("short"), "{e}");
+        std::fs::remove_file(&file).expect("rm");
+        let e = code_of(&m)
+            .and_then(Result::err)
+            .expect("missing file refused");
+        assert!(e.contains("cannot read secret file"), "{e}");
+
+        let (m, _) = load("").expect("no code");
+        assert_eq!(code_of(&m), Some(Ok(String::new())));
+        let both = format!("security_code = \"ABC123\"\n{keys}");
+        assert!(load(&both).is_err(), "two sources refused");
+        assert!(
+            load("security_code = \"123\"").is_err(),
+            "a bad inline code is an error"
+        );
+    }
 }
