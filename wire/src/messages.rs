@@ -633,7 +633,8 @@ mod tests {
         upper.sig = Some(sig.to_uppercase());
         assert!(upper.verify("terminal-01", "gw-1", KEY));
 
-        let tampered: Vec<(&str, Box<dyn Fn(&mut Ack)>)> = vec![
+        type Tamper = Box<dyn Fn(&mut Ack)>;
+        let tampered: Vec<(&str, Tamper)> = vec![
             ("batch id changed", Box::new(|a| a.batch_ids[0] = 43)),
             ("batch id added", Box::new(|a| a.batch_ids.push(8))),
             ("batch id dropped", Box::new(|a| a.batch_ids.truncate(2))),
