@@ -713,6 +713,7 @@ live_window = "2s"
 heartbeat = "1s"
 drain_timeout = "30s"
 batch_readings = 200
+ack_key_file = "{dir}/ack.key"
 
 [[device]]
 name = "plc"
@@ -783,13 +784,17 @@ poll_interval = "500ms"
         std::fs::write(
             &ingest_cfg,
             format!(
-                "[mqtt]\nbroker = \"{}\"\ntopic_root = \"{root}\"\ngroup = \"\"\nclient_id = \"ingest-{}\"\n[database]\n{}[ingest]\nmax_batches_per_commit = 16\n[api]\nlisten = \"127.0.0.1:0\"\n[reconcile]\nenabled = false\n",
+                "[mqtt]\nbroker = \"{}\"\ntopic_root = \"{root}\"\ngroup = \"\"\nclient_id = \"ingest-{}\"\nack_keys = {{ \"*\" = \"file:{}/ack.key\" }}\n[database]\n{}[ingest]\nmax_batches_per_commit = 16\n[api]\nlisten = \"127.0.0.1:0\"\n[reconcile]\nenabled = false\n",
                 broker.url(),
                 broker.port,
+                dir.path().display(),
                 db.config()
             ),
         )
         .expect("ingest config");
+        // Acks are signed (cloud-ingest [mqtt] ack_keys) and checked (the agent's ack_key_file).
+        std::fs::write(dir.path().join("ack.key"), "e2e-ack-key-0123456789abcdef\n")
+            .expect("ack key");
         Some(Site {
             dir,
             _sim: sim,
@@ -1074,6 +1079,20 @@ fn sqlite_exact_count_through_a_broker_restart_and_sigkill_of_both() {
         let ingest = site.ingest();
         let agent = site.agent();
         site.grows(200, 2, "data flows").await;
+        // The metrics as last read once the agent had deleted acknowledged readings.
+        let mut seen = String::new();
+        assert!(
+            wait_until(WAIT, || {
+                seen = agent.metrics().unwrap_or_default();
+                metric(&seen, "flowsquare_readings_acked_total").is_some_and(|v| v > 0.0)
+            }),
+            "the agent takes the ingest's signed acks"
+        );
+        assert_eq!(
+            metric(&seen, "flowsquare_acks_forged_total"),
+            Some(0.0),
+            "no signed ack refused"
+        );
 
         say("broker: kill -9, then restart on its port");
         site.broker.stop();

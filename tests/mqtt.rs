@@ -188,6 +188,8 @@ pub struct ConsumerOptions {
     pub never_ack: bool,
     /// Acknowledge the first N batches only.
     pub ack_limit: Option<u64>,
+    /// Sign the acks with this key (as cloud-ingest with `[mqtt] ack_keys`).
+    pub ack_key: Option<Vec<u8>>,
 }
 
 /// A consumer that stores batches (de-duplicated) and acknowledges them like cloud-ingest.
@@ -266,16 +268,15 @@ impl TestConsumer {
                                 };
                                 if send_ack {
                                     acked += 1;
+                                    let mut ack = wire::Ack::committed(vec![id]).for_epoch(epoch);
+                                    if let Some(k) =
+                                        opts.lock().ok().and_then(|o| o.ack_key.clone())
+                                    {
+                                        ack.sign(&site, &agent, &k);
+                                    }
                                     if let Ok(t) = wire::Topics::new(root.clone(), site, agent) {
                                         let _ = client
-                                            .publish(
-                                                t.ack(),
-                                                QoS::AtLeastOnce,
-                                                false,
-                                                wire::Ack::committed(vec![id])
-                                                    .for_epoch(epoch)
-                                                    .encode(),
-                                            )
+                                            .publish(t.ack(), QoS::AtLeastOnce, false, ack.encode())
                                             .await;
                                     }
                                 }

@@ -4,6 +4,7 @@
 
 use flowsquare_service::secret::{self, Secret, SecretSource, SecretUrl};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The whole file.
@@ -52,6 +53,12 @@ pub struct MqttConfig {
     /// `systemd:NAME` (`$CREDENTIALS_DIRECTORY/NAME`, passed with `LoadCredential=`).
     #[serde(default)]
     pub credentials: Option<String>,
+    /// Keys that sign the end-to-end acks, by site id (`"*"`: every site not named), each a
+    /// `file:/path` or `systemd:NAME` source holding the key alone. Empty (default): acks are
+    /// not signed. An agent with `[uplink] ack_key_file`/`ack_key_credential` ignores acks
+    /// without a valid signature.
+    #[serde(default)]
+    pub ack_keys: BTreeMap<String, String>,
 }
 
 impl Default for MqttConfig {
@@ -62,6 +69,7 @@ impl Default for MqttConfig {
             group: default_group(),
             client_id: None,
             credentials: None,
+            ack_keys: BTreeMap::new(),
         }
     }
 }
@@ -148,6 +156,33 @@ fn default_group_commit() -> usize {
     64
 }
 
+/// Shortest ack key accepted (characters; `openssl rand -hex 32` gives 64).
+pub const MIN_ACK_KEY_LEN: usize = 16;
+
+/// The keys that sign acks ([`IngestConfig::ack_keys`]); `Debug` shows no key.
+#[derive(Debug, Clone, Default)]
+pub struct AckKeys {
+    /// By site id.
+    pub sites: BTreeMap<String, Secret>,
+    /// For every other site (`"*"`).
+    pub all: Option<Secret>,
+}
+
+impl AckKeys {
+    /// No keys: acks go out unsigned.
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty() && self.all.is_none()
+    }
+
+    /// The key that signs acks to `site`'s agents (`None`: unsigned).
+    pub fn for_site(&self, site: &str) -> Option<&[u8]> {
+        self.sites
+            .get(site)
+            .or(self.all.as_ref())
+            .map(|k| k.expose().as_bytes())
+    }
+}
+
 /// A warning about the configuration file at a key: `[table] key` and its 1-based line and
 /// column.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,7 +245,48 @@ impl IngestConfig {
         }
         self.database_password_source()
             .map_err(|e| format!("[database]: {e}"))?;
+        self.ack_key_sources()?;
         Ok(())
+    }
+
+    /// `[mqtt] ack_keys` checked: site ids (or `"*"`) and `file:`/`systemd:` sources.
+    fn ack_key_sources(&self) -> Result<Vec<(&str, SecretSource)>, String> {
+        self.mqtt
+            .ack_keys
+            .iter()
+            .map(|(site, spec)| {
+                if site != "*" {
+                    flowsquare_wire::topics::validate_id(site).map_err(|e| {
+                        format!("[mqtt] ack_keys: {site:?} is neither a site id nor \"*\": {e}")
+                    })?;
+                }
+                let src = SecretSource::from_spec(spec)
+                    .map_err(|e| format!("[mqtt] ack_keys {site:?}: {e}"))?;
+                Ok((site.as_str(), src))
+            })
+            .collect()
+    }
+
+    /// The ack signing keys (`[mqtt] ack_keys`), read from their files or credentials: each at
+    /// least [`MIN_ACK_KEY_LEN`] characters.
+    pub fn ack_keys(&self) -> Result<AckKeys, String> {
+        let mut keys = AckKeys::default();
+        for (site, src) in self.ack_key_sources()? {
+            let key = src
+                .read()
+                .map_err(|e| format!("[mqtt] ack_keys {site:?}: {e}"))?;
+            if key.expose().len() < MIN_ACK_KEY_LEN {
+                return Err(format!(
+                    "[mqtt] ack_keys {site:?}: the key is shorter than {MIN_ACK_KEY_LEN} characters (make one with: openssl rand -hex 32)"
+                ));
+            }
+            if site == "*" {
+                keys.all = Some(key);
+            } else {
+                keys.sites.insert(site.to_owned(), key);
+            }
+        }
+        Ok(keys)
     }
 
     fn database_password_source(&self) -> Result<Option<SecretSource>, String> {
@@ -391,5 +467,53 @@ mod tests {
             "[mqtt]\nbroker = \"mqtt://u:p@h\"\ncredentials = \"file:/x\"\n"
         )
         .is_err());
+    }
+
+    /// `[mqtt] ack_keys`: per site and `"*"`, from files; bad site ids, sources, missing and
+    /// short keys are refused; a site without a key (and no `"*"`) gets unsigned acks.
+    #[test]
+    fn ack_keys_per_site_and_for_every_other_site() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (a, all) = (dir.path().join("a"), dir.path().join("all"));
+        let cfg = IngestConfig::parse(&format!(
+            "[mqtt.ack_keys]\n\"terminal-01\" = \"file:{}\"\n\"*\" = \"file:{}\"\n",
+            a.display(),
+            all.display()
+        ))
+        .expect("parses");
+        let e = cfg.ack_keys().expect_err("missing files");
+        assert!(e.contains("ack_keys"), "{e}");
+        std::fs::write(&a, "short\n").expect("write");
+        std::fs::write(&all, "0123456789abcdef0123456789abcdef\n").expect("write");
+        assert!(cfg.ack_keys().expect_err("short").contains("shorter"));
+        std::fs::write(&a, "terminal-01 key, long enough\n").expect("write");
+        let keys = cfg.ack_keys().expect("keys");
+        assert_eq!(
+            keys.for_site("terminal-01"),
+            Some(&b"terminal-01 key, long enough"[..])
+        );
+        assert_eq!(
+            keys.for_site("terminal-02"),
+            Some(&b"0123456789abcdef0123456789abcdef"[..])
+        );
+        assert!(!format!("{keys:?}").contains("long enough"));
+
+        let one = IngestConfig::parse(&format!(
+            "[mqtt]\nack_keys = {{ \"terminal-01\" = \"file:{}\" }}\n",
+            a.display()
+        ))
+        .expect("inline table");
+        let keys = one.ack_keys().expect("keys");
+        assert!(keys.for_site("terminal-01").is_some());
+        assert_eq!(keys.for_site("terminal-02"), None);
+        assert!(IngestConfig::default().ack_keys().expect("none").is_empty());
+
+        for bad in [
+            "[mqtt.ack_keys]\n\"a/b\" = \"file:/x\"\n",
+            "[mqtt.ack_keys]\n\"s\" = \"the key itself\"\n",
+            "[mqtt]\nack_keys = \"file:/x\"\n",
+        ] {
+            assert!(IngestConfig::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -869,3 +869,57 @@ async fn the_embedded_broker_carries_batches_to_the_store() {
     );
     ingest.stop().await;
 }
+
+/// `[mqtt] ack_keys`: every ack (committed and rejected) carries a signature that verifies with
+/// its site's key (or the `"*"` key), and not with another site's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_are_signed_with_the_site_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = sqlite_store(dir.path());
+    let broker = Mosquitto::start().expect("mosquitto");
+    let root = root(&broker);
+    let (k1, kall) = (
+        b"site one key 0123456789".as_slice(),
+        b"every other site 0123456789".as_slice(),
+    );
+    let (f1, fall) = (dir.path().join("k1"), dir.path().join("kall"));
+    std::fs::write(&f1, [k1, b"\n"].concat()).expect("write");
+    std::fs::write(&fall, kall).expect("write");
+    let mut cfg = IngestConfig::default();
+    cfg.mqtt.broker = broker.url().into();
+    cfg.mqtt.topic_root = root.clone();
+    cfg.mqtt.group = "g".into();
+    cfg.mqtt.client_id = Some("ingest-signed".into());
+    cfg.mqtt.ack_keys = [
+        ("s1".to_owned(), format!("file:{}", f1.display())),
+        ("*".to_owned(), format!("file:{}", fall.display())),
+    ]
+    .into_iter()
+    .collect();
+    let ingest = start_ingest_with(cfg, store.clone()).await;
+    let a1 = FakeAgent::start(&broker, &root, "s1", "gw", None).await;
+    let a2 = FakeAgent::start(&broker, &root, "s2", "gw", None).await;
+    a1.birth(&["tank/level"]).await;
+    a2.birth(&["tank/level"]).await;
+    registered(&*store, 2).await;
+    a1.send(1, 10).await;
+    a2.send(1, 10).await;
+    assert!(
+        until(Duration::from_secs(20), || a1.acked().len() == 1
+            && a2.acked().len() == 1)
+        .await
+    );
+    // Same key, other content: rejected, signed too.
+    a1.send(1, 11).await;
+    assert!(until(Duration::from_secs(20), || acks_of(&a1, 1).len() == 2).await);
+    let (acks1, acks2) = (acks_of(&a1, 1), acks_of(&a2, 1));
+    assert_eq!(acks1[1].status, wire::AckStatus::Rejected);
+    for a in &acks1 {
+        assert!(a.sig.is_some(), "{a:?}");
+        assert!(a.verify("s1", "gw", k1), "{a:?}");
+        assert!(!a.verify("s1", "gw", kall), "not with another site's key");
+    }
+    assert!(acks2[0].verify("s2", "gw", kall), "{:?}", acks2[0]);
+    assert!(!acks2[0].verify("s2", "gw", k1));
+    ingest.stop().await;
+}

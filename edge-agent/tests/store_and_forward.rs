@@ -1118,6 +1118,107 @@ async fn an_ack_for_another_buffer_epoch_deletes_nothing() {
     assert_exactly_once(&polled, &consumer.received.lock().expect("lock"));
 }
 
+/// With `[uplink] ack_key_file`, acks for the agent's in-flight batches that are unsigned,
+/// signed with another key or signed for another agent delete nothing (counted, one WARN line);
+/// a correctly signed one deletes its batch; a cloud signing with the key delivers everything
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_acks_delete_nothing_and_signed_acks_are_taken() {
+    const KEY: &[u8] = b"site-sf-ack-key-0123456789abcdef";
+    let s = Setup::new().await;
+    let key_file = s.dir.path().join("ack.key");
+    std::fs::write(&key_file, [KEY, b"\n"].concat()).expect("key");
+    let consumer = s
+        .consumer(ConsumerOptions {
+            never_ack: true,
+            ack_key: Some(KEY.to_vec()),
+            ..Default::default()
+        })
+        .await;
+    let cfg = s.config(
+        "",
+        &format!("ack_key_file = {:?}", key_file.display().to_string()),
+    );
+    let agent = Agent::start(&cfg);
+    assert!(
+        consumer
+            .until(Duration::from_secs(30), |r| r.batches.len() >= 3)
+            .await,
+        "{}",
+        agent.log()
+    );
+    let (epoch, ids): (u64, Vec<u64>) = {
+        let r = consumer.received.lock().expect("lock");
+        (r.epochs()[0], r.batches.keys().map(|k| k.3).collect())
+    };
+    let topics = flowsquare_wire::Topics::new(s.root.clone(), "sf", "gw").expect("topics");
+    let mut o = rumqttc::MqttOptions::new("forger", "127.0.0.1", s.broker.port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut ev) = rumqttc::AsyncClient::new(o, 10);
+    let t = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    let ack = || flowsquare_wire::Ack::committed(ids.clone()).for_epoch(epoch);
+    let forged = [
+        ack(),
+        flowsquare_wire::Ack::committed(ids.clone()),
+        ack().signed("sf", "gw", b"a guessed key, long enough"),
+        ack().signed("sf", "gw-2", KEY),
+    ];
+    for f in &forged {
+        client
+            .publish(topics.ack(), rumqttc::QoS::AtLeastOnce, false, f.encode())
+            .await
+            .expect("publish");
+    }
+    let metrics = agent.metrics_addr().expect("metrics");
+    assert!(
+        flowsquare_tests::wait_until(Duration::from_secs(20), || {
+            scrape(&metrics, "flowsquare_acks_forged_total").unwrap_or(0.0) >= 4.0
+        }),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        scrape(&metrics, "flowsquare_readings_acked_total"),
+        Some(0.0),
+        "nothing deleted"
+    );
+    assert!(scrape(&metrics, "flowsquare_batches_in_flight").unwrap_or(0.0) >= 3.0);
+    // The real thing, signed with the key: deleted.
+    client
+        .publish(
+            topics.ack(),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            flowsquare_wire::Ack::committed(vec![ids[0]])
+                .for_epoch(epoch)
+                .signed("sf", "gw", KEY)
+                .encode(),
+        )
+        .await
+        .expect("publish");
+    assert!(
+        flowsquare_tests::wait_until(Duration::from_secs(20), || {
+            scrape(&metrics, "flowsquare_readings_acked_total").unwrap_or(0.0) > 0.0
+        }),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(scrape(&metrics, "flowsquare_acks_forged_total"), Some(4.0));
+    t.abort();
+    // The cloud acknowledges, signed: the batches the forger named arrive after all.
+    consumer.options.lock().expect("lock").never_ack = false;
+    let n = consumer.received.lock().expect("lock").readings();
+    assert!(received_at_least(&consumer, n + 30).await);
+    let (code, polled, log) = agent.stop();
+    assert_eq!(code, 0, "{log}");
+    let warns = log
+        .lines()
+        .filter(|l| l.contains("without a valid signature"))
+        .count();
+    assert_eq!(warns, 1, "one WARN line a minute, not one per ack: {log}");
+    assert_exactly_once(&polled, &consumer.received.lock().expect("lock"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_broker_is_used_within_the_reconnect_cap() {
     let mut s = Setup::new().await;

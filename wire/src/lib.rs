@@ -44,6 +44,10 @@
 //! - Losses the agent knows about (buffer full or too old, skipped event sequence numbers) are
 //!   sent as [`Gap`]s, so every polled reading is either committed or counted.
 //! - A batch names the `config_hash` of the [`Birth`] whose tag catalog its tag ids index.
+//! - Anyone who may publish on an agent's `ack` topic could otherwise make it delete data the
+//!   cloud never stored: with a key shared by the ingest and the agent, every ack carries an
+//!   HMAC-SHA256 `sig` ([`Ack::sign`], [`Ack::verify`]) and the agent ignores acks without a
+//!   valid one.
 //!
 //! # Versions
 //!

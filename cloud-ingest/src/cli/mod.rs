@@ -110,6 +110,20 @@ fn print_secret_warnings(cfg: &IngestConfig, path: Option<&Path>, text: &str) {
     }
 }
 
+/// How acks are signed, for `check-config` (the keys are read at `serve`: a systemd
+/// credential exists only inside the service).
+fn ack_signing(cfg: &IngestConfig) -> String {
+    let k = &cfg.mqtt.ack_keys;
+    if k.is_empty() {
+        return "unsigned (no [mqtt] ack_keys)".into();
+    }
+    let sites = k.keys().filter(|s| *s != "*").count();
+    match (sites, k.contains_key("*")) {
+        (n, true) => format!("signed ({n} site key(s) and a key for every other site)"),
+        (n, false) => format!("signed for {n} site(s), unsigned for the others"),
+    }
+}
+
 /// Open the configured store and migrate it.
 pub async fn open_store(cfg: &IngestConfig) -> Result<Arc<dyn Store>, CliError> {
     let store: Arc<dyn Store> = match &cfg.database.url {
@@ -184,7 +198,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 );
             }
             println!(
-                "ok: broker {}, topic root {}, group {:?}, database {}",
+                "ok: broker {}, topic root {}, group {:?}, database {}, acks {}",
                 cfg.mqtt.broker,
                 cfg.mqtt.topic_root,
                 cfg.mqtt.group,
@@ -192,7 +206,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     "postgresql"
                 } else {
                     "sqlite (embedded)"
-                }
+                },
+                ack_signing(&cfg)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -304,6 +319,8 @@ async fn serve(cfg: IngestConfig, config_path: Option<&Path>) -> Result<ExitCode
         tracing::info!(listen = %cfg.broker.listen, "embedded MQTT broker started");
     }
     let reconciler = reconcile::reconciler(&cfg, config_path)?;
+    // Unreadable ack keys stop the start here (the consumer reads them again).
+    cfg.ack_keys().map_err(CliError::Config)?;
     let store = open_store(&cfg).await?;
     let stats = Arc::new(crate::consume::ConsumerStats::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -19,7 +19,7 @@ use flowsquare_service::clock;
 use flowsquare_wire as wire;
 
 use super::state::{acks_for, classify, conflicts, BatchKey, Incoming};
-use crate::config::IngestConfig;
+use crate::config::{AckKeys, IngestConfig};
 use crate::store::{CommitOutcome, DeadLetter, Store, StoreError};
 
 /// Counters of the consumer.
@@ -102,6 +102,11 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let (host, port) = cfg.broker_addr()?;
+    let keys = Arc::new(cfg.ack_keys()?);
+    if !keys.is_empty() {
+        tracing::info!(sites = ?keys.sites.keys().collect::<Vec<_>>(), every_other_site = keys.all.is_some(),
+            "end-to-end acks are signed ([mqtt] ack_keys)");
+    }
     let client_id = cfg
         .mqtt
         .client_id
@@ -136,6 +141,7 @@ pub async fn run(
         store,
         stats.clone(),
         cfg.clone(),
+        keys,
         shutdown.clone(),
     ));
     let mut last_error: Option<String> = None;
@@ -192,6 +198,7 @@ async fn commit_task(
     store: Arc<dyn Store>,
     stats: Arc<ConsumerStats>,
     cfg: IngestConfig,
+    keys: Arc<AckKeys>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let root = cfg.mqtt.topic_root.clone();
@@ -297,7 +304,12 @@ async fn commit_task(
             return;
         }
         count_outcomes(&stats, &batches, &outcomes);
-        publish_acks(&client, &root, &stats, &batches, &outcomes, rejects).await;
+        let acks = Acks {
+            client: &client,
+            root: &root,
+            keys: &keys,
+        };
+        acks.publish(&stats, &batches, &outcomes, rejects).await;
         // MQTT acknowledgements, in arrival order, only now.
         for p in &group {
             let _ = client.ack(p).await;
@@ -424,30 +436,48 @@ fn count_outcomes(stats: &ConsumerStats, batches: &[wire::Batch], outcomes: &[Co
     }
 }
 
-/// The end-to-end acknowledgements, after the commit: committed per (site, agent, epoch), and
-/// each rejection, every one naming the buffer epoch of its batches.
-async fn publish_acks(
-    client: &AsyncClient,
-    root: &str,
-    stats: &ConsumerStats,
-    batches: &[wire::Batch],
-    outcomes: &[CommitOutcome],
-    rejects: Vec<(BatchKey, String)>,
-) {
-    for g in acks_for(batches, outcomes) {
-        if let Ok(t) = wire::Topics::new(root.to_owned(), g.site.clone(), g.agent.clone()) {
-            stats.acked_batches.fetch_add(g.ids.len() as u64, Relaxed);
-            let _ = client
-                .publish(t.ack(), QoS::AtLeastOnce, false, g.committed().encode())
-                .await;
+/// Where the end-to-end acknowledgements go, and how they are signed.
+struct Acks<'a> {
+    client: &'a AsyncClient,
+    root: &'a str,
+    keys: &'a AckKeys,
+}
+
+impl Acks<'_> {
+    /// The end-to-end acknowledgements, after the commit: committed per (site, agent, epoch),
+    /// and each rejection, every one naming the buffer epoch of its batches and signed with
+    /// its site's key when `[mqtt] ack_keys` gives one.
+    async fn publish(
+        &self,
+        stats: &ConsumerStats,
+        batches: &[wire::Batch],
+        outcomes: &[CommitOutcome],
+        rejects: Vec<(BatchKey, String)>,
+    ) {
+        for g in acks_for(batches, outcomes) {
+            if self.send(&g.site, &g.agent, g.committed()).await {
+                stats.acked_batches.fetch_add(g.ids.len() as u64, Relaxed);
+            }
+        }
+        for (key, reason) in rejects {
+            let ack = wire::Ack::rejected(vec![key.batch_id], reason).for_epoch(key.epoch);
+            self.send(&key.site, &key.agent, ack).await;
         }
     }
-    for (key, reason) in rejects {
-        if let Ok(t) = wire::Topics::new(root.to_owned(), key.site, key.agent) {
-            let ack = wire::Ack::rejected(vec![key.batch_id], reason).for_epoch(key.epoch);
-            let _ = client
-                .publish(t.ack(), QoS::AtLeastOnce, false, ack.encode())
-                .await;
+
+    /// Sign and publish one ack; `false` when the ids make no topic.
+    async fn send(&self, site: &str, agent: &str, mut ack: wire::Ack) -> bool {
+        let Ok(t) = wire::Topics::new(self.root.to_owned(), site.to_owned(), agent.to_owned())
+        else {
+            return false;
+        };
+        if let Some(key) = self.keys.for_site(site) {
+            ack.sign(site, agent, key);
         }
+        let _ = self
+            .client
+            .publish(t.ack(), QoS::AtLeastOnce, false, ack.encode())
+            .await;
+        true
     }
 }

@@ -322,7 +322,7 @@ fn load_head(
         "uplink",
         diags,
         |u| u.validate(),
-        |u| u.secret_warnings(),
+        |u| u.warnings(),
     );
     let agent = match root.get("agent") {
         Some(v) => as_table(v, "agent", "agent", diags).and_then(|t| load_agent(&t, diags)),

@@ -50,6 +50,8 @@ pub struct UplinkShared {
     pub restarts: AtomicU64,
     /// Acknowledgements naming another buffer epoch (ignored).
     pub foreign_epoch_acks: AtomicU64,
+    /// Acknowledgements without a valid signature while an ack key is set (ignored).
+    pub forged_acks: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -200,6 +202,7 @@ impl Telemetry {
             ("buffer_bad_segments", f.bad_segments),
             ("uplink_restarts", u.restarts.load(Relaxed)),
             ("foreign_epoch_acks", u.foreign_epoch_acks.load(Relaxed)),
+            ("forged_acks", u.forged_acks.load(Relaxed)),
         ]
     }
 
@@ -368,6 +371,12 @@ impl Telemetry {
             "counter",
             "Acknowledgements naming another buffer epoch than this buffer's (ignored).",
             one(u.foreign_epoch_acks.load(Relaxed)),
+        );
+        metric(
+            "flowsquare_acks_forged_total",
+            "counter",
+            "Acknowledgements without a valid signature (an ack key is set): ignored, nothing deleted.",
+            one(u.forged_acks.load(Relaxed)),
         );
         metric(
             "flowsquare_mqtt_connect_errors_total",

@@ -68,6 +68,16 @@ pub struct UplinkConfig {
     /// this, jittered): a broker that comes back is used within about this long.
     #[serde(default = "default_reconnect_max", deserialize_with = "duration::de")]
     pub reconnect_max: Duration,
+    /// File holding the key the cloud signs acks with (its `[mqtt] ack_keys` key for this
+    /// site; the key alone, one trailing newline ignored, at least 16 characters). When set (or
+    /// `ack_key_credential`), an ack without a valid signature is ignored and counted: nothing
+    /// is deleted on it.
+    #[serde(default)]
+    pub ack_key_file: Option<PathBuf>,
+    /// The same key as a systemd credential (`$CREDENTIALS_DIRECTORY/<name>`, passed with
+    /// `LoadCredential=`).
+    #[serde(default)]
+    pub ack_key_credential: Option<String>,
 }
 
 fn default_protocol() -> String {
@@ -105,6 +115,9 @@ pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(10);
 fn default_reconnect_max() -> Duration {
     DEFAULT_RECONNECT_MAX
 }
+
+/// Shortest ack key accepted (characters; `openssl rand -hex 32` gives 64).
+pub const MIN_ACK_KEY_LEN: usize = 16;
 
 /// A parsed broker address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +205,9 @@ impl UplinkConfig {
                 ));
             }
         }
+        if let Err(e) = self.ack_key_source() {
+            p.push(("ack_key_file", e));
+        }
         if self.cert_file.is_some() != self.key_file.is_some() {
             p.push(("cert_file", "cert_file and key_file go together".into()));
         }
@@ -216,6 +232,55 @@ impl UplinkConfig {
             ));
         }
         p
+    }
+
+    /// Where the ack key comes from (`None`: acks are not authenticated).
+    pub fn ack_key_source(&self) -> Result<Option<SecretSource>, String> {
+        SecretSource::from_keys(
+            "ack_key",
+            None,
+            self.ack_key_file.clone(),
+            self.ack_key_credential.clone(),
+        )
+        .map_err(|_| "give either ack_key_file or ack_key_credential, not both".to_owned())
+    }
+
+    /// The key acks must be signed with, read from its file or credential; `None`: acks are
+    /// taken unauthenticated.
+    pub fn read_ack_key(&self) -> Result<Option<Secret>, String> {
+        let Some(src) = self.ack_key_source()? else {
+            return Ok(None);
+        };
+        let key = src.read().map_err(|e| format!("ack key: {e}"))?;
+        if key.expose().len() < MIN_ACK_KEY_LEN {
+            return Err(format!(
+                "ack key: shorter than {MIN_ACK_KEY_LEN} characters (use the cloud's [mqtt] ack_keys key for this site)"
+            ));
+        }
+        Ok(Some(key))
+    }
+
+    /// Whether the broker is on this machine (a loopback address or `localhost`).
+    pub fn broker_is_loopback(&self) -> bool {
+        self.broker_addr().is_ok_and(|a| {
+            a.host.eq_ignore_ascii_case("localhost")
+                || a.host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+    }
+
+    /// Every warning as `(key, message)`: [`UplinkConfig::secret_warnings`], and acks taken
+    /// unauthenticated from a broker that is not on this machine.
+    pub fn warnings(&self) -> Vec<(&'static str, String)> {
+        let mut w = self.secret_warnings();
+        if matches!(self.ack_key_source(), Ok(None)) && !self.broker_is_loopback() {
+            w.push((
+                "broker",
+                "acknowledgements are not authenticated: any client that may publish on this agent's ack topic can make it delete buffered data the cloud never stored; give the cloud's ack key for this site (ack_key_credential = \"NAME\" or ack_key_file = \"/path\"; cloud-ingest [mqtt] ack_keys)".into(),
+            ));
+        }
+        w
     }
 
     /// Warnings as `(key, message)`: a password written in the broker URL.
@@ -342,5 +407,52 @@ mod tests {
         let (u, p) = c.read_credentials().expect("ok").expect("some");
         assert_eq!((u.as_str(), p.expose()), ("gw", "pw"));
         assert!(c.secret_warnings().is_empty());
+    }
+
+    /// `ack_key_file`: read, newline stripped, at least 16 characters; both sources refused;
+    /// without a key, `check` warns unless the broker is on this machine.
+    #[test]
+    fn ack_keys_and_the_unauthenticated_warning() {
+        let unauth = |c: &UplinkConfig| {
+            c.warnings()
+                .iter()
+                .any(|(_, m)| m.contains("not authenticated"))
+        };
+        for quiet in [
+            "mqtt://127.0.0.1:1883",
+            "mqtt://localhost",
+            "mqtts://LOCALHOST:8883",
+            "mqtt://[::1]:1883",
+            "mqtt://127.0.0.53",
+        ] {
+            let c = uplink(&format!("broker = \"{quiet}\""));
+            assert!(c.broker_is_loopback(), "{quiet}");
+            assert!(c.warnings().is_empty(), "{quiet}: {:?}", c.warnings());
+        }
+        for loud in [
+            "mqtt://10.0.0.5",
+            "mqtts://broker.example",
+            "mqtt://gw@192.168.1.2:1883",
+        ] {
+            let c = uplink(&format!("broker = \"{loud}\""));
+            assert!(unauth(&c), "{loud}");
+            assert!(c.read_ack_key().expect("ok").is_none());
+        }
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("ack");
+        let c = uplink(&format!(
+            "broker = \"mqtt://10.0.0.5\"\nack_key_file = {:?}",
+            f.display().to_string()
+        ));
+        assert!(c.validate().is_empty() && c.warnings().is_empty());
+        assert!(c.read_ack_key().expect_err("missing").contains("ack key"));
+        std::fs::write(&f, "too short\n").expect("write");
+        assert!(c.read_ack_key().expect_err("short").contains("shorter"));
+        std::fs::write(&f, "0123456789abcdef0123\n").expect("write");
+        let k = c.read_ack_key().expect("ok").expect("some");
+        assert_eq!(k.expose(), "0123456789abcdef0123");
+        let both =
+            uplink("broker = \"mqtt://h\"\nack_key_file = \"/x\"\nack_key_credential = \"y\"");
+        assert!(both.validate().iter().any(|(k, _)| *k == "ack_key_file"));
     }
 }

@@ -4,7 +4,8 @@
 //! Last Will says offline), subscribe to our ack topic, re-send everything in flight. Then, every
 //! tick: publish what the state machine asks for (re-sends, live batches, rate-limited backlog);
 //! on each acknowledgement from the cloud, delete the batch from the buffer. Malformed messages on
-//! our topics are logged and counted, never acted on. Connection errors are logged once per
+//! our topics are logged and counted, never acted on; so are acks for another buffer epoch and,
+//! with `[uplink] ack_key_*`, acks without a valid signature (`AckGate`). Connection errors are logged once per
 //! distinct cause and retried with capped exponential backoff (no log flood).
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -163,7 +164,14 @@ pub async fn run<C: Catalog>(
         );
     }
     let identity = buffer.identity().clone();
-    let epoch = identity.epoch;
+    let mut gate = AckGate {
+        site: map.site().to_owned(),
+        agent: map.agent().to_owned(),
+        key: cfg.read_ack_key().map_err(UplinkError::Config)?,
+        epoch: identity.epoch,
+        warned: None,
+        unwarned: 0,
+    };
     // The map and time of the birth to publish on every connection.
     let mut birth = (map.clone(), now_ms());
     let data_topic = topics.data();
@@ -224,13 +232,7 @@ pub async fn run<C: Catalog>(
                         continue;
                     }
                     match wire::Ack::decode(&payload) {
-                        Ok(ack) if !ack.is_for_epoch(epoch) => {
-                            // Meant for another buffer database (batch ids restart in a new one):
-                            // acting on it could delete data the cloud never stored.
-                            up.foreign_epoch_acks.fetch_add(1, Relaxed);
-                            tracing::debug!(ack_epoch = ack.buffer_epoch, buffer_epoch = epoch, batch_ids = ?ack.batch_ids,
-                                "acknowledgement for another buffer epoch ignored");
-                        }
+                        Ok(ack) if !gate.accepts(&ack, up) => {}
                         Ok(ack) => {
                             for id in ack.batch_ids {
                                 if ack.status == wire::AckStatus::Rejected {
@@ -374,6 +376,52 @@ pub async fn run<C: Catalog>(
     }
     up.connected.store(false, Relaxed);
     Ok(())
+}
+
+/// How often a forged acknowledgement is logged at most (each one is counted).
+const FORGED_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Which acknowledgements the agent acts on: with an ack key, only those signed with it for
+/// this site and agent; and only those for this buffer's epoch.
+struct AckGate {
+    site: String,
+    agent: String,
+    key: Option<flowsquare_service::secret::Secret>,
+    epoch: u64,
+    /// When a forged ack was last logged, and how many were counted since without a log line.
+    warned: Option<Instant>,
+    unwarned: u64,
+}
+
+impl AckGate {
+    /// Whether to act on `ack`; one that is refused is counted (and logged, rate-limited).
+    fn accepts(&mut self, ack: &wire::Ack, up: &crate::metrics::UplinkShared) -> bool {
+        if let Some(key) = &self.key {
+            if !ack.verify(&self.site, &self.agent, key.expose().as_bytes()) {
+                // Not from the ingest (or not for us): acting on it could delete data the
+                // cloud never stored. The batches stay in flight and are re-sent.
+                up.forged_acks.fetch_add(1, Relaxed);
+                self.unwarned += 1;
+                if self.warned.is_none_or(|t| t.elapsed() >= FORGED_LOG_EVERY) {
+                    tracing::warn!(status = ?ack.status, batch_ids = ?ack.batch_ids, signed = ack.sig.is_some(),
+                        ignored_since_last_warning = self.unwarned,
+                        "acknowledgement without a valid signature ignored (nothing deleted; is the cloud's ack key for this site the agent's ack key?)");
+                    self.warned = Some(Instant::now());
+                    self.unwarned = 0;
+                }
+                return false;
+            }
+        }
+        if !ack.is_for_epoch(self.epoch) {
+            // Meant for another buffer database (batch ids restart in a new one): acting on it
+            // could delete data the cloud never stored.
+            up.foreign_epoch_acks.fetch_add(1, Relaxed);
+            tracing::debug!(ack_epoch = ack.buffer_epoch, buffer_epoch = self.epoch, batch_ids = ?ack.batch_ids,
+                "acknowledgement for another buffer epoch ignored");
+            return false;
+        }
+        true
+    }
 }
 
 /// After a live reload: a new birth (new catalog and config hash), retained, published before
