@@ -261,7 +261,9 @@ pub fn format_skew(ms: i64) -> String {
     } else {
         (a, "s")
     };
-    if v >= 10.0 {
+    // 9.95 and above print as whole units: with one decimal they would round to "10.0" (a
+    // ten-day skew measured a few ms short of ten days read "-10.0 d", another "-10 d").
+    if v >= 9.95 {
         format!("{sign}{v:.0} {unit}")
     } else {
         format!("{sign}{v:.1} {unit}")
@@ -464,5 +466,8 @@ mod tests {
         assert_eq!(format_skew(-1021 * 86_400_000), "-1021 d");
         assert_eq!(format_skew(90 * 60_000), "+1.5 h");
         assert_eq!(format_skew(-42_000), "-42 s");
+        // Just short of ten days: whole days, never "10.0 d".
+        assert_eq!(format_skew(-10 * 86_400_000 + 5), "-10 d");
+        assert_eq!(format_skew(9 * 86_400_000 + 43_200_000), "+9.5 d");
     }
 }
