@@ -88,8 +88,11 @@ pub fn decode_raw(
                 return Err(DecodeError::NotFinite(v.to_string()));
             }
             // Widen through the shortest decimal that round-trips the f32, so 7.2f32 reads 7.2,
-            // not 7.199999809265137 (the same f32 either way; no precision is invented).
-            Value::Float(v.to_string().parse::<f64>().unwrap_or(f64::from(v)))
+            // not 7.199999809265137 (the same f32 either way; no precision is invented). The
+            // decimal is written by std's `Display` (whose choice between two equally short
+            // decimals the stored history already has) into a stack buffer: no allocation per
+            // reading (30 % of a typical map's registers are f32).
+            Value::Float(widen_f32(v))
         }
         DataType::F64 => {
             let v = f64::from_be_bytes(take::<8>(words, order)?);
@@ -118,6 +121,36 @@ pub fn decode_raw(
             Value::Text(s.trim_end_matches(['\0', ' ']).to_owned())
         }
     })
+}
+
+/// `v` as the f64 of its shortest round-tripping decimal (`v.to_string().parse()`), formatted
+/// on the stack. The longest f32 `Display` is 48 bytes (a negative subnormal, `-0.000…14`);
+/// should it ever not fit, the exact widening is returned instead.
+fn widen_f32(v: f32) -> f64 {
+    struct Stack {
+        buf: [u8; 64],
+        len: usize,
+    }
+    impl std::fmt::Write for Stack {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let end = self.len + s.len();
+            let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+            dst.copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+    let mut w = Stack {
+        buf: [0; 64],
+        len: 0,
+    };
+    if std::fmt::Write::write_fmt(&mut w, format_args!("{v}")).is_err() {
+        return f64::from(v);
+    }
+    std::str::from_utf8(&w.buf[..w.len])
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(f64::from(v))
 }
 
 /// Apply scale and offset: integers stay integers when scale = 1 and offset = 0.
@@ -224,6 +257,47 @@ mod tests {
                 Ok(Value::Float(12.5)),
                 "{order:?}"
             );
+        }
+    }
+
+    #[test]
+    fn f32_widens_through_its_shortest_decimal() {
+        // 7.2f32 reads 7.2 (not 7.199999809265137), and the stack-buffer path gives exactly what
+        // `to_string().parse()` gives, over normal, subnormal, huge and negative values (ties
+        // between two equally short decimals included: -2070951.25 reads -2070951.3).
+        let words = |v: f32| {
+            let b = v.to_be_bytes();
+            [
+                u16::from_be_bytes([b[0], b[1]]),
+                u16::from_be_bytes([b[2], b[3]]),
+            ]
+        };
+        assert_eq!(
+            decode_raw(&words(7.2), F32, Order::ABCD, 0, 0),
+            Ok(Value::Float(7.2))
+        );
+        let mut bits: u32 = 1;
+        for _ in 0..20_000 {
+            bits = bits.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let v = f32::from_bits(bits);
+            if !v.is_finite() {
+                continue;
+            }
+            let want = v.to_string().parse::<f64>().unwrap();
+            assert_eq!(
+                decode_raw(&words(v), F32, Order::ABCD, 0, 0),
+                Ok(Value::Float(want)),
+                "{v:e}"
+            );
+        }
+        for v in [
+            f32::MIN_POSITIVE,
+            -f32::from_bits(1),
+            f32::MAX,
+            f32::MIN,
+            -2_070_951.2,
+        ] {
+            assert_eq!(widen_f32(v), v.to_string().parse::<f64>().unwrap(), "{v:e}");
         }
     }
 
