@@ -749,6 +749,7 @@ async fn a_malformed_payload_corpus_lands_in_dead_letters_and_the_service_keeps_
 
 /// What a raw MQTT 3.1.1 client saw (the attacks).
 #[derive(Debug)]
+#[allow(dead_code)] // the strings are read in assertion messages (Debug)
 enum RawEvent {
     Connected,
     Refused(rumqttc::ConnectReturnCode),
@@ -1045,7 +1046,9 @@ async fn the_embedded_broker_carries_batches_to_the_store() {
         listen: format!("127.0.0.1:{port}"),
         ..Default::default()
     };
-    cloud_ingest::broker::start(&bcfg).expect("embedded broker");
+    cloud_ingest::broker::start(&bcfg, "emb/fs", Arc::default())
+        .await
+        .expect("embedded broker");
     let dir = tempfile::tempdir().expect("tmp");
     let store = sqlite_store(dir.path());
     let mut cfg = IngestConfig::default();
@@ -1125,5 +1128,187 @@ async fn acks_are_signed_with_the_site_key() {
     }
     assert!(acks2[0].verify("s2", "gw", kall), "{:?}", acks2[0]);
     assert!(!acks2[0].verify("s2", "gw", k1));
+    ingest.stop().await;
+}
+
+/// Log lines of this test binary (warnings and up), for tests that check a refusal is logged.
+fn captured_log() -> Arc<Mutex<Vec<u8>>> {
+    static LOG: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let writer = buf.clone();
+        let _ = tracing::subscriber::set_global_default(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::WARN)
+                .with_ansi(false)
+                .with_writer(move || LogWriter(writer.clone()))
+                .finish(),
+        );
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut g) = self.0.lock() {
+            g.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `mosquitto_passwd -b` lines for `users` in a new file.
+fn mosquitto_passwd(path: &std::path::Path, users: &[(&str, &str)]) {
+    for (i, (user, pass)) in users.iter().enumerate() {
+        let mut cmd = std::process::Command::new("mosquitto_passwd");
+        cmd.arg("-b");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let ok = cmd.arg(path).arg(user).arg(pass).status();
+        assert!(ok.expect("mosquitto_passwd").success());
+    }
+}
+
+/// Issue 15: the embedded broker with `password_file` (hashes by the real mosquitto_passwd)
+/// refuses each attack of an authenticated agent (s1/c) — the ingest's shared group, every
+/// agent's data, another agent's topics, an ack for itself, another agent's client id — and
+/// wrong or missing logins, logs each with identity and topic and counts it; rumqttd's own
+/// listener takes only the internal login. Agents and the ingest still carry batches and acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_with_a_password_file_refuses_each_agent_attack() {
+    use rumqttc::ConnectReturnCode;
+    let log = captured_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let pw = dir.path().join("passwd");
+    mosquitto_passwd(&pw, &[("s1/a", "a-pw"), ("s1/b", "b-pw"), ("s1/c", "c-pw")]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let bcfg = cloud_ingest::broker::BrokerConfig {
+        embedded: true,
+        listen: format!("127.0.0.1:{port}"),
+        password_file: Some(pw.to_string_lossy().into_owned()),
+        ..Default::default()
+    };
+    let root = format!("gate{port}/fs");
+    let stats = Arc::new(ConsumerStats::default());
+    let emb = cloud_ingest::broker::start(&bcfg, &root, stats.clone())
+        .await
+        .expect("embedded broker");
+    assert!(emb.gated);
+    let store = sqlite_store(dir.path());
+    let mut cfg = IngestConfig::default();
+    cfg.mqtt.broker = emb.ingest_url.clone().into();
+    cfg.mqtt.topic_root = root.clone();
+    cfg.mqtt.group = String::new();
+    let ingest = start_ingest_with(cfg, store.clone()).await;
+    let a = FakeAgent::start_as(port, &root, "s1", "a", Some(("s1/a", "a-pw")), "fs-s1-a").await;
+    let b = FakeAgent::start_as(port, &root, "s1", "b", Some(("s1/b", "b-pw")), "fs-s1-b").await;
+    a.birth(&["a/level"]).await;
+    b.birth(&["b/level"]).await;
+    registered(&*store, 2).await;
+
+    let v1 = format!("{root}/v1");
+    let c_login = Some(("s1/c", "c-pw"));
+    let mut refusals = 0;
+    for filter in [
+        format!("$share/ingest/{v1}/+/+/data"),
+        format!("{v1}/+/+/data"),
+        "#".to_string(),
+        format!("{v1}/s1/a/ack"),
+    ] {
+        let mut c = RawClient::connect(port, "fs-s1-c", c_login);
+        assert!(matches!(c.next().await, RawEvent::Connected));
+        c.client
+            .subscribe(filter.as_str(), QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let e = c.next().await;
+        assert!(matches!(e, RawEvent::Closed(_)), "{filter}: {e:?}");
+        refusals += 1;
+    }
+    for topic in [format!("{v1}/s1/a/data"), format!("{v1}/s1/c/ack")] {
+        let mut c = RawClient::connect(port, "fs-s1-c", c_login);
+        assert!(matches!(c.next().await, RawEvent::Connected));
+        c.client
+            .publish(topic.as_str(), QoS::AtLeastOnce, false, a.batch(90, 10))
+            .await
+            .expect("publish");
+        let e = c.next().await;
+        assert!(matches!(e, RawEvent::Closed(_)), "{topic}: {e:?}");
+        refusals += 1;
+    }
+    for (id, login, code) in [
+        ("fs-s1-a", c_login, ConnectReturnCode::NotAuthorized),
+        ("s1/a", c_login, ConnectReturnCode::NotAuthorized),
+        (
+            "fs-s1-b",
+            Some(("s1/b", "not-b-pw")),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        ("anon", None, ConnectReturnCode::BadUserNamePassword),
+    ] {
+        let e = RawClient::connect(port, id, login).next().await;
+        assert!(
+            matches!(e, RawEvent::Refused(c) if c == code),
+            "{id}: {e:?}"
+        );
+        refusals += 1;
+    }
+    // rumqttd's own listener: only the internal login.
+    let internal: u16 = emb
+        .ingest_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("internal port");
+    let e = RawClient::connect(internal, "fs-s1-c", c_login)
+        .next()
+        .await;
+    assert!(
+        !matches!(e, RawEvent::Connected),
+        "internal listener: {e:?}"
+    );
+
+    a.send(1, 10).await;
+    b.send(1, 10).await;
+    assert!(
+        until(Duration::from_secs(20), || a.acked().contains(&1)
+            && b.acked().contains(&1))
+        .await,
+        "A's and B's own batches are stored and acked"
+    );
+    assert!(!a.acked().contains(&90), "the forged batch was not stored");
+    assert_eq!(
+        store
+            .count_readings(None, 0, i64::MAX)
+            .await
+            .expect("count"),
+        20
+    );
+    assert_eq!(
+        stats
+            .broker_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        refusals
+    );
+    let text = String::from_utf8_lossy(&log.lock().expect("log")).into_owned();
+    for line in [
+        format!("identity=\"s1/c\" refused=\"SUBSCRIBE to $share/ingest/{v1}/+/+/data\""),
+        format!("identity=\"s1/c\" refused=\"PUBLISH on {v1}/s1/a/data\""),
+        format!("identity=\"s1/c\" refused=\"PUBLISH on {v1}/s1/c/ack\""),
+        "identity=\"s1/c\" refused=\"CONNECT: client id \\\"fs-s1-a\\\"".to_string(),
+        "identity=\"s1/b\" refused=\"CONNECT: wrong username or password\"".to_string(),
+    ] {
+        assert!(text.contains(&line), "{line} logged in:\n{text}");
+    }
     ingest.stop().await;
 }
