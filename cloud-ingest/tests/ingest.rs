@@ -1263,6 +1263,30 @@ async fn the_embedded_broker_with_a_password_file_refuses_each_agent_attack() {
         );
         refusals += 1;
     }
+    // CONNECT and a forbidden SUBSCRIBE in one write, again and again: the broker survives
+    // (rumqttd 0.20 panics on a login whose earlier connection it lost before its CONNACK).
+    for _ in 0..3 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut bytes = vec![0x10, 31, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xc2, 0, 30];
+        for field in ["fs-s1-c", "s1/c", "c-pw"] {
+            bytes.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            bytes.extend_from_slice(field.as_bytes());
+        }
+        bytes.extend_from_slice(&[0x82, 6, 0, 1, 0, 1, b'#', 1]);
+        raw.write_all(&bytes).await.expect("write");
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut sink)).await;
+        assert!(read.is_ok(), "the gate closes the connection");
+        refusals += 1;
+    }
+    let mut c = RawClient::connect(port, "fs-s1-c", c_login);
+    assert!(
+        matches!(c.next().await, RawEvent::Connected),
+        "the broker still serves"
+    );
     // rumqttd's own listener: only the internal login.
     let internal: u16 = emb
         .ingest_url

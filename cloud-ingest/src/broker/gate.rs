@@ -164,7 +164,23 @@ async fn relay(
             &gate.password,
         )?)
         .await?;
-    let (mut cr, mut cw) = sock.into_split();
+    // Wait for rumqttd's CONNACK before passing anything on: a connection it loses before
+    // answering leaves a stale entry that makes the next login with that client id panic it.
+    let connack = tokio::time::timeout(
+        Duration::from_secs(10),
+        packet::read_frame(&mut upstream, 16),
+    )
+    .await
+    .map_err(|_| BrokerError::Protocol("no CONNACK from the internal broker".into()))??;
+    let Some(connack) = connack.filter(|f| f.kind() == packet::CONNACK) else {
+        return Err(BrokerError::Protocol(
+            "the internal broker did not answer CONNECT".into(),
+        ));
+    };
+    let mut sock = sock;
+    sock.write_all(&connack.bytes).await?;
+    let (cr, mut cw) = sock.into_split();
+    let mut cr = tokio::io::BufReader::new(cr);
     let (mut ur, mut uw) = upstream.into_split();
     let down = async {
         tokio::io::copy(&mut ur, &mut cw).await?;

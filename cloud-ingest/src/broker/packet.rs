@@ -8,6 +8,8 @@ use super::BrokerError;
 
 /// Packet types (the high nibble of the first byte).
 pub const CONNECT: u8 = 1;
+/// CONNACK.
+pub const CONNACK: u8 = 2;
 /// PUBLISH.
 pub const PUBLISH: u8 = 3;
 /// SUBSCRIBE.
