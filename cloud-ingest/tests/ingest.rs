@@ -1263,8 +1263,10 @@ async fn the_embedded_broker_with_a_password_file_refuses_each_agent_attack() {
         );
         refusals += 1;
     }
-    // CONNECT and a forbidden SUBSCRIBE in one write, again and again: the broker survives
-    // (rumqttd 0.20 panics on a login whose earlier connection it lost before its CONNACK).
+    // CONNECT and a forbidden SUBSCRIBE in one write, again and again: the broker keeps
+    // serving that client id. (The gate waits for rumqttd's CONNACK before relaying, since
+    // rumqttd 0.20 panics on a login whose earlier connection it lost before its CONNACK; this
+    // loop did not reproduce that race without the wait, it only guards the sequence.)
     for _ in 0..3 {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
