@@ -4,7 +4,7 @@
 //! The pipeline is the layout: `consume → store → reconcile → api`.
 //!
 //! - `config.rs`: the service configuration (TOML);
-//! - `broker.rs`: the optional embedded MQTT broker (rumqttd) for single-box sites and the demo;
+//! - `broker/`: the optional embedded MQTT broker (rumqttd, with an authenticating gate) for single-box sites and the demo;
 //! - `api/`: the HTTP API for cloud ops (bearer roles, problem+json, OpenAPI);
 //! - `cli/`: `serve` (with the systemd readiness/watchdog supervision), `migrate`,
 //!   `check-config`, `import`, `hash-token`;

@@ -437,3 +437,59 @@ fn output_into_a_closed_pipe_exits_0_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// Issue 15: `check-config` refuses the embedded broker on a non-loopback address without
+/// authentication, and a password file that is not mosquitto_passwd hashes; loopback without
+/// authentication (the demo) and a hashed password file pass.
+#[test]
+fn check_config_refuses_an_open_embedded_broker_on_the_network() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("c.toml");
+    let pw = dir.path().join("passwd");
+    let ok = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&pw)
+        .args(["s1/a", "a-pw"])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(ok.success());
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "s1/a:a-pw\n").expect("write");
+    for (broker, code, needle) in [
+        (
+            "listen = \"0.0.0.0:1883\"\n".to_string(),
+            Some(2),
+            "without authentication",
+        ),
+        (
+            "listen = \"192.0.2.1:1883\"\n".to_string(),
+            Some(2),
+            "password_file",
+        ),
+        ("listen = \"127.0.0.1:1883\"\n".to_string(), Some(0), "ok"),
+        (
+            format!(
+                "listen = \"0.0.0.0:1883\"\npassword_file = {:?}\n",
+                pw.display()
+            ),
+            Some(0),
+            "ok",
+        ),
+        (
+            format!(
+                "listen = \"0.0.0.0:1883\"\npassword_file = {:?}\n",
+                plain.display()
+            ),
+            Some(2),
+            "not a mosquitto_passwd hash",
+        ),
+    ] {
+        std::fs::write(&cfg, format!("[broker]\nembedded = true\n{broker}")).expect("write");
+        let (c, out, err) = check_config(&cfg);
+        assert_eq!(c, code, "{broker}: {out}{err}");
+        assert!(
+            out.contains(needle) || err.contains(needle),
+            "{broker}: {out}{err}"
+        );
+    }
+}

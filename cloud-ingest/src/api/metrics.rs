@@ -32,6 +32,7 @@ pub fn render(stats: &ConsumerStats, ready: &AtomicBool, api: &ApiStats) -> Stri
         ("flowsquare_ingest_batch_conflicts_total", "Batches whose (site, agent, buffer epoch, batch id) was already stored with other content: dead-lettered, rejected, alerted.", &stats.conflicts),
         ("flowsquare_ingest_commit_errors_total", "Failed database commits (retried).", &stats.commit_errors),
         ("flowsquare_ingest_acked_batches_total", "End-to-end acknowledgements published to the agents (batch ids).", &stats.acked_batches),
+        ("flowsquare_ingest_broker_refused_total", "Embedded broker: connections refused or closed (bad login, client id not the identity's, a topic not the agent's own).", &stats.broker_refused),
     ];
     for (name, help, c) in counters {
         metric(name, "counter", help, c.load(Relaxed));

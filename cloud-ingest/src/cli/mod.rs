@@ -182,6 +182,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::CheckConfig => {
             cfg.broker_addr().map_err(CliError::Config)?;
+            cfg.broker
+                .validate()
+                .map_err(|e| CliError::Config(e.to_string()))?;
             print_secret_warnings(&cfg, cli.config.as_deref(), &text);
             cfg.api
                 .validate()
@@ -312,17 +315,34 @@ async fn supervise(
     notifier.stopping("stopping: finishing the current commit");
 }
 
-async fn serve(cfg: IngestConfig, config_path: Option<&Path>) -> Result<ExitCode, CliError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    if cfg.broker.embedded {
-        crate::broker::start(&cfg.broker).map_err(CliError::Config)?;
-        tracing::info!(listen = %cfg.broker.listen, "embedded MQTT broker started");
+/// Start the embedded broker if configured; with a password file the ingest's own client then
+/// uses the broker's internal listener and login instead of `[mqtt] broker`.
+async fn start_embedded(
+    cfg: &mut IngestConfig,
+    stats: &Arc<crate::consume::ConsumerStats>,
+) -> Result<(), CliError> {
+    if !cfg.broker.embedded {
+        return Ok(());
     }
+    let b = crate::broker::start(&cfg.broker, &cfg.mqtt.topic_root, stats.clone())
+        .await
+        .map_err(|e| CliError::Config(e.to_string()))?;
+    tracing::info!(listen = %cfg.broker.listen, authenticated = b.gated, "embedded MQTT broker started");
+    if b.gated {
+        cfg.mqtt.broker = b.ingest_url.into();
+        cfg.mqtt.credentials = None;
+    }
+    Ok(())
+}
+
+async fn serve(mut cfg: IngestConfig, config_path: Option<&Path>) -> Result<ExitCode, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let stats = Arc::new(crate::consume::ConsumerStats::default());
+    start_embedded(&mut cfg, &stats).await?;
     let reconciler = reconcile::reconciler(&cfg, config_path)?;
     // Unreadable ack keys stop the start here (the consumer reads them again).
     cfg.ack_keys().map_err(CliError::Config)?;
     let store = open_store(&cfg).await?;
-    let stats = Arc::new(crate::consume::ConsumerStats::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     cfg.api
         .validate()

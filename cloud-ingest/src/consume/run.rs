@@ -27,6 +27,9 @@ use crate::store::{CommitOutcome, DeadLetter, Store, StoreError};
 pub struct ConsumerStats {
     /// Publications received.
     pub received: AtomicU64,
+    /// Embedded broker: connections refused or closed by the gate (bad login, client id not
+    /// the identity's, a topic not the agent's own).
+    pub broker_refused: AtomicU64,
     /// Batches stored.
     pub stored_batches: AtomicU64,
     /// Readings stored.
