@@ -104,9 +104,12 @@ mod problem;
 mod recon;
 mod request_id;
 mod routes;
+mod scope;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_access;
 #[cfg(test)]
 mod tests_history;
 
@@ -117,11 +120,12 @@ use std::sync::Arc;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::Router;
 
-pub use auth::hash_token;
+pub use auth::{hash_token, Principal, Tokens};
 pub use config::{ApiConfig, Role, TokenConfig};
 pub use conn::{bind, BACKLOG};
 pub use head::{MAX_HEAD, MAX_HEADERS, MAX_URI};
 pub use limit::ApiStats;
+pub use scope::SiteScope;
 
 use crate::consume::ConsumerStats;
 use crate::store::Store;
@@ -143,9 +147,14 @@ pub struct ApiState {
     pub api_stats: Arc<ApiStats>,
 }
 
-/// The API's router, with its state.
+/// The API's router, with its state (the tokens of its configuration, read now).
 pub fn router(state: ApiState) -> Router {
-    let tokens = Arc::new(auth::TokenTable::new(&state.config));
+    let tokens = Arc::new(Tokens::load(&state.config));
+    router_with_tokens(state, tokens)
+}
+
+/// The API's router with a token table the caller keeps (to reload it).
+pub fn router_with_tokens(state: ApiState, tokens: Arc<Tokens>) -> Router {
     let limits = Arc::new(limit::Limits::new(&state.config, state.api_stats.clone()));
     let cors = Arc::new(cors::Cors::new(&state.config.cors_origins));
     let mut r = Router::new();
@@ -167,6 +176,7 @@ pub fn router(state: ApiState) -> Router {
         r = r.route(path, handler);
     }
     r.fallback(routes::not_found)
+        .layer(axum::Extension(tokens))
         .with_state(state)
         .layer(from_fn_with_state(limits, limit::per_ip))
         .layer(from_fn_with_state(cors, cors::apply))
@@ -194,5 +204,32 @@ pub async fn serve(
     }
     let config = state.config.clone();
     let stats = state.api_stats.clone();
-    conn::serve(listener, router(state), &config, stats, shutdown).await
+    let tokens = Arc::new(Tokens::load(&config));
+    let hup = tokio::spawn(reload_on_sighup(tokens.clone()));
+    let r = conn::serve(
+        listener,
+        router_with_tokens(state, tokens),
+        &config,
+        stats,
+        shutdown,
+    )
+    .await;
+    hup.abort();
+    r
+}
+
+/// Reload the tokens file on every SIGHUP (a bad file keeps the tokens in use; logged).
+async fn reload_on_sighup(tokens: Arc<Tokens>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "api: no SIGHUP handler, the tokens file is reloaded by the admin route only");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        // The outcome is logged by `reload_logged`.
+        let _ = tokens.reload_logged("SIGHUP");
+    }
 }
