@@ -184,6 +184,39 @@ pub fn router_with_tokens(state: ApiState, tokens: Arc<Tokens>) -> Router {
         .layer(from_fn(request_id::assign))
 }
 
+/// `check-config`: the tokens of `[[api.tokens]]` and the tokens file together (the file read
+/// and checked as a reload would); a summary line and warnings (a token of every site below
+/// admin when other tokens are limited to sites), or what is wrong.
+pub fn check_tokens(cfg: &ApiConfig) -> Result<Vec<String>, String> {
+    let mut all = cfg.tokens.clone();
+    if let Some(path) = &cfg.tokens_file {
+        all.extend(auth::read_tokens_file(path)?);
+    }
+    config::validate_tokens(&all).map_err(|e| match &cfg.tokens_file {
+        Some(p) => format!("with the tokens file {}: {e}", p.display()),
+        None => e,
+    })?;
+    let scoped = all.iter().filter(|t| t.sites.is_some()).count();
+    let expiring = all.iter().filter(|t| t.expires.is_some()).count();
+    let mut out = vec![format!(
+        "ok: [api] {} token(s) ({} from the tokens file), {scoped} limited to sites, {expiring} with an expiry",
+        all.len(),
+        all.len() - cfg.tokens.len()
+    )];
+    if scoped > 0 {
+        for t in all
+            .iter()
+            .filter(|t| t.sites.is_none() && t.role != Role::Admin)
+        {
+            out.push(format!(
+                "warning: [api] token {:?} ({}) sees every site; add `sites = [...]` to limit it",
+                t.name, t.role
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Serve the API on `listener` until `shutdown` completes (then finish the requests in
 /// progress), with the connection layer's timeouts and limits (`conn.rs`).
 pub async fn serve(
