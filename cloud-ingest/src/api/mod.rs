@@ -35,6 +35,7 @@
 //! | GET    | `/api/v1/kpis`               | viewer    | gross/net/ready stock per tank and product, endurance days |
 //! | GET    | `/api/v1/site-model`         | viewer    | the `[reconcile]` tanks, meters, stations, places, trucks |
 //! | GET    | `/api/v1/track?truck=&from=&to=` | viewer | a truck's GPS fixes and stops (≤ 2 days) |
+//! | POST   | `/api/v1/admin/tokens/reload` | admin    | read the tokens file again (also on SIGHUP) |
 //! | GET    | `/`, `/console/{file}`       | open      | the ops console (embedded HTML/CSS/JS, strict CSP; see `console/`) |
 //!
 //! Parameters (`params.rs`): times are RFC 3339 or epoch milliseconds; `from` is inclusive, `to`
@@ -57,6 +58,14 @@
 //! | admin      | yes           | yes                           |
 //!
 //! (`operator` ⊇ viewer, plus posting movements and starting runs; `admin` ⊇ all.)
+//!
+//! A token may be limited to sites (`sites = [...]`; `scope.rs`): every data route answers only
+//! those sites' rows, 404 for another site's record by id, 403 for a write to another site and
+//! for the routes that cover every site (dead letters, audit log, `POST
+//! /api/v1/reconciliation/run`, `POST /api/v1/admin/tokens/reload`). A token may expire
+//! (`expires`, RFC 3339; then 401 `token expired`). The tokens of `[api] tokens_file` are read
+//! again on SIGHUP and by `POST /api/v1/admin/tokens/reload` (admin); a file that does not load
+//! keeps the tokens in use. Refusals are logged with the token's name, never the token.
 //!
 //! # Conventions
 //!

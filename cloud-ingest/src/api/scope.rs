@@ -110,9 +110,11 @@ impl SiteScope {
     }
 
     /// The 404 of a by-id route whose record is outside the scope: the same answer as for an
-    /// id that does not exist (`detail` as the caller gives it); the refusal is logged.
+    /// id that does not exist (`detail` as the caller gives it); logged for a scoped token.
     pub fn hidden(&self, detail: String) -> Problem {
-        tracing::warn!(detail = %detail, "api request refused: record outside the token's sites (404)");
+        if !self.is_all() {
+            tracing::warn!(detail = %detail, "api request refused: unknown or outside the token's sites (404)");
+        }
         Problem::not_found(detail)
     }
 

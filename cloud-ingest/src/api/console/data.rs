@@ -33,7 +33,7 @@ pub struct WhoAmI {
     pub sites: Option<Vec<String>>,
     /// When it stops being accepted, epoch ms (null: never).
     pub expires_ms: Option<i64>,
-    /// May it read the auditor routes (dead letters)?
+    /// May it read the auditor routes (dead letters, audit log; tokens of every site only)?
     pub can_audit: bool,
     /// May it post movements and start runs?
     pub can_operate: bool,
@@ -53,7 +53,8 @@ pub(crate) async fn whoami(
     Query::parse(raw.as_deref(), &[])?;
     let clock = flowsquare_service::clock::clock();
     Ok(data(&[WhoAmI {
-        can_audit: p.role.grants(Role::Auditor),
+        // The auditor routes cover every site: not for a token of some sites.
+        can_audit: p.role.grants(Role::Auditor) && p.scope.is_all(),
         can_operate: p.role.grants(Role::Operator),
         sites: p.scope.list(),
         expires_ms: p.expires_ms,
