@@ -153,6 +153,63 @@ fn a_truncated_export_is_a_clear_error() {
     );
 }
 
+/// `check-config` reads the tokens file as a reload would: a broken one is named with its line
+/// and column; a token of every site below admin beside scoped ones is warned about.
+#[test]
+fn check_config_reads_the_tokens_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let tokens = dir.path().join("tokens.toml");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!("[api]\ntokens_file = {:?}\n", tokens.display().to_string()),
+    )
+    .expect("write");
+    let run = || {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("check-config")
+            .output()
+            .expect("run")
+    };
+    let sha = |t: &str| cloud_ingest::api::hash_token(t);
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[tokens]]\nname = \"st\"\nrole = \"viewer\"\nsha256 = \"{}\"\nsites = [\"s1\"]\nexpires = \"2030-01-01T00:00:00Z\"\n\
+             [[tokens]]\nname = \"all\"\nrole = \"viewer\"\nsha256 = \"{}\"\n",
+            sha("a"),
+            sha("b")
+        ),
+    )
+    .expect("write");
+    let out = run();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("2 token(s) (2 from the tokens file), 1 limited to sites, 1 with an expiry"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: [api] token \"all\" (viewer) sees every site"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&sha("a")) && !text.contains(&sha("b")),
+        "no hash printed"
+    );
+    std::fs::write(&tokens, "[[tokens]]\nname = \"x\"\nrole = \"root\"\n").expect("write");
+    let out = run();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tokens.toml:3:8"), "{err}");
+}
+
 #[test]
 fn check_config_accepts_the_example_and_names_the_line_of_an_error() {
     let example = concat!(

@@ -144,7 +144,7 @@ async fn bad_quality_only_is_stale_and_every_time_is_on_the_simulated_clock() {
     assert_eq!((stale, opened), (1, 1));
     let alerts = store
         .ledger()
-        .alerts(Some("open"), 10)
+        .alerts(Some("open"), None, 10)
         .await
         .expect("alerts");
     assert_eq!(alerts.len(), 1);
@@ -168,11 +168,7 @@ async fn bad_quality_only_is_stale_and_every_time_is_on_the_simulated_clock() {
     // The API on the same clock.
     let config = ApiConfig {
         listen: "127.0.0.1:0".into(),
-        tokens: vec![TokenConfig {
-            name: "ops".into(),
-            role: Role::Admin,
-            sha256: hash_token(TOKEN),
-        }],
+        tokens: vec![TokenConfig::new("ops", Role::Admin, hash_token(TOKEN))],
         ..ApiConfig::default()
     };
     let app = router(ApiState {

@@ -3,7 +3,8 @@
 //! every page has data. Signs in with a token, loads every page and the reconciliation
 //! drill-downs, fails on any browser console error or an empty chart, saves screenshots to
 //! `target/console-screenshots/<page>.png`; checks role hiding (viewer vs auditor) and that the
-//! console's files load without a token while data calls answer 401 problem+json.
+//! console's files load without a token while data calls answer 401 problem+json; a token
+//! limited to one site sees that site's agents only.
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver` (scripts/test installs them);
 //! without them the test is skipped, or fails under `FLOWSQUARE_REQUIRE_ALL=1`.
@@ -482,4 +483,77 @@ fn every_page_says_no_data_yet_on_an_empty_database() {
             "{page}: an empty-state message"
         );
     }
+}
+
+/// A token limited to site `north` signs in and sees north's agent, never south's (the console
+/// shows what the API answers, and the API answers the token's sites only).
+#[test]
+fn a_site_scoped_token_sees_only_its_site_in_the_console() {
+    let Some((chromium, chromedriver)) = browser::find() else {
+        external::missing("chromium and chromium-driver (headless browser for the console test)");
+        return;
+    };
+    const NORTH: &str = "console-north-token";
+    let dir = tempfile::tempdir().expect("tmp");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = cloud_ingest::store::sqlite::SqliteStore::open(&dir.path().join("ingest.db"))
+            .expect("open sqlite");
+        store.migrate().await.expect("migrate");
+        let now = flowsquare_service::clock::now_ms();
+        for (site, agent) in [("north", "gw-north"), ("south", "gw-south")] {
+            let b: wire::Birth = serde_json::from_value(serde_json::json!({
+                "v": 1, "site": site, "agent": agent, "agent_version": "0.1.0", "config_hash": "h1",
+                "started_ms": now - 60_000,
+                "devices": [ { "name": "plc", "protocol": "modbus-tcp" } ],
+                "tags": [ { "id": 0, "name": format!("{site}/level"), "unit": "m", "kind": "gauge",
+                            "device": "plc", "data_type": "f32", "poll_interval_ms": 1000 } ]
+            }))
+            .expect("birth");
+            store.birth(&b, now - 60_000).await.expect("birth");
+            store
+                .status(
+                    site,
+                    agent,
+                    &wire::Status::online(now - 30_000, "0.1.0"),
+                    now - 30_000,
+                )
+                .await
+                .expect("status");
+        }
+    });
+    let scoped = format!(
+        "[[api.tokens]]\nname = \"north-ops\"\nrole = \"viewer\"\nsha256 = {:?}\nsites = [\"north\"]\n",
+        cloud_ingest::api::hash_token(NORTH)
+    );
+    let srv = serve(dir.path(), &scoped);
+    let driver = browser::Driver::start(&chromium, &chromedriver).expect("chromedriver");
+    let session = driver.session(1280, 900).expect("session");
+    let fleet_text = |token: &str| -> String {
+        browser::login(&session, &srv.base, token).expect("sign in");
+        session
+            .wait_for(
+                "return document.body.dataset.page === 'fleet' && document.body.dataset.state === 'ready'",
+                Duration::from_secs(30),
+            )
+            .expect("fleet page");
+        browser::errors_of(&session, "fleet").expect("no console errors");
+        session
+            .execute("return document.body.innerText", &[])
+            .expect("text")
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let all = fleet_text(ADMIN);
+    assert!(
+        all.contains("gw-north") && all.contains("gw-south"),
+        "{all}"
+    );
+    let north = fleet_text(NORTH);
+    assert!(north.contains("gw-north"), "{north}");
+    assert!(
+        !north.contains("gw-south") && !north.contains("south"),
+        "a north token sees nothing of south: {north}"
+    );
 }

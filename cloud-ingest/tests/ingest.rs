@@ -496,7 +496,7 @@ async fn epochs_conflicts_and_bad_gaps(store: Arc<dyn Store>) {
     );
     let alerts = store
         .ledger()
-        .alerts(Some("open"), 10)
+        .alerts(Some("open"), None, 10)
         .await
         .expect("alerts");
     assert!(

@@ -35,11 +35,7 @@ async fn app_with_sim_model() -> (Router, Arc<SqliteStore>, TempDir) {
     })
     .tables;
     let r = Reconciler::with_tables(m, &tables).expect("site model");
-    let token = |name: &str, role, secret| TokenConfig {
-        name: name.into(),
-        role,
-        sha256: hash_token(secret),
-    };
+    let token = |name: &str, role, secret| TokenConfig::new(name, role, hash_token(secret));
     let config = ApiConfig {
         listen: "127.0.0.1:0".into(),
         tokens: vec![

@@ -64,7 +64,7 @@ async fn month(store: &dyn Store, faults: Faults) -> (SimMonth, Vec<AlertRow>) {
     }
     let alerts = store
         .ledger()
-        .alerts(Some("open"), 1000)
+        .alerts(Some("open"), None, 1000)
         .await
         .expect("alerts");
     (m, alerts)
@@ -128,7 +128,7 @@ async fn each_fault_is_found_where_and_when_it_happened(store: &dyn Store) {
         keys(
             &store
                 .ledger()
-                .alerts(Some("open"), 1000)
+                .alerts(Some("open"), None, 1000)
                 .await
                 .expect("alerts")
         ),
@@ -254,7 +254,7 @@ async fn missing_data_is_incomplete_until_backfilled(store: &dyn Store) {
         .expect("reconcile");
     let open = store
         .ledger()
-        .alerts(Some("open"), 1000)
+        .alerts(Some("open"), None, 1000)
         .await
         .expect("alerts");
     let want: BTreeSet<Key> = m.expected_missing.iter().cloned().collect();
@@ -403,7 +403,7 @@ async fn missing_data_is_incomplete_until_backfilled(store: &dyn Store) {
     assert!(cov.complete && cov.inputs[0].gaps[0].filled, "{cov:?}");
     let open = store
         .ledger()
-        .alerts(Some("open"), 1000)
+        .alerts(Some("open"), None, 1000)
         .await
         .expect("alerts");
     assert!(open.is_empty(), "{open:#?}");

@@ -18,8 +18,8 @@ use super::auth::Principal;
 use super::params::Query;
 use super::problem::Problem;
 use super::recon::{
-    id_param, parse_body, positive, validate_discharge, validate_epod, when, DischargeBody,
-    EpodBody, When,
+    check_epod_write, id_param, parse_body, positive, validate_discharge, validate_epod,
+    visible_discharge, visible_epod, when, DischargeBody, EpodBody, When,
 };
 use super::routes::{call, data};
 use super::ApiState;
@@ -104,14 +104,13 @@ fn epod_body(e: &Epod) -> Map<String, Value> {
 /// `GET /api/v1/epods/{id}`: the ePOD (latest version) and its history.
 pub(super) async fn get_epod(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     Query::parse(raw.as_deref(), &[])?;
     let id = id_param(id, "ePOD")?;
-    let Some(e) = call(s.store.ledger().epod(id)).await? else {
-        return Err(Problem::not_found(format!("no ePOD {id}")));
-    };
+    let e = visible_epod(&s, &who, id).await?;
     let versions = call(s.store.ledger().versions("epod", id)).await?;
     Ok(data(&[with_history(json(&e), versions)]))
 }
@@ -126,14 +125,13 @@ pub(super) async fn amend_epod(
 ) -> Result<Response, Problem> {
     Query::parse(raw.as_deref(), &[])?;
     let id = id_param(id, "ePOD")?;
-    let Some(old) = call(s.store.ledger().epod(id)).await? else {
-        return Err(Problem::not_found(format!("no ePOD {id}")));
-    };
+    let old = visible_epod(&s, &who, id).await?;
     let (reason, merged) = overlay(&body, epod_body(&old))?;
     let b: EpodBody = serde_json::from_value(merged)
         .map_err(|e| Problem::invalid_body(vec![format!("body: {e}")]))?;
     let mut new = validate_epod(b, &s).map_err(Problem::invalid_body)?;
     new.id = id;
+    check_epod_write(&s, &who, &new)?;
     if new == old {
         return Err(Problem::invalid_body(vec![
             "body: the amendment changes nothing".into(),
@@ -250,14 +248,13 @@ fn validate_amended(merged: Value, s: &ApiState, id: i64) -> Result<DischargeRow
 /// `GET /api/v1/discharges/{id}`: the discharge (latest version) and its history.
 pub(super) async fn get_discharge(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     Query::parse(raw.as_deref(), &[])?;
     let id = id_param(id, "discharge")?;
-    let Some(d) = call(s.store.ledger().discharge(id)).await? else {
-        return Err(Problem::not_found(format!("no discharge {id}")));
-    };
+    let d = visible_discharge(&s, &who, id).await?;
     let versions = call(s.store.ledger().versions("discharge", id)).await?;
     Ok(data(&[with_history(json(&d), versions)]))
 }
@@ -272,11 +269,10 @@ pub(super) async fn amend_discharge(
 ) -> Result<Response, Problem> {
     Query::parse(raw.as_deref(), &[])?;
     let id = id_param(id, "discharge")?;
-    let Some(old) = call(s.store.ledger().discharge(id)).await? else {
-        return Err(Problem::not_found(format!("no discharge {id}")));
-    };
+    let old = visible_discharge(&s, &who, id).await?;
     let (reason, merged) = overlay(&body, discharge_body(&old))?;
     let new = validate_amended(merged, &s, id)?;
+    who.scope.check_write(&new.d.site)?;
     if new == old {
         return Err(Problem::invalid_body(vec![
             "body: the amendment changes nothing".into(),

@@ -110,11 +110,18 @@ fn filter(q: &Query) -> Result<AuditFilter, Problem> {
     })
 }
 
-async fn list(s: &ApiState, raw: Option<&str>, suffix: bool) -> Result<Response, Problem> {
+async fn list(
+    s: &ApiState,
+    who: &Principal,
+    raw: Option<&str>,
+    suffix: bool,
+) -> Result<Response, Problem> {
     let q = Query::parse(
         raw,
         &["from", "to", "actor", "action", "target", "limit", "format"],
     )?;
+    // Audit entries name records, not sites: all-sites tokens only.
+    who.scope.require_all("the audit log")?;
     let csv_out = match q.opt("format")? {
         None => suffix,
         Some("csv") => true,
@@ -147,15 +154,17 @@ async fn list(s: &ApiState, raw: Option<&str>, suffix: bool) -> Result<Response,
 /// `GET /api/v1/audit?from=&to=&actor=&action=&target=&limit=&format=` (auditor).
 pub(super) async fn audit(
     State(s): State<ApiState>,
+    axum::Extension(who): axum::Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    list(&s, raw.as_deref(), false).await
+    list(&s, &who, raw.as_deref(), false).await
 }
 
 /// `GET /api/v1/audit.csv` (auditor).
 pub(super) async fn audit_csv(
     State(s): State<ApiState>,
+    axum::Extension(who): axum::Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    list(&s, raw.as_deref(), true).await
+    list(&s, &who, raw.as_deref(), true).await
 }

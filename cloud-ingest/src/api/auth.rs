@@ -5,7 +5,8 @@
 //! first match, so neither the comparison nor the loop tells an attacker how close a guess was
 //! or which entry it matched.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -14,9 +15,10 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::config::{ApiConfig, Role};
+use super::config::{ApiConfig, Role, TokenConfig};
 use super::limit::Limits;
 use super::problem::Problem;
+use super::scope::SiteScope;
 
 /// Hex (lowercase) SHA-256 of a token: the value to put in `[[api.tokens]] sha256`.
 pub fn hash_token(token: &str) -> String {
@@ -37,33 +39,47 @@ pub struct Principal {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// The sites it may see.
+    pub scope: SiteScope,
+    /// When it stops being accepted, epoch ms (None: never).
+    pub expires_ms: Option<i64>,
 }
 
-/// The configured tokens, decoded once.
+/// The accepted tokens at one moment, decoded once.
 #[derive(Debug, Default)]
 pub(crate) struct TokenTable {
     entries: Vec<([u8; 32], Principal)>,
 }
 
 impl TokenTable {
-    /// Decode the configured hashes; malformed ones are left out (and logged).
-    pub(crate) fn new(cfg: &ApiConfig) -> TokenTable {
+    /// Decode the configured hashes; malformed ones (or a malformed `expires`) are left out
+    /// (and logged).
+    pub(crate) fn from_tokens(tokens: &[TokenConfig]) -> TokenTable {
         let mut entries = Vec::new();
-        for t in &cfg.tokens {
-            match decode_hash(&t.sha256) {
-                Some(h) => entries.push((
+        for t in tokens {
+            match (decode_hash(&t.sha256), t.expires_ms()) {
+                (Some(h), Ok(expires_ms)) => entries.push((
                     h,
                     Principal {
                         name: t.name.clone(),
                         role: t.role,
+                        scope: SiteScope::from_config(t.sites.as_deref()),
+                        expires_ms,
                     },
                 )),
-                None => {
+                (None, _) => {
                     tracing::warn!(token = %t.name, "api token ignored: sha256 is not 64 hex digits")
                 }
+                (_, Err(e)) => tracing::warn!(token = %t.name, "api token ignored: {e}"),
             }
         }
         TokenTable { entries }
+    }
+
+    /// The tokens of `[[api.tokens]]` alone.
+    #[cfg(test)]
+    pub(crate) fn new(cfg: &ApiConfig) -> TokenTable {
+        TokenTable::from_tokens(&cfg.tokens)
     }
 
     /// The principal holding this token, if any.
@@ -79,14 +95,124 @@ impl TokenTable {
         }
         found
     }
+
+    /// How many tokens.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// The `[[tokens]]` of a tokens file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    tokens: Vec<TokenConfig>,
+}
+
+/// Read a tokens file: its tokens, or an error naming the file (and, for a syntax or schema
+/// error, the line and column).
+pub(crate) fn read_tokens_file(path: &Path) -> Result<Vec<TokenConfig>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("tokens file {}: {e}", path.display()))?;
+    let f: TokensFile = toml::from_str(&text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|sp| {
+                let before = &text[..sp.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(":{line}:{col}")
+            })
+            .unwrap_or_default();
+        format!("tokens file {}{at}: {}", path.display(), e.message())
+    })?;
+    Ok(f.tokens)
+}
+
+/// The token table in use: `[[api.tokens]]` and the tokens file, swapped whole when the file is
+/// reloaded (SIGHUP, `POST /api/v1/admin/tokens/reload`), so tokens are added, rotated and
+/// revoked without a restart. A file that does not load leaves the table as it was.
+pub struct Tokens {
+    config: Vec<TokenConfig>,
+    file: Option<PathBuf>,
+    table: RwLock<Arc<TokenTable>>,
+}
+
+impl Tokens {
+    /// The tokens of `cfg`, with its tokens file when it loads (else logged, and only
+    /// `[[api.tokens]]` until a reload succeeds).
+    pub fn load(cfg: &ApiConfig) -> Tokens {
+        let t = Tokens {
+            config: cfg.tokens.clone(),
+            file: cfg.tokens_file.clone(),
+            table: RwLock::new(Arc::new(TokenTable::from_tokens(&cfg.tokens))),
+        };
+        if t.file.is_some() {
+            if let Err(e) = t.reload() {
+                tracing::error!(
+                    "api tokens: {e}; only the [[api.tokens]] of the configuration are accepted"
+                );
+            }
+        }
+        t
+    }
+
+    /// Read the tokens file again and swap the table; the number of tokens now accepted, or why
+    /// the table was kept (logged by the caller).
+    pub fn reload(&self) -> Result<usize, String> {
+        let mut all = self.config.clone();
+        if let Some(path) = &self.file {
+            all.extend(read_tokens_file(path)?);
+        }
+        super::config::validate_tokens(&all).map_err(|e| match &self.file {
+            Some(p) => format!("tokens file {}: {e}", p.display()),
+            None => e,
+        })?;
+        let table = Arc::new(TokenTable::from_tokens(&all));
+        let n = table.len();
+        match self.table.write() {
+            Ok(mut g) => *g = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+        Ok(n)
+    }
+
+    /// Reload and log the outcome (the SIGHUP handler and the admin route).
+    pub fn reload_logged(&self, why: &str) -> Result<usize, String> {
+        let r = self.reload();
+        match &r {
+            Ok(n) => tracing::info!(tokens = n, trigger = why, "api tokens reloaded"),
+            Err(e) => tracing::error!(
+                trigger = why,
+                "api tokens not reloaded, the previous ones stay: {e}"
+            ),
+        }
+        r
+    }
+
+    /// The table now.
+    pub(crate) fn current(&self) -> Arc<TokenTable> {
+        match self.table.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 /// The state of one route's authentication layer: the tokens and the role the route needs.
 #[derive(Clone)]
 pub(crate) struct Guard {
-    pub(crate) tokens: Arc<TokenTable>,
+    pub(crate) tokens: Arc<Tokens>,
     pub(crate) limits: Arc<Limits>,
     pub(crate) needs: Role,
+}
+
+/// Now, wall clock, epoch ms (token expiry is judged on the wall clock, never a simulated one).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The bearer token of a request: `Some(Ok(token))`, `Some(Err(()))` for an `Authorization`
@@ -105,26 +231,51 @@ fn bearer(req: &Request) -> Option<Result<&str, ()>> {
 /// 403 when its role does not grant the route's; otherwise the request goes on with its
 /// [`Principal`] in the extensions.
 pub(crate) async fn require(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
+    let refuse = |why: &str, token: Option<&str>, p: Problem| {
+        // Never the token itself: its configured name at most (the request's span names the
+        // path and the request id).
+        tracing::warn!(token = %token.unwrap_or("-"), "api request refused: {why}");
+        p.into_response()
+    };
     let principal = match bearer(&req) {
         None => {
-            return Problem::unauthorized(
-                "missing bearer token: send `Authorization: Bearer <token>`",
-                false,
+            return refuse(
+                "no bearer token",
+                None,
+                Problem::unauthorized(
+                    "missing bearer token: send `Authorization: Bearer <token>`",
+                    false,
+                ),
             )
-            .into_response()
         }
         Some(Err(())) => {
-            return Problem::unauthorized(
-                "malformed Authorization header: expected `Bearer <token>`",
-                true,
-            )
-            .into_response();
+            return refuse(
+                "malformed Authorization header",
+                None,
+                Problem::unauthorized(
+                    "malformed Authorization header: expected `Bearer <token>`",
+                    true,
+                ),
+            );
         }
-        Some(Ok(token)) => match g.tokens.lookup(token) {
+        Some(Ok(token)) => match g.tokens.current().lookup(token) {
             Some(p) => p.clone(),
-            None => return Problem::unauthorized("unknown bearer token", true).into_response(),
+            None => {
+                return refuse(
+                    "unknown bearer token",
+                    None,
+                    Problem::unauthorized("unknown bearer token", true),
+                )
+            }
         },
     };
+    if principal.expires_ms.is_some_and(|e| e <= wall_ms()) {
+        return refuse(
+            "token expired",
+            Some(&principal.name),
+            Problem::unauthorized("token expired", true),
+        );
+    }
     if let Err(p) = g.limits.check_token(&principal.name) {
         return p.into_response();
     }
@@ -134,11 +285,14 @@ pub(crate) async fn require(State(g): State<Guard>, mut req: Request, next: Next
         } else {
             " (or admin)".to_owned()
         };
-        return Problem::forbidden(format!(
-            "this route needs the {} role{also}; token {:?} has the {} role",
-            g.needs, principal.name, principal.role
-        ))
-        .into_response();
+        return refuse(
+            "role too low",
+            Some(&principal.name),
+            Problem::forbidden(format!(
+                "this route needs the {} role{also}; token {:?} has the {} role",
+                g.needs, principal.name, principal.role
+            )),
+        );
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
@@ -163,11 +317,7 @@ mod tests {
 
     #[test]
     fn lookup_finds_the_holder() {
-        let tok = |name: &str, role, sha256: String| TokenConfig {
-            name: name.into(),
-            role,
-            sha256,
-        };
+        let tok = |name: &str, role, sha256: String| TokenConfig::new(name, role, sha256);
         let cfg = ApiConfig {
             tokens: vec![
                 tok("v", Role::Viewer, hash_token("tv")),

@@ -43,6 +43,12 @@ pub struct ApiConfig {
     /// route answers 401 (the open probes `/healthz`, `/readyz`, `/metrics` still work).
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// A file of more tokens (`[[tokens]]` tables, the same keys as `[[api.tokens]]`), read at
+    /// start and again on SIGHUP or `POST /api/v1/admin/tokens/reload`: tokens are added,
+    /// rotated and revoked without a restart. A file that does not load keeps the tokens in
+    /// use (the error is logged with its line and column). None: only `[[api.tokens]]`.
+    #[serde(default)]
+    pub tokens_file: Option<std::path::PathBuf>,
     /// Milliseconds a client has to send a whole request head once the server waits for one
     /// (slow-header clients get a 408 problem and are closed). Default 10,000.
     #[serde(default = "default_header_timeout_ms")]
@@ -81,6 +87,7 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: default_listen(),
             tokens: Vec::new(),
+            tokens_file: None,
             header_timeout_ms: default_header_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
             max_connections: default_max_connections(),
@@ -133,6 +140,43 @@ pub struct TokenConfig {
     /// Hex SHA-256 of the token (64 hex digits, either case), as printed by
     /// [`hash_token`](super::hash_token) or `printf %s "$TOKEN" | sha256sum`.
     pub sha256: String,
+    /// The sites it may see (`sites = ["dar-terminal"]`); absent: every site. A transport
+    /// company is scoped by its trucks' site, a station by its gauge's site (see `scope.rs`).
+    #[serde(default)]
+    pub sites: Option<Vec<String>>,
+    /// When it stops being accepted (RFC 3339, e.g. `"2027-01-31T00:00:00Z"`); absent: never.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+impl TokenConfig {
+    /// A token of every site that never expires.
+    pub fn new(name: impl Into<String>, role: Role, sha256: impl Into<String>) -> TokenConfig {
+        TokenConfig {
+            name: name.into(),
+            role,
+            sha256: sha256.into(),
+            sites: None,
+            expires: None,
+        }
+    }
+
+    /// `expires` as epoch ms (None: never), or what is wrong with it.
+    pub fn expires_ms(&self) -> Result<Option<i64>, String> {
+        let Some(e) = &self.expires else {
+            return Ok(None);
+        };
+        let t = time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339)
+            .map_err(|err| {
+                format!(
+                    "api.tokens {:?}: expires {e:?} is not an RFC 3339 time ({err})",
+                    self.name
+                )
+            })?;
+        Ok(Some(
+            i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
+        ))
+    }
 }
 
 impl fmt::Debug for TokenConfig {
@@ -141,6 +185,8 @@ impl fmt::Debug for TokenConfig {
         f.debug_struct("TokenConfig")
             .field("name", &self.name)
             .field("role", &self.role)
+            .field("sites", &self.sites)
+            .field("expires", &self.expires)
             .finish_non_exhaustive()
     }
 }
@@ -266,9 +312,17 @@ impl ApiConfig {
     }
 
     fn validate_tokens(&self) -> Result<(), String> {
+        validate_tokens(&self.tokens)
+    }
+}
+
+/// The checks of a token list (`[[api.tokens]]`, or the tokens file joined to it): names and
+/// hashes unique and well formed, `sites` not empty, `expires` RFC 3339.
+pub(crate) fn validate_tokens(tokens: &[TokenConfig]) -> Result<(), String> {
+    {
         let mut names = HashSet::new();
         let mut hashes = HashSet::new();
-        for t in &self.tokens {
+        for t in tokens {
             if t.name.trim().is_empty() {
                 return Err("api.tokens: a token has an empty name".into());
             }
@@ -287,6 +341,16 @@ impl ApiConfig {
                     t.name
                 ));
             }
+            if let Some(sites) = &t.sites {
+                if sites.is_empty() || sites.iter().any(|s| s.trim().is_empty()) {
+                    return Err(format!(
+                        "api.tokens {:?}: sites must name at least one site, none empty \
+                         (leave the key out for every site)",
+                        t.name
+                    ));
+                }
+            }
+            t.expires_ms()?;
         }
         Ok(())
     }
@@ -367,11 +431,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_problem() {
-        let tok = |name: &str, sha: &str| TokenConfig {
-            name: name.into(),
-            role: Role::Viewer,
-            sha256: sha.into(),
-        };
+        let tok = |name: &str, sha: &str| TokenConfig::new(name, Role::Viewer, sha);
         let h = super::super::hash_token("t");
         let mut c = ApiConfig {
             listen: "localhost".into(),
@@ -385,6 +445,22 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("twice"));
         c.tokens = vec![tok("a", &h), tok("b", &h.to_uppercase())];
         assert!(c.validate().unwrap_err().contains("same token"));
+        c.tokens = vec![TokenConfig {
+            sites: Some(vec![]),
+            ..tok("a", &h)
+        }];
+        assert!(c.validate().unwrap_err().contains("sites"));
+        c.tokens = vec![TokenConfig {
+            expires: Some("tomorrow".into()),
+            ..tok("a", &h)
+        }];
+        assert!(c.validate().unwrap_err().contains("RFC 3339"));
+        c.tokens = vec![TokenConfig {
+            sites: Some(vec!["s1".into()]),
+            expires: Some("2030-01-01T00:00:00Z".into()),
+            ..tok("a", &h)
+        }];
+        assert_eq!(c.tokens[0].expires_ms(), Ok(Some(1_893_456_000_000)));
         c.tokens = vec![tok("a", &h)];
         c.validate().expect("valid");
         assert!(

@@ -46,16 +46,21 @@ pub struct Freshness {
 /// `GET /api/v1/freshness?site=`.
 pub(super) async fn freshness(
     State(s): State<ApiState>,
+    axum::Extension(who): axum::Extension<super::auth::Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["site"])?;
-    let site = q.opt("site")?;
+    let Some(site) = who.scope.narrow(q.opt("site")?) else {
+        return Ok(data::<Freshness>(&[]));
+    };
     let cfg = s
         .reconciler
         .as_ref()
         .map_or_else(StaleConfig::default, |r| r.cfg.stale.clone());
     let now = now_ms();
-    let tags = call(s.store.tags(site, None)).await?;
+    let tags = who
+        .scope
+        .keep(call(s.store.tags(site, None)).await?, |t| &t.site);
     let ids: Vec<i64> = tags.iter().map(|t| t.id).collect();
     let mut out = Vec::with_capacity(tags.len());
     for (chunk_tags, chunk_ids) in tags.chunks(1_000).zip(ids.chunks(1_000)) {

@@ -35,6 +35,7 @@
 //! | GET    | `/api/v1/kpis`               | viewer    | gross/net/ready stock per tank and product, endurance days |
 //! | GET    | `/api/v1/site-model`         | viewer    | the `[reconcile]` tanks, meters, stations, places, trucks |
 //! | GET    | `/api/v1/track?truck=&from=&to=` | viewer | a truck's GPS fixes and stops (≤ 2 days) |
+//! | POST   | `/api/v1/admin/tokens/reload` | admin    | read the tokens file again (also on SIGHUP) |
 //! | GET    | `/`, `/console/{file}`       | open      | the ops console (embedded HTML/CSS/JS, strict CSP; see `console/`) |
 //!
 //! Parameters (`params.rs`): times are RFC 3339 or epoch milliseconds; `from` is inclusive, `to`
@@ -57,6 +58,14 @@
 //! | admin      | yes           | yes                           |
 //!
 //! (`operator` ⊇ viewer, plus posting movements and starting runs; `admin` ⊇ all.)
+//!
+//! A token may be limited to sites (`sites = [...]`; `scope.rs`): every data route answers only
+//! those sites' rows, 404 for another site's record by id, 403 for a write to another site and
+//! for the routes that cover every site (dead letters, audit log, `POST
+//! /api/v1/reconciliation/run`, `POST /api/v1/admin/tokens/reload`). A token may expire
+//! (`expires`, RFC 3339; then 401 `token expired`). The tokens of `[api] tokens_file` are read
+//! again on SIGHUP and by `POST /api/v1/admin/tokens/reload` (admin); a file that does not load
+//! keeps the tokens in use. Refusals are logged with the token's name, never the token.
 //!
 //! # Conventions
 //!
@@ -104,9 +113,12 @@ mod problem;
 mod recon;
 mod request_id;
 mod routes;
+mod scope;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_access;
 #[cfg(test)]
 mod tests_history;
 
@@ -117,11 +129,12 @@ use std::sync::Arc;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::Router;
 
-pub use auth::hash_token;
+pub use auth::{hash_token, Principal, Tokens};
 pub use config::{ApiConfig, Role, TokenConfig};
 pub use conn::{bind, BACKLOG};
 pub use head::{MAX_HEAD, MAX_HEADERS, MAX_URI};
 pub use limit::ApiStats;
+pub use scope::SiteScope;
 
 use crate::consume::ConsumerStats;
 use crate::store::Store;
@@ -143,9 +156,14 @@ pub struct ApiState {
     pub api_stats: Arc<ApiStats>,
 }
 
-/// The API's router, with its state.
+/// The API's router, with its state (the tokens of its configuration, read now).
 pub fn router(state: ApiState) -> Router {
-    let tokens = Arc::new(auth::TokenTable::new(&state.config));
+    let tokens = Arc::new(Tokens::load(&state.config));
+    router_with_tokens(state, tokens)
+}
+
+/// The API's router with a token table the caller keeps (to reload it).
+pub fn router_with_tokens(state: ApiState, tokens: Arc<Tokens>) -> Router {
     let limits = Arc::new(limit::Limits::new(&state.config, state.api_stats.clone()));
     let cors = Arc::new(cors::Cors::new(&state.config.cors_origins));
     let mut r = Router::new();
@@ -167,11 +185,45 @@ pub fn router(state: ApiState) -> Router {
         r = r.route(path, handler);
     }
     r.fallback(routes::not_found)
+        .layer(axum::Extension(tokens))
         .with_state(state)
         .layer(from_fn_with_state(limits, limit::per_ip))
         .layer(from_fn_with_state(cors, cors::apply))
         .layer(from_fn(problem::finish))
         .layer(from_fn(request_id::assign))
+}
+
+/// `check-config`: the tokens of `[[api.tokens]]` and the tokens file together (the file read
+/// and checked as a reload would); a summary line and warnings (a token of every site below
+/// admin when other tokens are limited to sites), or what is wrong.
+pub fn check_tokens(cfg: &ApiConfig) -> Result<Vec<String>, String> {
+    let mut all = cfg.tokens.clone();
+    if let Some(path) = &cfg.tokens_file {
+        all.extend(auth::read_tokens_file(path)?);
+    }
+    config::validate_tokens(&all).map_err(|e| match &cfg.tokens_file {
+        Some(p) => format!("with the tokens file {}: {e}", p.display()),
+        None => e,
+    })?;
+    let scoped = all.iter().filter(|t| t.sites.is_some()).count();
+    let expiring = all.iter().filter(|t| t.expires.is_some()).count();
+    let mut out = vec![format!(
+        "ok: [api] {} token(s) ({} from the tokens file), {scoped} limited to sites, {expiring} with an expiry",
+        all.len(),
+        all.len() - cfg.tokens.len()
+    )];
+    if scoped > 0 {
+        for t in all
+            .iter()
+            .filter(|t| t.sites.is_none() && t.role != Role::Admin)
+        {
+            out.push(format!(
+                "warning: [api] token {:?} ({}) sees every site; add `sites = [...]` to limit it",
+                t.name, t.role
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Serve the API on `listener` until `shutdown` completes (then finish the requests in
@@ -194,5 +246,32 @@ pub async fn serve(
     }
     let config = state.config.clone();
     let stats = state.api_stats.clone();
-    conn::serve(listener, router(state), &config, stats, shutdown).await
+    let tokens = Arc::new(Tokens::load(&config));
+    let hup = tokio::spawn(reload_on_sighup(tokens.clone()));
+    let r = conn::serve(
+        listener,
+        router_with_tokens(state, tokens),
+        &config,
+        stats,
+        shutdown,
+    )
+    .await;
+    hup.abort();
+    r
+}
+
+/// Reload the tokens file on every SIGHUP (a bad file keeps the tokens in use; logged).
+async fn reload_on_sighup(tokens: Arc<Tokens>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "api: no SIGHUP handler, the tokens file is reloaded by the admin route only");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        // The outcome is logged by `reload_logged`.
+        let _ = tokens.reload_logged("SIGHUP");
+    }
 }

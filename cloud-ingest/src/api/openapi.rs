@@ -14,6 +14,7 @@ pub fn document() -> &'static Value {
         let mut doc = build();
         add_reconciliation(&mut doc);
         add_console(&mut doc);
+        add_access(&mut doc);
         add_robustness(&mut doc);
         doc
     })
@@ -109,7 +110,8 @@ fn build() -> Value {
             { "name": "data", "description": "Stored data (viewer)." },
             { "name": "audit", "description": "Audit routes (auditor or admin)." },
             { "name": "movements", "description": "Ship discharges and ePODs (read: viewer; post: operator)." },
-            { "name": "reconciliation", "description": "Daily reconciliation runs, variance records (JSON or CSV) and alerts." }
+            { "name": "reconciliation", "description": "Daily reconciliation runs, variance records (JSON or CSV) and alerts." },
+            { "name": "admin", "description": "Managing the service (admin, all sites)." }
         ],
         "paths": {
             "/healthz": { "get": {
@@ -732,6 +734,32 @@ fn add_console(doc: &mut Value) {
 
 /// What every operation shares: the `X-Request-Id` request and response header, 429 on every
 /// rate-limited route (all but the probes), and the answers of the connection layer.
+/// Site-scoped tokens and the token reload (`scope.rs`, `auth.rs`).
+fn add_access(doc: &mut Value) {
+    doc["paths"]["/api/v1/admin/tokens/reload"] = json!({ "post": {
+        "tags": ["admin"], "operationId": "reloadTokens", "x-required-role": "admin",
+        "summary": "Read the `[api] tokens_file` again: tokens added, rotated and revoked without a restart (SIGHUP does the same). A file that does not load keeps the tokens in use (409, the error names the file, line and column).",
+        "responses": {
+            "200": { "description": "Reloaded: how many tokens are accepted now.", "content": { "application/json": { "schema": {
+                "type": "object", "required": ["data"], "properties": { "data": { "type": "array", "items": {
+                    "type": "object", "required": ["tokens"], "properties": { "tokens": { "type": "integer" } } } } } } } } },
+            "401": { "$ref": "#/components/responses/Unauthorized" },
+            "403": { "$ref": "#/components/responses/Forbidden" },
+            "409": problem_response("The tokens file did not load; the previous tokens stay."),
+            "500": { "$ref": "#/components/responses/Internal" }
+        }
+    } });
+    let w = &mut doc["components"]["schemas"]["WhoAmI"];
+    w["properties"]["sites"] = json!({ "type": "array", "items": { "type": "string" }, "nullable": true,
+        "description": "The sites the token may see (null: every site). Every data route answers only these sites' rows; a record of another site is a 404; a write to another site a 403; the all-sites routes (dead letters, audit log, starting a run, reloading tokens) a 403." });
+    w["properties"]["expires_ms"] = json!({ "type": "integer", "format": "int64", "nullable": true,
+        "description": "When the token stops being accepted (UTC, epoch milliseconds; null: never). After it: 401 `token expired`." });
+    if let Value::Array(req) = &mut w["required"] {
+        req.push(json!("sites"));
+        req.push(json!("expires_ms"));
+    }
+}
+
 fn add_robustness(doc: &mut Value) {
     let id_header = json!({ "$ref": "#/components/headers/XRequestId" });
     if let Some(Value::Object(paths)) = doc.get_mut("paths") {

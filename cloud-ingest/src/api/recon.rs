@@ -159,6 +159,47 @@ pub(super) fn validate_discharge(
     })
 }
 
+/// A discharge of the token's sites; 404 for one of another site, as for none.
+pub(super) async fn visible_discharge(
+    s: &ApiState,
+    who: &Principal,
+    id: i64,
+) -> Result<DischargeRow, Problem> {
+    match call(s.store.ledger().discharge(id)).await? {
+        Some(d) if who.scope.allows(&d.d.site) => Ok(d),
+        Some(_) => Err(who.scope.hidden(format!("no discharge {id}"))),
+        None => Err(Problem::not_found(format!("no discharge {id}"))),
+    }
+}
+
+/// May this token see this ePOD (`scope.rs`: its truck's or station's site)?
+pub(super) fn sees_epod(s: &ApiState, who: &Principal, e: &Epod) -> bool {
+    who.scope
+        .allows_epod(s.reconciler.as_ref().map(|r| &r.cfg), e)
+}
+
+/// An ePOD of the token's sites; 404 for another, as for none.
+pub(super) async fn visible_epod(s: &ApiState, who: &Principal, id: i64) -> Result<Epod, Problem> {
+    match call(s.store.ledger().epod(id)).await? {
+        Some(e) if sees_epod(s, who, &e) => Ok(e),
+        Some(_) => Err(who.scope.hidden(format!("no ePOD {id}"))),
+        None => Err(Problem::not_found(format!("no ePOD {id}"))),
+    }
+}
+
+/// 403 when a scoped token posts or amends an ePOD of neither its trucks nor its stations.
+pub(super) fn check_epod_write(s: &ApiState, who: &Principal, e: &Epod) -> Result<(), Problem> {
+    if sees_epod(s, who, e) {
+        Ok(())
+    } else {
+        tracing::warn!(token = %who.name, "api request refused: ePOD outside the token's sites");
+        Err(Problem::forbidden(format!(
+            "this token may not write ePODs of truck {:?} at station {:?} (not of its sites)",
+            e.truck, e.station
+        )))
+    }
+}
+
 /// `POST /api/v1/discharges`: open a discharge.
 pub(super) async fn open_discharge(
     State(s): State<ApiState>,
@@ -168,6 +209,8 @@ pub(super) async fn open_discharge(
 ) -> Result<Response, Problem> {
     Query::parse(raw.as_deref(), &[])?;
     let b: DischargeBody = parse_body(&body)?;
+    // The site first: a token of other sites learns nothing of this site's model.
+    who.scope.check_write(&b.site)?;
     let d = validate_discharge(b, &s).map_err(Problem::invalid_body)?;
     let row = call(s.store.ledger().open_discharge(&d)).await?;
     audit::record(
@@ -185,11 +228,13 @@ pub(super) async fn open_discharge(
 /// `GET /api/v1/discharges?from=&to=`.
 pub(super) async fn list_discharges(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["from", "to"])?;
     let (from, to) = params::range(&q)?;
-    Ok(data(&call(s.store.ledger().discharges(from, to)).await?))
+    let rows = call(s.store.ledger().discharges(from, to)).await?;
+    Ok(data(&who.scope.keep(rows, |d| &d.d.site)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +264,7 @@ pub(super) async fn close_discharge(
     if !e.is_empty() {
         return Err(Problem::invalid_body(e));
     }
+    visible_discharge(&s, &who, id).await?;
     match call(s.store.ledger().close_discharge(id, closed_ms, b.ship_l)).await? {
         CloseOutcome::Closed(row) => {
             let before = DischargeRow {
@@ -384,6 +430,7 @@ pub(super) async fn post_epod(
     Query::parse(raw.as_deref(), &[])?;
     let b: EpodBody = parse_body(&body)?;
     let mut epod = validate_epod(b, &s).map_err(Problem::invalid_body)?;
+    check_epod_write(&s, &who, &epod)?;
     match call(s.store.ledger().post_epod(&epod, now_ms())).await? {
         EpodOutcome::Created(id) => {
             epod.id = id;
@@ -413,20 +460,44 @@ pub(super) async fn post_epod(
 /// `GET /api/v1/epods?from=&to=` (by delivery time).
 pub(super) async fn list_epods(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["from", "to"])?;
     let (from, to) = params::range(&q)?;
-    Ok(data(&call(s.store.ledger().epods(from, to)).await?))
+    let rows = call(s.store.ledger().epods(from, to)).await?;
+    let rows: Vec<Epod> = rows
+        .into_iter()
+        .filter(|e| sees_epod(&s, &who, e))
+        .collect();
+    Ok(data(&rows))
 }
 
-/// `GET /api/v1/reconciliation/runs?limit=`.
+/// `GET /api/v1/reconciliation/runs?limit=`. A run covers every site: for a token of some
+/// sites its counts (records, exceptions, alerts), which add up every site's, are null.
 pub(super) async fn runs(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["limit"])?;
-    Ok(data(&call(s.store.ledger().runs(limit(&q)?)).await?))
+    let rows = call(s.store.ledger().runs(limit(&q)?)).await?;
+    if who.scope.is_all() {
+        return Ok(data(&rows));
+    }
+    let redacted: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let mut v = json(r);
+            if let serde_json::Value::Object(o) = &mut v {
+                for k in ["records", "exceptions", "alerts_opened", "alerts_closed"] {
+                    o.insert(k.into(), serde_json::Value::Null);
+                }
+            }
+            v
+        })
+        .collect();
+    Ok(data(&redacted))
 }
 
 /// `POST /api/v1/reconciliation/run?date=YYYY-MM-DD` (operator): reconcile a day now.
@@ -438,6 +509,7 @@ pub(super) async fn run_now(
     let q = Query::parse(raw.as_deref(), &["date"])?;
     let date = q.req("date")?;
     let day = params::day("date", date)?;
+    who.scope.require_all("a reconciliation run")?;
     let Some(r) = s.reconciler.clone() else {
         return Err(Problem::conflict(
             "no [reconcile] site model is configured (tanks, meters): nothing to reconcile",
@@ -570,6 +642,7 @@ pub fn csv(rows: &[VarianceRow]) -> String {
 
 async fn records(
     s: &ApiState,
+    who: &Principal,
     raw: Option<&str>,
     date: Result<Path<String>, PathRejection>,
     kinds: &[RecordKind],
@@ -593,7 +666,7 @@ async fn records(
     };
     let rows: Vec<VarianceRow> = all
         .into_iter()
-        .filter(|r| kinds.contains(&r.v.kind))
+        .filter(|r| kinds.contains(&r.v.kind) && who.scope.allows(&r.v.site))
         .collect();
     if !csv_out {
         return Ok(data(&rows));
@@ -616,11 +689,13 @@ async fn records(
 /// `GET /api/v1/reconciliation/{date}`: the chain per product and the parcels (`.csv` or `?format=csv`).
 pub(super) async fn chain(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     date: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     records(
         &s,
+        &who,
         raw.as_deref(),
         date,
         &[RecordKind::Chain, RecordKind::Parcel],
@@ -632,29 +707,33 @@ pub(super) async fn chain(
 /// `GET /api/v1/reconciliation/{date}/tanks`.
 pub(super) async fn tanks(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     date: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    records(&s, raw.as_deref(), date, &[RecordKind::Tank], "tanks").await
+    records(&s, &who, raw.as_deref(), date, &[RecordKind::Tank], "tanks").await
 }
 
 /// `GET /api/v1/reconciliation/{date}/trips`.
 pub(super) async fn trips(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     date: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    records(&s, raw.as_deref(), date, &[RecordKind::Trip], "trips").await
+    records(&s, &who, raw.as_deref(), date, &[RecordKind::Trip], "trips").await
 }
 
 /// `GET /api/v1/reconciliation/{date}/meters`.
 pub(super) async fn meters(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     date: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     records(
         &s,
+        &who,
         raw.as_deref(),
         date,
         &[RecordKind::MeterCheck, RecordKind::MeterTrend],
@@ -666,6 +745,7 @@ pub(super) async fn meters(
 /// `GET /api/v1/alerts?state=open|closed&limit=`.
 pub(super) async fn alerts(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["state", "limit"])?;
@@ -680,6 +760,11 @@ pub(super) async fn alerts(
         }
     };
     Ok(data(
-        &call(s.store.ledger().alerts(state, limit(&q)?)).await?,
+        &call(
+            s.store
+                .ledger()
+                .alerts(state, who.scope.list().as_deref(), limit(&q)?),
+        )
+        .await?,
     ))
 }

@@ -10,8 +10,10 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
+use axum::Extension;
 use serde::Serialize;
 
+use super::auth::{Principal, Tokens};
 use super::config::Role;
 use super::params::{self, Query};
 use super::problem::Problem;
@@ -42,7 +44,7 @@ pub(crate) type Route = (
 
 /// Every route the router serves.
 pub(crate) fn table() -> Vec<Route> {
-    use Role::{Auditor, Operator, Viewer};
+    use Role::{Admin, Auditor, Operator, Viewer};
     vec![
         ("/healthz", "get", None, get(healthz)),
         ("/readyz", "get", None, get(readyz)),
@@ -182,6 +184,12 @@ pub(crate) fn table() -> Vec<Route> {
             Some(Viewer),
             get(console::data::track),
         ),
+        (
+            "/api/v1/admin/tokens/reload",
+            "post",
+            Some(Admin),
+            post(reload_tokens),
+        ),
     ]
 }
 
@@ -272,26 +280,41 @@ async fn openapi_json() -> Response {
     json(StatusCode::OK, openapi::document())
 }
 
-/// `GET /api/v1/agents`.
-async fn agents(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Response, Problem> {
+/// `GET /api/v1/agents` (of the token's sites).
+async fn agents(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
     Query::parse(raw.as_deref(), &[])?;
-    Ok(data(&call(s.store.agents()).await?))
+    let rows = call(s.store.agents()).await?;
+    Ok(data(&who.scope.keep(rows, |a| &a.site)))
 }
 
-/// `GET /api/v1/tags?site=&prefix=`.
-async fn tags(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Response, Problem> {
+/// `GET /api/v1/tags?site=&prefix=` (of the token's sites).
+async fn tags(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["site", "prefix"])?;
     let (site, prefix) = (q.opt("site")?, q.opt("prefix")?);
-    Ok(data(&call(s.store.tags(site, prefix)).await?))
+    let Some(site) = who.scope.narrow(site) else {
+        return Ok(data::<crate::store::TagRow>(&[]));
+    };
+    let rows = call(s.store.tags(site, prefix)).await?;
+    Ok(data(&who.scope.keep(rows, |t| &t.site)))
 }
 
-/// 404 unless every id is a registered tag.
-async fn require_tags(s: &ApiState, ids: &[i64]) -> Result<(), Problem> {
+/// 404 unless every id is a registered tag of the token's sites (a tag of another site is
+/// answered as an unknown one).
+async fn require_tags(s: &ApiState, who: &Principal, ids: &[i64]) -> Result<(), Problem> {
     // The store has no lookup by id; the registry is small (thousands of tags) and ids are never
     // reused, so a scan is acceptable here.
     let known: std::collections::HashSet<i64> = call(s.store.tags(None, None))
         .await?
         .into_iter()
+        .filter(|t| who.scope.allows(&t.site))
         .map(|t| t.id)
         .collect();
     let unknown: Vec<String> = ids
@@ -302,24 +325,28 @@ async fn require_tags(s: &ApiState, ids: &[i64]) -> Result<(), Problem> {
     if unknown.is_empty() {
         Ok(())
     } else {
-        Err(Problem::not_found(format!(
-            "no tag with id {}",
-            unknown.join(", ")
-        )))
+        Err(who
+            .scope
+            .hidden(format!("no tag with id {}", unknown.join(", "))))
     }
 }
 
 /// `GET /api/v1/latest?tag_id=1&tag_id=2` or `?tag_id=1,2`.
-async fn latest(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Response, Problem> {
+async fn latest(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["tag_id"])?;
     let ids = params::tag_ids(&q, "tag_id", MAX_LATEST_TAGS)?;
-    require_tags(&s, &ids).await?;
+    require_tags(&s, &who, &ids).await?;
     Ok(data(&call(s.store.latest(&ids)).await?))
 }
 
 /// `GET /api/v1/tags/{id}/series?from=&to=&step=`.
 async fn series(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
@@ -340,24 +367,35 @@ async fn series(
             format!("{buckets} buckets of this step between `from` and `to`; at most {MAX_BUCKETS}: use a larger step or a shorter range"),
         ));
     }
-    require_tags(&s, &[id]).await?;
+    require_tags(&s, &who, &[id]).await?;
     Ok(data(&call(s.store.series(id, from, to, step)).await?))
 }
 
-/// `GET /api/v1/gaps?site=&from=&to=`.
-async fn gaps(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Response, Problem> {
+/// `GET /api/v1/gaps?site=&from=&to=` (of the token's sites).
+async fn gaps(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["site", "from", "to"])?;
     let site = q.opt("site")?;
     let (from, to) = params::range(&q)?;
-    Ok(data(&call(s.store.gaps(site, from, to)).await?))
+    let Some(site) = who.scope.narrow(site) else {
+        return Ok(data::<crate::store::GapRow>(&[]));
+    };
+    let rows = call(s.store.gaps(site, from, to)).await?;
+    Ok(data(&who.scope.keep(rows, |g| &g.site)))
 }
 
-/// `GET /api/v1/dead-letters?limit=`.
+/// `GET /api/v1/dead-letters?limit=` (all-sites tokens: a rejected message's topic may be
+/// garbled, so its site is not known).
 async fn dead_letters(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["limit"])?;
+    who.scope.require_all("the dead-letter list")?;
     let limit = match q.opt("limit")? {
         None => DEAD_LETTERS_DEFAULT,
         Some(v) => match v.parse::<i64>() {
@@ -371,6 +409,25 @@ async fn dead_letters(
         },
     };
     Ok(data(&call(s.store.dead_letters(limit)).await?))
+}
+
+/// `POST /api/v1/admin/tokens/reload` (admin, all sites): read the tokens file again.
+async fn reload_tokens(
+    Extension(who): Extension<Principal>,
+    Extension(tokens): Extension<std::sync::Arc<Tokens>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    Query::parse(raw.as_deref(), &[])?;
+    who.scope.require_all("reloading the tokens")?;
+    match tokens.reload_logged(&format!("api:{}", who.name)) {
+        Ok(n) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "data": [{ "tokens": n }] }),
+        )),
+        Err(e) => Err(Problem::conflict(format!(
+            "the tokens were not reloaded, the previous ones stay: {e}"
+        ))),
+    }
 }
 
 /// Unknown routes.

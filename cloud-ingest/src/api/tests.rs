@@ -202,11 +202,7 @@ pub(super) async fn fixture() -> Fixture {
             .expect("tag")
     };
     let (level, temp) = (id("tank/level"), id("tank/temp"));
-    let tok = |name: &str, role, t: &str| TokenConfig {
-        name: name.into(),
-        role,
-        sha256: hash_token(t),
-    };
+    let tok = |name: &str, role, t: &str| TokenConfig::new(name, role, hash_token(t));
     let config = ApiConfig {
         listen: "127.0.0.1:0".into(),
         tokens: vec![

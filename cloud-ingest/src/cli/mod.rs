@@ -189,6 +189,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             cfg.api
                 .validate()
                 .map_err(|e| CliError::Config(format!("[api]: {e}")))?;
+            for line in crate::api::check_tokens(&cfg.api)
+                .map_err(|e| CliError::Config(format!("[api]: {e}")))?
+            {
+                println!("{line}");
+            }
             let model = reconcile::reconciler(&cfg, cli.config.as_deref())?;
             if let Some(r) = &model {
                 println!(

@@ -422,8 +422,13 @@ pub trait Ledger: Send + Sync {
         found: &[NewAlert],
         now_ms: i64,
     ) -> Result<(i64, i64), StoreError>;
-    /// Alerts (`open`, `closed` or all), newest first.
-    async fn alerts(&self, state: Option<&str>, limit: i64) -> Result<Vec<AlertRow>, StoreError>;
+    /// Alerts (`open`, `closed` or all) of these sites (None: every site), newest first.
+    async fn alerts(
+        &self,
+        state: Option<&str>,
+        sites: Option<&[String]>,
+        limit: i64,
+    ) -> Result<Vec<AlertRow>, StoreError>;
     /// Dead-lettered data batches (topic `…/{site}/{agent}/data`) received in
     /// `[from_ms, to_ms)` (the reconciliation's coverage).
     async fn dead_letter_count(

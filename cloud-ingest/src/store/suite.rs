@@ -540,13 +540,31 @@ fn in_epoch(mut b: wire::Batch, epoch: u64) -> wire::Batch {
 
 /// The open `batch-conflict` alerts.
 async fn conflict_alerts(s: &dyn Store) -> Vec<super::ledger::AlertRow> {
-    s.ledger()
-        .alerts(Some("open"), 100)
+    let all: Vec<_> = s
+        .ledger()
+        .alerts(Some("open"), None, 100)
         .await
         .expect("alerts")
         .into_iter()
         .filter(|a| a.a.kind == super::BATCH_CONFLICT)
-        .collect()
+        .collect();
+    // The site filter is in the query: the same rows for their own site, none for another.
+    let sites: Vec<String> = all.iter().map(|a| a.a.site.clone()).collect();
+    if !sites.is_empty() {
+        let mine = s
+            .ledger()
+            .alerts(Some("open"), Some(&sites), 100)
+            .await
+            .expect("alerts of the sites");
+        assert!(all.iter().all(|a| mine.contains(a)));
+        let other = s
+            .ledger()
+            .alerts(Some("open"), Some(&["no-such-site".to_owned()]), 100)
+            .await
+            .expect("alerts of another site");
+        assert!(other.is_empty(), "{other:?}");
+    }
+    all
 }
 
 /// A re-sent batch (same key, same content, framed later) is stored once and is a duplicate; the

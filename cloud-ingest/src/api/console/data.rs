@@ -29,7 +29,11 @@ pub struct WhoAmI {
     pub name: String,
     /// Its role.
     pub role: Role,
-    /// May it read the auditor routes (dead letters)?
+    /// The sites it may see (null: every site).
+    pub sites: Option<Vec<String>>,
+    /// When it stops being accepted, epoch ms (null: never).
+    pub expires_ms: Option<i64>,
+    /// May it read the auditor routes (dead letters, audit log; tokens of every site only)?
     pub can_audit: bool,
     /// May it post movements and start runs?
     pub can_operate: bool,
@@ -49,8 +53,11 @@ pub(crate) async fn whoami(
     Query::parse(raw.as_deref(), &[])?;
     let clock = flowsquare_service::clock::clock();
     Ok(data(&[WhoAmI {
-        can_audit: p.role.grants(Role::Auditor),
+        // The auditor routes cover every site: not for a token of some sites.
+        can_audit: p.role.grants(Role::Auditor) && p.scope.is_all(),
         can_operate: p.role.grants(Role::Operator),
+        sites: p.scope.list(),
+        expires_ms: p.expires_ms,
         name: p.name,
         role: p.role,
         now_ms: now_ms(),
@@ -140,9 +147,12 @@ pub struct SiteModel {
     pub stale_min_age_s: u64,
 }
 
-/// `GET /api/v1/site-model`: `{"data": [model]}`, or `{"data": []}` without `[reconcile]`.
+/// `GET /api/v1/site-model`: `{"data": [model]}`, or `{"data": []}` without `[reconcile]`; the
+/// tanks, meters, trucks and stations of the token's sites (a station by its gauge's site; the
+/// other known places, which belong to no site, are all shown).
 pub(crate) async fn site_model(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     Query::parse(raw.as_deref(), &[])?;
@@ -158,10 +168,11 @@ pub(crate) async fn site_model(
         kind,
     };
     Ok(data(&[SiteModel {
-        sites: c.sites(),
+        sites: who.scope.keep(c.sites(), |s| s),
         tanks: c
             .tanks
             .iter()
+            .filter(|t| who.scope.allows(&t.site))
             .map(|t| SiteTank {
                 id: t.id.clone(),
                 site: t.site.clone(),
@@ -174,6 +185,7 @@ pub(crate) async fn site_model(
         meters: c
             .meters
             .iter()
+            .filter(|m| who.scope.allows(&m.site))
             .map(|m| SiteMeter {
                 id: m.id.clone(),
                 site: m.site.clone(),
@@ -185,12 +197,16 @@ pub(crate) async fn site_model(
         places: c
             .stations
             .iter()
+            .filter(|p| {
+                who.scope.is_all() || p.gauge_site.as_deref().is_some_and(|g| who.scope.allows(g))
+            })
             .map(|p| place(p, "station"))
             .chain(c.places.iter().map(|p| place(p, "place")))
             .collect(),
         trucks: c
             .trucks
             .iter()
+            .filter(|t| who.scope.allows(&t.site))
             .map(|t| SiteTruck {
                 id: t.id.clone(),
                 site: t.site.clone(),
@@ -235,6 +251,7 @@ pub struct TruckTrack {
 /// `GET /api/v1/track?truck=&from=&to=`: a truck's fixes and stops (at most two days).
 pub(crate) async fn track(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["truck", "from", "to"])?;
@@ -256,6 +273,11 @@ pub(crate) async fn track(
             "no truck {truck:?} in the site model"
         )));
     };
+    if !who.scope.allows(&t.site) {
+        return Err(who
+            .scope
+            .hidden(format!("no truck {truck:?} in the site model")));
+    }
     let reg = Registry::new(call(s.store.tags(Some(&t.site), None)).await?);
     let mut out = TruckTrack {
         truck: t.id.clone(),

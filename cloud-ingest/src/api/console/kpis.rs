@@ -209,6 +209,7 @@ pub fn compute(
 /// `GET /api/v1/kpis`: `{"data": [report]}`, or `{"data": []}` without a `[reconcile]` model.
 pub(crate) async fn kpis(
     State(s): State<ApiState>,
+    axum::Extension(who): axum::Extension<crate::api::auth::Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     Query::parse(raw.as_deref(), &[])?;
@@ -220,7 +221,13 @@ pub(crate) async fn kpis(
     let ledger = s.store.ledger();
     // The latest good reading of every gauge tag of every tank, in one call.
     let mut probes = Vec::new();
-    let tags: Vec<[Option<i64>; 6]> = r.tanks.iter().map(|t| r.tank_tags(&reg, &t.cfg)).collect();
+    // The tanks of the token's sites only.
+    let tanks: Vec<_> = r
+        .tanks
+        .iter()
+        .filter(|t| who.scope.allows(&t.cfg.site))
+        .collect();
+    let tags: Vec<[Option<i64>; 6]> = tanks.iter().map(|t| r.tank_tags(&reg, &t.cfg)).collect();
     for tt in &tags {
         probes.extend(tt.iter().flatten().map(|id| (*id, now)));
     }
@@ -229,7 +236,7 @@ pub(crate) async fn kpis(
         .into_iter();
     let open = call(ledger.discharges(now, now + 1)).await?;
     let mut inputs = Vec::new();
-    for (t, tt) in r.tanks.iter().zip(&tags) {
+    for (t, tt) in tanks.iter().copied().zip(&tags) {
         let mut values: Vec<Option<f64>> = Vec::with_capacity(6);
         let mut oldest: Option<i64> = None;
         for tag in tt {
@@ -269,7 +276,7 @@ pub(crate) async fn kpis(
         });
     }
     let mut loaded: BTreeMap<String, f64> = BTreeMap::new();
-    for site in r.cfg.sites() {
+    for site in r.cfg.sites().into_iter().filter(|s| who.scope.allows(s)) {
         let events = call(ledger.events(
             &site,
             &r.cfg.batch_event_kind,

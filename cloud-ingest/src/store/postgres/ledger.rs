@@ -1062,12 +1062,17 @@ impl Ledger for PgStore {
         Ok(r)
     }
 
-    async fn alerts(&self, state: Option<&str>, limit: i64) -> Result<Vec<AlertRow>, StoreError> {
+    async fn alerts(
+        &self,
+        state: Option<&str>,
+        sites: Option<&[String]>,
+        limit: i64,
+    ) -> Result<Vec<AlertRow>, StoreError> {
         let c = self.client().await?;
         let rows = c
             .query(
-                &format!("SELECT {ALERT_COLS} FROM flowsquare.alerts WHERE ($1::text IS NULL OR state = $1) ORDER BY id DESC LIMIT $2"),
-                &[&state, &limit],
+                &format!("SELECT {ALERT_COLS} FROM flowsquare.alerts WHERE ($1::text IS NULL OR state = $1) AND ($3::text[] IS NULL OR site = ANY($3)) ORDER BY id DESC LIMIT $2"),
+                &[&state, &limit, &sites],
             )
             .await
             .map_err(pg)?;

@@ -917,13 +917,24 @@ impl Ledger for SqliteStore {
         .await
     }
 
-    async fn alerts(&self, state: Option<&str>, limit: i64) -> Result<Vec<AlertRow>, StoreError> {
+    async fn alerts(
+        &self,
+        state: Option<&str>,
+        sites: Option<&[String]>,
+        limit: i64,
+    ) -> Result<Vec<AlertRow>, StoreError> {
         let state = state.map(str::to_owned);
+        // The sites as a JSON array (json_each), so the filter is in the query, before the limit.
+        let sites = sites.map(|s| serde_json::Value::from(s.to_vec()).to_string());
         self.run(move |c| {
             let mut st = c.prepare_cached(&format!(
-                "SELECT {ALERT_COLS} FROM alerts WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
+                "SELECT {ALERT_COLS} FROM alerts WHERE (?1 IS NULL OR state = ?1)
+                 AND (?3 IS NULL OR site IN (SELECT value FROM json_each(?3)))
+                 ORDER BY id DESC LIMIT ?2"
             ))?;
-            let rows = st.query_map(params![state, limit], alert_row)?.collect::<Result<_, _>>()?;
+            let rows = st
+                .query_map(params![state, limit, sites], alert_row)?
+                .collect::<Result<_, _>>()?;
             Ok(rows)
         })
         .await
