@@ -93,8 +93,10 @@ pub struct DatabaseConfig {
     /// SQLite file when no `url` is given. Default `flowsquare-ingest.db`.
     #[serde(default)]
     pub sqlite_path: Option<PathBuf>,
-    /// PostgreSQL: `"auto"` (TimescaleDB hypertables when the extension is available, native
-    /// daily partitions otherwise), `"off"` (always native partitions) or `"require"`.
+    /// PostgreSQL: `"auto"` (TimescaleDB hypertables when the extension is available and
+    /// preloaded, native daily partitions otherwise, with a warning when it is installed but not
+    /// preloaded), `"off"` (always native partitions) or `"require"` (refused with the fix when
+    /// it cannot be used). `check-config` says which layout `migrate` would choose.
     #[serde(default = "default_timescale")]
     pub timescale: String,
     /// PostgreSQL: drop data older than this many days (partitions/chunks). Default: keep all.
@@ -133,14 +135,78 @@ pub struct IngestTuning {
     /// Most batches committed in one database transaction.
     #[serde(default = "default_group_commit")]
     pub max_batches_per_commit: usize,
+    /// Readings and events older than this many days on the ingest's clock are not stored: each
+    /// batch's refused part is one dead letter with the reason, the rest is stored and the batch
+    /// acknowledged. 0: no bound. Default 35 (above the agent's 30-day buffer `max_age`).
+    #[serde(default = "default_accept_past_days")]
+    pub accept_past_days: u32,
+    /// Readings and events later than this many days ahead of the ingest's clock are refused the
+    /// same way. 0: no bound. Default 1.
+    #[serde(default = "default_accept_future_days")]
+    pub accept_future_days: u32,
+    /// Most tags registered per agent: a birth that would pass it is refused and kept as a dead
+    /// letter naming the agent and the counts. 0: no bound. Default 200,000.
+    #[serde(default = "default_max_tags")]
+    pub max_tags_per_agent: usize,
+    /// Bytes of a dead letter's payload kept; the rest is replaced by the original length and
+    /// the payload's SHA-256 in its reason. 0: kept whole. Default 1024.
+    #[serde(default = "default_dead_letter_keep")]
+    pub dead_letter_keep_bytes: usize,
+    /// Dead letters older than this many days are dropped (hourly). 0: kept. Default 30.
+    #[serde(default = "default_dead_letter_retention")]
+    pub dead_letter_retention_days: u32,
+    /// After the age rule, the oldest dead letters are dropped while their payloads add up to
+    /// more than this many MiB. 0 (default): no bound.
+    #[serde(default)]
+    pub dead_letter_max_total_mib: u64,
 }
 
 impl Default for IngestTuning {
     fn default() -> Self {
         IngestTuning {
             max_batches_per_commit: default_group_commit(),
+            accept_past_days: default_accept_past_days(),
+            accept_future_days: default_accept_future_days(),
+            max_tags_per_agent: default_max_tags(),
+            dead_letter_keep_bytes: default_dead_letter_keep(),
+            dead_letter_retention_days: default_dead_letter_retention(),
+            dead_letter_max_total_mib: 0,
         }
     }
+}
+
+impl IngestTuning {
+    /// The bounds the stores hold every agent to (0 in a key: that bound off).
+    pub fn limits(&self) -> crate::store::Limits {
+        const DAY_MS: i64 = 86_400_000;
+        let days = |d: u32| (d > 0).then(|| i64::from(d) * DAY_MS);
+        crate::store::Limits {
+            accept_past_ms: days(self.accept_past_days),
+            accept_future_ms: days(self.accept_future_days),
+            max_tags_per_agent: (self.max_tags_per_agent > 0).then_some(self.max_tags_per_agent),
+            dead_letter_keep_bytes: (self.dead_letter_keep_bytes > 0)
+                .then_some(self.dead_letter_keep_bytes),
+            dead_letter_retention_ms: days(self.dead_letter_retention_days),
+            dead_letter_max_total_bytes: (self.dead_letter_max_total_mib > 0)
+                .then(|| self.dead_letter_max_total_mib.saturating_mul(1 << 20)),
+        }
+    }
+}
+
+fn default_accept_past_days() -> u32 {
+    35
+}
+fn default_accept_future_days() -> u32 {
+    1
+}
+fn default_max_tags() -> usize {
+    200_000
+}
+fn default_dead_letter_keep() -> usize {
+    1024
+}
+fn default_dead_letter_retention() -> u32 {
+    30
 }
 
 fn default_broker() -> SecretUrl {

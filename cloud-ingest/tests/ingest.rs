@@ -1338,3 +1338,108 @@ async fn the_embedded_broker_with_a_password_file_refuses_each_agent_attack() {
     }
     ingest.stop().await;
 }
+
+/// The bounds of issue 16 through the consumer: a batch with readings outside the accepted
+/// window (40 days back, 999 days ahead) is stored in part and acknowledged as committed (the
+/// agent must not re-send it for ever), its refused readings kept as a dead letter and counted
+/// (`flowsquare_ingest_out_of_window_total`); a birth above the tag registry limit is kept as a
+/// dead letter naming the agent and counted (`flowsquare_ingest_refused_births_total`).
+async fn bounded_agents(store: Arc<dyn Store>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let broker = Mosquitto::start().expect("mosquitto");
+    let root = root(&broker);
+    let ingest = start_ingest(&broker, &root, "g", store.clone(), "ingest-1").await;
+    let agent = FakeAgent::start(&broker, &root, "s1", "gw", None).await;
+    agent.birth(&["tank/level"]).await;
+    registered(&*store, 1).await;
+    let now = flowsquare_service::clock::now_ms();
+    let mut b = wire::Batch::new("s1", "gw", 1, "h1", now);
+    for ts in [now, now - 40 * 86_400_000, now + 999 * 86_400_000] {
+        b.readings.push(wire::WireReading {
+            tag: 0,
+            ts_ms: ts,
+            value: Some(wire::WireValue::Float(1.0)),
+            quality: wire::Quality::Good,
+            status: None,
+            error: None,
+            counter: None,
+        });
+    }
+    agent.send_raw(wire::encode(&b).expect("encode")).await;
+    assert!(
+        until(Duration::from_secs(20), || agent.acked().contains(&1)).await,
+        "acked: {:?}",
+        agent.acked()
+    );
+    assert_eq!(ingest.stats.out_of_window.load(Relaxed), 2);
+    assert_eq!(
+        store
+            .count_readings(None, 0, i64::MAX)
+            .await
+            .expect("count"),
+        1
+    );
+    let big = FakeAgent::start(&broker, &root, "s1", "big", None).await;
+    big.birth(&["a", "b", "c", "d"]).await;
+    assert!(
+        until(Duration::from_secs(20), || ingest
+            .stats
+            .refused_births
+            .load(Relaxed)
+            == 1)
+        .await
+    );
+    let dls = store.dead_letters(10).await.expect("dead letters");
+    assert!(
+        dls.iter()
+            .any(|d| d.reason.starts_with("out of window: 2 reading(s)")),
+        "{dls:?}"
+    );
+    assert!(
+        dls.iter().any(|d| d.reason.contains("birth refused")
+            && d.reason.contains("s1/big")
+            && d.reason.contains("max_tags_per_agent = 3")),
+        "{dls:?}"
+    );
+    assert!(store
+        .tags(Some("s1"), Some("d"))
+        .await
+        .expect("tags")
+        .is_empty());
+    ingest.stop().await;
+}
+
+fn test_limits() -> cloud_ingest::store::Limits {
+    cloud_ingest::store::Limits {
+        max_tags_per_agent: Some(3),
+        ..IngestConfig::default().ingest.limits()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_out_of_window_readings_and_oversized_births_are_dead_lettered_and_acked() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = cloud_ingest::store::sqlite::SqliteStore::open(&dir.path().join("ingest.db"))
+        .expect("open")
+        .with_limits(test_limits());
+    s.migrate().await.expect("migrate");
+    bounded_agents(Arc::new(s)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_out_of_window_readings_and_oversized_births_are_dead_lettered_and_acked() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    let s = cloud_ingest::store::postgres::PgStore::connect(
+        &db.url(),
+        cloud_ingest::store::postgres::PgOptions {
+            limits: test_limits(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect");
+    s.migrate().await.expect("migrate");
+    bounded_agents(Arc::new(s)).await;
+}

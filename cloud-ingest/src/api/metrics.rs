@@ -30,6 +30,12 @@ pub fn render(stats: &ConsumerStats, ready: &AtomicBool, api: &ApiStats) -> Stri
         ),
         ("flowsquare_ingest_dead_letters_total", "Messages kept in the dead-letter table.", &stats.dead_letters),
         ("flowsquare_ingest_batch_conflicts_total", "Batches whose (site, agent, buffer epoch, batch id) was already stored with other content: dead-lettered, rejected, alerted.", &stats.conflicts),
+        (
+            "flowsquare_ingest_out_of_window_total",
+            "Readings and events refused for a time outside the accepted window ([ingest] accept_past_days / accept_future_days): kept as dead letters, the rest of their batches stored.",
+            &stats.out_of_window,
+        ),
+        ("flowsquare_ingest_refused_births_total", "Births refused (tag registry limit or bad content): kept as dead letters.", &stats.refused_births),
         ("flowsquare_ingest_commit_errors_total", "Failed database commits (retried).", &stats.commit_errors),
         ("flowsquare_ingest_acked_batches_total", "End-to-end acknowledgements published to the agents (batch ids).", &stats.acked_batches),
         ("flowsquare_ingest_broker_refused_total", "Embedded broker: connections refused or closed (bad login, client id not the identity's, a topic not the agent's own).", &stats.broker_refused),
@@ -93,10 +99,10 @@ mod tests {
         assert!(text.contains("\nflowsquare_ingest_consumer_connected 1\n"));
         assert!(text.contains("\nflowsquare_ingest_api_rate_limited_total{scope=\"token\"} 3\n"));
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        // 10 counters and gauges, the latency histogram's buckets (+Inf), sum and count; the
+        // 12 counters and gauges, the latency histogram's buckets (+Inf), sum and count; the
         // API's 5 counters and gauges and its rate-limit counter's 2 scopes.
         let buckets = crate::consume::latency::BUCKETS_S.len() + 1;
-        assert_eq!(samples.len(), 10 + buckets + 2 + 5 + 2);
+        assert_eq!(samples.len(), 12 + buckets + 2 + 5 + 2);
         for l in samples {
             let name = l.split([' ', '{']).next().unwrap_or_default();
             let name = ["_bucket", "_sum", "_count"]

@@ -178,7 +178,8 @@ pub(super) async fn fixture() -> Fixture {
         vec![CommitOutcome::Stored {
             readings: 240,
             events: 0,
-            gaps: 1
+            gaps: 1,
+            out_of_window: 0,
         }]
     );
     store

@@ -124,29 +124,70 @@ fn ack_signing(cfg: &IngestConfig) -> String {
     }
 }
 
-/// Open the configured store and migrate it.
+/// The PostgreSQL options of the configuration.
+fn pg_options(cfg: &IngestConfig) -> Result<crate::store::postgres::PgOptions, CliError> {
+    use crate::store::postgres::{PgOptions, TimescaleMode};
+    let timescale = match cfg.database.timescale.as_str() {
+        "auto" => TimescaleMode::Auto,
+        "off" => TimescaleMode::Off,
+        "require" => TimescaleMode::Require,
+        other => {
+            return Err(CliError::Config(format!(
+                "[database] timescale {other:?}: use \"auto\", \"off\" or \"require\""
+            )))
+        }
+    };
+    Ok(PgOptions {
+        timescale,
+        retention_days: cfg.database.retention_days,
+        partitions_ahead_days: cfg.database.partitions_ahead_days,
+        password: cfg.database_password().map_err(CliError::Config)?,
+        limits: cfg.ingest.limits(),
+        ..PgOptions::default()
+    })
+}
+
+/// `check-config`: the layout `migrate` would choose on the configured PostgreSQL server
+/// (TimescaleDB, or native partitions and why), printed; a `timescale = "require"` the server
+/// cannot meet is an error with the fix. An unreachable server is only noted.
+async fn check_layout(cfg: &IngestConfig) -> Result<(), CliError> {
+    let Some(url) = &cfg.database.url else {
+        return Ok(());
+    };
+    let opts = pg_options(cfg)?;
+    let store = crate::store::postgres::PgStore::connect_lazy(url.expose(), opts)?;
+    let planned = store.planned_layout().await;
+    store.close();
+    match planned {
+        Ok(layout) => println!("ok: database layout: {layout}"),
+        Err(e) if e.is_transient() => {
+            println!("note: database layout not checked (database unreachable: {e})")
+        }
+        Err(crate::store::StoreError::Invalid(e)) => {
+            return Err(CliError::Config(format!("[database] timescale: {e}")))
+        }
+        Err(e) => println!("note: database layout not checked ({e})"),
+    }
+    Ok(())
+}
+
+/// Open the configured store, holding every agent to `[ingest]`'s bounds, and migrate it.
 pub async fn open_store(cfg: &IngestConfig) -> Result<Arc<dyn Store>, CliError> {
+    open_store_with(cfg, cfg.ingest.limits()).await
+}
+
+/// Open the configured store with these bounds and migrate it.
+async fn open_store_with(
+    cfg: &IngestConfig,
+    limits: crate::store::Limits,
+) -> Result<Arc<dyn Store>, CliError> {
     let store: Arc<dyn Store> = match &cfg.database.url {
         Some(url) => {
-            use crate::store::postgres::{PgOptions, PgStore, TimescaleMode};
-            let timescale = match cfg.database.timescale.as_str() {
-                "auto" => TimescaleMode::Auto,
-                "off" => TimescaleMode::Off,
-                "require" => TimescaleMode::Require,
-                other => {
-                    return Err(CliError::Config(format!(
-                        "[database] timescale {other:?}: use \"auto\", \"off\" or \"require\""
-                    )))
-                }
+            let opts = crate::store::postgres::PgOptions {
+                limits: limits.clone(),
+                ..pg_options(cfg)?
             };
-            let opts = PgOptions {
-                timescale,
-                retention_days: cfg.database.retention_days,
-                partitions_ahead_days: cfg.database.partitions_ahead_days,
-                password: cfg.database_password().map_err(CliError::Config)?,
-                ..PgOptions::default()
-            };
-            Arc::new(PgStore::connect(url.expose(), opts).await?)
+            Arc::new(crate::store::postgres::PgStore::connect(url.expose(), opts).await?)
         }
         None => {
             let path = cfg
@@ -154,7 +195,7 @@ pub async fn open_store(cfg: &IngestConfig) -> Result<Arc<dyn Store>, CliError> 
                 .sqlite_path
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("flowsquare-ingest.db"));
-            Arc::new(crate::store::sqlite::SqliteStore::open(&path)?)
+            Arc::new(crate::store::sqlite::SqliteStore::open(&path)?.with_limits(limits))
         }
     };
     let what = store.migrate().await?;
@@ -217,6 +258,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 },
                 ack_signing(&cfg)
             );
+            check_layout(&cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -225,7 +267,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Import { file } => {
-            let store = open_store(&cfg).await?;
+            // An export is an operator's deliberate backfill (a gateway carried back after
+            // months offline): the time window does not apply, the other bounds do.
+            let limits = crate::store::Limits {
+                accept_past_ms: None,
+                accept_future_ms: None,
+                ..cfg.ingest.limits()
+            };
+            let store = open_store_with(&cfg, limits).await?;
             import::run(&file, &*store).await
         }
         Command::Reconcile { date, to } => {
@@ -384,17 +433,25 @@ async fn serve(mut cfg: IngestConfig, config_path: Option<&Path>) -> Result<Exit
     let api = tokio::spawn(crate::api::serve(listener, state, async move {
         let _ = api_stop.changed().await;
     }));
-    // Hourly upkeep: partitions ahead, retention, compression, aggregates.
+    // Hourly upkeep: partitions ahead, retention, compression, aggregates; the dead-letter
+    // retention ([ingest] dead_letter_retention_days, dead_letter_max_total_mib).
     let upkeep = {
         let (store, mut stop) = (store.clone(), stop_rx.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
             loop {
                 tokio::select! {
-                    _ = every.tick() => match store.maintain().await {
-                        Ok(summary) => tracing::info!(%summary, "database upkeep"),
-                        Err(e) => tracing::error!(error = %e, "database upkeep failed; retried next hour"),
-                    },
+                    _ = every.tick() => {
+                        match store.maintain().await {
+                            Ok(summary) => tracing::info!(%summary, "database upkeep"),
+                            Err(e) => tracing::error!(error = %e, "database upkeep failed; retried next hour"),
+                        }
+                        match store.prune_dead_letters(flowsquare_service::clock::now_ms()).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(dropped = n, "dead-letter retention"),
+                            Err(e) => tracing::error!(error = %e, "dead-letter retention failed; retried next hour"),
+                        }
+                    }
                     _ = stop.changed() => return,
                 }
             }

@@ -42,6 +42,11 @@ pub struct ConsumerStats {
     pub dead_letters: AtomicU64,
     /// Batches whose key was stored with other content (dead-lettered, rejected, alerted).
     pub conflicts: AtomicU64,
+    /// Readings and events refused for a time outside the accepted window (`[ingest]
+    /// accept_past_days` / `accept_future_days`): kept as dead letters, their batches acked.
+    pub out_of_window: AtomicU64,
+    /// Births refused (the tag registry limit, or another permanent error): kept as dead letters.
+    pub refused_births: AtomicU64,
     /// Failed commits (retried).
     pub commit_errors: AtomicU64,
     /// End-to-end acknowledgements published (batch ids).
@@ -232,12 +237,13 @@ async fn commit_task(
         let mut rejects: Vec<(BatchKey, String)> = Vec::new();
         let mut ok = true;
         // Births first: a batch in this group may need the catalog a birth in it brings.
-        for inc in &classified {
+        for (inc, p) in classified.iter().zip(&group) {
             if let Incoming::Birth(b) = inc {
-                ok &= matches!(
-                    retry("birth", &stats, &mut shutdown, || store.birth(b, now)).await,
-                    Some(Ok(())) | Some(Err(_))
-                );
+                ok &= match retry("birth", &stats, &mut shutdown, || store.birth(b, now)).await {
+                    None => false,
+                    Some(Ok(())) => true,
+                    Some(Err(e)) => refuse_birth(&store, &stats, &mut shutdown, p, e, now).await,
+                };
             }
         }
         for (inc, p) in classified.into_iter().zip(&group) {
@@ -388,6 +394,42 @@ async fn commit_batches(
     Some(outcomes)
 }
 
+/// A birth the store refused for good (the tag registry limit, bad content): kept as a dead
+/// letter with the reason, counted and logged; its batches stay unknown (not acknowledged).
+/// `false`: shutdown came first.
+async fn refuse_birth(
+    store: &Arc<dyn Store>,
+    stats: &ConsumerStats,
+    shutdown: &mut watch::Receiver<bool>,
+    p: &Publish,
+    e: StoreError,
+    now: i64,
+) -> bool {
+    let letter = DeadLetter {
+        topic: p.topic.clone(),
+        payload: p.payload.to_vec(),
+        reason: format!("birth refused: {e}"),
+        received_ms: now,
+    };
+    tracing::error!(topic = %letter.topic, reason = %letter.reason, "birth refused; kept in the dead-letter table");
+    stats.refused_births.fetch_add(1, Relaxed);
+    match retry("dead letter", stats, shutdown, || {
+        store.dead_letter(&letter)
+    })
+    .await
+    {
+        None => false,
+        Some(Ok(())) => {
+            stats.dead_letters.fetch_add(1, Relaxed);
+            true
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "the refused birth could not be kept as a dead letter");
+            true
+        }
+    }
+}
+
 /// Keep a batch as a dead letter; once kept, reject it (the agent then deletes its copy); if it
 /// cannot be kept, nothing is acknowledged and the agent re-sends. `None`: shutdown.
 async fn keep_and_reject(
@@ -419,12 +461,26 @@ fn count_outcomes(stats: &ConsumerStats, batches: &[wire::Batch], outcomes: &[Co
     let committed_ms = clock::now_ms();
     for (b, o) in batches.iter().zip(outcomes) {
         match o {
-            CommitOutcome::Stored { readings, .. } => {
+            CommitOutcome::Stored {
+                readings,
+                out_of_window,
+                ..
+            } => {
+                if *out_of_window > 0 {
+                    // Kept as a dead letter in the commit's transaction.
+                    stats.out_of_window.fetch_add(*out_of_window, Relaxed);
+                    stats.dead_letters.fetch_add(1, Relaxed);
+                    tracing::warn!(site = %b.site, agent = %b.agent, batch_id = b.batch_id, refused = out_of_window,
+                        "readings/events outside the accepted time window kept as a dead letter; the rest stored");
+                }
                 stats.stored_batches.fetch_add(1, Relaxed);
                 stats.stored_readings.fetch_add(*readings, Relaxed);
-                stats
-                    .poll_to_commit
-                    .observe(committed_ms, b.readings.iter().map(|r| r.ts_ms));
+                // A batch with refused readings is left out: their times are not latencies.
+                if *out_of_window == 0 {
+                    stats
+                        .poll_to_commit
+                        .observe(committed_ms, b.readings.iter().map(|r| r.ts_ms));
+                }
             }
             CommitOutcome::Duplicate => {
                 stats.duplicates.fetch_add(1, Relaxed);

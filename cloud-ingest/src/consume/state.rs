@@ -269,6 +269,7 @@ mod tests {
             readings: 1,
             events: 0,
             gaps: 0,
+            out_of_window: 0,
         };
         let os = [
             stored.clone(),

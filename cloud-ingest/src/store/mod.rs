@@ -17,6 +17,7 @@
 //! agent that had another (or had stored data) records a `buffer-replaced` gap of unknown count
 //! from its last stored reading to the new buffer's creation ([`buffer_replaced_gap`]).
 
+pub mod bounds;
 pub mod error;
 pub mod ledger;
 pub mod postgres;
@@ -24,6 +25,7 @@ pub mod sqlite;
 #[cfg(test)]
 pub mod suite;
 
+pub use bounds::Limits;
 pub use error::StoreError;
 pub use ledger::Ledger;
 
@@ -49,6 +51,9 @@ pub enum CommitOutcome {
         events: u64,
         /// Gap records inserted.
         gaps: u64,
+        /// Readings and events outside the accepted window ([`bounds::split_window`]): not
+        /// stored, kept as one dead letter in the same transaction.
+        out_of_window: u64,
     },
     /// Already in the ledger with the same content digest: nothing stored again (acknowledge
     /// it again).
@@ -454,6 +459,13 @@ pub trait Store: Send + Sync {
     fn ledger(&self) -> &dyn Ledger;
     /// Is the database reachable?
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Apply the dead-letter retention ([`Limits::dead_letter_retention_ms`], then
+    /// [`Limits::dead_letter_max_total_bytes`]) at `now_ms`: returns how many were dropped.
+    /// The service calls it with `maintain`; tests call it directly. Both backends implement
+    /// it; the default (nothing dropped) is for test doubles.
+    async fn prune_dead_letters(&self, _now_ms: i64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
     /// Periodic upkeep (partitions ahead, retention, compression, aggregates); returns a one-line
     /// summary. The service calls it hourly; backends with nothing to do keep the default.
     async fn maintain(&self) -> Result<String, StoreError> {

@@ -31,6 +31,9 @@ impl<G: Send + Sync> Store for Guarded<G> {
     async fn dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
         self.store.dead_letter(dl).await
     }
+    async fn prune_dead_letters(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.store.prune_dead_letters(now_ms).await
+    }
     async fn birth(&self, b: &wire::Birth, received_ms: i64) -> Result<(), StoreError> {
         self.store.birth(b, received_ms).await
     }
@@ -254,7 +257,8 @@ pub async fn a_batch_is_stored_once(s: &dyn Store) {
         vec![CommitOutcome::Stored {
             readings: 200,
             events: 0,
-            gaps: 0
+            gaps: 0,
+            out_of_window: 0,
         }]
     );
     assert_eq!(
@@ -284,7 +288,8 @@ pub async fn a_batch_is_stored_once(s: &dyn Store) {
         vec![CommitOutcome::Stored {
             readings: 5,
             events: 0,
-            gaps: 0
+            gaps: 0,
+            out_of_window: 0,
         }]
     );
 }
@@ -310,7 +315,8 @@ pub async fn an_unknown_catalog_is_not_stored(s: &dyn Store) {
         vec![CommitOutcome::Stored {
             readings: 10,
             events: 0,
-            gaps: 0
+            gaps: 0,
+            out_of_window: 0,
         }]
     );
 }
@@ -332,7 +338,8 @@ pub async fn one_commit_call_reports_each_batch(s: &dyn Store) {
             CommitOutcome::Stored {
                 readings: 3,
                 events: 0,
-                gaps: 0
+                gaps: 0,
+                out_of_window: 0,
             },
             CommitOutcome::UnknownCatalog
         ]
@@ -376,7 +383,8 @@ pub async fn gaps_and_events_are_stored(s: &dyn Store) {
         vec![CommitOutcome::Stored {
             readings: 0,
             events: 1,
-            gaps: 2
+            gaps: 2,
+            out_of_window: 0,
         }]
     );
     let gaps = s.gaps(Some("s5"), T0, T0 + 200_000).await.expect("gaps");
@@ -582,6 +590,7 @@ pub async fn a_conflicting_batch_is_never_a_duplicate(s: &dyn Store) {
         readings: 10,
         events: 0,
         gaps: 0,
+        out_of_window: 0,
     };
     assert_eq!(s.commit(&[b]).await.expect("commit"), vec![stored]);
     assert_eq!(
@@ -1251,4 +1260,168 @@ pub async fn a_recaptured_event_is_stored_once(s: &dyn Store, l: &dyn crate::sto
         vec![10_005, 6],
         "the re-captured record once, the new one stored"
     );
+}
+
+/// The bounds the `bounded` tests run under (`store::bounds`): 30 days back, 1 day ahead,
+/// 50,000 tags per agent, dead letters capped at 1 KiB, kept 30 days and 3,000 bytes in all.
+pub fn bounded_limits() -> super::Limits {
+    super::Limits {
+        accept_past_ms: Some(30 * 86_400_000),
+        accept_future_ms: Some(86_400_000),
+        max_tags_per_agent: Some(50_000),
+        dead_letter_keep_bytes: Some(1024),
+        dead_letter_retention_ms: Some(30 * 86_400_000),
+        dead_letter_max_total_bytes: Some(3000),
+    }
+}
+
+/// The times of [`out_of_window_readings_are_dead_lettered`]'s batch around `now`: two inside
+/// the window, then 40 days back, 3 days ahead and 999 days ahead (refused).
+pub fn window_times(now: i64) -> [i64; 5] {
+    const DAY: i64 = 86_400_000;
+    [
+        now - DAY,
+        now,
+        now - 40 * DAY,
+        now + 3 * DAY,
+        now + 999 * DAY,
+    ]
+}
+
+/// Under [`bounded_limits`]: readings outside the accepted window are not stored but kept as
+/// one dead letter naming them (on the agent's data topic suffix, so coverage counts it); the
+/// batch's other readings are stored and the outcome says how many were refused; the batch
+/// sent again is a duplicate (the ledger keeps the whole batch's digest), not a conflict.
+pub async fn out_of_window_readings_are_dead_lettered(s: &dyn Store) {
+    let now = flowsquare_service::clock::now_ms();
+    s.birth(&birth("sw", "a1", "h1", &["w/level"]), now)
+        .await
+        .expect("birth");
+    let mut b = batch("sw", "a1", "h1", 1, 1, 0, now, 0.0);
+    for (i, ts) in window_times(now).into_iter().enumerate() {
+        b.readings.push(wire::WireReading {
+            tag: 0,
+            ts_ms: ts,
+            value: Some(wire::WireValue::Float(i as f64)),
+            quality: wire::Quality::Good,
+            status: None,
+            error: None,
+            counter: None,
+        });
+    }
+    b.sort_readings();
+    let out = s.commit(std::slice::from_ref(&b)).await.expect("commit");
+    assert_eq!(
+        out,
+        vec![CommitOutcome::Stored {
+            readings: 2,
+            events: 0,
+            gaps: 0,
+            out_of_window: 3,
+        }]
+    );
+    assert_eq!(
+        s.count_readings(None, i64::MIN / 2, i64::MAX / 2)
+            .await
+            .expect("count"),
+        2
+    );
+    let dls = s.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dls.len(), 1, "{dls:?}");
+    assert!(
+        dls[0].topic.ends_with("/sw/a1/data") && dls[0].topic.starts_with("out-of-window/"),
+        "{}",
+        dls[0].topic
+    );
+    assert!(
+        dls[0].reason.contains("3 reading(s)")
+            && dls[0].reason.contains("outside the accepted window")
+            && dls[0].reason.contains("other 2 reading(s)"),
+        "{}",
+        dls[0].reason
+    );
+    assert_eq!(
+        s.ledger()
+            .dead_letter_count("sw", "a1", now - 1, now + 600_000)
+            .await
+            .expect("count"),
+        1
+    );
+    assert_eq!(
+        s.commit(std::slice::from_ref(&b)).await.expect("again"),
+        vec![CommitOutcome::Duplicate]
+    );
+    assert_eq!(s.dead_letters(10).await.expect("dead letters").len(), 1);
+}
+
+/// Under [`bounded_limits`] (50,000 tags per agent): a birth of 100,000 tags is refused with an
+/// error naming the agent and the counts, and registers nothing; the limit counts the names
+/// already registered, so a second config adding too many new names is refused too, while a
+/// birth re-using names passes.
+pub async fn a_birth_beyond_the_tag_limit_is_refused(s: &dyn Store) {
+    let names: Vec<String> = (0..100_000).map(|i| format!("t/{i:06}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let e = s
+        .birth(&birth("sl", "big", "h1", &refs), T0)
+        .await
+        .expect_err("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("sl/big")
+            && msg.contains("100000 tag(s)")
+            && msg.contains("max_tags_per_agent = 50000"),
+        "{msg}"
+    );
+    assert!(s.tags(Some("sl"), None).await.expect("tags").is_empty());
+    s.birth(&birth("sl", "big", "h2", &refs[..30_000]), T0)
+        .await
+        .expect("30,000 tags fit");
+    let e = s
+        .birth(&birth("sl", "big", "h3", &refs[20_000..50_001]), T0)
+        .await
+        .expect_err("50,001 in all");
+    assert!(e.to_string().contains("would have 50001"), "{e}");
+    s.birth(&birth("sl", "big", "h4", &refs[10_000..50_000]), T0)
+        .await
+        .expect("50,000 in all");
+    assert_eq!(s.tags(Some("sl"), None).await.expect("tags").len(), 50_000);
+}
+
+/// Under [`bounded_limits`]: a dead letter's payload is cut to its first KiB, its reason names
+/// the original length and SHA-256; the retention drops those older than 30 days, then the
+/// oldest while the payloads add up to more than 3,000 bytes.
+pub async fn dead_letters_are_capped_and_pruned(s: &dyn Store) {
+    use sha2::Digest;
+    let now = flowsquare_service::clock::now_ms();
+    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    let letter = |payload: Vec<u8>, received_ms: i64| DeadLetter {
+        topic: "fs/v1/s/a/data".into(),
+        payload,
+        reason: "undecodable".into(),
+        received_ms,
+    };
+    s.dead_letter(&letter(big.clone(), now - 40 * 86_400_000))
+        .await
+        .expect("old and big");
+    let rows = s.dead_letters(10).await.expect("rows");
+    assert_eq!(rows[0].bytes, 1024);
+    let digest = hex::encode(sha2::Sha256::digest(&big));
+    assert!(
+        rows[0].reason.starts_with("undecodable")
+            && rows[0].reason.contains(&format!("{} bytes", big.len()))
+            && rows[0].reason.contains(&digest),
+        "{}",
+        rows[0].reason
+    );
+    for i in 0..4 {
+        s.dead_letter(&letter(vec![1; 1000], now - 1000 + i))
+            .await
+            .expect("small");
+    }
+    // The old one by age, then the oldest small one (4,000 bytes > 3,000).
+    assert_eq!(s.prune_dead_letters(now).await.expect("prune"), 2);
+    let rows = s.dead_letters(10).await.expect("rows");
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.received_ms > now - 1000), "{rows:?}");
+    assert_eq!(s.prune_dead_letters(now).await.expect("again"), 0);
 }

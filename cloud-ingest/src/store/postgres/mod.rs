@@ -37,7 +37,9 @@
 //!
 //! # Partitioning (`partitions.rs`)
 //!
-//! - **TimescaleDB** ([`TimescaleMode::Auto`] when `pg_available_extensions` lists it, or
+//! - **TimescaleDB** ([`TimescaleMode::Auto`] when `pg_available_extensions` lists it and the
+//!   library is preloaded ([`choose_layout`]: installed but not preloaded falls back to native
+//!   partitions with a warning; under `Require` it is refused with the fix), or
 //!   [`TimescaleMode::Require`]): `readings` and `events` are hypertables with 1-day chunks;
 //!   `readings` has a compression policy (segment by `tag_id`, order by `ts`, after
 //!   [`COMPRESS_AFTER_DAYS`] days), a retention policy when [`PgOptions::retention_days`] is set,
@@ -49,8 +51,10 @@
 //! - **Native**: `readings` and `events` are `PARTITION BY RANGE (ts)`, one partition per UTC day
 //!   (`readings_pYYYYMMDD`). Partitions are created [`PgOptions::partitions_ahead_days`] ahead
 //!   by `migrate` and [`PgStore::create_partitions_ahead`], and on demand before each `COPY` for
-//!   the days a slice touches (known days are cached in memory), so a batch of 40-day-old data
-//!   stores fine. New partitions are created detached and then `ATTACH`ed (a `SHARE UPDATE
+//!   the days a slice touches (known days are cached in memory), so old data stores fine within
+//!   the accepted window ([`PgOptions::limits`], `store::bounds`): readings and events outside it
+//!   are split off as a dead letter before any partition is made, no partition is created for a
+//!   day outside it, and the days created ahead stop at its end. New partitions are created detached and then `ATTACH`ed (a `SHARE UPDATE
 //!   EXCLUSIVE` lock on the parent: ingestion and queries go on meanwhile), under an advisory
 //!   lock so several ingest instances do not race. There is no default partition.
 //!   [`PgStore::drop_expired_partitions`] drops the days older than the retention.
@@ -125,7 +129,7 @@ use super::{
 
 pub use partitions::COMPRESS_AFTER_DAYS;
 pub use read::MAX_BUCKETS;
-pub use schema::SCHEMA_VERSION;
+pub use schema::{choose_layout, lists_timescaledb, TimescaleProbe, SCHEMA_VERSION};
 
 /// Whether to use TimescaleDB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -159,6 +163,9 @@ pub struct PgOptions {
     /// Password (from `[database] password_file` / `password_credential`); replaces one in the
     /// URL. `Debug` shows `***`.
     pub password: Option<flowsquare_service::secret::Secret>,
+    /// The bounds every agent is held to (accepted time window, tag registry limit, dead-letter
+    /// cap and retention; `store::bounds`). Default: none.
+    pub limits: crate::store::Limits,
 }
 
 impl Default for PgOptions {
@@ -169,6 +176,7 @@ impl Default for PgOptions {
             partitions_ahead_days: 7,
             pool_size: 4,
             password: None,
+            limits: crate::store::Limits::default(),
         }
     }
 }
@@ -317,6 +325,12 @@ impl PgStore {
         read::series(self, tag_id, from_ms, to_ms, step_ms, read::Source::Raw).await
     }
 
+    /// The layout `migrate` would choose (in words, with why TimescaleDB is not used), or the
+    /// error it would give: what `check-config` shows. Reads only.
+    pub async fn planned_layout(&self) -> Result<String, StoreError> {
+        schema::planned_layout(self).await
+    }
+
     /// Close the pool: connections are closed as they are returned.
     pub fn close(&self) {
         self.inner.pool.close();
@@ -401,6 +415,10 @@ impl Store for PgStore {
 
     async fn dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
         write::dead_letter(self, dl).await
+    }
+
+    async fn prune_dead_letters(&self, now_ms: i64) -> Result<u64, StoreError> {
+        write::prune_dead_letters(self, now_ms).await
     }
 
     async fn birth(&self, b: &wire::Birth, received_ms: i64) -> Result<(), StoreError> {

@@ -43,13 +43,35 @@ fn today() -> i64 {
     flowsquare_service::clock::now_ms().div_euclid(DAY_MS)
 }
 
+/// The days (since the Unix epoch) a partition may be created for: those touching the accepted
+/// window ([`crate::store::Limits::window`]) at the data clock's now.
+fn allowed_days(store: &PgStore) -> (i64, i64) {
+    let (from, to) = store
+        .inner
+        .opts
+        .limits
+        .window(flowsquare_service::clock::now_ms());
+    (from.div_euclid(DAY_MS), to.div_euclid(DAY_MS))
+}
+
 /// Make sure partitions of `readings` and `events` exist for these days (native layout).
-/// Returns how many days were created.
+/// Returns how many days were created. A day outside the accepted window is refused (the
+/// commit has split such data off already; this is the partition side's own guard).
 pub(super) async fn ensure_days(
     store: &PgStore,
     client: &mut deadpool_postgres::Object,
     days: &BTreeSet<i64>,
 ) -> Result<usize, StoreError> {
+    // One day of slack each side: the commit judged the window a moment earlier (midnight may
+    // have passed since).
+    let (first, last) = allowed_days(store);
+    let (first, last) = (first.saturating_sub(1), last.saturating_add(1));
+    if let Some(d) = days.iter().find(|d| !(first..=last).contains(*d)) {
+        return Err(StoreError::Invalid(format!(
+            "no partition is created for day {} outside the accepted window",
+            day_name(*d).unwrap_or_else(|_| d.to_string())
+        )));
+    }
     let missing: Vec<i64> = {
         let known = store.inner.partitions.lock();
         days.iter()
@@ -134,8 +156,10 @@ impl PgStore {
             return Ok(0);
         }
         let t = today();
-        let days: BTreeSet<i64> =
-            (t..=t + i64::from(self.inner.opts.partitions_ahead_days)).collect();
+        // Not beyond the accepted window: no data can land there.
+        let ahead =
+            (t + i64::from(self.inner.opts.partitions_ahead_days)).min(allowed_days(self).1);
+        let days: BTreeSet<i64> = (t..=ahead).collect();
         let mut client = self.client().await?;
         ensure_days(self, &mut client, &days).await
     }

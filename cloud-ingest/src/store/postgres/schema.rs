@@ -232,59 +232,41 @@ pub(super) async fn migrate(store: &PgStore) -> Result<String, StoreError> {
         .await
         .map_err(pg)?;
     let existing = read_layout(&tx).await?;
-    let available: Option<String> = tx
-        .query_opt(
-            "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'",
-            &[],
-        )
-        .await
-        .map_err(pg)?
-        .map(|r| r.get(0));
-    let mut note = String::new();
-    let layout = match (existing, opts.timescale) {
-        (Some(Layout::Timescale), TimescaleMode::Off) => {
-            return Err(StoreError::Invalid(
-                "the database uses TimescaleDB hypertables; timescale = off cannot apply to it".into(),
-            ))
-        }
-        (Some(Layout::Native), TimescaleMode::Require) => {
-            return Err(StoreError::Invalid(
-                "the database uses native partitions; timescale = require needs a new database (migrating the data is manual)"
-                    .into(),
-            ))
-        }
-        (Some(l), _) => l,
-        (None, TimescaleMode::Off) => {
-            note = "timescaledb off".into();
-            Layout::Native
-        }
-        (None, mode) => match &available {
-            None if mode == TimescaleMode::Require => {
-                return Err(StoreError::Invalid(
-                    "timescale = require, but the timescaledb extension is not available on this server".into(),
-                ))
-            }
-            None => {
-                note = "timescaledb not available".into();
-                Layout::Native
-            }
-            Some(_) => {
-                // CREATE EXTENSION fails when the library is not preloaded: fall back in Auto.
-                tx.batch_execute("SAVEPOINT ext").await.map_err(pg)?;
-                match tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await {
-                    Ok(()) => {
-                        tx.batch_execute("RELEASE SAVEPOINT ext").await.map_err(pg)?;
-                        Layout::Timescale
-                    }
-                    Err(e) if mode == TimescaleMode::Auto => {
-                        tx.batch_execute("ROLLBACK TO SAVEPOINT ext").await.map_err(pg)?;
-                        note = format!("timescaledb available but not usable: {}", db_message(&e));
-                        Layout::Native
-                    }
-                    Err(e) => return Err(pg(e)),
+    let probe = probe_timescale(&tx).await?;
+    let (planned, mut note) = choose_layout(existing, opts.timescale, &probe)?;
+    if existing.is_none()
+        && planned == Layout::Native
+        && probe.available.is_some()
+        && opts.timescale == TimescaleMode::Auto
+    {
+        // Installed but not preloaded under "auto": said loudly, once per start.
+        tracing::warn!(%note, "TimescaleDB is installed but not used: native daily partitions");
+    }
+    let layout = match planned {
+        Layout::Timescale if existing.is_none() => {
+            // A failure other than the preload (checked above) still falls back in Auto.
+            tx.batch_execute("SAVEPOINT ext").await.map_err(pg)?;
+            match tx
+                .batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+                .await
+            {
+                Ok(()) => {
+                    tx.batch_execute("RELEASE SAVEPOINT ext")
+                        .await
+                        .map_err(pg)?;
+                    Layout::Timescale
                 }
+                Err(e) if opts.timescale == TimescaleMode::Auto => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT ext")
+                        .await
+                        .map_err(pg)?;
+                    note = format!("timescaledb available but not usable: {}", db_message(&e));
+                    Layout::Native
+                }
+                Err(e) => return Err(pg(e)),
             }
-        },
+        }
+        l => l,
     };
     tx.batch_execute(COMMON).await.map_err(pg)?;
     tx.batch_execute(super::ledger::LEDGER_SCHEMA)
@@ -367,8 +349,199 @@ pub(super) async fn migrate(store: &PgStore) -> Result<String, StoreError> {
     }
 }
 
+/// What the server says about TimescaleDB, read before anything is tried: `CREATE EXTENSION`
+/// of a library that is installed but not preloaded makes the server close the connection
+/// (FATAL "extension "timescaledb" must be preloaded"), which would look like an outage.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TimescaleProbe {
+    /// `pg_available_extensions.default_version` (`None`: the package is not installed).
+    pub available: Option<String>,
+    /// The extension already exists in this database.
+    pub created: bool,
+    /// The library is loaded at server start: `shared_preload_libraries` lists it, or (where
+    /// that setting is not readable) the library's `timescaledb.*` settings exist.
+    pub preloaded: bool,
+    /// `shared_preload_libraries` as the server shows it (`None`: not readable by this role).
+    pub preload_setting: Option<String>,
+}
+
+/// Does a `shared_preload_libraries` value list TimescaleDB (`timescaledb`, a versioned
+/// `timescaledb-2.x`, or a path ending so; quoted or not)?
+pub fn lists_timescaledb(setting: &str) -> bool {
+    setting.split(',').any(|lib| {
+        let lib = lib.trim().trim_matches('"').trim_matches('\'');
+        let name = lib.rsplit('/').next().unwrap_or(lib);
+        name == "timescaledb" || name.starts_with("timescaledb-")
+    })
+}
+
+/// Read the [`TimescaleProbe`] (unqualified catalog names: a test may shadow them with a
+/// schema earlier in `search_path`).
+pub(super) async fn probe_timescale(
+    c: &impl deadpool_postgres::GenericClient,
+) -> Result<TimescaleProbe, StoreError> {
+    let row = c
+        .query_one(
+            "SELECT (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'),
+                    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),
+                    (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'),
+                    EXISTS (SELECT 1 FROM pg_settings WHERE name LIKE 'timescaledb.%')",
+            &[],
+        )
+        .await
+        .map_err(pg)?;
+    let setting: Option<String> = row.get(2);
+    let loaded: bool = row.get(3);
+    Ok(TimescaleProbe {
+        available: row.get(0),
+        created: row.get(1),
+        preloaded: setting.as_deref().is_some_and(lists_timescaledb)
+            || (setting.is_none() && loaded),
+        preload_setting: setting,
+    })
+}
+
+/// The fix for an installed but not preloaded TimescaleDB.
+fn preload_fix(p: &TimescaleProbe) -> String {
+    let now = match p.preload_setting.as_deref() {
+        Some("") => "it is empty now".to_owned(),
+        Some(s) => format!("it is '{s}' now: keep those and add timescaledb"),
+        None => "it is not readable by this role".to_owned(),
+    };
+    format!(
+        "add timescaledb to shared_preload_libraries in postgresql.conf ({now}; e.g. shared_preload_libraries = 'timescaledb', or as a superuser ALTER SYSTEM SET shared_preload_libraries = 'timescaledb') and restart PostgreSQL"
+    )
+}
+
+/// The layout a migration will use (`existing`: what the database has; the probe: what the
+/// server offers), with a note saying why TimescaleDB is not used (empty when it is, or when
+/// the database already has its layout). `timescale = "require"` that cannot be met, or a mode
+/// that contradicts the existing layout, is an error naming the fix.
+pub fn choose_layout(
+    existing: Option<Layout>,
+    mode: TimescaleMode,
+    probe: &TimescaleProbe,
+) -> Result<(Layout, String), StoreError> {
+    let refuse = |m: String| Err(StoreError::Invalid(m));
+    match (existing, mode) {
+        (Some(Layout::Timescale), TimescaleMode::Off) => refuse(
+            "the database uses TimescaleDB hypertables; timescale = off cannot apply to it".into(),
+        ),
+        (Some(Layout::Native), TimescaleMode::Require) => refuse(
+            "the database uses native partitions; timescale = require needs a new database (migrating the data is manual)".into(),
+        ),
+        (Some(l), _) => Ok((l, String::new())),
+        (None, TimescaleMode::Off) => Ok((Layout::Native, "timescaledb off".into())),
+        (None, mode) => match &probe.available {
+            None if mode == TimescaleMode::Require => refuse(
+                "timescale = require, but the timescaledb extension is not available on this server (install the timescaledb package for this PostgreSQL version, add it to shared_preload_libraries and restart; or use timescale = \"auto\")".into(),
+            ),
+            None => Ok((Layout::Native, "timescaledb not available".into())),
+            Some(_) if !probe.created && !probe.preloaded => {
+                if mode == TimescaleMode::Require {
+                    refuse(format!(
+                        "timescale = require, but the timescaledb extension is installed and not preloaded (CREATE EXTENSION would fail with FATAL \"extension \"timescaledb\" must be preloaded\"): {}",
+                        preload_fix(probe)
+                    ))
+                } else {
+                    Ok((
+                        Layout::Native,
+                        format!("timescaledb installed but not preloaded; to use it, {}", preload_fix(probe)),
+                    ))
+                }
+            }
+            Some(_) => Ok((Layout::Timescale, String::new())),
+        },
+    }
+}
+
+/// What a migration of this store would choose, for `check-config`: the layout in words, or
+/// the error `migrate` would give. Reads only.
+pub(super) async fn planned_layout(store: &PgStore) -> Result<String, StoreError> {
+    let client = store.client().await?;
+    let existing = read_layout(&client).await?;
+    let probe = probe_timescale(&client).await?;
+    let (layout, note) = choose_layout(existing, store.options().timescale, &probe)?;
+    let what = match (layout, existing.is_some()) {
+        (Layout::Timescale, true) => "timescaledb hypertables (the database's layout)".to_owned(),
+        (Layout::Native, true) => "native daily partitions (the database's layout)".to_owned(),
+        (Layout::Timescale, false) => format!(
+            "timescaledb {} hypertables",
+            probe.available.as_deref().unwrap_or("?")
+        ),
+        (Layout::Native, false) => "native daily partitions".to_owned(),
+    };
+    Ok(if note.is_empty() {
+        what
+    } else {
+        format!("{what} ({note})")
+    })
+}
+
 /// The server's message of an error, without the "db error:" prefix.
 fn db_message(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
         .map_or_else(|| e.to_string(), |d| d.message().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(available: bool, preloaded: bool, setting: Option<&str>) -> TimescaleProbe {
+        TimescaleProbe {
+            available: available.then(|| "2.17.2".to_owned()),
+            created: false,
+            preloaded,
+            preload_setting: setting.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_layout_follows_the_mode_and_the_probe() {
+        use TimescaleMode::*;
+        let not_preloaded = probe(true, false, Some(""));
+        let (l, note) = choose_layout(None, Auto, &not_preloaded).expect("auto");
+        assert_eq!(l, Layout::Native);
+        assert!(
+            note.contains("not preloaded") && note.contains("it is empty now"),
+            "{note}"
+        );
+        let e = choose_layout(None, Require, &not_preloaded).expect_err("require");
+        assert!(e.to_string().contains("must be preloaded"), "{e}");
+        let listed = probe(true, true, Some("pg_stat_statements,timescaledb"));
+        assert_eq!(
+            choose_layout(None, Auto, &listed).expect("auto"),
+            (Layout::Timescale, String::new())
+        );
+        assert_eq!(
+            choose_layout(None, Off, &listed).expect("off").0,
+            Layout::Native
+        );
+        assert!(choose_layout(None, Require, &probe(false, false, None)).is_err());
+        // A database keeps its layout; a contradicting mode is refused.
+        assert_eq!(
+            choose_layout(Some(Layout::Native), Auto, &listed)
+                .expect("kept")
+                .0,
+            Layout::Native
+        );
+        assert!(choose_layout(Some(Layout::Native), Require, &listed).is_err());
+        assert!(choose_layout(Some(Layout::Timescale), Off, &listed).is_err());
+    }
+
+    #[test]
+    fn preload_settings_are_read() {
+        for yes in [
+            "timescaledb",
+            "pg_stat_statements, timescaledb",
+            "'timescaledb'",
+            "\"$libdir/timescaledb-2.17.2\"",
+        ] {
+            assert!(lists_timescaledb(yes), "{yes}");
+        }
+        for no in ["", "pg_stat_statements", "timescaledb_toolkit"] {
+            assert!(!lists_timescaledb(no), "{no}");
+        }
+    }
 }

@@ -270,6 +270,7 @@ fn stored(readings: u64) -> CommitOutcome {
         readings,
         events: 0,
         gaps: 0,
+        out_of_window: 0,
     }
 }
 
@@ -532,7 +533,8 @@ async fn old_data_gets_partitions_on_demand_and_retention_drops_them() {
         vec![CommitOutcome::Stored {
             readings: 1000,
             events: 1,
-            gaps: 0
+            gaps: 0,
+            out_of_window: 0,
         }]
     );
     assert_eq!(
@@ -830,7 +832,8 @@ async fn details_round_trip() {
             CommitOutcome::Stored {
                 readings: 0,
                 events: 0,
-                gaps: 1
+                gaps: 1,
+                out_of_window: 0,
             },
             CommitOutcome::Duplicate
         ]
@@ -981,4 +984,165 @@ async fn step_3_migrates_a_step_2_database() {
         "{known:?}"
     );
     assert!(known.contains(&("buffer-full".into(), true)), "{known:?}");
+}
+
+/// The bounded tests (`store::bounds`) on native partitions under
+/// [`suite::bounded_limits`], and what only partitions show.
+mod bounded {
+    use super::*;
+
+    async fn make_bounded() -> Option<TestStore> {
+        make_with(PgOptions {
+            limits: suite::bounded_limits(),
+            ..native()
+        })
+        .await
+    }
+
+    async fn make() -> Option<Box<dyn Store>> {
+        Some(guarded(make_bounded().await?))
+    }
+
+    crate::store_suite!(@t async { make().await }; out_of_window_readings_are_dead_lettered,
+        a_birth_beyond_the_tag_limit_is_refused, dead_letters_are_capped_and_pruned);
+
+    /// The days of the readings partitions that exist.
+    async fn partition_days(s: &PgStore) -> Vec<i64> {
+        let c = s.client().await.expect("client");
+        c.query(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'flowsquare.readings'::regclass",
+            &[],
+        )
+        .await
+        .expect("partitions")
+        .into_iter()
+        .filter_map(|r| {
+            let name: String = r.get(0);
+            super::super::types::parse_day_name(name.strip_prefix("readings_p")?)
+        })
+        .collect()
+    }
+
+    /// Readings outside the window create no partition (only their own days inside it exist),
+    /// partitions ahead stop at the window's end (7 days configured, 1 accepted), and a day
+    /// outside the window is refused by the partition code itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn out_of_window_readings_create_no_partition() {
+        let Some(t) = make_bounded().await else {
+            return;
+        };
+        let today = flowsquare_service::clock::now_ms().div_euclid(DAY_MS);
+        let before = partition_days(&t.pg).await;
+        assert!(
+            before.iter().all(|d| (today..=today + 1).contains(d)),
+            "{before:?}"
+        );
+        suite::out_of_window_readings_are_dead_lettered(&t.pg).await;
+        let now = flowsquare_service::clock::now_ms();
+        let days = partition_days(&t.pg).await;
+        for ts in &suite::window_times(now)[2..] {
+            assert!(!days.contains(&ts.div_euclid(DAY_MS)), "{days:?}");
+        }
+        assert!(
+            days.iter().all(|d| (today - 1..=today + 1).contains(d)),
+            "{days:?}"
+        );
+        let mut client = t.pg.client().await.expect("client");
+        let far = std::collections::BTreeSet::from([today + 999]);
+        let e = super::super::partitions::ensure_days(&t.pg, &mut client, &far)
+            .await
+            .expect_err("outside the window");
+        assert!(e.to_string().contains("outside the accepted window"), "{e}");
+    }
+}
+
+/// TimescaleDB installed but not preloaded, stubbed at the SQL level: the test database shadows
+/// `pg_available_extensions` and `pg_settings` with views in a schema ahead of `pg_catalog` in
+/// its `search_path` (the probe reads them unqualified), so the server seems to offer the
+/// extension with an empty `shared_preload_libraries`. "auto" falls back to native partitions
+/// saying why and how to fix it; "require" refuses with the fix; `check-config`'s
+/// `planned_layout` says the same, and with the library listed it would choose TimescaleDB.
+mod preload {
+    use super::*;
+
+    async fn stubbed(preload: &str) -> Option<TestDb> {
+        let admin = admin().await?;
+        let db = TestDb::create(&admin).await;
+        let (c, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        c.batch_execute(&format!(
+            "CREATE SCHEMA stub;
+             CREATE VIEW stub.pg_available_extensions AS
+                 SELECT 'timescaledb'::name AS name, '2.17.2'::text AS default_version;
+             CREATE VIEW stub.pg_settings AS
+                 SELECT name, CASE WHEN name = 'shared_preload_libraries' THEN '{preload}' ELSE setting END AS setting
+                 FROM pg_catalog.pg_settings;
+             ALTER DATABASE {} SET search_path = stub, pg_catalog, public;",
+            db.name
+        ))
+        .await
+        .expect("stub");
+        Some(db)
+    }
+
+    fn opts(timescale: TimescaleMode) -> PgOptions {
+        PgOptions {
+            timescale,
+            ..PgOptions::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn installed_but_not_preloaded_auto_falls_back_and_require_refuses_with_the_fix() {
+        let Some(db) = stubbed("").await else {
+            return;
+        };
+        let require = PgStore::connect(&db.url(), opts(TimescaleMode::Require))
+            .await
+            .expect("connect");
+        let planned = require.planned_layout().await.expect_err("require refused");
+        let e = require.migrate().await.expect_err("require refused");
+        require.close();
+        for e in [planned.to_string(), e.to_string()] {
+            assert!(
+                e.contains("not preloaded")
+                    && e.contains("shared_preload_libraries")
+                    && e.contains("restart PostgreSQL"),
+                "{e}"
+            );
+        }
+        let auto = PgStore::connect(&db.url(), opts(TimescaleMode::Auto))
+            .await
+            .expect("connect");
+        let planned = auto.planned_layout().await.expect("auto");
+        assert!(
+            planned.starts_with("native daily partitions (timescaledb installed but not preloaded"),
+            "{planned}"
+        );
+        let described = auto.migrate().await.expect("auto falls back");
+        assert!(
+            described
+                .starts_with("native daily partitions (timescaledb installed but not preloaded")
+                && described.contains("shared_preload_libraries"),
+            "{described}"
+        );
+        assert_eq!(auto.layout().await.expect("layout"), Layout::Native);
+        auto.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_preloaded_library_would_be_used() {
+        let Some(db) = stubbed("pg_stat_statements, timescaledb").await else {
+            return;
+        };
+        let s = PgStore::connect(&db.url(), opts(TimescaleMode::Require))
+            .await
+            .expect("connect");
+        let planned = s.planned_layout().await.expect("planned");
+        assert_eq!(planned, "timescaledb 2.17.2 hypertables");
+        s.close();
+    }
 }

@@ -16,6 +16,7 @@ use super::types::{
     MAX_TS_MS, MIN_TS_MS,
 };
 use super::{partitions, pg, rollup, Catalog, Layout, PgStore};
+use crate::store::bounds::{self, Refused};
 use crate::store::{
     buffer_replaced_gap, check_gaps, conflict_alert, conflict_reason, CommitOutcome, DeadLetter,
     StoreError, BATCH_CONFLICT, BUFFER_REPLACED,
@@ -96,12 +97,18 @@ async fn commit_once(
     // Received on the data clock, like the SQLite store (it was the wall clock here).
     let now = clock::now_ms();
     let mut days = BTreeSet::new();
+    let limits = &store.inner.opts.limits;
+    // Per batch: the part inside the accepted window (what is stored) and the refused rest.
+    let mut parts: Vec<Option<(std::borrow::Cow<'_, wire::Batch>, Option<Refused>)>> =
+        Vec::with_capacity(batches.len());
     for b in batches {
+        parts.push(None);
         let Some(cat) = catalog(store, &client, &b.site, &b.agent, &b.config_hash).await? else {
             plans.push(Plan::Unknown);
             continue;
         };
-        check(b, &cat, now)?;
+        let (part, refused) = bounds::split_window(b, limits, now);
+        check(&part, &cat, now)?;
         let digest = b.content_digest();
         match seen.entry((
             b.site.as_str(),
@@ -119,11 +126,11 @@ async fn commit_once(
         }
         if layout == Layout::Native {
             let mut last = None;
-            for ts in b
+            for ts in part
                 .readings
                 .iter()
                 .map(|r| r.ts_ms)
-                .chain(b.events.iter().map(|e| e.ts_ms))
+                .chain(part.events.iter().map(|e| e.ts_ms))
             {
                 let day = ts.div_euclid(DAY_MS);
                 if last != Some(day) {
@@ -132,10 +139,14 @@ async fn commit_once(
                 }
             }
         }
+        if let Some(slot) = parts.last_mut() {
+            *slot = Some((part, refused));
+        }
         plans.push(Plan::Candidate(cat));
     }
 
-    // 2. Partitions for the days touched (own short transaction, before the COPY).
+    // 2. Partitions for the days touched (own short transaction, before the COPY): only days
+    // inside the accepted window (the rest was split off above).
     if layout == Layout::Native && !days.is_empty() {
         partitions::ensure_days(store, &mut client, &days).await?;
     }
@@ -166,10 +177,27 @@ async fn commit_once(
         tx.commit().await.map_err(pg)?;
         return Ok(outcomes);
     }
-    let new = ledger(&tx, &candidates, now).await?;
+    let new = ledger(&tx, &candidates, &parts, now).await?;
     let (stored, known): (Vec<_>, Vec<_>) = candidates
         .into_iter()
         .partition(|(_, b, _)| new.contains(&key(b)));
+    // What is written of each new batch: its part inside the window; the rest a dead letter.
+    let mut out_of_window = HashMap::new();
+    let stored: Vec<(usize, &wire::Batch, &Catalog)> = stored
+        .into_iter()
+        .map(|(i, b, cat)| match &parts[i] {
+            Some((part, refused)) => {
+                if let Some(r) = refused {
+                    out_of_window.insert(i, r);
+                }
+                (i, &**part, cat)
+            }
+            None => (i, b, cat),
+        })
+        .collect();
+    for r in out_of_window.values() {
+        insert_dead_letter(&tx, &bounds::cap_dead_letter(&r.letter, limits)).await?;
+    }
     for (i, b, d) in conflicts(&tx, &known).await? {
         open_conflict_alert(&tx, b, d, now).await?;
         outcomes[i] = CommitOutcome::Conflict {
@@ -236,6 +264,7 @@ async fn commit_once(
             readings: b.readings.len() as u64,
             events: b.events.len() as u64,
             gaps: b.gaps.len() as u64,
+            out_of_window: out_of_window.get(i).map_or(0, |r| r.readings + r.events),
         };
     }
     Ok(outcomes)
@@ -358,6 +387,7 @@ fn check(b: &wire::Batch, cat: &Catalog, now: i64) -> Result<(), StoreError> {
 async fn ledger<'b>(
     tx: &deadpool_postgres::Transaction<'_>,
     candidates: &[(usize, &'b wire::Batch, &Catalog)],
+    parts: &[Option<(std::borrow::Cow<'_, wire::Batch>, Option<Refused>)>],
     received_ms: i64,
 ) -> Result<HashSet<(&'b str, &'b str, i64, i64)>, StoreError> {
     let n = candidates.len();
@@ -374,7 +404,12 @@ async fn ledger<'b>(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for (_, b, _) in candidates {
+    for (i, b, _) in candidates {
+        // The digest of the whole batch, the counts of what is stored of it.
+        let part = parts
+            .get(*i)
+            .and_then(Option::as_ref)
+            .map_or(*b, |(p, _)| &**p);
         site.push(b.site.as_str());
         agent.push(b.agent.as_str());
         id.push(u64_bits(b.batch_id));
@@ -382,9 +417,9 @@ async fn ledger<'b>(
         digest.push(u64_bits(b.content_digest()));
         hash.push(b.config_hash.as_str());
         created.push(ts_checked(b.created_ms, "").ok());
-        readings.push(b.readings.len() as i64);
-        events.push(b.events.len() as i64);
-        gaps.push(b.gaps.len() as i64);
+        readings.push(part.readings.len() as i64);
+        events.push(part.events.len() as i64);
+        gaps.push(part.gaps.len() as i64);
     }
     let st = tx
         .prepare_cached(
@@ -666,6 +701,22 @@ pub(super) async fn birth(
 
     let mut client = store.client().await?;
     let tx = client.transaction().await.map_err(pg)?;
+    if store.inner.opts.limits.max_tags_per_agent.is_some() {
+        let row = tx
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE name = ANY($3::text[]))
+                 FROM flowsquare.tags WHERE site = $1 AND agent = $2",
+                &[&b.site, &b.agent, &name],
+            )
+            .await
+            .map_err(pg)?;
+        let (registered, known): (i64, i64) = (row.get(0), row.get(1));
+        let registered = usize::try_from(registered).unwrap_or(usize::MAX);
+        let total = registered.saturating_add(n) - usize::try_from(known).unwrap_or(0).min(n);
+        if let Some(e) = bounds::tag_limit_error(b, registered, total, &store.inner.opts.limits) {
+            return Err(StoreError::Invalid(e));
+        }
+    }
     tx.execute(
         "INSERT INTO flowsquare.agents AS a (site, agent, last_seen, version, config_hash, birth_at, started)
          VALUES ($1, $2, $3, $4, $5, $3, $6)
@@ -885,16 +936,57 @@ pub(super) async fn heartbeat(
     Ok(())
 }
 
-/// Keep an unusable message.
+/// Keep an unusable message (its payload capped, `store::bounds`).
 pub(super) async fn dead_letter(store: &PgStore, dl: &DeadLetter) -> Result<(), StoreError> {
-    let received = ts_checked(dl.received_ms, "dead letter received time")?;
+    let dl = bounds::cap_dead_letter(dl, &store.inner.opts.limits);
     let client = store.client().await?;
-    client
-        .execute(
-            "INSERT INTO flowsquare.dead_letters (topic, payload, reason, received) VALUES ($1, $2, $3, $4)",
-            &[&dl.topic, &dl.payload, &dl.reason, &received],
-        )
-        .await
-        .map_err(pg)?;
+    insert_dead_letter(&client, &dl).await
+}
+
+/// Insert a dead letter (on a connection or in a transaction).
+async fn insert_dead_letter(
+    c: &impl deadpool_postgres::GenericClient,
+    dl: &DeadLetter,
+) -> Result<(), StoreError> {
+    let received = ts_checked(dl.received_ms, "dead letter received time")?;
+    c.execute(
+        "INSERT INTO flowsquare.dead_letters (topic, payload, reason, received) VALUES ($1, $2, $3, $4)",
+        &[&dl.topic, &dl.payload, &dl.reason, &received],
+    )
+    .await
+    .map_err(pg)?;
     Ok(())
+}
+
+/// Drop the dead letters older than the retention, then the oldest while the payloads kept add
+/// up to more than the total bound; returns how many were dropped.
+pub(super) async fn prune_dead_letters(store: &PgStore, now_ms: i64) -> Result<u64, StoreError> {
+    let limits = &store.inner.opts.limits;
+    let client = store.client().await?;
+    let mut dropped = 0;
+    if let Some(age) = limits.dead_letter_retention_ms {
+        let cutoff = Ts(now_ms.saturating_sub(age).clamp(MIN_TS_MS, MAX_TS_MS - 1));
+        dropped += client
+            .execute(
+                "DELETE FROM flowsquare.dead_letters WHERE received < $1",
+                &[&cutoff],
+            )
+            .await
+            .map_err(pg)?;
+    }
+    if let Some(max) = limits.dead_letter_max_total_bytes {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        dropped += client
+            .execute(
+                "DELETE FROM flowsquare.dead_letters WHERE id IN (
+                     SELECT id FROM (
+                         SELECT id, sum(octet_length(payload)) OVER (ORDER BY received DESC, id DESC) AS total
+                         FROM flowsquare.dead_letters) t
+                     WHERE total > $1)",
+                &[&max],
+            )
+            .await
+            .map_err(pg)?;
+    }
+    Ok(dropped)
 }

@@ -106,6 +106,8 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: Option<PathBuf>,
+    /// The bounds every agent is held to (`store::bounds`; default: none).
+    limits: Arc<super::Limits>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -145,6 +147,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: Some(path.to_path_buf()),
+            limits: Arc::default(),
         })
     }
 
@@ -155,7 +158,15 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: None,
+            limits: Arc::default(),
         })
+    }
+
+    /// The same store holding every agent to `limits` (accepted time window, tag registry
+    /// limit, dead-letter cap and retention; see `store::bounds`).
+    pub fn with_limits(mut self, limits: super::Limits) -> SqliteStore {
+        self.limits = Arc::new(limits);
+        self
     }
 
     /// The database file (`None` in memory).
@@ -247,17 +258,27 @@ impl Store for SqliteStore {
         let batches = batches.to_vec();
         // Received on the data clock (simulated time in the demo): compares with the data's times.
         let now = clock::now_ms();
-        self.run(move |c| write::commit(c, &batches, now)).await
+        let limits = Arc::clone(&self.limits);
+        self.run(move |c| write::commit(c, &batches, now, &limits))
+            .await
     }
 
     async fn dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
-        let dl = dl.clone();
+        let dl = super::bounds::cap_dead_letter(dl, &self.limits).into_owned();
         self.run(move |c| write::dead_letter(c, &dl)).await
+    }
+
+    async fn prune_dead_letters(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let limits = Arc::clone(&self.limits);
+        self.run(move |c| write::prune_dead_letters(c, &limits, now_ms))
+            .await
     }
 
     async fn birth(&self, b: &wire::Birth, received_ms: i64) -> Result<(), StoreError> {
         let b = b.clone();
-        self.run(move |c| write::birth(c, &b, received_ms)).await
+        let limits = Arc::clone(&self.limits);
+        self.run(move |c| write::birth(c, &b, received_ms, &limits))
+            .await
     }
 
     async fn status(

@@ -30,6 +30,26 @@ async fn open(dir: &Path) -> SqliteStore {
 
 crate::store_suite!(async { make().await });
 
+/// The bounded tests (`store::bounds`) on a store holding every agent to
+/// [`crate::store::suite::bounded_limits`].
+mod bounded {
+    use super::*;
+
+    async fn make() -> Option<Box<dyn Store>> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path())
+            .await
+            .with_limits(crate::store::suite::bounded_limits());
+        Some(Box::new(crate::store::suite::Guarded {
+            store: Box::new(store),
+            guard: dir,
+        }))
+    }
+
+    crate::store_suite!(@t async { make().await }; out_of_window_readings_are_dead_lettered,
+        a_birth_beyond_the_tag_limit_is_refused, dead_letters_are_capped_and_pruned);
+}
+
 async fn tag_id(s: &SqliteStore, name: &str) -> i64 {
     s.tags(None, Some(name))
         .await
@@ -67,7 +87,8 @@ async fn reopening_the_file_keeps_everything() {
             vec![CommitOutcome::Stored {
                 readings: 100,
                 events: 0,
-                gaps: 1
+                gaps: 1,
+                out_of_window: 0,
             }]
         );
         s.dead_letter(&DeadLetter {
@@ -117,7 +138,8 @@ async fn reopening_the_file_keeps_everything() {
         vec![CommitOutcome::Stored {
             readings: 2,
             events: 0,
-            gaps: 0
+            gaps: 0,
+            out_of_window: 0,
         }]
     );
 }
@@ -137,7 +159,8 @@ async fn a_hundred_thousand_readings_in_one_commit() {
         vec![CommitOutcome::Stored {
             readings: 100_000,
             events: 0,
-            gaps: 0
+            gaps: 0,
+            out_of_window: 0,
         }]
     );
     assert_eq!(
@@ -263,7 +286,8 @@ async fn a_bad_tag_index_rolls_back_the_whole_call() {
         vec![CommitOutcome::Stored {
             readings: 10,
             events: 0,
-            gaps: 0
+            gaps: 0,
+            out_of_window: 0,
         }]
     );
 }
@@ -335,7 +359,8 @@ async fn every_column_is_kept() {
         vec![CommitOutcome::Stored {
             readings: 5,
             events: 1,
-            gaps: 0
+            gaps: 0,
+            out_of_window: 0,
         }]
     );
     assert_eq!(
@@ -430,7 +455,8 @@ async fn every_column_is_kept() {
         vec![CommitOutcome::Stored {
             readings: 0,
             events: 0,
-            gaps: 0
+            gaps: 0,
+            out_of_window: 0,
         }]
     );
 }
@@ -506,7 +532,8 @@ async fn a_full_disk_is_transient_and_stores_nothing() {
         vec![CommitOutcome::Stored {
             readings: 10_000,
             events: 0,
-            gaps: 0
+            gaps: 0,
+            out_of_window: 0,
         }],
         "nothing of the failed attempt was left in the ledger"
     );

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use flowsquare_wire as wire;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+use crate::store::bounds::{self, Limits};
 use crate::store::{
     buffer_replaced_gap, check_gaps, conflict_alert, conflict_reason, CommitOutcome, DeadLetter,
     StoreError, BATCH_CONFLICT, BUFFER_REPLACED,
@@ -129,6 +130,7 @@ pub(super) fn commit(
     conn: &mut Connection,
     batches: &[wire::Batch],
     received_ms: i64,
+    limits: &Limits,
 ) -> Result<Vec<CommitOutcome>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut catalogs: HashMap<(&str, &str, &str), Option<Vec<i64>>> = HashMap::new();
@@ -144,12 +146,15 @@ pub(super) fn commit(
             continue;
         };
         check_gaps(b, catalog.len(), received_ms).map_err(StoreError::Invalid)?;
-        let (readings, events, gaps) = (
-            b.readings.len() as u64,
-            b.events.len() as u64,
-            b.gaps.len() as u64,
-        );
+        // The ledger keeps the whole batch's digest; what is stored is the part inside the
+        // accepted window, the rest one dead letter in this transaction.
         let digest = bits(b.content_digest());
+        let (part, refused) = bounds::split_window(b, limits, received_ms);
+        let (readings, events, gaps) = (
+            part.readings.len() as u64,
+            part.events.len() as u64,
+            part.gaps.len() as u64,
+        );
         let new = tx
             .prepare_cached(
                 "INSERT OR IGNORE INTO batches (site, agent, buffer_epoch, batch_id, received_ms, config_hash, readings, events, gaps, digest)
@@ -170,13 +175,19 @@ pub(super) fn commit(
         if new == 0 {
             out.push(duplicate_or_conflict(&tx, b, digest, received_ms)?);
         } else {
-            insert_readings(&tx, b, catalog)?;
-            insert_events(&tx, b)?;
-            insert_gaps(&tx, b, catalog)?;
+            insert_readings(&tx, &part, catalog)?;
+            insert_events(&tx, &part)?;
+            insert_gaps(&tx, &part, catalog)?;
+            let mut out_of_window = 0;
+            if let Some(r) = refused {
+                insert_dead_letter(&tx, &bounds::cap_dead_letter(&r.letter, limits))?;
+                out_of_window = r.readings + r.events;
+            }
             out.push(CommitOutcome::Stored {
                 readings,
                 events,
                 gaps,
+                out_of_window,
             });
         }
         // A data message is a message: the agent was seen now.
@@ -364,8 +375,10 @@ pub(super) fn birth(
     conn: &mut Connection,
     b: &wire::Birth,
     received_ms: i64,
+    limits: &Limits,
 ) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    check_tag_limit(&tx, b, limits)?;
     tx.execute(
         "INSERT INTO agents (site, agent, last_seen_ms, version, config_hash) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (site, agent) DO UPDATE SET
@@ -557,9 +570,70 @@ pub(super) fn heartbeat(
 
 /// Keep a dead letter.
 pub(super) fn dead_letter(conn: &mut Connection, dl: &DeadLetter) -> Result<(), StoreError> {
+    insert_dead_letter(conn, dl)
+}
+
+/// Insert a dead letter (on a connection or in a transaction).
+fn insert_dead_letter(conn: &Connection, dl: &DeadLetter) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO dead_letters (topic, payload, reason, received_ms) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![dl.topic, dl.payload, dl.reason, dl.received_ms])?;
     Ok(())
+}
+
+/// Refuse a birth that would leave its agent with more registered tags than the limit (checked
+/// before anything of it is written).
+fn check_tag_limit(
+    tx: &Transaction<'_>,
+    b: &wire::Birth,
+    limits: &Limits,
+) -> Result<(), StoreError> {
+    if limits.max_tags_per_agent.is_none() {
+        return Ok(());
+    }
+    let names: std::collections::HashSet<&str> = b.tags.iter().map(|t| t.name.as_str()).collect();
+    let mut st = tx.prepare_cached("SELECT name FROM tags WHERE site = ?1 AND agent = ?2")?;
+    let registered: Vec<String> = st
+        .query_map(params![b.site, b.agent], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let known = registered
+        .iter()
+        .filter(|n| names.contains(n.as_str()))
+        .count();
+    let total = registered.len() + names.len() - known;
+    match bounds::tag_limit_error(b, registered.len(), total, limits) {
+        Some(e) => Err(StoreError::Invalid(e)),
+        None => Ok(()),
+    }
+}
+
+/// Drop the dead letters older than the retention, then the oldest while the payloads kept add
+/// up to more than the total bound; returns how many were dropped.
+pub(super) fn prune_dead_letters(
+    conn: &mut Connection,
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut dropped = 0;
+    if let Some(age) = limits.dead_letter_retention_ms {
+        dropped += tx.execute(
+            "DELETE FROM dead_letters WHERE received_ms < ?1",
+            params![now_ms.saturating_sub(age)],
+        )?;
+    }
+    if let Some(max) = limits.dead_letter_max_total_bytes {
+        // Keep the newest whose running total (newest first) stays within the bound.
+        dropped += tx.execute(
+            "DELETE FROM dead_letters WHERE id IN (
+                 SELECT id FROM (
+                     SELECT id, sum(length(payload)) OVER (ORDER BY received_ms DESC, id DESC) AS total
+                     FROM dead_letters)
+                 WHERE total > ?1)",
+            params![i64::try_from(max).unwrap_or(i64::MAX)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(dropped as u64)
 }
