@@ -99,10 +99,10 @@ mod tests {
         assert!(text.contains("\nflowsquare_ingest_consumer_connected 1\n"));
         assert!(text.contains("\nflowsquare_ingest_api_rate_limited_total{scope=\"token\"} 3\n"));
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        // 12 counters and gauges, the latency histogram's buckets (+Inf), sum and count; the
+        // 13 counters and gauges, the latency histogram's buckets (+Inf), sum and count; the
         // API's 5 counters and gauges and its rate-limit counter's 2 scopes.
         let buckets = crate::consume::latency::BUCKETS_S.len() + 1;
-        assert_eq!(samples.len(), 12 + buckets + 2 + 5 + 2);
+        assert_eq!(samples.len(), 13 + buckets + 2 + 5 + 2);
         for l in samples {
             let name = l.split([' ', '{']).next().unwrap_or_default();
             let name = ["_bucket", "_sum", "_count"]
