@@ -6,6 +6,7 @@
 //! - `wait_until`: wait on a condition with a deadline (no fixed sleeps in tests);
 //! - `external`: find third-party servers (the pymodbus virtualenv) or decide to skip;
 //! - `mqtt`: a private Mosquitto per test and a consumer that acknowledges like cloud-ingest;
+//! - `nats`: a private nats-server with JetStream and MQTT per test (the second broker);
 //! - `browser`: a WebDriver client for headless Chromium (ChromeDriver) and the console check;
 //! - `workspace_bin`: the workspace's own binaries (edge-agent, cloud-ingest, flowsquare-sim,
 //!   flowsquare-demo) for tests outside the crates that own them (built once per test process,
@@ -13,6 +14,7 @@
 
 pub mod browser;
 pub mod mqtt;
+pub mod nats;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -21,7 +21,7 @@ pub struct Mosquitto {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     // Bind port 0 to get a free port from the kernel, then release it for mosquitto (which
     // cannot report a port it picked itself).
     TcpListener::bind("127.0.0.1:0")
@@ -30,7 +30,7 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-fn port_open(port: u16) -> bool {
+pub(crate) fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 

@@ -9,7 +9,8 @@
 #   flowsquare-dynsec.sh ingest <username> [password]
 #       the cloud-ingest identity (once; again for each replica with its own username): reads
 #       every agent's data (also through any $share group), births, statuses and heartbeats,
-#       writes acknowledgements and commands. Also sets every default to deny.
+#       writes acknowledgements and commands, and its own start-up probe ($ROOT/_probe/<nonce>).
+#       Also sets every default to deny.
 #   flowsquare-dynsec.sh agent <site> <agent> [password]
 #       an edge agent: username "<site>/<agent>", client id "fs-<site>-<agent>" (the agent's
 #       default; if [uplink] client_id is set, change it with `mosquitto_ctrl ... dynsec
@@ -50,6 +51,12 @@ ingest)
 	for k in ack cmd; do
 		acl fs-ingest publishClientSend "$ROOT/+/+/$k" allow
 	done
+	# The start-up delivery probe (cloud-ingest consume/probe.rs): one message to itself on
+	# $ROOT/_probe/<nonce>, through the same kind of subscription ($share or plain) as the data.
+	acl fs-ingest subscribePattern "\$share/+/$ROOT/_probe/+" allow
+	acl fs-ingest subscribePattern "$ROOT/_probe/+" allow
+	acl fs-ingest publishClientSend "$ROOT/_probe/+" allow
+	acl fs-ingest publishClientReceive "$ROOT/_probe/+" allow
 	if [ $# -ge 3 ]; then ctl createClient "$2" -p "$3"; else ctl createClient "$2"; fi
 	ctl addClientRole "$2" fs-ingest
 	;;

@@ -402,13 +402,25 @@ async fn serve(mut cfg: IngestConfig, config_path: Option<&Path>) -> Result<Exit
         .validate()
         .map_err(|e| CliError::Config(format!("[api]: {e}")))?;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let consumer = tokio::spawn(crate::consume::run(
-        cfg.clone(),
-        store.clone(),
-        stats.clone(),
-        ready.clone(),
-        stop_rx.clone(),
-    ));
+    // A consumer that fails (e.g. the start-up delivery probe) stops the service.
+    let (failed_tx, mut failed_rx) = tokio::sync::oneshot::channel::<()>();
+    let consumer = {
+        let run = crate::consume::run(
+            cfg.clone(),
+            store.clone(),
+            stats.clone(),
+            ready.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            let r = run.await;
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "the broker consumer cannot run");
+                let _ = failed_tx.send(());
+            }
+            r
+        })
+    };
     let listener = crate::api::bind(&cfg.api.listen).await?;
     tracing::info!(address = %listener.local_addr()?, "HTTP API at http://{}/api/v1 (OpenAPI: /api/v1/openapi.json)", listener.local_addr()?);
     let state = crate::api::ApiState {
@@ -463,6 +475,7 @@ async fn serve(mut cfg: IngestConfig, config_path: Option<&Path>) -> Result<Exit
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            Ok(()) = &mut failed_rx => tracing::error!("the broker consumer failed: stopping"),
         }
     })
     .await;

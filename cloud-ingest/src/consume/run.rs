@@ -111,6 +111,13 @@ pub async fn run(
 ) -> Result<(), String> {
     let (host, port) = cfg.broker_addr()?;
     let keys = Arc::new(cfg.ack_keys()?);
+    // The broker must deliver what we subscribe to, the way we subscribe (`probe.rs`).
+    if !super::probe::check(&cfg, &mut shutdown)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(());
+    }
     if !keys.is_empty() {
         tracing::info!(sites = ?keys.sites.keys().collect::<Vec<_>>(), every_other_site = keys.all.is_some(),
             "end-to-end acks are signed ([mqtt] ack_keys)");
