@@ -114,11 +114,11 @@ pub fn split_window<'b>(
         b.agent,
         b.buffer_epoch,
         b.batch_id,
-        show_ms(lo),
-        show_ms(hi),
-        show_ms(from),
-        show_ms(to),
-        show_ms(now_ms),
+        crate::times::show(lo),
+        crate::times::show(hi),
+        crate::times::show(from),
+        crate::times::show(to),
+        crate::times::show(now_ms),
         kept.readings.len(),
         kept.events.len(),
     );
@@ -135,17 +135,6 @@ pub fn split_window<'b>(
         events: out.events.len() as u64,
     };
     (Cow::Owned(kept), Some(refused))
-}
-
-/// A time for a reason: RFC 3339 when it is one, else the milliseconds.
-fn show_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 /// Cap a dead letter's payload at `limits.dead_letter_keep_bytes`: the first bytes kept, the
