@@ -210,6 +210,64 @@ fn check_config_reads_the_tokens_file() {
     assert!(err.contains("tokens.toml:3:8"), "{err}");
 }
 
+/// `check-config` checks `[api.jwt]` and reads its JWKS file: a missing or bad file is named.
+#[test]
+fn check_config_reads_the_jwks_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let jwks = dir.path().join("jwks.json");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[api.jwt]\nissuer = \"https://login.example.com\"\naudience = \"api\"\njwks_file = {:?}\n",
+            jwks.display().to_string()
+        ),
+    )
+    .expect("write");
+    let run = || {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("check-config")
+            .output()
+            .expect("run")
+    };
+    let out = run();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[api.jwt]") && err.contains("jwks.json"),
+        "{err}"
+    );
+    // An RSA public key (the RFC 7517 example's modulus).
+    let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+    std::fs::write(
+        &jwks,
+        format!("{{\"keys\": [{{\"kty\": \"RSA\", \"kid\": \"k1\", \"n\": \"{n}\", \"e\": \"AQAB\"}}]}}"),
+    )
+    .expect("write");
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ok: [api.jwt]") && text.contains("1 key(s) (k1 RS256)"),
+        "{text}"
+    );
+    std::fs::write(
+        &jwks,
+        "{\"keys\": [{\"kty\": \"oct\", \"kid\": \"h\", \"k\": \"c2VjcmV0\"}]}",
+    )
+    .expect("write");
+    let out = run();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("symmetric"), "{err}");
+}
+
 #[test]
 fn check_config_accepts_the_example_and_names_the_line_of_an_error() {
     let example = concat!(

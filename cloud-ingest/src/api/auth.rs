@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::config::{ApiConfig, Role, TokenConfig};
+use super::jwt::{self, JwtConfig, JwtError, JwtKeys};
 use super::limit::Limits;
 use super::problem::Problem;
 use super::scope::SiteScope;
@@ -137,6 +138,24 @@ pub struct Tokens {
     config: Vec<TokenConfig>,
     file: Option<PathBuf>,
     table: RwLock<Arc<TokenTable>>,
+    /// `[api.jwt]` and the keys of its JWKS file (reloaded with the tokens file).
+    jwt: Option<(JwtConfig, RwLock<Arc<JwtKeys>>)>,
+}
+
+/// Swap what a lock holds (a poisoned lock is taken over: the value is replaced whole).
+fn swap<T>(lock: &RwLock<Arc<T>>, value: Arc<T>) {
+    match lock.write() {
+        Ok(mut g) => *g = value,
+        Err(poisoned) => *poisoned.into_inner() = value,
+    }
+}
+
+/// What a lock holds now.
+fn read<T>(lock: &RwLock<Arc<T>>) -> Arc<T> {
+    match lock.read() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
 }
 
 impl Tokens {
@@ -147,20 +166,63 @@ impl Tokens {
             config: cfg.tokens.clone(),
             file: cfg.tokens_file.clone(),
             table: RwLock::new(Arc::new(TokenTable::from_tokens(&cfg.tokens))),
+            jwt: cfg
+                .jwt
+                .clone()
+                .map(|j| (j, RwLock::new(Arc::new(JwtKeys::default())))),
         };
         if t.file.is_some() {
-            if let Err(e) = t.reload() {
+            if let Err(e) = t.reload_file() {
                 tracing::error!(
                     "api tokens: {e}; only the [[api.tokens]] of the configuration are accepted"
                 );
             }
         }
+        if let Err(e) = t.reload_jwks() {
+            tracing::error!("api jwt: {e}; no JWT is accepted until a reload succeeds");
+        }
         t
     }
 
-    /// Read the tokens file again and swap the table; the number of tokens now accepted, or why
-    /// the table was kept (logged by the caller).
+    /// Read the JWKS file of `[api.jwt]` again and swap the keys; how many, or why the keys in
+    /// use were kept. Without `[api.jwt]`: `Ok(0)`.
+    fn reload_jwks(&self) -> Result<usize, String> {
+        let Some((cfg, keys)) = &self.jwt else {
+            return Ok(0);
+        };
+        let new = JwtKeys::read(&cfg.jwks_file).map_err(|e| e.to_string())?;
+        let n = new.len();
+        swap(keys, Arc::new(new));
+        Ok(n)
+    }
+
+    /// Validate a JWT bearer: `None` when `[api.jwt]` is not configured (the token then goes to
+    /// the static table).
+    pub(crate) fn validate_jwt(&self, token: &str) -> Option<Result<Principal, JwtError>> {
+        let (cfg, keys) = self.jwt.as_ref()?;
+        Some(read(keys).validate(cfg, token))
+    }
+
+    /// Read the tokens file and the JWKS file again and swap what loads; the number of tokens
+    /// now accepted, or why the tokens or the keys were kept (logged by the caller). The two
+    /// are independent: a bad JWKS file does not stop a good tokens file, and the other way.
     pub fn reload(&self) -> Result<usize, String> {
+        let tokens = self.reload_file();
+        let jwks = self.reload_jwks();
+        match (tokens, jwks) {
+            (Ok(n), Ok(_)) => Ok(n),
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+        }
+    }
+
+    /// How many JWKS keys are in use (0 without `[api.jwt]`).
+    pub fn jwt_keys(&self) -> usize {
+        self.jwt.as_ref().map_or(0, |(_, k)| read(k).len())
+    }
+
+    /// The tokens file part of [`Tokens::reload`].
+    fn reload_file(&self) -> Result<usize, String> {
         let mut all = self.config.clone();
         if let Some(path) = &self.file {
             all.extend(read_tokens_file(path)?);
@@ -171,10 +233,7 @@ impl Tokens {
         })?;
         let table = Arc::new(TokenTable::from_tokens(&all));
         let n = table.len();
-        match self.table.write() {
-            Ok(mut g) => *g = table,
-            Err(poisoned) => *poisoned.into_inner() = table,
-        }
+        swap(&self.table, table);
         Ok(n)
     }
 
@@ -182,7 +241,12 @@ impl Tokens {
     pub fn reload_logged(&self, why: &str) -> Result<usize, String> {
         let r = self.reload();
         match &r {
-            Ok(n) => tracing::info!(tokens = n, trigger = why, "api tokens reloaded"),
+            Ok(n) => tracing::info!(
+                tokens = n,
+                jwt_keys = self.jwt_keys(),
+                trigger = why,
+                "api tokens reloaded"
+            ),
             Err(e) => tracing::error!(
                 trigger = why,
                 "api tokens not reloaded, the previous ones stay: {e}"
@@ -193,10 +257,7 @@ impl Tokens {
 
     /// The table now.
     pub(crate) fn current(&self) -> Arc<TokenTable> {
-        match self.table.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        read(&self.table)
     }
 }
 
@@ -258,15 +319,25 @@ pub(crate) async fn require(State(g): State<Guard>, mut req: Request, next: Next
                 ),
             );
         }
-        Some(Ok(token)) => match g.tokens.current().lookup(token) {
-            Some(p) => p.clone(),
-            None => {
-                return refuse(
-                    "unknown bearer token",
-                    None,
-                    Problem::unauthorized("unknown bearer token", true),
-                )
+        Some(Ok(token)) => match jwt::looks_like_jwt(token)
+            .then(|| g.tokens.validate_jwt(token))
+            .flatten()
+        {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                let why = e.to_string();
+                return refuse(&why, None, Problem::unauthorized(why.clone(), true));
             }
+            None => match g.tokens.current().lookup(token) {
+                Some(p) => p.clone(),
+                None => {
+                    return refuse(
+                        "unknown bearer token",
+                        None,
+                        Problem::unauthorized("unknown bearer token", true),
+                    )
+                }
+            },
         },
     };
     if principal.expires_ms.is_some_and(|e| e <= wall_ms()) {

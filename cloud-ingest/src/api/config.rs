@@ -80,6 +80,10 @@ pub struct ApiConfig {
     /// Bucket size per bearer token. Default 200.
     #[serde(default = "default_burst")]
     pub rate_limit_per_token_burst: u32,
+    /// `[api.jwt]`: also accept JWTs signed by this issuer (keys from a JWKS file; `jwt.rs`).
+    /// None (default): bearer tokens are the static ones only.
+    #[serde(default)]
+    pub jwt: Option<super::jwt::JwtConfig>,
 }
 
 impl Default for ApiConfig {
@@ -96,6 +100,7 @@ impl Default for ApiConfig {
             rate_limit_per_ip_burst: default_burst(),
             rate_limit_per_token: default_rate_token(),
             rate_limit_per_token_burst: default_burst(),
+            jwt: None,
         }
     }
 }
@@ -256,6 +261,9 @@ impl ApiConfig {
         }
         self.validate_tokens()?;
         self.validate_limits()?;
+        if let Some(j) = &self.jwt {
+            j.validate()?;
+        }
         let mut seen = HashSet::new();
         for o in &self.cors_origins {
             check_origin(o)?;

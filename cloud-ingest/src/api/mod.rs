@@ -66,6 +66,9 @@
 //! (`expires`, RFC 3339; then 401 `token expired`). The tokens of `[api] tokens_file` are read
 //! again on SIGHUP and by `POST /api/v1/admin/tokens/reload` (admin); a file that does not load
 //! keeps the tokens in use. Refusals are logged with the token's name, never the token.
+//! With `[api.jwt]` (`jwt.rs`) a bearer shaped like a JWT is checked against the issuer's JWKS
+//! file instead (re-read with the tokens file) and maps to the same principal; a JWT that does
+//! not pass is a 401 naming why.
 //!
 //! # Conventions
 //!
@@ -105,6 +108,7 @@ mod console;
 mod cors;
 mod freshness;
 mod head;
+mod jwt;
 mod limit;
 mod metrics;
 mod openapi;
@@ -121,6 +125,8 @@ mod tests;
 mod tests_access;
 #[cfg(test)]
 mod tests_history;
+#[cfg(test)]
+mod tests_jwt;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -133,6 +139,7 @@ pub use auth::{hash_token, Principal, Tokens};
 pub use config::{ApiConfig, Role, TokenConfig};
 pub use conn::{bind, BACKLOG};
 pub use head::{MAX_HEAD, MAX_HEADERS, MAX_URI};
+pub use jwt::{check as check_jwt, JwtConfig};
 pub use limit::ApiStats;
 pub use scope::SiteScope;
 

@@ -174,7 +174,7 @@ fn build() -> Value {
         },
         "components": {
             "securitySchemes": {
-                "bearerAuth": { "type": "http", "scheme": "bearer", "description": "A token configured in `[[api.tokens]]` (by its SHA-256)." }
+                "bearerAuth": { "type": "http", "scheme": "bearer", "description": "A token configured in `[[api.tokens]]` (by its SHA-256), or, when `[api.jwt]` is configured, a JWT of its issuer (RS256/ES256/EdDSA, checked against its JWKS file; role and sites from claims)." }
             },
             "parameters": {
                 "id": { "name": "id", "in": "path", "required": true, "description": "Tag id (series), discharge id or ePOD id.", "schema": int64 },

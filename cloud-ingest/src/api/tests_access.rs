@@ -23,7 +23,7 @@ const DAY: &str = "2026-01-01";
 const RANGE: &str = "from=2025-12-31T00:00:00Z&to=2026-01-03T00:00:00Z";
 
 /// Ids of the records of both sites.
-struct Ids {
+pub(super) struct Ids {
     d1: i64,
     d2: i64,
     e1: i64,
@@ -92,7 +92,7 @@ fn epod(bol: &str, truck: &str, station: &str) -> Epod {
 
 /// Records of both sites: a gap and readings of s2, a discharge, an ePOD, variance records of
 /// every kind and an alert per site.
-async fn fill(f: &Fixture) -> Ids {
+pub(super) async fn fill(f: &Fixture) -> Ids {
     let store = &f.state.store;
     let mut b = batch("s2", "a9", "h1", 1, 1, 5, T0, 0.0);
     b.gaps.push(wire::Gap {

@@ -235,6 +235,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             {
                 println!("{line}");
             }
+            if let Some(j) = &cfg.api.jwt {
+                let line = crate::api::check_jwt(j)
+                    .map_err(|e| CliError::Config(format!("[api.jwt]: {e}")))?;
+                println!("{line}");
+            }
             let model = reconcile::reconciler(&cfg, cli.config.as_deref())?;
             if let Some(r) = &model {
                 println!(
