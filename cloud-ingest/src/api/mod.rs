@@ -120,6 +120,8 @@ mod routes;
 mod scope;
 
 #[cfg(test)]
+mod test_log;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_access;

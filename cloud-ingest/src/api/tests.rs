@@ -1692,26 +1692,7 @@ async fn gaps_of_unknown_count_and_agent_buffers_are_shown() {
 /// The request id names the request's span: every log line written while serving it carries it.
 #[tokio::test]
 async fn the_request_id_is_in_the_log_lines_of_the_request() {
-    #[derive(Clone, Default)]
-    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let w = buf.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || w.clone())
-        .finish();
-    // This test's runtime is single-threaded: the handler's task logs on this thread too.
-    let _guard = tracing::subscriber::set_default(sub);
+    super::test_log::start();
     let f = fixture().await;
     f.store.mode.store(1, Relaxed);
     let req = Request::builder()
@@ -1723,10 +1704,10 @@ async fn the_request_id_is_in_the_log_lines_of_the_request() {
     let res = f.app.clone().oneshot(req).await.expect("infallible");
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["x-request-id"], "log-test-7");
-    let text = String::from_utf8(buf.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let text = super::test_log::text();
     let warn = text
         .lines()
-        .find(|l| l.contains("database unavailable"))
+        .find(|l| l.contains("database unavailable") && l.contains("log-test-7"))
         .unwrap_or_else(|| panic!("the handler's warning: {text}"));
     assert!(warn.contains("request_id=log-test-7"), "{warn}");
     assert!(

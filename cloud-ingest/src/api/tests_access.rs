@@ -594,26 +594,7 @@ async fn the_tokens_file_is_reloaded_without_a_restart() {
 /// token or its hash.
 #[tokio::test]
 async fn refusals_are_logged_without_secrets() {
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let w = buf.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || w.clone())
-        .finish();
-    // Single-threaded test runtime: the handlers log on this thread.
-    let _guard = tracing::subscriber::set_default(sub);
+    super::test_log::start();
     let f = fixture().await;
     let ids = fill(&f).await;
     let app = scoped_app(&f, vec![], None);
@@ -633,7 +614,7 @@ async fn refusals_are_logged_without_secrets() {
     get(&app, "/api/v1/dead-letters", Some(VIEWER))
         .await
         .problem(StatusCode::FORBIDDEN, "/api/v1/dead-letters");
-    let text = String::from_utf8(buf.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let text = super::test_log::text();
     for want in [
         "token expired",
         "token=old",

@@ -427,28 +427,8 @@ async fn the_jwks_file_is_reloaded_without_a_restart() {
 
 /// Refusals are logged with the reason, never the token.
 #[tokio::test]
-#[ignore = "the thread's log capture misses events while other tests run in parallel (so does \
-            tests_access::refusals_are_logged_without_secrets here): run alone, --ignored"]
 async fn jwt_refusals_are_logged_without_the_token() {
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let w = buf.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || w.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    super::test_log::start();
     let f = fixture().await;
     let k = keys();
     let (app, _) = jwt_app(&f, &k.jwks(&[&k.rsa_jwk]));
@@ -456,7 +436,7 @@ async fn jwt_refusals_are_logged_without_the_token() {
     let wrong_aud = k.rs256(&with(claims(), "aud", json!("other")));
     refused(&app, &expired, "JWT").await;
     refused(&app, &wrong_aud, "JWT").await;
-    let text = String::from_utf8(buf.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let text = super::test_log::text();
     assert!(text.contains("api request refused: JWT rejected"), "{text}");
     for t in [&expired, &wrong_aud] {
         for part in t.split('.') {
