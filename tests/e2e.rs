@@ -31,12 +31,14 @@
 //! captured again and recognised by the cloud).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use flowsquare_tests::chain::{
+    metric, modbus_sim, runtime, AgentToml, Ingest, PgDb, SIM_TANK_FARM,
+};
 use flowsquare_tests::mqtt::Mosquitto;
 use flowsquare_tests::{wait_until, workspace_bin, Proc, PtyPair};
 
@@ -50,70 +52,13 @@ fn say(what: &str) {
     );
 }
 
-fn uniq() -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{}_{n}", std::process::id())
-}
-
 fn rfc3339_to_ms(s: &str) -> Option<i64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
-    let mut code = None;
-    wait_until(timeout, || match child.try_wait() {
-        Ok(Some(s)) => {
-            code = Some(s.code().unwrap_or(-9));
-            true
-        }
-        _ => false,
-    });
-    if code.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    code
-}
-
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let code = body.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body))
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 // ---------------------------------------------------------------------------------------------
 // The database under test.
-
-/// A PostgreSQL database of this test's own, dropped at the end.
-struct PgDb {
-    name: String,
-    admin: tokio_postgres::Client,
-}
 
 enum Db {
     Pg(PgDb),
@@ -139,24 +84,11 @@ impl Stored {
     }
 }
 
-const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
-
 impl Db {
     /// A fresh database; None (the test is skipped) when the server is unreachable, unless
     /// `FLOWSQUARE_REQUIRE_ALL` is set (scripts/test sets it, so CI never skips silently).
     async fn pg() -> Option<Db> {
-        let Ok((admin, conn)) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
-        else {
-            flowsquare_tests::external::missing("PostgreSQL on 127.0.0.1:5432");
-            return None;
-        };
-        tokio::spawn(conn);
-        let name = format!("fs_e2e_{}", uniq());
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        Some(Db::Pg(PgDb { name, admin }))
+        PgDb::create("fs_e2e").await.map(Db::Pg)
     }
 
     /// The `[database]` table of the ingest config.
@@ -211,11 +143,7 @@ impl Db {
     async fn rows(&self, table: &str) -> usize {
         match self {
             Db::Pg(p) => {
-                let Ok((c, conn)) = tokio_postgres::connect(
-                    &format!("host=127.0.0.1 port=5432 user=postgres dbname={}", p.name),
-                    tokio_postgres::NoTls,
-                )
-                .await
+                let Ok((c, conn)) = tokio_postgres::connect(&p.url(), tokio_postgres::NoTls).await
                 else {
                     return 0;
                 };
@@ -240,12 +168,9 @@ impl Db {
         let mut s = Stored::default();
         match self {
             Db::Pg(p) => {
-                let (c, conn) = tokio_postgres::connect(
-                    &format!("host=127.0.0.1 port=5432 user=postgres dbname={}", p.name),
-                    tokio_postgres::NoTls,
-                )
-                .await
-                .expect("connect");
+                let (c, conn) = tokio_postgres::connect(&p.url(), tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
                 tokio::spawn(conn);
                 let ms = |col: &str| format!("round(extract(epoch FROM {col}) * 1000)::bigint");
                 for r in c
@@ -340,51 +265,13 @@ fn sqlite(path: &Path) -> Option<rusqlite::Connection> {
     Some(c)
 }
 
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok((c, conn)) =
-                    tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The processes.
 
 /// The Modbus device: tag registers on unit 1, a gantry bay on unit 2 that waits for the agent's
 /// ack coil and skips a sequence number every 4th batch (a record the agent never sees).
-const SIM_MAP: &str = r#"
-[[unit]]
-id = 1
-name = "tank-farm"
-[[unit.register]]
-kind = "holding"
-address = 0
-type = "f32"
-generator = { kind = "sine", amplitude = 1.5, period = "20s", offset = 6.0 }
-[[unit.register]]
-kind = "holding"
-address = 2
-type = "u32"
-generator = { kind = "counter", rate_per_s = 25.0 }
-[[unit.register]]
+/// (Appended to `SIM_TANK_FARM`, the tag unit's first two registers.)
+const SIM_MAP: &str = r#"[[unit.register]]
 kind = "holding"
 address = 4
 type = "f32"
@@ -463,185 +350,65 @@ struct Run {
     counters: Option<(u64, u64, u64)>,
 }
 
+/// The edge-agent binary (`flowsquare_tests::chain::Agent`) and what its jsonl stream printed.
 struct Agent {
-    child: Child,
-    log: PathBuf,
+    agent: flowsquare_tests::chain::Agent,
     out: Arc<Mutex<AgentOut>>,
-    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
     fn start(config: &Path, n: usize) -> Agent {
-        let log = config.with_file_name(format!("agent-{n}.log"));
-        let mut child = Command::new(workspace_bin("edge-agent"))
-            .args(["run", "--config"])
-            .arg(config)
-            .args(["--output", "jsonl"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn edge-agent");
-        let stdout = child.stdout.take().expect("stdout");
         let out = Arc::new(Mutex::new(AgentOut::default()));
         let o = out.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                let ts = v["ts"].as_str().and_then(rfc3339_to_ms);
-                let Ok(mut g) = o.lock() else { return };
-                if let (Some(tag), Some(ts)) = (v["tag"].as_str(), ts) {
-                    g.readings.push((tag.to_owned(), ts));
-                } else if let (Some(src), Some(seq)) = (v["source"].as_str(), v["seq"].as_i64()) {
-                    g.events.push((src.to_owned(), seq));
-                    if let Some(p) = v["fields"]["plc_seq"].as_i64() {
-                        g.plc_events.push((src.to_owned(), p));
-                    }
-                } else if let Some(reason) = v["gap"].as_str() {
-                    g.gaps
-                        .push((reason.to_owned(), v["count"].as_i64().unwrap_or(0)));
+        let log = format!("agent-{n}.log");
+        let agent = flowsquare_tests::chain::Agent::start(config, &log, move |v, _| {
+            let ts = v["ts"].as_str().and_then(rfc3339_to_ms);
+            let Ok(mut g) = o.lock() else { return };
+            if let (Some(tag), Some(ts)) = (v["tag"].as_str(), ts) {
+                g.readings.push((tag.to_owned(), ts));
+            } else if let (Some(src), Some(seq)) = (v["source"].as_str(), v["seq"].as_i64()) {
+                g.events.push((src.to_owned(), seq));
+                if let Some(p) = v["fields"]["plc_seq"].as_i64() {
+                    g.plc_events.push((src.to_owned(), p));
                 }
+            } else if let Some(reason) = v["gap"].as_str() {
+                g.gaps
+                    .push((reason.to_owned(), v["count"].as_i64().unwrap_or(0)));
             }
         });
-        Agent {
-            child,
-            log,
-            out,
-            reader: Some(reader),
-        }
+        Agent { agent, out }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.agent.log()
     }
 
     fn metrics(&self) -> Option<String> {
-        let log = self.log();
-        let i = log.find("metrics at http://")? + "metrics at http://".len();
-        let addr = log[i..].split('/').next()?.to_owned();
-        http_get(&addr, "/metrics").map(|(_, b)| b)
-    }
-
-    fn finish(mut self) -> AgentOut {
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        std::mem::take(&mut *self.out.lock().expect("lock"))
+        self.agent.metrics()
     }
 
     /// SIGTERM: the agent commits what it polled, drains the uplink, and exits 0.
-    fn stop(mut self) -> Run {
+    fn stop(self) -> Run {
         say("agent: SIGTERM (orderly stop, drain)");
-        signal(self.child.id(), "TERM");
-        let code = wait_exit(&mut self.child, WAIT);
-        let log = self.log();
-        assert_eq!(code, Some(0), "agent exit code; log:\n{log}");
-        let line = log
-            .lines()
-            .rev()
-            .find(|l| l.contains("edge-agent stopped"))
-            .unwrap_or_else(|| panic!("no 'edge-agent stopped' line:\n{log}"))
-            .to_owned();
-        let field = |k: &str| -> u64 {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{k} in {line}"))
-        };
+        let stopped = self.agent.stop(WAIT);
         let counters = (
-            field("polled"),
-            field("reported"),
-            field("buffered_readings"),
+            stopped.field("polled"),
+            stopped.field("reported"),
+            stopped.field("buffered_readings"),
         );
         Run {
-            out: self.finish(),
+            out: std::mem::take(&mut *self.out.lock().expect("lock")),
             counters: Some(counters),
         }
     }
 
-    fn kill9(mut self) -> Run {
+    fn kill9(self) -> Run {
         say("agent: SIGKILL");
-        signal(self.child.id(), "KILL");
-        wait_exit(&mut self.child, WAIT);
+        self.agent.kill9(WAIT);
         Run {
-            out: self.finish(),
+            out: std::mem::take(&mut *self.out.lock().expect("lock")),
             counters: None,
         }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Ingest {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Ingest {
-    fn start(config: &Path, n: usize) -> Ingest {
-        let log = config.with_file_name(format!("ingest-{n}.log"));
-        let child = Command::new(workspace_bin("cloud-ingest"))
-            .arg("--config")
-            .arg(config)
-            .arg("serve")
-            .current_dir(config.parent().expect("dir"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn cloud-ingest");
-        let mut i = Ingest { child, log };
-        say("waiting for cloud-ingest /readyz (subscribed, database answers)");
-        let ready = wait_until(WAIT, || {
-            i.api()
-                .and_then(|a| http_get(&a, "/readyz"))
-                .is_some_and(|(c, _)| c == 200)
-        });
-        assert!(ready, "cloud-ingest ready; log:\n{}", i.log_text());
-        let _ = i.child.try_wait();
-        i
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn api(&self) -> Option<String> {
-        let log = self.log_text();
-        let i = log.find("HTTP API at http://")? + "HTTP API at http://".len();
-        Some(log[i..].split('/').next()?.to_owned())
-    }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = http_get(&self.api()?, "/metrics")?;
-        metric(&body, name)
-    }
-
-    fn kill9(mut self) {
-        say("cloud-ingest: SIGKILL");
-        signal(self.child.id(), "KILL");
-        wait_exit(&mut self.child, WAIT);
-    }
-
-    fn stop(mut self) {
-        signal(self.child.id(), "TERM");
-        let code = wait_exit(&mut self.child, WAIT);
-        assert_eq!(code, Some(0), "ingest exit; log:\n{}", self.log_text());
-    }
-}
-
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -665,14 +432,7 @@ impl Site {
     async fn new(pg: bool) -> Option<Site> {
         let db = if pg { Some(Db::pg().await?) } else { None };
         let dir = tempfile::tempdir().expect("tmp");
-        let map = dir.path().join("sim.toml");
-        std::fs::write(&map, SIM_MAP).expect("map");
-        let mut cmd = Command::new(workspace_bin("flowsquare-sim"));
-        cmd.env("RUST_LOG", "warn")
-            .args(["modbus", "--map"])
-            .arg(&map)
-            .args(["--tcp", "127.0.0.1:0"]);
-        let sim = Proc::spawn(cmd, 1, WAIT).expect("flowsquare-sim modbus");
+        let (sim, port) = modbus_sim(dir.path(), &format!("{SIM_TANK_FARM}{SIM_MAP}"), WAIT);
         let pty = PtyPair::new().expect("pty pair (socat)");
         let nmea_cfg = dir.path().join("nmea.toml");
         std::fs::write(&nmea_cfg, NMEA).expect("nmea");
@@ -687,54 +447,18 @@ impl Site {
         let broker = Mosquitto::start().expect("mosquitto");
         let root = format!("e2e{}/fs", broker.port);
         let db = db.unwrap_or_else(|| Db::Sqlite(dir.path().join("ingest.db")));
-        let port = sim.listening[0]
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-            .expect("sim port");
         let agent_cfg = dir.path().join("agent.toml");
-        std::fs::write(
-            &agent_cfg,
-            format!(
-                r#"[agent]
-site = "e2e"
-id = "gw"
-metrics = "127.0.0.1:0"
-
-[buffer]
-path = "{dir}/buffer.db"
-commit_interval = "50ms"
-
-[uplink]
-broker = "{broker}"
-topic_root = "{root}"
-ack_timeout = "2s"
-live_window = "2s"
-heartbeat = "1s"
-drain_timeout = "30s"
-batch_readings = 200
-ack_key_file = "{dir}/ack.key"
-
-[[device]]
-name = "plc"
-protocol = "modbus-tcp"
-host = "127.0.0.1"
-port = {port}
-unit = 1
-poll_interval = "100ms"
-timeout = "1s"
-  [[device.tag]]
-  name = "tank/level"
-  register = "holding"
-  address = 0
-  type = "f32"
-  [[device.tag]]
-  name = "meter/total"
-  register = "holding"
-  address = 2
-  type = "u32"
-  kind = "totalizer"
-  [[device.tag]]
+        let toml = AgentToml {
+            site: "e2e",
+            dir: dir.path(),
+            broker: &broker.url(),
+            root: &root,
+            sim_port: port,
+            agent_extra: "metrics = \"127.0.0.1:0\"\n",
+            uplink_extra: &format!("ack_key_file = \"{}/ack.key\"\n", dir.path().display()),
+        };
+        let devices = format!(
+            r#"  [[device.tag]]
   name = "tank/density"
   register = "holding"
   address = 4
@@ -773,13 +497,10 @@ poll_interval = "500ms"
   name = "truck/fix"
   field = "fix_quality"
 "#,
-                dir = dir.path().display(),
-                broker = broker.url(),
-                event = gantry_event(),
-                gps = pty.b.display(),
-            ),
-        )
-        .expect("agent config");
+            event = gantry_event(),
+            gps = pty.b.display(),
+        );
+        std::fs::write(&agent_cfg, format!("{}{devices}", toml.render())).expect("agent config");
         let ingest_cfg = dir.path().join("ingest.toml");
         std::fs::write(
             &ingest_cfg,
@@ -819,7 +540,8 @@ poll_interval = "500ms"
     fn ingest(&mut self) -> Ingest {
         self.ingests += 1;
         say(&format!("starting cloud-ingest (run {})", self.ingests));
-        Ingest::start(&self.ingest_cfg, self.ingests)
+        say("waiting for cloud-ingest /readyz (subscribed, database answers)");
+        Ingest::start(&self.ingest_cfg, self.ingests, WAIT)
     }
 
     /// Wait until the database holds `more` readings and `events` more events than now.
@@ -966,14 +688,6 @@ poll_interval = "500ms"
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// PostgreSQL: Mosquitto killed and restarted, then the database closed for a while.
 #[test]
 fn postgres_exact_count_through_a_broker_restart_and_a_database_outage() {
@@ -1023,7 +737,7 @@ fn postgres_exact_count_through_a_broker_restart_and_a_database_outage() {
         let run = agent.stop();
         site.runs.push(run);
         site.verify().await;
-        ingest.stop();
+        ingest.stop(WAIT);
     });
     say(&format!("took {:.1} s", t0.elapsed().as_secs_f64()));
 }
@@ -1045,7 +759,8 @@ fn postgres_exact_count_through_sigkill_of_the_agent_and_of_the_ingest() {
         site.grows(200, 2, "data flows after the agent restart")
             .await;
 
-        ingest.kill9();
+        say("cloud-ingest: SIGKILL");
+        ingest.kill9(WAIT);
         let m0 = agent.metrics().unwrap_or_default();
         let polled0 = metric(&m0, "flowsquare_readings_polled_total").unwrap_or(0.0);
         assert!(
@@ -1062,7 +777,7 @@ fn postgres_exact_count_through_sigkill_of_the_agent_and_of_the_ingest() {
         let run = agent.stop();
         site.runs.push(run);
         site.verify().await;
-        ingest.stop();
+        ingest.stop(WAIT);
     });
     say(&format!("took {:.1} s", t0.elapsed().as_secs_f64()));
 }
@@ -1100,7 +815,8 @@ fn sqlite_exact_count_through_a_broker_restart_and_sigkill_of_both() {
         site.grows(200, 2, "data flows after the broker restart")
             .await;
 
-        ingest.kill9();
+        say("cloud-ingest: SIGKILL");
+        ingest.kill9(WAIT);
         let ingest = site.ingest();
         site.grows(200, 2, "data flows after the ingest restart")
             .await;
@@ -1114,7 +830,7 @@ fn sqlite_exact_count_through_a_broker_restart_and_sigkill_of_both() {
         let run = agent.stop();
         site.runs.push(run);
         site.verify().await;
-        ingest.stop();
+        ingest.stop(WAIT);
     });
     say(&format!("took {:.1} s", t0.elapsed().as_secs_f64()));
 }
@@ -1309,7 +1025,7 @@ fn postgres_exact_count_with_a_deleted_and_a_corrupt_buffer() {
         let run = agent.stop();
         site.runs.push(run);
         site.verify_exact().await;
-        ingest.stop();
+        ingest.stop(WAIT);
     });
     say(&format!("took {:.1} s", t0.elapsed().as_secs_f64()));
 }
@@ -1346,7 +1062,7 @@ fn sqlite_exact_count_across_three_spare_gateway_takeovers() {
             .filter(|g| g.0 == "buffer-replaced")
             .count();
         assert!(replaced >= 1, "the cloud records the buffer replacement");
-        ingest.stop();
+        ingest.stop(WAIT);
     });
     say(&format!("took {:.1} s", t0.elapsed().as_secs_f64()));
 }

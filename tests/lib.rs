@@ -7,12 +7,15 @@
 //! - `external`: find third-party servers (the pymodbus virtualenv) or decide to skip;
 //! - `mqtt`: a private Mosquitto per test and a consumer that acknowledges like cloud-ingest;
 //! - `nats`: a private nats-server with JetStream and MQTT per test (the second broker);
+//! - `chain`: the chain's processes (edge-agent with `--output jsonl`, cloud-ingest) and a
+//!   PostgreSQL database of the test's own, for the end-to-end tests;
 //! - `browser`: a WebDriver client for headless Chromium (ChromeDriver) and the console check;
 //! - `workspace_bin`: the workspace's own binaries (edge-agent, cloud-ingest, flowsquare-sim,
 //!   flowsquare-demo) for tests outside the crates that own them (built once per test process,
 //!   current sources).
 
 pub mod browser;
+pub mod chain;
 pub mod mqtt;
 pub mod nats;
 
