@@ -2,7 +2,7 @@
 //! walked, so a new route cannot forget its scope), token expiry, the tokens file reloaded
 //! without a restart, and every refusal logged without the token.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::http::{Method, StatusCode};
 use axum::Router;
