@@ -860,7 +860,10 @@ fn encode_body(b: &Batch) -> Result<Vec<u8>, WireError> {
 
     // Readings in (tag, ts) order, stable.
     let mut order: Vec<&WireReading> = b.readings.iter().collect();
-    order.sort_by_key(|r| (r.tag, r.ts_ms));
+    // Merged batches are usually in order already: one pass instead of a sort then.
+    if !order.is_sorted_by_key(|r| (r.tag, r.ts_ms)) {
+        order.sort_by_key(|r| (r.tag, r.ts_ms));
+    }
     put_varint(&mut out, n as u64);
 
     // Tag runs: (first index, length).

@@ -73,10 +73,21 @@ pub fn encode_segment(
 ) -> Result<NewSegment, BufferError> {
     let config_hash = id.config_hash.as_str();
     let mut b = wire::Batch::new(&id.site, &id.agent, 0, config_hash, crate::model::now_ms());
-    b.readings = readings.iter().map(to_wire).collect();
-    let mut tags: Vec<u32> = readings.iter().map(|r| r.tag).collect();
-    tags.sort_unstable();
-    tags.dedup();
+    // Sorted once by (tag, ts), stable, the order the encoder writes: the encoder then finds
+    // them in order (one pass instead of its own sort), and the segment's tag list is a single
+    // pass (sorting the readings, then the tag ids again, was ~8 % of a 10,000-tag agent's
+    // instructions; issue 14).
+    let mut order: Vec<&Reading> = readings.iter().collect();
+    if !order.is_sorted_by_key(|r| (r.tag, r.ts_ms)) {
+        order.sort_by_key(|r| (r.tag, r.ts_ms));
+    }
+    b.readings = order.iter().map(|r| to_wire(r)).collect();
+    let mut tags: Vec<u32> = Vec::new();
+    for r in &order {
+        if tags.last() != Some(&r.tag) {
+            tags.push(r.tag);
+        }
+    }
     Ok(NewSegment {
         class,
         first_ts: readings.iter().map(|r| r.ts_ms).min().unwrap_or(0),

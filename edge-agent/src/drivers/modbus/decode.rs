@@ -50,9 +50,31 @@ fn take<const N: usize>(words: &[u16], order: Order) -> Result<[u8; N], DecodeEr
             got: words.len(),
         });
     }
-    let bytes = canonical_bytes(&words[..needed], order);
+    // The same bytes as `canonical_bytes`, written straight into the array: no allocation per
+    // reading (this runs for every numeric register of every poll; issue 14).
     let mut out = [0u8; N];
-    out.copy_from_slice(&bytes);
+    let mut put = |i: usize, w: u16| {
+        let [hi, lo] = w.to_be_bytes();
+        let (a, b) = if order.byte_swap() {
+            (lo, hi)
+        } else {
+            (hi, lo)
+        };
+        out[2 * i] = a;
+        out[2 * i + 1] = b;
+    };
+    if order.word_swap() {
+        words[..needed]
+            .iter()
+            .rev()
+            .enumerate()
+            .for_each(|(i, &w)| put(i, w));
+    } else {
+        words[..needed]
+            .iter()
+            .enumerate()
+            .for_each(|(i, &w)| put(i, w));
+    }
     Ok(out)
 }
 
@@ -299,6 +321,29 @@ mod tests {
         ] {
             assert_eq!(widen_f32(v), v.to_string().parse::<f64>().unwrap(), "{v:e}");
         }
+    }
+
+    #[test]
+    fn take_writes_the_canonical_bytes_in_every_order() {
+        let words = [0x0102, 0x0304, 0x0506, 0x0708];
+        for order in Order::ALL {
+            assert_eq!(
+                take::<2>(&words, order).unwrap().to_vec(),
+                canonical_bytes(&words[..1], order)
+            );
+            assert_eq!(
+                take::<4>(&words, order).unwrap().to_vec(),
+                canonical_bytes(&words[..2], order)
+            );
+            assert_eq!(
+                take::<8>(&words, order).unwrap().to_vec(),
+                canonical_bytes(&words, order)
+            );
+        }
+        assert_eq!(
+            take::<4>(&words[..1], Order::ABCD),
+            Err(DecodeError::Short { needed: 2, got: 1 })
+        );
     }
 
     #[test]
