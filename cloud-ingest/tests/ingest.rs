@@ -844,7 +844,16 @@ impl RawClient {
 /// Mosquitto with the shipped `config/mosquitto/` files: mosquitto.conf with its paths moved
 /// into the broker's temp dir and a plain listener on its port, every log line in
 /// `mosquitto.log`, identities and topic rules made by flowsquare-dynsec.sh (topic root `root`).
-fn shipped_mosquitto(broker: &mut Mosquitto, root: &str, agents: &[(&str, &str, &str)]) {
+///
+/// With `tls` (port, certificates) also a certificate listener on that port: the shipped
+/// file's commented certificate options (`# require_certificate true`, ...) uncommented, with
+/// the test's server certificate and CA (`server.pem`, `server.key`, `ca.pem`).
+fn shipped_mosquitto(
+    broker: &mut Mosquitto,
+    root: &str,
+    agents: &[(&str, &str, &str)],
+    tls: Option<(u16, &Pki)>,
+) {
     use std::os::unix::fs::PermissionsExt;
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/mosquitto/");
     let dir = broker.dir();
@@ -868,6 +877,33 @@ fn shipped_mosquitto(broker: &mut Mosquitto, root: &str, agents: &[(&str, &str, 
         "persistence false\nlog_dest file {}/mosquitto.log\nlog_type all\n",
         dir.display()
     ));
+    if let Some((port, pki)) = tls {
+        out.push_str(&format!(
+            "listener {port} 127.0.0.1\ncertfile {}\nkeyfile {}\ncafile {}\n",
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            pki.path("ca.pem")
+        ));
+        let options = [
+            "require_certificate",
+            "use_identity_as_username",
+            "use_username_as_clientid",
+        ];
+        for line in conf.lines() {
+            if let Some(o) = line
+                .strip_prefix("# ")
+                .filter(|l| options.iter().any(|o| l.starts_with(o)))
+            {
+                out.push_str(o);
+                out.push('\n');
+            }
+        }
+        let set = out
+            .lines()
+            .filter(|l| options.iter().any(|o| l.starts_with(&format!("{o} true"))))
+            .count();
+        assert_eq!(set, 3, "the shipped certificate options:\n{out}");
+    }
     std::fs::write(dir.join("mosquitto.conf"), out).expect("write conf");
     let json = dir.join("flowsquare-dynsec.json");
     let ok = std::process::Command::new("mosquitto_ctrl")
@@ -925,7 +961,7 @@ async fn with_the_shipped_mosquitto_config_each_agent_attack_is_refused() {
         ("s1", "b", "b-pw"),
         ("s1", "c", "c-pw"),
     ];
-    shipped_mosquitto(&mut broker, &root, &agents);
+    shipped_mosquitto(&mut broker, &root, &agents, None);
     let store = sqlite_store(dir.path());
     let cred = dir.path().join("ingest.cred");
     std::fs::write(&cred, "cloud-ingest\ningest-pw\n").expect("cred");
@@ -1912,5 +1948,118 @@ async fn the_open_embedded_broker_refuses_hostile_client_ids_and_keeps_serving()
             .load(std::sync::atomic::Ordering::Relaxed),
         9
     );
+    ingest.stop().await;
+}
+
+/// Issue 15, item 2: the shipped Mosquitto config's certificate listener (its commented
+/// `require_certificate`, `use_identity_as_username`, `use_username_as_clientid`) with dynsec
+/// clients named by CN: an agent with a good certificate is stored and acked; a certificate of
+/// another CA and none are refused in the handshake; s1/c with A's client id gets its own id
+/// (s1/c) and does not throw A off; its `$share` subscription is refused (SUBACK 0x80). And
+/// flowsquare-dynsec.sh refuses an agent whose role and client id collide with another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_shipped_mosquitto_certificate_listener_each_agent_attack_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut broker = Mosquitto::start().expect("mosquitto");
+    // In the broker's directory: Mosquitto, started as root, reads them as user "mosquitto".
+    let pki = Pki { dir: broker.dir() };
+    pki.ca("ca");
+    pki.ca("other-ca");
+    pki.leaf("ca", "server", "localhost", true);
+    pki.leaf("ca", "a", "s1/a", false);
+    pki.leaf("ca", "c", "s1/c", false);
+    pki.leaf("other-ca", "forged-a", "s1/a", false);
+    for e in std::fs::read_dir(broker.dir()).expect("dir").flatten() {
+        let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o644));
+    }
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let root = root(&broker);
+    let agents = [("s1", "a", "a-pw"), ("s1", "c", "c-pw")];
+    shipped_mosquitto(&mut broker, &root, &agents, Some((tls_port, &pki)));
+    assert!(
+        until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            tls_port
+        ))
+        .is_ok())
+        .await,
+        "certificate listener"
+    );
+    // Item 3 on Mosquitto: a/b-c would join a-b/c's role and client id fs-a-b-c; refused.
+    let dynsec = |site: &str, agent: &str| {
+        std::process::Command::new("sh")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../config/mosquitto/flowsquare-dynsec.sh"
+            ))
+            .args(["agent", site, agent, "pw"])
+            .env(
+                "FS_CTRL_OPTS",
+                format!("-h 127.0.0.1 -p {} -u admin -P admin-pw", broker.port),
+            )
+            .env("FS_ROOT", &root)
+            .output()
+            .expect("flowsquare-dynsec.sh")
+    };
+    assert!(dynsec("a-b", "c").status.success());
+    let clash = dynsec("a", "b-c");
+    assert_eq!(clash.status.code(), Some(3), "{clash:?}");
+    assert!(String::from_utf8_lossy(&clash.stderr).contains("already belong to another agent"));
+    assert!(dynsec("a-b", "c").status.success(), "the same agent again");
+    let store = sqlite_store(dir.path());
+    let cred = dir.path().join("ingest.cred");
+    std::fs::write(&cred, "cloud-ingest\ningest-pw\n").expect("cred");
+    let mut cfg = IngestConfig::default();
+    cfg.mqtt.broker = broker.url().into();
+    cfg.mqtt.topic_root = root.clone();
+    cfg.mqtt.credentials = Some(format!("file:{}", cred.display()));
+    let ingest = start_ingest_with(cfg, store.clone()).await;
+    let tls = |cert: &str| pki.client("ca", Some(cert));
+    let a = FakeAgent::start_tls(tls_port, &root, "s1", "a", "fs-s1-a", tls("a")).await;
+    a.birth(&["a/level"]).await;
+    registered(&*store, 1).await;
+
+    for (what, client) in [
+        ("other CA", pki.client("ca", Some("forged-a"))),
+        ("no certificate", pki.client("ca", None)),
+    ] {
+        let (_, got) = RawMqtt::login(tls_port, Some(client), "fs-s1-a", None).await;
+        assert!(matches!(got, Answer::Closed(_)), "{what}: {got:?}");
+    }
+    let v1 = format!("{root}/v1");
+    let (c, got) = RawMqtt::login(tls_port, Some(tls("c")), "fs-s1-a", None).await;
+    assert_eq!(got, connack(0), "s1/c logs in, under its own client id");
+    let mut c = c.expect("connection");
+    for filter in [
+        format!("$share/ingest/{v1}/+/+/data"),
+        format!("{v1}/s1/a/ack"),
+    ] {
+        c.send(&subscribe_packet(&filter)).await;
+        assert_eq!(
+            c.answer().await,
+            Answer::Packet(vec![0x90, 3, 0, 1, 0x80]),
+            "{filter}"
+        );
+    }
+    a.send(1, 10).await;
+    assert!(
+        until(Duration::from_secs(20), || a.acked().contains(&1)).await,
+        "A's batch is stored and acked"
+    );
+    let log = mosquitto_log(&broker);
+    assert!(
+        log.contains("as s1/c ("),
+        "s1/c's client id is its username:\n{log}"
+    );
+    assert!(
+        !log.contains("Client s1/a already connected")
+            && !log.contains("fs-s1-a already connected"),
+        "A was not thrown off:\n{log}"
+    );
+    assert!(log.contains("certificate verify failed"), "{log}");
     ingest.stop().await;
 }
