@@ -2063,3 +2063,57 @@ async fn with_the_shipped_mosquitto_certificate_listener_each_agent_attack_is_re
     assert!(log.contains("certificate verify failed"), "{log}");
     ingest.stop().await;
 }
+
+/// `tls_cert_file` without `client_ca_file`: TLS with password login. An agent without a client
+/// certificate logs in with its password and is stored and acked; a login without the password
+/// gets CONNACK 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_serves_password_login_over_tls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = Pki {
+        dir: dir.path().to_path_buf(),
+    };
+    pki.ca("ca");
+    pki.leaf("ca", "server", "localhost", true);
+    let pw = dir.path().join("passwd");
+    mosquitto_passwd(&pw, &[("s1/a", "a-pw")]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let bcfg = cloud_ingest::broker::BrokerConfig {
+        embedded: true,
+        listen: format!("127.0.0.1:{port}"),
+        password_file: Some(pw.to_string_lossy().into_owned()),
+        tls_cert_file: Some(pki.path("server.pem")),
+        tls_key_file: Some(pki.path("server.key")),
+        ..Default::default()
+    };
+    let root = format!("tlspw{port}/fs");
+    let emb = cloud_ingest::broker::start(&bcfg, &root, Arc::default())
+        .await
+        .expect("embedded broker");
+    let store = sqlite_store(dir.path());
+    let mut cfg = IngestConfig::default();
+    cfg.mqtt.broker = emb.ingest_url.clone().into();
+    cfg.mqtt.topic_root = root.clone();
+    cfg.mqtt.group = String::new();
+    let ingest = start_ingest_with(cfg, store.clone()).await;
+    let (_, got) =
+        RawMqtt::login(port, Some(pki.client("ca", None)), "fs-s1-a", Some("s1/a")).await;
+    assert_eq!(got, connack(4), "no password");
+    let mut o = MqttOptions::new("fs-s1-a", "127.0.0.1", port);
+    o.set_credentials("s1/a", "a-pw");
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(pki.client("ca", None)),
+    ));
+    let a = FakeAgent::start_with(o, &root, "s1", "a").await;
+    a.birth(&["a/level"]).await;
+    registered(&*store, 1).await;
+    a.send(1, 10).await;
+    assert!(
+        until(Duration::from_secs(20), || a.acked().contains(&1)).await,
+        "stored and acked over TLS"
+    );
+    ingest.stop().await;
+}
