@@ -554,8 +554,10 @@ fn output_into_a_closed_pipe_exits_0_quietly() {
 }
 
 /// Issue 15: `check-config` refuses the embedded broker on a non-loopback address without
-/// authentication, and a password file that is not mosquitto_passwd hashes; loopback without
-/// authentication (the demo) and a hashed password file pass.
+/// authentication (TLS alone is none), a password file that is not mosquitto_passwd hashes,
+/// client certificates without TLS and unreadable TLS files; loopback without authentication
+/// (the demo), a hashed password file and client certificates pass, and it prints which login
+/// applies.
 #[test]
 fn check_config_refuses_an_open_embedded_broker_on_the_network() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -570,7 +572,73 @@ fn check_config_refuses_an_open_embedded_broker_on_the_network() {
     assert!(ok.success());
     let plain = dir.path().join("plain");
     std::fs::write(&plain, "s1/a:a-pw\n").expect("write");
+    // A self-signed certificate and key (server and, here, also the client CA).
+    let (crt, key) = (dir.path().join("b.crt"), dir.path().join("b.key"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=broker", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(ok.success());
+    let tls = format!(
+        "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        crt.display(),
+        key.display()
+    );
     for (broker, code, needle) in [
+        (
+            format!("listen = \"0.0.0.0:8883\"\n{tls}client_ca_file = {:?}\n", crt.display()),
+            Some(0),
+            "TLS (",
+        ),
+        (
+            format!("listen = \"0.0.0.0:8883\"\n{tls}client_ca_file = {:?}\n", crt.display()),
+            Some(0),
+            "login: client certificate from",
+        ),
+        (
+            format!("listen = \"0.0.0.0:8883\"\n{tls}"),
+            Some(2),
+            "without authentication",
+        ),
+        (
+            format!("listen = \"0.0.0.0:8883\"\nclient_ca_file = {:?}\n", crt.display()),
+            Some(2),
+            "client_ca_file needs tls_cert_file",
+        ),
+        (
+            format!(
+                "listen = \"0.0.0.0:8883\"\ntls_cert_file = {:?}\ntls_key_file = \"/nonexistent\"\nclient_ca_file = {:?}\n",
+                crt.display(),
+                crt.display()
+            ),
+            Some(2),
+            "[broker] TLS: /nonexistent",
+        ),
+        (
+            format!(
+                "listen = \"0.0.0.0:1883\"\npassword_file = {:?}\n",
+                pw.display()
+            ),
+            Some(0),
+            "passwords cross the network unencrypted",
+        ),
+        (
+            "listen = \"127.0.0.1:1883\"\n".to_string(),
+            Some(0),
+            "login: anonymous",
+        ),
         (
             "listen = \"0.0.0.0:1883\"\n".to_string(),
             Some(2),

@@ -223,11 +223,31 @@ impl FakeAgent {
         client_id: &str,
     ) -> FakeAgent {
         let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(5));
-        o.set_max_packet_size(64 << 20, 64 << 20);
         if let Some((u, p)) = creds {
             o.set_credentials(u, p);
         }
+        Self::start_with(o, root, site, agent).await
+    }
+
+    /// Connect over TLS with the client configuration `tls` (a client certificate).
+    async fn start_tls(
+        port: u16,
+        root: &str,
+        site: &str,
+        agent: &str,
+        client_id: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> FakeAgent {
+        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+        Self::start_with(o, root, site, agent).await
+    }
+
+    async fn start_with(mut o: MqttOptions, root: &str, site: &str, agent: &str) -> FakeAgent {
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(64 << 20, 64 << 20);
         let (client, mut ev) = AsyncClient::new(o, 1000);
         let topics = wire::Topics::new(root, site, agent).expect("topics");
         let (acked, rejected) = (
@@ -824,7 +844,16 @@ impl RawClient {
 /// Mosquitto with the shipped `config/mosquitto/` files: mosquitto.conf with its paths moved
 /// into the broker's temp dir and a plain listener on its port, every log line in
 /// `mosquitto.log`, identities and topic rules made by flowsquare-dynsec.sh (topic root `root`).
-fn shipped_mosquitto(broker: &mut Mosquitto, root: &str, agents: &[(&str, &str, &str)]) {
+///
+/// With `tls` (port, certificates) also a certificate listener on that port: the shipped
+/// file's commented certificate options (`# require_certificate true`, ...) uncommented, with
+/// the test's server certificate and CA (`server.pem`, `server.key`, `ca.pem`).
+fn shipped_mosquitto(
+    broker: &mut Mosquitto,
+    root: &str,
+    agents: &[(&str, &str, &str)],
+    tls: Option<(u16, &Pki)>,
+) {
     use std::os::unix::fs::PermissionsExt;
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/mosquitto/");
     let dir = broker.dir();
@@ -848,6 +877,33 @@ fn shipped_mosquitto(broker: &mut Mosquitto, root: &str, agents: &[(&str, &str, 
         "persistence false\nlog_dest file {}/mosquitto.log\nlog_type all\n",
         dir.display()
     ));
+    if let Some((port, pki)) = tls {
+        out.push_str(&format!(
+            "listener {port} 127.0.0.1\ncertfile {}\nkeyfile {}\ncafile {}\n",
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            pki.path("ca.pem")
+        ));
+        let options = [
+            "require_certificate",
+            "use_identity_as_username",
+            "use_username_as_clientid",
+        ];
+        for line in conf.lines() {
+            if let Some(o) = line
+                .strip_prefix("# ")
+                .filter(|l| options.iter().any(|o| l.starts_with(o)))
+            {
+                out.push_str(o);
+                out.push('\n');
+            }
+        }
+        let set = out
+            .lines()
+            .filter(|l| options.iter().any(|o| l.starts_with(&format!("{o} true"))))
+            .count();
+        assert_eq!(set, 3, "the shipped certificate options:\n{out}");
+    }
     std::fs::write(dir.join("mosquitto.conf"), out).expect("write conf");
     let json = dir.join("flowsquare-dynsec.json");
     let ok = std::process::Command::new("mosquitto_ctrl")
@@ -905,7 +961,7 @@ async fn with_the_shipped_mosquitto_config_each_agent_attack_is_refused() {
         ("s1", "b", "b-pw"),
         ("s1", "c", "c-pw"),
     ];
-    shipped_mosquitto(&mut broker, &root, &agents);
+    shipped_mosquitto(&mut broker, &root, &agents, None);
     let store = sqlite_store(dir.path());
     let cred = dir.path().join("ingest.cred");
     std::fs::write(&cred, "cloud-ingest\ningest-pw\n").expect("cred");
@@ -1442,4 +1498,622 @@ async fn postgres_out_of_window_readings_and_oversized_births_are_dead_lettered_
     .expect("connect");
     s.migrate().await.expect("migrate");
     bounded_agents(Arc::new(s)).await;
+}
+
+/// Test certificates made by the openssl CLI in `dir`: CAs, and certificates they sign.
+struct Pki {
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn openssl(&self, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    }
+
+    /// A CA `name` (`name.pem`, `name.key`).
+    fn ca(&self, name: &str) {
+        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=FlowSquare test {name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+    }
+
+    /// A certificate `name` (`name.pem`, `name.key`) for `cn`, signed by CA `ca`: a server
+    /// certificate for 127.0.0.1 when `server`, else a client certificate.
+    fn leaf(&self, ca: &str, name: &str, cn: &str, server: bool) {
+        let ext = format!("{name}.ext");
+        let usage = if server {
+            "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        } else {
+            "extendedKeyUsage=clientAuth\n"
+        };
+        std::fs::write(
+            self.dir.join(&ext),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{usage}"),
+        )
+        .expect("ext");
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let subj = format!("/O=FlowSquare/CN={}", cn.replace('/', "\\/"));
+        self.openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &subj,
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ]);
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_string_lossy().into_owned()
+    }
+
+    fn pem_certs(&self, name: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        let bytes = std::fs::read(self.dir.join(format!("{name}.pem"))).expect("pem");
+        rustls_pemfile::certs(&mut bytes.as_slice())
+            .collect::<Result<_, _>>()
+            .expect("certs")
+    }
+
+    /// A TLS client trusting CA `ca`, presenting certificate `cert` if given.
+    fn client(&self, ca: &str, cert: Option<&str>) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in self.pem_certs(ca) {
+            roots.add(c).expect("root");
+        }
+        let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+        Arc::new(match cert {
+            Some(name) => {
+                let key = std::fs::read(self.dir.join(format!("{name}.key"))).expect("key");
+                let key = rustls_pemfile::private_key(&mut key.as_slice())
+                    .expect("key")
+                    .expect("a key");
+                b.with_client_auth_cert(self.pem_certs(name), key)
+                    .expect("client cert")
+            }
+            None => b.with_no_client_auth(),
+        })
+    }
+}
+
+/// An MQTT 3.1.1 CONNECT (clean session, keep alive 30 s) with an optional username.
+fn connect_packet(client_id: &str, username: Option<&str>) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
+    body.push(if username.is_some() { 0x82 } else { 0x02 });
+    body.extend_from_slice(&[0, 30]);
+    for field in std::iter::once(client_id).chain(username) {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut out = vec![0x10, body.len() as u8];
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A raw MQTT connection (plain or TLS) for the refusal tests.
+struct RawMqtt(Box<dyn RawIo>);
+trait RawIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawIo for T {}
+
+/// What a server answered.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// The bytes of a packet.
+    Packet(Vec<u8>),
+    /// End of stream or an error (a TLS alert, a reset).
+    Closed(String),
+}
+
+impl RawMqtt {
+    async fn open(port: u16, tls: Option<Arc<rustls::ClientConfig>>) -> Result<RawMqtt, String> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(tls) = tls else {
+            return Ok(RawMqtt(Box::new(tcp)));
+        };
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let s = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(RawMqtt(Box::new(s)))
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.0.write_all(bytes).await;
+        let _ = self.0.flush().await;
+    }
+
+    /// The next packet, or how the connection ended (10 s at most).
+    async fn answer(&mut self) -> Answer {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            let mut head = [0u8; 2];
+            self.0.read_exact(&mut head).await?;
+            let mut body = vec![0u8; usize::from(head[1] & 0x7f)];
+            self.0.read_exact(&mut body).await?;
+            Ok::<_, std::io::Error>([head.to_vec(), body].concat())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(Ok(p)) => Answer::Packet(p),
+            Ok(Err(e)) => Answer::Closed(e.to_string()),
+            Err(_) => Answer::Closed("no answer within 10 s".into()),
+        }
+    }
+
+    /// Open, send CONNECT and return the answer (`Closed` also when TLS refused us).
+    async fn login(
+        port: u16,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        client_id: &str,
+        username: Option<&str>,
+    ) -> (Option<RawMqtt>, Answer) {
+        let mut c = match RawMqtt::open(port, tls).await {
+            Ok(c) => c,
+            Err(e) => return (None, Answer::Closed(e)),
+        };
+        c.send(&connect_packet(client_id, username)).await;
+        let a = c.answer().await;
+        (Some(c), a)
+    }
+}
+
+fn connack(code: u8) -> Answer {
+    Answer::Packet(vec![0x20, 2, 0, code])
+}
+
+/// A SUBSCRIBE of `filter` (packet id 1, QoS 1) and a QoS 0 PUBLISH on `topic`.
+fn subscribe_packet(filter: &str) -> Vec<u8> {
+    let mut out = vec![0x82, (filter.len() + 5) as u8, 0, 1];
+    out.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    out.extend_from_slice(filter.as_bytes());
+    out.push(1);
+    out
+}
+fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x30, (topic.len() + 2 + payload.len()) as u8];
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Issue 15: the embedded broker with `client_ca_file` (TLS, client certificates made by the
+/// openssl CLI) stores and acknowledges the batches of agents with good certificates (through
+/// rumqttc's rustls transport, as the edge agent's uplink) and refuses: a certificate of
+/// another CA, no certificate, a certificate's identity with another agent's client id or
+/// another username, and the topic attacks of the password login. Identities `t-x/gw` and
+/// `t/x-gw` have the same default client id `fs-t-x-gw`: the second does not throw the first off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_with_client_certificates_refuses_each_agent_attack() {
+    let log = captured_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = Pki {
+        dir: dir.path().to_path_buf(),
+    };
+    pki.ca("ca");
+    pki.ca("other-ca");
+    pki.leaf("ca", "server", "localhost", true);
+    for (name, cn) in [
+        ("a", "s1/a"),
+        ("b", "s1/b"),
+        ("c", "s1/c"),
+        ("tx", "t-x/gw"),
+        ("t", "t/x-gw"),
+    ] {
+        pki.leaf("ca", name, cn, false);
+    }
+    pki.leaf("other-ca", "forged-a", "s1/a", false);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let bcfg = cloud_ingest::broker::BrokerConfig {
+        embedded: true,
+        listen: format!("127.0.0.1:{port}"),
+        tls_cert_file: Some(pki.path("server.pem")),
+        tls_key_file: Some(pki.path("server.key")),
+        client_ca_file: Some(pki.path("ca.pem")),
+        ..Default::default()
+    };
+    assert!(bcfg.login_summary().contains("client certificate"));
+    let root = format!("cert{port}/fs");
+    let stats = Arc::new(ConsumerStats::default());
+    let emb = cloud_ingest::broker::start(&bcfg, &root, stats.clone())
+        .await
+        .expect("embedded broker");
+    assert!(emb.gated);
+    let store = sqlite_store(dir.path());
+    let mut cfg = IngestConfig::default();
+    cfg.mqtt.broker = emb.ingest_url.clone().into();
+    cfg.mqtt.topic_root = root.clone();
+    cfg.mqtt.group = String::new();
+    let ingest = start_ingest_with(cfg, store.clone()).await;
+    let tls = |cert: &str| pki.client("ca", Some(cert));
+    let a = FakeAgent::start_tls(port, &root, "s1", "a", "fs-s1-a", tls("a")).await;
+    let b = FakeAgent::start_tls(port, &root, "s1", "b", "fs-s1-b", tls("b")).await;
+    a.birth(&["a/level"]).await;
+    b.birth(&["b/level"]).await;
+    registered(&*store, 2).await;
+
+    let mut refusals = 0;
+    // Logins refused: another CA, no certificate (TLS), another agent's client id, a username
+    // that is not the certificate's, plain TCP on the TLS port.
+    for (what, client, id, user, want) in [
+        (
+            "other CA",
+            pki.client("ca", Some("forged-a")),
+            "fs-s1-a",
+            None,
+            None,
+        ),
+        (
+            "no certificate",
+            pki.client("ca", None),
+            "fs-s1-a",
+            None,
+            None,
+        ),
+        ("B's client id", tls("a"), "fs-s1-b", None, Some(connack(5))),
+        (
+            "username s1/b",
+            tls("a"),
+            "fs-s1-a",
+            Some("s1/b"),
+            Some(connack(5)),
+        ),
+    ] {
+        let (_, got) = RawMqtt::login(port, Some(client), id, user).await;
+        match want {
+            Some(w) => assert_eq!(got, w, "{what}"),
+            None => assert!(matches!(got, Answer::Closed(_)), "{what}: {got:?}"),
+        }
+        refusals += 1;
+    }
+    // Plain MQTT on the TLS port: a TLS alert record (0x15), no CONNACK.
+    let (_, got) = RawMqtt::login(port, None, "fs-s1-a", None).await;
+    assert!(
+        matches!(&got, Answer::Closed(_)) || matches!(&got, Answer::Packet(p) if p[0] == 0x15),
+        "plain TCP: {got:?}"
+    );
+    refusals += 1;
+    // The topic rules of the password login, as s1/c.
+    let v1 = format!("{root}/v1");
+    for packet in [
+        subscribe_packet(&format!("$share/ingest/{v1}/+/+/data")),
+        subscribe_packet("#"),
+        subscribe_packet(&format!("{v1}/s1/a/ack")),
+        publish_packet(&format!("{v1}/s1/a/data"), b"forged"),
+        publish_packet(&format!("{v1}/s1/c/ack"), b"forged"),
+    ] {
+        let (c, got) = RawMqtt::login(port, Some(tls("c")), "fs-s1-c", None).await;
+        assert_eq!(got, connack(0));
+        let mut c = c.expect("connection");
+        c.send(&packet).await;
+        let got = c.answer().await;
+        assert!(matches!(got, Answer::Closed(_)), "{packet:?}: {got:?}");
+        refusals += 1;
+    }
+    // Same default client id, two identities: t-x/gw stays connected when t/x-gw logs in.
+    let (first, got) = RawMqtt::login(port, Some(tls("tx")), "fs-t-x-gw", None).await;
+    assert_eq!(got, connack(0));
+    let mut first = first.expect("connection");
+    first
+        .send(&subscribe_packet(&format!("{v1}/t-x/gw/ack")))
+        .await;
+    assert_eq!(first.answer().await, Answer::Packet(vec![0x90, 3, 0, 1, 1]));
+    let (second, got) = RawMqtt::login(port, Some(tls("t")), "fs-t-x-gw", None).await;
+    assert_eq!(got, connack(0), "t/x-gw with its own default client id");
+    first.send(&[0xc0, 0]).await;
+    assert_eq!(
+        first.answer().await,
+        Answer::Packet(vec![0xd0, 0]),
+        "t-x/gw still connected (PINGRESP)"
+    );
+    drop(second);
+
+    a.send(1, 10).await;
+    b.send(1, 10).await;
+    assert!(
+        until(Duration::from_secs(20), || a.acked().contains(&1)
+            && b.acked().contains(&1))
+        .await,
+        "A's and B's batches are stored and acked"
+    );
+    assert_eq!(
+        store
+            .count_readings(None, 0, i64::MAX)
+            .await
+            .expect("count"),
+        20
+    );
+    assert_eq!(
+        stats
+            .broker_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        refusals
+    );
+    let text = String::from_utf8_lossy(&log.lock().expect("log")).into_owned();
+    for line in [
+        "refused=\"TLS handshake:".to_string(),
+        "identity=\"s1/a\" refused=\"CONNECT: client id \\\"fs-s1-b\\\"".to_string(),
+        "identity=\"s1/a\" refused=\"CONNECT: username \\\"s1/b\\\" is not the certificate's identity".to_string(),
+        format!("identity=\"s1/c\" refused=\"SUBSCRIBE to $share/ingest/{v1}/+/+/data\""),
+        format!("identity=\"s1/c\" refused=\"PUBLISH on {v1}/s1/c/ack\""),
+    ] {
+        assert!(text.contains(&line), "{line} logged in:\n{text}");
+    }
+    ingest.stop().await;
+}
+
+/// Issue 15: the anonymous (loopback, demo) embedded broker refuses client ids rumqttd cannot
+/// take — `/ + $ #` used twice stopped rumqttd 0.20 altogether — with CONNACK 2, and keeps
+/// carrying batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_embedded_broker_refuses_hostile_client_ids_and_keeps_serving() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let bcfg = cloud_ingest::broker::BrokerConfig {
+        embedded: true,
+        listen: format!("127.0.0.1:{port}"),
+        ..Default::default()
+    };
+    let root = format!("open{port}/fs");
+    let stats = Arc::new(ConsumerStats::default());
+    let emb = cloud_ingest::broker::start(&bcfg, &root, stats.clone())
+        .await
+        .expect("embedded broker");
+    assert!(!emb.gated);
+    for id in ["s1/a", "x+", "$SYS", "#", "s1/a", "x+", "$SYS", "#", ""] {
+        let (_, got) = RawMqtt::login(port, None, id, None).await;
+        assert_eq!(got, connack(2), "{id:?}");
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = sqlite_store(dir.path());
+    let mut cfg = IngestConfig::default();
+    cfg.mqtt.broker = format!("mqtt://127.0.0.1:{port}").into();
+    cfg.mqtt.topic_root = root.clone();
+    let ingest = start_ingest_with(cfg, store.clone()).await;
+    let agent = FakeAgent::start_on(port, &root, "s1", "gw", None).await;
+    agent.birth(&["tank/level"]).await;
+    registered(&*store, 1).await;
+    agent.send(1, 10).await;
+    assert!(
+        until(Duration::from_secs(20), || agent.acked().contains(&1)).await,
+        "the broker still serves"
+    );
+    assert_eq!(
+        stats
+            .broker_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        9
+    );
+    ingest.stop().await;
+}
+
+/// Issue 15, item 2: the shipped Mosquitto config's certificate listener (its commented
+/// `require_certificate`, `use_identity_as_username`, `use_username_as_clientid`) with dynsec
+/// clients named by CN: an agent with a good certificate is stored and acked; a certificate of
+/// another CA and none are refused in the handshake; s1/c with A's client id gets its own id
+/// (s1/c) and does not throw A off; its `$share` subscription is refused (SUBACK 0x80). And
+/// flowsquare-dynsec.sh refuses an agent whose role and client id collide with another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_shipped_mosquitto_certificate_listener_each_agent_attack_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut broker = Mosquitto::start().expect("mosquitto");
+    // In the broker's directory: Mosquitto, started as root, reads them as user "mosquitto".
+    let pki = Pki { dir: broker.dir() };
+    pki.ca("ca");
+    pki.ca("other-ca");
+    pki.leaf("ca", "server", "localhost", true);
+    pki.leaf("ca", "a", "s1/a", false);
+    pki.leaf("ca", "c", "s1/c", false);
+    pki.leaf("other-ca", "forged-a", "s1/a", false);
+    for e in std::fs::read_dir(broker.dir()).expect("dir").flatten() {
+        let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o644));
+    }
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let root = root(&broker);
+    let agents = [("s1", "a", "a-pw"), ("s1", "c", "c-pw")];
+    shipped_mosquitto(&mut broker, &root, &agents, Some((tls_port, &pki)));
+    assert!(
+        until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            tls_port
+        ))
+        .is_ok())
+        .await,
+        "certificate listener"
+    );
+    // Item 3 on Mosquitto: a/b-c would join a-b/c's role and client id fs-a-b-c; refused.
+    let dynsec = |site: &str, agent: &str| {
+        std::process::Command::new("sh")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../config/mosquitto/flowsquare-dynsec.sh"
+            ))
+            .args(["agent", site, agent, "pw"])
+            .env(
+                "FS_CTRL_OPTS",
+                format!("-h 127.0.0.1 -p {} -u admin -P admin-pw", broker.port),
+            )
+            .env("FS_ROOT", &root)
+            .output()
+            .expect("flowsquare-dynsec.sh")
+    };
+    assert!(dynsec("a-b", "c").status.success());
+    let clash = dynsec("a", "b-c");
+    assert_eq!(clash.status.code(), Some(3), "{clash:?}");
+    assert!(String::from_utf8_lossy(&clash.stderr).contains("already belong to another agent"));
+    assert!(dynsec("a-b", "c").status.success(), "the same agent again");
+    let store = sqlite_store(dir.path());
+    let cred = dir.path().join("ingest.cred");
+    std::fs::write(&cred, "cloud-ingest\ningest-pw\n").expect("cred");
+    let mut cfg = IngestConfig::default();
+    cfg.mqtt.broker = broker.url().into();
+    cfg.mqtt.topic_root = root.clone();
+    cfg.mqtt.credentials = Some(format!("file:{}", cred.display()));
+    let ingest = start_ingest_with(cfg, store.clone()).await;
+    let tls = |cert: &str| pki.client("ca", Some(cert));
+    let a = FakeAgent::start_tls(tls_port, &root, "s1", "a", "fs-s1-a", tls("a")).await;
+    a.birth(&["a/level"]).await;
+    registered(&*store, 1).await;
+
+    for (what, client) in [
+        ("other CA", pki.client("ca", Some("forged-a"))),
+        ("no certificate", pki.client("ca", None)),
+    ] {
+        let (_, got) = RawMqtt::login(tls_port, Some(client), "fs-s1-a", None).await;
+        assert!(matches!(got, Answer::Closed(_)), "{what}: {got:?}");
+    }
+    let v1 = format!("{root}/v1");
+    let (c, got) = RawMqtt::login(tls_port, Some(tls("c")), "fs-s1-a", None).await;
+    assert_eq!(got, connack(0), "s1/c logs in, under its own client id");
+    let mut c = c.expect("connection");
+    for filter in [
+        format!("$share/ingest/{v1}/+/+/data"),
+        format!("{v1}/s1/a/ack"),
+    ] {
+        c.send(&subscribe_packet(&filter)).await;
+        assert_eq!(
+            c.answer().await,
+            Answer::Packet(vec![0x90, 3, 0, 1, 0x80]),
+            "{filter}"
+        );
+    }
+    a.send(1, 10).await;
+    assert!(
+        until(Duration::from_secs(20), || a.acked().contains(&1)).await,
+        "A's batch is stored and acked"
+    );
+    let log = mosquitto_log(&broker);
+    assert!(
+        log.contains("as s1/c ("),
+        "s1/c's client id is its username:\n{log}"
+    );
+    assert!(
+        !log.contains("Client s1/a already connected")
+            && !log.contains("fs-s1-a already connected"),
+        "A was not thrown off:\n{log}"
+    );
+    assert!(log.contains("certificate verify failed"), "{log}");
+    ingest.stop().await;
+}
+
+/// `tls_cert_file` without `client_ca_file`: TLS with password login. An agent without a client
+/// certificate logs in with its password and is stored and acked; a login without the password
+/// gets CONNACK 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_serves_password_login_over_tls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = Pki {
+        dir: dir.path().to_path_buf(),
+    };
+    pki.ca("ca");
+    pki.leaf("ca", "server", "localhost", true);
+    let pw = dir.path().join("passwd");
+    mosquitto_passwd(&pw, &[("s1/a", "a-pw")]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let bcfg = cloud_ingest::broker::BrokerConfig {
+        embedded: true,
+        listen: format!("127.0.0.1:{port}"),
+        password_file: Some(pw.to_string_lossy().into_owned()),
+        tls_cert_file: Some(pki.path("server.pem")),
+        tls_key_file: Some(pki.path("server.key")),
+        ..Default::default()
+    };
+    let root = format!("tlspw{port}/fs");
+    let emb = cloud_ingest::broker::start(&bcfg, &root, Arc::default())
+        .await
+        .expect("embedded broker");
+    let store = sqlite_store(dir.path());
+    let mut cfg = IngestConfig::default();
+    cfg.mqtt.broker = emb.ingest_url.clone().into();
+    cfg.mqtt.topic_root = root.clone();
+    cfg.mqtt.group = String::new();
+    let ingest = start_ingest_with(cfg, store.clone()).await;
+    let (_, got) =
+        RawMqtt::login(port, Some(pki.client("ca", None)), "fs-s1-a", Some("s1/a")).await;
+    assert_eq!(got, connack(4), "no password");
+    let mut o = MqttOptions::new("fs-s1-a", "127.0.0.1", port);
+    o.set_credentials("s1/a", "a-pw");
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(pki.client("ca", None)),
+    ));
+    let a = FakeAgent::start_with(o, &root, "s1", "a").await;
+    a.birth(&["a/level"]).await;
+    registered(&*store, 1).await;
+    a.send(1, 10).await;
+    assert!(
+        until(Duration::from_secs(20), || a.acked().contains(&1)).await,
+        "stored and acked over TLS"
+    );
+    ingest.stop().await;
 }

@@ -15,6 +15,9 @@
 #       an edge agent: username "<site>/<agent>", client id "fs-<site>-<agent>" (the agent's
 #       default; if [uplink] client_id is set, change it with `mosquitto_ctrl ... dynsec
 #       setClientId`), its own role "fs-agent-<site>-<agent>" with only its own topics.
+#       Refused (exit 3) when another agent already has that role and client id (ids with
+#       '-' can collide: a-b/c and a/b-c). For certificate login (mosquitto.conf) the client
+#       is named by the certificate's CN "<site>/<agent>"; its password is then not used.
 #
 # Without a password mosquitto_ctrl asks for one. Remove an agent with
 #   mosquitto_ctrl $FS_CTRL_OPTS dynsec deleteClient <site>/<agent>
@@ -65,6 +68,14 @@ agent)
 	id_ok "$2"
 	id_ok "$3"
 	role="fs-agent-$2-$3"
+	# "<site>-<agent>" is ambiguous when ids hold '-' (a-b/c and a/b-c): the second would join
+	# the first's role (its topics) and client id. mosquitto_ctrl exits 0 on errors, so read
+	# its output. Running again for the same agent is fine.
+	if ctl getRole "$role" 2>/dev/null | grep -q '^Rolename:' &&
+		! ctl getClient "$2/$3" 2>/dev/null | grep -q '^Username:'; then
+		echo "flowsquare-dynsec: role $role and client id fs-$2-$3 already belong to another agent (ids with '-' can collide, e.g. a-b/c and a/b-c); give this agent other ids" >&2
+		exit 3
+	fi
 	ctl createRole "$role"
 	for k in data birth status heartbeat; do
 		acl "$role" publishClientSend "$ROOT/$2/$3/$k" allow

@@ -38,7 +38,7 @@ pub fn render(stats: &ConsumerStats, ready: &AtomicBool, api: &ApiStats) -> Stri
         ("flowsquare_ingest_refused_births_total", "Births refused (tag registry limit or bad content): kept as dead letters.", &stats.refused_births),
         ("flowsquare_ingest_commit_errors_total", "Failed database commits (retried).", &stats.commit_errors),
         ("flowsquare_ingest_acked_batches_total", "End-to-end acknowledgements published to the agents (batch ids).", &stats.acked_batches),
-        ("flowsquare_ingest_broker_refused_total", "Embedded broker: connections refused or closed (bad login, client id not the identity's, a topic not the agent's own).", &stats.broker_refused),
+        ("flowsquare_ingest_broker_refused_total", "Embedded broker: connections refused or closed (bad login or client certificate, a client id not the identity's or one the broker cannot take, a topic not the agent's own).", &stats.broker_refused),
     ];
     for (name, help, c) in counters {
         metric(name, "counter", help, c.load(Relaxed));

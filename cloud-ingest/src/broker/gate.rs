@@ -1,32 +1,38 @@
-//! The embedded broker's gate: the only listener on `[broker] listen` when a password file is
-//! configured. It authenticates each CONNECT against the password file, binds the client id to
-//! the identity, checks every SUBSCRIBE filter and PUBLISH topic of the connection against the
-//! agent's own topics, and forwards the rest to rumqttd on a loopback port that accepts only
-//! a per-process random login. Broker → client bytes are copied untouched.
+//! The embedded broker's gate: the only listener on `[broker] listen`. It terminates TLS when
+//! configured (`tls.rs`), reads each CONNECT, lets [`policy`](super::policy) decide who the
+//! client is and what it may do, checks every SUBSCRIBE filter and PUBLISH topic of the
+//! connection against that, and forwards the rest to rumqttd on a loopback port that accepts
+//! only a per-process random login. Broker → client bytes are copied untouched.
 //!
-//! Identities are agents: username `{site}/{agent}`, client id `fs-{site}-{agent}` (the agent's
-//! default; rumqttd refuses a `/` in a client id, and a refused id used again panics its
-//! connection bookkeeping, so the username itself cannot be the client id); it may publish its own data, birth, status and heartbeat (the Last
-//! Will only on its status) and subscribe to its own ack and cmd. Nothing else, no wildcard,
-//! no `$share`. The ingest's own client connects to the internal listener directly.
+//! Identities are agents: username (or certificate CN) `{site}/{agent}`, client id
+//! `fs-{site}-{agent}` (the agent's default; rumqttd refuses a `/` in a client id, and a refused
+//! id used again panics its connection bookkeeping, so the identity itself cannot be the client
+//! id); it may publish its own data, birth, status and heartbeat (the Last Will only on its
+//! status) and subscribe to its own ack and cmd. Nothing else, no wildcard, no `$share`. The
+//! anonymous demo broker (loopback only) lets anything through but a client id rumqttd cannot
+//! take. The ingest's own client connects to the internal listener directly.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowsquare_wire as wire;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::packet::{self, Frame};
+use super::packet;
+use super::policy::{self, Access, Login};
 use super::BrokerError;
 use crate::consume::ConsumerStats;
 
 /// What every connection of the gate shares.
 pub struct Gate {
-    /// The password file (mosquitto_passwd format).
-    pub password_file: String,
+    /// How agents log in.
+    pub login: Login,
+    /// The password file (mosquitto_passwd format), with `login.password`.
+    pub password_file: Option<String>,
+    /// TLS, when configured (client certificates required with `login.certificate`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The topic root agents publish under.
     pub root: String,
     /// rumqttd's internal listener and its login.
@@ -53,7 +59,7 @@ pub async fn run(listener: TcpListener, gate: Arc<Gate>) {
         match listener.accept().await {
             Ok((sock, peer)) => {
                 let _ = sock.set_nodelay(true);
-                tokio::spawn(connection(sock, peer, gate.clone()));
+                tokio::spawn(accept(sock, peer, gate.clone()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "embedded broker: accept failed");
@@ -63,58 +69,49 @@ pub async fn run(listener: TcpListener, gate: Arc<Gate>) {
     }
 }
 
-/// The topics an authenticated agent may use.
-struct Agent {
-    name: String,
-    publish: [String; 4],
-    subscribe: [String; 2],
-}
-
-/// Check the login of `c`: the agent it is, or the CONNACK code and the reason.
-fn authorise(gate: &Gate, c: &packet::Connect) -> Result<Agent, (u8, String)> {
-    let (Some(user), Some(pw)) = (&c.username, &c.password) else {
-        return Err((
-            packet::BAD_LOGIN,
-            "CONNECT without username and password".into(),
-        ));
+/// The TLS handshake (when configured) and the client certificate's identity, then the MQTT
+/// connection.
+async fn accept(sock: TcpStream, peer: SocketAddr, gate: Arc<Gate>) {
+    let Some(tls) = gate.tls.clone() else {
+        return connection(sock, peer, None, gate).await;
     };
-    match super::passwd::verify(&gate.password_file, user, pw) {
-        Ok(true) => {}
-        Ok(false) => return Err((packet::BAD_LOGIN, "wrong username or password".into())),
-        Err(e) => return Err((packet::NOT_AUTHORISED, e.to_string())),
-    }
-    let topics = user
-        .split_once('/')
-        .and_then(|(site, agent)| wire::Topics::new(&gate.root, site, agent).ok())
-        .ok_or((
-            packet::NOT_AUTHORISED,
-            "username is not an agent identity <site>/<agent>".into(),
-        ))?;
-    let bound = format!("fs-{}-{}", topics.site(), topics.agent());
-    if c.client_id != bound {
-        return Err((
-            packet::NOT_AUTHORISED,
-            format!("client id {:?} (must be {bound:?})", c.client_id),
-        ));
-    }
-    if let Some((will, _)) = &c.will {
-        if *will != topics.status() {
-            return Err((packet::NOT_AUTHORISED, format!("Last Will on {will}")));
+    let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(sock)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return refuse(&gate, peer, "-", &format!("TLS handshake: {e}")),
+        Err(_) => return refuse(&gate, peer, "-", "TLS handshake: not done within 10 s"),
+    };
+    let cn = if gate.login.certificate {
+        let leaf = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        match leaf.map(|c| super::tls::common_name(c)) {
+            Some(Ok(cn)) => Some(cn),
+            Some(Err(e)) => return refuse(&gate, peer, "-", &e),
+            None => return refuse(&gate, peer, "-", "no client certificate"),
         }
-    }
-    Ok(Agent {
-        name: user.clone(),
-        publish: [
-            topics.data(),
-            topics.birth(),
-            topics.status(),
-            topics.heartbeat(),
-        ],
-        subscribe: [topics.ack(), topics.cmd()],
-    })
+    } else {
+        None
+    };
+    connection(stream, peer, cn, gate).await
 }
 
-async fn connection(mut sock: TcpStream, peer: SocketAddr, gate: Arc<Gate>) {
+/// A client stream: plain TCP or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+/// Who a connection is, for the log: the certificate's CN, the username, or the anonymous
+/// client id.
+fn who(connect: &packet::Connect, cn: Option<&str>) -> String {
+    match (cn, &connect.username) {
+        (Some(cn), _) => cn.to_owned(),
+        (None, Some(u)) => u.clone(),
+        (None, None) => format!("anonymous client id {:?}", connect.client_id),
+    }
+}
+
+async fn connection(mut sock: impl Stream, peer: SocketAddr, cn: Option<String>, gate: Arc<Gate>) {
     let first = tokio::time::timeout(
         Duration::from_secs(10),
         packet::read_frame(&mut sock, gate.max_packet),
@@ -128,21 +125,26 @@ async fn connection(mut sock: TcpStream, peer: SocketAddr, gate: Arc<Gate>) {
     };
     let connect = match connect {
         Ok(c) => c,
-        Err(e) => return refuse(&gate, peer, "-", &e.to_string()),
+        Err(e) => return refuse(&gate, peer, cn.as_deref().unwrap_or("-"), &e.to_string()),
     };
-    let agent = match authorise(&gate, &connect) {
+    let name = who(&connect, cn.as_deref());
+    let verify = |user: &str, pw: &[u8]| match &gate.password_file {
+        Some(file) => super::passwd::verify(file, user, pw),
+        None => Ok(false),
+    };
+    let access = match policy::authorise(gate.login, &gate.root, &connect, cn.as_deref(), &verify) {
         Ok(a) => a,
         Err((code, why)) => {
             let _ = sock.write_all(&packet::connack(code)).await;
-            let who = connect.username.as_deref().unwrap_or("-");
-            return refuse(&gate, peer, who, &format!("CONNECT: {why}"));
+            let _ = sock.shutdown().await;
+            return refuse(&gate, peer, &name, &format!("CONNECT: {why}"));
         }
     };
-    if let Err(e) = relay(sock, &connect, &agent, &gate).await {
+    if let Err(e) = relay(sock, &connect, &access, &gate).await {
         match e {
-            BrokerError::Refused(what) => refuse(&gate, peer, &agent.name, &what),
+            BrokerError::Refused(what) => refuse(&gate, peer, &name, &what),
             e => {
-                tracing::debug!(%peer, identity = agent.name, error = %e, "embedded broker: connection ended")
+                tracing::debug!(%peer, identity = name, error = %e, "embedded broker: connection ended")
             }
         }
     }
@@ -150,9 +152,9 @@ async fn connection(mut sock: TcpStream, peer: SocketAddr, gate: Arc<Gate>) {
 
 /// Forward the connection to rumqttd, checking each client → broker packet.
 async fn relay(
-    sock: TcpStream,
+    mut sock: impl Stream,
     connect: &packet::Connect,
-    agent: &Agent,
+    access: &Access,
     gate: &Gate,
 ) -> Result<(), BrokerError> {
     let mut upstream = TcpStream::connect(gate.internal).await?;
@@ -160,6 +162,7 @@ async fn relay(
     upstream
         .write_all(&packet::encode_connect(
             connect,
+            &access.internal_client_id(connect),
             &gate.user,
             &gate.password,
         )?)
@@ -177,9 +180,9 @@ async fn relay(
             "the internal broker did not answer CONNECT".into(),
         ));
     };
-    let mut sock = sock;
     sock.write_all(&connack.bytes).await?;
-    let (cr, mut cw) = sock.into_split();
+    sock.flush().await?;
+    let (cr, mut cw) = tokio::io::split(sock);
     let mut cr = tokio::io::BufReader::new(cr);
     let (mut ur, mut uw) = upstream.into_split();
     let down = async {
@@ -188,7 +191,7 @@ async fn relay(
     };
     let up = async {
         while let Some(f) = packet::read_frame(&mut cr, gate.max_packet).await? {
-            check(&f, agent)?;
+            policy::check(&f, access)?;
             uw.write_all(&f.bytes).await?;
         }
         Ok::<(), BrokerError>(())
@@ -197,26 +200,4 @@ async fn relay(
         r = down => r,
         r = up => r,
     }
-}
-
-/// Whether the agent may send `f`; a refusal names the topic.
-fn check(f: &Frame, agent: &Agent) -> Result<(), BrokerError> {
-    match f.kind() {
-        packet::PUBLISH => {
-            let topic = packet::publish_topic(f)?;
-            if !agent.publish.contains(&topic) {
-                return Err(BrokerError::Refused(format!("PUBLISH on {topic}")));
-            }
-        }
-        packet::SUBSCRIBE => {
-            for filter in packet::subscribe_filters(f)? {
-                if !agent.subscribe.contains(&filter) {
-                    return Err(BrokerError::Refused(format!("SUBSCRIBE to {filter}")));
-                }
-            }
-        }
-        packet::CONNECT => return Err(BrokerError::Refused("a second CONNECT".into())),
-        _ => {}
-    }
-    Ok(())
 }

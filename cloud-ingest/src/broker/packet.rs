@@ -161,14 +161,19 @@ fn put_binary(out: &mut Vec<u8>, b: &[u8]) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// Encode `c` with the login `user`/`password` instead of its own.
-pub fn encode_connect(c: &Connect, user: &str, password: &str) -> Result<Vec<u8>, BrokerError> {
+/// Encode `c` with client id `client_id` and the login `user`/`password` instead of its own.
+pub fn encode_connect(
+    c: &Connect,
+    client_id: &str,
+    user: &str,
+    password: &str,
+) -> Result<Vec<u8>, BrokerError> {
     let mut body = Vec::new();
     put_binary(&mut body, b"MQTT")?;
     body.push(4);
     body.push(c.flags | 0xc0);
     body.extend_from_slice(&c.keep_alive.to_be_bytes());
-    put_binary(&mut body, c.client_id.as_bytes())?;
+    put_binary(&mut body, client_id.as_bytes())?;
     if let Some((topic, msg)) = &c.will {
         put_binary(&mut body, topic.as_bytes())?;
         put_binary(&mut body, msg)?;
@@ -192,7 +197,9 @@ pub fn encode_connect(c: &Connect, user: &str, password: &str) -> Result<Vec<u8>
     Ok(out)
 }
 
-/// CONNACK refusal codes (MQTT 3.1.1).
+/// CONNACK refusal codes (MQTT 3.1.1): client identifier rejected.
+pub const IDENTIFIER_REJECTED: u8 = 2;
+/// Bad username or password.
 pub const BAD_LOGIN: u8 = 4;
 /// Not authorised.
 pub const NOT_AUTHORISED: u8 = 5;
@@ -236,7 +243,7 @@ mod tests {
             username: Some("internal".into()),
             password: Some(b"pw".to_vec()),
         };
-        let bytes = encode_connect(&c, "internal", "pw").expect("encode");
+        let bytes = encode_connect(&c, "fs-s1-a", "internal", "pw").expect("encode");
         let f = read_frame(&mut &bytes[..], 1 << 20)
             .await
             .expect("read")

@@ -226,6 +226,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             cfg.broker
                 .validate()
                 .map_err(|e| CliError::Config(e.to_string()))?;
+            if cfg.broker.embedded {
+                println!("{}", cfg.broker.login_summary());
+            }
             print_secret_warnings(&cfg, cli.config.as_deref(), &text);
             cfg.api
                 .validate()
@@ -374,8 +377,8 @@ async fn supervise(
     notifier.stopping("stopping: finishing the current commit");
 }
 
-/// Start the embedded broker if configured; with a password file the ingest's own client then
-/// uses the broker's internal listener and login instead of `[mqtt] broker`.
+/// Start the embedded broker if configured; the ingest's own client then uses the broker's
+/// internal listener and login instead of `[mqtt] broker`.
 async fn start_embedded(
     cfg: &mut IngestConfig,
     stats: &Arc<crate::consume::ConsumerStats>,
@@ -387,10 +390,8 @@ async fn start_embedded(
         .await
         .map_err(|e| CliError::Config(e.to_string()))?;
     tracing::info!(listen = %cfg.broker.listen, authenticated = b.gated, "embedded MQTT broker started");
-    if b.gated {
-        cfg.mqtt.broker = b.ingest_url.into();
-        cfg.mqtt.credentials = None;
-    }
+    cfg.mqtt.broker = b.ingest_url.into();
+    cfg.mqtt.credentials = None;
     Ok(())
 }
 
