@@ -112,6 +112,7 @@ mod jwt;
 mod limit;
 mod metrics;
 mod openapi;
+mod page;
 mod params;
 mod problem;
 mod recon;
@@ -129,6 +130,8 @@ mod tests_access;
 mod tests_history;
 #[cfg(test)]
 mod tests_jwt;
+#[cfg(test)]
+mod tests_paging;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
