@@ -369,6 +369,7 @@ pub(super) fn tag_filter(who: &Principal, q: &Query) -> Result<Option<TagFilter>
         site: site.map(str::to_owned),
         prefix: q.opt("prefix")?.map(str::to_owned),
         sites: who.scope.list(),
+        ids: None,
     }))
 }
 
@@ -400,14 +401,19 @@ pub(super) fn tag_key(t: &TagRow) -> TagKey {
 }
 
 /// 404 unless every id is a registered tag of the token's sites (a tag of another site is
-/// answered as an unknown one).
+/// answered as an unknown one). Looked up by id, within the scope, in the query.
 async fn require_tags(s: &ApiState, who: &Principal, ids: &[i64]) -> Result<(), Problem> {
-    // The store has no lookup by id; the registry is small (thousands of tags) and ids are never
-    // reused, so a scan is acceptable here.
-    let known: std::collections::HashSet<i64> = call(s.store.tags(None, None))
+    let f = TagFilter {
+        sites: who.scope.list(),
+        ids: Some(ids.to_vec()),
+        ..TagFilter::default()
+    };
+    let limit = i64::try_from(ids.len())
+        .unwrap_or(i64::MAX)
+        .saturating_add(1);
+    let known: std::collections::HashSet<i64> = call(s.store.tags_page(&f, None, limit))
         .await?
         .into_iter()
-        .filter(|t| who.scope.allows(&t.site))
         .map(|t| t.id)
         .collect();
     let unknown: Vec<String> = ids

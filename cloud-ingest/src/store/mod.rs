@@ -416,6 +416,8 @@ pub struct TagFilter {
     pub prefix: Option<String>,
     /// Of these sites (a token's scope; None: every site).
     pub sites: Option<Vec<String>>,
+    /// With these ids (None: any).
+    pub ids: Option<Vec<i64>>,
 }
 
 /// Which gap records [`Store::gaps_page`] lists.
@@ -488,7 +490,7 @@ pub trait Store: Send + Sync {
         let f = TagFilter {
             site: site.map(str::to_owned),
             prefix: prefix.map(str::to_owned),
-            sites: None,
+            ..TagFilter::default()
         };
         self.tags_page(&f, None, i64::MAX).await
     }

@@ -1517,12 +1517,32 @@ pub async fn lists_are_paged_in_the_query(s: &dyn Store) {
     let f = TagFilter {
         site: Some("pa".into()),
         prefix: Some("t/09".into()),
-        sites: None,
+        ..TagFilter::default()
     };
     let after = ("pa".to_owned(), "a".to_owned(), "t/0950".to_owned());
     let rows = s.tags_page(&f, Some(&after), 1_000).await.expect("prefix");
     assert_eq!(rows.len(), 49 + 100);
     assert_eq!(rows[0].name, "t/0951");
+    // By ids (the API's check that tags exist), within a scope.
+    let ids: Vec<i64> = rows.iter().take(3).map(|t| t.id).collect();
+    let by_id = TagFilter {
+        ids: Some(ids.clone()),
+        sites: Some(vec!["pa".into()]),
+        ..TagFilter::default()
+    };
+    let found: Vec<i64> = s
+        .tags_page(&by_id, None, 10)
+        .await
+        .expect("ids")
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(found, ids);
+    let other = TagFilter {
+        sites: Some(vec!["pb".into()]),
+        ..by_id
+    };
+    assert!(s.tags_page(&other, None, 10).await.expect("ids").is_empty());
 
     // Agents, scoped.
     let (agents, _) = walk(

@@ -105,6 +105,9 @@ pub(super) async fn tags(
     if let Some(s) = &f.sites {
         cond.push(format!("site = ANY({}::text[])", push(&mut p, s)));
     }
+    if let Some(ids) = &f.ids {
+        cond.push(format!("id = ANY({}::int8[])", push(&mut p, ids)));
+    }
     if let Some((site, agent, name)) = after {
         let (a, b, c) = (push(&mut p, site), push(&mut p, agent), push(&mut p, name));
         cond.push(format!(

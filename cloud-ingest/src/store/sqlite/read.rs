@@ -113,6 +113,10 @@ pub(super) fn tags(
         let n = push(&mut p, json_list(s));
         cond.push(format!("site IN (SELECT value FROM json_each({n}))"));
     }
+    if let Some(ids) = &f.ids {
+        let n = push(&mut p, serde_json::Value::from(ids.clone()).to_string());
+        cond.push(format!("id IN (SELECT value FROM json_each({n}))"));
+    }
     if let Some((site, agent, name)) = after {
         let (a, b, c) = (
             push(&mut p, site.clone()),
