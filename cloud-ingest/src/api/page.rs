@@ -57,8 +57,10 @@ pub mod lists {
     pub const EPODS: Paging = Paging::new("epods", 1_000, 10_000);
     /// `/api/v1/reconciliation/runs`.
     pub const RUNS: Paging = Paging::new("runs", 100, 10_000);
-    /// `/api/v1/reconciliation/{date}` and its `/tanks`, `/trips`, `/meters`.
-    pub const RECORDS: Paging = Paging::new("records", 1_000, 10_000);
+    /// `/api/v1/reconciliation/{date}` and its `/tanks`, `/trips`, `/meters` (a run's records
+    /// are bounded by the site model: the default page is the largest, so a CSV export is
+    /// whole unless a model has more than 10,000 records a day).
+    pub const RECORDS: Paging = Paging::new("records", 10_000, 10_000);
     /// `/api/v1/alerts`.
     pub const ALERTS: Paging = Paging::new("alerts", 100, 10_000);
     /// `/api/v1/freshness`.
