@@ -162,6 +162,20 @@ pub fn redact_value_error(
     if !secret {
         return redact(message).into_owned();
     }
+    let out = redact_quoted(message);
+    let value = span
+        .and_then(|s| source.get(s))
+        .map(|v| v.trim().trim_matches(['"', '\'']))
+        .filter(|v| !v.is_empty());
+    match value {
+        Some(v) => out.replace(v, REDACTED),
+        None => out,
+    }
+}
+
+/// `message` with every quoted part (`` `…` ``, `"…"`) replaced by [`REDACTED`]: a parser's
+/// message about a secret's value (``invalid type: integer `12345`, expected a string``).
+pub fn redact_quoted(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(i) = rest.find(['`', '"']) {
@@ -179,14 +193,7 @@ pub fn redact_value_error(
         }
     }
     out.push_str(rest);
-    let value = span
-        .and_then(|s| source.get(s))
-        .map(|v| v.trim().trim_matches(['"', '\'']))
-        .filter(|v| !v.is_empty());
-    match value {
-        Some(v) => out.replace(v, REDACTED),
-        None => out,
-    }
+    out
 }
 
 /// Characters that end a URL or a bare value in running text.
