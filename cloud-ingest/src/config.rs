@@ -263,12 +263,40 @@ pub struct KeyWarning {
     pub message: String,
 }
 
+/// A TOML error of the config text with its line and column. When it is about a line holding a
+/// secret key (`password = 12345`: a type error quotes the value, an unknown key's excerpt
+/// shows the line), the excerpt of the line is left out and a quoted value is redacted
+/// ([`secret::redact_value_error`]).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(sp) = e.span() else {
+        return secret::redact(&e.to_string()).into_owned();
+    };
+    let start = sp.start.min(text.len());
+    let before = &text[..start];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_text = &text[line_start
+        ..text[line_start..]
+            .find('\n')
+            .map_or(text.len(), |i| line_start + i)];
+    let secret_line = line_text.find('=').is_some_and(|eq| {
+        secret::toml_key_at(text, line_start + eq + 1).is_some_and(secret::is_secret_key)
+    });
+    if !secret_line {
+        return secret::redact(&e.to_string()).into_owned();
+    }
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    format!(
+        "TOML parse error at line {line}, column {column}: {}",
+        secret::redact_value_error(text, Some(sp), e.message().trim_end())
+    )
+}
+
 impl IngestConfig {
     /// Parse a config file's text; errors name line and column (any password they quote is
     /// redacted).
     pub fn parse(text: &str) -> Result<IngestConfig, String> {
-        let cfg: IngestConfig =
-            toml::from_str(text).map_err(|e| secret::redact(&e.to_string()).into_owned())?;
+        let cfg: IngestConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         cfg.validate_secrets()?;
         Ok(cfg)
     }
@@ -497,7 +525,22 @@ mod tests {
 
         let bad = "[database]\nurl = \"postgres://fs:pgpw@db/fs\" x\n";
         let e = IngestConfig::parse(bad).expect_err("syntax error");
-        assert!(!e.contains("pgpw") && e.contains("fs:***@db"), "{e}");
+        // The line of a secret key is not quoted at all (only its line and column).
+        assert!(!e.contains("pgpw") && e.contains("line 2"), "{e}");
+
+        // A secret of the wrong type, or under a misspelt key: line and column, never the value.
+        for (bad, line) in [
+            ("[database]\nurl = 12345\n", 2),
+            ("[database]\npassword = 12345\n", 2),
+            (
+                "[mqtt]\nbroker = \"mqtt://b:1883\"\npassword = \"hunter2\"\n",
+                3,
+            ),
+        ] {
+            let e = IngestConfig::parse(bad).expect_err("refused");
+            assert!(!e.contains("12345") && !e.contains("hunter2"), "{bad}: {e}");
+            assert!(e.contains(&format!("line {line}")), "{bad}: {e}");
+        }
 
         let clean = IngestConfig::parse("[mqtt]\nbroker = \"mqtt://b:1883\"\n").expect("parses");
         assert!(clean.secret_warnings("").is_empty());

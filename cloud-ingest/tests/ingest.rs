@@ -1399,7 +1399,10 @@ async fn the_embedded_broker_with_a_password_file_refuses_each_agent_attack() {
 /// window (40 days back, 999 days ahead) is stored in part and acknowledged as committed (the
 /// agent must not re-send it for ever), its refused readings kept as a dead letter and counted
 /// (`flowsquare_ingest_out_of_window_total`); a birth above the tag registry limit is kept as a
-/// dead letter naming the agent and counted (`flowsquare_ingest_refused_births_total`).
+/// dead letter naming the agent and counted (`flowsquare_ingest_refused_births_total`); that
+/// agent's batches are not acknowledged (it keeps them), counted
+/// (`flowsquare_ingest_refused_birth_batches_total`) and its status says `birth refused: 4 tags
+/// > limit 3`.
 async fn bounded_agents(store: Arc<dyn Store>) {
     use std::sync::atomic::Ordering::Relaxed;
     let broker = Mosquitto::start().expect("mosquitto");
@@ -1462,6 +1465,40 @@ async fn bounded_agents(store: Arc<dyn Store>) {
         .await
         .expect("tags")
         .is_empty());
+    // The refused agent's batches: kept by the agent (no ack), counted with the reason, and
+    // the agent's status says why.
+    assert_eq!(
+        ingest.stats.birth_refused("s1", "big").as_deref(),
+        Some("birth refused: 4 tags > limit 3")
+    );
+    let mut b = wire::Batch::new("s1", "big", 1, "h1", now);
+    b.readings.push(wire::WireReading {
+        tag: 0,
+        ts_ms: now,
+        value: Some(wire::WireValue::Float(1.0)),
+        quality: wire::Quality::Good,
+        status: None,
+        error: None,
+        counter: None,
+    });
+    big.send_raw(wire::encode(&b).expect("encode")).await;
+    assert!(
+        until(Duration::from_secs(20), || ingest
+            .stats
+            .refused_batches
+            .load(Relaxed)
+            >= 1)
+        .await
+    );
+    assert!(big.acked().is_empty(), "acked: {:?}", big.acked());
+    assert_eq!(
+        store
+            .count_readings(None, 0, i64::MAX)
+            .await
+            .expect("count"),
+        1,
+        "nothing of the refused agent stored"
+    );
     ingest.stop().await;
 }
 

@@ -110,6 +110,92 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Does a configuration key hold a secret, by its name (`password`, `mqtt_password`,
+/// `secret`, `token`, `psk`, `private_key`, `url`, `dsn`, …)? Errs on the side of hiding too
+/// much: a URL may carry a password, a key name may be a key.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "token",
+        "psk",
+        "key",
+        "credential",
+        "security_code",
+        "url",
+        "dsn",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
+}
+
+/// The key whose value starts at byte `at` of a TOML `source` (`key = value`, also in an inline
+/// table `{ a = 1, key = value }`, dotted `a.key = …` gives `key`); None when `at` is not a
+/// value's start.
+pub fn toml_key_at(source: &str, at: usize) -> Option<&str> {
+    let before = source.get(..at)?;
+    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+    let lhs = line.trim_end().strip_suffix('=')?;
+    let lhs = &lhs[lhs.rfind([',', '{']).map_or(0, |i| i + 1)..];
+    let key = lhs.trim();
+    let key = key.rsplit('.').next().unwrap_or(key).trim();
+    Some(key.trim_matches(['"', '\'']))
+}
+
+/// A configuration parser's `message` about the value at byte range `span` of `source`, safe to
+/// print: when that value is a secret key's ([`is_secret_key`]), every quoted part of the
+/// message (`` `…` ``, `"…"`) and the value's own text are replaced by [`REDACTED`] (a TOML
+/// type error quotes the value: ``invalid type: integer `12345`, expected a string``). Other
+/// messages are returned as they are, through [`redact`].
+pub fn redact_value_error(
+    source: &str,
+    span: Option<std::ops::Range<usize>>,
+    message: &str,
+) -> String {
+    let secret = span
+        .as_ref()
+        .and_then(|s| toml_key_at(source, s.start))
+        .is_some_and(is_secret_key);
+    if !secret {
+        return redact(message).into_owned();
+    }
+    let out = redact_quoted(message);
+    let value = span
+        .and_then(|s| source.get(s))
+        .map(|v| v.trim().trim_matches(['"', '\'']))
+        .filter(|v| !v.is_empty());
+    match value {
+        Some(v) => out.replace(v, REDACTED),
+        None => out,
+    }
+}
+
+/// `message` with every quoted part (`` `…` ``, `"…"`) replaced by [`REDACTED`]: a parser's
+/// message about a secret's value (``invalid type: integer `12345`, expected a string``).
+pub fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(['`', '"']) {
+        let q = &rest[i..i + 1];
+        out.push_str(&rest[..i]);
+        match rest[i + 1..].find(q) {
+            Some(j) => {
+                out.push_str(REDACTED);
+                rest = &rest[i + 1 + j + 1..];
+            }
+            None => {
+                out.push_str(REDACTED);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Characters that end a URL or a bare value in running text.
 fn ends_value(c: char) -> bool {
     c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>')
@@ -377,6 +463,40 @@ impl SecretSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_value_in_a_config_error_is_hidden() {
+        let src = "[mqtt]\nbroker = \"mqtt://h\"\npassword = 12345\nport = \"x\"\n";
+        let at = src.find("12345").expect("value");
+        assert_eq!(toml_key_at(src, at), Some("password"));
+        let msg = "invalid type: integer `12345`, expected a string";
+        let out = redact_value_error(src, Some(at..at + 5), msg);
+        assert!(!out.contains("12345"), "{out}");
+        assert_eq!(out, "invalid type: integer ***, expected a string");
+        // Without backticks (another parser's wording) the value itself is still hidden.
+        let out = redact_value_error(
+            src,
+            Some(at..at + 5),
+            "invalid type: integer 12345, expected a string",
+        );
+        assert!(!out.contains("12345"), "{out}");
+        // Another key's value is shown.
+        let at = src.find("\"x\"").expect("port");
+        let out = redact_value_error(
+            src,
+            Some(at..at + 3),
+            "invalid type: string \"x\", expected u16",
+        );
+        assert!(out.contains("\"x\""), "{out}");
+        // Inline tables and dotted keys.
+        let src = "a = { user = \"u\", api_token = 7 }\nb.psk = 9\n";
+        assert_eq!(
+            toml_key_at(src, src.find('7').expect("7")),
+            Some("api_token")
+        );
+        assert_eq!(toml_key_at(src, src.find('9').expect("9")), Some("psk"));
+        assert_eq!(toml_key_at(src, 0), None);
+    }
 
     #[test]
     fn urls_lose_their_password_and_nothing_else() {

@@ -10,17 +10,13 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::Principal;
+use super::page::{self, lists, PageReq};
 use super::params::{self, Query};
 use super::problem::Problem;
-use super::routes::{call, data};
+use super::routes::call;
 use super::ApiState;
 use crate::store::ledger::{AuditFilter, AuditRow, NewAudit};
 use flowsquare_service::clock::now_ms;
-
-/// Default `limit` of the audit list.
-pub const AUDIT_DEFAULT: i64 = 1_000;
-/// Largest `limit`.
-pub const AUDIT_MAX: i64 = 100_000;
 
 /// Append a write to the audit log (after the write itself succeeded).
 pub(super) async fn record(
@@ -78,7 +74,7 @@ pub fn csv(rows: &[AuditRow]) -> String {
     out
 }
 
-fn filter(q: &Query) -> Result<AuditFilter, Problem> {
+fn filter(q: &Query, p: &PageReq<i64>) -> Result<AuditFilter, Problem> {
     let time = |name: &str| -> Result<Option<i64>, Problem> {
         q.opt(name)?.map(|v| params::time_ms(name, v)).transpose()
     };
@@ -88,37 +84,28 @@ fn filter(q: &Query) -> Result<AuditFilter, Problem> {
             return Err(Problem::bad_parameter("to", "`to` must be after `from`"));
         }
     }
-    let limit = match q.opt("limit")? {
-        None => AUDIT_DEFAULT,
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if (1..=AUDIT_MAX).contains(&n) => n,
-            _ => {
-                return Err(Problem::bad_parameter(
-                    "limit",
-                    format!("{v:?} is not an integer from 1 to {AUDIT_MAX}"),
-                ))
-            }
-        },
-    };
     Ok(AuditFilter {
         from_ms,
         to_ms,
         actor: q.opt("actor")?.map(str::to_owned),
         action: q.opt("action")?.map(str::to_owned),
         target: q.opt("target")?.map(str::to_owned),
-        limit,
+        limit: p.fetch(),
+        before_id: p.after,
     })
 }
 
 async fn list(
     s: &ApiState,
     who: &Principal,
-    raw: Option<&str>,
+    (path, raw): (&str, Option<&str>),
     suffix: bool,
 ) -> Result<Response, Problem> {
     let q = Query::parse(
         raw,
-        &["from", "to", "actor", "action", "target", "limit", "format"],
+        &[
+            "from", "to", "actor", "action", "target", "limit", "cursor", "format",
+        ],
     )?;
     // Audit entries name records, not sites: all-sites tokens only.
     who.scope.require_all("the audit log")?;
@@ -133,11 +120,14 @@ async fn list(
             ))
         }
     };
-    let rows = call(s.store.ledger().audit_log(&filter(&q)?)).await?;
+    let p: PageReq<i64> = lists::AUDIT.parse(&q)?;
+    let rows = call(s.store.ledger().audit_log(&filter(&q, &p)?)).await?;
+    let (rows, next) = p.cut(rows, |r| r.id);
     if !csv_out {
-        return Ok(data(&rows));
+        return Ok(page::answer(&rows, next, path, raw));
     }
     let mut res = (StatusCode::OK, csv(&rows)).into_response();
+    page::link(&mut res, next.as_deref(), path, raw);
     let h = res.headers_mut();
     h.insert(
         CONTENT_TYPE,
@@ -151,20 +141,22 @@ async fn list(
     Ok(res)
 }
 
-/// `GET /api/v1/audit?from=&to=&actor=&action=&target=&limit=&format=` (auditor).
+/// `GET /api/v1/audit?from=&to=&actor=&action=&target=&limit=&cursor=&format=` (auditor).
 pub(super) async fn audit(
     State(s): State<ApiState>,
     axum::Extension(who): axum::Extension<Principal>,
+    uri: axum::http::Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    list(&s, &who, raw.as_deref(), false).await
+    list(&s, &who, (uri.path(), raw.as_deref()), false).await
 }
 
 /// `GET /api/v1/audit.csv` (auditor).
 pub(super) async fn audit_csv(
     State(s): State<ApiState>,
     axum::Extension(who): axum::Extension<Principal>,
+    uri: axum::http::Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    list(&s, &who, raw.as_deref(), true).await
+    list(&s, &who, (uri.path(), raw.as_deref()), true).await
 }

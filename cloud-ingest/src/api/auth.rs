@@ -126,7 +126,8 @@ pub(crate) fn read_tokens_file(path: &Path) -> Result<Vec<TokenConfig>, String> 
                 format!(":{line}:{col}")
             })
             .unwrap_or_default();
-        format!("tokens file {}{at}: {}", path.display(), e.message())
+        let msg = flowsquare_service::secret::redact_value_error(&text, e.span(), e.message());
+        format!("tokens file {}{at}: {msg}", path.display())
     })?;
     Ok(f.tokens)
 }

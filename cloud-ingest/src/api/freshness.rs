@@ -1,4 +1,4 @@
-//! `GET /api/v1/freshness?site=`: every tag's freshness as the stale-tag check sees it (the
+//! `GET /api/v1/freshness?site=&limit=&cursor=`: every tag's freshness as the stale-tag check sees it (the
 //! same rule, the same clock): fresh only with a *good* reading within max(factor × poll
 //! interval, min age); a span of bad-quality readings counts like a silent span.
 
@@ -6,9 +6,10 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use serde::Serialize;
 
+use super::page::{self, lists, PageReq};
 use super::params::Query;
 use super::problem::Problem;
-use super::routes::{call, data};
+use super::routes::{call, tag_filter, tag_key};
 use super::ApiState;
 use crate::analytics::stale::{age_of, limit_ms, stale_tags, LOOKBACK_MS};
 use crate::reconcile::config::StaleConfig;
@@ -43,24 +44,31 @@ pub struct Freshness {
     pub now_ms: i64,
 }
 
-/// `GET /api/v1/freshness?site=`.
+/// `GET /api/v1/freshness?site=&limit=&cursor=`: pages of the tag list (same order and keys
+/// as `/api/v1/tags`).
 pub(super) async fn freshness(
     State(s): State<ApiState>,
     axum::Extension(who): axum::Extension<super::auth::Principal>,
+    uri: axum::http::Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let q = Query::parse(raw.as_deref(), &["site"])?;
-    let Some(site) = who.scope.narrow(q.opt("site")?) else {
-        return Ok(data::<Freshness>(&[]));
+    let q = Query::parse(raw.as_deref(), &["site", "limit", "cursor"])?;
+    let p: PageReq<crate::store::TagKey> = lists::FRESHNESS.parse(&q)?;
+    let Some(f) = tag_filter(&who, &q)? else {
+        return Ok(page::answer::<Freshness>(
+            &[],
+            None,
+            uri.path(),
+            raw.as_deref(),
+        ));
     };
     let cfg = s
         .reconciler
         .as_ref()
         .map_or_else(StaleConfig::default, |r| r.cfg.stale.clone());
     let now = now_ms();
-    let tags = who
-        .scope
-        .keep(call(s.store.tags(site, None)).await?, |t| &t.site);
+    let tags = call(s.store.tags_page(&f, p.after.as_ref(), p.fetch())).await?;
+    let (tags, next) = p.cut(tags, tag_key);
     let ids: Vec<i64> = tags.iter().map(|t| t.id).collect();
     let mut out = Vec::with_capacity(tags.len());
     for (chunk_tags, chunk_ids) in tags.chunks(1_000).zip(ids.chunks(1_000)) {
@@ -101,5 +109,5 @@ pub(super) async fn freshness(
             });
         }
     }
-    Ok(data(&out))
+    Ok(page::answer(&out, next, uri.path(), raw.as_deref()))
 }

@@ -36,6 +36,11 @@ pub fn render(stats: &ConsumerStats, ready: &AtomicBool, api: &ApiStats) -> Stri
             &stats.out_of_window,
         ),
         ("flowsquare_ingest_refused_births_total", "Births refused (tag registry limit or bad content): kept as dead letters.", &stats.refused_births),
+        (
+            "flowsquare_ingest_refused_birth_batches_total",
+            "Batches of agents whose birth the tag registry limit refused: not acknowledged (the agent keeps them), logged at most once a minute per agent.",
+            &stats.refused_batches,
+        ),
         ("flowsquare_ingest_commit_errors_total", "Failed database commits (retried).", &stats.commit_errors),
         ("flowsquare_ingest_acked_batches_total", "End-to-end acknowledgements published to the agents (batch ids).", &stats.acked_batches),
         ("flowsquare_ingest_broker_refused_total", "Embedded broker: connections refused or closed (bad login or client certificate, a client id not the identity's or one the broker cannot take, a topic not the agent's own).", &stats.broker_refused),
@@ -102,7 +107,7 @@ mod tests {
         // 13 counters and gauges, the latency histogram's buckets (+Inf), sum and count; the
         // API's 5 counters and gauges and its rate-limit counter's 2 scopes.
         let buckets = crate::consume::latency::BUCKETS_S.len() + 1;
-        assert_eq!(samples.len(), 13 + buckets + 2 + 5 + 2);
+        assert_eq!(samples.len(), 14 + buckets + 2 + 5 + 2);
         for l in samples {
             let name = l.split([' ', '{']).next().unwrap_or_default();
             let name = ["_bucket", "_sum", "_count"]

@@ -42,7 +42,9 @@
 //! exclusive and after `from`; `step` is an integer and a unit (`500ms`, `30s`, `5m`, `1h`,
 //! `1d`), buckets are aligned on the epoch and a series may span at most 10,000 of them;
 //! `tag_id` is repeated (`tag_id=1&tag_id=2`) and/or a comma list (`tag_id=1,2`), up to 1,000;
-//! `limit` is 1–1,000 (default 100). Empty values count as absent; unknown parameters and
+//! every list route is paged (`page.rs`): `limit` (each list's default and maximum in
+//! `page::PAGED` and the OpenAPI document) and `cursor` (the previous page's `next`; a bad one
+//! is a 400 naming it). Empty values count as absent; unknown parameters and
 //! single-valued parameters given twice are rejected.
 //!
 //! # Authentication and roles
@@ -72,9 +74,10 @@
 //!
 //! # Conventions
 //!
-//! - Successful `/api/v1` data responses are `{"data": [...]}`, always an array, so paging
-//!   fields can be added beside it later; rows are the store's row types ([`crate::store`]), times
-//!   in UTC epoch milliseconds. `Cache-Control: no-store`.
+//! - Successful `/api/v1` data responses are `{"data": [...]}`, always an array; lists add
+//!   `"next"` (the next page's cursor, null on the last page) and `Link: <…>; rel="next"`;
+//!   rows are the store's row types ([`crate::store`]), times in UTC epoch milliseconds.
+//!   `Cache-Control: no-store`.
 //! - Every error is RFC 7807 `application/problem+json` (`problem.rs`): `{type, title, status,
 //!   detail, instance}` (+ `parameter` for 400). 400 bad parameter, 401 missing/unknown token
 //!   (`WWW-Authenticate: Bearer`), 403 role too low (naming the role needed), 404 unknown route
@@ -112,6 +115,7 @@ mod jwt;
 mod limit;
 mod metrics;
 mod openapi;
+mod page;
 mod params;
 mod problem;
 mod recon;
@@ -129,6 +133,8 @@ mod tests_access;
 mod tests_history;
 #[cfg(test)]
 mod tests_jwt;
+#[cfg(test)]
+mod tests_paging;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;

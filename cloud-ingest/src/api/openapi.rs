@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
-use super::routes::{DEAD_LETTERS_DEFAULT, DEAD_LETTERS_MAX, MAX_BUCKETS, MAX_LATEST_TAGS};
+use super::page::PAGED;
+use super::routes::{MAX_BUCKETS, MAX_LATEST_TAGS};
 
 /// The document (built once).
 pub fn document() -> &'static Value {
@@ -15,6 +16,7 @@ pub fn document() -> &'static Value {
         add_reconciliation(&mut doc);
         add_console(&mut doc);
         add_access(&mut doc);
+        add_paging(&mut doc);
         add_robustness(&mut doc);
         doc
     })
@@ -168,7 +170,6 @@ fn build() -> Value {
             "/api/v1/dead-letters": { "get": {
                 "tags": ["audit"], "operationId": "listDeadLetters", "x-required-role": "auditor",
                 "summary": "The newest dead letters (messages the consumer could not use), newest first; payloads are not served.",
-                "parameters": [ param("limit") ],
                 "responses": responses(list_of("DeadLetter", "Dead letters."), &["400", "403"])
             } }
         },
@@ -187,8 +188,7 @@ fn build() -> Value {
                     "name": "tag_id", "in": "query", "required": true, "style": "form", "explode": true,
                     "description": format!("Tag ids, repeated (`tag_id=1&tag_id=2`) and/or comma-separated (`tag_id=1,2`); duplicates ignored; 1 to {MAX_LATEST_TAGS} ids. Unknown ids: 404."),
                     "schema": { "type": "array", "items": { "type": "string" } }
-                },
-                "limit": { "name": "limit", "in": "query", "required": false, "description": format!("How many (default {DEAD_LETTERS_DEFAULT})."), "schema": { "type": "integer", "minimum": 1, "maximum": DEAD_LETTERS_MAX, "default": DEAD_LETTERS_DEFAULT } }
+                }
             },
             "responses": {
                 "BadRequest": problem_response("A parameter is missing or malformed (named in `parameter` and `detail`)."),
@@ -227,7 +227,7 @@ fn build() -> Value {
                 },
                 "Agent": {
                     "type": "object",
-                    "required": ["site", "agent", "online", "last_seen_ms", "version", "config_hash", "backlog_readings", "oldest_unsent_ms", "buffer", "buffer_replaced_ms"],
+                    "required": ["site", "agent", "online", "last_seen_ms", "version", "config_hash", "backlog_readings", "oldest_unsent_ms", "buffer", "buffer_replaced_ms", "birth_refused"],
                     "properties": {
                         "site": string("Site id."),
                         "agent": string("Agent id."),
@@ -235,6 +235,7 @@ fn build() -> Value {
                         "last_seen_ms": nullable(ms("Last message of any kind")),
                         "version": nullable(string("Agent version from birth/status.")),
                         "config_hash": nullable(string("Current config hash (latest birth).")),
+                        "birth_refused": nullable(string("Why the agent's latest birth was refused: `birth refused: N tags > limit M` (`[ingest] max_tags_per_agent`); its batches of that config wait unacknowledged, the agent keeps its data. Null: not refused.")),
                         "backlog_readings": { "type": "integer", "format": "int64", "minimum": 0, "nullable": true, "description": "Readings held in its buffer at the last heartbeat." },
                         "oldest_unsent_ms": nullable(ms("Oldest unsent reading at the last heartbeat")),
                         "buffer": {
@@ -325,8 +326,6 @@ fn build() -> Value {
 
 /// The movements, reconciliation and alerts routes (added to the base document).
 fn add_reconciliation(doc: &mut Value) {
-    use super::audit::{AUDIT_DEFAULT, AUDIT_MAX};
-    use super::recon::{LIST_DEFAULT, LIST_MAX};
     let num = |d: &str| json!({ "type": "number", "format": "double", "description": d });
     let nnum = |d: &str| json!({ "type": "number", "format": "double", "nullable": true, "description": d });
     let s = |d: &str| json!({ "type": "string", "description": d });
@@ -410,13 +409,13 @@ fn add_reconciliation(doc: &mut Value) {
         "/api/v1/audit": { "get": {
             "tags": ["audit"], "operationId": "auditLog", "x-required-role": "auditor",
             "summary": "The audit log, newest first: every write through the API and CLI (discharge open/close/amend, ePOD post/amend, reconciliation runs, CLI reconcile and import) with actor (token name and role; `cli:<user>`), time (data clock), action, target and the record before and after. `?format=csv` for CSV.",
-            "parameters": [ param("audit_from"), param("audit_to"), param("actor"), param("action"), param("target"), param("audit_limit"), param("format") ],
+            "parameters": [ param("audit_from"), param("audit_to"), param("actor"), param("action"), param("target"), param("format") ],
             "responses": responses(audit_ok("Audit entries."), &["400", "403"])
         } },
         "/api/v1/audit.csv": { "get": {
             "tags": ["audit"], "operationId": "auditLogCsv", "x-required-role": "auditor",
             "summary": "The audit log as CSV (same filters as /api/v1/audit).",
-            "parameters": [ param("audit_from"), param("audit_to"), param("actor"), param("action"), param("target"), param("audit_limit") ],
+            "parameters": [ param("audit_from"), param("audit_to"), param("actor"), param("action"), param("target") ],
             "responses": responses(audit_ok("Audit entries (text/csv)."), &["400", "403"])
         } },
         "/api/v1/epods": {
@@ -437,7 +436,7 @@ fn add_reconciliation(doc: &mut Value) {
         "/api/v1/reconciliation/runs": { "get": {
             "tags": ["reconciliation"], "operationId": "listRuns", "x-required-role": "viewer",
             "summary": "Reconciliation runs, newest first. A re-run of a date supersedes its previous run (`supersedes`, `superseded_by`); the superseded run's records stay readable with `?run=ID` or `?as_of=TIME`.",
-            "parameters": [ param("list_limit") ],
+            "parameters": [],
             "responses": responses(list_of("Run", "Runs."), &["400", "403"])
         } },
         "/api/v1/reconciliation/run": { "post": {
@@ -473,7 +472,7 @@ fn add_reconciliation(doc: &mut Value) {
         "/api/v1/alerts": { "get": {
             "tags": ["reconciliation"], "operationId": "listAlerts", "x-required-role": "viewer",
             "summary": "Alerts (reconciliation exceptions, meter drift, unscheduled stops, stale tags), newest first.",
-            "parameters": [ param("state"), param("list_limit") ],
+            "parameters": [ param("state") ],
             "responses": responses(list_of("Alert", "Alerts."), &["400", "403"])
         } }
     });
@@ -482,7 +481,6 @@ fn add_reconciliation(doc: &mut Value) {
         "date_query": { "name": "date", "in": "query", "required": true, "description": "Day (UTC) `YYYY-MM-DD` (1970 .. 9999).", "schema": { "type": "string" }, "example": "2026-03-20" },
         "format": { "name": "format", "in": "query", "required": false, "description": "`json` (default) or `csv`.", "schema": { "type": "string", "enum": ["json", "csv"] } },
         "state": { "name": "state", "in": "query", "required": false, "description": "`open` or `closed` (default: both).", "schema": { "type": "string", "enum": ["open", "closed"] } },
-        "list_limit": { "name": "limit", "in": "query", "required": false, "description": format!("How many (default {LIST_DEFAULT})."), "schema": { "type": "integer", "minimum": 1, "maximum": LIST_MAX, "default": LIST_DEFAULT } },
         "run": { "name": "run", "in": "query", "required": false, "description": "Read this run of the date (default: the current one). Not with `as_of`.", "schema": { "type": "integer", "format": "int64" } },
         "as_of": { "name": "as_of", "in": "query", "required": false, "description": "Read the run of the date that was current at this time (the newest finished by then): RFC 3339 or epoch ms. Not with `run`.", "schema": { "type": "string" } },
         "site": { "name": "site", "in": "query", "required": false, "description": "Only this site.", "schema": { "type": "string" } },
@@ -490,8 +488,7 @@ fn add_reconciliation(doc: &mut Value) {
         "audit_to": { "name": "to", "in": "query", "required": false, "description": "Before (RFC 3339 or epoch ms).", "schema": { "type": "string" } },
         "actor": { "name": "actor", "in": "query", "required": false, "description": "Exactly this actor (token name, or `cli:<user>`).", "schema": { "type": "string" } },
         "action": { "name": "action", "in": "query", "required": false, "description": "Exactly this action (`discharge.open`, `discharge.close`, `discharge.amend`, `epod.post`, `epod.amend`, `reconciliation.run`, `cli.reconcile`, `cli.import`).", "schema": { "type": "string" } },
-        "target": { "name": "target", "in": "query", "required": false, "description": "Exactly this target (`discharge/12`, `epod/7`, `reconciliation/2026-03-20`, …).", "schema": { "type": "string" } },
-        "audit_limit": { "name": "limit", "in": "query", "required": false, "description": format!("How many, newest first (default {AUDIT_DEFAULT})."), "schema": { "type": "integer", "minimum": 1, "maximum": AUDIT_MAX, "default": AUDIT_DEFAULT } }
+        "target": { "name": "target", "in": "query", "required": false, "description": "Exactly this target (`discharge/12`, `epod/7`, `reconciliation/2026-03-20`, …).", "schema": { "type": "string" } }
     });
     let coverage = json!({ "type": "object", "required": ["ratio", "complete", "inputs", "dead_letters", "missing"], "properties": {
             "ratio": num("The weakest input's good readings / expected readings, 0…1."),
@@ -757,6 +754,42 @@ fn add_access(doc: &mut Value) {
     if let Value::Array(req) = &mut w["required"] {
         req.push(json!("sites"));
         req.push(json!("expires_ms"));
+    }
+}
+
+/// Paging (`page.rs`): `limit` and `cursor` on every list route ([`PAGED`], with its own default
+/// and maximum), `next` beside `data` and the `Link` header of the next page.
+fn add_paging(doc: &mut Value) {
+    let link = json!({ "description": "`<path?…&cursor=…>; rel=\"next\"` when there is a next page (the request's parameters with `cursor` replaced).", "schema": { "type": "string" } });
+    let next = json!({ "type": "string", "nullable": true, "description": "The cursor of the next page (pass it as `cursor`); null on the last page." });
+    doc["components"]["parameters"]["cursor"] = json!({
+        "name": "cursor", "in": "query", "required": false,
+        "description": "Opaque: the `next` of the previous page (absent: the first page). Pages follow the list's stable order by its unique key, so rows neither repeat nor go missing between pages. A cursor that does not decode or belongs to another list: 400 naming `cursor`.",
+        "schema": { "type": "string" }
+    });
+    for (path, p) in &PAGED {
+        let name = format!("limit_{}", p.list);
+        doc["components"]["parameters"][&name] = json!({
+            "name": "limit", "in": "query", "required": false,
+            "description": format!("Rows per page, 1 to {} (default {}).", p.max, p.default),
+            "schema": { "type": "integer", "minimum": 1, "maximum": p.max, "default": p.default }
+        });
+        let op = &mut doc["paths"][*path]["get"];
+        if let Value::Array(ps) = &mut op["parameters"] {
+            ps.push(param(&name));
+            ps.push(param("cursor"));
+        } else {
+            op["parameters"] = json!([param(&name), param("cursor")]);
+        }
+        let ok = &mut op["responses"]["200"];
+        ok["headers"]["Link"] = link.clone();
+        let schema = &mut ok["content"]["application/json"]["schema"];
+        if schema.get("properties").is_some() {
+            schema["properties"]["next"] = next.clone();
+        }
+    }
+    if let Some(Value::String(d)) = doc.pointer_mut("/info/description") {
+        d.push_str("\n\nLists are paged: `limit` (each list's default and maximum are in its parameters) and `cursor` (the `next` of the previous page); the answer is `{\"data\": [...], \"next\": cursor or null}` with `Link: <…>; rel=\"next\"` while there is more. Site scoping is applied before paging, so a scoped token's pages hold only its sites' rows.");
     }
 }
 

@@ -13,20 +13,16 @@ use serde::Deserialize;
 
 use super::audit::{self, json};
 use super::auth::Principal;
+use super::page::{self, lists, PageReq};
 use super::params::{self, Query};
 use super::problem::Problem;
 use super::routes::{call, data, data_with_status};
 use super::ApiState;
 use crate::reconcile::model::{day_name, Epod, EpodCompartment, RecordKind};
 use crate::store::ledger::{
-    CloseOutcome, DischargeRow, EpodOutcome, NewDischarge, RunPick, VarianceRow,
+    CloseOutcome, DischargeRow, EpodOutcome, EpodScope, NewDischarge, RunPick, VarianceRow,
 };
 use flowsquare_service::clock::now_ms;
-
-/// Default and largest `limit` of the runs and alerts lists.
-pub const LIST_DEFAULT: i64 = 100;
-/// Largest `limit`.
-pub const LIST_MAX: i64 = 10_000;
 
 /// A time in a body: RFC 3339 text or epoch milliseconds (anything else is named as wrong).
 #[derive(Debug, Deserialize)]
@@ -67,19 +63,6 @@ fn text(field: &str, v: &str, errors: &mut Vec<String>) {
 pub(super) fn positive(field: &str, v: f64, errors: &mut Vec<String>) {
     if !(v.is_finite() && v > 0.0) {
         errors.push(format!("{field}: {v} must be a positive number of litres"));
-    }
-}
-
-fn limit(q: &Query) -> Result<i64, Problem> {
-    match q.opt("limit")? {
-        None => Ok(LIST_DEFAULT),
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if (1..=LIST_MAX).contains(&n) => Ok(n),
-            _ => Err(Problem::bad_parameter(
-                "limit",
-                format!("{v:?} is not an integer from 1 to {LIST_MAX}"),
-            )),
-        },
     }
 }
 
@@ -225,16 +208,27 @@ pub(super) async fn open_discharge(
     Ok(data_with_status(StatusCode::CREATED, &[row]))
 }
 
-/// `GET /api/v1/discharges?from=&to=`.
+/// `GET /api/v1/discharges?from=&to=&limit=&cursor=` (of the token's sites, in the SQL), by
+/// open time.
 pub(super) async fn list_discharges(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let q = Query::parse(raw.as_deref(), &["from", "to"])?;
+    let q = Query::parse(raw.as_deref(), &["from", "to", "limit", "cursor"])?;
+    let p: PageReq<(i64, i64)> = lists::DISCHARGES.parse(&q)?;
     let (from, to) = params::range(&q)?;
-    let rows = call(s.store.ledger().discharges(from, to)).await?;
-    Ok(data(&who.scope.keep(rows, |d| &d.d.site)))
+    let sites = who.scope.list();
+    let rows =
+        call(
+            s.store
+                .ledger()
+                .discharges_page(from, to, sites.as_deref(), p.after, p.fetch()),
+        )
+        .await?;
+    let (rows, next) = p.cut(rows, |d| (d.d.opened_ms, d.id));
+    Ok(page::answer(&rows, next, uri.path(), raw.as_deref()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -457,33 +451,72 @@ pub(super) async fn post_epod(
     }
 }
 
-/// `GET /api/v1/epods?from=&to=` (by delivery time).
+/// The ePODs a scoped token sees, as a filter of the SQL ([`EpodScope`]: the trucks of its
+/// sites and the stations whose gauge site is one of them; see `scope.rs`). `None` inside: every
+/// ePOD; `None` outside: none (a scoped token without a site model).
+fn epod_scope(s: &ApiState, who: &Principal) -> Option<Option<EpodScope>> {
+    if who.scope.is_all() {
+        return Some(None);
+    }
+    let m = &s.reconciler.as_ref()?.cfg;
+    Some(Some(EpodScope {
+        trucks: m
+            .trucks
+            .iter()
+            .filter(|t| who.scope.allows(&t.site))
+            .map(|t| t.id.clone())
+            .collect(),
+        stations: m
+            .stations
+            .iter()
+            .filter(|st| {
+                st.gauge_site
+                    .as_deref()
+                    .is_some_and(|g| who.scope.allows(g))
+            })
+            .map(|st| st.id.clone())
+            .collect(),
+    }))
+}
+
+/// `GET /api/v1/epods?from=&to=&limit=&cursor=` (by delivery time; the token's in the SQL).
 pub(super) async fn list_epods(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let q = Query::parse(raw.as_deref(), &["from", "to"])?;
+    let q = Query::parse(raw.as_deref(), &["from", "to", "limit", "cursor"])?;
+    let p: PageReq<(i64, i64)> = lists::EPODS.parse(&q)?;
     let (from, to) = params::range(&q)?;
-    let rows = call(s.store.ledger().epods(from, to)).await?;
-    let rows: Vec<Epod> = rows
-        .into_iter()
-        .filter(|e| sees_epod(&s, &who, e))
-        .collect();
-    Ok(data(&rows))
+    let Some(scope) = epod_scope(&s, &who) else {
+        return Ok(page::answer::<Epod>(&[], None, uri.path(), raw.as_deref()));
+    };
+    let rows = call(
+        s.store
+            .ledger()
+            .epods_page(from, to, scope.as_ref(), p.after, p.fetch()),
+    )
+    .await?;
+    let (rows, next) = p.cut(rows, |e| (e.delivered_ms, e.id));
+    Ok(page::answer(&rows, next, uri.path(), raw.as_deref()))
 }
 
-/// `GET /api/v1/reconciliation/runs?limit=`. A run covers every site: for a token of some
-/// sites its counts (records, exceptions, alerts), which add up every site's, are null.
+/// `GET /api/v1/reconciliation/runs?limit=&cursor=`, newest first. A run covers every site:
+/// for a token of some sites its counts (records, exceptions, alerts), which add up every
+/// site's, are null.
 pub(super) async fn runs(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let q = Query::parse(raw.as_deref(), &["limit"])?;
-    let rows = call(s.store.ledger().runs(limit(&q)?)).await?;
+    let q = Query::parse(raw.as_deref(), &["limit", "cursor"])?;
+    let p: PageReq<i64> = lists::RUNS.parse(&q)?;
+    let rows = call(s.store.ledger().runs_page(p.after, p.fetch())).await?;
+    let (rows, next) = p.cut(rows, |r| r.id);
     if who.scope.is_all() {
-        return Ok(data(&rows));
+        return Ok(page::answer(&rows, next, uri.path(), raw.as_deref()));
     }
     let redacted: Vec<serde_json::Value> = rows
         .iter()
@@ -497,7 +530,7 @@ pub(super) async fn runs(
             v
         })
         .collect();
-    Ok(data(&redacted))
+    Ok(page::answer(&redacted, next, uri.path(), raw.as_deref()))
 }
 
 /// `POST /api/v1/reconciliation/run?date=YYYY-MM-DD` (operator): reconcile a day now.
@@ -640,19 +673,58 @@ pub fn csv(rows: &[VarianceRow]) -> String {
     out
 }
 
+/// May this token see this variance record? Its site in scope, or, for a trip record, the site
+/// of the station it delivered to (its gauge site) or of its truck (the fleet's site): a trip
+/// touches the terminal, the truck's company and the station (`scope.rs`).
+fn sees_record(s: &ApiState, who: &Principal, r: &VarianceRow) -> bool {
+    if who.scope.allows(&r.v.site) {
+        return true;
+    }
+    if r.v.kind != RecordKind::Trip {
+        return false;
+    }
+    let Some(m) = s.reconciler.as_ref().map(|r| &r.cfg) else {
+        return false;
+    };
+    let field = |k: &str| r.v.detail.get(k).and_then(serde_json::Value::as_str);
+    let by_station = field("station").is_some_and(|id| {
+        m.stations.iter().any(|st| {
+            st.id == id
+                && st
+                    .gauge_site
+                    .as_deref()
+                    .is_some_and(|g| who.scope.allows(g))
+        })
+    });
+    let by_truck = field("truck").is_some_and(|id| {
+        m.trucks
+            .iter()
+            .any(|t| t.id == id && who.scope.allows(&t.site))
+    });
+    by_station || by_truck
+}
+
+/// The variance records of a date's run (of `kinds`, of the token's sites), a page of them:
+/// a run's records never change, so the cursor is (run id, position) and the next pages read
+/// the same run even when a newer one has been saved meanwhile.
 async fn records(
     s: &ApiState,
     who: &Principal,
-    raw: Option<&str>,
+    (path, raw): (&str, Option<&str>),
     date: Result<Path<String>, PathRejection>,
     kinds: &[RecordKind],
     name: &str,
 ) -> Result<Response, Problem> {
-    let q = Query::parse(raw, &["format", "run", "as_of"])?;
+    let q = Query::parse(raw, &["format", "run", "as_of", "limit", "cursor"])?;
+    let p: PageReq<(i64, i64)> = lists::RECORDS.parse(&q)?;
     let (date, suffix) = date_param(date)?;
     let csv_out = wants_csv(&q, suffix)?;
-    let pick = run_pick(&q)?;
-    let all = match call(s.store.ledger().run_of(&date, pick)).await? {
+    let pick = match p.after {
+        Some((run, _)) => RunPick::Id(run),
+        None => run_pick(&q)?,
+    };
+    let run = call(s.store.ledger().run_of(&date, pick)).await?;
+    let all = match &run {
         Some(run) => call(s.store.ledger().run_variances(run.id, None)).await?,
         None if pick == RunPick::Latest => Vec::new(),
         None => {
@@ -664,14 +736,24 @@ async fn records(
             }))
         }
     };
-    let rows: Vec<VarianceRow> = all
+    let skip = p
+        .after
+        .map_or(0, |(_, n)| usize::try_from(n).unwrap_or(usize::MAX));
+    let rows: Vec<(i64, VarianceRow)> = all
         .into_iter()
-        .filter(|r| kinds.contains(&r.v.kind) && who.scope.allows(&r.v.site))
+        .filter(|r| kinds.contains(&r.v.kind) && sees_record(s, who, r))
+        .enumerate()
+        .skip(skip)
+        .map(|(i, r)| (i as i64 + 1, r))
         .collect();
+    let run_id = run.as_ref().map_or(0, |r| r.id);
+    let (rows, next) = p.cut(rows, |(n, _)| (run_id, *n));
+    let rows: Vec<VarianceRow> = rows.into_iter().map(|(_, r)| r).collect();
     if !csv_out {
-        return Ok(data(&rows));
+        return Ok(page::answer(&rows, next, path, raw));
     }
     let mut res = (StatusCode::OK, csv(&rows)).into_response();
+    page::link(&mut res, next.as_deref(), path, raw);
     let h = res.headers_mut();
     h.insert(
         CONTENT_TYPE,
@@ -690,13 +772,14 @@ async fn records(
 pub(super) async fn chain(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
     date: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     records(
         &s,
         &who,
-        raw.as_deref(),
+        (uri.path(), raw.as_deref()),
         date,
         &[RecordKind::Chain, RecordKind::Parcel],
         "chain",
@@ -708,33 +791,52 @@ pub(super) async fn chain(
 pub(super) async fn tanks(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
-    date: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, Problem> {
-    records(&s, &who, raw.as_deref(), date, &[RecordKind::Tank], "tanks").await
-}
-
-/// `GET /api/v1/reconciliation/{date}/trips`.
-pub(super) async fn trips(
-    State(s): State<ApiState>,
-    Extension(who): Extension<Principal>,
-    date: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, Problem> {
-    records(&s, &who, raw.as_deref(), date, &[RecordKind::Trip], "trips").await
-}
-
-/// `GET /api/v1/reconciliation/{date}/meters`.
-pub(super) async fn meters(
-    State(s): State<ApiState>,
-    Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
     date: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     records(
         &s,
         &who,
-        raw.as_deref(),
+        (uri.path(), raw.as_deref()),
+        date,
+        &[RecordKind::Tank],
+        "tanks",
+    )
+    .await
+}
+
+/// `GET /api/v1/reconciliation/{date}/trips`.
+pub(super) async fn trips(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
+    date: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    records(
+        &s,
+        &who,
+        (uri.path(), raw.as_deref()),
+        date,
+        &[RecordKind::Trip],
+        "trips",
+    )
+    .await
+}
+
+/// `GET /api/v1/reconciliation/{date}/meters`.
+pub(super) async fn meters(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
+    date: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    records(
+        &s,
+        &who,
+        (uri.path(), raw.as_deref()),
         date,
         &[RecordKind::MeterCheck, RecordKind::MeterTrend],
         "meters",
@@ -742,13 +844,16 @@ pub(super) async fn meters(
     .await
 }
 
-/// `GET /api/v1/alerts?state=open|closed&limit=`.
+/// `GET /api/v1/alerts?state=open|closed&limit=&cursor=`, newest first (the token's sites in
+/// the SQL, before the limit).
 pub(super) async fn alerts(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let q = Query::parse(raw.as_deref(), &["state", "limit"])?;
+    let q = Query::parse(raw.as_deref(), &["state", "limit", "cursor"])?;
+    let p: PageReq<i64> = lists::ALERTS.parse(&q)?;
     let state = match q.opt("state")? {
         None => None,
         Some(v @ ("open" | "closed")) => Some(v),
@@ -759,12 +864,13 @@ pub(super) async fn alerts(
             ))
         }
     };
-    Ok(data(
-        &call(
-            s.store
-                .ledger()
-                .alerts(state, who.scope.list().as_deref(), limit(&q)?),
-        )
-        .await?,
-    ))
+    let sites = who.scope.list();
+    let rows = call(
+        s.store
+            .ledger()
+            .alerts_page(state, sites.as_deref(), p.after, p.fetch()),
+    )
+    .await?;
+    let (rows, next) = p.cut(rows, |a| a.id);
+    Ok(page::answer(&rows, next, uri.path(), raw.as_deref()))
 }

@@ -15,10 +15,11 @@ use serde::Serialize;
 
 use super::auth::{Principal, Tokens};
 use super::config::Role;
+use super::page::{self, lists, PageReq};
 use super::params::{self, Query};
 use super::problem::Problem;
 use super::{amend, audit, console, freshness, metrics, openapi, recon, ApiState};
-use crate::store::StoreError;
+use crate::store::{StoreError, TagFilter, TagKey, TagRow};
 
 /// Longest wait for a data query before answering 503.
 const STORE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,10 +29,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_BUCKETS: i64 = 10_000;
 /// Most tag ids in one `/latest` request.
 pub const MAX_LATEST_TAGS: usize = 1_000;
-/// Default and largest `limit` of `/dead-letters`.
-pub const DEAD_LETTERS_DEFAULT: i64 = 100;
-/// Largest `limit` of `/dead-letters`.
-pub const DEAD_LETTERS_MAX: i64 = 1_000;
+/// The paging parameters every list route takes (`page.rs`).
+pub(super) const PAGE: [&str; 2] = ["limit", "cursor"];
 
 /// One route: path (axum/OpenAPI syntax), method (OpenAPI spelling), the role it needs
 /// (`None` = open), its handler. A path may appear once per method.
@@ -206,6 +205,14 @@ fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
     }
 }
 
+/// A JSON body with `Cache-Control: no-store`.
+pub(super) fn json_no_store<T: Serialize + ?Sized>(body: &T) -> Response {
+    let mut res = json(StatusCode::OK, body);
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
 /// The `/api/v1` convention: `{"data": [...]}`.
 pub(super) fn data<T: Serialize>(rows: &[T]) -> Response {
     data_with_status(StatusCode::OK, rows)
@@ -280,41 +287,133 @@ async fn openapi_json() -> Response {
     json(StatusCode::OK, openapi::document())
 }
 
-/// `GET /api/v1/agents` (of the token's sites).
+/// `GET /api/v1/agents?limit=&cursor=` (of the token's sites, in the SQL before the limit).
 async fn agents(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    Query::parse(raw.as_deref(), &[])?;
-    let rows = call(s.store.agents()).await?;
-    Ok(data(&who.scope.keep(rows, |a| &a.site)))
+    let q = Query::parse(raw.as_deref(), &PAGE)?;
+    let p: PageReq<crate::store::AgentKey> = lists::AGENTS.parse(&q)?;
+    let sites = who.scope.list();
+    let rows = call(
+        s.store
+            .agents_page(sites.as_deref(), p.after.as_ref(), p.fetch()),
+    )
+    .await?;
+    let rows = with_refused_births(&s, &who, &p, rows);
+    let (rows, next) = p.cut(rows, |a| (a.site.clone(), a.agent.clone()));
+    Ok(page::answer(&rows, next, uri.path(), raw.as_deref()))
 }
 
-/// `GET /api/v1/tags?site=&prefix=` (of the token's sites).
+/// The agents of a page with the consumer's refused births: `birth_refused` on their rows, and
+/// a row for a refused agent the store has none of (its first birth refused, no status yet),
+/// merged in key order within the page's key range (so pages stay keyset-exact).
+fn with_refused_births(
+    s: &ApiState,
+    who: &Principal,
+    p: &PageReq<crate::store::AgentKey>,
+    mut rows: Vec<crate::store::AgentRow>,
+) -> Vec<crate::store::AgentRow> {
+    let refused: Vec<((String, String), String)> = match s.stats.refused_agents.lock() {
+        Ok(m) => m.iter().map(|(k, r)| (k.clone(), r.status())).collect(),
+        Err(_) => Vec::new(),
+    };
+    if refused.is_empty() {
+        return rows;
+    }
+    // The store had more rows than fetched: refused agents past the last one belong to later
+    // pages.
+    let upper = (rows.len() as i64 >= p.fetch())
+        .then(|| rows.last().map(|a| (a.site.clone(), a.agent.clone())))
+        .flatten();
+    for (key, status) in refused {
+        if let Some(a) = rows
+            .iter_mut()
+            .find(|a| a.site == key.0 && a.agent == key.1)
+        {
+            a.birth_refused = Some(status);
+            continue;
+        }
+        let in_range = who.scope.allows(&key.0)
+            && p.after.as_ref().is_none_or(|a| &key > a)
+            && upper.as_ref().is_none_or(|u| &key <= u);
+        if in_range {
+            rows.push(crate::store::AgentRow {
+                site: key.0,
+                agent: key.1,
+                online: false,
+                last_seen_ms: None,
+                version: None,
+                config_hash: None,
+                backlog_readings: None,
+                oldest_unsent_ms: None,
+                buffer: None,
+                buffer_replaced_ms: None,
+                birth_refused: Some(status),
+            });
+        }
+    }
+    rows.sort_by(|a, b| (&a.site, &a.agent).cmp(&(&b.site, &b.agent)));
+    rows
+}
+
+/// The tag filter of a request: its `site` and `prefix` within the token's sites (None: a site
+/// outside the scope, answered as an unknown one: nothing).
+pub(super) fn tag_filter(who: &Principal, q: &Query) -> Result<Option<TagFilter>, Problem> {
+    let Some(site) = who.scope.narrow(q.opt("site")?) else {
+        return Ok(None);
+    };
+    Ok(Some(TagFilter {
+        site: site.map(str::to_owned),
+        prefix: q.opt("prefix")?.map(str::to_owned),
+        sites: who.scope.list(),
+        ids: None,
+    }))
+}
+
+/// `GET /api/v1/tags?site=&prefix=&limit=&cursor=` (of the token's sites), by site, agent, name.
 async fn tags(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let q = Query::parse(raw.as_deref(), &["site", "prefix"])?;
-    let (site, prefix) = (q.opt("site")?, q.opt("prefix")?);
-    let Some(site) = who.scope.narrow(site) else {
-        return Ok(data::<crate::store::TagRow>(&[]));
+    let q = Query::parse(raw.as_deref(), &["site", "prefix", "limit", "cursor"])?;
+    let p: PageReq<TagKey> = lists::TAGS.parse(&q)?;
+    let Some(f) = tag_filter(&who, &q)? else {
+        return Ok(page::answer::<TagRow>(
+            &[],
+            None,
+            uri.path(),
+            raw.as_deref(),
+        ));
     };
-    let rows = call(s.store.tags(site, prefix)).await?;
-    Ok(data(&who.scope.keep(rows, |t| &t.site)))
+    let rows = call(s.store.tags_page(&f, p.after.as_ref(), p.fetch())).await?;
+    let (rows, next) = p.cut(rows, tag_key);
+    Ok(page::answer(&rows, next, uri.path(), raw.as_deref()))
+}
+
+/// A tag's paging key.
+pub(super) fn tag_key(t: &TagRow) -> TagKey {
+    (t.site.clone(), t.agent.clone(), t.name.clone())
 }
 
 /// 404 unless every id is a registered tag of the token's sites (a tag of another site is
-/// answered as an unknown one).
+/// answered as an unknown one). Looked up by id, within the scope, in the query.
 async fn require_tags(s: &ApiState, who: &Principal, ids: &[i64]) -> Result<(), Problem> {
-    // The store has no lookup by id; the registry is small (thousands of tags) and ids are never
-    // reused, so a scan is acceptable here.
-    let known: std::collections::HashSet<i64> = call(s.store.tags(None, None))
+    let f = TagFilter {
+        sites: who.scope.list(),
+        ids: Some(ids.to_vec()),
+        ..TagFilter::default()
+    };
+    let limit = i64::try_from(ids.len())
+        .unwrap_or(i64::MAX)
+        .saturating_add(1);
+    let known: std::collections::HashSet<i64> = call(s.store.tags_page(&f, None, limit))
         .await?
         .into_iter()
-        .filter(|t| who.scope.allows(&t.site))
         .map(|t| t.id)
         .collect();
     let unknown: Vec<String> = ids
@@ -331,22 +430,33 @@ async fn require_tags(s: &ApiState, who: &Principal, ids: &[i64]) -> Result<(), 
     }
 }
 
-/// `GET /api/v1/latest?tag_id=1&tag_id=2` or `?tag_id=1,2`.
+/// `GET /api/v1/latest?tag_id=1&tag_id=2` or `?tag_id=1,2` (`limit`, `cursor`: pages of the
+/// asked ids in id order; rows by tag id).
 async fn latest(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let q = Query::parse(raw.as_deref(), &["tag_id"])?;
-    let ids = params::tag_ids(&q, "tag_id", MAX_LATEST_TAGS)?;
+    let q = Query::parse(raw.as_deref(), &["tag_id", "limit", "cursor"])?;
+    let p: PageReq<i64> = lists::LATEST.parse(&q)?;
+    let mut ids = params::tag_ids(&q, "tag_id", MAX_LATEST_TAGS)?;
     require_tags(&s, &who, &ids).await?;
-    Ok(data(&call(s.store.latest(&ids)).await?))
+    ids.sort_unstable();
+    ids.retain(|id| p.after.is_none_or(|a| *id > a));
+    let (ids, next) = p.cut(ids, |id| *id);
+    let mut rows = call(s.store.latest(&ids)).await?;
+    rows.sort_by_key(|r| r.tag_id);
+    Ok(page::answer(&rows, next, uri.path(), raw.as_deref()))
 }
 
-/// `GET /api/v1/tags/{id}/series?from=&to=&step=`.
+/// `GET /api/v1/tags/{id}/series?from=&to=&step=&limit=&cursor=`. A page covers `limit`
+/// buckets of time (empty buckets are left out, so it may hold fewer rows); the cursor is the
+/// start of its last bucket.
 async fn series(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
     id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
@@ -356,7 +466,8 @@ async fn series(
         })?,
         Err(e) => return Err(Problem::bad_parameter("id", e.body_text())),
     };
-    let q = Query::parse(raw.as_deref(), &["from", "to", "step"])?;
+    let q = Query::parse(raw.as_deref(), &["from", "to", "step", "limit", "cursor"])?;
+    let p: PageReq<i64> = lists::SERIES.parse(&q)?;
     let (from, to) = params::range(&q)?;
     let step = params::step_ms("step", q.req("step")?)?;
     // Buckets are aligned on the epoch: count those the range touches (`from` ≥ 0, `to` > `from`).
@@ -368,47 +479,71 @@ async fn series(
         ));
     }
     require_tags(&s, &who, &[id]).await?;
-    Ok(data(&call(s.store.series(id, from, to, step)).await?))
+    // This page: from the bucket after the cursor's, `limit` buckets long.
+    let first = match p.after {
+        None => from,
+        Some(c) if c >= from - step && c < to && c.rem_euclid(step) == 0 => (c + step).max(from),
+        Some(_) => {
+            return Err(Problem::bad_parameter(
+                "cursor",
+                "not a cursor of this range and step; use the `next` of the previous page",
+            ))
+        }
+    };
+    let end = first
+        .div_euclid(step)
+        .saturating_add(p.limit)
+        .saturating_mul(step)
+        .min(to);
+    let rows = call(s.store.series(id, first, end, step)).await?;
+    let next = (end < to).then(|| p.encode(&(end - step)));
+    Ok(page::answer(&rows, next, uri.path(), raw.as_deref()))
 }
 
-/// `GET /api/v1/gaps?site=&from=&to=` (of the token's sites).
+/// `GET /api/v1/gaps?site=&from=&to=&limit=&cursor=` (of the token's sites, in the SQL).
 async fn gaps(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let q = Query::parse(raw.as_deref(), &["site", "from", "to"])?;
+    let q = Query::parse(raw.as_deref(), &["site", "from", "to", "limit", "cursor"])?;
+    let p: PageReq<crate::store::GapKey> = lists::GAPS.parse(&q)?;
     let site = q.opt("site")?;
-    let (from, to) = params::range(&q)?;
+    let (from_ms, to_ms) = params::range(&q)?;
     let Some(site) = who.scope.narrow(site) else {
-        return Ok(data::<crate::store::GapRow>(&[]));
+        return Ok(page::answer::<crate::store::GapRow>(
+            &[],
+            None,
+            uri.path(),
+            raw.as_deref(),
+        ));
     };
-    let rows = call(s.store.gaps(site, from, to)).await?;
-    Ok(data(&who.scope.keep(rows, |g| &g.site)))
+    let f = crate::store::GapFilter {
+        site: site.map(str::to_owned),
+        sites: who.scope.list(),
+        from_ms,
+        to_ms,
+    };
+    let rows = call(s.store.gaps_page(&f, p.after, p.fetch())).await?;
+    let (rows, next) = p.cut(rows, |g| (g.from_ms, g.id));
+    Ok(page::answer(&rows, next, uri.path(), raw.as_deref()))
 }
 
-/// `GET /api/v1/dead-letters?limit=` (all-sites tokens: a rejected message's topic may be
-/// garbled, so its site is not known).
+/// `GET /api/v1/dead-letters?limit=&cursor=`, newest first (all-sites tokens: a rejected
+/// message's topic may be garbled, so its site is not known).
 async fn dead_letters(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
+    uri: axum::http::Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let q = Query::parse(raw.as_deref(), &["limit"])?;
+    let q = Query::parse(raw.as_deref(), &PAGE)?;
     who.scope.require_all("the dead-letter list")?;
-    let limit = match q.opt("limit")? {
-        None => DEAD_LETTERS_DEFAULT,
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if (1..=DEAD_LETTERS_MAX).contains(&n) => n,
-            _ => {
-                return Err(Problem::bad_parameter(
-                    "limit",
-                    format!("{v:?} is not an integer from 1 to {DEAD_LETTERS_MAX}"),
-                ))
-            }
-        },
-    };
-    Ok(data(&call(s.store.dead_letters(limit)).await?))
+    let p: PageReq<crate::store::DeadLetterKey> = lists::DEAD_LETTERS.parse(&q)?;
+    let rows = call(s.store.dead_letters_page(p.after, p.fetch())).await?;
+    let (rows, next) = p.cut(rows, |d| (d.received_ms, d.id));
+    Ok(page::answer(&rows, next, uri.path(), raw.as_deref()))
 }
 
 /// `POST /api/v1/admin/tokens/reload` (admin, all sites): read the tokens file again.

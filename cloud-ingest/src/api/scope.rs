@@ -16,6 +16,19 @@
 //!   garbled topic; the audit log; starting a reconciliation run, which covers every site) need
 //!   an all-sites token: 403 for a scoped one.
 //!
+//! - a trip variance record (`/api/v1/reconciliation/{date}/trips`) has the terminal's site and
+//!   touches two more: the station it delivered to (its `gauge_site`) and its truck's (fleet)
+//!   site; a scoped token sees it when any of the three is in scope;
+//! - the site model's places (`/api/v1/site-model`): a station is shown by its `gauge_site`;
+//!   the other known places (the terminal, depots: they carry no site) are shown to every-site
+//!   tokens and to tokens of a terminal or fleet site (a site of the model's tanks, meters or
+//!   trucks: their trucks load and stop there), never to a station-only token, which sees its
+//!   own station(s) and nothing of the network; `/api/v1/track` needs the truck's site in scope,
+//!   and names every known place its stops are at (the token's own truck was there; its ePODs
+//!   name the station anyway);
+//! - lists are filtered in the SQL, before a page's limit (`page.rs`): a scoped token's pages
+//!   are full pages of its own rows, and the cursors cannot reach another site's.
+//!
 //! The data model knows no transport-company or station ids apart from sites: a transport
 //! company is scoped by the site of its trucks' agents, a station by its gauge's site.
 
@@ -116,6 +129,16 @@ impl SiteScope {
             tracing::warn!(detail = %detail, "api request refused: unknown or outside the token's sites (404)");
         }
         Problem::not_found(detail)
+    }
+
+    /// May this scope see the model's places that carry no site (terminal, depots)? Every-site
+    /// tokens and tokens of a terminal or fleet site (tanks, meters or trucks of the model at
+    /// one of its sites); not a station-only token.
+    pub fn sees_places(&self, m: &ReconcileConfig) -> bool {
+        self.is_all()
+            || m.tanks.iter().any(|t| self.allows(&t.site))
+            || m.meters.iter().any(|x| self.allows(&x.site))
+            || m.trucks.iter().any(|t| self.allows(&t.site))
     }
 
     /// May this scope see this ePOD (its truck's site or its station's gauge site in scope)?

@@ -16,24 +16,24 @@ use crate::store::ledger::{EpodOutcome, NewDischarge, NewRun};
 use crate::store::suite::{batch, T0};
 
 /// Admin role, site s1 only: every refusal below is the scope's, never the role's.
-const S1: &str = "s1-admin-secret";
+pub(super) const S1: &str = "s1-admin-secret";
 /// Expired in 2020.
 const EXPIRED: &str = "expired-secret";
-const DAY: &str = "2026-01-01";
-const RANGE: &str = "from=2025-12-31T00:00:00Z&to=2026-01-03T00:00:00Z";
+pub(super) const DAY: &str = "2026-01-01";
+pub(super) const RANGE: &str = "from=2025-12-31T00:00:00Z&to=2026-01-03T00:00:00Z";
 
 /// Ids of the records of both sites.
 pub(super) struct Ids {
-    d1: i64,
-    d2: i64,
-    e1: i64,
-    e2: i64,
-    s2_tag: i64,
+    pub(super) d1: i64,
+    pub(super) d2: i64,
+    pub(super) e1: i64,
+    pub(super) e2: i64,
+    pub(super) s2_tag: i64,
 }
 
 /// The simulated terminal's model split over two sites: s1 has T1, T2, JM1, M1, M2, station
 /// ST-KARIAKOO and truck TRK-01; s2 the other tanks, meters, stations and trucks.
-fn two_site_model() -> crate::reconcile::Reconciler {
+pub(super) fn two_site_model() -> crate::reconcile::Reconciler {
     let (mut m, tables) = sim_site_model();
     let s = |one: bool| if one { "s1" } else { "s2" }.to_owned();
     for t in &mut m.tanks {
@@ -51,7 +51,7 @@ fn two_site_model() -> crate::reconcile::Reconciler {
     crate::reconcile::Reconciler::with_tables(m, &tables).expect("two-site model")
 }
 
-fn variance(site: &str, kind: RecordKind, place: &str) -> Variance {
+pub(super) fn variance(site: &str, kind: RecordKind, place: &str) -> Variance {
     Variance {
         date: DAY.into(),
         site: site.into(),
@@ -179,7 +179,7 @@ pub(super) async fn fill(f: &Fixture) -> Ids {
 
 /// The API on the fixture's store with the two-site model, the fixture's tokens, a token of
 /// site s1, an expired one and `extra`.
-fn scoped_app(
+pub(super) fn scoped_app(
     f: &Fixture,
     extra: Vec<TokenConfig>,
     tokens_file: Option<std::path::PathBuf>,

@@ -47,6 +47,13 @@ pub struct ConsumerStats {
     pub out_of_window: AtomicU64,
     /// Births refused (the tag registry limit, or another permanent error): kept as dead letters.
     pub refused_births: AtomicU64,
+    /// Batches of an agent whose birth was refused by the tag registry limit (their catalog is
+    /// not registered): not acknowledged (the agent keeps them), counted, logged at most once a
+    /// minute per agent.
+    pub refused_batches: AtomicU64,
+    /// The agents whose latest birth the tag registry limit refused, by (site, agent); cleared
+    /// by a birth of the agent that is registered. Shown in `/api/v1/agents`.
+    pub refused_agents: std::sync::Mutex<std::collections::HashMap<(String, String), RefusedBirth>>,
     /// Failed commits (retried).
     pub commit_errors: AtomicU64,
     /// End-to-end acknowledgements published (batch ids).
@@ -60,6 +67,87 @@ pub struct ConsumerStats {
     /// Poll-to-commit latency of every reading stored (`latency.rs`).
     pub poll_to_commit: super::latency::LatencyHistogram,
 }
+
+/// An agent's birth refused by the tag registry limit, as the consumer remembers it (the birth
+/// is retained on the broker: after a restart it is refused, and remembered, again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedBirth {
+    /// The refused birth's config hash: batches of this catalog wait.
+    pub config_hash: String,
+    /// Tags the agent would have had.
+    pub total: usize,
+    /// The limit.
+    pub limit: usize,
+    /// Its batches refused since (not acknowledged).
+    pub batches: u64,
+    /// When a refused batch of it was last logged (data clock, ms).
+    pub logged_ms: Option<i64>,
+}
+
+impl RefusedBirth {
+    /// The agent's status line: `birth refused: N tags > limit M`.
+    pub fn status(&self) -> String {
+        format!("birth refused: {} tags > limit {}", self.total, self.limit)
+    }
+}
+
+impl ConsumerStats {
+    /// The status line of an agent whose birth is refused (None: not refused).
+    pub fn birth_refused(&self, site: &str, agent: &str) -> Option<String> {
+        let map = self.refused_agents.lock().ok()?;
+        map.get(&(site.to_owned(), agent.to_owned()))
+            .map(RefusedBirth::status)
+    }
+
+    /// Remember (or forget, `None`) an agent's refused birth.
+    fn set_refused(&self, site: &str, agent: &str, r: Option<RefusedBirth>) {
+        // A poisoned lock only means another thread panicked while holding it: the map is
+        // still usable.
+        let mut map = self
+            .refused_agents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (site.to_owned(), agent.to_owned());
+        match r {
+            Some(r) => {
+                map.insert(key, r);
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+    }
+
+    /// A batch that waits for its catalog: if the agent's birth of that catalog was refused,
+    /// count it and log it (at most once a minute per agent). Returns whether it was such a
+    /// batch.
+    fn refused_batch(&self, b: &wire::Batch, now_ms: i64) -> bool {
+        let mut map = self
+            .refused_agents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(r) = map.get_mut(&(b.site.clone(), b.agent.clone())) else {
+            return false;
+        };
+        if r.config_hash != b.config_hash {
+            return false;
+        }
+        r.batches += 1;
+        self.refused_batches.fetch_add(1, Relaxed);
+        if r.logged_ms
+            .is_none_or(|t| now_ms - t >= REFUSED_LOG_EVERY_MS)
+        {
+            r.logged_ms = Some(now_ms);
+            tracing::warn!(site = %b.site, agent = %b.agent, config_hash = %b.config_hash, batch_id = b.batch_id,
+                refused_batches = r.batches, reason = %r.status(),
+                "batch of an agent whose birth was refused: not acknowledged, the agent keeps its data until its tags fit max_tags_per_agent");
+        }
+        true
+    }
+}
+
+/// How often the refused batches of one agent are logged.
+const REFUSED_LOG_EVERY_MS: i64 = 60_000;
 
 /// Run an operation until it succeeds, retrying transient failures with backoff (and giving up
 /// on permanent ones, which are returned). Returns `None` if shutdown came first.
@@ -248,7 +336,10 @@ async fn commit_task(
             if let Incoming::Birth(b) = inc {
                 ok &= match retry("birth", &stats, &mut shutdown, || store.birth(b, now)).await {
                     None => false,
-                    Some(Ok(())) => true,
+                    Some(Ok(())) => {
+                        stats.set_refused(&b.site, &b.agent, None);
+                        true
+                    }
                     Some(Err(e)) => refuse_birth(&store, &stats, &mut shutdown, p, e, now).await,
                 };
             }
@@ -420,6 +511,19 @@ async fn refuse_birth(
     };
     tracing::error!(topic = %letter.topic, reason = %letter.reason, "birth refused; kept in the dead-letter table");
     stats.refused_births.fetch_add(1, Relaxed);
+    if let StoreError::TagLimit(r) = &e {
+        stats.set_refused(
+            &r.site,
+            &r.agent,
+            Some(RefusedBirth {
+                config_hash: r.config_hash.clone(),
+                total: r.total,
+                limit: r.limit,
+                batches: 0,
+                logged_ms: None,
+            }),
+        );
+    }
     match retry("dead letter", stats, shutdown, || {
         store.dead_letter(&letter)
     })
@@ -494,6 +598,9 @@ fn count_outcomes(stats: &ConsumerStats, batches: &[wire::Batch], outcomes: &[Co
             }
             CommitOutcome::UnknownCatalog => {
                 stats.unknown_catalog.fetch_add(1, Relaxed);
+                if stats.refused_batch(b, committed_ms) {
+                    continue;
+                }
                 tracing::debug!(site = %b.site, agent = %b.agent, config_hash = %b.config_hash, "batch before its birth: not acknowledged, the agent re-sends");
             }
             // Kept as a dead letter and rejected by `commit_batches`.

@@ -166,16 +166,24 @@ pub fn tag_limit_error(
     registered: usize,
     total: usize,
     limits: &Limits,
-) -> Option<String> {
+) -> Option<super::StoreError> {
     let max = limits.max_tags_per_agent?;
     (total > max).then(|| {
-        format!(
+        let message = format!(
             "tag limit: the birth of {}/{} (config {}) names {} tag(s); with the {registered} already registered the agent would have {total}, above max_tags_per_agent = {max}; birth refused, its batches wait",
             b.site,
             b.agent,
             b.config_hash,
             b.tags.len()
-        )
+        );
+        super::StoreError::TagLimit(Box::new(super::error::TagLimitRefusal {
+            site: b.site.clone(),
+            agent: b.agent.clone(),
+            config_hash: b.config_hash.clone(),
+            total,
+            limit: max,
+            message,
+        }))
     })
 }
 

@@ -18,6 +18,26 @@ pub enum StoreError {
     /// Bad input to a query.
     #[error("{0}")]
     Invalid(String),
+    /// A birth refused by the tag registry limit (`[ingest] max_tags_per_agent`).
+    #[error("{}", .0.message)]
+    TagLimit(Box<TagLimitRefusal>),
+}
+
+/// A birth refused because its agent would have more registered tags than the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagLimitRefusal {
+    /// Site.
+    pub site: String,
+    /// Agent.
+    pub agent: String,
+    /// The refused birth's config hash (its batches wait for it).
+    pub config_hash: String,
+    /// Tags the agent would have registered with it.
+    pub total: usize,
+    /// The limit.
+    pub limit: usize,
+    /// The whole reason, naming the agent and the counts.
+    pub message: String,
 }
 
 impl StoreError {

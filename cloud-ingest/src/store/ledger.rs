@@ -243,6 +243,17 @@ pub struct AuditFilter {
     pub target: Option<String>,
     /// At most this many, newest first.
     pub limit: i64,
+    /// Only entries with a smaller id (the paging keyset: older than the previous page).
+    pub before_id: Option<i64>,
+}
+
+/// Which ePODs a scoped list shows: those of these trucks or at these stations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpodScope {
+    /// Trucks (site-model ids).
+    pub trucks: Vec<String>,
+    /// Stations (site-model ids).
+    pub stations: Vec<String>,
 }
 
 /// A stored variance record.
@@ -344,14 +355,39 @@ pub trait Ledger: Send + Sync {
         closed_ms: i64,
         ship_l: Option<f64>,
     ) -> Result<CloseOutcome, StoreError>;
+    /// One page of the discharges overlapping `[from_ms, to_ms)` (open ones included) of
+    /// `sites` (None: every site), by open time and id, strictly after `after` (opened, id).
+    async fn discharges_page(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        sites: Option<&[String]>,
+        after: Option<(i64, i64)>,
+        limit: i64,
+    ) -> Result<Vec<DischargeRow>, StoreError>;
     /// Discharges overlapping `[from_ms, to_ms)` (open ones included), by open time.
-    async fn discharges(&self, from_ms: i64, to_ms: i64) -> Result<Vec<DischargeRow>, StoreError>;
+    async fn discharges(&self, from_ms: i64, to_ms: i64) -> Result<Vec<DischargeRow>, StoreError> {
+        self.discharges_page(from_ms, to_ms, None, None, i64::MAX)
+            .await
+    }
     /// Store an ePOD (validated by the caller).
     async fn post_epod(&self, e: &Epod, posted_ms: i64) -> Result<EpodOutcome, StoreError>;
     /// The ePODs of these BOLs.
     async fn epods_for(&self, bols: &[String]) -> Result<Vec<Epod>, StoreError>;
+    /// One page of the ePODs delivered in `[from_ms, to_ms)` (of `scope`'s trucks or stations;
+    /// None: all), by delivery time and id, strictly after `after` (delivered, id).
+    async fn epods_page(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        scope: Option<&EpodScope>,
+        after: Option<(i64, i64)>,
+        limit: i64,
+    ) -> Result<Vec<Epod>, StoreError>;
     /// ePODs delivered in `[from_ms, to_ms)`, by delivery time.
-    async fn epods(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Epod>, StoreError>;
+    async fn epods(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Epod>, StoreError> {
+        self.epods_page(from_ms, to_ms, None, None, i64::MAX).await
+    }
     /// Save a run of `date`: it supersedes the date's current run (whose records stay, under
     /// its run id), and the date's reconciliation alerts are synchronised with `alerts`
     /// ([`plan_sync`]) at `now_ms`; one transaction.
@@ -362,8 +398,16 @@ pub trait Ledger: Send + Sync {
         alerts: &[NewAlert],
         now_ms: i64,
     ) -> Result<RunRow, StoreError>;
+    /// One page of runs, newest first, with ids below `before_id`.
+    async fn runs_page(
+        &self,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<RunRow>, StoreError>;
     /// The newest runs first.
-    async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, StoreError>;
+    async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+        self.runs_page(None, limit).await
+    }
     /// One run of a date (None: no such run of the date).
     async fn run_of(&self, date: &str, pick: RunPick) -> Result<Option<RunRow>, StoreError>;
     /// The variance records of one run (optionally of one kind).
@@ -422,13 +466,24 @@ pub trait Ledger: Send + Sync {
         found: &[NewAlert],
         now_ms: i64,
     ) -> Result<(i64, i64), StoreError>;
+    /// One page of alerts (`open`, `closed` or all) of these sites (None: every site), newest
+    /// first, with ids below `before_id`.
+    async fn alerts_page(
+        &self,
+        state: Option<&str>,
+        sites: Option<&[String]>,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AlertRow>, StoreError>;
     /// Alerts (`open`, `closed` or all) of these sites (None: every site), newest first.
     async fn alerts(
         &self,
         state: Option<&str>,
         sites: Option<&[String]>,
         limit: i64,
-    ) -> Result<Vec<AlertRow>, StoreError>;
+    ) -> Result<Vec<AlertRow>, StoreError> {
+        self.alerts_page(state, sites, None, limit).await
+    }
     /// Dead-lettered data batches (topic `…/{site}/{agent}/data`) received in
     /// `[from_ms, to_ms)` (the reconciliation's coverage).
     async fn dead_letter_count(

@@ -107,6 +107,10 @@ pub struct AgentRow {
     /// When a birth last brought a buffer that replaced another, or followed stored data of the
     /// agent (first seen, UTC ms): the moment a `buffer-replaced` gap may have been recorded.
     pub buffer_replaced_ms: Option<i64>,
+    /// Why the agent's latest birth was refused (`birth refused: N tags > limit M`; its batches
+    /// wait unacknowledged), as the consumer knows it; None: not refused. The stores leave it
+    /// None; the API fills it.
+    pub birth_refused: Option<String>,
 }
 
 /// An agent's buffer database as its birth named it.
@@ -184,6 +188,8 @@ pub struct Bucket {
 /// A stored gap record. Serialized with `count: null` when the count is unknown.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GapRow {
+    /// Row id (the paging key's tie-breaker; not shown).
+    pub id: i64,
     /// Site.
     pub site: String,
     /// Agent.
@@ -392,6 +398,41 @@ pub struct DeadLetterRow {
     pub received_ms: i64,
 }
 
+/// The sort key of an agent in its list: (site, agent).
+pub type AgentKey = (String, String);
+/// The sort key of a tag in its list: (site, agent, name), unique in the registry.
+pub type TagKey = (String, String, String);
+/// The sort key of a gap record: (start, id).
+pub type GapKey = (i64, i64);
+/// The sort key of a dead letter (newest first): (received, id).
+pub type DeadLetterKey = (i64, i64);
+
+/// Which tags [`Store::tags_page`] lists (all given conditions hold).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagFilter {
+    /// Of this site.
+    pub site: Option<String>,
+    /// Names starting with this (case-sensitive, no wildcards).
+    pub prefix: Option<String>,
+    /// Of these sites (a token's scope; None: every site).
+    pub sites: Option<Vec<String>>,
+    /// With these ids (None: any).
+    pub ids: Option<Vec<i64>>,
+}
+
+/// Which gap records [`Store::gaps_page`] lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GapFilter {
+    /// Of this site.
+    pub site: Option<String>,
+    /// Of these sites (None: every site).
+    pub sites: Option<Vec<String>>,
+    /// Overlapping `[from_ms, to_ms)`.
+    pub from_ms: i64,
+    /// End of the range (exclusive).
+    pub to_ms: i64,
+}
+
 /// The store interface both backends implement (same semantics, one test suite).
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -421,14 +462,38 @@ pub trait Store: Send + Sync {
         h: &wire::Heartbeat,
         received_ms: i64,
     ) -> Result<(), StoreError>;
-    /// Agents.
-    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError>;
+    /// One page of agents of `sites` (None: every site), by site and agent, strictly after
+    /// `after` (site, agent), at most `limit`.
+    async fn agents_page(
+        &self,
+        sites: Option<&[String]>,
+        after: Option<&AgentKey>,
+        limit: i64,
+    ) -> Result<Vec<AgentRow>, StoreError>;
+    /// Every agent, by site and agent.
+    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        self.agents_page(None, None, i64::MAX).await
+    }
+    /// One page of tags by site, agent and name, strictly after `after`, at most `limit`.
+    async fn tags_page(
+        &self,
+        f: &TagFilter,
+        after: Option<&TagKey>,
+        limit: i64,
+    ) -> Result<Vec<TagRow>, StoreError>;
     /// Tags, optionally of one site and under a name prefix.
     async fn tags(
         &self,
         site: Option<&str>,
         prefix: Option<&str>,
-    ) -> Result<Vec<TagRow>, StoreError>;
+    ) -> Result<Vec<TagRow>, StoreError> {
+        let f = TagFilter {
+            site: site.map(str::to_owned),
+            prefix: prefix.map(str::to_owned),
+            ..TagFilter::default()
+        };
+        self.tags_page(&f, None, i64::MAX).await
+    }
     /// Latest reading of each of these tags.
     async fn latest(&self, tag_ids: &[i64]) -> Result<Vec<LatestRow>, StoreError>;
     /// A tag's readings in `[from_ms, to_ms)` bucketed by `step_ms`.
@@ -446,15 +511,39 @@ pub trait Store: Send + Sync {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<i64, StoreError>;
+    /// One page of the gap records overlapping `[from_ms, to_ms)` of `site` (None: any) and of
+    /// `sites` (None: every site), by start and id, strictly after `after` (start, id).
+    async fn gaps_page(
+        &self,
+        f: &GapFilter,
+        after: Option<GapKey>,
+        limit: i64,
+    ) -> Result<Vec<GapRow>, StoreError>;
     /// Gap records overlapping a range.
     async fn gaps(
         &self,
         site: Option<&str>,
         from_ms: i64,
         to_ms: i64,
-    ) -> Result<Vec<GapRow>, StoreError>;
+    ) -> Result<Vec<GapRow>, StoreError> {
+        let f = GapFilter {
+            site: site.map(str::to_owned),
+            sites: None,
+            from_ms,
+            to_ms,
+        };
+        self.gaps_page(&f, None, i64::MAX).await
+    }
+    /// One page of dead letters, newest first, strictly before `before` (received, id).
+    async fn dead_letters_page(
+        &self,
+        before: Option<DeadLetterKey>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetterRow>, StoreError>;
     /// The newest dead letters.
-    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError>;
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
+        self.dead_letters_page(None, limit).await
+    }
     /// The reconciliation's storage (movements, runs, variance records, alerts).
     fn ledger(&self) -> &dyn Ledger;
     /// Is the database reachable?

@@ -58,15 +58,21 @@ impl<G: Send + Sync> Store for Guarded<G> {
     fn ledger(&self) -> &dyn super::Ledger {
         self.store.ledger()
     }
-    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        self.store.agents().await
-    }
-    async fn tags(
+    async fn agents_page(
         &self,
-        site: Option<&str>,
-        prefix: Option<&str>,
+        sites: Option<&[String]>,
+        after: Option<&crate::store::AgentKey>,
+        limit: i64,
+    ) -> Result<Vec<AgentRow>, StoreError> {
+        self.store.agents_page(sites, after, limit).await
+    }
+    async fn tags_page(
+        &self,
+        f: &crate::store::TagFilter,
+        after: Option<&crate::store::TagKey>,
+        limit: i64,
     ) -> Result<Vec<TagRow>, StoreError> {
-        self.store.tags(site, prefix).await
+        self.store.tags_page(f, after, limit).await
     }
     async fn latest(&self, tag_ids: &[i64]) -> Result<Vec<LatestRow>, StoreError> {
         self.store.latest(tag_ids).await
@@ -88,16 +94,20 @@ impl<G: Send + Sync> Store for Guarded<G> {
     ) -> Result<i64, StoreError> {
         self.store.count_readings(tag_id, from_ms, to_ms).await
     }
-    async fn gaps(
+    async fn gaps_page(
         &self,
-        site: Option<&str>,
-        from_ms: i64,
-        to_ms: i64,
+        f: &crate::store::GapFilter,
+        after: Option<crate::store::GapKey>,
+        limit: i64,
     ) -> Result<Vec<GapRow>, StoreError> {
-        self.store.gaps(site, from_ms, to_ms).await
+        self.store.gaps_page(f, after, limit).await
     }
-    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
-        self.store.dead_letters(limit).await
+    async fn dead_letters_page(
+        &self,
+        before: Option<crate::store::DeadLetterKey>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetterRow>, StoreError> {
+        self.store.dead_letters_page(before, limit).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.store.ping().await
@@ -1208,7 +1218,7 @@ macro_rules! store_suite {
             series_are_bucketed, every_value_kind_is_kept, status_and_heartbeat_update_the_agent, dead_letters_are_kept,
             a_conflicting_batch_is_never_a_duplicate, epochs_keep_batch_ids_apart,
             a_replaced_buffer_is_a_gap_of_unknown_count, nonsense_gaps_are_refused, coverage_inputs_are_read,
-            ledger_history_amendments_and_audit);
+            ledger_history_amendments_and_audit, lists_are_paged_in_the_query);
     };
     (@t $make:expr; $($name:ident),*) => {
         $(
@@ -1424,4 +1434,339 @@ pub async fn dead_letters_are_capped_and_pruned(s: &dyn Store) {
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r.received_ms > now - 1000), "{rows:?}");
     assert_eq!(s.prune_dead_letters(now).await.expect("again"), 0);
+}
+
+/// A tag's key in its list.
+fn tag_key(t: &TagRow) -> (String, String, String) {
+    (t.site.clone(), t.agent.clone(), t.name.clone())
+}
+
+/// Walk a keyset-paged list to its end: `page(after, limit)` with pages of `size` (+1 fetched,
+/// as the API does), the next key from the last row; returns every row and the page count.
+async fn walk<T, K, F, Fut>(size: i64, key: impl Fn(&T) -> K, mut page: F) -> (Vec<T>, usize)
+where
+    K: Clone,
+    F: FnMut(Option<K>, i64) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, StoreError>>,
+{
+    let (mut all, mut pages, mut after) = (Vec::new(), 0, None);
+    loop {
+        let mut rows = page(after.clone(), size + 1).await.expect("page");
+        pages += 1;
+        assert!(pages < 10_000, "the walk does not end");
+        let more = rows.len() as i64 > size;
+        rows.truncate(size as usize);
+        after = rows.last().map(&key);
+        all.extend(rows);
+        if !more {
+            return (all, pages);
+        }
+    }
+}
+
+/// Lists are paged in the query (issue 16): 2,500 tags of two sites walked in pages of 100 come
+/// each exactly once, in the list's order (site, agent, name), the same as unpaged; a site
+/// filter (a token's scope) is applied before the limit, so its pages are full; agents, gaps,
+/// dead letters, discharges, ePODs, runs, alerts and the audit log page the same way.
+pub async fn lists_are_paged_in_the_query(s: &dyn Store) {
+    use super::{GapFilter, TagFilter};
+    let names =
+        |n: usize, p: &str| -> Vec<String> { (0..n).map(|i| format!("{p}/{i:04}")).collect() };
+    for (site, agent, n) in [("pa", "b", 1_000), ("pa", "a", 1_000), ("pb", "a", 500)] {
+        let ns = names(n, "t");
+        let refs: Vec<&str> = ns.iter().map(String::as_str).collect();
+        s.birth(&birth(site, agent, "h1", &refs), T0)
+            .await
+            .expect("birth");
+    }
+    let all = TagFilter::default();
+    let (rows, pages) = walk(100, tag_key, |after, limit| {
+        let f = all.clone();
+        async move { s.tags_page(&f, after.as_ref(), limit).await }
+    })
+    .await;
+    assert_eq!((rows.len(), pages), (2_500, 25));
+    let keys: Vec<(String, String, String)> = rows.iter().map(tag_key).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(keys, sorted, "each tag once, in (site, agent, name) order");
+    let unpaged: Vec<i64> = s
+        .tags(None, None)
+        .await
+        .expect("tags")
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(rows.iter().map(|t| t.id).collect::<Vec<_>>(), unpaged);
+    // The scope in the query: pages of 100 of site pb only, all full but the last.
+    let scoped = TagFilter {
+        sites: Some(vec!["pb".into()]),
+        ..TagFilter::default()
+    };
+    let first = s.tags_page(&scoped, None, 101).await.expect("scoped");
+    assert_eq!(first.len(), 101);
+    assert!(first.iter().all(|t| t.site == "pb"));
+    let (rows, pages) = walk(100, tag_key, |after, limit| {
+        let f = scoped.clone();
+        async move { s.tags_page(&f, after.as_ref(), limit).await }
+    })
+    .await;
+    assert_eq!((rows.len(), pages), (500, 5));
+    // A prefix and a site together, from a key in the middle.
+    let f = TagFilter {
+        site: Some("pa".into()),
+        prefix: Some("t/09".into()),
+        ..TagFilter::default()
+    };
+    let after = ("pa".to_owned(), "a".to_owned(), "t/0950".to_owned());
+    let rows = s.tags_page(&f, Some(&after), 1_000).await.expect("prefix");
+    assert_eq!(rows.len(), 49 + 100);
+    assert_eq!(rows[0].name, "t/0951");
+    // By ids (the API's check that tags exist), within a scope.
+    let ids: Vec<i64> = rows.iter().take(3).map(|t| t.id).collect();
+    let by_id = TagFilter {
+        ids: Some(ids.clone()),
+        sites: Some(vec!["pa".into()]),
+        ..TagFilter::default()
+    };
+    let found: Vec<i64> = s
+        .tags_page(&by_id, None, 10)
+        .await
+        .expect("ids")
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(found, ids);
+    let other = TagFilter {
+        sites: Some(vec!["pb".into()]),
+        ..by_id
+    };
+    assert!(s.tags_page(&other, None, 10).await.expect("ids").is_empty());
+
+    // Agents, scoped.
+    let (agents, _) = walk(
+        1,
+        |a: &AgentRow| (a.site.clone(), a.agent.clone()),
+        |after, limit| async move { s.agents_page(None, after.as_ref(), limit).await },
+    )
+    .await;
+    let ids: Vec<(String, String)> = agents
+        .iter()
+        .map(|a| (a.site.clone(), a.agent.clone()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("pa".into(), "a".into()),
+            ("pa".into(), "b".into()),
+            ("pb".into(), "a".into())
+        ]
+    );
+    let pb = ["pb".to_owned()];
+    assert_eq!(
+        s.agents_page(Some(&pb), None, 10)
+            .await
+            .expect("scoped")
+            .len(),
+        1
+    );
+
+    // Gaps, by start and id, also with equal starts.
+    let mut b = batch("pa", "a", "h1", 1, 1, 1, T0, 0.0);
+    for i in 0..5 {
+        b.gaps.push(wire::Gap::counted(
+            vec![],
+            T0 - 10_000 + (i / 2) * 1000,
+            T0 - 5_000,
+            1,
+            wire::GapReason::BufferFull,
+        ));
+    }
+    s.commit(&[b]).await.expect("commit");
+    let gf = GapFilter {
+        site: None,
+        sites: Some(vec!["pa".into()]),
+        from_ms: 0,
+        to_ms: T0 * 2,
+    };
+    let (gaps, pages) = walk(
+        2,
+        |g: &GapRow| (g.from_ms, g.id),
+        |after, limit| {
+            let f = gf.clone();
+            async move { s.gaps_page(&f, after, limit).await }
+        },
+    )
+    .await;
+    assert_eq!((gaps.len(), pages), (5, 3));
+    assert!(gaps
+        .windows(2)
+        .all(|w| (w[0].from_ms, w[0].id) < (w[1].from_ms, w[1].id)));
+    let none = GapFilter {
+        sites: Some(vec!["pb".into()]),
+        ..gf.clone()
+    };
+    assert!(s
+        .gaps_page(&none, None, 10)
+        .await
+        .expect("pb gaps")
+        .is_empty());
+
+    // Dead letters, newest first, equal receive times told apart by id.
+    for i in 0..5 {
+        let dl = DeadLetter {
+            topic: format!("x/{i}"),
+            payload: vec![1],
+            reason: "r".into(),
+            received_ms: T0 + i / 2,
+        };
+        s.dead_letter(&dl).await.expect("dead letter");
+    }
+    let (dls, _) = walk(
+        2,
+        |d: &DeadLetterRow| (d.received_ms, d.id),
+        |after, limit| async move { s.dead_letters_page(after, limit).await },
+    )
+    .await;
+    let topics: Vec<&str> = dls.iter().map(|d| d.topic.as_str()).collect();
+    assert_eq!(topics, ["x/4", "x/3", "x/2", "x/1", "x/0"]);
+
+    ledger_lists_are_paged(s.ledger()).await;
+}
+
+/// The ledger's lists, paged: discharges (by open time, scoped), ePODs (by delivery, scoped by
+/// truck or station), runs, alerts and audit entries (newest first).
+async fn ledger_lists_are_paged(l: &dyn super::Ledger) {
+    use crate::reconcile::model::{Epod, EpodCompartment, NewAlert};
+    use crate::store::ledger::{AuditFilter, EpodScope, NewAudit, NewDischarge, NewRun};
+    for (i, site) in ["pa", "pb", "pa", "pa"].iter().enumerate() {
+        let d = NewDischarge {
+            site: (*site).into(),
+            vessel: "MT".into(),
+            parcel: format!("P{i}"),
+            product: "PMS".into(),
+            bl_l: 1.0,
+            tanks: vec!["T1".into()],
+            meters: vec![],
+            opened_ms: T0 + (i as i64 / 2) * 1000,
+        };
+        l.open_discharge(&d).await.expect("discharge");
+    }
+    let pa_sites = ["pa".to_owned()];
+    let pa: &[String] = &pa_sites;
+    let (ds, pages) = walk(
+        1,
+        |d: &crate::store::ledger::DischargeRow| (d.d.opened_ms, d.id),
+        |after, limit| async move { l.discharges_page(0, T0 * 2, Some(pa), after, limit).await },
+    )
+    .await;
+    assert_eq!((ds.len(), pages), (3, 3));
+    assert!(ds.iter().all(|d| d.d.site == "pa"));
+    for (i, (truck, station)) in [("K1", "S1"), ("K2", "S2"), ("K2", "S1"), ("K3", "S3")]
+        .iter()
+        .enumerate()
+    {
+        let e = Epod {
+            id: 0,
+            trip: format!("TR{i}"),
+            bol: format!("B{i}"),
+            truck: (*truck).into(),
+            station: (*station).into(),
+            delivered_ms: T0 + (i as i64 / 2) * 1000,
+            receiver: "r".into(),
+            lat: None,
+            lon: None,
+            compartments: vec![EpodCompartment {
+                compartment: 1,
+                product: "PMS".into(),
+                gross_l: 1.0,
+                net_l: None,
+            }],
+        };
+        l.post_epod(&e, T0).await.expect("epod");
+    }
+    let scope = EpodScope {
+        trucks: vec!["K1".into()],
+        stations: vec!["S1".into(), "S3".into()],
+    };
+    let (es, _) = walk(
+        1,
+        |e: &Epod| (e.delivered_ms, e.id),
+        |after, limit| {
+            let sc = scope.clone();
+            async move { l.epods_page(0, T0 * 2, Some(&sc), after, limit).await }
+        },
+    )
+    .await;
+    let bols: Vec<&str> = es.iter().map(|e| e.bol.as_str()).collect();
+    assert_eq!(bols, ["B0", "B2", "B3"]);
+    assert_eq!(es[0].compartments.len(), 1, "compartments come with a page");
+    for day in ["2026-01-01", "2026-01-02", "2026-01-03"] {
+        let run = NewRun {
+            date: day.into(),
+            trigger: "cli".into(),
+            started_ms: T0,
+            finished_ms: T0,
+            as_of_ms: T0,
+        };
+        let alert = NewAlert {
+            kind: "tank-balance".into(),
+            site: "pa".into(),
+            place: "T1".into(),
+            date: day.into(),
+            message: "m".into(),
+            detail: serde_json::Value::Null,
+        };
+        l.save_run(&run, &[], &[alert], T0).await.expect("run");
+    }
+    let (runs, pages) = walk(
+        2,
+        |r: &crate::store::ledger::RunRow| r.id,
+        |after, limit| async move { l.runs_page(after, limit).await },
+    )
+    .await;
+    assert_eq!((runs.len(), pages), (3, 2));
+    assert!(runs.windows(2).all(|w| w[0].id > w[1].id));
+    let (alerts, _) = walk(
+        1,
+        |a: &crate::store::ledger::AlertRow| a.id,
+        |after, limit| async move { l.alerts_page(None, Some(pa), after, limit).await },
+    )
+    .await;
+    assert_eq!(alerts.len(), 3);
+    let pb = ["pb".to_owned()];
+    assert!(l
+        .alerts_page(None, Some(&pb), None, 10)
+        .await
+        .expect("pb")
+        .is_empty());
+    for i in 0..3 {
+        let e = NewAudit {
+            actor: "t".into(),
+            role: "admin".into(),
+            at_ms: T0 + i,
+            action: "x.y".into(),
+            target: format!("x/{i}"),
+            before: serde_json::Value::Null,
+            after: serde_json::Value::Null,
+        };
+        l.audit(&e).await.expect("audit");
+    }
+    let (entries, _) = walk(
+        1,
+        |a: &crate::store::ledger::AuditRow| a.id,
+        |after, limit| async move {
+            l.audit_log(&AuditFilter {
+                action: Some("x.y".into()),
+                limit,
+                before_id: after,
+                ..Default::default()
+            })
+            .await
+        },
+    )
+    .await;
+    let targets: Vec<&str> = entries.iter().map(|e| e.e.target.as_str()).collect();
+    assert_eq!(targets, ["x/2", "x/1", "x/0"]);
 }

@@ -822,6 +822,22 @@ endpoint = "opc.tcp://127.0.0.1:4840/"
         }
     }
 
+    /// A secret given with the wrong type (`security_code = 123456`, an integer): the error
+    /// names the file, line and column and the key, never the value.
+    #[test]
+    fn a_mistyped_secret_is_not_echoed() {
+        let text = "[agent]\nsite = \"s\"\nid = \"gw\"\n\n[[device]]\nname = \"atg\"\nprotocol = \"tls-350\"\npoll_interval = \"5s\"\nhost = \"127.0.0.1\"\nsecurity_code = 987654\n  [[device.tag]]\n  name = \"t1/volume\"\n  tank = 1\n  field = \"volume\"\n";
+        let Err(ConfigError::Invalid(d)) = parse_str("a.toml", text) else {
+            panic!("a mistyped security code must not load");
+        };
+        let shown: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        assert!(
+            shown.iter().any(|s| s.starts_with("a.toml:10:")),
+            "{shown:?}"
+        );
+        assert!(shown.iter().all(|s| !s.contains("987654")), "{shown:?}");
+    }
+
     /// The security code: inline (works, warned, checked at load), from a file (read and
     /// checked when the runtime starts), never from two places at once.
     #[test]

@@ -139,8 +139,14 @@ impl<'t> Diagnostics<'t> {
     /// Record a TOML deserialization error; `fallback` locates it when the error has no span.
     pub fn toml_error(&mut self, err: &toml::de::Error, fallback: Range<usize>, subject: &str) {
         let span = err.span().unwrap_or(fallback);
-        // The message of a toml error is one line; strip a trailing newline if any.
-        let msg = err.message().trim_end().to_owned();
+        // The message of a toml error is one line; strip a trailing newline if any. A secret
+        // key's value (`password = 12345`: the type error quotes it) is never shown.
+        let abs = span.start + self.base..span.end + self.base;
+        let msg = flowsquare_service::secret::redact_value_error(
+            self.text,
+            Some(abs),
+            err.message().trim_end(),
+        );
         self.error(span, subject, msg);
     }
 

@@ -229,10 +229,17 @@ pub fn part<T: DeserializeOwned>(
         });
         match key {
             Some(k) => {
+                // A secret's value (`security_code = 123456`) is never quoted back.
+                let msg = e.message().trim_end();
+                let msg = if flowsquare_service::secret::is_secret_key(&k) {
+                    flowsquare_service::secret::redact_quoted(msg)
+                } else {
+                    msg.to_owned()
+                };
                 diags.error(
                     e.span().unwrap_or(table.span()),
                     subject,
-                    format!("`{k}`: {}", e.message().trim_end()),
+                    format!("`{k}`: {msg}"),
                 );
                 sub.remove(k.as_str());
                 bad_keys += 1;

@@ -149,7 +149,8 @@ pub struct SiteModel {
 
 /// `GET /api/v1/site-model`: `{"data": [model]}`, or `{"data": []}` without `[reconcile]`; the
 /// tanks, meters, trucks and stations of the token's sites (a station by its gauge's site; the
-/// other known places, which belong to no site, are all shown).
+/// other known places, which belong to no site, only to tokens of every site or of a terminal or
+/// fleet site: `SiteScope::sees_places` in `scope.rs`).
 pub(crate) async fn site_model(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
@@ -201,7 +202,12 @@ pub(crate) async fn site_model(
                 who.scope.is_all() || p.gauge_site.as_deref().is_some_and(|g| who.scope.allows(g))
             })
             .map(|p| place(p, "station"))
-            .chain(c.places.iter().map(|p| place(p, "place")))
+            .chain(
+                c.places
+                    .iter()
+                    .filter(|_| who.scope.sees_places(c))
+                    .map(|p| place(p, "place")),
+            )
             .collect(),
         trucks: c
             .trucks

@@ -297,7 +297,7 @@ async fn epods_where<C: GenericClient + Sync>(
         .query(
             &format!(
                 "SELECT e.id, e.trip, e.bol, e.truck, e.station, e.delivered, e.receiver, e.lat, e.lon
-                 FROM flowsquare.epods e WHERE {sql_where} ORDER BY e.delivered, e.id"
+                 FROM flowsquare.epods e WHERE {sql_where}"
             ),
             args,
         )
@@ -553,14 +553,26 @@ impl Ledger for PgStore {
         Ok(out)
     }
 
-    async fn discharges(&self, from_ms: i64, to_ms: i64) -> Result<Vec<DischargeRow>, StoreError> {
+    async fn discharges_page(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        sites: Option<&[String]>,
+        after: Option<(i64, i64)>,
+        limit: i64,
+    ) -> Result<Vec<DischargeRow>, StoreError> {
         let c = self.client().await?;
+        let (opened, id) = after.map_or((None, None), |(t, id)| (Some(ts(t)), Some(id)));
         let rows = c
             .query(
                 &format!(
-                    "SELECT {DISCHARGE_COLS} FROM flowsquare.discharges WHERE opened < $2 AND (closed IS NULL OR closed >= $1) ORDER BY opened, id"
+                    "SELECT {DISCHARGE_COLS} FROM flowsquare.discharges
+                     WHERE opened < $2 AND (closed IS NULL OR closed >= $1)
+                       AND ($3::text[] IS NULL OR site = ANY($3))
+                       AND ($4::timestamptz IS NULL OR (opened, id) > ($4, $5::int8))
+                     ORDER BY opened, id LIMIT $6"
                 ),
-                &[&ts(from_ms), &ts(to_ms)],
+                &[&ts(from_ms), &ts(to_ms), &sites, &opened, &id, &limit],
             )
             .await
             .map_err(pg)?;
@@ -574,7 +586,7 @@ impl Ledger for PgStore {
         tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&e.bol])
             .await
             .map_err(pg)?;
-        if let Some(old) = epods_where(&tx, "e.bol = $1", &[&e.bol])
+        if let Some(old) = epods_where(&tx, "e.bol = $1 ORDER BY e.delivered, e.id", &[&e.bol])
             .await?
             .into_iter()
             .next()
@@ -613,15 +625,37 @@ impl Ledger for PgStore {
     async fn epods_for(&self, bols: &[String]) -> Result<Vec<Epod>, StoreError> {
         let c = self.client().await?;
         let bols = bols.to_vec();
-        epods_where(&c, "e.bol = ANY($1)", &[&bols]).await
+        epods_where(&c, "e.bol = ANY($1) ORDER BY e.delivered, e.id", &[&bols]).await
     }
 
-    async fn epods(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Epod>, StoreError> {
+    async fn epods_page(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        scope: Option<&EpodScope>,
+        after: Option<(i64, i64)>,
+        limit: i64,
+    ) -> Result<Vec<Epod>, StoreError> {
         let c = self.client().await?;
+        let (trucks, stations) = scope.map_or((None, None), |s| {
+            (Some(s.trucks.clone()), Some(s.stations.clone()))
+        });
+        let (delivered, id) = after.map_or((None, None), |(t, id)| (Some(ts(t)), Some(id)));
         epods_where(
             &c,
-            "e.delivered >= $1 AND e.delivered < $2",
-            &[&ts(from_ms), &ts(to_ms)],
+            "e.delivered >= $1 AND e.delivered < $2
+             AND ($3::text[] IS NULL OR e.truck = ANY($3) OR e.station = ANY($4::text[]))
+             AND ($5::timestamptz IS NULL OR (e.delivered, e.id) > ($5, $6::int8))
+             ORDER BY e.delivered, e.id LIMIT $7",
+            &[
+                &ts(from_ms),
+                &ts(to_ms),
+                &trucks,
+                &stations,
+                &delivered,
+                &id,
+                &limit,
+            ],
         )
         .await
     }
@@ -719,12 +753,16 @@ impl Ledger for PgStore {
         Ok(run_row(&row))
     }
 
-    async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+    async fn runs_page(
+        &self,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<RunRow>, StoreError> {
         let c = self.client().await?;
         let rows = c
             .query(
-                &format!("SELECT {RUN_COLS} FROM flowsquare.recon_runs ORDER BY id DESC LIMIT $1"),
-                &[&limit],
+                &format!("SELECT {RUN_COLS} FROM flowsquare.recon_runs WHERE ($2::int8 IS NULL OR id < $2) ORDER BY id DESC LIMIT $1"),
+                &[&limit, &before_id],
             )
             .await
             .map_err(pg)?;
@@ -929,8 +967,9 @@ impl Ledger for PgStore {
                 "SELECT id, actor, role, at, action, target, before, after FROM flowsquare.audit_log
                  WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at < $2)
                    AND ($3::text IS NULL OR actor = $3) AND ($4::text IS NULL OR action = $4) AND ($5::text IS NULL OR target = $5)
+                   AND ($7::int8 IS NULL OR id < $7)
                  ORDER BY id DESC LIMIT $6",
-                &[&f.from_ms.map(ts), &f.to_ms.map(ts), &f.actor, &f.action, &f.target, &f.limit],
+                &[&f.from_ms.map(ts), &f.to_ms.map(ts), &f.actor, &f.action, &f.target, &f.limit, &f.before_id],
             )
             .await
             .map_err(pg)?;
@@ -1062,17 +1101,18 @@ impl Ledger for PgStore {
         Ok(r)
     }
 
-    async fn alerts(
+    async fn alerts_page(
         &self,
         state: Option<&str>,
         sites: Option<&[String]>,
+        before_id: Option<i64>,
         limit: i64,
     ) -> Result<Vec<AlertRow>, StoreError> {
         let c = self.client().await?;
         let rows = c
             .query(
-                &format!("SELECT {ALERT_COLS} FROM flowsquare.alerts WHERE ($1::text IS NULL OR state = $1) AND ($3::text[] IS NULL OR site = ANY($3)) ORDER BY id DESC LIMIT $2"),
-                &[&state, &limit, &sites],
+                &format!("SELECT {ALERT_COLS} FROM flowsquare.alerts WHERE ($1::text IS NULL OR state = $1) AND ($3::text[] IS NULL OR site = ANY($3)) AND ($4::int8 IS NULL OR id < $4) ORDER BY id DESC LIMIT $2"),
+                &[&state, &limit, &sites, &before_id],
             )
             .await
             .map_err(pg)?;

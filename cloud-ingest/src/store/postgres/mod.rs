@@ -445,16 +445,22 @@ impl Store for PgStore {
         write::heartbeat(self, site, agent, h, received_ms).await
     }
 
-    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        read::agents(self).await
+    async fn agents_page(
+        &self,
+        sites: Option<&[String]>,
+        after: Option<&crate::store::AgentKey>,
+        limit: i64,
+    ) -> Result<Vec<AgentRow>, StoreError> {
+        read::agents(self, sites, after, limit).await
     }
 
-    async fn tags(
+    async fn tags_page(
         &self,
-        site: Option<&str>,
-        prefix: Option<&str>,
+        f: &crate::store::TagFilter,
+        after: Option<&crate::store::TagKey>,
+        limit: i64,
     ) -> Result<Vec<TagRow>, StoreError> {
-        read::tags(self, site, prefix).await
+        read::tags(self, f, after, limit).await
     }
 
     async fn latest(&self, tag_ids: &[i64]) -> Result<Vec<LatestRow>, StoreError> {
@@ -480,17 +486,21 @@ impl Store for PgStore {
         read::count_readings(self, tag_id, from_ms, to_ms).await
     }
 
-    async fn gaps(
+    async fn gaps_page(
         &self,
-        site: Option<&str>,
-        from_ms: i64,
-        to_ms: i64,
+        f: &crate::store::GapFilter,
+        after: Option<crate::store::GapKey>,
+        limit: i64,
     ) -> Result<Vec<GapRow>, StoreError> {
-        read::gaps(self, site, from_ms, to_ms).await
+        read::gaps(self, f, after, limit).await
     }
 
-    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
-        read::dead_letters(self, limit).await
+    async fn dead_letters_page(
+        &self,
+        before: Option<crate::store::DeadLetterKey>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetterRow>, StoreError> {
+        read::dead_letters(self, before, limit).await
     }
 
     fn ledger(&self) -> &dyn crate::store::Ledger {

@@ -6,8 +6,18 @@ use super::rollup::{HOUR_MS, MINUTE_MS};
 use super::types::{quality_name, Ts, MAX_TS_MS, MIN_TS_MS};
 use super::{pg, PgStore};
 use crate::store::{
-    AgentRow, Bucket, BufferRow, DeadLetterRow, GapRow, LatestRow, StoreError, TagRow,
+    AgentKey, AgentRow, Bucket, BufferRow, DeadLetterKey, DeadLetterRow, GapFilter, GapKey, GapRow,
+    LatestRow, StoreError, TagFilter, TagKey, TagRow,
 };
+
+/// SQL parameters built with the query.
+type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
+
+/// `$n` of the parameter just pushed.
+fn push<'a>(p: &mut Params<'a>, v: &'a (dyn ToSql + Sync)) -> String {
+    p.push(v);
+    format!("${}", p.len())
+}
 
 /// Most buckets one `series` call may ask for.
 pub const MAX_BUCKETS: i64 = 1_000_000;
@@ -17,10 +27,25 @@ fn bound(ms: i64) -> Ts {
     Ts(ms.clamp(MIN_TS_MS, MAX_TS_MS))
 }
 
-pub(super) async fn agents(store: &PgStore) -> Result<Vec<AgentRow>, StoreError> {
+/// One page of agents (see [`crate::store::Store::agents_page`]).
+pub(super) async fn agents(
+    store: &PgStore,
+    sites: Option<&[String]>,
+    after: Option<&AgentKey>,
+    limit: i64,
+) -> Result<Vec<AgentRow>, StoreError> {
     let client = store.client().await?;
-    let rows = client
-        .query(
+    let mut p: Params = Vec::new();
+    let mut cond = vec!["true".to_owned()];
+    if let Some(s) = &sites {
+        cond.push(format!("a.site = ANY({}::text[])", push(&mut p, s)));
+    }
+    if let Some((site, agent)) = after {
+        let (a, b) = (push(&mut p, site), push(&mut p, agent));
+        cond.push(format!("(a.site, a.agent) > ({a}::text, {b}::text)"));
+    }
+    let lim = push(&mut p, &limit);
+    let sql = format!(
             "SELECT a.site, a.agent, a.online, a.last_seen, a.version, a.config_hash, a.backlog_readings,
                     a.oldest_unsent, b.epoch, b.created, b.origin, b.note, b.first_seen,
                     (SELECT max(r.first_seen) FROM flowsquare.agent_buffers r
@@ -29,11 +54,11 @@ pub(super) async fn agents(store: &PgStore) -> Result<Vec<AgentRow>, StoreError>
              LEFT JOIN LATERAL (SELECT * FROM flowsquare.agent_buffers c
                                 WHERE c.site = a.site AND c.agent = a.agent
                                 ORDER BY c.last_seen DESC, c.first_seen DESC LIMIT 1) b ON true
-             ORDER BY a.site, a.agent",
-            &[],
-        )
-        .await
-        .map_err(pg)?;
+             WHERE {}
+             ORDER BY a.site, a.agent LIMIT {lim}",
+        cond.join(" AND ")
+    );
+    let rows = client.query(&sql, &p).await.map_err(pg)?;
     Ok(rows
         .iter()
         .map(|r| AgentRow {
@@ -55,26 +80,47 @@ pub(super) async fn agents(store: &PgStore) -> Result<Vec<AgentRow>, StoreError>
                 first_seen_ms: r.get::<_, Ts>(12).0,
             }),
             buffer_replaced_ms: r.get::<_, Option<Ts>>(13).map(|t| t.0),
+            birth_refused: None,
         })
         .collect())
 }
 
+/// One page of tags (see [`crate::store::Store::tags_page`]): the filter and the keyset are
+/// in the SQL, so a page reads only its rows (the `(site, agent, name)` unique index).
 pub(super) async fn tags(
     store: &PgStore,
-    site: Option<&str>,
-    prefix: Option<&str>,
+    f: &TagFilter,
+    after: Option<&TagKey>,
+    limit: i64,
 ) -> Result<Vec<TagRow>, StoreError> {
     let client = store.client().await?;
-    let rows = client
-        .query(
-            "SELECT id, site, agent, name, unit, kind, device, description, interval_ms
-             FROM flowsquare.tags
-             WHERE ($1::text IS NULL OR site = $1) AND ($2::text IS NULL OR starts_with(name, $2))
-             ORDER BY site, agent, name",
-            &[&site, &prefix],
-        )
-        .await
-        .map_err(pg)?;
+    let mut p: Params = Vec::new();
+    let mut cond = vec!["true".to_owned()];
+    if let Some(s) = &f.site {
+        cond.push(format!("site = {}::text", push(&mut p, s)));
+    }
+    if let Some(x) = &f.prefix {
+        cond.push(format!("starts_with(name, {}::text)", push(&mut p, x)));
+    }
+    if let Some(s) = &f.sites {
+        cond.push(format!("site = ANY({}::text[])", push(&mut p, s)));
+    }
+    if let Some(ids) = &f.ids {
+        cond.push(format!("id = ANY({}::int8[])", push(&mut p, ids)));
+    }
+    if let Some((site, agent, name)) = after {
+        let (a, b, c) = (push(&mut p, site), push(&mut p, agent), push(&mut p, name));
+        cond.push(format!(
+            "(site, agent, name) > ({a}::text, {b}::text, {c}::text)"
+        ));
+    }
+    let lim = push(&mut p, &limit);
+    let sql = format!(
+        "SELECT id, site, agent, name, unit, kind, device, description, interval_ms
+         FROM flowsquare.tags WHERE {} ORDER BY site, agent, name LIMIT {lim}",
+        cond.join(" AND ")
+    );
+    let rows = client.query(&sql, &p).await.map_err(pg)?;
     Ok(rows
         .iter()
         .map(|r| TagRow {
@@ -270,25 +316,43 @@ pub(super) async fn count_readings(
 }
 
 /// Gap records overlapping `[from_ms, to_ms)` (a gap covers `[from_ms, to_ms]`), by start.
+/// One page, by start and id, strictly after `after`.
 pub(super) async fn gaps(
     store: &PgStore,
-    site: Option<&str>,
-    from_ms: i64,
-    to_ms: i64,
+    f: &GapFilter,
+    after: Option<GapKey>,
+    limit: i64,
 ) -> Result<Vec<GapRow>, StoreError> {
     let client = store.client().await?;
-    let rows = client
-        .query(
-            "SELECT site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason, count_known, detail FROM flowsquare.gaps
-             WHERE ($1::text IS NULL OR site = $1) AND from_ts < $3 AND to_ts >= $2
-             ORDER BY from_ts, id",
-            &[&site, &bound(from_ms), &bound(to_ms)],
-        )
-        .await
-        .map_err(pg)?;
+    let (from, to) = (bound(f.from_ms), bound(f.to_ms));
+    let after = after.map(|(t, id)| (bound(t), id));
+    let mut p: Params = Vec::new();
+    let mut cond = vec![format!(
+        "from_ts < {} AND to_ts >= {}",
+        push(&mut p, &to),
+        push(&mut p, &from)
+    )];
+    if let Some(s) = &f.site {
+        cond.push(format!("site = {}::text", push(&mut p, s)));
+    }
+    if let Some(s) = &f.sites {
+        cond.push(format!("site = ANY({}::text[])", push(&mut p, s)));
+    }
+    if let Some((t, id)) = &after {
+        let (a, b) = (push(&mut p, t), push(&mut p, id));
+        cond.push(format!("(from_ts, id) > ({a}, {b})"));
+    }
+    let lim = push(&mut p, &limit);
+    let sql = format!(
+        "SELECT site, agent, batch_id, tag_ids, from_ts, to_ts, count, reason, count_known, detail, id
+         FROM flowsquare.gaps WHERE {} ORDER BY from_ts, id LIMIT {lim}",
+        cond.join(" AND ")
+    );
+    let rows = client.query(&sql, &p).await.map_err(pg)?;
     Ok(rows
         .iter()
         .map(|r| GapRow {
+            id: r.get(10),
             site: r.get(0),
             agent: r.get(1),
             batch_id: r.get(2),
@@ -303,20 +367,32 @@ pub(super) async fn gaps(
         .collect())
 }
 
-/// The newest dead letters first.
+/// The newest dead letters first, strictly before `before` (received, id).
 pub(super) async fn dead_letters(
     store: &PgStore,
+    before: Option<DeadLetterKey>,
     limit: i64,
 ) -> Result<Vec<DeadLetterRow>, StoreError> {
     let client = store.client().await?;
-    let rows = client
-        .query(
-            "SELECT id, topic, reason, octet_length(payload)::int8, received FROM flowsquare.dead_letters
-             ORDER BY received DESC, id DESC LIMIT $1",
-            &[&limit.max(0)],
-        )
-        .await
-        .map_err(pg)?;
+    let limit = limit.max(0);
+    let rows = match before {
+        None => client
+            .query(
+                "SELECT id, topic, reason, octet_length(payload)::int8, received FROM flowsquare.dead_letters
+                 ORDER BY received DESC, id DESC LIMIT $1",
+                &[&limit],
+            )
+            .await,
+        Some((t, id)) => client
+            .query(
+                "SELECT id, topic, reason, octet_length(payload)::int8, received FROM flowsquare.dead_letters
+                 WHERE (received, id) < ($2, $3)
+                 ORDER BY received DESC, id DESC LIMIT $1",
+                &[&limit, &bound(t), &id],
+            )
+            .await,
+    }
+    .map_err(pg)?;
     Ok(rows
         .iter()
         .map(|r| DeadLetterRow {

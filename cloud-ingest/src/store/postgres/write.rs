@@ -714,7 +714,7 @@ pub(super) async fn birth(
         let registered = usize::try_from(registered).unwrap_or(usize::MAX);
         let total = registered.saturating_add(n) - usize::try_from(known).unwrap_or(0).min(n);
         if let Some(e) = bounds::tag_limit_error(b, registered, total, &store.inner.opts.limits) {
-            return Err(StoreError::Invalid(e));
+            return Err(e);
         }
     }
     tx.execute(

@@ -200,7 +200,7 @@ fn epods_where(
     args: &[&dyn rusqlite::ToSql],
 ) -> Result<Vec<Epod>, StoreError> {
     let mut st = c.prepare_cached(&format!(
-        "SELECT id, trip, bol, truck, station, delivered_ms, receiver, lat, lon FROM epods WHERE {sql_where} ORDER BY delivered_ms, id"
+        "SELECT id, trip, bol, truck, station, delivered_ms, receiver, lat, lon FROM epods WHERE {sql_where}"
     ))?;
     let mut out: Vec<Epod> = st
         .query_map(args, |r| {
@@ -539,12 +539,26 @@ impl Ledger for SqliteStore {
         .await
     }
 
-    async fn discharges(&self, from_ms: i64, to_ms: i64) -> Result<Vec<DischargeRow>, StoreError> {
+    async fn discharges_page(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        sites: Option<&[String]>,
+        after: Option<(i64, i64)>,
+        limit: i64,
+    ) -> Result<Vec<DischargeRow>, StoreError> {
+        let sites = sites.map(|s| serde_json::Value::from(s.to_vec()).to_string());
+        let (opened, id) = after.map_or((None, None), |(t, id)| (Some(t), Some(id)));
         self.run(move |c| {
             let mut st = c.prepare_cached(&format!(
-                "SELECT {DISCHARGE_COLS} FROM discharges WHERE opened_ms < ?2 AND (closed_ms IS NULL OR closed_ms >= ?1) ORDER BY opened_ms, id"
+                "SELECT {DISCHARGE_COLS} FROM discharges WHERE opened_ms < ?2 AND (closed_ms IS NULL OR closed_ms >= ?1)
+                 AND (?3 IS NULL OR site IN (SELECT value FROM json_each(?3)))
+                 AND (?4 IS NULL OR (opened_ms, id) > (?4, ?5))
+                 ORDER BY opened_ms, id LIMIT ?6"
             ))?;
-            let rows = st.query_map(params![from_ms, to_ms], discharge_row)?.collect::<Result<_, _>>()?;
+            let rows = st
+                .query_map(params![from_ms, to_ms, sites, opened, id, limit], discharge_row)?
+                .collect::<Result<_, _>>()?;
             Ok(rows)
         })
         .await
@@ -590,12 +604,30 @@ impl Ledger for SqliteStore {
         .await
     }
 
-    async fn epods(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Epod>, StoreError> {
+    async fn epods_page(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        scope: Option<&EpodScope>,
+        after: Option<(i64, i64)>,
+        limit: i64,
+    ) -> Result<Vec<Epod>, StoreError> {
+        let list = |v: &[String]| serde_json::Value::from(v.to_vec()).to_string();
+        let (trucks, stations) = scope.map_or((None, None), |s| {
+            (Some(list(&s.trucks)), Some(list(&s.stations)))
+        });
+        let (delivered, id) = after.map_or((None, None), |(t, id)| (Some(t), Some(id)));
         self.run(move |c| {
             epods_where(
                 c,
-                "delivered_ms >= ?1 AND delivered_ms < ?2",
-                &[&from_ms, &to_ms],
+                "delivered_ms >= ?1 AND delivered_ms < ?2
+                 AND (?3 IS NULL OR truck IN (SELECT value FROM json_each(?3))
+                      OR station IN (SELECT value FROM json_each(?4)))
+                 AND (?5 IS NULL OR (delivered_ms, id) > (?5, ?6))
+                 ORDER BY delivered_ms, id LIMIT ?7",
+                &[
+                    &from_ms, &to_ms, &trucks, &stations, &delivered, &id, &limit,
+                ],
             )
         })
         .await
@@ -648,12 +680,18 @@ impl Ledger for SqliteStore {
         .await
     }
 
-    async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+    async fn runs_page(
+        &self,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<RunRow>, StoreError> {
         self.run(move |c| {
             let mut st = c.prepare_cached(&format!(
-                "SELECT {RUN_COLS} FROM recon_runs ORDER BY id DESC LIMIT ?1"
+                "SELECT {RUN_COLS} FROM recon_runs WHERE (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?1"
             ))?;
-            let rows = st.query_map([limit], run_row)?.collect::<Result<_, _>>()?;
+            let rows = st
+                .query_map(params![limit, before_id], run_row)?
+                .collect::<Result<_, _>>()?;
             Ok(rows)
         })
         .await
@@ -805,10 +843,11 @@ impl Ledger for SqliteStore {
                 "SELECT id, actor, role, at_ms, action, target, before, after FROM audit_log
                  WHERE (?1 IS NULL OR at_ms >= ?1) AND (?2 IS NULL OR at_ms < ?2) AND (?3 IS NULL OR actor = ?3)
                    AND (?4 IS NULL OR action = ?4) AND (?5 IS NULL OR target = ?5)
+                   AND (?7 IS NULL OR id < ?7)
                  ORDER BY id DESC LIMIT ?6",
             )?;
             let rows = st
-                .query_map(params![f.from_ms, f.to_ms, f.actor, f.action, f.target, f.limit], audit_row)?
+                .query_map(params![f.from_ms, f.to_ms, f.actor, f.action, f.target, f.limit, f.before_id], audit_row)?
                 .collect::<Result<_, _>>()?;
             Ok(rows)
         })
@@ -917,10 +956,11 @@ impl Ledger for SqliteStore {
         .await
     }
 
-    async fn alerts(
+    async fn alerts_page(
         &self,
         state: Option<&str>,
         sites: Option<&[String]>,
+        before_id: Option<i64>,
         limit: i64,
     ) -> Result<Vec<AlertRow>, StoreError> {
         let state = state.map(str::to_owned);
@@ -930,10 +970,11 @@ impl Ledger for SqliteStore {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {ALERT_COLS} FROM alerts WHERE (?1 IS NULL OR state = ?1)
                  AND (?3 IS NULL OR site IN (SELECT value FROM json_each(?3)))
+                 AND (?4 IS NULL OR id < ?4)
                  ORDER BY id DESC LIMIT ?2"
             ))?;
             let rows = st
-                .query_map(params![state, limit, sites], alert_row)?
+                .query_map(params![state, limit, sites, before_id], alert_row)?
                 .collect::<Result<_, _>>()?;
             Ok(rows)
         })

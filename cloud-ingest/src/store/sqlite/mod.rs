@@ -306,17 +306,25 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        self.run(read::agents).await
+    async fn agents_page(
+        &self,
+        sites: Option<&[String]>,
+        after: Option<&crate::store::AgentKey>,
+        limit: i64,
+    ) -> Result<Vec<AgentRow>, StoreError> {
+        let (sites, after) = (sites.map(<[String]>::to_vec), after.cloned());
+        self.run(move |c| read::agents(c, sites.as_deref(), after.as_ref(), limit))
+            .await
     }
 
-    async fn tags(
+    async fn tags_page(
         &self,
-        site: Option<&str>,
-        prefix: Option<&str>,
+        f: &crate::store::TagFilter,
+        after: Option<&crate::store::TagKey>,
+        limit: i64,
     ) -> Result<Vec<TagRow>, StoreError> {
-        let (site, prefix) = (site.map(str::to_owned), prefix.map(str::to_owned));
-        self.run(move |c| read::tags(c, site.as_deref(), prefix.as_deref()))
+        let (f, after) = (f.clone(), after.cloned());
+        self.run(move |c| read::tags(c, &f, after.as_ref(), limit))
             .await
     }
 
@@ -351,19 +359,23 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn gaps(
+    async fn gaps_page(
         &self,
-        site: Option<&str>,
-        from_ms: i64,
-        to_ms: i64,
+        f: &crate::store::GapFilter,
+        after: Option<crate::store::GapKey>,
+        limit: i64,
     ) -> Result<Vec<GapRow>, StoreError> {
-        let site = site.map(str::to_owned);
-        self.run(move |c| read::gaps(c, site.as_deref(), from_ms, to_ms))
-            .await
+        let f = f.clone();
+        self.run(move |c| read::gaps(c, &f, after, limit)).await
     }
 
-    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
-        self.run(move |c| read::dead_letters(c, limit)).await
+    async fn dead_letters_page(
+        &self,
+        before: Option<crate::store::DeadLetterKey>,
+        limit: i64,
+    ) -> Result<Vec<DeadLetterRow>, StoreError> {
+        self.run(move |c| read::dead_letters(c, before, limit))
+            .await
     }
 
     fn ledger(&self) -> &dyn super::Ledger {

@@ -3,11 +3,26 @@
 use std::collections::HashSet;
 
 use flowsquare_wire as wire;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use crate::store::{
-    AgentRow, Bucket, BufferRow, DeadLetterRow, GapRow, LatestRow, StoreError, TagRow,
+    AgentKey, AgentRow, Bucket, BufferRow, DeadLetterKey, DeadLetterRow, GapFilter, GapKey, GapRow,
+    LatestRow, StoreError, TagFilter, TagKey, TagRow,
 };
+
+/// SQL parameters built with the query.
+type Params = Vec<rusqlite::types::Value>;
+
+/// `?n` of the parameter just pushed.
+fn push(p: &mut Params, v: impl Into<rusqlite::types::Value>) -> String {
+    p.push(v.into());
+    format!("?{}", p.len())
+}
+
+/// A site list as the JSON array `json_each` reads (the filter stays in the SQL).
+fn json_list(sites: &[String]) -> String {
+    serde_json::Value::from(sites.to_vec()).to_string()
+}
 
 /// The spelling of a stored quality code.
 fn quality_name(code: i64) -> String {
@@ -17,9 +32,25 @@ fn quality_name(code: i64) -> String {
         .map_or_else(|| format!("unknown-{code}"), |q| q.as_str().to_owned())
 }
 
-/// Agents, by site and agent.
-pub(super) fn agents(conn: &mut Connection) -> Result<Vec<AgentRow>, StoreError> {
-    let mut st = conn.prepare_cached(
+/// One page of agents, by site and agent.
+pub(super) fn agents(
+    conn: &mut Connection,
+    sites: Option<&[String]>,
+    after: Option<&AgentKey>,
+    limit: i64,
+) -> Result<Vec<AgentRow>, StoreError> {
+    let mut p: Params = Vec::new();
+    let mut cond = vec!["1 = 1".to_owned()];
+    if let Some(s) = sites {
+        let n = push(&mut p, json_list(s));
+        cond.push(format!("a.site IN (SELECT value FROM json_each({n}))"));
+    }
+    if let Some((site, agent)) = after {
+        let (a, b) = (push(&mut p, site.clone()), push(&mut p, agent.clone()));
+        cond.push(format!("(a.site, a.agent) > ({a}, {b})"));
+    }
+    let lim = push(&mut p, limit);
+    let mut st = conn.prepare_cached(&format!(
         "SELECT a.site, a.agent, a.online, a.last_seen_ms, a.version, a.config_hash, a.backlog_readings,
                 a.oldest_unsent_ms, b.epoch, b.created_ms, b.origin, b.note, b.first_seen_ms,
                 (SELECT max(r.first_seen_ms) FROM agent_buffers r
@@ -28,9 +59,10 @@ pub(super) fn agents(conn: &mut Connection) -> Result<Vec<AgentRow>, StoreError>
          LEFT JOIN agent_buffers b ON b.site = a.site AND b.agent = a.agent AND b.epoch =
              (SELECT c.epoch FROM agent_buffers c WHERE c.site = a.site AND c.agent = a.agent
               ORDER BY c.last_seen_ms DESC, c.first_seen_ms DESC LIMIT 1)
-         ORDER BY a.site, a.agent",
-    )?;
-    let rows = st.query_map([], |r| {
+         WHERE {} ORDER BY a.site, a.agent LIMIT {lim}",
+        cond.join(" AND ")
+    ))?;
+    let rows = st.query_map(params_from_iter(p), |r| {
         Ok(AgentRow {
             site: r.get(0)?,
             agent: r.get(1)?,
@@ -53,24 +85,53 @@ pub(super) fn agents(conn: &mut Connection) -> Result<Vec<AgentRow>, StoreError>
                 }),
             },
             buffer_replaced_ms: r.get(13)?,
+            birth_refused: None,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Tags, optionally of one site and under a name prefix (case-sensitive, no wildcards), by site,
-/// agent and name.
+/// One page of tags (of one site, under a name prefix (case-sensitive, no wildcards), of some
+/// sites), by site, agent and name, strictly after `after`: the keyset walks the
+/// `(site, agent, name)` unique index.
 pub(super) fn tags(
     conn: &mut Connection,
-    site: Option<&str>,
-    prefix: Option<&str>,
+    f: &TagFilter,
+    after: Option<&TagKey>,
+    limit: i64,
 ) -> Result<Vec<TagRow>, StoreError> {
-    let mut st = conn.prepare_cached(
+    let mut p: Params = Vec::new();
+    let mut cond = vec!["1 = 1".to_owned()];
+    if let Some(s) = &f.site {
+        cond.push(format!("site = {}", push(&mut p, s.clone())));
+    }
+    if let Some(x) = &f.prefix {
+        let n = push(&mut p, x.clone());
+        cond.push(format!("substr(name, 1, length({n})) = {n}"));
+    }
+    if let Some(s) = &f.sites {
+        let n = push(&mut p, json_list(s));
+        cond.push(format!("site IN (SELECT value FROM json_each({n}))"));
+    }
+    if let Some(ids) = &f.ids {
+        let n = push(&mut p, serde_json::Value::from(ids.clone()).to_string());
+        cond.push(format!("id IN (SELECT value FROM json_each({n}))"));
+    }
+    if let Some((site, agent, name)) = after {
+        let (a, b, c) = (
+            push(&mut p, site.clone()),
+            push(&mut p, agent.clone()),
+            push(&mut p, name.clone()),
+        );
+        cond.push(format!("(site, agent, name) > ({a}, {b}, {c})"));
+    }
+    let lim = push(&mut p, limit);
+    let mut st = conn.prepare_cached(&format!(
         "SELECT id, site, agent, name, unit, kind, device, description, interval_ms FROM tags
-         WHERE (?1 IS NULL OR site = ?1) AND (?2 IS NULL OR substr(name, 1, length(?2)) = ?2)
-         ORDER BY site, agent, name",
-    )?;
-    let rows = st.query_map(params![site, prefix], |r| {
+         WHERE {} ORDER BY site, agent, name LIMIT {lim}",
+        cond.join(" AND ")
+    ))?;
+    let rows = st.query_map(params_from_iter(p), |r| {
         Ok(TagRow {
             id: r.get(0)?,
             site: r.get(1)?,
@@ -205,25 +266,45 @@ pub(super) fn count_readings(
     Ok(n)
 }
 
-/// Gap records overlapping `[from_ms, to_ms)` (a gap covers `[from_ms, to_ms]`), by start.
+/// One page of the gap records overlapping `[from_ms, to_ms)` (a gap covers
+/// `[from_ms, to_ms]`), by start and id, strictly after `after`.
 pub(super) fn gaps(
     conn: &mut Connection,
-    site: Option<&str>,
-    from_ms: i64,
-    to_ms: i64,
+    f: &GapFilter,
+    after: Option<GapKey>,
+    limit: i64,
 ) -> Result<Vec<GapRow>, StoreError> {
-    let mut st = conn.prepare_cached(
-        "SELECT site, agent, batch_id, tag_ids, from_ms, to_ms, count, reason, count_known, detail FROM gaps
-         WHERE (?1 IS NULL OR site = ?1) AND from_ms < ?3 AND to_ms >= ?2
-         ORDER BY from_ms, id",
-    )?;
-    let mut rows = st.query(params![site, from_ms, to_ms])?;
+    let mut p: Params = Vec::new();
+    let mut cond = vec![format!(
+        "from_ms < {} AND to_ms >= {}",
+        push(&mut p, f.to_ms),
+        push(&mut p, f.from_ms)
+    )];
+    if let Some(s) = &f.site {
+        cond.push(format!("site = {}", push(&mut p, s.clone())));
+    }
+    if let Some(s) = &f.sites {
+        let n = push(&mut p, json_list(s));
+        cond.push(format!("site IN (SELECT value FROM json_each({n}))"));
+    }
+    if let Some((t, id)) = after {
+        let (a, b) = (push(&mut p, t), push(&mut p, id));
+        cond.push(format!("(from_ms, id) > ({a}, {b})"));
+    }
+    let lim = push(&mut p, limit);
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT site, agent, batch_id, tag_ids, from_ms, to_ms, count, reason, count_known, detail, id
+         FROM gaps WHERE {} ORDER BY from_ms, id LIMIT {lim}",
+        cond.join(" AND ")
+    ))?;
+    let mut rows = st.query(params_from_iter(p))?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let tag_ids: String = r.get(3)?;
         let tag_ids: Vec<i64> = serde_json::from_str(&tag_ids)
             .map_err(|e| StoreError::Invalid(format!("stored gap tag ids {tag_ids:?}: {e}")))?;
         out.push(GapRow {
+            id: r.get(10)?,
             site: r.get(0)?,
             agent: r.get(1)?,
             batch_id: r.get(2)?,
@@ -239,16 +320,19 @@ pub(super) fn gaps(
     Ok(out)
 }
 
-/// The newest `limit` dead letters, newest first.
+/// The newest `limit` dead letters strictly before `before` (received, id), newest first.
 pub(super) fn dead_letters(
     conn: &mut Connection,
+    before: Option<DeadLetterKey>,
     limit: i64,
 ) -> Result<Vec<DeadLetterRow>, StoreError> {
+    let (t, id) = before.unwrap_or((i64::MAX, i64::MAX));
     let mut st = conn.prepare_cached(
         "SELECT id, topic, reason, length(payload), received_ms FROM dead_letters
+         WHERE (received_ms, id) < (?2, ?3)
          ORDER BY received_ms DESC, id DESC LIMIT ?1",
     )?;
-    let rows = st.query_map([limit.max(0)], |r| {
+    let rows = st.query_map(params![limit.max(0), t, id], |r| {
         Ok(DeadLetterRow {
             id: r.get(0)?,
             topic: r.get(1)?,

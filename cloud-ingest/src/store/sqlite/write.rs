@@ -603,7 +603,7 @@ fn check_tag_limit(
         .count();
     let total = registered.len() + names.len() - known;
     match bounds::tag_limit_error(b, registered.len(), total, limits) {
-        Some(e) => Err(StoreError::Invalid(e)),
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }

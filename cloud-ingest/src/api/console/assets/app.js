@@ -56,6 +56,23 @@ export async function api(path, { raw = false } = {}) {
   return raw ? res : (await res.json()).data;
 }
 
+/**
+ * Every row of a paged list: follows `next` (the API's cursor) until the last page. `limit`
+ * asks for large pages (fewer round trips); the server caps it per list.
+ */
+export async function apiAll(path, limit = 10000) {
+  const sep = path.includes('?') ? '&' : '?';
+  const first = limit ? `${path}${sep}limit=${limit}` : path;
+  let rows = [];
+  let url = first;
+  for (;;) {
+    const body = await (await api(url, { raw: true })).json();
+    rows = rows.concat(body.data);
+    if (!body.next) return rows;
+    url = `${first}${first.includes('?') ? '&' : '?'}cursor=${encodeURIComponent(body.next)}`;
+  }
+}
+
 /** Fetch with the token and save the answer as a file (CSV exports). */
 export async function download(path, filename) {
   const res = await api(path, { raw: true });

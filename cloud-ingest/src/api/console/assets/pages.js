@@ -1,7 +1,7 @@
 // The console's pages: each exports {title, render(ctx)} and returns its content (DOM nodes).
 // ctx: {me: whoami, args: path parts after the page name, query: URLSearchParams, stale()}.
 
-import { api, h, table, card, num, litres, pct, utc, age, duration, serverNow, go, download, ApiError } from './app.js';
+import { api, apiAll, h, table, card, num, litres, pct, utc, age, duration, serverNow, go, download, ApiError } from './app.js';
 import { timeChart, trackPlot, bars, pickStep, stepLabel } from './chart.js';
 
 const DAY = 86400000;
@@ -27,7 +27,7 @@ async function siteModel() {
 const fleet = {
   title: 'Fleet of agents',
   async render() {
-    const agents = await api('/api/v1/agents');
+    const agents = await apiAll('/api/v1/agents');
     const online = agents.filter((a) => a.online).length;
     const backlog = agents.reduce((s, a) => s + (a.backlog_readings || 0), 0);
     const oldest = agents.map((a) => a.oldest_unsent_ms).filter((x) => x !== null && x !== undefined);
@@ -82,7 +82,7 @@ const RANGES = [['1h', 3600000], ['6h', 6 * 3600000], ['24h', DAY], ['7d', 7 * D
 const tags = {
   title: 'Tag browser',
   async render(ctx) {
-    const all = await api('/api/v1/tags');
+    const all = await apiAll('/api/v1/tags');
     if (!all.length) return card(null, h('p', { class: 'empty' }, 'No tags yet: they are registered from the agents\' birth messages.'));
     const id = Number(ctx.args[0]);
     const sel = all.find((t) => t.id === id) || all.find((t) => /level/.test(t.name)) || all[0];
@@ -125,7 +125,7 @@ const tags = {
 const freshness = {
   title: 'Data freshness',
   async render(ctx) {
-    const [fresh, model] = await Promise.all([api('/api/v1/freshness'), siteModel()]);
+    const [fresh, model] = await Promise.all([apiAll('/api/v1/freshness'), siteModel()]);
     const factor = model ? model.stale_factor : 3;
     const minAge = (model ? model.stale_min_age_s : 60) * 1000;
     // The server applies the stale-tag check's rule on its data clock: fresh = a GOOD reading
@@ -134,7 +134,7 @@ const freshness = {
     const all = fresh;
     const rows = fresh.map((f) => ({ t: { id: f.tag_id, site: f.site, agent: f.agent, name: f.name }, f, ageMs: f.last_good_ms !== null ? now - f.last_good_ms : null, stale: f.stale, limit: f.limit_ms }));
     const stale = rows.filter((r) => r.stale).sort((a, b) => (b.ageMs ?? Infinity) - (a.ageMs ?? Infinity));
-    const gaps = await api(`/api/v1/gaps?from=${now - 30 * DAY}&to=${now + 1}`);
+    const gaps = await apiAll(`/api/v1/gaps?from=${now - 30 * DAY}&to=${now + 1}`);
     const uncounted = gaps.filter((g) => g.count === null).length;
     const out = [
       h('div', { class: 'stats' },
@@ -261,7 +261,7 @@ const recon = {
     const csv = h('button', { type: 'button', class: 'secondary', onclick: () => download(`/api/v1/reconciliation/${date}${csvName}?format=csv${runQ ? `&${runQ}` : ''}`, `reconciliation-${date}-${view}${runQ ? `-run${run.id}` : ''}.csv`) }, `Export ${view} CSV`);
     const history = run.superseded_by ? ` · superseded by run #${run.superseded_by}` : run.supersedes ? ` · supersedes run #${run.supersedes}` : '';
     const path = view === 'chain' ? '' : `/${view}`;
-    const recs = await api(`/api/v1/reconciliation/${date}${path}${runQ ? `?${runQ}` : ''}`);
+    const recs = await apiAll(`/api/v1/reconciliation/${date}${path}${runQ ? `?${runQ}` : ''}`);
     const incomplete = recs.filter((r) => r.verdict === 'incomplete').length;
     const head = h('div', { class: 'toolbar' }, h('label', {}, 'Day (UTC) ', picker), runPicker, tabs, h('span', { class: 'spacer' }), csv,
       h('span', { class: 'muted' }, `run #${run.id} (${run.trigger}) at ${utc(run.finished_ms)}: ${run.records} records, ${run.exceptions} exceptions, ${run.alerts_opened} alerts opened, ${run.alerts_closed} closed${history}`),
@@ -324,7 +324,7 @@ const trucks = {
     const dates = [...new Set(runs.map((r) => r.date))].sort().reverse();
     if (!dates.length) return card(null, h('p', { class: 'empty' }, `No trips yet: ${model.trucks.length} truck(s) configured; trips appear once a day is reconciled.`));
     const date = dates.includes(ctx.args[0]) ? ctx.args[0] : dates[0];
-    const trips = (await api(`/api/v1/reconciliation/${date}/trips`)).filter((r) => r.stage === 'transit' && r.detail && r.detail.bol);
+    const trips = (await apiAll(`/api/v1/reconciliation/${date}/trips`)).filter((r) => r.stage === 'transit' && r.detail && r.detail.bol);
     const picker = h('select', { class: 'date', 'aria-label': 'day', onchange: (e) => go('trucks', [e.target.value]) }, dates.map((d) => h('option', { value: d, selected: d === date }, d)));
     if (!trips.length) return [h('div', { class: 'toolbar' }, h('label', {}, 'Day (UTC) ', picker)), card(null, h('p', { class: 'empty' }, 'No trips on this day.'))];
     const bol = ctx.args[1];
