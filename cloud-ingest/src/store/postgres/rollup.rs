@@ -26,6 +26,8 @@
 //! 3. marks the hours of those minutes (the same upsert as a commit's);
 //!
 //! then commits. Hours are rolled the same way from `rollup_1m` (passes over due hour marks).
+//! `cloud-ingest import` rolls what it stored before it ends (settle 0), so an import needs no
+//! running `serve` for its series to come from rollups.
 //! Why nothing is lost: a commit C touching a marked minute either (a) locked the mark before
 //! the roller's `SELECT … FOR UPDATE SKIP LOCKED`: the roller skips that mark, which stays and is
 //! rolled by a later pass (after C is visible); or (b) committed before the roller locked it:
