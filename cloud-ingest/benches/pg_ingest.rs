@@ -11,6 +11,12 @@
 //!     from the first publish to the last end-to-end ack, against a raw binary COPY of the same
 //!     rows into the same (truncated) table, for `max_batches_per_commit` 64 and 16. Skipped when
 //!     the broker is unreachable. `--e2e` runs part (c) only.
+//! (a2) The live shape: 10,000 tags × 1 reading per batch, 100 batches (one per second of data,
+//!     1M readings), `PgStore::commit` one batch per call against a raw binary COPY of the same
+//!     rows, one transaction per batch, into the same table; readings/s and the CPU seconds the
+//!     database backends of the bench's own connections spent (from `/proc/<pid>/stat` of the
+//!     `pg_stat_activity` rows of its database: background workers not counted), then the
+//!     roller's pass over the pending minutes (time and backend CPU). `--a2` runs part (a2) only.
 //!
 //! Runs on native partitions, and on TimescaleDB when the extension is installed and preloaded,
 //! each in a database of its own (`fs_bench_<pid>_<layout>`, dropped at the end). The server is
@@ -161,7 +167,8 @@ async fn raw_copy(
 async fn reset(c: &tokio_postgres::Client) -> Res<()> {
     // One statement per call: VACUUM cannot run in the implicit transaction of a multi-statement query.
     for sql in [
-        "TRUNCATE flowsquare.readings, flowsquare.batches, flowsquare.rollup_1m, flowsquare.rollup_1h",
+        "TRUNCATE flowsquare.readings, flowsquare.batches, flowsquare.rollup_1m, flowsquare.rollup_1h,
+                  flowsquare.rollup_dirty",
         "VACUUM ANALYZE flowsquare.readings",
         "CHECKPOINT",
     ] {
@@ -509,6 +516,124 @@ fn only_e2e() -> bool {
     std::env::args().any(|a| a == "--e2e")
 }
 
+fn only_a2() -> bool {
+    std::env::args().any(|a| a == "--a2")
+}
+
+/// CPU seconds (user + system) spent so far by the server backends connected to `db`.
+async fn db_cpu_s(c: &tokio_postgres::Client, db: &str) -> Res<f64> {
+    let rows = c
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1",
+            &[&db],
+        )
+        .await?;
+    let mut ticks = 0u64;
+    for r in rows {
+        let pid: i32 = r.get(0);
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which ends at the last ')'): utime and stime are the
+        // 14th and 15th fields of the line, the 12th and 13th after it.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        for i in [11, 12] {
+            ticks += f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    // USER_HZ is 100 on Linux.
+    Ok(ticks as f64 / 100.0)
+}
+
+/// Roll every pending minute and hour (the roller's work, off the commit path).
+async fn roll_all(store: &PgStore) -> Res<()> {
+    store.roll_all().await?;
+    Ok(())
+}
+
+/// Part (a2): the live shape, one reading per tag per batch.
+async fn a2(store: &PgStore, c: &mut tokio_postgres::Client, db: &str, scale: i64) -> Res<()> {
+    const LIVE_TAGS: u32 = 10_000;
+    let n_batches = 100 / scale as u64;
+    let names: Vec<String> = (0..LIVE_TAGS)
+        .map(|i| format!("live/T{i:05}.level"))
+        .collect();
+    store.birth(&birth("live", &names), T0).await?;
+    let ids: Vec<i64> = {
+        let tags = store.tags(Some("live"), None).await?;
+        let by_name: std::collections::HashMap<&str, i64> =
+            tags.iter().map(|t| (t.name.as_str(), t.id)).collect();
+        names
+            .iter()
+            .map(|n| by_name.get(n.as_str()).copied().ok_or("tag"))
+            .collect::<Result<_, _>>()?
+    };
+    // Batch k: every tag once, at T0 + k s (a one-second poll, sent every second).
+    let batches: Vec<wire::Batch> = (0..n_batches)
+        .map(|k| batch("live", k, LIVE_TAGS, 1, T0 + k as i64 * 1000))
+        .collect();
+    let rows: Vec<(i64, i64, f64)> = batches
+        .iter()
+        .flat_map(|b| b.readings.iter())
+        .map(|r| {
+            let v = match r.value {
+                Some(wire::WireValue::Float(f)) => f,
+                _ => 0.0,
+            };
+            (ids[r.tag as usize], r.ts_ms, v)
+        })
+        .collect();
+    let total = rows.len() as f64;
+    // Warm-up: the day's partition exists, statements are prepared.
+    store
+        .commit(&[batch("live", 1_000_000, LIVE_TAGS, 1, T0)])
+        .await?;
+    let (mut copy, mut copy_cpu, mut commit, mut commit_cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut roll, mut roll_cpu) = (Vec::new(), Vec::new());
+    for _ in 0..REPS {
+        reset(c).await?;
+        let cpu0 = db_cpu_s(c, db).await?;
+        copy.push(total / raw_copy(c, &rows, LIVE_TAGS as usize).await?.as_secs_f64());
+        copy_cpu.push(db_cpu_s(c, db).await? - cpu0);
+        reset(c).await?;
+        let cpu0 = db_cpu_s(c, db).await?;
+        let start = Instant::now();
+        for b in &batches {
+            let out = store.commit(std::slice::from_ref(b)).await?;
+            assert!(matches!(out[0], CommitOutcome::Stored { .. }), "{out:?}");
+        }
+        commit.push(total / start.elapsed().as_secs_f64());
+        commit_cpu.push(db_cpu_s(c, db).await? - cpu0);
+        let cpu0 = db_cpu_s(c, db).await?;
+        let start = Instant::now();
+        roll_all(store).await?;
+        roll.push(start.elapsed().as_secs_f64());
+        roll_cpu.push(db_cpu_s(c, db).await? - cpu0);
+    }
+    println!(
+        "(a2) live shape: {} readings, {n_batches} batches of {LIVE_TAGS} tags x 1 reading, median of {REPS}:",
+        total as u64
+    );
+    println!(
+        "    raw binary COPY, one transaction per batch  {:>10.0} readings/s  db backends {:.2} CPU s",
+        median(copy),
+        median(copy_cpu)
+    );
+    println!(
+        "    PgStore::commit, 1 batch per call           {:>10.0} readings/s  db backends {:.2} CPU s",
+        median(commit),
+        median(commit_cpu)
+    );
+    println!(
+        "    rollups of the pending minutes afterwards   {:>10.2} s             db backends {:.2} CPU s",
+        median(roll),
+        median(roll_cpu)
+    );
+    Ok(())
+}
+
 async fn run_in(
     db: &str,
     layout: &str,
@@ -527,8 +652,14 @@ async fn run_in(
     let described = store.migrate().await?;
     println!("\n== {layout}: {described}");
     let mut c = connect(db).await?;
+    if only_a2() {
+        a2(&store, &mut c, db, scale).await?;
+        store.close();
+        return Ok(());
+    }
     if !only_e2e {
         ab(&store, &mut c, scale).await?;
+        a2(&store, &mut c, db, scale).await?;
     }
 
     // ---- (c) end to end through MQTT vs raw COPY ----
@@ -657,6 +788,9 @@ async fn ab(store: &PgStore, c: &mut tokio_postgres::Client, scale: i64) -> Res<
         k += 1;
     }
     let load = start.elapsed();
+    let start = Instant::now();
+    store.roll_all().await?;
+    let rolled = start.elapsed();
     for t in ["readings", "rollup_1m", "rollup_1h"] {
         c.batch_execute(&format!("VACUUM ANALYZE flowsquare.{t}"))
             .await?;
@@ -665,6 +799,10 @@ async fn ab(store: &PgStore, c: &mut tokio_postgres::Client, scale: i64) -> Res<
         "(b) loaded {secs} readings of one tag ({days} days of 1 s) through commit() in {:.1} s ({:.0} readings/s)",
         load.as_secs_f64(),
         secs as f64 / load.as_secs_f64()
+    );
+    println!(
+        "    then rolled up (every minute and hour pending) in {:.1} s",
+        rolled.as_secs_f64()
     );
     let to = T0 + secs * 1000;
     let label = format!("series, {days} days by 1 h");

@@ -396,6 +396,8 @@ async fn load(store: &PgStore, db: &str, full_days: i64) -> Res<()> {
         TANKS / 2
     ))
     .await?;
+    // The rollups, as the service's roller builds them off the commit path.
+    store.roll_all().await?;
     let load_s = load.elapsed().as_secs_f64();
     println!(
         "loaded {readings} readings, {events} batch records, {} ePODs in {load_s:.0} s",

@@ -105,6 +105,14 @@ pub struct DatabaseConfig {
     /// PostgreSQL native partitions: days created ahead. Default 7.
     #[serde(default = "default_ahead")]
     pub partitions_ahead_days: u32,
+    /// PostgreSQL: how often the roller builds the due minute and hour rollups from the
+    /// committed rows (`store::postgres::rollup`), ms. Default 5000.
+    #[serde(default = "default_rollup_interval")]
+    pub rollup_interval_ms: u64,
+    /// PostgreSQL: how long after a minute closes (data clock) the roller waits before rolling
+    /// it, so that in live flow a minute is rolled once, ms. Default 10000.
+    #[serde(default = "default_rollup_settle")]
+    pub rollup_settle_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -117,6 +125,8 @@ impl Default for DatabaseConfig {
             timescale: default_timescale(),
             retention_days: None,
             partitions_ahead_days: default_ahead(),
+            rollup_interval_ms: default_rollup_interval(),
+            rollup_settle_ms: default_rollup_settle(),
         }
     }
 }
@@ -126,6 +136,12 @@ fn default_timescale() -> String {
 }
 fn default_ahead() -> u32 {
     7
+}
+fn default_rollup_interval() -> u64 {
+    5000
+}
+fn default_rollup_settle() -> u64 {
+    10_000
 }
 
 /// `[ingest]`: tuning.

@@ -1,5 +1,6 @@
 //! The `cloud-ingest` binary: check-config, migrate, and import of an export file (twice: stored
-//! once), on the embedded SQLite store; `calc` (JSON lines through the real binary).
+//! once), on the embedded SQLite store, and once on PostgreSQL (its rollups built at the end);
+//! `calc` (JSON lines through the real binary).
 
 use std::process::Command;
 
@@ -55,6 +56,90 @@ fn export_file(path: &std::path::Path, batches: u64, per: i64) {
         frame(wire::encode(&b).expect("encode"));
     }
     std::fs::write(path, out).expect("write export");
+}
+
+/// On PostgreSQL (a database of its own on the local server; skipped without one) the import
+/// builds the rollups of what it stored before it ends: no dirty mark is left.
+#[test]
+fn importing_into_postgresql_rolls_the_imported_minutes() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = "host=127.0.0.1 port=5432 user=postgres";
+    let name = format!("fs_test_cli_import_{}", std::process::id());
+    let admin = rt.block_on(async {
+        match tokio_postgres::connect(
+            &format!("{server} dbname=postgres connect_timeout=5"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        {
+            Ok((c, conn)) => {
+                tokio::spawn(conn);
+                Some(c)
+            }
+            Err(e) => {
+                assert!(
+                    std::env::var_os("FLOWSQUARE_REQUIRE_ALL").is_none(),
+                    "PostgreSQL not reachable: {e}"
+                );
+                println!("SKIPPED: PostgreSQL not reachable ({e})");
+                None
+            }
+        }
+    });
+    let Some(admin) = admin else { return };
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        rt.block_on(admin.batch_execute(&sql))
+            .expect("create database");
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("ingest.toml");
+    std::fs::write(
+        &cfg,
+        format!("[database]\nurl = \"{server} dbname={name}\"\ntimescale = \"off\"\n"),
+    )
+    .expect("cfg");
+    let file = dir.path().join("site.fsx");
+    export_file(&file, 12, 100);
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("import")
+        .arg(&file)
+        .output()
+        .expect("run");
+    let counts = rt.block_on(async {
+        let (c, conn) =
+            tokio_postgres::connect(&format!("{server} dbname={name}"), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(conn);
+        let marks: i64 = c
+            .query_one("SELECT count(*) FROM flowsquare.rollup_dirty", &[])
+            .await
+            .expect("marks")
+            .get(0);
+        let n: Option<i64> = c
+            .query_one("SELECT sum(n)::int8 FROM flowsquare.rollup_1m", &[])
+            .await
+            .expect("minutes")
+            .get(0);
+        drop(c);
+        (marks, n)
+    });
+    rt.block_on(admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .expect("drop database");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(counts, (0, Some(1200)), "marks left, readings in rollup_1m");
 }
 
 #[test]

@@ -796,7 +796,7 @@ fn data_faults(
 
 impl SimMonth {
     /// Feed everything through the real store: births, batches (committed a few at a time),
-    /// discharges opened and closed, ePODs posted.
+    /// the rollups built (`Store::roll_due`), discharges opened and closed, ePODs posted.
     pub async fn load(&self, store: &dyn Store) -> Result<(), StoreError> {
         let t0 = day_start_ms(self.opts.start_day);
         for b in &self.births {
@@ -804,6 +804,14 @@ impl SimMonth {
         }
         for chunk in self.batches.chunks(8) {
             store.commit(chunk).await?;
+        }
+        // The rollups, as the service's roller would have built them by the reconciliation
+        // (PostgreSQL; `as_of_ms` is after the last day).
+        loop {
+            let r = store.roll_due(self.as_of_ms(), 0).await?;
+            if !r.more || r.minutes + r.hours == 0 {
+                break;
+            }
         }
         let ledger = store.ledger();
         for d in &self.discharges {

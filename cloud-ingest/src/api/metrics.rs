@@ -54,6 +54,18 @@ pub fn render(stats: &ConsumerStats, ready: &AtomicBool, api: &ApiStats) -> Stri
         "1 when the consumer is connected to the broker.",
         u64::from(ready.load(Relaxed)),
     );
+    metric(
+        "flowsquare_ingest_rollup_pending_minutes",
+        "gauge",
+        "Rollup minutes (agent x minute) written but not rolled up yet, at the roller's last pass.",
+        stats.rollup_pending_minutes.load(Relaxed),
+    );
+    metric(
+        "flowsquare_ingest_rollup_lag_seconds",
+        "gauge",
+        "Seconds since the oldest minute not rolled up yet closed, at the roller's last pass ([database] rollup_settle_ms + rollup_interval_ms in live flow).",
+        stats.rollup_lag_seconds.load(Relaxed),
+    );
     stats.poll_to_commit.render(&mut s);
     render_api(&mut s, api);
     s
@@ -104,10 +116,10 @@ mod tests {
         assert!(text.contains("\nflowsquare_ingest_consumer_connected 1\n"));
         assert!(text.contains("\nflowsquare_ingest_api_rate_limited_total{scope=\"token\"} 3\n"));
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        // 13 counters and gauges, the latency histogram's buckets (+Inf), sum and count; the
+        // 16 counters and gauges, the latency histogram's buckets (+Inf), sum and count; the
         // API's 5 counters and gauges and its rate-limit counter's 2 scopes.
         let buckets = crate::consume::latency::BUCKETS_S.len() + 1;
-        assert_eq!(samples.len(), 14 + buckets + 2 + 5 + 2);
+        assert_eq!(samples.len(), 16 + buckets + 2 + 5 + 2);
         for l in samples {
             let name = l.split([' ', '{']).next().unwrap_or_default();
             let name = ["_bucket", "_sum", "_count"]

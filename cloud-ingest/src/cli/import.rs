@@ -99,6 +99,17 @@ pub async fn run(path: &Path, store: &dyn Store) -> Result<ExitCode, CliError> {
         birth.site,
         birth.agent
     );
+    // The imported minutes' rollups now, so that series over them are served from rollups even
+    // without a running `serve` (whose roller would do the same). Stops when a pass rolls
+    // nothing (marks held by a commit in progress are left for the roller).
+    loop {
+        let r = store
+            .roll_due(flowsquare_service::clock::now_ms(), 0)
+            .await?;
+        if !r.more || r.minutes + r.hours == 0 {
+            break;
+        }
+    }
     super::reconcile::audit(
         store,
         "cli.import",

@@ -66,6 +66,10 @@ pub struct ConsumerStats {
     pub committing: std::sync::atomic::AtomicBool,
     /// Poll-to-commit latency of every reading stored (`latency.rs`).
     pub poll_to_commit: super::latency::LatencyHistogram,
+    /// The roller (`serve`): minute marks (agent × minute) not rolled yet, at its last pass.
+    pub rollup_pending_minutes: AtomicU64,
+    /// The roller: seconds since the oldest pending minute closed, at its last pass.
+    pub rollup_lag_seconds: AtomicU64,
 }
 
 /// An agent's birth refused by the tag registry limit, as the consumer remembers it (the birth

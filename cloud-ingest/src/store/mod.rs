@@ -560,6 +560,27 @@ pub trait Store: Send + Sync {
     async fn maintain(&self) -> Result<String, StoreError> {
         Ok("nothing to do".into())
     }
+    /// Build the rollups that are due off the commit path (PostgreSQL: the dirty minutes whose
+    /// end is `settle_ms` or more before `now_ms`, then their hours; `postgres::rollup`).
+    /// Backends without rollups (SQLite: series from raw readings) keep the default.
+    async fn roll_due(&self, _now_ms: i64, _settle_ms: i64) -> Result<RollReport, StoreError> {
+        Ok(RollReport::default())
+    }
+}
+
+/// What one [`Store::roll_due`] call did and what is left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollReport {
+    /// Minute marks (agent × minute) rolled.
+    pub minutes: u64,
+    /// Hour marks (agent × hour) rolled.
+    pub hours: u64,
+    /// Minute marks still pending (not due yet, or left for the next call).
+    pub pending_minutes: u64,
+    /// How long ago the oldest pending minute closed (0 when none has), ms.
+    pub lag_ms: i64,
+    /// Due marks were left (work bounded per call, or held by a commit in progress).
+    pub more: bool,
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 //! discharges, epods (bol UNIQUE), epod_compartments, recon_runs, variances, alerts
 //! rollup_1m, rollup_1h(tag_id, bucket, n, bad, n_good, sum, min, max, last_ts, last)
 //!                                                                     -- PK (tag_id, bucket)
+//! -- version 6: rollup_dirty(site, agent, bucket, unit_ms, seq, since)  -- PK (site, agent, bucket, unit_ms)
 //! ```
 //!
 //! Values: numbers and booleans go to `value` (booleans 0/1, NaN kept as NaN); integers beyond
@@ -61,18 +62,23 @@
 //!
 //! # Rollups and series (`rollup.rs`, `read.rs`)
 //!
-//! The service keeps its own rollups in both layouts: `commit` aggregates each stored batch per
-//! (tag, minute) and (tag, hour) in memory and upserts the partial aggregates (count, bad count,
-//! good count, sum, min, max, last) into `rollup_1m` / `rollup_1h` in the same transaction as
-//! the rows, so they are exact at every commit and never need a refresh. `series` answers from
+//! The service keeps its own rollups in both layouts, built off the commit path: `commit`
+//! writes one dirty mark per (site, agent, minute) its readings touch into `rollup_dirty`, and
+//! the roller ([`PgStore::roll_due`], run by `serve`) rebuilds the marked minutes' partial
+//! aggregates (count, bad count, good count, sum, min, max, last) in `rollup_1m` set-based from
+//! the committed readings, then their hours in `rollup_1h` from the minutes (the design note of
+//! `rollup.rs`: the locking that makes it lose nothing, crash safety). `series` answers from
 //! `rollup_1h` when the step is a whole number of hours, `rollup_1m` when it is a whole number
-//! of minutes, and raw readings otherwise; the partial units at either end of the range come
-//! from raw readings, so the result equals the raw computation for any range. (The TimescaleDB
+//! of minutes, and raw readings otherwise; the partial units at either end of the range, and the
+//! units a mark still covers, come from raw readings, so the result equals the raw computation
+//! for any range at any time. (The TimescaleDB
 //! continuous aggregates are for dashboards and ad-hoc SQL; `series` does not depend on them
 //! being refreshed.) Retention drops raw partitions and `rollup_1m` rows, and keeps `rollup_1h`.
 //! Measured (`benches/pg_ingest.rs`): 30 days of 1 s data by 1 h buckets takes a few ms from
-//! `rollup_1h` against 1-2.5 s from raw readings; the cost of the rollup upserts at commit was
-//! below the benchmark's noise on the (shared, 2-core) development machine. Connections run with `jit = off` (unless the URL sets `options`
+//! `rollup_1h` against 1-2.5 s from raw readings. On the live shape (part (a2): 10,000 tags ×
+//! 1 reading per batch) the rollups upserted in the commit made it cost the database 5.6× the
+//! raw COPY of the same rows; with the marks it costs the same as the COPY, and the roller
+//! ~1.3 CPU s per million readings (`benches/README.md`). Connections run with `jit = off` (unless the URL sets `options`
 //! with `jit`): JIT compilation adds ~0.4 s to large aggregations and helps no ingest statement.
 //!
 //! # Idempotency (`write.rs`)
@@ -123,12 +129,13 @@ use flowsquare_wire as wire;
 use tokio_postgres::NoTls;
 
 use super::{
-    AgentRow, Bucket, CommitOutcome, DeadLetter, DeadLetterRow, GapRow, LatestRow, Store,
-    StoreError, TagRow,
+    AgentRow, Bucket, CommitOutcome, DeadLetter, DeadLetterRow, GapRow, LatestRow, RollReport,
+    Store, StoreError, TagRow,
 };
 
 pub use partitions::COMPRESS_AFTER_DAYS;
 pub use read::MAX_BUCKETS;
+pub use rollup::MARKS_PER_PASS;
 pub use schema::{choose_layout, lists_timescaledb, TimescaleProbe, SCHEMA_VERSION};
 
 /// Whether to use TimescaleDB.
@@ -407,6 +414,10 @@ impl Store for PgStore {
 
     async fn migrate(&self) -> Result<String, StoreError> {
         schema::migrate(self).await
+    }
+
+    async fn roll_due(&self, now_ms: i64, settle_ms: i64) -> Result<RollReport, StoreError> {
+        PgStore::roll_due(self, now_ms, settle_ms).await
     }
 
     async fn commit(&self, batches: &[wire::Batch]) -> Result<Vec<CommitOutcome>, StoreError> {

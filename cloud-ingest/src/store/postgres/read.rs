@@ -218,18 +218,27 @@ pub(super) async fn series(
     let whole_units = rollup.and_then(|(unit, table)| {
         let mid_from = from_ms + (unit - from_ms.rem_euclid(unit)) % unit;
         let mid_to = to_ms - to_ms.rem_euclid(unit);
-        (mid_from < mid_to).then_some((table, mid_from, mid_to))
+        (mid_from < mid_to).then_some((unit, table, mid_from, mid_to))
     });
     let client = store.client().await?;
     let rows = match whole_units {
-        Some((table, mid_from, mid_to)) => {
-            // Partial aggregates: rollup rows for the whole units, one per raw reading at the
-            // ends; then merged per bucket.
+        Some((unit, table, mid_from, mid_to)) => {
+            // Partial aggregates: rollup rows for the whole units no dirty mark covers (`d`: an
+            // hour is pending while its hour mark or a minute mark inside it is), one per raw
+            // reading for the pending units and the ends; then merged per bucket. One
+            // statement, one snapshot: exact whatever the roller is doing (`rollup.rs`).
             let sql = format!(
-                "WITH p AS (
+                "WITH d AS (
+                     SELECT DISTINCT date_bin($7::int8 * INTERVAL '1 millisecond', m.bucket, TIMESTAMPTZ 'epoch') AS u
+                     FROM flowsquare.tags tg
+                     JOIN flowsquare.rollup_dirty m ON m.site = tg.site AND m.agent = tg.agent
+                     WHERE tg.id = $1 AND m.unit_ms <= $7 AND m.bucket >= $4 AND m.bucket < $5
+                 ),
+                 p AS (
                      SELECT bucket AS t, n, bad, n_good, sum, min, max, last_ts, last
                      FROM flowsquare.{table}
                      WHERE tag_id = $1 AND bucket >= $4 AND bucket < $5
+                       AND bucket NOT IN (SELECT u FROM d)
                    UNION ALL
                      SELECT ts, 1::int8, (quality <> 0)::int4::int8, g::int4::int8,
                             CASE WHEN g THEN value ELSE 0 END, CASE WHEN g THEN value END,
@@ -240,6 +249,12 @@ pub(super) async fn series(
                        UNION ALL
                          SELECT ts, value, quality, quality = 0 AND value IS NOT NULL AS g
                          FROM flowsquare.readings WHERE tag_id = $1 AND ts >= $5 AND ts < $3
+                       UNION ALL
+                         SELECT x.ts, x.value, x.quality, x.quality = 0 AND x.value IS NOT NULL AS g
+                         FROM d CROSS JOIN LATERAL (
+                             SELECT ts, value, quality FROM flowsquare.readings
+                             WHERE tag_id = $1 AND ts >= d.u AND ts < d.u + $7::int8 * INTERVAL '1 millisecond'
+                         ) x
                      ) r
                  )
                  SELECT date_bin($6::int8 * INTERVAL '1 millisecond', t, TIMESTAMPTZ 'epoch') AS b,
@@ -249,13 +264,14 @@ pub(super) async fn series(
                  FROM p GROUP BY 1 ORDER BY 1"
             );
             let st = client.prepare_cached(&sql).await.map_err(pg)?;
-            let params: [&(dyn ToSql + Sync); 6] = [
+            let params: [&(dyn ToSql + Sync); 7] = [
                 &tag_id,
                 &Ts(from_ms),
                 &Ts(to_ms),
                 &Ts(mid_from),
                 &Ts(mid_to),
                 &step_ms,
+                &unit,
             ];
             client.query(&st, &params).await.map_err(pg)?
         }

@@ -7,7 +7,7 @@ use super::{partitions, pg, Layout, PgStore, TimescaleMode};
 use crate::store::StoreError;
 
 /// Schema version written to `flowsquare.meta`.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 /// Advisory lock key serialising migrations ("FlSq" + 1).
 const MIGRATE_LOCK: i64 = 0x466c_5371_0001;
 
@@ -162,6 +162,20 @@ CREATE TABLE IF NOT EXISTS flowsquare.agent_buffers (
 );
 ";
 
+/// Version 6 (idempotent): the rollups' dirty marks (`roll.rs`). A database of an earlier
+/// version has its rollups complete (they were written at commit), so it starts with none.
+const SCHEMA_V6: &str = "
+CREATE TABLE IF NOT EXISTS flowsquare.rollup_dirty (
+    site text NOT NULL,
+    agent text NOT NULL,
+    bucket timestamptz NOT NULL,
+    unit_ms integer NOT NULL,
+    seq bigint NOT NULL DEFAULT 1,
+    since timestamptz NOT NULL,
+    PRIMARY KEY (site, agent, bucket, unit_ms)
+);
+";
+
 /// Columns of `readings` (see the module doc).
 const READINGS_COLUMNS: &str = "(
     tag_id bigint NOT NULL,
@@ -281,6 +295,7 @@ pub(super) async fn migrate(store: &PgStore) -> Result<String, StoreError> {
     tx.batch_execute(super::ledger::SCHEMA_V5)
         .await
         .map_err(pg)?;
+    tx.batch_execute(SCHEMA_V6).await.map_err(pg)?;
     match layout {
         Layout::Native => {
             tx.batch_execute(&format!(

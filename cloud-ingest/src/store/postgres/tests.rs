@@ -15,7 +15,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::read::Source;
-use super::types::DAY_MS;
+use super::rollup::MINUTE_MS;
+use super::types::{Ts, DAY_MS};
 use super::*;
 use crate::store::suite::{self, T0};
 
@@ -614,8 +615,62 @@ async fn copy_takes_100k_readings_in_one_commit() {
     assert_eq!(buckets.last().and_then(|b| b.last), Some(999.5));
 }
 
+/// Ranges that do not start or end on a unit, steps of whole minutes, hours, and neither.
+const EXACT_RANGES: [(i64, i64, i64); 7] = [
+    (T0, T0 + 4 * 3_600_000, 3_600_000),
+    (T0 + 1_234_567, T0 + 12_000_000, 3_600_000),
+    (T0 - 3_600_000, T0 + 9_000_001, 7_200_000),
+    (T0 + 59_999, T0 + 5_000_000, 60_000),
+    (T0 + 30_000, T0 + 3_000_000, 300_000),
+    (T0, T0 + 4 * 3_600_000, 90_000),
+    (T0 + 3_599_000, T0 + 3_601_000, 3_600_000),
+];
+
+/// `series` (rollups where they are rolled, raw readings elsewhere) equals the raw computation
+/// over `ranges` for tag `id`.
+async fn assert_series_exact(s: &PgStore, id: i64, ranges: &[(i64, i64, i64)], when: &str) {
+    for &(from, to, step) in ranges {
+        let best = read::series(s, id, from, to, step, Source::Best)
+            .await
+            .expect("best");
+        let raw = read::series(s, id, from, to, step, Source::Raw)
+            .await
+            .expect("raw");
+        assert_eq!(best.len(), raw.len(), "{when}: {from} {to} {step}");
+        for (b, r) in best.iter().zip(&raw) {
+            assert_eq!(
+                (b.ts_ms, b.count, b.bad, b.min, b.max, b.last),
+                (r.ts_ms, r.count, r.bad, r.min, r.max, r.last),
+                "{when}: {from} {to} {step}"
+            );
+            match (b.avg, r.avg) {
+                (Some(ba), Some(ra)) => {
+                    assert!((ba - ra).abs() <= 1e-9 * ra.abs().max(1.0), "{ba} vs {ra}")
+                }
+                (ba, ra) => assert_eq!(ba, ra, "{when}"),
+            }
+            assert_eq!(b.ts_ms.rem_euclid(step), 0, "aligned on the epoch");
+        }
+    }
+}
+
+/// Dirty marks pending (minutes, hours).
+async fn pending_marks(s: &PgStore) -> (i64, i64) {
+    let c = s.client().await.expect("client");
+    let r = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE unit_ms = 60000), count(*) FILTER (WHERE unit_ms = 3600000)
+             FROM flowsquare.rollup_dirty",
+            &[],
+        )
+        .await
+        .expect("marks");
+    (r.get(0), r.get(1))
+}
+
 /// Rollup-based series equal the raw computation, with late data, duplicates, bad readings,
-/// non-numeric values and ranges that do not start or end on a unit.
+/// non-numeric values and ranges that do not start or end on a unit: before anything is
+/// rolled, after rolling, with late data into rolled units, and after rolling again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_from_rollups_equal_series_from_raw_readings() {
     let Some(s) = make_with(native()).await else {
@@ -649,50 +704,35 @@ async fn series_from_rollups_equal_series_from_raw_readings() {
         mk(4, T0 + 10_800_000, 1800),
         mk(2, T0 + 3_600_000, 3600),
     ];
-    for b in &batches {
+    let id = tag_id(s, "p/b").await;
+    for b in &batches[..3] {
         s.commit(std::slice::from_ref(b)).await.expect("commit");
     }
+    assert!(pending_marks(s).await.0 > 0);
+    assert_series_exact(s, id, &EXACT_RANGES, "nothing rolled").await;
+    s.roll_all().await.expect("roll");
+    assert_eq!(pending_marks(s).await, (0, 0));
+    assert_series_exact(s, id, &EXACT_RANGES, "rolled").await;
+    // Late: the second hour, and a reading into an already rolled minute and hour.
+    s.commit(std::slice::from_ref(&batches[3]))
+        .await
+        .expect("late");
+    s.commit(&[mk(5, T0 + 30_500, 1)]).await.expect("late");
+    assert_series_exact(s, id, &EXACT_RANGES, "late data pending").await;
+    s.roll_all().await.expect("roll");
+    assert_series_exact(s, id, &EXACT_RANGES, "late data rolled").await;
     assert_eq!(
         s.commit(&batches[1..3]).await.expect("dups"),
         vec![CommitOutcome::Duplicate; 2]
     );
-    let id = tag_id(s, "p/b").await;
-    let ranges = [
-        (T0, T0 + 4 * 3_600_000, 3_600_000),
-        (T0 + 1_234_567, T0 + 12_000_000, 3_600_000),
-        (T0 - 3_600_000, T0 + 9_000_001, 7_200_000),
-        (T0 + 59_999, T0 + 5_000_000, 60_000),
-        (T0 + 30_000, T0 + 3_000_000, 300_000),
-        (T0, T0 + 4 * 3_600_000, 90_000),
-        (T0 + 3_599_000, T0 + 3_601_000, 3_600_000),
-    ];
-    for (from, to, step) in ranges {
-        let best = read::series(s, id, from, to, step, Source::Best)
-            .await
-            .expect("best");
-        let raw = read::series(s, id, from, to, step, Source::Raw)
-            .await
-            .expect("raw");
-        assert!(!raw.is_empty());
-        assert_eq!(best.len(), raw.len(), "{from} {to} {step}");
-        for (b, r) in best.iter().zip(&raw) {
-            assert_eq!(
-                (b.ts_ms, b.count, b.bad, b.min, b.max, b.last),
-                (r.ts_ms, r.count, r.bad, r.min, r.max, r.last),
-                "{from} {to} {step}"
-            );
-            let (ba, ra) = (b.avg.expect("avg"), r.avg.expect("avg"));
-            assert!((ba - ra).abs() <= 1e-9 * ra.abs().max(1.0), "{ba} vs {ra}");
-            assert_eq!(b.ts_ms.rem_euclid(step), 0, "aligned on the epoch");
-        }
-    }
+    assert_eq!(pending_marks(s).await, (0, 0), "a duplicate marks nothing");
     let total: i64 = read::series(s, id, T0, T0 + 4 * 3_600_000, 3_600_000, Source::Best)
         .await
         .expect("s")
         .iter()
         .map(|b| b.count)
         .sum();
-    assert_eq!(total, 3600 * 3 + 1800);
+    assert_eq!(total, 3600 * 3 + 1800 + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1145,4 +1185,495 @@ mod preload {
         assert_eq!(planned, "timescaledb 2.17.2 hypertables");
         s.close();
     }
+}
+
+// ---- Rollups off the commit path (`rollup.rs`: the design note names these tests) ----
+
+/// The rollup rows of one table, by (tag, bucket).
+async fn rollup_rows(
+    s: &PgStore,
+    table: &str,
+) -> std::collections::BTreeMap<(i64, i64), rollup::Agg> {
+    let c = s.client().await.expect("client");
+    c.query(
+        &format!(
+            "SELECT tag_id, bucket, n, bad, n_good, sum, min, max, last_ts, last FROM flowsquare.{table}"
+        ),
+        &[],
+    )
+    .await
+    .expect("rollup rows")
+    .iter()
+    .map(|r| {
+        (
+            (r.get(0), r.get::<_, Ts>(1).0),
+            rollup::Agg {
+                n: r.get(2),
+                bad: r.get(3),
+                n_good: r.get(4),
+                sum: r.get(5),
+                min: r.get(6),
+                max: r.get(7),
+                last_ts: r.get::<_, Option<Ts>>(8).map(|t| t.0),
+                last: r.get(9),
+            },
+        )
+    })
+    .collect()
+}
+
+/// One-tag batch of readings at these times (value = seconds of the time).
+fn batch_at(id: u64, times: &[i64]) -> wire::Batch {
+    let mut b = wire::Batch::new("r", "a", id, "h", times[0]);
+    for &ts in times {
+        b.readings.push(wire::WireReading {
+            tag: 0,
+            ts_ms: ts,
+            value: Some(wire::WireValue::Float((ts - T0) as f64 / 1000.0)),
+            quality: wire::Quality::Good,
+            status: None,
+            error: None,
+            counter: None,
+        });
+    }
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_reading_into_a_rolled_minute_corrects_minute_and_hour() {
+    let Some(t) = make_with(native()).await else {
+        return;
+    };
+    let s = &t.pg;
+    s.birth(&suite::birth("r", "a", "h", &["late"]), T0)
+        .await
+        .expect("birth");
+    let id = tag_id(s, "late").await;
+    let times: Vec<i64> = (0..7200).map(|i| T0 + i * 1000).collect();
+    s.commit(&[batch_at(1, &times)]).await.expect("commit");
+    // Due only after the minute closed + settle: nothing rolled "at" T0 + 90 s with 60 s settle.
+    let r = s.roll_due(T0 + 90_000, 60_000).await.expect("roll");
+    assert_eq!((r.minutes, r.pending_minutes), (0, 120), "{r:?}");
+    // At T0 + 200 s: the first two minutes (closed ≥ 60 s ago); their hour waits for its end.
+    let r = s.roll_due(T0 + 200_000, 60_000).await.expect("roll");
+    assert_eq!(
+        (r.minutes, r.hours, r.pending_minutes),
+        (2, 0, 118),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.lag_ms,
+        200_000 - 180_000,
+        "the third minute closed 20 s ago"
+    );
+    assert_eq!(pending_marks(s).await, (118, 1));
+    assert_series_exact(s, id, &EXACT_RANGES, "partly rolled").await;
+    s.roll_all().await.expect("roll");
+    let (m, h) = (
+        rollup_rows(s, "rollup_1m").await,
+        rollup_rows(s, "rollup_1h").await,
+    );
+    assert_eq!((m.len(), h.len()), (120, 2));
+    assert_eq!(m[&(id, T0 + 60_000)].n, 60);
+    assert_eq!(h[&(id, T0)].n, 3600);
+    // A late reading (another batch) into the rolled minute T0 + 1 min, the newest of its minute.
+    s.commit(&[batch_at(2, &[T0 + 119_999])])
+        .await
+        .expect("late");
+    assert_eq!(pending_marks(s).await, (1, 0));
+    assert_series_exact(s, id, &EXACT_RANGES, "late pending").await;
+    let r = s
+        .roll_due(flowsquare_service::clock::now_ms(), 10_000)
+        .await
+        .expect("roll");
+    assert_eq!((r.minutes, r.hours, r.pending_minutes), (1, 1, 0), "{r:?}");
+    let (m, h) = (
+        rollup_rows(s, "rollup_1m").await,
+        rollup_rows(s, "rollup_1h").await,
+    );
+    let minute = m[&(id, T0 + 60_000)];
+    assert_eq!(
+        (minute.n, minute.last_ts, minute.last),
+        (61, Some(T0 + 119_999), Some(119.999))
+    );
+    assert_eq!((h[&(id, T0)].n, h[&(id, T0 + 3_600_000)].n), (3601, 3600));
+    assert_eq!(m[&(id, T0)].n, 60, "other minutes untouched");
+    // The same batch re-sent (ack lost): a duplicate, nothing marked, nothing counted twice.
+    assert_eq!(
+        s.commit(&[batch_at(2, &[T0 + 119_999])])
+            .await
+            .expect("again"),
+        vec![CommitOutcome::Duplicate]
+    );
+    assert_eq!(pending_marks(s).await, (0, 0));
+    assert_series_exact(s, id, &EXACT_RANGES, "late rolled").await;
+}
+
+/// A commit in flight while the roller runs is never lost: driven step by step with a second
+/// connection holding a commit's transaction open (the commit's own statements: readings, then
+/// `rollup::mark`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_concurrent_with_a_roll_is_not_lost() {
+    let Some(t) = make_with(native()).await else {
+        return;
+    };
+    let s = &t.pg;
+    s.birth(&suite::birth("r", "a", "h", &["cc"]), T0)
+        .await
+        .expect("birth");
+    let id = tag_id(s, "cc").await;
+    let times: Vec<i64> = (0..300).map(|i| T0 + i * 1000).collect();
+    s.commit(&[batch_at(1, &times)]).await.expect("commit");
+    s.roll_all().await.expect("roll");
+    let now = flowsquare_service::clock::now_ms();
+    let insert =
+        "INSERT INTO flowsquare.readings (tag_id, ts, value, quality) VALUES ($1, $2, 7.5, 0)";
+    let one = |b: i64| std::collections::BTreeSet::from([("r", "a", b)]);
+
+    // (a) The commit holds an existing mark (DO UPDATE locked it): the roller skips it.
+    s.commit(&[batch_at(2, &[T0 + 10_500])])
+        .await
+        .expect("commit");
+    let mut c2 = s.client().await.expect("client");
+    let tx = c2.transaction().await.expect("tx");
+    tx.execute(insert, &[&id, &Ts(T0 + 20_500)])
+        .await
+        .expect("insert");
+    rollup::mark(&tx, &one(T0), MINUTE_MS, now)
+        .await
+        .expect("mark");
+    let r = s.roll_due(now, 0).await.expect("roll");
+    assert_eq!(r.minutes, 0, "the locked mark is skipped: {r:?}");
+    assert!(r.more);
+    assert_series_exact(s, id, &EXACT_RANGES, "(a) in flight").await;
+    tx.commit().await.expect("commit");
+    s.roll_all().await.expect("roll");
+    assert_eq!(rollup_rows(s, "rollup_1m").await[&(id, T0)].n, 62);
+    assert_series_exact(s, id, &EXACT_RANGES, "(a) rolled").await;
+
+    // (b) The commit creates a new mark, uncommitted during the roll: invisible, rolled after.
+    let tx = c2.transaction().await.expect("tx");
+    tx.execute(insert, &[&id, &Ts(T0 + 60_500)])
+        .await
+        .expect("insert");
+    rollup::mark(&tx, &one(T0 + 60_000), MINUTE_MS, now)
+        .await
+        .expect("mark");
+    let r = s.roll_due(now, 0).await.expect("roll");
+    assert_eq!((r.minutes, r.more), (0, false), "{r:?}");
+    tx.commit().await.expect("commit");
+    assert_eq!(pending_marks(s).await, (1, 0));
+    s.roll_all().await.expect("roll");
+    assert_eq!(rollup_rows(s, "rollup_1m").await[&(id, T0 + 60_000)].n, 61);
+
+    // (c) The roller has taken (deleted, uncommitted) the mark when a real commit upserts it: the
+    // commit waits for the roller, then creates the mark again.
+    s.commit(&[batch_at(3, &[T0 + 120_500])])
+        .await
+        .expect("commit");
+    let tx = c2.transaction().await.expect("tx");
+    let taken = tx
+        .query(
+            "DELETE FROM flowsquare.rollup_dirty WHERE unit_ms = 60000 RETURNING bucket",
+            &[],
+        )
+        .await
+        .expect("take");
+    assert_eq!(taken.len(), 1);
+    let committer = {
+        let s = s.clone();
+        tokio::spawn(async move { s.commit(&[batch_at(4, &[T0 + 121_500])]).await })
+    };
+    // Wait (bounded) until the commit waits on the roller's lock.
+    let admin = s.client().await.expect("admin");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                 AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit never waited on the mark"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!committer.is_finished());
+    // The roller's aggregation ran before the commit: it ends without it.
+    tx.commit().await.expect("roller ends");
+    assert_eq!(
+        committer.await.expect("task").expect("commit"),
+        vec![stored(1)]
+    );
+    assert_eq!(
+        pending_marks(s).await.0,
+        1,
+        "the commit marked its minute again"
+    );
+    s.roll_all().await.expect("roll");
+    assert_eq!(rollup_rows(s, "rollup_1m").await[&(id, T0 + 120_000)].n, 62);
+    assert_series_exact(s, id, &EXACT_RANGES, "(c) rolled").await;
+    let h = rollup_rows(s, "rollup_1h").await;
+    assert_eq!(h[&(id, T0)].n, 300 + 1 + 1 + 1 + 1 + 1);
+}
+
+/// Marks persist with the readings: a store dropped with minutes pending (a killed ingest) and
+/// a new one opened on the database reads them exactly and rolls them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_marks_survive_a_restart_and_are_rolled_after_it() {
+    let Some(t) = make_with(native()).await else {
+        return;
+    };
+    t.pg.birth(&suite::birth("r", "a", "h", &["rs"]), T0)
+        .await
+        .expect("birth");
+    let id = tag_id(&t.pg, "rs").await;
+    let times: Vec<i64> = (0..1000).map(|i| T0 + i * 3_000).collect();
+    t.pg.commit(&[batch_at(1, &times)]).await.expect("commit");
+    t.pg.close();
+    let s = PgStore::connect(&t.db.url(), native())
+        .await
+        .expect("reopen");
+    s.migrate().await.expect("migrate");
+    assert_eq!(pending_marks(&s).await, (50, 0));
+    assert!(rollup_rows(&s, "rollup_1m").await.is_empty());
+    assert_series_exact(&s, id, &EXACT_RANGES, "after restart, pending").await;
+    let r = s
+        .roll_due(flowsquare_service::clock::now_ms(), 10_000)
+        .await
+        .expect("roll");
+    assert_eq!((r.minutes, r.hours, r.pending_minutes), (50, 1, 0), "{r:?}");
+    assert_eq!(rollup_rows(&s, "rollup_1m").await.len(), 50);
+    assert_series_exact(&s, id, &EXACT_RANGES, "after restart, rolled").await;
+    s.close();
+}
+
+/// A roller killed inside its transaction (connection terminated) leaves the marks and the old
+/// rollup rows: the next pass does the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_roll_leaves_its_marks() {
+    let Some(t) = make_with(native()).await else {
+        return;
+    };
+    let s = &t.pg;
+    s.birth(&suite::birth("r", "a", "h", &["k"]), T0)
+        .await
+        .expect("birth");
+    let id = tag_id(s, "k").await;
+    s.commit(&[batch_at(1, &[T0, T0 + 1000])])
+        .await
+        .expect("commit");
+    s.roll_all().await.expect("roll");
+    s.commit(&[batch_at(2, &[T0 + 2000, T0 + 61_000])])
+        .await
+        .expect("commit");
+    let (c, conn) = tokio_postgres::connect(&t.db.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let conn = tokio::spawn(conn);
+    c.batch_execute(
+        "BEGIN;
+         DELETE FROM flowsquare.rollup_dirty;
+         DELETE FROM flowsquare.rollup_1m;",
+    )
+    .await
+    .expect("half a roll");
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let admin = s.client().await.expect("admin");
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("kill");
+    let _ = conn.await;
+    assert_eq!(pending_marks(s).await, (2, 0));
+    assert_eq!(
+        rollup_rows(s, "rollup_1m").await[&(id, T0)].n,
+        2,
+        "old rows back"
+    );
+    assert_series_exact(s, id, &EXACT_RANGES, "after the killed roll").await;
+    s.roll_all().await.expect("roll");
+    assert_eq!(rollup_rows(s, "rollup_1m").await[&(id, T0)].n, 3);
+    assert_series_exact(s, id, &EXACT_RANGES, "rolled").await;
+}
+
+/// Property (seeded): random batches — qualities, NaN, booleans, integers, text, values
+/// missing, several tags and agents, late and re-sent batches, rolls in between — give rollup
+/// rows equal to the in-memory [`rollup::Agg`] the commit path used to upsert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_rollups_equal_the_in_memory_aggregates() {
+    use std::collections::{BTreeMap, HashSet};
+    let Some(t) = make_with(native()).await else {
+        return;
+    };
+    let s = &t.pg;
+    // splitmix64.
+    let mut state = 0x5eed_2026_u64;
+    let mut rnd = move |n: u64| {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    };
+    let names = ["v0", "v1", "v2", "v3"];
+    for agent in ["a", "b"] {
+        s.birth(&suite::birth("p", agent, "h", &names), T0)
+            .await
+            .expect("birth");
+    }
+    let mut ids = BTreeMap::new();
+    for t in s.tags(Some("p"), None).await.expect("tags") {
+        ids.insert((t.agent.clone(), t.name.clone()), t.id);
+    }
+    let mut used: HashSet<(String, u32, i64)> = HashSet::new();
+    let (mut minutes, mut hours) = (BTreeMap::new(), BTreeMap::new());
+    let mut sent: Vec<wire::Batch> = Vec::new();
+    for k in 0..60u64 {
+        let agent = if rnd(3) == 0 { "b" } else { "a" };
+        let mut b = wire::Batch::new("p", agent, k + 1, "h", T0);
+        for _ in 0..rnd(400) + 1 {
+            let tag = rnd(4) as u32;
+            // Three hours, ms resolution; one reading per (tag, time) so that "last" is defined.
+            let ts = T0 + rnd(3 * 3_600_000) as i64;
+            if !used.insert((agent.to_string(), tag, ts)) {
+                continue;
+            }
+            let value = match rnd(10) {
+                0 => None,
+                1 => Some(wire::WireValue::Float(f64::NAN)),
+                2 => Some(wire::WireValue::Bool(rnd(2) == 0)),
+                3 => Some(wire::WireValue::Int(rnd(1000) as i64 - 500)),
+                4 => Some(wire::WireValue::Text("t".into())),
+                _ => Some(wire::WireValue::Float(
+                    rnd(1_000_000) as f64 / 64.0 - 5000.0,
+                )),
+            };
+            let quality = match rnd(8) {
+                0 => wire::Quality::BadCommunication,
+                1 => wire::Quality::Stale,
+                _ => wire::Quality::Good,
+            };
+            let id = ids[&(agent.to_string(), names[tag as usize].to_string())];
+            let good = quality == wire::Quality::Good;
+            let v = super::types::value_columns(value.as_ref()).0;
+            for (map, unit) in [(&mut minutes, MINUTE_MS), (&mut hours, rollup::HOUR_MS)] {
+                let e: &mut rollup::Agg = map
+                    .entry((id, ts - ts.rem_euclid(unit)))
+                    .or_insert(rollup::Agg::EMPTY);
+                e.add(ts, good, v);
+            }
+            b.readings.push(wire::WireReading {
+                tag,
+                ts_ms: ts,
+                value,
+                quality,
+                status: None,
+                error: None,
+                counter: None,
+            });
+        }
+        s.commit(std::slice::from_ref(&b)).await.expect("commit");
+        sent.push(b);
+        match rnd(6) {
+            // Some re-sent (ack lost): duplicates.
+            0 => {
+                let again = sent[rnd(sent.len() as u64) as usize].clone();
+                assert_eq!(
+                    s.commit(&[again]).await.expect("again"),
+                    vec![CommitOutcome::Duplicate]
+                );
+            }
+            1 => {
+                s.roll_all().await.expect("roll");
+            }
+            _ => {}
+        }
+    }
+    s.roll_all().await.expect("roll");
+    let same = |a: &rollup::Agg, b: &rollup::Agg| {
+        let f = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) => x == y || (x.is_nan() && y.is_nan()),
+            (x, y) => x == y,
+        };
+        let sum = a.sum == b.sum
+            || (a.sum.is_nan() && b.sum.is_nan())
+            || (a.sum - b.sum).abs() <= 1e-9 * a.sum.abs().max(1.0);
+        a.n == b.n
+            && a.bad == b.bad
+            && a.n_good == b.n_good
+            && sum
+            && f(a.min, b.min)
+            && f(a.max, b.max)
+            && a.last_ts == b.last_ts
+            && f(a.last, b.last)
+    };
+    for (table, want) in [("rollup_1m", &minutes), ("rollup_1h", &hours)] {
+        let got = rollup_rows(s, table).await;
+        assert_eq!(got.len(), want.len(), "{table}");
+        for (k, w) in want.iter() {
+            let g = got
+                .get(k)
+                .unwrap_or_else(|| panic!("{table} {k:?} missing"));
+            assert!(same(g, w), "{table} {k:?}: rolled {g:?}, in memory {w:?}");
+        }
+    }
+}
+
+/// The roller `serve` runs (`cli::roll_up`): rolls what is due in the background, publishes the
+/// pending minutes for `/metrics`, and stops when told to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serve_roller_rolls_in_the_background_and_stops_when_told() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(t) = make_with(native()).await else {
+        return;
+    };
+    let s = t.pg.clone();
+    s.birth(&suite::birth("r", "a", "h", &["bg"]), T0)
+        .await
+        .expect("birth");
+    let times: Vec<i64> = (0..600).map(|i| T0 + i * 1000).collect();
+    s.commit(&[batch_at(1, &times)]).await.expect("commit");
+    assert_eq!(pending_marks(&s).await, (10, 0));
+    let stats = Arc::new(crate::consume::ConsumerStats::default());
+    stats.rollup_pending_minutes.store(u64::MAX, Relaxed);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let db = crate::config::DatabaseConfig {
+        rollup_interval_ms: 100,
+        rollup_settle_ms: 0,
+        ..Default::default()
+    };
+    let task = tokio::spawn(crate::cli::roll_up(
+        Arc::new(s.clone()),
+        db,
+        stats.clone(),
+        stop_rx,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pending_marks(&s).await != (0, 0) || stats.rollup_pending_minutes.load(Relaxed) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the roller never rolled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rollup_rows(&s, "rollup_1m").await.len(), 10);
+    assert_eq!(rollup_rows(&s, "rollup_1h").await.len(), 1);
+    stop_tx.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the roller stops")
+        .expect("task");
 }

@@ -1,5 +1,11 @@
-//! Writes: `commit` (ledger + binary COPY + events, gaps and rollups in one transaction),
-//! `birth`, `status`, `heartbeat`, `dead_letter`.
+//! Writes: `commit`, `birth`, `status`, `heartbeat`, `dead_letter`.
+//!
+//! `commit` writes, in one transaction: the ledger rows, the readings (one binary `COPY`),
+//! events, gaps, and last the rollups' dirty marks, one per (site, agent, minute) the readings
+//! touch (`rollup::mark`: `INSERT … ON CONFLICT … DO UPDATE`, in key order). The rollups
+//! themselves are built off the commit path by the roller from the committed rows (see the
+//! design note of `rollup.rs`), so a live batch of one reading per tag costs a COPY and a few
+//! mark rows, not two upserts per reading.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -10,7 +16,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
-use super::rollup::{Rollup, HOUR_MS, MINUTE_MS};
+use super::rollup::MINUTE_MS;
 use super::types::{
     counter_columns, fields_json, gap_reason, u64_bits, u64_sat, value_columns, Ts, DAY_MS,
     MAX_TS_MS, MIN_TS_MS,
@@ -151,7 +157,7 @@ async fn commit_once(
         partitions::ensure_days(store, &mut client, &days).await?;
     }
 
-    // 3. One transaction: ledger, readings, events, gaps, rollups.
+    // 3. One transaction: ledger, readings, events, gaps, dirty marks.
     let tx = client.transaction().await.map_err(pg)?;
     let mut outcomes: Vec<CommitOutcome> = plans
         .iter()
@@ -214,8 +220,8 @@ async fn commit_once(
         }
     }
 
-    let mut minutes = Rollup::new(MINUTE_MS);
-    let mut hours = Rollup::new(HOUR_MS);
+    // (site, agent, minute) of every reading written.
+    let mut marks: BTreeSet<(&str, &str, i64)> = BTreeSet::new();
     if stored.iter().any(|(_, b, _)| !b.readings.is_empty()) {
         let st = tx.prepare_cached(COPY_READINGS).await.map_err(pg)?;
         let sink = tx.copy_in(&st).await.map_err(pg)?;
@@ -244,20 +250,21 @@ async fn commit_once(
                     ])
                     .await
                     .map_err(pg)?;
-                let good = r.quality == wire::Quality::Good;
-                minutes.add(tag_id, r.ts_ms, good, value);
-                hours.add(tag_id, r.ts_ms, good, value);
+            }
+            let mut last = None;
+            for r in &b.readings {
+                let minute = r.ts_ms - r.ts_ms.rem_euclid(MINUTE_MS);
+                if last != Some(minute) {
+                    marks.insert((b.site.as_str(), b.agent.as_str(), minute));
+                    last = Some(minute);
+                }
             }
         }
         writer.as_mut().finish().await.map_err(pg)?;
     }
-    let (minutes, hours) = (minutes.finish(), hours.finish());
-    tokio::try_join!(
-        insert_events(&tx, &stored),
-        insert_gaps(&tx, &stored, now),
-        rollup::upsert(&tx, "rollup_1m", &minutes),
-        rollup::upsert(&tx, "rollup_1h", &hours),
-    )?;
+    tokio::try_join!(insert_events(&tx, &stored), insert_gaps(&tx, &stored, now))?;
+    // Last: the marks' row locks are held only for the commit itself.
+    rollup::mark(&tx, &marks, MINUTE_MS, now).await?;
     tx.commit().await.map_err(pg)?;
     for (i, b, _) in &stored {
         outcomes[*i] = CommitOutcome::Stored {
