@@ -1,111 +1,18 @@
 //! The chain logging in by client certificate (issue 15): `flowsquare-sim` → the `edge-agent`
 //! binary (`mqtts://`, `[uplink] ca_file`, `cert_file`, `key_file`) → the `cloud-ingest`
 //! binary's embedded broker with `tls_cert_file`, `tls_key_file` and `client_ca_file` → its
-//! SQLite store. Certificates are made by the openssl CLI in the test's directory. An agent
-//! whose certificate comes from another CA (same CN) is refused and stores nothing.
+//! SQLite store. Certificates are made by the openssl CLI in the test's directory
+//! (`flowsquare_tests::pki`). An agent whose certificate comes from another CA (same CN) is
+//! refused and stores nothing.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use flowsquare_tests::chain::{metric, modbus_sim, Agent, AgentToml, Ingest, SIM_TANK_FARM};
+use flowsquare_tests::pki::Pki;
 use flowsquare_tests::wait_until;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {out:?}");
-}
-
-/// A CA `name` (`name.pem`, `name.key`) in `dir`.
-fn ca(dir: &Path, name: &str) {
-    let subj = format!("/CN=FlowSquare test {name}");
-    let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &subj,
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ],
-    );
-}
-
-/// A certificate `name` for `cn` signed by CA `ca` (`usage`: its extendedKeyUsage and SAN lines).
-fn leaf(dir: &Path, ca: &str, name: &str, cn: &str, usage: &str) {
-    let ext = format!("{name}.ext");
-    std::fs::write(
-        dir.join(&ext),
-        format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{usage}\n"),
-    )
-    .expect("ext");
-    let (key, csr, pem) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-    );
-    let subj = format!("/CN={}", cn.replace('/', "\\/"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            &subj,
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ],
-    );
-    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-            "-out",
-            &pem,
-        ],
-    );
-}
 
 /// An agent config in `dir/<name>` logging in with certificate `cert`.
 fn agent_config(
@@ -139,18 +46,12 @@ fn agent_config(
 fn an_edge_agent_logs_in_to_the_embedded_broker_with_its_client_certificate() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
-    ca(dir, "ca");
-    ca(dir, "other-ca");
-    let server = "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1";
-    leaf(dir, "ca", "server", "localhost", server);
-    leaf(dir, "ca", "gw", "s1/gw", "extendedKeyUsage=clientAuth");
-    leaf(
-        dir,
-        "other-ca",
-        "forged",
-        "s1/gw",
-        "extendedKeyUsage=clientAuth",
-    );
+    let pki = Pki::new(dir);
+    pki.ca("ca");
+    pki.ca("other-ca");
+    pki.leaf("ca", "server", "localhost", true);
+    pki.leaf("ca", "gw", "s1/gw", false);
+    pki.leaf("other-ca", "forged", "s1/gw", false);
     let (_sim, sim_port) = modbus_sim(dir, SIM_TANK_FARM, WAIT);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

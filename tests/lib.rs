@@ -9,6 +9,7 @@
 //! - `nats`: a private nats-server with JetStream and MQTT per test (the second broker);
 //! - `chain`: the chain's processes (edge-agent with `--output jsonl`, cloud-ingest) and a
 //!   PostgreSQL database of the test's own, for the end-to-end tests;
+//! - `pki`: test certificates (CAs, server and client certificates) made by the openssl CLI;
 //! - `browser`: a WebDriver client for headless Chromium (ChromeDriver) and the console check;
 //! - `workspace_bin`: the workspace's own binaries (edge-agent, cloud-ingest, flowsquare-sim,
 //!   flowsquare-demo) for tests outside the crates that own them (built once per test process,
@@ -18,6 +19,7 @@ pub mod browser;
 pub mod chain;
 pub mod mqtt;
 pub mod nats;
+pub mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -10,6 +10,7 @@ use cloud_ingest::config::IngestConfig;
 use cloud_ingest::consume::{self, ConsumerStats};
 use cloud_ingest::store::Store;
 use flowsquare_tests::mqtt::Mosquitto;
+use flowsquare_tests::pki::Pki;
 use flowsquare_wire as wire;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
@@ -1537,105 +1538,13 @@ async fn postgres_out_of_window_readings_and_oversized_births_are_dead_lettered_
     bounded_agents(Arc::new(s)).await;
 }
 
-/// Test certificates made by the openssl CLI in `dir`: CAs, and certificates they sign.
-struct Pki {
-    dir: std::path::PathBuf,
+/// The rustls side of the test certificates of [`Pki`].
+trait PkiTls {
+    fn pem_certs(&self, name: &str) -> Vec<rustls::pki_types::CertificateDer<'static>>;
+    fn client(&self, ca: &str, cert: Option<&str>) -> Arc<rustls::ClientConfig>;
 }
 
-impl Pki {
-    fn openssl(&self, args: &[&str]) {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    }
-
-    /// A CA `name` (`name.pem`, `name.key`).
-    fn ca(&self, name: &str) {
-        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=FlowSquare test {name}"),
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-    }
-
-    /// A certificate `name` (`name.pem`, `name.key`) for `cn`, signed by CA `ca`: a server
-    /// certificate for 127.0.0.1 when `server`, else a client certificate.
-    fn leaf(&self, ca: &str, name: &str, cn: &str, server: bool) {
-        let ext = format!("{name}.ext");
-        let usage = if server {
-            "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
-        } else {
-            "extendedKeyUsage=clientAuth\n"
-        };
-        std::fs::write(
-            self.dir.join(&ext),
-            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{usage}"),
-        )
-        .expect("ext");
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        let subj = format!("/O=FlowSquare/CN={}", cn.replace('/', "\\/"));
-        self.openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            &subj,
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-            "-out",
-            &pem,
-        ]);
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).to_string_lossy().into_owned()
-    }
-
+impl PkiTls for Pki {
     fn pem_certs(&self, name: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
         let bytes = std::fs::read(self.dir.join(format!("{name}.pem"))).expect("pem");
         rustls_pemfile::certs(&mut bytes.as_slice())
