@@ -96,60 +96,12 @@ async fn commit_once(
     batches: &[wire::Batch],
 ) -> Result<Vec<CommitOutcome>, StoreError> {
     let mut client = store.client().await?;
-
-    // 1. Catalogs and checks, before anything is written.
-    let mut plans = Vec::with_capacity(batches.len());
-    let mut seen = HashMap::new();
     // Received on the data clock, like the SQLite store (it was the wall clock here).
     let now = clock::now_ms();
-    let mut days = BTreeSet::new();
     let limits = &store.inner.opts.limits;
-    // Per batch: the part inside the accepted window (what is stored) and the refused rest.
-    let mut parts: Vec<Option<(std::borrow::Cow<'_, wire::Batch>, Option<Refused>)>> =
-        Vec::with_capacity(batches.len());
-    for b in batches {
-        parts.push(None);
-        let Some(cat) = catalog(store, &client, &b.site, &b.agent, &b.config_hash).await? else {
-            plans.push(Plan::Unknown);
-            continue;
-        };
-        let (part, refused) = bounds::split_window(b, limits, now);
-        check(&part, &cat, now)?;
-        let digest = b.content_digest();
-        match seen.entry((
-            b.site.as_str(),
-            b.agent.as_str(),
-            b.buffer_epoch,
-            b.batch_id,
-        )) {
-            std::collections::hash_map::Entry::Occupied(e) => {
-                plans.push(Plan::Repeat(*e.get() != digest));
-                continue;
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(digest);
-            }
-        }
-        if layout == Layout::Native {
-            let mut last = None;
-            for ts in part
-                .readings
-                .iter()
-                .map(|r| r.ts_ms)
-                .chain(part.events.iter().map(|e| e.ts_ms))
-            {
-                let day = ts.div_euclid(DAY_MS);
-                if last != Some(day) {
-                    days.insert(day);
-                    last = Some(day);
-                }
-            }
-        }
-        if let Some(slot) = parts.last_mut() {
-            *slot = Some((part, refused));
-        }
-        plans.push(Plan::Candidate(cat));
-    }
+
+    // 1. Catalogs and checks, before anything is written.
+    let Planned { plans, parts, days } = plan(store, &client, layout, batches, now).await?;
 
     // 2. Partitions for the days touched (own short transaction, before the COPY): only days
     // inside the accepted window (the rest was split off above).
@@ -221,47 +173,7 @@ async fn commit_once(
     }
 
     // (site, agent, minute) of every reading written.
-    let mut marks: BTreeSet<(&str, &str, i64)> = BTreeSet::new();
-    if stored.iter().any(|(_, b, _)| !b.readings.is_empty()) {
-        let st = tx.prepare_cached(COPY_READINGS).await.map_err(pg)?;
-        let sink = tx.copy_in(&st).await.map_err(pg)?;
-        let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &READING_TYPES));
-        for (_, b, cat) in &stored {
-            for r in &b.readings {
-                // In range: checked by `check`.
-                let tag_id = cat[r.tag as usize];
-                let (value, text) = value_columns(r.value.as_ref());
-                let (ck, cv) = counter_columns(r.counter.as_ref());
-                let quality = i16::from(r.quality.code());
-                let status = r.status.map(i64::from);
-                let error = r.error.as_deref();
-                writer
-                    .as_mut()
-                    .write(&[
-                        &tag_id,
-                        &Ts(r.ts_ms),
-                        &value,
-                        &text,
-                        &quality,
-                        &status,
-                        &error,
-                        &ck,
-                        &cv,
-                    ])
-                    .await
-                    .map_err(pg)?;
-            }
-            let mut last = None;
-            for r in &b.readings {
-                let minute = r.ts_ms - r.ts_ms.rem_euclid(MINUTE_MS);
-                if last != Some(minute) {
-                    marks.insert((b.site.as_str(), b.agent.as_str(), minute));
-                    last = Some(minute);
-                }
-            }
-        }
-        writer.as_mut().finish().await.map_err(pg)?;
-    }
+    let marks = copy_readings(&tx, &stored).await?;
     tokio::try_join!(insert_events(&tx, &stored), insert_gaps(&tx, &stored, now))?;
     // Last: the marks' row locks are held only for the commit itself.
     rollup::mark(&tx, &marks, MINUTE_MS, now).await?;
@@ -275,6 +187,130 @@ async fn commit_once(
         };
     }
     Ok(outcomes)
+}
+
+/// A batch's part inside the accepted window (what is stored) and the refused rest; `None` for
+/// a batch that is not a candidate (unknown catalog, repeat in the slice).
+type Part<'a> = Option<(std::borrow::Cow<'a, wire::Batch>, Option<Refused>)>;
+
+/// Step 1 of a commit: what each batch is, before anything is written.
+struct Planned<'a> {
+    plans: Vec<Plan>,
+    parts: Vec<Part<'a>>,
+    /// Days touched (native partitions only).
+    days: BTreeSet<i64>,
+}
+
+/// Catalogs and checks of `batches`, before anything is written: each batch's plan, its part
+/// inside the accepted window, and the days touched (native partitions).
+async fn plan<'a>(
+    store: &PgStore,
+    client: &deadpool_postgres::Object,
+    layout: Layout,
+    batches: &'a [wire::Batch],
+    now: i64,
+) -> Result<Planned<'a>, StoreError> {
+    let mut plans = Vec::with_capacity(batches.len());
+    let mut seen = HashMap::new();
+    let mut days = BTreeSet::new();
+    let limits = &store.inner.opts.limits;
+    // Per batch: the part inside the accepted window (what is stored) and the refused rest.
+    let mut parts: Vec<Part<'a>> = Vec::with_capacity(batches.len());
+    for b in batches {
+        parts.push(None);
+        let Some(cat) = catalog(store, client, &b.site, &b.agent, &b.config_hash).await? else {
+            plans.push(Plan::Unknown);
+            continue;
+        };
+        let (part, refused) = bounds::split_window(b, limits, now);
+        check(&part, &cat, now)?;
+        let digest = b.content_digest();
+        match seen.entry((
+            b.site.as_str(),
+            b.agent.as_str(),
+            b.buffer_epoch,
+            b.batch_id,
+        )) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                plans.push(Plan::Repeat(*e.get() != digest));
+                continue;
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(digest);
+            }
+        }
+        if layout == Layout::Native {
+            let mut last = None;
+            for ts in part
+                .readings
+                .iter()
+                .map(|r| r.ts_ms)
+                .chain(part.events.iter().map(|e| e.ts_ms))
+            {
+                let day = ts.div_euclid(DAY_MS);
+                if last != Some(day) {
+                    days.insert(day);
+                    last = Some(day);
+                }
+            }
+        }
+        if let Some(slot) = parts.last_mut() {
+            *slot = Some((part, refused));
+        }
+        plans.push(Plan::Candidate(cat));
+    }
+    Ok(Planned { plans, parts, days })
+}
+
+/// The readings of the batches being stored, by binary COPY (in range: checked by `check`);
+/// returns the (site, agent, minute) of every reading written: the rollups' dirty marks.
+async fn copy_readings<'b>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    stored: &[(usize, &'b wire::Batch, &Catalog)],
+) -> Result<BTreeSet<(&'b str, &'b str, i64)>, StoreError> {
+    let mut marks = BTreeSet::new();
+    if stored.iter().all(|(_, b, _)| b.readings.is_empty()) {
+        return Ok(marks);
+    }
+    let st = tx.prepare_cached(COPY_READINGS).await.map_err(pg)?;
+    let sink = tx.copy_in(&st).await.map_err(pg)?;
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &READING_TYPES));
+    for (_, b, cat) in stored {
+        for r in &b.readings {
+            // In range: checked by `check`.
+            let tag_id = cat[r.tag as usize];
+            let (value, text) = value_columns(r.value.as_ref());
+            let (ck, cv) = counter_columns(r.counter.as_ref());
+            let quality = i16::from(r.quality.code());
+            let status = r.status.map(i64::from);
+            let error = r.error.as_deref();
+            writer
+                .as_mut()
+                .write(&[
+                    &tag_id,
+                    &Ts(r.ts_ms),
+                    &value,
+                    &text,
+                    &quality,
+                    &status,
+                    &error,
+                    &ck,
+                    &cv,
+                ])
+                .await
+                .map_err(pg)?;
+        }
+        let mut last = None;
+        for r in &b.readings {
+            let minute = r.ts_ms - r.ts_ms.rem_euclid(MINUTE_MS);
+            if last != Some(minute) {
+                marks.insert((b.site.as_str(), b.agent.as_str(), minute));
+                last = Some(minute);
+            }
+        }
+    }
+    writer.as_mut().finish().await.map_err(pg)?;
+    Ok(marks)
 }
 
 /// The ledger key of a batch as stored.
