@@ -34,7 +34,7 @@
 //! whole number of hours takes unmarked whole hours from `rollup_1h`, the rest (marked hours,
 //! the partial hours at the ends, other steps) from raw readings in `(tag_id, ts_ms)` index
 //! order: exact at all times. Design note (why a commit cannot interleave with a roll, why the
-//! hour only): `rollup.rs`. 30 days of a 1 s tag by 1 h: ~1.7 ms rolled against ~1 s raw.
+//! hour only): `rollup.rs`. 30 days of a 1 s tag by 1 h: 1-2 ms rolled against ~1 s raw.
 //!
 //! - A birth upserts its tags by `(site, agent, name)`: a tag keeps its id across configs, its
 //!   metadata follows the latest birth. The catalog maps `(site, agent, config_hash, idx)` to tag

@@ -4,10 +4,12 @@
 //! # Design note
 //!
 //! **One unit, the hour.** PostgreSQL keeps 1 min and 1 h rollups; SQLite keeps the hour only.
-//! A minute step is useful over short ranges (a day at 1 min is 1,440 buckets and 86,400
-//! readings of a 1 s tag, read from raw readings in a few tens of ms), while a 1 min step over
-//! 30 days is more buckets than a chart asks for; the long ranges are read by hours, and those
-//! are what the raw walk made slow (30 days of 1 s data by 1 h: ~1.7 s).
+//! A 1 min step over 30 days is 43,200 buckets, more than the API's limit
+//! (`api::routes::MAX_BUCKETS`, 10,000: ~7 days at 1 min), so minute steps only cover short
+//! ranges, read from raw readings (a day of a 1 s tag at 1 min: ~50 ms; 7 days: ~250 ms, over
+//! the 200 ms goal: a 1 min rollup would be the next step). The long ranges are read by hours,
+//! and those are what the raw walk made slow (30 days of 1 s data by 1 h: ~1-1.7 s raw, 1-2 ms
+//! from the rollup; `tests::measure_series_30_days_of_1s_by_1h`, ignored).
 //!
 //! **Marks.** `commit` writes, in its transaction, one *dirty mark* per (site, agent, hour) its
 //! stored readings touch into `rollup_dirty (site, agent, hour_ms)` with `INSERT OR IGNORE` — a

@@ -761,6 +761,16 @@ async fn measure_series_30_days_of_1s_by_1h() {
         "30 d x 1 s by 1 h: raw {raw_ms:.0} ms, rolled {best_ms:.1} ms; roll of {} hours {roll_ms:.0} ms",
         r.hours
     );
+    // Minute steps are read raw: the API allows 10,000 buckets (~7 days at 1 min).
+    for days in [1, 7] {
+        let t = std::time::Instant::now();
+        let b = s.series(x, from, from + days * day * 1000, 60_000).await;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "{days} d x 1 s by 1 min (raw): {ms:.0} ms, {} buckets",
+            b.expect("series").len()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
