@@ -562,7 +562,8 @@ pub trait Store: Send + Sync {
     }
     /// Build the rollups that are due off the commit path (PostgreSQL: the dirty minutes whose
     /// end is `settle_ms` or more before `now_ms`, then their hours; `postgres::rollup`).
-    /// Backends without rollups (SQLite: series from raw readings) keep the default.
+    /// SQLite: the dirty hours whose end is `settle_ms` or more before `now_ms`
+    /// (`sqlite::rollup`). Backends without rollups (test doubles) keep the default.
     async fn roll_due(&self, _now_ms: i64, _settle_ms: i64) -> Result<RollReport, StoreError> {
         Ok(RollReport::default())
     }

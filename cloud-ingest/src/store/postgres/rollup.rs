@@ -61,8 +61,9 @@
 //! readings but not in that hour's rollup row.
 //!
 //! **TimescaleDB**: the same marks, roller and SQL (the continuous aggregates `agg_1m`/`agg_1h`
-//! are kept as they were, for dashboards). **SQLite** has no rollups (its `series` aggregates
-//! raw readings in index order), so there is nothing to move there.
+//! are kept as they were, for dashboards). **SQLite** has the same scheme with hours only
+//! (`sqlite/rollup.rs`: marks in the commit, a roller, exact reads; its single writer makes the
+//! locking above unnecessary).
 
 use std::collections::BTreeSet;
 

@@ -6,7 +6,7 @@ use crate::store::StoreError;
 
 /// The schema version this build creates (`PRAGMA user_version`). A database with a newer one
 /// is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Version 1. Every statement is `IF NOT EXISTS`, so running it again is harmless.
 const SCHEMA_V1: &str = "
@@ -210,6 +210,16 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<String, StoreError> {
     super::ledger::migrate_v4(&tx)?;
     // Version 5: run history, amendments, audit log.
     super::ledger::migrate_v5(&tx)?;
+    // Version 6: the hour rollup and its dirty marks; an upgraded file's hours start pending.
+    let fresh: i64 = tx.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name = 'rollup_dirty'",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.execute_batch(super::rollup::SCHEMA_V6)?;
+    if fresh == 0 {
+        tx.execute_batch(super::rollup::MARK_EXISTING)?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(format!("sqlite {} (embedded)", rusqlite::version()))

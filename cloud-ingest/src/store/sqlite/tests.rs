@@ -596,3 +596,207 @@ async fn step_3_migrates_a_step_2_database() {
     );
     assert!(known.contains(&("buffer-full".into(), true)), "{known:?}");
 }
+
+/// Rollups (`rollup.rs`): a batch of mixed readings of tags 0 and 1 over `hours` hours from
+/// `t0`: every 7 min, values in halves (exact sums), some bad, some without a value, and two
+/// readings at one timestamp (the last stored is the last).
+fn mixed(id: u64, t0: i64, hours: i64, base: f64) -> wire::Batch {
+    let mut b = wire::Batch::new("r1", "a1", id, "h1", t0);
+    let mut i = 0i64;
+    while i * 420_000 < hours * super::rollup::HOUR_MS {
+        for tag in 0..2u32 {
+            let ts = t0 + i * 420_000;
+            let quality = if i % 5 == 3 {
+                wire::Quality::BadDevice
+            } else {
+                wire::Quality::Good
+            };
+            let value = (i % 11 != 4).then(|| wire::WireValue::Float(base + (i % 9) as f64 / 2.0));
+            for k in 0..(1 + i64::from(i % 6 == 0)) {
+                let value = value.clone().map(|v| match v {
+                    wire::WireValue::Float(f) => wire::WireValue::Float(f + k as f64),
+                    v => v,
+                });
+                b.readings.push(wire::WireReading {
+                    tag,
+                    ts_ms: ts,
+                    value,
+                    quality,
+                    status: None,
+                    error: None,
+                    counter: None,
+                });
+            }
+        }
+        i += 1;
+    }
+    b
+}
+
+/// Series by whole hours (and ends cut inside hours) equal the raw walk.
+async fn assert_series_exact(s: &SqliteStore, tag: i64, what: &str) {
+    let h = super::rollup::HOUR_MS;
+    for (from, to, step) in [
+        (T0, T0 + 8 * h, h),
+        (T0 - 3 * h, T0 + 9 * h, 2 * h),
+        (T0 + 1_234_567, T0 + 7 * h - 999, h),
+        (T0 + 1_234_567, T0 + 7 * h - 999, 3 * h),
+        (T0 + 30 * 60_000, T0 + 2 * h + 1, h),
+    ] {
+        let best = s.series(tag, from, to, step).await.expect("series");
+        let raw = s.series_from_raw(tag, from, to, step).await.expect("raw");
+        assert!(!raw.is_empty(), "{what}: no data");
+        assert_eq!(best, raw, "{what}: [{from}, {to}) by {step}");
+    }
+}
+
+async fn marks(s: &SqliteStore) -> u64 {
+    s.roll_due(i64::MIN / 2, 0)
+        .await
+        .expect("pending")
+        .pending_minutes
+        / 60
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_from_rollups_equal_series_from_raw_readings() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = open(dir.path()).await;
+    let h = super::rollup::HOUR_MS;
+    s.birth(&birth("r1", "a1", "h1", &["t0", "t1"]), T0)
+        .await
+        .expect("birth");
+    let (t0, t1) = (tag_id(&s, "t0").await, tag_id(&s, "t1").await);
+    let out = s.commit(&[mixed(1, T0, 6, 10.0)]).await.expect("commit");
+    assert!(matches!(out[..], [CommitOutcome::Stored { .. }]));
+    // One mark per (agent, hour), not per reading.
+    assert_eq!(marks(&s).await, 6);
+    for tag in [t0, t1] {
+        assert_series_exact(&s, tag, "before any roll").await;
+    }
+    // Settle: only hours closed settle ago are rolled.
+    let r = s.roll_due(T0 + 3 * h + 10_000, 10_000).await.expect("roll");
+    assert_eq!((r.hours, marks(&s).await), (3, 3));
+    assert_series_exact(&s, t0, "partly rolled").await;
+    s.roll_all().await.expect("roll all");
+    assert_eq!(marks(&s).await, 0);
+    for tag in [t0, t1] {
+        assert_series_exact(&s, tag, "rolled").await;
+    }
+    // A late reading into a rolled hour: marked, read raw until rolled again.
+    let mut late = wire::Batch::new("r1", "a1", 2, "h1", T0 + h + 5);
+    late.readings.push(wire::WireReading {
+        tag: 0,
+        ts_ms: T0 + h + 5,
+        value: Some(wire::WireValue::Float(1000.5)),
+        quality: wire::Quality::Good,
+        status: None,
+        error: None,
+        counter: None,
+    });
+    s.commit(std::slice::from_ref(&late)).await.expect("late");
+    assert_eq!(marks(&s).await, 1);
+    assert_series_exact(&s, t0, "late reading pending").await;
+    let b = s.series(t0, T0 + h, T0 + 2 * h, h).await.expect("series");
+    assert_eq!(b[0].max, Some(1000.5));
+    s.roll_all().await.expect("roll all");
+    assert_series_exact(&s, t0, "late reading rolled").await;
+    // The re-sent batch stores nothing and marks nothing.
+    let out = s.commit(&[late]).await.expect("re-sent");
+    assert_eq!(out, [CommitOutcome::Duplicate]);
+    assert_eq!(marks(&s).await, 0);
+    assert_series_exact(&s, t0, "re-sent").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollup_marks_survive_reopening_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let t0 = {
+        let s = open(dir.path()).await;
+        s.birth(&birth("r1", "a1", "h1", &["t0", "t1"]), T0)
+            .await
+            .expect("birth");
+        s.commit(&[mixed(1, T0, 4, 0.5)]).await.expect("commit");
+        tag_id(&s, "t0").await
+    };
+    let s = open(dir.path()).await;
+    assert_eq!(marks(&s).await, 4);
+    assert_series_exact(&s, t0, "reopened, pending").await;
+    assert_eq!(s.roll_all().await.expect("roll").hours, 4);
+    assert_series_exact(&s, t0, "reopened, rolled").await;
+}
+
+/// Not a test: 30 days of one 1 s tag by 1 h after rolling, timed (`--ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement"]
+async fn measure_series_30_days_of_1s_by_1h() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = open(dir.path()).await;
+    s.birth(&birth("r1", "a1", "h1", &["x"]), T0)
+        .await
+        .expect("birth");
+    let day = 86_400;
+    for d in 0..30u64 {
+        let t = T0 + d as i64 * day * 1000;
+        s.commit(&[batch("r1", "a1", "h1", d + 1, 1, day, t, 0.0)])
+            .await
+            .expect("commit");
+    }
+    let x = tag_id(&s, "x").await;
+    let (from, to, h) = (T0, T0 + 30 * day * 1000, super::rollup::HOUR_MS);
+    let t = std::time::Instant::now();
+    let raw = s.series_from_raw(x, from, to, h).await.expect("raw");
+    let raw_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = std::time::Instant::now();
+    let r = s.roll_all().await.expect("roll");
+    let roll_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut best_ms = f64::MAX;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let best = s.series(x, from, to, h).await.expect("series");
+        best_ms = best_ms.min(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(best, raw);
+    }
+    println!(
+        "30 d x 1 s by 1 h: raw {raw_ms:.0} ms, rolled {best_ms:.1} ms; roll of {} hours {roll_ms:.0} ms",
+        r.hours
+    );
+    // Minute steps are read raw: the API allows 10,000 buckets (~7 days at 1 min).
+    for days in [1, 7] {
+        let t = std::time::Instant::now();
+        let b = s.series(x, from, from + days * day * 1000, 60_000).await;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "{days} d x 1 s by 1 min (raw): {ms:.0} ms, {} buckets",
+            b.expect("series").len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_a_version_5_file_marks_its_hours_pending() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let t0 = {
+        let s = open(dir.path()).await;
+        s.birth(&birth("r1", "a1", "h1", &["t0", "t1"]), T0)
+            .await
+            .expect("birth");
+        s.commit(&[mixed(1, T0 - 2 * super::rollup::HOUR_MS, 5, 3.0)])
+            .await
+            .expect("commit");
+        tag_id(&s, "t0").await
+    };
+    {
+        // As version 5 left it: readings, no rollup tables.
+        let c = rusqlite::Connection::open(dir.path().join("ingest.db")).expect("open");
+        c.execute_batch("DROP TABLE rollup_1h; DROP TABLE rollup_dirty; PRAGMA user_version = 5;")
+            .expect("version 5");
+    }
+    let s = open(dir.path()).await;
+    assert_eq!(marks(&s).await, 5);
+    assert_series_exact(&s, t0, "upgraded, pending").await;
+    s.migrate().await.expect("again");
+    assert_eq!(marks(&s).await, 5);
+    s.roll_all().await.expect("roll");
+    assert_series_exact(&s, t0, "upgraded, rolled").await;
+}

@@ -1,7 +1,7 @@
 //! Writes: batches (with the ledger), births, status, heartbeats, dead letters.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use flowsquare_wire as wire;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -135,6 +135,8 @@ pub(super) fn commit(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut catalogs: HashMap<(&str, &str, &str), Option<Vec<i64>>> = HashMap::new();
     let mut out = Vec::with_capacity(batches.len());
+    // The (site, agent, hour)s the stored readings touch (`rollup.rs`).
+    let mut marks = BTreeSet::new();
     for b in batches {
         let key = (b.site.as_str(), b.agent.as_str(), b.config_hash.as_str());
         let catalog = match catalogs.entry(key) {
@@ -176,6 +178,13 @@ pub(super) fn commit(
             out.push(duplicate_or_conflict(&tx, b, digest, received_ms)?);
         } else {
             insert_readings(&tx, &part, catalog)?;
+            marks.extend(part.readings.iter().map(|r| {
+                (
+                    b.site.as_str(),
+                    b.agent.as_str(),
+                    super::rollup::hour_of(r.ts_ms),
+                )
+            }));
             insert_events(&tx, &part)?;
             insert_gaps(&tx, &part, catalog)?;
             let mut out_of_window = 0;
@@ -196,6 +205,7 @@ pub(super) fn commit(
         )?
         .execute(params![b.site, b.agent, received_ms])?;
     }
+    super::rollup::mark(&tx, &marks)?;
     tx.commit()?;
     Ok(out)
 }
